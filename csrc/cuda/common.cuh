@@ -1,0 +1,66 @@
+// Shared prelude of every CUDA kernel source in csrc/cuda/.
+//
+// Kernel sources are torch-free (a params struct + raw pointers) and are compiled twice:
+// by nvcc for the GPU, and by the host C++ compiler with -DPYCNN_EMU against csrc/emu/
+// so that tests run the very same text on the CPU (DESIGN.md section 5). The two macros
+// below are the only places where the two builds differ inside a kernel source.
+#pragma once
+
+#ifdef PYCNN_EMU
+#include "../emu/cuda_emu.h"
+#else
+#include <cuda_runtime.h>
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+#endif
+
+// PYCNN_LAUNCH(grid, block, smem_bytes, stream, kernel<T, ...>)(args...)
+// The kernel comes last so template arguments with commas need no extra parentheses.
+#ifdef PYCNN_EMU
+#define PYCNN_LAUNCH(grid, block, smem, stream, ...) \
+  ::pycnn_emu::launcher(#__VA_ARGS__, __VA_ARGS__, (grid), (block), (smem))
+#else
+#define PYCNN_LAUNCH(grid, block, smem, stream, ...) __VA_ARGS__<<<(grid), (block), (smem), (stream)>>>
+#endif
+
+// PYCNN_DYNAMIC_SMEM(T, name): `T* name` pointing at the launch's dynamic shared memory (16-byte aligned).
+#ifdef PYCNN_EMU
+#define PYCNN_DYNAMIC_SMEM(T, name) T* name = reinterpret_cast<T*>(::pycnn_emu::dynamic_smem())
+#else
+#define PYCNN_DYNAMIC_SMEM(T, name)                                  \
+  extern __shared__ __align__(16) unsigned char pycnn_dynamic_smem_[]; \
+  T* name = reinterpret_cast<T*>(pycnn_dynamic_smem_)
+#endif
+
+namespace pycnn {
+namespace cuda {
+
+// Launchers return the launch status instead of throwing: the torch glue checks it
+// (C10_CUDA_CHECK) and the emulator tests read it.
+#define PYCNN_RETURN_IF_ERROR(expr)          \
+  do {                                       \
+    cudaError_t pycnn_err_ = (expr);         \
+    if (pycnn_err_ != cudaSuccess) return pycnn_err_; \
+  } while (0)
+
+// float32 accumulation for float/half/bfloat16, double for double.
+template <typename T> struct AccType { using type = float; };
+template <> struct AccType<double> { using type = double; };
+template <typename T> using acc_t = typename AccType<T>::type;
+
+template <typename T> __host__ __device__ __forceinline__ acc_t<T> to_acc(T v) { return static_cast<acc_t<T>>(v); }
+template <> __host__ __device__ __forceinline__ float to_acc<__half>(__half v) { return __half2float(v); }
+template <> __host__ __device__ __forceinline__ float to_acc<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename T> __host__ __device__ __forceinline__ T from_acc(acc_t<T> v) { return static_cast<T>(v); }
+template <> __host__ __device__ __forceinline__ __half from_acc<__half>(float v) { return __float2half_rn(v); }
+template <> __host__ __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
+// VEC elements of T moved as one aligned load/store (128 bits when VEC * sizeof(T) == 16).
+template <typename T, int VEC>
+struct alignas(sizeof(T) * VEC) Vec {
+  T v[VEC];
+};
+
+}  // namespace cuda
+}  // namespace pycnn
