@@ -1,0 +1,120 @@
+// Tensors -> BnAct*Params -> launcher, for any place the CUDA kernel source runs: the CUDA op
+// (bn_act_torch.cpp, on the current stream) and the CPU emulation of the same kernels in tests
+// (tests/emu). Kernels are NHWC-native, so NCHW tensors are converted and the result converted back.
+#pragma once
+
+#include "../bn_act.h"
+#include "bn_act.cuh"
+
+namespace pycnn {
+
+inline cuda::DType kernel_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kHalf: return cuda::DType::Float16;
+    case at::kBFloat16: return cuda::DType::BFloat16;
+    case at::kDouble: return cuda::DType::Float64;
+    default: return cuda::DType::Float32;
+  }
+}
+
+inline void check_launch(cudaError_t err, const char* op) {
+  TORCH_CHECK(err == cudaSuccess, op, ": kernel launch failed: ", cudaGetErrorString(err));
+}
+
+inline std::tuple<Tensor, Tensor, Tensor> run_bn_act_forward(const Tensor& input, const OptTensor& weight,
+                                                             const OptTensor& bias, const OptTensor& residual,
+                                                             const OptTensor& running_mean,
+                                                             const OptTensor& running_var, bool training, double eps,
+                                                             std::string_view act_name, cudaStream_t stream,
+                                                             int num_sms) {
+  check_bn_act_forward_args(input, weight, bias, residual, running_mean, running_var, training);
+  const Act act = parse_act("pycnn.bn_act", act_name);
+  constexpr auto nhwc = at::MemoryFormat::ChannelsLast;
+  const Tensor x = input.contiguous(nhwc);
+  const Tensor r = residual ? residual->contiguous(nhwc) : Tensor();
+  Tensor y = at::empty_like(x, nhwc);
+  const auto acc_type = acc_dtype(input.scalar_type());
+  Tensor mean, var;
+  if (training) {
+    mean = at::empty({input.size(1)}, input.options().dtype(acc_type));
+    var = at::empty({input.size(1)}, input.options().dtype(acc_type));
+  } else {
+    mean = running_mean->to(acc_type, false, /*copy=*/true).contiguous();
+    var = running_var->to(acc_type, false, /*copy=*/true).contiguous();
+  }
+  const Tensor w = channel_vector_acc(weight, input, 1.0), b = channel_vector_acc(bias, input, 0.0);
+
+  cuda::BnActForwardParams p{};
+  p.x = x.const_data_ptr();
+  p.residual = r.defined() ? r.const_data_ptr() : nullptr;
+  p.y = y.data_ptr();
+  p.weight = w.const_data_ptr();
+  p.bias = b.const_data_ptr();
+  p.mean = mean.data_ptr();
+  p.var = var.data_ptr();
+  p.rows = x.numel() / std::max<int64_t>(x.size(1), 1);
+  p.channels = x.size(1);
+  p.eps = eps;
+  p.act = act;
+  p.training = training;
+  p.dtype = kernel_dtype(input.scalar_type());
+  p.num_sms = num_sms;
+  Tensor workspace = at::empty({static_cast<int64_t>(cuda::bn_act_forward_workspace_bytes(p))},
+                               input.options().dtype(at::kByte));
+  p.workspace = workspace.data_ptr();
+  check_launch(cuda::bn_act_forward(p, stream), "pycnn.bn_act");
+  return {y.contiguous(kernel_memory_format(input)), mean, var};
+}
+
+inline std::tuple<Tensor, Tensor, Tensor, OptTensor> run_bn_act_backward(
+    const Tensor& grad_output, const Tensor& input, const OptTensor& weight, const OptTensor& bias,
+    const OptTensor& residual, const Tensor& save_mean, const Tensor& save_var, bool training, double eps,
+    std::string_view act_name, cudaStream_t stream, int num_sms) {
+  check_bn_act_backward_args(grad_output, input, weight, bias, residual, save_mean, save_var);
+  const Act act = parse_act("pycnn.bn_act_backward", act_name);
+  constexpr auto nhwc = at::MemoryFormat::ChannelsLast;
+  const Tensor x = input.contiguous(nhwc), dy = grad_output.contiguous(nhwc);
+  const Tensor r = residual ? residual->contiguous(nhwc) : Tensor();
+  Tensor dx = at::empty_like(x, nhwc);
+  Tensor dr = r.defined() ? at::empty_like(x, nhwc) : Tensor();
+  const auto acc_type = acc_dtype(input.scalar_type());
+  const Tensor w = channel_vector_acc(weight, input, 1.0), b = channel_vector_acc(bias, input, 0.0);
+  const Tensor mean = save_mean.to(acc_type).contiguous(), var = save_var.to(acc_type).contiguous();
+  Tensor dweight = at::empty({input.size(1)}, input.options().dtype(acc_type));
+  Tensor dbias = at::empty({input.size(1)}, input.options().dtype(acc_type));
+
+  cuda::BnActBackwardParams p{};
+  p.dy = dy.const_data_ptr();
+  p.x = x.const_data_ptr();
+  p.residual = r.defined() ? r.const_data_ptr() : nullptr;
+  p.dx = dx.data_ptr();
+  p.dresidual = dr.defined() ? dr.data_ptr() : nullptr;
+  p.weight = w.const_data_ptr();
+  p.bias = b.const_data_ptr();
+  p.mean = mean.const_data_ptr();
+  p.var = var.const_data_ptr();
+  p.dweight = dweight.data_ptr();
+  p.dbias = dbias.data_ptr();
+  p.rows = x.numel() / std::max<int64_t>(x.size(1), 1);
+  p.channels = x.size(1);
+  p.eps = eps;
+  p.act = act;
+  p.training = training;
+  p.dtype = kernel_dtype(input.scalar_type());
+  p.num_sms = num_sms;
+  Tensor workspace = at::empty({static_cast<int64_t>(cuda::bn_act_backward_workspace_bytes(p))},
+                               input.options().dtype(at::kByte));
+  p.workspace = workspace.data_ptr();
+  if (p.rows > 0 && p.channels > 0) {
+    check_launch(cuda::bn_act_backward(p, stream), "pycnn.bn_act_backward");
+  } else {
+    dweight.zero_();
+    dbias.zero_();
+  }
+  const auto format = kernel_memory_format(input);
+  if (weight) dweight = dweight.to(weight->scalar_type());
+  if (bias) dbias = dbias.to(bias->scalar_type());
+  return {dx.contiguous(format), dweight, dbias, dr.defined() ? OptTensor(dr.contiguous(format)) : std::nullopt};
+}
+
+}  // namespace pycnn

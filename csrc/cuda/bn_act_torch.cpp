@@ -1,0 +1,45 @@
+// CUDA registration of pycnn::bn_act_*: device guard, current stream, launch checks.
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "bn_act_run.h"
+
+namespace pycnn {
+namespace {
+
+int sm_count(const Tensor& t) {
+  int count = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, t.get_device()));
+  return count;
+}
+
+std::tuple<Tensor, Tensor, Tensor> bn_act_forward_cuda(const Tensor& input, const OptTensor& weight,
+                                                       const OptTensor& bias, const OptTensor& residual,
+                                                       const OptTensor& running_mean, const OptTensor& running_var,
+                                                       bool training, double eps, c10::string_view act) {
+  TORCH_CHECK(input.is_cuda(), "pycnn.bn_act: input must be a CUDA tensor for the CUDA kernel, got ", input.device());
+  const c10::cuda::CUDAGuard guard(input.device());
+  return run_bn_act_forward(input, weight, bias, residual, running_mean, running_var, training, eps,
+                            std::string_view(act.data(), act.size()), c10::cuda::getCurrentCUDAStream(), sm_count(input));
+}
+
+std::tuple<Tensor, Tensor, Tensor, OptTensor> bn_act_backward_cuda(
+    const Tensor& grad_output, const Tensor& input, const OptTensor& weight, const OptTensor& bias,
+    const OptTensor& residual, const Tensor& save_mean, const Tensor& save_var, bool training, double eps,
+    c10::string_view act) {
+  TORCH_CHECK(input.is_cuda(), "pycnn.bn_act_backward: input must be a CUDA tensor, got ", input.device());
+  const c10::cuda::CUDAGuard guard(input.device());
+  return run_bn_act_backward(grad_output, input, weight, bias, residual, save_mean, save_var, training, eps,
+                             std::string_view(act.data(), act.size()), c10::cuda::getCurrentCUDAStream(), sm_count(input));
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(pycnn, CUDA, m) {
+  m.impl("bn_act_forward", &bn_act_forward_cuda);
+  m.impl("bn_act_backward", &bn_act_backward_cuda);
+}
+
+}  // namespace pycnn

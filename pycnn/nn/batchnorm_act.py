@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+from typing import Optional
+
+from torch import Tensor, nn
+
+from .. import ops
+
+
+class BatchNormAct2d(nn.BatchNorm2d):
+    """BatchNorm2d [+ residual] + activation in one kernel: act(bn(x) [+ residual]).
+
+    A drop-in for ``nn.BatchNorm2d`` followed by the activation: same arguments, same state_dict
+    keys (weight, bias, running_mean, running_var, num_batches_tracked), same running-statistics
+    update. ``act`` is one of none, relu, relu6, silu, hardswish.
+    """
+
+    def __init__(self, num_features: int, act: str = "relu", eps: float = 1e-5, momentum: Optional[float] = 0.1,
+                 affine: bool = True, track_running_stats: bool = True, device=None, dtype=None):
+        if act not in ops.ACTIVATIONS:
+            raise ValueError(f"BatchNormAct2d: unknown activation {act!r}; expected one of {', '.join(ops.ACTIVATIONS)}")
+        super().__init__(num_features, eps=eps, momentum=momentum, affine=affine,
+                         track_running_stats=track_running_stats, device=device, dtype=dtype)
+        self.act = act
+
+    def forward(self, input: Tensor, residual: Optional[Tensor] = None) -> Tensor:
+        self._check_input_dim(input)
+        # nn.BatchNorm2d's rule: batch statistics in training, or whenever there are no running stats.
+        use_batch_stats = self.training or self.running_mean is None
+        update = self.training and self.track_running_stats
+        return ops.bn_act(
+            input, self.weight, self.bias,
+            self.running_mean if (update or not use_batch_stats) else None,
+            self.running_var if (update or not use_batch_stats) else None,
+            training=use_batch_stats, momentum=self.momentum, eps=self.eps, act=self.act, residual=residual,
+            num_batches_tracked=self.num_batches_tracked if update else None)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, act={self.act}"
