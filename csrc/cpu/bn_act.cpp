@@ -1,8 +1,8 @@
 // CPU implementation of pycnn::bn_act_forward / bn_act_backward (at::parallel_for, OpenMP in torch).
 //
 // The tensor is visited as contiguous spans: in NCHW a span is one (n, c) plane of H*W elements of a
-// single channel; in channels_last a span is one pixel's C channels. Statistics are reduced per span
-// block in two passes over cache-resident data and merged with Chan's formula (numerically stable).
+// single channel; in channels_last a span is one pixel's C channels. Per-channel statistics are sums
+// over blocks of spans, two passes (mean, then squared deviations from it) for numerical stability.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -38,138 +38,123 @@ void dispatch_act(Act act, Body body) {
   }
 }
 
-// Calls elem(i, c) for every element, in parallel; i is the flat offset, c the channel.
-template <typename Elem>
-void parallel_elementwise(const Layout& l, Elem elem) {
+// Visits the tensor as contiguous spans, in parallel: fn(offset, channel, length). In channels_last a
+// span is one pixel's C channels (channel 0 at its start, advancing by one per element); in NCHW it is
+// one (n, c) plane of H*W elements of that single channel. Span kernels take the channel stride S
+// (1 or 0) as a template argument, so both layouts share one loop body that the compiler vectorizes.
+template <typename Fn>
+void parallel_spans(const Layout& l, Fn fn) {
   if (l.channels_last) {
     const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(l.c, 1));
     at::parallel_for(0, l.pixels(), grain, [&](int64_t p0, int64_t p1) {
-      for (int64_t p = p0; p < p1; ++p) {
-        const int64_t base = p * l.c;
-        for (int64_t c = 0; c < l.c; ++c) elem(base + c, c);
-      }
+      for (int64_t p = p0; p < p1; ++p) fn(p * l.c, int64_t(0), l.c);
     });
   } else {
     const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(l.hw, 1));
     at::parallel_for(0, l.n * l.c, grain, [&](int64_t q0, int64_t q1) {
-      for (int64_t q = q0; q < q1; ++q) {
-        const int64_t c = q % l.c, base = q * l.hw;
-        for (int64_t i = 0; i < l.hw; ++i) elem(base + i, c);
-      }
+      for (int64_t q = q0; q < q1; ++q) fn(q * l.hw, q % l.c, l.hw);
     });
   }
 }
 
-// Per-channel sums of f(i, c) over all elements, reduced in parallel blocks: out[k][c] for K sums.
-template <int K, typename acc, typename F>
-void channel_sums(const Layout& l, acc* out, F f) {
-  if (l.channels_last) {
-    const int64_t rows = std::max<int64_t>(1, 16384 / std::max<int64_t>(l.c, 1));
-    const int64_t blocks = (l.pixels() + rows - 1) / rows;
-    std::vector<acc> partial(static_cast<size_t>(blocks * K * l.c), acc(0));
-    at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        acc* sums = partial.data() + b * K * l.c;
-        const int64_t end = std::min(l.pixels(), (b + 1) * rows);
-        for (int64_t p = b * rows; p < end; ++p)
-          for (int64_t c = 0; c < l.c; ++c) {
-            acc v[K];
-            f(p * l.c + c, c, v);
-            for (int k = 0; k < K; ++k) sums[k * l.c + c] += v[k];
-          }
+// Runs body(std::integral_constant<int, S>{}) with S = 1 for channels_last spans, 0 for NCHW planes.
+template <typename Body>
+void dispatch_channel_stride(const Layout& l, Body body) {
+  if (l.channels_last) return body(std::integral_constant<int, 1>{});
+  return body(std::integral_constant<int, 0>{});
+}
+
+// Per-channel sums over spans: with S == 1 each element adds into its channel's slot; with S == 0 (one
+// channel per span) into kLanes partial sums, so the float reduction vectorizes without -ffast-math.
+constexpr int kLanes = 16;
+
+template <int S, int K, typename acc, typename Term>
+inline void accumulate_span(int64_t len, acc* __restrict__ out, int64_t out_stride, Term term) {
+  if constexpr (S == 1) {
+    for (int64_t j = 0; j < len; ++j) {
+      acc v[K];
+      term(j, v);
+      for (int k = 0; k < K; ++k) out[k * out_stride + j] += v[k];
+    }
+  } else {
+    acc lanes[K][kLanes] = {};
+    int64_t j = 0;
+    for (; j + kLanes <= len; j += kLanes)
+      for (int t = 0; t < kLanes; ++t) {
+        acc v[K];
+        term(j + t, v);
+        for (int k = 0; k < K; ++k) lanes[k][t] += v[k];
       }
-    });
-    for (int64_t k = 0; k < K * l.c; ++k) {
+    for (; j < len; ++j) {
+      acc v[K];
+      term(j, v);
+      for (int k = 0; k < K; ++k) lanes[k][0] += v[k];
+    }
+    for (int k = 0; k < K; ++k) {
+      acc s = 0;
+      for (int t = 0; t < kLanes; ++t) s += lanes[k][t];
+      out[k * out_stride] += s;
+    }
+  }
+}
+
+// Per-channel sums of K terms over the whole tensor: out[k * C + c]. term(offset, channel, length, sums)
+// accumulates one span into sums (a [K][C] block whose row stride is C).
+template <int K, typename acc, typename SpanSums>
+void channel_sums(const Layout& l, acc* out, SpanSums span_sums) {
+  const int64_t span_len = l.channels_last ? l.c : l.hw;
+  const int64_t spans = l.channels_last ? l.pixels() : l.n * l.c;
+  // Blocks of whole spans, each with its own [K][C] partial sums, merged at the end.
+  const int64_t per_block = std::max<int64_t>(1, 16384 / std::max<int64_t>(span_len, 1));
+  const int64_t blocks = (spans + per_block - 1) / per_block;
+  std::vector<acc> partial(static_cast<size_t>(blocks * K * l.c), acc(0));
+  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      acc* sums = partial.data() + b * K * l.c;
+      const int64_t end = std::min(spans, (b + 1) * per_block);
+      for (int64_t q = b * per_block; q < end; ++q) {
+        const int64_t channel = l.channels_last ? 0 : q % l.c;
+        span_sums(q * span_len, channel, span_len, sums + channel);
+      }
+    }
+  });
+  at::parallel_for(0, K * l.c, 64, [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k) {
       acc s = 0;
       for (int64_t b = 0; b < blocks; ++b) s += partial[b * K * l.c + k];
       out[k] = s;
     }
-  } else {
-    at::parallel_for(0, l.c, 1, [&](int64_t c0, int64_t c1) {
-      for (int64_t c = c0; c < c1; ++c) {
-        acc s[K] = {};
-        for (int64_t n = 0; n < l.n; ++n) {
-          const int64_t base = (n * l.c + c) * l.hw;
-          acc plane[K] = {};
-          for (int64_t i = 0; i < l.hw; ++i) {
-            acc v[K];
-            f(base + i, c, v);
-            for (int k = 0; k < K; ++k) plane[k] += v[k];
-          }
-          for (int k = 0; k < K; ++k) s[k] += plane[k];
-        }
-        for (int k = 0; k < K; ++k) out[k * l.c + c] = s[k];
-      }
-    });
-  }
+  });
 }
 
-// Batch mean and biased variance per channel: per block, mean then squared deviations from that
-// mean (two passes over cache-resident data); blocks merged with Chan's parallel formula.
+// Batch mean and biased variance per channel, numerically stable: a first pass gives per-channel
+// means (sums are taken around a per-channel shift, the channel's first value, so float32 sums of
+// large-mean data keep their digits); the second sums squared deviations from that mean.
 template <typename scalar_t, typename acc>
 void batch_moments(const Layout& l, const scalar_t* x, acc* mean, acc* var) {
-  auto merge = [](acc& n, acc& m, acc& m2, acc nb, acc mb, acc m2b) {
-    const acc total = n + nb, delta = mb - m;
-    m += delta * nb / total;
-    m2 += m2b + delta * delta * n * nb / total;
-    n = total;
-  };
-  if (l.channels_last) {
-    const int64_t rows = std::max<int64_t>(1, 16384 / std::max<int64_t>(l.c, 1));
-    const int64_t blocks = (l.pixels() + rows - 1) / rows;
-    std::vector<acc> bmean(static_cast<size_t>(blocks * l.c), acc(0)), bm2(bmean.size(), acc(0));
-    at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        acc* __restrict__ m = bmean.data() + b * l.c;
-        acc* __restrict__ m2 = bm2.data() + b * l.c;
-        const int64_t p0 = b * rows, p1 = std::min(l.pixels(), p0 + rows);
-        for (int64_t p = p0; p < p1; ++p) {
-          const scalar_t* __restrict__ row = x + p * l.c;
-          for (int64_t c = 0; c < l.c; ++c) m[c] += static_cast<acc>(row[c]);
-        }
-        const acc inv = acc(1) / static_cast<acc>(p1 - p0);
-        for (int64_t c = 0; c < l.c; ++c) m[c] *= inv;
-        for (int64_t p = p0; p < p1; ++p) {
-          const scalar_t* __restrict__ row = x + p * l.c;
-          for (int64_t c = 0; c < l.c; ++c) {
-            const acc d = static_cast<acc>(row[c]) - m[c];
-            m2[c] += d * d;
-          }
-        }
-      }
+  std::vector<acc> shift(l.c), sums(l.c);
+  for (int64_t c = 0; c < l.c; ++c) shift[c] = static_cast<acc>(x[l.channels_last ? c : c * l.hw]);
+  const acc* k = shift.data();
+  dispatch_channel_stride(l, [&](auto S_) {
+    constexpr int S = decltype(S_)::value;
+    channel_sums<1, acc>(l, sums.data(), [&](int64_t off, int64_t c, int64_t len, acc* out) {
+      const scalar_t* __restrict__ xs = x + off;
+      const acc* __restrict__ ks = k + c;
+      accumulate_span<S, 1, acc>(len, out, l.c, [&](int64_t j, acc* v) { v[0] = static_cast<acc>(xs[j]) - ks[j * S]; });
     });
-    at::parallel_for(0, l.c, 64, [&](int64_t c0, int64_t c1) {
-      for (int64_t c = c0; c < c1; ++c) {
-        acc n = 0, m = 0, m2 = 0;
-        for (int64_t b = 0; b < blocks; ++b) {
-          const acc nb = static_cast<acc>(std::min(l.pixels(), (b + 1) * rows) - b * rows);
-          merge(n, m, m2, nb, bmean[b * l.c + c], bm2[b * l.c + c]);
-        }
-        mean[c] = m;
-        var[c] = m2 / n;
-      }
+    const acc inv_count = acc(1) / static_cast<acc>(l.pixels());
+    for (int64_t c = 0; c < l.c; ++c) mean[c] = shift[c] + sums[c] * inv_count;
+    const acc* mu = mean;
+    channel_sums<1, acc>(l, sums.data(), [&](int64_t off, int64_t c, int64_t len, acc* out) {
+      const scalar_t* __restrict__ xs = x + off;
+      const acc* __restrict__ ms = mu + c;
+      accumulate_span<S, 1, acc>(len, out, l.c, [&](int64_t j, acc* v) {
+        const acc d = static_cast<acc>(xs[j]) - ms[j * S];
+        v[0] = d * d;
+      });
     });
-  } else {
-    at::parallel_for(0, l.c, 1, [&](int64_t c0, int64_t c1) {
-      for (int64_t c = c0; c < c1; ++c) {
-        acc n = 0, m = 0, m2 = 0;
-        for (int64_t img = 0; img < l.n; ++img) {
-          const scalar_t* __restrict__ plane = x + (img * l.c + c) * l.hw;
-          acc s = 0;
-          for (int64_t i = 0; i < l.hw; ++i) s += static_cast<acc>(plane[i]);
-          const acc pm = s / static_cast<acc>(l.hw);
-          acc q = 0;
-          for (int64_t i = 0; i < l.hw; ++i) {
-            const acc d = static_cast<acc>(plane[i]) - pm;
-            q += d * d;
-          }
-          merge(n, m, m2, static_cast<acc>(l.hw), pm, q);
-        }
-        mean[c] = m;
-        var[c] = m2 / n;
-      }
-    });
-  }
+    for (int64_t c = 0; c < l.c; ++c) var[c] = sums[c] * inv_count;
+  });
 }
 
 std::tuple<Tensor, Tensor, Tensor> bn_act_forward_cpu(const Tensor& input_, const OptTensor& weight,
@@ -209,15 +194,23 @@ std::tuple<Tensor, Tensor, Tensor> bn_act_forward_cpu(const Tensor& input_, cons
     const scalar_t* r = residual.defined() ? residual.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* y = output.data_ptr<scalar_t>();
     dispatch_act(act, [&](auto A) {
-      if (r) {
-        parallel_elementwise(l, [=](int64_t i, int64_t c) {
-          y[i] = static_cast<scalar_t>(act_forward<acc>(A, static_cast<acc>(x[i]) * sc[c] + sh[c] + static_cast<acc>(r[i])));
+      dispatch_channel_stride(l, [&](auto S_) {
+        constexpr int S = decltype(S_)::value;
+        parallel_spans(l, [&](int64_t off, int64_t c, int64_t len) {
+          const scalar_t* __restrict__ xs = x + off;
+          const scalar_t* __restrict__ rs = r ? r + off : nullptr;
+          scalar_t* __restrict__ ys = y + off;
+          const acc* __restrict__ scs = sc + c;
+          const acc* __restrict__ shs = sh + c;
+          if (rs) {
+            for (int64_t j = 0; j < len; ++j)
+              ys[j] = static_cast<scalar_t>(act_forward<acc>(A, static_cast<acc>(xs[j]) * scs[j * S] + shs[j * S] + static_cast<acc>(rs[j])));
+          } else {
+            for (int64_t j = 0; j < len; ++j)
+              ys[j] = static_cast<scalar_t>(act_forward<acc>(A, static_cast<acc>(xs[j]) * scs[j * S] + shs[j * S]));
+          }
         });
-      } else {
-        parallel_elementwise(l, [=](int64_t i, int64_t c) {
-          y[i] = static_cast<scalar_t>(act_forward<acc>(A, static_cast<acc>(x[i]) * sc[c] + sh[c]));
-        });
-      }
+      });
     });
   });
   return {output, mean, var};
@@ -256,37 +249,68 @@ std::tuple<Tensor, Tensor, Tensor, OptTensor> bn_act_backward_cpu(
     const acc* sc = scale.data();
     const acc* sh = shift.data();
     acc* s = sums.data_ptr<acc>();
+    // dz = dy * act'(z), with z recomputed from x (and the residual).
+    auto grad_z = [](auto A, acc x, acc dy, acc r, acc scale, acc shift) {
+      return dy * act_derivative<acc>(A, x * scale + shift + r);
+    };
     dispatch_act(act, [&](auto A) {
-      // dz = dy * act'(z), z recomputed from x (and the residual).
-      auto grad_z = [=](int64_t i, int64_t c) {
-        const acc z = static_cast<acc>(x[i]) * sc[c] + sh[c] + (r ? static_cast<acc>(r[i]) : acc(0));
-        return static_cast<acc>(dy[i]) * act_derivative<acc>(A, z);
-      };
-      channel_sums<2, acc>(l, s, [=](int64_t i, int64_t c, acc* v) {
-        const acc dz = grad_z(i, c);
-        v[0] = dz;
-        v[1] = dz * (static_cast<acc>(x[i]) - mu[c]);
+      dispatch_channel_stride(l, [&](auto S_) {
+        constexpr int S = decltype(S_)::value;
+        channel_sums<2, acc>(l, s, [&](int64_t off, int64_t c, int64_t len, acc* out) {
+          const scalar_t* __restrict__ xs = x + off;
+          const scalar_t* __restrict__ dys = dy + off;
+          const scalar_t* __restrict__ rs = r ? r + off : nullptr;
+          const acc* __restrict__ scs = sc + c;
+          const acc* __restrict__ shs = sh + c;
+          const acc* __restrict__ mus = mu + c;
+          auto term = [&](int64_t j, acc* v) {
+            const acc xj = static_cast<acc>(xs[j]);
+            const acc dz = grad_z(A, xj, static_cast<acc>(dys[j]), rs ? static_cast<acc>(rs[j]) : acc(0), scs[j * S], shs[j * S]);
+            v[0] = dz;
+            v[1] = dz * (xj - mus[j * S]);
+          };
+          accumulate_span<S, 2, acc>(len, out, l.c, term);
+        });
+        // dx = k_dz * dz + k_x * (x - mean) + k_0 per channel (training couples x through the batch stats).
+        std::vector<acc> k_dz(l.c), k_x(l.c), k_0(l.c);
+        const acc inv_count = acc(1) / static_cast<acc>(l.pixels());
+        for (int64_t c = 0; c < l.c; ++c) {
+          k_dz[c] = scale[c];
+          k_x[c] = training ? -scale[c] * invstd[c] * invstd[c] * s[l.c + c] * inv_count : acc(0);
+          k_0[c] = training ? -scale[c] * s[c] * inv_count : acc(0);
+        }
+        scalar_t* dx = grad_input.data_ptr<scalar_t>();
+        scalar_t* dr = grad_residual.defined() ? grad_residual.data_ptr<scalar_t>() : nullptr;
+        parallel_spans(l, [&](int64_t off, int64_t c, int64_t len) {
+          const scalar_t* __restrict__ xs = x + off;
+          const scalar_t* __restrict__ dys = dy + off;
+          const scalar_t* __restrict__ rs = r ? r + off : nullptr;
+          scalar_t* __restrict__ dxs = dx + off;
+          scalar_t* __restrict__ drs = dr ? dr + off : nullptr;
+          const acc* __restrict__ scs = sc + c;
+          const acc* __restrict__ shs = sh + c;
+          const acc* __restrict__ mus = mu + c;
+          const acc* __restrict__ kdz = k_dz.data() + c;
+          const acc* __restrict__ kx = k_x.data() + c;
+          const acc* __restrict__ k0 = k_0.data() + c;
+          if (rs) {
+            for (int64_t j = 0; j < len; ++j) {
+              const acc xj = static_cast<acc>(xs[j]);
+              const acc dz = grad_z(A, xj, static_cast<acc>(dys[j]), static_cast<acc>(rs[j]), scs[j * S], shs[j * S]);
+              dxs[j] = static_cast<scalar_t>(kdz[j * S] * dz + kx[j * S] * (xj - mus[j * S]) + k0[j * S]);
+              drs[j] = static_cast<scalar_t>(dz);
+            }
+          } else {
+            for (int64_t j = 0; j < len; ++j) {
+              const acc xj = static_cast<acc>(xs[j]);
+              const acc dz = grad_z(A, xj, static_cast<acc>(dys[j]), acc(0), scs[j * S], shs[j * S]);
+              dxs[j] = static_cast<scalar_t>(kdz[j * S] * dz + kx[j * S] * (xj - mus[j * S]) + k0[j * S]);
+            }
+          }
+        });
       });
-      // dx = k_dz * dz + k_x * (x - mean) + k_0 per channel (training couples x through the batch stats).
-      std::vector<acc> k_dz(l.c), k_x(l.c), k_0(l.c);
-      const acc inv_count = acc(1) / static_cast<acc>(l.pixels());
-      for (int64_t c = 0; c < l.c; ++c) {
-        k_dz[c] = scale[c];
-        k_x[c] = training ? -scale[c] * invstd[c] * invstd[c] * s[l.c + c] * inv_count : acc(0);
-        k_0[c] = training ? -scale[c] * s[c] * inv_count : acc(0);
-      }
-      const acc* kdz = k_dz.data();
-      const acc* kx = k_x.data();
-      const acc* k0 = k_0.data();
-      scalar_t* dx = grad_input.data_ptr<scalar_t>();
-      scalar_t* dr = grad_residual.defined() ? grad_residual.data_ptr<scalar_t>() : nullptr;
-      parallel_elementwise(l, [=](int64_t i, int64_t c) {
-        const acc dz = grad_z(i, c);
-        dx[i] = static_cast<scalar_t>(kdz[c] * dz + kx[c] * (static_cast<acc>(x[i]) - mu[c]) + k0[c]);
-        if (dr) dr[i] = static_cast<scalar_t>(dz);
-      });
-      for (int64_t c = 0; c < l.c; ++c) s[l.c + c] *= invstd[c];  // sum dz * xhat
     });
+    for (int64_t c = 0; c < l.c; ++c) s[l.c + c] *= invstd[c];  // sum dz * xhat
   });
   Tensor grad_bias = sums[0].clone(), grad_weight = sums[1].clone();
   if (weight) grad_weight = grad_weight.to(weight->scalar_type());

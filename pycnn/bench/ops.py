@@ -1,0 +1,112 @@
+"""Operator benchmarks: pycnn's fused kernels against the eager PyTorch composition they replace.
+
+    python -m pycnn.bench.ops bn_act [--device cpu|cuda] [--dtype float32|float16|bfloat16] [--repeats N]
+
+Prints, per layer shape and layout, the median time of each side measured side by side (interleaved),
+the speedup (eager / pycnn), and on CUDA the achieved GB/s and % of the measured copy bandwidth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import pycnn
+from pycnn.nn import BatchNormAct2d
+
+from .timing import compare, peak_bandwidth_gbs
+
+# BatchNorm+ReLU layers of ResNet-50 (batch 8, 224x224) and BatchNorm+ReLU6 of MobileNetV2.
+BN_ACT_SHAPES = [
+    ((8, 64, 112, 112), "relu"),
+    ((8, 256, 56, 56), "relu"),
+    ((8, 512, 28, 28), "relu"),
+    ((8, 1024, 14, 14), "relu"),
+    ((8, 2048, 7, 7), "relu"),
+    ((8, 96, 112, 112), "relu6"),
+    ((8, 144, 56, 56), "relu6"),
+    ((8, 960, 7, 7), "relu6"),
+]
+EAGER_ACT = {"relu": F.relu, "relu6": F.relu6, "silu": F.silu, "none": lambda z: z}
+
+
+def bench_bn_act(device: torch.device, dtype: torch.dtype, repeats: int, shapes=BN_ACT_SHAPES):
+    peak = peak_bandwidth_gbs(device) if device.type == "cuda" else None
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    rows = []
+    for shape, act in shapes:
+        for layout in ("nchw", "channels_last"):
+            fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+            x = torch.randn(shape, device=device, dtype=dtype).contiguous(memory_format=fmt)
+            ours = BatchNormAct2d(shape[1], act=act).to(device=device, dtype=dtype)
+            ref = nn.BatchNorm2d(shape[1]).to(device=device, dtype=dtype)
+            grad = torch.randn_like(x)
+            for mode in ("forward", "forward+backward"):
+                if mode == "forward":
+                    def run_ours():
+                        with torch.no_grad():
+                            ours(x)
+
+                    def run_eager():
+                        with torch.no_grad():
+                            EAGER_ACT[act](ref(x))
+                else:
+                    xg = x.detach().requires_grad_()
+
+                    def run_ours():
+                        ours(xg).backward(grad)
+
+                    def run_eager():
+                        EAGER_ACT[act](ref(xg)).backward(grad)
+                t = compare({"pycnn": run_ours, "eager": run_eager}, device, repeats=repeats)
+                row = dict(shape="x".join(map(str, shape)), act=act, layout=layout, mode=mode,
+                           pycnn_ms=t["pycnn"].median_s * 1e3, eager_ms=t["eager"].median_s * 1e3,
+                           speedup=t["eager"].median_s / t["pycnn"].median_s)
+                if peak:
+                    # Minimum traffic: forward reads x twice (stats, apply) and writes y; backward
+                    # reads x and dy twice and writes dx.
+                    passes = 3 if mode == "forward" else 3 + 5
+                    gbs = passes * x.numel() * x.element_size() / t["pycnn"].median_s / 1e9
+                    row.update(gbs=gbs, peak_pct=100 * gbs / peak)
+                rows.append(row)
+                print_row(row)
+    return rows
+
+
+def print_row(row):
+    extra = f"  {row['gbs']:8.1f} GB/s {row['peak_pct']:5.1f}% of peak" if "gbs" in row else ""
+    print(f"{row['shape']:>16} {row['act']:>5} {row['layout']:>13} {row['mode']:>16}  "
+          f"pycnn {row['pycnn_ms']:8.3f} ms  eager {row['eager_ms']:8.3f} ms  x{row['speedup']:5.2f}{extra}",
+          flush=True)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m pycnn.bench.ops", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("op", choices=["bn_act"])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--quick", action="store_true", help="two small shapes, few repeats (smoke run)")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype or ("float16" if device.type == "cuda" else "float32"))
+    info = pycnn.build_info()
+    print(f"pycnn {pycnn.__version__} on {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}, "
+          f"{torch.get_num_threads()} threads), torch {torch.__version__}, {dtype}, CUDA kernels: {info['cuda']}")
+    print("speedup = eager median / pycnn median, measured interleaved in this run")
+    shapes = [((2, 16, 8, 8), "relu"), ((2, 24, 5, 5), "relu6")] if args.quick else BN_ACT_SHAPES
+    rows = bench_bn_act(device, dtype, 3 if args.quick else args.repeats, shapes)
+    ratios = [r["speedup"] for r in rows]
+    geo = torch.tensor(ratios).log().mean().exp().item()
+    print(f"geometric mean speedup over {len(rows)} cases: x{geo:.2f} (min x{min(ratios):.2f})")
+    return rows
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

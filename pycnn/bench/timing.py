@@ -1,0 +1,59 @@
+"""Timing harness: warm-up, interleaved A/B repeats (drift hits both sides), medians, CUDA events."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict
+
+import torch
+
+
+@dataclass
+class Timing:
+    median_s: float
+    spread_s: float  # interquartile range
+    repeats: int
+
+
+def _time_once(fn: Callable[[], object], device: torch.device) -> float:
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def compare(candidates: Dict[str, Callable[[], object]], device: torch.device, repeats: int = 20,
+            warmup: int = 3, min_time_s: float = 0.0) -> Dict[str, Timing]:
+    """Times every candidate, interleaved round by round; returns medians and spreads."""
+    for fn in candidates.values():
+        for _ in range(warmup):
+            fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    samples = {name: [] for name in candidates}
+    rounds, started = 0, time.perf_counter()
+    while rounds < repeats or time.perf_counter() - started < min_time_s:
+        for name, fn in candidates.items():
+            samples[name].append(_time_once(fn, device))
+        rounds += 1
+    out = {}
+    for name, s in samples.items():
+        q = statistics.quantiles(s, n=4) if len(s) >= 4 else [min(s), 0, max(s)]
+        out[name] = Timing(statistics.median(s), q[2] - q[0], len(s))
+    return out
+
+
+def peak_bandwidth_gbs(device: torch.device, nbytes: int = 1 << 28) -> float:
+    """Measured device-to-device copy bandwidth (read + write bytes per second), in GB/s."""
+    src = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    t = compare({"copy": lambda: dst.copy_(src)}, device, repeats=20)["copy"].median_s
+    return 2 * nbytes / t / 1e9

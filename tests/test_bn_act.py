@@ -1,0 +1,277 @@
+"""pycnn.bn_act / BatchNormAct2d against nn.BatchNorm2d + activation (PyTorch is the reference)."""
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import pycnn
+from pycnn.nn import BatchNormAct2d
+
+REFERENCE_ACT = {"none": lambda z: z, "relu": F.relu, "relu6": F.relu6, "silu": F.silu,
+                 "hardswish": F.hardswish}
+SHAPES = [(2, 8, 5, 5), (1, 3, 7, 9), (4, 13, 1, 1), (3, 17, 6, 4)]
+LAYOUTS = ["nchw", "channels_last", "strided"]
+
+
+def make_input(shape, layout, dtype=torch.float32, device="cpu", seed=0):
+    g = torch.Generator().manual_seed(seed)
+    if layout == "strided":  # a non-contiguous view: every other column of a wider tensor
+        n, c, h, w = shape
+        x = torch.randn(n, c, h, 2 * w, generator=g, dtype=torch.float64)[..., ::2]
+    else:
+        x = torch.randn(shape, generator=g, dtype=torch.float64) * 2 + 0.5
+        if layout == "channels_last":
+            x = x.contiguous(memory_format=torch.channels_last)
+    return x.to(device=device, dtype=dtype)
+
+
+def make_pair(channels, act, dtype=torch.float32, device="cpu", momentum=0.1):
+    ours = BatchNormAct2d(channels, act=act, momentum=momentum).to(device=device, dtype=dtype)
+    ref = nn.BatchNorm2d(channels, momentum=momentum).to(device=device, dtype=dtype)
+    with torch.no_grad():
+        ours.weight.uniform_(0.5, 1.5)
+        ours.bias.uniform_(-0.5, 0.5)
+        ours.running_mean.uniform_(-0.3, 0.3)
+        ours.running_var.uniform_(0.5, 2.0)
+    ref.load_state_dict(ours.state_dict())
+    return ours, ref
+
+
+def run_both(ours, ref, act, x, residual):
+    xo = x.detach().clone().requires_grad_()
+    xr = x.detach().clone().requires_grad_()
+    ro = residual.detach().clone().requires_grad_() if residual is not None else None
+    rr = residual.detach().clone().requires_grad_() if residual is not None else None
+    y = ours(xo, ro)
+    z = ref(xr)
+    y_ref = REFERENCE_ACT[act](z + rr if rr is not None else z)
+    grad = torch.randn_like(y_ref)
+    y.backward(grad)
+    y_ref.backward(grad)
+    return (y, xo, ro), (y_ref, xr, rr)
+
+
+@pytest.mark.parametrize("shape,layout,act,with_residual,training", list(itertools.product(
+    SHAPES, LAYOUTS, ["none", "relu", "relu6", "silu"], [False, True], [True, False])))
+def test_matches_batchnorm2d_and_activation(shape, layout, act, with_residual, training):
+    ours, ref = make_pair(shape[1], act)
+    ours.train(training)
+    ref.train(training)
+    x = make_input(shape, layout)
+    residual = make_input(shape, layout, seed=1) if with_residual else None
+    (y, xo, ro), (y_ref, xr, rr) = run_both(ours, ref, act, x, residual)
+    tol = dict(rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(y, y_ref, **tol)
+    torch.testing.assert_close(xo.grad, xr.grad, **tol)
+    torch.testing.assert_close(ours.weight.grad, ref.weight.grad, **tol)
+    torch.testing.assert_close(ours.bias.grad, ref.bias.grad, **tol)
+    if with_residual:
+        torch.testing.assert_close(ro.grad, rr.grad, **tol)
+    torch.testing.assert_close(ours.running_mean, ref.running_mean, **tol)
+    torch.testing.assert_close(ours.running_var, ref.running_var, **tol)
+    assert ours.num_batches_tracked.item() == ref.num_batches_tracked.item()
+    if layout != "strided":  # the output keeps the input's memory format
+        fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+        assert y.is_contiguous(memory_format=fmt)
+
+
+@pytest.mark.parametrize("momentum", [0.1, 0.5, None])
+def test_running_statistics_over_several_steps(momentum):
+    ours, ref = make_pair(6, "relu", momentum=momentum)
+    for step in range(4):
+        x = make_input((3, 6, 4, 5), "nchw", seed=step) * (step + 1)
+        ours(x)
+        ref(x)
+    torch.testing.assert_close(ours.running_mean, ref.running_mean, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(ours.running_var, ref.running_var, rtol=1e-6, atol=1e-6)
+    assert ours.num_batches_tracked.item() == 4
+
+
+def test_statistics_are_stable_for_a_large_mean():
+    # var(x) is 1 while mean(x) is 1e4: naive sum of squares in float32 loses every digit.
+    x = make_input((8, 4, 16, 16), "channels_last") / 2 + 1e4
+    ours, ref = make_pair(4, "none")
+    ref64 = nn.BatchNorm2d(4).double()
+    ref64.load_state_dict(ours.state_dict())
+    ours(x)
+    ref64(x.double())
+    torch.testing.assert_close(ours.running_var.double(), ref64.running_var, rtol=1e-4, atol=1e-4)
+
+
+def test_state_dict_keys_are_batchnorm2d_keys():
+    assert list(BatchNormAct2d(5).state_dict()) == list(nn.BatchNorm2d(5).state_dict())
+    ours = BatchNormAct2d(5, act="silu")
+    ours.load_state_dict(nn.BatchNorm2d(5).state_dict())  # strict
+
+
+def test_without_affine_and_without_running_stats():
+    x = make_input((2, 5, 3, 3), "nchw")
+    for kwargs in [dict(affine=False), dict(track_running_stats=False)]:
+        ours = BatchNormAct2d(5, act="relu", **kwargs)
+        ref = nn.BatchNorm2d(5, **kwargs)
+        for mode in (True, False):
+            ours.train(mode)
+            ref.train(mode)
+            torch.testing.assert_close(ours(x), F.relu(ref(x)), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("act", ["none", "relu6", "silu", "hardswish"])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("training", [True, False])
+def test_gradcheck_float64(act, layout, training):
+    x = make_input((2, 3, 3, 4), layout, dtype=torch.float64).requires_grad_()
+    r = make_input((2, 3, 3, 4), layout, dtype=torch.float64, seed=3).requires_grad_()
+    w = torch.rand(3, dtype=torch.float64).add_(0.5).requires_grad_()
+    b = torch.randn(3, dtype=torch.float64).requires_grad_()
+    rm, rv = torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
+
+    def f(x, w, b, r):
+        out, _, _ = torch.ops.pycnn.bn_act_forward(x, w, b, r, rm, rv, training, 1e-5, act)
+        return out
+
+    assert torch.autograd.gradcheck(f, (x, w, b, r))
+
+
+OPCHECK_CASES = [
+    ("nchw", "relu", True, True),
+    ("channels_last", "silu", True, False),
+    ("nchw", "relu6", False, True),
+    ("channels_last", "none", False, False),
+]
+
+
+@pytest.mark.parametrize("layout,act,training,with_residual", OPCHECK_CASES)
+def test_opcheck(layout, act, training, with_residual):
+    x = make_input((2, 4, 3, 5), layout).requires_grad_()
+    r = make_input((2, 4, 3, 5), layout, seed=2) if with_residual else None
+    w = torch.rand(4).add_(0.5).requires_grad_()
+    b = torch.randn(4).requires_grad_()
+    rm, rv = torch.zeros(4), torch.ones(4)
+    torch.library.opcheck(torch.ops.pycnn.bn_act_forward.default, (x, w, b, r, rm, rv, training, 1e-5, act))
+    _, mean, var = torch.ops.pycnn.bn_act_forward(x, w, b, r, rm, rv, training, 1e-5, act)
+    dy = torch.randn_like(x)
+    torch.library.opcheck(torch.ops.pycnn.bn_act_backward.default,
+                          (dy, x.detach(), w.detach(), b.detach(), r, mean, var, training, 1e-5, act),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+def half_precision_errors(dtype, device, act="silu", shape=(4, 24, 9, 9)):
+    """Max error against a float64 reference: ours in `dtype`, PyTorch's own op in `dtype`."""
+    x = make_input(shape, "channels_last", device=device)
+    r = make_input(shape, "channels_last", device=device, seed=5)
+    ours, _ = make_pair(shape[1], act, device=device)
+    ref64 = nn.BatchNorm2d(shape[1]).to(device=device, dtype=torch.float64)
+    ref64.load_state_dict(ours.state_dict())
+    ref_half = nn.BatchNorm2d(shape[1]).to(device)
+    ref_half.load_state_dict(ours.state_dict())
+
+    def grads_of(fn, xx, rr, params):
+        xx = xx.detach().clone().requires_grad_()
+        rr = rr.detach().clone().requires_grad_()
+        y = fn(xx, rr)
+        g = torch.ones_like(y) * 0.1 + torch.arange(y.numel(), device=device).reshape(y.shape).remainder(7).to(y.dtype) * 0.05
+        gs = torch.autograd.grad(y, [xx, rr] + params, g)
+        return [y] + list(gs)
+
+    truth = grads_of(lambda a, b: REFERENCE_ACT[act](ref64(a) + b), x.double(), r.double(),
+                     [ref64.weight, ref64.bias])
+    mine = grads_of(lambda a, b: ours(a, b), x.to(dtype), r.to(dtype), [ours.weight, ours.bias])
+    theirs = grads_of(lambda a, b: REFERENCE_ACT[act](ref_half(a) + b), x.to(dtype), r.to(dtype),
+                      [ref_half.weight, ref_half.bias])
+    err = lambda vals: [(v.double() - t).abs().max().item() for v, t in zip(vals, truth)]
+    return err(mine), err(theirs)
+
+
+def assert_half_precision_rule(mine, theirs, floor):
+    names = ["output", "grad_input", "grad_residual", "grad_weight", "grad_bias"]
+    for name, e_mine, e_theirs in zip(names, mine, theirs):
+        assert e_mine <= 2 * e_theirs + floor, f"{name}: error {e_mine:.3g} vs PyTorch's {e_theirs:.3g}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_rule_cpu(dtype):
+    mine, theirs = half_precision_errors(dtype, "cpu")
+    assert_half_precision_rule(mine, theirs, floor=1e-3 if dtype == torch.float16 else 8e-3)
+
+
+def test_errors_name_the_argument():
+    x = torch.randn(2, 4, 3, 3)
+    w, b = torch.ones(4), torch.zeros(4)
+    rm, rv = torch.zeros(4), torch.ones(4)
+    op = torch.ops.pycnn.bn_act_forward
+    with pytest.raises(RuntimeError, match="input must be 4-D"):
+        op(torch.randn(2, 4, 3), w, b, None, rm, rv, True, 1e-5, "relu")
+    with pytest.raises(RuntimeError, match="input must be float32, float16, bfloat16 or float64"):
+        op(torch.ones(2, 4, 3, 3, dtype=torch.int32), w, b, None, rm, rv, True, 1e-5, "relu")
+    with pytest.raises(RuntimeError, match="weight must be 1-D with 4 elements"):
+        op(x, torch.ones(5), b, None, rm, rv, True, 1e-5, "relu")
+    with pytest.raises(RuntimeError, match="running_var must be 1-D with 4 elements"):
+        op(x, w, b, None, rm, torch.ones(3), False, 1e-5, "relu")
+    with pytest.raises(RuntimeError, match="residual must have the input's shape"):
+        op(x, w, b, torch.randn(2, 4, 3, 2), rm, rv, True, 1e-5, "relu")
+    with pytest.raises(RuntimeError, match="residual has dtype"):
+        op(x, w, b, x.double(), rm, rv, True, 1e-5, "relu")
+    with pytest.raises(RuntimeError, match="more than 1 value per channel"):
+        op(torch.randn(1, 4, 1, 1), w, b, None, rm, rv, True, 1e-5, "relu")
+    with pytest.raises(RuntimeError, match="running_mean and running_var are required"):
+        op(x, w, b, None, None, None, False, 1e-5, "relu")
+    with pytest.raises(RuntimeError, match="unknown activation 'tanh'"):
+        op(x, w, b, None, rm, rv, True, 1e-5, "tanh")
+    with pytest.raises(ValueError, match="unknown activation"):
+        BatchNormAct2d(4, act="tanh")
+    with pytest.raises(ValueError, match="expected 4D input"):
+        BatchNormAct2d(4)(torch.randn(4, 3))
+    # N * H * W == 1 in eval mode is fine, as in nn.BatchNorm2d
+    m = BatchNormAct2d(4).eval()
+    assert m(torch.randn(1, 4, 1, 1)).shape == (1, 4, 1, 1)
+
+
+def test_build_info_and_cuda_registration():
+    info = pycnn.build_info()
+    assert info["torch_version"].split("+")[0] == torch.__version__.split("+")[0]
+    assert set(info) >= {"torch_version", "cuda", "cuda_arch_list", "cxx_compiler", "cuda_compiler"}
+    if torch.version.cuda:  # a CUDA build of torch: the CUDA kernels are compiled and registered
+        assert info["cuda"] and info["cuda_kernels_registered"]
+        assert info["cuda_arch_list"]
+
+
+# ------------------------------------------------------------------------------------- CUDA ----
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("shape,layout,act,with_residual,training", list(itertools.product(
+    SHAPES + [(8, 64, 14, 14), (2, 40, 7, 7)], LAYOUTS, ["relu", "silu"], [False, True], [True, False])))
+def test_cuda_matches_batchnorm2d_float32(shape, layout, act, with_residual, training):
+    ours, ref = make_pair(shape[1], act, device="cuda")
+    ours.train(training)
+    ref.train(training)
+    x = make_input(shape, layout, device="cuda")
+    residual = make_input(shape, layout, device="cuda", seed=1) if with_residual else None
+    (y, xo, ro), (y_ref, xr, rr) = run_both(ours, ref, act, x, residual)
+    tol = dict(rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(y, y_ref, **tol)
+    torch.testing.assert_close(xo.grad, xr.grad, **tol)
+    torch.testing.assert_close(ours.weight.grad, ref.weight.grad, **tol)
+    torch.testing.assert_close(ours.bias.grad, ref.bias.grad, **tol)
+    torch.testing.assert_close(ours.running_var, ref.running_var, **tol)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(4, 24, 9, 9), (8, 64, 14, 14), (2, 20, 5, 5)])
+def test_cuda_half_precision_rule(dtype, shape):
+    mine, theirs = half_precision_errors(dtype, "cuda", shape=shape)
+    assert_half_precision_rule(mine, theirs, floor=1e-3 if dtype == torch.float16 else 8e-3)
+
+
+@pytest.mark.cuda
+def test_cuda_opcheck_and_device_mismatch():
+    x = make_input((2, 16, 3, 5), "channels_last", device="cuda").requires_grad_()
+    w = torch.rand(16, device="cuda").add_(0.5).requires_grad_()
+    b = torch.randn(16, device="cuda").requires_grad_()
+    rm, rv = torch.zeros(16, device="cuda"), torch.ones(16, device="cuda")
+    torch.library.opcheck(torch.ops.pycnn.bn_act_forward.default, (x, w, b, None, rm, rv, True, 1e-5, "relu"))
+    with pytest.raises(RuntimeError, match="weight is on cpu but input is on cuda"):
+        torch.ops.pycnn.bn_act_forward(x, torch.ones(16), b, None, rm, rv, True, 1e-5, "relu")
