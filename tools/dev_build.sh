@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Development build in place: compiles pycnn._C with CMake + Ninja into build/dev and copies it into
+# pycnn/, so `python -m pytest` from this checkout imports the source tree with its extension. Each
+# checkout (git worktree) builds its own; nothing is installed. Users install with pip (README.md).
+#   TORCH_CUDA_ARCH_LIST="9.0" tools/dev_build.sh      # one GPU architecture: quicker
+set -euo pipefail
+cd "$(dirname "$0")/.."
+py=${PYTHON:-python}
+cmake -S . -B build/dev -G Ninja -DCMAKE_BUILD_TYPE=Release \
+  -DPython_EXECUTABLE="$(command -v "$py")" -Dpybind11_DIR="$("$py" -m pybind11 --cmakedir)" >/dev/null
+cmake --build build/dev
+cp build/dev/_C*.so pycnn/
+if [ -d build/dev/ptxas ]; then rm -rf pycnn/ptxas && cp -r build/dev/ptxas pycnn/ptxas; fi
