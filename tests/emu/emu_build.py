@@ -23,7 +23,9 @@ BUILD_ROOT = Path(os.environ.get("PYCNN_EMU_BUILD_DIR", ROOT / "build" / "emu"))
 
 # -O1 keeps the one-time compile short; -fvisibility=hidden keeps two emulation modules (normal and
 # patched) loaded in one process from sharing the emulator's inline state.
-CFLAGS = ["-O1", "-g0", "-DPYCNN_EMU=1", "-fvisibility=hidden", "-Wno-unused-function"]
+# PYCNN_EMU_OPT overrides the optimization level (e.g. -O0 -g to debug a kernel with gdb).
+CFLAGS = ["-g0", "-DPYCNN_EMU=1", "-fvisibility=hidden", "-Wno-unused-function"]
+OPT = os.environ.get("PYCNN_EMU_OPT", "-O1").split()
 
 
 def bind_sources(tests_dir: Path = EMU_TESTS, only: list[str] | None = None) -> list[Path]:
@@ -33,7 +35,7 @@ def bind_sources(tests_dir: Path = EMU_TESTS, only: list[str] | None = None) -> 
     return binds + [tests_dir / "emu_module.cpp"]
 
 
-def _load(name: str, tests_dir: Path, csrc_dir: Path, build_dir: Path, verbose: bool, only=None):
+def _load(name: str, tests_dir: Path, csrc_dir: Path, build_dir: Path, verbose: bool, only=None, opt=None):
     from torch.utils import cpp_extension
 
     build_dir.mkdir(parents=True, exist_ok=True)
@@ -42,7 +44,7 @@ def _load(name: str, tests_dir: Path, csrc_dir: Path, build_dir: Path, verbose: 
         return cpp_extension.load(
             name=name,
             sources=[str(p) for p in bind_sources(tests_dir, only)],
-            extra_cflags=CFLAGS,
+            extra_cflags=(opt or OPT) + CFLAGS,
             extra_include_paths=[str(csrc_dir), str(csrc_dir / "cuda"), str(tests_dir)],
             build_directory=str(build_dir),
             verbose=verbose,
@@ -91,7 +93,8 @@ def build_patched(tag: str, patches: dict[str, list[tuple[str, str]]], only: lis
     for rel in patches:
         if not (ROOT / rel).exists():
             raise FileNotFoundError(rel)
-    return _load(name, src / "tests" / "emu", src / "csrc", work / "build", verbose, only)
+    # -O0: a patched module runs a handful of launches, so compile time matters more than speed.
+    return _load(name, src / "tests" / "emu", src / "csrc", work / "build", verbose, only, ["-O0"])
 
 
 def global_kernels(cuda_dir: Path = ROOT / "csrc" / "cuda") -> dict[str, str]:

@@ -52,7 +52,7 @@ __global__ void stencil2d_kernel(const Stencil2dParams p) {
     const int gy = y0 + idx / TW, gx = x0 + idx % TW;  // EMU-NEG:halo-2d
     tile[idx] = (gy >= 0 && gy < p.H && gx >= 0 && gx < p.W) ? img[gy * p.W + gx] : 0.f;
   }
-  __syncthreads();
+  __syncthreads();  // EMU-NEG:stencil2d-barrier
   const int gx = blockIdx.x * BX + threadIdx.x, gy = blockIdx.y * BY + threadIdx.y;
   if (gx < p.W && gy < p.H) {
     float acc = 0.f;
