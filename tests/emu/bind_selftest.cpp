@@ -8,6 +8,7 @@
 #include "kernels/reduce.cu"
 #include "kernels/stencil.cu"
 #include "kernels/warp_ops.cu"
+#include "kernels/wmma.cu"
 
 using at::Tensor;
 using namespace pycnn_emu_test;
@@ -81,5 +82,13 @@ PYCNN_EMU_BINDINGS(selftest, m) {
   });
   m.def("noop", [](std::vector<unsigned> grid, std::vector<unsigned> block) {
     check(st::launch_noop(dim3(grid.at(0), grid.at(1), grid.at(2)), dim3(block.at(0), block.at(1), block.at(2))));
+  });
+  m.def("wmma_gemm", [](Tensor a, Tensor b, Tensor c, bool b_col_major, bool c_col_major) {
+    const int M = int(a.size(0)), K = int(a.size(1)), N = int(c.numel() / M);
+    if (a.scalar_type() == at::kHalf)
+      check(st::launch_wmma_gemm(ptr<__half>(a), ptr<__half>(b), ptr<float>(c), M, N, K, b_col_major, c_col_major));
+    else
+      check(st::launch_wmma_gemm(ptr<__nv_bfloat16>(a), ptr<__nv_bfloat16>(b), ptr<float>(c), M, N, K, b_col_major,
+                                 c_col_major));
   });
 }

@@ -45,7 +45,7 @@ def _load(name: str, tests_dir: Path, csrc_dir: Path, build_dir: Path, verbose: 
             name=name,
             sources=[str(p) for p in bind_sources(tests_dir, only)],
             extra_cflags=(opt or OPT) + CFLAGS,
-            extra_include_paths=[str(csrc_dir), str(csrc_dir / "cuda"), str(tests_dir)],
+            extra_include_paths=[str(csrc_dir), str(csrc_dir / "cuda"), str(csrc_dir / "emu" / "shim"), str(tests_dir)],
             build_directory=str(build_dir),
             verbose=verbose,
         )

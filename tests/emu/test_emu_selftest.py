@@ -300,3 +300,25 @@ def test_kernel_names_are_recorded(emu_module):
     launched = emu_module.launched()
     assert launched["faults_kernel"] >= 1
     assert all("<" not in k and "::" not in k for k in launched)
+
+
+# ---- tensor-core fragments (nvcuda::wmma) -------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("b_col,c_col", [(False, False), (True, False), (False, True)])
+@pytest.mark.parametrize("mnk", [(16, 16, 16), (48, 32, 64)])
+def test_wmma_gemm(emu, dtype, b_col, c_col, mnk):
+    M, N, K = mnk
+    a = torch.randn(M, K).to(dtype)
+    b = torch.randn(K, N).to(dtype)
+    b_mem = b.t().contiguous() if b_col else b
+    c = torch.full((N, M) if c_col else (M, N), float("nan"))
+    emu.selftest.wmma_gemm(a, b_mem, c, b_col, c_col)
+    got = c.t() if c_col else c
+    torch.testing.assert_close(got.double(), 2 * a.double() @ b.double(), rtol=1e-5, atol=1e-4)
+
+
+def test_wmma_misaligned_pointer_is_an_error(emu_forward):
+    a = torch.randn(16 * 17).half()[1:257].view(16, 16)  # storage offset of 2 bytes: not 32-byte aligned
+    b = torch.randn(16, 16).half()
+    with pytest.raises(RuntimeError, match=r"wmma_gemm_kernel.*load_matrix_sync.*32-byte aligned"):
+        emu_forward.selftest.wmma_gemm(a, b, torch.empty(16, 16), False, False)
