@@ -1,6 +1,8 @@
 // pycnn CUDA emulation: warp collectives, atomics, loads, math and bit intrinsics, runtime API functions.
 #pragma once
 
+#include <math.h>  // the float overloads of exp, sqrt, ... in the global namespace, as in device code
+
 #include <climits>
 #include <cmath>
 #include <cstdint>
