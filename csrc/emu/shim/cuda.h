@@ -1,0 +1,3 @@
+// Emulation stand-in for <cuda.h> (csrc/emu/shim is on the include path of emulation builds only).
+#pragma once
+#include "../cuda_emu.h"
