@@ -52,3 +52,45 @@ def gpu_case(exact: bool = False, max_ulp: int = 0, name: str | None = None):
 
 # ---- cases ----------------------------------------------------------------------------------------------------
 # (one block per op; keep shapes tiny but with tails, e.g. C not a multiple of the vector width)
+
+
+def _bn_act_inputs(shape, dtype, seed=0):
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(shape, generator=g) * 1.5 + 0.3).to(dtype).contiguous(memory_format=torch.channels_last)
+    r = torch.randn(shape, generator=g).to(dtype).contiguous(memory_format=torch.channels_last)
+    dy = torch.randn(shape, generator=g).to(dtype).contiguous(memory_format=torch.channels_last)
+    c = shape[1]
+    w, b = torch.rand(c, generator=g) + 0.5, torch.randn(c, generator=g)
+    return x, r, dy, w, b
+
+
+def _bn_act_case(target, emu, shape, dtype, act):
+    import torch
+
+    x, r, dy, w, b = _bn_act_inputs(shape, dtype)
+    if target == "gpu":
+        args = [t.cuda() for t in (x, w, b, r)]
+        sms = torch.cuda.get_device_properties(0).multi_processor_count
+        y, mean, var = torch.ops.pycnn.bn_act_forward(*args, None, None, True, 1e-5, act)
+        dx, dw, db, dr = torch.ops.pycnn.bn_act_backward(dy.cuda(), args[0], args[1], args[2], args[3], mean, var,
+                                                         True, 1e-5, act)
+    else:
+        # the emulated launch uses the GPU's grid (same SM count): the same partial sums in the same order
+        sms = torch.cuda.get_device_properties(0).multi_processor_count if torch.cuda.is_available() else 2
+        y, mean, var = emu.bn_act.forward(x, w, b, r, None, None, True, 1e-5, act, sms)
+        dx, dw, db, dr = emu.bn_act.backward(dy, x, w, b, r, mean, var, True, 1e-5, act, sms)
+    return {"y": y, "mean": mean, "var": var, "dx": dx, "dweight": dw, "dbias": db, "dresidual": dr}
+
+
+@gpu_case(exact=False, max_ulp=8)
+def bn_act_float32_relu(target, emu):
+    import torch
+    return _bn_act_case(target, emu, (2, 24, 5, 3), torch.float32, "relu")
+
+
+@gpu_case(exact=False, max_ulp=8)
+def bn_act_float16_silu_scalar_path(target, emu):
+    import torch
+    return _bn_act_case(target, emu, (3, 7, 4, 5), torch.float16, "silu")
