@@ -16,4 +16,21 @@ TORCH_LIBRARY(pycnn, m) {
       "bn_act_backward(Tensor grad_output, Tensor input, Tensor? weight, Tensor? bias, Tensor? residual, "
       "Tensor save_mean, Tensor save_var, bool training, float eps, str act) -> "
       "(Tensor grad_input, Tensor grad_weight, Tensor grad_bias, Tensor? grad_residual)");
+  // Squeeze-and-Excitation [+ residual] + post-activation, N C H W input, per image n:
+  //   pooled = mean_hw(input)                           [N, C]
+  //   hidden = fc1_weight @ pooled + fc1_bias           [N, C_r]   (pre-activation)
+  //   gate   = sigmoid(fc2_weight @ act(hidden) + fc2_bias)   [N, C]
+  //   output = post_act(input * gate [+ residual])
+  // fc*_weight: [out, in] or [out, in, 1, 1]; pooled/hidden/gate are float32 (float64 for float64 input) and
+  // are what the backward needs besides input (and residual).
+  m.def(
+      "se_forward(Tensor input, Tensor fc1_weight, Tensor? fc1_bias, Tensor fc2_weight, Tensor? fc2_bias, "
+      "Tensor? residual, str act, str post_act) -> (Tensor output, Tensor pooled, Tensor hidden, Tensor gate)");
+  // Gradients of se_forward; the fc gradients have the shape and dtype of the fc weights, grad_residual
+  // is returned when residual is given.
+  m.def(
+      "se_backward(Tensor grad_output, Tensor input, Tensor fc1_weight, Tensor fc2_weight, Tensor? residual, "
+      "Tensor pooled, Tensor hidden, Tensor gate, str act, str post_act) -> (Tensor grad_input, "
+      "Tensor grad_fc1_weight, Tensor grad_fc1_bias, Tensor grad_fc2_weight, Tensor grad_fc2_bias, "
+      "Tensor? grad_residual)");
 }

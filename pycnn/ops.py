@@ -107,3 +107,70 @@ def _bn_act_backward(ctx, grad_output, _grad_mean, _grad_var):
 
 
 torch.library.register_autograd("pycnn::bn_act_forward", _bn_act_backward, setup_context=_bn_act_setup_context)
+
+
+# ---------------------------------------------------------------------------------------------
+# se: Squeeze-and-Excitation (+ residual) + post-activation
+# ---------------------------------------------------------------------------------------------
+
+def se(
+    input: Tensor,
+    fc1_weight: Tensor,
+    fc1_bias: Optional[Tensor],
+    fc2_weight: Tensor,
+    fc2_bias: Optional[Tensor],
+    *,
+    act: str = "relu",
+    post_act: str = "none",
+    residual: Optional[Tensor] = None,
+) -> Tensor:
+    """post_act(input * sigmoid(fc2(act(fc1(mean_hw(input))))) [+ residual]).
+
+    fc1_weight is [C_r, C] or [C_r, C, 1, 1] (nn.Linear or 1x1 nn.Conv2d), fc2_weight [C, C_r] or
+    [C, C_r, 1, 1]; the fc tensors have the input's dtype or float32 (float64 for float64 input)."""
+    for name, value in (("act", act), ("post_act", post_act)):
+        if value not in ACTIVATIONS:
+            raise ValueError(f"pycnn.se: unknown {name} {value!r}; expected one of {', '.join(ACTIVATIONS)}")
+    output, _pooled, _hidden, _gate = torch.ops.pycnn.se_forward(
+        input, fc1_weight, fc1_bias, fc2_weight, fc2_bias, residual, act, post_act)
+    return output
+
+
+@torch.library.register_fake("pycnn::se_forward")
+def _se_forward_fake(input, fc1_weight, fc1_bias, fc2_weight, fc2_bias, residual, act, post_act):
+    torch._check(input.dim() == 4, lambda: f"pycnn.se: input must be 4-D, got {input.dim()}-D")
+    n, c = input.size(0), input.size(1)
+    acc = _acc_dtype(input.dtype)
+    output = torch.empty_like(input, memory_format=_memory_format(input))
+    return (output, input.new_empty((n, c), dtype=acc), input.new_empty((n, fc1_weight.size(0)), dtype=acc),
+            input.new_empty((n, c), dtype=acc))
+
+
+@torch.library.register_fake("pycnn::se_backward")
+def _se_backward_fake(grad_output, input, fc1_weight, fc2_weight, residual, pooled, hidden, gate, act, post_act):
+    fmt = _memory_format(input)
+    grad_input = torch.empty_like(input, memory_format=fmt)
+    grad_residual = torch.empty_like(input, memory_format=fmt) if residual is not None else None
+    return (grad_input, torch.empty_like(fc1_weight, memory_format=torch.contiguous_format),
+            fc1_weight.new_empty((fc1_weight.size(0),)),
+            torch.empty_like(fc2_weight, memory_format=torch.contiguous_format),
+            fc2_weight.new_empty((fc2_weight.size(0),)), grad_residual)
+
+
+def _se_setup_context(ctx, inputs, output):
+    input, fc1_weight, fc1_bias, fc2_weight, fc2_bias, residual, act, post_act = inputs
+    _, pooled, hidden, gate = output
+    ctx.save_for_backward(input, fc1_weight, fc2_weight, residual, pooled, hidden, gate)
+    ctx.act, ctx.post_act = act, post_act
+    ctx.has_bias = (fc1_bias is not None, fc2_bias is not None)
+    ctx.mark_non_differentiable(pooled, hidden, gate)
+
+
+def _se_backward(ctx, grad_output, _grad_pooled, _grad_hidden, _grad_gate):
+    input, fc1_weight, fc2_weight, residual, pooled, hidden, gate = ctx.saved_tensors
+    gx, gw1, gb1, gw2, gb2, gr = torch.ops.pycnn.se_backward(
+        grad_output, input, fc1_weight, fc2_weight, residual, pooled, hidden, gate, ctx.act, ctx.post_act)
+    return (gx, gw1, gb1 if ctx.has_bias[0] else None, gw2, gb2 if ctx.has_bias[1] else None, gr, None, None)
+
+
+torch.library.register_autograd("pycnn::se_forward", _se_backward, setup_context=_se_setup_context)
