@@ -6,7 +6,8 @@
 #include <cmath>
 #include <cstdint>
 
-#if defined(__CUDACC__) || defined(PYCNN_EMU)
+// nvcc needs the qualifiers; the host compiler (CPU kernels, and the CUDA sources under emulation) not.
+#if defined(__CUDACC__)
 #define PYCNN_HOST_DEVICE __host__ __device__ __forceinline__
 #else
 #define PYCNN_HOST_DEVICE inline

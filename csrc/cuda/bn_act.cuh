@@ -11,8 +11,6 @@
 namespace pycnn {
 namespace cuda {
 
-enum class DType : int32_t { Float32, Float16, BFloat16, Float64 };
-
 struct BnActForwardParams {
   const void* x;         // [rows, channels]
   const void* residual;  // [rows, channels] or nullptr

@@ -5,21 +5,9 @@
 
 #include "../bn_act.h"
 #include "bn_act.cuh"
+#include "run_common.h"
 
 namespace pycnn {
-
-inline cuda::DType kernel_dtype(at::ScalarType t) {
-  switch (t) {
-    case at::kHalf: return cuda::DType::Float16;
-    case at::kBFloat16: return cuda::DType::BFloat16;
-    case at::kDouble: return cuda::DType::Float64;
-    default: return cuda::DType::Float32;
-  }
-}
-
-inline void check_launch(cudaError_t err, const char* op) {
-  TORCH_CHECK(err == cudaSuccess, op, ": kernel launch failed: ", cudaGetErrorString(err));
-}
 
 inline std::tuple<Tensor, Tensor, Tensor> run_bn_act_forward(const Tensor& input, const OptTensor& weight,
                                                              const OptTensor& bias, const OptTensor& residual,

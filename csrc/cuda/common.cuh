@@ -6,6 +6,8 @@
 // below are the only places where the two builds differ inside a kernel source.
 #pragma once
 
+#include <cstdint>
+
 #ifdef PYCNN_EMU
 #include "../emu/cuda_emu.h"
 #else
@@ -42,6 +44,9 @@ namespace cuda {
     cudaError_t pycnn_err_ = (expr);         \
     if (pycnn_err_ != cudaSuccess) return pycnn_err_; \
   } while (0)
+
+// Element type of a launch (params structs carry it; launchers dispatch on it).
+enum class DType : int32_t { Float32, Float16, BFloat16, Float64 };
 
 // float32 accumulation for float/half/bfloat16, double for double.
 template <typename T> struct AccType { using type = float; };

@@ -7,9 +7,8 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "common.cuh"  // first: under PYCNN_EMU it brings the emulator activation.h relies on
 #include "../activation.h"
-#include "bn_act.cuh"  // DType
+#include "common.cuh"
 
 namespace pycnn {
 namespace cuda {

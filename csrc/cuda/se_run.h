@@ -4,7 +4,7 @@
 #pragma once
 
 #include "../se.h"
-#include "bn_act_run.h"  // kernel_dtype, check_launch
+#include "run_common.h"
 #include "se.cuh"
 
 namespace pycnn {
