@@ -287,6 +287,12 @@ def test_lanes_at_different_warp_collectives_is_an_error(emu):
         emu.selftest.faults(torch.zeros(64), 64, 4, 8)
 
 
+def test_exception_in_a_kernel_is_reported(emu):
+    with pytest.raises(RuntimeError, match=r"throwing_kernel.*thread \(7,0,0\).*exception: thrown by a kernel thread"):
+        emu.selftest.throwing(7)
+    emu.selftest.throwing(-1)
+
+
 def test_shuffle_from_exited_lane_reads_poison(emu):
     out = torch.full((32,), -1.0)
     emu.selftest.exited_lane(out, 20)

@@ -86,6 +86,19 @@ inline cudaError_t launch_big_smem(unsigned* out, int words, bool set_attribute)
   return cudaGetLastError();
 }
 
+// A C++ exception escaping a kernel (possible only in emulation) is reported, not propagated across fibers.
+__global__ void throwing_kernel(int who) {
+#ifdef PYCNN_EMU
+  if (int(threadIdx.x) == who) throw std::runtime_error("thrown by a kernel thread");
+#endif
+  __syncthreads();
+}
+
+inline cudaError_t launch_throwing(int who) {
+  PYCNN_LAUNCH(1, 64, 0, nullptr, throwing_kernel)(who);
+  return cudaGetLastError();
+}
+
 // Launch configuration errors.
 __global__ void noop_kernel() {}
 
