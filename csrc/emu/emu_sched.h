@@ -515,6 +515,55 @@ inline bool run_block(BlockRun& r, const dim3& bd, std::vector<int>& order, uint
   }
 }
 
+// ---- crash reports ---------------------------------------------------------------------------------------------
+// A kernel that faults (out-of-bounds pointer, stack overflow into a fiber's guard page) cannot be recovered;
+// while a launch runs, SIGSEGV/SIGBUS first print which kernel, block and thread faulted, then the previous
+// handler (Python's faulthandler under pytest, or the default action) takes over.
+inline struct sigaction g_old_segv, g_old_bus;
+
+inline void crash_handler(int sig, siginfo_t* info, void*) {
+  sigaction(SIGSEGV, &g_old_segv, nullptr);
+  sigaction(SIGBUS, &g_old_bus, nullptr);
+  BlockRun* r = g_run;
+  if (!r) return;  // re-executes the faulting instruction under the previous handler
+  const StackPool& sp = stacks();
+  const uintptr_t a = reinterpret_cast<uintptr_t>(info->si_addr), base = reinterpret_cast<uintptr_t>(sp.base);
+  const char* what = sig == SIGBUS ? "bus error" : "segmentation fault";
+  if (sp.base && a >= base && a < base + sp.total && (a - base) % (sp.per + sp.page) < sp.page)
+    what = "stack overflow (raise PYCNN_EMU_STACK_KB)";
+  const Fiber& f = r->fibers[r->cur];
+  char buf[640];
+  const int n = std::snprintf(buf, sizeof buf,
+                              "\npycnn_emu: %s at address %p in kernel '%s' (%s), block (%u,%u,%u), thread (%u,%u,%u)"
+                              " [linear %d]\n",
+                              what, info->si_addr, r->kernel.c_str(), r->expr, r->block_idx.x, r->block_idx.y,
+                              r->block_idx.z, f.tid.x, f.tid.y, f.tid.z, r->cur);
+  if (n > 0) (void)!write(2, buf, size_t(n) < sizeof buf ? size_t(n) : sizeof buf - 1);
+}
+
+struct CrashReporter {
+  CrashReporter() {
+    stack_t cur;
+    if (sigaltstack(nullptr, &cur) == 0 && (cur.ss_flags & SS_DISABLE)) {  // a handler needs a stack of its own
+      static char alt[64 * 1024];
+      stack_t ss{};
+      ss.ss_sp = alt;
+      ss.ss_size = sizeof alt;
+      sigaltstack(&ss, nullptr);
+    }
+    struct sigaction sa {};
+    sa.sa_sigaction = crash_handler;
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGSEGV, &sa, &g_old_segv);
+    sigaction(SIGBUS, &sa, &g_old_bus);
+  }
+  ~CrashReporter() {
+    sigaction(SIGSEGV, &g_old_segv, nullptr);
+    sigaction(SIGBUS, &g_old_bus, nullptr);
+  }
+};
+
 inline void run_launch(const char* expr, dim3 grid, dim3 block, size_t smem, const void* fn, void (*body)(void*),
                        void* arg) {
   std::lock_guard<std::recursive_mutex> lock(launch_mutex());
@@ -563,6 +612,7 @@ inline void run_launch(const char* expr, dim3 grid, dim3 block, size_t smem, con
   r.dsmem = dsmem;
   g_block_dim = block;
   g_grid_dim = grid;
+  CrashReporter crash_reporter;
   g_run = &r;
   std::vector<int> order;
   uint64_t linear = 0;

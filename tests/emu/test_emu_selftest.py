@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import emu_build
 from conftest import ORDERS, schedule
 from emu_util import Guarded
 
@@ -291,6 +292,19 @@ def test_exception_in_a_kernel_is_reported(emu):
     with pytest.raises(RuntimeError, match=r"throwing_kernel.*thread \(7,0,0\).*exception: thrown by a kernel thread"):
         emu.selftest.throwing(7)
     emu.selftest.throwing(-1)
+
+
+@pytest.mark.parametrize("mode,expect", [(1, "stack overflow"), (2, "segmentation fault at address 0x10")])
+def test_a_crashing_kernel_names_itself(emu_module, mode, expect):
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.path.insert(0, %r); import emu_build; m = emu_build.build(); m.selftest.crash(%d, 1024)"
+            % (str(emu_build.EMU_TESTS), mode))
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode != 0
+    assert f"pycnn_emu: {expect}" in p.stderr, p.stderr[-2000:]
+    assert "in kernel 'crash_kernel' (crash_kernel), block (1,0,0), thread (3,0,0)" in p.stderr
 
 
 def test_shuffle_from_exited_lane_reads_poison(emu):

@@ -99,6 +99,23 @@ inline cudaError_t launch_throwing(int who) {
   return cudaGetLastError();
 }
 
+// Faults that kill the process (tested in a subprocess): mode 1 touches `kb` KiB of stack in thread 3 of
+// block 1, mode 2 writes through a wild pointer in the same thread.
+__global__ void crash_kernel(int mode, int kb) {
+  if (blockIdx.x != 1 || threadIdx.x != 3) return;
+  if (mode == 1) {
+    volatile char* big = static_cast<volatile char*>(__builtin_alloca(size_t(kb) * 1024));
+    for (int i = 0; i < kb * 1024; i += 4096) big[i] = 1;
+  } else {
+    *reinterpret_cast<volatile int*>(uintptr_t(16)) = 1;
+  }
+}
+
+inline cudaError_t launch_crash(int mode, int kb) {
+  PYCNN_LAUNCH(2, 32, 0, nullptr, crash_kernel)(mode, kb);
+  return cudaGetLastError();
+}
+
 // Launch configuration errors.
 __global__ void noop_kernel() {}
 
