@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 import emu_build
 from conftest import ORDERS, schedule
-from emu_util import Guarded
+from emu_util import GUARD, Guarded
 
 torch.manual_seed(0)
 
@@ -21,6 +21,19 @@ def _sum_ref(x: torch.Tensor, blocks: int, block: int) -> torch.Tensor:
     idx = torch.arange(x.numel())
     owner = (idx // block) % blocks
     return torch.zeros(blocks, dtype=torch.float64).index_add_(0, owner, xf)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.int32, torch.uint8])
+def test_guard_bands_catch_out_of_bounds_writes(dtype):
+    g = Guarded(torch.zeros(2, 3, dtype=dtype))
+    g.check()
+    g.buf[GUARD + 6] = 1  # one past the end
+    with pytest.raises(AssertionError, match="out-of-bounds write.*after"):
+        g.check("y")
+    g = Guarded(shape=(5,), dtype=dtype)
+    g.buf[GUARD - 1] = 0
+    with pytest.raises(AssertionError, match="before"):
+        g.check()
 
 
 # ---- reductions ------------------------------------------------------------------------------------------------
