@@ -17,12 +17,15 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <cstring>
 #include <exception>
 #include <map>
 #include <mutex>
 #include <random>
+#include <thread>
 #include <sstream>
 #include <string>
 #include <tuple>
@@ -227,6 +230,12 @@ inline uint3 g_block_idx{0, 0, 0};
 inline dim3 g_block_dim{1, 1, 1};
 inline dim3 g_grid_dim{1, 1, 1};
 inline BlockRun* g_run = nullptr;
+// watchdog state (see start_watchdog)
+inline std::atomic<uint64_t> g_progress{0};
+inline std::atomic<bool> g_launch_active{false};
+inline std::atomic<int> g_watch_thread{0};
+inline std::atomic<uint64_t> g_watch_block{0};
+inline char g_watch_kernel[256];
 
 inline std::recursive_mutex& launch_mutex() {
   static std::recursive_mutex m;
@@ -436,6 +445,8 @@ inline bool run_block(BlockRun& r, const dim3& bd, std::vector<int>& order, uint
       ran = true;
       r.cur = idx;
       g_thread_idx = f.tid;
+      g_progress.fetch_add(1, std::memory_order_relaxed);
+      g_watch_thread.store(idx, std::memory_order_relaxed);
       switch_context(r.sched, f.ctx);
       if (r.abort) return false;
     }
@@ -513,6 +524,46 @@ inline bool run_block(BlockRun& r, const dim3& bd, std::vector<int>& order, uint
     }
     r.bar_result = res;
   }
+}
+
+// ---- watchdog -------------------------------------------------------------------------------------------------
+// A thread that loops forever without reaching a barrier (a spin-wait on another thread or block) cannot be
+// preempted. A background OS thread notices when a launch makes no scheduling progress for
+// PYCNN_EMU_WATCHDOG_S seconds (default 120, 0 disables), names the kernel and thread, and aborts the process
+// (pytest's faulthandler then prints the Python stack) instead of letting CI hang.
+
+inline void start_watchdog() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    double limit = 120;
+    if (const char* e = std::getenv("PYCNN_EMU_WATCHDOG_S")) limit = std::atof(e);
+    if (limit <= 0) return;
+    std::thread([limit] {
+      uint64_t last = ~uint64_t(0);
+      double stalled = 0;
+      for (;;) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        const uint64_t p = g_progress.load(std::memory_order_relaxed);
+        if (!g_launch_active.load() || p != last) {
+          last = p;
+          stalled = 0;
+          continue;
+        }
+        stalled += 0.1;
+        if (stalled >= limit) {
+          const uint64_t b = g_watch_block.load();
+          std::fprintf(stderr,
+                       "\npycnn_emu: watchdog: kernel '%s' made no progress for %.0f s: block (%u,%u,%u) thread "
+                       "[linear %d] never reaches a barrier or its end (an infinite loop, or a spin-wait on another "
+                       "thread without __nanosleep or on another block, which never runs concurrently)\n",
+                       g_watch_kernel, limit, unsigned(b & 0xffffffu), unsigned((b >> 24) & 0xffffu),
+                       unsigned(b >> 40), g_watch_thread.load());
+          std::fflush(stderr);
+          std::abort();
+        }
+      }
+    }).detach();
+  });
 }
 
 // ---- crash reports ---------------------------------------------------------------------------------------------
@@ -613,6 +664,9 @@ inline void run_launch(const char* expr, dim3 grid, dim3 block, size_t smem, con
   g_block_dim = block;
   g_grid_dim = grid;
   CrashReporter crash_reporter;
+  start_watchdog();
+  std::snprintf(g_watch_kernel, sizeof g_watch_kernel, "%s", name.c_str());
+  g_launch_active = true;
   g_run = &r;
   std::vector<int> order;
   uint64_t linear = 0;
@@ -622,10 +676,12 @@ inline void run_launch(const char* expr, dim3 grid, dim3 block, size_t smem, con
       for (unsigned x = 0; x < grid.x && ok; ++x, ++linear) {
         r.block_idx = uint3{x, y, z};
         g_block_idx = r.block_idx;
+        g_watch_block.store(uint64_t(x & 0xffffffu) | (uint64_t(y) << 24) | (uint64_t(z) << 40));
         if (settings().poison_smem && smem) std::memset(dsmem, 0xff, smem);
         ok = run_block(r, block, order, linear);
       }
   g_run = nullptr;
+  g_launch_active = false;
 }
 
 template <typename... P>

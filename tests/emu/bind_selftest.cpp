@@ -82,6 +82,7 @@ PYCNN_EMU_BINDINGS(selftest, m) {
   });
   m.def("throwing", [](int who) { check(st::launch_throwing(who)); });
   m.def("crash", [](int mode, int kb) { check(st::launch_crash(mode, kb)); });
+  m.def("spin", [](Tensor flag) { check(st::launch_spin(ptr<int32_t>(flag))); });
   m.def("noop", [](std::vector<unsigned> grid, std::vector<unsigned> block) {
     check(st::launch_noop(dim3(grid.at(0), grid.at(1), grid.at(2)), dim3(block.at(0), block.at(1), block.at(2))));
   });

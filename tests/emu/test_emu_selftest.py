@@ -320,6 +320,20 @@ def test_a_crashing_kernel_names_itself(emu_module, mode, expect):
     assert "in kernel 'crash_kernel' (crash_kernel), block (1,0,0), thread (3,0,0)" in p.stderr
 
 
+def test_a_hanging_kernel_is_stopped_by_the_watchdog(emu_module):
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys, torch; sys.path.insert(0, %r); import emu_build; m = emu_build.build(); "
+            "m.selftest.spin(torch.zeros(1, dtype=torch.int32))" % str(emu_build.EMU_TESTS))
+    env = dict(os.environ, PYCNN_EMU_WATCHDOG_S="1")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert p.returncode != 0
+    assert "pycnn_emu: watchdog: kernel 'spin_kernel' made no progress for 1 s: block (0,0,0) thread [linear 0]" \
+        in p.stderr, p.stderr[-2000:]
+
+
 def test_shuffle_from_exited_lane_reads_poison(emu):
     out = torch.full((32,), -1.0)
     emu.selftest.exited_lane(out, 20)

@@ -116,6 +116,18 @@ inline cudaError_t launch_crash(int mode, int kb) {
   return cudaGetLastError();
 }
 
+// Thread 0 spins on a flag that nobody sets: the emulator's watchdog must end the process (subprocess test).
+__global__ void spin_kernel(volatile int* flag) {
+  if (threadIdx.x == 0)
+    while (*flag == 0) {
+    }
+}
+
+inline cudaError_t launch_spin(int* flag) {
+  PYCNN_LAUNCH(1, 32, 0, nullptr, spin_kernel)(flag);
+  return cudaGetLastError();
+}
+
 // Launch configuration errors.
 __global__ void noop_kernel() {}
 
