@@ -58,6 +58,9 @@ PYCNN_EMU_BINDINGS(selftest, m) {
     check(st::launch_convert(ptr<float>(x), ptr<__half>(h), ptr<__nv_bfloat16>(b), ptr<float>(hb), ptr<float>(bb),
                              int(x.numel())));
   });
+  m.def("convert_double", [](Tensor x, Tensor h, Tensor b) {
+    check(st::launch_convert_double(ptr<double>(x), ptr<__half>(h), ptr<__nv_bfloat16>(b), int(x.numel())));
+  });
   m.def("arith", [](Tensor a, Tensor b, Tensor out) {
     const int n = int(a.numel());
     if (a.scalar_type() == at::kHalf)

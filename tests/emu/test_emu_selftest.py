@@ -197,6 +197,43 @@ def test_float_to_half_and_bfloat16_bit_exact(emu_forward):
     assert torch.equal(hb, x.half().float()) and torch.equal(bb, x.bfloat16().float())
 
 
+def _bf16_from_double_ref(x: np.ndarray) -> np.ndarray:
+    """Nearest bfloat16 (ties to even) of each double, by comparing the neighbouring candidates exactly."""
+    t = x.astype(np.float32).view(np.uint32) & 0xFFFF0000
+    best = np.zeros(len(x), dtype=np.uint32)
+    best_d = np.full(len(x), np.inf)
+    for delta in (-0x10000, 0, 0x10000):
+        c = (t.astype(np.int64) + delta).clip(0, 0xFFFFFFFF).astype(np.uint32)
+        cv = c.view(np.float32).astype(np.float64)
+        d = np.abs(x - cv)  # exact: the candidates are within a factor of two of x
+        better = (d < best_d) | ((d == best_d) & (((c >> 16) & 1) == 0))
+        best = np.where(better, c, best)
+        best_d = np.where(better, d, best_d)
+    return (best >> 16).astype(np.uint16)
+
+
+def test_double_to_half_and_bfloat16_round_once(emu_forward):
+    h = torch.arange(0, 0x7C00, dtype=torch.int32).to(torch.int16).view(torch.float16).double()
+    mids = (h[:-1] + h[1:]) / 2
+    tiny = mids.abs() * 2.0**-40 + 2.0**-60
+    b = torch.randint(1, 0x7F7F, (20000,), dtype=torch.int32)
+    bmid = ((b << 16) | 0x8000).view(torch.float32).double()
+    btiny = bmid * 2.0**-35
+    pos = torch.cat([h, mids, mids + tiny, mids - tiny, bmid, bmid + btiny, bmid - btiny,
+                     torch.tensor([65519.999, 65520.0, 1e300, 1e-300, 3.4e38, 3.3961e38])])
+    x = torch.cat([pos, -pos])
+    hh = torch.empty(x.shape, dtype=torch.float16)
+    bb = torch.empty(x.shape, dtype=torch.bfloat16)
+    emu_forward.selftest.convert_double(x, hh, bb)
+    with np.errstate(over="ignore"):
+        ref_h = x.numpy().astype(np.float16)  # numpy rounds double -> half once
+    np.testing.assert_array_equal(hh.view(torch.int16).numpy(), ref_h.view(np.int16))
+    finite = x.abs() < 3.3e38
+    np.testing.assert_array_equal(bb.view(torch.int16).numpy()[finite.numpy()].view(np.uint16),
+                                  _bf16_from_double_ref(x.numpy()[finite.numpy()]))
+    assert (x.half().view(torch.int16) != hh.view(torch.int16)).any()  # torch rounds twice (via float)
+
+
 def test_nan_converts_to_cuda_canonical_nan(emu_forward):
     x = torch.tensor([float("nan"), -float("nan"), torch.tensor(0x7F800001, dtype=torch.int32).view(torch.float32)])
     h = torch.empty(3, dtype=torch.float16)
