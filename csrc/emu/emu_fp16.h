@@ -6,6 +6,7 @@
 // __CUDA_NO_BFLOAT16_OPERATORS__ like the CUDA headers do.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -99,6 +100,29 @@ inline uint16_t float_to_bf16_bits(float f, Round mode = Round::Nearest) {
 
 inline float bf16_bits_to_float(uint16_t b) { return u2f(uint32_t(b) << 16); }
 
+// double -> half / bfloat16 rounded once (to nearest even), like __double2half / __double2bfloat16: scale the
+// value so that the target's unit in the last place is 1, round to an integer (exact, ties to even), scale
+// back; the result is representable in the target format, so the final float conversion is exact.
+inline double round_to_format(double d, int mant_bits, int min_exp) {
+  if (d == 0 || !std::isfinite(d)) return d;
+  int e;
+  std::frexp(d, &e);  // |d| in [2^(e-1), 2^e)
+  const int exp = std::max(e - 1, min_exp);
+  const double ulp = std::ldexp(1.0, exp - mant_bits);
+  return std::nearbyint(d / ulp) * ulp;
+}
+inline uint16_t double_to_half_bits(double d) {
+  if (std::isnan(d)) return 0x7fffu;
+  const double r = round_to_format(d, 10, -14);
+  if (std::fabs(r) > 65504.0) return std::signbit(d) ? 0xfc00u : 0x7c00u;
+  return float_to_half_bits(float(r));
+}
+inline uint16_t double_to_bf16_bits(double d) {
+  if (std::isnan(d)) return 0x7fffu;
+  const double r = round_to_format(d, 7, -126);
+  return float_to_bf16_bits(float(r));  // exact, or +-inf past the largest finite bfloat16
+}
+
 }  // namespace fp
 }  // namespace pycnn_emu
 
@@ -113,7 +137,7 @@ struct __align__(2) __half {
   operator __half_raw() const { return __half_raw{__x}; }
 #if !defined(__CUDA_NO_HALF_CONVERSIONS__)
   __half(float f) : __x(pycnn_emu::fp::float_to_half_bits(f)) {}
-  __half(double f) : __x(pycnn_emu::fp::float_to_half_bits(float(f))) {}
+  __half(double f) : __x(pycnn_emu::fp::double_to_half_bits(f)) {}
   __half(int v) : __half(float(v)) {}
   __half(unsigned int v) : __half(float(v)) {}
   __half(long long v) : __half(float(v)) {}
@@ -121,7 +145,7 @@ struct __align__(2) __half {
   __half(short v) : __half(float(v)) {}
   __half(unsigned short v) : __half(float(v)) {}
   __half& operator=(float f) { __x = pycnn_emu::fp::float_to_half_bits(f); return *this; }
-  __half& operator=(double f) { __x = pycnn_emu::fp::float_to_half_bits(float(f)); return *this; }
+  __half& operator=(double f) { __x = pycnn_emu::fp::double_to_half_bits(f); return *this; }
   operator float() const { return pycnn_emu::fp::half_bits_to_float(__x); }
 #endif
 };
@@ -134,7 +158,7 @@ struct __align__(2) __nv_bfloat16 {
   operator __nv_bfloat16_raw() const { return __nv_bfloat16_raw{__x}; }
 #if !defined(__CUDA_NO_BFLOAT16_CONVERSIONS__)
   __nv_bfloat16(float f) : __x(pycnn_emu::fp::float_to_bf16_bits(f)) {}
-  __nv_bfloat16(double f) : __x(pycnn_emu::fp::float_to_bf16_bits(float(f))) {}
+  __nv_bfloat16(double f) : __x(pycnn_emu::fp::double_to_bf16_bits(f)) {}
   __nv_bfloat16(int v) : __nv_bfloat16(float(v)) {}
   __nv_bfloat16(unsigned int v) : __nv_bfloat16(float(v)) {}
   __nv_bfloat16(long long v) : __nv_bfloat16(float(v)) {}
@@ -142,7 +166,7 @@ struct __align__(2) __nv_bfloat16 {
   __nv_bfloat16(short v) : __nv_bfloat16(float(v)) {}
   __nv_bfloat16(unsigned short v) : __nv_bfloat16(float(v)) {}
   __nv_bfloat16& operator=(float f) { __x = pycnn_emu::fp::float_to_bf16_bits(f); return *this; }
-  __nv_bfloat16& operator=(double f) { __x = pycnn_emu::fp::float_to_bf16_bits(float(f)); return *this; }
+  __nv_bfloat16& operator=(double f) { __x = pycnn_emu::fp::double_to_bf16_bits(f); return *this; }
   operator float() const { return pycnn_emu::fp::bf16_bits_to_float(__x); }
 #endif
 };
@@ -191,8 +215,8 @@ inline __nv_bfloat16 __float2bfloat16_rd(float a) {
 inline __nv_bfloat16 __float2bfloat16_ru(float a) {
   return PYCNN_EMU_MKB(pycnn_emu::fp::float_to_bf16_bits(a, pycnn_emu::fp::Round::Up));
 }
-inline __half __double2half(double a) { return __float2half_rn(float(a)); }  // note: double rounding
-inline __nv_bfloat16 __double2bfloat16(double a) { return __float2bfloat16_rn(float(a)); }
+inline __half __double2half(double a) { return PYCNN_EMU_MKH(pycnn_emu::fp::double_to_half_bits(a)); }
+inline __nv_bfloat16 __double2bfloat16(double a) { return PYCNN_EMU_MKB(pycnn_emu::fp::double_to_bf16_bits(a)); }
 inline __half __int2half_rn(int a) { return __float2half_rn(float(a)); }
 inline __nv_bfloat16 __int2bfloat16_rn(int a) { return __float2bfloat16_rn(float(a)); }
 inline int __half2int_rz(__half a) { return int(std::trunc(__half2float(a))); }

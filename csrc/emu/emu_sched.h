@@ -17,12 +17,15 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <cstring>
 #include <exception>
 #include <map>
 #include <mutex>
 #include <random>
+#include <thread>
 #include <sstream>
 #include <string>
 #include <tuple>
@@ -227,6 +230,12 @@ inline uint3 g_block_idx{0, 0, 0};
 inline dim3 g_block_dim{1, 1, 1};
 inline dim3 g_grid_dim{1, 1, 1};
 inline BlockRun* g_run = nullptr;
+// watchdog state (see start_watchdog)
+inline std::atomic<uint64_t> g_progress{0};
+inline std::atomic<bool> g_launch_active{false};
+inline std::atomic<int> g_watch_thread{0};
+inline std::atomic<uint64_t> g_watch_block{0};
+inline char g_watch_kernel[256];
 
 inline std::recursive_mutex& launch_mutex() {
   static std::recursive_mutex m;
@@ -436,6 +445,8 @@ inline bool run_block(BlockRun& r, const dim3& bd, std::vector<int>& order, uint
       ran = true;
       r.cur = idx;
       g_thread_idx = f.tid;
+      g_progress.fetch_add(1, std::memory_order_relaxed);
+      g_watch_thread.store(idx, std::memory_order_relaxed);
       switch_context(r.sched, f.ctx);
       if (r.abort) return false;
     }
@@ -515,6 +526,95 @@ inline bool run_block(BlockRun& r, const dim3& bd, std::vector<int>& order, uint
   }
 }
 
+// ---- watchdog -------------------------------------------------------------------------------------------------
+// A thread that loops forever without reaching a barrier (a spin-wait on another thread or block) cannot be
+// preempted. A background OS thread notices when a launch makes no scheduling progress for
+// PYCNN_EMU_WATCHDOG_S seconds (default 120, 0 disables), names the kernel and thread, and aborts the process
+// (pytest's faulthandler then prints the Python stack) instead of letting CI hang.
+
+inline void start_watchdog() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    double limit = 120;
+    if (const char* e = std::getenv("PYCNN_EMU_WATCHDOG_S")) limit = std::atof(e);
+    if (limit <= 0) return;
+    std::thread([limit] {
+      uint64_t last = ~uint64_t(0);
+      double stalled = 0;
+      for (;;) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        const uint64_t p = g_progress.load(std::memory_order_relaxed);
+        if (!g_launch_active.load() || p != last) {
+          last = p;
+          stalled = 0;
+          continue;
+        }
+        stalled += 0.1;
+        if (stalled >= limit) {
+          const uint64_t b = g_watch_block.load();
+          std::fprintf(stderr,
+                       "\npycnn_emu: watchdog: kernel '%s' made no progress for %.0f s: block (%u,%u,%u) thread "
+                       "[linear %d] never reaches a barrier or its end (an infinite loop, or a spin-wait on another "
+                       "thread without __nanosleep or on another block, which never runs concurrently)\n",
+                       g_watch_kernel, limit, unsigned(b & 0xffffffu), unsigned((b >> 24) & 0xffffu),
+                       unsigned(b >> 40), g_watch_thread.load());
+          std::fflush(stderr);
+          std::abort();
+        }
+      }
+    }).detach();
+  });
+}
+
+// ---- crash reports ---------------------------------------------------------------------------------------------
+// A kernel that faults (out-of-bounds pointer, stack overflow into a fiber's guard page) cannot be recovered;
+// while a launch runs, SIGSEGV/SIGBUS first print which kernel, block and thread faulted, then the previous
+// handler (Python's faulthandler under pytest, or the default action) takes over.
+inline struct sigaction g_old_segv, g_old_bus;
+
+inline void crash_handler(int sig, siginfo_t* info, void*) {
+  sigaction(SIGSEGV, &g_old_segv, nullptr);
+  sigaction(SIGBUS, &g_old_bus, nullptr);
+  BlockRun* r = g_run;
+  if (!r) return;  // re-executes the faulting instruction under the previous handler
+  const StackPool& sp = stacks();
+  const uintptr_t a = reinterpret_cast<uintptr_t>(info->si_addr), base = reinterpret_cast<uintptr_t>(sp.base);
+  const char* what = sig == SIGBUS ? "bus error" : "segmentation fault";
+  if (sp.base && a >= base && a < base + sp.total && (a - base) % (sp.per + sp.page) < sp.page)
+    what = "stack overflow (raise PYCNN_EMU_STACK_KB)";
+  const Fiber& f = r->fibers[r->cur];
+  char buf[640];
+  const int n = std::snprintf(buf, sizeof buf,
+                              "\npycnn_emu: %s at address %p in kernel '%s' (%s), block (%u,%u,%u), thread (%u,%u,%u)"
+                              " [linear %d]\n",
+                              what, info->si_addr, r->kernel.c_str(), r->expr, r->block_idx.x, r->block_idx.y,
+                              r->block_idx.z, f.tid.x, f.tid.y, f.tid.z, r->cur);
+  if (n > 0) (void)!write(2, buf, size_t(n) < sizeof buf ? size_t(n) : sizeof buf - 1);
+}
+
+struct CrashReporter {
+  CrashReporter() {
+    stack_t cur;
+    if (sigaltstack(nullptr, &cur) == 0 && (cur.ss_flags & SS_DISABLE)) {  // a handler needs a stack of its own
+      static char alt[64 * 1024];
+      stack_t ss{};
+      ss.ss_sp = alt;
+      ss.ss_size = sizeof alt;
+      sigaltstack(&ss, nullptr);
+    }
+    struct sigaction sa {};
+    sa.sa_sigaction = crash_handler;
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGSEGV, &sa, &g_old_segv);
+    sigaction(SIGBUS, &sa, &g_old_bus);
+  }
+  ~CrashReporter() {
+    sigaction(SIGSEGV, &g_old_segv, nullptr);
+    sigaction(SIGBUS, &g_old_bus, nullptr);
+  }
+};
+
 inline void run_launch(const char* expr, dim3 grid, dim3 block, size_t smem, const void* fn, void (*body)(void*),
                        void* arg) {
   std::lock_guard<std::recursive_mutex> lock(launch_mutex());
@@ -563,6 +663,10 @@ inline void run_launch(const char* expr, dim3 grid, dim3 block, size_t smem, con
   r.dsmem = dsmem;
   g_block_dim = block;
   g_grid_dim = grid;
+  CrashReporter crash_reporter;
+  start_watchdog();
+  std::snprintf(g_watch_kernel, sizeof g_watch_kernel, "%s", name.c_str());
+  g_launch_active = true;
   g_run = &r;
   std::vector<int> order;
   uint64_t linear = 0;
@@ -572,10 +676,12 @@ inline void run_launch(const char* expr, dim3 grid, dim3 block, size_t smem, con
       for (unsigned x = 0; x < grid.x && ok; ++x, ++linear) {
         r.block_idx = uint3{x, y, z};
         g_block_idx = r.block_idx;
+        g_watch_block.store(uint64_t(x & 0xffffffu) | (uint64_t(y) << 24) | (uint64_t(z) << 40));
         if (settings().poison_smem && smem) std::memset(dsmem, 0xff, smem);
         ok = run_block(r, block, order, linear);
       }
   g_run = nullptr;
+  g_launch_active = false;
 }
 
 template <typename... P>

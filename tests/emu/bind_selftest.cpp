@@ -58,6 +58,9 @@ PYCNN_EMU_BINDINGS(selftest, m) {
     check(st::launch_convert(ptr<float>(x), ptr<__half>(h), ptr<__nv_bfloat16>(b), ptr<float>(hb), ptr<float>(bb),
                              int(x.numel())));
   });
+  m.def("convert_double", [](Tensor x, Tensor h, Tensor b) {
+    check(st::launch_convert_double(ptr<double>(x), ptr<__half>(h), ptr<__nv_bfloat16>(b), int(x.numel())));
+  });
   m.def("arith", [](Tensor a, Tensor b, Tensor out) {
     const int n = int(a.numel());
     if (a.scalar_type() == at::kHalf)
@@ -80,6 +83,9 @@ PYCNN_EMU_BINDINGS(selftest, m) {
   m.def("big_smem", [](Tensor out, int words, bool set_attribute) {
     check(st::launch_big_smem(ptr<uint32_t>(out), words, set_attribute));
   });
+  m.def("throwing", [](int who) { check(st::launch_throwing(who)); });
+  m.def("crash", [](int mode, int kb) { check(st::launch_crash(mode, kb)); });
+  m.def("spin", [](Tensor flag) { check(st::launch_spin(ptr<int32_t>(flag))); });
   m.def("noop", [](std::vector<unsigned> grid, std::vector<unsigned> block) {
     check(st::launch_noop(dim3(grid.at(0), grid.at(1), grid.at(2)), dim3(block.at(0), block.at(1), block.at(2))));
   });

@@ -24,7 +24,11 @@ BUILD_ROOT = Path(os.environ.get("PYCNN_EMU_BUILD_DIR", ROOT / "build" / "emu"))
 # -O1 keeps the one-time compile short; -fvisibility=hidden keeps two emulation modules (normal and
 # patched) loaded in one process from sharing the emulator's inline state.
 # PYCNN_EMU_OPT overrides the optimization level (e.g. -O0 -g to debug a kernel with gdb).
-CFLAGS = ["-g0", "-DPYCNN_EMU=1", "-fvisibility=hidden", "-Wno-unused-function"]
+# -fno-strict-aliasing: CUDA code type-puns through reinterpret_cast (vector loads) as nvcc allows;
+# -ffp-contract=off: never fuse a*b+c behind the kernel's back (write fmaf where a fused result is wanted).
+# -fstack-clash-protection: a big stack frame probes page by page, so an overflow hits the fiber's guard page.
+CFLAGS = ["-g0", "-DPYCNN_EMU=1", "-fvisibility=hidden", "-fno-strict-aliasing", "-ffp-contract=off",
+          "-fstack-clash-protection", "-Wno-unused-function"]
 OPT = os.environ.get("PYCNN_EMU_OPT", "-O1").split()
 
 

@@ -20,8 +20,9 @@ class Guarded:
         n = 1
         for s in shape:
             n *= s
-        self.buf = torch.full((n + 2 * GUARD,), fill, dtype=dtype) if dtype.is_floating_point else \
-            torch.full((n + 2 * GUARD,), -1234567, dtype=dtype)
+        if not dtype.is_floating_point:
+            fill = torch.iinfo(dtype).max  # integers: the largest value (-1 for signed types is too common)
+        self.buf = torch.full((n + 2 * GUARD,), fill, dtype=dtype)
         self.t = self.buf[GUARD:GUARD + n].view(shape)
         if src is not None:
             self.t.copy_(src)

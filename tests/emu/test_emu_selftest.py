@@ -8,8 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import emu_build
 from conftest import ORDERS, schedule
-from emu_util import Guarded
+from emu_util import GUARD, Guarded
 
 torch.manual_seed(0)
 
@@ -20,6 +21,19 @@ def _sum_ref(x: torch.Tensor, blocks: int, block: int) -> torch.Tensor:
     idx = torch.arange(x.numel())
     owner = (idx // block) % blocks
     return torch.zeros(blocks, dtype=torch.float64).index_add_(0, owner, xf)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.int32, torch.uint8])
+def test_guard_bands_catch_out_of_bounds_writes(dtype):
+    g = Guarded(torch.zeros(2, 3, dtype=dtype))
+    g.check()
+    g.buf[GUARD + 6] = 1  # one past the end
+    with pytest.raises(AssertionError, match="out-of-bounds write.*after"):
+        g.check("y")
+    g = Guarded(shape=(5,), dtype=dtype)
+    g.buf[GUARD - 1] = 0
+    with pytest.raises(AssertionError, match="before"):
+        g.check()
 
 
 # ---- reductions ------------------------------------------------------------------------------------------------
@@ -183,6 +197,43 @@ def test_float_to_half_and_bfloat16_bit_exact(emu_forward):
     assert torch.equal(hb, x.half().float()) and torch.equal(bb, x.bfloat16().float())
 
 
+def _bf16_from_double_ref(x: np.ndarray) -> np.ndarray:
+    """Nearest bfloat16 (ties to even) of each double, by comparing the neighbouring candidates exactly."""
+    t = x.astype(np.float32).view(np.uint32) & 0xFFFF0000
+    best = np.zeros(len(x), dtype=np.uint32)
+    best_d = np.full(len(x), np.inf)
+    for delta in (-0x10000, 0, 0x10000):
+        c = (t.astype(np.int64) + delta).clip(0, 0xFFFFFFFF).astype(np.uint32)
+        cv = c.view(np.float32).astype(np.float64)
+        d = np.abs(x - cv)  # exact: the candidates are within a factor of two of x
+        better = (d < best_d) | ((d == best_d) & (((c >> 16) & 1) == 0))
+        best = np.where(better, c, best)
+        best_d = np.where(better, d, best_d)
+    return (best >> 16).astype(np.uint16)
+
+
+def test_double_to_half_and_bfloat16_round_once(emu_forward):
+    h = torch.arange(0, 0x7C00, dtype=torch.int32).to(torch.int16).view(torch.float16).double()
+    mids = (h[:-1] + h[1:]) / 2
+    tiny = mids.abs() * 2.0**-40 + 2.0**-60
+    b = torch.randint(1, 0x7F7F, (20000,), dtype=torch.int32)
+    bmid = ((b << 16) | 0x8000).view(torch.float32).double()
+    btiny = bmid * 2.0**-35
+    pos = torch.cat([h, mids, mids + tiny, mids - tiny, bmid, bmid + btiny, bmid - btiny,
+                     torch.tensor([65519.999, 65520.0, 1e300, 1e-300, 3.4e38, 3.3961e38])])
+    x = torch.cat([pos, -pos])
+    hh = torch.empty(x.shape, dtype=torch.float16)
+    bb = torch.empty(x.shape, dtype=torch.bfloat16)
+    emu_forward.selftest.convert_double(x, hh, bb)
+    with np.errstate(over="ignore"):
+        ref_h = x.numpy().astype(np.float16)  # numpy rounds double -> half once
+    np.testing.assert_array_equal(hh.view(torch.int16).numpy(), ref_h.view(np.int16))
+    finite = x.abs() < 3.3e38
+    np.testing.assert_array_equal(bb.view(torch.int16).numpy()[finite.numpy()].view(np.uint16),
+                                  _bf16_from_double_ref(x.numpy()[finite.numpy()]))
+    assert (x.half().view(torch.int16) != hh.view(torch.int16)).any()  # torch rounds twice (via float)
+
+
 def test_nan_converts_to_cuda_canonical_nan(emu_forward):
     x = torch.tensor([float("nan"), -float("nan"), torch.tensor(0x7F800001, dtype=torch.int32).view(torch.float32)])
     h = torch.empty(3, dtype=torch.float16)
@@ -285,6 +336,39 @@ def test_lane_missing_from_a_shuffle_is_a_deadlock_error(emu):
 def test_lanes_at_different_warp_collectives_is_an_error(emu):
     with pytest.raises(RuntimeError, match=r"divergent warp collective"):
         emu.selftest.faults(torch.zeros(64), 64, 4, 8)
+
+
+def test_exception_in_a_kernel_is_reported(emu):
+    with pytest.raises(RuntimeError, match=r"throwing_kernel.*thread \(7,0,0\).*exception: thrown by a kernel thread"):
+        emu.selftest.throwing(7)
+    emu.selftest.throwing(-1)
+
+
+@pytest.mark.parametrize("mode,expect", [(1, "stack overflow"), (2, "segmentation fault at address 0x10")])
+def test_a_crashing_kernel_names_itself(emu_module, mode, expect):
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.path.insert(0, %r); import emu_build; m = emu_build.build(); m.selftest.crash(%d, 1024)"
+            % (str(emu_build.EMU_TESTS), mode))
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode != 0
+    assert f"pycnn_emu: {expect}" in p.stderr, p.stderr[-2000:]
+    assert "in kernel 'crash_kernel' (crash_kernel), block (1,0,0), thread (3,0,0)" in p.stderr
+
+
+def test_a_hanging_kernel_is_stopped_by_the_watchdog(emu_module):
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys, torch; sys.path.insert(0, %r); import emu_build; m = emu_build.build(); "
+            "m.selftest.spin(torch.zeros(1, dtype=torch.int32))" % str(emu_build.EMU_TESTS))
+    env = dict(os.environ, PYCNN_EMU_WATCHDOG_S="1")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert p.returncode != 0
+    assert "pycnn_emu: watchdog: kernel 'spin_kernel' made no progress for 1 s: block (0,0,0) thread [linear 0]" \
+        in p.stderr, p.stderr[-2000:]
 
 
 def test_shuffle_from_exited_lane_reads_poison(emu):

@@ -86,6 +86,48 @@ inline cudaError_t launch_big_smem(unsigned* out, int words, bool set_attribute)
   return cudaGetLastError();
 }
 
+// A C++ exception escaping a kernel (possible only in emulation) is reported, not propagated across fibers.
+__global__ void throwing_kernel(int who) {
+#ifdef PYCNN_EMU
+  if (int(threadIdx.x) == who) throw std::runtime_error("thrown by a kernel thread");
+#endif
+  __syncthreads();
+}
+
+inline cudaError_t launch_throwing(int who) {
+  PYCNN_LAUNCH(1, 64, 0, nullptr, throwing_kernel)(who);
+  return cudaGetLastError();
+}
+
+// Faults that kill the process (tested in a subprocess): mode 1 touches `kb` KiB of stack in thread 3 of
+// block 1, mode 2 writes through a wild pointer in the same thread.
+__global__ void crash_kernel(int mode, int kb) {
+  if (blockIdx.x != 1 || threadIdx.x != 3) return;
+  if (mode == 1) {
+    volatile char* big = static_cast<volatile char*>(__builtin_alloca(size_t(kb) * 1024));
+    for (int i = 0; i < kb * 1024; i += 4096) big[i] = 1;
+  } else {
+    *reinterpret_cast<volatile int*>(uintptr_t(16)) = 1;
+  }
+}
+
+inline cudaError_t launch_crash(int mode, int kb) {
+  PYCNN_LAUNCH(2, 32, 0, nullptr, crash_kernel)(mode, kb);
+  return cudaGetLastError();
+}
+
+// Thread 0 spins on a flag that nobody sets: the emulator's watchdog must end the process (subprocess test).
+__global__ void spin_kernel(volatile int* flag) {
+  if (threadIdx.x == 0)
+    while (*flag == 0) {
+    }
+}
+
+inline cudaError_t launch_spin(int* flag) {
+  PYCNN_LAUNCH(1, 32, 0, nullptr, spin_kernel)(flag);
+  return cudaGetLastError();
+}
+
 // Launch configuration errors.
 __global__ void noop_kernel() {}
 

@@ -19,6 +19,20 @@ inline cudaError_t launch_convert(const float* x, __half* h, __nv_bfloat16* b, f
   return cudaGetLastError();
 }
 
+// double -> half / bfloat16, rounded once (no detour through float).
+__global__ void convert_double_kernel(const double* __restrict__ x, __half* __restrict__ h,
+                                      __nv_bfloat16* __restrict__ b, int n) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  h[i] = __double2half(x[i]);
+  b[i] = __double2bfloat16(x[i]);
+}
+
+inline cudaError_t launch_convert_double(const double* x, __half* h, __nv_bfloat16* b, int n) {
+  PYCNN_LAUNCH((n + 255) / 256, 256, 0, nullptr, convert_double_kernel)(x, h, b, n);
+  return cudaGetLastError();
+}
+
 // out[k * n + i]: a + b, a - b, a * b, a / b, max(a, b), -a, and the pairwise (T2) add and mul, in type T.
 template <typename T, typename T2>
 __global__ void arith_kernel(const T* __restrict__ a, const T* __restrict__ b, T* __restrict__ out, int n) {
