@@ -69,7 +69,8 @@ for _act in ir.ACTIVATIONS:
 GENERATORS = {
     "regnet": [("w0", REQUIRED, "float"), ("wa", REQUIRED, "float"), ("wm", REQUIRED, "float"),
                ("depth", REQUIRED, "pos"), ("group_width", REQUIRED, "pos"), ("bottleneck", 1.0, "posfloat"),
-               ("se", 0.0, "float"), ("block", REQUIRED, "block"), ("stride", 2, "pos")],
+               ("se", 0.0, "float"), ("block", REQUIRED, "block"), ("stride", 2, "pos"),
+               ("rounding", "pycls", "rounding")],
 }
 
 FUSABLE_ACTS = ("relu", "relu6", "silu")  # a bn followed by one of these becomes one `bn` layer with `act`
@@ -466,6 +467,11 @@ class Elaborator:
             if name not in ir.ACTIVATIONS and name != "none":
                 raise bad(f"an activation ({', '.join(ir.ACTIVATIONS)} or none)")
             return None if name == "none" else name
+        if kind == "rounding":
+            name = str(value) if isinstance(value, (Symbol, str)) else None
+            if name not in ("pycls", "torchvision"):
+                raise bad('"pycls" or "torchvision"')
+            return name
         if kind == "block":
             name = str(value) if isinstance(value, (Symbol, str)) else None
             if name not in self.program.blocks:
@@ -670,7 +676,8 @@ class Elaborator:
         spec = GENERATORS[call.name]
         a, locs = self.bind_spec(call, spec, ctx.ev, call.name)
         try:
-            stages = regnet_stages(a["w0"], a["wa"], a["wm"], a["depth"], a["group_width"], a["bottleneck"])
+            stages = regnet_stages(a["w0"], a["wa"], a["wm"], a["depth"], a["group_width"], a["bottleneck"],
+                                   rounding=a["rounding"])
         except ValueError as e:
             raise self.error(f"regnet: {e}", call.loc) from None
         bdef = self.program.blocks[a["block"]]

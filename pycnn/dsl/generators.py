@@ -9,6 +9,8 @@ import math
 from dataclasses import dataclass
 from typing import List
 
+from .evaluate import make_divisible
+
 
 @dataclass(frozen=True)
 class StageSpec:
@@ -23,8 +25,12 @@ def _round_half_even(x: float) -> int:
 
 
 def regnet_stages(w0: float, wa: float, wm: float, depth: int, group_width: int, bottleneck: float = 1.0,
-                  quant: int = 8) -> List[StageSpec]:
-    """Stage widths and depths of a RegNet (REFERENCES.md section 4)."""
+                  quant: int = 8, rounding: str = "pycls") -> List[StageSpec]:
+    """Stage widths and depths of a RegNet (REFERENCES.md section 4).
+
+    `rounding` makes the bottleneck width a multiple of the group width: "pycls" rounds to the nearest
+    multiple (half to even, as numpy), "torchvision" uses `_make_divisible` (half up, never below 90%); the two
+    differ when the width is an odd multiple of half the group width (RegNetX-400MF: 392 -> 384 or 400)."""
     if w0 <= 0 or wa < 0 or wm <= 1 or depth < 1 or group_width < 1 or bottleneck <= 0 or w0 % quant:
         raise ValueError("regnet needs w0 > 0 and a multiple of 8, wa >= 0, wm > 1, depth >= 1, "
                          "group_width >= 1, bottleneck > 0")
@@ -43,6 +49,9 @@ def regnet_stages(w0: float, wa: float, wm: float, depth: int, group_width: int,
     for w, d in stages:
         v = int(w * bottleneck)
         g = min(group_width, v)
-        v = max(g, _round_half_even(v / g) * g)
+        if rounding == "torchvision":
+            v = make_divisible(v, g)
+        else:
+            v = max(g, _round_half_even(v / g) * g)
         out.append(StageSpec(int(v / bottleneck), d, g, bottleneck))
     return out
