@@ -541,7 +541,8 @@ class Elaborator:
         try:
             out_shape, params, flops = ir.infer(op, attrs, shape)
         except ir.ShapeError as e:
-            raise self.error(f"{call.name}: {e.message}", locs.get(e.arg, call.loc) if e.arg else call.loc) from None
+            message = e.message if e.message.startswith(op) else f"{call.name}: {e.message}"
+            raise self.error(message, locs.get(e.arg, call.loc) if e.arg else call.loc) from None
         node = ir.Layer(namer.next(call.name if op == "act" else _BASE_NAMES[op]), op, attrs, shape, out_shape,
                         params, flops, call.loc)
         self.account(node)
