@@ -569,6 +569,10 @@ class Elaborator:
         if bdef.name in ctx.stack:
             chain = " -> ".join(ctx.stack[ctx.stack.index(bdef.name):] + (bdef.name,))
             raise self.error(f"recursion: block '{bdef.name}' calls itself ({chain})", call.name_loc)
+        self.n_layers += 1  # block instances count against the layer budget too (empty blocks cost time)
+        if self.n_layers > self.limits.max_layers:
+            raise self.error(f"the network has more than {self.limits.max_layers} layers and blocks (the limit)",
+                             call.name_loc)
         if len(ctx.stack) >= self.limits.max_depth:
             raise self.error(f"blocks nested deeper than {self.limits.max_depth}", call.name_loc)
         names = [p.name for p in bdef.params]
@@ -676,6 +680,8 @@ class Elaborator:
     def generator(self, call: A.Call, shape, ctx: _Ctx, stage_counter: int) -> List[ir.Sequence]:
         spec = GENERATORS[call.name]
         a, locs = self.bind_spec(call, spec, ctx.ev, call.name)
+        if a["depth"] > self.limits.max_layers:
+            raise self.error(f"regnet: depth {a['depth']} exceeds the layer limit", locs["depth"])
         try:
             stages = regnet_stages(a["w0"], a["wa"], a["wm"], a["depth"], a["group_width"], a["bottleneck"],
                                    rounding=a["rounding"])
@@ -730,5 +736,8 @@ def _from_python(key, value):
 def elaborate(source, network: Optional[str] = None, *, file: Optional[str] = None, limits: Limits = Limits(),
               **overrides) -> ir.Network:
     """Parse and elaborate `source` (a path or text) into an ir.Network."""
-    program = load_program(source, file)
-    return Elaborator(program, limits).network(network, overrides)
+    try:
+        program = load_program(source, file)
+        return Elaborator(program, limits).network(network, overrides)
+    except RecursionError:
+        raise ArchError("the text is nested too deeply to elaborate") from None
