@@ -68,3 +68,40 @@ def summary(model_or_source, network: Optional[str] = None, *, show: bool = True
     if show:
         print(s)
     return s
+
+
+def main(argv=None):
+    """python -m pycnn.summary PATH [NETWORK] [--set name=value ...]"""
+    import argparse
+    from .dsl.errors import ArchError
+    ap = argparse.ArgumentParser(prog="python -m pycnn.summary", description="Per-layer summary of an .arch network")
+    ap.add_argument("path")
+    ap.add_argument("network", nargs="?")
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                    help="override a network parameter (numbers, true/false, shapes like 3x160x160)")
+    args = ap.parse_args(argv)
+    overrides = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        overrides[key] = _parse_value(value)
+    try:
+        summary(args.path, args.network, **overrides)
+    except ArchError as e:
+        print(e)
+        return 1
+    return 0
+
+
+def _parse_value(text: str):
+    if text in ("true", "false"):
+        return text == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -95,13 +95,13 @@ def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def _check(value, loc, source):
+def _check(value, loc, source_of):
     if isinstance(value, float):
         if value != value or abs(value) > MAX_MAGNITUDE:
-            raise ArchError("number out of range" if value == value else "not a number", loc, source)
+            raise ArchError("number out of range" if value == value else "not a number", loc, source_of(loc.file))
     elif isinstance(value, int) and not isinstance(value, bool):
         if abs(value) > MAX_MAGNITUDE:
-            raise ArchError("number too large", loc, source)
+            raise ArchError("number too large", loc, source_of(loc.file))
     return value
 
 
@@ -143,7 +143,7 @@ class Evaluator:
 
     def eval(self, node):
         method = getattr(self, "_" + type(node).__name__)
-        return _check(method(node), node.loc, self.source_of(node.loc.file))
+        return _check(method(node), node.loc, self.source_of)
 
     def _Number(self, n):
         return n.value

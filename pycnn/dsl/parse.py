@@ -160,34 +160,26 @@ class _ToAst(Transformer):
     def arg_keyword(self, meta, children):
         return A.Arg(str(children[0]), children[1], self._loc(children[0]))
 
-    # ---- expressions
-    @v_args(meta=True)
-    def ternary(self, meta, children):
-        return A.Ternary(children[0], children[1], children[2], self._loc(meta))
+    # ---- expressions: the grammar gives a flat stream of prefix operators, operands and binary operators;
+    # precedence is given here by recursive descent (see grammar/arch.lark)
+    def operand(self, children):
+        return list(children)
 
-    @v_args(meta=True)
-    def or_op(self, meta, children):
-        return A.BoolOp("or", children[0], children[1], self._loc(meta))
+    def paren(self, children):
+        return children[0]
 
-    @v_args(meta=True)
-    def and_op(self, meta, children):
-        return A.BoolOp("and", children[0], children[1], self._loc(meta))
-
-    @v_args(meta=True)
-    def not_op(self, meta, children):
-        return A.Not(children[0], self._loc(meta))
-
-    @v_args(meta=True)
-    def compare(self, meta, children):
-        return A.Compare(str(children[1]), children[0], children[2], self._loc(meta))
-
-    @v_args(meta=True)
-    def binary(self, meta, children):
-        return A.Binary(str(children[1]), children[0], children[2], self._loc(meta))
-
-    @v_args(meta=True)
-    def unary(self, meta, children):
-        return A.Unary(str(children[0]), children[1], self._loc(meta))
+    def expr(self, children):
+        *flat, qmark, then, otherwise = children
+        stream = []
+        for c in flat:
+            if isinstance(c, list):
+                stream.extend(c)
+            else:
+                stream.append(c)
+        node = _ExprParser(self.file, stream).parse()
+        if qmark is not None:
+            return A.Ternary(node, then, otherwise, _span(self.file, node.loc, otherwise.loc))
+        return node
 
     @v_args(meta=True)
     def number(self, meta, children):
@@ -233,6 +225,113 @@ class _ToAst(Transformer):
         return A.TupleExpr(tuple(c for c in children if c is not None), self._loc(meta))
 
 
+def _span(file, start, end) -> A.Loc:
+    return A.Loc(file, start.line, start.column, end.end_line, end.end_column)
+
+
+def _tok_loc(file, tok) -> A.Loc:
+    return A.Loc(file, tok.line, tok.column, tok.end_line, tok.end_column)
+
+
+class _ExprParser:
+    """Precedence for a flat expression stream (tokens are operators, everything else an operand's AST)."""
+
+    def __init__(self, file, stream):
+        self.file, self.items, self.i = file, stream, 0
+
+    def peek(self, *types):
+        if self.i < len(self.items):
+            item = self.items[self.i]
+            if isinstance(item, Token) and item.type in types:
+                return item
+        return None
+
+    def take(self):
+        item = self.items[self.i]
+        self.i += 1
+        return item
+
+    def parse(self):
+        node = self.or_()
+        if self.i != len(self.items):  # pragma: no cover - the grammar guarantees a complete expression
+            raise _SemanticError("malformed expression", node.loc)
+        return node
+
+    def or_(self):
+        left = self.and_()
+        while self.peek("OR"):
+            self.take()
+            right = self.and_()
+            left = A.BoolOp("or", left, right, _span(self.file, left.loc, right.loc))
+        return left
+
+    def and_(self):
+        left = self.not_()
+        while self.peek("AND"):
+            self.take()
+            right = self.not_()
+            left = A.BoolOp("and", left, right, _span(self.file, left.loc, right.loc))
+        return left
+
+    def not_(self):
+        tok = self.peek("NOT")
+        if tok:
+            self.take()
+            operand = self.not_()
+            return A.Not(operand, _span(self.file, _tok_loc(self.file, tok), operand.loc))
+        return self.comparison()
+
+    def comparison(self):
+        left = self.sum()
+        tok = self.peek("COMP_OP")
+        if tok:
+            self.take()
+            right = self.sum()
+            left = A.Compare(str(tok), left, right, _span(self.file, left.loc, right.loc))
+            again = self.peek("COMP_OP")
+            if again:
+                raise _SemanticError("comparisons cannot be chained; use `and`", _tok_loc(self.file, again))
+        return left
+
+    def sum(self):
+        left = self.product()
+        while self.peek("ADD_OP"):
+            op = self.take()
+            right = self.product()
+            left = A.Binary(str(op), left, right, _span(self.file, left.loc, right.loc))
+        return left
+
+    def product(self):
+        left = self.unary()
+        while self.peek("MUL_OP"):
+            op = self.take()
+            right = self.unary()
+            left = A.Binary(str(op), left, right, _span(self.file, left.loc, right.loc))
+        return left
+
+    def unary(self):
+        tok = self.peek("ADD_OP")
+        if tok:
+            self.take()
+            operand = self.unary()
+            return A.Unary(str(tok), operand, _span(self.file, _tok_loc(self.file, tok), operand.loc))
+        return self.power()
+
+    def power(self):
+        base = self.atom()
+        if self.peek("POW_OP"):
+            self.take()
+            exponent = self.unary()
+            return A.Binary("**", base, exponent, _span(self.file, base.loc, exponent.loc))
+        return base
+
+    def atom(self):
+        item = self.take()
+        if isinstance(item, Token):
+            raise _SemanticError(f"unexpected {str(item)!r} in an expression", _tok_loc(self.file, item))
+        return item
+
+
 class _SemanticError(Exception):
     def __init__(self, message, loc):
         super().__init__(message)
@@ -244,7 +343,8 @@ _TOKEN_NAMES = {
     "NAME": "a name", "ASSIGN_NAME": "a name", "NUMBER": "a number", "SHAPE": "a shape like 3x224x224",
     "STRING": "a string", "ARGS_OPEN": "'('", "COLON": "':'", "QMARK": "'?'", "DOT": "'.'",
     "COMP_OP": "a comparison", "ADD_OP": "'+' or '-'", "MUL_OP": "'*', '/', '//' or '%'", "POW_OP": "'**'",
-    "STRIDE": "'stride'", "WHEN": "'when'", "ELSE": "'else'", "$END": "end of file",
+    "STRIDE": "'stride'", "WHEN": "'when'", "ELSE": "'else'", "$END": "end of file", "OR": "'or'", "AND": "'and'",
+    "NOT": "'not'",
 }
 
 
@@ -290,6 +390,8 @@ def parse_text(text: str, file: str = "<text>") -> A.File:
     except lark.exceptions.VisitError as e:
         if isinstance(e.orig_exc, _SemanticError):
             raise ArchError(e.orig_exc.message, e.orig_exc.loc, text) from None
+        if isinstance(e.orig_exc, RecursionError):
+            raise ArchError(f"{file}: text nested too deeply") from None
         raise
     except RecursionError:
         raise ArchError(f"{file}: text nested too deeply") from None
