@@ -47,35 +47,137 @@ def _fmt(shape) -> str:
     return str(tuple(int(d) for d in shape))
 
 
+def _units(model, layer_names: List[str]) -> List[List[List[str]]]:
+    """The pycnn model's parametrized layers grouped as the IR knows them: one unit per layer, and one unit per
+    block whose alternatives are the orders in which its branches may be registered in the other library."""
+    import itertools
+    from .. import ir
+
+    def under(name):
+        return [n for n in layer_names if n == name or n.startswith(name + ".")]
+
+    def flat(node, name):
+        return [n for n, _ in _iter_named(node, name)]
+
+    def _iter_named(node, name):
+        for sub, layer in ir.iter_layers(node, name):
+            for leaf in under(sub):
+                yield leaf, layer
+
+    units: List[List[List[str]]] = []
+
+    def walk(node, name):
+        if isinstance(node, ir.Layer):
+            leaves = under(name)
+            if leaves:
+                units.append([leaves])
+        elif isinstance(node, ir.Sequence):
+            for child in node.children:
+                walk(child, f"{name}.{child.name}")
+        elif isinstance(node, ir.Block):
+            for child in node.pre:
+                walk(child, f"{name}.{child.name}")
+            groups = []
+            for br in node.branches:
+                base = f"{name}.{br.name}" if br.nested else name
+                leaves = []
+                for child in br.children:
+                    leaves += flat(child, f"{base}.{child.name}")
+                groups.append(leaves)
+            if len(groups) <= 5:
+                orders = list(itertools.permutations(range(len(groups))))
+            else:
+                orders = [tuple(range(len(groups)))]
+            alternatives = []
+            for order in orders:
+                alt = [leaf for k in order for leaf in groups[k]]
+                if alt not in alternatives:
+                    alternatives.append(alt)
+            if alternatives and alternatives[0]:
+                units.append(alternatives)
+            for child in node.post:
+                walk(child, f"{name}.{child.name}")
+
+    for part in model.ir.parts:
+        walk(part, part.name)
+    return units
+
+
+def _pair(ours, theirs, our_name, their_name, ours_is_target, units=None):
+    """[(our prefix, their prefix)] and a list of problems."""
+    problems: List[str] = []
+    mine = dict(ours)
+    if units is None:
+        units = [[[prefix]] for prefix, _ in ours]
+    pairs = []
+    k = 0
+
+    def describe(a, b):
+        out = []
+        ta, tb = mine[a], theirs[b][1]
+        if set(ta) != set(tb):
+            return [f"{our_name} '{a}' has tensors {sorted(ta)} but {their_name} '{theirs[b][0]}' has {sorted(tb)}"]
+        for leaf, tensor in ta.items():
+            if tuple(tensor.shape) != tuple(tb[leaf].shape):
+                x = f"{our_name} '{a}.{leaf}' {_fmt(tensor.shape)}"
+                y = f"{their_name} '{theirs[b][0]}.{leaf}' {_fmt(tb[leaf].shape)}"
+                out.append(f"{x} vs {y}" if ours_is_target else f"{y} vs {x}")
+        return out
+
+    for alternatives in units:
+        n = len(alternatives[0])
+        chunk = list(range(k, min(k + n, len(theirs))))
+        chosen = None
+        for alt in alternatives:
+            if len(chunk) == n and all(not describe(a, b) for a, b in zip(alt, chunk)):
+                chosen = alt
+                break
+        if chosen is None:
+            for a, b in zip(alternatives[0], chunk):
+                problems += describe(a, b)
+            chosen = alternatives[0]
+        pairs += list(zip(chosen, chunk))
+        k += n
+    n_ours = sum(len(u[0]) for u in units)
+    if n_ours != len(theirs):
+        problems.append(f"{our_name} has {n_ours} parametrized layers, {their_name} has {len(theirs)}")
+    return pairs, problems
+
+
 def transfer_state_dict(source, target, *, source_name="source", target_name="target",
                         ignore: Sequence[str] = (), max_report: int = 10) -> "OrderedDict[str, torch.Tensor]":
-    """A state_dict with `target`'s names holding `source`'s tensors, paired by structure."""
+    """A state_dict with `target`'s names holding `source`'s tensors, paired by structure. When one side is a
+    compiled pycnn model, the branches of each of its blocks may appear in any order on the other side."""
     src = _layers(_state_dict(source), ignore)
     dst = _layers(_state_dict(target))
-    problems: List[str] = []
-    out: "OrderedDict[str, torch.Tensor]" = OrderedDict()
-    for (sp, st), (dp, dt) in zip(src, dst):
-        if set(st) != set(dt):
-            problems.append(f"{target_name} '{dp}' has tensors {sorted(dt)} but {source_name} '{sp}' has {sorted(st)}")
-            continue
-        for leaf, tensor in dt.items():
-            s = st[leaf]
-            if tuple(s.shape) != tuple(tensor.shape):
-                problems.append(f"{target_name} '{dp}.{leaf}' {_fmt(tensor.shape)} vs {source_name} '{sp}.{leaf}' "
-                                f"{_fmt(s.shape)}")
-            else:
-                out[f"{dp}.{leaf}" if dp else leaf] = s
-    if len(src) != len(dst):
-        extra = src[len(dst):] if len(src) > len(dst) else dst[len(src):]
-        who = source_name if len(src) > len(dst) else target_name
-        problems.append(f"{source_name} has {len(src)} parametrized layers, {target_name} has {len(dst)}; "
-                        f"first unpaired in {who}: '{extra[0][0]}'")
+    if _is_pycnn(source) and not _is_pycnn(target):
+        units = _units(source, [p for p, _ in src])
+        pairs, problems = _pair(src, dst, source_name, target_name, ours_is_target=False, units=units)
+        pairs = [(theirs, ours) for ours, theirs in pairs]  # (target index, source prefix)
+        src_by, dst_list = dict(src), dst
+        mapping = [(dst_list[t][0], s) for t, s in pairs]
+    else:
+        units = _units(target, [p for p, _ in dst]) if _is_pycnn(target) else None
+        pairs, problems = _pair(dst, src, target_name, source_name, ours_is_target=True, units=units)
+        src_by = dict(src)
+        mapping = [(d, src[s][0]) for d, s in pairs]
     if problems:
         shown = problems[:max_report]
         more = f"\n  ... and {len(problems) - max_report} more" if len(problems) > max_report else ""
         raise WeightMismatchError(f"{len(problems)} mismatch(es) between {source_name} and {target_name}:\n  "
                                   + "\n  ".join(shown) + more)
+    out: "OrderedDict[str, torch.Tensor]" = OrderedDict()
+    dst_by = dict(dst)
+    position = {prefix: i for i, (prefix, _) in enumerate(dst)}
+    for d, s in sorted(mapping, key=lambda m: position[m[0]]):
+        for leaf in dst_by[d]:
+            out[f"{d}.{leaf}" if d else leaf] = src_by[s][leaf]
     return out
+
+
+def _is_pycnn(obj) -> bool:
+    from .. import ir
+    return isinstance(obj, nn.Module) and isinstance(getattr(obj, "ir", None), ir.Network)
 
 
 def _load(model: nn.Module, sd) -> nn.Module:
