@@ -165,7 +165,6 @@ def test_bn_act_module_keeps_batchnorm_names():
     keys = [k for k in model.state_dict() if k.startswith("stem.bn1.")]
     assert keys == ["stem.bn1.weight", "stem.bn1.bias", "stem.bn1.running_mean", "stem.bn1.running_var",
                     "stem.bn1.num_batches_tracked"]
-    assert isinstance(model.stem.bn1, torch.nn.BatchNorm2d)
     x = torch.randn(2, 3, 8, 8)
     model.eval()
     y = model.stem.bn1(model.stem.conv1(x))
@@ -203,3 +202,24 @@ def test_no_python_eval_in_the_language():
         called = {node.func.id for node in pyast.walk(tree)
                   if isinstance(node, pyast.Call) and isinstance(node.func, pyast.Name)}
         assert not called & {"eval", "exec", "compile", "__import__"}, name
+
+
+def test_summary_command(capsys):
+    from pycnn.summary import main
+    assert main(["archs/regnetx32.arch", "--set", "classes=7"]) == 0
+    out = capsys.readouterr().out
+    fc_row = next(line for line in out.splitlines() if line.startswith("head.fc1"))
+    assert fc_row.split()[2] == "7" and "total: " in out
+    assert main(["archs/regnetx32.arch", "--set", "clases=7"]) == 1
+    assert "did you mean 'classes'" in capsys.readouterr().out
+
+
+def test_chained_comparison_is_an_error():
+    with pytest.raises(ArchError, match="comparisons cannot be chained"):
+        pycnn.parse("network n(input = 3x8x8) {\n    let a = 1 < 2 < 3\n}")
+
+
+def test_operator_precedence():
+    text = "network n(input = 3x8x8) {\n    stem = conv(2 + 3 * 2 ** 2 - -1, k=1) conv(not 1 == 2 and 3 > 2 ? 5 : 6)\n}"
+    outs = [layer.out_shape[0] for _, layer in pycnn.parse(text).layers()]
+    assert outs == [2 + 3 * 2 ** 2 + 1, 5]
