@@ -5,7 +5,10 @@ Never imports torch.
 """
 from __future__ import annotations
 
+import functools
 import os
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -97,17 +100,90 @@ def library_dirs() -> List[Path]:
     return [_PACKAGE_DIR / "archs", _PACKAGE_DIR.parent / "archs"]
 
 
-@dataclass
+_DEFINITION = re.compile(r"^[ \t]*(block|network)[ \t]+([A-Za-z_][A-Za-z0-9_]*)", re.M)
+
+
+@functools.lru_cache(maxsize=256)
+def _definitions_in(path: str, mtime_ns: int) -> Tuple[Tuple[str, str], ...]:
+    """(kind, name) of every definition in a library file, found without parsing it."""
+    with open(path, encoding="utf-8") as f:
+        return tuple(m.groups() for m in _DEFINITION.finditer(f.read()))
+
+
+class _Definitions(Mapping):
+    """Blocks or networks by name. Library files are parsed only when one of their names is first looked up,
+    so `use std` costs only the files a network needs."""
+
+    def __init__(self, program: "Program"):
+        self.program = program
+        self.defined: Dict[str, object] = {}
+        self.index: Dict[str, str] = {}  # name -> library file not parsed yet
+
+    def __getitem__(self, name):
+        if name not in self.defined and name in self.index:
+            self.program._load_library(self.index[name])
+        return self.defined[name]
+
+    def __contains__(self, name):
+        return name in self.defined or name in self.index
+
+    def __iter__(self):
+        yield from self.defined
+        yield from (n for n in self.index if n not in self.defined)
+
+    def __len__(self):
+        return len(set(self.defined) | set(self.index))
+
+
 class Program:
-    main: A.File
-    files: Dict[str, A.File]
-    blocks: Dict[str, A.BlockDef]
-    networks: Dict[str, object]  # NetworkDef | NetworkAlias
-    main_networks: List[str]
+    """The main file and the libraries it uses (directly or through other libraries)."""
+
+    def __init__(self, main: A.File):
+        self.main = main
+        self.files: Dict[str, A.File] = {main.path: main}
+        self.blocks = _Definitions(self)
+        self.networks = _Definitions(self)
+        self.main_networks: List[str] = []
+        self._indexed = {main.path}
+        self._register(main, is_main=True)
 
     def source_of(self, file: str) -> Optional[str]:
         f = self.files.get(file)
         return f.source if f is not None else None
+
+    def _register(self, f: A.File, is_main: bool = False):
+        seen_here = set()
+        for item in f.items:
+            if isinstance(item, (A.BlockDef, A.NetworkDef, A.NetworkAlias)):
+                if item.name in seen_here:
+                    raise ArchError(f"'{item.name}' is defined twice in this file", item.loc, f.source)
+                seen_here.add(item.name)
+                table = self.blocks if isinstance(item, A.BlockDef) else self.networks
+                if isinstance(item, A.BlockDef) and (item.name in PRIMITIVES or item.name in GENERATORS):
+                    raise ArchError(f"block name '{item.name}' is a built-in layer; choose another name",
+                                    item.loc, f.source)
+                if item.name not in table.defined:  # the main file and earlier libraries take precedence
+                    table.defined[item.name] = item
+                if is_main and not isinstance(item, A.BlockDef):
+                    self.main_networks.append(item.name)
+        for item in f.items:
+            if isinstance(item, A.Use):
+                for lib in _resolve_use(item, f.path, f.source):
+                    if lib in self._indexed:
+                        continue
+                    self._indexed.add(lib)
+                    for kind, name in _definitions_in(lib, os.stat(lib).st_mtime_ns):
+                        table = self.blocks if kind == "block" else self.networks
+                        if name not in table.defined and name not in table.index:
+                            table.index[name] = lib
+
+    def _load_library(self, path: str):
+        f = parse_file(path)
+        self.files[path] = f
+        for table in (self.blocks, self.networks):
+            for name in [n for n, p in table.index.items() if p == path]:
+                del table.index[name]
+        self._register(f)
 
 
 def _resolve_use(use: A.Use, from_file: str, source: str) -> List[str]:
@@ -130,7 +206,7 @@ def _resolve_use(use: A.Use, from_file: str, source: str) -> List[str]:
 
 
 def load_program(source, file: Optional[str] = None) -> Program:
-    """Parse `source` (a path or .arch text) and every library it `use`s."""
+    """Parse `source` (a path or .arch text); the libraries it `use`s are parsed as their names are needed."""
     if isinstance(source, os.PathLike) or (isinstance(source, str) and _looks_like_path(source)):
         path = os.fspath(source)
         if not os.path.isfile(path):
@@ -138,39 +214,7 @@ def load_program(source, file: Optional[str] = None) -> Program:
         main = parse_file(path)
     else:
         main = parse_text(source, file or "<text>")
-    files: Dict[str, A.File] = {main.path: main}
-    order = [main]
-    pending = [main]
-    while pending:
-        f = pending.pop()
-        for item in f.items:
-            if isinstance(item, A.Use):
-                for lib in _resolve_use(item, f.path, f.source):
-                    if lib not in files:
-                        files[lib] = parse_file(lib)
-                        order.append(files[lib])
-                        pending.append(files[lib])
-    blocks: Dict[str, A.BlockDef] = {}
-    networks: Dict[str, object] = {}
-    main_networks: List[str] = []
-    # library definitions first; the main file's own definitions shadow them
-    for f in order[1:] + [order[0]]:
-        seen_here = set()
-        for item in f.items:
-            if isinstance(item, (A.BlockDef, A.NetworkDef, A.NetworkAlias)):
-                if item.name in seen_here:
-                    raise ArchError(f"'{item.name}' is defined twice in this file", item.loc, f.source)
-                seen_here.add(item.name)
-                if isinstance(item, A.BlockDef):
-                    if item.name in PRIMITIVES or item.name in GENERATORS:
-                        raise ArchError(f"block name '{item.name}' is a built-in layer; choose another name",
-                                        item.loc, f.source)
-                    blocks[item.name] = item
-                else:
-                    networks[item.name] = item
-                    if f is main:
-                        main_networks.append(item.name)
-    return Program(main, files, blocks, networks, main_networks)
+    return Program(main)
 
 
 def _looks_like_path(s: str) -> bool:
@@ -491,7 +535,7 @@ class Elaborator:
             elif default is REQUIRED:
                 raise self.error(f"{what} needs the argument '{key}'", call.loc)
             else:
-                attrs[key] = default if default is None else self.check_kind(default, kind, key, what, call.loc)
+                attrs[key] = default if default is None else _normalized_default(default, kind)
                 attr_locs[key] = call.loc
         return attrs, attr_locs
 
@@ -707,6 +751,13 @@ class Elaborator:
             out.append(seq)
             x = seq.out_shape
         return out
+
+
+@functools.lru_cache(maxsize=None)
+def _normalized_default(default, kind):
+    if kind == "pair" or kind == "pad":
+        return default if isinstance(default, tuple) else (default, default)
+    return default
 
 
 def _show(v) -> str:

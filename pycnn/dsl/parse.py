@@ -25,8 +25,9 @@ def grammar_path() -> Path:
 
 @functools.lru_cache(maxsize=1)
 def _parser() -> Lark:
+    # cache=True: Lark keeps the LALR tables in a temporary file keyed by the grammar's hash (faster start)
     return Lark(grammar_path().read_text(), parser="lalr", lexer="contextual", propagate_positions=True,
-                maybe_placeholders=True)
+                maybe_placeholders=True, cache=True)
 
 
 def _loc_of(file: str, meta_or_token) -> A.Loc:
@@ -410,7 +411,3 @@ def parse_file(path) -> A.File:
     path = os.fspath(path)
     st = os.stat(path)
     return _parse_file_cached(path, st.st_mtime_ns, st.st_size)
-
-
-def looks_like_path(source: str) -> bool:
-    return "\n" not in source and "{" not in source and source.strip().endswith(".arch")
