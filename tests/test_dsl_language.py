@@ -223,3 +223,32 @@ def test_operator_precedence():
     text = "network n(input = 3x8x8) {\n    stem = conv(2 + 3 * 2 ** 2 - -1, k=1) conv(not 1 == 2 and 3 > 2 ? 5 : 6)\n}"
     outs = [layer.out_shape[0] for _, layer in pycnn.parse(text).layers()]
     assert outs == [2 + 3 * 2 ** 2 + 1, 5]
+
+
+def test_every_primitive_lowers_and_runs():
+    torch = pytest.importorskip("torch")
+    text = """
+    block gate(c) {
+        branch a { conv(c, k=1) sigmoid }
+        branch b { identity }
+        merge mul
+    }
+    network all(input = 4x16x16, classes = 3) {
+        a = conv(8, k=3, s=1, p=1, d=1, groups=2, bias=true) bn(eps=1e-3, momentum=0.01) relu6
+            dwconv(k=5, s=2, multiplier=2) gn(4) hardswish ln gelu channel_shuffle(4)
+            wsconv(16, k=3, gamma=1.5) tanh scale(0.5) se(4, act=silu, gate=sigmoid) gate(16)
+            maxpool(3, s=1, p=1, ceil=true) avgpool(2, s=2, ceil=false, count_pad=false)
+            adaptive_avgpool((2, 3)) global_maxpool global_avgpool gap
+        head = flatten dropout(0.1) linear(classes, bias=false) silu
+    }
+    """
+    net = pycnn.parse(text)
+    model = pycnn.compile(text).eval()
+    y = model(torch.randn(2, 4, 16, 16))
+    assert tuple(y.shape[1:]) == net.out_shape == (3,)
+    assert sum(p.numel() for p in model.parameters()) == net.total_params
+    # every layer's module produces the IR's output shape
+    x = torch.randn(1, 4, 16, 16)
+    for child in model.a.children():
+        x = child(x)
+    assert tuple(x.shape[1:]) == net.parts[0].out_shape
