@@ -112,8 +112,11 @@ def test_weights_pair_by_structure(arch, network, library, name, reference):
     from pycnn import weights
     with torch.device("meta"):
         model = pycnn.compile(os.path.join(ROOT, "archs", arch + ".arch"), network, init=False)
-    sd = weights.transfer_state_dict(library_model(library, name), model)
+    reference = library_model(library, name)
+    sd = weights.transfer_state_dict(reference, model)
     assert list(sd) == list(model.state_dict())
+    exported = weights.transfer_state_dict(model, reference)  # and back, with the library's names
+    assert list(exported) == list(reference.state_dict())
 
 
 def test_pycls_and_torchvision_rounding_differ_for_regnetx_400mf():
