@@ -25,24 +25,27 @@ def make_act(kind: str) -> nn.Module:
 
 
 class BatchNormAct2d(nn.BatchNorm2d):
-    """nn.BatchNorm2d followed by an activation; its state_dict keys are exactly nn.BatchNorm2d's."""
+    """nn.BatchNorm2d, then an optional residual added, then an activation: act(bn(x) + residual).
+    Its state_dict keys are exactly nn.BatchNorm2d's."""
 
     def __init__(self, num_features, act=None, eps=1e-5, momentum=0.1):
         super().__init__(num_features, eps=eps, momentum=momentum)
         self.act_name = act
         self.act = make_act(act) if act else nn.Identity()
 
-    def forward(self, x):
-        return self.act(super().forward(x))
+    def forward(self, x, residual=None):
+        y = super().forward(x)
+        if residual is not None:
+            y = y + residual
+        return self.act(y)
 
     def extra_repr(self):
         return super().extra_repr() + f", act={self.act_name}"
 
 
 def make_bn_act(channels: int, act=None, eps: float = 1e-5, momentum: float = 0.1) -> nn.Module:
-    """The BatchNorm (+ activation) of a network: nn.BatchNorm2d when there is no activation."""
-    if act is None:
-        return nn.BatchNorm2d(channels, eps=eps, momentum=momentum)
+    """The BatchNorm (+ residual + activation) of a network, the one place that chooses its module:
+    forward(x, residual=None) = act(bn(x) + residual); act in None/relu/relu6/silu."""
     return BatchNormAct2d(channels, act=act, eps=eps, momentum=momentum)
 
 
@@ -115,12 +118,15 @@ class Block(nn.Module):
     after. The `main` branch's layers are attributes of the block itself; other branches are nested
     nn.Sequentials named after the branch; an empty branch is the identity."""
 
-    def __init__(self, pre, branches, merge: str, post):
+    def __init__(self, pre, branches, merge: str, post, fused_branch=None):
         super().__init__()
         self._pre: List[str] = []
         self._post: List[str] = []
         self._branches: List[tuple] = []  # (nested name or None, [direct layer names])
         self.merge = merge
+        # residual fusion: the main branch's last layer is a BatchNorm that adds the other branch's output
+        # (and applies the post-merge activation) itself
+        self._fused = fused_branch
         for name, module in pre:
             self.add_module(name, module)
             self._pre.append(name)
@@ -139,9 +145,25 @@ class Block(nn.Module):
             self.add_module(name, module)
             self._post.append(name)
 
+    def _run_branch(self, k, x, upto=None):
+        nested, names = self._branches[k]
+        if nested is not None:
+            x = getattr(self, nested)(x)
+        for name in names[:upto]:
+            x = getattr(self, name)(x)
+        return x
+
     def forward(self, x):
         for name in self._pre:
             x = getattr(self, name)(x)
+        if self._fused is not None:
+            main = self._fused
+            residual = self._run_branch(1 - main, x)
+            names = self._branches[main][1]
+            y = getattr(self, names[-1])(self._run_branch(main, x, upto=-1), residual=residual)
+            for name in self._post:
+                y = getattr(self, name)(y)
+            return y
         outs = []
         for nested, names in self._branches:
             y = x
@@ -165,6 +187,8 @@ class Block(nn.Module):
         return y
 
     def extra_repr(self):
+        if self._fused is not None:
+            return f"merge={self.merge} (the residual is added by {self._branches[self._fused][1][-1]})"
         return f"merge={self.merge}"
 
 
@@ -227,11 +251,42 @@ def lower_node(node) -> nn.Module:
     if isinstance(node, ir.Sequence):
         return nn.Sequential(OrderedDict((c.name, lower_node(c)) for c in node.children))
     if isinstance(node, ir.Block):
-        return Block([(c.name, lower_node(c)) for c in node.pre],
-                     [(b.name, b.nested, [(c.name, lower_node(c)) for c in b.children]) for b in node.branches],
-                     node.merge,
-                     [(c.name, lower_node(c)) for c in node.post])
+        fusion = residual_fusion(node)
+        branches = [(b.name, b.nested, [(c.name, lower_node(c)) for c in b.children]) for b in node.branches]
+        post = [(c.name, lower_node(c)) for c in node.post]
+        if fusion is None:
+            return Block([(c.name, lower_node(c)) for c in node.pre], branches, node.merge, post)
+        main, act = fusion
+        bn = node.branches[main].children[-1]
+        branches[main][2][-1] = (bn.name, make_bn_act(bn.in_shape[0], act, bn.attrs["eps"], bn.attrs["momentum"]))
+        if act is not None:
+            post = post[1:]
+        return Block([(c.name, lower_node(c)) for c in node.pre], branches, node.merge, post, fused_branch=main)
     raise TypeError(node)  # pragma: no cover
+
+
+FUSABLE_ACTS = ("relu", "relu6", "silu")
+
+
+def residual_fusion(node: ir.Block):
+    """(index of the main branch, activation or None) when a block can add its residual inside the main branch's
+    final BatchNorm: two branches merged by `add`, the main one ending with a BatchNorm without activation, and
+    after the merge nothing or first a relu/relu6/silu. act(bn(x) + shortcut) equals the unfused block."""
+    if node.merge != "add" or len(node.branches) != 2:
+        return None
+    mains = [i for i, b in enumerate(node.branches) if not b.nested]
+    if len(mains) != 1:
+        return None
+    last = node.branches[mains[0]].children[-1] if node.branches[mains[0]].children else None
+    if not (isinstance(last, ir.Layer) and last.op == "bn" and last.attrs.get("act") is None):
+        return None
+    act = None
+    if node.post:
+        first = node.post[0]
+        if not (isinstance(first, ir.Layer) and first.op == "act" and first.attrs["kind"] in FUSABLE_ACTS):
+            return None
+        act = first.attrs["kind"]
+    return mains[0], act
 
 
 def init_weights(model: nn.Module) -> None:

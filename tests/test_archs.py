@@ -36,4 +36,5 @@ def test_network_builds_and_summary_matches(path, network):
     # module names and IR names agree
     module_names = {name for name, _ in model.named_modules()}
     for name, layer in net.layers():
-        assert name in module_names, name
+        # an activation after a residual add is applied by the BatchNorm that adds the residual
+        assert name in module_names or layer.op == "act", name
