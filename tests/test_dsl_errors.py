@@ -41,7 +41,7 @@ CASES = {
             stem = conv(32, k=3, strides=2)
         }""",
         """\
-        unknown_keyword.arch:2:26: conv has no parameter 'strides'; its parameters: out, k, s, p, d, groups, group_width, bias
+        unknown_keyword.arch:2:26: conv has no parameter 'strides' (did you mean 's'?); its parameters: out, k, s, p, d, groups, group_width, bias
                 stem = conv(32, k=3, strides=2)
                                      ^^^^^^^"""),
     "missing_argument": (

@@ -76,6 +76,11 @@ GENERATORS = {
                ("rounding", "pycls", "rounding")],
 }
 
+# what people coming from PyTorch write, and the short names the layers take
+SYNONYMS = {"kernel": "k", "kernel_size": "k", "stride": "s", "strides": "s", "padding": "p", "pad": "p",
+            "dilation": "d", "out_channels": "out", "channels": "out", "width": "out", "out_features": "out",
+            "num_groups": "groups", "ceil_mode": "ceil", "count_include_pad": "count_pad", "rate": "p"}
+
 FUSABLE_ACTS = ("relu", "relu6", "silu")  # a bn followed by one of these becomes one `bn` layer with `act`
 
 _BASE_NAMES = {"conv": "conv", "wsconv": "conv", "bn": "bn", "gn": "gn", "ln": "ln", "maxpool": "pool",
@@ -440,7 +445,10 @@ class Elaborator:
                 seen_keyword = True
                 key = arg.name
                 if key not in names:
-                    raise self.error(f"{what} has no parameter '{key}'" + did_you_mean(key, names)
+                    hint = did_you_mean(key, names)
+                    if not hint and SYNONYMS.get(key) in names:
+                        hint = f" (did you mean '{SYNONYMS[key]}'?)"
+                    raise self.error(f"{what} has no parameter '{key}'" + hint
                                      + (f"; its parameters: {', '.join(names)}" if names else
                                         "; it takes no arguments"), arg.loc)
                 if key in bound:
