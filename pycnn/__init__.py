@@ -1,11 +1,27 @@
-"""pycnn: CNN architectures as text, compiled to PyTorch modules running on fused CPU/CUDA kernels."""
+"""pycnn: CNN architectures written in .arch files, compiled into torch modules running on fused kernels."""
 
 import torch  # noqa: F401  (loads libtorch before the extension)
 
 from . import _C  # registers torch.ops.pycnn.*
 from . import ops  # noqa: F401  (fake kernels and autograd for the ops)
+from .dsl.errors import ArchError
+from .summary import summary
 
 __version__ = "0.1.0"
+
+
+def parse(source, network=None, *, file=None, limits=None, **overrides):
+    """Parse and elaborate an .arch path or text into the IR (`pycnn.ir.Network`); no torch involved.
+    `network` picks one of the file's networks (default: the first); overrides set network parameters."""
+    from .dsl.elaborate import Limits, elaborate
+    return elaborate(source, network, file=file, limits=limits or Limits(), **overrides)
+
+
+def compile(source, network=None, *, file=None, limits=None, init=True, **overrides):
+    """Compile an .arch path or text into a torch.nn.Module; overrides set network parameters
+    (classes=100, input=(3, 160, 160), width_mult=1.25, ...). The source is kept on `model.arch`."""
+    from .lower import lower
+    return lower(parse(source, network, file=file, limits=limits, **overrides), init=init)
 
 
 def build_info() -> dict:
@@ -15,3 +31,6 @@ def build_info() -> dict:
     info["cuda_kernels_registered"] = torch._C._dispatch_has_kernel_for_dispatch_key(
         "pycnn::bn_act_forward", "CUDA")
     return info
+
+
+__all__ = ["compile", "parse", "summary", "ArchError", "build_info"]

@@ -183,14 +183,16 @@ std::tuple<Tensor, Tensor, Tensor> bn_act_forward_cpu(const Tensor& input_, cons
     using acc = at::opmath_type<scalar_t>;
     const scalar_t* x = input.const_data_ptr<scalar_t>();
     if (training) batch_moments<scalar_t, acc>(l, x, mean.data_ptr<acc>(), var.data_ptr<acc>());
-    std::vector<acc> scale(l.c), shift(l.c);
+    // y = act((x - mean) * scale + bias): subtracting the mean first keeps digits that
+    // x * scale + (bias - mean * scale) would cancel when |mean| >> std.
+    std::vector<acc> scale(l.c);
     for (int64_t c = 0; c < l.c; ++c) {
       const acc invstd = acc(1) / std::sqrt(var.const_data_ptr<acc>()[c] + static_cast<acc>(eps));
       scale[c] = w.const_data_ptr<acc>()[c] * invstd;
-      shift[c] = b.const_data_ptr<acc>()[c] - mean.const_data_ptr<acc>()[c] * scale[c];
     }
     const acc* sc = scale.data();
-    const acc* sh = shift.data();
+    const acc* mu = mean.const_data_ptr<acc>();
+    const acc* bb = b.const_data_ptr<acc>();
     const scalar_t* r = residual.defined() ? residual.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* y = output.data_ptr<scalar_t>();
     dispatch_act(act, [&](auto A) {
@@ -201,13 +203,15 @@ std::tuple<Tensor, Tensor, Tensor> bn_act_forward_cpu(const Tensor& input_, cons
           const scalar_t* __restrict__ rs = r ? r + off : nullptr;
           scalar_t* __restrict__ ys = y + off;
           const acc* __restrict__ scs = sc + c;
-          const acc* __restrict__ shs = sh + c;
+          const acc* __restrict__ mus = mu + c;
+          const acc* __restrict__ bbs = bb + c;
           if (rs) {
             for (int64_t j = 0; j < len; ++j)
-              ys[j] = static_cast<scalar_t>(act_forward<acc>(A, static_cast<acc>(xs[j]) * scs[j * S] + shs[j * S] + static_cast<acc>(rs[j])));
+              ys[j] = static_cast<scalar_t>(act_forward<acc>(
+                  A, (static_cast<acc>(xs[j]) - mus[j * S]) * scs[j * S] + bbs[j * S] + static_cast<acc>(rs[j])));
           } else {
             for (int64_t j = 0; j < len; ++j)
-              ys[j] = static_cast<scalar_t>(act_forward<acc>(A, static_cast<acc>(xs[j]) * scs[j * S] + shs[j * S]));
+              ys[j] = static_cast<scalar_t>(act_forward<acc>(A, (static_cast<acc>(xs[j]) - mus[j * S]) * scs[j * S] + bbs[j * S]));
           }
         });
       });
@@ -236,22 +240,21 @@ std::tuple<Tensor, Tensor, Tensor, OptTensor> bn_act_backward_cpu(
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "bn_act_backward_cpu", [&] {
     using acc = at::opmath_type<scalar_t>;
-    std::vector<acc> invstd(l.c), scale(l.c), shift(l.c);
+    std::vector<acc> invstd(l.c), scale(l.c);
     const acc* mu = mean.const_data_ptr<acc>();
+    const acc* bb = b.const_data_ptr<acc>();
     for (int64_t c = 0; c < l.c; ++c) {
       invstd[c] = acc(1) / std::sqrt(var.const_data_ptr<acc>()[c] + static_cast<acc>(eps));
       scale[c] = w.const_data_ptr<acc>()[c] * invstd[c];
-      shift[c] = b.const_data_ptr<acc>()[c] - mu[c] * scale[c];
     }
     const scalar_t* x = input.const_data_ptr<scalar_t>();
     const scalar_t* dy = grad_output.const_data_ptr<scalar_t>();
     const scalar_t* r = residual.defined() ? residual.const_data_ptr<scalar_t>() : nullptr;
     const acc* sc = scale.data();
-    const acc* sh = shift.data();
     acc* s = sums.data_ptr<acc>();
     // dz = dy * act'(z), with z recomputed from x (and the residual).
-    auto grad_z = [](auto A, acc x, acc dy, acc r, acc scale, acc shift) {
-      return dy * act_derivative<acc>(A, x * scale + shift + r);
+    auto grad_z = [](auto A, acc x, acc dy, acc r, acc scale, acc mean, acc bias) {
+      return dy * act_derivative<acc>(A, (x - mean) * scale + bias + r);
     };
     dispatch_act(act, [&](auto A) {
       dispatch_channel_stride(l, [&](auto S_) {
@@ -261,11 +264,11 @@ std::tuple<Tensor, Tensor, Tensor, OptTensor> bn_act_backward_cpu(
           const scalar_t* __restrict__ dys = dy + off;
           const scalar_t* __restrict__ rs = r ? r + off : nullptr;
           const acc* __restrict__ scs = sc + c;
-          const acc* __restrict__ shs = sh + c;
+          const acc* __restrict__ bbs = bb + c;
           const acc* __restrict__ mus = mu + c;
           auto term = [&](int64_t j, acc* v) {
             const acc xj = static_cast<acc>(xs[j]);
-            const acc dz = grad_z(A, xj, static_cast<acc>(dys[j]), rs ? static_cast<acc>(rs[j]) : acc(0), scs[j * S], shs[j * S]);
+            const acc dz = grad_z(A, xj, static_cast<acc>(dys[j]), rs ? static_cast<acc>(rs[j]) : acc(0), scs[j * S], mus[j * S], bbs[j * S]);
             v[0] = dz;
             v[1] = dz * (xj - mus[j * S]);
           };
@@ -288,7 +291,7 @@ std::tuple<Tensor, Tensor, Tensor, OptTensor> bn_act_backward_cpu(
           scalar_t* __restrict__ dxs = dx + off;
           scalar_t* __restrict__ drs = dr ? dr + off : nullptr;
           const acc* __restrict__ scs = sc + c;
-          const acc* __restrict__ shs = sh + c;
+          const acc* __restrict__ bbs = bb + c;
           const acc* __restrict__ mus = mu + c;
           const acc* __restrict__ kdz = k_dz.data() + c;
           const acc* __restrict__ kx = k_x.data() + c;
@@ -296,14 +299,14 @@ std::tuple<Tensor, Tensor, Tensor, OptTensor> bn_act_backward_cpu(
           if (rs) {
             for (int64_t j = 0; j < len; ++j) {
               const acc xj = static_cast<acc>(xs[j]);
-              const acc dz = grad_z(A, xj, static_cast<acc>(dys[j]), static_cast<acc>(rs[j]), scs[j * S], shs[j * S]);
+              const acc dz = grad_z(A, xj, static_cast<acc>(dys[j]), static_cast<acc>(rs[j]), scs[j * S], mus[j * S], bbs[j * S]);
               dxs[j] = static_cast<scalar_t>(kdz[j * S] * dz + kx[j * S] * (xj - mus[j * S]) + k0[j * S]);
               drs[j] = static_cast<scalar_t>(dz);
             }
           } else {
             for (int64_t j = 0; j < len; ++j) {
               const acc xj = static_cast<acc>(xs[j]);
-              const acc dz = grad_z(A, xj, static_cast<acc>(dys[j]), acc(0), scs[j * S], shs[j * S]);
+              const acc dz = grad_z(A, xj, static_cast<acc>(dys[j]), acc(0), scs[j * S], mus[j * S], bbs[j * S]);
               dxs[j] = static_cast<scalar_t>(kdz[j * S] * dz + kx[j * S] * (xj - mus[j * S]) + k0[j * S]);
             }
           }

@@ -3,7 +3,7 @@
 // vectors of VEC channels (one 128-bit load each when VEC * sizeof(T) == 16), ty across rows.
 //
 // forward  (3 launches): Welford partial moments per (row-block, channel) in one pass over x ->
-//          merge partials, per-channel scale/shift -> y = act(x * scale + shift [+ residual]).
+//          merge partials, per-channel scale -> y = act((x - mean) * scale + bias [+ residual]).
 // backward (3 launches): partial sums of dz and dz * (x - mean) together (dz = dy * act'(z), z recomputed)
 //          -> dweight, dbias and per-channel dx coefficients -> dx (and dresidual = dz).
 #include "bn_act.cuh"
@@ -113,8 +113,8 @@ __device__ __forceinline__ void store_acc(T* base, int64_t vec_index, const acc_
 
 // Workspace layout of the forward pass (accumulation type):
 //   partial mean [reduce_rows][channels], partial m2 [reduce_rows][channels], partial count [reduce_rows],
-//   scale [channels], shift [channels].
-__host__ __device__ __forceinline__ int64_t scale_shift_offset(int64_t channels, int partials) {
+//   scale [channels].
+__host__ __device__ __forceinline__ int64_t scale_offset(int64_t channels, int partials) {
   return 2 * static_cast<int64_t>(partials) * channels + partials;
 }
 
@@ -154,9 +154,11 @@ __global__ void __launch_bounds__(kThreads) bn_act_moments_kernel(BnActForwardPa
   }
 }
 
-// One thread per channel: merge the partial moments (training), then scale and shift.
+// One thread per channel: merge the partial moments (training), then the scale w * invstd.
+// The apply computes (x - mean) * scale + bias: subtracting the mean first keeps digits that
+// x * scale + (bias - mean * scale) would cancel when |mean| >> std.
 template <typename acc>
-__global__ void bn_act_scale_shift_kernel(BnActForwardParams p, int partials) {
+__global__ void bn_act_scale_kernel(BnActForwardParams p, int partials) {
   const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (c >= p.channels) return;
   acc* ws = static_cast<acc*>(p.workspace);
@@ -179,9 +181,7 @@ __global__ void bn_act_scale_shift_kernel(BnActForwardParams p, int partials) {
   }
   const acc invstd = acc(1) / std::sqrt(var[c] + static_cast<acc>(p.eps));
   const acc scale = static_cast<const acc*>(p.weight)[c] * invstd;
-  acc* scale_shift = ws + scale_shift_offset(p.channels, partials);
-  scale_shift[c] = scale;
-  scale_shift[p.channels + c] = static_cast<const acc*>(p.bias)[c] - mean[c] * scale;
+  ws[scale_offset(p.channels, partials) + c] = scale;
 }
 
 template <typename T, int VEC>
@@ -189,11 +189,12 @@ __global__ void __launch_bounds__(kThreads) bn_act_apply_kernel(BnActForwardPara
   using acc = acc_t<T>;
   const int64_t col = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (col >= cols) return;
-  const acc* scale_shift = static_cast<const acc*>(p.workspace) + scale_shift_offset(p.channels, partials);
-  acc scale[VEC], shift[VEC];
+  const acc* scale_of = static_cast<const acc*>(p.workspace) + scale_offset(p.channels, partials);
+  acc scale[VEC], mean[VEC], bias[VEC];
   for (int k = 0; k < VEC; ++k) {
-    scale[k] = scale_shift[col * VEC + k];
-    shift[k] = scale_shift[p.channels + col * VEC + k];
+    scale[k] = scale_of[col * VEC + k];
+    mean[k] = static_cast<const acc*>(p.mean)[col * VEC + k];
+    bias[k] = static_cast<const acc*>(p.bias)[col * VEC + k];
   }
   const T* x = static_cast<const T*>(p.x);
   const T* r = static_cast<const T*>(p.residual);
@@ -208,7 +209,7 @@ __global__ void __launch_bounds__(kThreads) bn_act_apply_kernel(BnActForwardPara
     } else {
       for (int k = 0; k < VEC; ++k) rv[k] = 0;
     }
-    for (int k = 0; k < VEC; ++k) v[k] = act_forward<acc>(p.act, v[k] * scale[k] + shift[k] + rv[k]);
+    for (int k = 0; k < VEC; ++k) v[k] = act_forward<acc>(p.act, (v[k] - mean[k]) * scale[k] + bias[k] + rv[k]);
     store_acc<T, VEC>(y, i, v);
   }
 }
@@ -216,7 +217,7 @@ __global__ void __launch_bounds__(kThreads) bn_act_apply_kernel(BnActForwardPara
 // Per-channel constants the backward kernels recompute z and dx with.
 template <typename acc>
 struct ChannelAffine {
-  acc mean, invstd, scale, shift;
+  acc mean, invstd, scale, bias;
 };
 
 template <typename acc>
@@ -225,7 +226,7 @@ __device__ __forceinline__ ChannelAffine<acc> channel_affine(const BnActBackward
   a.mean = static_cast<const acc*>(p.mean)[c];
   a.invstd = acc(1) / std::sqrt(static_cast<const acc*>(p.var)[c] + static_cast<acc>(p.eps));
   a.scale = static_cast<const acc*>(p.weight)[c] * a.invstd;
-  a.shift = static_cast<const acc*>(p.bias)[c] - a.mean * a.scale;
+  a.bias = static_cast<const acc*>(p.bias)[c];
   return a;
 }
 
@@ -242,7 +243,7 @@ __device__ __forceinline__ void grad_z(const BnActBackwardParams& p, int64_t i, 
   } else {
     for (int k = 0; k < VEC; ++k) r[k] = 0;
   }
-  for (int k = 0; k < VEC; ++k) dz[k] = dy[k] * act_derivative<acc>(p.act, x[k] * a[k].scale + a[k].shift + r[k]);
+  for (int k = 0; k < VEC; ++k) dz[k] = dy[k] * act_derivative<acc>(p.act, (x[k] - a[k].mean) * a[k].scale + a[k].bias + r[k]);
 }
 
 // Backward workspace (accumulation type): partial sum dz [reduce_rows][channels],
@@ -346,7 +347,7 @@ cudaError_t forward_impl(const BnActForwardParams& p, const Plan& plan, cudaStre
                  bn_act_moments_kernel<T, VEC>)(p, plan.cols);
     PYCNN_RETURN_IF_ERROR(cudaGetLastError());
   }
-  PYCNN_LAUNCH(channel_blocks, kThreads, 0, stream, bn_act_scale_shift_kernel<acc>)(p, plan.reduce_rows);
+  PYCNN_LAUNCH(channel_blocks, kThreads, 0, stream, bn_act_scale_kernel<acc>)(p, plan.reduce_rows);
   PYCNN_RETURN_IF_ERROR(cudaGetLastError());
   PYCNN_LAUNCH(dim3(plan.grid_x, plan.apply_rows), block, 0, stream, bn_act_apply_kernel<T, VEC>)(p, plan.cols, plan.reduce_rows);
   return cudaGetLastError();
@@ -397,7 +398,7 @@ cudaError_t dispatch(DType dtype, int vec, F f) {
 
 size_t bn_act_forward_workspace_bytes(const BnActForwardParams& p) {
   const Plan plan = forward_plan(p);
-  return acc_size(p.dtype) * ((2 * static_cast<size_t>(plan.reduce_rows) + 2) * p.channels + plan.reduce_rows);
+  return acc_size(p.dtype) * ((2 * static_cast<size_t>(plan.reduce_rows) + 1) * p.channels + plan.reduce_rows);
 }
 
 size_t bn_act_backward_workspace_bytes(const BnActBackwardParams& p) {

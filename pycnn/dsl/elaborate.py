@@ -1,0 +1,802 @@
+"""Syntax tree -> IR: evaluate expressions, bind parameters, expand stages, generators, repeats and blocks,
+infer channels and shapes, and report every mistake as an ArchError pointing at the text.
+
+Never imports torch.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+from .. import ir
+from . import ast as A
+from .errors import ArchError, did_you_mean
+from .evaluate import Evaluator, Symbol, type_name, _is_number
+from .generators import regnet_stages
+from .parse import parse_file, parse_text
+
+_PACKAGE_DIR = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Networks beyond these are refused before anything is allocated."""
+    max_params: int = 2_000_000_000          # parameters in the whole network
+    max_activations: int = 1_000_000_000     # elements of one layer's output, per sample
+    max_layers: int = 100_000                # layers after expansion
+    max_depth: int = 64                      # nesting of block calls
+
+
+# ------------------------------------------------------------------------------------------ primitives
+
+REQUIRED = object()
+
+# argument kinds: width (int >= 1), pair (int >= 1 or a pair), pad (None = "same", or int/pair >= 0),
+# pos (int >= 1), bool, prob (0 <= p <= 1), posfloat (> 0), float, act (activation name or none), size (pair)
+PRIMITIVES: Dict[str, Tuple[str, list]] = {
+    "conv": ("conv", [("out", REQUIRED, "width"), ("k", 1, "pair"), ("s", 1, "pair"), ("p", None, "pad"),
+                      ("d", 1, "pair"), ("groups", None, "pos"), ("group_width", None, "pos"),
+                      ("bias", False, "bool")]),
+    "wsconv": ("wsconv", [("out", REQUIRED, "width"), ("k", 1, "pair"), ("s", 1, "pair"), ("p", None, "pad"),
+                          ("d", 1, "pair"), ("groups", None, "pos"), ("group_width", None, "pos"),
+                          ("bias", True, "bool"), ("gamma", 1.0, "posfloat"), ("eps", 1e-6, "posfloat")]),
+    "dwconv": ("conv", [("k", 3, "pair"), ("s", 1, "pair"), ("p", None, "pad"), ("d", 1, "pair"),
+                        ("multiplier", 1, "pos"), ("bias", False, "bool")]),
+    "bn": ("bn", [("eps", 1e-5, "posfloat"), ("momentum", 0.1, "prob")]),
+    "gn": ("gn", [("groups", REQUIRED, "pos"), ("eps", 1e-5, "posfloat")]),
+    "ln": ("ln", [("eps", 1e-5, "posfloat")]),
+    "maxpool": ("maxpool", [("k", REQUIRED, "pair"), ("s", None, "pair"), ("p", 0, "pad"),
+                            ("ceil", False, "bool")]),
+    "avgpool": ("avgpool", [("k", None, "pair"), ("s", None, "pair"), ("p", 0, "pad"), ("ceil", False, "bool"),
+                            ("count_pad", True, "bool")]),
+    "gap": ("gap", []),
+    "global_avgpool": ("gap", []),
+    "global_maxpool": ("gmp", []),
+    "adaptive_avgpool": ("adaptive_avgpool", [("size", REQUIRED, "pair")]),
+    "flatten": ("flatten", []),
+    "linear": ("linear", [("out", REQUIRED, "width"), ("bias", True, "bool")]),
+    "dropout": ("dropout", [("p", 0.5, "prob")]),
+    "identity": ("identity", []),
+    "se": ("se", [("reduced", REQUIRED, "width"), ("act", "relu", "act"), ("gate", "sigmoid", "act")]),
+    "scale": ("scale", [("value", REQUIRED, "float")]),
+    "channel_shuffle": ("channel_shuffle", [("groups", REQUIRED, "pos")]),
+}
+for _act in ir.ACTIVATIONS:
+    PRIMITIVES[_act] = ("act", [])
+
+GENERATORS = {
+    "regnet": [("w0", REQUIRED, "float"), ("wa", REQUIRED, "float"), ("wm", REQUIRED, "float"),
+               ("depth", REQUIRED, "pos"), ("group_width", REQUIRED, "pos"), ("bottleneck", 1.0, "posfloat"),
+               ("se", 0.0, "float"), ("block", REQUIRED, "block"), ("stride", 2, "pos"),
+               ("rounding", "pycls", "rounding")],
+}
+
+# what people coming from PyTorch write, and the short names the layers take
+SYNONYMS = {"kernel": "k", "kernel_size": "k", "stride": "s", "strides": "s", "padding": "p", "pad": "p",
+            "dilation": "d", "out_channels": "out", "channels": "out", "width": "out", "out_features": "out",
+            "num_groups": "groups", "ceil_mode": "ceil", "count_include_pad": "count_pad", "rate": "p"}
+
+FUSABLE_ACTS = ("relu", "relu6", "silu")  # a bn followed by one of these becomes one `bn` layer with `act`
+
+_BASE_NAMES = {"conv": "conv", "wsconv": "conv", "bn": "bn", "gn": "gn", "ln": "ln", "maxpool": "pool",
+               "avgpool": "pool", "gap": "pool", "gmp": "pool", "adaptive_avgpool": "pool", "flatten": "flatten",
+               "linear": "fc", "dropout": "drop", "identity": "identity", "se": "se", "scale": "scale",
+               "channel_shuffle": "shuffle"}
+
+# attribute names of torch.nn.Module that a part, stage or branch may not take
+RESERVED_NAMES = {"forward", "train", "eval", "training", "parameters", "buffers", "children", "modules",
+                  "apply", "cuda", "cpu", "to", "float", "double", "half", "bfloat16", "type", "state_dict",
+                  "load_state_dict", "named_modules", "named_parameters", "named_children", "zero_grad",
+                  "register_buffer", "register_parameter", "add_module", "extra_repr", "arch", "ir", "dump_patches",
+                  "call_super_init", "requires_grad_", "share_memory", "get_submodule", "get_parameter",
+                  "compile", "ipu", "xpu", "mtia", "register_module", "set_submodule", "get_buffer", "in"}
+
+
+# ------------------------------------------------------------------------------------------ loading
+
+def library_dirs() -> List[Path]:
+    """Where `use` looks, after the using file's own folder: the package's archs (installed wheel), then
+    the source checkout's archs/."""
+    return [_PACKAGE_DIR / "archs", _PACKAGE_DIR.parent / "archs"]
+
+
+_DEFINITION = re.compile(r"^[ \t]*(block|network)[ \t]+([A-Za-z_][A-Za-z0-9_]*)", re.M)
+
+
+@functools.lru_cache(maxsize=256)
+def _definitions_in(path: str, mtime_ns: int) -> Tuple[Tuple[str, str], ...]:
+    """(kind, name) of every definition in a library file, found without parsing it."""
+    with open(path, encoding="utf-8") as f:
+        return tuple(m.groups() for m in _DEFINITION.finditer(f.read()))
+
+
+class _Definitions(Mapping):
+    """Blocks or networks by name. Library files are parsed only when one of their names is first looked up,
+    so `use std` costs only the files a network needs."""
+
+    def __init__(self, program: "Program"):
+        self.program = program
+        self.defined: Dict[str, object] = {}
+        self.index: Dict[str, str] = {}  # name -> library file not parsed yet
+
+    def __getitem__(self, name):
+        if name not in self.defined and name in self.index:
+            self.program._load_library(self.index[name])
+        return self.defined[name]
+
+    def __contains__(self, name):
+        return name in self.defined or name in self.index
+
+    def __iter__(self):
+        yield from self.defined
+        yield from (n for n in self.index if n not in self.defined)
+
+    def __len__(self):
+        return len(set(self.defined) | set(self.index))
+
+
+class Program:
+    """The main file and the libraries it uses (directly or through other libraries)."""
+
+    def __init__(self, main: A.File):
+        self.main = main
+        self.files: Dict[str, A.File] = {main.path: main}
+        self.blocks = _Definitions(self)
+        self.networks = _Definitions(self)
+        self.main_networks: List[str] = []
+        self._indexed = {main.path}
+        self._register(main, is_main=True)
+
+    def source_of(self, file: str) -> Optional[str]:
+        f = self.files.get(file)
+        return f.source if f is not None else None
+
+    def _register(self, f: A.File, is_main: bool = False):
+        seen_here = set()
+        for item in f.items:
+            if isinstance(item, (A.BlockDef, A.NetworkDef, A.NetworkAlias)):
+                if item.name in seen_here:
+                    raise ArchError(f"'{item.name}' is defined twice in this file", item.loc, f.source)
+                seen_here.add(item.name)
+                table = self.blocks if isinstance(item, A.BlockDef) else self.networks
+                if isinstance(item, A.BlockDef) and (item.name in PRIMITIVES or item.name in GENERATORS):
+                    raise ArchError(f"block name '{item.name}' is a built-in layer; choose another name",
+                                    item.loc, f.source)
+                if item.name not in table.defined:  # the main file and earlier libraries take precedence
+                    table.defined[item.name] = item
+                if is_main and not isinstance(item, A.BlockDef):
+                    self.main_networks.append(item.name)
+        for item in f.items:
+            if isinstance(item, A.Use):
+                for lib in _resolve_use(item, f.path, f.source):
+                    if lib in self._indexed:
+                        continue
+                    self._indexed.add(lib)
+                    for kind, name in _definitions_in(lib, os.stat(lib).st_mtime_ns):
+                        table = self.blocks if kind == "block" else self.networks
+                        if name not in table.defined and name not in table.index:
+                            table.index[name] = lib
+
+    def _load_library(self, path: str):
+        f = parse_file(path)
+        self.files[path] = f
+        for table in (self.blocks, self.networks):
+            for name in [n for n, p in table.index.items() if p == path]:
+                del table.index[name]
+        self._register(f)
+
+
+def _resolve_use(use: A.Use, from_file: str, source: str) -> List[str]:
+    rel = os.path.join(*use.path)
+    bases = []
+    if from_file and not from_file.startswith("<"):
+        bases.append(Path(from_file).resolve().parent)
+    bases += library_dirs()
+    for base in bases:
+        file = base / (rel + ".arch")
+        if file.is_file():
+            return [str(file)]
+        folder = base / rel
+        if folder.is_dir():
+            files = sorted(str(p) for p in folder.glob("*.arch"))
+            if files:
+                return files
+    raise ArchError(f"cannot find library '{'.'.join(use.path)}' (looked for {rel}.arch or {rel}/ next to the "
+                    f"file and in the package's archs/)", use.loc, source)
+
+
+def load_program(source, file: Optional[str] = None) -> Program:
+    """Parse `source` (a path or .arch text); the libraries it `use`s are parsed as their names are needed."""
+    if isinstance(source, os.PathLike) or (isinstance(source, str) and _looks_like_path(source)):
+        path = os.fspath(source)
+        if not os.path.isfile(path):
+            raise ArchError(f"no such .arch file: {path}")
+        main = parse_file(path)
+    else:
+        main = parse_text(source, file or "<text>")
+    return Program(main)
+
+
+def _looks_like_path(s: str) -> bool:
+    return "\n" not in s and "{" not in s and (s.strip().endswith(".arch") or os.path.isfile(s))
+
+
+# ------------------------------------------------------------------------------------------ elaboration
+
+class _Namer:
+    """Readable, unique layer names within one scope: conv1, bn1, conv2, ..."""
+
+    def __init__(self):
+        self.counts: Dict[str, int] = {}
+
+    def next(self, base: str) -> str:
+        n = self.counts.get(base, 0) + 1
+        self.counts[base] = n
+        return f"{base}{n}"
+
+
+@dataclass
+class _Ctx:
+    ev: Evaluator
+    stack: Tuple[str, ...]  # block names being elaborated (recursion detection)
+
+
+class Elaborator:
+    def __init__(self, program: Program, limits: Limits = Limits()):
+        self.program = program
+        self.limits = limits
+        self.n_layers = 0
+        self.n_params = 0
+        self.n_iterations = 0
+        self.symbols = set(program.blocks) | set(ir.ACTIVATIONS) | {"none"}
+
+    # ---- helpers
+    def src(self, file):
+        return self.program.source_of(file)
+
+    def error(self, message, loc):
+        return ArchError(message, loc, self.src(loc.file) if loc is not None else None)
+
+    def evaluator(self, env, in_width=None):
+        return Evaluator(env, self.src, self.symbols, in_width)
+
+    # ---- networks
+    def network(self, name: Optional[str] = None, overrides: Optional[dict] = None) -> ir.Network:
+        prog = self.program
+        if name is None:
+            if not prog.main_networks:
+                raise ArchError(f"{prog.main.path}: the text defines no network")
+            name = prog.main_networks[0]
+        if name not in prog.networks:
+            raise ArchError(f"no network named '{name}'" + did_you_mean(name, prog.networks)
+                            + f"; defined: {', '.join(prog.main_networks) or 'none'}")
+        defn = prog.networks[name]
+        alias_args: List[Tuple[A.NetworkAlias, tuple]] = []
+        seen = set()
+        while isinstance(defn, A.NetworkAlias):
+            if defn.name in seen:
+                raise self.error(f"network alias '{defn.name}' refers to itself", defn.loc)
+            seen.add(defn.name)
+            alias_args.append(defn)
+            if defn.base not in prog.networks:
+                raise self.error(f"unknown network '{defn.base}'" + did_you_mean(defn.base, prog.networks),
+                                 defn.base_loc)
+            defn = prog.networks[defn.base]
+        env: Dict[str, object] = {}
+        given: Dict[str, object] = {}
+        # alias arguments: the outermost alias wins
+        for alias in reversed(alias_args):
+            ev = self.evaluator(dict(env))
+            for arg in alias.args:
+                if arg.name is None:
+                    raise self.error("a network alias takes keyword arguments only (name = value)", arg.loc)
+                if arg.name not in [p.name for p in defn.params]:
+                    raise self.error(f"network '{defn.name}' has no parameter '{arg.name}'"
+                                     + did_you_mean(arg.name, [p.name for p in defn.params]), arg.loc)
+                given[arg.name] = ev.eval(arg.value)
+        for key, value in (overrides or {}).items():
+            if key not in [p.name for p in defn.params]:
+                raise ArchError(f"network '{defn.name}' has no parameter '{key}'"
+                                + did_you_mean(key, [p.name for p in defn.params])
+                                + f"; its parameters: {', '.join(p.name for p in defn.params)}")
+            given[key] = _from_python(key, value)
+        for p in defn.params:
+            if p.name in given:
+                env[p.name] = given[p.name]
+            elif p.default is not None:
+                env[p.name] = self.evaluator(env).eval(p.default)
+            else:
+                raise self.error(f"network parameter '{p.name}' has no default and was not given", p.loc)
+        if "input" not in env:
+            raise self.error(f"network '{defn.name}' needs an `input` parameter (like input = 3x224x224)", defn.loc)
+        shape = env["input"]
+        if (not isinstance(shape, tuple) or len(shape) not in (1, 3)
+                or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape)):
+            p = next(p for p in defn.params if p.name == "input")
+            raise self.error(f"input must be a shape like 3x224x224 with sizes >= 1, got {shape!r}", p.loc)
+        if "classes" in env and (not isinstance(env["classes"], int) or isinstance(env["classes"], bool)
+                                 or env["classes"] < 1):
+            p = next(p for p in defn.params if p.name == "classes")
+            raise self.error(f"classes must be an integer >= 1, got {env['classes']!r}", p.loc)
+        params = dict(env)
+        parts: List[ir.Sequence] = []
+        used_names = set()
+        stage_counter = 0
+        for stmt in defn.body:
+            ev = self.evaluator(env, in_width=shape[0] if len(shape) == 3 else None)
+            ctx = _Ctx(ev, ())
+            if isinstance(stmt, A.Let):
+                env[stmt.name] = ev.eval(stmt.value)
+            elif isinstance(stmt, A.Stage):
+                self._check_part_name(stmt.name, used_names, stmt.loc)
+                seq = self.stage(stmt.name, stmt.count, stmt.call, stmt.stride, shape, ctx, stmt.loc)
+                parts.append(seq)
+                shape = seq.out_shape
+                stage_counter += 1
+            elif isinstance(stmt, A.Part):
+                if (len(stmt.items) == 1 and isinstance(stmt.items[0], A.Call)
+                        and stmt.items[0].name in GENERATORS):
+                    for seq in self.generator(stmt.items[0], shape, ctx, stage_counter):
+                        self._check_part_name(seq.name, used_names, stmt.loc)
+                        parts.append(seq)
+                        shape = seq.out_shape
+                        stage_counter += 1
+                    continue
+                self._check_part_name(stmt.name, used_names, stmt.loc)
+                items = self.resolve(stmt.items, ctx, allow_branches=False)
+                nodes, out = self.sequence(items, shape, _Namer(), ctx)
+                parts.append(ir.Sequence(stmt.name, nodes, shape, out, stmt.loc, kind="part"))
+                shape = out
+            else:  # pragma: no cover - the grammar allows nothing else
+                raise self.error("unexpected statement in a network", stmt.loc)
+        return ir.Network(defn.name if not alias_args else alias_args[0].name, params["input"], parts, params,
+                          self.program.main.source, self.program.main.path)
+
+    def _check_part_name(self, name, used, loc):
+        if name in used:
+            raise self.error(f"part name '{name}' is used twice", loc)
+        if name in RESERVED_NAMES or name.startswith("_"):
+            raise self.error(f"'{name}' cannot name a part (reserved)", loc)
+        used.add(name)
+
+    # ---- statements -> flat list of calls / branches / merges
+    def resolve(self, stmts, ctx: _Ctx, allow_branches: bool) -> list:
+        out = []
+        for stmt in stmts:
+            if isinstance(stmt, A.Let):
+                ctx.ev.env[stmt.name] = ctx.ev.eval(stmt.value)
+            elif isinstance(stmt, A.If):
+                body = stmt.then if ctx.ev.truth(stmt.cond) else stmt.otherwise
+                out.extend(self.resolve(body, ctx, allow_branches))
+            elif isinstance(stmt, A.Repeat):
+                count = ctx.ev.eval(stmt.count)
+                if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+                    raise self.error(f"repeat count must be an integer >= 0, got {count!r}", stmt.count.loc)
+                self.n_iterations += count
+                if self.n_iterations > self.limits.max_layers:
+                    raise self.error(f"too many repetitions (limit {self.limits.max_layers} in all)", stmt.loc)
+                for _ in range(count):
+                    out.extend(self.resolve(stmt.body, ctx, allow_branches))
+            elif isinstance(stmt, (A.Branch, A.Merge)):
+                if not allow_branches:
+                    what = "branch" if isinstance(stmt, A.Branch) else "merge"
+                    raise self.error(f"a {what} may only appear directly in a block body", stmt.loc)
+                out.append(stmt)
+            elif isinstance(stmt, A.Call):
+                out.append(stmt)
+            else:  # pragma: no cover
+                raise self.error("unexpected statement", stmt.loc)
+        return out
+
+    # ---- sequences
+    def sequence(self, calls, shape, namer: _Namer, ctx: _Ctx):
+        nodes = []
+        for call in calls:
+            if isinstance(call, (A.Branch, A.Merge)):
+                raise self.error("branches and merges belong directly in a block body", call.loc)
+            if (call.name in PRIMITIVES and PRIMITIVES[call.name][0] == "act" and call.name in FUSABLE_ACTS
+                    and nodes and isinstance(nodes[-1], ir.Layer) and nodes[-1].op == "bn"
+                    and nodes[-1].attrs.get("act") is None):
+                if call.args:
+                    raise self.error(f"{call.name} takes no arguments", call.loc)
+                nodes[-1].attrs["act"] = call.name  # bn + act: one fused layer
+                continue
+            node = self.call(call, shape, namer, ctx)
+            nodes.append(node)
+            shape = node.out_shape
+        return nodes, shape
+
+    def call(self, call: A.Call, shape, namer: _Namer, ctx: _Ctx, extra=None, name=None, index=0):
+        if call.name in PRIMITIVES:
+            return self.primitive(call, shape, namer, ctx)
+        if call.name in self.program.blocks:
+            bdef = self.program.blocks[call.name]
+            return self.block(bdef, call, shape, name or namer.next(call.name), ctx, extra or {}, index)
+        if call.name in GENERATORS:
+            raise self.error(f"generator '{call.name}' must be the only item of a network part "
+                             f"(like body = {call.name}(...))", call.name_loc)
+        candidates = list(PRIMITIVES) + list(self.program.blocks) + list(GENERATORS)
+        raise self.error(f"unknown layer or block '{call.name}'" + did_you_mean(call.name, candidates),
+                         call.name_loc)
+
+    # ---- argument binding
+    def bind_values(self, call: A.Call, names: List[str], ev: Evaluator, what: str, extra=None):
+        """Evaluate a call's arguments in the caller's evaluator and bind them to parameter names."""
+        bound: Dict[str, object] = {}
+        locs: Dict[str, A.Loc] = {}
+        positional = [a for a in call.args if a.name is None]
+        if len(positional) > len(names):
+            raise self.error(f"{what} takes at most {len(names)} positional argument"
+                             f"{'s' if len(names) != 1 else ''}, got {len(positional)}", positional[len(names)].loc)
+        seen_keyword = False
+        pos_i = 0
+        for arg in call.args:
+            if arg.name is None:
+                if seen_keyword:
+                    raise self.error("positional argument after a keyword argument", arg.loc)
+                key = names[pos_i]
+                pos_i += 1
+            else:
+                seen_keyword = True
+                key = arg.name
+                if key not in names:
+                    hint = did_you_mean(key, names)
+                    if not hint and SYNONYMS.get(key) in names:
+                        hint = f" (did you mean '{SYNONYMS[key]}'?)"
+                    raise self.error(f"{what} has no parameter '{key}'" + hint
+                                     + (f"; its parameters: {', '.join(names)}" if names else
+                                        "; it takes no arguments"), arg.loc)
+                if key in bound:
+                    raise self.error(f"argument '{key}' given twice", arg.loc)
+            bound[key] = ev.eval(arg.value)
+            locs[key] = arg.value.loc
+        for key, (value, loc) in (extra or {}).items():
+            if key in bound:
+                raise self.error(f"argument '{key}' is set by the stage; do not pass it too", locs[key])
+            bound[key] = value
+            locs[key] = loc
+        return bound, locs
+
+    def check_kind(self, value, kind, key, what, loc):
+        def bad(expect):
+            return self.error(f"{what}: {key} must be {expect}, got {_show(value)}", loc)
+
+        def as_int(v):
+            if isinstance(v, bool) or not _is_number(v):
+                return None
+            if isinstance(v, float):
+                if not v.is_integer():
+                    return None
+                v = int(v)
+            return v
+
+        if kind in ("width", "pos"):
+            v = as_int(value)
+            if v is None:
+                raise bad("an integer")
+            if v < 1:
+                if kind == "width":
+                    raise self.error(f"{what}: width reaches {v}; {key} must be at least 1", loc)
+                raise bad("an integer >= 1")
+            return v
+        if kind in ("pair", "pad"):
+            lo = 1 if kind == "pair" else 0
+            items = value if isinstance(value, tuple) else (value, value)
+            if len(items) != 2:
+                raise bad("an integer or a pair (a, b)")
+            out = []
+            for x in items:
+                v = as_int(x)
+                if v is None or v < lo:
+                    raise bad(f"an integer >= {lo} or a pair of them")
+                out.append(v)
+            return tuple(out)
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            if _is_number(value) and value in (0, 1):
+                return bool(value)
+            raise bad("true or false")
+        if kind == "prob":
+            if not _is_number(value) or not 0 <= value <= 1:
+                raise self.error(f"{what}: {key} must be between 0 and 1, got {_show(value)}", loc)
+            return float(value)
+        if kind == "posfloat":
+            if not _is_number(value) or value <= 0:
+                raise bad("a number > 0")
+            return value
+        if kind == "float":
+            if not _is_number(value):
+                raise bad("a number")
+            return value
+        if kind == "act":
+            name = str(value) if isinstance(value, (Symbol, str)) else None
+            if name not in ir.ACTIVATIONS and name != "none":
+                raise bad(f"an activation ({', '.join(ir.ACTIVATIONS)} or none)")
+            return None if name == "none" else name
+        if kind == "rounding":
+            name = str(value) if isinstance(value, (Symbol, str)) else None
+            if name not in ("pycls", "torchvision"):
+                raise bad('"pycls" or "torchvision"')
+            return name
+        if kind == "block":
+            name = str(value) if isinstance(value, (Symbol, str)) else None
+            if name not in self.program.blocks:
+                raise self.error(f"{what}: {key} must name a block, got {_show(value)}"
+                                 + (did_you_mean(name, self.program.blocks) if name else ""), loc)
+            return name
+        raise AssertionError(kind)  # pragma: no cover
+
+    def bind_spec(self, call: A.Call, spec, ev, what):
+        names = [n for n, _, _ in spec]
+        bound, locs = self.bind_values(call, names, ev, what)
+        attrs, attr_locs = {}, {}
+        for key, default, kind in spec:
+            if key in bound:
+                attrs[key] = self.check_kind(bound[key], kind, key, what, locs[key])
+                attr_locs[key] = locs[key]
+            elif default is REQUIRED:
+                raise self.error(f"{what} needs the argument '{key}'", call.loc)
+            else:
+                attrs[key] = default if default is None else _normalized_default(default, kind)
+                attr_locs[key] = call.loc
+        return attrs, attr_locs
+
+    # ---- primitives
+    def primitive(self, call: A.Call, shape, namer: _Namer, ctx: _Ctx) -> ir.Layer:
+        op, spec = PRIMITIVES[call.name]
+        a, locs = self.bind_spec(call, spec, ctx.ev, call.name)
+        attrs: dict = {}
+        if call.name in ("conv", "wsconv", "dwconv"):
+            if len(shape) != 3:
+                raise self.error(f"{call.name} needs an image input (channels x height x width), got "
+                                 f"{ir.fmt_shape(shape)}", call.name_loc)
+            cin = shape[0]
+            k, d = a["k"], a["d"]
+            p = a["p"] if a["p"] is not None else tuple(((kk - 1) // 2) * dd for kk, dd in zip(k, d))
+            if call.name == "dwconv":
+                out, groups = cin * a["multiplier"], cin
+            else:
+                out = a["out"]
+                if a["groups"] is not None and a["group_width"] is not None:
+                    raise self.error(f"{call.name}: give groups or group_width, not both", locs["group_width"])
+                if a["group_width"] is not None:
+                    gw = a["group_width"]
+                    if cin % gw:
+                        raise self.error(f"{call.name}: group_width={gw} does not divide the {cin} input channels",
+                                         locs["group_width"])
+                    groups = cin // gw
+                else:
+                    groups = a["groups"] or 1
+            attrs = dict(out=out, k=k, s=a["s"], p=p, d=d, groups=groups, bias=a["bias"])
+            if call.name == "wsconv":
+                attrs.update(gamma=float(a["gamma"]), eps=float(a["eps"]))
+            locs = dict(locs, out=locs.get("out", call.loc))
+        elif op in ("maxpool", "avgpool"):
+            if op == "avgpool" and a["k"] is None:
+                op, attrs = "gap", {}
+            else:
+                attrs = dict(k=a["k"], s=a["s"] if a["s"] is not None else a["k"], p=a["p"], ceil=a["ceil"])
+                if op == "avgpool":
+                    attrs["count_pad"] = a["count_pad"]
+        elif op == "act":
+            attrs = {"kind": call.name}
+        elif op == "adaptive_avgpool":
+            attrs = {"size": a["size"]}
+        else:
+            attrs = dict(a)
+        try:
+            out_shape, params, flops = ir.infer(op, attrs, shape)
+        except ir.ShapeError as e:
+            message = e.message if e.message.startswith(op) else f"{call.name}: {e.message}"
+            raise self.error(message, locs.get(e.arg, call.loc) if e.arg else call.loc) from None
+        node = ir.Layer(namer.next(call.name if op == "act" else _BASE_NAMES[op]), op, attrs, shape, out_shape,
+                        params, flops, call.loc)
+        self.account(node)
+        return node
+
+    def account(self, node: ir.Layer):
+        self.n_layers += 1
+        self.n_params += node.params
+        lim = self.limits
+        if self.n_layers > lim.max_layers:
+            raise self.error(f"the network has more than {lim.max_layers} layers (the limit)", node.loc)
+        if self.n_params > lim.max_params:
+            raise self.error(f"the network exceeds the parameter limit: more than {lim.max_params:,} parameters",
+                             node.loc)
+        size = 1
+        for dim in node.out_shape:
+            size *= dim
+        if size > lim.max_activations:
+            raise self.error(f"activation of {ir.fmt_shape(node.out_shape)} = {size:,} elements exceeds the limit "
+                             f"of {lim.max_activations:,}", node.loc)
+
+    # ---- blocks
+    def block(self, bdef: A.BlockDef, call: A.Call, shape, name: str, ctx: _Ctx, extra: dict, index: int):
+        if bdef.name in ctx.stack:
+            chain = " -> ".join(ctx.stack[ctx.stack.index(bdef.name):] + (bdef.name,))
+            raise self.error(f"recursion: block '{bdef.name}' calls itself ({chain})", call.name_loc)
+        self.n_layers += 1  # block instances count against the layer budget too (empty blocks cost time)
+        if self.n_layers > self.limits.max_layers:
+            raise self.error(f"the network has more than {self.limits.max_layers} layers and blocks (the limit)",
+                             call.name_loc)
+        if len(ctx.stack) >= self.limits.max_depth:
+            raise self.error(f"blocks nested deeper than {self.limits.max_depth}", call.name_loc)
+        names = [p.name for p in bdef.params]
+        bound, _locs = self.bind_values(call, names, ctx.ev, f"block '{bdef.name}'", extra)
+        in_width = shape[0] if len(shape) == 3 else None
+        env: Dict[str, object] = {"index": index}
+        inner = _Ctx(self.evaluator(env, in_width), ctx.stack + (bdef.name,))
+        for p in bdef.params:
+            if p.name in bound:
+                env[p.name] = bound[p.name]
+            elif p.default is not None:
+                env[p.name] = inner.ev.eval(p.default)
+            else:
+                raise self.error(f"block '{bdef.name}' needs the argument '{p.name}'", call.loc)
+        items = self.resolve(bdef.body, inner, allow_branches=True)
+        namer = _Namer()
+        first_branch = next((i for i, it in enumerate(items) if isinstance(it, (A.Branch, A.Merge))), None)
+        if first_branch is None:
+            nodes, out = self.sequence(items, shape, namer, inner)
+            return ir.Sequence(name, nodes, shape, out, call.loc, kind="block", block=bdef.name)
+        pre_calls = items[:first_branch]
+        pre, x = self.sequence(pre_calls, shape, namer, inner)
+        branches: List[ir.Branch] = []
+        branch_locs = []
+        merge: Optional[A.Merge] = None
+        post_calls = []
+        for it in items[first_branch:]:
+            if merge is not None:
+                if isinstance(it, (A.Branch, A.Merge)):
+                    raise self.error("branches and merges must come before the merge's following layers", it.loc)
+                post_calls.append(it)
+                continue
+            if isinstance(it, A.Merge):
+                merge = it
+                continue
+            if isinstance(it, A.Call):
+                raise self.error("a layer between branches; put it inside a branch, before the first branch or "
+                                 "after the merge", it.loc)
+            if it.kind == "main" and any(not b.nested for b in branches):
+                raise self.error("a block has at most one main branch", it.loc)
+            if it.name in [b.name for b in branches]:
+                raise self.error(f"branch name '{it.name}' is used twice", it.loc)
+            if it.name in RESERVED_NAMES or it.name.startswith("_"):
+                raise self.error(f"'{it.name}' cannot name a branch (reserved)", it.loc)
+            body = it.body
+            if it.kind == "shortcut" and it.when is not None and not inner.ev.truth(it.when):
+                body = ()
+            branch_calls = self.resolve(body, inner, allow_branches=False)
+            branch_namer = namer if it.kind == "main" else _Namer()
+            nodes, out = self.sequence(branch_calls, x, branch_namer, inner)
+            branches.append(ir.Branch(it.name, it.kind != "main", nodes, out))
+            branch_locs.append(it.loc)
+        if merge is None:
+            if len(branches) == 1 and not branches[0].nested:  # only `main`: a plain sequence
+                nodes, out = self.sequence(post_calls, branches[0].out_shape, namer, inner)
+                children = pre + branches[0].children + nodes
+                return ir.Sequence(name, children, shape, out, call.loc, kind="block", block=bdef.name)
+            raise self.error(f"block '{bdef.name}' has branches but no `merge` (add, concat or mul)",
+                             branch_locs[-1])
+        if len(branches) < 2:
+            raise self.error("a merge needs at least two branches", merge.loc)
+        try:
+            merged = ir.merge_shapes(merge.kind, [b.out_shape for b in branches])
+        except ir.ShapeError as e:
+            shapes = "; ".join(f"{b.name} {ir.fmt_shape(b.out_shape)}" for b in branches)
+            raise self.error(f"merge {merge.kind}: {e.message.split(':')[0]} ({shapes})", merge.loc) from None
+        post, out = self.sequence(post_calls, merged, namer, inner)
+        direct = {n.name for n in pre + post} | {n.name for b in branches if not b.nested for n in b.children}
+        for b, loc in zip(branches, branch_locs):
+            if b.nested and b.name in direct:
+                raise self.error(f"branch name '{b.name}' clashes with a layer name in the block", loc)
+        return ir.Block(name, bdef.name, pre, branches, merge.kind, post, shape, out, call.loc)
+
+    # ---- stages and generators
+    def stage(self, name, count_expr, call: A.Call, stride_expr, shape, ctx: _Ctx, loc) -> ir.Sequence:
+        count = ctx.ev.eval(count_expr)
+        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+            raise self.error(f"a stage needs an integer number of blocks >= 1, got {_show(count)}", count_expr.loc)
+        if count > self.limits.max_layers:
+            raise self.error(f"stage of {count} blocks exceeds the layer limit", count_expr.loc)
+        if call.name not in self.program.blocks:
+            candidates = list(self.program.blocks)
+            hint = " (a stage repeats a block, not a layer)" if call.name in PRIMITIVES else ""
+            raise self.error(f"unknown block '{call.name}'{hint}" + did_you_mean(call.name, candidates),
+                             call.name_loc)
+        extra = {}
+        if stride_expr is not None:
+            stride = ctx.ev.eval(stride_expr)
+            bdef = self.program.blocks[call.name]
+            if "stride" not in [p.name for p in bdef.params]:
+                raise self.error(f"block '{call.name}' has no parameter 'stride' for the stage's stride",
+                                 stride_expr.loc)
+            extra = {"stride": (stride, stride_expr.loc)}
+        return self._stage_blocks(name, call, count, extra, shape, ctx, loc)
+
+    def _stage_blocks(self, name, call, count, first_extra, shape, ctx, loc):
+        children = []
+        x = shape
+        for i in range(count):
+            node = self.call(call, x, None, ctx, extra=first_extra if i == 0 else {}, name=f"b{i + 1}", index=i)
+            children.append(node)
+            x = node.out_shape
+        return ir.Sequence(name, children, shape, x, loc, kind="stage")
+
+    def generator(self, call: A.Call, shape, ctx: _Ctx, stage_counter: int) -> List[ir.Sequence]:
+        spec = GENERATORS[call.name]
+        a, locs = self.bind_spec(call, spec, ctx.ev, call.name)
+        if a["depth"] > self.limits.max_layers:
+            raise self.error(f"regnet: depth {a['depth']} exceeds the layer limit", locs["depth"])
+        try:
+            stages = regnet_stages(a["w0"], a["wa"], a["wm"], a["depth"], a["group_width"], a["bottleneck"],
+                                   rounding=a["rounding"])
+        except ValueError as e:
+            raise self.error(f"regnet: {e}", call.loc) from None
+        bdef = self.program.blocks[a["block"]]
+        accepted = {p.name for p in bdef.params}
+        for key in ("stride", "group_width", "bottleneck"):
+            if key not in accepted:
+                raise self.error(f"regnet: block '{bdef.name}' needs a parameter '{key}'", locs["block"])
+        if a["se"] and "se" not in accepted:
+            raise self.error(f"regnet: block '{bdef.name}' has no parameter 'se'", locs["se"])
+        out = []
+        x = shape
+        for j, st in enumerate(stages):
+            args = [A.Arg(None, A.Number(st.width, call.loc), call.loc)]
+            for key, value in (("group_width", st.group_width), ("bottleneck", st.bottleneck)) + (
+                    (("se", a["se"]),) if "se" in accepted else ()):
+                args.append(A.Arg(key, A.Number(value, call.loc), call.loc))
+            block_call = A.Call(bdef.name, tuple(args), call.loc, call.name_loc)
+            extra = {"stride": (a["stride"], locs["stride"])}
+            seq = self._stage_blocks(f"s{stage_counter + j + 1}", block_call, st.depth, extra, x, ctx, call.loc)
+            out.append(seq)
+            x = seq.out_shape
+        return out
+
+
+@functools.lru_cache(maxsize=None)
+def _normalized_default(default, kind):
+    if kind == "pair" or kind == "pad":
+        return default if isinstance(default, tuple) else (default, default)
+    return default
+
+
+def _show(v) -> str:
+    if isinstance(v, Symbol):
+        return v.name
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return repr(v)
+    return repr(v)
+
+
+def _from_python(key, value):
+    """A compile-time override as a language value (tuples and 'CxHxW' strings become shapes)."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_from_python(key, v) for v in value)
+    if isinstance(value, str):
+        parts = value.split("x")
+        if len(parts) > 1 and all(p.isdigit() for p in parts):
+            return tuple(int(p) for p in parts)
+        return Symbol(value)
+    if isinstance(value, (bool, int, float)):
+        return value
+    raise ArchError(f"override {key}={value!r}: unsupported value type {type(value).__name__}")
+
+
+def elaborate(source, network: Optional[str] = None, *, file: Optional[str] = None, limits: Limits = Limits(),
+              **overrides) -> ir.Network:
+    """Parse and elaborate `source` (a path or text) into an ir.Network."""
+    try:
+        program = load_program(source, file)
+        return Elaborator(program, limits).network(network, overrides)
+    except RecursionError:
+        raise ArchError("the text is nested too deeply to elaborate") from None

@@ -1,0 +1,413 @@
+"""Text -> syntax tree (pycnn.dsl.ast). The Lark LALR parser is built once and cached."""
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Optional
+
+import lark
+from lark import Lark, Token, Transformer, v_args
+
+from . import ast as A
+from .errors import ArchError
+
+_PACKAGE_DIR = Path(__file__).resolve().parent.parent  # pycnn/
+
+
+def grammar_path() -> Path:
+    """grammar/arch.lark: inside the installed package, else at the root of a source checkout."""
+    for candidate in (_PACKAGE_DIR / "grammar" / "arch.lark", _PACKAGE_DIR.parent / "grammar" / "arch.lark"):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError("grammar/arch.lark not found next to the pycnn package")
+
+
+@functools.lru_cache(maxsize=1)
+def _parser() -> Lark:
+    # cache=True: Lark keeps the LALR tables in a temporary file keyed by the grammar's hash (faster start)
+    return Lark(grammar_path().read_text(), parser="lalr", lexer="contextual", propagate_positions=True,
+                maybe_placeholders=True, cache=True)
+
+
+def _loc_of(file: str, meta_or_token) -> A.Loc:
+    return A.Loc(file, meta_or_token.line, meta_or_token.column, meta_or_token.end_line, meta_or_token.end_column)
+
+
+_NUMBER_LIMIT = 10 ** 15
+
+
+def _number(text: str):
+    if any(c in text for c in ".eE"):
+        value = float(text)
+    else:
+        if len(text) > 16:
+            raise ValueError("number too large")
+        value = int(text)
+    if abs(value) > _NUMBER_LIMIT or value != value:
+        raise ValueError("number too large")
+    return value
+
+
+class _ToAst(Transformer):
+    def __init__(self, file: str):
+        super().__init__(visit_tokens=False)
+        self.file = file
+
+    def _loc(self, x) -> A.Loc:
+        return _loc_of(self.file, x)
+
+    # ---- top level
+    @v_args(meta=True)
+    def start(self, meta, children):
+        return tuple(children)
+
+    @v_args(meta=True)
+    def use_stmt(self, meta, children):
+        return A.Use(tuple(str(t) for t in children), self._loc(meta))
+
+    @v_args(meta=True)
+    def network_def(self, meta, children):
+        name, params, *body = children
+        return A.NetworkDef(str(name), params or (), tuple(body), self._loc(meta))
+
+    @v_args(meta=True)
+    def network_alias(self, meta, children):
+        name, base, args = children
+        return A.NetworkAlias(str(name), str(base), args or (), self._loc(meta), self._loc(base))
+
+    @v_args(meta=True)
+    def block_def(self, meta, children):
+        name, params, *body = children
+        return A.BlockDef(str(name), params or (), tuple(body), self._loc(meta))
+
+    def params(self, children):
+        return tuple(c for c in children if c is not None)
+
+    @v_args(meta=True)
+    def param_required(self, meta, children):
+        return A.Param(str(children[0]), None, self._loc(meta))
+
+    @v_args(meta=True)
+    def param_default(self, meta, children):
+        return A.Param(str(children[0]), children[1], self._loc(children[0]))
+
+    # ---- statements
+    @v_args(meta=True)
+    def part(self, meta, children):
+        name, *items = children
+        return A.Part(str(name), tuple(items), self._loc(name))
+
+    @v_args(meta=True)
+    def stage(self, meta, children):
+        name, count, call, _stride_kw, stride = children
+        return A.Stage(str(name), count, call, stride, self._loc(meta))
+
+    @v_args(meta=True)
+    def let_stmt(self, meta, children):
+        return A.Let(str(children[0]), children[1], self._loc(meta))
+
+    @v_args(meta=True)
+    def main_branch(self, meta, children):
+        return A.Branch("main", "main", None, tuple(children), self._loc(meta))
+
+    @v_args(meta=True)
+    def branch(self, meta, children):
+        name, *body = children
+        return A.Branch("branch", str(name), None, tuple(body), self._loc(meta))
+
+    @v_args(meta=True)
+    def shortcut(self, meta, children):
+        _when_kw, when, *body = children
+        return A.Branch("shortcut", "shortcut", when, tuple(body), self._loc(meta))
+
+    @v_args(meta=True)
+    def merge(self, meta, children):
+        return A.Merge(str(children[0]), self._loc(meta))
+
+    @v_args(meta=True)
+    def if_item(self, meta, children):
+        cond = children[0]
+        rest = list(children[1:])
+        then, otherwise = [], []
+        target = then
+        for c in rest:
+            if isinstance(c, Token) and c.type == "ELSE":
+                target = otherwise
+            elif c is None:
+                continue
+            else:
+                target.append(c)
+        return A.If(cond, tuple(then), tuple(otherwise), self._loc(meta))
+
+    @v_args(meta=True)
+    def repeat_item(self, meta, children):
+        count, *body = children
+        return A.Repeat(count, tuple(body), self._loc(meta))
+
+    @v_args(meta=True)
+    def call(self, meta, children):
+        name, _open, args = children
+        return A.Call(str(name), args or (), self._loc(meta), self._loc(name))
+
+    def args(self, children):
+        return tuple(c for c in children if c is not None)
+
+    @v_args(meta=True)
+    def arg_positional(self, meta, children):
+        return A.Arg(None, children[0], self._loc(meta))
+
+    @v_args(meta=True)
+    def arg_keyword(self, meta, children):
+        return A.Arg(str(children[0]), children[1], self._loc(children[0]))
+
+    # ---- expressions: the grammar gives a flat stream of prefix operators, operands and binary operators;
+    # precedence is given here by recursive descent (see grammar/arch.lark)
+    def operand(self, children):
+        return list(children)
+
+    def paren(self, children):
+        return children[0]
+
+    def expr(self, children):
+        *flat, qmark, then, otherwise = children
+        stream = []
+        for c in flat:
+            if isinstance(c, list):
+                stream.extend(c)
+            else:
+                stream.append(c)
+        node = _ExprParser(self.file, stream).parse()
+        if qmark is not None:
+            return A.Ternary(node, then, otherwise, _span(self.file, node.loc, otherwise.loc))
+        return node
+
+    @v_args(meta=True)
+    def number(self, meta, children):
+        try:
+            return A.Number(_number(str(children[0])), self._loc(meta))
+        except ValueError as e:
+            raise _SemanticError(str(e), self._loc(meta)) from None
+
+    @v_args(meta=True)
+    def shape(self, meta, children):
+        text = str(children[0])
+        if len(text) > 64:
+            raise _SemanticError("shape literal too long", self._loc(meta))
+        return A.Shape(tuple(int(d) for d in text.split("x")), self._loc(meta))
+
+    @v_args(meta=True)
+    def string(self, meta, children):
+        return A.String(str(children[0])[1:-1], self._loc(meta))
+
+    @v_args(meta=True)
+    def true(self, meta, children):
+        return A.Bool(True, self._loc(meta))
+
+    @v_args(meta=True)
+    def false(self, meta, children):
+        return A.Bool(False, self._loc(meta))
+
+    @v_args(meta=True)
+    def in_width(self, meta, children):
+        return A.InWidth(self._loc(meta))
+
+    @v_args(meta=True)
+    def name(self, meta, children):
+        return A.Name(str(children[0]), self._loc(meta))
+
+    @v_args(meta=True)
+    def func_call(self, meta, children):
+        name, *args = children
+        return A.FuncCall(str(name), tuple(a for a in args if a is not None), self._loc(meta), self._loc(name))
+
+    @v_args(meta=True)
+    def tuple(self, meta, children):
+        return A.TupleExpr(tuple(c for c in children if c is not None), self._loc(meta))
+
+
+def _span(file, start, end) -> A.Loc:
+    return A.Loc(file, start.line, start.column, end.end_line, end.end_column)
+
+
+def _tok_loc(file, tok) -> A.Loc:
+    return A.Loc(file, tok.line, tok.column, tok.end_line, tok.end_column)
+
+
+class _ExprParser:
+    """Precedence for a flat expression stream (tokens are operators, everything else an operand's AST)."""
+
+    def __init__(self, file, stream):
+        self.file, self.items, self.i = file, stream, 0
+
+    def peek(self, *types):
+        if self.i < len(self.items):
+            item = self.items[self.i]
+            if isinstance(item, Token) and item.type in types:
+                return item
+        return None
+
+    def take(self):
+        item = self.items[self.i]
+        self.i += 1
+        return item
+
+    def parse(self):
+        node = self.or_()
+        if self.i != len(self.items):  # pragma: no cover - the grammar guarantees a complete expression
+            raise _SemanticError("malformed expression", node.loc)
+        return node
+
+    def or_(self):
+        left = self.and_()
+        while self.peek("OR"):
+            self.take()
+            right = self.and_()
+            left = A.BoolOp("or", left, right, _span(self.file, left.loc, right.loc))
+        return left
+
+    def and_(self):
+        left = self.not_()
+        while self.peek("AND"):
+            self.take()
+            right = self.not_()
+            left = A.BoolOp("and", left, right, _span(self.file, left.loc, right.loc))
+        return left
+
+    def not_(self):
+        tok = self.peek("NOT")
+        if tok:
+            self.take()
+            operand = self.not_()
+            return A.Not(operand, _span(self.file, _tok_loc(self.file, tok), operand.loc))
+        return self.comparison()
+
+    def comparison(self):
+        left = self.sum()
+        tok = self.peek("COMP_OP")
+        if tok:
+            self.take()
+            right = self.sum()
+            left = A.Compare(str(tok), left, right, _span(self.file, left.loc, right.loc))
+            again = self.peek("COMP_OP")
+            if again:
+                raise _SemanticError("comparisons cannot be chained; use `and`", _tok_loc(self.file, again))
+        return left
+
+    def sum(self):
+        left = self.product()
+        while self.peek("ADD_OP"):
+            op = self.take()
+            right = self.product()
+            left = A.Binary(str(op), left, right, _span(self.file, left.loc, right.loc))
+        return left
+
+    def product(self):
+        left = self.unary()
+        while self.peek("MUL_OP"):
+            op = self.take()
+            right = self.unary()
+            left = A.Binary(str(op), left, right, _span(self.file, left.loc, right.loc))
+        return left
+
+    def unary(self):
+        tok = self.peek("ADD_OP")
+        if tok:
+            self.take()
+            operand = self.unary()
+            return A.Unary(str(tok), operand, _span(self.file, _tok_loc(self.file, tok), operand.loc))
+        return self.power()
+
+    def power(self):
+        base = self.atom()
+        if self.peek("POW_OP"):
+            self.take()
+            exponent = self.unary()
+            return A.Binary("**", base, exponent, _span(self.file, base.loc, exponent.loc))
+        return base
+
+    def atom(self):
+        item = self.take()
+        if isinstance(item, Token):
+            raise _SemanticError(f"unexpected {str(item)!r} in an expression", _tok_loc(self.file, item))
+        return item
+
+
+class _SemanticError(Exception):
+    def __init__(self, message, loc):
+        super().__init__(message)
+        self.message, self.loc = message, loc
+
+
+_TOKEN_NAMES = {
+    "LPAR": "'('", "RPAR": "')'", "LBRACE": "'{'", "RBRACE": "'}'", "COMMA": "','", "EQUAL": "'='",
+    "NAME": "a name", "ASSIGN_NAME": "a name", "NUMBER": "a number", "SHAPE": "a shape like 3x224x224",
+    "STRING": "a string", "ARGS_OPEN": "'('", "COLON": "':'", "QMARK": "'?'", "DOT": "'.'",
+    "COMP_OP": "a comparison", "ADD_OP": "'+' or '-'", "MUL_OP": "'*', '/', '//' or '%'", "POW_OP": "'**'",
+    "STRIDE": "'stride'", "WHEN": "'when'", "ELSE": "'else'", "$END": "end of file", "OR": "'or'", "AND": "'and'",
+    "NOT": "'not'",
+}
+
+
+def _describe_expected(expected) -> str:
+    names = []
+    for e in sorted(expected):
+        if e.startswith("__ANON") or e.startswith("_"):
+            continue
+        names.append(_TOKEN_NAMES.get(e, f"'{e.lower()}'" if e.isupper() else e))
+    names = sorted(set(names))
+    if not names:
+        return ""
+    if len(names) > 8:
+        names = names[:8] + ["..."]
+    return "; expected " + ", ".join(names)
+
+
+def parse_text(text: str, file: str = "<text>") -> A.File:
+    """Parse .arch source text into an `ast.File`; syntax errors raise ArchError."""
+    try:
+        tree = _parser().parse(text)
+    except lark.exceptions.UnexpectedCharacters as e:
+        loc = A.Loc(file, e.line, e.column, e.line, e.column + 1)
+        char = text[e.pos_in_stream] if 0 <= e.pos_in_stream < len(text) else "?"
+        raise ArchError(f"unexpected character {char!r}", loc, text) from None
+    except lark.exceptions.UnexpectedToken as e:
+        tok = e.token
+        if tok.type == "$END":
+            lines = text.splitlines() or [""]
+            loc = A.Loc(file, len(lines), len(lines[-1]) + 1, len(lines), len(lines[-1]) + 2)
+            raise ArchError("unexpected end of file" + _describe_expected(e.expected), loc, text) from None
+        loc = A.Loc(file, tok.line, tok.column, tok.end_line or tok.line,
+                    tok.end_column or tok.column + len(str(tok)))
+        raise ArchError(f"unexpected {str(tok)!r}" + _describe_expected(e.expected), loc, text) from None
+    except lark.exceptions.UnexpectedInput as e:  # pragma: no cover - other lark input errors
+        loc = A.Loc(file, getattr(e, "line", 1), getattr(e, "column", 1), getattr(e, "line", 1),
+                    getattr(e, "column", 1) + 1)
+        raise ArchError("syntax error", loc, text) from None
+    except RecursionError:
+        raise ArchError(f"{file}: text nested too deeply") from None
+    try:
+        items = _ToAst(file).transform(tree)
+    except lark.exceptions.VisitError as e:
+        if isinstance(e.orig_exc, _SemanticError):
+            raise ArchError(e.orig_exc.message, e.orig_exc.loc, text) from None
+        if isinstance(e.orig_exc, RecursionError):
+            raise ArchError(f"{file}: text nested too deeply") from None
+        raise
+    except RecursionError:
+        raise ArchError(f"{file}: text nested too deeply") from None
+    return A.File(file, text, tuple(items))
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_file_cached(path: str, mtime_ns: int, size: int) -> A.File:
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    return parse_text(text, path)
+
+
+def parse_file(path) -> A.File:
+    """Parse a file (cached on path, modification time and size)."""
+    path = os.fspath(path)
+    st = os.stat(path)
+    return _parse_file_cached(path, st.st_mtime_ns, st.st_size)
