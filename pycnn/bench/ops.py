@@ -1,6 +1,7 @@
 """Operator benchmarks: pycnn's fused kernels against the eager PyTorch composition they replace.
 
     python -m pycnn.bench.ops bn_act [--device cpu|cuda] [--dtype float32|float16|bfloat16] [--repeats N]
+    python -m pycnn.bench.ops dwconv [--device cpu|cuda] [--dtype ...] [--batch N ...] [--repeats N]
 
 Prints, per layer shape and layout, the median time of each side measured side by side (interleaved),
 the speedup (eager / pycnn), and on CUDA the achieved GB/s and % of the measured copy bandwidth.
@@ -16,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import pycnn
-from pycnn.nn import BatchNormAct2d
+from pycnn.nn import BatchNormAct2d, DepthwiseConvBNAct2d
 
 from .timing import compare, peak_bandwidth_gbs
 
@@ -78,6 +79,76 @@ def bench_bn_act(device: torch.device, dtype: torch.dtype, repeats: int, shapes=
     return rows
 
 
+# Depthwise conv + BN + act layers (224x224 input): (channels, input size, kernel, stride, act).
+MOBILENET_V2_DW = [
+    (32, 112, 3, 1), (96, 112, 3, 2), (144, 56, 3, 1), (144, 56, 3, 2), (192, 28, 3, 1), (192, 28, 3, 2),
+    (384, 14, 3, 1), (576, 14, 3, 1), (576, 14, 3, 2), (960, 7, 3, 1),
+]
+EFFICIENTNET_B0_DW = [
+    (32, 112, 3, 1), (96, 112, 3, 2), (144, 56, 3, 1), (144, 56, 5, 2), (240, 28, 5, 1), (240, 28, 3, 2),
+    (480, 14, 3, 1), (480, 14, 5, 1), (672, 14, 5, 1), (672, 14, 5, 2), (1152, 7, 5, 1), (1152, 7, 3, 1),
+]
+DWCONV_LAYERS = [("mbv2", c, s, k, st, "relu6") for c, s, k, st in MOBILENET_V2_DW] + \
+                [("effb0", c, s, k, st, "silu") for c, s, k, st in EFFICIENTNET_B0_DW]
+
+
+def bench_dwconv(device: torch.device, dtype: torch.dtype, repeats: int, batches, layers=DWCONV_LAYERS):
+    """DepthwiseConvBNAct2d against nn.Conv2d(groups=C) + nn.BatchNorm2d + activation. forward: eval
+    (pycnn: one fused kernel, BN folded); forward+backward: training (batch statistics)."""
+    peak = peak_bandwidth_gbs(device) if device.type == "cuda" else None
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    rows = []
+    for batch in batches:
+        for net, c, size, k, stride, act in layers:
+            shape = (batch, c, size, size)
+            ours = DepthwiseConvBNAct2d(c, k, stride=stride, act=act).to(device=device, dtype=dtype)
+            ref = nn.Sequential(nn.Conv2d(c, c, k, stride, (k - 1) // 2, groups=c, bias=False), nn.BatchNorm2d(c),
+                                {"relu6": nn.ReLU6(), "silu": nn.SiLU()}[act]).to(device=device, dtype=dtype)
+            ref.load_state_dict({k_.replace("conv.", "0.").replace("bn.", "1."): v
+                                 for k_, v in ours.state_dict().items()})
+            for layout in ("nchw", "channels_last"):
+                fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+                ours.to(memory_format=fmt)
+                ref.to(memory_format=fmt)
+                x = torch.randn(shape, device=device, dtype=dtype).contiguous(memory_format=fmt)
+                for mode in ("forward", "forward+backward"):
+                    train = mode != "forward"
+                    ours.train(train)
+                    ref.train(train)
+                    if not train:
+                        def run_ours():
+                            with torch.no_grad():
+                                ours(x)
+
+                        def run_eager():
+                            with torch.no_grad():
+                                ref(x)
+                    else:
+                        xg = x.detach().requires_grad_()
+                        grad = torch.randn_like(ours(xg))
+
+                        def run_ours():
+                            ours(xg).backward(grad)
+
+                        def run_eager():
+                            ref(xg).backward(grad)
+                    t = compare({"pycnn": run_ours, "eager": run_eager}, device, repeats=repeats)
+                    out_numel = grad.numel() if train else batch * c * ((size - 1) // stride + 1) ** 2
+                    row = dict(shape=f"{net} {batch}x{c}x{size}x{size} k{k}s{stride}", act=act, layout=layout,
+                               mode=mode, pycnn_ms=t["pycnn"].median_s * 1e3, eager_ms=t["eager"].median_s * 1e3,
+                               speedup=t["eager"].median_s / t["pycnn"].median_s)
+                    if peak:
+                        # Minimum traffic of a fused op: forward reads x and writes y; backward also reads
+                        # x and dy and writes dx.
+                        elems = (x.numel() + out_numel) if not train else (3 * x.numel() + 2 * out_numel)
+                        gbs = elems * x.element_size() / t["pycnn"].median_s / 1e9
+                        row.update(gbs=gbs, peak_pct=100 * gbs / peak)
+                    rows.append(row)
+                    print_row(row)
+    return rows
+
+
 def print_row(row):
     extra = f"  {row['gbs']:8.1f} GB/s {row['peak_pct']:5.1f}% of peak" if "gbs" in row else ""
     print(f"{row['shape']:>16} {row['act']:>5} {row['layout']:>13} {row['mode']:>16}  "
@@ -88,11 +159,13 @@ def print_row(row):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m pycnn.bench.ops", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("op", choices=["bn_act"])
+    parser.add_argument("op", choices=["bn_act", "dwconv"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--quick", action="store_true", help="two small shapes, few repeats (smoke run)")
+    parser.add_argument("--batch", type=int, nargs="+", default=None,
+                        help="dwconv: batch sizes (default 1 and 8 on the CPU, 64 on CUDA)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype or ("float16" if device.type == "cuda" else "float32"))
@@ -100,8 +173,14 @@ def main(argv=None):
     print(f"pycnn {pycnn.__version__} on {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}, "
           f"{torch.get_num_threads()} threads), torch {torch.__version__}, {dtype}, CUDA kernels: {info['cuda']}")
     print("speedup = eager median / pycnn median, measured interleaved in this run")
-    shapes = [((2, 16, 8, 8), "relu"), ((2, 24, 5, 5), "relu6")] if args.quick else BN_ACT_SHAPES
-    rows = bench_bn_act(device, dtype, 3 if args.quick else args.repeats, shapes)
+    repeats = 3 if args.quick else args.repeats
+    if args.op == "dwconv":
+        batches = args.batch or ([2] if args.quick else [64] if device.type == "cuda" else [1, 8])
+        layers = [("mbv2", 16, 10, 3, 1, "relu6"), ("effb0", 24, 9, 5, 2, "silu")] if args.quick else DWCONV_LAYERS
+        rows = bench_dwconv(device, dtype, repeats, batches, layers)
+    else:
+        shapes = [((2, 16, 8, 8), "relu"), ((2, 24, 5, 5), "relu6")] if args.quick else BN_ACT_SHAPES
+        rows = bench_bn_act(device, dtype, repeats, shapes)
     ratios = [r["speedup"] for r in rows]
     geo = torch.tensor(ratios).log().mean().exp().item()
     print(f"geometric mean speedup over {len(rows)} cases: x{geo:.2f} (min x{min(ratios):.2f})")
