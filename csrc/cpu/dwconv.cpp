@@ -16,8 +16,10 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <type_traits>
+#include <vector>
 
 #include "dwconv.h"
 

@@ -12,6 +12,53 @@ template <typename acc> inline acc madd(acc a, acc b, acc c) { return std::fma(a
 template <typename acc> inline acc madd(acc a, acc b, acc c) { return a * b + c; }
 #endif
 
+// exp for float in plain arithmetic the compiler vectorizes (std::exp is a scalar libm call): 2^(x log2 e)
+// as 2^i (exponent bits) * 2^f (degree-6 polynomial, f in [-0.5, 0.5]); relative error ~2e-7.
+inline float exp_approx(float x) {
+  x = std::min(std::max(x, -87.0f), 88.0f);
+  const float t = x * 1.44269504088896341f;
+  constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+  const float r = t + kRound;
+  const int32_t i = std::bit_cast<int32_t>(r) - std::bit_cast<int32_t>(kRound);
+  const float f = (t - (r - kRound)) * 0.693147180559945309f;
+  float p = 1.0f / 720;
+  p = madd(p, f, 1.0f / 120);
+  p = madd(p, f, 1.0f / 24);
+  p = madd(p, f, 1.0f / 6);
+  p = madd(p, f, 0.5f);
+  p = madd(p, f, 1.0f);
+  p = madd(p, f, 1.0f);
+  return std::bit_cast<float>(std::bit_cast<int32_t>(p) + (i << 23));
+}
+
+// The activation and its derivative (activation.h), with SiLU on float through exp_approx.
+template <Act A, typename acc>
+inline acc cpu_act(acc z) {
+  if constexpr (A == Act::SiLU && std::is_same_v<acc, float>) {
+    return z / (1.0f + exp_approx(-z));
+  } else {
+    return act_forward<acc>(A, z);
+  }
+}
+
+template <Act A, typename acc>
+inline acc cpu_act_derivative(acc z) {
+  if constexpr (A == Act::SiLU && std::is_same_v<acc, float>) {
+    const float s = 1.0f / (1.0f + exp_approx(-z));
+    return s * (1.0f + z * (1.0f - s));
+  } else {
+    return act_derivative<acc>(A, z);
+  }
+}
+
+// Valid kernel columns [lo[ow], hi[ow]) per output column, computed once per call (no divisions in the
+// hot loops).
+struct ColumnTaps {
+  std::vector<int> lo, hi;
+};
+
+inline ColumnTaps column_taps(const DwConvGeometry& g);
+
 // Channels per register block: 32 floats (4 AVX registers) or 16 doubles.
 template <typename acc> constexpr int64_t block_channels() { return 64 / sizeof(acc) * 4 / 2; }
 
@@ -27,13 +74,19 @@ inline void tap_range(int64_t o, int s, int p, int d, int k, int64_t size, int& 
   if (hi < lo) hi = lo;
 }
 
+inline ColumnTaps column_taps(const DwConvGeometry& g) {
+  ColumnTaps t;
+  t.lo.resize(g.ow);
+  t.hi.resize(g.ow);
+  for (int64_t ow = 0; ow < g.ow; ++ow) tap_range(ow, g.sw, g.pw, g.dw, g.k, g.w, t.lo[ow], t.hi[ow]);
+  return t;
+}
+
 // u[t] = sum over the valid taps of x * w for channels c0 .. c0 + len of output (oh, ow) of one image.
 template <bool Full, int64_t CB, typename scalar_t, typename acc>
 inline void conv_point(const DwConvGeometry& g, const scalar_t* xn, const acc* wt, int64_t oh, int64_t ow, int ilo,
-                       int ihi, int64_t c0, int64_t cn, acc* __restrict__ u) {
+                       int ihi, int jlo, int jhi, int64_t c0, int64_t cn, acc* __restrict__ u) {
   const int64_t len = Full ? CB : cn;
-  int jlo, jhi;
-  tap_range(ow, g.sw, g.pw, g.dw, g.k, g.w, jlo, jhi);
   for (int64_t t = 0; t < len; ++t) u[t] = acc(0);
   for (int i = ilo; i < ihi; ++i) {
     const int64_t ih = oh * g.sh - g.ph + int64_t(i) * g.dh;
@@ -62,6 +115,7 @@ void forward(const DwConvGeometry& g, const scalar_t* x, const acc* wt, const ac
   constexpr int64_t CB = block_channels<acc>();
   const int64_t rows = g.n * g.oh;
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(g.ow * g.c * g.k * g.k, 1));
+  const ColumnTaps cols = column_taps(g);
   at::parallel_for(0, rows, grain, [&](int64_t q0, int64_t q1) {
     for (int64_t q = q0; q < q1; ++q) {
       const int64_t n = q / g.oh, oh = q % g.oh;
@@ -69,10 +123,10 @@ void forward(const DwConvGeometry& g, const scalar_t* x, const acc* wt, const ac
       tap_range(oh, g.sh, g.ph, g.dh, g.k, g.h, ilo, ihi);
       const scalar_t* xn = x + n * g.h * g.w * g.c;
       const int64_t out_row = q * g.ow * g.c;
-      for_channel_blocks<acc>(g.c, [&](int64_t c0, int64_t cn, auto full) {
-        for (int64_t ow = 0; ow < g.ow; ++ow) {
+      for (int64_t ow = 0; ow < g.ow; ++ow) {
+        for_channel_blocks<acc>(g.c, [&](int64_t c0, int64_t cn, auto full) {
           acc u[CB];
-          conv_point<decltype(full)::value, CB>(g, xn, wt, oh, ow, ilo, ihi, c0, cn, u);
+          conv_point<decltype(full)::value, CB>(g, xn, wt, oh, ow, ilo, ihi, cols.lo[ow], cols.hi[ow], c0, cn, u);
           const int64_t len = decltype(full)::value ? CB : cn;
           const int64_t off = out_row + ow * g.c + c0;
           scalar_t* __restrict__ ys = y + off;
@@ -81,12 +135,12 @@ void forward(const DwConvGeometry& g, const scalar_t* x, const acc* wt, const ac
           if (r != nullptr) {
             const scalar_t* __restrict__ rs = r + off;
             for (int64_t t = 0; t < len; ++t)
-              ys[t] = static_cast<scalar_t>(act_forward<acc>(A, madd(u[t], scs[t], bis[t]) + static_cast<acc>(rs[t])));
+              ys[t] = static_cast<scalar_t>(cpu_act<A>(madd(u[t], scs[t], bis[t]) + static_cast<acc>(rs[t])));
           } else {
-            for (int64_t t = 0; t < len; ++t) ys[t] = static_cast<scalar_t>(act_forward<acc>(A, madd(u[t], scs[t], bis[t])));
+            for (int64_t t = 0; t < len; ++t) ys[t] = static_cast<scalar_t>(cpu_act<A>(madd(u[t], scs[t], bis[t])));
           }
-        }
-      });
+        });
+      }
     }
   });
 }
@@ -101,6 +155,7 @@ void backward_grad_out(const DwConvGeometry& g, const scalar_t* x, const scalar_
                        int64_t blocks) {
   constexpr int64_t CB = block_channels<acc>();
   const int64_t rows = g.n * g.oh, kk = int64_t(g.k) * g.k, stride = (kk + 2) * g.c;
+  const ColumnTaps cols = column_taps(g);
   at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       acc* dw = partials + b * stride;
@@ -114,12 +169,13 @@ void backward_grad_out(const DwConvGeometry& g, const scalar_t* x, const scalar_
         tap_range(oh, g.sh, g.ph, g.dh, g.k, g.h, ilo, ihi);
         const scalar_t* xn = x + n * g.h * g.w * g.c;
         const int64_t out_row = q * g.ow * g.c;
-        for_channel_blocks<acc>(g.c, [&](int64_t c0, int64_t cn, auto full) {
-          constexpr bool Full = decltype(full)::value;
-          const int64_t len = Full ? CB : cn;
-          for (int64_t ow = 0; ow < g.ow; ++ow) {
+        for (int64_t ow = 0; ow < g.ow; ++ow) {
+          for_channel_blocks<acc>(g.c, [&](int64_t c0, int64_t cn, auto full) {
+            constexpr bool Full = decltype(full)::value;
+            const int64_t len = Full ? CB : cn;
             acc u[CB], gv[CB];
-            conv_point<Full, CB>(g, xn, wt, oh, ow, ilo, ihi, c0, cn, u);
+            const int jlo = cols.lo[ow], jhi = cols.hi[ow];
+            conv_point<Full, CB>(g, xn, wt, oh, ow, ilo, ihi, jlo, jhi, c0, cn, u);
             const int64_t off = out_row + ow * g.c + c0;
             const scalar_t* __restrict__ dys = dy + off;
             const scalar_t* __restrict__ rs = r != nullptr ? r + off : nullptr;
@@ -132,7 +188,7 @@ void backward_grad_out(const DwConvGeometry& g, const scalar_t* x, const scalar_
               scalar_t* __restrict__ drs = dr + off;
               for (int64_t t = 0; t < len; ++t) {
                 const acc z = madd(u[t], scs[t], bis[t]) + static_cast<acc>(rs[t]);
-                const acc dz = static_cast<acc>(dys[t]) * act_derivative<acc>(A, z);
+                const acc dz = static_cast<acc>(dys[t]) * cpu_act_derivative<A>(z);
                 drs[t] = static_cast<scalar_t>(dz);
                 dscs[t] = madd(dz, u[t], dscs[t]);
                 dbis[t] += dz;
@@ -141,15 +197,13 @@ void backward_grad_out(const DwConvGeometry& g, const scalar_t* x, const scalar_
               }
             } else {
               for (int64_t t = 0; t < len; ++t) {
-                const acc dz = static_cast<acc>(dys[t]) * act_derivative<acc>(A, madd(u[t], scs[t], bis[t]));
+                const acc dz = static_cast<acc>(dys[t]) * cpu_act_derivative<A>(madd(u[t], scs[t], bis[t]));
                 dscs[t] = madd(dz, u[t], dscs[t]);
                 dbis[t] += dz;
                 gv[t] = dz * scs[t];
                 gus[t] = gv[t];
               }
             }
-            int jlo, jhi;
-            tap_range(ow, g.sw, g.pw, g.dw, g.k, g.w, jlo, jhi);
             for (int i = ilo; i < ihi; ++i) {
               const int64_t ih = oh * g.sh - g.ph + int64_t(i) * g.dh;
               for (int j = jlo; j < jhi; ++j) {
@@ -159,8 +213,8 @@ void backward_grad_out(const DwConvGeometry& g, const scalar_t* x, const scalar_
                 for (int64_t t = 0; t < len; ++t) dwp[t] = madd(gv[t], static_cast<acc>(xp[t]), dwp[t]);
               }
             }
-          }
-        });
+          });
+        }
       }
     }
   });
@@ -172,6 +226,18 @@ void backward_grad_in(const DwConvGeometry& g, const acc* gu, const acc* wt, sca
   constexpr int64_t CB = block_channels<acc>();
   const int64_t rows = g.n * g.h;
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(g.w * g.c * g.k * g.k, 1));
+  // Per input column iw: the kernel columns j whose output column ow = (iw + pw - j * dw) / sw is exact
+  // and in range, as (j, ow) pairs; computed once (no divisions in the hot loop).
+  std::vector<int> col_n(g.w, 0), col_j(g.w * g.k);
+  std::vector<int64_t> col_ow(g.w * g.k);
+  for (int64_t iw = 0; iw < g.w; ++iw) {
+    for (int j = 0; j < g.k; ++j) {
+      const int64_t num = iw + g.pw - int64_t(j) * g.dw;
+      if (num < 0 || num % g.sw != 0 || num / g.sw >= g.ow) continue;
+      col_j[iw * g.k + col_n[iw]] = j;
+      col_ow[iw * g.k + col_n[iw]++] = num / g.sw;
+    }
+  }
   at::parallel_for(0, rows, grain, [&](int64_t q0, int64_t q1) {
     for (int64_t q = q0; q < q1; ++q) {
       const int64_t n = q / g.h, ih = q % g.h;
@@ -186,28 +252,26 @@ void backward_grad_in(const DwConvGeometry& g, const acc* gu, const acc* wt, sca
         rows_oh[nrows++] = num / g.sh;
       }
       const acc* gn = gu + n * g.oh * g.ow * g.c;
-      for_channel_blocks<acc>(g.c, [&](int64_t c0, int64_t cn, auto full) {
-        constexpr bool Full = decltype(full)::value;
-        const int64_t len = Full ? CB : cn;
-        for (int64_t iw = 0; iw < g.w; ++iw) {
+      for (int64_t iw = 0; iw < g.w; ++iw) {
+        for_channel_blocks<acc>(g.c, [&](int64_t c0, int64_t cn, auto full) {
+          constexpr bool Full = decltype(full)::value;
+          const int64_t len = Full ? CB : cn;
           acc a[CB];
           for (int64_t t = 0; t < len; ++t) a[t] = acc(0);
           for (int ri = 0; ri < nrows; ++ri) {
             const int i = rows_i[ri];
             const int64_t oh = rows_oh[ri];
-            for (int j = 0; j < g.k; ++j) {
-              const int64_t num = iw + g.pw - int64_t(j) * g.dw;
-              if (num < 0) break;  // num decreases with j
-              if (num % g.sw != 0 || num / g.sw >= g.ow) continue;
-              const acc* __restrict__ gp = gn + (oh * g.ow + num / g.sw) * g.c + c0;
+            for (int tj = 0; tj < col_n[iw]; ++tj) {
+              const int j = col_j[iw * g.k + tj];
+              const acc* __restrict__ gp = gn + (oh * g.ow + col_ow[iw * g.k + tj]) * g.c + c0;
               const acc* __restrict__ wp = wt + (int64_t(i) * g.k + j) * g.c + c0;
               for (int64_t t = 0; t < len; ++t) a[t] = madd(gp[t], wp[t], a[t]);
             }
           }
           scalar_t* __restrict__ dxs = dx + (q * g.w + iw) * g.c + c0;
           for (int64_t t = 0; t < len; ++t) dxs[t] = static_cast<scalar_t>(a[t]);
-        }
-      });
+        });
+      }
     }
   });
 }
