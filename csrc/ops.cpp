@@ -33,4 +33,18 @@ TORCH_LIBRARY(pycnn, m) {
       "Tensor pooled, Tensor hidden, Tensor gate, str act, str post_act) -> (Tensor grad_input, "
       "Tensor grad_fc1_weight, Tensor grad_fc1_bias, Tensor grad_fc2_weight, Tensor grad_fc2_bias, "
       "Tensor? grad_residual)");
+  // Depthwise conv2d (channel multiplier 1, weight (C, 1, k, k), k odd <= 7, stride 1|2, dilation 1|2)
+  // + per-channel scale and bias (folded BatchNorm or conv bias) + optional residual add + activation:
+  //   output = act(conv(input, weight) * scale + bias [+ residual])
+  // scale defaults to 1 and bias to 0; they are float32 or the input's dtype (float64 for float64 input).
+  m.def(
+      "dwconv_forward(Tensor input, Tensor weight, Tensor? scale, Tensor? bias, Tensor? residual, "
+      "int[2] stride, int[2] padding, int[2] dilation, str act) -> Tensor");
+  // Gradients of dwconv_forward (the convolution is recomputed, nothing but the inputs is saved).
+  // grad_scale and grad_bias are returned even when scale/bias are absent (then in the accumulation dtype);
+  // grad_residual when residual is given.
+  m.def(
+      "dwconv_backward(Tensor grad_output, Tensor input, Tensor weight, Tensor? scale, Tensor? bias, "
+      "Tensor? residual, int[2] stride, int[2] padding, int[2] dilation, str act) -> "
+      "(Tensor grad_input, Tensor grad_weight, Tensor grad_scale, Tensor grad_bias, Tensor? grad_residual)");
 }

@@ -174,3 +174,94 @@ def _se_backward(ctx, grad_output, _grad_pooled, _grad_hidden, _grad_gate):
 
 
 torch.library.register_autograd("pycnn::se_forward", _se_backward, setup_context=_se_setup_context)
+# dwconv: depthwise conv2d + per-channel scale/bias (+ residual) + activation
+# ---------------------------------------------------------------------------------------------
+
+def _pair(v, name: str) -> list:
+    if isinstance(v, int):
+        return [v, v]
+    v = list(v)
+    if len(v) == 1:
+        return [int(v[0]), int(v[0])]
+    if len(v) != 2:
+        raise ValueError(f"pycnn.dwconv: {name} must be an int or a pair, got {v!r}")
+    return [int(v[0]), int(v[1])]
+
+
+def dwconv(
+    input: Tensor,
+    weight: Tensor,
+    scale: Optional[Tensor] = None,
+    bias: Optional[Tensor] = None,
+    *,
+    stride=1,
+    padding=0,
+    dilation=1,
+    act: str = "none",
+    residual: Optional[Tensor] = None,
+) -> Tensor:
+    """act(conv2d(input, weight, groups=C) * scale + bias [+ residual]) in one kernel.
+
+    weight is (C, 1, k, k) with k odd and at most 7; stride and dilation 1 or 2 (ints or pairs);
+    padding an int or a pair. scale and bias are per-channel vectors (a folded BatchNorm, or None and
+    the conv's bias). Differentiable in input, weight, scale, bias and residual.
+    """
+    if act not in ACTIVATIONS:
+        raise ValueError(f"pycnn.dwconv: unknown activation {act!r}; expected one of {', '.join(ACTIVATIONS)}")
+    return torch.ops.pycnn.dwconv_forward(input, weight, scale, bias, residual, _pair(stride, "stride"),
+                                          _pair(padding, "padding"), _pair(dilation, "dilation"), act)
+
+
+def _dwconv_output_shape(input, weight, stride, padding, dilation):
+    k = weight.size(2)
+    oh = (input.size(2) + 2 * padding[0] - dilation[0] * (k - 1) - 1) // stride[0] + 1
+    ow = (input.size(3) + 2 * padding[1] - dilation[1] * (k - 1) - 1) // stride[1] + 1
+    return (input.size(0), input.size(1), oh, ow)
+
+
+def _pair_list(v):
+    return [v[0], v[0]] if len(v) == 1 else list(v)
+
+
+@torch.library.register_fake("pycnn::dwconv_forward")
+def _dwconv_forward_fake(input, weight, scale, bias, residual, stride, padding, dilation, act):
+    torch._check(input.dim() == 4, lambda: f"pycnn.dwconv: input must be 4-D, got {input.dim()}-D")
+    torch._check(weight.dim() == 4, lambda: f"pycnn.dwconv: weight must be 4-D, got {weight.dim()}-D")
+    shape = _dwconv_output_shape(input, weight, _pair_list(stride), _pair_list(padding), _pair_list(dilation))
+    return input.new_empty(shape).contiguous(memory_format=_memory_format(input))
+
+
+@torch.library.register_fake("pycnn::dwconv_backward")
+def _dwconv_backward_fake(grad_output, input, weight, scale, bias, residual, stride, padding, dilation, act):
+    fmt = _memory_format(input)
+    channels = input.size(1)
+    acc = _acc_dtype(input.dtype)
+    grad_input = torch.empty_like(input, memory_format=fmt)
+    grad_weight = torch.empty_like(weight, memory_format=torch.contiguous_format)
+    grad_scale = input.new_empty((channels,), dtype=scale.dtype if scale is not None else acc)
+    grad_bias = input.new_empty((channels,), dtype=bias.dtype if bias is not None else acc)
+    grad_residual = None
+    if residual is not None:
+        shape = _dwconv_output_shape(input, weight, _pair_list(stride), _pair_list(padding), _pair_list(dilation))
+        grad_residual = input.new_empty(shape).contiguous(memory_format=fmt)
+    return grad_input, grad_weight, grad_scale, grad_bias, grad_residual
+
+
+def _dwconv_setup_context(ctx, inputs, output):
+    input, weight, scale, bias, residual, stride, padding, dilation, act = inputs
+    ctx.save_for_backward(input, weight, scale, bias, residual)
+    ctx.stride, ctx.padding, ctx.dilation, ctx.act = stride, padding, dilation, act
+
+
+def _dwconv_backward(ctx, grad_output):
+    input, weight, scale, bias, residual = ctx.saved_tensors
+    grad_input, grad_weight, grad_scale, grad_bias, grad_residual = torch.ops.pycnn.dwconv_backward(
+        grad_output, input, weight, scale, bias, residual, ctx.stride, ctx.padding, ctx.dilation, ctx.act)
+    return (grad_input, grad_weight,
+            grad_scale if scale is not None else None,
+            grad_bias if bias is not None else None,
+            grad_residual,
+            None, None, None, None)
+
+
+torch.library.register_autograd("pycnn::dwconv_forward", _dwconv_backward, setup_context=_dwconv_setup_context)

@@ -2,6 +2,7 @@
 
     python -m pycnn.bench.ops bn_act [--device cpu|cuda] [--dtype float32|float16|bfloat16] [--repeats N]
     python -m pycnn.bench.ops se [--device cpu|cuda] [--batch N ...] [--only efficientnet_b0,regnety_400mf,...]
+    python -m pycnn.bench.ops dwconv [--device cpu|cuda] [--dtype ...] [--batch N ...] [--repeats N]
 
 Prints, per layer shape and layout, the median time of each side measured side by side (interleaved),
 the speedup (eager / pycnn), and on CUDA the achieved GB/s and % of the measured copy bandwidth.
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import pycnn
-from pycnn.nn import BatchNormAct2d, SqueezeExcite
+from pycnn.nn import BatchNormAct2d, DepthwiseConvBNAct2d, SqueezeExcite
 
 from .timing import compare, peak_bandwidth_gbs
 
@@ -163,6 +164,76 @@ def bench_se(device: torch.device, dtype: torch.dtype, repeats: int, batches, sh
     return rows
 
 
+# Depthwise conv + BN + act layers (224x224 input): (channels, input size, kernel, stride, act).
+MOBILENET_V2_DW = [
+    (32, 112, 3, 1), (96, 112, 3, 2), (144, 56, 3, 1), (144, 56, 3, 2), (192, 28, 3, 1), (192, 28, 3, 2),
+    (384, 14, 3, 1), (576, 14, 3, 1), (576, 14, 3, 2), (960, 7, 3, 1),
+]
+EFFICIENTNET_B0_DW = [
+    (32, 112, 3, 1), (96, 112, 3, 2), (144, 56, 3, 1), (144, 56, 5, 2), (240, 28, 5, 1), (240, 28, 3, 2),
+    (480, 14, 3, 1), (480, 14, 5, 1), (672, 14, 5, 1), (672, 14, 5, 2), (1152, 7, 5, 1), (1152, 7, 3, 1),
+]
+DWCONV_LAYERS = [("mbv2", c, s, k, st, "relu6") for c, s, k, st in MOBILENET_V2_DW] + \
+                [("effb0", c, s, k, st, "silu") for c, s, k, st in EFFICIENTNET_B0_DW]
+
+
+def bench_dwconv(device: torch.device, dtype: torch.dtype, repeats: int, batches, layers=DWCONV_LAYERS):
+    """DepthwiseConvBNAct2d against nn.Conv2d(groups=C) + nn.BatchNorm2d + activation. forward: eval
+    (pycnn: one fused kernel, BN folded); forward+backward: training (batch statistics)."""
+    peak = peak_bandwidth_gbs(device) if device.type == "cuda" else None
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    rows = []
+    for batch in batches:
+        for net, c, size, k, stride, act in layers:
+            shape = (batch, c, size, size)
+            ours = DepthwiseConvBNAct2d(c, k, stride=stride, act=act).to(device=device, dtype=dtype)
+            ref = nn.Sequential(nn.Conv2d(c, c, k, stride, (k - 1) // 2, groups=c, bias=False), nn.BatchNorm2d(c),
+                                {"relu6": nn.ReLU6(), "silu": nn.SiLU()}[act]).to(device=device, dtype=dtype)
+            ref.load_state_dict({k_.replace("conv.", "0.").replace("bn.", "1."): v
+                                 for k_, v in ours.state_dict().items()})
+            for layout in ("nchw", "channels_last"):
+                fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+                ours.to(memory_format=fmt)
+                ref.to(memory_format=fmt)
+                x = torch.randn(shape, device=device, dtype=dtype).contiguous(memory_format=fmt)
+                for mode in ("forward", "forward+backward"):
+                    train = mode != "forward"
+                    ours.train(train)
+                    ref.train(train)
+                    if not train:
+                        def run_ours():
+                            with torch.no_grad():
+                                ours(x)
+
+                        def run_eager():
+                            with torch.no_grad():
+                                ref(x)
+                    else:
+                        xg = x.detach().requires_grad_()
+                        grad = torch.randn_like(ours(xg))
+
+                        def run_ours():
+                            ours(xg).backward(grad)
+
+                        def run_eager():
+                            ref(xg).backward(grad)
+                    t = compare({"pycnn": run_ours, "eager": run_eager}, device, repeats=repeats)
+                    out_numel = grad.numel() if train else batch * c * ((size - 1) // stride + 1) ** 2
+                    row = dict(shape=f"{net} {batch}x{c}x{size}x{size} k{k}s{stride}", act=act, layout=layout,
+                               mode=mode, pycnn_ms=t["pycnn"].median_s * 1e3, eager_ms=t["eager"].median_s * 1e3,
+                               speedup=t["eager"].median_s / t["pycnn"].median_s)
+                    if peak:
+                        # Minimum traffic of a fused op: forward reads x and writes y; backward also reads
+                        # x and dy and writes dx.
+                        elems = (x.numel() + out_numel) if not train else (3 * x.numel() + 2 * out_numel)
+                        gbs = elems * x.element_size() / t["pycnn"].median_s / 1e9
+                        row.update(gbs=gbs, peak_pct=100 * gbs / peak)
+                    rows.append(row)
+                    print_row(row)
+    return rows
+
+
 def print_row(row):
     extra = f"  {row['gbs']:8.1f} GB/s {row['peak_pct']:5.1f}% of peak" if "gbs" in row else ""
     print(f"{row['shape']:>16} {row['act']:>8} {row['layout']:>13} {row['mode']:>16}  "
@@ -173,16 +244,20 @@ def print_row(row):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m pycnn.bench.ops", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("op", choices=["bn_act", "se"])
+    parser.add_argument("op", choices=["bn_act", "dwconv", "se"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--quick", action="store_true", help="two small shapes, few repeats (smoke run)")
     parser.add_argument("--batch", type=int, nargs="+", default=None,
-                        help="se: batch sizes (default 1 and 8 on the CPU, 64 on CUDA)")
+                        help="dwconv, se: batch sizes (default 1 and 8 on the CPU, 64 on CUDA)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads (torch.set_num_threads); 1 gives steadier figures on a shared machine")
     parser.add_argument("--only", default=None, help="se: comma-separated networks to run (default all)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype or ("float16" if device.type == "cuda" else "float32"))
     info = pycnn.build_info()
     print(f"pycnn {pycnn.__version__} on {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}, "
@@ -197,6 +272,10 @@ def main(argv=None):
             shapes = [("quick", 24, 6, 8, "silu", False), ("quick", 40, 10, 5, "relu", True)]
         batches = args.batch or ([64] if device.type == "cuda" else [1, 8])
         rows = bench_se(device, dtype, repeats, batches if not args.quick else [2], shapes)
+    elif args.op == "dwconv":
+        batches = args.batch or ([2] if args.quick else [64] if device.type == "cuda" else [1, 8])
+        layers = [("mbv2", 16, 10, 3, 1, "relu6"), ("effb0", 24, 9, 5, 2, "silu")] if args.quick else DWCONV_LAYERS
+        rows = bench_dwconv(device, dtype, repeats, batches, layers)
     else:
         shapes = [((2, 16, 8, 8), "relu"), ((2, 24, 5, 5), "relu6")] if args.quick else BN_ACT_SHAPES
         rows = bench_bn_act(device, dtype, repeats, shapes)

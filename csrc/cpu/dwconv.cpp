@@ -1,0 +1,175 @@
+// CPU implementation of pycnn::dwconv_forward / dwconv_backward (at::parallel_for, OpenMP in torch).
+//
+// The kernels are NHWC-native (a pixel's channels contiguous, loops over channel blocks vectorize);
+// NCHW tensors are converted in and the results converted back. The kernels (dwconv_kernels.h) are
+// compiled twice, for the baseline x86-64 ISA and for AVX2+FMA, and the second is used where the CPU
+// has it: the build targets the baseline, so without this the loops would be 4-wide SSE.
+//
+// forward:  y = act(conv(x) * scale + bias [+ residual]), one pass.
+// backward: pass 1 over output rows recomputes conv(x) (cheaper than saving it: the depthwise conv is
+//           memory-bound and pass 1 reads x anyway for the weight gradient) and gives dz, the gradient of
+//           conv(x) (kept in a float buffer), dresidual, and the per-block partial sums of dscale, dbias
+//           and dweight; pass 2 over input rows is dx, the transposed convolution of that gradient.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <type_traits>
+#include <vector>
+
+#include "dwconv.h"
+
+namespace pycnn {
+
+namespace dw_base {
+#include "dwconv_kernels.h"
+}  // namespace dw_base
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define PYCNN_DW_HAVE_AVX2 1
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+namespace dw_avx2 {
+#define PYCNN_DW_FMA 1
+#include "dwconv_kernels.h"
+#undef PYCNN_DW_FMA
+}  // namespace dw_avx2
+#pragma GCC pop_options
+#endif
+
+namespace {
+
+bool use_avx2() {
+#ifdef PYCNN_DW_HAVE_AVX2
+  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return yes;
+#else
+  return false;
+#endif
+}
+
+// Runs body(std::integral_constant<Act, A>) so the activation is a compile-time constant in hot loops.
+template <typename Body>
+void dispatch_act(Act act, Body body) {
+  switch (act) {
+    case Act::ReLU: return body(std::integral_constant<Act, Act::ReLU>{});
+    case Act::ReLU6: return body(std::integral_constant<Act, Act::ReLU6>{});
+    case Act::SiLU: return body(std::integral_constant<Act, Act::SiLU>{});
+    case Act::HardSwish: return body(std::integral_constant<Act, Act::HardSwish>{});
+    default: return body(std::integral_constant<Act, Act::None>{});
+  }
+}
+
+Tensor output_like(const Tensor& input, const DwConvGeometry& g) {
+  return at::empty({g.n, g.c, g.oh, g.ow}, input.options(), at::MemoryFormat::ChannelsLast);
+}
+
+Tensor dwconv_forward_cpu(const Tensor& input, const Tensor& weight, const OptTensor& scale, const OptTensor& bias,
+                          const OptTensor& residual, at::IntArrayRef stride, at::IntArrayRef padding,
+                          at::IntArrayRef dilation, c10::string_view act_name) {
+  constexpr std::string_view op = "pycnn.dwconv";
+  const DwConvGeometry g = check_dwconv_args(op, input, weight, scale, bias, residual, stride, padding, dilation);
+  TORCH_CHECK(input.device().is_cpu(), op, ": input must be a CPU tensor for the CPU kernel, got ", input.device());
+  const Act act = parse_act(op, std::string_view(act_name.data(), act_name.size()));
+  constexpr auto nhwc = at::MemoryFormat::ChannelsLast;
+  const Tensor x = input.contiguous(nhwc);
+  const Tensor r = residual ? residual->contiguous(nhwc) : Tensor();
+  const Tensor wt = dwconv_weight_taps(weight);
+  const Tensor sc = channel_vector_acc(scale, input, 1.0), bi = channel_vector_acc(bias, input, 0.0);
+  Tensor y = output_like(input, g);
+  if (y.numel() > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "dwconv_forward_cpu", [&] {
+      using acc = at::opmath_type<scalar_t>;
+      dispatch_act(act, [&](auto A) {
+        auto args = std::make_tuple(g, x.const_data_ptr<scalar_t>(), wt.const_data_ptr<acc>(), sc.const_data_ptr<acc>(),
+                                    bi.const_data_ptr<acc>(), r.defined() ? r.const_data_ptr<scalar_t>() : nullptr,
+                                    y.data_ptr<scalar_t>());
+#ifdef PYCNN_DW_HAVE_AVX2
+        if (use_avx2()) return std::apply(dw_avx2::forward<scalar_t, acc, decltype(A)::value>, args);
+#endif
+        std::apply(dw_base::forward<scalar_t, acc, decltype(A)::value>, args);
+      });
+    });
+  }
+  return y.contiguous(kernel_memory_format(input));
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, OptTensor> dwconv_backward_cpu(
+    const Tensor& grad_output, const Tensor& input, const Tensor& weight, const OptTensor& scale,
+    const OptTensor& bias, const OptTensor& residual, at::IntArrayRef stride, at::IntArrayRef padding,
+    at::IntArrayRef dilation, c10::string_view act_name) {
+  constexpr std::string_view op = "pycnn.dwconv_backward";
+  const DwConvGeometry g = check_dwconv_args(op, input, weight, scale, bias, residual, stride, padding, dilation);
+  TORCH_CHECK(input.device().is_cpu(), op, ": input must be a CPU tensor for the CPU kernel, got ", input.device());
+  TORCH_CHECK(grad_output.dim() == 4 && grad_output.size(0) == g.n && grad_output.size(1) == g.c &&
+                  grad_output.size(2) == g.oh && grad_output.size(3) == g.ow,
+              op, ": grad_output must have the output's shape [", g.n, ", ", g.c, ", ", g.oh, ", ", g.ow, "], got ",
+              grad_output.sizes());
+  TORCH_CHECK(grad_output.scalar_type() == input.scalar_type() && grad_output.device() == input.device(), op,
+              ": grad_output must have the input's dtype and device, got ", grad_output.scalar_type(), " on ",
+              grad_output.device());
+  const Act act = parse_act(op, std::string_view(act_name.data(), act_name.size()));
+  constexpr auto nhwc = at::MemoryFormat::ChannelsLast;
+  const Tensor x = input.contiguous(nhwc), dy = grad_output.contiguous(nhwc);
+  const Tensor r = residual ? residual->contiguous(nhwc) : Tensor();
+  const Tensor wt = dwconv_weight_taps(weight);
+  const Tensor sc = channel_vector_acc(scale, input, 1.0), bi = channel_vector_acc(bias, input, 0.0);
+  const auto acc_type = acc_dtype(input.scalar_type());
+  const int64_t kk = int64_t(g.k) * g.k;
+  Tensor dx = at::empty({g.n, g.c, g.h, g.w}, input.options(), nhwc);
+  Tensor dr = r.defined() ? output_like(input, g) : Tensor();
+  Tensor gu = at::empty({g.n, g.c, g.oh, g.ow}, input.options().dtype(acc_type), nhwc);
+  // Blocks of output rows for the partial sums: a few per thread, each at least ~64K multiply-adds.
+  const int64_t rows = g.n * g.oh;
+  const int64_t work_per_row = std::max<int64_t>(1, g.ow * g.c * kk);
+  const int64_t rows_per_block = std::max<int64_t>(
+      std::max<int64_t>(1, 65536 / work_per_row), (rows + 4 * at::get_num_threads() - 1) / (4 * at::get_num_threads()));
+  const int64_t blocks = std::max<int64_t>(1, (rows + rows_per_block - 1) / rows_per_block);
+  Tensor partials = at::empty({blocks, kk + 2, g.c}, input.options().dtype(acc_type));
+  if (rows == 0) partials.zero_();
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "dwconv_backward_cpu", [&] {
+    using acc = at::opmath_type<scalar_t>;
+    if (rows > 0) {
+      dispatch_act(act, [&](auto A) {
+        auto args = std::make_tuple(g, x.const_data_ptr<scalar_t>(), dy.const_data_ptr<scalar_t>(),
+                                    wt.const_data_ptr<acc>(), sc.const_data_ptr<acc>(), bi.const_data_ptr<acc>(),
+                                    r.defined() ? r.const_data_ptr<scalar_t>() : nullptr, gu.data_ptr<acc>(),
+                                    dr.defined() ? dr.data_ptr<scalar_t>() : nullptr, partials.data_ptr<acc>(),
+                                    rows_per_block, blocks);
+#ifdef PYCNN_DW_HAVE_AVX2
+        if (use_avx2()) return std::apply(dw_avx2::backward_grad_out<scalar_t, acc, decltype(A)::value>, args);
+#endif
+        std::apply(dw_base::backward_grad_out<scalar_t, acc, decltype(A)::value>, args);
+      });
+    }
+    if (dx.numel() > 0) {
+      auto args = std::make_tuple(g, gu.const_data_ptr<acc>(), wt.const_data_ptr<acc>(), dx.data_ptr<scalar_t>());
+#ifdef PYCNN_DW_HAVE_AVX2
+      if (use_avx2()) return std::apply(dw_avx2::backward_grad_in<scalar_t, acc>, args);
+#endif
+      std::apply(dw_base::backward_grad_in<scalar_t, acc>, args);
+    }
+  });
+  const Tensor sums = partials.sum(0);  // [k*k + 2][C]
+  Tensor grad_weight = dwconv_weight_from_taps(sums.narrow(0, 0, kk), weight);
+  Tensor grad_scale = sums[kk].clone(), grad_bias = sums[kk + 1].clone();
+  if (scale) grad_scale = grad_scale.to(scale->scalar_type());
+  if (bias) grad_bias = grad_bias.to(bias->scalar_type());
+  const auto format = kernel_memory_format(input);
+  return {dx.contiguous(format), grad_weight, grad_scale, grad_bias,
+          dr.defined() ? OptTensor(dr.contiguous(format)) : std::nullopt};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(pycnn, CPU, m) {
+  m.impl("dwconv_forward", &dwconv_forward_cpu);
+  m.impl("dwconv_backward", &dwconv_backward_cpu);
+}
+
+}  // namespace pycnn

@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+from torch import Tensor, nn
+
+from .. import ops
+from .batchnorm_act import BatchNormAct2d
+
+
+class DepthwiseConvBNAct2d(nn.Module):
+    """Depthwise conv2d + BatchNorm + activation (+ residual): act(bn(conv(x)) [+ residual]).
+
+    A drop-in for ``nn.Sequential(conv=nn.Conv2d(C, C, k, stride, padding, dilation, groups=C,
+    bias=bias), bn=nn.BatchNorm2d(C), act)``: its state_dict has the same keys (``conv.weight``,
+    ``conv.bias`` when ``bias``, ``bn.weight``, ``bn.bias``, ``bn.running_mean``, ``bn.running_var``,
+    ``bn.num_batches_tracked``). ``padding="same"`` is ``dilation * (k - 1) // 2`` (the usual
+    MobileNet/EfficientNet padding, also for stride 2). ``bn=False`` gives conv [+ bias] + activation.
+
+    Training (batch statistics) runs the depthwise op, then the fused BatchNorm+act op (the statistics
+    need the conv output); eval folds the BatchNorm into the conv's per-channel scale and bias and runs
+    one fused kernel.
+    """
+
+    def __init__(self, channels: int, kernel_size: int = 3, stride: int = 1, padding: Union[str, int] = "same",
+                 dilation: int = 1, act: str = "relu", bias: bool = False, bn: bool = True, eps: float = 1e-5,
+                 momentum: Optional[float] = 0.1, device=None, dtype=None):
+        super().__init__()
+        if act not in ops.ACTIVATIONS:
+            raise ValueError(f"DepthwiseConvBNAct2d: unknown activation {act!r}; "
+                             f"expected one of {', '.join(ops.ACTIVATIONS)}")
+        if not (isinstance(kernel_size, int) and kernel_size % 2 == 1 and 1 <= kernel_size <= 7):
+            raise ValueError(f"DepthwiseConvBNAct2d: kernel_size must be odd and at most 7, got {kernel_size!r}")
+        if padding == "same":
+            padding = dilation * (kernel_size - 1) // 2
+        elif not isinstance(padding, int):
+            raise ValueError(f"DepthwiseConvBNAct2d: padding must be 'same' or an int, got {padding!r}")
+        self.conv = nn.Conv2d(channels, channels, kernel_size, stride=stride, padding=padding, dilation=dilation,
+                              groups=channels, bias=bias, device=device, dtype=dtype)
+        self.bn = BatchNormAct2d(channels, act=act, eps=eps, momentum=momentum, device=device,
+                                 dtype=dtype) if bn else None
+        self.act = act
+
+    def forward(self, input: Tensor, residual: Optional[Tensor] = None) -> Tensor:
+        conv, bn = self.conv, self.bn
+        geometry = dict(stride=conv.stride, padding=conv.padding, dilation=conv.dilation)
+        if bn is None:
+            return ops.dwconv(input, conv.weight, None, conv.bias, act=self.act, residual=residual, **geometry)
+        if bn.training or bn.running_mean is None:
+            y = ops.dwconv(input, conv.weight, None, conv.bias, act="none", **geometry)
+            return bn(y, residual)
+        # Eval: fold bn(conv(x) + b) = conv(x) * scale + (b - mean) * scale + beta, in float32 (differentiable).
+        acc = torch.float64 if input.dtype == torch.float64 else torch.float32
+        scale = torch.rsqrt(bn.running_var.to(acc) + bn.eps)
+        if bn.weight is not None:
+            scale = scale * bn.weight.to(acc)
+        shift = -bn.running_mean.to(acc)
+        if conv.bias is not None:
+            shift = shift + conv.bias.to(acc)
+        shift = shift * scale
+        if bn.bias is not None:
+            shift = shift + bn.bias.to(acc)
+        return ops.dwconv(input, conv.weight, scale, shift, act=bn.act, residual=residual, **geometry)
+
+    def extra_repr(self) -> str:
+        return f"act={self.act}"
