@@ -91,6 +91,29 @@ inline GConvGeometry check_gconv_args(std::string_view op, const Tensor& input, 
   return g;
 }
 
+// check_gconv_args plus grad_output (the output's shape and dtype) and saved (empty or the output's shape).
+inline GConvGeometry check_gconv_backward_args(std::string_view op, const Tensor& grad_output, const Tensor& input,
+                                               const Tensor& weight, const OptTensor& scale, const OptTensor& bias,
+                                               const OptTensor& residual, const Tensor& saved,
+                                               c10::IntArrayRef stride, c10::IntArrayRef padding, int64_t groups) {
+  const GConvGeometry g = check_gconv_args(op, input, weight, scale, bias, residual, stride, padding, groups);
+  TORCH_CHECK(grad_output.dim() == 4 && grad_output.size(0) == g.n && grad_output.size(1) == g.c_out &&
+                  grad_output.size(2) == g.oh && grad_output.size(3) == g.ow,
+              op, ": grad_output must have the output's shape [", g.n, ", ", g.c_out, ", ", g.oh, ", ", g.ow,
+              "], got ", grad_output.sizes());
+  TORCH_CHECK(grad_output.scalar_type() == input.scalar_type(), op, ": grad_output has dtype ",
+              grad_output.scalar_type(), " but input has dtype ", input.scalar_type());
+  TORCH_CHECK(grad_output.device() == input.device(), op, ": grad_output is on ", grad_output.device(),
+              " but input is on ", input.device());
+  TORCH_CHECK(saved.numel() == 0 || saved.sizes() == grad_output.sizes(), op,
+              ": saved must be empty or have the output's shape ", grad_output.sizes(), ", got ", saved.sizes());
+  if (saved.numel() > 0) {
+    TORCH_CHECK(saved.scalar_type() == input.scalar_type() && saved.device() == input.device(), op,
+                ": saved must have the input's dtype and device");
+  }
+  return g;
+}
+
 // Whether backward needs the raw convolution output saved by forward: it does when the epilogue is not
 // the identity up to a bias (a scale, or an activation, makes d(output)/d(conv) depend on it).
 inline bool gconv_needs_saved(const OptTensor& scale, Act act) { return scale.has_value() || act != Act::None; }

@@ -450,14 +450,9 @@ std::tuple<Tensor, Tensor, OptTensor, OptTensor, OptTensor> gconv_backward_cpu(
     const OptTensor& bias, const OptTensor& residual, const Tensor& saved_, c10::IntArrayRef stride,
     c10::IntArrayRef padding, int64_t groups, c10::string_view act_name) {
   constexpr std::string_view op = "pycnn.gconv_backward";
-  const GConvGeometry g = check_gconv_args(op, input, weight, scale, bias, residual, stride, padding, groups);
+  const GConvGeometry g =
+      check_gconv_backward_args(op, grad_output, input, weight, scale, bias, residual, saved_, stride, padding, groups);
   const Act act = parse_act(op, std::string_view(act_name.data(), act_name.size()));
-  TORCH_CHECK(grad_output.dim() == 4 && grad_output.size(0) == g.n && grad_output.size(1) == g.c_out &&
-                  grad_output.size(2) == g.oh && grad_output.size(3) == g.ow,
-              op, ": grad_output must have the output's shape [", g.n, ", ", g.c_out, ", ", g.oh, ", ", g.ow,
-              "], got ", grad_output.sizes());
-  TORCH_CHECK(grad_output.scalar_type() == input.scalar_type(), op, ": grad_output has dtype ",
-              grad_output.scalar_type(), " but input has dtype ", input.scalar_type());
   const auto format = kernel_memory_format(input);
   const auto acc_type = acc_dtype(input.scalar_type());
   const auto nhwc = at::MemoryFormat::ChannelsLast;
@@ -469,8 +464,6 @@ std::tuple<Tensor, Tensor, OptTensor, OptTensor, OptTensor> gconv_backward_cpu(
   Tensor conv;
   if (gconv_needs_saved(scale, act)) {
     if (saved_.numel() > 0) {
-      TORCH_CHECK(saved_.sizes() == grad_output.sizes(), op, ": saved must be empty or have the output's shape ",
-                  grad_output.sizes(), ", got ", saved_.sizes());
       conv = nhwc_acc(saved_, acc_type);
     } else {  // not saved by forward: recompute the convolution
       conv = at::empty({g.n, g.c_out, g.oh, g.ow}, x.options().memory_format(nhwc));
