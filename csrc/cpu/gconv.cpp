@@ -6,7 +6,7 @@
 //   forward  out[pixel][co] = sum_{tap, ci} x[pixel @ tap][ci] * wk[tap][ci][co]
 //   dgrad    dx[pixel][ci]  = sum_{tap, co} dconv[pixel @ tap][co] * wt[tap][co][ci]
 //   wgrad    dw[tap][ci][co] = sum_{pixel} x[pixel @ tap][ci] * dconv[pixel][co]
-// with a register-blocked micro-kernel: P pixels x T channels of accumulators held as GCC vectors, the
+// with a register-blocked micro-kernel: P (8 or 12) pixels x T channels of accumulators held as GCC vectors, the
 // B row (T channels, zero-padded in the weight copies so T needs no tail) loaded once per k and
 // broadcast-multiplied by P scalars. Pixels in the padding read a row of zeros instead of branching.
 // The micro-kernels are compiled twice, for the baseline ISA and for AVX2+FMA (picked at run time).
@@ -57,11 +57,11 @@ PYCNN_ALWAYS_INLINE vec_t<acc, T> load_vec(const acc* p) {
   return v;
 }
 
-// Pixels per tile for T channels: about 12 vector registers of accumulators.
-template <typename acc, int T>
-constexpr int tile_pixels() {
-  constexpr int vecs = (T * static_cast<int>(sizeof(acc)) + 31) / 32;
-  return vecs >= 4 ? 2 : (vecs >= 2 ? 6 : 12);
+// Pixels (rows of the micro-kernel) per tile: 8 or 12 (12 + 2 of the 16 AVX2 registers hold
+// accumulators, the B row and the broadcast), whichever wastes less on a dimension of `len`.
+int tile_rows(int64_t len) {
+  const int64_t cost8 = (len + 7) / 8 * (8 + 2), cost12 = (len + 11) / 12 * (12 + 2);
+  return cost8 < cost12 ? 8 : 12;
 }
 
 // c[p] += sum_k a[p][k] * b[k][0..T)
@@ -96,9 +96,8 @@ struct FwdPtrs {
 };
 
 // Work items q = (n, oh, group).
-template <typename acc, int T>
+template <typename acc, int T, int P>
 PYCNN_ALWAYS_INLINE void forward_items(const Args& a, const FwdPtrs<acc>& d, int64_t q0, int64_t q1) {
-  constexpr int P = tile_pixels<acc, T>();
   const GConvGeometry& g = a.g;
   for (int64_t q = q0; q < q1; ++q) {
     const int64_t grp = q % g.groups, row = q / g.groups, oh = row % g.oh, n = row / g.oh;
@@ -136,13 +135,13 @@ PYCNN_ALWAYS_INLINE void forward_items(const Args& a, const FwdPtrs<acc>& d, int
   }
 }
 
-template <typename acc, int T>
+template <typename acc, int T, int P>
 void forward_items_base(const Args& a, const FwdPtrs<acc>& d, int64_t q0, int64_t q1) {
-  forward_items<acc, T>(a, d, q0, q1);
+  forward_items<acc, T, P>(a, d, q0, q1);
 }
-template <typename acc, int T>
+template <typename acc, int T, int P>
 PYCNN_TARGET_AVX2 void forward_items_avx2(const Args& a, const FwdPtrs<acc>& d, int64_t q0, int64_t q1) {
-  forward_items<acc, T>(a, d, q0, q1);
+  forward_items<acc, T, P>(a, d, q0, q1);
 }
 
 // ---------------------------------------------------------------------------------- input gradient ----
@@ -156,9 +155,8 @@ struct DgradPtrs {
 };
 
 // Work items q = (n, ih, group).
-template <typename acc, int T>
+template <typename acc, int T, int P>
 PYCNN_ALWAYS_INLINE void dgrad_items(const Args& a, const DgradPtrs<acc>& d, int64_t q0, int64_t q1) {
-  constexpr int P = tile_pixels<acc, T>();
   const GConvGeometry& g = a.g;
   for (int64_t q = q0; q < q1; ++q) {
     const int64_t grp = q % g.groups, row = q / g.groups, ih = row % g.h, n = row / g.h;
@@ -189,13 +187,13 @@ PYCNN_ALWAYS_INLINE void dgrad_items(const Args& a, const DgradPtrs<acc>& d, int
   }
 }
 
-template <typename acc, int T>
+template <typename acc, int T, int P>
 void dgrad_items_base(const Args& a, const DgradPtrs<acc>& d, int64_t q0, int64_t q1) {
-  dgrad_items<acc, T>(a, d, q0, q1);
+  dgrad_items<acc, T, P>(a, d, q0, q1);
 }
-template <typename acc, int T>
+template <typename acc, int T, int P>
 PYCNN_TARGET_AVX2 void dgrad_items_avx2(const Args& a, const DgradPtrs<acc>& d, int64_t q0, int64_t q1) {
-  dgrad_items<acc, T>(a, d, q0, q1);
+  dgrad_items<acc, T, P>(a, d, q0, q1);
 }
 
 // --------------------------------------------------------------------------------- weight gradient ----
@@ -212,9 +210,8 @@ struct WgradPtrs {
 
 // dw += the contributions of output rows [r0, r1) (a row is one (n, oh)), in sub-blocks of rows small
 // enough to stay in cache while every (group, tap, tile) sweeps them.
-template <typename acc, int T>
+template <typename acc, int T, int P>
 PYCNN_ALWAYS_INLINE void wgrad_rows(const Args& a, const WgradPtrs<acc>& d, int64_t r0, int64_t r1) {
-  constexpr int P = tile_pixels<acc, T>();
   const GConvGeometry& g = a.g;
   const int64_t sub = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, g.ow * (g.cg + g.cog)));
   for (int64_t s0 = r0; s0 < r1; s0 += sub) {
@@ -254,37 +251,45 @@ PYCNN_ALWAYS_INLINE void wgrad_rows(const Args& a, const WgradPtrs<acc>& d, int6
   }
 }
 
-template <typename acc, int T>
+template <typename acc, int T, int P>
 void wgrad_rows_base(const Args& a, const WgradPtrs<acc>& d, int64_t r0, int64_t r1) {
-  wgrad_rows<acc, T>(a, d, r0, r1);
+  wgrad_rows<acc, T, P>(a, d, r0, r1);
 }
-template <typename acc, int T>
+template <typename acc, int T, int P>
 PYCNN_TARGET_AVX2 void wgrad_rows_avx2(const Args& a, const WgradPtrs<acc>& d, int64_t r0, int64_t r1) {
-  wgrad_rows<acc, T>(a, d, r0, r1);
+  wgrad_rows<acc, T, P>(a, d, r0, r1);
 }
 
 // ------------------------------------------------------------------------------------------ driver ----
 
-// T for a GEMM with n output columns: the smallest power of two >= n up to 16 (columns are zero-padded).
+// T for a GEMM with n output columns: the smallest power of two >= n, at most one 32-byte (AVX2) vector
+// of acc (wider GCC vectors are split into pieces badly); the columns are zero-padded to a multiple.
+template <typename acc>
 int tile_cols(int64_t n) {
-  if (n <= 1) return 1;
-  if (n <= 2) return 2;
-  if (n <= 4) return 4;
-  if (n <= 8) return 8;
-  return 16;
+  constexpr int max_t = 32 / static_cast<int>(sizeof(acc));
+  int t = 1;
+  while (t < n && t < max_t) t *= 2;
+  return t;
 }
 
 
-// Calls body(std::integral_constant<int, T>{}) for T = tile_cols(n).
 template <typename Body>
-void dispatch_tile(int t, Body body) {
+void dispatch_cols(int t, Body body) {
   switch (t) {
     case 1: return body(std::integral_constant<int, 1>{});
     case 2: return body(std::integral_constant<int, 2>{});
     case 4: return body(std::integral_constant<int, 4>{});
-    case 8: return body(std::integral_constant<int, 8>{});
-    default: return body(std::integral_constant<int, 16>{});
+    default: return body(std::integral_constant<int, 8>{});
   }
+}
+
+// Calls body(std::integral_constant<int, T>{}, std::integral_constant<int, P>{}) for T = t, P = p.
+template <typename Body>
+void dispatch_tile(int t, int p, Body body) {
+  if (p == 8) {
+    return dispatch_cols(t, [&](auto T_) { body(T_, std::integral_constant<int, 8>{}); });
+  }
+  return dispatch_cols(t, [&](auto T_) { body(T_, std::integral_constant<int, 12>{}); });
 }
 
 // [G, KK, R, C] -> [G, KK, R, round_up(C, T)] with zero columns.
@@ -305,7 +310,7 @@ int64_t grain_for(int64_t work_per_item) { return std::max<int64_t>(1, 32768 / s
 template <typename acc>
 void run_forward(const GConvGeometry& g, Act act, const Tensor& x, const Tensor& weight, const Tensor& scale,
                  const Tensor& bias, const Tensor& res, const Tensor& y, const Tensor& saved) {
-  const int t = tile_cols(g.cog);
+  const int t = tile_cols<acc>(g.cog);
   const Tensor wk = pad_columns(gconv_kernel_weight(weight, g, false, x.scalar_type()), t);
   std::vector<acc> zeros(std::max(g.c_in, g.c_out) + 16, acc(0));
   FwdPtrs<acc> d{x.const_data_ptr<acc>(),
@@ -318,28 +323,28 @@ void run_forward(const GConvGeometry& g, Act act, const Tensor& x, const Tensor&
                  zeros.data()};
   const Args a{g, act, wk.size(-1)};
   const bool avx2 = cpu_has_avx2();
-  dispatch_tile(t, [&](auto T_) {
-    constexpr int T = decltype(T_)::value;
+  dispatch_tile(t, tile_rows(g.ow), [&](auto T_, auto P_) {
+    constexpr int T = decltype(T_)::value, P = decltype(P_)::value;
     at::parallel_for(0, g.n * g.oh * g.groups, grain_for(g.ow * g.cog * g.cg * g.taps()), [&](int64_t q0, int64_t q1) {
-      if (avx2) forward_items_avx2<acc, T>(a, d, q0, q1);
-      else forward_items_base<acc, T>(a, d, q0, q1);
+      if (avx2) forward_items_avx2<acc, T, P>(a, d, q0, q1);
+      else forward_items_base<acc, T, P>(a, d, q0, q1);
     });
   });
 }
 
 template <typename acc>
 void run_dgrad(const GConvGeometry& g, const Tensor& dc, const Tensor& weight, const Tensor& dx) {
-  const int t = tile_cols(g.cg);
+  const int t = tile_cols<acc>(g.cg);
   const Tensor wt = pad_columns(gconv_kernel_weight(weight, g, true, dc.scalar_type()), t);
   std::vector<acc> zeros(std::max(g.c_in, g.c_out) + 16, acc(0));
   DgradPtrs<acc> d{dc.const_data_ptr<acc>(), wt.const_data_ptr<acc>(), dx.data_ptr<acc>(), zeros.data()};
   const Args a{g, Act::None, wt.size(-1)};
   const bool avx2 = cpu_has_avx2();
-  dispatch_tile(t, [&](auto T_) {
-    constexpr int T = decltype(T_)::value;
+  dispatch_tile(t, tile_rows(g.w), [&](auto T_, auto P_) {
+    constexpr int T = decltype(T_)::value, P = decltype(P_)::value;
     at::parallel_for(0, g.n * g.h * g.groups, grain_for(g.w * g.cog * g.cg * g.taps()), [&](int64_t q0, int64_t q1) {
-      if (avx2) dgrad_items_avx2<acc, T>(a, d, q0, q1);
-      else dgrad_items_base<acc, T>(a, d, q0, q1);
+      if (avx2) dgrad_items_avx2<acc, T, P>(a, d, q0, q1);
+      else dgrad_items_base<acc, T, P>(a, d, q0, q1);
     });
   });
 }
@@ -353,14 +358,14 @@ Tensor run_wgrad(const GConvGeometry& g, const Tensor& x, const acc* dc) {
   Tensor partial = at::zeros({chunks, per}, x.options());
   const Args a{g, Act::None, g.cog};
   const bool avx2 = cpu_has_avx2();
-  dispatch_tile(tile_cols(g.cog), [&](auto T_) {
-    constexpr int T = decltype(T_)::value;
+  dispatch_tile(tile_cols<acc>(g.cog), tile_rows(g.cg), [&](auto T_, auto P_) {
+    constexpr int T = decltype(T_)::value, P = decltype(P_)::value;
     at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
       for (int64_t c = c0; c < c1; ++c) {
         const int64_t r0 = rows * c / chunks, r1 = rows * (c + 1) / chunks;
         WgradPtrs<acc> d{x.const_data_ptr<acc>(), dc, partial.data_ptr<acc>() + c * per};
-        if (avx2) wgrad_rows_avx2<acc, T>(a, d, r0, r1);
-        else wgrad_rows_base<acc, T>(a, d, r0, r1);
+        if (avx2) wgrad_rows_avx2<acc, T, P>(a, d, r0, r1);
+        else wgrad_rows_base<acc, T, P>(a, d, r0, r1);
       }
     });
   });
