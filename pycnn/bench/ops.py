@@ -181,12 +181,15 @@ def main(argv=None):
     parser.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--quick", action="store_true", help="two small shapes, few repeats (smoke run)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
     parser.add_argument("--batch", type=int, nargs="+", default=None,
                         help="gconv batch sizes (default: 1 and 8 on the CPU, 64 on CUDA)")
     parser.add_argument("--model", nargs="+", default=None, choices=["regnetx400mf", "regnetx32gf", "resnext50"],
                         help="gconv: only these networks' layers")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype or ("float16" if device.type == "cuda" else "float32"))
     info = pycnn.build_info()
     print(f"pycnn {pycnn.__version__} on {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}, "
