@@ -12,6 +12,7 @@
 //   Both apply the epilogue (scale, bias, residual, activation; the raw conv saved for backward) from
 //   float accumulators.
 // backward (SIMT, float accumulation):
+//   (dgrad runs the wmma kernel above in its input-gradient mode for float16/bfloat16, wide groups)
 //   epilogue  dz = dy * act'(z) (z recomputed from the saved conv), dconv = dz * scale, dresidual = dz,
 //             and per-(row block, channel) partial sums of dz * conv and dz -> finalize: dscale, dbias.
 //             Skipped, dconv = dy, when there is no epilogue at all.
@@ -160,10 +161,26 @@ template <int BN> struct TcTile {
   static constexpr int bytes = a_bytes + b_bytes + c_bytes;  // each part a multiple of 32 bytes
 };
 
-// grid: x = ceil(rows / 64) pixel tiles, y = groups * ceil(cog / BN) channel tiles. VA / VB: the A / B
-// tiles are loaded as 16-byte vectors (cg % 8 == 0, resp. cog % 8 == 0, with aligned pointers).
-template <typename T, int BN, bool VA, bool VB>
-__global__ void __launch_bounds__(kTcThreads) gconv_forward_wmma_kernel(GConvForwardParams p) {
+// The implicit GEMM of one tensor-core launch, per group g: C[M pixels][N] = sum over taps of
+// A_tap[M][K] * B[g][tap][K][N], A_tap gathered from an NHWC tensor (zero where the tap falls outside).
+//   forward: M = output pixels, A = x (K = cg), B = wk (N = cog), epilogue into y (and saved)
+//   dgrad:   M = input pixels, A = dconv at the output pixel the tap maps to (K = cog), B = wt (N = cg),
+//            stored into dx.
+struct TcGemm {
+  const void* a;   // NHWC source
+  const void* b;   // [groups, taps, kdim, ndim]
+  void* out;       // dgrad: dx; forward: unused (the epilogue writes p.y / p.saved)
+  int a_h, a_w, a_c;  // source spatial size and channels per pixel
+  int m_h, m_w;       // spatial size of the M pixels
+  int out_c;          // channels per pixel of the result
+  int kdim, ndim;     // per group and tap
+};
+
+// grid: x = ceil(M / 64) pixel tiles, y = groups * ceil(ndim / BN) channel tiles. VA / VB: the A / B tiles
+// are loaded as 16-byte vectors (kdim % 8 == 0 and a_c % 8 == 0, resp. ndim % 8 == 0, aligned pointers).
+// Only p.s (and, forward, the epilogue fields of p) are read from p.
+template <typename T, int BN, bool VA, bool VB, bool DGRAD>
+__global__ void __launch_bounds__(kTcThreads) gconv_wmma_kernel(GConvForwardParams p, TcGemm q) {
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
   namespace wmma = nvcuda::wmma;
   using Tile = TcTile<BN>;
@@ -173,14 +190,14 @@ __global__ void __launch_bounds__(kTcThreads) gconv_forward_wmma_kernel(GConvFor
   float* Cs = reinterpret_cast<float*>(smem + Tile::a_bytes + Tile::b_bytes);
 
   const Dims s = dims_of(p.s);
-  const int rows = s.n * s.oh * s.ow;
+  const int rows = s.n * q.m_h * q.m_w;
   const int taps = s.k * s.k;
-  const int n_tiles = (s.cog + BN - 1) / BN;
+  const int n_tiles = (q.ndim + BN - 1) / BN;
   const int g = blockIdx.y / n_tiles;
   const int co0 = (blockIdx.y % n_tiles) * BN;
   const int m0 = blockIdx.x * kBM;
-  const T* x = static_cast<const T*>(p.x);
-  const T* w = static_cast<const T*>(p.w);
+  const T* x = static_cast<const T*>(q.a);
+  const T* w = static_cast<const T*>(q.b);
   const int tid = threadIdx.x, warp = tid / 32;
   const T zero = from_acc<T>(0.f);
 
@@ -188,7 +205,7 @@ __global__ void __launch_bounds__(kTcThreads) gconv_forward_wmma_kernel(GConvFor
   const int a_row = tid / 2, a_k = (tid % 2) * 16;
   const int a_pix = m0 + a_row;
   const bool a_in = a_pix < rows;
-  const int a_ow = a_pix % s.ow, a_t = a_pix / s.ow, a_oh = a_t % s.oh, a_n = a_t / s.oh;
+  const int a_mw = a_pix % q.m_w, a_t = a_pix / q.m_w, a_mh = a_t % q.m_h, a_n = a_t / q.m_h;
   // B loads: thread tid fills BN / 4 consecutive columns of row tid / 4.
   constexpr int kBCols = BN / 4;
   const int b_row = tid / 4, b_col = (tid % 4) * kBCols;
@@ -199,44 +216,55 @@ __global__ void __launch_bounds__(kTcThreads) gconv_forward_wmma_kernel(GConvFor
 
   for (int tap = 0; tap < taps; ++tap) {
     const int kh = tap / s.k, kw = tap % s.k;
-    const int ih = a_oh * s.sh - s.ph + kh, iw = a_ow * s.sw - s.pw + kw;
-    const bool a_valid = a_in && ih >= 0 && ih < s.h && iw >= 0 && iw < s.w;
-    const T* xp = a_valid ? x + (static_cast<int64_t>(a_n * s.h + ih) * s.w + iw) * s.c_in + g * s.cg : x;
-    const T* wp = w + static_cast<int64_t>(g * taps + tap) * s.cg * s.cog;
-    for (int ci0 = 0; ci0 < s.cg; ci0 += kBK) {
-      // Stage A: 64 pixels x 32 channels of this tap (zeros outside the image and past cg).
+    int ih, iw;
+    bool a_valid;
+    if constexpr (DGRAD) {  // the output pixel this input pixel feeds through tap (kh, kw), if any
+      const int th = a_mh + s.ph - kh, tw = a_mw + s.pw - kw;
+      a_valid = a_in && th >= 0 && tw >= 0 && th % s.sh == 0 && tw % s.sw == 0;
+      ih = th / s.sh;
+      iw = tw / s.sw;
+      a_valid = a_valid && ih < q.a_h && iw < q.a_w;
+    } else {
+      ih = a_mh * s.sh - s.ph + kh;
+      iw = a_mw * s.sw - s.pw + kw;
+      a_valid = a_in && ih >= 0 && ih < q.a_h && iw >= 0 && iw < q.a_w;
+    }
+    const T* xp = a_valid ? x + (static_cast<int64_t>(a_n * q.a_h + ih) * q.a_w + iw) * q.a_c + g * q.kdim : x;
+    const T* wp = w + static_cast<int64_t>(g * taps + tap) * q.kdim * q.ndim;
+    for (int ci0 = 0; ci0 < q.kdim; ci0 += kBK) {
+      // Stage A: 64 pixels x 32 channels of this tap (zeros outside the image and past kdim).
       T* arow = As + a_row * kLdA + a_k;
       if constexpr (VA) {
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
           const int ci = ci0 + a_k + 8 * h;
           Raw16 v = {0u, 0u, 0u, 0u};  // 8 zeros in float16 and bfloat16
-          if (a_valid && ci < s.cg) v = *reinterpret_cast<const Raw16*>(xp + ci);
+          if (a_valid && ci < q.kdim) v = *reinterpret_cast<const Raw16*>(xp + ci);
           *reinterpret_cast<Raw16*>(arow + 8 * h) = v;
         }
       } else {
 #pragma unroll
         for (int e = 0; e < 16; ++e) {
           const int ci = ci0 + a_k + e;
-          arow[e] = (a_valid && ci < s.cg) ? xp[ci] : zero;
+          arow[e] = (a_valid && ci < q.kdim) ? xp[ci] : zero;
         }
       }
-      // Stage B: 32 input channels x BN output channels (zeros past cg / cog).
+      // Stage B: 32 rows of K x BN columns (zeros past kdim / ndim).
       {
         const int ci = ci0 + b_row;
         T* brow = Bs + b_row * Tile::ldb + b_col;
-        const T* src = wp + ci * s.cog + co0 + b_col;
+        const T* src = wp + static_cast<int64_t>(ci) * q.ndim + co0 + b_col;
         if constexpr (VB && kBCols % 8 == 0) {
 #pragma unroll
           for (int h = 0; h < kBCols / 8; ++h) {
             Raw16 v = {0u, 0u, 0u, 0u};
-            if (ci < s.cg && co0 + b_col + 8 * h < s.cog) v = *reinterpret_cast<const Raw16*>(src + 8 * h);
+            if (ci < q.kdim && co0 + b_col + 8 * h < q.ndim) v = *reinterpret_cast<const Raw16*>(src + 8 * h);
             *reinterpret_cast<Raw16*>(brow + 8 * h) = v;
           }
         } else {
 #pragma unroll
           for (int e = 0; e < kBCols; ++e)
-            brow[e] = (ci < s.cg && co0 + b_col + e < s.cog) ? src[e] : zero;
+            brow[e] = (ci < q.kdim && co0 + b_col + e < q.ndim) ? src[e] : zero;
         }
       }
       __syncthreads();
@@ -258,8 +286,7 @@ __global__ void __launch_bounds__(kTcThreads) gconv_forward_wmma_kernel(GConvFor
   for (int j = 0; j < BN / 16; ++j)
     wmma::store_matrix_sync(Cs + warp * 16 * Tile::ldc + j * 16, acc[j], Tile::ldc, wmma::mem_row_major);
   __syncthreads();
-  // Epilogue: thread tid handles channels (tid % (BN / 4)) * 4 .. + 4 of rows tid / (BN / 4), ... so
-  // consecutive threads write consecutive channels of a pixel.
+  // Epilogue: consecutive threads take consecutive groups of 4 channels of a pixel.
   constexpr int kGroupsPerRow = BN / 4;
 #pragma unroll 1
   for (int e = tid; e < kBM * kGroupsPerRow; e += kTcThreads) {
@@ -267,11 +294,16 @@ __global__ void __launch_bounds__(kTcThreads) gconv_forward_wmma_kernel(GConvFor
     const int pix = m0 + m;
     if (pix >= rows) continue;
 #pragma unroll
-    for (int q = 0; q < 4; ++q) {
-      const int co = co0 + c4 + q;
-      if (co >= s.cog) continue;
-      float v[1] = {Cs[m * Tile::ldc + c4 + q]};
-      forward_epilogue<T, 1>(p, pix, g * s.cog + co, v);
+    for (int r = 0; r < 4; ++r) {
+      const int co = co0 + c4 + r;
+      if (co >= q.ndim) continue;
+      const float v = Cs[m * Tile::ldc + c4 + r];
+      if constexpr (DGRAD) {
+        static_cast<T*>(q.out)[static_cast<int64_t>(pix) * q.out_c + g * q.ndim + co] = from_acc<T>(v);
+      } else {
+        float vv[1] = {v};
+        forward_epilogue<T, 1>(p, pix, g * q.ndim + co, vv);
+      }
     }
   }
 #endif
@@ -439,6 +471,12 @@ bool use_tensor_cores(const GConvForwardParams& p) {
   return p.s.cg > 8 && p.s.cog > 8;
 }
 
+bool use_tensor_cores_dgrad(const GConvBackwardParams& p) {
+  if (!tc_capable(p.dtype, p.cc_major) || p.path == GConvPath::Simt) return false;
+  if (p.path == GConvPath::TensorCore) return true;
+  return p.s.cg > 8 && p.s.cog > 8;
+}
+
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 int grid_for(int64_t items, int num_sms) {
@@ -510,25 +548,45 @@ cudaError_t forward_simt(const GConvForwardParams& p, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
-template <typename T, int BN>
-cudaError_t forward_wmma_bn(const GConvForwardParams& p, cudaStream_t stream) {
-  const GConvShape& s = p.s;
-  const dim3 grid(static_cast<unsigned>(ceil_div(s.n * s.oh * s.ow, kBM)),
-                  static_cast<unsigned>(s.groups * ceil_div(s.cog, BN)));
-  const bool va = s.cg % 8 == 0 && s.c_in % 8 == 0 && aligned_to(p.x, 16);
-  const bool vb = s.cog % 8 == 0 && aligned_to(p.w, 16);
-  if (va && vb) PYCNN_LAUNCH(grid, kTcThreads, 0, stream, gconv_forward_wmma_kernel<T, BN, true, true>)(p);
-  else if (va) PYCNN_LAUNCH(grid, kTcThreads, 0, stream, gconv_forward_wmma_kernel<T, BN, true, false>)(p);
-  else if (vb) PYCNN_LAUNCH(grid, kTcThreads, 0, stream, gconv_forward_wmma_kernel<T, BN, false, true>)(p);
-  else PYCNN_LAUNCH(grid, kTcThreads, 0, stream, gconv_forward_wmma_kernel<T, BN, false, false>)(p);
+template <typename T, int BN, bool DGRAD>
+cudaError_t wmma_bn(const GConvForwardParams& p, const TcGemm& q, cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>(ceil_div(p.s.n * q.m_h * q.m_w, kBM)),
+                  static_cast<unsigned>(p.s.groups * ceil_div(q.ndim, BN)));
+  const bool va = q.kdim % 8 == 0 && q.a_c % 8 == 0 && aligned_to(q.a, 16);
+  const bool vb = q.ndim % 8 == 0 && aligned_to(q.b, 16);
+  if (va && vb) PYCNN_LAUNCH(grid, kTcThreads, 0, stream, gconv_wmma_kernel<T, BN, true, true, DGRAD>)(p, q);
+  else if (va) PYCNN_LAUNCH(grid, kTcThreads, 0, stream, gconv_wmma_kernel<T, BN, true, false, DGRAD>)(p, q);
+  else if (vb) PYCNN_LAUNCH(grid, kTcThreads, 0, stream, gconv_wmma_kernel<T, BN, false, true, DGRAD>)(p, q);
+  else PYCNN_LAUNCH(grid, kTcThreads, 0, stream, gconv_wmma_kernel<T, BN, false, false, DGRAD>)(p, q);
   return cudaGetLastError();
+}
+
+template <typename T, bool DGRAD>
+cudaError_t wmma_gemm(const GConvForwardParams& p, const TcGemm& q, cudaStream_t stream) {
+  if (q.ndim <= 16) return wmma_bn<T, 16, DGRAD>(p, q, stream);
+  if (q.ndim <= 32) return wmma_bn<T, 32, DGRAD>(p, q, stream);
+  return wmma_bn<T, 64, DGRAD>(p, q, stream);
 }
 
 template <typename T>
 cudaError_t forward_wmma(const GConvForwardParams& p, cudaStream_t stream) {
-  if (p.s.cog <= 16) return forward_wmma_bn<T, 16>(p, stream);
-  if (p.s.cog <= 32) return forward_wmma_bn<T, 32>(p, stream);
-  return forward_wmma_bn<T, 64>(p, stream);
+  const GConvShape& s = p.s;
+  TcGemm q{p.x, p.w, nullptr, static_cast<int>(s.h), static_cast<int>(s.w), static_cast<int>(s.c_in),
+           static_cast<int>(s.oh), static_cast<int>(s.ow), static_cast<int>(s.c_out), static_cast<int>(s.cg),
+           static_cast<int>(s.cog)};
+  return wmma_gemm<T, false>(p, q, stream);
+}
+
+// dx = the input gradient of the grouped conv of dconv, on tensor cores.
+template <typename T>
+cudaError_t dgrad_wmma(const GConvBackwardParams& b, const T* dconv, cudaStream_t stream) {
+  const GConvShape& s = b.s;
+  GConvForwardParams p{};
+  p.s = s;
+  TcGemm q{dconv, b.wt, b.dx, static_cast<int>(s.oh), static_cast<int>(s.ow), static_cast<int>(s.c_out),
+           static_cast<int>(s.h), static_cast<int>(s.w), static_cast<int>(s.c_in), static_cast<int>(s.cog),
+           static_cast<int>(s.cg)};
+  return wmma_gemm<T, true>(p, q, stream);
 }
 
 template <typename T>
@@ -567,7 +625,9 @@ cudaError_t backward_impl(const GConvBackwardParams& p, cudaStream_t stream) {
     dconv = dc;
   }
   // 2. input gradient
-  if (p.dx != nullptr && s.n * s.h * s.w > 0) {
+  if (p.dx != nullptr && s.n * s.h * s.w > 0 && sizeof(T) == 2 && use_tensor_cores_dgrad(p)) {
+    if constexpr (sizeof(T) == 2) PYCNN_RETURN_IF_ERROR(dgrad_wmma<T>(p, dconv, stream));
+  } else if (p.dx != nullptr && s.n * s.h * s.w > 0) {
     const int v = vector_width(p.dtype, s.cg, {p.wt, p.dx});
     const int grid = grid_for(s.n * s.h * s.w * (s.c_in / v), p.num_sms);
     switch (v) {

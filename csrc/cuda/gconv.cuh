@@ -58,6 +58,7 @@ struct GConvBackwardParams {
   GConvShape s;
   Act act;
   DType dtype;
+  GConvPath path;  // the input-gradient kernel: SIMT or tensor cores (float16/bfloat16)
   int num_sms;
   int cc_major;
 };

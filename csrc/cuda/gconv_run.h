@@ -45,7 +45,7 @@ inline Tensor float_vector(const OptTensor& t) { return t ? t->to(at::kFloat).co
 
 inline const void* ptr_or_null(const Tensor& t) { return t.defined() ? t.const_data_ptr() : nullptr; }
 
-// path: which forward kernel (Auto in the op; tests force Simt or TensorCore).
+// path: which forward (input-gradient) kernel: Auto in the op; tests force Simt or TensorCore.
 inline std::tuple<Tensor, Tensor> run_gconv_forward(const Tensor& input, const Tensor& weight, const OptTensor& scale,
                                                     const OptTensor& bias, const OptTensor& residual,
                                                     c10::IntArrayRef stride, c10::IntArrayRef padding, int64_t groups,
@@ -89,7 +89,7 @@ inline std::tuple<Tensor, Tensor, OptTensor, OptTensor, OptTensor> run_gconv_bac
     const Tensor& grad_output, const Tensor& input, const Tensor& weight, const OptTensor& scale,
     const OptTensor& bias, const OptTensor& residual, const Tensor& saved, c10::IntArrayRef stride,
     c10::IntArrayRef padding, int64_t groups, std::string_view act_name, cudaStream_t stream, int num_sms,
-    int cc_major) {
+    int cc_major, cuda::GConvPath path = cuda::GConvPath::Auto) {
   constexpr std::string_view op = "pycnn.gconv_backward";
   const GConvGeometry g =
       check_gconv_backward_args(op, grad_output, input, weight, scale, bias, residual, saved, stride, padding, groups);
@@ -138,6 +138,7 @@ inline std::tuple<Tensor, Tensor, OptTensor, OptTensor, OptTensor> run_gconv_bac
     check_gconv_cuda_size(op, p.s);
     p.act = act;
     p.dtype = kernel_dtype(input.scalar_type());
+    p.path = path;
     p.num_sms = num_sms;
     p.cc_major = cc_major;
     Tensor workspace = at::empty({static_cast<int64_t>(cuda::gconv_backward_workspace_bytes(p))},
