@@ -93,7 +93,28 @@ struct FwdPtrs {
   acc* y;             // [N, OH, OW, C_out]
   acc* saved;         // [N, OH, OW, C_out] or null
   const acc* zeros;   // >= max(C_in, C_out) zeros
+  // Applied to each (n, oh, group) row of raw conv values in y (while it is in cache); null: none.
+  void (*epilogue)(const GConvGeometry&, const FwdPtrs&, int64_t n, int64_t oh, int64_t grp);
 };
+
+// y = act(y * scale + bias [+ res]) over one output row of one group, after saving the raw y;
+// scale and bias are never null here (ones / zeros stand in), so the loops vectorize.
+template <typename acc, Act A>
+void epilogue_row(const GConvGeometry& g, const FwdPtrs<acc>& d, int64_t n, int64_t oh, int64_t grp) {
+  const acc* __restrict__ sc = d.scale + grp * g.cog;
+  const acc* __restrict__ bi = d.bias + grp * g.cog;
+  for (int64_t ow = 0; ow < g.ow; ++ow) {
+    const int64_t base = ((n * g.oh + oh) * g.ow + ow) * g.c_out + grp * g.cog;
+    acc* __restrict__ y = d.y + base;
+    if (d.saved) std::memcpy(d.saved + base, y, sizeof(acc) * g.cog);
+    if (d.res) {
+      const acc* __restrict__ r = d.res + base;
+      for (int64_t j = 0; j < g.cog; ++j) y[j] = act_forward<acc>(A, y[j] * sc[j] + bi[j] + r[j]);
+    } else {
+      for (int64_t j = 0; j < g.cog; ++j) y[j] = act_forward<acc>(A, y[j] * sc[j] + bi[j]);
+    }
+  }
+}
 
 // Work items q = (n, oh, group).
 template <typename acc, int T, int P>
@@ -119,19 +140,12 @@ PYCNN_ALWAYS_INLINE void forward_items(const Args& a, const FwdPtrs<acc>& d, int
         }
         const int64_t np = std::min<int64_t>(P, g.ow - ow0), nc = std::min<int64_t>(T, g.cog - co0);
         for (int64_t p = 0; p < np; ++p) {
-          const int64_t base = ((n * g.oh + oh) * g.ow + ow0 + p) * g.c_out + grp * g.cog + co0;
-          for (int64_t j = 0; j < nc; ++j) {
-            const acc v = c[p][j];
-            const int64_t o = grp * g.cog + co0 + j;
-            if (d.saved) d.saved[base + j] = v;
-            acc z = d.scale ? v * d.scale[o] : v;
-            if (d.bias) z += d.bias[o];
-            if (d.res) z += d.res[base + j];
-            d.y[base + j] = act_forward<acc>(a.act, z);
-          }
+          acc* out = d.y + ((n * g.oh + oh) * g.ow + ow0 + p) * g.c_out + grp * g.cog + co0;
+          for (int64_t j = 0; j < nc; ++j) out[j] = c[p][j];
         }
       }
     }
+    if (d.epilogue) d.epilogue(g, d, n, oh, grp);
   }
 }
 
@@ -312,15 +326,25 @@ void run_forward(const GConvGeometry& g, Act act, const Tensor& x, const Tensor&
                  const Tensor& bias, const Tensor& res, const Tensor& y, const Tensor& saved) {
   const int t = tile_cols<acc>(g.cog);
   const Tensor wk = pad_columns(gconv_kernel_weight(weight, g, false, x.scalar_type()), t);
-  std::vector<acc> zeros(std::max(g.c_in, g.c_out) + 16, acc(0));
+  std::vector<acc> zeros(std::max(g.c_in, g.c_out) + 16, acc(0)), ones(g.c_out, acc(1));
   FwdPtrs<acc> d{x.const_data_ptr<acc>(),
                  wk.const_data_ptr<acc>(),
-                 scale.defined() ? scale.const_data_ptr<acc>() : nullptr,
-                 bias.defined() ? bias.const_data_ptr<acc>() : nullptr,
+                 scale.defined() ? scale.const_data_ptr<acc>() : ones.data(),
+                 bias.defined() ? bias.const_data_ptr<acc>() : zeros.data(),
                  res.defined() ? res.const_data_ptr<acc>() : nullptr,
                  y.data_ptr<acc>(),
                  saved.defined() ? saved.data_ptr<acc>() : nullptr,
-                 zeros.data()};
+                 zeros.data(),
+                 nullptr};
+  if (scale.defined() || bias.defined() || res.defined() || saved.defined() || act != Act::None) {
+    switch (act) {
+      case Act::ReLU: d.epilogue = &epilogue_row<acc, Act::ReLU>; break;
+      case Act::ReLU6: d.epilogue = &epilogue_row<acc, Act::ReLU6>; break;
+      case Act::SiLU: d.epilogue = &epilogue_row<acc, Act::SiLU>; break;
+      case Act::HardSwish: d.epilogue = &epilogue_row<acc, Act::HardSwish>; break;
+      default: d.epilogue = &epilogue_row<acc, Act::None>; break;
+    }
+  }
   const Args a{g, act, wk.size(-1)};
   const bool avx2 = cpu_has_avx2();
   dispatch_tile(t, tile_rows(g.ow), [&](auto T_, auto P_) {
