@@ -47,4 +47,19 @@ TORCH_LIBRARY(pycnn, m) {
       "dwconv_backward(Tensor grad_output, Tensor input, Tensor weight, Tensor? scale, Tensor? bias, "
       "Tensor? residual, int[2] stride, int[2] padding, int[2] dilation, str act) -> "
       "(Tensor grad_input, Tensor grad_weight, Tensor grad_scale, Tensor grad_bias, Tensor? grad_residual)");
+  // Grouped conv2d (k 1 or 3, any stride/padding, dilation 1) + optional per-channel scale/bias (folded
+  // BatchNorm or conv bias) + optional residual + activation:
+  //   conv = conv2d(input, weight, stride, padding, groups)
+  //   output = act(conv * scale[c] + bias[c] [+ residual])
+  // saved: the raw conv output when save is true and backward needs it (a scale or an activation), so
+  // backward never recomputes the convolution; otherwise an empty tensor.
+  m.def(
+      "gconv_forward(Tensor input, Tensor weight, Tensor? scale, Tensor? bias, Tensor? residual, int[2] stride, "
+      "int[2] padding, int groups, str act, bool save) -> (Tensor output, Tensor saved)");
+  // Gradients of gconv_forward. saved is gconv_forward's; when it is empty but needed, the conv is
+  // recomputed. grad_scale / grad_bias / grad_residual are returned when scale / bias / residual are given.
+  m.def(
+      "gconv_backward(Tensor grad_output, Tensor input, Tensor weight, Tensor? scale, Tensor? bias, "
+      "Tensor? residual, Tensor saved, int[2] stride, int[2] padding, int groups, str act) -> "
+      "(Tensor grad_input, Tensor grad_weight, Tensor? grad_scale, Tensor? grad_bias, Tensor? grad_residual)");
 }

@@ -22,6 +22,18 @@ def _memory_format(t: Tensor) -> torch.memory_format:
         and not t.is_contiguous() else torch.contiguous_format
 
 
+def _pair(v, name: str, op: str) -> list:
+    """An int or a pair of ints (stride, padding, dilation) as [h, w]."""
+    if isinstance(v, int):
+        return [v, v]
+    v = list(v)
+    if len(v) == 1:
+        v = v * 2
+    if len(v) != 2 or not all(isinstance(e, int) for e in v):
+        raise ValueError(f"pycnn.{op}: {name} must be an int or a pair of ints, got {v!r}")
+    return v
+
+
 # ---------------------------------------------------------------------------------------------
 # bn_act: BatchNorm (+ residual) + activation
 # ---------------------------------------------------------------------------------------------
@@ -174,19 +186,11 @@ def _se_backward(ctx, grad_output, _grad_pooled, _grad_hidden, _grad_gate):
 
 
 torch.library.register_autograd("pycnn::se_forward", _se_backward, setup_context=_se_setup_context)
+
+
+# ---------------------------------------------------------------------------------------------
 # dwconv: depthwise conv2d + per-channel scale/bias (+ residual) + activation
 # ---------------------------------------------------------------------------------------------
-
-def _pair(v, name: str) -> list:
-    if isinstance(v, int):
-        return [v, v]
-    v = list(v)
-    if len(v) == 1:
-        return [int(v[0]), int(v[0])]
-    if len(v) != 2:
-        raise ValueError(f"pycnn.dwconv: {name} must be an int or a pair, got {v!r}")
-    return [int(v[0]), int(v[1])]
-
 
 def dwconv(
     input: Tensor,
@@ -208,8 +212,8 @@ def dwconv(
     """
     if act not in ACTIVATIONS:
         raise ValueError(f"pycnn.dwconv: unknown activation {act!r}; expected one of {', '.join(ACTIVATIONS)}")
-    return torch.ops.pycnn.dwconv_forward(input, weight, scale, bias, residual, _pair(stride, "stride"),
-                                          _pair(padding, "padding"), _pair(dilation, "dilation"), act)
+    return torch.ops.pycnn.dwconv_forward(input, weight, scale, bias, residual, _pair(stride, "stride", "dwconv"),
+                                          _pair(padding, "padding", "dwconv"), _pair(dilation, "dilation", "dwconv"), act)
 
 
 def _dwconv_output_shape(input, weight, stride, padding, dilation):
@@ -265,3 +269,80 @@ def _dwconv_backward(ctx, grad_output):
 
 
 torch.library.register_autograd("pycnn::dwconv_forward", _dwconv_backward, setup_context=_dwconv_setup_context)
+
+
+# ---------------------------------------------------------------------------------------------
+# gconv: grouped conv2d + per-channel scale/bias (+ residual) + activation
+# ---------------------------------------------------------------------------------------------
+
+def gconv(
+    input: Tensor,
+    weight: Tensor,
+    scale: Optional[Tensor] = None,
+    bias: Optional[Tensor] = None,
+    *,
+    stride=1,
+    padding=0,
+    groups: int = 1,
+    act: str = "none",
+    residual: Optional[Tensor] = None,
+) -> Tensor:
+    """act(conv2d(input, weight, stride, padding, groups) * scale[c] + bias[c] [+ residual]).
+
+    weight is [C_out, C_in / groups, k, k] with k 1 or 3; scale and bias are optional per-output-channel
+    vectors (a folded BatchNorm, or a conv bias with scale None). The raw convolution is kept for backward
+    only when autograd needs it (and the epilogue has a scale or an activation)."""
+    if act not in ACTIVATIONS:
+        raise ValueError(f"pycnn.gconv: unknown activation {act!r}; expected one of {', '.join(ACTIVATIONS)}")
+    save = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (input, weight, scale, bias, residual))
+    output, _ = torch.ops.pycnn.gconv_forward(input, weight, scale, bias, residual, _pair(stride, "stride", "gconv"),
+                                              _pair(padding, "padding", "gconv"), groups, act, save)
+    return output
+
+
+def _gconv_out_size(size: int, k: int, s: int, p: int) -> int:
+    return (size + 2 * p - k) // s + 1
+
+
+@torch.library.register_fake("pycnn::gconv_forward")
+def _gconv_forward_fake(input, weight, scale, bias, residual, stride, padding, groups, act, save):
+    torch._check(input.dim() == 4, lambda: f"pycnn.gconv: input must be 4-D, got {input.dim()}-D")
+    torch._check(weight.dim() == 4, lambda: f"pycnn.gconv: weight must be 4-D, got {weight.dim()}-D")
+    n, _, h, w = input.shape
+    k = weight.size(2)
+    shape = (n, weight.size(0), _gconv_out_size(h, k, stride[0], padding[0]),
+             _gconv_out_size(w, k, stride[1], padding[1]))
+    fmt = _memory_format(input)
+    output = input.new_empty(shape).contiguous(memory_format=fmt)
+    keep = save and (scale is not None or act not in ("none", "identity"))
+    saved = input.new_empty(shape).contiguous(memory_format=fmt) if keep else input.new_empty((0,))
+    return output, saved
+
+
+@torch.library.register_fake("pycnn::gconv_backward")
+def _gconv_backward_fake(grad_output, input, weight, scale, bias, residual, saved, stride, padding, groups, act):
+    fmt = _memory_format(input)
+    grad_input = torch.empty_like(input, memory_format=fmt)
+    grad_weight = torch.empty_like(weight, memory_format=torch.contiguous_format)
+    grad_scale = scale.new_empty(scale.shape) if scale is not None else None
+    grad_bias = bias.new_empty(bias.shape) if bias is not None else None
+    grad_residual = torch.empty_like(residual, memory_format=fmt) if residual is not None else None
+    return grad_input, grad_weight, grad_scale, grad_bias, grad_residual
+
+
+def _gconv_setup_context(ctx, inputs, output):
+    input, weight, scale, bias, residual, stride, padding, groups, act, _save = inputs
+    _, saved = output
+    ctx.save_for_backward(input, weight, scale, bias, residual, saved)
+    ctx.stride, ctx.padding, ctx.groups, ctx.act = stride, padding, groups, act
+
+
+def _gconv_backward(ctx, grad_output, _grad_saved):
+    input, weight, scale, bias, residual, saved = ctx.saved_tensors
+    grad_input, grad_weight, grad_scale, grad_bias, grad_residual = torch.ops.pycnn.gconv_backward(
+        grad_output, input, weight, scale, bias, residual, saved, ctx.stride, ctx.padding, ctx.groups, ctx.act)
+    return grad_input, grad_weight, grad_scale, grad_bias, grad_residual, None, None, None, None, None
+
+
+torch.library.register_autograd("pycnn::gconv_forward", _gconv_backward, setup_context=_gconv_setup_context)

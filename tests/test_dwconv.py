@@ -139,7 +139,7 @@ def test_gradcheck_float64(case, act, layout):
 def test_opcheck(case, layout, act, affine, with_residual):
     x, w, sc, b, r = make_args(case, layout, torch.float32, affine=affine, with_residual=with_residual)
     _, _, _, _, _, s, p, d = case
-    s, p, d = [ops._pair(v, "") for v in (s, p, d)]
+    s, p, d = [ops._pair(v, "", "dwconv") for v in (s, p, d)]
     x.requires_grad_()
     w.requires_grad_()
     torch.library.opcheck(torch.ops.pycnn.dwconv_forward.default, (x, w, sc, b, r, s, p, d, act))

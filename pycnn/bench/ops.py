@@ -3,9 +3,11 @@
     python -m pycnn.bench.ops bn_act [--device cpu|cuda] [--dtype float32|float16|bfloat16] [--repeats N]
     python -m pycnn.bench.ops se [--device cpu|cuda] [--batch N ...] [--only efficientnet_b0,regnety_400mf,...]
     python -m pycnn.bench.ops dwconv [--device cpu|cuda] [--dtype ...] [--batch N ...] [--repeats N]
+    python -m pycnn.bench.ops gconv [--batch 1 8] [--model regnetx400mf|regnetx32gf|resnext50] [...]
 
 Prints, per layer shape and layout, the median time of each side measured side by side (interleaved),
-the speedup (eager / pycnn), and on CUDA the achieved GB/s and % of the measured copy bandwidth.
+the speedup (eager / pycnn), and on CUDA the achieved GB/s and % of the measured copy bandwidth
+(gconv: also GFLOP/s on the CPU, TFLOP/s on CUDA).
 """
 
 from __future__ import annotations
@@ -234,8 +236,98 @@ def bench_dwconv(device: torch.device, dtype: torch.dtype, repeats: int, batches
     return rows
 
 
+# Grouped 3x3 convolutions (+ folded BN + ReLU) of the three networks at 224x224, one row per distinct
+# layer shape: (model, input H = W, channels (in = out), groups, stride). RegNetX: torchvision's
+# regnet_x_400mf (widths 32/64/160/400, group width 16) and regnet_x_32gf (336/672/1344/2520, group width
+# 168); ResNeXt-50 32x4d: 32 groups, widths 128/256/512/1024, stride on the 3x3 (REFERENCES.md 3-4).
+GCONV_LAYERS = [
+    ("regnetx400mf", 112, 32, 2, 2), ("regnetx400mf", 56, 64, 4, 2), ("regnetx400mf", 28, 64, 4, 1),
+    ("regnetx400mf", 28, 160, 10, 2), ("regnetx400mf", 14, 160, 10, 1), ("regnetx400mf", 14, 400, 25, 2),
+    ("regnetx400mf", 7, 400, 25, 1),
+    ("regnetx32gf", 112, 336, 2, 2), ("regnetx32gf", 56, 336, 2, 1), ("regnetx32gf", 56, 672, 4, 2),
+    ("regnetx32gf", 28, 672, 4, 1), ("regnetx32gf", 28, 1344, 8, 2), ("regnetx32gf", 14, 1344, 8, 1),
+    ("regnetx32gf", 14, 2520, 15, 2), ("regnetx32gf", 7, 2520, 15, 1),
+    ("resnext50", 56, 128, 32, 1), ("resnext50", 56, 256, 32, 2), ("resnext50", 28, 256, 32, 1),
+    ("resnext50", 28, 512, 32, 2), ("resnext50", 14, 512, 32, 1), ("resnext50", 14, 1024, 32, 2),
+    ("resnext50", 7, 1024, 32, 1),
+]
+
+
+def bench_gconv(device: torch.device, dtype: torch.dtype, repeats: int, batches, layers=GCONV_LAYERS):
+    """pycnn.gconv (conv + folded-BN scale/bias + ReLU in one op) against eager
+    relu(conv2d(x, w, groups) * scale + bias), in NCHW and channels_last, forward (no grad) and
+    forward+backward (grads of x, w, scale, bias). Rows also give the ratio of the best runs
+    (robust to preemption on a loaded machine) and pycnn's GFLOP/s (TFLOP/s on CUDA) of its best run."""
+    from pycnn import ops
+
+    peak = peak_bandwidth_gbs(device) if device.type == "cuda" else None
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    rows = []
+    for model, size, channels, groups, stride in layers:
+        for batch in batches:
+            shape = (batch, channels, size, size)
+            out = (size + 2 - 3) // stride + 1
+            flops = 2 * batch * channels * out * out * (channels // groups) * 9
+            for layout in ("nchw", "channels_last"):
+                fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+                x = torch.randn(shape, device=device, dtype=dtype).contiguous(memory_format=fmt)
+                w = (torch.randn(channels, channels // groups, 3, 3, device=device, dtype=dtype) * 0.1)
+                scale = torch.rand(channels, device=device) + 0.5
+                bias = torch.randn(channels, device=device) * 0.1
+                grad = torch.randn(batch, channels, out, out, device=device, dtype=dtype).contiguous(memory_format=fmt)
+
+                def ours(x, w, scale, bias):
+                    return ops.gconv(x, w, scale, bias, stride=stride, padding=1, groups=groups, act="relu")
+
+                def eager(x, w, scale, bias):
+                    z = F.conv2d(x, w, None, stride, 1, 1, groups)
+                    return F.relu(z * scale.to(dtype).view(1, -1, 1, 1) + bias.to(dtype).view(1, -1, 1, 1))
+
+                for mode in ("forward", "forward+backward"):
+                    if mode == "forward":
+                        def run_ours():
+                            with torch.no_grad():
+                                ours(x, w, scale, bias)
+
+                        def run_eager():
+                            with torch.no_grad():
+                                eager(x, w, scale, bias)
+                    else:
+                        leaves = [t.detach().requires_grad_() for t in (x, w, scale, bias)]
+
+                        def run_ours():
+                            ours(*leaves).backward(grad)
+
+                        def run_eager():
+                            eager(*leaves).backward(grad)
+                    t = compare({"pycnn": run_ours, "eager": run_eager}, device, repeats=repeats, warmup=2)
+                    total_flops = flops * (1 if mode == "forward" else 3)
+                    row = dict(shape=f"{model} {'x'.join(map(str, shape))} g{groups} s{stride}", act="relu",
+                               layout=layout, mode=mode, pycnn_ms=t["pycnn"].median_s * 1e3,
+                               eager_ms=t["eager"].median_s * 1e3,
+                               speedup=t["eager"].median_s / t["pycnn"].median_s,
+                               speedup_best=t["eager"].min_s / t["pycnn"].min_s,
+                               gflops=total_flops / t["pycnn"].min_s / 1e9)
+                    if peak:
+                        # Minimum traffic: forward reads x and w, writes y; backward also reads dy, x and
+                        # the saved conv, writes dx and dw.
+                        el = x.element_size()
+                        act_bytes = x.numel() * el + grad.numel() * el
+                        traffic = act_bytes if mode == "forward" else 3 * act_bytes + 2 * x.numel() * el
+                        gbs = traffic / t["pycnn"].median_s / 1e9
+                        row.update(gbs=gbs, peak_pct=100 * gbs / peak)
+                    rows.append(row)
+                    print_row(row)
+    return rows
+
+
 def print_row(row):
     extra = f"  {row['gbs']:8.1f} GB/s {row['peak_pct']:5.1f}% of peak" if "gbs" in row else ""
+    if "speedup_best" in row:
+        extra += f"  best-of x{row['speedup_best']:5.2f}"
+    if "gflops" in row:
+        extra += (f"  {row['gflops'] / 1e3:7.2f} TFLOP/s" if "gbs" in row else f"  {row['gflops']:6.1f} GFLOP/s")
     print(f"{row['shape']:>16} {row['act']:>8} {row['layout']:>13} {row['mode']:>16}  "
           f"pycnn {row['pycnn_ms']:8.3f} ms  eager {row['eager_ms']:8.3f} ms  x{row['speedup']:5.2f}{extra}",
           flush=True)
@@ -244,13 +336,15 @@ def print_row(row):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m pycnn.bench.ops", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("op", choices=["bn_act", "dwconv", "se"])
+    parser.add_argument("op", choices=["bn_act", "dwconv", "gconv", "se"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--quick", action="store_true", help="two small shapes, few repeats (smoke run)")
     parser.add_argument("--batch", type=int, nargs="+", default=None,
-                        help="dwconv, se: batch sizes (default 1 and 8 on the CPU, 64 on CUDA)")
+                        help="dwconv, gconv, se: batch sizes (default 1 and 8 on the CPU, 64 on CUDA)")
+    parser.add_argument("--model", nargs="+", default=None, choices=["regnetx400mf", "regnetx32gf", "resnext50"],
+                        help="gconv: only these networks' layers")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads (torch.set_num_threads); 1 gives steadier figures on a shared machine")
     parser.add_argument("--only", default=None, help="se: comma-separated networks to run (default all)")
@@ -272,6 +366,12 @@ def main(argv=None):
             shapes = [("quick", 24, 6, 8, "silu", False), ("quick", 40, 10, 5, "relu", True)]
         batches = args.batch or ([64] if device.type == "cuda" else [1, 8])
         rows = bench_se(device, dtype, repeats, batches if not args.quick else [2], shapes)
+    elif args.op == "gconv":
+        batches = args.batch or ([64] if device.type == "cuda" else [1, 8])
+        layers = [l for l in GCONV_LAYERS if args.model is None or l[0] in args.model]
+        if args.quick:
+            layers, batches = [("quick", 8, 32, 4, 1), ("quick", 9, 24, 3, 2)], [2]
+        rows = bench_gconv(device, dtype, repeats, batches, layers)
     elif args.op == "dwconv":
         batches = args.batch or ([2] if args.quick else [64] if device.type == "cuda" else [1, 8])
         layers = [("mbv2", 16, 10, 3, 1, "relu6"), ("effb0", 24, 9, 5, 2, "silu")] if args.quick else DWCONV_LAYERS
@@ -282,6 +382,9 @@ def main(argv=None):
     ratios = [r["speedup"] for r in rows]
     geo = torch.tensor(ratios).log().mean().exp().item()
     print(f"geometric mean speedup over {len(rows)} cases: x{geo:.2f} (min x{min(ratios):.2f})")
+    if rows and "speedup_best" in rows[0]:
+        best = torch.tensor([r["speedup_best"] for r in rows]).log().mean().exp().item()
+        print(f"geometric mean speedup of the best runs: x{best:.2f}")
     return rows
 
 

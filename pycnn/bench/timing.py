@@ -15,6 +15,7 @@ class Timing:
     median_s: float
     spread_s: float  # interquartile range
     repeats: int
+    min_s: float = 0.0  # best run: robust to preemption on a shared, loaded machine
 
 
 def _time_once(fn: Callable[[], object], device: torch.device) -> float:
@@ -47,7 +48,7 @@ def compare(candidates: Dict[str, Callable[[], object]], device: torch.device, r
     out = {}
     for name, s in samples.items():
         q = statistics.quantiles(s, n=4) if len(s) >= 4 else [min(s), 0, max(s)]
-        out[name] = Timing(statistics.median(s), q[2] - q[0], len(s))
+        out[name] = Timing(statistics.median(s), q[2] - q[0], len(s), min(s))
     return out
 
 

@@ -2,6 +2,7 @@
 
 from .batchnorm_act import BatchNormAct2d
 from .dwconv import DepthwiseConvBNAct2d
+from .grouped_conv import GroupedConvBNAct2d
 from .se import SqueezeExcite
 
-__all__ = ["BatchNormAct2d", "DepthwiseConvBNAct2d", "SqueezeExcite"]
+__all__ = ["BatchNormAct2d", "DepthwiseConvBNAct2d", "GroupedConvBNAct2d", "SqueezeExcite"]

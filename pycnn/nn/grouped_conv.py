@@ -1,0 +1,87 @@
+"""Grouped conv2d + BatchNorm + activation on pycnn.gconv (see GroupedConvBNAct2d)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from .. import ops
+from .batchnorm_act import BatchNormAct2d
+
+
+def _pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+class GroupedConvBNAct2d(nn.Module):
+    """Grouped conv2d + BatchNorm2d [+ residual] + activation: act(bn(conv(x)) [+ residual]).
+
+    A drop-in for ``nn.Conv2d(groups=...)`` followed by ``nn.BatchNorm2d`` and the activation, with the
+    same state_dict keys (``conv.weight`` [, ``conv.bias``], ``bn.weight``, ``bn.bias``,
+    ``bn.running_mean``, ``bn.running_var``, ``bn.num_batches_tracked``). Give ``groups`` or
+    ``group_width`` (input channels per group). kernel_size 1 or 3; padding defaults to kernel_size // 2.
+
+    train(): the grouped conv op (no epilogue), then BatchNormAct2d with batch statistics.
+    eval(): one fused op, the BatchNorm folded into a per-channel scale and bias (recomputed on every
+    call, so it follows weight changes) with the activation and residual in the conv's epilogue.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size=3, stride=1, padding=None,
+                 groups: Optional[int] = None, group_width: Optional[int] = None, act: str = "relu",
+                 bias: bool = False, eps: float = 1e-5, momentum: Optional[float] = 0.1, device=None, dtype=None):
+        super().__init__()
+        if act not in ops.ACTIVATIONS:
+            raise ValueError(f"GroupedConvBNAct2d: unknown activation {act!r}; expected one of "
+                             f"{', '.join(ops.ACTIVATIONS)}")
+        if groups is not None and group_width is not None:
+            if in_channels != groups * group_width:
+                raise ValueError(f"GroupedConvBNAct2d: groups ({groups}) * group_width ({group_width}) must equal "
+                                 f"in_channels ({in_channels})")
+        elif group_width is not None:
+            if group_width <= 0 or in_channels % group_width != 0:
+                raise ValueError(f"GroupedConvBNAct2d: group_width ({group_width}) must divide in_channels "
+                                 f"({in_channels})")
+            groups = in_channels // group_width
+        elif groups is None:
+            groups = 1
+        k = _pair(kernel_size)
+        if k[0] != k[1] or k[0] not in (1, 3):
+            raise ValueError(f"GroupedConvBNAct2d: kernel_size must be 1 or 3, got {kernel_size!r}")
+        if padding is None:
+            padding = k[0] // 2
+        # nn.Conv2d checks groups against in_channels and out_channels.
+        self.conv = nn.Conv2d(in_channels, out_channels, k, stride=stride, padding=padding, groups=groups,
+                              bias=bias, device=device, dtype=dtype)
+        self.bn = BatchNormAct2d(out_channels, act=act, eps=eps, momentum=momentum, device=device, dtype=dtype)
+
+    @property
+    def act(self) -> str:
+        return self.bn.act
+
+    def folded_scale_bias(self) -> tuple[Tensor, Tensor]:
+        """The eval-mode BatchNorm (and conv bias) as a per-channel scale and bias, in float32."""
+        bn = self.bn
+        acc = torch.float64 if self.conv.weight.dtype == torch.float64 else torch.float32
+        inv = torch.rsqrt(bn.running_var.to(acc) + bn.eps)
+        scale = inv * bn.weight.to(acc) if bn.weight is not None else inv
+        shift = -bn.running_mean.to(acc) * scale
+        if self.conv.bias is not None:
+            shift = shift + self.conv.bias.to(acc) * scale
+        if bn.bias is not None:
+            shift = shift + bn.bias.to(acc)
+        return scale, shift
+
+    def forward(self, input: Tensor, residual: Optional[Tensor] = None) -> Tensor:
+        conv = self.conv
+        if self.training or self.bn.running_mean is None:
+            y = ops.gconv(input, conv.weight, None, conv.bias, stride=conv.stride, padding=conv.padding,
+                          groups=conv.groups, act="none")
+            return self.bn(y, residual)
+        scale, shift = self.folded_scale_bias()
+        return ops.gconv(input, conv.weight, scale, shift, stride=conv.stride, padding=conv.padding,
+                         groups=conv.groups, act=self.act, residual=residual)
+
+    def extra_repr(self) -> str:
+        return f"act={self.act}"
