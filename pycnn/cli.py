@@ -1,0 +1,237 @@
+"""The `pycnn` command: summary, check and bench.
+
+    pycnn summary FILE.arch [--network NAME] [--input 3x224x224] [--classes N]
+    pycnn check FILE.arch ...
+    pycnn bench ops [--op dwconv|gconv|se|bn_act|all] [--device ...] [--out DIR]
+    pycnn bench model FILE.arch [--batch 64] [--dtype fp16] [--channels-last] [--train] [--compile] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+DTYPES = {"fp32": "float32", "float32": "float32", "fp16": "float16", "float16": "float16",
+          "bf16": "bfloat16", "bfloat16": "bfloat16"}
+
+
+def _shape(text: str):
+    try:
+        return tuple(int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a shape like 3x224x224, got {text!r}")
+
+
+def _overrides(args) -> dict:
+    out = {}
+    if getattr(args, "input", None):
+        out["input"] = args.input
+    if getattr(args, "classes", None) is not None:
+        out["classes"] = args.classes
+    return out
+
+
+def kernel_names(model) -> dict:
+    """{module name: the kernel that runs it} for the layers of a compiled model."""
+    from . import nn as pnn
+    fused = {pnn.BatchNormAct2d: "pycnn::bn_act", pnn.DepthwiseConvBNAct2d: "pycnn::dwconv",
+             pnn.GroupedConvBNAct2d: "pycnn::gconv", pnn.SqueezeExcite: "pycnn::se"}
+    names = {}
+    for name, module in model.named_modules():
+        kind = next((k for cls, k in fused.items() if isinstance(module, cls)), None)
+        names[name] = kind or f"aten ({type(module).__name__})"
+    return names
+
+
+def cmd_summary(args) -> int:
+    import torch
+
+    import pycnn
+    try:
+        s = pycnn.summary(args.file, args.network, show=False, **_overrides(args))
+        with torch.device("meta"):
+            kernels = kernel_names(pycnn.compile(args.file, args.network, **_overrides(args)))
+    except pycnn.ArchError as e:
+        print(e, file=sys.stderr)
+        return 1
+    rows = [(name, op, "x".join(map(str, shape)), f"{params:,}", f"{flops:,}", kernels.get(name, "-"))
+            for name, op, shape, params, flops in s.rows]
+    header = ("layer", "op", "output", "params", "FLOPs", "kernel")
+    total = (f"total: {s.total_params:,} parameters, {s.total_flops:,} FLOPs (multiply-adds) = "
+             f"{s.total_flops / 1e9:.3f} GFLOPs")
+    title = f"network {s.network}, input {'x'.join(map(str, s.input_shape))}"
+    if sys.stdout.isatty():
+        try:
+            from rich.console import Console
+            from rich.table import Table
+            table = Table(title=title, caption=total)
+            for i, h in enumerate(header):
+                table.add_column(h, justify="right" if i in (3, 4) else "left")
+            for r in rows:
+                table.add_row(*r)
+            Console().print(table)
+            return 0
+        except ImportError:
+            pass
+    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+    line = lambda r: "  ".join(v.rjust(w) if i in (3, 4) else v.ljust(w) for i, (v, w) in enumerate(zip(r, widths)))
+    print(title)
+    print(line(header))
+    for r in rows:
+        print(line(r))
+    print(total)
+    return 0
+
+
+def cmd_check(args) -> int:
+    import pycnn
+    failed = 0
+    for path in args.files:
+        try:
+            net = pycnn.parse(path)
+            print(f"{path}: ok ({net.name})")
+        except pycnn.ArchError as e:
+            failed += 1
+            print(e, file=sys.stderr)
+        except OSError as e:
+            failed += 1
+            print(f"{path}: {e.strerror}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _progress(total: int, label: str):
+    try:
+        from rich.progress import Progress
+        progress = Progress(disable=not sys.stderr.isatty(), transient=True)
+        return progress, progress.add_task(label, total=total)
+    except ImportError:
+        return None, None
+
+
+def cmd_bench_ops(args) -> int:
+    import torch
+
+    from .bench import ops, report
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    names = ["bn_act", "dwconv", "gconv", "se"] if args.op == "all" else [args.op]
+    dtypes = [DTYPES[d] for d in args.dtype] if args.dtype else [None]
+    rows: List[dict] = []
+    progress, task = _progress(len(names) * len(dtypes), "bench ops")
+    try:
+        if progress:
+            progress.start()
+        for name in names:
+            for dtype in dtypes:
+                argv = [name, "--device", str(device), "--repeats", str(args.repeats)]
+                argv += ["--dtype", dtype] if dtype else []
+                argv += ["--quick"] if args.quick else []
+                argv += ["--batch", *map(str, args.batch)] if args.batch and name != "bn_act" else []
+                for r in ops.main(argv):
+                    rows.append(dict(op=name, dtype=dtype or "default", **r))
+                if progress:
+                    progress.advance(task)
+    except KeyboardInterrupt:
+        print(f"interrupted: keeping the {len(rows)} measured rows", file=sys.stderr)
+    finally:
+        if progress:
+            progress.stop()
+    if args.out and rows:
+        paths = report.write_results(Path(args.out), f"ops-{'-'.join(names) if len(names) < 4 else 'all'}",
+                                     report.environment(device), rows,
+                                     ["op", "shape", "act", "layout", "mode", "pycnn_ms", "eager_ms", "speedup"],
+                                     ["op", "shape", "layout", "mode"])
+        print("wrote " + ", ".join(map(str, paths)))
+    return 0
+
+
+def cmd_bench_model(args) -> int:
+    import torch
+
+    import pycnn
+    from .bench import report
+    from .bench.model import bench_model
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = getattr(torch, DTYPES[args.dtype])
+    rows: List[dict] = []
+    try:
+        for path in args.files:
+            try:
+                model = pycnn.compile(path, args.network, **_overrides(args))
+            except pycnn.ArchError as e:
+                print(e, file=sys.stderr)
+                return 1
+            name = model.ir.name
+            for r in bench_model(model, model.ir.input_shape, args.batch, device, dtype, args.channels_last,
+                                 args.train, args.compile, args.repeats):
+                rows.append(dict(network=name, **r))
+                peak = "n/a" if r["peak_mib"] is None else f"{r['peak_mib']:.0f} MiB"
+                print(f"{name:>20} {r['variant']:>14} {r['mode']:>5} batch {r['batch']:<4} {r['dtype']:>8} "
+                      f"{r['layout']:>13}  {r['ms']:9.2f} ms  {r['images_per_s']:9.1f} img/s  pycnn speedup x{r['speedup']:5.2f}  "
+                      f"peak {peak}", flush=True)
+    except KeyboardInterrupt:
+        print(f"interrupted: keeping the {len(rows)} measured rows", file=sys.stderr)
+    if args.out and rows:
+        paths = report.write_results(Path(args.out), "model-" + "-".join(sorted({r["network"] for r in rows})),
+                                     report.environment(device), rows,
+                                     ["network", "variant", "mode", "batch", "dtype", "layout", "ms", "images_per_s",
+                                      "peak_mib", "speedup"], ["network", "variant", "mode"])
+        print("wrote " + ", ".join(map(str, paths)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pycnn", description="CNN architectures as text, on fused kernels.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("summary", help="per-layer table: output shape, params, FLOPs, kernel; totals")
+    p.add_argument("file")
+    p.add_argument("--network", help="which network of the file (default: the first)")
+    p.add_argument("--input", type=_shape, help="input shape, e.g. 3x224x224")
+    p.add_argument("--classes", type=int)
+    p.set_defaults(run=cmd_summary)
+
+    p = sub.add_parser("check", help="parse and elaborate .arch files; errors as file:line:column with a caret")
+    p.add_argument("files", nargs="+")
+    p.set_defaults(run=cmd_check)
+
+    bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="what", required=True)
+    p = bench.add_parser("ops", help="fused ops against eager PyTorch over real layer shapes")
+    p.add_argument("--op", default="all", choices=["all", "bn_act", "dwconv", "gconv", "se"])
+    p.add_argument("--device")
+    p.add_argument("--dtype", nargs="+", choices=sorted(DTYPES))
+    p.add_argument("--batch", type=int, nargs="+")
+    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--quick", action="store_true", help="tiny shapes (smoke run)")
+    p.add_argument("--out", help="directory for the JSON, markdown and PNG results")
+    p.set_defaults(run=cmd_bench_ops)
+
+    p = bench.add_parser("model", help="images/s and peak memory: pycnn vs eager vs torch.compile")
+    p.add_argument("files", nargs="+")
+    p.add_argument("--network")
+    p.add_argument("--input", type=_shape)
+    p.add_argument("--classes", type=int)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
+    p.add_argument("--device")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--train", action="store_true", help="forward + backward instead of inference")
+    p.add_argument("--compile", action="store_true", help="add torch.compile of the eager model")
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--out", help="directory for the JSON, markdown and PNG results")
+    p.set_defaults(run=cmd_bench_model)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except BrokenPipeError:  # `pycnn summary ... | head`
+        sys.stderr.close()
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
