@@ -94,3 +94,64 @@ def bn_act_float32_relu(target, emu):
 def bn_act_float16_silu_scalar_path(target, emu):
     import torch
     return _bn_act_case(target, emu, (3, 7, 4, 5), torch.float16, "silu")
+
+
+def _se_inputs(shape, cr, dtype, wdtype, seed=0):
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    nhwc = lambda t: t.to(dtype).contiguous(memory_format=torch.channels_last)
+    x = nhwc(torch.randn(shape, generator=g) + 0.3)
+    r = nhwc(torch.randn(shape, generator=g))
+    dy = nhwc(torch.randn(shape, generator=g))
+    c = shape[1]
+    w1 = (torch.randn(cr, c, 1, 1, generator=g) / c ** 0.5).to(wdtype)
+    w2 = (torch.randn(c, cr, 1, 1, generator=g) / cr ** 0.5).to(wdtype)
+    b1, b2 = (torch.randn(cr, generator=g) * 0.3).to(wdtype), (torch.randn(c, generator=g) * 0.3).to(wdtype)
+    return x, r, dy, w1, b1, w2, b2
+
+
+def _se_case(target, emu, shape, cr, dtype, wdtype, act, post_act, residual=True, backward=True):
+    import torch
+
+    x, r, dy, w1, b1, w2, b2 = _se_inputs(shape, cr, dtype, wdtype)
+    r = r if residual else None
+    if target == "gpu":
+        x, dy, w1, b1, w2, b2 = [t.cuda() for t in (x, dy, w1, b1, w2, b2)]
+        r = r.cuda() if r is not None else None
+        y, pooled, hidden, gate = torch.ops.pycnn.se_forward(x, w1, b1, w2, b2, r, act, post_act)
+        grads = torch.ops.pycnn.se_backward(dy, x, w1, w2, r, pooled, hidden, gate, act, post_act) \
+            if backward else ()
+    else:
+        # the GPU's SM count: the same row chunks, so the same partial sums in the same order
+        sms = torch.cuda.get_device_properties(0).multi_processor_count if torch.cuda.is_available() else 2
+        y, pooled, hidden, gate = emu.se.forward(x, w1, b1, w2, b2, r, act, post_act, sms)
+        grads = emu.se.backward(dy, x, w1, w2, r, pooled, hidden, gate, act, post_act, sms) if backward else ()
+    out = {"y": y, "pooled": pooled, "hidden": hidden, "gate": gate}
+    out.update((k, g) for k, g in zip(["dx", "dw1", "db1", "dw2", "db2", "dresidual"], grads) if g is not None)
+    return out
+
+
+# Not bit-exact: nvcc contracts the FC dot products and the gradient sums into FMAs, and the GPU's expf (sigmoid,
+# silu) differs from the host's in the last bits. The limits are twice the largest distance of the emulation
+# from the correctly rounded float64 result (the GPU is assumed no farther): small in the forward without a
+# residual; large for float32 gradients, whose smallest elements come out of cancellation (dx = g * gate +
+# dpooled / hw, the weight-gradient sums) - a wrong term would still be millions of ULPs off. Half outputs are
+# rounded once from float, so they agree to a rounding step.
+@gpu_case(exact=False, max_ulp=32)
+def se_float32_forward_silu_vector_path(target, emu):
+    import torch
+    return _se_case(target, emu, (2, 24, 5, 3), 6, torch.float32, torch.float32, "silu", "relu", residual=False,
+                    backward=False)
+
+
+@gpu_case(exact=False, max_ulp=8192)
+def se_float32_residual_silu_relu_vector_path(target, emu):
+    import torch
+    return _se_case(target, emu, (2, 24, 5, 3), 6, torch.float32, torch.float32, "silu", "relu")
+
+
+@gpu_case(exact=False, max_ulp=64)
+def se_float16_relu_scalar_path_float32_weights(target, emu):
+    import torch
+    return _se_case(target, emu, (3, 13, 4, 5), 5, torch.float16, torch.float32, "relu", "none")
