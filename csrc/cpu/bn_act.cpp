@@ -12,31 +12,15 @@
 #include <vector>
 
 #include "bn_act.h"
+#include "cpu/kernel_utils.h"
 
 namespace pycnn {
 namespace {
 
-struct Layout {
-  int64_t n, c, hw;
-  bool channels_last;
-  int64_t pixels() const { return n * hw; }
-};
-
-Layout layout_of(const Tensor& x) {
-  return {x.size(0), x.size(1), x.size(2) * x.size(3), kernel_memory_format(x) == at::MemoryFormat::ChannelsLast};
-}
-
-// Runs body(std::integral_constant<Act, A>) so the activation is a compile-time constant in hot loops.
-template <typename Body>
-void dispatch_act(Act act, Body body) {
-  switch (act) {
-    case Act::ReLU: return body(std::integral_constant<Act, Act::ReLU>{});
-    case Act::ReLU6: return body(std::integral_constant<Act, Act::ReLU6>{});
-    case Act::SiLU: return body(std::integral_constant<Act, Act::SiLU>{});
-    case Act::HardSwish: return body(std::integral_constant<Act, Act::HardSwish>{});
-    default: return body(std::integral_constant<Act, Act::None>{});
-  }
-}
+using cpu::dispatch_act;
+using cpu::dispatch_channel_stride;
+using cpu::Layout;
+using cpu::layout_of;
 
 // Visits the tensor as contiguous spans, in parallel: fn(offset, channel, length). In channels_last a
 // span is one pixel's C channels (channel 0 at its start, advancing by one per element); in NCHW it is
@@ -55,13 +39,6 @@ void parallel_spans(const Layout& l, Fn fn) {
       for (int64_t q = q0; q < q1; ++q) fn(q * l.hw, q % l.c, l.hw);
     });
   }
-}
-
-// Runs body(std::integral_constant<int, S>{}) with S = 1 for channels_last spans, 0 for NCHW planes.
-template <typename Body>
-void dispatch_channel_stride(const Layout& l, Body body) {
-  if (l.channels_last) return body(std::integral_constant<int, 1>{});
-  return body(std::integral_constant<int, 0>{});
 }
 
 // Per-channel sums over spans: with S == 1 each element adds into its channel's slot; with S == 0 (one

@@ -21,6 +21,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "cpu/kernel_utils.h"
 #include "dwconv.h"
 
 namespace pycnn {
@@ -52,17 +53,7 @@ bool use_avx2() {
 #endif
 }
 
-// Runs body(std::integral_constant<Act, A>) so the activation is a compile-time constant in hot loops.
-template <typename Body>
-void dispatch_act(Act act, Body body) {
-  switch (act) {
-    case Act::ReLU: return body(std::integral_constant<Act, Act::ReLU>{});
-    case Act::ReLU6: return body(std::integral_constant<Act, Act::ReLU6>{});
-    case Act::SiLU: return body(std::integral_constant<Act, Act::SiLU>{});
-    case Act::HardSwish: return body(std::integral_constant<Act, Act::HardSwish>{});
-    default: return body(std::integral_constant<Act, Act::None>{});
-  }
-}
+using cpu::dispatch_act;
 
 Tensor output_like(const Tensor& input, const DwConvGeometry& g) {
   return at::empty({g.n, g.c, g.oh, g.ow}, input.options(), at::MemoryFormat::ChannelsLast);

@@ -16,36 +16,16 @@
 #include <type_traits>
 #include <vector>
 
+#include "cpu/kernel_utils.h"
 #include "se.h"
 
 namespace pycnn {
 namespace {
 
-struct Layout {
-  int64_t n, c, hw;
-  bool channels_last;
-};
-
-Layout layout_of(const Tensor& x) {
-  return {x.size(0), x.size(1), x.size(2) * x.size(3), kernel_memory_format(x) == at::MemoryFormat::ChannelsLast};
-}
-
-template <typename Body>
-void dispatch_act(Act act, Body body) {
-  switch (act) {
-    case Act::ReLU: return body(std::integral_constant<Act, Act::ReLU>{});
-    case Act::ReLU6: return body(std::integral_constant<Act, Act::ReLU6>{});
-    case Act::SiLU: return body(std::integral_constant<Act, Act::SiLU>{});
-    case Act::HardSwish: return body(std::integral_constant<Act, Act::HardSwish>{});
-    default: return body(std::integral_constant<Act, Act::None>{});
-  }
-}
-
-template <typename Body>
-void dispatch_channel_stride(const Layout& l, Body body) {
-  if (l.channels_last) return body(std::integral_constant<int, 1>{});
-  return body(std::integral_constant<int, 0>{});
-}
+using cpu::dispatch_act;
+using cpu::dispatch_channel_stride;
+using cpu::Layout;
+using cpu::layout_of;
 
 // Visits the tensor as contiguous spans in parallel: fn(offset, image, channel, length); see the file comment.
 template <typename Fn>

@@ -381,19 +381,6 @@ struct BackwardLaunch {
   template <typename T, int VEC> cudaError_t run() const { return backward_impl<T, VEC>(p, plan, stream); }
 };
 
-// Calls f.run<T, VEC>() with the element type and vector width of the plan.
-template <typename F>
-cudaError_t dispatch(DType dtype, int vec, F f) {
-  switch (dtype) {
-    case DType::Float32: return vec == 4 ? f.template run<float, 4>() : f.template run<float, 1>();
-    case DType::Float16: return vec == 8 ? f.template run<__half, 8>() : f.template run<__half, 1>();
-    case DType::BFloat16:
-      return vec == 8 ? f.template run<__nv_bfloat16, 8>() : f.template run<__nv_bfloat16, 1>();
-    case DType::Float64: return vec == 2 ? f.template run<double, 2>() : f.template run<double, 1>();
-  }
-  return cudaErrorInvalidValue;
-}
-
 }  // namespace
 
 size_t bn_act_forward_workspace_bytes(const BnActForwardParams& p) {
@@ -409,13 +396,13 @@ size_t bn_act_backward_workspace_bytes(const BnActBackwardParams& p) {
 cudaError_t bn_act_forward(const BnActForwardParams& p, cudaStream_t stream) {
   if (p.rows == 0 || p.channels == 0) return cudaSuccess;
   const Plan plan = forward_plan(p);
-  return dispatch(p.dtype, plan.vec, ForwardLaunch{p, plan, stream});
+  return dispatch_dtype_vec(p.dtype, plan.vec, ForwardLaunch{p, plan, stream});
 }
 
 cudaError_t bn_act_backward(const BnActBackwardParams& p, cudaStream_t stream) {
   if (p.rows == 0 || p.channels == 0) return cudaSuccess;
   const Plan plan = backward_plan(p);
-  return dispatch(p.dtype, plan.vec, BackwardLaunch{p, plan, stream});
+  return dispatch_dtype_vec(p.dtype, plan.vec, BackwardLaunch{p, plan, stream});
 }
 
 }  // namespace cuda

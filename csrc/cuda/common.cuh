@@ -67,5 +67,18 @@ struct alignas(sizeof(T) * VEC) Vec {
   T v[VEC];
 };
 
+// Calls f.template run<T, VEC>() with the element type and the vector width (16 bytes per thread, or 1).
+template <typename F>
+cudaError_t dispatch_dtype_vec(DType dtype, int vec, F f) {
+  switch (dtype) {
+    case DType::Float32: return vec == 4 ? f.template run<float, 4>() : f.template run<float, 1>();
+    case DType::Float16: return vec == 8 ? f.template run<__half, 8>() : f.template run<__half, 1>();
+    case DType::BFloat16:
+      return vec == 8 ? f.template run<__nv_bfloat16, 8>() : f.template run<__nv_bfloat16, 1>();
+    case DType::Float64: return vec == 2 ? f.template run<double, 2>() : f.template run<double, 1>();
+  }
+  return cudaErrorInvalidValue;
+}
+
 }  // namespace cuda
 }  // namespace pycnn

@@ -536,19 +536,6 @@ struct BackwardLaunch {
   template <typename T, int VEC> cudaError_t run() const { return backward_impl<T, VEC>(p, plan, stream); }
 };
 
-// Calls f.run<T, VEC>() with the element type and vector width of the plan.
-template <typename F>
-cudaError_t dispatch(DType dtype, int vec, F f) {
-  switch (dtype) {
-    case DType::Float32: return vec == 4 ? f.template run<float, 4>() : f.template run<float, 1>();
-    case DType::Float16: return vec == 8 ? f.template run<__half, 8>() : f.template run<__half, 1>();
-    case DType::BFloat16:
-      return vec == 8 ? f.template run<__nv_bfloat16, 8>() : f.template run<__nv_bfloat16, 1>();
-    case DType::Float64: return vec == 2 ? f.template run<double, 2>() : f.template run<double, 1>();
-  }
-  return cudaErrorInvalidValue;
-}
-
 bool empty(int64_t n, int64_t hw, int64_t channels, int64_t reduced) {
   return n == 0 || hw == 0 || channels == 0 || reduced == 0;
 }
@@ -578,14 +565,14 @@ cudaError_t se_forward(const SeForwardParams& p, cudaStream_t stream) {
   if (se_detail::empty(p.n, p.hw, p.channels, p.reduced)) return cudaSuccess;
   if (p.n > kSeMaxBatch) return cudaErrorInvalidValue;
   const se_detail::Plan plan = se_detail::forward_plan(p);
-  return se_detail::dispatch(p.dtype, plan.vec, se_detail::ForwardLaunch{p, plan, stream});
+  return dispatch_dtype_vec(p.dtype, plan.vec, se_detail::ForwardLaunch{p, plan, stream});
 }
 
 cudaError_t se_backward(const SeBackwardParams& p, cudaStream_t stream) {
   if (se_detail::empty(p.n, p.hw, p.channels, p.reduced)) return cudaSuccess;
   if (p.n > kSeMaxBatch) return cudaErrorInvalidValue;
   const se_detail::Plan plan = se_detail::backward_plan(p);
-  return se_detail::dispatch(p.dtype, plan.vec, se_detail::BackwardLaunch{p, plan, stream});
+  return dispatch_dtype_vec(p.dtype, plan.vec, se_detail::BackwardLaunch{p, plan, stream});
 }
 
 }  // namespace cuda
