@@ -9,5 +9,6 @@ py=${PYTHON:-python}
 cmake -S . -B build/dev -G Ninja -DCMAKE_BUILD_TYPE=Release \
   -DPython_EXECUTABLE="$(command -v "$py")" -Dpybind11_DIR="$("$py" -m pybind11 --cmakedir)" >/dev/null
 cmake --build build/dev
-cp build/dev/_C*.so pycnn/
+# Replace by rename, not by overwriting: a process that has the old extension loaded keeps its copy.
+for so in build/dev/_C*.so; do cp "$so" "pycnn/.$(basename "$so").tmp" && mv -f "pycnn/.$(basename "$so").tmp" "pycnn/$(basename "$so")"; done
 if [ -d build/dev/ptxas ]; then rm -rf pycnn/ptxas && cp -r build/dev/ptxas pycnn/ptxas; fi
