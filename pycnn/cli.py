@@ -1,6 +1,6 @@
 """The `pycnn` command: summary, check and bench.
 
-    pycnn summary FILE.arch [--network NAME] [--input 3x224x224] [--classes N]
+    pycnn summary FILE.arch [--network NAME] [--input 3x224x224] [--classes N] [--kernels auto|pycnn|torch]
     pycnn check FILE.arch ...
     pycnn bench ops [--op dwconv|gconv|se|bn_act|all] [--device ...] [--out DIR]
     pycnn bench model FILE.arch [--batch 64] [--dtype fp16] [--channels-last] [--train] [--compile] [--out DIR]
@@ -33,18 +33,6 @@ def _overrides(args) -> dict:
     return out
 
 
-def kernel_names(model) -> dict:
-    """{module name: the kernel that runs it} for the layers of a compiled model."""
-    from . import nn as pnn
-    fused = {pnn.BatchNormAct2d: "pycnn::bn_act", pnn.DepthwiseConvBNAct2d: "pycnn::dwconv",
-             pnn.GroupedConvBNAct2d: "pycnn::gconv", pnn.SqueezeExcite: "pycnn::se"}
-    names = {}
-    for name, module in model.named_modules():
-        kind = next((k for cls, k in fused.items() if isinstance(module, cls)), None)
-        names[name] = kind or f"aten ({type(module).__name__})"
-    return names
-
-
 def cmd_summary(args) -> int:
     import torch
 
@@ -52,7 +40,7 @@ def cmd_summary(args) -> int:
     try:
         s = pycnn.summary(args.file, args.network, show=False, **_overrides(args))
         with torch.device("meta"):
-            kernels = kernel_names(pycnn.compile(args.file, args.network, **_overrides(args)))
+            kernels = pycnn.compile(args.file, args.network, kernels=args.kernels, **_overrides(args)).kernels()
     except pycnn.ArchError as e:
         print(e, file=sys.stderr)
         return 1
@@ -190,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--network", help="which network of the file (default: the first)")
     p.add_argument("--input", type=_shape, help="input shape, e.g. 3x224x224")
     p.add_argument("--classes", type=int)
+    p.add_argument("--kernels", choices=["auto", "pycnn", "torch"], default=None,
+                   help="who runs the fused ops (default $PYCNN_KERNELS or auto: measured per shape on first run)")
     p.set_defaults(run=cmd_summary)
 
     p = sub.add_parser("check", help="parse and elaborate .arch files; errors as file:line:column with a caret")

@@ -72,9 +72,33 @@ class Block:
     in_shape: Shape
     out_shape: Shape
     loc: object = None
+    residual_into: Optional[int] = None  # set by the residual pass: this branch's last op adds the others
 
 
-Node = object  # Layer | Sequence | Block
+@dataclass
+class Fused:
+    """Sibling layers that a pass (pycnn.passes) maps onto one fused operation. The layers keep their names,
+    shapes and parameters: a Fused node changes how a network runs, never what it computes or its names.
+    kind: "conv_bn_act" (attrs: conv = "depthwise" | "grouped" | "dense", act), "bn_act" (act) or "se"
+    (act, post_act); attrs["residual"] is True when the residual pass made it add its block's shortcut."""
+    kind: str
+    layers: List[Layer]
+    attrs: dict
+
+    @property
+    def name(self) -> str:
+        return self.layers[0].name
+
+    @property
+    def in_shape(self) -> Shape:
+        return self.layers[0].in_shape
+
+    @property
+    def out_shape(self) -> Shape:
+        return self.layers[-1].out_shape
+
+
+Node = object  # Layer | Sequence | Block | Fused
 
 
 @dataclass
@@ -113,19 +137,21 @@ def _join(prefix: str, name: str) -> str:
 
 
 def iter_nodes(node, prefix: str) -> Iterator[Tuple[str, Node]]:
+    """Every node with its dotted module name; a Fused node yields its layers (siblings in its parent)."""
     yield prefix, node
     if isinstance(node, Sequence):
-        for child in node.children:
-            yield from iter_nodes(child, _join(prefix, child.name))
+        yield from _iter_children(node.children, prefix)
     elif isinstance(node, Block):
-        for child in node.pre:
-            yield from iter_nodes(child, _join(prefix, child.name))
+        yield from _iter_children(node.pre, prefix)
         for br in node.branches:
-            base = _join(prefix, br.name) if br.nested else prefix
-            for child in br.children:
-                yield from iter_nodes(child, _join(base, child.name))
-        for child in node.post:
-            yield from iter_nodes(child, _join(prefix, child.name))
+            yield from _iter_children(br.children, _join(prefix, br.name) if br.nested else prefix)
+        yield from _iter_children(node.post, prefix)
+
+
+def _iter_children(children, prefix: str) -> Iterator[Tuple[str, Node]]:
+    for child in children:
+        for member in (child.layers if isinstance(child, Fused) else [child]):
+            yield from iter_nodes(member, _join(prefix, member.name))
 
 
 def iter_layers(node, prefix: str) -> Iterator[Tuple[str, Layer]]:

@@ -1,19 +1,20 @@
 """IR -> torch.nn.Module, with readable names (stem, s1.b1.conv1, ...) and standard initialization.
 
-Every BatchNorm (with the activation that follows it) is made by `make_bn_act`, the one place that chooses
-the BatchNorm module; its parameters sit directly under the layer's name (`s1.b1.bn1.weight`).
+Every IR layer becomes one plain PyTorch module under its own name (nn.Conv2d, nn.BatchNorm2d, ...), in both
+backends. How they run is a list of steps per container (Chain, Block): a LayerStep calls one module, a
+FusedStep (from a pycnn.ir.Fused node made by pycnn.passes) runs several sibling modules' parameters through
+one fused op (pycnn.fused), choosing pycnn's kernel or PyTorch's per shape (pycnn.dispatch).
 """
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import List
+from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import ir
-from .nn import BatchNormAct2d
+from . import dispatch, fused, ir, passes
 
 _ACT_MODULES = {
     "relu": nn.ReLU, "relu6": nn.ReLU6, "silu": nn.SiLU, "hardswish": nn.Hardswish, "sigmoid": nn.Sigmoid,
@@ -23,13 +24,6 @@ _ACT_MODULES = {
 
 def make_act(kind: str) -> nn.Module:
     return _ACT_MODULES[kind]()
-
-
-def make_bn_act(channels: int, act=None, eps: float = 1e-5, momentum: float = 0.1) -> nn.Module:
-    """The BatchNorm (+ residual + activation) of a network, the one place that chooses its module:
-    forward(x, residual=None) = act(bn(x) + residual); act in None/relu/relu6/silu. It runs on the fused
-    pycnn.bn_act kernel (CPU and CUDA)."""
-    return BatchNormAct2d(channels, act=act or "none", eps=eps, momentum=momentum)
 
 
 class ScaledStdConv2d(nn.Conv2d):
@@ -96,92 +90,134 @@ class ChannelShuffle(nn.Module):
         return x.view(n, self.groups, c // self.groups, h, w).transpose(1, 2).reshape(n, c, h, w)
 
 
-class Block(nn.Module):
-    """Parallel branches on one input, merged (add, concat on channels, mul), with optional layers before and
-    after. The `main` branch's layers are attributes of the block itself; other branches are nested
-    nn.Sequentials named after the branch; an empty branch is the identity."""
+class LayerStep:
+    """Runs one module; a BatchNorm layer with an activation (bn+act in the IR) applies it after."""
 
-    def __init__(self, pre, branches, merge: str, post, fused_branch=None):
-        super().__init__()
-        self._pre: List[str] = []
-        self._post: List[str] = []
-        self._branches: List[tuple] = []  # (nested name or None, [direct layer names])
-        self.merge = merge
-        # residual fusion: the main branch's last layer is a BatchNorm that adds the other branch's output
-        # (and applies the post-merge activation) itself
-        self._fused = fused_branch
-        for name, module in pre:
-            self.add_module(name, module)
-            self._pre.append(name)
-        for bname, nested, layers in branches:
-            if nested:
-                if layers:
-                    self.add_module(bname, nn.Sequential(OrderedDict(layers)))
-                    self._branches.append((bname, []))
-                else:
-                    self._branches.append((None, []))
-            else:
-                for name, module in layers:
-                    self.add_module(name, module)
-                self._branches.append((None, [name for name, _ in layers]))
-        for name, module in post:
-            self.add_module(name, module)
-            self._post.append(name)
+    def __init__(self, name: str, act: Optional[str] = None):
+        self.names, self.act = [name], act
 
-    def _run_branch(self, k, x, upto=None):
-        nested, names = self._branches[k]
-        if nested is not None:
-            x = getattr(self, nested)(x)
-        for name in names[:upto]:
-            x = getattr(self, name)(x)
-        return x
+    def __call__(self, owner: nn.Module, x, residual=None):
+        assert residual is None, "only fused steps add a residual"
+        return fused.activation(getattr(owner, self.names[0])(x), self.act)
 
-    def forward(self, x):
-        for name in self._pre:
-            x = getattr(self, name)(x)
-        if self._fused is not None:
-            main = self._fused
-            residual = self._run_branch(1 - main, x)
-            names = self._branches[main][1]
-            y = getattr(self, names[-1])(self._run_branch(main, x, upto=-1), residual=residual)
-            for name in self._post:
-                y = getattr(self, name)(y)
-            return y
-        outs = []
-        for nested, names in self._branches:
-            y = x
-            if nested is not None:
-                y = getattr(self, nested)(y)
-            for name in names:
-                y = getattr(self, name)(y)
-            outs.append(y)
-        if self.merge == "add":
-            y = outs[0]
-            for o in outs[1:]:
-                y = y + o
-        elif self.merge == "mul":
-            y = outs[0]
-            for o in outs[1:]:
-                y = y * o
-        else:
-            y = torch.cat(outs, dim=1)
-        for name in self._post:
-            y = getattr(self, name)(y)
-        return y
+    def __repr__(self):
+        return self.names[0] + (f"+{self.act}" if self.act else "")
+
+
+class FusedStep:
+    """Runs sibling layers (a pycnn.ir.Fused node) as one fused op; pycnn.dispatch picks pycnn's kernel or
+    PyTorch's composition (`mode`: auto, pycnn or torch), the last choice is kept in `last_choice`."""
+
+    def __init__(self, node: ir.Fused, mode: str):
+        self.kind, self.attrs, self.mode = node.kind, dict(node.attrs), mode
+        self.names = [layer.name for layer in node.layers]
+        first = node.layers[0]
+        geometry = {k: first.attrs[k] for k in ("k", "s", "p", "d", "groups") if k in first.attrs}
+        self.signature = f"{self.kind}:{first.in_shape[0]}->{node.out_shape[0]}:" + ",".join(
+            f"{k}={v}" for k, v in sorted({**geometry, **self.attrs}.items()))
+        self.last_choice: Optional[str] = None
+
+    def run(self, modules, x, residual, impl: str):
+        a = self.attrs
+        if self.kind == "conv_bn_act":
+            return fused.conv_bn_act(modules[0], modules[1], x, a["conv"], a["act"], residual, impl)
+        if self.kind == "bn_act":
+            return fused.batch_norm_act(modules[0], x, a["act"], residual, impl)
+        return fused.squeeze_excite(modules[0], x, a["act"], a["post_act"], residual, impl)
+
+    def __call__(self, owner: nn.Module, x, residual=None):
+        modules = [getattr(owner, name) for name in self.names]
+        params = [p for m in modules for p in m.parameters()]
+        buffers = [b for m in modules for b in m.buffers()]
+        impl = dispatch.choose(self, lambda impl, x_, r_: self.run(modules, x_, r_, impl), x, residual, params,
+                               buffers, training=any(m.training for m in modules))
+        if not torch.compiler.is_compiling():
+            self.last_choice = impl
+        return self.run(modules, x, residual, impl)
+
+    def __repr__(self):
+        extra = f", adds the residual" if self.attrs.get("residual") else ""
+        return f"{'+'.join(self.names)} ({self.kind}{extra}, kernels={self.mode})"
+
+
+def run_steps(owner: nn.Module, steps, x, residual=None):
+    """Runs the steps in order; the last one adds `residual` (a fused step made by the residual pass)."""
+    for step in steps[:-1]:
+        x = step(owner, x)
+    return steps[-1](owner, x, residual) if steps else x
+
+
+class Chain(nn.Sequential):
+    """Layers run one after another (a network part, a stage, a nested branch); fused steps run several
+    sibling layers as one op. Iterates and indexes like nn.Sequential."""
+
+    def __init__(self, modules, steps):
+        super().__init__(OrderedDict(modules))
+        self.steps = steps
+
+    def forward(self, x, residual=None):
+        return run_steps(self, self.steps, x, residual)
 
     def extra_repr(self):
-        if self._fused is not None:
-            return f"merge={self.merge} (the residual is added by {self._branches[self._fused][1][-1]})"
-        return f"merge={self.merge}"
+        fused_steps = [repr(s) for s in self.steps if isinstance(s, FusedStep)]
+        return "fused: " + "; ".join(fused_steps) if fused_steps else ""
 
 
-class Network(nn.Sequential):
-    """The compiled network: its parts in order. `arch` is the .arch source, `ir` the elaborated IR."""
+class Block(nn.Module):
+    """Parallel branches on one input, merged (add, concat on channels, mul), with optional layers before and
+    after. The `main` branch's layers are attributes of the block itself; other branches are nested Chains
+    named after the branch; an empty branch is the identity. With `residual_into` (the residual pass), that
+    branch's last fused op adds the other branch's output itself (and applies the activation after the merge)."""
 
-    def __init__(self, parts, arch: str, network_ir):
-        super().__init__(OrderedDict(parts))
-        self.arch = arch
-        self.ir = network_ir
+    def __init__(self, modules, pre, branches, merge: str, post, residual_into: Optional[int] = None):
+        super().__init__()
+        for name, module in modules:
+            self.add_module(name, module)
+        self.pre, self.post, self.merge, self.residual_into = pre, post, merge, residual_into
+        self.branches = branches  # [(nested Chain's name or None, steps run on the block itself)]
+
+    def _branch(self, k: int, x, residual=None):
+        nested, steps = self.branches[k]
+        if nested is not None:
+            return getattr(self, nested)(x, residual)
+        return run_steps(self, steps, x, residual)
+
+    def forward(self, x):
+        x = run_steps(self, self.pre, x)
+        if self.residual_into is not None:
+            shortcut = self._branch(1 - self.residual_into, x)
+            y = self._branch(self.residual_into, x, residual=shortcut)
+        else:
+            outs = [self._branch(k, x) for k in range(len(self.branches))]
+            if self.merge == "add":
+                y = outs[0]
+                for o in outs[1:]:
+                    y = y + o
+            elif self.merge == "mul":
+                y = outs[0]
+                for o in outs[1:]:
+                    y = y * o
+            else:
+                y = torch.cat(outs, dim=1)
+        return run_steps(self, self.post, y)
+
+    def extra_repr(self):
+        fused_steps = [repr(s) for steps in [self.pre, self.post] + [b[1] for b in self.branches] for s in steps
+                       if isinstance(s, FusedStep)]
+        return f"merge={self.merge}" + ("; fused: " + "; ".join(fused_steps) if fused_steps else "")
+
+
+class Network(Chain):
+    """The compiled network: its parts in order. `arch` is the .arch source, `ir` the elaborated IR, `plan` the
+    IR after the passes (what runs), `backend` "fused" or "reference"."""
+
+    def __init__(self, parts, arch: str, network_ir, plan, backend: str):
+        super().__init__(parts, [LayerStep(name) for name, _ in parts])
+        self.arch, self.ir, self.plan, self.backend = arch, network_ir, plan, backend
+
+    def kernels(self) -> Dict[str, str]:
+        """{layer name: what runs it} for every layer; see pycnn.summary(model)."""
+        return kernel_table(self)
 
 
 def lower_layer(layer: ir.Layer) -> nn.Module:
@@ -193,7 +229,7 @@ def lower_layer(layer: ir.Layer) -> nn.Module:
                                    gamma=a["gamma"], eps=a["eps"])
         return nn.Conv2d(cin, a["out"], a["k"], a["s"], a["p"], a["d"], a["groups"], a["bias"])
     if op == "bn":
-        return make_bn_act(layer.in_shape[0], a.get("act"), a["eps"], a["momentum"])
+        return nn.BatchNorm2d(layer.in_shape[0], eps=a["eps"], momentum=a["momentum"])  # its act: LayerStep/FusedStep
     if op == "gn":
         return nn.GroupNorm(a["groups"], layer.in_shape[0], eps=a["eps"])
     if op == "ln":
@@ -228,48 +264,40 @@ def lower_layer(layer: ir.Layer) -> nn.Module:
     raise ValueError(f"cannot lower operation {op!r}")  # pragma: no cover
 
 
-def lower_node(node) -> nn.Module:
+def lower_list(children, mode: str):
+    """(modules, steps) of a list of sibling IR nodes: one module per layer, under the layer's name."""
+    modules, steps = [], []
+    for node in children:
+        if isinstance(node, ir.Fused):
+            modules += [(layer.name, lower_layer(layer)) for layer in node.layers]
+            steps.append(FusedStep(node, mode))
+            continue
+        modules.append((node.name, lower_node(node, mode)))
+        bn_act = node.attrs.get("act") if isinstance(node, ir.Layer) and node.op == "bn" else None
+        steps.append(LayerStep(node.name, bn_act))
+    return modules, steps
+
+
+def lower_node(node, mode: str) -> nn.Module:
     if isinstance(node, ir.Layer):
         return lower_layer(node)
     if isinstance(node, ir.Sequence):
-        return nn.Sequential(OrderedDict((c.name, lower_node(c)) for c in node.children))
+        return Chain(*lower_list(node.children, mode))
     if isinstance(node, ir.Block):
-        fusion = residual_fusion(node)
-        branches = [(b.name, b.nested, [(c.name, lower_node(c)) for c in b.children]) for b in node.branches]
-        post = [(c.name, lower_node(c)) for c in node.post]
-        if fusion is None:
-            return Block([(c.name, lower_node(c)) for c in node.pre], branches, node.merge, post)
-        main, act = fusion
-        bn = node.branches[main].children[-1]
-        branches[main][2][-1] = (bn.name, make_bn_act(bn.in_shape[0], act, bn.attrs["eps"], bn.attrs["momentum"]))
-        if act is not None:
-            post = post[1:]
-        return Block([(c.name, lower_node(c)) for c in node.pre], branches, node.merge, post, fused_branch=main)
+        modules, pre = lower_list(node.pre, mode)
+        branches = []
+        for b in node.branches:
+            branch_modules, steps = lower_list(b.children, mode)
+            if b.nested:
+                if branch_modules:
+                    modules.append((b.name, Chain(branch_modules, steps)))
+                branches.append((b.name if branch_modules else None, []))
+            else:
+                modules += branch_modules
+                branches.append((None, steps))
+        post_modules, post = lower_list(node.post, mode)
+        return Block(modules + post_modules, pre, branches, node.merge, post, node.residual_into)
     raise TypeError(node)  # pragma: no cover
-
-
-FUSABLE_ACTS = ("relu", "relu6", "silu")
-
-
-def residual_fusion(node: ir.Block):
-    """(index of the main branch, activation or None) when a block can add its residual inside the main branch's
-    final BatchNorm: two branches merged by `add`, the main one ending with a BatchNorm without activation, and
-    after the merge nothing or first a relu/relu6/silu. act(bn(x) + shortcut) equals the unfused block."""
-    if node.merge != "add" or len(node.branches) != 2:
-        return None
-    mains = [i for i, b in enumerate(node.branches) if not b.nested]
-    if len(mains) != 1:
-        return None
-    last = node.branches[mains[0]].children[-1] if node.branches[mains[0]].children else None
-    if not (isinstance(last, ir.Layer) and last.op == "bn" and last.attrs.get("act") is None):
-        return None
-    act = None
-    if node.post:
-        first = node.post[0]
-        if not (isinstance(first, ir.Layer) and first.op == "act" and first.attrs["kind"] in FUSABLE_ACTS):
-            return None
-        act = first.attrs["kind"]
-    return mains[0], act
 
 
 def init_weights(model: nn.Module) -> None:
@@ -295,8 +323,71 @@ def init_weights(model: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
 
 
-def lower(network: ir.Network, init: bool = True) -> Network:
-    model = Network([(p.name, lower_node(p)) for p in network.parts], network.source, network)
+BACKENDS = ("fused", "reference")
+
+
+def lower(network: ir.Network, init: bool = True, backend: str = "fused", disable_passes=(),
+          kernels: Optional[str] = None) -> Network:
+    """The module for `network`. backend "fused": the IR passes (pycnn.passes, minus `disable_passes`) map
+    layers onto fused ops, each run by pycnn's kernel or PyTorch's as `kernels` (auto, pycnn, torch; see
+    pycnn.dispatch) decides; "reference": every layer its own eager PyTorch module. Both flavours have the
+    same modules and parameter names, so state_dicts move freely between them."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    mode = dispatch.resolve_mode(kernels)
+    plan = passes.run(network, disable_passes) if backend == "fused" else network
+    model = Network([(p.name, lower_node(p, mode)) for p in plan.parts], network.source, network, plan, backend)
     if init:
         init_weights(model)
     return model
+
+
+def to_backend(model: Network, backend: str, **options) -> Network:
+    """A copy of a compiled model in another backend (or with other lower() options): same weights, device,
+    dtype and train/eval mode."""
+    other = lower(model.ir, init=False, backend=backend, **options)
+    other.load_state_dict(model.state_dict())
+    param = next(model.parameters(), None)
+    if param is not None:
+        other.to(device=param.device, dtype=param.dtype)
+    return other.train(model.training)
+
+
+def kernel_table(model: nn.Module) -> Dict[str, str]:
+    """{layer name: what runs it} for the layers of a compiled model: pycnn::<op> (pycnn's kernel), aten
+    (PyTorch), auto (chosen on first run) or "fused into <layer>"."""
+    table = {}
+    for prefix, module in model.named_modules():
+        if isinstance(module, Chain):
+            step_lists = [module.steps]
+        elif isinstance(module, Block):
+            step_lists = [module.pre, module.post] + [b[1] for b in module.branches]
+        else:
+            continue
+        for steps in step_lists:
+            for step in steps:
+                first = f"{prefix}.{step.names[0]}" if prefix else step.names[0]
+                for name in step.names[1:]:
+                    table[f"{prefix}.{name}" if prefix else name] = f"(fused into {first})"
+                if isinstance(step, FusedStep):
+                    table[first] = kernel_label(step)
+                else:
+                    sub = model.get_submodule(first)
+                    if not isinstance(sub, (Chain, Block)):
+                        table[first] = f"aten ({type(sub).__name__}{'+' + step.act if step.act else ''})"
+    return table
+
+
+_PYCNN_KERNEL = {"depthwise": "pycnn::dwconv", "grouped": "pycnn::gconv", "dense": "aten::conv2d+folded BN"}
+
+
+def kernel_label(step: FusedStep) -> str:
+    """What runs a fused step: pycnn's side (a conv_bn_act in training: the conv, then pycnn::bn_act), "aten"
+    (the eager composition) or, before its first run in auto mode, both candidates."""
+    ours = _PYCNN_KERNEL[step.attrs["conv"]] if step.kind == "conv_bn_act" else f"pycnn::{step.kind}"
+    if step.attrs.get("residual"):
+        ours += "+residual"
+    choice = step.last_choice or (step.mode if step.mode != "auto" else None)
+    if choice is None:
+        return f"auto: {ours} | aten"
+    return ours if choice == "pycnn" else "aten"

@@ -100,17 +100,29 @@ def _bn_act_backward_fake(grad_output, input, weight, bias, residual, save_mean,
     return grad_input, grad_weight, grad_bias, grad_residual
 
 
+# relu and relu6 have derivatives readable from their output: with a residual, backward then keeps the output
+# (which the next layer keeps anyway) instead of the residual, so training needs no more memory than eager.
+_MASK_FROM_OUTPUT = {"relu": lambda y: y > 0, "relu6": lambda y: (y > 0) & (y < 6)}
+
+
 def _bn_act_setup_context(ctx, inputs, output):
     input, weight, bias, residual, _running_mean, _running_var, training, eps, act = inputs
-    _, save_mean, save_var = output
-    ctx.save_for_backward(input, weight, bias, residual, save_mean, save_var)
+    y, save_mean, save_var = output
+    ctx.mask_from_output = residual is not None and act in _MASK_FROM_OUTPUT
+    ctx.save_for_backward(input, weight, bias, y if ctx.mask_from_output else residual, save_mean, save_var)
     ctx.training, ctx.eps, ctx.act = training, eps, act
 
 
 def _bn_act_backward(ctx, grad_output, _grad_mean, _grad_var):
     input, weight, bias, residual, save_mean, save_var = ctx.saved_tensors
-    grad_input, grad_weight, grad_bias, grad_residual = torch.ops.pycnn.bn_act_backward(
-        grad_output, input, weight, bias, residual, save_mean, save_var, ctx.training, ctx.eps, ctx.act)
+    if ctx.mask_from_output:  # `residual` holds the output: the act's derivative, then BatchNorm's alone
+        grad_z = grad_output * _MASK_FROM_OUTPUT[ctx.act](residual)
+        grad_input, grad_weight, grad_bias, _ = torch.ops.pycnn.bn_act_backward(
+            grad_z, input, weight, bias, None, save_mean, save_var, ctx.training, ctx.eps, "none")
+        grad_residual = grad_z
+    else:
+        grad_input, grad_weight, grad_bias, grad_residual = torch.ops.pycnn.bn_act_backward(
+            grad_output, input, weight, bias, residual, save_mean, save_var, ctx.training, ctx.eps, ctx.act)
     return (grad_input,
             grad_weight if weight is not None else None,
             grad_bias if bias is not None else None,

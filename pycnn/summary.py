@@ -1,9 +1,10 @@
 """`pycnn.summary`: per layer name, operation, output shape, parameters and FLOPs (multiply-adds, pycls's
-convention), with totals. Works on a path, .arch text, an IR network or a compiled model."""
+convention), with totals. Works on a path, .arch text, an IR network or a compiled model; for a model also
+what runs each layer (pycnn's kernel, PyTorch, or the choice still to be measured: pycnn.dispatch)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from . import ir
 
@@ -15,12 +16,16 @@ class Summary:
     rows: List[Tuple[str, str, Tuple[int, ...], int, int]]  # name, op, output shape, params, flops
     total_params: int
     total_flops: int
+    kernels: Optional[Dict[str, str]] = None  # of a compiled model: {layer name: what runs it}
 
     def __str__(self) -> str:
-        header = ("layer", "op", "output", "params", "FLOPs")
-        body = [(n, op, ir.fmt_shape(s), f"{p:,}", f"{f:,}") for n, op, s, p, f in self.rows]
-        widths = [max(len(r[i]) for r in [header] + body) for i in range(5)]
-        line = lambda r: "  ".join(r[i].ljust(widths[i]) if i < 3 else r[i].rjust(widths[i]) for i in range(5))
+        header = ("layer", "op", "output", "params", "FLOPs") + (("kernel",) if self.kernels else ())
+        body = [(n, op, ir.fmt_shape(s), f"{p:,}", f"{f:,}") + ((self.kernels.get(n, "-"),) if self.kernels else ())
+                for n, op, s, p, f in self.rows]
+        cols = len(header)
+        widths = [max(len(r[i]) for r in [header] + body) for i in range(cols)]
+        line = lambda r: "  ".join(r[i].rjust(widths[i]) if i in (3, 4) else r[i].ljust(widths[i])
+                                   for i in range(cols)).rstrip()
         out = [f"network {self.network}, input {ir.fmt_shape(self.input_shape)}", line(header),
                "  ".join("-" * w for w in widths)]
         out += [line(r) for r in body]
@@ -57,14 +62,16 @@ def summarize(network: ir.Network) -> Summary:
 
 def summary(model_or_source, network: Optional[str] = None, *, show: bool = True, **overrides) -> Summary:
     """Print (unless show=False) and return the per-layer summary of a model, an IR network, a path or text."""
+    kernels = None
     if isinstance(model_or_source, ir.Network):
         net = model_or_source
     elif hasattr(model_or_source, "ir") and isinstance(getattr(model_or_source, "ir"), ir.Network):
-        net = model_or_source.ir
+        net, kernels = model_or_source.ir, model_or_source.kernels()
     else:
         from .dsl.elaborate import elaborate
         net = elaborate(model_or_source, network, **overrides)
     s = summarize(net)
+    s.kernels = kernels
     if show:
         print(s)
     return s

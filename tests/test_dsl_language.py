@@ -261,21 +261,3 @@ def test_every_primitive_lowers_and_runs():
     for child in model.a.children():
         x = child(x)
     assert tuple(x.shape[1:]) == net.parts[0].out_shape
-
-
-def test_residual_fusion_plan():
-    pytest.importorskip("torch")
-    from pycnn.lower import residual_fusion
-
-    def first_block(path, network):
-        net = pycnn.parse(os.path.join(ROOT, "archs", path), network)
-        return next(node for _, node in net.nodes() if isinstance(node, ir.Block))
-
-    assert residual_fusion(first_block("regnetx32.arch", "regnetx32")) == (1, "relu")    # shortcut written first
-    assert residual_fusion(first_block("resnet.arch", "resnet50")) == (0, "relu")
-    assert residual_fusion(first_block("efficientnet.arch", "efficientnet_b0")) == (0, None)  # no activation
-    assert residual_fusion(first_block("nf_resnet50.arch", "nf_resnet50")) is None        # ends with scale
-    assert residual_fusion(first_block("densenet.arch", "densenet121")) is None           # concat
-    model = pycnn.compile(os.path.join(ROOT, "archs", "resnet.arch"), "resnet18")
-    block = model.s1.b1
-    assert not hasattr(block, "relu1") and block.bn2.act == "relu"

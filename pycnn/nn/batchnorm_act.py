@@ -4,7 +4,7 @@ from typing import Optional
 
 from torch import Tensor, nn
 
-from .. import ops
+from .. import fused, ops
 
 
 class BatchNormAct2d(nn.BatchNorm2d):
@@ -25,15 +25,7 @@ class BatchNormAct2d(nn.BatchNorm2d):
 
     def forward(self, input: Tensor, residual: Optional[Tensor] = None) -> Tensor:
         self._check_input_dim(input)
-        # nn.BatchNorm2d's rule: batch statistics in training, or whenever there are no running stats.
-        use_batch_stats = self.training or self.running_mean is None
-        update = self.training and self.track_running_stats
-        return ops.bn_act(
-            input, self.weight, self.bias,
-            self.running_mean if (update or not use_batch_stats) else None,
-            self.running_var if (update or not use_batch_stats) else None,
-            training=use_batch_stats, momentum=self.momentum, eps=self.eps, act=self.act, residual=residual,
-            num_batches_tracked=self.num_batches_tracked if update else None)
+        return fused.batch_norm_act(self, input, self.act, residual)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, act={self.act}"

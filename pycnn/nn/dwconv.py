@@ -2,10 +2,9 @@ from __future__ import annotations
 
 from typing import Optional, Union
 
-import torch
 from torch import Tensor, nn
 
-from .. import ops
+from .. import fused, ops
 from .batchnorm_act import BatchNormAct2d
 
 
@@ -44,24 +43,10 @@ class DepthwiseConvBNAct2d(nn.Module):
 
     def forward(self, input: Tensor, residual: Optional[Tensor] = None) -> Tensor:
         conv, bn = self.conv, self.bn
-        geometry = dict(stride=conv.stride, padding=conv.padding, dilation=conv.dilation)
         if bn is None:
-            return ops.dwconv(input, conv.weight, None, conv.bias, act=self.act, residual=residual, **geometry)
-        if bn.training or bn.running_mean is None:
-            y = ops.dwconv(input, conv.weight, None, conv.bias, act="none", **geometry)
-            return bn(y, residual)
-        # Eval: fold bn(conv(x) + b) = conv(x) * scale + (b - mean) * scale + beta, in float32 (differentiable).
-        acc = torch.float64 if input.dtype == torch.float64 else torch.float32
-        scale = torch.rsqrt(bn.running_var.to(acc) + bn.eps)
-        if bn.weight is not None:
-            scale = scale * bn.weight.to(acc)
-        shift = -bn.running_mean.to(acc)
-        if conv.bias is not None:
-            shift = shift + conv.bias.to(acc)
-        shift = shift * scale
-        if bn.bias is not None:
-            shift = shift + bn.bias.to(acc)
-        return ops.dwconv(input, conv.weight, scale, shift, act=bn.act, residual=residual, **geometry)
+            return ops.dwconv(input, conv.weight, None, conv.bias, act=self.act, residual=residual,
+                              stride=conv.stride, padding=conv.padding, dilation=conv.dilation)
+        return fused.conv_bn_act(conv, bn, input, "depthwise", bn.act, residual)
 
     def extra_repr(self) -> str:
         return f"act={self.act}"

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Optional
 
-import torch
 from torch import Tensor, nn
 
-from .. import ops
+from .. import fused, ops
 from .batchnorm_act import BatchNormAct2d
 
 
@@ -60,28 +59,8 @@ class GroupedConvBNAct2d(nn.Module):
     def act(self) -> str:
         return self.bn.act
 
-    def folded_scale_bias(self) -> tuple[Tensor, Tensor]:
-        """The eval-mode BatchNorm (and conv bias) as a per-channel scale and bias, in float32."""
-        bn = self.bn
-        acc = torch.float64 if self.conv.weight.dtype == torch.float64 else torch.float32
-        inv = torch.rsqrt(bn.running_var.to(acc) + bn.eps)
-        scale = inv * bn.weight.to(acc) if bn.weight is not None else inv
-        shift = -bn.running_mean.to(acc) * scale
-        if self.conv.bias is not None:
-            shift = shift + self.conv.bias.to(acc) * scale
-        if bn.bias is not None:
-            shift = shift + bn.bias.to(acc)
-        return scale, shift
-
     def forward(self, input: Tensor, residual: Optional[Tensor] = None) -> Tensor:
-        conv = self.conv
-        if self.training or self.bn.running_mean is None:
-            y = ops.gconv(input, conv.weight, None, conv.bias, stride=conv.stride, padding=conv.padding,
-                          groups=conv.groups, act="none")
-            return self.bn(y, residual)
-        scale, shift = self.folded_scale_bias()
-        return ops.gconv(input, conv.weight, scale, shift, stride=conv.stride, padding=conv.padding,
-                         groups=conv.groups, act=self.act, residual=residual)
+        return fused.conv_bn_act(self.conv, self.bn, input, "grouped", self.act, residual)
 
     def extra_repr(self) -> str:
         return f"act={self.act}"

@@ -1,0 +1,142 @@
+"""Per-shape choice between pycnn's kernel and PyTorch's composition for each fused op of a compiled network.
+
+mode "pycnn" or "torch" forces one side; "auto" measures both on first use per (op signature, input shape,
+dtype, layout, device, train/eval, grad) and keeps the faster one, in memory and on disk
+(`<cache>/kernels-pycnn<version>-torch<version>.json`, cache = $PYCNN_CACHE_DIR, else $XDG_CACHE_HOME/pycnn,
+else ~/.cache/pycnn). The mode comes from pycnn.compile(..., kernels=...), else $PYCNN_KERNELS, else "auto".
+Measuring runs the op a few times on the real input with autograd.grad (no .grad is touched) and restores the
+BatchNorm running statistics afterwards. Under torch.compile/export nothing is measured: a step keeps the
+choice of its last eager run (pycnn's kernel if none).
+"""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import torch
+from torch import Tensor
+
+MODES = ("auto", "pycnn", "torch")
+ENV_MODE = "PYCNN_KERNELS"
+ENV_CACHE = "PYCNN_CACHE_DIR"
+
+
+def resolve_mode(mode: Optional[str]) -> str:
+    mode = mode or os.environ.get(ENV_MODE) or "auto"
+    if mode not in MODES:
+        raise ValueError(f"kernel choice {mode!r} (argument kernels= or ${ENV_MODE}) must be one of {', '.join(MODES)}")
+    return mode
+
+
+def cache_path() -> Path:
+    root = os.environ.get(ENV_CACHE)
+    if not root:
+        root = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "pycnn")
+    from . import __version__
+    torch_version = torch.__version__.replace("+", "_")
+    return Path(root) / f"kernels-pycnn{__version__}-torch{torch_version}.json"
+
+
+class ChoiceCache:
+    """Measured choices {key: {"choice", "pycnn_ms", "torch_ms"}}, loaded from and written to one JSON file."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.entries: Dict[str, dict] = self._read()
+
+    def _read(self) -> Dict[str, dict]:
+        try:
+            return json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as e:
+            warnings.warn(f"pycnn: ignoring unreadable kernel-choice cache {self.path}: {e}")
+            return {}
+
+    def record(self, key: str, entry: dict) -> None:
+        self.entries[key] = entry
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            merged = {**self._read(), key: entry}  # other processes may have added entries meanwhile
+            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(merged, indent=1, sort_keys=True))
+            os.replace(tmp, self.path)
+        except OSError as e:
+            warnings.warn(f"pycnn: cannot write the kernel-choice cache {self.path}: {e}")
+
+
+_caches: Dict[Path, ChoiceCache] = {}
+
+
+def choice_cache() -> ChoiceCache:
+    path = cache_path()
+    if path not in _caches:
+        _caches[path] = ChoiceCache(path)
+    return _caches[path]
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device).replace(" ", "_")
+    if device.type == "cpu":
+        return f"cpu{torch.get_num_threads()}t"
+    return device.type
+
+
+def shape_key(signature: str, x: Tensor, training: bool) -> str:
+    layout = "cl" if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() \
+        else "nchw"
+    dtype = str(x.dtype).replace("torch.", "")
+    if x.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(x.device.type):
+        dtype += "-autocast-" + str(torch.get_autocast_dtype(x.device.type)).replace("torch.", "")
+    grad = "grad" if torch.is_grad_enabled() else "nograd"
+    return (f"{signature}|{'x'.join(map(str, x.shape))}|{dtype}|{layout}|{_device_name(x.device)}|"
+            f"{'train' if training else 'eval'}|{grad}")
+
+
+def measure(run: Callable[[str, Tensor, Optional[Tensor]], Tensor], x: Tensor, residual: Optional[Tensor],
+            params: List[Tensor], buffers: List[Tensor], repeats: int = 3) -> Dict[str, float]:
+    """Median seconds of run(impl, x, residual) for impl "pycnn" and "torch", interleaved; with grad mode on,
+    including autograd.grad of the inputs and parameters that require grad. The inputs are detached first
+    (the measurement must not reach into the network's real graph) and `buffers` (running statistics) are
+    restored afterwards."""
+    from .bench.timing import compare
+    saved = [b.detach().clone() for b in buffers]
+    grad = torch.is_grad_enabled()
+    x, residual = (t if t is None else t.detach().requires_grad_(grad and t.requires_grad) for t in (x, residual))
+    wrt = [t for t in [x, residual] + params if t is not None and t.requires_grad] if grad else []
+
+    def timed(impl):
+        def fn():
+            y = run(impl, x, residual)
+            if wrt:
+                torch.autograd.grad(y, wrt, torch.ones_like(y))
+        return fn
+
+    try:
+        t = compare({impl: timed(impl) for impl in ("pycnn", "torch")}, x.device, repeats=repeats, warmup=1)
+    finally:
+        with torch.no_grad():
+            for b, s in zip(buffers, saved):
+                b.copy_(s)
+    return {impl: t[impl].median_s for impl in t}
+
+
+def choose(step, run: Callable[[str, Tensor, Optional[Tensor]], Tensor], x: Tensor, residual: Optional[Tensor],
+           params: List[Tensor], buffers: List[Tensor], training: bool) -> str:
+    """The implementation ("pycnn" or "torch") a fused step runs for input x; see the module docstring."""
+    if step.mode != "auto":
+        return step.mode
+    if torch.compiler.is_compiling() or x.device.type not in ("cpu", "cuda"):
+        return step.last_choice or "pycnn"
+    key = shape_key(step.signature, x, training)
+    cache = choice_cache()
+    entry = cache.entries.get(key)
+    if entry is None:
+        times = measure(run, x, residual, params, buffers)
+        entry = {"choice": min(times, key=times.get), "pycnn_ms": times["pycnn"] * 1e3, "torch_ms": times["torch"] * 1e3}
+        cache.record(key, entry)
+    return entry["choice"]

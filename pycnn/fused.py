@@ -1,0 +1,112 @@
+"""The fused operations of compiled networks, as functions of the PyTorch modules that hold their parameters.
+
+`impl` picks how one runs: "pycnn" on pycnn's kernels (in eval the BatchNorm folded into the convolution),
+"torch" as the eager PyTorch composition of the same modules. Both compute the same thing and update the same
+running statistics in training, so the choice (pycnn.dispatch) is free to go either way per layer.
+pycnn.nn's modules are thin wrappers over these functions.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from . import ops
+
+ACT_FNS = {"relu": F.relu, "relu6": F.relu6, "silu": F.silu, "hardswish": F.hardswish, "sigmoid": torch.sigmoid,
+           "gelu": F.gelu, "tanh": torch.tanh}
+
+
+def activation(y: Tensor, act: Optional[str]) -> Tensor:
+    return y if act in (None, "none") else ACT_FNS[act](y)
+
+
+def _autocast_dtype(x: Tensor) -> Optional[torch.dtype]:
+    """The dtype PyTorch's convolutions run in here under autocast, or None. pycnn's ops follow it."""
+    device = x.device.type
+    if device in ("cpu", "cuda") and torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return None
+
+
+def _cast(t: Optional[Tensor], dtype: Optional[torch.dtype]) -> Optional[Tensor]:
+    return t if t is None or dtype is None or t.dtype == dtype else t.to(dtype)
+
+
+def runs_on_pycnn(bn: nn.Module) -> bool:
+    """pycnn's BatchNorm kernels replace nn.BatchNorm2d (and subclasses) only; others (SyncBatchNorm) run as
+    they are."""
+    return isinstance(bn, nn.BatchNorm2d)
+
+
+def batch_norm_act(bn: _BatchNorm, x: Tensor, act: Optional[str], residual: Optional[Tensor] = None,
+                   impl: str = "pycnn") -> Tensor:
+    """act(bn(x) [+ residual]) with nn.BatchNorm2d's semantics (batch statistics in training or without running
+    statistics, running-statistics update, momentum None = cumulative average)."""
+    if impl == "torch" or not runs_on_pycnn(bn):
+        y = _BatchNorm.forward(bn, x) if runs_on_pycnn(bn) else bn(x)
+        return activation(y + residual if residual is not None else y, act)
+    use_batch_stats = bn.training or bn.running_mean is None
+    update = bn.training and bn.track_running_stats
+    keep = update or not use_batch_stats
+    return ops.bn_act(x, bn.weight, bn.bias, bn.running_mean if keep else None, bn.running_var if keep else None,
+                      training=use_batch_stats, momentum=bn.momentum, eps=bn.eps, act=act or "none",
+                      residual=_cast(residual, x.dtype), num_batches_tracked=bn.num_batches_tracked if update else None)
+
+
+def fold_bn(conv: nn.Conv2d, bn: _BatchNorm) -> Tuple[Tensor, Tensor]:
+    """bn(conv(x)) in eval as conv(x) * scale + shift (conv bias included), per channel, in float32 (float64 for
+    float64 weights); differentiable, computed from the current weights and statistics on every call."""
+    acc = torch.float64 if conv.weight.dtype == torch.float64 else torch.float32
+    scale = torch.rsqrt(bn.running_var.to(acc) + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight.to(acc)
+    shift = -bn.running_mean.to(acc)
+    if conv.bias is not None:
+        shift = shift + conv.bias.to(acc)
+    shift = shift * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias.to(acc)
+    return scale, shift
+
+
+def conv_bn_act(conv: nn.Conv2d, bn: _BatchNorm, x: Tensor, kind: str, act: Optional[str],
+                residual: Optional[Tensor] = None, impl: str = "pycnn") -> Tensor:
+    """act(bn(conv(x)) [+ residual]); kind "depthwise" (pycnn.dwconv), "grouped" (pycnn.gconv) or "dense"
+    (PyTorch's conv). Training: the conv, then the fused BatchNorm+act. Eval: the BatchNorm folded into the
+    conv, one fused op for depthwise/grouped, a conv with folded weights and bias for dense."""
+    if impl == "torch" or not runs_on_pycnn(bn):
+        return batch_norm_act(bn, conv(x), act, residual, "torch")
+    dtype = _autocast_dtype(x)
+    if dtype is not None and kind != "dense":
+        x = _cast(x, dtype)
+    weight = _cast(conv.weight, x.dtype) if kind != "dense" else conv.weight
+    geometry = dict(stride=conv.stride, padding=conv.padding)
+    batch_stats = bn.training or bn.running_mean is None
+    scale, shift = (None, conv.bias) if batch_stats else fold_bn(conv, bn)
+    epilogue = dict(act="none") if batch_stats else dict(act=act or "none", residual=_cast(residual, x.dtype))
+    if kind == "depthwise":
+        y = ops.dwconv(x, weight, scale, shift, dilation=conv.dilation, **geometry, **epilogue)
+    elif kind == "grouped":
+        y = ops.gconv(x, weight, scale, shift, groups=conv.groups, **geometry, **epilogue)
+    elif batch_stats:
+        y = conv(x)
+    else:
+        w = (conv.weight * scale.view(-1, 1, 1, 1)).to(conv.weight.dtype)
+        y = F.conv2d(x, w, shift.to(conv.weight.dtype), conv.stride, conv.padding, conv.dilation, conv.groups)
+        return activation(y + residual if residual is not None else y, act)
+    return batch_norm_act(bn, y, act, residual, "pycnn") if batch_stats else y
+
+
+def squeeze_excite(se: nn.Module, x: Tensor, act: str, post_act: Optional[str], residual: Optional[Tensor] = None,
+                   impl: str = "pycnn") -> Tensor:
+    """post_act(x * sigmoid(fc2(act(fc1(mean_hw(x))))) [+ residual]); `se` holds fc1 and fc2 (1x1 convs)."""
+    if impl == "torch":
+        y = se(x)
+        return activation(y + residual if residual is not None else y, post_act)
+    x = _cast(x, _autocast_dtype(x))
+    return ops.se(x, se.fc1.weight, se.fc1.bias, se.fc2.weight, se.fc2.bias, act=act, post_act=post_act or "none",
+                  residual=_cast(residual, x.dtype))

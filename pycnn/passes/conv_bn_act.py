@@ -1,0 +1,36 @@
+"""conv + bn[+act] -> Fused("conv_bn_act"), classified by the kernel that can run it:
+depthwise (pycnn.dwconv), grouped (pycnn.gconv) or dense (a PyTorch conv, the BatchNorm folded in eval)."""
+from __future__ import annotations
+
+from typing import List
+
+from .. import ir
+from .walk import rewrite_lists
+
+MAX_GROUP_WIDTH = 256  # pycnn.gconv's tuned range; wider groups are dense convolutions in all but name
+
+
+def conv_kind(conv: ir.Layer) -> str:
+    a = conv.attrs
+    (kh, kw), (sh, sw), (dh, dw) = a["k"], a["s"], a["d"]
+    cin, cout, groups = conv.in_shape[0], a["out"], a["groups"]
+    if groups == cin == cout and kh == kw and kh % 2 == 1 and kh <= 7 and {sh, sw} <= {1, 2} and {dh, dw} <= {1, 2}:
+        return "depthwise"
+    if 1 < groups and kh == kw and kh in (1, 3) and (dh, dw) == (1, 1) and cin // groups <= MAX_GROUP_WIDTH:
+        return "grouped"
+    return "dense"
+
+
+def _fuse(children: List[object]) -> List[object]:
+    out: List[object] = []
+    for node in children:
+        prev = out[-1] if out else None
+        if (isinstance(node, ir.Layer) and node.op == "bn" and isinstance(prev, ir.Layer) and prev.op == "conv"):
+            out[-1] = ir.Fused("conv_bn_act", [prev, node], {"conv": conv_kind(prev), "act": node.attrs.get("act")})
+        else:
+            out.append(node)
+    return out
+
+
+def fuse_conv_bn_act(network: ir.Network) -> None:
+    rewrite_lists(network, _fuse)

@@ -1,0 +1,23 @@
+"""One layer -> one fused op: bn[+act] -> Fused("bn_act"); se -> Fused("se") (sigmoid gate only)."""
+from __future__ import annotations
+
+from .. import ir
+from .walk import rewrite_lists
+
+SE_ACTS = ("relu", "relu6", "silu", "hardswish")  # the acts pycnn.se runs after its first FC
+
+
+def _wrap(op: str, kind: str, accept=lambda layer: True, attrs=lambda layer: {}):
+    def fn(children):
+        return [ir.Fused(kind, [n], attrs(n)) if isinstance(n, ir.Layer) and n.op == op and accept(n) else n
+                for n in children]
+    return fn
+
+
+def fuse_bn_act(network: ir.Network) -> None:
+    rewrite_lists(network, _wrap("bn", "bn_act", attrs=lambda n: {"act": n.attrs.get("act")}))
+
+
+def fuse_se(network: ir.Network) -> None:
+    rewrite_lists(network, _wrap("se", "se", accept=lambda n: n.attrs["gate"] == "sigmoid" and n.attrs["act"] in SE_ACTS,
+                                 attrs=lambda n: {"act": n.attrs["act"], "post_act": None}))

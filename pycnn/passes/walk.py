@@ -1,0 +1,29 @@
+"""Visiting every list of sibling nodes of a network (where layer patterns are matched)."""
+from __future__ import annotations
+
+from typing import Callable, List
+
+from .. import ir
+
+
+def rewrite_lists(network: ir.Network, fn: Callable[[List[object]], List[object]]) -> None:
+    """Replace every child list (sequences, block pre/branches/post) by fn(list), innermost first."""
+    def visit(node):
+        if isinstance(node, ir.Sequence):
+            for child in node.children:
+                visit(child)
+            node.children = fn(node.children)
+        elif isinstance(node, ir.Block):
+            for group in [node.pre, node.post] + [b.children for b in node.branches]:
+                for child in group:
+                    visit(child)
+            node.pre, node.post = fn(node.pre), fn(node.post)
+            for b in node.branches:
+                b.children = fn(b.children)
+    for part in network.parts:
+        visit(part)
+
+
+def blocks(network: ir.Network):
+    """Every Block of the network."""
+    return [node for _, node in network.nodes() if isinstance(node, ir.Block)]

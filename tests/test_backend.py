@@ -1,0 +1,429 @@
+"""The fusing backend: compiled networks run on fused ops (backend "fused") and behave exactly like the same
+network on eager PyTorch modules (backend "reference"), in training and evaluation; per-shape kernel choice;
+torch.compile, export, autocast, channels_last, DDP."""
+import copy
+import glob
+import os
+import socket
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import pycnn
+from pycnn import dispatch
+from pycnn.dsl.elaborate import load_program
+from pycnn.lower import Block, Chain, FusedStep, to_backend
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ARCH_FILES = sorted(glob.glob(os.path.join(ROOT, "archs", "*.arch")))
+# every .arch file, with its first network
+FIRST_NETWORKS = [(os.path.relpath(f, ROOT), load_program(f).main_networks[0]) for f in ARCH_FILES]
+
+
+@pytest.fixture(autouse=True)
+def private_kernel_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv(dispatch.ENV_CACHE, str(tmp_path / "cache"))
+    monkeypatch.delenv(dispatch.ENV_MODE, raising=False)
+
+
+def arch(path):
+    return os.path.join(ROOT, path)
+
+
+def small_input(path, network):
+    """The smallest of a few square inputs the network accepts (fast tests)."""
+    c = pycnn.parse(arch(path), network).input_shape[0]
+    for size in (32, 64, 96, 128, 160, 224):
+        try:
+            pycnn.parse(arch(path), network, input=(c, size, size))
+            return (c, size, size)
+        except pycnn.ArchError:
+            pass
+    raise AssertionError(f"{network}: no small input")
+
+
+def fused_steps(model):
+    steps = []
+    for m in model.modules():
+        if isinstance(m, Chain):
+            steps += m.steps
+        elif isinstance(m, Block):
+            steps += m.pre + m.post + [s for b in m.branches for s in b[1]]
+    return [s for s in steps if isinstance(s, FusedStep)]
+
+
+def forward_backward(model, x, train):
+    """Output and every parameter's gradient of a fixed, non-trivial loss (dropout seeded)."""
+    model.train(train)
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(1)
+    y = model(x)
+    (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum().backward()
+    return y.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def max_diff(a, b):
+    return max((x - y).abs().max().item() for x, y in zip(a, b)) if a else 0.0
+
+
+@pytest.mark.parametrize("path,network", FIRST_NETWORKS, ids=[n for _, n in FIRST_NETWORKS])
+def test_fused_matches_reference(path, network):
+    """Outputs, every gradient, the running statistics and one optimizer step: float64 to 1e-7 (same math),
+    float32 no further from the float64 reference than 4x PyTorch's own float32 error (+1e-5 of the scale)."""
+    shape = small_input(path, network)
+    with torch.device("meta"):
+        plan_probe = pycnn.compile(arch(path), network, input=shape, kernels="pycnn", init=False)
+    if not fused_steps(plan_probe):
+        # nothing to fuse (no BatchNorm, no SE): the fused flavour runs the reference's modules one by one
+        assert all(s.kind for s in fused_steps(plan_probe)) and plan_probe.plan.layers
+        return
+    torch.manual_seed(0)
+    ref32 = pycnn.compile(arch(path), network, input=shape, backend="reference")
+    ref64 = copy.deepcopy(ref32).double()
+    x64 = torch.randn((4,) + shape, dtype=torch.float64)
+    for train in (True, False):
+        fused64 = to_backend(ref64, "fused", kernels="pycnn")
+        y_ref, g_ref = forward_backward(copy.deepcopy(ref64), x64, train)
+        y, g = forward_backward(fused64, x64, train)
+        assert g.keys() == g_ref.keys()
+        y_scale, g_scale = y_ref.abs().max().item(), max(v.abs().max().item() for v in g_ref.values())
+        assert max_diff([y], [y_ref]) <= 1e-7 * y_scale
+        assert max_diff([g[n] for n in g_ref], list(g_ref.values())) <= 1e-7 * g_scale
+
+        ours32, _ = forward_backward(to_backend(ref32, "fused", kernels="pycnn"), x64.float(), train)
+        torch32, _ = forward_backward(copy.deepcopy(ref32), x64.float(), train)
+        assert max_diff([ours32.double()], [y_ref]) <= 4 * max_diff([torch32.double()], [y_ref]) + 1e-5 * y_scale
+
+        if train:  # one SGD step (momentum, weight decay) from the same gradients: same parameters and buffers
+            ref_model = copy.deepcopy(ref64)
+            forward_backward(ref_model, x64, True)
+            forward_backward(fused64, x64, True)  # second step for the fused copy's BN stats: redo from ref64
+            fused64 = to_backend(ref64, "fused", kernels="pycnn")
+            forward_backward(fused64, x64, True)
+            for m in (ref_model, fused64):
+                torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4).step()
+            ref_state, state = ref_model.state_dict(), fused64.state_dict()
+            assert list(state) == list(ref_state)
+            for name in ref_state:
+                tol = 1e-7 * max(1.0, ref_state[name].double().abs().max().item())
+                assert max_diff([state[name].double()], [ref_state[name].double()]) <= tol, name
+            # eval after the step uses the new weights and statistics (no stale BatchNorm fold)
+            with torch.no_grad():
+                y_ref = ref_model.eval()(x64)
+                assert max_diff([fused64.eval()(x64)], [y_ref]) <= 1e-7 * y_ref.abs().max().item()
+
+
+def test_kernels_torch_runs_exactly_the_reference():
+    torch.manual_seed(0)
+    ref = pycnn.compile(arch("archs/seresnet.arch"), "seresnet50", input=(3, 32, 32), backend="reference")
+    fused = to_backend(ref, "fused", kernels="torch")
+    x = torch.randn(2, 3, 32, 32)
+    for train in (True, False):
+        y_ref, g_ref = forward_backward(ref, x, train)
+        y, g = forward_backward(fused, x, train)
+        assert torch.equal(y, y_ref) and all(torch.equal(g[n], g_ref[n]) for n in g_ref)
+    assert set(fused.kernels().values()) >= {"aten"}
+
+
+def test_state_dicts_move_between_flavours():
+    torch.manual_seed(0)
+    fused = pycnn.compile(arch("archs/efficientnet.arch"), input=(3, 32, 32), kernels="pycnn")
+    ref = pycnn.compile(arch("archs/efficientnet.arch"), input=(3, 32, 32), backend="reference", init=False)
+    assert list(fused.state_dict()) == list(ref.state_dict())
+    assert [n for n, _ in fused.named_parameters()] == [n for n, _ in ref.named_parameters()]
+    forward_backward(fused, torch.randn(2, 3, 32, 32), True)  # move the running statistics
+    ref.load_state_dict(fused.state_dict())
+    back = pycnn.compile(arch("archs/efficientnet.arch"), input=(3, 32, 32), kernels="pycnn", init=False)
+    back.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        y = ref.eval()(x)
+        torch.testing.assert_close(fused.eval()(x), y, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(back.eval()(x), y, rtol=1e-4, atol=1e-5)
+
+
+def test_eval_fold_follows_weight_and_statistics_changes():
+    torch.manual_seed(0)
+    fused = pycnn.compile(arch("archs/regnet.arch"), "regnetx_200mf", input=(3, 32, 32), kernels="pycnn").eval()
+    ref = to_backend(fused, "reference")
+    x = torch.randn(2, 3, 32, 32)
+    changes = [
+        lambda m: m.stem.bn1.running_var.mul_(3.0),
+        lambda m: m.s1.b1.conv2.weight.mul_(-0.5),  # a grouped conv
+        lambda m: m.s1.b1.bn2.bias.add_(0.3),
+        lambda m: m.load_state_dict({k: (v * 1.1 if v.is_floating_point() else v) for k, v in m.state_dict().items()}),
+    ]
+    with torch.no_grad():
+        before = fused(x)
+        for change in changes:
+            change(fused)
+            change(ref)
+            y = fused(x)
+            torch.testing.assert_close(y, ref(x), rtol=1e-4, atol=1e-5)
+            assert not torch.allclose(y, before)
+            before = y
+
+
+# ------------------------------------------------------------------------------------------ kernel choice
+
+def test_auto_measures_once_per_shape_and_caches_on_disk(monkeypatch, tmp_path):
+    torch.manual_seed(0)
+    model = pycnn.compile(arch("archs/mobilenet_v2.arch"), input=(3, 32, 32)).eval()
+    assert all(v.startswith("auto: ") for k, v in model.kernels().items() if "fused into" not in v and "aten (" not in v)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        y = model(x)
+    entries = dispatch.ChoiceCache(dispatch.cache_path()).entries
+    assert len(entries) == len({s.signature for s in fused_steps(model)})  # every shape in this net is distinct
+    assert all(e["choice"] in ("pycnn", "torch") and e["pycnn_ms"] > 0 and e["torch_ms"] > 0 for e in entries.values())
+    kernels = model.kernels()
+    assert all(not v.startswith("auto") for v in kernels.values())
+    chosen = {s.names[0]: s.last_choice for s in fused_steps(model)}
+    table = str(pycnn.summary(model, show=False))
+    assert "kernel" in table and ("pycnn::dwconv" in table or "aten" in table)
+
+    # a new process (fresh memory cache) reads the file and measures nothing
+    dispatch._caches.clear()
+    monkeypatch.setattr(dispatch, "measure", lambda *a, **k: pytest.fail("measured again"))
+    again = to_backend(model, "fused").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), y)
+    assert {s.names[0]: s.last_choice for s in fused_steps(again)} == chosen
+
+
+def test_autotuning_in_training_leaves_running_statistics_as_one_step():
+    torch.manual_seed(0)
+    ref = pycnn.compile(arch("archs/mobilenet_v2.arch"), input=(3, 32, 32), backend="reference", dropout=0.0)
+    auto = to_backend(ref, "fused")
+    x = torch.randn(4, 3, 32, 32)
+    forward_backward(ref, x, True)
+    forward_backward(auto, x, True)
+    for (name, a), b in zip(auto.named_buffers(), ref.buffers()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_kernel_choice_from_environment_and_argument(monkeypatch):
+    path = arch("archs/mobilenet_v2.arch")
+    monkeypatch.setenv(dispatch.ENV_MODE, "torch")
+    with torch.device("meta"):
+        assert {s.mode for s in fused_steps(pycnn.compile(path, init=False))} == {"torch"}
+        assert {s.mode for s in fused_steps(pycnn.compile(path, init=False, kernels="pycnn"))} == {"pycnn"}
+        monkeypatch.setenv(dispatch.ENV_MODE, "fast")
+        with pytest.raises(ValueError, match="PYCNN_KERNELS.*auto, pycnn, torch"):
+            pycnn.compile(path, init=False)
+        with pytest.raises(ValueError, match="backend must be one of fused, reference"):
+            pycnn.compile(path, init=False, backend="cudnn")
+
+
+# ------------------------------------------------------------------------------------------- ecosystem
+
+def dispatched_ops(model, *args):
+    """{pycnn op name: set of (input dtype, channels_last)} seen while running model(*args) (inputs larger
+    than 1x1, whose layout is unambiguous)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    seen = {}
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = str(func.name())
+            x = args[0]
+            if name.startswith("pycnn::") and x.dim() == 4 and x.shape[2] * x.shape[3] > 1:  # 1x1: both layouts
+                cl = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+                seen.setdefault(name, set()).add((x.dtype, cl))
+            return func(*args, **(kwargs or {}))
+
+    with Record():
+        out = model(*args)
+    return seen, out
+
+
+@pytest.mark.parametrize("path,network", [("archs/mobilenet_v2.arch", "mobilenet_v2"),
+                                          ("archs/resnext.arch", "resnext50_32x4d"),
+                                          ("archs/efficientnet.arch", "efficientnet_b0")])
+def test_torch_compile_fullgraph(path, network):
+    """fullgraph=True: no graph breaks; the compiled model computes what the eager one does (train and eval,
+    gradients, running statistics)."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = pycnn.compile(arch(path), network, input=(3, 32, 32), kernels="pycnn")
+    eager = copy.deepcopy(model)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    x = torch.randn(4, 3, 32, 32)
+    for train in (True, False):
+        y, g = forward_backward(compiled, x, train)
+        g = {name.removeprefix("_orig_mod."): grad for name, grad in g.items()}
+        y_eager, g_eager = forward_backward(eager, x, train)
+        torch.testing.assert_close(y, y_eager, rtol=1e-4, atol=1e-5)
+        assert g.keys() == g_eager.keys()
+        for name in g:
+            torch.testing.assert_close(g[name], g_eager[name], rtol=1e-3, atol=1e-4, msg=name)
+    for a, b in zip(model.buffers(), eager.buffers()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_torch_compile_inductor_runs_the_fused_ops():
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = pycnn.compile(arch("archs/mobilenet_v2.arch"), input=(3, 32, 32), kernels="pycnn", width_mult=0.25).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.compile(model, fullgraph=True)(x), to_backend(model, "reference")(x),
+                                   rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("path,network", [("archs/mobilenet_v2.arch", "mobilenet_v2"),
+                                          ("archs/seresnet.arch", "seresnet50")])
+def test_torch_export(path, network):
+    torch.manual_seed(0)
+    model = pycnn.compile(arch(path), network, input=(3, 32, 32), kernels="pycnn").eval()
+    x = torch.randn(2, 3, 32, 32)
+    exported = torch.export.export(model, (x,))
+    targets = {str(n.target) for n in exported.graph.nodes if n.op == "call_function"}
+    assert any(t.startswith("pycnn.") for t in targets), targets
+    with torch.no_grad():
+        torch.testing.assert_close(exported.module()(x), model(x))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_runs_the_fused_kernels_in_low_precision(dtype):
+    """Under autocast the fused ops run in the autocast dtype, and are no further from the float32 result
+    than PyTorch's own autocast run (x2, + a margin)."""
+    torch.manual_seed(0)
+    model = pycnn.compile(arch("archs/efficientnet.arch"), input=(3, 64, 64), kernels="pycnn", dropout=0.0)
+    ref = to_backend(model, "reference")
+    x = torch.randn(8, 3, 64, 64)
+    for train in (True, False):
+        y32 = copy.deepcopy(ref).train(train)(x).float()
+        model.train(train)
+        ref.train(train)
+        with torch.autocast("cpu", dtype=dtype):
+            seen, y = dispatched_ops(model, x)
+            y_ref = ref(x)
+        # training: the conv, then BatchNorm+act; eval: the BatchNorm folded into the depthwise op
+        expected = {"pycnn::dwconv_forward", "pycnn::se_forward"} | ({"pycnn::bn_act_forward"} if train else set())
+        assert seen.keys() >= expected
+        assert all(d == dtype for v in seen.values() for d, _ in v)
+        y.float().sum().backward()
+        assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
+        ours, theirs = ((t.float() - y32).abs().max().item() for t in (y, y_ref))
+        assert ours <= 2 * theirs + 1e-2 * y32.abs().max().item(), (ours, theirs)
+
+
+def test_channels_last_end_to_end():
+    """A channels_last model and input: every fused op runs on channels_last tensors, with the NCHW results."""
+    torch.manual_seed(0)
+    model = pycnn.compile(arch("archs/regnet.arch"), "regnety_200mf", input=(3, 64, 64), kernels="pycnn")
+    nchw = copy.deepcopy(model)
+    x = torch.randn(8, 3, 64, 64)
+    model = model.to(memory_format=torch.channels_last)
+    xc = x.contiguous(memory_format=torch.channels_last)
+    for train in (True, False):
+        seen, _ = dispatched_ops(model.train(train), xc)
+        assert "pycnn::gconv_forward" in seen and all(cl for v in seen.values() for _, cl in v), seen
+        y, g = forward_backward(model, xc, train)
+        y_ref, g_ref = forward_backward(nchw, x, train)
+        torch.testing.assert_close(y, y_ref, rtol=1e-3, atol=1e-3)
+        scale = max(v.abs().max() for v in g_ref.values())
+        assert max_diff([g[n] for n in g_ref], list(g_ref.values())) <= 1e-3 * scale
+
+
+def test_training_saves_no_more_for_backward_than_the_reference():
+    """Activation memory of a training step: bytes of the tensors autograd keeps for backward."""
+    def saved_bytes(model, x):
+        storages = {}
+
+        def pack(t):
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model.train()(x).sum().backward()
+        return sum(storages.values())
+
+    for path, network in [("archs/mobilenet_v2.arch", "mobilenet_v2"), ("archs/resnet.arch", "resnet50"),
+                          ("archs/efficientnet.arch", "efficientnet_b0")]:
+        fused = pycnn.compile(arch(path), network, input=(3, 64, 64), kernels="pycnn")
+        ref = to_backend(fused, "reference")
+        x = torch.randn(4, 3, 64, 64)
+        assert saved_bytes(fused, x) <= saved_bytes(ref, x), network
+
+
+# ------------------------------------------------------------------------------------------------- DDP
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank, world, port, state, x, y, steps, out):
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        model = pycnn.compile(arch("archs/mobilenet_v2.arch"), input=(3, 32, 32), classes=10, dropout=0.0,
+                              kernels="pycnn", init=False)
+        model.load_state_dict(state)
+        ddp = DistributedDataParallel(model)
+        opt = torch.optim.SGD(ddp.parameters(), lr=0.05, momentum=0.9)
+        xs, ys = x.chunk(world)[rank], y.chunk(world)[rank]
+        losses = []
+        for _ in range(steps):
+            opt.zero_grad()
+            loss = F.cross_entropy(ddp(xs), ys)
+            loss.backward()
+            opt.step()
+            total = loss.detach().clone()
+            dist.all_reduce(total)
+            losses.append(total.item() / world)
+        sync = torch.nn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(model))
+        try:
+            sync(xs)
+            sync_error = None
+        except Exception as e:  # noqa: BLE001 - recorded for the test to check
+            sync_error = f"{type(e).__name__}: {e}"
+        if rank == 0:
+            torch.save({"losses": losses, "params": dict(model.named_parameters()), "sync_error": sync_error}, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_trains_two_processes_in_step(tmp_path):
+    """Two gloo processes, half the batch each, against one process on the whole batch with the same split
+    (BatchNorm statistics are per replica in DDP, as in PyTorch): same losses and parameters."""
+    import torch.multiprocessing as mp
+    torch.manual_seed(0)
+    model = pycnn.compile(arch("archs/mobilenet_v2.arch"), input=(3, 32, 32), classes=10, dropout=0.0,
+                          kernels="pycnn")
+    state = copy.deepcopy(model.state_dict())
+    x, y, steps, world = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,)), 3, 2
+    out = tmp_path / "ddp.pt"
+    mp.spawn(_ddp_worker, args=(world, _free_port(), state, x, y, steps, str(out)), nprocs=world, join=True)
+    got = torch.load(out, weights_only=False)
+
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    losses = []
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = sum(F.cross_entropy(model(xs), ys) for xs, ys in zip(x.chunk(world), y.chunk(world))) / world
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert got["losses"] == pytest.approx(losses, rel=1e-4)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(got["params"][name], p.detach(), rtol=1e-4, atol=1e-5, msg=name)
+    # SyncBatchNorm: PyTorch converts the BatchNorm modules (the fused ops then leave them to PyTorch) and
+    # refuses CPU tensors in a process group with its own message
+    assert got["sync_error"] is not None and "GPU" in got["sync_error"], got["sync_error"]
+
+
+def test_sync_batchnorm_conversion_keeps_the_function():
+    torch.manual_seed(0)
+    model = pycnn.compile(arch("archs/mobilenet_v2.arch"), input=(3, 32, 32), kernels="pycnn").eval()
+    sync = torch.nn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(model)).eval()
+    assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in sync.modules())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(sync(x), model(x), rtol=1e-4, atol=1e-5)
