@@ -41,32 +41,44 @@ void parallel_spans(const Layout& l, Fn fn) {
   }
 }
 
-// Per-channel sums over spans: with S == 1 each element adds into its channel's slot; with S == 0 (one
-// channel per span) into kLanes partial sums, so the float reduction vectorizes without -ffast-math.
+// Per-channel sums over spans, in chunks of kLanes elements whose terms go to a local [K][kLanes] block
+// first, so that the term loop and the sums vectorize without -ffast-math: with S == 1 (channels_last,
+// channel j at element j) the block is added to the chunk's channel slots of out; with S == 0 (one
+// channel per span) it is the kLanes partial sums, added up at the end.
 constexpr int kLanes = 16;
 
 template <int S, int K, typename acc, typename Term>
 inline void accumulate_span(int64_t len, acc* __restrict__ out, int64_t out_stride, Term term) {
-  if constexpr (S == 1) {
-    for (int64_t j = 0; j < len; ++j) {
-      acc v[K];
-      term(j, v);
-      for (int k = 0; k < K; ++k) out[k * out_stride + j] += v[k];
+  acc lanes[K][kLanes] = {};
+  int64_t j = 0;
+  for (; j + kLanes <= len; j += kLanes) {
+    acc v[K][kLanes];
+    for (int t = 0; t < kLanes; ++t) {
+      acc vt[K];
+      term(j + t, vt);
+      for (int k = 0; k < K; ++k) v[k][t] = vt[k];
     }
-  } else {
-    acc lanes[K][kLanes] = {};
-    int64_t j = 0;
-    for (; j + kLanes <= len; j += kLanes)
+    for (int k = 0; k < K; ++k)
       for (int t = 0; t < kLanes; ++t) {
-        acc v[K];
-        term(j + t, v);
-        for (int k = 0; k < K; ++k) lanes[k][t] += v[k];
+        if constexpr (S == 1) {
+          out[k * out_stride + j + t] += v[k][t];
+        } else {
+          lanes[k][t] += v[k][t];
+        }
       }
-    for (; j < len; ++j) {
-      acc v[K];
-      term(j, v);
-      for (int k = 0; k < K; ++k) lanes[k][0] += v[k];
+  }
+  for (; j < len; ++j) {
+    acc v[K];
+    term(j, v);
+    for (int k = 0; k < K; ++k) {
+      if constexpr (S == 1) {
+        out[k * out_stride + j] += v[k];
+      } else {
+        lanes[k][0] += v[k];
+      }
     }
+  }
+  if constexpr (S == 0) {
     for (int k = 0; k < K; ++k) {
       acc s = 0;
       for (int t = 0; t < kLanes; ++t) s += lanes[k][t];
@@ -81,8 +93,10 @@ template <int K, typename acc, typename SpanSums>
 void channel_sums(const Layout& l, acc* out, SpanSums span_sums) {
   const int64_t span_len = l.channels_last ? l.c : l.hw;
   const int64_t spans = l.channels_last ? l.pixels() : l.n * l.c;
-  // Blocks of whole spans, each with its own [K][C] partial sums, merged at the end.
-  const int64_t per_block = std::max<int64_t>(1, 16384 / std::max<int64_t>(span_len, 1));
+  // Blocks of whole spans (at least ~16K elements each, at most 64 blocks), each with its own [K][C]
+  // partial sums, added up at the end row by row (vectorized over channels). The blocking depends on
+  // the shape only, so the sums do not change with the thread count.
+  const int64_t per_block = std::max<int64_t>({1, 16384 / std::max<int64_t>(span_len, 1), (spans + 63) / 64});
   const int64_t blocks = (spans + per_block - 1) / per_block;
   std::vector<acc> partial(static_cast<size_t>(blocks * K * l.c), acc(0));
   at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
@@ -95,11 +109,12 @@ void channel_sums(const Layout& l, acc* out, SpanSums span_sums) {
       }
     }
   });
-  at::parallel_for(0, K * l.c, 64, [&](int64_t k0, int64_t k1) {
-    for (int64_t k = k0; k < k1; ++k) {
-      acc s = 0;
-      for (int64_t b = 0; b < blocks; ++b) s += partial[b * K * l.c + k];
-      out[k] = s;
+  at::parallel_for(0, K * l.c, 256, [&](int64_t k0, int64_t k1) {
+    acc* __restrict__ o = out + k0;
+    for (int64_t k = 0; k < k1 - k0; ++k) o[k] = acc(0);
+    for (int64_t b = 0; b < blocks; ++b) {
+      const acc* __restrict__ p = partial.data() + b * K * l.c + k0;
+      for (int64_t k = 0; k < k1 - k0; ++k) o[k] += p[k];
     }
   });
 }
@@ -184,11 +199,11 @@ std::tuple<Tensor, Tensor, Tensor> bn_act_forward_cpu(const Tensor& input_, cons
           const acc* __restrict__ bbs = bb + c;
           if (rs) {
             for (int64_t j = 0; j < len; ++j)
-              ys[j] = static_cast<scalar_t>(act_forward<acc>(
-                  A, (static_cast<acc>(xs[j]) - mus[j * S]) * scs[j * S] + bbs[j * S] + static_cast<acc>(rs[j])));
+              ys[j] = static_cast<scalar_t>(cpu::cpu_act<decltype(A)::value, acc>(
+                  (static_cast<acc>(xs[j]) - mus[j * S]) * scs[j * S] + bbs[j * S] + static_cast<acc>(rs[j])));
           } else {
             for (int64_t j = 0; j < len; ++j)
-              ys[j] = static_cast<scalar_t>(act_forward<acc>(A, (static_cast<acc>(xs[j]) - mus[j * S]) * scs[j * S] + bbs[j * S]));
+              ys[j] = static_cast<scalar_t>(cpu::cpu_act<decltype(A)::value, acc>((static_cast<acc>(xs[j]) - mus[j * S]) * scs[j * S] + bbs[j * S]));
           }
         });
       });
@@ -231,7 +246,7 @@ std::tuple<Tensor, Tensor, Tensor, OptTensor> bn_act_backward_cpu(
     acc* s = sums.data_ptr<acc>();
     // dz = dy * act'(z), with z recomputed from x (and the residual).
     auto grad_z = [](auto A, acc x, acc dy, acc r, acc scale, acc mean, acc bias) {
-      return dy * act_derivative<acc>(A, (x - mean) * scale + bias + r);
+      return dy * cpu::cpu_act_derivative<decltype(A)::value, acc>((x - mean) * scale + bias + r);
     };
     dispatch_act(act, [&](auto A) {
       dispatch_channel_stride(l, [&](auto S_) {

@@ -24,7 +24,8 @@ from pycnn.nn import BatchNormAct2d, DepthwiseConvBNAct2d, SqueezeExcite
 
 from .timing import compare, peak_bandwidth_gbs
 
-# BatchNorm+ReLU layers of ResNet-50 (batch 8, 224x224) and BatchNorm+ReLU6 of MobileNetV2.
+# BatchNorm+ReLU layers of ResNet-50 (batch 8, 224x224), BatchNorm+ReLU6 of MobileNetV2 and BatchNorm+SiLU
+# of EfficientNet-B0.
 BN_ACT_SHAPES = [
     ((8, 64, 112, 112), "relu"),
     ((8, 256, 56, 56), "relu"),
@@ -34,6 +35,8 @@ BN_ACT_SHAPES = [
     ((8, 96, 112, 112), "relu6"),
     ((8, 144, 56, 56), "relu6"),
     ((8, 960, 7, 7), "relu6"),
+    ((8, 96, 112, 112), "silu"),
+    ((8, 672, 14, 14), "silu"),
 ]
 EAGER_ACT = {"relu": F.relu, "relu6": F.relu6, "silu": F.silu, "none": lambda z: z}
 
