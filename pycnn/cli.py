@@ -2,7 +2,8 @@
 
     pycnn summary FILE.arch [--network NAME] [--input 3x224x224] [--classes N] [--kernels auto|pycnn|torch]
     pycnn check FILE.arch ...
-    pycnn bench ops [--op dwconv|gconv|se|bn_act|all] [--device ...] [--out DIR]
+    pycnn bench ops [--op dwconv|gconv|se|bn_act|all] [--arch FILE.arch[:NETWORK] ...] [--network NAME ...]
+                    [--device ...] [--batch N ...] [--repeats N] [--threads N] [--compile] [--quick] [--out DIR]
     pycnn bench model FILE.arch [--batch 64] [--dtype fp16] [--channels-last] [--train] [--compile] [--out DIR]
 """
 
@@ -102,7 +103,12 @@ def cmd_bench_ops(args) -> int:
     import torch
 
     from .bench import ops, report
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        s = ops.settings(args)
+    except pycnn_errors() as e:
+        print(e, file=sys.stderr)
+        return 1
+    device = s["device"]
     names = ["bn_act", "dwconv", "gconv", "se"] if args.op == "all" else [args.op]
     dtypes = [DTYPES[d] for d in args.dtype] if args.dtype else [None]
     rows: List[dict] = []
@@ -112,12 +118,10 @@ def cmd_bench_ops(args) -> int:
             progress.start()
         for name in names:
             for dtype in dtypes:
-                argv = [name, "--device", str(device), "--repeats", str(args.repeats)]
-                argv += ["--dtype", dtype] if dtype else []
-                argv += ["--quick"] if args.quick else []
-                argv += ["--batch", *map(str, args.batch)] if args.batch and name != "bn_act" else []
-                for r in ops.main(argv):
-                    rows.append(dict(op=name, dtype=dtype or "default", **r))
+                for r in ops.run(name, device, getattr(torch, dtype) if dtype else None, s["repeats"], s["batches"],
+                                 s["shapes"], s["with_compile"]):
+                    rows.append(dict(op=name, dtype=dtype or ("float16" if device.type == "cuda" else "float32"),
+                                     **r))
                 if progress:
                     progress.advance(task)
     except KeyboardInterrupt:
@@ -126,12 +130,25 @@ def cmd_bench_ops(args) -> int:
         if progress:
             progress.stop()
     if args.out and rows:
+        columns = ["op", "networks", "shape", "act", "layout", "mode", "pycnn_ms", "eager_ms", "speedup"]
+        if s["with_compile"]:
+            columns[-1:-1] = ["compile_ms"]
+            columns += ["speedup_vs_compile", "compile_s"]
+        if len(dtypes) > 1:
+            columns.insert(1, "dtype")
+        env = report.environment(device)
+        if s["with_compile"]:
+            env["compile_backend"] = ops.compile_backend()
         paths = report.write_results(Path(args.out), f"ops-{'-'.join(names) if len(names) < 4 else 'all'}",
-                                     report.environment(device), rows,
-                                     ["op", "shape", "act", "layout", "mode", "pycnn_ms", "eager_ms", "speedup"],
-                                     ["op", "shape", "layout", "mode"])
+                                     env, rows, columns, ["shape", "act"],
+                                     panel_keys=["op", "dtype"], column_key="mode", series_key="layout")
         print("wrote " + ", ".join(map(str, paths)))
     return 0
+
+
+def pycnn_errors():
+    import pycnn
+    return (pycnn.ArchError, OSError)
 
 
 def cmd_bench_model(args) -> int:
@@ -187,13 +204,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_check)
 
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="what", required=True)
-    p = bench.add_parser("ops", help="fused ops against eager PyTorch over real layer shapes")
+    p = bench.add_parser("ops", help="fused ops against eager PyTorch (and torch.compile) over the layer shapes of networks",
+                         description="Times pycnn's fused ops (bn_act, dwconv, gconv, se) against the eager PyTorch "
+                                     "composition they replace and, with --compile, torch.compile of it, over the layer "
+                                     "shapes that occur in the given networks (identical shapes once), NCHW and "
+                                     "channels_last, forward and forward+backward.")
     p.add_argument("--op", default="all", choices=["all", "bn_act", "dwconv", "gconv", "se"])
-    p.add_argument("--device")
-    p.add_argument("--dtype", nargs="+", choices=sorted(DTYPES))
-    p.add_argument("--batch", type=int, nargs="+")
-    p.add_argument("--repeats", type=int, default=15)
-    p.add_argument("--quick", action="store_true", help="tiny shapes (smoke run)")
+    p.add_argument("--dtype", nargs="+", choices=sorted(DTYPES), help="default fp16 on CUDA, fp32 on the CPU")
+    from .bench.ops import add_arguments
+    add_arguments(p)
     p.add_argument("--out", help="directory for the JSON, markdown and PNG results")
     p.set_defaults(run=cmd_bench_ops)
 

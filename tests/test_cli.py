@@ -11,8 +11,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(*args, cwd=ROOT):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+def run(*args, cwd=ROOT, **env_vars):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), **env_vars)
     return subprocess.run([sys.executable, "-m", "pycnn", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=600)
 
@@ -54,19 +54,109 @@ def test_check_reports_file_line_column_and_caret(tmp_path):
     assert run("check", str(tmp_path / "missing.arch")).returncode == 1
 
 
+# A tiny network with every op `pycnn bench ops` measures: a depthwise conv + BN + ReLU6, a grouped conv
+# + BN + SiLU, an SE, a depthwise 9x9 conv (unsupported: left out), a block whose last BN gets the residual
+# and the ReLU, an SE followed by the residual add and ReLU; tiny_copy has the same shapes.
+TINY_ARCH = """
+block res(w, stride=1) {
+    main {
+        conv(w, k=3, groups=w) bn relu6
+        conv(w, k=1) bn
+    }
+    shortcut {}
+    merge add relu
+}
+block se_res(w, stride=1) {
+    main {
+        conv(w, k=1) bn
+        se(4)
+    }
+    shortcut {}
+    merge add relu
+}
+network tiny(input = 3x16x16, classes = 10) {
+    stem = conv(8, k=3, s=2) bn relu
+    body = conv(8, k=3, groups=8) bn relu6
+           conv(16, k=3, s=2, groups=4) bn silu
+           se(4, act=relu)
+           conv(16, k=9, groups=16) bn
+    stage s1 = 1 x res(16) stride 1
+    stage s2 = 1 x se_res(16) stride 1
+    head = avgpool flatten linear(classes)
+}
+network tiny_copy = tiny()
+"""
+
+
+def test_bench_ops_shapes_from_a_network(tmp_path):
+    from pycnn.bench import ops
+    path = tmp_path / "tiny.arch"
+    path.write_text(TINY_ARCH)
+    shapes = ops.load_shapes(ops.parse_network_specs([str(path)], ["tiny", "tiny_copy"]))
+    nets = "tiny+tiny_copy"
+    assert shapes["dwconv"] == [ops.DwShape(nets, 8, 8, 8, 3, 1, 1, 1, "relu6"),
+                                ops.DwShape(nets, 16, 4, 4, 3, 1, 1, 1, "relu6")]  # not the 9x9
+    assert shapes["gconv"] == [ops.GconvShape(nets, 8, 16, 8, 8, 3, 4, 2, 1, "silu")]
+    assert shapes["se"] == [ops.SeShape(nets, 16, 4, 4, 4, "relu", False), ops.SeShape(nets, 16, 4, 4, 4, "relu", True)]
+    assert shapes["bn_act"] == [ops.BnShape(nets, 8, 8, 8, "relu", False), ops.BnShape(nets, 8, 8, 8, "relu6", False),
+                                ops.BnShape(nets, 16, 4, 4, "silu", False), ops.BnShape(nets, 16, 4, 4, "none", False),
+                                ops.BnShape(nets, 16, 4, 4, "relu6", False), ops.BnShape(nets, 16, 4, 4, "relu", True)]
+    # FILE:NETWORK picks one network; the default networks are the repository's
+    one = ops.load_shapes(ops.parse_network_specs([f"{path}:tiny_copy"], None))
+    assert {s.networks for s in one["bn_act"]} == {"tiny_copy"}
+    default = ops.parse_network_specs(None, None)
+    assert [n for _, n in default] == ["mobilenet_v2", "efficientnet_b0", "regnet_x_400mf", "regnet_x_32gf",
+                                       "resnext50_32x4d"]
+    assert all(Path(f).exists() for f, _ in default)
+
+
+def test_bench_ops_default_networks_give_the_known_layer_shapes():
+    from pycnn.bench import ops
+    shapes = ops.load_shapes(ops.parse_network_specs(None, ["mobilenet_v2", "resnext50_32x4d"]))
+    # MobileNetV2: 3x3 depthwise convs, BN + ReLU6; its first block's depthwise conv is on 32x112x112
+    assert ops.DwShape("mobilenet_v2", 32, 112, 112, 3, 1, 1, 1, "relu6") in shapes["dwconv"]
+    assert {s.k for s in shapes["dwconv"]} == {3} and len(shapes["dwconv"]) == 10
+    # ResNeXt-50 32x4d: 32 groups on widths 128..1024, the stride on the 3x3
+    assert ops.GconvShape("resnext50_32x4d", 256, 256, 56, 56, 3, 32, 2, 1, "relu") in shapes["gconv"]
+    assert len(shapes["gconv"]) == 7 and not shapes["se"]
+    assert ops.BnShape("resnext50_32x4d", 2048, 7, 7, "relu", True) in shapes["bn_act"]
+
+
 def test_bench_ops_writes_json_markdown_and_chart(tmp_path):
-    out = run("bench", "ops", "--op", "bn_act", "--quick", "--repeats", "1", "--out", str(tmp_path))
+    arch = tmp_path / "tiny.arch"
+    arch.write_text(TINY_ARCH)
+    # --compile with dynamo's "eager" backend: the same path as inductor's, without its minutes of codegen
+    out = run("bench", "ops", "--quick", "--arch", f"{arch}:tiny", "--repeats", "1", "--threads", "1", "--compile",
+              "--out", str(tmp_path), PYCNN_BENCH_COMPILE_BACKEND="eager")
     assert out.returncode == 0, out.stderr
-    data = json.loads((tmp_path / "ops-bn_act.json").read_text())
+    data = json.loads((tmp_path / "ops-all.json").read_text())
     env = data["environment"]
     assert {"date", "command", "device", "device_name", "torch", "pycnn", "build"} <= set(env)
     assert env["command"].startswith("pycnn") or "bench" in env["command"]
-    assert len(data["results"]) == 8  # 2 shapes x 2 layouts x (forward, forward+backward)
-    for row in data["results"]:
-        assert {"op", "shape", "layout", "mode", "pycnn_ms", "eager_ms", "speedup"} <= set(row)
-        assert row["pycnn_ms"] > 0 and row["eager_ms"] > 0
-    assert (tmp_path / "ops-bn_act.md").read_text().count("\n| bn_act |") == 8
-    assert (tmp_path / "ops-bn_act.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert env["threads"] == 1 and env["compile_backend"] == "eager"
+    rows = data["results"]
+    per_op = {op: sum(r["op"] == op for r in rows) for op in ("bn_act", "dwconv", "gconv", "se")}
+    assert per_op == {"bn_act": 6 * 4, "dwconv": 2 * 4, "gconv": 1 * 4, "se": 2 * 4}  # shapes x 2 layouts x 2 modes
+    for row in rows:
+        assert {"op", "networks", "shape", "layout", "mode", "pycnn_ms", "eager_ms", "speedup", "compile_ms",
+                "speedup_vs_compile", "compile_s"} <= set(row)
+        assert row["networks"] == "tiny" and row["shape"].startswith("2x")  # --quick: batch 2
+        assert row["pycnn_ms"] > 0 and row["eager_ms"] > 0 and row["compile_ms"] > 0
+        assert row["speedup_vs_compile"] == pytest.approx(row["compile_ms"] / row["pycnn_ms"])
+    assert {r["act"] for r in rows if r["op"] == "bn_act"} == {"relu", "relu6", "silu", "none", "relu+res"}
+    md = (tmp_path / "ops-all.md").read_text()
+    assert "## Summary" in md and "## gconv float32" in md and "speedup_vs_compile" in md
+    assert md.count("\n| tiny |") == len(rows)
+    assert (tmp_path / "ops-all.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_ops_quick_without_arch_runs_the_builtin_network(tmp_path, capsys):
+    from pycnn.cli import main  # in this process: a subprocess costs seconds of imports
+    assert main(["bench", "ops", "--op", "se", "--quick", "--repeats", "1", "--no-compile", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "ops-se.json").read_text())["results"]
+    assert len(rows) == 4 and all(r["networks"] == "quick" and "compile_ms" not in r for r in rows)
+    assert main(["bench", "ops", "--arch", str(tmp_path / "missing.arch")]) == 1
+    assert "missing.arch" in capsys.readouterr().err
 
 
 def test_bench_model_compares_pycnn_with_eager(tmp_path):

@@ -1,19 +1,29 @@
-"""Operator benchmarks: pycnn's fused kernels against the eager PyTorch composition they replace.
+"""Operator benchmarks: pycnn's fused kernels against the eager PyTorch composition they replace (and,
+with --compile, against torch.compile of that composition), over the layer shapes of real networks.
 
-    python -m pycnn.bench.ops bn_act [--device cpu|cuda] [--dtype float32|float16|bfloat16] [--repeats N]
-    python -m pycnn.bench.ops se [--device cpu|cuda] [--batch N ...] [--only efficientnet_b0,regnety_400mf,...]
-    python -m pycnn.bench.ops dwconv [--device cpu|cuda] [--dtype ...] [--batch N ...] [--repeats N]
-    python -m pycnn.bench.ops gconv [--batch 1 8] [--model regnetx400mf|regnetx32gf|resnext50] [...]
+    python -m pycnn.bench.ops bn_act|dwconv|gconv|se [--arch FILE.arch[:NETWORK] ...] [--network NAME ...]
+        [--device cpu|cuda] [--dtype float32|float16|bfloat16] [--batch N ...] [--repeats N] [--threads N]
+        [--compile | --no-compile] [--quick]
+
+The shapes come from the networks (`pycnn.parse(file, network).layers()`): depthwise convs followed by a
+BatchNorm (dwconv), grouped convs followed by a BatchNorm (gconv), every BatchNorm with its activation and
+fused residual (bn_act), every squeeze-and-excitation layer (se); identical shapes are measured once and
+labelled with every network they occur in. Default networks: MobileNetV2, EfficientNet-B0, RegNetX-400MF,
+RegNetX-32GF and ResNeXt-50 32x4d (archs/ of the repository); --quick: a tiny built-in network.
 
 Prints, per layer shape and layout, the median time of each side measured side by side (interleaved),
-the speedup (eager / pycnn), and on CUDA the achieved GB/s and % of the measured copy bandwidth
-(gconv: also GFLOP/s on the CPU, TFLOP/s on CUDA).
+the speedup (eager / pycnn; with --compile also torch.compile / pycnn and the compile time), and on CUDA
+the achieved GB/s and % of the measured copy bandwidth (gconv: also GFLOP/s on the CPU, TFLOP/s on CUDA).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
+from pathlib import Path
+from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -24,92 +34,278 @@ from pycnn.nn import BatchNormAct2d, DepthwiseConvBNAct2d, SqueezeExcite
 
 from .timing import compare, peak_bandwidth_gbs
 
-# BatchNorm+ReLU layers of ResNet-50 (batch 8, 224x224), BatchNorm+ReLU6 of MobileNetV2 and BatchNorm+SiLU
-# of EfficientNet-B0.
-BN_ACT_SHAPES = [
-    ((8, 64, 112, 112), "relu"),
-    ((8, 256, 56, 56), "relu"),
-    ((8, 512, 28, 28), "relu"),
-    ((8, 1024, 14, 14), "relu"),
-    ((8, 2048, 7, 7), "relu"),
-    ((8, 96, 112, 112), "relu6"),
-    ((8, 144, 56, 56), "relu6"),
-    ((8, 960, 7, 7), "relu6"),
-    ((8, 96, 112, 112), "silu"),
-    ((8, 672, 14, 14), "silu"),
+# ------------------------------------------------------------------------------------ layer shapes
+
+# The networks benchmarked by default: (file in the repository's archs/, network).
+DEFAULT_NETWORKS = [
+    ("mobilenet_v2.arch", "mobilenet_v2"),
+    ("efficientnet.arch", "efficientnet_b0"),
+    ("regnet.arch", "regnet_x_400mf"),
+    ("regnet.arch", "regnet_x_32gf"),
+    ("resnext.arch", "resnext50_32x4d"),
 ]
-EAGER_ACT = {"relu": F.relu, "relu6": F.relu6, "silu": F.silu, "none": lambda z: z}
+ARCHS_DIR = Path(__file__).resolve().parents[2] / "archs"
+
+# --quick: a tiny network with every benchmarked op (a smoke run, seconds on a CPU).
+QUICK_ARCH = """
+network quick(input = 3x12x12, classes = 10) {
+    stem = conv(16, k=3) bn relu
+    body = conv(16, k=3, groups=16) bn relu6
+           conv(24, k=3, s=2, groups=4) bn relu
+           se(6, act=silu)
+           conv(24, k=5, s=2, groups=24) bn silu
+    head = avgpool flatten linear(classes)
+}
+"""
 
 
-def bench_bn_act(device: torch.device, dtype: torch.dtype, repeats: int, shapes=BN_ACT_SHAPES):
+class BnShape(NamedTuple):
+    networks: str
+    c: int
+    h: int
+    w: int
+    act: str
+    residual: bool  # act(bn(x) + residual): the residual add of a block, fused into its last BatchNorm
+
+
+class DwShape(NamedTuple):
+    networks: str
+    c: int
+    h: int
+    w: int
+    k: int
+    stride: int
+    dilation: int
+    padding: int
+    act: str
+
+
+class GconvShape(NamedTuple):
+    networks: str
+    cin: int
+    cout: int
+    h: int
+    w: int
+    k: int
+    groups: int
+    stride: int
+    padding: int
+    act: str
+
+
+class SeShape(NamedTuple):
+    networks: str
+    c: int
+    reduced: int
+    h: int
+    w: int
+    act: str
+    residual: bool  # relu(se(x) + residual): SE-ResNet's merge after the SE
+
+
+SUPPORTED_ACTS = ("none", "relu", "relu6", "silu", "hardswish")  # pycnn.ops.ACTIVATIONS
+
+
+def _square(v) -> Optional[int]:
+    v = tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+    return v[0] if len(set(v)) == 1 else None
+
+
+def _residual_layers(net) -> Dict[int, Optional[str]]:
+    """{id(layer): post-merge activation} of the BatchNorm or SE layers that end a block's main branch
+    and get the other branch added (then the activation applied) inside their op, as pycnn.lower fuses
+    BatchNorms (residual_fusion) and as SqueezeExcite(post_act=relu) fuses SE-ResNet's merge."""
+    from pycnn import ir
+    from pycnn.lower import residual_fusion
+
+    out = {}
+    for _, node in net.nodes():
+        if not isinstance(node, ir.Block):
+            continue
+        fusion = residual_fusion(node)
+        if fusion is not None:
+            main, act = fusion
+            out[id(node.branches[main].children[-1])] = act
+            continue
+        if node.merge != "add" or len(node.branches) != 2:
+            continue
+        mains = [b for b in node.branches if not b.nested]
+        last = mains[0].children[-1] if len(mains) == 1 and mains[0].children else None
+        if isinstance(last, ir.Layer) and last.op == "se" and node.post:
+            post = node.post[0]
+            if isinstance(post, ir.Layer) and post.op == "act" and post.attrs["kind"] == "relu":
+                out[id(last)] = "relu"
+    return out
+
+
+def network_shapes(networks: Iterable) -> Dict[str, list]:
+    """The benchmarkable layer shapes of `networks` (pycnn.ir.Network), per op, deduplicated in order of
+    first occurrence; each shape's `networks` names every network it occurs in ("a+b")."""
+    found: Dict[str, Dict[tuple, List[str]]] = {"bn_act": {}, "dwconv": {}, "gconv": {}, "se": {}}
+
+    def add(op, key, name):
+        nets = found[op].setdefault(key, [])
+        if name not in nets:
+            nets.append(name)
+
+    for net in networks:
+        residual = _residual_layers(net)
+        layers = [layer for _, layer in net.layers()]
+        for i, layer in enumerate(layers):
+            a, shape = layer.attrs, layer.in_shape
+            if len(shape) != 3:
+                continue
+            c, h, w = shape
+            nxt = layers[i + 1] if i + 1 < len(layers) else None
+            if layer.op == "bn":
+                act = a.get("act") or "none"
+                res = id(layer) in residual
+                if res:
+                    act = residual[id(layer)] or "none"
+                if act in SUPPORTED_ACTS:
+                    add("bn_act", (c, h, w, act, res), net.name)
+            elif layer.op == "se":
+                res = id(layer) in residual
+                if a.get("gate", "sigmoid") == "sigmoid" and (a.get("act") or "none") in SUPPORTED_ACTS:
+                    add("se", (c, a["reduced"], h, w, a.get("act") or "none", res), net.name)
+            elif layer.op == "conv" and nxt is not None and nxt.op == "bn" and not a.get("bias"):
+                k, s, d, p = _square(a["k"]), _square(a["s"]), _square(a["d"]), _square(a["p"])
+                act = nxt.attrs.get("act") or "none"
+                if None in (k, s, d, p) or act not in SUPPORTED_ACTS or s not in (1, 2):
+                    continue
+                groups, out = a["groups"], a["out"]
+                if groups == c == out:
+                    if k % 2 == 1 and k <= 7 and d in (1, 2):
+                        add("dwconv", (c, h, w, k, s, d, p, act), net.name)
+                elif 1 < groups < c and k in (1, 3) and d == 1:
+                    add("gconv", (c, out, h, w, k, groups, s, p, act), net.name)
+    types = {"bn_act": BnShape, "dwconv": DwShape, "gconv": GconvShape, "se": SeShape}
+    return {op: [types[op]("+".join(nets), *key) for key, nets in keys.items()] for op, keys in found.items()}
+
+
+def parse_network_specs(archs: Optional[Sequence[str]], networks: Optional[Sequence[str]]) -> List[Tuple[str, Optional[str]]]:
+    """(file, network) pairs from --arch FILE[:NETWORK] ... and --network NAME ...: a file without
+    `:NETWORK` gets every --network name (none: the file's first network). No --arch: DEFAULT_NETWORKS
+    (--network then picks among them)."""
+    if not archs:
+        specs = [(str(ARCHS_DIR / f), n) for f, n in DEFAULT_NETWORKS]
+        if networks:
+            specs = [s for s in specs if s[1] in networks]
+            missing = set(networks) - {n for _, n in specs}
+            if missing:
+                raise SystemExit(f"--network {', '.join(sorted(missing))}: not a default network "
+                                 f"({', '.join(n for _, n in DEFAULT_NETWORKS)}); give its file with --arch")
+        return specs
+    specs = []
+    for arch in archs:
+        path, name = arch, None
+        if not Path(arch).exists() and ":" in arch:
+            path, _, name = arch.rpartition(":")
+        specs += [(path, name)] if name or not networks else [(path, n) for n in networks]
+    return specs
+
+
+def load_shapes(specs: Sequence[Tuple[str, Optional[str]]]) -> Dict[str, list]:
+    """network_shapes of the (file or .arch text, network) pairs, parsed with pycnn.parse."""
+    return network_shapes(pycnn.parse(source, name) for source, name in specs)
+
+
+# ------------------------------------------------------------------------------------ timing one case
+
+def _timed(ours, eager, inputs, grad, mode: str, device: torch.device, repeats: int, with_compile: bool,
+           warmup: int = 3):
+    """Times ours(*inputs) against eager(*inputs) and, with_compile, torch.compile(eager) (compiled afresh
+    for this case, dynamic=False), interleaved: `forward` under no_grad, `forward+backward` as
+    f(*inputs).backward(grad). Returns (timings, row fields)."""
+    fns = {"pycnn": ours, "eager": eager}
+    if with_compile:
+        torch._dynamo.reset()  # a fresh compilation per case: no recompile limit, no dynamic shapes
+        fns["compile"] = torch.compile(eager, dynamic=False, backend=compile_backend())
+
+    def make(f):
+        if mode == "forward":
+            def run():
+                with torch.no_grad():
+                    f(*inputs)
+        else:
+            def run():
+                f(*inputs).backward(grad)
+        return run
+
+    runs = {name: make(f) for name, f in fns.items()}
+    fields = {}
+    if with_compile:
+        started = time.perf_counter()
+        runs["compile"]()  # compiles
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        fields["compile_s"] = time.perf_counter() - started
+    t = compare(runs, device, repeats=repeats, warmup=warmup)
+    fields.update(pycnn_ms=t["pycnn"].median_s * 1e3, eager_ms=t["eager"].median_s * 1e3,
+                  speedup=t["eager"].median_s / t["pycnn"].median_s)
+    if with_compile:
+        fields.update(compile_ms=t["compile"].median_s * 1e3,
+                      speedup_vs_compile=t["compile"].median_s / t["pycnn"].median_s)
+    return t, fields
+
+
+def compile_backend() -> str:
+    """torch.compile's backend for --compile: inductor, or $PYCNN_BENCH_COMPILE_BACKEND (the tests use
+    "eager", which traces with dynamo but generates no code, to stay fast)."""
+    return os.environ.get("PYCNN_BENCH_COMPILE_BACKEND", "inductor")
+
+
+def _layouts():
+    return (("nchw", torch.contiguous_format), ("channels_last", torch.channels_last))
+
+
+EAGER_ACT = {"relu": F.relu, "relu6": F.relu6, "silu": F.silu, "hardswish": F.hardswish, "none": lambda z: z}
+ACT_MODULE = {"relu": nn.ReLU, "relu6": nn.ReLU6, "silu": nn.SiLU, "hardswish": nn.Hardswish, "none": nn.Identity}
+
+
+def _modes():
+    return ("forward", "forward+backward")
+
+
+def bench_bn_act(device: torch.device, dtype: torch.dtype, repeats: int, batches, shapes: Sequence[BnShape],
+                 with_compile: bool = False):
+    """BatchNormAct2d (training mode: batch statistics) against nn.BatchNorm2d [+ residual] + activation."""
     peak = peak_bandwidth_gbs(device) if device.type == "cuda" else None
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     rows = []
-    for shape, act in shapes:
-        for layout in ("nchw", "channels_last"):
-            fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
-            x = torch.randn(shape, device=device, dtype=dtype).contiguous(memory_format=fmt)
-            ours = BatchNormAct2d(shape[1], act=act).to(device=device, dtype=dtype)
-            ref = nn.BatchNorm2d(shape[1]).to(device=device, dtype=dtype)
-            grad = torch.randn_like(x)
-            for mode in ("forward", "forward+backward"):
-                if mode == "forward":
-                    def run_ours():
-                        with torch.no_grad():
-                            ours(x)
+    for batch in batches:
+        for s in shapes:
+            shape = (batch, s.c, s.h, s.w)
+            ours = BatchNormAct2d(s.c, act=s.act).to(device=device, dtype=dtype)
+            ref = nn.BatchNorm2d(s.c).to(device=device, dtype=dtype)
+            for layout, fmt in _layouts():
+                x = torch.randn(shape, device=device, dtype=dtype).contiguous(memory_format=fmt)
+                r = torch.randn_like(x) if s.residual else None
+                grad = torch.randn_like(x)
 
-                    def run_eager():
-                        with torch.no_grad():
-                            EAGER_ACT[act](ref(x))
-                else:
-                    xg = x.detach().requires_grad_()
+                def run_ours(x, r=r):
+                    return ours(x, r)
 
-                    def run_ours():
-                        ours(xg).backward(grad)
+                def eager(x, r=r, act=EAGER_ACT[s.act]):
+                    y = ref(x)
+                    return act(y + r if r is not None else y)
 
-                    def run_eager():
-                        EAGER_ACT[act](ref(xg)).backward(grad)
-                t = compare({"pycnn": run_ours, "eager": run_eager}, device, repeats=repeats)
-                row = dict(shape="x".join(map(str, shape)), act=act, layout=layout, mode=mode,
-                           pycnn_ms=t["pycnn"].median_s * 1e3, eager_ms=t["eager"].median_s * 1e3,
-                           speedup=t["eager"].median_s / t["pycnn"].median_s)
-                if peak:
-                    # Minimum traffic: forward reads x twice (stats, apply) and writes y; backward
-                    # reads x and dy twice and writes dx.
-                    passes = 3 if mode == "forward" else 3 + 5
-                    gbs = passes * x.numel() * x.element_size() / t["pycnn"].median_s / 1e9
-                    row.update(gbs=gbs, peak_pct=100 * gbs / peak)
-                rows.append(row)
-                print_row(row)
+                for mode in _modes():
+                    inputs = (x,) if mode == "forward" else (x.detach().requires_grad_(),)
+                    t, fields = _timed(run_ours, eager, inputs, grad, mode, device, repeats, with_compile)
+                    row = dict(networks=s.networks, shape="x".join(map(str, shape)),
+                               act=s.act + ("+res" if s.residual else ""), layout=layout, mode=mode, **fields)
+                    if peak:
+                        # Minimum traffic: forward reads x twice (stats, apply) [and the residual] and writes
+                        # y; backward reads x and dy twice and writes dx [and dresidual].
+                        fwd = 3 + s.residual
+                        passes = fwd if mode == "forward" else fwd + 5 + s.residual
+                        gbs = passes * x.numel() * x.element_size() / t["pycnn"].median_s / 1e9
+                        row.update(gbs=gbs, peak_pct=100 * gbs / peak)
+                    rows.append(row)
+                    print_row(row)
     return rows
-
-
-# The SE layers of real networks at 224x224: (network, channels, reduced channels, H = W, act, residual + relu).
-# EfficientNet-B0: MBConv SE on the expanded width, C_r = block input / 4, SiLU. RegNetY: C_r = round(0.25 *
-# block input width), ReLU, followed by a 1x1 conv (no merge). SE-ResNet-50: C_r = C / 16, then the block's
-# residual add + ReLU, fused here.
-SE_SHAPES = [
-    ("efficientnet_b0", 32, 8, 112, "silu", False),
-    ("efficientnet_b0", 96, 4, 56, "silu", False),
-    ("efficientnet_b0", 144, 6, 28, "silu", False),
-    ("efficientnet_b0", 240, 10, 14, "silu", False),
-    ("efficientnet_b0", 480, 20, 14, "silu", False),
-    ("efficientnet_b0", 672, 28, 7, "silu", False),
-    ("efficientnet_b0", 1152, 48, 7, "silu", False),
-    ("regnety_400mf", 48, 8, 56, "relu", False),
-    ("regnety_400mf", 104, 26, 28, "relu", False),
-    ("regnety_400mf", 208, 52, 14, "relu", False),
-    ("regnety_400mf", 440, 110, 7, "relu", False),
-    ("regnety_32gf", 232, 58, 56, "relu", False),
-    ("regnety_32gf", 696, 174, 28, "relu", False),
-    ("regnety_32gf", 1392, 348, 14, "relu", False),
-    ("regnety_32gf", 3712, 348, 7, "relu", False),
-    ("se_resnet50", 256, 16, 56, "relu", True),
-    ("se_resnet50", 512, 32, 28, "relu", True),
-    ("se_resnet50", 1024, 64, 14, "relu", True),
-    ("se_resnet50", 2048, 128, 7, "relu", True),
-]
 
 
 def eager_se(x, fc1, fc2, act, residual=None):
@@ -120,48 +316,40 @@ def eager_se(x, fc1, fc2, act, residual=None):
     return F.relu(y + residual) if residual is not None else y
 
 
-def bench_se(device: torch.device, dtype: torch.dtype, repeats: int, batches, shapes=SE_SHAPES):
+def bench_se(device: torch.device, dtype: torch.dtype, repeats: int, batches, shapes: Sequence[SeShape],
+             with_compile: bool = False):
+    """SqueezeExcite (one fused op) against pool, fc1, act, fc2, sigmoid, scale [+ residual, relu]."""
     peak = peak_bandwidth_gbs(device) if device.type == "cuda" else None
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     rows = []
     for batch in batches:
-        for net, c, cr, hw, act, with_residual in shapes:
-            shape = (batch, c, hw, hw)
-            ours = SqueezeExcite(c, cr, act=act, post_act="relu" if with_residual else "none").to(device=device, dtype=dtype)
+        for s in shapes:
+            shape = (batch, s.c, s.h, s.w)
+            ours = SqueezeExcite(s.c, s.reduced, act=s.act, post_act="relu" if s.residual else "none").to(
+                device=device, dtype=dtype)
             fc1, fc2 = ours.fc1, ours.fc2  # the same parameters, run by nn.Conv2d
-            for layout in ("nchw", "channels_last"):
-                fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+            for layout, fmt in _layouts():
                 x = torch.randn(shape, device=device, dtype=dtype).contiguous(memory_format=fmt)
-                r = torch.randn_like(x) if with_residual else None
+                r = torch.randn_like(x) if s.residual else None
                 grad = torch.randn_like(x)
-                for mode in ("forward", "forward+backward"):
-                    if mode == "forward":
-                        def run_ours():
-                            with torch.no_grad():
-                                ours(x, r)
 
-                        def run_eager():
-                            with torch.no_grad():
-                                eager_se(x, fc1, fc2, act, r)
-                    else:
-                        xg = x.detach().requires_grad_()
+                def run_ours(x, r=r):
+                    return ours(x, r)
 
-                        def run_ours():
-                            ours(xg, r).backward(grad)
+                def eager(x, r=r, act=s.act):
+                    return eager_se(x, fc1, fc2, act, r)
 
-                        def run_eager():
-                            eager_se(xg, fc1, fc2, act, r).backward(grad)
-                    t = compare({"pycnn": run_ours, "eager": run_eager}, device, repeats=repeats)
-                    row = dict(shape=f"{net}:{batch}x{c}x{hw}x{hw}/{cr}", act=act + ("+res" if with_residual else ""),
-                               layout=layout, mode=mode, pycnn_ms=t["pycnn"].median_s * 1e3,
-                               eager_ms=t["eager"].median_s * 1e3,
-                               speedup=t["eager"].median_s / t["pycnn"].median_s)
+                for mode in _modes():
+                    inputs = (x,) if mode == "forward" else (x.detach().requires_grad_(),)
+                    t, fields = _timed(run_ours, eager, inputs, grad, mode, device, repeats, with_compile)
+                    row = dict(networks=s.networks, shape=f"{batch}x{s.c}x{s.h}x{s.w}/{s.reduced}",
+                               act=s.act + ("+res" if s.residual else ""), layout=layout, mode=mode, **fields)
                     if peak:
                         # Minimum traffic: forward reads x twice (pool, scale) [+ residual] and writes y;
                         # backward reads x and dy twice [+ residual twice] and writes dx [+ dresidual].
-                        fwd = 3 + (1 if with_residual else 0)
-                        passes = fwd if mode == "forward" else fwd + 5 + (3 if with_residual else 0)
+                        fwd = 3 + (1 if s.residual else 0)
+                        passes = fwd if mode == "forward" else fwd + 5 + (3 if s.residual else 0)
                         gbs = passes * x.numel() * x.element_size() / t["pycnn"].median_s / 1e9
                         row.update(gbs=gbs, peak_pct=100 * gbs / peak)
                     rows.append(row)
@@ -169,20 +357,8 @@ def bench_se(device: torch.device, dtype: torch.dtype, repeats: int, batches, sh
     return rows
 
 
-# Depthwise conv + BN + act layers (224x224 input): (channels, input size, kernel, stride, act).
-MOBILENET_V2_DW = [
-    (32, 112, 3, 1), (96, 112, 3, 2), (144, 56, 3, 1), (144, 56, 3, 2), (192, 28, 3, 1), (192, 28, 3, 2),
-    (384, 14, 3, 1), (576, 14, 3, 1), (576, 14, 3, 2), (960, 7, 3, 1),
-]
-EFFICIENTNET_B0_DW = [
-    (32, 112, 3, 1), (96, 112, 3, 2), (144, 56, 3, 1), (144, 56, 5, 2), (240, 28, 5, 1), (240, 28, 3, 2),
-    (480, 14, 3, 1), (480, 14, 5, 1), (672, 14, 5, 1), (672, 14, 5, 2), (1152, 7, 5, 1), (1152, 7, 3, 1),
-]
-DWCONV_LAYERS = [("mbv2", c, s, k, st, "relu6") for c, s, k, st in MOBILENET_V2_DW] + \
-                [("effb0", c, s, k, st, "silu") for c, s, k, st in EFFICIENTNET_B0_DW]
-
-
-def bench_dwconv(device: torch.device, dtype: torch.dtype, repeats: int, batches, layers=DWCONV_LAYERS):
+def bench_dwconv(device: torch.device, dtype: torch.dtype, repeats: int, batches, shapes: Sequence[DwShape],
+                 with_compile: bool = False):
     """DepthwiseConvBNAct2d against nn.Conv2d(groups=C) + nn.BatchNorm2d + activation. forward: eval
     (pycnn: one fused kernel, BN folded); forward+backward: training (batch statistics)."""
     peak = peak_bandwidth_gbs(device) if device.type == "cuda" else None
@@ -190,48 +366,33 @@ def bench_dwconv(device: torch.device, dtype: torch.dtype, repeats: int, batches
         torch.backends.cudnn.benchmark = True
     rows = []
     for batch in batches:
-        for net, c, size, k, stride, act in layers:
-            shape = (batch, c, size, size)
-            ours = DepthwiseConvBNAct2d(c, k, stride=stride, act=act).to(device=device, dtype=dtype)
-            ref = nn.Sequential(nn.Conv2d(c, c, k, stride, (k - 1) // 2, groups=c, bias=False), nn.BatchNorm2d(c),
-                                {"relu6": nn.ReLU6(), "silu": nn.SiLU()}[act]).to(device=device, dtype=dtype)
+        for s in shapes:
+            shape = (batch, s.c, s.h, s.w)
+            oh, ow = ((n + 2 * s.padding - s.dilation * (s.k - 1) - 1) // s.stride + 1 for n in (s.h, s.w))
+            ours = DepthwiseConvBNAct2d(s.c, s.k, stride=s.stride, padding=s.padding, dilation=s.dilation,
+                                        act=s.act).to(device=device, dtype=dtype)
+            ref = nn.Sequential(nn.Conv2d(s.c, s.c, s.k, s.stride, s.padding, s.dilation, groups=s.c, bias=False),
+                                nn.BatchNorm2d(s.c), ACT_MODULE[s.act]()).to(device=device, dtype=dtype)
             ref.load_state_dict({k_.replace("conv.", "0.").replace("bn.", "1."): v
                                  for k_, v in ours.state_dict().items()})
-            for layout in ("nchw", "channels_last"):
-                fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+            for layout, fmt in _layouts():
                 ours.to(memory_format=fmt)
                 ref.to(memory_format=fmt)
                 x = torch.randn(shape, device=device, dtype=dtype).contiguous(memory_format=fmt)
-                for mode in ("forward", "forward+backward"):
+                grad = torch.randn(batch, s.c, oh, ow, device=device, dtype=dtype).contiguous(memory_format=fmt)
+                for mode in _modes():
                     train = mode != "forward"
                     ours.train(train)
                     ref.train(train)
-                    if not train:
-                        def run_ours():
-                            with torch.no_grad():
-                                ours(x)
-
-                        def run_eager():
-                            with torch.no_grad():
-                                ref(x)
-                    else:
-                        xg = x.detach().requires_grad_()
-                        grad = torch.randn_like(ours(xg))
-
-                        def run_ours():
-                            ours(xg).backward(grad)
-
-                        def run_eager():
-                            ref(xg).backward(grad)
-                    t = compare({"pycnn": run_ours, "eager": run_eager}, device, repeats=repeats)
-                    out_numel = grad.numel() if train else batch * c * ((size - 1) // stride + 1) ** 2
-                    row = dict(shape=f"{net} {batch}x{c}x{size}x{size} k{k}s{stride}", act=act, layout=layout,
-                               mode=mode, pycnn_ms=t["pycnn"].median_s * 1e3, eager_ms=t["eager"].median_s * 1e3,
-                               speedup=t["eager"].median_s / t["pycnn"].median_s)
+                    inputs = (x.detach().requires_grad_(),) if train else (x,)
+                    t, fields = _timed(ours, ref, inputs, grad, mode, device, repeats, with_compile)
+                    row = dict(networks=s.networks, shape=f"{batch}x{s.c}x{s.h}x{s.w} k{s.k}s{s.stride}"
+                               + (f"d{s.dilation}" if s.dilation != 1 else ""), act=s.act, layout=layout,
+                               mode=mode, **fields)
                     if peak:
                         # Minimum traffic of a fused op: forward reads x and writes y; backward also reads
                         # x and dy and writes dx.
-                        elems = (x.numel() + out_numel) if not train else (3 * x.numel() + 2 * out_numel)
+                        elems = (x.numel() + grad.numel()) if not train else (3 * x.numel() + 2 * grad.numel())
                         gbs = elems * x.element_size() / t["pycnn"].median_s / 1e9
                         row.update(gbs=gbs, peak_pct=100 * gbs / peak)
                     rows.append(row)
@@ -239,26 +400,10 @@ def bench_dwconv(device: torch.device, dtype: torch.dtype, repeats: int, batches
     return rows
 
 
-# Grouped 3x3 convolutions (+ folded BN + ReLU) of the three networks at 224x224, one row per distinct
-# layer shape: (model, input H = W, channels (in = out), groups, stride). RegNetX: torchvision's
-# regnet_x_400mf (widths 32/64/160/400, group width 16) and regnet_x_32gf (336/672/1344/2520, group width
-# 168); ResNeXt-50 32x4d: 32 groups, widths 128/256/512/1024, stride on the 3x3 (REFERENCES.md 3-4).
-GCONV_LAYERS = [
-    ("regnetx400mf", 112, 32, 2, 2), ("regnetx400mf", 56, 64, 4, 2), ("regnetx400mf", 28, 64, 4, 1),
-    ("regnetx400mf", 28, 160, 10, 2), ("regnetx400mf", 14, 160, 10, 1), ("regnetx400mf", 14, 400, 25, 2),
-    ("regnetx400mf", 7, 400, 25, 1),
-    ("regnetx32gf", 112, 336, 2, 2), ("regnetx32gf", 56, 336, 2, 1), ("regnetx32gf", 56, 672, 4, 2),
-    ("regnetx32gf", 28, 672, 4, 1), ("regnetx32gf", 28, 1344, 8, 2), ("regnetx32gf", 14, 1344, 8, 1),
-    ("regnetx32gf", 14, 2520, 15, 2), ("regnetx32gf", 7, 2520, 15, 1),
-    ("resnext50", 56, 128, 32, 1), ("resnext50", 56, 256, 32, 2), ("resnext50", 28, 256, 32, 1),
-    ("resnext50", 28, 512, 32, 2), ("resnext50", 14, 512, 32, 1), ("resnext50", 14, 1024, 32, 2),
-    ("resnext50", 7, 1024, 32, 1),
-]
-
-
-def bench_gconv(device: torch.device, dtype: torch.dtype, repeats: int, batches, layers=GCONV_LAYERS):
-    """pycnn.gconv (conv + folded-BN scale/bias + ReLU in one op) against eager
-    relu(conv2d(x, w, groups) * scale + bias), in NCHW and channels_last, forward (no grad) and
+def bench_gconv(device: torch.device, dtype: torch.dtype, repeats: int, batches, shapes: Sequence[GconvShape],
+                with_compile: bool = False):
+    """pycnn.gconv (conv + folded-BN scale/bias + activation in one op) against eager
+    act(conv2d(x, w, groups) * scale + bias), in NCHW and channels_last, forward (no grad) and
     forward+backward (grads of x, w, scale, bias). Rows also give the ratio of the best runs
     (robust to preemption on a loaded machine) and pycnn's GFLOP/s (TFLOP/s on CUDA) of its best run."""
     from pycnn import ops
@@ -267,50 +412,35 @@ def bench_gconv(device: torch.device, dtype: torch.dtype, repeats: int, batches,
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     rows = []
-    for model, size, channels, groups, stride in layers:
-        for batch in batches:
-            shape = (batch, channels, size, size)
-            out = (size + 2 - 3) // stride + 1
-            flops = 2 * batch * channels * out * out * (channels // groups) * 9
-            for layout in ("nchw", "channels_last"):
-                fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    for batch in batches:
+        for s in shapes:
+            shape = (batch, s.cin, s.h, s.w)
+            oh, ow = ((n + 2 * s.padding - s.k) // s.stride + 1 for n in (s.h, s.w))
+            flops = 2 * batch * s.cout * oh * ow * (s.cin // s.groups) * s.k * s.k
+            for layout, fmt in _layouts():
                 x = torch.randn(shape, device=device, dtype=dtype).contiguous(memory_format=fmt)
-                w = (torch.randn(channels, channels // groups, 3, 3, device=device, dtype=dtype) * 0.1)
-                scale = torch.rand(channels, device=device) + 0.5
-                bias = torch.randn(channels, device=device) * 0.1
-                grad = torch.randn(batch, channels, out, out, device=device, dtype=dtype).contiguous(memory_format=fmt)
+                w = torch.randn(s.cout, s.cin // s.groups, s.k, s.k, device=device, dtype=dtype) * 0.1
+                scale = torch.rand(s.cout, device=device) + 0.5
+                bias = torch.randn(s.cout, device=device) * 0.1
+                grad = torch.randn(batch, s.cout, oh, ow, device=device, dtype=dtype).contiguous(memory_format=fmt)
 
-                def ours(x, w, scale, bias):
-                    return ops.gconv(x, w, scale, bias, stride=stride, padding=1, groups=groups, act="relu")
+                def ours(x, w, scale, bias, s=s):
+                    return ops.gconv(x, w, scale, bias, stride=s.stride, padding=s.padding, groups=s.groups,
+                                     act=s.act)
 
-                def eager(x, w, scale, bias):
-                    z = F.conv2d(x, w, None, stride, 1, 1, groups)
-                    return F.relu(z * scale.to(dtype).view(1, -1, 1, 1) + bias.to(dtype).view(1, -1, 1, 1))
+                def eager(x, w, scale, bias, s=s):
+                    z = F.conv2d(x, w, None, s.stride, s.padding, 1, s.groups)
+                    return EAGER_ACT[s.act](z * scale.to(z.dtype).view(1, -1, 1, 1) + bias.to(z.dtype).view(1, -1, 1, 1))
 
-                for mode in ("forward", "forward+backward"):
-                    if mode == "forward":
-                        def run_ours():
-                            with torch.no_grad():
-                                ours(x, w, scale, bias)
-
-                        def run_eager():
-                            with torch.no_grad():
-                                eager(x, w, scale, bias)
-                    else:
-                        leaves = [t.detach().requires_grad_() for t in (x, w, scale, bias)]
-
-                        def run_ours():
-                            ours(*leaves).backward(grad)
-
-                        def run_eager():
-                            eager(*leaves).backward(grad)
-                    t = compare({"pycnn": run_ours, "eager": run_eager}, device, repeats=repeats, warmup=2)
+                for mode in _modes():
+                    inputs = (x, w, scale, bias)
+                    if mode != "forward":
+                        inputs = tuple(v.detach().requires_grad_() for v in inputs)
+                    t, fields = _timed(ours, eager, inputs, grad, mode, device, repeats, with_compile, warmup=2)
                     total_flops = flops * (1 if mode == "forward" else 3)
-                    row = dict(shape=f"{model} {'x'.join(map(str, shape))} g{groups} s{stride}", act="relu",
-                               layout=layout, mode=mode, pycnn_ms=t["pycnn"].median_s * 1e3,
-                               eager_ms=t["eager"].median_s * 1e3,
-                               speedup=t["eager"].median_s / t["pycnn"].median_s,
-                               speedup_best=t["eager"].min_s / t["pycnn"].min_s,
+                    row = dict(networks=s.networks, shape=f"{batch}x{s.cin}x{s.h}x{s.w} g{s.groups} k{s.k}s{s.stride}"
+                               + (f" ->{s.cout}" if s.cout != s.cin else ""), act=s.act, layout=layout, mode=mode,
+                               **fields, speedup_best=t["eager"].min_s / t["pycnn"].min_s,
                                gflops=total_flops / t["pycnn"].min_s / 1e9)
                     if peak:
                         # Minimum traffic: forward reads x and w, writes y; backward also reads dy, x and
@@ -325,70 +455,108 @@ def bench_gconv(device: torch.device, dtype: torch.dtype, repeats: int, batches,
     return rows
 
 
+BENCHES = {"bn_act": bench_bn_act, "dwconv": bench_dwconv, "gconv": bench_gconv, "se": bench_se}
+
+
 def print_row(row):
     extra = f"  {row['gbs']:8.1f} GB/s {row['peak_pct']:5.1f}% of peak" if "gbs" in row else ""
+    if "compile_ms" in row:
+        extra += f"  compile {row['compile_ms']:8.3f} ms x{row['speedup_vs_compile']:5.2f} (compiled in {row['compile_s']:.1f} s)"
     if "speedup_best" in row:
         extra += f"  best-of x{row['speedup_best']:5.2f}"
     if "gflops" in row:
         extra += (f"  {row['gflops'] / 1e3:7.2f} TFLOP/s" if "gbs" in row else f"  {row['gflops']:6.1f} GFLOP/s")
-    print(f"{row['shape']:>16} {row['act']:>8} {row['layout']:>13} {row['mode']:>16}  "
+    print(f"{row['shape']:>24} {row['act']:>10} {row['layout']:>13} {row['mode']:>16}  "
           f"pycnn {row['pycnn_ms']:8.3f} ms  eager {row['eager_ms']:8.3f} ms  x{row['speedup']:5.2f}{extra}",
           flush=True)
+
+
+def geomean(values) -> float:
+    values = list(values)
+    return torch.tensor(values, dtype=torch.float64).log().mean().exp().item() if values else float("nan")
+
+
+def print_summary(rows):
+    if not rows:
+        return
+    print(f"geometric mean speedup over {len(rows)} cases: x{geomean(r['speedup'] for r in rows):.2f} "
+          f"(min x{min(r['speedup'] for r in rows):.2f})")
+    if "speedup_vs_compile" in rows[0]:
+        print(f"geometric mean speedup over torch.compile: x{geomean(r['speedup_vs_compile'] for r in rows):.2f}")
+    if "speedup_best" in rows[0]:
+        print(f"geometric mean speedup of the best runs: x{geomean(r['speedup_best'] for r in rows):.2f}")
+
+
+# ------------------------------------------------------------------------------------ command line
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options shared by `pycnn bench ops` and `python -m pycnn.bench.ops`."""
+    parser.add_argument("--arch", nargs="+", action="extend", metavar="FILE[:NETWORK]",
+                        help="benchmark the layer shapes of these .arch files (repeatable); FILE:NETWORK picks a "
+                             "network, otherwise --network or the file's first network. Default: MobileNetV2, "
+                             "EfficientNet-B0, RegNetX-400MF, RegNetX-32GF, ResNeXt-50 32x4d (archs/)")
+    parser.add_argument("--network", nargs="+", action="extend", metavar="NAME",
+                        help="networks of the --arch files (each file without :NETWORK gets every name); without "
+                             "--arch, a subset of the default networks")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--batch", type=int, nargs="+", default=None,
+                        help="batch sizes (default 8 on the CPU, 64 on CUDA; 2 with --quick)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="timed rounds per case, interleaved (default 15; 3 with --quick)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads (torch.set_num_threads; default torch's); 1 gives steadier figures on a "
+                             "shared machine. Recorded in the JSON's environment")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
+                        help="also time torch.compile (inductor) of the eager composition, compiled afresh per shape, "
+                             "layout and mode (dynamic=False); rows get compile_ms, speedup_vs_compile and compile_s "
+                             "(the compile time). Off by default: each of the ~580 cases of the default networks "
+                             "compiles for 4-7 s on a 2-core CPU (about +50 min), seconds on CUDA as well")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: batch 2, 3 repeats, and without --arch a tiny built-in network")
+
+
+def settings(args) -> dict:
+    """device, batches, repeats, with_compile and the shapes per op from parsed add_arguments options;
+    applies --threads."""
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.quick and not args.arch:
+        specs = [(QUICK_ARCH, None)]
+    else:
+        specs = parse_network_specs(args.arch, args.network)
+    return dict(device=device, shapes=load_shapes(specs),
+                batches=args.batch or ([2] if args.quick else [64] if device.type == "cuda" else [8]),
+                repeats=args.repeats or (3 if args.quick else 15),
+                with_compile=args.compile)
+
+
+def run(op: str, device: torch.device, dtype: Optional[torch.dtype], repeats: int, batches, shapes: Dict[str, list],
+        with_compile: bool) -> List[dict]:
+    """Benchmarks `op` over its shapes (from load_shapes / network_shapes); prints every row and a summary."""
+    dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
+    info = pycnn.build_info()
+    print(f"{op}: pycnn {pycnn.__version__} on {device} "
+          f"({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}, {torch.get_num_threads()} "
+          f"threads), torch {torch.__version__}, {dtype}, CUDA kernels: {info['cuda']}, {len(shapes[op])} shapes")
+    print("speedup = eager median / pycnn median, measured interleaved in this run"
+          + ("; with torch.compile of the eager composition" if with_compile else ""))
+    rows = BENCHES[op](device, dtype, repeats, batches, shapes[op], with_compile)
+    print_summary(rows)
+    return rows
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m pycnn.bench.ops", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("op", choices=["bn_act", "dwconv", "gconv", "se"])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
-    parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--quick", action="store_true", help="two small shapes, few repeats (smoke run)")
-    parser.add_argument("--batch", type=int, nargs="+", default=None,
-                        help="dwconv, gconv, se: batch sizes (default 1 and 8 on the CPU, 64 on CUDA)")
-    parser.add_argument("--model", nargs="+", default=None, choices=["regnetx400mf", "regnetx32gf", "resnext50"],
-                        help="gconv: only these networks' layers")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads (torch.set_num_threads); 1 gives steadier figures on a shared machine")
-    parser.add_argument("--only", default=None, help="se: comma-separated networks to run (default all)")
+    parser.add_argument("op", choices=sorted(BENCHES))
+    parser.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
+                        help="default float16 on CUDA, float32 on the CPU")
+    add_arguments(parser)
     args = parser.parse_args(argv)
-    device = torch.device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    dtype = getattr(torch, args.dtype or ("float16" if device.type == "cuda" else "float32"))
-    info = pycnn.build_info()
-    print(f"pycnn {pycnn.__version__} on {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}, "
-          f"{torch.get_num_threads()} threads), torch {torch.__version__}, {dtype}, CUDA kernels: {info['cuda']}")
-    print("speedup = eager median / pycnn median, measured interleaved in this run")
-    repeats = 3 if args.quick else args.repeats
-    if args.op == "se":
-        shapes = SE_SHAPES
-        if args.only:
-            shapes = [s for s in shapes if s[0] in args.only.split(",")]
-        if args.quick:
-            shapes = [("quick", 24, 6, 8, "silu", False), ("quick", 40, 10, 5, "relu", True)]
-        batches = args.batch or ([64] if device.type == "cuda" else [1, 8])
-        rows = bench_se(device, dtype, repeats, batches if not args.quick else [2], shapes)
-    elif args.op == "gconv":
-        batches = args.batch or ([64] if device.type == "cuda" else [1, 8])
-        layers = [l for l in GCONV_LAYERS if args.model is None or l[0] in args.model]
-        if args.quick:
-            layers, batches = [("quick", 8, 32, 4, 1), ("quick", 9, 24, 3, 2)], [2]
-        rows = bench_gconv(device, dtype, repeats, batches, layers)
-    elif args.op == "dwconv":
-        batches = args.batch or ([2] if args.quick else [64] if device.type == "cuda" else [1, 8])
-        layers = [("mbv2", 16, 10, 3, 1, "relu6"), ("effb0", 24, 9, 5, 2, "silu")] if args.quick else DWCONV_LAYERS
-        rows = bench_dwconv(device, dtype, repeats, batches, layers)
-    else:
-        shapes = [((2, 16, 8, 8), "relu"), ((2, 24, 5, 5), "relu6")] if args.quick else BN_ACT_SHAPES
-        rows = bench_bn_act(device, dtype, repeats, shapes)
-    ratios = [r["speedup"] for r in rows]
-    geo = torch.tensor(ratios).log().mean().exp().item()
-    print(f"geometric mean speedup over {len(rows)} cases: x{geo:.2f} (min x{min(ratios):.2f})")
-    if rows and "speedup_best" in rows[0]:
-        best = torch.tensor([r["speedup_best"] for r in rows]).log().mean().exp().item()
-        print(f"geometric mean speedup of the best runs: x{best:.2f}")
-    return rows
+    s = settings(args)
+    return run(args.op, s["device"], getattr(torch, args.dtype) if args.dtype else None, s["repeats"], s["batches"],
+               s["shapes"], s["with_compile"])
 
 
 if __name__ == "__main__":
