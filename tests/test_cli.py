@@ -30,9 +30,12 @@ def test_summary_table_with_kernels_and_totals():
     lines = out.stdout.splitlines()
     assert lines[0] == "network regnetx32, input 1x96x96"
     assert lines[1].split() == ["layer", "op", "output", "params", "FLOPs", "kernel"]
-    assert any(line.startswith("stem.bn1") and "pycnn::bn_act" in line for line in lines)
+    assert any(line.startswith("stem.bn1") and "(fused into stem.conv1)" in line for line in lines)
+    assert any(line.startswith("s1.b1.conv2") and line.endswith("auto: pycnn::gconv | aten") for line in lines)
     assert any(line.startswith("head.fc1") and " 7 " in f" {line} " for line in lines)
     assert lines[-1].startswith("total: ")
+    forced = run("summary", "archs/regnetx32.arch", "--kernels", "torch").stdout.splitlines()
+    assert any(line.startswith("s1.b1.conv2") and line.endswith(" aten") for line in forced)
 
 
 def test_summary_input_override_changes_shapes():

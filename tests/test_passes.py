@@ -5,6 +5,7 @@ import pytest
 
 import pycnn
 from pycnn import ir, passes
+from pycnn.passes import fused_nodes
 from pycnn.passes.conv_bn_act import conv_kind
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,16 +24,6 @@ network tiny(input=8x12x12, classes=5) {
     head = gap flatten linear(classes)
 }
 """
-
-
-def fused_nodes(network):
-    out = []
-    for _, node in network.nodes():
-        if isinstance(node, (ir.Sequence, ir.Block)):
-            children = node.children if isinstance(node, ir.Sequence) else \
-                node.pre + node.post + [c for b in node.branches for c in b.children]
-            out += [c for c in children if isinstance(c, ir.Fused)]
-    return out
 
 
 def describe(network):

@@ -103,44 +103,14 @@ class SeShape(NamedTuple):
     residual: bool  # relu(se(x) + residual): SE-ResNet's merge after the SE
 
 
-SUPPORTED_ACTS = ("none", "relu", "relu6", "silu", "hardswish")  # pycnn.ops.ACTIVATIONS
-
-
-def _square(v) -> Optional[int]:
-    v = tuple(v) if isinstance(v, (tuple, list)) else (v, v)
-    return v[0] if len(set(v)) == 1 else None
-
-
-def _residual_layers(net) -> Dict[int, Optional[str]]:
-    """{id(layer): post-merge activation} of the BatchNorm or SE layers that end a block's main branch
-    and get the other branch added (then the activation applied) inside their op, as pycnn.lower fuses
-    BatchNorms (residual_fusion) and as SqueezeExcite(post_act=relu) fuses SE-ResNet's merge."""
-    from pycnn import ir
-    from pycnn.lower import residual_fusion
-
-    out = {}
-    for _, node in net.nodes():
-        if not isinstance(node, ir.Block):
-            continue
-        fusion = residual_fusion(node)
-        if fusion is not None:
-            main, act = fusion
-            out[id(node.branches[main].children[-1])] = act
-            continue
-        if node.merge != "add" or len(node.branches) != 2:
-            continue
-        mains = [b for b in node.branches if not b.nested]
-        last = mains[0].children[-1] if len(mains) == 1 and mains[0].children else None
-        if isinstance(last, ir.Layer) and last.op == "se" and node.post:
-            post = node.post[0]
-            if isinstance(post, ir.Layer) and post.op == "act" and post.attrs["kind"] == "relu":
-                out[id(last)] = "relu"
-    return out
-
-
 def network_shapes(networks: Iterable) -> Dict[str, list]:
-    """The benchmarkable layer shapes of `networks` (pycnn.ir.Network), per op, deduplicated in order of
-    first occurrence; each shape's `networks` names every network it occurs in ("a+b")."""
+    """The layer shapes of `networks` (pycnn.ir.Network) that the fused backend runs on each op, per op,
+    deduplicated in order of first occurrence; each shape's `networks` names every network it occurs in
+    ("a+b"). The passes decide: conv_bn_act's depthwise and grouped convs; every BatchNorm as bn_act (the
+    training half of a conv_bn_act too: the pass plan without conv_bn_act), with the residual pass's adds;
+    every SE."""
+    from pycnn import passes
+
     found: Dict[str, Dict[tuple, List[str]]] = {"bn_act": {}, "dwconv": {}, "gconv": {}, "se": {}}
 
     def add(op, key, name):
@@ -149,36 +119,23 @@ def network_shapes(networks: Iterable) -> Dict[str, list]:
             nets.append(name)
 
     for net in networks:
-        residual = _residual_layers(net)
-        layers = [layer for _, layer in net.layers()]
-        for i, layer in enumerate(layers):
-            a, shape = layer.attrs, layer.in_shape
-            if len(shape) != 3:
+        for node in passes.fused_nodes(passes.run(net, disable=["conv_bn_act"])):
+            (c, h, w), a = node.in_shape, node.attrs
+            if node.kind == "bn_act":
+                add("bn_act", (c, h, w, a["act"] or "none", bool(a.get("residual"))), net.name)
+            elif node.kind == "se":
+                add("se", (c, node.layers[0].attrs["reduced"], h, w, a["act"], bool(a.get("residual"))), net.name)
+        for node in passes.fused_nodes(passes.run(net)):
+            if node.kind != "conv_bn_act" or node.attrs["conv"] == "dense":
                 continue
-            c, h, w = shape
-            nxt = layers[i + 1] if i + 1 < len(layers) else None
-            if layer.op == "bn":
-                act = a.get("act") or "none"
-                res = id(layer) in residual
-                if res:
-                    act = residual[id(layer)] or "none"
-                if act in SUPPORTED_ACTS:
-                    add("bn_act", (c, h, w, act, res), net.name)
-            elif layer.op == "se":
-                res = id(layer) in residual
-                if a.get("gate", "sigmoid") == "sigmoid" and (a.get("act") or "none") in SUPPORTED_ACTS:
-                    add("se", (c, a["reduced"], h, w, a.get("act") or "none", res), net.name)
-            elif layer.op == "conv" and nxt is not None and nxt.op == "bn" and not a.get("bias"):
-                k, s, d, p = _square(a["k"]), _square(a["s"]), _square(a["d"]), _square(a["p"])
-                act = nxt.attrs.get("act") or "none"
-                if None in (k, s, d, p) or act not in SUPPORTED_ACTS or s not in (1, 2):
-                    continue
-                groups, out = a["groups"], a["out"]
-                if groups == c == out:
-                    if k % 2 == 1 and k <= 7 and d in (1, 2):
-                        add("dwconv", (c, h, w, k, s, d, p, act), net.name)
-                elif 1 < groups < c and k in (1, 3) and d == 1:
-                    add("gconv", (c, out, h, w, k, groups, s, p, act), net.name)
+            (c, h, w), conv, act = node.in_shape, node.layers[0].attrs, node.attrs["act"] or "none"
+            k, s, d, p = conv["k"][0], conv["s"][0], conv["d"][0], conv["p"][0]
+            if conv["p"][0] != conv["p"][1] or conv["s"][0] != conv["s"][1]:
+                continue
+            if node.attrs["conv"] == "depthwise":
+                add("dwconv", (c, h, w, k, s, d, p, act), net.name)
+            else:
+                add("gconv", (c, conv["out"], h, w, k, conv["groups"], s, p, act), net.name)
     types = {"bn_act": BnShape, "dwconv": DwShape, "gconv": GconvShape, "se": SeShape}
     return {op: [types[op]("+".join(nets), *key) for key, nets in keys.items()] for op, keys in found.items()}
 

@@ -19,6 +19,7 @@ from .. import ir
 from .conv_bn_act import fuse_conv_bn_act
 from .residual import fuse_residual
 from .single import fuse_bn_act, fuse_se
+from .walk import fused_nodes
 
 PASSES: Dict[str, Callable[[ir.Network], None]] = {
     "conv_bn_act": fuse_conv_bn_act,
@@ -41,4 +42,4 @@ def run(network: ir.Network, disable: Iterable[str] = ()) -> ir.Network:
     return network
 
 
-__all__ = ["PASSES", "run"]
+__all__ = ["PASSES", "run", "fused_nodes"]

@@ -27,3 +27,17 @@ def rewrite_lists(network: ir.Network, fn: Callable[[List[object]], List[object]
 def blocks(network: ir.Network):
     """Every Block of the network."""
     return [node for _, node in network.nodes() if isinstance(node, ir.Block)]
+
+
+def fused_nodes(network: ir.Network):
+    """Every Fused node of a network (after passes), in network order."""
+    out = []
+    for _, node in network.nodes():
+        if isinstance(node, ir.Sequence):
+            lists = [node.children]
+        elif isinstance(node, ir.Block):
+            lists = [node.pre] + [b.children for b in node.branches] + [node.post]
+        else:
+            continue
+        out += [child for children in lists for child in children if isinstance(child, ir.Fused)]
+    return out
