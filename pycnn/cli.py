@@ -156,32 +156,44 @@ def cmd_bench_model(args) -> int:
 
     import pycnn
     from .bench import report
-    from .bench.model import bench_model
+    from .bench.model import bench_model, best_layout_summary
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = getattr(torch, DTYPES[args.dtype])
+    if args.threads:
+        torch.set_num_threads(args.threads)
     rows: List[dict] = []
     try:
         for path in args.files:
             try:
-                model = pycnn.compile(path, args.network, **_overrides(args))
+                model = pycnn.compile(path, args.network, kernels=args.kernels, **_overrides(args))
             except pycnn.ArchError as e:
                 print(e, file=sys.stderr)
                 return 1
             name = model.ir.name
-            for r in bench_model(model, model.ir.input_shape, args.batch, device, dtype, args.channels_last,
-                                 args.train, args.compile, args.repeats):
+            layouts = {"both": ["nchw", "channels_last"], "nchw": ["nchw"], "channels_last": ["channels_last"]}[
+                "channels_last" if args.channels_last else args.layout]
+            measured = bench_model(model, model.ir.input_shape, args.batch, device, dtype, layouts, args.train,
+                                   args.compile, args.repeats, torchvision=args.torchvision)
+            for r in measured:
                 rows.append(dict(network=name, **r))
-                peak = "n/a" if r["peak_mib"] is None else f"{r['peak_mib']:.0f} MiB"
+                memory = "" if r["peak_mib"] is None else f"  peak {r['peak_mib']:.0f} MiB"
+                memory += "" if r["saved_mib"] is None else f"  saved for backward {r['saved_mib']:.1f} MiB"
                 print(f"{name:>20} {r['variant']:>14} {r['mode']:>5} batch {r['batch']:<4} {r['dtype']:>8} "
-                      f"{r['layout']:>13}  {r['ms']:9.2f} ms  {r['images_per_s']:9.1f} img/s  pycnn speedup x{r['speedup']:5.2f}  "
-                      f"peak {peak}", flush=True)
+                      f"{r['layout']:>13}  {r['ms']:9.2f} ms  {r['images_per_s']:9.1f} img/s  "
+                      f"x{r['speedup']:5.2f} slower than pycnn{memory}", flush=True)
+            if len(layouts) > 1:
+                for variant, r in best_layout_summary(measured).items():
+                    print(f"{name:>20} best layout: {variant:>14} {r['layout']:>13} {r['ms']:9.2f} ms  "
+                          f"pycnn is x{r['vs_pycnn']:.2f} faster", flush=True)
     except KeyboardInterrupt:
         print(f"interrupted: keeping the {len(rows)} measured rows", file=sys.stderr)
     if args.out and rows:
-        paths = report.write_results(Path(args.out), "model-" + "-".join(sorted({r["network"] for r in rows})),
+        name = "-".join(["model"] + sorted({r["network"] for r in rows}) + ["train" if args.train else "eval"])
+        paths = report.write_results(Path(args.out), name,
                                      report.environment(device), rows,
                                      ["network", "variant", "mode", "batch", "dtype", "layout", "ms", "images_per_s",
-                                      "peak_mib", "speedup"], ["network", "variant", "mode"])
+                                      "peak_mib", "saved_mib", "speedup"], ["network", "variant", "mode"],
+                                     series_key="layout")
         print("wrote " + ", ".join(map(str, paths)))
     return 0
 
@@ -216,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="directory for the JSON, markdown and PNG results")
     p.set_defaults(run=cmd_bench_ops)
 
-    p = bench.add_parser("model", help="images/s and peak memory: pycnn vs eager vs torch.compile")
+    p = bench.add_parser("model", help="images/s and memory: pycnn vs eager [vs torchvision] [vs torch.compile]")
     p.add_argument("files", nargs="+")
     p.add_argument("--network")
     p.add_argument("--input", type=_shape)
@@ -224,9 +236,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
     p.add_argument("--device")
-    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--layout", choices=["nchw", "channels_last", "both"], default="nchw",
+                   help="memory layout(s) of model and input; both: every variant in each, plus its best")
+    p.add_argument("--channels-last", action="store_true", help="same as --layout channels_last")
     p.add_argument("--train", action="store_true", help="forward + backward instead of inference")
-    p.add_argument("--compile", action="store_true", help="add torch.compile of the eager model")
+    p.add_argument("--compile", action="store_true",
+                   help="add torch.compile of the baseline (torchvision's model if --torchvision, else eager)")
+    p.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads; default torch's)")
+    p.add_argument("--kernels", choices=["auto", "pycnn", "torch"], default=None,
+                   help="who runs pycnn's fused ops (default $PYCNN_KERNELS or auto: measured in the warm-up)")
+    p.add_argument("--torchvision", metavar="NAME",
+                   help="add torchvision.models.NAME with the same weights (e.g. mobilenet_v2, resnext50_32x4d)")
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--out", help="directory for the JSON, markdown and PNG results")
     p.set_defaults(run=cmd_bench_model)

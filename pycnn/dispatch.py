@@ -126,16 +126,18 @@ def measure(run: Callable[[str, Tensor, Optional[Tensor]], Tensor], x: Tensor, r
 
 
 def choose(step, run: Callable[[str, Tensor, Optional[Tensor]], Tensor], x: Tensor, residual: Optional[Tensor],
-           params: List[Tensor], buffers: List[Tensor], training: bool) -> str:
+           modules: List[torch.nn.Module]) -> str:
     """The implementation ("pycnn" or "torch") a fused step runs for input x; see the module docstring."""
     if step.mode != "auto":
         return step.mode
     if torch.compiler.is_compiling() or x.device.type not in ("cpu", "cuda"):
         return step.last_choice or "pycnn"
-    key = shape_key(step.signature, x, training)
+    key = shape_key(step.signature, x, training=any(m.training for m in modules))
     cache = choice_cache()
     entry = cache.entries.get(key)
     if entry is None:
+        params = [p for m in modules for p in m.parameters()]
+        buffers = [b for m in modules for b in m.buffers()]
         times = measure(run, x, residual, params, buffers)
         entry = {"choice": min(times, key=times.get), "pycnn_ms": times["pycnn"] * 1e3, "torch_ms": times["torch"] * 1e3}
         cache.record(key, entry)

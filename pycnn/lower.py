@@ -127,10 +127,7 @@ class FusedStep:
 
     def __call__(self, owner: nn.Module, x, residual=None):
         modules = [getattr(owner, name) for name in self.names]
-        params = [p for m in modules for p in m.parameters()]
-        buffers = [b for m in modules for b in m.buffers()]
-        impl = dispatch.choose(self, lambda impl, x_, r_: self.run(modules, x_, r_, impl), x, residual, params,
-                               buffers, training=any(m.training for m in modules))
+        impl = dispatch.choose(self, lambda impl, x_, r_: self.run(modules, x_, r_, impl), x, residual, modules)
         if not torch.compiler.is_compiling():
             self.last_choice = impl
         return self.run(modules, x, residual, impl)

@@ -165,11 +165,23 @@ def test_bench_ops_quick_without_arch_runs_the_builtin_network(tmp_path, capsys)
 def test_bench_model_compares_pycnn_with_eager(tmp_path):
     out = run("bench", "model", "archs/lenet.arch", "--batch", "2", "--repeats", "2", "--train", "--out", str(tmp_path))
     assert out.returncode == 0, out.stderr
-    rows = json.loads((tmp_path / "model-lenet.json").read_text())["results"]
+    rows = json.loads((tmp_path / "model-lenet-train.json").read_text())["results"]
     assert [r["variant"] for r in rows] == ["pycnn", "eager"]
     assert all(r["images_per_s"] > 0 and r["mode"] == "train" for r in rows)
     assert rows[0]["speedup"] == pytest.approx(1.0)
-    assert (tmp_path / "model-lenet.png").exists()
+    assert all(r["saved_mib"] > 0 for r in rows)
+    assert (tmp_path / "model-lenet-train.png").exists()
+
+
+def test_bench_model_layouts_and_torchvision_baseline(tmp_path):
+    out = run("bench", "model", "archs/resnet.arch", "--network", "resnet18", "--input", "3x32x32", "--batch", "2",
+              "--repeats", "2", "--layout", "both", "--torchvision", "resnet18", "--kernels", "pycnn",
+              "--threads", "1", "--out", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    rows = json.loads((tmp_path / "model-resnet18-eval.json").read_text())["results"]
+    assert [(r["variant"], r["layout"]) for r in rows] == [
+        (v, layout) for layout in ("nchw", "channels_last") for v in ("pycnn", "eager", "torchvision")]
+    assert "best layout:" in out.stdout and all(r["mode"] == "eval" and r["saved_mib"] is None for r in rows)
 
 
 def test_reference_copy_computes_the_same_function():

@@ -16,7 +16,7 @@ run python tools/emu_vs_gpu.py --require-gpu
 run python -m pycnn bench ops --op all --dtype fp16 fp32 --out "$out"
 for spec in "archs/regnet.arch regnet_x_32gf" "archs/efficientnet.arch efficientnet_b0" "archs/resnext.arch resnext50_32x4d"; do
   set -- $spec
-  run python -m pycnn bench model "$1" --network "$2" --batch 64 --dtype fp16 --channels-last --compile --out "$out"
+  run python -m pycnn bench model "$1" --network "$2" --torchvision "$2" --batch 64 --dtype fp16 --layout both --compile --out "$out"
   run python -m pycnn bench model "$1" --network "$2" --batch 64 --dtype fp16 --channels-last --train --out "$out"
 done
 echo "results in $out (exit $status)"
