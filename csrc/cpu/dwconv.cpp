@@ -2,8 +2,8 @@
 //
 // The kernels are NHWC-native (a pixel's channels contiguous, loops over channel blocks vectorize);
 // NCHW tensors are converted in and the results converted back. The kernels (dwconv_kernels.h) are
-// compiled twice, for the baseline x86-64 ISA and for AVX2+FMA, and the second is used where the CPU
-// has it: the build targets the baseline, so without this the loops would be 4-wide SSE.
+// compiled twice, for the baseline x86-64 ISA and for AVX2+FMA (cpu/isa_kernels.h), and the second is
+// used where the CPU has it: the build targets the baseline, so without this the loops would be 4-wide SSE.
 //
 // forward:  y = act(conv(x) * scale + bias [+ residual]), one pass.
 // backward: pass 1 over output rows recomputes conv(x) (cheaper than saving it: the depthwise conv is
@@ -26,32 +26,11 @@
 
 namespace pycnn {
 
-namespace dw_base {
-#include "dwconv_kernels.h"
-}  // namespace dw_base
-
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define PYCNN_DW_HAVE_AVX2 1
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-namespace dw_avx2 {
-#define PYCNN_DW_FMA 1
-#include "dwconv_kernels.h"
-#undef PYCNN_DW_FMA
-}  // namespace dw_avx2
-#pragma GCC pop_options
-#endif
+#define PYCNN_ISA_KERNELS "cpu/dwconv_kernels.h"
+#define PYCNN_ISA_NS dw
+#include "cpu/isa_kernels.h"
 
 namespace {
-
-bool use_avx2() {
-#ifdef PYCNN_DW_HAVE_AVX2
-  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return yes;
-#else
-  return false;
-#endif
-}
 
 using cpu::dispatch_act;
 
@@ -76,13 +55,9 @@ Tensor dwconv_forward_cpu(const Tensor& input, const Tensor& weight, const OptTe
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "dwconv_forward_cpu", [&] {
       using acc = at::opmath_type<scalar_t>;
       dispatch_act(act, [&](auto A) {
-        auto args = std::make_tuple(g, x.const_data_ptr<scalar_t>(), wt.const_data_ptr<acc>(), sc.const_data_ptr<acc>(),
-                                    bi.const_data_ptr<acc>(), r.defined() ? r.const_data_ptr<scalar_t>() : nullptr,
-                                    y.data_ptr<scalar_t>());
-#ifdef PYCNN_DW_HAVE_AVX2
-        if (use_avx2()) return std::apply(dw_avx2::forward<scalar_t, acc, decltype(A)::value>, args);
-#endif
-        std::apply(dw_base::forward<scalar_t, acc, decltype(A)::value>, args);
+        PYCNN_CPU_KERNEL(dw, forward<scalar_t, acc, decltype(A)::value>)(
+            g, x.const_data_ptr<scalar_t>(), wt.const_data_ptr<acc>(), sc.const_data_ptr<acc>(),
+            bi.const_data_ptr<acc>(), r.defined() ? r.const_data_ptr<scalar_t>() : nullptr, y.data_ptr<scalar_t>());
       });
     });
   }
@@ -127,23 +102,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, OptTensor> dwconv_backward_cpu(
     using acc = at::opmath_type<scalar_t>;
     if (rows > 0) {
       dispatch_act(act, [&](auto A) {
-        auto args = std::make_tuple(g, x.const_data_ptr<scalar_t>(), dy.const_data_ptr<scalar_t>(),
-                                    wt.const_data_ptr<acc>(), sc.const_data_ptr<acc>(), bi.const_data_ptr<acc>(),
-                                    r.defined() ? r.const_data_ptr<scalar_t>() : nullptr, gu.data_ptr<acc>(),
-                                    dr.defined() ? dr.data_ptr<scalar_t>() : nullptr, partials.data_ptr<acc>(),
-                                    rows_per_block, blocks);
-#ifdef PYCNN_DW_HAVE_AVX2
-        if (use_avx2()) return std::apply(dw_avx2::backward_grad_out<scalar_t, acc, decltype(A)::value>, args);
-#endif
-        std::apply(dw_base::backward_grad_out<scalar_t, acc, decltype(A)::value>, args);
+        PYCNN_CPU_KERNEL(dw, backward_grad_out<scalar_t, acc, decltype(A)::value>)(
+            g, x.const_data_ptr<scalar_t>(), dy.const_data_ptr<scalar_t>(), wt.const_data_ptr<acc>(),
+            sc.const_data_ptr<acc>(), bi.const_data_ptr<acc>(), r.defined() ? r.const_data_ptr<scalar_t>() : nullptr,
+            gu.data_ptr<acc>(), dr.defined() ? dr.data_ptr<scalar_t>() : nullptr, partials.data_ptr<acc>(),
+            rows_per_block, blocks);
       });
     }
     if (dx.numel() > 0) {
-      auto args = std::make_tuple(g, gu.const_data_ptr<acc>(), wt.const_data_ptr<acc>(), dx.data_ptr<scalar_t>());
-#ifdef PYCNN_DW_HAVE_AVX2
-      if (use_avx2()) return std::apply(dw_avx2::backward_grad_in<scalar_t, acc>, args);
-#endif
-      std::apply(dw_base::backward_grad_in<scalar_t, acc>, args);
+      PYCNN_CPU_KERNEL(dw, backward_grad_in<scalar_t, acc>)(g, gu.const_data_ptr<acc>(), wt.const_data_ptr<acc>(),
+                                                            dx.data_ptr<scalar_t>());
     }
   });
   const Tensor sums = partials.sum(0);  // [k*k + 2][C]

@@ -1,12 +1,12 @@
-// CPU kernels of pycnn::dwconv_* (NHWC). Not a normal header: csrc/cpu/dwconv.cpp includes it twice,
-// inside namespace pycnn::dw_base (baseline ISA) and pycnn::dw_avx2 (under #pragma GCC target
-// "avx2,fma"), and picks one at run time. All includes are done by dwconv.cpp before. PYCNN_DW_FMA
-// selects fused multiply-add (std::fma) over a separate multiply and add.
+// CPU kernels of pycnn::dwconv_* (NHWC). Not a normal header: csrc/cpu/dwconv.cpp compiles it twice
+// through cpu/isa_kernels.h, in namespace pycnn::dw_base (baseline ISA) and pycnn::dw_avx2 (AVX2+FMA),
+// and picks one at run time (PYCNN_CPU_KERNEL). All includes are done by dwconv.cpp before.
+// PYCNN_CPU_FMA selects fused multiply-add (std::fma) over a separate multiply and add.
 //
 // Loops run over a block of CB channels with CB a compile-time constant (the tail block has a run-time
 // length), so the compiler keeps a block's accumulators in vector registers across the k * k taps.
 
-#ifdef PYCNN_DW_FMA
+#ifdef PYCNN_CPU_FMA
 template <typename acc> inline acc madd(acc a, acc b, acc c) { return std::fma(a, b, c); }
 #else
 template <typename acc> inline acc madd(acc a, acc b, acc c) { return a * b + c; }

@@ -18,6 +18,7 @@
 #include <cstring>
 #include <vector>
 
+#include "cpu/kernel_utils.h"
 #include "gconv.h"
 
 // The vector helpers are always inlined, so no vector value crosses a function boundary.
@@ -27,21 +28,11 @@ namespace pycnn {
 namespace {
 
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-#define PYCNN_GCONV_X86 1
 #define PYCNN_TARGET_AVX2 __attribute__((target("avx2,fma")))
 #else
 #define PYCNN_TARGET_AVX2
 #endif
 #define PYCNN_ALWAYS_INLINE inline __attribute__((always_inline))
-
-bool cpu_has_avx2() {
-#ifdef PYCNN_GCONV_X86
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return ok;
-#else
-  return false;
-#endif
-}
 
 template <typename acc, int T>
 struct VecType {
@@ -346,7 +337,7 @@ void run_forward(const GConvGeometry& g, Act act, const Tensor& x, const Tensor&
     }
   }
   const Args a{g, act, wk.size(-1)};
-  const bool avx2 = cpu_has_avx2();
+  const bool avx2 = cpu::use_avx2();
   dispatch_tile(t, tile_rows(g.ow), [&](auto T_, auto P_) {
     constexpr int T = decltype(T_)::value, P = decltype(P_)::value;
     at::parallel_for(0, g.n * g.oh * g.groups, grain_for(g.ow * g.cog * g.cg * g.taps()), [&](int64_t q0, int64_t q1) {
@@ -363,7 +354,7 @@ void run_dgrad(const GConvGeometry& g, const Tensor& dc, const Tensor& weight, c
   std::vector<acc> zeros(std::max(g.c_in, g.c_out) + 16, acc(0));
   DgradPtrs<acc> d{dc.const_data_ptr<acc>(), wt.const_data_ptr<acc>(), dx.data_ptr<acc>(), zeros.data()};
   const Args a{g, Act::None, wt.size(-1)};
-  const bool avx2 = cpu_has_avx2();
+  const bool avx2 = cpu::use_avx2();
   dispatch_tile(t, tile_rows(g.w), [&](auto T_, auto P_) {
     constexpr int T = decltype(T_)::value, P = decltype(P_)::value;
     at::parallel_for(0, g.n * g.h * g.groups, grain_for(g.w * g.cog * g.cg * g.taps()), [&](int64_t q0, int64_t q1) {
@@ -381,7 +372,7 @@ Tensor run_wgrad(const GConvGeometry& g, const Tensor& x, const acc* dc) {
   const int64_t per = g.groups * g.taps() * g.cg * g.cog;
   Tensor partial = at::zeros({chunks, per}, x.options());
   const Args a{g, Act::None, g.cog};
-  const bool avx2 = cpu_has_avx2();
+  const bool avx2 = cpu::use_avx2();
   dispatch_tile(tile_cols<acc>(g.cog), tile_rows(g.cg), [&](auto T_, auto P_) {
     constexpr int T = decltype(T_)::value, P = decltype(P_)::value;
     at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {

@@ -1,5 +1,6 @@
-// Helpers shared by the CPU kernels (csrc/cpu/*.cpp): the layout a kernel works in and compile-time
-// dispatch of the activation and of the channel stride of a span.
+// Helpers shared by the CPU kernels (csrc/cpu/*.cpp): the layout a kernel works in, compile-time
+// dispatch of the activation and of the channel stride of a span, and the run-time choice between the
+// baseline and the AVX2+FMA builds of a kernel (cpu/isa_kernels.h).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -12,8 +13,24 @@
 #include "../activation.h"
 #include "../bn_act.h"
 
+// PYCNN_CPU_AVX2: the compiler can build functions for AVX2+FMA inside a baseline translation unit
+// (#pragma GCC target), so cpu/isa_kernels.h compiles the kernel headers a second time for it.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define PYCNN_CPU_AVX2 1
+#endif
+
 namespace pycnn {
 namespace cpu {
+
+// Whether the CPU running us has AVX2 and FMA (checked once).
+inline bool use_avx2() {
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return yes;
+#else
+  return false;
+#endif
+}
 
 // NCHW (channels_last false) or NHWC, contiguous; hw = H * W.
 struct Layout {
@@ -89,3 +106,12 @@ void dispatch_channel_stride(const Layout& l, Body body) {
 
 }  // namespace cpu
 }  // namespace pycnn
+
+// The build of kernel `fn` (a function or template specialization of a kernels header compiled by
+// cpu/isa_kernels.h into namespaces ns##_base and ns##_avx2) for this CPU, as a function pointer:
+//   PYCNN_CPU_KERNEL(dw, forward<scalar_t, acc, A>)(args...)
+#ifdef PYCNN_CPU_AVX2
+#define PYCNN_CPU_KERNEL(ns, ...) (::pycnn::cpu::use_avx2() ? &ns##_avx2::__VA_ARGS__ : &ns##_base::__VA_ARGS__)
+#else
+#define PYCNN_CPU_KERNEL(ns, ...) (&ns##_base::__VA_ARGS__)
+#endif
