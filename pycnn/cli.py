@@ -65,7 +65,7 @@ def cmd_summary(args) -> int:
         except ImportError:
             pass
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
-    line = lambda r: "  ".join(v.rjust(w) if i in (3, 4) else v.ljust(w) for i, (v, w) in enumerate(zip(r, widths)))
+    line = lambda r: "  ".join(v.rjust(w) if i in (3, 4) else v.ljust(w) for i, (v, w) in enumerate(zip(r, widths))).rstrip()
     print(title)
     print(line(header))
     for r in rows:
