@@ -108,9 +108,35 @@ def conv_bn_act(conv: nn.Conv2d, bn: _BatchNorm, x: Tensor, kind: str, act: Opti
         y = conv(x)
     else:
         w = (conv.weight * scale.view(-1, 1, 1, 1)).to(conv.weight.dtype)
-        y = F.conv2d(x, w, shift.to(conv.weight.dtype), conv.stride, conv.padding, conv.dilation, conv.groups)
+        b = shift.to(conv.weight.dtype)
+        if _onednn_fusable(x, w, residual, act):
+            return _onednn_conv_act(x, w, b, conv, residual, act)
+        y = F.conv2d(x, w, b, conv.stride, conv.padding, conv.dilation, conv.groups)
         return epilogue_(y, residual, act)
     return batch_norm_act(bn, y, act, residual, "pycnn") if batch_stats else y
+
+
+# oneDNN's fused convolution (the one inductor uses on the CPU): the activation, and a residual add followed by
+# relu, run in the convolution's epilogue. name -> (unary attr, scalars).
+_ONEDNN_ACTS = {None: ("none", []), "none": ("none", []), "relu": ("relu", []), "relu6": ("hardtanh", [0.0, 6.0]),
+                "silu": ("swish", []), "hardswish": ("hardswish", [])}
+
+
+def _onednn_fusable(x: Tensor, w: Tensor, residual: Optional[Tensor], act: Optional[str]) -> bool:
+    """Inference on the CPU in float32, outside torch.compile/export (inductor makes its own fusions)."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and w.dtype == torch.float32 and x.dim() == 4
+            and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))
+            and act in _ONEDNN_ACTS and (residual is None or act in (None, "none", "relu"))
+            and torch.backends.mkldnn.is_available() and not torch.compiler.is_compiling())
+
+
+def _onednn_conv_act(x, w, b, conv, residual, act):
+    unary, scalars = _ONEDNN_ACTS[act]
+    geometry = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
+    if residual is None:
+        return torch.ops.mkldnn._convolution_pointwise(x, w, b, *geometry, unary, scalars, "")
+    return torch.ops.mkldnn._convolution_pointwise.binary(x, residual.to(x.dtype), w, b, *geometry, "add", 1.0,
+                                                          None if unary == "none" else unary, [], "")
 
 
 def squeeze_excite(se: nn.Module, x: Tensor, act: str, post_act: Optional[str], residual: Optional[Tensor] = None,
