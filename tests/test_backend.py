@@ -21,6 +21,9 @@ ARCH_FILES = sorted(glob.glob(os.path.join(ROOT, "archs", "*.arch")))
 FIRST_NETWORKS = [(os.path.relpath(f, ROOT), load_program(f).main_networks[0]) for f in ARCH_FILES]
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 @pytest.fixture(autouse=True)
 def private_kernel_cache(tmp_path, monkeypatch):
     monkeypatch.setenv(dispatch.ENV_CACHE, str(tmp_path / "cache"))

@@ -17,13 +17,7 @@ from pycnn import weights  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny inputs: one thread is as fast, and immune to OpenMP spin-waiting when the machine is busy
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # (arch file, network, library, model name, input size)
 CASES = [

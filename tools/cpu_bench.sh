@@ -3,7 +3,7 @@
 # the default networks (pycnn bench ops --op all), and the networks themselves (pycnn bench model): eval, pycnn
 # (backend fused, kernels chosen per shape) against the torchvision model with the same weights and against
 # torch.compile of it, each in its best layout; training: speed and the memory kept for backward against the
-# reference backend. Takes about an hour on 2 cores; run it on an otherwise idle machine.
+# reference backend. About 30 minutes on 2 cores; run it on an otherwise idle machine.
 #   tools/cpu_bench.sh [OUT_DIR]      env: OPS_THREADS (default 1), REPEATS (default 3), BATCH (default 8)
 set -uo pipefail
 cd "$(dirname "$0")/.."

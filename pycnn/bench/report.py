@@ -122,7 +122,7 @@ def speedup_chart(rows: Sequence[Dict[str, object]], path: Path, title: str, lab
                 ys = [index[tuple(r.get(k) for k in label_keys)] - 0.4 + bar * (si + 0.5) for r in sel]
                 sp = [float(r["speedup"]) for r in sel]
                 ax.barh(ys, [v - 1 for v in sp], left=1, height=bar * 0.9, color=colors[si % len(colors)],
-                        label=f"{ser} vs eager" if ser is not None else "vs eager")
+                        label=str(ser) if ser is not None else "speedup")
                 if compiled:
                     pts = [(float(r["speedup_vs_compile"]), y) for r, y in zip(sel, ys) if "speedup_vs_compile" in r]
                     if pts:
