@@ -112,7 +112,7 @@ class FusedStep:
         self.kind, self.attrs, self.mode = node.kind, dict(node.attrs), mode
         self.names = [layer.name for layer in node.layers]
         first = node.layers[0]
-        geometry = {k: first.attrs[k] for k in ("k", "s", "p", "d", "groups") if k in first.attrs}
+        geometry = {k: first.attrs[k] for k in ("k", "s", "p", "d", "groups", "reduced") if k in first.attrs}
         self.signature = f"{self.kind}:{first.in_shape[0]}->{node.out_shape[0]}:" + ",".join(
             f"{k}={v}" for k, v in sorted({**geometry, **self.attrs}.items()))
         self.last_choice: Optional[str] = None
@@ -133,7 +133,7 @@ class FusedStep:
         return self.run(modules, x, residual, impl)
 
     def __repr__(self):
-        extra = f", adds the residual" if self.attrs.get("residual") else ""
+        extra = ", adds the residual" if self.attrs.get("residual") else ""
         return f"{'+'.join(self.names)} ({self.kind}{extra}, kernels={self.mode})"
 
 
