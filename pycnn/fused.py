@@ -118,16 +118,17 @@ def conv_bn_act(conv: nn.Conv2d, bn: _BatchNorm, x: Tensor, kind: str, act: Opti
 
 # oneDNN's fused convolution (the one inductor uses on the CPU): the activation, and a residual add followed by
 # relu, run in the convolution's epilogue. name -> (unary attr, scalars).
+_ONEDNN = torch.backends.mkldnn.is_available()
 _ONEDNN_ACTS = {None: ("none", []), "none": ("none", []), "relu": ("relu", []), "relu6": ("hardtanh", [0.0, 6.0]),
                 "silu": ("swish", []), "hardswish": ("hardswish", [])}
 
 
 def _onednn_fusable(x: Tensor, w: Tensor, residual: Optional[Tensor], act: Optional[str]) -> bool:
     """Inference on the CPU in float32, outside torch.compile/export (inductor makes its own fusions)."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and w.dtype == torch.float32 and x.dim() == 4
+    return (_ONEDNN and not torch.compiler.is_compiling() and x.device.type == "cpu" and x.dtype == torch.float32
+            and w.dtype == torch.float32 and x.dim() == 4
             and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))
-            and act in _ONEDNN_ACTS and (residual is None or act in (None, "none", "relu"))
-            and torch.backends.mkldnn.is_available() and not torch.compiler.is_compiling())
+            and act in _ONEDNN_ACTS and (residual is None or act in (None, "none", "relu")))
 
 
 def _onednn_conv_act(x, w, b, conv, residual, act):

@@ -165,10 +165,13 @@ def test_bn_act_module_keeps_batchnorm_names():
     keys = [k for k in model.state_dict() if k.startswith("stem.bn1.")]
     assert keys == ["stem.bn1.weight", "stem.bn1.bias", "stem.bn1.running_mean", "stem.bn1.running_var",
                     "stem.bn1.num_batches_tracked"]
+    assert type(model.stem.bn1) is torch.nn.BatchNorm2d  # a plain BatchNorm; its activation is the network's
     x = torch.randn(2, 3, 8, 8)
-    model.eval()
-    y = model.stem.bn1(model.stem.conv1(x))
-    assert (y >= 0).all()  # the activation runs inside bn1
+    for backend in ("fused", "reference"):
+        relu_net = pycnn.compile("network n(input = 3x8x8) {\n    stem = conv(4, k=3) bn relu\n}", backend=backend)
+        for train in (True, False):
+            y = relu_net.train(train)(x)
+            assert (y >= 0).all() and (y == 0).any()  # the relu after bn1 runs
 
 
 def test_model_keeps_source_and_ir():
