@@ -180,11 +180,11 @@ def cmd_bench_model(args) -> int:
                 memory += "" if r["saved_mib"] is None else f"  saved for backward {r['saved_mib']:.1f} MiB"
                 print(f"{name:>20} {r['variant']:>14} {r['mode']:>5} batch {r['batch']:<4} {r['dtype']:>8} "
                       f"{r['layout']:>13}  {r['ms']:9.2f} ms  {r['images_per_s']:9.1f} img/s  "
-                      f"x{r['speedup']:5.2f} slower than pycnn{memory}", flush=True)
+                      f"pycnn speedup x{r['speedup']:5.2f}{memory}", flush=True)
             if len(layouts) > 1:
                 for variant, r in best_layout_summary(measured).items():
                     print(f"{name:>20} best layout: {variant:>14} {r['layout']:>13} {r['ms']:9.2f} ms  "
-                          f"pycnn is x{r['vs_pycnn']:.2f} faster", flush=True)
+                          f"pycnn speedup x{r['vs_pycnn']:.2f}", flush=True)
     except KeyboardInterrupt:
         print(f"interrupted: keeping the {len(rows)} measured rows", file=sys.stderr)
     if args.out and rows:
