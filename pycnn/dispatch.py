@@ -10,6 +10,7 @@ choice of its last eager run (pycnn's kernel if none).
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import warnings
@@ -78,9 +79,14 @@ def choice_cache() -> ChoiceCache:
     return _caches[path]
 
 
+@functools.lru_cache(maxsize=None)
+def _cuda_name(index: int) -> str:
+    return torch.cuda.get_device_name(index).replace(" ", "_")
+
+
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
-        return torch.cuda.get_device_name(device).replace(" ", "_")
+        return _cuda_name(device.index if device.index is not None else torch.cuda.current_device())
     if device.type == "cpu":
         return f"cpu{torch.get_num_threads()}t"
     return device.type

@@ -220,6 +220,14 @@ EAGER_ACT = {"relu": F.relu, "relu6": F.relu6, "silu": F.silu, "hardswish": F.ha
 ACT_MODULE = {"relu": nn.ReLU, "relu6": nn.ReLU6, "silu": nn.SiLU, "hardswish": nn.Hardswish, "none": nn.Identity}
 
 
+def _prepare(device: torch.device) -> Optional[float]:
+    """cudnn.benchmark for the baseline (DESIGN.md 7); the measured copy bandwidth on CUDA (None on the CPU)."""
+    if device.type != "cuda":
+        return None
+    torch.backends.cudnn.benchmark = True
+    return peak_bandwidth_gbs(device)
+
+
 def _modes():
     return ("forward", "forward+backward")
 
@@ -227,9 +235,7 @@ def _modes():
 def bench_bn_act(device: torch.device, dtype: torch.dtype, repeats: int, batches, shapes: Sequence[BnShape],
                  with_compile: bool = False):
     """BatchNormAct2d (training mode: batch statistics) against nn.BatchNorm2d [+ residual] + activation."""
-    peak = peak_bandwidth_gbs(device) if device.type == "cuda" else None
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    peak = _prepare(device)
     rows = []
     for batch in batches:
         for s in shapes:
@@ -276,9 +282,7 @@ def eager_se(x, fc1, fc2, act, residual=None):
 def bench_se(device: torch.device, dtype: torch.dtype, repeats: int, batches, shapes: Sequence[SeShape],
              with_compile: bool = False):
     """SqueezeExcite (one fused op) against pool, fc1, act, fc2, sigmoid, scale [+ residual, relu]."""
-    peak = peak_bandwidth_gbs(device) if device.type == "cuda" else None
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    peak = _prepare(device)
     rows = []
     for batch in batches:
         for s in shapes:
@@ -318,9 +322,7 @@ def bench_dwconv(device: torch.device, dtype: torch.dtype, repeats: int, batches
                  with_compile: bool = False):
     """DepthwiseConvBNAct2d against nn.Conv2d(groups=C) + nn.BatchNorm2d + activation. forward: eval
     (pycnn: one fused kernel, BN folded); forward+backward: training (batch statistics)."""
-    peak = peak_bandwidth_gbs(device) if device.type == "cuda" else None
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    peak = _prepare(device)
     rows = []
     for batch in batches:
         for s in shapes:
@@ -365,9 +367,7 @@ def bench_gconv(device: torch.device, dtype: torch.dtype, repeats: int, batches,
     (robust to preemption on a loaded machine) and pycnn's GFLOP/s (TFLOP/s on CUDA) of its best run."""
     from pycnn import ops
 
-    peak = peak_bandwidth_gbs(device) if device.type == "cuda" else None
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    peak = _prepare(device)
     rows = []
     for batch in batches:
         for s in shapes:
