@@ -354,15 +354,8 @@ def test_channels_last_end_to_end():
 
 def test_training_saves_no_more_for_backward_than_the_reference():
     """Activation memory of a training step: bytes of the tensors autograd keeps for backward."""
-    def saved_bytes(model, x):
-        storages = {}
-
-        def pack(t):
-            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-            return t
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            model.train()(x).sum().backward()
-        return sum(storages.values())
+    from pycnn.bench.model import saved_for_backward_bytes
+    saved_bytes = lambda model, x: saved_for_backward_bytes(model.train(), x)
 
     for path, network in [("archs/mobilenet_v2.arch", "mobilenet_v2"), ("archs/resnet.arch", "resnet50"),
                           ("archs/efficientnet.arch", "efficientnet_b0")]:
