@@ -116,6 +116,35 @@ def test_matches_conv2d_groups(case, layout, act, affine, with_residual):
         assert mine[0].is_contiguous(memory_format=fmt)
 
 
+# The CPU kernels' register-blocked path (csrc/cpu/dwconv_kernels.h: k 3/5/7, column stride 1 or 2, column
+# dilation 1) needs rows with several interior pixels: blocks of 8/6/4 pixels plus single ones, 20 channels
+# (whole vectors plus a tail in float32 and float64), padding above k - 1 (dx by the generic loop). Both
+# backward paths: the identity epilogue (no scale, bias, residual or act: dy is the gradient of the conv,
+# the training case) and the full one.
+REGISTER_BLOCKED_CASES = [
+    (2, 20, 6, 21, 3, 1, 1, 1),
+    (1, 20, 5, 18, 3, 2, 1, 1),
+    (1, 20, 7, 17, 5, 2, 2, 1),
+    (1, 20, 9, 19, 7, 1, 3, 1),
+    (1, 20, 6, 15, 3, 1, 3, 1),
+]
+
+
+@pytest.mark.parametrize("case", REGISTER_BLOCKED_CASES)
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("identity", [True, False])
+def test_register_blocked_rows(case, layout, dtype, identity):
+    args = [t.to(dtype) if t is not None and t.dim() == 1 else t  # scale and bias in float64 too
+            for t in make_args(case, layout, dtype, affine=not identity, with_residual=not identity)]
+    act = "none" if identity else "relu6"
+    mine = outputs_and_grads(ours_fn(case, act), args)
+    ref = outputs_and_grads(ref_fn(case, act), [t.double() if t is not None else None for t in args])
+    names = ["output", "grad_input", "grad_weight"] + ([] if identity else ["grad_scale", "grad_bias", "grad_residual"])
+    tol = dict(rtol=1e-5, atol=2e-5) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
+    assert_all_close(mine, ref, names, **tol)
+
+
 @pytest.mark.parametrize("case,act,layout", [
     ((1, 3, 5, 6, 3, 1, 1, 1), "silu", "nchw"),
     ((2, 2, 6, 5, 5, 2, 2, 1), "hardswish", "channels_last"),

@@ -5,11 +5,15 @@
 // compiled twice, for the baseline x86-64 ISA and for AVX2+FMA (cpu/isa_kernels.h), and the second is
 // used where the CPU has it: the build targets the baseline, so without this the loops would be 4-wide SSE.
 //
-// forward:  y = act(conv(x) * scale + bias [+ residual]), one pass.
-// backward: pass 1 over output rows recomputes conv(x) (cheaper than saving it: the depthwise conv is
-//           memory-bound and pass 1 reads x anyway for the weight gradient) and gives dz, the gradient of
-//           conv(x) (kept in a float buffer), dresidual, and the per-block partial sums of dscale, dbias
-//           and dweight; pass 2 over input rows is dx, the transposed convolution of that gradient.
+// forward:  y = act(conv(x) [* scale + bias] [+ residual]), one pass (a row of conv(x) at a time, then
+//           its epilogue).
+// backward: with an identity epilogue (no scale, bias, residual or act: the conv of a training step, whose
+//           BN runs in bn_act) dy is the gradient of conv(x) and is read in place; otherwise a pass over
+//           output rows recomputes conv(x) (cheaper than saving it: memory-bound) and gives that gradient
+//           (a float buffer), dresidual and the per-block partial sums of dscale and dbias. Then dweight
+//           (per-block partial sums, the k accumulators of a kernel row in registers) and dx: with stride
+//           and dilation 1 the forward kernel over the gradient with the flipped kernel, otherwise the
+//           transposed convolution loop.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -18,6 +22,7 @@
 #include <algorithm>
 #include <bit>
 #include <cmath>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -49,15 +54,18 @@ Tensor dwconv_forward_cpu(const Tensor& input, const Tensor& weight, const OptTe
   const Tensor x = input.contiguous(nhwc);
   const Tensor r = residual ? residual->contiguous(nhwc) : Tensor();
   const Tensor wt = dwconv_weight_taps(weight);
+  // Without scale and bias the epilogue skips the multiply-add (sc, bi null).
+  const bool affine = scale.has_value() || bias.has_value();
   const Tensor sc = channel_vector_acc(scale, input, 1.0), bi = channel_vector_acc(bias, input, 0.0);
   Tensor y = output_like(input, g);
   if (y.numel() > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "dwconv_forward_cpu", [&] {
       using acc = at::opmath_type<scalar_t>;
       dispatch_act(act, [&](auto A) {
-        PYCNN_CPU_KERNEL(dw, forward<scalar_t, acc, decltype(A)::value>)(
-            g, x.const_data_ptr<scalar_t>(), wt.const_data_ptr<acc>(), sc.const_data_ptr<acc>(),
-            bi.const_data_ptr<acc>(), r.defined() ? r.const_data_ptr<scalar_t>() : nullptr, y.data_ptr<scalar_t>());
+        PYCNN_CPU_KERNEL(dw, forward<scalar_t, scalar_t, acc, decltype(A)::value>)(
+            g, x.const_data_ptr<scalar_t>(), wt.const_data_ptr<acc>(), affine ? sc.const_data_ptr<acc>() : nullptr,
+            affine ? bi.const_data_ptr<acc>() : nullptr, r.defined() ? r.const_data_ptr<scalar_t>() : nullptr,
+            y.data_ptr<scalar_t>());
       });
     });
   }
@@ -86,9 +94,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, OptTensor> dwconv_backward_cpu(
   const Tensor sc = channel_vector_acc(scale, input, 1.0), bi = channel_vector_acc(bias, input, 0.0);
   const auto acc_type = acc_dtype(input.scalar_type());
   const int64_t kk = int64_t(g.k) * g.k;
+  // With no scale, bias, residual or activation (the conv of a training step, BN done by bn_act) the
+  // gradient of conv(x) is dy itself: conv(x) is not recomputed and dy is read in place.
+  const bool identity = !scale && !bias && !r.defined() && act == Act::None;
   Tensor dx = at::empty({g.n, g.c, g.h, g.w}, input.options(), nhwc);
   Tensor dr = r.defined() ? output_like(input, g) : Tensor();
-  Tensor gu = at::empty({g.n, g.c, g.oh, g.ow}, input.options().dtype(acc_type), nhwc);
+  Tensor gu = identity ? Tensor() : at::empty({g.n, g.c, g.oh, g.ow}, input.options().dtype(acc_type), nhwc);
   // Blocks of output rows for the partial sums: a few per thread, each at least ~64K multiply-adds.
   const int64_t rows = g.n * g.oh;
   const int64_t work_per_row = std::max<int64_t>(1, g.ow * g.c * kk);
@@ -97,24 +108,56 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, OptTensor> dwconv_backward_cpu(
   const int64_t blocks = std::max<int64_t>(1, (rows + rows_per_block - 1) / rows_per_block);
   Tensor partials = at::empty({blocks, kk + 2, g.c}, input.options().dtype(acc_type));
   if (rows == 0) partials.zero_();
+  // Stride and dilation 1 with padding <= k - 1: dx is the forward convolution of the gradient with the
+  // flipped kernel and padding k - 1 - p (the register-blocked path); otherwise the generic transposed loop.
+  const bool transposed_as_forward = g.sh == 1 && g.sw == 1 && g.dh == 1 && g.dw == 1 && g.ph <= g.k - 1 &&
+                                     g.pw <= g.k - 1;
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "dwconv_backward_cpu", [&] {
     using acc = at::opmath_type<scalar_t>;
-    if (rows > 0) {
-      dispatch_act(act, [&](auto A) {
-        PYCNN_CPU_KERNEL(dw, backward_grad_out<scalar_t, acc, decltype(A)::value>)(
-            g, x.const_data_ptr<scalar_t>(), dy.const_data_ptr<scalar_t>(), wt.const_data_ptr<acc>(),
-            sc.const_data_ptr<acc>(), bi.const_data_ptr<acc>(), r.defined() ? r.const_data_ptr<scalar_t>() : nullptr,
-            gu.data_ptr<acc>(), dr.defined() ? dr.data_ptr<scalar_t>() : nullptr, partials.data_ptr<acc>(),
+    auto grad_in = [&](const auto* grad_u) {
+      using gu_t = std::remove_cv_t<std::remove_pointer_t<decltype(grad_u)>>;
+      if (dx.numel() == 0) return;
+      if (transposed_as_forward) {
+        DwConvGeometry t = g;
+        std::swap(t.h, t.oh);
+        std::swap(t.w, t.ow);
+        t.ph = g.k - 1 - g.ph;
+        t.pw = g.k - 1 - g.pw;
+        const Tensor flipped = dwconv_weight_taps(weight.flip({2, 3}));
+        PYCNN_CPU_KERNEL(dw, forward<gu_t, scalar_t, acc, Act::None>)(
+            t, grad_u, flipped.const_data_ptr<acc>(), nullptr, nullptr, nullptr, dx.data_ptr<scalar_t>());
+      } else {
+        PYCNN_CPU_KERNEL(dw, backward_grad_in<scalar_t, acc, gu_t>)(g, grad_u, wt.const_data_ptr<acc>(),
+                                                                    dx.data_ptr<scalar_t>());
+      }
+    };
+    if (identity) {
+      const scalar_t* grad_u = dy.const_data_ptr<scalar_t>();
+      if (rows > 0) {
+        PYCNN_CPU_KERNEL(dw, backward_weight<scalar_t, acc, scalar_t>)(
+            g, x.const_data_ptr<scalar_t>(), grad_u, partials.data_ptr<acc>(), true, rows_per_block, blocks);
+      }
+      grad_in(grad_u);
+    } else {
+      if (rows > 0) {
+        dispatch_act(act, [&](auto A) {
+          PYCNN_CPU_KERNEL(dw, backward_epilogue<scalar_t, acc, decltype(A)::value>)(
+              g, x.const_data_ptr<scalar_t>(), dy.const_data_ptr<scalar_t>(), wt.const_data_ptr<acc>(),
+              sc.const_data_ptr<acc>(), bi.const_data_ptr<acc>(), r.defined() ? r.const_data_ptr<scalar_t>() : nullptr,
+              gu.data_ptr<acc>(), dr.defined() ? dr.data_ptr<scalar_t>() : nullptr, partials.data_ptr<acc>(),
+              rows_per_block, blocks);
+        });
+        PYCNN_CPU_KERNEL(dw, backward_weight<scalar_t, acc, acc>)(
+            g, x.const_data_ptr<scalar_t>(), gu.const_data_ptr<acc>(), partials.data_ptr<acc>(), false,
             rows_per_block, blocks);
-      });
-    }
-    if (dx.numel() > 0) {
-      PYCNN_CPU_KERNEL(dw, backward_grad_in<scalar_t, acc>)(g, gu.const_data_ptr<acc>(), wt.const_data_ptr<acc>(),
-                                                            dx.data_ptr<scalar_t>());
+      }
+      grad_in(gu.const_data_ptr<acc>());
     }
   });
-  const Tensor sums = partials.sum(0);  // [k*k + 2][C]
+  Tensor sums = partials.sum(0);  // [k*k + 2][C]
+  // With the identity epilogue dz = dy, so dscale = sum dy * conv(x) = sum over taps of w * dweight.
+  if (identity) sums[kk].copy_((wt * sums.narrow(0, 0, kk)).sum(0));
   Tensor grad_weight = dwconv_weight_from_taps(sums.narrow(0, 0, kk), weight);
   Tensor grad_scale = sums[kk].clone(), grad_bias = sums[kk + 1].clone();
   if (scale) grad_scale = grad_scale.to(scale->scalar_type());

@@ -3,8 +3,13 @@
 // and picks one at run time (PYCNN_CPU_KERNEL). All includes are done by dwconv.cpp before.
 // PYCNN_CPU_FMA selects fused multiply-add (std::fma) over a separate multiply and add.
 //
-// Loops run over a block of CB channels with CB a compile-time constant (the tail block has a run-time
-// length), so the compiler keeps a block's accumulators in vector registers across the k * k taps.
+// Two paths compute conv(x) for a pixel:
+// - the register-blocked path (conv_pixels) for interior pixels (every kernel column inside the row)
+//   when k is 3, 5 or 7, the column stride 1 or 2 and the column dilation 1: P output pixels of one row
+//   times one vector of channels at a time, each input vector loaded once per kernel row and used for
+//   every (pixel, tap) pair it belongs to, the accumulators and the kernel row's weights in registers;
+// - the generic path (conv_point) for everything else (border columns, the channels after the last
+//   full vector, other geometries): one pixel at a time over the valid taps.
 
 #ifdef PYCNN_CPU_FMA
 template <typename acc> inline acc madd(acc a, acc b, acc c) { return std::fma(a, b, c); }
@@ -16,16 +21,44 @@ template <typename acc> inline acc madd(acc a, acc b, acc c) { return a * b + c;
 using cpu::cpu_act;
 using cpu::cpu_act_derivative;
 
+// The vector types below are only passed between inlined functions of one build, so GCC's note that
+// their ABI differs between the baseline and AVX builds does not apply.
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+// A vector of channels, 32 bytes: one AVX register (8 floats or 4 doubles), two SSE registers in the
+// baseline build. GCC/Clang vector types stay in registers across unrolled loops, where arrays of
+// scalars were spilled. Under -ffp-contract=fast (GNU C++) a * b + c becomes an FMA in the AVX2 build.
+template <typename acc> struct VecOf;
+template <> struct VecOf<float> { typedef float type __attribute__((vector_size(32))); };
+template <> struct VecOf<double> { typedef double type __attribute__((vector_size(32))); };
+template <typename acc> using Vec = typename VecOf<acc>::type;
+template <typename acc> constexpr int64_t kLanes = 32 / sizeof(acc);
+
+template <typename acc, typename T>
+inline Vec<acc> load_vec(const T* p) {
+  Vec<acc> v;
+  if constexpr (std::is_same_v<T, acc>) {
+    std::memcpy(&v, p, sizeof v);
+  } else {
+    for (int64_t t = 0; t < kLanes<acc>; ++t) v[t] = static_cast<acc>(p[t]);
+  }
+  return v;
+}
+
+template <typename acc>
+inline void store_vec(acc* p, Vec<acc> v) {
+  std::memcpy(p, &v, sizeof v);
+}
+
+// Output pixels per register block of the fast path: P accumulators + k weights + 1 input vector stay
+// within the 16 vector registers of AVX2.
+template <int K> constexpr int pixel_block() { return K <= 3 ? 8 : (K == 5 ? 6 : 4); }
+
 // Valid kernel columns [lo[ow], hi[ow]) per output column, computed once per call (no divisions in the
 // hot loops).
 struct ColumnTaps {
   std::vector<int> lo, hi;
 };
-
-inline ColumnTaps column_taps(const DwConvGeometry& g);
-
-// Channels per register block: 32 floats (4 AVX registers) or 16 doubles.
-template <typename acc> constexpr int64_t block_channels() { return 64 / sizeof(acc) * 4 / 2; }
 
 // Taps t in [lo, hi) with 0 <= o * s - p + t * d < size (the taps of output index o inside the input).
 inline void tap_range(int64_t o, int s, int p, int d, int k, int64_t size, int& lo, int& hi) {
@@ -47,9 +80,72 @@ inline ColumnTaps column_taps(const DwConvGeometry& g) {
   return t;
 }
 
+// The fast path's shape of a row: output columns [begin, end) have every kernel column inside the input,
+// and channels [0, channels) are whole vectors. Empty (channels == 0) where the fast path does not apply.
+struct FastSpan {
+  int64_t begin = 0, end = 0, channels = 0;
+};
+
+template <typename acc>
+inline FastSpan fast_span(const DwConvGeometry& g) {
+  FastSpan f;
+  const bool kernel = g.k == 3 || g.k == 5 || g.k == 7;
+  if (!kernel || g.dw != 1 || (g.sw != 1 && g.sw != 2) || g.w < g.k) return f;
+  f.begin = std::min<int64_t>(g.ow, (g.pw + g.sw - 1) / g.sw);
+  f.end = std::max<int64_t>(f.begin, std::min<int64_t>(g.ow, (g.w - g.k + g.pw) / g.sw + 1));
+  f.channels = f.end > f.begin ? g.c / kLanes<acc> * kLanes<acc> : 0;
+  return f;
+}
+
+// Runs body(K, S) with the kernel size and column stride as compile-time constants, for a geometry
+// fast_span accepts.
+template <typename Body>
+inline void dispatch_fast(const DwConvGeometry& g, Body body) {
+  using std::integral_constant;
+  const bool s1 = g.sw == 1;
+  switch (g.k) {
+    case 3: return s1 ? body(integral_constant<int, 3>{}, integral_constant<int, 1>{})
+                      : body(integral_constant<int, 3>{}, integral_constant<int, 2>{});
+    case 5: return s1 ? body(integral_constant<int, 5>{}, integral_constant<int, 1>{})
+                      : body(integral_constant<int, 5>{}, integral_constant<int, 2>{});
+    default: return s1 ? body(integral_constant<int, 7>{}, integral_constant<int, 1>{})
+                       : body(integral_constant<int, 7>{}, integral_constant<int, 2>{});
+  }
+}
+
+// u[p] = conv(x) for output pixels (oh, ow0 + p), p < P, channels c0 .. c0 + kLanes, interior columns,
+// over kernel rows [ilo, ihi).
+template <int K, int S, int P, typename in_t, typename acc>
+inline void conv_pixels(const DwConvGeometry& g, const in_t* xn, const acc* wt, int64_t oh, int ilo, int ihi,
+                        int64_t ow0, int64_t c0, Vec<acc>* __restrict__ u) {
+  constexpr int M = S * (P - 1) + K;  // input columns the P pixels read
+  Vec<acc> s[P];
+#pragma GCC unroll 8
+  for (int p = 0; p < P; ++p) s[p] = Vec<acc>{};
+  for (int i = ilo; i < ihi; ++i) {
+    const int64_t ih = oh * g.sh - g.ph + int64_t(i) * g.dh;
+    const in_t* xr = xn + (ih * g.w + ow0 * S - g.pw) * g.c + c0;
+    const acc* wr = wt + int64_t(i) * K * g.c + c0;
+    Vec<acc> wv[K];
+#pragma GCC unroll 7
+    for (int j = 0; j < K; ++j) wv[j] = load_vec<acc>(wr + j * g.c);
+#pragma GCC unroll 32
+    for (int m = 0; m < M; ++m) {
+      const Vec<acc> xv = load_vec<acc>(xr + m * g.c);
+#pragma GCC unroll 8
+      for (int p = 0; p < P; ++p) {
+        const int j = m - S * p;
+        if (j >= 0 && j < K) s[p] += xv * wv[j];
+      }
+    }
+  }
+#pragma GCC unroll 8
+  for (int p = 0; p < P; ++p) u[p] = s[p];
+}
+
 // u[t] = sum over the valid taps of x * w for channels c0 .. c0 + len of output (oh, ow) of one image.
-template <bool Full, int64_t CB, typename scalar_t, typename acc>
-inline void conv_point(const DwConvGeometry& g, const scalar_t* xn, const acc* wt, int64_t oh, int64_t ow, int ilo,
+template <bool Full, int64_t CB, typename in_t, typename acc>
+inline void conv_point(const DwConvGeometry& g, const in_t* xn, const acc* wt, int64_t oh, int64_t ow, int ilo,
                        int ihi, int jlo, int jhi, int64_t c0, int64_t cn, acc* __restrict__ u) {
   const int64_t len = Full ? CB : cn;
   for (int64_t t = 0; t < len; ++t) u[t] = acc(0);
@@ -57,140 +153,231 @@ inline void conv_point(const DwConvGeometry& g, const scalar_t* xn, const acc* w
     const int64_t ih = oh * g.sh - g.ph + int64_t(i) * g.dh;
     for (int j = jlo; j < jhi; ++j) {
       const int64_t iw = ow * g.sw - g.pw + int64_t(j) * g.dw;
-      const scalar_t* __restrict__ xp = xn + (ih * g.w + iw) * g.c + c0;
+      const in_t* __restrict__ xp = xn + (ih * g.w + iw) * g.c + c0;
       const acc* __restrict__ wp = wt + (int64_t(i) * g.k + j) * g.c + c0;
       for (int64_t t = 0; t < len; ++t) u[t] = madd(static_cast<acc>(xp[t]), wp[t], u[t]);
     }
   }
 }
 
-// Visits (c0, cn, full) channel blocks, full ones first.
+// Visits (c0, cn, full) blocks of kLanes channels in [begin, channels), full ones first.
 template <typename acc, typename Fn>
-inline void for_channel_blocks(int64_t channels, Fn fn) {
-  constexpr int64_t CB = block_channels<acc>();
-  int64_t c0 = 0;
+inline void for_channel_blocks(int64_t begin, int64_t channels, Fn fn) {
+  constexpr int64_t CB = kLanes<acc>;
+  int64_t c0 = begin;
   for (; c0 + CB <= channels; c0 += CB) fn(c0, CB, std::true_type{});
   if (c0 < channels) fn(c0, channels - c0, std::false_type{});
 }
 
-// y = act(conv(x) * scale + bias [+ residual]); x, residual, y NHWC; wt [k*k][C]; scale, bias [C].
-template <typename scalar_t, typename acc, Act A>
-void forward(const DwConvGeometry& g, const scalar_t* x, const acc* wt, const acc* sc, const acc* bi,
-             const scalar_t* r, scalar_t* y) {
-  constexpr int64_t CB = block_channels<acc>();
-  const int64_t rows = g.n * g.oh;
-  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(g.ow * g.c * g.k * g.k, 1));
-  const ColumnTaps cols = column_taps(g);
-  at::parallel_for(0, rows, grain, [&](int64_t q0, int64_t q1) {
-    for (int64_t q = q0; q < q1; ++q) {
-      const int64_t n = q / g.oh, oh = q % g.oh;
-      int ilo, ihi;
-      tap_range(oh, g.sh, g.ph, g.dh, g.k, g.h, ilo, ihi);
-      const scalar_t* xn = x + n * g.h * g.w * g.c;
-      const int64_t out_row = q * g.ow * g.c;
-      for (int64_t ow = 0; ow < g.ow; ++ow) {
-        for_channel_blocks<acc>(g.c, [&](int64_t c0, int64_t cn, auto full) {
-          acc u[CB];
-          conv_point<decltype(full)::value, CB>(g, xn, wt, oh, ow, ilo, ihi, cols.lo[ow], cols.hi[ow], c0, cn, u);
-          const int64_t len = decltype(full)::value ? CB : cn;
-          const int64_t off = out_row + ow * g.c + c0;
-          scalar_t* __restrict__ ys = y + off;
-          const acc* __restrict__ scs = sc + c0;
-          const acc* __restrict__ bis = bi + c0;
-          if (r != nullptr) {
-            const scalar_t* __restrict__ rs = r + off;
-            for (int64_t t = 0; t < len; ++t)
-              ys[t] = static_cast<scalar_t>(cpu_act<A>(madd(u[t], scs[t], bis[t]) + static_cast<acc>(rs[t])));
-          } else {
-            for (int64_t t = 0; t < len; ++t) ys[t] = static_cast<scalar_t>(cpu_act<A>(madd(u[t], scs[t], bis[t])));
+// For every output row q in [q0, q1) (q = n * OH + oh): u = conv(x) of the row, [OW][C] in the
+// accumulation type, through the fast path where it applies; then row(q, u). Computing a whole row before
+// its epilogue keeps the epilogue a plain loop over channels that the compiler vectorizes (inlined into
+// the pixel loops, the activations' selects compiled to branches).
+template <typename in_t, typename acc, typename Row>
+inline void conv_rows(const DwConvGeometry& g, const in_t* x, const acc* wt, const ColumnTaps& cols,
+                      const FastSpan& fast, int64_t q0, int64_t q1, acc* u, Row row) {
+  constexpr int64_t L = kLanes<acc>;
+  for (int64_t q = q0; q < q1; ++q) {
+    const int64_t n = q / g.oh, oh = q % g.oh;
+    int ilo, ihi;
+    tap_range(oh, g.sh, g.ph, g.dh, g.k, g.h, ilo, ihi);
+    const in_t* xn = x + n * g.h * g.w * g.c;
+    for (int64_t ow = 0; ow < g.ow; ++ow) {
+      const bool interior = ow >= fast.begin && ow < fast.end;
+      for_channel_blocks<acc>(interior ? fast.channels : 0, g.c, [&](int64_t c0, int64_t cn, auto full) {
+        conv_point<decltype(full)::value, L>(g, xn, wt, oh, ow, ilo, ihi, cols.lo[ow], cols.hi[ow], c0, cn,
+                                             u + ow * g.c + c0);
+      });
+    }
+    if (fast.channels > 0) {
+      dispatch_fast(g, [&](auto K_, auto S_) {
+        constexpr int K = decltype(K_)::value, S = decltype(S_)::value, P = pixel_block<K>();
+        auto block = [&](int64_t ow0, auto P_) {
+          constexpr int Pn = decltype(P_)::value;
+          for (int64_t c0 = 0; c0 < fast.channels; c0 += L) {
+            Vec<acc> v[Pn];
+            conv_pixels<K, S, Pn>(g, xn, wt, oh, ilo, ihi, ow0, c0, v);
+            for (int p = 0; p < Pn; ++p) store_vec(u + (ow0 + p) * g.c + c0, v[p]);
           }
-        });
-      }
+        };
+        int64_t ow0 = fast.begin;
+        for (; ow0 + P <= fast.end; ow0 += P) block(ow0, std::integral_constant<int, P>{});
+        for (; ow0 < fast.end; ++ow0) block(ow0, std::integral_constant<int, 1>{});
+      });
+    }
+    row(q, static_cast<const acc*>(u));
+  }
+}
+
+// Output rows per parallel chunk: at least ~16K multiply-adds.
+inline int64_t row_grain(const DwConvGeometry& g, int64_t width) {
+  return std::max<int64_t>(1, 16384 / std::max<int64_t>(width * g.c * g.k * g.k, 1));
+}
+
+// y = act(u [* scale + bias] [+ residual]) over `pixels` pixels of C channels; u is overwritten.
+template <Act A, typename acc, typename out_t>
+void epilogue_row(int64_t pixels, int64_t C, acc* __restrict__ u, const acc* __restrict__ sc,
+                  const acc* __restrict__ bi, const out_t* __restrict__ r, out_t* __restrict__ y) {
+  if (sc != nullptr) {
+    for (int64_t p = 0; p < pixels; ++p)
+      for (int64_t c = 0; c < C; ++c) u[p * C + c] = madd(u[p * C + c], sc[c], bi[c]);
+  }
+  if (r != nullptr) {
+    for (int64_t i = 0; i < pixels * C; ++i) u[i] += static_cast<acc>(r[i]);
+  }
+  for (int64_t i = 0; i < pixels * C; ++i) y[i] = static_cast<out_t>(cpu_act<A>(u[i]));
+}
+
+// y = act(conv(x) [* scale + bias] [+ residual]); x, residual, y NHWC; wt [k*k][C]; scale, bias [C], both
+// given or both null (then y = act(conv(x) [+ residual])).
+template <typename in_t, typename out_t, typename acc, Act A>
+void forward(const DwConvGeometry& g, const in_t* x, const acc* wt, const acc* sc, const acc* bi, const out_t* r,
+             out_t* y) {
+  const ColumnTaps cols = column_taps(g);
+  const FastSpan fast = fast_span<acc>(g);
+  const int64_t row_size = g.ow * g.c;
+  at::parallel_for(0, g.n * g.oh, row_grain(g, g.ow), [&](int64_t q0, int64_t q1) {
+    std::vector<acc> u(row_size);
+    conv_rows(g, x, wt, cols, fast, q0, q1, u.data(), [&](int64_t q, const acc*) {
+      epilogue_row<A>(g.ow, g.c, u.data(), sc, bi, r != nullptr ? r + q * row_size : nullptr, y + q * row_size);
+    });
+  });
+}
+
+// dz = dy * act'(u * scale + bias [+ r]) to dr (if given), dscale += dz * u, dbias += dz per channel,
+// gu = dz * scale, over `pixels` pixels of C channels; u is overwritten.
+template <Act A, typename acc, typename scalar_t>
+void epilogue_backward_row(int64_t pixels, int64_t C, acc* __restrict__ u, const acc* __restrict__ sc,
+                           const acc* __restrict__ bi, const scalar_t* __restrict__ r,
+                           const scalar_t* __restrict__ dy, scalar_t* __restrict__ dr, acc* __restrict__ dsc,
+                           acc* __restrict__ dbi, acc* __restrict__ gu) {
+  for (int64_t p = 0; p < pixels; ++p) {
+    acc* __restrict__ up = u + p * C;
+    const scalar_t* __restrict__ dyp = dy + p * C;
+    acc* __restrict__ gup = gu + p * C;
+    for (int64_t c = 0; c < C; ++c) {
+      acc z = madd(up[c], sc[c], bi[c]);
+      if (r != nullptr) z += static_cast<acc>(r[p * C + c]);
+      const acc dz = static_cast<acc>(dyp[c]) * cpu_act_derivative<A>(z);
+      dsc[c] = madd(dz, up[c], dsc[c]);
+      dbi[c] += dz;
+      gup[c] = dz * sc[c];
+      up[c] = dz;
+    }
+  }
+  if (dr != nullptr) {
+    for (int64_t i = 0; i < pixels * C; ++i) dr[i] = static_cast<scalar_t>(u[i]);
+  }
+}
+
+// Backward of the epilogue, over output rows in blocks (each block its own partial sums), where scale,
+// bias, residual or act make it more than the identity: u = conv(x) recomputed (cheaper than saving it:
+// memory-bound), then epilogue_backward_row, with the partial sums of dscale and dbias in the block's
+// partials rows k*k and k*k + 1.
+template <typename scalar_t, typename acc, Act A>
+void backward_epilogue(const DwConvGeometry& g, const scalar_t* x, const scalar_t* dy, const acc* wt, const acc* sc,
+                       const acc* bi, const scalar_t* r, acc* gu, scalar_t* dr, acc* partials,
+                       int64_t rows_per_block, int64_t blocks) {
+  const int64_t rows = g.n * g.oh, kk = int64_t(g.k) * g.k, stride = (kk + 2) * g.c, row_size = g.ow * g.c;
+  const ColumnTaps cols = column_taps(g);
+  const FastSpan fast = fast_span<acc>(g);
+  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<acc> u(row_size);
+    for (int64_t b = b0; b < b1; ++b) {
+      acc* dsc = partials + b * stride + kk * g.c;
+      acc* dbi = dsc + g.c;
+      std::fill(dsc, dsc + 2 * g.c, acc(0));
+      conv_rows(g, x, wt, cols, fast, b * rows_per_block, std::min(rows, (b + 1) * rows_per_block), u.data(),
+                [&](int64_t q, const acc*) {
+                  const int64_t off = q * row_size;
+                  epilogue_backward_row<A>(g.ow, g.c, u.data(), sc, bi, r != nullptr ? r + off : nullptr, dy + off,
+                                           dr != nullptr ? dr + off : nullptr, dsc, dbi, gu + off);
+                });
     }
   });
 }
 
-// Backward, first pass over output rows (blocks of rows in parallel, each with its own partial sums):
-// u recomputed, dz = dy * act'(u * scale + bias [+ r]), g = dz * scale (the gradient of u) written to gu,
-// dz to dr; partial sums of dz * u (dscale), dz (dbias) and g * x per tap (dweight) into partials,
-// laid out per block as [k*k + 2][C].
-template <typename scalar_t, typename acc, Act A>
-void backward_grad_out(const DwConvGeometry& g, const scalar_t* x, const scalar_t* dy, const acc* wt, const acc* sc,
-                       const acc* bi, const scalar_t* r, acc* gu, scalar_t* dr, acc* partials, int64_t rows_per_block,
-                       int64_t blocks) {
-  constexpr int64_t CB = block_channels<acc>();
+// dweight[i][j][c] = sum over output pixels of gu * x at tap (i, j), partial sums per block of output
+// rows into the block's partials rows [0, k*k); with sum_gu also sum gu into row k*k + 1. For the fast
+// path's columns the k accumulators of a kernel row stay in registers across the block's pixels.
+template <typename scalar_t, typename acc, typename gu_t>
+void backward_weight(const DwConvGeometry& g, const scalar_t* x, const gu_t* gu, acc* partials, bool sum_gu,
+                     int64_t rows_per_block, int64_t blocks) {
+  constexpr int64_t L = kLanes<acc>;
   const int64_t rows = g.n * g.oh, kk = int64_t(g.k) * g.k, stride = (kk + 2) * g.c;
   const ColumnTaps cols = column_taps(g);
+  const FastSpan fast = fast_span<acc>(g);
   at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       acc* dw = partials + b * stride;
-      acc* dsc = dw + kk * g.c;
-      acc* dbi = dsc + g.c;
-      std::fill(dw, dw + stride, acc(0));
-      const int64_t q_end = std::min(rows, (b + 1) * rows_per_block);
-      for (int64_t q = b * rows_per_block; q < q_end; ++q) {
+      std::fill(dw, dw + kk * g.c, acc(0));
+      acc* dbi = dw + (kk + 1) * g.c;
+      if (sum_gu) std::fill(dw + kk * g.c, dw + stride, acc(0));  // rows dscale (left 0) and dbias
+      const int64_t qa = b * rows_per_block, qb = std::min(rows, (b + 1) * rows_per_block);
+      // Generic pixels: border columns, and the channels after the fast path's vectors.
+      for (int64_t q = qa; q < qb; ++q) {
         const int64_t n = q / g.oh, oh = q % g.oh;
         int ilo, ihi;
         tap_range(oh, g.sh, g.ph, g.dh, g.k, g.h, ilo, ihi);
         const scalar_t* xn = x + n * g.h * g.w * g.c;
-        const int64_t out_row = q * g.ow * g.c;
         for (int64_t ow = 0; ow < g.ow; ++ow) {
-          for_channel_blocks<acc>(g.c, [&](int64_t c0, int64_t cn, auto full) {
-            constexpr bool Full = decltype(full)::value;
-            const int64_t len = Full ? CB : cn;
-            acc u[CB], gv[CB];
-            const int jlo = cols.lo[ow], jhi = cols.hi[ow];
-            conv_point<Full, CB>(g, xn, wt, oh, ow, ilo, ihi, jlo, jhi, c0, cn, u);
-            const int64_t off = out_row + ow * g.c + c0;
-            const scalar_t* __restrict__ dys = dy + off;
-            const scalar_t* __restrict__ rs = r != nullptr ? r + off : nullptr;
-            const acc* __restrict__ scs = sc + c0;
-            const acc* __restrict__ bis = bi + c0;
-            acc* __restrict__ dscs = dsc + c0;
-            acc* __restrict__ dbis = dbi + c0;
-            acc* __restrict__ gus = gu + off;
-            if (rs != nullptr) {
-              scalar_t* __restrict__ drs = dr + off;
-              for (int64_t t = 0; t < len; ++t) {
-                const acc z = madd(u[t], scs[t], bis[t]) + static_cast<acc>(rs[t]);
-                const acc dz = static_cast<acc>(dys[t]) * cpu_act_derivative<A>(z);
-                drs[t] = static_cast<scalar_t>(dz);
-                dscs[t] = madd(dz, u[t], dscs[t]);
-                dbis[t] += dz;
-                gv[t] = dz * scs[t];
-                gus[t] = gv[t];
-              }
-            } else {
-              for (int64_t t = 0; t < len; ++t) {
-                const acc dz = static_cast<acc>(dys[t]) * cpu_act_derivative<A>(madd(u[t], scs[t], bis[t]));
-                dscs[t] = madd(dz, u[t], dscs[t]);
-                dbis[t] += dz;
-                gv[t] = dz * scs[t];
-                gus[t] = gv[t];
-              }
+          const bool interior = ow >= fast.begin && ow < fast.end;
+          const int64_t off = (q * g.ow + ow) * g.c;
+          if (sum_gu) {
+            for (int64_t c = 0; c < g.c; ++c) dbi[c] += static_cast<acc>(gu[off + c]);
+          }
+          const int64_t cbeg = interior ? fast.channels : 0;
+          for (int i = ilo; i < ihi; ++i) {
+            const int64_t ih = oh * g.sh - g.ph + int64_t(i) * g.dh;
+            for (int j = cols.lo[ow]; j < cols.hi[ow]; ++j) {
+              const int64_t iw = ow * g.sw - g.pw + int64_t(j) * g.dw;
+              const scalar_t* __restrict__ xp = xn + (ih * g.w + iw) * g.c;
+              const gu_t* __restrict__ gp = gu + off;
+              acc* __restrict__ dwp = dw + (int64_t(i) * g.k + j) * g.c;
+              for (int64_t c = cbeg; c < g.c; ++c)
+                dwp[c] = madd(static_cast<acc>(gp[c]), static_cast<acc>(xp[c]), dwp[c]);
             }
-            for (int i = ilo; i < ihi; ++i) {
-              const int64_t ih = oh * g.sh - g.ph + int64_t(i) * g.dh;
-              for (int j = jlo; j < jhi; ++j) {
-                const int64_t iw = ow * g.sw - g.pw + int64_t(j) * g.dw;
-                const scalar_t* __restrict__ xp = xn + (ih * g.w + iw) * g.c + c0;
-                acc* __restrict__ dwp = dw + (int64_t(i) * g.k + j) * g.c + c0;
-                for (int64_t t = 0; t < len; ++t) dwp[t] = madd(gv[t], static_cast<acc>(xp[t]), dwp[t]);
-              }
-            }
-          });
+          }
         }
       }
+      if (fast.channels == 0) continue;
+      dispatch_fast(g, [&](auto K_, auto S_) {
+        constexpr int K = decltype(K_)::value, S = decltype(S_)::value;
+        for (int64_t c0 = 0; c0 < fast.channels; c0 += L) {
+          for (int i = 0; i < K; ++i) {
+            Vec<acc> s[K];
+#pragma GCC unroll 7
+            for (int j = 0; j < K; ++j) s[j] = Vec<acc>{};
+            for (int64_t q = qa; q < qb; ++q) {
+              const int64_t n = q / g.oh, oh = q % g.oh;
+              const int64_t ih = oh * g.sh - g.ph + int64_t(i) * g.dh;
+              if (ih < 0 || ih >= g.h) continue;
+              const scalar_t* xr = x + ((n * g.h + ih) * g.w - g.pw) * g.c + c0;
+              const gu_t* gr = gu + q * g.ow * g.c + c0;
+              for (int64_t ow = fast.begin; ow < fast.end; ++ow) {
+                const Vec<acc> gv = load_vec<acc>(gr + ow * g.c);
+                const scalar_t* xp = xr + ow * S * g.c;
+#pragma GCC unroll 7
+                for (int j = 0; j < K; ++j) s[j] += gv * load_vec<acc>(xp + j * g.c);
+              }
+            }
+            for (int j = 0; j < K; ++j) {
+              acc* dwp = dw + (int64_t(i) * K + j) * g.c + c0;
+              store_vec(dwp, load_vec<acc>(dwp) + s[j]);
+            }
+          }
+        }
+      });
     }
   });
 }
 
-// Backward, second pass over input rows: dx = the transposed depthwise convolution of gu with w.
-template <typename scalar_t, typename acc>
-void backward_grad_in(const DwConvGeometry& g, const acc* gu, const acc* wt, scalar_t* dx) {
-  constexpr int64_t CB = block_channels<acc>();
+// dx = the transposed depthwise convolution of gu with w (generic: any stride and dilation). With stride
+// and dilation 1, dwconv.cpp computes it instead as forward() over gu with the flipped kernel.
+template <typename scalar_t, typename acc, typename gu_t>
+void backward_grad_in(const DwConvGeometry& g, const gu_t* gu, const acc* wt, scalar_t* dx) {
+  constexpr int64_t CB = kLanes<acc>;
   const int64_t rows = g.n * g.h;
-  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(g.w * g.c * g.k * g.k, 1));
   // Per input column iw: the kernel columns j whose output column ow = (iw + pw - j * dw) / sw is exact
   // and in range, as (j, ow) pairs; computed once (no divisions in the hot loop).
   std::vector<int> col_n(g.w, 0), col_j(g.w * g.k);
@@ -203,7 +390,7 @@ void backward_grad_in(const DwConvGeometry& g, const acc* gu, const acc* wt, sca
       col_ow[iw * g.k + col_n[iw]++] = num / g.sw;
     }
   }
-  at::parallel_for(0, rows, grain, [&](int64_t q0, int64_t q1) {
+  at::parallel_for(0, rows, row_grain(g, g.w), [&](int64_t q0, int64_t q1) {
     for (int64_t q = q0; q < q1; ++q) {
       const int64_t n = q / g.h, ih = q % g.h;
       // Kernel rows i with an output row oh = (ih + ph - i * dh) / sh (exact division, in range).
@@ -216,9 +403,9 @@ void backward_grad_in(const DwConvGeometry& g, const acc* gu, const acc* wt, sca
         rows_i[nrows] = i;
         rows_oh[nrows++] = num / g.sh;
       }
-      const acc* gn = gu + n * g.oh * g.ow * g.c;
+      const gu_t* gn = gu + n * g.oh * g.ow * g.c;
       for (int64_t iw = 0; iw < g.w; ++iw) {
-        for_channel_blocks<acc>(g.c, [&](int64_t c0, int64_t cn, auto full) {
+        for_channel_blocks<acc>(0, g.c, [&](int64_t c0, int64_t cn, auto full) {
           constexpr bool Full = decltype(full)::value;
           const int64_t len = Full ? CB : cn;
           acc a[CB];
@@ -228,9 +415,9 @@ void backward_grad_in(const DwConvGeometry& g, const acc* gu, const acc* wt, sca
             const int64_t oh = rows_oh[ri];
             for (int tj = 0; tj < col_n[iw]; ++tj) {
               const int j = col_j[iw * g.k + tj];
-              const acc* __restrict__ gp = gn + (oh * g.ow + col_ow[iw * g.k + tj]) * g.c + c0;
+              const gu_t* __restrict__ gp = gn + (oh * g.ow + col_ow[iw * g.k + tj]) * g.c + c0;
               const acc* __restrict__ wp = wt + (int64_t(i) * g.k + j) * g.c + c0;
-              for (int64_t t = 0; t < len; ++t) a[t] = madd(gp[t], wp[t], a[t]);
+              for (int64_t t = 0; t < len; ++t) a[t] = madd(static_cast<acc>(gp[t]), wp[t], a[t]);
             }
           }
           scalar_t* __restrict__ dxs = dx + (q * g.w + iw) * g.c + c0;
