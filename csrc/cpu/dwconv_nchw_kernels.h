@@ -33,9 +33,31 @@ template <typename acc> inline acc madd(acc a, acc b, acc c) { return a * b + c;
 using cpu::cpu_act;
 using cpu::cpu_act_derivative;
 
-// Outputs per register block of flat_conv: 32 floats (4 AVX registers), 16 doubles; lanes of flat_dots.
-template <typename acc> constexpr int flat_block() { return 128 / sizeof(acc); }
-template <typename acc> constexpr int dot_lanes() { return 64 / sizeof(acc); }
+// The hot loops use GCC vector extensions (32-byte vectors: one AVX register, two SSE ones) so that the
+// register blocking does not depend on the auto-vectorizer (which, after link-time optimization, turned a
+// plain-array version of flat_conv into scalar code). Unaligned loads through a type of the element's
+// alignment.
+template <typename acc> struct Vec {
+  typedef acc type __attribute__((vector_size(32)));
+  typedef acc unaligned __attribute__((vector_size(32), aligned(alignof(acc)), may_alias));
+  static constexpr int lanes = 32 / sizeof(acc);
+};
+
+template <typename acc>
+inline typename Vec<acc>::type vload(const acc* p) {
+  return *reinterpret_cast<const typename Vec<acc>::unaligned*>(p);
+}
+template <typename acc>
+inline void vstore(acc* p, typename Vec<acc>::type v) {
+  *reinterpret_cast<typename Vec<acc>::unaligned*>(p) = v;
+}
+
+// Vectors per register block of flat_conv (32 floats, 16 doubles).
+constexpr int kConvVectors = 4;
+template <typename acc> constexpr int flat_block() { return kConvVectors * Vec<acc>::lanes; }
+// Vectors per source of flat_dots.
+constexpr int kDotVectors = 2;
+template <typename acc> constexpr int dot_lanes() { return kDotVectors * Vec<acc>::lanes; }
 
 template <typename acc>
 struct Tap {
@@ -43,39 +65,52 @@ struct Tap {
   acc w;
 };
 
-// out[q] = sum_t taps[t].w * taps[t].src[q0 + q] for q in [0, n) rounded up to B (out and the sources have
-// the slack).
+// out[q] = sum_t taps[t].w * taps[t].src[q0 + q] for q in [0, n) rounded up to a block (out and the sources
+// have the slack).
 template <typename acc>
 inline void flat_conv(const Tap<acc>* taps, int nt, int64_t q0, int64_t n, acc* __restrict__ out) {
-  constexpr int B = flat_block<acc>();
-  for (int64_t q = 0; q < n; q += B) {
-    acc a[B];
-    for (int l = 0; l < B; ++l) a[l] = acc(0);
+  using V = typename Vec<acc>::type;
+  constexpr int L = Vec<acc>::lanes;
+  for (int64_t q = 0; q < n; q += kConvVectors * L) {
+    V a0 = {}, a1 = {}, a2 = {}, a3 = {};
     for (int t = 0; t < nt; ++t) {
-      const acc* __restrict__ s = taps[t].src + q0 + q;
-      const acc w = taps[t].w;
-      for (int l = 0; l < B; ++l) a[l] = madd(s[l], w, a[l]);
+      const acc* s = taps[t].src + q0 + q;
+      const V w = V{} + taps[t].w;
+      a0 += vload(s) * w;
+      a1 += vload(s + L) * w;
+      a2 += vload(s + 2 * L) * w;
+      a3 += vload(s + 3 * L) * w;
     }
-    for (int l = 0; l < B; ++l) out[q + l] = a[l];
+    vstore(out + q, a0);
+    vstore(out + q + L, a1);
+    vstore(out + q + 2 * L, a2);
+    vstore(out + q + 3 * L, a3);
   }
 }
 
 // out[t] += sum_q d[q] * src[t][q] for G sources, q in [0, n) rounded up to the lanes.
 template <int G, typename acc>
-inline void flat_dots(const acc* __restrict__ d, const acc* const* src, int64_t n, double* out) {
-  constexpr int V = dot_lanes<acc>();
-  acc s[G][V];
-  for (int t = 0; t < G; ++t)
-    for (int l = 0; l < V; ++l) s[t][l] = acc(0);
-  const acc* __restrict__ p[G];
-  for (int t = 0; t < G; ++t) p[t] = src[t];
-  for (int64_t q = 0; q < n; q += V) {
-    for (int t = 0; t < G; ++t)
-      for (int l = 0; l < V; ++l) s[t][l] = madd(d[q + l], p[t][q + l], s[t][l]);
+inline void flat_dots(const acc* d, const acc* const* src, int64_t n, double* out) {
+  using V = typename Vec<acc>::type;
+  constexpr int L = Vec<acc>::lanes;
+  V s0[G], s1[G];
+  const acc* p[G];
+  for (int t = 0; t < G; ++t) {
+    s0[t] = V{};
+    s1[t] = V{};
+    p[t] = src[t];
+  }
+  for (int64_t q = 0; q < n; q += 2 * L) {
+    const V d0 = vload(d + q), d1 = vload(d + q + L);
+    for (int t = 0; t < G; ++t) {
+      s0[t] += d0 * vload(p[t] + q);
+      s1[t] += d1 * vload(p[t] + q + L);
+    }
   }
   for (int t = 0; t < G; ++t) {
+    const V v = s0[t] + s1[t];
     double sum = 0;
-    for (int l = 0; l < V; ++l) sum += double(s[t][l]);
+    for (int l = 0; l < L; ++l) sum += double(v[l]);
     out[t] += sum;
   }
 }
@@ -109,7 +144,8 @@ struct NchwPlan {
   int phases() const { return sh * sw; }
 };
 
-// The phase planes of one input plane xp [H][W] (rows beyond the input and margins are zeros).
+// The phase planes of one input plane xp [H][W]. Only the entries that hold input are written: the rest
+// (margins, rows outside the input) is the same for every plane of a call and stays as allocated, zero.
 template <typename scalar_t, typename acc>
 inline void fill_phases(const NchwPlan& pl, const scalar_t* __restrict__ xp, acc* xb) {
   for (int rho = 0; rho < pl.sh; ++rho) {
@@ -117,26 +153,34 @@ inline void fill_phases(const NchwPlan& pl, const scalar_t* __restrict__ xp, acc
       acc* plane = xb + int64_t(rho * pl.sw + phi) * pl.x_size;
       // Phase columns m with input column sw * m + phi - pw in [0, W).
       const int64_t m_lo = std::max<int64_t>(0, (pl.pw - phi + pl.sw - 1) / pl.sw);
-      const int64_t last = pl.W - 1 + pl.pw - phi;  // phase column of the last input column, times sw
-      const int64_t m_hi = std::min<int64_t>(pl.P, std::max<int64_t>(m_lo, last < 0 ? 0 : last / pl.sw + 1));
-      for (int64_t r = 0; r < pl.RX; ++r) {
-        acc* __restrict__ dst = plane + r * pl.P;
-        const int64_t ih = pl.sh * r + rho - pl.ph;
-        if (ih < 0 || ih >= pl.H || m_lo >= m_hi) {
-          std::fill(dst, dst + pl.P, acc(0));
-          continue;
-        }
-        std::fill(dst, dst + m_lo, acc(0));
-        const scalar_t* __restrict__ src = xp + ih * pl.W + (pl.sw * m_lo + phi - pl.pw);
-        const int64_t len = m_hi - m_lo;
+      const int64_t last = pl.W - 1 + pl.pw - phi;  // the last input column's padded index, minus phi
+      const int64_t m_hi = std::min<int64_t>(pl.P, last < 0 ? 0 : last / pl.sw + 1);
+      if (m_lo >= m_hi) continue;
+      const int64_t len = m_hi - m_lo;
+      // Phase rows r with input row sh * r + rho - ph in [0, H).
+      const int64_t r_lo = std::max<int64_t>(0, (pl.ph - rho + pl.sh - 1) / pl.sh);
+      const int64_t last_r = pl.H - 1 + pl.ph - rho;
+      const int64_t r_hi = std::min<int64_t>(pl.RX, last_r < 0 ? 0 : last_r / pl.sh + 1);
+      for (int64_t r = r_lo; r < r_hi; ++r) {
+        acc* __restrict__ dst = plane + r * pl.P + m_lo;
+        const scalar_t* __restrict__ src = xp + (pl.sh * r + rho - pl.ph) * pl.W + (pl.sw * m_lo + phi - pl.pw);
         if (pl.sw == 1) {
-          for (int64_t m = 0; m < len; ++m) dst[m_lo + m] = static_cast<acc>(src[m]);
+          for (int64_t m = 0; m < len; ++m) dst[m] = static_cast<acc>(src[m]);
         } else {
-          for (int64_t m = 0; m < len; ++m) dst[m_lo + m] = static_cast<acc>(src[2 * m]);
+          for (int64_t m = 0; m < len; ++m) dst[m] = static_cast<acc>(src[2 * m]);
         }
-        std::fill(dst + m_hi, dst + pl.P, acc(0));
       }
     }
+  }
+}
+
+// Packs rows [0, rows) of u (pitch P, in place) to pitch OW: the chunk of the output plane, contiguous.
+template <typename acc>
+inline void pack_rows(const NchwPlan& pl, acc* u, int64_t rows) {
+  for (int64_t i = 1; i < rows; ++i) {
+    const acc* src = u + i * pl.P;
+    acc* dst = u + i * pl.OW;
+    for (int64_t t = 0; t < pl.OW; ++t) dst[t] = src[t];  // dst < src: a forward copy is safe
   }
 }
 
@@ -175,17 +219,16 @@ void forward(const DwConvGeometry& g, const scalar_t* x, const acc* wt, const ac
       for (int64_t oh0 = 0; oh0 < pl.OH; oh0 += pl.u_rows) {
         const int64_t oh1 = std::min(pl.OH, oh0 + pl.u_rows);
         flat_conv(taps, nt, oh0 * pl.P, (oh1 - oh0) * pl.P, ub.data());
-        for (int64_t oh = oh0; oh < oh1; ++oh) {
-          const acc* __restrict__ u = ub.data() + (oh - oh0) * pl.P;
-          const int64_t off = (p * pl.OH + oh) * pl.OW;
-          scalar_t* __restrict__ yr = y + off;
-          if (r != nullptr) {
-            const scalar_t* __restrict__ rr = r + off;
-            for (int64_t ow = 0; ow < pl.OW; ++ow)
-              yr[ow] = static_cast<scalar_t>(cpu_act<A>(madd(u[ow], s, b) + static_cast<acc>(rr[ow])));
-          } else {
-            for (int64_t ow = 0; ow < pl.OW; ++ow) yr[ow] = static_cast<scalar_t>(cpu_act<A>(madd(u[ow], s, b)));
-          }
+        pack_rows(pl, ub.data(), oh1 - oh0);
+        const acc* __restrict__ u = ub.data();
+        const int64_t off = (p * pl.OH + oh0) * pl.OW, cnt = (oh1 - oh0) * pl.OW;
+        scalar_t* __restrict__ yr = y + off;
+        if (r != nullptr) {
+          const scalar_t* __restrict__ rr = r + off;
+          for (int64_t t = 0; t < cnt; ++t)
+            yr[t] = static_cast<scalar_t>(cpu_act<A>(madd(u[t], s, b) + static_cast<acc>(rr[t])));
+        } else {
+          for (int64_t t = 0; t < cnt; ++t) yr[t] = static_cast<scalar_t>(cpu_act<A>(madd(u[t], s, b)));
         }
       }
     }
@@ -205,6 +248,7 @@ void backward(const DwConvGeometry& g, const scalar_t* x, const scalar_t* dy, co
     std::vector<acc> dp(pl.dp_size, acc(0));
     std::vector<acc> tb(pl.phases() * pl.t_size, acc(0));
     std::vector<acc> ub(A == Act::None ? 0 : pl.u_rows * pl.P + 256, acc(0));
+    std::vector<acc> zb(pl.u_rows * pl.OW, acc(0));
     Tap<acc> taps[kDwConvMaxKernel * kDwConvMaxKernel];
     const acc* dsrc[kDwConvMaxKernel * kDwConvMaxKernel];
     acc* const dz0 = dp.data() + pl.T * pl.P + pl.L;  // dz[oh][ow] = dz0[oh * P + ow]
@@ -234,57 +278,51 @@ void backward(const DwConvGeometry& g, const scalar_t* x, const scalar_t* dy, co
         const int64_t p = n * g.c + c;
         fill_phases(pl, x + p * in_plane, xb.data());
         const int nt = forward_taps(pl, xb.data(), wc, taps);
-        // dz into Dp (its margins stay zero), dr, and the sums of dz (and dz * u).
+        // dz into Dp (its margins stay zero), dr, and the sums of dz (and dz * u), over contiguous chunks
+        // of the plane.
         acc lb[V], ls[V];
         for (int l = 0; l < V; ++l) lb[l] = ls[l] = acc(0);
-        const int64_t full = pl.OW / V * V;
-        if constexpr (A == Act::None) {
-          for (int64_t oh = 0; oh < pl.OH; ++oh) {
-            const scalar_t* __restrict__ dyr = dy + p * out_plane + oh * pl.OW;
-            acc* __restrict__ dzr = dz0 + oh * pl.P;
-            for (int64_t ow = 0; ow < pl.OW; ++ow) dzr[ow] = static_cast<acc>(dyr[ow]);
-            if (dr != nullptr) {
-              scalar_t* __restrict__ drr = dr + p * out_plane + oh * pl.OW;
-              for (int64_t ow = 0; ow < pl.OW; ++ow) drr[ow] = dyr[ow];
-            }
-            for (int64_t ow = 0; ow < full; ow += V)
-              for (int l = 0; l < V; ++l) lb[l] += dzr[ow + l];
-            for (int64_t ow = full; ow < pl.OW; ++ow) lb[0] += dzr[ow];
-          }
-        } else {
-          for (int64_t oh0 = 0; oh0 < pl.OH; oh0 += pl.u_rows) {
-            const int64_t oh1 = std::min(pl.OH, oh0 + pl.u_rows);
+        for (int64_t oh0 = 0; oh0 < pl.OH; oh0 += pl.u_rows) {
+          const int64_t oh1 = std::min(pl.OH, oh0 + pl.u_rows);
+          const int64_t off = p * out_plane + oh0 * pl.OW, cnt = (oh1 - oh0) * pl.OW, full = cnt / V * V;
+          const scalar_t* __restrict__ dyr = dy + off;
+          acc* __restrict__ z = zb.data();
+          if constexpr (A == Act::None) {
+            for (int64_t t = 0; t < cnt; ++t) z[t] = static_cast<acc>(dyr[t]);
+            if (dr != nullptr) std::copy(dyr, dyr + cnt, dr + off);
+            for (int64_t t = 0; t < full; t += V)
+              for (int l = 0; l < V; ++l) lb[l] += z[t + l];
+            for (int64_t t = full; t < cnt; ++t) lb[0] += z[t];
+          } else {
             flat_conv(taps, nt, oh0 * pl.P, (oh1 - oh0) * pl.P, ub.data());
-            for (int64_t oh = oh0; oh < oh1; ++oh) {
-              const acc* __restrict__ u = ub.data() + (oh - oh0) * pl.P;
-              const int64_t off = p * out_plane + oh * pl.OW;
-              const scalar_t* __restrict__ dyr = dy + off;
-              const scalar_t* __restrict__ rr = r != nullptr ? r + off : nullptr;
-              acc* __restrict__ dzr = dz0 + oh * pl.P;
-              if (rr != nullptr) {
-                scalar_t* __restrict__ drr = dr + off;
-                for (int64_t ow = 0; ow < pl.OW; ++ow) {
-                  const acc dz = static_cast<acc>(dyr[ow]) *
-                                 cpu_act_derivative<A>(madd(u[ow], s, b) + static_cast<acc>(rr[ow]));
-                  dzr[ow] = dz;
-                  drr[ow] = static_cast<scalar_t>(dz);
-                }
-              } else {
-                for (int64_t ow = 0; ow < pl.OW; ++ow)
-                  dzr[ow] = static_cast<acc>(dyr[ow]) * cpu_act_derivative<A>(madd(u[ow], s, b));
+            pack_rows(pl, ub.data(), oh1 - oh0);
+            const acc* __restrict__ u = ub.data();
+            if (r != nullptr) {
+              const scalar_t* __restrict__ rr = r + off;
+              scalar_t* __restrict__ drr = dr + off;
+              for (int64_t t = 0; t < cnt; ++t) {
+                const acc dz = static_cast<acc>(dyr[t]) *
+                               cpu_act_derivative<A>(madd(u[t], s, b) + static_cast<acc>(rr[t]));
+                z[t] = dz;
+                drr[t] = static_cast<scalar_t>(dz);
               }
-              for (int64_t ow = 0; ow < full; ow += V) {
-                for (int l = 0; l < V; ++l) {
-                  lb[l] += dzr[ow + l];
-                  ls[l] = madd(dzr[ow + l], u[ow + l], ls[l]);
-                }
-              }
-              for (int64_t ow = full; ow < pl.OW; ++ow) {
-                lb[0] += dzr[ow];
-                ls[0] = madd(dzr[ow], u[ow], ls[0]);
+            } else {
+              for (int64_t t = 0; t < cnt; ++t)
+                z[t] = static_cast<acc>(dyr[t]) * cpu_act_derivative<A>(madd(u[t], s, b));
+            }
+            for (int64_t t = 0; t < full; t += V) {
+              for (int l = 0; l < V; ++l) {
+                lb[l] += z[t + l];
+                ls[l] = madd(z[t + l], u[t + l], ls[l]);
               }
             }
+            for (int64_t t = full; t < cnt; ++t) {
+              lb[0] += z[t];
+              ls[0] = madd(z[t], u[t], ls[0]);
+            }
           }
+          for (int64_t oh = oh0; oh < oh1; ++oh)
+            std::copy(z + (oh - oh0) * pl.OW, z + (oh - oh0 + 1) * pl.OW, dz0 + oh * pl.P);
         }
         for (int l = 0; l < V; ++l) {
           sum_b += double(lb[l]);
