@@ -66,25 +66,30 @@ struct Tap {
 };
 
 // out[q] = sum_t taps[t].w * taps[t].src[q0 + q] for q in [0, n) rounded up to a block (out and the sources
-// have the slack).
-template <typename acc>
-inline void flat_conv(const Tap<acc>* taps, int nt, int64_t q0, int64_t n, acc* __restrict__ out) {
+// have the slack); blocks of NV vectors.
+template <int NV, typename acc>
+inline void flat_conv_blocks(const Tap<acc>* taps, int nt, int64_t q0, int64_t n, acc* __restrict__ out) {
   using V = typename Vec<acc>::type;
   constexpr int L = Vec<acc>::lanes;
-  for (int64_t q = 0; q < n; q += kConvVectors * L) {
-    V a0 = {}, a1 = {}, a2 = {}, a3 = {};
+  for (int64_t q = 0; q < n; q += NV * L) {
+    V a[NV];
+    for (int v = 0; v < NV; ++v) a[v] = V{};
     for (int t = 0; t < nt; ++t) {
       const acc* s = taps[t].src + q0 + q;
       const V w = V{} + taps[t].w;
-      a0 += vload(s) * w;
-      a1 += vload(s + L) * w;
-      a2 += vload(s + 2 * L) * w;
-      a3 += vload(s + 3 * L) * w;
+      for (int v = 0; v < NV; ++v) a[v] += vload(s + v * L) * w;
     }
-    vstore(out + q, a0);
-    vstore(out + q + L, a1);
-    vstore(out + q + 2 * L, a2);
-    vstore(out + q + 3 * L, a3);
+    for (int v = 0; v < NV; ++v) vstore(out + q + v * L, a[v]);
+  }
+}
+
+// Narrow planes (n a few blocks) take half blocks: less computed past the end.
+template <typename acc>
+inline void flat_conv(const Tap<acc>* taps, int nt, int64_t q0, int64_t n, acc* __restrict__ out) {
+  if (n <= 4 * flat_block<acc>()) {
+    flat_conv_blocks<kConvVectors / 2>(taps, nt, q0, n, out);
+  } else {
+    flat_conv_blocks<kConvVectors>(taps, nt, q0, n, out);
   }
 }
 
@@ -124,6 +129,10 @@ struct NchwPlan {
   int64_t RX;     // rows of a phase plane the valid outputs read
   int64_t RT;     // rows r of the input phases (ih + ph = sh * r + a, ih < H)
   int64_t x_size, dp_size, t_size, u_rows;
+  // Forward tap (i, j) = t reads phase plane tap_plane[t] at offset tap_off[t] (computed once: no
+  // divisions per plane).
+  int64_t tap_off[kDwConvMaxKernel * kDwConvMaxKernel];
+  int tap_plane[kDwConvMaxKernel * kDwConvMaxKernel];
 
   explicit NchwPlan(const DwConvGeometry& g) {
     K = g.k;
@@ -140,6 +149,13 @@ struct NchwPlan {
     dp_size = (T + std::max(OH, RT) + 2) * P + slack;
     t_size = RT * P + slack;
     u_rows = std::max<int64_t>(1, std::min<int64_t>(OH, 4096 / P));  // rows of u per chunk (~16 KB of floats)
+    for (int i = 0; i < K; ++i) {
+      for (int j = 0; j < K; ++j) {
+        const int64_t ri = int64_t(i) * dh, cj = int64_t(j) * dw;
+        tap_plane[i * K + j] = static_cast<int>((ri % sh) * sw + cj % sw);
+        tap_off[i * K + j] = (ri / sh) * P + cj / sw;
+      }
+    }
   }
   int phases() const { return sh * sw; }
 };
@@ -188,14 +204,8 @@ inline void pack_rows(const NchwPlan& pl, acc* u, int64_t rows) {
 // ((i dh) % sh, (j dw) % sw) at offset ((i dh) / sh) * P + (j dw) / sw; weights wc [k * k].
 template <typename acc>
 inline int forward_taps(const NchwPlan& pl, const acc* xb, const acc* wc, Tap<acc>* taps) {
-  int nt = 0;
-  for (int i = 0; i < pl.K; ++i) {
-    for (int j = 0; j < pl.K; ++j) {
-      const int64_t ri = int64_t(i) * pl.dh, cj = int64_t(j) * pl.dw;
-      const acc* plane = xb + ((ri % pl.sh) * pl.sw + cj % pl.sw) * pl.x_size;
-      taps[nt++] = {plane + (ri / pl.sh) * pl.P + cj / pl.sw, wc[i * pl.K + j]};
-    }
-  }
+  const int nt = pl.K * pl.K;
+  for (int t = 0; t < nt; ++t) taps[t] = {xb + pl.tap_plane[t] * pl.x_size + pl.tap_off[t], wc[t]};
   return nt;
 }
 
