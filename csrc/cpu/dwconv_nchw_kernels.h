@@ -11,7 +11,10 @@
 // phase plane, so the convolution is out[q] = sum over taps of w * src_tap[q]: unit-stride loads whatever
 // the stride and dilation, no border tests, and one loop that vectorizes along q with a block of B
 // outputs in registers across all the taps (flat_conv). Narrow planes (7x7, 14x14) waste little: the
-// discarded columns are only the (k - 1) * d / s extra ones per row.
+// discarded columns are only the (k - 1) * d / s extra ones per row. The margins of the phase planes are
+// the same for every plane of a call: they are zeroed once, and only the input's entries are copied per
+// plane. The epilogue (scale, bias, residual, activation) runs on chunks of rows of the result (~16 KB,
+// in L1) packed to the output's pitch, so that it vectorizes over the chunk as a contiguous span of y.
 //
 // Backward per plane: dz, the gradient of conv(x) before the scale (dz = dy * act'(z); with no activation
 // dz = dy and nothing is recomputed), is written into a zero-margined plane Dp of the same pitch. Then
