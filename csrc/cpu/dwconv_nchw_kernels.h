@@ -137,14 +137,16 @@ struct NchwPlan {
   int64_t tap_off[kDwConvMaxKernel * kDwConvMaxKernel];
   int tap_plane[kDwConvMaxKernel * kDwConvMaxKernel];
 
-  explicit NchwPlan(const DwConvGeometry& g) {
+  // backward: the pitch also fits Dp (a left margin of L for the transposed convolution); the forward
+  // takes the narrowest pitch, max(m_in, OW + L), which computes fewer discarded columns.
+  NchwPlan(const DwConvGeometry& g, bool backward) {
     K = g.k;
     sh = g.sh, sw = g.sw, dh = g.dh, dw = g.dw, ph = g.ph, pw = g.pw;
     H = g.h, W = g.w, OH = g.oh, OW = g.ow;
     L = int64_t(K - 1) * dw / sw;
     T = int64_t(K - 1) * dh / sh;
     const int64_t m_in = (W + 2 * pw + sw - 1) / sw;  // phase columns of the padded input
-    P = L + std::max(m_in, OW);
+    P = backward ? L + std::max(m_in, OW) : std::max(m_in, OW + L);
     RX = OH + T;
     RT = (H - 1 + ph) / sh + 1;
     constexpr int64_t slack = 2 * 128;  // >= 2 blocks of any acc type
@@ -217,7 +219,7 @@ inline int forward_taps(const NchwPlan& pl, const acc* xb, const acc* wc, Tap<ac
 template <typename scalar_t, typename acc, Act A>
 void forward(const DwConvGeometry& g, const scalar_t* x, const acc* wt, const acc* sc, const acc* bi,
              const scalar_t* r, scalar_t* y) {
-  const NchwPlan pl(g);
+  const NchwPlan pl(g, false);
   const int64_t planes = g.n * g.c, kk = int64_t(g.k) * g.k;
   const int64_t work = std::max<int64_t>(1, pl.OH * pl.P * kk);
   at::parallel_for(0, planes, std::max<int64_t>(1, 65536 / work), [&](int64_t p0, int64_t p1) {
@@ -253,7 +255,7 @@ template <typename scalar_t, typename acc, Act A>
 void backward(const DwConvGeometry& g, const scalar_t* x, const scalar_t* dy, const acc* wt, const acc* sc,
               const acc* bi, const scalar_t* r, scalar_t* dx, scalar_t* dr, acc* gw, acc* gs, acc* gb) {
   constexpr int V = dot_lanes<acc>();
-  const NchwPlan pl(g);
+  const NchwPlan pl(g, true);
   const int64_t kk = int64_t(g.k) * g.k;
   const int64_t in_plane = pl.H * pl.W, out_plane = pl.OH * pl.OW;
   at::parallel_for(0, g.c, 1, [&](int64_t c0, int64_t c1) {
