@@ -189,10 +189,10 @@ def test_float64_and_bias_only():
 
 # ------------------------------------------------------------------------- half precision ----
 
-def half_precision_errors(dtype, device, case=(2, 24, 10, 9, 3, 2, 1, 1), act="silu"):
+def half_precision_errors(dtype, device, case=(2, 24, 10, 9, 3, 2, 1, 1), act="silu", layout="channels_last"):
     """Max error against a float64 reference, for the output and every gradient: ours in `dtype`,
     PyTorch's own composition in `dtype` (a fixed, bounded output gradient)."""
-    args = make_args(case, "channels_last", torch.float64, device, with_residual=True)
+    args = make_args(case, layout, torch.float64, device, with_residual=True)
 
     def run(fn, dt):
         ts = [t.to(dt) if t is not None and i in (0, 1, 4) else t for i, t in enumerate(args)]
@@ -212,10 +212,56 @@ def assert_half_precision_rule(mine, theirs, floor):
         assert e_mine <= 2 * e_theirs + floor, f"{name}: error {e_mine:.3g} vs PyTorch's {e_theirs:.3g}"
 
 
+@pytest.mark.parametrize("layout", ["channels_last", "nchw"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_precision_rule_cpu(dtype):
-    mine, theirs = half_precision_errors(dtype, "cpu")
+def test_half_precision_rule_cpu(dtype, layout):
+    mine, theirs = half_precision_errors(dtype, "cpu", layout=layout)
     assert_half_precision_rule(mine, theirs, floor=1e-3 if dtype == torch.float16 else 8e-3)
+
+
+# NCHW edges of the plane kernels (dwconv_nchw_kernels.h): W and H smaller than the dilated kernel with
+# stride 2 (the phase planes are mostly padding), a 1-pixel input, asymmetric stride/dilation/padding,
+# k 7 with dilation 2, planes wider than a register block.
+NCHW_EDGE_CASES = [
+    (2, 5, 6, 3, 5, 2, 4, 2),
+    (1, 3, 2, 1, 7, 2, 6, 2),
+    (1, 2, 1, 1, 3, 2, 1, 1),
+    (2, 3, 9, 4, 3, (1, 2), (0, 2), (2, 1)),
+    (1, 4, 15, 13, 7, 2, 6, 2),
+    (1, 2, 5, 70, 3, 2, 1, 1),
+]
+
+
+@pytest.mark.parametrize("case", NCHW_EDGE_CASES)
+@pytest.mark.parametrize("act,affine,with_residual", [("silu", True, True), ("none", True, False),
+                                                      ("none", False, True), ("relu6", False, False)])
+def test_nchw_edges_float64(case, act, affine, with_residual):
+    args = make_args(case, "nchw", torch.float64, affine=affine, with_residual=with_residual)
+    args = tuple(t.double() if t is not None else None for t in args)
+    mine = outputs_and_grads(ours_fn(case, act), args)
+    ref = outputs_and_grads(ref_fn(case, act), args)
+    names = [n for n, t in zip(NAMES, (True, True, True, affine, affine, with_residual)) if t]
+    assert_all_close(mine, ref, names, rtol=1e-10, atol=1e-10)
+    assert mine[0].is_contiguous()
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("act", ["none", "relu"])
+def test_backward_sums_without_scale_and_bias(layout, act):
+    """dwconv_backward returns grad_scale = sum(dz * conv(x)) and grad_bias = sum(dz) per channel even
+    when scale and bias are absent (the NCHW kernel gets grad_scale from the weight gradient when there is
+    no activation, without recomputing the convolution)."""
+    case = (2, 3, 8, 7, 3, 2, 1, 1)
+    x, w, _, _, _ = make_args(case, layout, torch.float64)
+    dy = make_tensor(output_shape(case), layout, torch.float64, seed=5)
+    _, _, _, _, _, s, p, d = case
+    geo = [[s, s], [p, p], [d, d]]
+    gx, gw, gs, gb, gr = torch.ops.pycnn.dwconv_backward(dy, x, w, None, None, None, *geo, act)
+    u = F.conv2d(x, w, None, s, p, d, groups=x.size(1))
+    dz = dy * (u > 0) if act == "relu" else dy
+    torch.testing.assert_close(gs, (dz * u).sum((0, 2, 3)), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(gb, dz.sum((0, 2, 3)), rtol=1e-10, atol=1e-10)
+    assert gr is None
 
 
 # ------------------------------------------------------------------------------------ errors ----

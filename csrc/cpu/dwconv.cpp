@@ -35,6 +35,12 @@ namespace pycnn {
 #define PYCNN_ISA_NS dw
 #include "cpu/isa_kernels.h"
 
+// NCHW-contiguous inputs (kernel_memory_format Contiguous, non-contiguous ones made so) run on their own
+// kernels instead, each (n, c) plane a 2-D convolution vectorized along its rows: no layout conversion.
+#define PYCNN_ISA_KERNELS "cpu/dwconv_nchw_kernels.h"
+#define PYCNN_ISA_NS dwn
+#include "cpu/isa_kernels.h"
+
 namespace {
 
 using cpu::dispatch_act;
@@ -43,6 +49,66 @@ Tensor output_like(const Tensor& input, const DwConvGeometry& g) {
   return at::empty({g.n, g.c, g.oh, g.ow}, input.options(), at::MemoryFormat::ChannelsLast);
 }
 
+// ------------------------------------------------------------------ NCHW (dwconv_nchw_kernels.h) ----
+
+// The weight as [C][k * k] in the accumulation dtype (a channel's taps contiguous).
+Tensor dwconv_weight_planes(const Tensor& weight) {
+  return weight.reshape({weight.size(0), weight.size(2) * weight.size(3)})
+      .to(acc_dtype(weight.scalar_type()))
+      .contiguous();
+}
+
+Tensor dwconv_forward_nchw(const DwConvGeometry& g, const Tensor& input, const Tensor& weight,
+                           const OptTensor& scale, const OptTensor& bias, const OptTensor& residual, Act act) {
+  const Tensor x = input.contiguous();
+  const Tensor r = residual ? residual->contiguous() : Tensor();
+  const Tensor wt = dwconv_weight_planes(weight);
+  const Tensor sc = channel_vector_acc(scale, input, 1.0), bi = channel_vector_acc(bias, input, 0.0);
+  Tensor y = at::empty({g.n, g.c, g.oh, g.ow}, input.options());
+  if (y.numel() == 0) return y;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "dwconv_forward_nchw", [&] {
+    using acc = at::opmath_type<scalar_t>;
+    dispatch_act(act, [&](auto A) {
+      PYCNN_CPU_KERNEL(dwn, forward<scalar_t, acc, decltype(A)::value>)(
+          g, x.const_data_ptr<scalar_t>(), wt.const_data_ptr<acc>(), sc.const_data_ptr<acc>(),
+          bi.const_data_ptr<acc>(), r.defined() ? r.const_data_ptr<scalar_t>() : nullptr, y.data_ptr<scalar_t>());
+    });
+  });
+  return y;
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, OptTensor> dwconv_backward_nchw(
+    const DwConvGeometry& g, const Tensor& grad_output, const Tensor& input, const Tensor& weight,
+    const OptTensor& scale, const OptTensor& bias, const OptTensor& residual, Act act) {
+  const Tensor x = input.contiguous(), dy = grad_output.contiguous();
+  const Tensor r = residual ? residual->contiguous() : Tensor();
+  const Tensor wt = dwconv_weight_planes(weight);
+  const Tensor sc = channel_vector_acc(scale, input, 1.0), bi = channel_vector_acc(bias, input, 0.0);
+  const auto acc_opts = input.options().dtype(acc_dtype(input.scalar_type()));
+  Tensor dx = at::empty({g.n, g.c, g.h, g.w}, input.options());
+  Tensor dr = r.defined() ? at::empty({g.n, g.c, g.oh, g.ow}, input.options()) : Tensor();
+  Tensor gw = at::zeros({g.c, int64_t(g.k) * g.k}, acc_opts);
+  Tensor gs = at::zeros({g.c}, acc_opts), gb = at::zeros({g.c}, acc_opts);
+  if (g.n * g.c * g.h * g.w > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "dwconv_backward_nchw", [&] {
+      using acc = at::opmath_type<scalar_t>;
+      dispatch_act(act, [&](auto A) {
+        PYCNN_CPU_KERNEL(dwn, backward<scalar_t, acc, decltype(A)::value>)(
+            g, x.const_data_ptr<scalar_t>(), dy.const_data_ptr<scalar_t>(), wt.const_data_ptr<acc>(),
+            sc.const_data_ptr<acc>(), bi.const_data_ptr<acc>(), r.defined() ? r.const_data_ptr<scalar_t>() : nullptr,
+            dx.data_ptr<scalar_t>(), dr.defined() ? dr.data_ptr<scalar_t>() : nullptr, gw.data_ptr<acc>(),
+            gs.data_ptr<acc>(), gb.data_ptr<acc>());
+      });
+    });
+  }
+  Tensor grad_weight = gw.reshape(weight.sizes()).to(weight.scalar_type()).contiguous();
+  if (scale) gs = gs.to(scale->scalar_type());
+  if (bias) gb = gb.to(bias->scalar_type());
+  return {dx, grad_weight, gs, gb, dr.defined() ? OptTensor(dr) : std::nullopt};
+}
+
+// ------------------------------------------------------------------ NHWC (dwconv_kernels.h) ----
+
 Tensor dwconv_forward_cpu(const Tensor& input, const Tensor& weight, const OptTensor& scale, const OptTensor& bias,
                           const OptTensor& residual, at::IntArrayRef stride, at::IntArrayRef padding,
                           at::IntArrayRef dilation, c10::string_view act_name) {
@@ -50,6 +116,8 @@ Tensor dwconv_forward_cpu(const Tensor& input, const Tensor& weight, const OptTe
   const DwConvGeometry g = check_dwconv_args(op, input, weight, scale, bias, residual, stride, padding, dilation);
   TORCH_CHECK(input.device().is_cpu(), op, ": input must be a CPU tensor for the CPU kernel, got ", input.device());
   const Act act = parse_act(op, std::string_view(act_name.data(), act_name.size()));
+  if (kernel_memory_format(input) == at::MemoryFormat::Contiguous)
+    return dwconv_forward_nchw(g, input, weight, scale, bias, residual, act);
   constexpr auto nhwc = at::MemoryFormat::ChannelsLast;
   const Tensor x = input.contiguous(nhwc);
   const Tensor r = residual ? residual->contiguous(nhwc) : Tensor();
@@ -87,6 +155,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, OptTensor> dwconv_backward_cpu(
               ": grad_output must have the input's dtype and device, got ", grad_output.scalar_type(), " on ",
               grad_output.device());
   const Act act = parse_act(op, std::string_view(act_name.data(), act_name.size()));
+  if (kernel_memory_format(input) == at::MemoryFormat::Contiguous)
+    return dwconv_backward_nchw(g, grad_output, input, weight, scale, bias, residual, act);
   constexpr auto nhwc = at::MemoryFormat::ChannelsLast;
   const Tensor x = input.contiguous(nhwc), dy = grad_output.contiguous(nhwc);
   const Tensor r = residual ? residual->contiguous(nhwc) : Tensor();

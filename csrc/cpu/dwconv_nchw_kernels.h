@@ -1,0 +1,394 @@
+// CPU kernels of pycnn::dwconv_* for NCHW-contiguous tensors. Not a normal header: csrc/cpu/dwconv.cpp
+// compiles it twice through cpu/isa_kernels.h, in namespace pycnn::dwn_base (baseline ISA) and
+// pycnn::dwn_avx2 (AVX2+FMA), and picks one at run time (PYCNN_CPU_KERNEL). All includes are done by
+// dwconv.cpp before. PYCNN_CPU_FMA selects fused multiply-add.
+//
+// Every (n, c) plane is an independent 2-D convolution. A plane is first copied (converted to the
+// accumulation type) into zero-padded "phase planes": for strides sh x sw, sh * sw planes, phase (rho, phi)
+// holding the padded input's rows sh * r + rho and columns sw * m + phi. All planes share one row pitch P,
+// and the output is computed on the flattened index q = oh * P + ow (the columns ow >= OW of a row are
+// computed and discarded). In that index every tap (i, j) of the kernel is a constant offset into one
+// phase plane, so the convolution is out[q] = sum over taps of w * src_tap[q]: unit-stride loads whatever
+// the stride and dilation, no border tests, and one loop that vectorizes along q with a block of B
+// outputs in registers across all the taps (flat_conv). Narrow planes (7x7, 14x14) waste little: the
+// discarded columns are only the (k - 1) * d / s extra ones per row. The margins of the phase planes are
+// the same for every plane of a call: they are zeroed once, and only the input's entries are copied per
+// plane. The epilogue (scale, bias, residual, activation) runs on chunks of rows of the result (~16 KB,
+// in L1) packed to the output's pitch, so that it vectorizes over the chunk as a contiguous span of y.
+//
+// Backward per plane: dz, the gradient of conv(x) before the scale (dz = dy * act'(z); with no activation
+// dz = dy and nothing is recomputed), is written into a zero-margined plane Dp of the same pitch. Then
+//   grad_weight[i][j] = scale * sum dz * x(shifted)    (flat_dots: dot products of Dp with the phase planes)
+//   grad_scale        = sum dz * u  (u = conv(x), recomputed when there is an activation; without one
+//                       it is sum_ij w_ij * sum dz * x(shifted), from the dot products above)
+//   grad_bias         = sum dz
+//   grad_input        = the transposed convolution of dz with w * scale: per phase (a, b) of the input
+//                       (rows ih + ph = sh * r + a, columns iw + pw = sw * m + b), a flat_conv over Dp with
+//                       the taps i, j of that phase; the phases are then interleaved into grad_input.
+// Channels run in parallel (a thread owns a channel's sums: no cross-thread reduction), images inside.
+
+#ifdef PYCNN_CPU_FMA
+template <typename acc> inline acc madd(acc a, acc b, acc c) { return std::fma(a, b, c); }
+#else
+template <typename acc> inline acc madd(acc a, acc b, acc c) { return a * b + c; }
+#endif
+
+using cpu::cpu_act;
+using cpu::cpu_act_derivative;
+
+// The hot loops use GCC vector extensions (32-byte vectors: one AVX register, two SSE ones) so that the
+// register blocking does not depend on the auto-vectorizer (which, after link-time optimization, turned a
+// plain-array version of flat_conv into scalar code). Unaligned loads through a type of the element's
+// alignment.
+template <typename acc> struct Vec {
+  typedef acc type __attribute__((vector_size(32)));
+  typedef acc unaligned __attribute__((vector_size(32), aligned(alignof(acc)), may_alias));
+  static constexpr int lanes = 32 / sizeof(acc);
+};
+
+template <typename acc>
+inline typename Vec<acc>::type vload(const acc* p) {
+  return *reinterpret_cast<const typename Vec<acc>::unaligned*>(p);
+}
+template <typename acc>
+inline void vstore(acc* p, typename Vec<acc>::type v) {
+  *reinterpret_cast<typename Vec<acc>::unaligned*>(p) = v;
+}
+
+// Vectors per register block of flat_conv (32 floats, 16 doubles).
+constexpr int kConvVectors = 4;
+template <typename acc> constexpr int flat_block() { return kConvVectors * Vec<acc>::lanes; }
+// Vectors per source of flat_dots.
+constexpr int kDotVectors = 2;
+template <typename acc> constexpr int dot_lanes() { return kDotVectors * Vec<acc>::lanes; }
+
+template <typename acc>
+struct Tap {
+  const acc* src;
+  acc w;
+};
+
+// out[q] = sum_t taps[t].w * taps[t].src[q0 + q] for q in [0, n) rounded up to a block (out and the sources
+// have the slack); blocks of NV vectors.
+template <int NV, typename acc>
+inline void flat_conv_blocks(const Tap<acc>* taps, int nt, int64_t q0, int64_t n, acc* __restrict__ out) {
+  using V = typename Vec<acc>::type;
+  constexpr int L = Vec<acc>::lanes;
+  for (int64_t q = 0; q < n; q += NV * L) {
+    V a[NV];
+    for (int v = 0; v < NV; ++v) a[v] = V{};
+    for (int t = 0; t < nt; ++t) {
+      const acc* s = taps[t].src + q0 + q;
+      const V w = V{} + taps[t].w;
+      for (int v = 0; v < NV; ++v) a[v] += vload(s + v * L) * w;
+    }
+    for (int v = 0; v < NV; ++v) vstore(out + q + v * L, a[v]);
+  }
+}
+
+// Narrow planes (n a few blocks) take half blocks: less computed past the end.
+template <typename acc>
+inline void flat_conv(const Tap<acc>* taps, int nt, int64_t q0, int64_t n, acc* __restrict__ out) {
+  if (n <= 4 * flat_block<acc>()) {
+    flat_conv_blocks<kConvVectors / 2>(taps, nt, q0, n, out);
+  } else {
+    flat_conv_blocks<kConvVectors>(taps, nt, q0, n, out);
+  }
+}
+
+// out[t] += sum_q d[q] * src[t][q] for G sources, q in [0, n) rounded up to the lanes.
+template <int G, typename acc>
+inline void flat_dots(const acc* d, const acc* const* src, int64_t n, double* out) {
+  using V = typename Vec<acc>::type;
+  constexpr int L = Vec<acc>::lanes;
+  V s0[G], s1[G];
+  const acc* p[G];
+  for (int t = 0; t < G; ++t) {
+    s0[t] = V{};
+    s1[t] = V{};
+    p[t] = src[t];
+  }
+  for (int64_t q = 0; q < n; q += 2 * L) {
+    const V d0 = vload(d + q), d1 = vload(d + q + L);
+    for (int t = 0; t < G; ++t) {
+      s0[t] += d0 * vload(p[t] + q);
+      s1[t] += d1 * vload(p[t] + q + L);
+    }
+  }
+  for (int t = 0; t < G; ++t) {
+    const V v = s0[t] + s1[t];
+    double sum = 0;
+    for (int l = 0; l < L; ++l) sum += double(v[l]);
+    out[t] += sum;
+  }
+}
+
+// The buffer layout of one call (see the top of the file).
+struct NchwPlan {
+  int K, sh, sw, dh, dw, ph, pw;
+  int64_t H, W, OH, OW;
+  int64_t L, T;   // largest tap shift along a row / a column, in phase units: (k - 1) * d / s
+  int64_t P;      // row pitch of every plane
+  int64_t RX;     // rows of a phase plane the valid outputs read
+  int64_t RT;     // rows r of the input phases (ih + ph = sh * r + a, ih < H)
+  int64_t x_size, dp_size, t_size, u_rows;
+  // Forward tap (i, j) = t reads phase plane tap_plane[t] at offset tap_off[t] (computed once: no
+  // divisions per plane).
+  int64_t tap_off[kDwConvMaxKernel * kDwConvMaxKernel];
+  int tap_plane[kDwConvMaxKernel * kDwConvMaxKernel];
+
+  // backward: the pitch also fits Dp (a left margin of L for the transposed convolution); the forward
+  // takes the narrowest pitch, max(m_in, OW + L), which computes fewer discarded columns.
+  NchwPlan(const DwConvGeometry& g, bool backward) {
+    K = g.k;
+    sh = g.sh, sw = g.sw, dh = g.dh, dw = g.dw, ph = g.ph, pw = g.pw;
+    H = g.h, W = g.w, OH = g.oh, OW = g.ow;
+    L = int64_t(K - 1) * dw / sw;
+    T = int64_t(K - 1) * dh / sh;
+    const int64_t m_in = (W + 2 * pw + sw - 1) / sw;  // phase columns of the padded input
+    P = backward ? L + std::max(m_in, OW) : std::max(m_in, OW + L);
+    RX = OH + T;
+    RT = (H - 1 + ph) / sh + 1;
+    constexpr int64_t slack = 2 * 128;  // >= 2 blocks of any acc type
+    x_size = (RX + 2) * P + slack;
+    dp_size = (T + std::max(OH, RT) + 2) * P + slack;
+    t_size = RT * P + slack;
+    u_rows = std::max<int64_t>(1, std::min<int64_t>(OH, 4096 / P));  // rows of u per chunk (~16 KB of floats)
+    for (int i = 0; i < K; ++i) {
+      for (int j = 0; j < K; ++j) {
+        const int64_t ri = int64_t(i) * dh, cj = int64_t(j) * dw;
+        tap_plane[i * K + j] = static_cast<int>((ri % sh) * sw + cj % sw);
+        tap_off[i * K + j] = (ri / sh) * P + cj / sw;
+      }
+    }
+  }
+  int phases() const { return sh * sw; }
+};
+
+// The phase planes of one input plane xp [H][W]. Only the entries that hold input are written: the rest
+// (margins, rows outside the input) is the same for every plane of a call and stays as allocated, zero.
+template <typename scalar_t, typename acc>
+inline void fill_phases(const NchwPlan& pl, const scalar_t* __restrict__ xp, acc* xb) {
+  for (int rho = 0; rho < pl.sh; ++rho) {
+    for (int phi = 0; phi < pl.sw; ++phi) {
+      acc* plane = xb + int64_t(rho * pl.sw + phi) * pl.x_size;
+      // Phase columns m with input column sw * m + phi - pw in [0, W).
+      const int64_t m_lo = std::max<int64_t>(0, (pl.pw - phi + pl.sw - 1) / pl.sw);
+      const int64_t last = pl.W - 1 + pl.pw - phi;  // the last input column's padded index, minus phi
+      const int64_t m_hi = std::min<int64_t>(pl.P, last < 0 ? 0 : last / pl.sw + 1);
+      if (m_lo >= m_hi) continue;
+      const int64_t len = m_hi - m_lo;
+      // Phase rows r with input row sh * r + rho - ph in [0, H).
+      const int64_t r_lo = std::max<int64_t>(0, (pl.ph - rho + pl.sh - 1) / pl.sh);
+      const int64_t last_r = pl.H - 1 + pl.ph - rho;
+      const int64_t r_hi = std::min<int64_t>(pl.RX, last_r < 0 ? 0 : last_r / pl.sh + 1);
+      for (int64_t r = r_lo; r < r_hi; ++r) {
+        acc* __restrict__ dst = plane + r * pl.P + m_lo;
+        const scalar_t* __restrict__ src = xp + (pl.sh * r + rho - pl.ph) * pl.W + (pl.sw * m_lo + phi - pl.pw);
+        if (pl.sw == 1) {
+          for (int64_t m = 0; m < len; ++m) dst[m] = static_cast<acc>(src[m]);
+        } else {
+          for (int64_t m = 0; m < len; ++m) dst[m] = static_cast<acc>(src[2 * m]);
+        }
+      }
+    }
+  }
+}
+
+// Packs rows [0, rows) of u (pitch P, in place) to pitch OW: the chunk of the output plane, contiguous.
+template <typename acc>
+inline void pack_rows(const NchwPlan& pl, acc* u, int64_t rows) {
+  for (int64_t i = 1; i < rows; ++i) {
+    const acc* src = u + i * pl.P;
+    acc* dst = u + i * pl.OW;
+    for (int64_t t = 0; t < pl.OW; ++t) dst[t] = src[t];  // dst < src: a forward copy is safe
+  }
+}
+
+// The k * k taps of the forward convolution of a plane: tap (i, j) reads phase plane
+// ((i dh) % sh, (j dw) % sw) at offset ((i dh) / sh) * P + (j dw) / sw; weights wc [k * k].
+template <typename acc>
+inline int forward_taps(const NchwPlan& pl, const acc* xb, const acc* wc, Tap<acc>* taps) {
+  const int nt = pl.K * pl.K;
+  for (int t = 0; t < nt; ++t) taps[t] = {xb + pl.tap_plane[t] * pl.x_size + pl.tap_off[t], wc[t]};
+  return nt;
+}
+
+// y = act(conv(x) * scale + bias [+ residual]); x [N][C][H][W], y and residual [N][C][OH][OW];
+// wt [C][k * k]; scale, bias [C].
+template <typename scalar_t, typename acc, Act A>
+void forward(const DwConvGeometry& g, const scalar_t* x, const acc* wt, const acc* sc, const acc* bi,
+             const scalar_t* r, scalar_t* y) {
+  const NchwPlan pl(g, false);
+  const int64_t planes = g.n * g.c, kk = int64_t(g.k) * g.k;
+  const int64_t work = std::max<int64_t>(1, pl.OH * pl.P * kk);
+  at::parallel_for(0, planes, std::max<int64_t>(1, 65536 / work), [&](int64_t p0, int64_t p1) {
+    std::vector<acc> xb(pl.phases() * pl.x_size, acc(0));
+    std::vector<acc> ub(pl.u_rows * pl.P + 256, acc(0));
+    Tap<acc> taps[kDwConvMaxKernel * kDwConvMaxKernel];
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t c = p % g.c;
+      fill_phases(pl, x + p * pl.H * pl.W, xb.data());
+      const int nt = forward_taps(pl, xb.data(), wt + c * kk, taps);
+      const acc s = sc[c], b = bi[c];
+      for (int64_t oh0 = 0; oh0 < pl.OH; oh0 += pl.u_rows) {
+        const int64_t oh1 = std::min(pl.OH, oh0 + pl.u_rows);
+        flat_conv(taps, nt, oh0 * pl.P, (oh1 - oh0) * pl.P, ub.data());
+        pack_rows(pl, ub.data(), oh1 - oh0);
+        const acc* __restrict__ u = ub.data();
+        const int64_t off = (p * pl.OH + oh0) * pl.OW, cnt = (oh1 - oh0) * pl.OW;
+        scalar_t* __restrict__ yr = y + off;
+        if (r != nullptr) {
+          const scalar_t* __restrict__ rr = r + off;
+          for (int64_t t = 0; t < cnt; ++t)
+            yr[t] = static_cast<scalar_t>(cpu_act<A>(madd(u[t], s, b) + static_cast<acc>(rr[t])));
+        } else {
+          for (int64_t t = 0; t < cnt; ++t) yr[t] = static_cast<scalar_t>(cpu_act<A>(madd(u[t], s, b)));
+        }
+      }
+    }
+  });
+}
+
+// Backward: dx [N][C][H][W]; dr (when r is given) [N][C][OH][OW]; gw [C][k * k], gs, gb [C] (acc).
+template <typename scalar_t, typename acc, Act A>
+void backward(const DwConvGeometry& g, const scalar_t* x, const scalar_t* dy, const acc* wt, const acc* sc,
+              const acc* bi, const scalar_t* r, scalar_t* dx, scalar_t* dr, acc* gw, acc* gs, acc* gb) {
+  constexpr int V = dot_lanes<acc>();
+  const NchwPlan pl(g, true);
+  const int64_t kk = int64_t(g.k) * g.k;
+  const int64_t in_plane = pl.H * pl.W, out_plane = pl.OH * pl.OW;
+  at::parallel_for(0, g.c, 1, [&](int64_t c0, int64_t c1) {
+    std::vector<acc> xb(pl.phases() * pl.x_size, acc(0));
+    std::vector<acc> dp(pl.dp_size, acc(0));
+    std::vector<acc> tb(pl.phases() * pl.t_size, acc(0));
+    std::vector<acc> ub(A == Act::None ? 0 : pl.u_rows * pl.P + 256, acc(0));
+    std::vector<acc> zb(pl.u_rows * pl.OW, acc(0));
+    Tap<acc> taps[kDwConvMaxKernel * kDwConvMaxKernel];
+    const acc* dsrc[kDwConvMaxKernel * kDwConvMaxKernel];
+    acc* const dz0 = dp.data() + pl.T * pl.P + pl.L;  // dz[oh][ow] = dz0[oh * P + ow]
+    for (int64_t c = c0; c < c1; ++c) {
+      const acc* wc = wt + c * kk;
+      const acc s = sc[c], b = bi[c];
+      double dw_raw[kDwConvMaxKernel * kDwConvMaxKernel] = {};
+      double sum_s = 0, sum_b = 0;
+      // Transposed-convolution taps per input phase (a, b): weights w * scale, sources in Dp.
+      Tap<acc> ttaps[4][kDwConvMaxKernel * kDwConvMaxKernel];
+      int tn[4] = {0, 0, 0, 0};
+      for (int a = 0; a < pl.sh; ++a) {
+        for (int bb = 0; bb < pl.sw; ++bb) {
+          const int phase = a * pl.sw + bb;
+          for (int i = 0; i < pl.K; ++i) {
+            if ((i * pl.dh) % pl.sh != a) continue;
+            const int64_t e = (int64_t(i) * pl.dh - a) / pl.sh;
+            for (int j = 0; j < pl.K; ++j) {
+              if ((j * pl.dw) % pl.sw != bb) continue;
+              const int64_t f = (int64_t(j) * pl.dw - bb) / pl.sw;
+              ttaps[phase][tn[phase]++] = {dp.data() + (pl.T - e) * pl.P + (pl.L - f), wc[i * pl.K + j] * s};
+            }
+          }
+        }
+      }
+      for (int64_t n = 0; n < g.n; ++n) {
+        const int64_t p = n * g.c + c;
+        fill_phases(pl, x + p * in_plane, xb.data());
+        const int nt = forward_taps(pl, xb.data(), wc, taps);
+        // dz into Dp (its margins stay zero), dr, and the sums of dz (and dz * u), over contiguous chunks
+        // of the plane.
+        acc lb[V], ls[V];
+        for (int l = 0; l < V; ++l) lb[l] = ls[l] = acc(0);
+        for (int64_t oh0 = 0; oh0 < pl.OH; oh0 += pl.u_rows) {
+          const int64_t oh1 = std::min(pl.OH, oh0 + pl.u_rows);
+          const int64_t off = p * out_plane + oh0 * pl.OW, cnt = (oh1 - oh0) * pl.OW, full = cnt / V * V;
+          const scalar_t* __restrict__ dyr = dy + off;
+          acc* __restrict__ z = zb.data();
+          if constexpr (A == Act::None) {
+            for (int64_t t = 0; t < cnt; ++t) z[t] = static_cast<acc>(dyr[t]);
+            if (dr != nullptr) std::copy(dyr, dyr + cnt, dr + off);
+            for (int64_t t = 0; t < full; t += V)
+              for (int l = 0; l < V; ++l) lb[l] += z[t + l];
+            for (int64_t t = full; t < cnt; ++t) lb[0] += z[t];
+          } else {
+            flat_conv(taps, nt, oh0 * pl.P, (oh1 - oh0) * pl.P, ub.data());
+            pack_rows(pl, ub.data(), oh1 - oh0);
+            const acc* __restrict__ u = ub.data();
+            if (r != nullptr) {
+              const scalar_t* __restrict__ rr = r + off;
+              scalar_t* __restrict__ drr = dr + off;
+              for (int64_t t = 0; t < cnt; ++t) {
+                const acc dz = static_cast<acc>(dyr[t]) *
+                               cpu_act_derivative<A>(madd(u[t], s, b) + static_cast<acc>(rr[t]));
+                z[t] = dz;
+                drr[t] = static_cast<scalar_t>(dz);
+              }
+            } else {
+              for (int64_t t = 0; t < cnt; ++t)
+                z[t] = static_cast<acc>(dyr[t]) * cpu_act_derivative<A>(madd(u[t], s, b));
+            }
+            for (int64_t t = 0; t < full; t += V) {
+              for (int l = 0; l < V; ++l) {
+                lb[l] += z[t + l];
+                ls[l] = madd(z[t + l], u[t + l], ls[l]);
+              }
+            }
+            for (int64_t t = full; t < cnt; ++t) {
+              lb[0] += z[t];
+              ls[0] = madd(z[t], u[t], ls[0]);
+            }
+          }
+          for (int64_t oh = oh0; oh < oh1; ++oh)
+            std::copy(z + (oh - oh0) * pl.OW, z + (oh - oh0 + 1) * pl.OW, dz0 + oh * pl.P);
+        }
+        for (int l = 0; l < V; ++l) {
+          sum_b += double(lb[l]);
+          sum_s += double(ls[l]);
+        }
+        // Weight gradient (before the scale): dot products of dz with the shifted inputs.
+        for (int t = 0; t < nt; ++t) dsrc[t] = taps[t].src;
+        const int64_t q = pl.OH * pl.P;
+        int t = 0;
+        for (; t + 4 <= nt; t += 4) flat_dots<4>(dz0, dsrc + t, q, dw_raw + t);
+        for (; t + 2 <= nt; t += 2) flat_dots<2>(dz0, dsrc + t, q, dw_raw + t);
+        for (; t < nt; ++t) flat_dots<1>(dz0, dsrc + t, q, dw_raw + t);
+        // Input gradient: per input phase, the transposed convolution, then interleaved into dx.
+        for (int a = 0; a < pl.sh; ++a) {
+          const int64_t r_lo = pl.ph > a ? (pl.ph - a + pl.sh - 1) / pl.sh : 0;
+          const int64_t r_hi = a <= pl.H - 1 + pl.ph ? (pl.H - 1 + pl.ph - a) / pl.sh + 1 : 0;
+          if (r_hi <= r_lo) continue;
+          for (int bb = 0; bb < pl.sw; ++bb) {
+            const int phase = a * pl.sw + bb;
+            acc* out = tb.data() + phase * pl.t_size;
+            if (tn[phase] == 0) {
+              std::fill(out + r_lo * pl.P, out + r_hi * pl.P, acc(0));
+            } else {
+              flat_conv(ttaps[phase], tn[phase], r_lo * pl.P, (r_hi - r_lo) * pl.P, out + r_lo * pl.P);
+            }
+          }
+        }
+        scalar_t* dxp = dx + p * in_plane;
+        for (int64_t ih = 0; ih < pl.H; ++ih) {
+          const int64_t rr = (ih + pl.ph) / pl.sh, a = (ih + pl.ph) % pl.sh;
+          scalar_t* __restrict__ dxr = dxp + ih * pl.W;
+          if (pl.sw == 1) {
+            const acc* __restrict__ src = tb.data() + a * pl.t_size + rr * pl.P + pl.pw;
+            for (int64_t iw = 0; iw < pl.W; ++iw) dxr[iw] = static_cast<scalar_t>(src[iw]);
+          } else {
+            for (int bb = 0; bb < 2; ++bb) {
+              const int64_t iw0 = ((bb - pl.pw) % 2 + 2) % 2;  // first iw with (iw + pw) % 2 == bb
+              const acc* __restrict__ src = tb.data() + (a * 2 + bb) * pl.t_size + rr * pl.P + (iw0 + pl.pw) / 2;
+              const int64_t cnt = iw0 < pl.W ? (pl.W - iw0 + 1) / 2 : 0;
+              for (int64_t m = 0; m < cnt; ++m) dxr[iw0 + 2 * m] = static_cast<scalar_t>(src[m]);
+            }
+          }
+        }
+      }
+      double ssum = 0;
+      for (int64_t t = 0; t < kk; ++t) {
+        gw[c * kk + t] = static_cast<acc>(dw_raw[t] * double(s));
+        ssum += dw_raw[t] * double(wc[t]);
+      }
+      gs[c] = static_cast<acc>(A == Act::None ? ssum : sum_s);
+      gb[c] = static_cast<acc>(sum_b);
+    }
+  });
+}
