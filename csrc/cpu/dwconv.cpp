@@ -1,13 +1,14 @@
 // CPU implementation of pycnn::dwconv_forward / dwconv_backward (at::parallel_for, OpenMP in torch).
 //
-// The kernels are NHWC-native (a pixel's channels contiguous, loops over channel blocks vectorize);
-// NCHW tensors are converted in and the results converted back. The kernels (dwconv_kernels.h) are
+// Two sets of kernels, one per layout, so neither converts: channels_last (and strided) tensors run on
+// dwconv_kernels.h (a pixel's channels contiguous, loops over channel vectors), NCHW-contiguous ones on
+// dwconv_nchw_kernels.h (each (n, c) plane a 2-D convolution vectorized along its rows). Both are
 // compiled twice, for the baseline x86-64 ISA and for AVX2+FMA (cpu/isa_kernels.h), and the second is
 // used where the CPU has it: the build targets the baseline, so without this the loops would be 4-wide SSE.
 //
-// forward:  y = act(conv(x) [* scale + bias] [+ residual]), one pass (a row of conv(x) at a time, then
+// NHWC forward: y = act(conv(x) [* scale + bias] [+ residual]), one pass (a row of conv(x) at a time, then
 //           its epilogue).
-// backward: with an identity epilogue (no scale, bias, residual or act: the conv of a training step, whose
+// NHWC backward: with an identity epilogue (no scale, bias, residual or act: the conv of a training step, whose
 //           BN runs in bn_act) dy is the gradient of conv(x) and is read in place; otherwise a pass over
 //           output rows recomputes conv(x) (cheaper than saving it: memory-bound) and gives that gradient
 //           (a float buffer), dresidual and the per-block partial sums of dscale and dbias. Then dweight
