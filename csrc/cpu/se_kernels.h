@@ -131,26 +131,35 @@ void scale_any(const Layout& l, Act post, const scalar_t* x, const scalar_t* r, 
 template <typename acc>
 void excite(int64_t n, int64_t c, int64_t cr, Act act, const acc* pooled, const acc* w1, const acc* b1,
             const acc* w2, const acc* b2, acc* hidden, acc* gate, acc* scratch) {
-  for (int64_t i = 0; i < n; ++i) {
-    const acc* __restrict__ p = pooled + i * c;
-    for (int64_t k = 0; k < cr; ++k) {
-      const acc* __restrict__ w = w1 + k * c;
+  for (int64_t k = 0; k < cr; ++k) {  // each row of w1 once, against every image's pooled vector (in L1)
+    const acc* __restrict__ w = w1 + k * c;
+    for (int64_t i = 0; i < n; ++i) {
+      const acc* __restrict__ p = pooled + i * c;
       hidden[i * cr + k] = lane_sum<acc>(c, [&](int64_t j) { return w[j] * p[j]; }) + (b1 ? b1[k] : acc(0));
     }
   }
+  // fc2: with C_r >= 32, one contiguous dot product of w2's row per gate; narrower, w2 is transposed once so
+  // that each activated hidden value scales a contiguous row added to the gates.
+  const bool dots = cr >= 32;
   acc* __restrict__ w2t = scratch;  // [C_r, C]
-  for (int64_t j = 0; j < c; ++j)
-    for (int64_t k = 0; k < cr; ++k) w2t[k * c + j] = w2[j * cr + k];
+  if (!dots)
+    for (int64_t j = 0; j < c; ++j)
+      for (int64_t k = 0; k < cr; ++k) w2t[k * c + j] = w2[j * cr + k];
   acc* __restrict__ a = scratch + cr * c;
   for (int64_t i = 0; i < n; ++i) {
     for (int64_t k = 0; k < cr; ++k) a[k] = act_forward<acc>(act, hidden[i * cr + k]);
     acc* __restrict__ g = gate + i * c;
-    if (b2) {
+    if (dots) {
+      for (int64_t j = 0; j < c; ++j) {
+        const acc* __restrict__ w = w2 + j * cr;
+        g[j] = lane_sum<acc>(cr, [&](int64_t k) { return w[k] * a[k]; }) + (b2 ? b2[j] : acc(0));
+      }
+    } else if (b2) {
       for (int64_t j = 0; j < c; ++j) g[j] = b2[j];
     } else {
       for (int64_t j = 0; j < c; ++j) g[j] = acc(0);
     }
-    for (int64_t k = 0; k < cr; ++k) {
+    for (int64_t k = 0; k < (dots ? 0 : cr); ++k) {
       const acc ak = a[k];
       const acc* __restrict__ wk = w2t + k * c;
       for (int64_t j = 0; j < c; ++j) g[j] += ak * wk[j];
