@@ -54,8 +54,13 @@ def run_both(ours, ref, act, x, residual):
     return (y, xo, ro), (y_ref, xr, rr)
 
 
+# Wider channel counts than SHAPES: several 16-channel chunks plus a tail per pixel in channels_last, batch 1.
+WIDE_SHAPES = [(1, 70, 5, 5), (2, 40, 3, 7)]
+
+
 @pytest.mark.parametrize("shape,layout,act,with_residual,training", list(itertools.product(
-    SHAPES, LAYOUTS, ["none", "relu", "relu6", "silu"], [False, True], [True, False])))
+    SHAPES, LAYOUTS, ["none", "relu", "relu6", "silu"], [False, True], [True, False])) + list(itertools.product(
+    WIDE_SHAPES, ["nchw", "channels_last"], ["none", "silu"], [False, True], [True])))
 def test_matches_batchnorm2d_and_activation(shape, layout, act, with_residual, training):
     ours, ref = make_pair(shape[1], act)
     ours.train(training)

@@ -101,6 +101,16 @@ def test_without_bias_and_with_linear_weights(layout):
     check_parity((2, 11, 4, 3, 3), layout, "silu", "relu", False, weight_2d=True)
 
 
+# Wide layers: channels_last pools in blocks of 256 channels (C = 300 leaves a partial one); the excitation
+# runs in the kernel's own loops up to 2^20 multiply-adds per FC (first shape) and in ATen GEMMs above (second).
+# fc2 takes dot products of w2's rows from C_r = 32 on (third shape), w2 transposed below.
+@pytest.mark.parametrize("shape", [(1, 300, 5, 7, 20), (2, 1030, 3, 3, 520), (2, 200, 3, 3, 40)])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_wide_layers_both_excitation_paths(shape, layout):
+    check_parity(shape, layout, "silu", "relu", True, tol=dict(rtol=1e-4, atol=1e-5))
+    check_parity(shape, layout, "relu", "none", False, bias=False, tol=dict(rtol=1e-4, atol=1e-5))
+
+
 @pytest.mark.parametrize("act", ["none", "relu6", "hardswish"])
 def test_other_activations(act):
     check_parity((2, 10, 3, 5, 4), "channels_last", act, act, True)

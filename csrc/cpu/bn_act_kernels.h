@@ -155,12 +155,12 @@ void forward(const Layout& l, Act act, const scalar_t* x, const scalar_t* r, con
         const acc* __restrict__ bbs = bb + c;
         if (rs) {
           for (int64_t j = 0; j < len; ++j)
-            ys[j] = static_cast<scalar_t>(cpu::cpu_act<decltype(A)::value, acc>(
+            ys[j] = static_cast<scalar_t>(cpu::cpu_act_fast<decltype(A)::value, acc>(
                 (static_cast<acc>(xs[j]) - mus[j * S]) * scs[j * S] + bbs[j * S] + static_cast<acc>(rs[j])));
         } else {
           for (int64_t j = 0; j < len; ++j)
             ys[j] = static_cast<scalar_t>(
-                cpu::cpu_act<decltype(A)::value, acc>((static_cast<acc>(xs[j]) - mus[j * S]) * scs[j * S] + bbs[j * S]));
+                cpu::cpu_act_fast<decltype(A)::value, acc>((static_cast<acc>(xs[j]) - mus[j * S]) * scs[j * S] + bbs[j * S]));
         }
       });
     });
@@ -169,6 +169,9 @@ void forward(const Layout& l, Act act, const scalar_t* x, const scalar_t* r, con
 
 // s = [sum dz, sum dz * (x - mean)] per channel ([2][C]), then dx (and dresidual = dz), with
 // dz = dy * act'(z) and z recomputed from x (and the residual); sc = weight * invstd.
+// Where dz is costly to recompute (SiLU: an exp and a division) or has to be written anyway (dresidual),
+// the first pass stores it (in dresidual, else in dx) and the second reads it back, when the tensor's dtype
+// is the accumulation dtype (no rounding of dz in between).
 template <typename scalar_t, typename acc>
 void backward(const Layout& l, Act act, bool training, const scalar_t* x, const scalar_t* dy, const scalar_t* r,
               const acc* sc, const acc* invstd, const acc* mu, const acc* bb, acc* s, scalar_t* dx, scalar_t* dr) {
@@ -176,23 +179,43 @@ void backward(const Layout& l, Act act, bool training, const scalar_t* x, const 
     return dy * cpu::cpu_act_derivative<decltype(A)::value, acc>((x - mean) * scale + bias + r);
   };
   dispatch_act(act, [&](auto A) {
+    constexpr bool kExact = std::is_same_v<scalar_t, acc>;
+    const bool store = kExact && (decltype(A)::value == Act::SiLU || r != nullptr);
+    scalar_t* const dz_buf = r != nullptr ? dr : dx;  // where a stored dz goes
     dispatch_channel_stride(l, [&](auto S_) {
       constexpr int S = decltype(S_)::value;
       channel_sums<2, acc>(l, s, [&](int64_t off, int64_t c, int64_t len, acc* out) {
         const scalar_t* __restrict__ xs = x + off;
         const scalar_t* __restrict__ dys = dy + off;
         const scalar_t* __restrict__ rs = r ? r + off : nullptr;
+        scalar_t* __restrict__ dzs = dz_buf + off;
         const acc* __restrict__ scs = sc + c;
         const acc* __restrict__ bbs = bb + c;
         const acc* __restrict__ mus = mu + c;
-        auto term = [&](int64_t j, acc* v) {
-          const acc xj = static_cast<acc>(xs[j]);
-          const acc dz = grad_z(A, xj, static_cast<acc>(dys[j]), rs ? static_cast<acc>(rs[j]) : acc(0), scs[j * S],
-                                mus[j * S], bbs[j * S]);
-          v[0] = dz;
-          v[1] = dz * (xj - mus[j * S]);
+        // The residual and store tests stay out of the loop: `rs ? rs[j] : 0` inside it becomes a masked load
+        // (vmaskmovps) of a null pointer, which takes a microcode assist per vector on x86 (~10x slower).
+        auto term = [&](auto has_r, auto keep) {
+          return [&, has_r, keep](int64_t j, acc* v) {
+            const acc xj = static_cast<acc>(xs[j]);
+            acc rj = acc(0);
+            if constexpr (decltype(has_r)::value) rj = static_cast<acc>(rs[j]);
+            const acc dz = grad_z(A, xj, static_cast<acc>(dys[j]), rj, scs[j * S], mus[j * S], bbs[j * S]);
+            if constexpr (decltype(keep)::value) dzs[j] = static_cast<scalar_t>(dz);
+            v[0] = dz;
+            v[1] = dz * (xj - mus[j * S]);
+          };
         };
-        accumulate_span<S, 2, acc>(len, out, l.c, term);
+        if (store) {
+          if (rs) {
+            accumulate_span<S, 2, acc>(len, out, l.c, term(std::true_type{}, std::true_type{}));
+          } else {
+            accumulate_span<S, 2, acc>(len, out, l.c, term(std::false_type{}, std::true_type{}));
+          }
+        } else if (rs) {
+          accumulate_span<S, 2, acc>(len, out, l.c, term(std::true_type{}, std::false_type{}));
+        } else {
+          accumulate_span<S, 2, acc>(len, out, l.c, term(std::false_type{}, std::false_type{}));
+        }
       });
       // dx = k_dz * dz + k_x * (x - mean) + k_0 per channel (training couples x through the batch stats).
       std::vector<acc> k_dz(l.c), k_x(l.c), k_0(l.c);
@@ -214,7 +237,18 @@ void backward(const Layout& l, Act act, bool training, const scalar_t* x, const 
         const acc* __restrict__ kdz = k_dz.data() + c;
         const acc* __restrict__ kx = k_x.data() + c;
         const acc* __restrict__ k0 = k_0.data() + c;
-        if (rs) {
+        if (store && rs) {  // dz is in dresidual
+          for (int64_t j = 0; j < len; ++j) {
+            const acc xj = static_cast<acc>(xs[j]);
+            dxs[j] = static_cast<scalar_t>(kdz[j * S] * static_cast<acc>(drs[j]) + kx[j * S] * (xj - mus[j * S]) + k0[j * S]);
+          }
+        } else if (store) {  // dz is in dx: updated in place
+          scalar_t* d = dx + off;
+          for (int64_t j = 0; j < len; ++j) {
+            const acc xj = static_cast<acc>(xs[j]);
+            d[j] = static_cast<scalar_t>(kdz[j * S] * static_cast<acc>(d[j]) + kx[j * S] * (xj - mus[j * S]) + k0[j * S]);
+          }
+        } else if (rs) {
           for (int64_t j = 0; j < len; ++j) {
             const acc xj = static_cast<acc>(xs[j]);
             const acc dz = grad_z(A, xj, static_cast<acc>(dys[j]), static_cast<acc>(rs[j]), scs[j * S], mus[j * S], bbs[j * S]);

@@ -13,6 +13,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <cmath>
 #include <type_traits>
 #include <vector>
 
@@ -20,6 +22,13 @@
 #include "se.h"
 
 namespace pycnn {
+
+// The forward's passes (pool, scale) and small excitations: cpu/se_kernels.h, built for the baseline ISA
+// and for AVX2+FMA (cpu/isa_kernels.h).
+#define PYCNN_ISA_KERNELS "cpu/se_kernels.h"
+#define PYCNN_ISA_NS se
+#include "cpu/isa_kernels.h"
+
 namespace {
 
 using cpu::dispatch_act;
@@ -132,44 +141,39 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> se_forward_cpu(const Tensor& input_, 
   Tensor pooled = at::empty({l.n, l.c}, input.options().dtype(acc_type));
   Tensor hidden, gate;
 
+  const int64_t cr = fc1_weight.size(0);
+  // Up to this many multiply-adds per FC the excitation runs in se_kernels.h's loops (microseconds); wider
+  // SE layers (RegNetY-32GF) go to ATen's GEMMs.
+  constexpr int64_t kDirectExciteMacs = int64_t(1) << 20;
+  const bool direct = l.n * l.c * cr <= kDirectExciteMacs;
+  if (direct) {
+    hidden = at::empty({l.n, cr}, pooled.options());
+    gate = at::empty({l.n, l.c}, pooled.options());
+  }
+
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "se_forward_cpu", [&] {
     using acc = at::opmath_type<scalar_t>;
     const scalar_t* x = input.const_data_ptr<scalar_t>();
-    dispatch_channel_stride(l, [&](auto S_) {
-      constexpr int S = decltype(S_)::value;
-      image_channel_sums<acc>(l, pooled.data_ptr<acc>(), [&](int64_t off, int64_t, int64_t, int64_t len, acc* out) {
-        const scalar_t* __restrict__ xs = x + off;
-        accumulate_span<S, acc>(len, out, [&](int64_t j) { return static_cast<acc>(xs[j]); });
-      });
-    });
-    pooled.mul_(1.0 / static_cast<double>(l.hw));
-    // The excitation: [N, C] -> [N, C_r] -> [N, C], GEMMs in the accumulation dtype.
-    const Tensor w1 = fc_matrix(fc1_weight, acc_type), w2 = fc_matrix(fc2_weight, acc_type);
-    hidden = fc1_bias ? at::addmm(fc1_bias->to(acc_type), pooled, w1.t()) : at::mm(pooled, w1.t());
-    const Tensor a1 = apply_act<acc>(hidden, act, false);
-    gate = (fc2_bias ? at::addmm(fc2_bias->to(acc_type), a1, w2.t()) : at::mm(a1, w2.t())).sigmoid_();
-
-    const acc* s = gate.const_data_ptr<acc>();
-    const scalar_t* r = residual.defined() ? residual.const_data_ptr<scalar_t>() : nullptr;
-    scalar_t* y = output.data_ptr<scalar_t>();
-    dispatch_act(post, [&](auto P) {
-      dispatch_channel_stride(l, [&](auto S_) {
-        constexpr int S = decltype(S_)::value;
-        parallel_spans(l, [&](int64_t off, int64_t n, int64_t c, int64_t len) {
-          const scalar_t* __restrict__ xs = x + off;
-          scalar_t* __restrict__ ys = y + off;
-          const acc* __restrict__ ss = s + n * l.c + c;
-          if (r != nullptr) {
-            const scalar_t* __restrict__ rs = r + off;
-            for (int64_t j = 0; j < len; ++j)
-              ys[j] = static_cast<scalar_t>(act_forward<acc>(P, static_cast<acc>(xs[j]) * ss[j * S] + static_cast<acc>(rs[j])));
-          } else {
-            for (int64_t j = 0; j < len; ++j)
-              ys[j] = static_cast<scalar_t>(act_forward<acc>(P, static_cast<acc>(xs[j]) * ss[j * S]));
-          }
-        });
-      });
-    });
+    PYCNN_CPU_KERNEL(se, pool<scalar_t, acc>)(l, x, pooled.data_ptr<acc>());
+    if (direct) {
+      // The weights as [out, in] acc arrays; no copy when they already are (float32 / float64 parameters).
+      auto as_acc = [&](const Tensor& t) { return t.scalar_type() == acc_type && t.is_contiguous() ? t : t.to(acc_type).contiguous(); };
+      const Tensor w1 = as_acc(fc1_weight), w2 = as_acc(fc2_weight);
+      const Tensor b1 = fc1_bias ? as_acc(*fc1_bias) : Tensor(), b2 = fc2_bias ? as_acc(*fc2_bias) : Tensor();
+      std::vector<acc> scratch(static_cast<size_t>(cr * l.c + cr));
+      PYCNN_CPU_KERNEL(se, excite<acc>)(l.n, l.c, cr, act, pooled.const_data_ptr<acc>(), w1.const_data_ptr<acc>(),
+                                        b1.defined() ? b1.const_data_ptr<acc>() : nullptr, w2.const_data_ptr<acc>(),
+                                        b2.defined() ? b2.const_data_ptr<acc>() : nullptr, hidden.data_ptr<acc>(),
+                                        gate.data_ptr<acc>(), scratch.data());
+    } else {
+      // The excitation: [N, C] -> [N, C_r] -> [N, C], GEMMs in the accumulation dtype.
+      const Tensor w1 = fc_matrix(fc1_weight, acc_type), w2 = fc_matrix(fc2_weight, acc_type);
+      hidden = fc1_bias ? at::addmm(fc1_bias->to(acc_type), pooled, w1.t()) : at::mm(pooled, w1.t());
+      const Tensor a1 = apply_act<acc>(hidden, act, false);
+      gate = (fc2_bias ? at::addmm(fc2_bias->to(acc_type), a1, w2.t()) : at::mm(a1, w2.t())).sigmoid_();
+    }
+    PYCNN_CPU_KERNEL(se, scale_any<scalar_t, acc>)(l, post, x, residual.defined() ? residual.const_data_ptr<scalar_t>() : nullptr,
+                                                   gate.const_data_ptr<acc>(), output.data_ptr<scalar_t>());
   });
   return {output, pooled, hidden, gate};
 }

@@ -1,0 +1,175 @@
+// CPU kernels of pycnn::se_forward (both layouts). Not a normal header: csrc/cpu/se.cpp includes it twice,
+// inside namespace pycnn::se_base (baseline ISA) and pycnn::se_avx2 (under #pragma GCC target "avx2,fma"),
+// and picks one at run time (PYCNN_CPU_KERNEL, kernel_utils.h). All includes are done by se.cpp before.
+//
+// The forward is memory-bound: one read of x for the pool, one read of x (and the residual) and one write
+// of y for the scale, as in eager PyTorch; each pass is a branch-free loop over contiguous memory with
+// per-span constants hoisted, so it runs near copy speed. The excitation between them works on [N, C]
+// vectors only and, for the usual SE widths, is done here in plain loops: the dozen ATen calls it would
+// otherwise take cost more than the arithmetic.
+
+using cpu::Layout;
+
+// 16 independent partial sums per reduction, so float sums vectorize without -ffast-math.
+constexpr int kSeLanes = 16;
+
+template <typename acc, typename Load>
+inline acc lane_sum(int64_t len, Load load) {
+  acc lanes[kSeLanes] = {};
+  int64_t j = 0;
+  for (; j + kSeLanes <= len; j += kSeLanes)
+    for (int t = 0; t < kSeLanes; ++t) lanes[t] += load(j + t);
+  for (; j < len; ++j) lanes[j % kSeLanes] += load(j);
+  acc s = 0;
+  for (int t = 0; t < kSeLanes; ++t) s += lanes[t];
+  return s;
+}
+
+// pooled[n * C + c] = mean over H*W of x[n, c].
+template <typename scalar_t, typename acc>
+void pool(const Layout& l, const scalar_t* x, acc* pooled) {
+  const acc inv_hw = acc(1) / static_cast<acc>(l.hw);
+  if (!l.channels_last) {  // one plane per (n, c)
+    const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(l.hw, 1));
+    at::parallel_for(0, l.n * l.c, grain, [&](int64_t q0, int64_t q1) {
+      for (int64_t q = q0; q < q1; ++q) {
+        const scalar_t* __restrict__ xs = x + q * l.hw;
+        pooled[q] = lane_sum<acc>(l.hw, [&](int64_t j) { return static_cast<acc>(xs[j]); }) * inv_hw;
+      }
+    });
+    return;
+  }
+  // channels_last: a task sums one block of channels of one image over all its pixels, in registers / L1,
+  // four pixels per step (one load-add-store of the sums per four elements); no partials to merge.
+  constexpr int64_t kMaxBlock = 256;
+  int64_t block = std::min<int64_t>(l.c, kMaxBlock);
+  const int64_t want = 2 * static_cast<int64_t>(at::get_num_threads());
+  while (block > 32 && l.n * ((l.c + block - 1) / block) < want) block = (block / 2 + 15) / 16 * 16;
+  const int64_t blocks_per_image = (l.c + block - 1) / block;
+  at::parallel_for(0, l.n * blocks_per_image, 1, [&](int64_t b0, int64_t b1) {
+    acc sums[kMaxBlock];
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t n = b / blocks_per_image, c0 = (b % blocks_per_image) * block;
+      const int64_t len = std::min(block, l.c - c0);
+      for (int64_t j = 0; j < len; ++j) sums[j] = acc(0);
+      const scalar_t* xs = x + n * l.hw * l.c + c0;
+      const int64_t C = l.c;
+      int64_t p = 0;
+      for (; p + 4 <= l.hw; p += 4, xs += 4 * C) {
+        const scalar_t* __restrict__ x0 = xs;
+        const scalar_t* __restrict__ x1 = xs + C;
+        const scalar_t* __restrict__ x2 = xs + 2 * C;
+        const scalar_t* __restrict__ x3 = xs + 3 * C;
+        acc* __restrict__ o = sums;
+        for (int64_t j = 0; j < len; ++j)
+          o[j] += (static_cast<acc>(x0[j]) + static_cast<acc>(x1[j])) + (static_cast<acc>(x2[j]) + static_cast<acc>(x3[j]));
+      }
+      for (; p < l.hw; ++p, xs += C) {
+        const scalar_t* __restrict__ x0 = xs;
+        acc* __restrict__ o = sums;
+        for (int64_t j = 0; j < len; ++j) o[j] += static_cast<acc>(x0[j]);
+      }
+      acc* __restrict__ out = pooled + n * l.c + c0;
+      for (int64_t j = 0; j < len; ++j) out[j] = sums[j] * inv_hw;
+    }
+  });
+}
+
+// y = post(x * gate [+ residual]), gate [N, C].
+template <typename scalar_t, typename acc, Act P, bool R>
+void scale(const Layout& l, const scalar_t* x, const scalar_t* r, const acc* gate, scalar_t* y) {
+  if (!l.channels_last) {
+    const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(l.hw, 1));
+    at::parallel_for(0, l.n * l.c, grain, [&](int64_t q0, int64_t q1) {
+      for (int64_t q = q0; q < q1; ++q) {
+        const scalar_t* __restrict__ xs = x + q * l.hw;
+        scalar_t* __restrict__ ys = y + q * l.hw;
+        const acc s = gate[q];
+        if constexpr (R) {
+          const scalar_t* __restrict__ rs = r + q * l.hw;
+          for (int64_t j = 0; j < l.hw; ++j)
+            ys[j] = static_cast<scalar_t>(cpu::cpu_act_fast<P, acc>(static_cast<acc>(xs[j]) * s + static_cast<acc>(rs[j])));
+        } else {
+          for (int64_t j = 0; j < l.hw; ++j) ys[j] = static_cast<scalar_t>(cpu::cpu_act_fast<P, acc>(static_cast<acc>(xs[j]) * s));
+        }
+      }
+    });
+    return;
+  }
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(l.c, 1));
+  at::parallel_for(0, l.pixels(), grain, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t off = p * l.c;
+      const scalar_t* __restrict__ xs = x + off;
+      scalar_t* __restrict__ ys = y + off;
+      const acc* __restrict__ ss = gate + (p / l.hw) * l.c;
+      if constexpr (R) {
+        const scalar_t* __restrict__ rs = r + off;
+        for (int64_t j = 0; j < l.c; ++j)
+          ys[j] = static_cast<scalar_t>(cpu::cpu_act_fast<P, acc>(static_cast<acc>(xs[j]) * ss[j] + static_cast<acc>(rs[j])));
+      } else {
+        for (int64_t j = 0; j < l.c; ++j) ys[j] = static_cast<scalar_t>(cpu::cpu_act_fast<P, acc>(static_cast<acc>(xs[j]) * ss[j]));
+      }
+    }
+  });
+}
+
+template <typename scalar_t, typename acc>
+void scale_any(const Layout& l, Act post, const scalar_t* x, const scalar_t* r, const acc* gate, scalar_t* y) {
+  cpu::dispatch_act(post, [&](auto P) {
+    if (r != nullptr) {
+      scale<scalar_t, acc, decltype(P)::value, true>(l, x, r, gate, y);
+    } else {
+      scale<scalar_t, acc, decltype(P)::value, false>(l, x, r, gate, y);
+    }
+  });
+}
+
+// The excitation on [N, C] in plain loops: hidden = pooled @ w1^T + b1 ([N, C_r], before the activation),
+// gate = sigmoid(act(hidden) @ w2^T + b2) ([N, C]). w1 [C_r, C], w2 [C, C_r] row-major; biases may be null.
+// scratch holds C_r * C + C_r values (w2 transposed, one activated hidden row).
+template <typename acc>
+void excite(int64_t n, int64_t c, int64_t cr, Act act, const acc* pooled, const acc* w1, const acc* b1,
+            const acc* w2, const acc* b2, acc* hidden, acc* gate, acc* scratch) {
+  for (int64_t k = 0; k < cr; ++k) {  // each row of w1 once, against every image's pooled vector (in L1)
+    const acc* __restrict__ w = w1 + k * c;
+    for (int64_t i = 0; i < n; ++i) {
+      const acc* __restrict__ p = pooled + i * c;
+      hidden[i * cr + k] = lane_sum<acc>(c, [&](int64_t j) { return w[j] * p[j]; }) + (b1 ? b1[k] : acc(0));
+    }
+  }
+  // fc2: with C_r >= 32, one contiguous dot product of w2's row per gate; narrower, w2 is transposed once so
+  // that each activated hidden value scales a contiguous row added to the gates.
+  const bool dots = cr >= 32;
+  acc* __restrict__ w2t = scratch;  // [C_r, C]
+  if (!dots)
+    for (int64_t j = 0; j < c; ++j)
+      for (int64_t k = 0; k < cr; ++k) w2t[k * c + j] = w2[j * cr + k];
+  acc* __restrict__ a = scratch + cr * c;
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t k = 0; k < cr; ++k) a[k] = act_forward<acc>(act, hidden[i * cr + k]);
+    acc* __restrict__ g = gate + i * c;
+    if (dots) {
+      for (int64_t j = 0; j < c; ++j) {
+        const acc* __restrict__ w = w2 + j * cr;
+        g[j] = lane_sum<acc>(cr, [&](int64_t k) { return w[k] * a[k]; }) + (b2 ? b2[j] : acc(0));
+      }
+    } else if (b2) {
+      for (int64_t j = 0; j < c; ++j) g[j] = b2[j];
+    } else {
+      for (int64_t j = 0; j < c; ++j) g[j] = acc(0);
+    }
+    for (int64_t k = 0; k < (dots ? 0 : cr); ++k) {
+      const acc ak = a[k];
+      const acc* __restrict__ wk = w2t + k * c;
+      for (int64_t j = 0; j < c; ++j) g[j] += ak * wk[j];
+    }
+    for (int64_t j = 0; j < c; ++j) {
+      if constexpr (std::is_same_v<acc, float>) {
+        g[j] = cpu::sigmoid_approx(g[j]);
+      } else {
+        g[j] = acc(1) / (acc(1) + std::exp(-g[j]));
+      }
+    }
+  }
+}
