@@ -1,7 +1,7 @@
 // CPU kernels of pycnn::dwconv_* (NHWC). Not a normal header: csrc/cpu/dwconv.cpp compiles it twice
 // through cpu/isa_kernels.h, in namespace pycnn::dw_base (baseline ISA) and pycnn::dw_avx2 (AVX2+FMA),
 // and picks one at run time (PYCNN_CPU_KERNEL). All includes are done by dwconv.cpp before.
-// PYCNN_CPU_FMA selects fused multiply-add (std::fma) over a separate multiply and add.
+// madd and the vector types (Vec, vload, vstore) come from cpu/isa_prelude.h.
 //
 // Two paths compute conv(x) for a pixel:
 // - the register-blocked path (conv_pixels) for interior pixels (every kernel column inside the row)
@@ -11,43 +11,24 @@
 // - the generic path (conv_point) for everything else (border columns, the channels after the last
 //   full vector, other geometries): one pixel at a time over the valid taps.
 
-#ifdef PYCNN_CPU_FMA
-template <typename acc> inline acc madd(acc a, acc b, acc c) { return std::fma(a, b, c); }
-#else
-template <typename acc> inline acc madd(acc a, acc b, acc c) { return a * b + c; }
-#endif
 
 // SiLU through the vectorizable exp (kernel_utils.h).
 using cpu::cpu_act;
 using cpu::cpu_act_derivative;
 
-// The vector types below are only passed between inlined functions of one build, so GCC's note that
-// their ABI differs between the baseline and AVX builds does not apply.
-#pragma GCC diagnostic ignored "-Wpsabi"
-
-// A vector of channels, 32 bytes: one AVX register (8 floats or 4 doubles), two SSE registers in the
-// baseline build. GCC/Clang vector types stay in registers across unrolled loops, where arrays of
-// scalars were spilled. Under -ffp-contract=fast (GNU C++) a * b + c becomes an FMA in the AVX2 build.
-template <typename acc> struct VecOf;
-template <> struct VecOf<float> { typedef float type __attribute__((vector_size(32))); };
-template <> struct VecOf<double> { typedef double type __attribute__((vector_size(32))); };
-template <typename acc> using Vec = typename VecOf<acc>::type;
-template <typename acc> constexpr int64_t kLanes = 32 / sizeof(acc);
+// Vectors of channels (cpu/isa_prelude.h): 8 floats or 4 doubles. Inputs of another type (half,
+// bfloat16) are widened lane by lane.
+template <typename acc> constexpr int64_t kLanes = Vec<acc>::lanes;
 
 template <typename acc, typename T>
-inline Vec<acc> load_vec(const T* p) {
-  Vec<acc> v;
+inline typename Vec<acc>::type load_vec(const T* p) {
   if constexpr (std::is_same_v<T, acc>) {
-    std::memcpy(&v, p, sizeof v);
+    return vload(p);
   } else {
+    typename Vec<acc>::type v;
     for (int64_t t = 0; t < kLanes<acc>; ++t) v[t] = static_cast<acc>(p[t]);
+    return v;
   }
-  return v;
-}
-
-template <typename acc>
-inline void store_vec(acc* p, Vec<acc> v) {
-  std::memcpy(p, &v, sizeof v);
 }
 
 // Output pixels per register block of the fast path: P accumulators + k weights + 1 input vector stay
@@ -117,21 +98,21 @@ inline void dispatch_fast(const DwConvGeometry& g, Body body) {
 // over kernel rows [ilo, ihi).
 template <int K, int S, int P, typename in_t, typename acc>
 inline void conv_pixels(const DwConvGeometry& g, const in_t* xn, const acc* wt, int64_t oh, int ilo, int ihi,
-                        int64_t ow0, int64_t c0, Vec<acc>* __restrict__ u) {
+                        int64_t ow0, int64_t c0, typename Vec<acc>::type* __restrict__ u) {
   constexpr int M = S * (P - 1) + K;  // input columns the P pixels read
-  Vec<acc> s[P];
+  typename Vec<acc>::type s[P];
 #pragma GCC unroll 8
-  for (int p = 0; p < P; ++p) s[p] = Vec<acc>{};
+  for (int p = 0; p < P; ++p) s[p] = typename Vec<acc>::type{};
   for (int i = ilo; i < ihi; ++i) {
     const int64_t ih = oh * g.sh - g.ph + int64_t(i) * g.dh;
     const in_t* xr = xn + (ih * g.w + ow0 * S - g.pw) * g.c + c0;
     const acc* wr = wt + int64_t(i) * K * g.c + c0;
-    Vec<acc> wv[K];
+    typename Vec<acc>::type wv[K];
 #pragma GCC unroll 7
     for (int j = 0; j < K; ++j) wv[j] = load_vec<acc>(wr + j * g.c);
 #pragma GCC unroll 32
     for (int m = 0; m < M; ++m) {
-      const Vec<acc> xv = load_vec<acc>(xr + m * g.c);
+      const auto xv = load_vec<acc>(xr + m * g.c);
 #pragma GCC unroll 8
       for (int p = 0; p < P; ++p) {
         const int j = m - S * p;
@@ -195,9 +176,9 @@ inline void conv_rows(const DwConvGeometry& g, const in_t* x, const acc* wt, con
         auto block = [&](int64_t ow0, auto P_) {
           constexpr int Pn = decltype(P_)::value;
           for (int64_t c0 = 0; c0 < fast.channels; c0 += L) {
-            Vec<acc> v[Pn];
+            typename Vec<acc>::type v[Pn];
             conv_pixels<K, S, Pn>(g, xn, wt, oh, ilo, ihi, ow0, c0, v);
-            for (int p = 0; p < Pn; ++p) store_vec(u + (ow0 + p) * g.c + c0, v[p]);
+            for (int p = 0; p < Pn; ++p) vstore(u + (ow0 + p) * g.c + c0, v[p]);
           }
         };
         int64_t ow0 = fast.begin;
@@ -345,9 +326,9 @@ void backward_weight(const DwConvGeometry& g, const scalar_t* x, const gu_t* gu,
         constexpr int K = decltype(K_)::value, S = decltype(S_)::value;
         for (int64_t c0 = 0; c0 < fast.channels; c0 += L) {
           for (int i = 0; i < K; ++i) {
-            Vec<acc> s[K];
+            typename Vec<acc>::type s[K];
 #pragma GCC unroll 7
-            for (int j = 0; j < K; ++j) s[j] = Vec<acc>{};
+            for (int j = 0; j < K; ++j) s[j] = typename Vec<acc>::type{};
             for (int64_t q = qa; q < qb; ++q) {
               const int64_t n = q / g.oh, oh = q % g.oh;
               const int64_t ih = oh * g.sh - g.ph + int64_t(i) * g.dh;
@@ -355,7 +336,7 @@ void backward_weight(const DwConvGeometry& g, const scalar_t* x, const gu_t* gu,
               const scalar_t* xr = x + ((n * g.h + ih) * g.w - g.pw) * g.c + c0;
               const gu_t* gr = gu + q * g.ow * g.c + c0;
               for (int64_t ow = fast.begin; ow < fast.end; ++ow) {
-                const Vec<acc> gv = load_vec<acc>(gr + ow * g.c);
+                const auto gv = load_vec<acc>(gr + ow * g.c);
                 const scalar_t* xp = xr + ow * S * g.c;
 #pragma GCC unroll 7
                 for (int j = 0; j < K; ++j) s[j] += gv * load_vec<acc>(xp + j * g.c);
@@ -363,7 +344,7 @@ void backward_weight(const DwConvGeometry& g, const scalar_t* x, const gu_t* gu,
             }
             for (int j = 0; j < K; ++j) {
               acc* dwp = dw + (int64_t(i) * K + j) * g.c + c0;
-              store_vec(dwp, load_vec<acc>(dwp) + s[j]);
+              vstore(dwp, vload(dwp) + s[j]);
             }
           }
         }

@@ -1,7 +1,7 @@
 // CPU kernels of pycnn::dwconv_* for NCHW-contiguous tensors. Not a normal header: csrc/cpu/dwconv.cpp
 // compiles it twice through cpu/isa_kernels.h, in namespace pycnn::dwn_base (baseline ISA) and
 // pycnn::dwn_avx2 (AVX2+FMA), and picks one at run time (PYCNN_CPU_KERNEL). All includes are done by
-// dwconv.cpp before. PYCNN_CPU_FMA selects fused multiply-add.
+// dwconv.cpp before. madd and Vec come from cpu/isa_prelude.h.
 //
 // Every (n, c) plane is an independent 2-D convolution. A plane is first copied (converted to the
 // accumulation type) into zero-padded "phase planes": for strides sh x sw, sh * sw planes, phase (rho, phi)
@@ -27,33 +27,9 @@
 //                       the taps i, j of that phase; the phases are then interleaved into grad_input.
 // Channels run in parallel (a thread owns a channel's sums: no cross-thread reduction), images inside.
 
-#ifdef PYCNN_CPU_FMA
-template <typename acc> inline acc madd(acc a, acc b, acc c) { return std::fma(a, b, c); }
-#else
-template <typename acc> inline acc madd(acc a, acc b, acc c) { return a * b + c; }
-#endif
 
 using cpu::cpu_act;
 using cpu::cpu_act_derivative;
-
-// The hot loops use GCC vector extensions (32-byte vectors: one AVX register, two SSE ones) so that the
-// register blocking does not depend on the auto-vectorizer (which, after link-time optimization, turned a
-// plain-array version of flat_conv into scalar code). Unaligned loads through a type of the element's
-// alignment.
-template <typename acc> struct Vec {
-  typedef acc type __attribute__((vector_size(32)));
-  typedef acc unaligned __attribute__((vector_size(32), aligned(alignof(acc)), may_alias));
-  static constexpr int lanes = 32 / sizeof(acc);
-};
-
-template <typename acc>
-inline typename Vec<acc>::type vload(const acc* p) {
-  return *reinterpret_cast<const typename Vec<acc>::unaligned*>(p);
-}
-template <typename acc>
-inline void vstore(acc* p, typename Vec<acc>::type v) {
-  *reinterpret_cast<typename Vec<acc>::unaligned*>(p) = v;
-}
 
 // Vectors per register block of flat_conv (32 floats, 16 doubles).
 constexpr int kConvVectors = 4;
