@@ -151,14 +151,16 @@ inline void for_channel_blocks(int64_t begin, int64_t channels, Fn fn) {
 }
 
 // For every output row q in [q0, q1) (q = n * OH + oh): u = conv(x) of the row, [OW][C] in the
-// accumulation type, through the fast path where it applies; then row(q, u). Computing a whole row before
+// accumulation type, at u0 + (q - q0) * u_stride (u_stride 0: one buffer for every row), through the fast
+// path where it applies; then row(q, u). Computing a whole row before
 // its epilogue keeps the epilogue a plain loop over channels that the compiler vectorizes (inlined into
 // the pixel loops, the activations' selects compiled to branches).
 template <typename in_t, typename acc, typename Row>
 inline void conv_rows(const DwConvGeometry& g, const in_t* x, const acc* wt, const ColumnTaps& cols,
-                      const FastSpan& fast, int64_t q0, int64_t q1, acc* u, Row row) {
+                      const FastSpan& fast, int64_t q0, int64_t q1, acc* u0, int64_t u_stride, Row row) {
   constexpr int64_t L = kLanes<acc>;
   for (int64_t q = q0; q < q1; ++q) {
+    acc* u = u0 + (q - q0) * u_stride;
     const int64_t n = q / g.oh, oh = q % g.oh;
     int ilo, ihi;
     tap_range(oh, g.sh, g.ph, g.dh, g.k, g.h, ilo, ihi);
@@ -186,7 +188,7 @@ inline void conv_rows(const DwConvGeometry& g, const in_t* x, const acc* wt, con
         for (; ow0 < fast.end; ++ow0) block(ow0, std::integral_constant<int, 1>{});
       });
     }
-    row(q, static_cast<const acc*>(u));
+    row(q, u);
   }
 }
 
@@ -217,10 +219,19 @@ void forward(const DwConvGeometry& g, const in_t* x, const acc* wt, const acc* s
   const ColumnTaps cols = column_taps(g);
   const FastSpan fast = fast_span<acc>(g);
   const int64_t row_size = g.ow * g.c;
+  // Without an epilogue, conv(x) goes straight into y (the conv of a training step); otherwise a row buffer.
+  constexpr bool same_type = std::is_same_v<out_t, acc>;
+  const bool direct = same_type && A == Act::None && sc == nullptr && r == nullptr;
   at::parallel_for(0, g.n * g.oh, row_grain(g, g.ow), [&](int64_t q0, int64_t q1) {
+    if constexpr (same_type) {
+      if (direct) {
+        conv_rows(g, x, wt, cols, fast, q0, q1, y + q0 * row_size, row_size, [](int64_t, acc*) {});
+        return;
+      }
+    }
     std::vector<acc> u(row_size);
-    conv_rows(g, x, wt, cols, fast, q0, q1, u.data(), [&](int64_t q, const acc*) {
-      epilogue_row<A>(g.ow, g.c, u.data(), sc, bi, r != nullptr ? r + q * row_size : nullptr, y + q * row_size);
+    conv_rows(g, x, wt, cols, fast, q0, q1, u.data(), 0, [&](int64_t q, acc* uq) {
+      epilogue_row<A>(g.ow, g.c, uq, sc, bi, r != nullptr ? r + q * row_size : nullptr, y + q * row_size);
     });
   });
 }
@@ -268,10 +279,10 @@ void backward_epilogue(const DwConvGeometry& g, const scalar_t* x, const scalar_
       acc* dsc = partials + b * stride + kk * g.c;
       acc* dbi = dsc + g.c;
       std::fill(dsc, dsc + 2 * g.c, acc(0));
-      conv_rows(g, x, wt, cols, fast, b * rows_per_block, std::min(rows, (b + 1) * rows_per_block), u.data(),
-                [&](int64_t q, const acc*) {
+      conv_rows(g, x, wt, cols, fast, b * rows_per_block, std::min(rows, (b + 1) * rows_per_block), u.data(), 0,
+                [&](int64_t q, acc* uq) {
                   const int64_t off = q * row_size;
-                  epilogue_backward_row<A>(g.ow, g.c, u.data(), sc, bi, r != nullptr ? r + off : nullptr, dy + off,
+                  epilogue_backward_row<A>(g.ow, g.c, uq, sc, bi, r != nullptr ? r + off : nullptr, dy + off,
                                            dr != nullptr ? dr + off : nullptr, dsc, dbi, gu + off);
                 });
     }
