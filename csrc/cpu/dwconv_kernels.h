@@ -53,6 +53,18 @@ inline void tap_range(int64_t o, int s, int p, int d, int k, int64_t size, int& 
   if (hi < lo) hi = lo;
 }
 
+// Output row q = n * OH + oh: its image n, its row oh and its kernel rows inside the input, [ilo, ihi).
+struct OutputRow {
+  int64_t n, oh;
+  int ilo, ihi;
+};
+
+inline OutputRow output_row(const DwConvGeometry& g, int64_t q) {
+  OutputRow r{q / g.oh, q % g.oh, 0, 0};
+  tap_range(r.oh, g.sh, g.ph, g.dh, g.k, g.h, r.ilo, r.ihi);
+  return r;
+}
+
 inline ColumnTaps column_taps(const DwConvGeometry& g) {
   ColumnTaps t;
   t.lo.resize(g.ow);
@@ -152,18 +164,16 @@ inline void for_channel_blocks(int64_t begin, int64_t channels, Fn fn) {
 
 // For every output row q in [q0, q1) (q = n * OH + oh): u = conv(x) of the row, [OW][C] in the
 // accumulation type, at u0 + (q - q0) * u_stride (u_stride 0: one buffer for every row), through the fast
-// path where it applies; then row(q, u). Computing a whole row before
-// its epilogue keeps the epilogue a plain loop over channels that the compiler vectorizes (inlined into
-// the pixel loops, the activations' selects compiled to branches).
+// path where it applies; then row(q, u). Computing a whole row before its epilogue keeps the epilogue a
+// plain loop over channels that the compiler vectorizes (inlined into the pixel loops, the activations'
+// selects compiled to branches).
 template <typename in_t, typename acc, typename Row>
 inline void conv_rows(const DwConvGeometry& g, const in_t* x, const acc* wt, const ColumnTaps& cols,
                       const FastSpan& fast, int64_t q0, int64_t q1, acc* u0, int64_t u_stride, Row row) {
   constexpr int64_t L = kLanes<acc>;
   for (int64_t q = q0; q < q1; ++q) {
     acc* u = u0 + (q - q0) * u_stride;
-    const int64_t n = q / g.oh, oh = q % g.oh;
-    int ilo, ihi;
-    tap_range(oh, g.sh, g.ph, g.dh, g.k, g.h, ilo, ihi);
+    const auto [n, oh, ilo, ihi] = output_row(g, q);
     const in_t* xn = x + n * g.h * g.w * g.c;
     for (int64_t ow = 0; ow < g.ow; ++ow) {
       const bool interior = ow >= fast.begin && ow < fast.end;
@@ -308,9 +318,7 @@ void backward_weight(const DwConvGeometry& g, const scalar_t* x, const gu_t* gu,
       const int64_t qa = b * rows_per_block, qb = std::min(rows, (b + 1) * rows_per_block);
       // Generic pixels: border columns, and the channels after the fast path's vectors.
       for (int64_t q = qa; q < qb; ++q) {
-        const int64_t n = q / g.oh, oh = q % g.oh;
-        int ilo, ihi;
-        tap_range(oh, g.sh, g.ph, g.dh, g.k, g.h, ilo, ihi);
+        const auto [n, oh, ilo, ihi] = output_row(g, q);
         const scalar_t* xn = x + n * g.h * g.w * g.c;
         for (int64_t ow = 0; ow < g.ow; ++ow) {
           const bool interior = ow >= fast.begin && ow < fast.end;
