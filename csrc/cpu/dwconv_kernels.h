@@ -4,12 +4,13 @@
 // madd and the vector types (Vec, vload, vstore) come from cpu/isa_prelude.h.
 //
 // Two paths compute conv(x) for a pixel:
-// - the register-blocked path (conv_pixels) for interior pixels (every kernel column inside the row)
-//   when k is 3, 5 or 7, the column stride 1 or 2 and the column dilation 1: P output pixels of one row
-//   times one vector of channels at a time, each input vector loaded once per kernel row and used for
-//   every (pixel, tap) pair it belongs to, the accumulators and the kernel row's weights in registers;
-// - the generic path (conv_point) for everything else (border columns, the channels after the last
-//   full vector, other geometries): one pixel at a time over the valid taps.
+// - the register-blocked path (conv_pixels) when k is 3, 5 or 7, the column stride 1 or 2 and the column
+//   dilation 1: P output pixels of one row times one vector of channels at a time, each input vector loaded
+//   once per kernel row and used for every (pixel, tap) pair it belongs to, the accumulators and the kernel
+//   row's weights in registers. It reads the input rows from PaddedRows (zero columns on both sides, in the
+//   accumulation type), so it covers every output column with no bounds checks;
+// - the generic path (conv_point) for everything else (the channels after the last full vector, other
+//   geometries): one pixel at a time over the valid taps.
 
 
 // SiLU through the vectorizable exp (kernel_utils.h).
@@ -106,25 +107,24 @@ inline void dispatch_fast(const DwConvGeometry& g, Body body) {
   }
 }
 
-// u[p] = conv(x) for output pixels (oh, ow0 + p), p < P, channels c0 .. c0 + kLanes, interior columns,
-// over kernel rows [ilo, ihi).
-template <int K, int S, int P, typename in_t, typename acc>
-inline void conv_pixels(const DwConvGeometry& g, const in_t* xn, const acc* wt, int64_t oh, int ilo, int ihi,
-                        int64_t ow0, int64_t c0, typename Vec<acc>::type* __restrict__ u) {
+// u[p] = conv(x) for output pixels ow0 + p, p < P, of one row, channels c0 .. c0 + kLanes, over kernel
+// rows [ilo, ihi); rows[i]: kernel row i's input row from PaddedRows (column 0 = input column -pw).
+template <int K, int S, int P, typename acc>
+inline void conv_pixels(const acc* const* rows, const acc* wt, int64_t C, int ilo, int ihi, int64_t ow0,
+                        int64_t c0, typename Vec<acc>::type* __restrict__ u) {
   constexpr int M = S * (P - 1) + K;  // input columns the P pixels read
   typename Vec<acc>::type s[P];
 #pragma GCC unroll 8
   for (int p = 0; p < P; ++p) s[p] = typename Vec<acc>::type{};
   for (int i = ilo; i < ihi; ++i) {
-    const int64_t ih = oh * g.sh - g.ph + int64_t(i) * g.dh;
-    const in_t* xr = xn + (ih * g.w + ow0 * S - g.pw) * g.c + c0;
-    const acc* wr = wt + int64_t(i) * K * g.c + c0;
+    const acc* xr = rows[i] + ow0 * S * C + c0;
+    const acc* wr = wt + int64_t(i) * K * C + c0;
     typename Vec<acc>::type wv[K];
 #pragma GCC unroll 7
-    for (int j = 0; j < K; ++j) wv[j] = load_vec<acc>(wr + j * g.c);
+    for (int j = 0; j < K; ++j) wv[j] = vload(wr + j * C);
 #pragma GCC unroll 32
     for (int m = 0; m < M; ++m) {
-      const auto xv = load_vec<acc>(xr + m * g.c);
+      const auto xv = vload(xr + m * C);
 #pragma GCC unroll 8
       for (int p = 0; p < P; ++p) {
         const int j = m - S * p;
@@ -135,6 +135,38 @@ inline void conv_pixels(const DwConvGeometry& g, const in_t* xn, const acc* wt, 
 #pragma GCC unroll 8
   for (int p = 0; p < P; ++p) u[p] = s[p];
 }
+
+// Input rows of one parallel chunk with zero columns on both sides, converted to the accumulation type,
+// `width` columns from input column -pw: the register-blocked path reads every tap of every output column
+// from them. Input row ih lives in slot ih % slots; the (k - 1) * dh + 1 slots are enough for the kernel
+// rows of one output row, and each input row is copied once while consecutive output rows use it.
+template <typename acc>
+class PaddedRows {
+ public:
+  PaddedRows(const DwConvGeometry& g, int64_t width)
+      : g_(g), width_(width), slots_((g.k - 1) * g.dh + 1), held_(slots_, -1), buf_(slots_ * width * g.c, acc(0)) {}
+
+  template <typename in_t>
+  const acc* row(const in_t* x, int64_t n, int64_t ih) {
+    const int64_t image_row = n * g_.h + ih, slot = ih % slots_;
+    acc* dst = buf_.data() + slot * width_ * g_.c;
+    if (held_[slot] != image_row) {
+      held_[slot] = image_row;
+      // Columns past the width are never read; the zero columns are never written.
+      const int64_t len = std::clamp<int64_t>(width_ - g_.pw, 0, g_.w) * g_.c;
+      const in_t* __restrict__ src = x + image_row * g_.w * g_.c;
+      acc* __restrict__ out = dst + g_.pw * g_.c;
+      for (int64_t t = 0; t < len; ++t) out[t] = static_cast<acc>(src[t]);
+    }
+    return dst;
+  }
+
+ private:
+  const DwConvGeometry& g_;
+  int64_t width_, slots_;
+  std::vector<int64_t> held_;  // image row n * H + ih in each slot, -1: none
+  std::vector<acc> buf_;
+};
 
 // u[t] = sum over the valid taps of x * w for channels c0 .. c0 + len of output (oh, ow) of one image.
 template <bool Full, int64_t CB, typename in_t, typename acc>
@@ -162,44 +194,64 @@ inline void for_channel_blocks(int64_t begin, int64_t channels, Fn fn) {
   if (c0 < channels) fn(c0, channels - c0, std::false_type{});
 }
 
+// Channels [0, fast_channels) of a row go through the register-blocked path: whole vectors, for the
+// geometries it is compiled for; 0 where it does not apply.
+template <typename acc>
+inline int64_t fast_channels(const DwConvGeometry& g) {
+  const bool kernel = g.k == 3 || g.k == 5 || g.k == 7;
+  return kernel && g.dw == 1 && (g.sw == 1 || g.sw == 2) ? g.c / kLanes<acc> * kLanes<acc> : 0;
+}
+
 // For every output row q in [q0, q1) (q = n * OH + oh): u = conv(x) of the row, [OW][C] in the
 // accumulation type, at u0 + (q - q0) * u_stride (u_stride 0: one buffer for every row), through the fast
 // path where it applies; then row(q, u). Computing a whole row before its epilogue keeps the epilogue a
 // plain loop over channels that the compiler vectorizes (inlined into the pixel loops, the activations'
 // selects compiled to branches).
 template <typename in_t, typename acc, typename Row>
-inline void conv_rows(const DwConvGeometry& g, const in_t* x, const acc* wt, const ColumnTaps& cols,
-                      const FastSpan& fast, int64_t q0, int64_t q1, acc* u0, int64_t u_stride, Row row) {
+inline void conv_rows(const DwConvGeometry& g, const in_t* x, const acc* wt, const ColumnTaps& cols, int64_t q0,
+                      int64_t q1, acc* u0, int64_t u_stride, Row row) {
   constexpr int64_t L = kLanes<acc>;
-  for (int64_t q = q0; q < q1; ++q) {
-    acc* u = u0 + (q - q0) * u_stride;
-    const auto [n, oh, ilo, ihi] = output_row(g, q);
-    const in_t* xn = x + n * g.h * g.w * g.c;
-    for (int64_t ow = 0; ow < g.ow; ++ow) {
-      const bool interior = ow >= fast.begin && ow < fast.end;
-      for_channel_blocks<acc>(interior ? fast.channels : 0, g.c, [&](int64_t c0, int64_t cn, auto full) {
-        conv_point<decltype(full)::value, L>(g, xn, wt, oh, ow, ilo, ihi, cols.lo[ow], cols.hi[ow], c0, cn,
-                                             u + ow * g.c + c0);
-      });
+  const int64_t fast = fast_channels<acc>(g);
+  // fast_row(n, oh, ilo, ihi, u) computes channels [0, fast) of the row.
+  auto each_row = [&](auto fast_row) {
+    for (int64_t q = q0; q < q1; ++q) {
+      acc* u = u0 + (q - q0) * u_stride;
+      const auto [n, oh, ilo, ihi] = output_row(g, q);
+      fast_row(n, oh, ilo, ihi, u);
+      const in_t* xn = x + n * g.h * g.w * g.c;
+      for (int64_t ow = 0; ow < g.ow; ++ow) {
+        for_channel_blocks<acc>(fast, g.c, [&](int64_t c0, int64_t cn, auto full) {
+          conv_point<decltype(full)::value, L>(g, xn, wt, oh, ow, ilo, ihi, cols.lo[ow], cols.hi[ow], c0, cn,
+                                               u + ow * g.c + c0);
+        });
+      }
+      row(q, u);
     }
-    if (fast.channels > 0) {
-      dispatch_fast(g, [&](auto K_, auto S_) {
-        constexpr int K = decltype(K_)::value, S = decltype(S_)::value, P = pixel_block<K>();
-        auto block = [&](int64_t ow0, auto P_) {
-          constexpr int Pn = decltype(P_)::value;
-          for (int64_t c0 = 0; c0 < fast.channels; c0 += L) {
-            typename Vec<acc>::type v[Pn];
-            conv_pixels<K, S, Pn>(g, xn, wt, oh, ilo, ihi, ow0, c0, v);
-            for (int p = 0; p < Pn; ++p) vstore(u + (ow0 + p) * g.c + c0, v[p]);
-          }
-        };
-        int64_t ow0 = fast.begin;
-        for (; ow0 + P <= fast.end; ow0 += P) block(ow0, std::integral_constant<int, P>{});
-        for (; ow0 < fast.end; ++ow0) block(ow0, std::integral_constant<int, 1>{});
-      });
-    }
-    row(q, u);
-  }
+  };
+  if (fast == 0) return each_row([](auto...) {});
+  dispatch_fast(g, [&](auto K_, auto S_) {
+    constexpr int K = decltype(K_)::value, S = decltype(S_)::value, P = pixel_block<K>();
+    // Blocks of P pixels, the last one of P or P / 2 reaching past the row (into PaddedRows' zeros).
+    PaddedRows<acc> padded(g, ((g.ow + P - 1) / P * P - 1) * S + K);
+    each_row([&](int64_t n, int64_t oh, int ilo, int ihi, acc* u) {
+      const acc* rows[kDwConvMaxKernel];
+      for (int i = ilo; i < ihi; ++i) rows[i] = padded.row(x, n, oh * g.sh - g.ph + int64_t(i) * g.dh);
+      auto block = [&](int64_t ow0, auto P_) {
+        constexpr int Pn = decltype(P_)::value;
+        const int64_t valid = std::min<int64_t>(Pn, g.ow - ow0);
+        for (int64_t c0 = 0; c0 < fast; c0 += L) {
+          typename Vec<acc>::type v[Pn];
+          conv_pixels<K, S, Pn>(rows, wt, g.c, ilo, ihi, ow0, c0, v);
+          for (int p = 0; p < Pn; ++p)
+            if (p < valid) vstore(u + (ow0 + p) * g.c + c0, v[p]);
+        }
+      };
+      int64_t ow0 = 0;
+      for (; ow0 + P <= g.ow; ow0 += P) block(ow0, std::integral_constant<int, P>{});
+      if (g.ow - ow0 > P / 2) block(ow0, std::integral_constant<int, P>{});
+      else if (g.ow > ow0) block(ow0, std::integral_constant<int, P / 2>{});
+    });
+  });
 }
 
 // Output rows per parallel chunk: at least ~16K multiply-adds.
@@ -227,7 +279,6 @@ template <typename in_t, typename out_t, typename acc, Act A>
 void forward(const DwConvGeometry& g, const in_t* x, const acc* wt, const acc* sc, const acc* bi, const out_t* r,
              out_t* y) {
   const ColumnTaps cols = column_taps(g);
-  const FastSpan fast = fast_span<acc>(g);
   const int64_t row_size = g.ow * g.c;
   // Without an epilogue, conv(x) goes straight into y (the conv of a training step); otherwise a row buffer.
   constexpr bool same_type = std::is_same_v<out_t, acc>;
@@ -235,12 +286,12 @@ void forward(const DwConvGeometry& g, const in_t* x, const acc* wt, const acc* s
   at::parallel_for(0, g.n * g.oh, row_grain(g, g.ow), [&](int64_t q0, int64_t q1) {
     if constexpr (same_type) {
       if (direct) {
-        conv_rows(g, x, wt, cols, fast, q0, q1, y + q0 * row_size, row_size, [](int64_t, acc*) {});
+        conv_rows(g, x, wt, cols, q0, q1, y + q0 * row_size, row_size, [](int64_t, acc*) {});
         return;
       }
     }
     std::vector<acc> u(row_size);
-    conv_rows(g, x, wt, cols, fast, q0, q1, u.data(), 0, [&](int64_t q, acc* uq) {
+    conv_rows(g, x, wt, cols, q0, q1, u.data(), 0, [&](int64_t q, acc* uq) {
       epilogue_row<A>(g.ow, g.c, uq, sc, bi, r != nullptr ? r + q * row_size : nullptr, y + q * row_size);
     });
   });
@@ -282,14 +333,13 @@ void backward_epilogue(const DwConvGeometry& g, const scalar_t* x, const scalar_
                        int64_t rows_per_block, int64_t blocks) {
   const int64_t rows = g.n * g.oh, kk = int64_t(g.k) * g.k, stride = (kk + 2) * g.c, row_size = g.ow * g.c;
   const ColumnTaps cols = column_taps(g);
-  const FastSpan fast = fast_span<acc>(g);
   at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
     std::vector<acc> u(row_size);
     for (int64_t b = b0; b < b1; ++b) {
       acc* dsc = partials + b * stride + kk * g.c;
       acc* dbi = dsc + g.c;
       std::fill(dsc, dsc + 2 * g.c, acc(0));
-      conv_rows(g, x, wt, cols, fast, b * rows_per_block, std::min(rows, (b + 1) * rows_per_block), u.data(), 0,
+      conv_rows(g, x, wt, cols, b * rows_per_block, std::min(rows, (b + 1) * rows_per_block), u.data(), 0,
                 [&](int64_t q, acc* uq) {
                   const int64_t off = q * row_size;
                   epilogue_backward_row<A>(g.ow, g.c, uq, sc, bi, r != nullptr ? r + off : nullptr, dy + off,
