@@ -7,8 +7,8 @@
 // - the register-blocked path (conv_pixels) when k is 3, 5 or 7, the column stride 1 or 2 and the column
 //   dilation 1: P output pixels of one row times one vector of channels at a time, each input vector loaded
 //   once per kernel row and used for every (pixel, tap) pair it belongs to, the accumulators and the kernel
-//   row's weights in registers. It reads the input rows from PaddedRows (zero columns on both sides, in the
-//   accumulation type), so it covers every output column with no bounds checks;
+//   row's weights in registers. Every output column goes through it: the blocks at the row's borders
+//   (a compiled variant) skip the columns outside the input;
 // - the generic path (conv_point) for everything else (the channels after the last full vector, other
 //   geometries): one pixel at a time over the valid taps.
 
@@ -108,23 +108,25 @@ inline void dispatch_fast(const DwConvGeometry& g, Body body) {
 }
 
 // u[p] = conv(x) for P consecutive output pixels of one row, channels c0 .. c0 + kLanes, over kernel rows
-// [ilo, ihi); the first pixel's taps start at rows[i] + col0 (C values per column).
-template <int K, int S, int P, typename acc>
-inline void conv_pixels(const acc* const* rows, int64_t col0, const acc* wt, int64_t C, int ilo, int ihi,
-                        int64_t c0, typename Vec<acc>::type* __restrict__ u) {
+// [ilo, ihi): the first pixel's taps start at column `first` of input rows rows[i] (C values per column).
+// Edge: columns outside [0, W) are skipped (the row's border blocks and its last block, which may reach
+// past the row; its pixels past the row are not stored).
+template <int K, int S, int P, bool Edge, typename in_t, typename acc>
+inline void conv_pixels(const in_t* const* rows, int64_t first, int64_t W, const acc* wt, int64_t C, int ilo,
+                        int ihi, int64_t c0, typename Vec<acc>::type* __restrict__ u) {
   constexpr int M = S * (P - 1) + K;  // input columns the P pixels read
   typename Vec<acc>::type s[P];
 #pragma GCC unroll 8
   for (int p = 0; p < P; ++p) s[p] = typename Vec<acc>::type{};
   for (int i = ilo; i < ihi; ++i) {
-    const acc* xr = rows[i] + col0 + c0;
     const acc* wr = wt + int64_t(i) * K * C + c0;
     typename Vec<acc>::type wv[K];
 #pragma GCC unroll 7
     for (int j = 0; j < K; ++j) wv[j] = vload(wr + j * C);
 #pragma GCC unroll 32
     for (int m = 0; m < M; ++m) {
-      const auto xv = vload(xr + m * C);
+      if (Edge && (first + m < 0 || first + m >= W)) continue;
+      const auto xv = load_vec<acc>(rows[i] + ((first + m) * C + c0));
 #pragma GCC unroll 8
       for (int p = 0; p < P; ++p) {
         const int j = m - S * p;
@@ -135,49 +137,6 @@ inline void conv_pixels(const acc* const* rows, int64_t col0, const acc* wt, int
 #pragma GCC unroll 8
   for (int p = 0; p < P; ++p) u[p] = s[p];
 }
-
-// Input rows with zero columns on both sides, in the accumulation type: `width` columns from input column
-// -pw, of which only [0, lo_end) and [hi_begin, width) are copied (the blocks that read the input directly
-// need the rest; lo_end >= hi_begin: the whole row). The register-blocked path reads the taps of the border
-// blocks (and, for inputs of another type, of every block) from them. Input row ih lives in slot ih % slots;
-// the (k - 1) * dh + 1 slots hold the kernel rows of one output row, and each input row is copied once
-// while consecutive output rows of a parallel chunk use it.
-template <typename acc>
-class PaddedRows {
- public:
-  PaddedRows(const DwConvGeometry& g, int64_t width, int64_t lo_end, int64_t hi_begin)
-      : g_(g), width_(width), slots_((g.k - 1) * g.dh + 1), held_(slots_, -1), buf_(slots_ * width * g.c, acc(0)) {
-    // Copied input columns: [0, lo) and [hi, end); columns past the width are never read, the zero
-    // columns never written.
-    end_ = std::clamp<int64_t>(width - g.pw, 0, g.w);
-    lo_ = std::clamp<int64_t>(lo_end - g.pw, 0, end_);
-    hi_ = std::clamp<int64_t>(hi_begin - g.pw, lo_, end_);
-  }
-
-  template <typename in_t>
-  const acc* row(const in_t* x, int64_t n, int64_t ih) {
-    const int64_t image_row = n * g_.h + ih, slot = ih % slots_;
-    acc* dst = buf_.data() + (slot * width_ + g_.pw) * g_.c;
-    if (held_[slot] != image_row) {
-      held_[slot] = image_row;
-      const in_t* src = x + image_row * g_.w * g_.c;
-      copy(src, dst, 0, lo_);
-      copy(src, dst, hi_, end_);
-    }
-    return dst - g_.pw * g_.c;
-  }
-
- private:
-  template <typename in_t>
-  void copy(const in_t* __restrict__ src, acc* __restrict__ dst, int64_t col_begin, int64_t col_end) const {
-    for (int64_t t = col_begin * g_.c; t < col_end * g_.c; ++t) dst[t] = static_cast<acc>(src[t]);
-  }
-
-  const DwConvGeometry& g_;
-  int64_t width_, slots_, end_, lo_, hi_;
-  std::vector<int64_t> held_;  // image row n * H + ih in each slot, -1: none
-  std::vector<acc> buf_;
-};
 
 // u[t] = sum over the valid taps of x * w for channels c0 .. c0 + len of output (oh, ow) of one image.
 template <bool Full, int64_t CB, typename in_t, typename acc>
@@ -242,35 +201,14 @@ inline void conv_rows(const DwConvGeometry& g, const in_t* x, const acc* wt, con
   if (fast == 0) return each_row([](auto...) {});
   dispatch_fast(g, [&](auto K_, auto S_) {
     constexpr int K = decltype(K_)::value, S = decltype(S_)::value, P = pixel_block<K>();
-    // Blocks of P pixels, the last one of P or P / 2 reaching past the row (into PaddedRows' zeros). Block
-    // b reads padded columns [b * P * S, b * P * S + S * (P - 1) + K); blocks [direct_lo, direct_hi) read
-    // only input columns and take them from x directly (same type: no conversion).
-    const int64_t blocks = (g.ow + P - 1) / P, span = S * (P - 1) + K;
-    int64_t direct_lo = 0, direct_hi = 0;
-    if constexpr (std::is_same_v<in_t, acc>) {
-      direct_lo = (g.pw + P * S - 1) / (P * S);
-      direct_hi = std::max(direct_lo, std::min(blocks, (g.w + g.pw - span) / (P * S) + 1));
-      if (g.w + g.pw < span) direct_hi = direct_lo;
-    }
-    // Padded columns the other blocks read: [0, lo_end) and [hi_begin, width).
-    const int64_t width = (blocks - 1) * P * S + span;
-    int64_t lo_end = width, hi_begin = 0;
-    if (direct_lo < direct_hi) {
-      lo_end = direct_lo > 0 ? (direct_lo - 1) * P * S + span : 0;
-      hi_begin = direct_hi * P * S;
-    }
-    PaddedRows<acc> padded(g, width, lo_end, hi_begin);
+    constexpr int span = S * (P - 1) + K;  // input columns of a block
     each_row([&](int64_t n, int64_t oh, int ilo, int ihi, acc* u) {
-      const acc* rows[kDwConvMaxKernel];
-      const acc* direct_rows[kDwConvMaxKernel];
-      for (int i = ilo; i < ihi; ++i) {
-        const int64_t ih = oh * g.sh - g.ph + int64_t(i) * g.dh;
-        rows[i] = padded.row(x, n, ih);
-        if constexpr (std::is_same_v<in_t, acc>) direct_rows[i] = x + (n * g.h + ih) * g.w * g.c;
-      }
-      // The input rows that the next output row reads and this one does not, prefetched a slice per block:
-      // they arrive while this row computes (with the hardware prefetcher alone, the loads of each new row
-      // waited on memory: 0.6x oneDNN at batch 8, 0.9x at batch 1 where the input stays in cache).
+      const in_t* rows[kDwConvMaxKernel];
+      for (int i = ilo; i < ihi; ++i) rows[i] = x + (n * g.h + oh * g.sh - g.ph + int64_t(i) * g.dh) * g.w * g.c;
+      // The input rows that the next output row reads and this one does not, prefetched into L2 (L1 holds
+      // only a few rows) a slice per block: they arrive while this row computes (with the hardware
+      // prefetcher alone, the loads of each new row waited on memory: 0.6x oneDNN at batch 8, 0.9x at
+      // batch 1 where the input stays in cache).
       const char* ahead[kDwConvMaxKernel];
       int n_ahead = 0;
       if (const int64_t q_next = n * g.oh + oh + 1; q_next < g.n * g.oh) {
@@ -281,27 +219,22 @@ inline void conv_rows(const DwConvGeometry& g, const in_t* x, const acc* wt, con
           if (ih > last) ahead[n_ahead++] = reinterpret_cast<const char*>(x + (next.n * g.h + ih) * g.w * g.c);
         }
       }
-      const int64_t row_bytes = g.w * g.c * int64_t(sizeof(in_t));
-      auto block = [&](int64_t b, auto P_) {
-        constexpr int Pn = decltype(P_)::value;
+      const int64_t blocks = (g.ow + P - 1) / P, row_bytes = g.w * g.c * int64_t(sizeof(in_t));
+      for (int64_t b = 0; b < blocks; ++b) {
         for (int a = 0; a < n_ahead; ++a) {
           for (int64_t off = b * row_bytes / blocks / 64 * 64; off < (b + 1) * row_bytes / blocks; off += 64)
-            __builtin_prefetch(ahead[a] + off);
+            __builtin_prefetch(ahead[a] + off, 0, 2);
         }
-        const int64_t ow0 = b * P, valid = std::min<int64_t>(Pn, g.ow - ow0);
-        const bool direct = b >= direct_lo && b < direct_hi;
-        const int64_t col0 = (ow0 * S - (direct ? g.pw : 0)) * g.c;
+        const int64_t ow0 = b * P, first = ow0 * S - g.pw, valid = std::min<int64_t>(P, g.ow - ow0);
+        const bool edge = first < 0 || first + span > g.w;
         for (int64_t c0 = 0; c0 < fast; c0 += L) {
-          typename Vec<acc>::type v[Pn];
-          conv_pixels<K, S, Pn>(direct ? direct_rows : rows, col0, wt, g.c, ilo, ihi, c0, v);
-          for (int p = 0; p < Pn; ++p)
+          typename Vec<acc>::type v[P];
+          if (edge) conv_pixels<K, S, P, true>(rows, first, g.w, wt, g.c, ilo, ihi, c0, v);
+          else conv_pixels<K, S, P, false>(rows, first, g.w, wt, g.c, ilo, ihi, c0, v);
+          for (int p = 0; p < P; ++p)
             if (p < valid) vstore(u + (ow0 + p) * g.c + c0, v[p]);
         }
-      };
-      int64_t b = 0;
-      for (; (b + 1) * P <= g.ow; ++b) block(b, std::integral_constant<int, P>{});
-      if (g.ow - b * P > P / 2) block(b, std::integral_constant<int, P>{});
-      else if (g.ow > b * P) block(b, std::integral_constant<int, P / 2>{});
+      }
     });
   });
 }
