@@ -123,10 +123,14 @@ inline void conv_pixels(const in_t* const* rows, int64_t first, int64_t W, const
     typename Vec<acc>::type wv[K];
 #pragma GCC unroll 7
     for (int j = 0; j < K; ++j) wv[j] = vload(wr + j * C);
+    // One pointer stepped column by column (a register add per load), not M offsets from the row start.
+    const in_t* xp = rows[i] + (first * C + c0);
 #pragma GCC unroll 32
-    for (int m = 0; m < M; ++m) {
+    for (int m = 0; m < M; ++m, xp += C) {
+      asm("" : "+r"(xp));
       if (Edge && (first + m < 0 || first + m >= W)) continue;
-      const auto xv = load_vec<acc>(rows[i] + ((first + m) * C + c0));
+      auto xv = load_vec<acc>(xp);
+      in_register(xv);
 #pragma GCC unroll 8
       for (int p = 0; p < P; ++p) {
         const int j = m - S * p;

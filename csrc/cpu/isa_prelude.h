@@ -31,3 +31,13 @@ template <typename acc>
 inline void vstore(acc* p, typename Vec<acc>::type v) {
   *reinterpret_cast<typename Vec<acc>::unaligned*>(p) = v;
 }
+
+// Keeps v in a register where it is: GCC otherwise folds a vector load into every multiply-add that uses
+// it (one load per use, and the addresses of all of them live in spilled registers). The AVX2 build only:
+// there a 32-byte vector is one register.
+template <typename V>
+inline void in_register(V& v) {
+#ifdef PYCNN_CPU_FMA
+  asm("" : "+x"(v));
+#endif
+}
