@@ -127,6 +127,12 @@ REGISTER_BLOCKED_CASES = [
     (1, 20, 7, 17, 5, 2, 2, 1),
     (1, 20, 9, 19, 7, 1, 3, 1),
     (1, 20, 6, 15, 3, 1, 3, 1),
+    # Stride 2 with interior blocks (forward and dx), k 7, padding 0 and odd widths, widths below k.
+    (1, 24, 5, 40, 3, 2, 1, 1),
+    (1, 20, 9, 23, 7, 2, 3, 1),
+    (1, 20, 6, 16, 3, 2, 0, 1),
+    (2, 16, 5, 4, 5, 2, 1, 1),
+    (1, 16, 7, 6, 7, 1, 3, 1),
 ]
 
 

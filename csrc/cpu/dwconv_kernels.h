@@ -32,6 +32,15 @@ inline typename Vec<acc>::type load_vec(const T* p) {
   }
 }
 
+template <typename acc, typename T>
+inline void store_vec(T* p, typename Vec<acc>::type v) {
+  if constexpr (std::is_same_v<T, acc>) {
+    vstore(p, v);
+  } else {
+    for (int64_t t = 0; t < kLanes<acc>; ++t) p[t] = static_cast<T>(v[t]);
+  }
+}
+
 // Output pixels per register block of the fast path: P accumulators + k weights + 1 input vector stay
 // within the 16 vector registers of AVX2.
 template <int K> constexpr int pixel_block() { return K <= 3 ? 8 : (K == 5 ? 6 : 4); }
@@ -109,11 +118,11 @@ inline void dispatch_fast(const DwConvGeometry& g, Body body) {
 
 // u[p] = conv(x) for P consecutive output pixels of one row, channels c0 .. c0 + kLanes, over kernel rows
 // [ilo, ihi): the first pixel's taps start at column `first` of input rows rows[i] (C values per column).
-// Edge: columns outside [0, W) are skipped (the row's border blocks and its last block, which may reach
-// past the row; its pixels past the row are not stored).
+// Edge: only the block's columns m in [m_lo, m_hi) are inside the input (the row's border blocks and its
+// last block, which may reach past the row; its pixels past the row are not stored).
 template <int K, int S, int P, bool Edge, typename in_t, typename acc>
-inline void conv_pixels(const in_t* const* rows, int64_t first, int64_t W, const acc* wt, int64_t C, int ilo,
-                        int ihi, int64_t c0, typename Vec<acc>::type* __restrict__ u) {
+inline void conv_pixels(const in_t* const* rows, int64_t first, int m_lo, int m_hi, const acc* wt, int64_t C,
+                        int ilo, int ihi, int64_t c0, typename Vec<acc>::type* __restrict__ u) {
   constexpr int M = S * (P - 1) + K;  // input columns the P pixels read
   typename Vec<acc>::type s[P];
 #pragma GCC unroll 8
@@ -128,7 +137,7 @@ inline void conv_pixels(const in_t* const* rows, int64_t first, int64_t W, const
 #pragma GCC unroll 32
     for (int m = 0; m < M; ++m, xp += C) {
       asm("" : "+r"(xp));
-      if (Edge && (first + m < 0 || first + m >= W)) continue;
+      if (Edge && (m < m_lo || m >= m_hi)) continue;
       auto xv = load_vec<acc>(xp);
       in_register(xv);
 #pragma GCC unroll 8
@@ -230,11 +239,13 @@ inline void conv_rows(const DwConvGeometry& g, const in_t* x, const acc* wt, con
             __builtin_prefetch(ahead[a] + off, 0, 2);
         }
         const int64_t ow0 = b * P, first = ow0 * S - g.pw, valid = std::min<int64_t>(P, g.ow - ow0);
-        const bool edge = first < 0 || first + span > g.w;
+        const int m_lo = static_cast<int>(std::clamp<int64_t>(-first, 0, span));
+        const int m_hi = static_cast<int>(std::clamp<int64_t>(g.w - first, m_lo, span));
+        const bool edge = m_lo > 0 || m_hi < span;
         for (int64_t c0 = 0; c0 < fast; c0 += L) {
           typename Vec<acc>::type v[P];
-          if (edge) conv_pixels<K, S, P, true>(rows, first, g.w, wt, g.c, ilo, ihi, c0, v);
-          else conv_pixels<K, S, P, false>(rows, first, g.w, wt, g.c, ilo, ihi, c0, v);
+          if (edge) conv_pixels<K, S, P, true>(rows, first, m_lo, m_hi, wt, g.c, ilo, ihi, c0, v);
+          else conv_pixels<K, S, P, false>(rows, first, m_lo, m_hi, wt, g.c, ilo, ihi, c0, v);
           for (int p = 0; p < P; ++p)
             if (p < valid) vstore(u + (ow0 + p) * g.c + c0, v[p]);
         }
@@ -411,12 +422,55 @@ void backward_weight(const DwConvGeometry& g, const scalar_t* x, const gu_t* gu,
   });
 }
 
-// dx = the transposed depthwise convolution of gu with w (generic: any stride and dilation). With stride
-// and dilation 1, dwconv.cpp computes it instead as forward() over gu with the flipped kernel.
+// Input columns per register block of the stride-2 dx: P accumulators + k weights + 1 gradient vector.
+template <int K> constexpr int transposed_block() { return K <= 5 ? 8 : 6; }
+
+// u[p] = dx for P consecutive input columns iw0 + p of one input row (column stride 2, dilation 1),
+// channels c0 .. c0 + kLanes: the sum over its (kernel row, output row) pairs t < ntaps (taps_i[t], gu row
+// gu_rows[t]) of gu[ow] * w[i][j] for iw0 + p = 2 * ow - pw + j. With iw0 + pw even, the block reads gu
+// columns ow0 + m, m < M, ow0 = (iw0 + pw - (K - 1)) / 2, and column m meets pixel p at tap
+// j = p + K - 1 - 2 * m: like conv_pixels, each gu vector is loaded once per kernel row. Edge: only the
+// columns m in [m_lo, m_hi) are inside gu.
+template <int K, int P, bool Edge, typename gu_t, typename acc>
+inline void transposed_pixels_s2(const gu_t* const* gu_rows, const int* taps_i, int ntaps, int64_t ow0, int m_lo,
+                                 int m_hi, const acc* wt, int64_t C, int64_t c0,
+                                 typename Vec<acc>::type* __restrict__ u) {
+  constexpr int M = (P + K - 2) / 2 + 1;
+  typename Vec<acc>::type s[P];
+#pragma GCC unroll 8
+  for (int p = 0; p < P; ++p) s[p] = typename Vec<acc>::type{};
+  for (int t = 0; t < ntaps; ++t) {
+    const acc* wr = wt + int64_t(taps_i[t]) * K * C + c0;
+    typename Vec<acc>::type wv[K];
+#pragma GCC unroll 7
+    for (int j = 0; j < K; ++j) wv[j] = vload(wr + j * C);
+    const gu_t* gp = gu_rows[t] + (ow0 * C + c0);
+#pragma GCC unroll 16
+    for (int m = 0; m < M; ++m, gp += C) {
+      asm("" : "+r"(gp));
+      if (Edge && (m < m_lo || m >= m_hi)) continue;
+      auto gv = load_vec<acc>(gp);
+      in_register(gv);
+#pragma GCC unroll 8
+      for (int p = 0; p < P; ++p) {
+        const int j = p + K - 1 - 2 * m;
+        if (j >= 0 && j < K) s[p] += gv * wv[j];
+      }
+    }
+  }
+#pragma GCC unroll 8
+  for (int p = 0; p < P; ++p) u[p] = s[p];
+}
+
+// dx = the transposed depthwise convolution of gu with w: register-blocked (transposed_pixels_s2) for
+// column stride 2, dilation 1 and k 3/5/7 over the whole vectors of channels; generic (any stride and
+// dilation) for the rest. With stride and dilation 1, dwconv.cpp computes it instead as forward() over gu
+// with the flipped kernel.
 template <typename scalar_t, typename acc, typename gu_t>
 void backward_grad_in(const DwConvGeometry& g, const gu_t* gu, const acc* wt, scalar_t* dx) {
   constexpr int64_t CB = kLanes<acc>;
   const int64_t rows = g.n * g.h;
+  const int64_t fast = g.sw == 2 && g.dw == 1 && (g.k == 3 || g.k == 5 || g.k == 7) ? g.c / CB * CB : 0;
   // Per input column iw: the kernel columns j whose output column ow = (iw + pw - j * dw) / sw is exact
   // and in range, as (j, ow) pairs; computed once (no divisions in the hot loop).
   std::vector<int> col_n(g.w, 0), col_j(g.w * g.k);
@@ -443,8 +497,29 @@ void backward_grad_in(const DwConvGeometry& g, const gu_t* gu, const acc* wt, sc
         rows_oh[nrows++] = num / g.sh;
       }
       const gu_t* gn = gu + n * g.oh * g.ow * g.c;
+      if (fast > 0) {
+        dispatch_fast(g, [&](auto K_, auto) {
+          constexpr int K = decltype(K_)::value, P = transposed_block<K>(), M = (P + K - 2) / 2 + 1;
+          const gu_t* gu_rows[kDwConvMaxKernel];
+          for (int ri = 0; ri < nrows; ++ri) gu_rows[ri] = gn + rows_oh[ri] * g.ow * g.c;
+          // Blocks start at input columns iw0 with iw0 + pw even; columns outside [0, W) are not stored.
+          for (int64_t iw0 = -(g.pw % 2); iw0 < g.w; iw0 += P) {
+            const int64_t ow0 = (iw0 + g.pw - (K - 1)) / 2;
+            const int m_lo = static_cast<int>(std::clamp<int64_t>(-ow0, 0, M));
+            const int m_hi = static_cast<int>(std::clamp<int64_t>(g.ow - ow0, m_lo, M));
+            const bool edge = m_lo > 0 || m_hi < M;
+            for (int64_t c0 = 0; c0 < fast; c0 += CB) {
+              typename Vec<acc>::type v[P];
+              if (edge) transposed_pixels_s2<K, P, true>(gu_rows, rows_i, nrows, ow0, m_lo, m_hi, wt, g.c, c0, v);
+              else transposed_pixels_s2<K, P, false>(gu_rows, rows_i, nrows, ow0, m_lo, m_hi, wt, g.c, c0, v);
+              for (int p = 0; p < P; ++p)
+                if (iw0 + p >= 0 && iw0 + p < g.w) store_vec<acc>(dx + (q * g.w + iw0 + p) * g.c + c0, v[p]);
+            }
+          }
+        });
+      }
       for (int64_t iw = 0; iw < g.w; ++iw) {
-        for_channel_blocks<acc>(0, g.c, [&](int64_t c0, int64_t cn, auto full) {
+        for_channel_blocks<acc>(fast, g.c, [&](int64_t c0, int64_t cn, auto full) {
           constexpr bool Full = decltype(full)::value;
           const int64_t len = Full ? CB : cn;
           acc a[CB];
