@@ -155,12 +155,12 @@ void forward(const Layout& l, Act act, const scalar_t* x, const scalar_t* r, con
         const acc* __restrict__ bbs = bb + c;
         if (rs) {
           for (int64_t j = 0; j < len; ++j)
-            ys[j] = static_cast<scalar_t>(cpu::cpu_act_fast<decltype(A)::value, acc>(
+            ys[j] = static_cast<scalar_t>(cpu::cpu_act<decltype(A)::value, acc>(
                 (static_cast<acc>(xs[j]) - mus[j * S]) * scs[j * S] + bbs[j * S] + static_cast<acc>(rs[j])));
         } else {
           for (int64_t j = 0; j < len; ++j)
             ys[j] = static_cast<scalar_t>(
-                cpu::cpu_act_fast<decltype(A)::value, acc>((static_cast<acc>(xs[j]) - mus[j * S]) * scs[j * S] + bbs[j * S]));
+                cpu::cpu_act<decltype(A)::value, acc>((static_cast<acc>(xs[j]) - mus[j * S]) * scs[j * S] + bbs[j * S]));
         }
       });
     });

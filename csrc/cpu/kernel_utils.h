@@ -63,12 +63,16 @@ inline float exp_approx(float x) {
   return std::bit_cast<float>(std::bit_cast<int32_t>(p) + (i << 23));
 }
 
+// sigmoid(z) = 1 / (1 + e^-z) for float through exp_approx.
+inline float sigmoid_approx(float z) { return 1.0f / (1.0f + exp_approx(-z)); }
+
 // The activation and its derivative (activation.h) for the CPU kernels, with SiLU on float through
-// exp_approx so that loops over it vectorize.
+// exp_approx so that loops over it vectorize. SiLU is z * sigmoid(z), one vector division: written as
+// z / (1 + e^-z), GCC if-converted exp_approx's clamp into a second division blended in for the clamped range.
 template <Act A, typename acc>
 inline acc cpu_act(acc z) {
   if constexpr (A == Act::SiLU && std::is_same_v<acc, float>) {
-    return z / (1.0f + exp_approx(-z));
+    return z * sigmoid_approx(z);
   } else {
     return act_forward<acc>(A, z);
   }
@@ -77,24 +81,10 @@ inline acc cpu_act(acc z) {
 template <Act A, typename acc>
 inline acc cpu_act_derivative(acc z) {
   if constexpr (A == Act::SiLU && std::is_same_v<acc, float>) {
-    const float s = 1.0f / (1.0f + exp_approx(-z));
+    const float s = sigmoid_approx(z);
     return s * (1.0f + z * (1.0f - s));
   } else {
     return act_derivative<acc>(A, z);
-  }
-}
-
-// sigmoid(z) = 1 / (1 + e^-z) for float through exp_approx.
-inline float sigmoid_approx(float z) { return 1.0f / (1.0f + exp_approx(-z)); }
-
-// cpu_act with SiLU as z * sigmoid(z): one vector division. Written as z / (1 + e^-z) (cpu_act), GCC
-// if-converts exp_approx's clamp into a second division (z / (1 + e^87)) blended in for the clamped range.
-template <Act A, typename acc>
-inline acc cpu_act_fast(acc z) {
-  if constexpr (A == Act::SiLU && std::is_same_v<acc, float>) {
-    return z * sigmoid_approx(z);
-  } else {
-    return cpu_act<A, acc>(z);
   }
 }
 

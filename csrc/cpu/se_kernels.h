@@ -88,9 +88,9 @@ void scale(const Layout& l, const scalar_t* x, const scalar_t* r, const acc* gat
         if constexpr (R) {
           const scalar_t* __restrict__ rs = r + q * l.hw;
           for (int64_t j = 0; j < l.hw; ++j)
-            ys[j] = static_cast<scalar_t>(cpu::cpu_act_fast<P, acc>(static_cast<acc>(xs[j]) * s + static_cast<acc>(rs[j])));
+            ys[j] = static_cast<scalar_t>(cpu::cpu_act<P, acc>(static_cast<acc>(xs[j]) * s + static_cast<acc>(rs[j])));
         } else {
-          for (int64_t j = 0; j < l.hw; ++j) ys[j] = static_cast<scalar_t>(cpu::cpu_act_fast<P, acc>(static_cast<acc>(xs[j]) * s));
+          for (int64_t j = 0; j < l.hw; ++j) ys[j] = static_cast<scalar_t>(cpu::cpu_act<P, acc>(static_cast<acc>(xs[j]) * s));
         }
       }
     });
@@ -106,9 +106,9 @@ void scale(const Layout& l, const scalar_t* x, const scalar_t* r, const acc* gat
       if constexpr (R) {
         const scalar_t* __restrict__ rs = r + off;
         for (int64_t j = 0; j < l.c; ++j)
-          ys[j] = static_cast<scalar_t>(cpu::cpu_act_fast<P, acc>(static_cast<acc>(xs[j]) * ss[j] + static_cast<acc>(rs[j])));
+          ys[j] = static_cast<scalar_t>(cpu::cpu_act<P, acc>(static_cast<acc>(xs[j]) * ss[j] + static_cast<acc>(rs[j])));
       } else {
-        for (int64_t j = 0; j < l.c; ++j) ys[j] = static_cast<scalar_t>(cpu::cpu_act_fast<P, acc>(static_cast<acc>(xs[j]) * ss[j]));
+        for (int64_t j = 0; j < l.c; ++j) ys[j] = static_cast<scalar_t>(cpu::cpu_act<P, acc>(static_cast<acc>(xs[j]) * ss[j]));
       }
     }
   });
