@@ -234,15 +234,18 @@ inline void conv_rows(const DwConvGeometry& g, const in_t* x, const acc* wt, con
       }
       const int64_t blocks = (g.ow + P - 1) / P, row_bytes = g.w * g.c * int64_t(sizeof(in_t));
       for (int64_t b = 0; b < blocks; ++b) {
-        for (int a = 0; a < n_ahead; ++a) {
-          for (int64_t off = b * row_bytes / blocks / 64 * 64; off < (b + 1) * row_bytes / blocks; off += 64)
-            __builtin_prefetch(ahead[a] + off, 0, 2);
-        }
+        // This block's slice of the rows ahead, spread over its vectors of channels (a burst of prefetches
+        // stalls once the misses in flight fill the buffers).
+        int64_t next = b * row_bytes / blocks / 64 * 64;
+        const int64_t to = (b + 1) * row_bytes / blocks, per_vector = ((to - next) / (fast / L) + 63) / 64 * 64;
         const int64_t ow0 = b * P, first = ow0 * S - g.pw, valid = std::min<int64_t>(P, g.ow - ow0);
         const int m_lo = static_cast<int>(std::clamp<int64_t>(-first, 0, span));
         const int m_hi = static_cast<int>(std::clamp<int64_t>(g.w - first, m_lo, span));
         const bool edge = m_lo > 0 || m_hi < span;
         for (int64_t c0 = 0; c0 < fast; c0 += L) {
+          for (const int64_t end = std::min(to, next + per_vector); next < end; next += 64) {
+            for (int a = 0; a < n_ahead; ++a) __builtin_prefetch(ahead[a] + next, 0, 2);
+          }
           typename Vec<acc>::type v[P];
           if (edge) conv_pixels<K, S, P, true>(rows, first, m_lo, m_hi, wt, g.c, ilo, ihi, c0, v);
           else conv_pixels<K, S, P, false>(rows, first, m_lo, m_hi, wt, g.c, ilo, ihi, c0, v);
