@@ -83,8 +83,16 @@ inline ColumnTaps column_taps(const DwConvGeometry& g) {
   return t;
 }
 
-// The fast path's shape of a row: output columns [begin, end) have every kernel column inside the input,
-// and channels [0, channels) are whole vectors. Empty (channels == 0) where the fast path does not apply.
+// Channels [0, fast_channels) go through the register-blocked paths: whole vectors, for the geometries
+// they are compiled for (k 3/5/7, column stride 1 or 2, column dilation 1); 0 where they do not apply.
+template <typename acc>
+inline int64_t fast_channels(const DwConvGeometry& g) {
+  const bool kernel = g.k == 3 || g.k == 5 || g.k == 7;
+  return kernel && g.dw == 1 && (g.sw == 1 || g.sw == 2) ? g.c / kLanes<acc> * kLanes<acc> : 0;
+}
+
+// backward_weight's register-blocked part of a row: output columns [begin, end) have every kernel column
+// inside the input, and channels [0, channels) are fast_channels. Empty (channels == 0) where it does not apply.
 struct FastSpan {
   int64_t begin = 0, end = 0, channels = 0;
 };
@@ -92,16 +100,15 @@ struct FastSpan {
 template <typename acc>
 inline FastSpan fast_span(const DwConvGeometry& g) {
   FastSpan f;
-  const bool kernel = g.k == 3 || g.k == 5 || g.k == 7;
-  if (!kernel || g.dw != 1 || (g.sw != 1 && g.sw != 2) || g.w < g.k) return f;
+  if (fast_channels<acc>(g) == 0 || g.w < g.k) return f;
   f.begin = std::min<int64_t>(g.ow, (g.pw + g.sw - 1) / g.sw);
   f.end = std::max<int64_t>(f.begin, std::min<int64_t>(g.ow, (g.w - g.k + g.pw) / g.sw + 1));
-  f.channels = f.end > f.begin ? g.c / kLanes<acc> * kLanes<acc> : 0;
+  f.channels = f.end > f.begin ? fast_channels<acc>(g) : 0;
   return f;
 }
 
 // Runs body(K, S) with the kernel size and column stride as compile-time constants, for a geometry
-// fast_span accepts.
+// fast_channels accepts.
 template <typename Body>
 inline void dispatch_fast(const DwConvGeometry& g, Body body) {
   using std::integral_constant;
@@ -175,14 +182,6 @@ inline void for_channel_blocks(int64_t begin, int64_t channels, Fn fn) {
   int64_t c0 = begin;
   for (; c0 + CB <= channels; c0 += CB) fn(c0, CB, std::true_type{});
   if (c0 < channels) fn(c0, channels - c0, std::false_type{});
-}
-
-// Channels [0, fast_channels) of a row go through the register-blocked path: whole vectors, for the
-// geometries it is compiled for; 0 where it does not apply.
-template <typename acc>
-inline int64_t fast_channels(const DwConvGeometry& g) {
-  const bool kernel = g.k == 3 || g.k == 5 || g.k == 7;
-  return kernel && g.dw == 1 && (g.sw == 1 || g.sw == 2) ? g.c / kLanes<acc> * kLanes<acc> : 0;
 }
 
 // For every output row q in [q0, q1) (q = n * OH + oh): u = conv(x) of the row, [OW][C] in the
@@ -473,7 +472,7 @@ template <typename scalar_t, typename acc, typename gu_t>
 void backward_grad_in(const DwConvGeometry& g, const gu_t* gu, const acc* wt, scalar_t* dx) {
   constexpr int64_t CB = kLanes<acc>;
   const int64_t rows = g.n * g.h;
-  const int64_t fast = g.sw == 2 && g.dw == 1 && (g.k == 3 || g.k == 5 || g.k == 7) ? g.c / CB * CB : 0;
+  const int64_t fast = g.sw == 2 ? fast_channels<acc>(g) : 0;
   // Per input column iw: the kernel columns j whose output column ow = (iw + pw - j * dw) / sw is exact
   // and in range, as (j, ow) pairs; computed once (no divisions in the hot loop).
   std::vector<int> col_n(g.w, 0), col_j(g.w * g.k);
