@@ -168,7 +168,7 @@ CASES = {
             head = flatten linear(100000000)
         }""",
         """\
-        param_limit.arch:2:20: the network exceeds the parameter limit: more than 2,000,000,000 parameters
+        param_limit.arch:2:20: the network exceeds the parameter limit: more than 500,000,000 parameters
                 head = flatten linear(100000000)
                                ^^^^^^^^^^^^^^^^^"""),
 }

@@ -1,7 +1,9 @@
 """Property-based fuzzing: random and mutated .arch texts give a parsed network or an ArchError, never another
-exception, a hang (> 2 s) or a huge allocation (limits refuse big networks before anything is allocated)."""
+exception, a hang (> 2 s) or a huge allocation (limits refuse big networks before anything is allocated; the
+process's peak memory is checked at the end)."""
 import glob
 import os
+import resource
 import time
 
 from hypothesis import HealthCheck, given, settings
@@ -20,9 +22,14 @@ TOKENS = ["network", "block", "use", "std", "stage", "let", "main", "branch", "s
           "input", "classes", "=", "==", "!=", "<", ">", "(", ")", "{", "}", ",", "?", ":", "+", "-", "*", "/",
           "//", "%", "**", "conv", "bn", "relu", "linear", "flatten", "avgpool", "maxpool", "se", "dwconv",
           "xblock", "regnet", "round", "make_divisible", "k", "s", "p", "groups", "0", "1", "2", "3", "7", "64",
-          "1000000", "1e300", "3x224x224", "1x8x8", "0x3x3", "0.5", "\n", " ", "#c\n", "\"s\""]
+          "1000000", "1e300", "3x224x224", "1x8x8", "0x3x3", "0.5", "\n", " ", "#c\n", "\"s\"",
+          # the classes of hostile input of issue 16: other line breaks, deep brackets, long expressions, big
+          # rounding, repeats of work, huge shapes
+          "\f", "\r", "\u2028", "\x85", "(" * 70, "{" * 70, "1+" * 120, "- " * 300, "round(1, -1000000000000)",
+          "repeat 99999", "99999 x", "3x100000x100000", "(43589,)", "bottleneck=1e-9"]
 
 LIMITS = Limits(max_params=50_000_000, max_activations=20_000_000, max_layers=5_000)
+pycnn.parse("network warm(input = 3x8x8) { }")  # builds the parser once: the time bound below is per text
 
 
 def check(text):
@@ -38,6 +45,7 @@ def check(text):
 
 
 FUZZ = settings(max_examples=250, deadline=None, suppress_health_check=list(HealthCheck))
+PEAK_RSS_START_KB = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 @FUZZ
@@ -106,3 +114,22 @@ def test_pathological_inputs():
         raise AssertionError(f"accepted: {text[:80]}")
     deep_parentheses = "network n(input = 3x8x8) {\n    let a = " + "(" * 2000 + "1" + ")" * 2000 + "\n}"
     check(deep_parentheses)
+
+
+@FUZZ
+@given(st.binary(max_size=300))
+def test_random_bytes_as_a_file(tmp_path_factory, data):
+    path = tmp_path_factory.mktemp("bytes") / "fuzz.arch"
+    path.write_bytes(data)
+    start = time.perf_counter()
+    try:
+        pycnn.parse(path, limits=LIMITS)
+    except ArchError as e:
+        str(e)
+    assert time.perf_counter() - start < 2.0
+
+
+def test_zz_peak_memory_stayed_bounded():
+    """Runs last in this file: nothing above allocated much (a refused network allocates nothing)."""
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - PEAK_RSS_START_KB) / 1024
+    assert grown_mb < 1024, f"peak memory grew by {grown_mb:.0f} MB during the fuzz tests"

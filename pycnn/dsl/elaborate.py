@@ -16,20 +16,25 @@ from typing import Dict, List, Optional, Tuple
 from .. import ir
 from . import ast as A
 from .errors import ArchError, did_you_mean
-from .evaluate import Evaluator, Symbol, type_name, _is_number
+from .evaluate import Budget, Evaluator, Symbol, _is_number
 from .generators import regnet_stages
-from .parse import parse_file, parse_text
+from .parse import MAX_SOURCE_BYTES, parse_file, parse_text, read_source
 
 _PACKAGE_DIR = Path(__file__).resolve().parent.parent
 
 
 @dataclass(frozen=True)
 class Limits:
-    """Networks beyond these are refused before anything is allocated."""
-    max_params: int = 2_000_000_000          # parameters in the whole network
+    """Networks beyond these are refused before anything is allocated, and text that would take too long to
+    elaborate is refused in bounded time (docs/security.md). Pass your own to pycnn.parse/compile(limits=...)."""
+    max_params: int = 500_000_000            # parameters in the whole network (2 GB in float32)
     max_activations: int = 1_000_000_000     # elements of one layer's output, per sample
+    max_activation_bytes: int = 4 << 30      # all layers' outputs of one sample, in float32
+    max_input_elements: int = 100_000_000    # the input of one sample (3x5773x5773)
     max_layers: int = 100_000                # layers after expansion
     max_depth: int = 64                      # nesting of block calls
+    max_steps: int = 100_000                 # expression nodes evaluated + statements expanded (~0.1 s)
+    max_source_bytes: int = MAX_SOURCE_BYTES  # each source file, main and libraries
 
 
 # ------------------------------------------------------------------------------------------ primitives
@@ -109,10 +114,9 @@ _DEFINITION = re.compile(r"^[ \t]*(block|network)[ \t]+([A-Za-z_][A-Za-z0-9_]*)"
 
 
 @functools.lru_cache(maxsize=256)
-def _definitions_in(path: str, mtime_ns: int) -> Tuple[Tuple[str, str], ...]:
+def _definitions_in(path: str, mtime_ns: int, max_bytes: int) -> Tuple[Tuple[str, str], ...]:
     """(kind, name) of every definition in a library file, found without parsing it."""
-    with open(path, encoding="utf-8") as f:
-        return tuple(m.groups() for m in _DEFINITION.finditer(f.read()))
+    return tuple(m.groups() for m in _DEFINITION.finditer(read_source(path, max_bytes)))
 
 
 class _Definitions(Mapping):
@@ -143,13 +147,15 @@ class _Definitions(Mapping):
 class Program:
     """The main file and the libraries it uses (directly or through other libraries)."""
 
-    def __init__(self, main: A.File):
+    def __init__(self, main: A.File, max_source_bytes: int = MAX_SOURCE_BYTES):
         self.main = main
+        self.max_source_bytes = max_source_bytes
         self.files: Dict[str, A.File] = {main.path: main}
         self.blocks = _Definitions(self)
         self.networks = _Definitions(self)
         self.main_networks: List[str] = []
         self._indexed = {main.path}
+        self._use_locs: Dict[str, tuple] = {}  # library path -> (loc, source) of the `use` that pulled it in
         self._register(main, is_main=True)
 
     def source_of(self, file: str) -> Optional[str]:
@@ -177,13 +183,23 @@ class Program:
                     if lib in self._indexed:
                         continue
                     self._indexed.add(lib)
-                    for kind, name in _definitions_in(lib, os.stat(lib).st_mtime_ns):
+                    self._use_locs[lib] = (item.loc, f.source)
+                    try:
+                        definitions = _definitions_in(lib, os.stat(lib).st_mtime_ns, self.max_source_bytes)
+                    except OSError as e:
+                        raise ArchError(f"{lib}: {e.strerror or e}", item.loc, f.source) from None
+                    except ArchError as e:  # unreadable: reported where `use` named the library
+                        if e.loc is not None:
+                            raise
+                        raise ArchError(e.message, item.loc, f.source) from None
+                    for kind, name in definitions:
                         table = self.blocks if kind == "block" else self.networks
                         if name not in table.defined and name not in table.index:
                             table.index[name] = lib
 
     def _load_library(self, path: str):
-        f = parse_file(path)
+        loc, source = self._use_locs.get(path, (None, None))
+        f = parse_file(path, self.max_source_bytes, loc, source)
         self.files[path] = f
         for table in (self.blocks, self.networks):
             for name in [n for n, p in table.index.items() if p == path]:
@@ -198,32 +214,52 @@ def _resolve_use(use: A.Use, from_file: str, source: str) -> List[str]:
         bases.append(Path(from_file).resolve().parent)
     bases += library_dirs()
     for base in bases:
-        file = base / (rel + ".arch")
-        if file.is_file():
-            return [str(file)]
-        folder = base / rel
-        if folder.is_dir():
-            files = sorted(str(p) for p in folder.glob("*.arch"))
-            if files:
-                return files
+        try:
+            file = base / (rel + ".arch")
+            if file.is_file():
+                return [str(file)]
+            folder = base / rel
+            if folder.is_dir():
+                # regular files only: a folder, FIFO or device named *.arch is skipped (is_file follows links)
+                files = sorted(str(p) for p in folder.glob("*.arch") if p.is_file())
+                if files:
+                    return files
+        except (OSError, ValueError):  # a name too long for the file system, or unreadable: not found here
+            continue
     raise ArchError(f"cannot find library '{'.'.join(use.path)}' (looked for {rel}.arch or {rel}/ next to the "
                     f"file and in the package's archs/)", use.loc, source)
 
 
-def load_program(source, file: Optional[str] = None) -> Program:
+def load_program(source, file: Optional[str] = None, max_source_bytes: int = MAX_SOURCE_BYTES) -> Program:
     """Parse `source` (a path or .arch text); the libraries it `use`s are parsed as their names are needed."""
-    if isinstance(source, os.PathLike) or (isinstance(source, str) and _looks_like_path(source)):
+    if not isinstance(source, (str, os.PathLike)):
+        hint = " (decode bytes first)" if isinstance(source, (bytes, bytearray)) else ""
+        raise TypeError(f"source must be an .arch path or .arch text (str or os.PathLike), got "
+                        f"{type(source).__name__}{hint}")
+    if file is not None and not isinstance(file, str):
+        raise TypeError(f"file must be a str naming the text in messages, got {type(file).__name__}")
+    if isinstance(source, os.PathLike) or _looks_like_path(source):
         path = os.fspath(source)
-        if not os.path.isfile(path):
+        if not isinstance(path, str):
+            raise TypeError(f"source path must be text, got {type(path).__name__}")
+        if not os.path.lexists(path):
             raise ArchError(f"no such .arch file: {path}")
-        main = parse_file(path)
+        main = parse_file(path, max_source_bytes)
     else:
-        main = parse_text(source, file or "<text>")
-    return Program(main)
+        main = parse_text(source, file or "<text>", max_source_bytes)
+    return Program(main, max_source_bytes)
 
 
 def _looks_like_path(s: str) -> bool:
-    return "\n" not in s and "{" not in s and (s.strip().endswith(".arch") or os.path.isfile(s))
+    """A one-line string naming an existing file, or ending in .arch with no braces, is a path; else it is text."""
+    if "\n" in s or len(s) > 4096:
+        return False
+    try:
+        if os.path.isfile(s):
+            return True
+    except (OSError, ValueError):
+        return False
+    return "{" not in s and s.strip().endswith(".arch")
 
 
 # ------------------------------------------------------------------------------------------ elaboration
@@ -253,6 +289,8 @@ class Elaborator:
         self.n_layers = 0
         self.n_params = 0
         self.n_iterations = 0
+        self.activation_elements = 0
+        self.budget = Budget(limits.max_steps)
         self.symbols = set(program.blocks) | set(ir.ACTIVATIONS) | {"none"}
 
     # ---- helpers
@@ -263,11 +301,13 @@ class Elaborator:
         return ArchError(message, loc, self.src(loc.file) if loc is not None else None)
 
     def evaluator(self, env, in_width=None):
-        return Evaluator(env, self.src, self.symbols, in_width)
+        return Evaluator(env, self.src, self.symbols, in_width, self.budget)
 
     # ---- networks
     def network(self, name: Optional[str] = None, overrides: Optional[dict] = None) -> ir.Network:
         prog = self.program
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"network must be a network's name (str) or None, got {type(name).__name__}")
         if name is None:
             if not prog.main_networks:
                 raise ArchError(f"{prog.main.path}: the text defines no network")
@@ -304,7 +344,7 @@ class Elaborator:
                 raise ArchError(f"network '{defn.name}' has no parameter '{key}'"
                                 + did_you_mean(key, [p.name for p in defn.params])
                                 + f"; its parameters: {', '.join(p.name for p in defn.params)}")
-            given[key] = _from_python(key, value)
+            given[key] = _checked_value(_from_python(key, value), key)
         for p in defn.params:
             if p.name in given:
                 env[p.name] = given[p.name]
@@ -315,14 +355,26 @@ class Elaborator:
         if "input" not in env:
             raise self.error(f"network '{defn.name}' needs an `input` parameter (like input = 3x224x224)", defn.loc)
         shape = env["input"]
+
+        def bad_param(key, message):
+            if key in (overrides or {}):  # the override is wrong, not the file's default
+                return ArchError(f"override {key}={_show_override(overrides[key])}: {message}")
+            p = next(p for p in defn.params if p.name == key)
+            return self.error(f"{key} {message}", p.loc)
+
         if (not isinstance(shape, tuple) or len(shape) not in (1, 3)
                 or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape)):
-            p = next(p for p in defn.params if p.name == "input")
-            raise self.error(f"input must be a shape like 3x224x224 with sizes >= 1, got {shape!r}", p.loc)
+            raise bad_param("input", f"must be a shape like 3x224x224 with sizes >= 1, got {_show(shape)}")
+        elements = 1
+        for d in shape:
+            elements *= d
+        if elements > self.limits.max_input_elements:
+            raise bad_param("input", f"of {ir.fmt_shape(shape)} = {elements:,} elements per sample exceeds the limit "
+                                     f"of {self.limits.max_input_elements:,}")
+        self.activation_elements = elements
         if "classes" in env and (not isinstance(env["classes"], int) or isinstance(env["classes"], bool)
                                  or env["classes"] < 1):
-            p = next(p for p in defn.params if p.name == "classes")
-            raise self.error(f"classes must be an integer >= 1, got {env['classes']!r}", p.loc)
+            raise bad_param("classes", f"must be an integer >= 1, got {_show(env['classes'])}")
         params = dict(env)
         parts: List[ir.Sequence] = []
         used_names = set()
@@ -368,6 +420,7 @@ class Elaborator:
     def resolve(self, stmts, ctx: _Ctx, allow_branches: bool) -> list:
         out = []
         for stmt in stmts:
+            self.budget.spend(stmt.loc, self.src)
             if isinstance(stmt, A.Let):
                 ctx.ev.env[stmt.name] = ctx.ev.eval(stmt.value)
             elif isinstance(stmt, A.If):
@@ -615,9 +668,14 @@ class Elaborator:
         if size > lim.max_activations:
             raise self.error(f"activation of {ir.fmt_shape(node.out_shape)} = {size:,} elements exceeds the limit "
                              f"of {lim.max_activations:,}", node.loc)
+        self.activation_elements += size
+        if 4 * self.activation_elements > lim.max_activation_bytes:
+            raise self.error(f"the layers' outputs up to here take {4 * self.activation_elements:,} bytes per sample "
+                             f"in float32, more than the limit of {lim.max_activation_bytes:,}", node.loc)
 
     # ---- blocks
     def block(self, bdef: A.BlockDef, call: A.Call, shape, name: str, ctx: _Ctx, extra: dict, index: int):
+        self.budget.spend(call.loc, self.src)
         if bdef.name in ctx.stack:
             chain = " -> ".join(ctx.stack[ctx.stack.index(bdef.name):] + (bdef.name,))
             raise self.error(f"recursion: block '{bdef.name}' calls itself ({chain})", call.name_loc)
@@ -737,7 +795,7 @@ class Elaborator:
         try:
             stages = regnet_stages(a["w0"], a["wa"], a["wm"], a["depth"], a["group_width"], a["bottleneck"],
                                    rounding=a["rounding"])
-        except ValueError as e:
+        except (ValueError, ZeroDivisionError, OverflowError) as e:
             raise self.error(f"regnet: {e}", call.loc) from None
         bdef = self.program.blocks[a["block"]]
         accepted = {p.name for p in bdef.params}
@@ -778,25 +836,54 @@ def _show(v) -> str:
     return repr(v)
 
 
-def _from_python(key, value):
+_MAX_OVERRIDE_TEXT = 256
+
+
+def _show_override(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _from_python(key, value, depth=0):
     """A compile-time override as a language value (tuples and 'CxHxW' strings become shapes)."""
+    def bad(message):
+        return ArchError(f"override {key}={_show_override(value)}: {message}")
+
     if isinstance(value, (list, tuple)):
-        return tuple(_from_python(key, v) for v in value)
+        if depth > 0 or len(value) > 16:
+            raise bad("expected a number, a name, a string or a shape (a tuple of at most 16 numbers)")
+        return tuple(_from_python(key, v, depth + 1) for v in value)
     if isinstance(value, str):
+        if len(value) > _MAX_OVERRIDE_TEXT:
+            raise bad(f"text longer than {_MAX_OVERRIDE_TEXT} characters")
         parts = value.split("x")
-        if len(parts) > 1 and all(p.isdigit() for p in parts):
+        if len(parts) > 1 and all(p.isdigit() and len(p) <= 15 for p in parts):
             return tuple(int(p) for p in parts)
+        if len(parts) > 1 and all(p.isdigit() for p in parts):
+            raise bad("a size of the shape is too large")
         return Symbol(value)
     if isinstance(value, (bool, int, float)):
         return value
-    raise ArchError(f"override {key}={value!r}: unsupported value type {type(value).__name__}")
+    raise bad(f"unsupported value type {type(value).__name__}")
+
+
+def _checked_value(value, key):
+    """Overrides obey the literal bounds of the language (finite numbers within MAX_MAGNITUDE)."""
+    from .evaluate import MAX_MAGNITUDE
+    for v in value if isinstance(value, tuple) else (value,):
+        if _is_number(v) and not (abs(v) <= MAX_MAGNITUDE):  # NaN fails too
+            raise ArchError(f"override {key}={_show_override(value)}: numbers must be finite and at most "
+                            f"{MAX_MAGNITUDE:.0e} in magnitude")
+    return value
 
 
 def elaborate(source, network: Optional[str] = None, *, file: Optional[str] = None, limits: Limits = Limits(),
               **overrides) -> ir.Network:
     """Parse and elaborate `source` (a path or text) into an ir.Network."""
+    if not isinstance(limits, Limits):
+        raise TypeError(f"limits must be a pycnn.dsl.elaborate.Limits, got {type(limits).__name__}")
     try:
-        program = load_program(source, file)
+        program = load_program(source, file, limits.max_source_bytes)
         return Elaborator(program, limits).network(network, overrides)
     except RecursionError:
         raise ArchError("the text is nested too deeply to elaborate") from None

@@ -12,6 +12,10 @@ import difflib
 from typing import Iterable, Optional
 
 
+_SHOWN_LINE = 120  # characters of a source line shown under a message
+_BREAKS_AS_SPACES = {ord(c): " " for c in "\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"}
+
+
 class ArchError(Exception):
     """An error in an architecture description, with its place in the source when one is known."""
 
@@ -23,9 +27,10 @@ class ArchError(Exception):
         self.column = loc.column if loc is not None else None
         self.source_line = None
         if loc is not None and source is not None:
-            lines = source.splitlines()
+            lines = source.split("\n")  # as Lark counts lines: a form feed, "\r" or U+2028 does not end one
             if 1 <= loc.line <= len(lines):
-                self.source_line = lines[loc.line - 1]
+                # other line and page breaks shown as spaces, so the caret stays under its column
+                self.source_line = lines[loc.line - 1].translate(_BREAKS_AS_SPACES)
         super().__init__(self._format())
 
     def _format(self) -> str:
@@ -33,12 +38,18 @@ class ArchError(Exception):
             return self.message
         text = f"{self.loc.file}:{self.loc.line}:{self.loc.column}: {self.message}"
         if self.source_line is not None:
-            if self.loc.end_line == self.loc.line and self.loc.end_column > self.loc.column:
-                width = self.loc.end_column - self.loc.column
+            line, column = self.source_line, self.loc.column
+            if self.loc.end_line == self.loc.line and self.loc.end_column > column:
+                width = self.loc.end_column - column
             else:
-                width = max(1, len(self.source_line.rstrip()) - self.loc.column + 1)
-            prefix = "".join(c if c == "\t" else " " for c in self.source_line[: self.loc.column - 1])
-            text += f"\n    {self.source_line}\n    {prefix}{'^' * width}"
+                width = max(1, len(line.rstrip()) - column + 1)
+            if len(line) > _SHOWN_LINE:  # a window of a very long line around the column
+                start = max(0, column - 1 - _SHOWN_LINE // 4)
+                line = ("..." if start else "") + line[start:start + _SHOWN_LINE] + "..."
+                column = column - start + (3 if start else 0)
+                width = min(width, _SHOWN_LINE - (column - 1) + 3)
+            prefix = "".join(c if c == "\t" else " " for c in line[: column - 1])
+            text += f"\n    {line}\n    {prefix}{'^' * max(1, width)}"
         return text
 
 

@@ -35,7 +35,11 @@ def make_divisible(v, divisor=8, min_value=None, round_limit=0.9):
 
 
 def _round(x, ndigits=None):
-    return round(x) if ndigits is None else round(x, int(ndigits))
+    if ndigits is None:
+        return round(x)
+    # Python's round computes 10 ** |ndigits|: unbounded ndigits would hang. Beyond +-32 digits the result of
+    # rounding a value within MAX_MAGNITUDE no longer changes.
+    return round(x, max(-32, min(32, int(ndigits))))
 
 
 def _log(x, base=None):
@@ -65,10 +69,6 @@ def _checked_pow(a, b):
     if isinstance(result, complex):
         raise ValueError("negative number to a fractional power")
     return result
-
-
-def _select(*args):
-    return args
 
 
 # name -> (function, minimum argument count, maximum argument count)
@@ -119,29 +119,42 @@ def type_name(v) -> str:
     return type(v).__name__
 
 
+class Budget:
+    """The work one elaboration may do, in steps: each expression node evaluated, each statement expanded. Bounded
+    repeat counts alone do not bound the work (a repeat of a long expression), so every step is counted."""
+
+    def __init__(self, limit: int):
+        self.limit, self.used = limit, 0
+
+    def spend(self, loc, source_of: Callable[[str], Optional[str]], steps: int = 1) -> None:
+        self.used += steps
+        if self.used > self.limit:
+            raise ArchError(f"elaboration takes more than {self.limit:,} steps (expressions evaluated and "
+                            f"statements expanded; pycnn.dsl.elaborate.Limits.max_steps)", loc,
+                            source_of(loc.file) if loc is not None else None)
+
+
 class Evaluator:
     """Evaluates expressions in an environment of names.
 
     `symbols` are names that may stand for themselves (blocks, activations) when no variable has that name.
-    `in_width` is the value of `in` (None outside of a block or part)."""
+    `in_width` is the value of `in` (None outside of a block or part). Each node evaluated spends a step of
+    `budget` when one is given."""
 
     def __init__(self, env: Dict[str, object], source_of: Callable[[str], Optional[str]],
-                 symbols=(), in_width: Optional[int] = None):
+                 symbols=(), in_width: Optional[int] = None, budget: Optional[Budget] = None):
         self.env = env
         self.source_of = source_of
         self.symbols = symbols
         self.in_width = in_width
+        self.budget = budget
 
     def error(self, message, loc):
         return ArchError(message, loc, self.source_of(loc.file))
 
-    def number(self, node, what="value"):
-        v = self.eval(node)
-        if not _is_number(v):
-            raise self.error(f"{what} must be a number, got {type_name(v)}", node.loc)
-        return v
-
     def eval(self, node):
+        if self.budget is not None:
+            self.budget.spend(node.loc, self.source_of)
         method = getattr(self, "_" + type(node).__name__)
         return _check(method(node), node.loc, self.source_of)
 

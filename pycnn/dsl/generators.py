@@ -31,9 +31,13 @@ def regnet_stages(w0: float, wa: float, wm: float, depth: int, group_width: int,
     `rounding` makes the bottleneck width a multiple of the group width: "pycls" rounds to the nearest
     multiple (half to even, as numpy), "torchvision" uses `_make_divisible` (half up, never below 90%); the two
     differ when the width is an odd multiple of half the group width (RegNetX-400MF: 392 -> 384 or 400)."""
-    if w0 <= 0 or wa < 0 or wm <= 1 or depth < 1 or group_width < 1 or bottleneck <= 0 or w0 % quant:
-        raise ValueError("regnet needs w0 > 0 and a multiple of 8, wa >= 0, wm > 1, depth >= 1, "
-                         "group_width >= 1, bottleneck > 0")
+    for ok, rule, value in ((w0 > 0 and w0 % quant == 0, f"w0 must be > 0 and a multiple of {quant}", w0),
+                            (wa >= 0, "wa must be >= 0", wa), (wm > 1, "wm must be > 1", wm),
+                            (depth >= 1, "depth must be >= 1", depth),
+                            (group_width >= 1, "group_width must be >= 1", group_width),
+                            (bottleneck > 0, "bottleneck must be > 0", bottleneck)):
+        if not ok:
+            raise ValueError(f"{rule}, got {value}")
     widths = []
     for j in range(depth):
         u = w0 + wa * j
@@ -48,6 +52,8 @@ def regnet_stages(w0: float, wa: float, wm: float, depth: int, group_width: int,
     out = []
     for w, d in stages:
         v = int(w * bottleneck)
+        if v < 1:
+            raise ValueError(f"bottleneck {bottleneck} leaves no channels in a stage of width {w}")
         g = min(group_width, v)
         if rounding == "torchvision":
             v = make_divisible(v, g)

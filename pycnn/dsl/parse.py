@@ -1,8 +1,13 @@
-"""Text -> syntax tree (pycnn.dsl.ast). The Lark LALR parser is built once and cached."""
+"""Text -> syntax tree (pycnn.dsl.ast). The Lark LALR parser is built once per process.
+
+Untrusted text is bounded before Lark sees it (docs/security.md): source size, bracket nesting and the length of
+one expression, so that parsing and the recursive passes after it take bounded time and stack."""
 from __future__ import annotations
 
 import functools
 import os
+import re
+import stat
 from pathlib import Path
 from typing import Optional
 
@@ -23,11 +28,86 @@ def grammar_path() -> Path:
     raise FileNotFoundError("grammar/arch.lark not found next to the pycnn package")
 
 
+# Language limits (docs/security.md). Source size is a per-call limit (pycnn.dsl.elaborate.Limits).
+MAX_SOURCE_BYTES = 64 * 1024      # the largest shipped .arch file is 4 KB
+MAX_TOKENS = 10_000               # the largest shipped file has ~950; Lark parses ~40,000 tokens a second
+MAX_NESTING = 64                  # brackets ( { [ open at once
+MAX_EXPRESSION_ITEMS = 200        # operands and operators in one expression (the evaluator recurses on them)
+
+
 @functools.lru_cache(maxsize=1)
 def _parser() -> Lark:
-    # cache=True: Lark keeps the LALR tables in a temporary file keyed by the grammar's hash (faster start)
+    # No cache=True: Lark's cache is a pickle in a predictably named file of the shared temporary folder, which
+    # anyone could plant (lark-parser/lark#1628). Building the LALR tables takes ~0.1 s, once per process.
     return Lark(grammar_path().read_text(), parser="lalr", lexer="contextual", propagate_positions=True,
-                maybe_placeholders=True, cache=True)
+                maybe_placeholders=True)
+
+
+def read_source(path, max_bytes: int = MAX_SOURCE_BYTES, loc=None, source=None) -> str:
+    """The text of an .arch file: a regular file (not a FIFO, device or folder) of at most `max_bytes`, in UTF-8.
+    Any failure is an ArchError (at `loc`, the `use` that named the file, when given)."""
+    path = os.fspath(path)
+
+    def fail(message):
+        return ArchError(f"{path}: {message}", loc, source)
+
+    try:
+        # O_NONBLOCK: opening a FIFO for reading must not wait for a writer; it is refused below.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except (OSError, ValueError) as e:
+        raise fail(getattr(e, "strerror", None) or str(e)) from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise fail("not a regular file")
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise fail(f"larger than the limit of {max_bytes:,} bytes")
+    return decode_source(data, path, max_bytes)
+
+
+def decode_source(data: bytes, file: str, max_bytes: int = MAX_SOURCE_BYTES) -> str:
+    """UTF-8 text of an .arch source; the first undecodable byte is an ArchError at its line and column."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        line_start = data.rfind(b"\n", 0, e.start) + 1
+        column = len(data[line_start:e.start].decode("utf-8", "replace")) + 1
+        shown = data.decode("utf-8", "replace")
+        raise ArchError(f"the text is not UTF-8 (byte 0x{data[e.start]:02x})",
+                        A.Loc(file, line, column, line, column + 1), shown) from None
+
+
+# A token as the grammar sees it, roughly (a comment or string is one; names and numbers are runs).
+_TOKEN = re.compile(r'#[^\n]*|"[^"\n]*"|[A-Za-z0-9_.]+|\S')
+
+
+def _check_bounds(text: str, file: str, max_bytes: int) -> None:
+    """Refuses text too large, too long or nested too deeply for the parser and the passes after it (their time
+    and stack grow with these), with a location, before the parser runs."""
+    if len(text) > max_bytes:
+        raise ArchError(f"{file}: the text has {len(text):,} characters, more than the limit of {max_bytes:,}")
+
+    def error_at(offset, message):
+        line = text.count("\n", 0, offset) + 1
+        column = offset - text.rfind("\n", 0, offset)
+        return ArchError(message, A.Loc(file, line, column, line, column + 1), text)
+
+    depth = tokens = 0
+    for m in _TOKEN.finditer(text):
+        c = m.group()
+        if c[0] == "#":
+            continue
+        tokens += 1
+        if tokens > MAX_TOKENS:
+            raise error_at(m.start(), f"the text has more than {MAX_TOKENS:,} tokens (the limit)")
+        if c in "({[":
+            depth += 1
+            if depth > MAX_NESTING:
+                raise error_at(m.start(), f"brackets nested deeper than {MAX_NESTING}")
+        elif c in ")}]":
+            depth = max(0, depth - 1)
 
 
 def _loc_of(file: str, meta_or_token) -> A.Loc:
@@ -177,6 +257,11 @@ class _ToAst(Transformer):
                 stream.extend(c)
             else:
                 stream.append(c)
+        if len(stream) > MAX_EXPRESSION_ITEMS:
+            first = stream[0]
+            loc = _tok_loc(self.file, first) if isinstance(first, Token) else first.loc
+            raise _SemanticError(f"expression too long: {len(stream)} operands and operators (the limit is "
+                                 f"{MAX_EXPRESSION_ITEMS}); split it with `let`", loc)
         node = _ExprParser(self.file, stream).parse()
         if qmark is not None:
             return A.Ternary(node, then, otherwise, _span(self.file, node.loc, otherwise.loc))
@@ -363,8 +448,9 @@ def _describe_expected(expected) -> str:
     return "; expected " + ", ".join(names)
 
 
-def parse_text(text: str, file: str = "<text>") -> A.File:
+def parse_text(text: str, file: str = "<text>", max_bytes: int = MAX_SOURCE_BYTES) -> A.File:
     """Parse .arch source text into an `ast.File`; syntax errors raise ArchError."""
+    _check_bounds(text, file, max_bytes)
     try:
         tree = _parser().parse(text)
     except lark.exceptions.UnexpectedCharacters as e:
@@ -374,7 +460,7 @@ def parse_text(text: str, file: str = "<text>") -> A.File:
     except lark.exceptions.UnexpectedToken as e:
         tok = e.token
         if tok.type == "$END":
-            lines = text.splitlines() or [""]
+            lines = text.split("\n")  # Lark counts lines by "\n" alone
             loc = A.Loc(file, len(lines), len(lines[-1]) + 1, len(lines), len(lines[-1]) + 2)
             raise ArchError("unexpected end of file" + _describe_expected(e.expected), loc, text) from None
         loc = A.Loc(file, tok.line, tok.column, tok.end_line or tok.line,
@@ -400,14 +486,17 @@ def parse_text(text: str, file: str = "<text>") -> A.File:
 
 
 @functools.lru_cache(maxsize=256)
-def _parse_file_cached(path: str, mtime_ns: int, size: int) -> A.File:
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    return parse_text(text, path)
+def _parse_file_cached(path: str, mtime_ns: int, size: int, max_bytes: int) -> A.File:
+    return parse_text(read_source(path, max_bytes), path, max_bytes)
 
 
-def parse_file(path) -> A.File:
-    """Parse a file (cached on path, modification time and size)."""
+def parse_file(path, max_bytes: int = MAX_SOURCE_BYTES, loc=None, source=None) -> A.File:
+    """Parse a file (cached on path, modification time and size); `loc` is where the file was named (a `use`)."""
     path = os.fspath(path)
-    st = os.stat(path)
-    return _parse_file_cached(path, st.st_mtime_ns, st.st_size)
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError) as e:
+        raise ArchError(f"{path}: {getattr(e, 'strerror', None) or e}", loc, source) from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ArchError(f"{path}: not a regular file", loc, source)
+    return _parse_file_cached(path, st.st_mtime_ns, st.st_size, max_bytes)
