@@ -7,13 +7,22 @@ else ~/.cache/pycnn). The mode comes from pycnn.compile(..., kernels=...), else 
 Measuring runs the op a few times on the real input with autograd.grad (no .grad is touched) and restores the
 BatchNorm running statistics afterwards. Under torch.compile/export nothing is measured: a step keeps the
 choice of its last eager run (pycnn's kernel if none).
+
+The cache file is data from a folder others may write to (docs/security.md): it is read only when it is a
+regular file below a size cap, each entry is validated, new entries are written in batches through a fresh
+temporary file (O_EXCL, random name, mode 0600) renamed over the old one, and writers merge under a lock.
 """
 from __future__ import annotations
 
+import atexit
 import functools
 import json
 import os
+import stat
+import tempfile
+import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
@@ -41,30 +50,94 @@ def cache_path() -> Path:
     return Path(root) / f"kernels-pycnn{__version__}-torch{torch_version}.json"
 
 
+MAX_CACHE_BYTES = 4 << 20     # a larger cache file is ignored (and replaced at the next write)
+MAX_CACHE_ENTRIES = 20_000    # ~100 bytes each; the oldest are dropped beyond this
+FLUSH_INTERVAL_S = 2.0        # new entries are written at most this often (and at exit)
+
+
+def _valid_entry(key, entry) -> bool:
+    return (isinstance(key, str) and len(key) <= 1024 and isinstance(entry, dict)
+            and entry.get("choice") in ("pycnn", "torch")
+            and all(isinstance(entry.get(k), (int, float)) and not isinstance(entry.get(k), bool)
+                    for k in ("pycnn_ms", "torch_ms")))
+
+
+@contextmanager
+def _locked(path: Path):
+    """An exclusive advisory lock on `path` (created if needed, never through a symlink)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        try:
+            import fcntl
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except ImportError:  # pragma: no cover - not POSIX: no lock, the merge still keeps most entries
+            pass
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 class ChoiceCache:
     """Measured choices {key: {"choice", "pycnn_ms", "torch_ms"}}, loaded from and written to one JSON file."""
 
     def __init__(self, path: Path):
         self.path = path
         self.entries: Dict[str, dict] = self._read()
+        self.pending: Dict[str, dict] = {}
+        self.last_flush = float("-inf")
 
     def _read(self) -> Dict[str, dict]:
-        try:
-            return json.loads(self.path.read_text())
+        def ignore(why):
+            warnings.warn(f"pycnn: ignoring the kernel-choice cache {self.path}: {why}")
+            return {}
+
+        try:  # O_NONBLOCK: a FIFO planted as the cache must not block the open
+            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
         except FileNotFoundError:
             return {}
-        except (OSError, ValueError) as e:
-            warnings.warn(f"pycnn: ignoring unreadable kernel-choice cache {self.path}: {e}")
-            return {}
+        except OSError as e:
+            return ignore(e.strerror or e)
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                return ignore("not a regular file")
+            if st.st_size > MAX_CACHE_BYTES:
+                return ignore(f"larger than {MAX_CACHE_BYTES:,} bytes")
+            data = f.read(MAX_CACHE_BYTES + 1)
+        try:
+            raw = json.loads(data)
+        except ValueError as e:
+            return ignore(e)
+        if not isinstance(raw, dict):
+            return ignore(f"expected a JSON object, got {type(raw).__name__}")
+        return {k: v for k, v in raw.items() if _valid_entry(k, v)}
 
     def record(self, key: str, entry: dict) -> None:
         self.entries[key] = entry
+        self.pending[key] = entry
+        if time.monotonic() - self.last_flush >= FLUSH_INTERVAL_S:
+            self.flush()
+
+    def flush(self) -> None:
+        """Writes the pending entries, merged with what other processes wrote meanwhile, under a lock."""
+        if not self.pending:
+            return
+        self.last_flush = time.monotonic()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            merged = {**self._read(), key: entry}  # other processes may have added entries meanwhile
-            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(merged, indent=1, sort_keys=True))
-            os.replace(tmp, self.path)
+            with _locked(self.path.with_name(self.path.name + ".lock")):
+                merged = {**self._read(), **self.pending}
+                if len(merged) > MAX_CACHE_ENTRIES:
+                    merged = dict(list(merged.items())[-MAX_CACHE_ENTRIES:])
+                fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+                try:
+                    with os.fdopen(fd, "w") as f:
+                        json.dump(merged, f, indent=1, sort_keys=True)
+                    os.replace(tmp, self.path)  # replaces a symlink itself, never its target
+                except BaseException:
+                    os.unlink(tmp)
+                    raise
+            self.pending.clear()
         except OSError as e:
             warnings.warn(f"pycnn: cannot write the kernel-choice cache {self.path}: {e}")
 
@@ -77,6 +150,12 @@ def choice_cache() -> ChoiceCache:
     if path not in _caches:
         _caches[path] = ChoiceCache(path)
     return _caches[path]
+
+
+@atexit.register
+def _flush_caches() -> None:
+    for cache in _caches.values():
+        cache.flush()
 
 
 @functools.lru_cache(maxsize=None)
