@@ -14,15 +14,34 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+from .argtypes import arch_file as _arch_file, device as _device, out_dir as _out_dir
+from .argtypes import positive_int as _positive_int, shape as _shape
+
 DTYPES = {"fp32": "float32", "float32": "float32", "fp16": "float16", "float16": "float16",
           "bf16": "bfloat16", "bfloat16": "bfloat16"}
 
 
-def _shape(text: str):
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments: one line on stderr and exit status 2 (argparse's usage block is for --help)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _fail(message: str) -> int:
+    """A bad argument found after parsing (a device that is not there, an unknown model): one line, status 2."""
+    print(f"pycnn: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _kernel_mode_error(args) -> Optional[str]:
+    """The error in --kernels / $PYCNN_KERNELS, if any (checked before any work starts)."""
+    from .dispatch import resolve_mode
     try:
-        return tuple(int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a shape like 3x224x224, got {text!r}")
+        resolve_mode(getattr(args, "kernels", None))
+    except ValueError as e:
+        return str(e)
+    return None
 
 
 def _overrides(args) -> dict:
@@ -38,6 +57,8 @@ def cmd_summary(args) -> int:
     import torch
 
     import pycnn
+    if (error := _kernel_mode_error(args)):
+        return _fail(error)
     try:
         s = pycnn.summary(args.file, args.network, show=False, **_overrides(args))
         with torch.device("meta"):
@@ -79,7 +100,7 @@ def cmd_check(args) -> int:
     failed = 0
     for path in args.files:
         try:
-            net = pycnn.parse(path)
+            net = pycnn.parse(Path(path))  # a path, whatever its name: never parsed as source text
             print(f"{path}: ok ({net.name})")
         except pycnn.ArchError as e:
             failed += 1
@@ -157,8 +178,17 @@ def cmd_bench_model(args) -> int:
     import pycnn
     from .bench import report
     from .bench.model import bench_model, best_layout_summary
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    from .weights import WeightMismatchError
+    device = args.device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, DTYPES[args.dtype])
+    if (error := _kernel_mode_error(args)):
+        return _fail(error)
+    if args.torchvision:
+        import torchvision
+        if args.torchvision not in torchvision.models.list_models():
+            from .dsl.errors import did_you_mean
+            return _fail(f"--torchvision {args.torchvision[:60]}: no such torchvision model"
+                         + did_you_mean(args.torchvision, torchvision.models.list_models()))
     if args.threads:
         torch.set_num_threads(args.threads)
     rows: List[dict] = []
@@ -172,8 +202,12 @@ def cmd_bench_model(args) -> int:
             name = model.ir.name
             layouts = {"both": ["nchw", "channels_last"], "nchw": ["nchw"], "channels_last": ["channels_last"]}[
                 "channels_last" if args.channels_last else args.layout]
-            measured = bench_model(model, model.ir.input_shape, args.batch, device, dtype, layouts, args.train,
-                                   args.compile, args.repeats, torchvision=args.torchvision)
+            try:
+                measured = bench_model(model, model.ir.input_shape, args.batch, device, dtype, layouts, args.train,
+                                       args.compile, args.repeats, torchvision=args.torchvision)
+            except WeightMismatchError as e:
+                return _fail(f"--torchvision {args.torchvision} does not have {name}'s structure: "
+                             + str(e).splitlines()[1].strip())
             for r in measured:
                 rows.append(dict(network=name, **r))
                 memory = "" if r["peak_mib"] is None else f"  peak {r['peak_mib']:.0f} MiB"
@@ -199,14 +233,14 @@ def cmd_bench_model(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pycnn", description="CNN architectures as text, on fused kernels.")
+    parser = _Parser(prog="pycnn", description="CNN architectures as text, on fused kernels.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("summary", help="per-layer table: output shape, params, FLOPs, kernel; totals")
-    p.add_argument("file")
+    p.add_argument("file", type=_arch_file)
     p.add_argument("--network", help="which network of the file (default: the first)")
     p.add_argument("--input", type=_shape, help="input shape, e.g. 3x224x224")
-    p.add_argument("--classes", type=int)
+    p.add_argument("--classes", type=_positive_int)
     p.add_argument("--kernels", choices=["auto", "pycnn", "torch"], default=None,
                    help="who runs the fused ops (default $PYCNN_KERNELS or auto: measured per shape on first run)")
     p.set_defaults(run=cmd_summary)
@@ -225,30 +259,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", nargs="+", choices=sorted(DTYPES), help="default fp16 on CUDA, fp32 on the CPU")
     from .bench.ops import add_arguments
     add_arguments(p)
-    p.add_argument("--out", help="directory for the JSON, markdown and PNG results")
+    p.add_argument("--out", type=_out_dir, help="directory for the JSON, markdown and PNG results")
     p.set_defaults(run=cmd_bench_ops)
 
     p = bench.add_parser("model", help="images/s and memory: pycnn vs eager [vs torchvision] [vs torch.compile]")
-    p.add_argument("files", nargs="+")
+    p.add_argument("files", nargs="+", type=_arch_file)
     p.add_argument("--network")
     p.add_argument("--input", type=_shape)
-    p.add_argument("--classes", type=int)
-    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--classes", type=_positive_int)
+    p.add_argument("--batch", type=_positive_int, default=64)
     p.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
-    p.add_argument("--device")
+    p.add_argument("--device", type=_device, help="cpu or cuda[:N] (default: cuda when available)")
     p.add_argument("--layout", choices=["nchw", "channels_last", "both"], default="nchw",
                    help="memory layout(s) of model and input; both: every variant in each, plus its best")
     p.add_argument("--channels-last", action="store_true", help="same as --layout channels_last")
     p.add_argument("--train", action="store_true", help="forward + backward instead of inference")
     p.add_argument("--compile", action="store_true",
                    help="add torch.compile of the baseline (torchvision's model if --torchvision, else eager)")
-    p.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads; default torch's)")
+    p.add_argument("--threads", type=_positive_int, help="CPU threads (torch.set_num_threads; default torch's)")
     p.add_argument("--kernels", choices=["auto", "pycnn", "torch"], default=None,
                    help="who runs pycnn's fused ops (default $PYCNN_KERNELS or auto: measured in the warm-up)")
     p.add_argument("--torchvision", metavar="NAME",
                    help="add torchvision.models.NAME with the same weights (e.g. mobilenet_v2, resnext50_32x4d)")
-    p.add_argument("--repeats", type=int, default=10)
-    p.add_argument("--out", help="directory for the JSON, markdown and PNG results")
+    p.add_argument("--repeats", type=_positive_int, default=10)
+    p.add_argument("--out", type=_out_dir, help="directory for the JSON, markdown and PNG results")
     p.set_defaults(run=cmd_bench_model)
     return parser
 

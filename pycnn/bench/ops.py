@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import pycnn
+from .. import argtypes
 from pycnn.nn import BatchNormAct2d, DepthwiseConvBNAct2d, SqueezeExcite
 
 from .timing import compare, peak_bandwidth_gbs
@@ -455,12 +456,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--network", nargs="+", action="extend", metavar="NAME",
                         help="networks of the --arch files (each file without :NETWORK gets every name); without "
                              "--arch, a subset of the default networks")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--batch", type=int, nargs="+", default=None,
+    parser.add_argument("--device", type=argtypes.device, default=None,
+                        help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--batch", type=argtypes.positive_int, nargs="+", default=None,
                         help="batch sizes (default 8 on the CPU, 64 on CUDA; 2 with --quick)")
-    parser.add_argument("--repeats", type=int, default=None,
+    parser.add_argument("--repeats", type=argtypes.positive_int, default=None,
                         help="timed rounds per case, interleaved (default 15; 3 with --quick)")
-    parser.add_argument("--threads", type=int, default=None,
+    parser.add_argument("--threads", type=argtypes.positive_int, default=None,
                         help="CPU threads (torch.set_num_threads; default torch's); 1 gives steadier figures on a "
                              "shared machine. Recorded in the JSON's environment")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
@@ -475,7 +477,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def settings(args) -> dict:
     """device, batches, repeats, with_compile and the shapes per op from parsed add_arguments options;
     applies --threads."""
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = args.device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.quick and not args.arch:
