@@ -24,12 +24,21 @@ class WeightMismatchError(ValueError):
     """The two networks do not have the same structure; the message lists the first differences."""
 
 
-def _state_dict(obj) -> Mapping[str, torch.Tensor]:
+def _state_dict(obj, name: str = "state_dict") -> Mapping[str, torch.Tensor]:
+    """obj's state_dict, or obj itself when it is one: string keys, real (not complex) tensors."""
     if isinstance(obj, nn.Module):
         return obj.state_dict()
-    if isinstance(obj, Mapping):
-        return obj
-    raise TypeError(f"expected an nn.Module or a state_dict, got {type(obj).__name__}")
+    if not isinstance(obj, Mapping):
+        raise TypeError(f"{name}: expected an nn.Module or a state_dict, got {type(obj).__name__}")
+    problems = [f"key {k!r} is not a string" for k in obj if not isinstance(k, str)]
+    problems += [f"'{k}' is {type(v).__name__}, not a tensor" for k, v in obj.items()
+                 if isinstance(k, str) and not isinstance(v, torch.Tensor)]
+    problems += [f"'{k}' is complex ({v.dtype}); parameters and buffers are real" for k, v in obj.items()
+                 if isinstance(v, torch.Tensor) and v.is_complex()]
+    if problems:
+        more = f" ... and {len(problems) - 5} more" if len(problems) > 5 else ""
+        raise WeightMismatchError(f"{name} is not a usable state_dict: " + "; ".join(problems[:5]) + more)
+    return obj
 
 
 def _layers(sd: Mapping[str, torch.Tensor], ignore: Sequence[str] = ()) -> List[Tuple[str, Dict[str, torch.Tensor]]]:
@@ -148,8 +157,8 @@ def transfer_state_dict(source, target, *, source_name="source", target_name="ta
                         ignore: Sequence[str] = (), max_report: int = 10) -> "OrderedDict[str, torch.Tensor]":
     """A state_dict with `target`'s names holding `source`'s tensors, paired by structure. When one side is a
     compiled pycnn model, the branches of each of its blocks may appear in any order on the other side."""
-    src = _layers(_state_dict(source), ignore)
-    dst = _layers(_state_dict(target))
+    src = _layers(_state_dict(source, source_name), ignore)
+    dst = _layers(_state_dict(target, target_name))
     if _is_pycnn(source) and not _is_pycnn(target):
         units = _units(source, [p for p, _ in src])
         pairs, problems = _pair(src, dst, source_name, target_name, ours_is_target=False, units=units)
