@@ -20,7 +20,8 @@ enum class Act : int32_t { None = 0, ReLU = 1, ReLU6 = 2, SiLU = 3, HardSwish = 
 template <typename acc>
 PYCNN_HOST_DEVICE acc act_forward(Act act, acc z) {
   switch (act) {
-    case Act::ReLU: return z > acc(0) ? z : acc(0);
+    // Comparisons are written so that NaN falls through to z: NaN propagates as in PyTorch (clamp_min, hardtanh).
+    case Act::ReLU: return z < acc(0) ? acc(0) : z;
     case Act::ReLU6: return z < acc(0) ? acc(0) : (z > acc(6) ? acc(6) : z);
     case Act::SiLU: return z / (acc(1) + std::exp(-z));
     case Act::HardSwish: {
@@ -36,14 +37,30 @@ PYCNN_HOST_DEVICE acc act_forward(Act act, acc z) {
 template <typename acc>
 PYCNN_HOST_DEVICE acc act_derivative(Act act, acc z) {
   switch (act) {
-    case Act::ReLU: return z > acc(0) ? acc(1) : acc(0);
+    // At NaN and at the corners, as PyTorch's vectorized CPU kernels (threshold_backward, hardtanh_backward,
+    // hardswish_backward): relu passes the gradient at NaN, relu6 cuts it, hardswish makes it NaN.
+    case Act::ReLU: return z <= acc(0) ? acc(0) : acc(1);
     case Act::ReLU6: return (z > acc(0) && z < acc(6)) ? acc(1) : acc(0);
     case Act::SiLU: {
       acc s = acc(1) / (acc(1) + std::exp(-z));
       return s * (acc(1) + z * (acc(1) - s));
     }
-    case Act::HardSwish: return z < acc(-3) ? acc(0) : (z <= acc(3) ? z / acc(3) + acc(0.5) : acc(1));
+    case Act::HardSwish: return z <= acc(-3) ? acc(0) : (z >= acc(3) ? acc(1) : z / acc(3) + acc(0.5));
     default: return acc(1);
+  }
+}
+
+// dy * d act(z) / dz, computed as PyTorch's own backward kernels compute it: the piecewise activations select
+// (where their derivative is 0 the gradient is 0 even for an infinite dy, as threshold_backward and
+// hardtanh_backward give; a multiplication would give NaN), the smooth ones multiply.
+template <typename acc>
+PYCNN_HOST_DEVICE acc act_backward(Act act, acc dy, acc z) {
+  switch (act) {
+    case Act::ReLU: return z <= acc(0) ? acc(0) : dy;
+    case Act::ReLU6: return (z > acc(0) && z < acc(6)) ? dy : acc(0);
+    case Act::HardSwish: return z <= acc(-3) ? acc(0) : (z >= acc(3) ? dy : dy * (z / acc(3) + acc(0.5)));
+    case Act::SiLU: return dy * act_derivative<acc>(act, z);
+    default: return dy;
   }
 }
 

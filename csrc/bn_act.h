@@ -24,6 +24,10 @@ inline Act parse_act(std::string_view op, std::string_view name) {
               "' (expected one of none, relu, relu6, silu, hardswish)");
 }
 
+// Padding beyond this only makes outputs too large to allocate; refused with a message naming the argument
+// (rather than the allocator's size overflow). The convolution kernels index padded rows in 32 bits.
+constexpr int64_t kMaxPadding = int64_t(1) << 20;
+
 // float32 statistics and parameters for float/half/bfloat16 inputs, float64 for float64.
 inline at::ScalarType acc_dtype(at::ScalarType t) {
   return t == at::kDouble ? at::kDouble : at::kFloat;

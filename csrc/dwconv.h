@@ -58,6 +58,8 @@ inline DwConvGeometry check_dwconv_args(std::string_view op, const Tensor& input
   TORCH_CHECK((sh == 1 || sh == 2) && (sw == 1 || sw == 2), op, ": stride must be 1 or 2, got ", stride);
   TORCH_CHECK((dh == 1 || dh == 2) && (dw == 1 || dw == 2), op, ": dilation must be 1 or 2, got ", dilation);
   TORCH_CHECK(ph >= 0 && pw >= 0, op, ": padding must be non-negative, got ", padding);
+  TORCH_CHECK(ph <= kMaxPadding && pw <= kMaxPadding, op, ": padding must be at most ", kMaxPadding, ", got ",
+              padding);
   g.sh = static_cast<int>(sh);
   g.sw = static_cast<int>(sw);
   g.ph = static_cast<int>(ph);
@@ -79,6 +81,22 @@ inline DwConvGeometry check_dwconv_args(std::string_view op, const Tensor& input
     TORCH_CHECK(r.scalar_type() == input.scalar_type(), op, ": residual has dtype ", r.scalar_type(),
                 " but input has dtype ", input.scalar_type());
   }
+  return g;
+}
+
+// check_dwconv_args plus grad_output (the output's shape, the input's dtype and device).
+inline DwConvGeometry check_dwconv_backward_args(std::string_view op, const Tensor& grad_output, const Tensor& input,
+                                                 const Tensor& weight, const OptTensor& scale, const OptTensor& bias,
+                                                 const OptTensor& residual, at::IntArrayRef stride,
+                                                 at::IntArrayRef padding, at::IntArrayRef dilation) {
+  const DwConvGeometry g = check_dwconv_args(op, input, weight, scale, bias, residual, stride, padding, dilation);
+  TORCH_CHECK(grad_output.dim() == 4 && grad_output.size(0) == g.n && grad_output.size(1) == g.c &&
+                  grad_output.size(2) == g.oh && grad_output.size(3) == g.ow,
+              op, ": grad_output must have the output's shape [", g.n, ", ", g.c, ", ", g.oh, ", ", g.ow, "], got ",
+              grad_output.sizes());
+  TORCH_CHECK(grad_output.scalar_type() == input.scalar_type() && grad_output.device() == input.device(), op,
+              ": grad_output must have the input's dtype and device, got ", grad_output.scalar_type(), " on ",
+              grad_output.device());
   return g;
 }
 

@@ -58,6 +58,8 @@ inline GConvGeometry check_gconv_args(std::string_view op, const Tensor& input, 
               " but input has dtype ", input.scalar_type());
   check_pair(op, "stride", stride, 1);
   check_pair(op, "padding", padding, 0);
+  TORCH_CHECK(padding[0] <= kMaxPadding && padding[1] <= kMaxPadding, op, ": padding must be at most ", kMaxPadding,
+              ", got ", padding);
   GConvGeometry g;
   g.n = input.size(0);
   g.c_in = c_in;

@@ -1,10 +1,91 @@
 // The Python module pycnn._C: importing it registers the ops (static initializers in the other
-// translation units); build_info() says how this binary was built.
-#include <pybind11/pybind11.h>
+// translation units); build_info() says how this binary was built; check_<op>(...) runs the argument checks
+// of an op (the ones its CPU and CUDA kernels run first) for pycnn/ops.py's fake kernels, so that under
+// torch.compile and torch.export bad arguments get the same errors as in eager, from the same code.
+#include <torch/extension.h>
 
+#include <string>
+
+#include "bn_act.h"
 #include "build_info.h"
+#include "dwconv.h"
+#include "gconv.h"
+#include "se.h"
 
 namespace py = pybind11;
+using namespace pycnn;
+
+namespace {
+
+// Each takes the op's schema arguments (csrc/ops.cpp) in order and raises what the kernels would.
+void check_bn_act_forward(const Tensor& input, const OptTensor& weight, const OptTensor& bias,
+                          const OptTensor& residual, const OptTensor& running_mean, const OptTensor& running_var,
+                          bool training, double /*eps*/, const std::string& act) {
+  check_bn_act_forward_args(input, weight, bias, residual, running_mean, running_var, training);
+  parse_act("pycnn.bn_act", act);
+}
+
+void check_bn_act_backward(const Tensor& grad_output, const Tensor& input, const OptTensor& weight,
+                           const OptTensor& bias, const OptTensor& residual, const Tensor& save_mean,
+                           const Tensor& save_var, bool /*training*/, double /*eps*/, const std::string& act) {
+  check_bn_act_backward_args(grad_output, input, weight, bias, residual, save_mean, save_var);
+  parse_act("pycnn.bn_act_backward", act);
+}
+
+void check_dwconv_forward(const Tensor& input, const Tensor& weight, const OptTensor& scale, const OptTensor& bias,
+                          const OptTensor& residual, std::vector<int64_t> stride, std::vector<int64_t> padding,
+                          std::vector<int64_t> dilation, const std::string& act) {
+  constexpr std::string_view op = "pycnn.dwconv";
+  check_dwconv_args(op, input, weight, scale, bias, residual, stride, padding, dilation);
+  parse_act(op, act);
+}
+
+void check_dwconv_backward(const Tensor& grad_output, const Tensor& input, const Tensor& weight,
+                           const OptTensor& scale, const OptTensor& bias, const OptTensor& residual,
+                           std::vector<int64_t> stride, std::vector<int64_t> padding, std::vector<int64_t> dilation,
+                           const std::string& act) {
+  constexpr std::string_view op = "pycnn.dwconv_backward";
+  check_dwconv_backward_args(op, grad_output, input, weight, scale, bias, residual, stride, padding, dilation);
+  parse_act(op, act);
+}
+
+void check_gconv_forward(const Tensor& input, const Tensor& weight, const OptTensor& scale, const OptTensor& bias,
+                         const OptTensor& residual, std::vector<int64_t> stride, std::vector<int64_t> padding,
+                         int64_t groups, const std::string& act, bool /*save*/) {
+  constexpr std::string_view op = "pycnn.gconv";
+  check_gconv_args(op, input, weight, scale, bias, residual, stride, padding, groups);
+  parse_act(op, act);
+}
+
+void check_gconv_backward(const Tensor& grad_output, const Tensor& input, const Tensor& weight,
+                          const OptTensor& scale, const OptTensor& bias, const OptTensor& residual,
+                          const Tensor& saved, std::vector<int64_t> stride, std::vector<int64_t> padding,
+                          int64_t groups, const std::string& act) {
+  constexpr std::string_view op = "pycnn.gconv_backward";
+  check_gconv_backward_args(op, grad_output, input, weight, scale, bias, residual, saved, stride, padding, groups);
+  parse_act(op, act);
+}
+
+void check_se_forward(const Tensor& input, const Tensor& fc1_weight, const OptTensor& fc1_bias,
+                      const Tensor& fc2_weight, const OptTensor& fc2_bias, const OptTensor& residual,
+                      const std::string& act, const std::string& post_act) {
+  constexpr std::string_view op = "pycnn.se";
+  check_se_args(op, input, fc1_weight, fc1_bias, fc2_weight, fc2_bias, residual);
+  parse_act(op, act);
+  parse_act(op, post_act);
+}
+
+void check_se_backward(const Tensor& grad_output, const Tensor& input, const Tensor& fc1_weight,
+                       const Tensor& fc2_weight, const OptTensor& residual, const Tensor& pooled,
+                       const Tensor& hidden, const Tensor& gate, const std::string& act,
+                       const std::string& post_act) {
+  constexpr std::string_view op = "pycnn.se_backward";
+  check_se_backward_args(op, grad_output, input, fc1_weight, fc2_weight, residual, pooled, hidden, gate);
+  parse_act(op, act);
+  parse_act(op, post_act);
+}
+
+}  // namespace
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "pycnn's compiled ops (torch.ops.pycnn.*)";
@@ -17,4 +98,12 @@ PYBIND11_MODULE(_C, m) {
     info["cuda_compiler"] = PYCNN_CUDA_COMPILER;
     return info;
   });
+  m.def("check_bn_act_forward", &check_bn_act_forward);
+  m.def("check_bn_act_backward", &check_bn_act_backward);
+  m.def("check_dwconv_forward", &check_dwconv_forward);
+  m.def("check_dwconv_backward", &check_dwconv_backward);
+  m.def("check_gconv_forward", &check_gconv_forward);
+  m.def("check_gconv_backward", &check_gconv_backward);
+  m.def("check_se_forward", &check_se_forward);
+  m.def("check_se_backward", &check_se_backward);
 }

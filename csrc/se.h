@@ -37,6 +37,8 @@ inline int64_t check_se_args(std::string_view op, const Tensor& input, const Ten
   TORCH_CHECK(input.dim() == 4, op, ": input must be 4-D (N, C, H, W), got ", input.dim(), "-D with shape ",
               input.sizes());
   check_floating(op, input);
+  TORCH_CHECK(input.size(2) * input.size(3) > 0, op, ": input must have H * W > 0 to be pooled, got shape ",
+              input.sizes());
   const int64_t c = input.size(1);
   TORCH_CHECK(fc1_weight.dim() >= 1, op, ": fc1_weight must have shape [C_r, C] or [C_r, C, 1, 1], got ",
               fc1_weight.sizes());

@@ -1,6 +1,8 @@
 """Typed wrappers over torch.ops.pycnn.*, with fake (meta) kernels and autograd formulas.
 
-The schemas live in csrc/ops.cpp; the CPU and CUDA kernels register from C++.
+The schemas live in csrc/ops.cpp; the CPU and CUDA kernels register from C++. Each fake kernel first runs the
+same argument checks as the kernels (`_check_like_kernels`), so torch.compile and torch.export reject what eager
+rejects, with the same message.
 """
 
 from __future__ import annotations
@@ -9,6 +11,10 @@ from typing import Optional
 
 import torch
 from torch import Tensor
+from torch.fx.experimental.symbolic_shapes import optimization_hint
+from torch.utils._python_dispatch import _disable_current_modes
+
+from . import _C
 
 ACTIVATIONS = ("none", "relu", "relu6", "silu", "hardswish")
 
@@ -24,14 +30,45 @@ def _memory_format(t: Tensor) -> torch.memory_format:
 
 def _pair(v, name: str, op: str) -> list:
     """An int or a pair of ints (stride, padding, dilation) as [h, w]."""
-    if isinstance(v, int):
+    def is_int(e):
+        return isinstance(e, (int, torch.SymInt)) and not isinstance(e, bool)
+
+    if is_int(v):
         return [v, v]
-    v = list(v)
-    if len(v) == 1:
-        v = v * 2
-    if len(v) != 2 or not all(isinstance(e, int) for e in v):
-        raise ValueError(f"pycnn.{op}: {name} must be an int or a pair of ints, got {v!r}")
-    return v
+    if not isinstance(v, (list, tuple)) or not 1 <= len(v) <= 2 or not all(is_int(e) for e in v):
+        raise TypeError(f"pycnn.{op}: {name} must be an int or a pair of ints, got {v!r}")
+    return list(v) * (2 // len(v))
+
+
+def _kernel_name(op: str) -> str:
+    """The name the kernels' messages give op: pycnn.dwconv for dwconv_forward, pycnn.dwconv_backward."""
+    return "pycnn." + (op[: -len("_forward")] if op.endswith("_forward") else op)
+
+
+def _meta_copy(a):
+    """A plain meta tensor (or int) with a's shape, strides and dtype; symbolic sizes by their hint, no guard."""
+    if isinstance(a, Tensor):
+        return torch.empty_strided([optimization_hint(s) for s in a.shape],
+                                   [optimization_hint(s) for s in a.stride()], dtype=a.dtype, device="meta")
+    if isinstance(a, (list, tuple)):
+        return [_meta_copy(e) for e in a]
+    if isinstance(a, torch.SymInt):
+        return optimization_hint(a)
+    return a
+
+
+def _check_like_kernels(op: str, *args) -> None:
+    """The argument checks of op's CPU and CUDA kernels (pycnn._C.check_<op>, the same C++ code), run on meta copies
+    of the arguments, and the check that all tensors are on input's device, which the kernels get for free: the
+    dispatcher sends a CPU input with a meta weight here, not to the CPU kernel."""
+    names = [a.name for a in getattr(torch.ops.pycnn, op).default._schema.arguments]
+    given = dict(zip(names, args))
+    device = given["input"].device
+    for name, value in given.items():
+        if isinstance(value, Tensor) and value.device != device:
+            raise RuntimeError(f"{_kernel_name(op)}: {name} is on {value.device} but input is on {device}")
+    with _disable_current_modes():  # plain meta tensors, outside fake/functional/proxy modes
+        getattr(_C, "check_" + op)(*(_meta_copy(a) for a in args))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -56,6 +93,9 @@ def bn_act(
     nn.BatchNorm2d does (momentum None: cumulative average over num_batches_tracked)."""
     if act not in ACTIVATIONS:
         raise ValueError(f"pycnn.bn_act: unknown activation {act!r}; expected one of {', '.join(ACTIVATIONS)}")
+    if training and momentum is None and running_mean is not None and num_batches_tracked is None:
+        raise ValueError("pycnn.bn_act: momentum=None (a cumulative average of the batch statistics) needs "
+                         "num_batches_tracked, the count of batches seen")
     output, save_mean, save_var = torch.ops.pycnn.bn_act_forward(
         input, weight, bias, residual, running_mean, running_var, training, eps, act)
     if training and running_mean is not None and running_var is not None:
@@ -70,7 +110,8 @@ def _update_running_stats(input, save_mean, save_var, running_mean, running_var,
         if num_batches_tracked is not None:
             num_batches_tracked.add_(1)
         if momentum is None:
-            factor = (1.0 / num_batches_tracked).to(running_mean.dtype)  # a tensor: no host sync
+            # a tensor (no host sync), divided in the statistics' dtype: float64 statistics get a float64 factor
+            factor = 1.0 / num_batches_tracked.to(running_mean.dtype)
         else:
             factor = momentum
         count = input.numel() // input.size(1)
@@ -81,7 +122,7 @@ def _update_running_stats(input, save_mean, save_var, running_mean, running_var,
 
 @torch.library.register_fake("pycnn::bn_act_forward")
 def _bn_act_forward_fake(input, weight, bias, residual, running_mean, running_var, training, eps, act):
-    torch._check(input.dim() == 4, lambda: f"pycnn.bn_act: input must be 4-D, got {input.dim()}-D")
+    _check_like_kernels("bn_act_forward", input, weight, bias, residual, running_mean, running_var, training, eps, act)
     channels = input.size(1)
     acc = _acc_dtype(input.dtype)
     output = torch.empty_like(input, memory_format=_memory_format(input))
@@ -90,6 +131,8 @@ def _bn_act_forward_fake(input, weight, bias, residual, running_mean, running_va
 
 @torch.library.register_fake("pycnn::bn_act_backward")
 def _bn_act_backward_fake(grad_output, input, weight, bias, residual, save_mean, save_var, training, eps, act):
+    _check_like_kernels("bn_act_backward", grad_output, input, weight, bias, residual, save_mean, save_var, training,
+                        eps, act)
     fmt = _memory_format(input)
     channels = input.size(1)
     acc = _acc_dtype(input.dtype)
@@ -102,7 +145,8 @@ def _bn_act_backward_fake(grad_output, input, weight, bias, residual, save_mean,
 
 # relu and relu6 have derivatives readable from their output: with a residual, backward then keeps the output
 # (which the next layer keeps anyway) instead of the residual, so training needs no more memory than eager.
-_MASK_FROM_OUTPUT = {"relu": lambda y: y > 0, "relu6": lambda y: (y > 0) & (y < 6)}
+# At NaN as PyTorch's threshold_backward and hardtanh_backward: relu passes the gradient, relu6 cuts it.
+_MASK_FROM_OUTPUT = {"relu": lambda y: ~(y <= 0), "relu6": lambda y: (y > 0) & (y < 6)}
 
 
 def _bn_act_setup_context(ctx, inputs, output):
@@ -162,7 +206,7 @@ def se(
 
 @torch.library.register_fake("pycnn::se_forward")
 def _se_forward_fake(input, fc1_weight, fc1_bias, fc2_weight, fc2_bias, residual, act, post_act):
-    torch._check(input.dim() == 4, lambda: f"pycnn.se: input must be 4-D, got {input.dim()}-D")
+    _check_like_kernels("se_forward", input, fc1_weight, fc1_bias, fc2_weight, fc2_bias, residual, act, post_act)
     n, c = input.size(0), input.size(1)
     acc = _acc_dtype(input.dtype)
     output = torch.empty_like(input, memory_format=_memory_format(input))
@@ -172,6 +216,8 @@ def _se_forward_fake(input, fc1_weight, fc1_bias, fc2_weight, fc2_bias, residual
 
 @torch.library.register_fake("pycnn::se_backward")
 def _se_backward_fake(grad_output, input, fc1_weight, fc2_weight, residual, pooled, hidden, gate, act, post_act):
+    _check_like_kernels("se_backward", grad_output, input, fc1_weight, fc2_weight, residual, pooled, hidden, gate, act,
+                        post_act)
     fmt = _memory_format(input)
     grad_input = torch.empty_like(input, memory_format=fmt)
     grad_residual = torch.empty_like(input, memory_format=fmt) if residual is not None else None
@@ -241,14 +287,15 @@ def _pair_list(v):
 
 @torch.library.register_fake("pycnn::dwconv_forward")
 def _dwconv_forward_fake(input, weight, scale, bias, residual, stride, padding, dilation, act):
-    torch._check(input.dim() == 4, lambda: f"pycnn.dwconv: input must be 4-D, got {input.dim()}-D")
-    torch._check(weight.dim() == 4, lambda: f"pycnn.dwconv: weight must be 4-D, got {weight.dim()}-D")
+    _check_like_kernels("dwconv_forward", input, weight, scale, bias, residual, stride, padding, dilation, act)
     shape = _dwconv_output_shape(input, weight, _pair_list(stride), _pair_list(padding), _pair_list(dilation))
     return input.new_empty(shape).contiguous(memory_format=_memory_format(input))
 
 
 @torch.library.register_fake("pycnn::dwconv_backward")
 def _dwconv_backward_fake(grad_output, input, weight, scale, bias, residual, stride, padding, dilation, act):
+    _check_like_kernels("dwconv_backward", grad_output, input, weight, scale, bias, residual, stride, padding,
+                        dilation, act)
     fmt = _memory_format(input)
     channels = input.size(1)
     acc = _acc_dtype(input.dtype)
@@ -319,8 +366,7 @@ def _gconv_out_size(size: int, k: int, s: int, p: int) -> int:
 
 @torch.library.register_fake("pycnn::gconv_forward")
 def _gconv_forward_fake(input, weight, scale, bias, residual, stride, padding, groups, act, save):
-    torch._check(input.dim() == 4, lambda: f"pycnn.gconv: input must be 4-D, got {input.dim()}-D")
-    torch._check(weight.dim() == 4, lambda: f"pycnn.gconv: weight must be 4-D, got {weight.dim()}-D")
+    _check_like_kernels("gconv_forward", input, weight, scale, bias, residual, stride, padding, groups, act, save)
     n, _, h, w = input.shape
     k = weight.size(2)
     shape = (n, weight.size(0), _gconv_out_size(h, k, stride[0], padding[0]),
@@ -334,6 +380,8 @@ def _gconv_forward_fake(input, weight, scale, bias, residual, stride, padding, g
 
 @torch.library.register_fake("pycnn::gconv_backward")
 def _gconv_backward_fake(grad_output, input, weight, scale, bias, residual, saved, stride, padding, groups, act):
+    _check_like_kernels("gconv_backward", grad_output, input, weight, scale, bias, residual, saved, stride, padding,
+                        groups, act)
     fmt = _memory_format(input)
     grad_input = torch.empty_like(input, memory_format=fmt)
     grad_weight = torch.empty_like(weight, memory_format=torch.contiguous_format)

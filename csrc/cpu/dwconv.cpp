@@ -145,15 +145,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, OptTensor> dwconv_backward_cpu(
     const OptTensor& bias, const OptTensor& residual, at::IntArrayRef stride, at::IntArrayRef padding,
     at::IntArrayRef dilation, c10::string_view act_name) {
   constexpr std::string_view op = "pycnn.dwconv_backward";
-  const DwConvGeometry g = check_dwconv_args(op, input, weight, scale, bias, residual, stride, padding, dilation);
+  const DwConvGeometry g =
+      check_dwconv_backward_args(op, grad_output, input, weight, scale, bias, residual, stride, padding, dilation);
   TORCH_CHECK(input.device().is_cpu(), op, ": input must be a CPU tensor for the CPU kernel, got ", input.device());
-  TORCH_CHECK(grad_output.dim() == 4 && grad_output.size(0) == g.n && grad_output.size(1) == g.c &&
-                  grad_output.size(2) == g.oh && grad_output.size(3) == g.ow,
-              op, ": grad_output must have the output's shape [", g.n, ", ", g.c, ", ", g.oh, ", ", g.ow, "], got ",
-              grad_output.sizes());
-  TORCH_CHECK(grad_output.scalar_type() == input.scalar_type() && grad_output.device() == input.device(), op,
-              ": grad_output must have the input's dtype and device, got ", grad_output.scalar_type(), " on ",
-              grad_output.device());
   const Act act = parse_act(op, std::string_view(act_name.data(), act_name.size()));
   if (kernel_memory_format(input) == at::MemoryFormat::Contiguous)
     return dwconv_backward_nchw(g, grad_output, input, weight, scale, bias, residual, act);

@@ -15,7 +15,7 @@
 
 // SiLU through the vectorizable exp (kernel_utils.h).
 using cpu::cpu_act;
-using cpu::cpu_act_derivative;
+using cpu::cpu_act_backward;
 
 // Vectors of channels (cpu/isa_prelude.h): 8 floats or 4 doubles. Inputs of another type (half,
 // bfloat16) are widened lane by lane.
@@ -313,7 +313,7 @@ void epilogue_backward_row(int64_t pixels, int64_t C, acc* __restrict__ u, const
     for (int64_t c = 0; c < C; ++c) {
       acc z = madd(up[c], sc[c], bi[c]);
       if (r != nullptr) z += static_cast<acc>(r[p * C + c]);
-      const acc dz = static_cast<acc>(dyp[c]) * cpu_act_derivative<A>(z);
+      const acc dz = cpu_act_backward<A>(static_cast<acc>(dyp[c]), z);
       dsc[c] = madd(dz, up[c], dsc[c]);
       dbi[c] += dz;
       gup[c] = dz * sc[c];

@@ -29,7 +29,7 @@
 
 
 using cpu::cpu_act;
-using cpu::cpu_act_derivative;
+using cpu::cpu_act_backward;
 
 // Vectors per register block of flat_conv (32 floats, 16 doubles).
 constexpr int kConvVectors = 4;
@@ -95,6 +95,36 @@ inline void flat_dots(const acc* d, const acc* const* src, int64_t n, double* ou
     const V v = s0[t] + s1[t];
     double sum = 0;
     for (int l = 0; l < L; ++l) sum += double(v[l]);
+    out[t] += sum;
+  }
+}
+
+// Whether n values from p are all finite: a sum of v * 0 is 0 for finite v and NaN for NaN or Inf. Four
+// vector accumulators, so it runs at the speed of the loads.
+template <typename acc>
+inline bool all_finite(const acc* p, int64_t n) {
+  using V = typename Vec<acc>::type;
+  constexpr int L = Vec<acc>::lanes;
+  V s[4] = {};
+  int64_t q = 0;
+  for (; q + 4 * L <= n; q += 4 * L)
+    for (int u = 0; u < 4; ++u) s[u] += vload(p + q + u * L) * acc(0);
+  acc tail = 0;
+  for (; q < n; ++q) tail += p[q] * acc(0);
+  const V v = s[0] + s[1] + s[2] + s[3];
+  for (int l = 0; l < L; ++l) tail += v[l];
+  return tail == acc(0);
+}
+
+// out[t] += sum over the valid outputs (columns ow < OW of rows oh < OH) of dz * src[t]: what flat_dots sums
+// without the discarded columns. For planes holding NaN or Inf, where flat_dots's 0 * Inf in the discarded
+// columns would be NaN; PyTorch sums the valid products only.
+template <typename acc>
+inline void valid_dots(const NchwPlan& pl, const acc* dz, const acc* const* src, int nt, double* out) {
+  for (int t = 0; t < nt; ++t) {
+    double sum = 0;
+    for (int64_t oh = 0; oh < pl.OH; ++oh)
+      for (int64_t ow = 0; ow < pl.OW; ++ow) sum += double(dz[oh * pl.P + ow]) * double(src[t][oh * pl.P + ow]);
     out[t] += sum;
   }
 }
@@ -292,14 +322,13 @@ void backward(const DwConvGeometry& g, const scalar_t* x, const scalar_t* dy, co
               const scalar_t* __restrict__ rr = r + off;
               scalar_t* __restrict__ drr = dr + off;
               for (int64_t t = 0; t < cnt; ++t) {
-                const acc dz = static_cast<acc>(dyr[t]) *
-                               cpu_act_derivative<A>(madd(u[t], s, b) + static_cast<acc>(rr[t]));
+                const acc dz = cpu_act_backward<A>(static_cast<acc>(dyr[t]), madd(u[t], s, b) + static_cast<acc>(rr[t]));
                 z[t] = dz;
                 drr[t] = static_cast<scalar_t>(dz);
               }
             } else {
               for (int64_t t = 0; t < cnt; ++t)
-                z[t] = static_cast<acc>(dyr[t]) * cpu_act_derivative<A>(madd(u[t], s, b));
+                z[t] = cpu_act_backward<A>(static_cast<acc>(dyr[t]), madd(u[t], s, b));
             }
             for (int64_t t = 0; t < full; t += V) {
               for (int l = 0; l < V; ++l) {
@@ -322,10 +351,14 @@ void backward(const DwConvGeometry& g, const scalar_t* x, const scalar_t* dy, co
         // Weight gradient (before the scale): dot products of dz with the shifted inputs.
         for (int t = 0; t < nt; ++t) dsrc[t] = taps[t].src;
         const int64_t q = pl.OH * pl.P;
-        int t = 0;
-        for (; t + 4 <= nt; t += 4) flat_dots<4>(dz0, dsrc + t, q, dw_raw + t);
-        for (; t + 2 <= nt; t += 2) flat_dots<2>(dz0, dsrc + t, q, dw_raw + t);
-        for (; t < nt; ++t) flat_dots<1>(dz0, dsrc + t, q, dw_raw + t);
+        if (all_finite(xb.data(), pl.phases() * pl.x_size)) {
+          int t = 0;
+          for (; t + 4 <= nt; t += 4) flat_dots<4>(dz0, dsrc + t, q, dw_raw + t);
+          for (; t + 2 <= nt; t += 2) flat_dots<2>(dz0, dsrc + t, q, dw_raw + t);
+          for (; t < nt; ++t) flat_dots<1>(dz0, dsrc + t, q, dw_raw + t);
+        } else {
+          valid_dots(pl, dz0, dsrc, nt, dw_raw);
+        }
         // Input gradient: per input phase, the transposed convolution, then interleaved into dx.
         for (int a = 0; a < pl.sh; ++a) {
           const int64_t r_lo = pl.ph > a ? (pl.ph - a + pl.sh - 1) / pl.sh : 0;

@@ -419,7 +419,7 @@ Tensor make_grad_conv(const GConvGeometry& g, Act act, const Tensor& dy, const T
             acc z = sp ? v * sp[o] : v;
             if (bp) z += bp[o];
             if (rp) z += rp[off + o];
-            dz = d * act_derivative<acc>(act, z);
+            dz = act_backward<acc>(act, d, z);
             ds[o] += dz * v;
           }
           db[o] += dz;

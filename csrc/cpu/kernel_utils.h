@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <bit>
 #include <cstdint>
+#include <limits>
 #include <type_traits>
 
 #include "../activation.h"
@@ -46,8 +47,11 @@ inline Layout layout_of(const at::Tensor& x) {
 // exp for float in plain arithmetic the compiler vectorizes (std::exp is a scalar libm call): 2^(x log2 e)
 // as 2^i (exponent bits) * 2^f (degree-6 polynomial, f in [-0.5, 0.5]); relative error ~2e-7. Inlined
 // into kernels compiled for AVX2+FMA (dwconv_kernels.h), the multiply-adds contract to FMAs there.
-inline float exp_approx(float x) {
-  x = std::min(std::max(x, -87.0f), 88.0f);
+// Outside the clamped range the result is exp(88) or exp(-87) (within float precision of the true value
+// for the sigmoid and SiLU that use it) except above 88.72, where exp overflows to inf as std::exp does, and
+// NaN stays NaN: silu(-inf) = -inf * sigmoid(-inf) = -inf * 0 is NaN as in PyTorch.
+inline float exp_approx(float x_in) {
+  const float x = std::min(std::max(x_in, -87.0f), 88.0f);
   const float t = x * 1.44269504088896341f;
   constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
   const float r = t + kRound;
@@ -60,7 +64,8 @@ inline float exp_approx(float x) {
   p = p * f + 0.5f;
   p = p * f + 1.0f;
   p = p * f + 1.0f;
-  return std::bit_cast<float>(std::bit_cast<int32_t>(p) + (i << 23));
+  const float e = std::bit_cast<float>(std::bit_cast<int32_t>(p) + (i << 23));
+  return x_in > 88.72284f ? std::numeric_limits<float>::infinity() : (x_in != x_in ? x_in : e);
 }
 
 // sigmoid(z) = 1 / (1 + e^-z) for float through exp_approx.
@@ -85,6 +90,16 @@ inline acc cpu_act_derivative(acc z) {
     return s * (1.0f + z * (1.0f - s));
   } else {
     return act_derivative<acc>(A, z);
+  }
+}
+
+// dy * act'(z) as act_backward (activation.h) computes it, with SiLU on float through sigmoid_approx.
+template <Act A, typename acc>
+inline acc cpu_act_backward(acc dy, acc z) {
+  if constexpr (A == Act::SiLU && std::is_same_v<acc, float>) {
+    return dy * cpu_act_derivative<A, acc>(z);
+  } else {
+    return act_backward<acc>(A, dy, z);
   }
 }
 

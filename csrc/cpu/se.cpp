@@ -110,14 +110,23 @@ void image_channel_sums(const Layout& l, acc* out, SpanSums span_sums) {
   });
 }
 
-// Elementwise act / act' on a small contiguous tensor (hidden [N, C_r]).
+// Elementwise act(z) on a small contiguous tensor (hidden [N, C_r]).
 template <typename acc>
-Tensor apply_act(const Tensor& z, Act act, bool derivative) {
+Tensor apply_act(const Tensor& z, Act act) {
   Tensor out = at::empty_like(z);
   const acc* zp = z.const_data_ptr<acc>();
   acc* op = out.data_ptr<acc>();
-  for (int64_t i = 0; i < z.numel(); ++i) op[i] = derivative ? act_derivative<acc>(act, zp[i]) : act_forward<acc>(act, zp[i]);
+  for (int64_t i = 0; i < z.numel(); ++i) op[i] = act_forward<acc>(act, zp[i]);
   return out;
+}
+
+// act_backward(dy, z) elementwise, in place on dy (same shape as z, contiguous).
+template <typename acc>
+Tensor& apply_act_backward_(Tensor& dy, const Tensor& z, Act act) {
+  const acc* zp = z.const_data_ptr<acc>();
+  acc* dp = dy.data_ptr<acc>();
+  for (int64_t i = 0; i < z.numel(); ++i) dp[i] = act_backward<acc>(act, dp[i], zp[i]);
+  return dy;
 }
 
 Tensor fc_matrix(const Tensor& w, at::ScalarType acc_type) {  // [out, in] in the accumulation dtype
@@ -135,7 +144,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> se_forward_cpu(const Tensor& input_, 
   const Tensor input = input_.contiguous(format);
   const Tensor residual = residual_ ? residual_->contiguous(format) : Tensor();
   const Layout l = layout_of(input);
-  TORCH_CHECK(l.hw > 0, op, ": input must have H * W > 0 to be pooled, got shape ", input.sizes());
   const auto acc_type = acc_dtype(input.scalar_type());
   Tensor output = at::empty_like(input, format);
   Tensor pooled = at::empty({l.n, l.c}, input.options().dtype(acc_type));
@@ -169,7 +177,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> se_forward_cpu(const Tensor& input_, 
       // The excitation: [N, C] -> [N, C_r] -> [N, C], GEMMs in the accumulation dtype.
       const Tensor w1 = fc_matrix(fc1_weight, acc_type), w2 = fc_matrix(fc2_weight, acc_type);
       hidden = fc1_bias ? at::addmm(fc1_bias->to(acc_type), pooled, w1.t()) : at::mm(pooled, w1.t());
-      const Tensor a1 = apply_act<acc>(hidden, act, false);
+      const Tensor a1 = apply_act<acc>(hidden, act);
       gate = (fc2_bias ? at::addmm(fc2_bias->to(acc_type), a1, w2.t()) : at::mm(a1, w2.t())).sigmoid_();
     }
     PYCNN_CPU_KERNEL(se, scale_any<scalar_t, acc>)(l, post, x, residual.defined() ? residual.const_data_ptr<scalar_t>() : nullptr,
@@ -191,7 +199,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, OptTensor> se_backward_cpu(
   const Tensor residual = residual_ ? residual_->contiguous(format) : Tensor();
   const Tensor pooled = pooled_.contiguous(), hidden = hidden_.contiguous(), gate = gate_.contiguous();
   const Layout l = layout_of(input);
-  TORCH_CHECK(l.hw > 0, op, ": input must have H * W > 0, got shape ", input.sizes());
   const auto acc_type = acc_dtype(input.scalar_type());
   Tensor grad_input = at::empty_like(input, format);
   Tensor grad_residual = residual.defined() ? at::empty_like(input, format) : Tensor();
@@ -205,7 +212,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, OptTensor> se_backward_cpu(
     const scalar_t* r = residual.defined() ? residual.const_data_ptr<scalar_t>() : nullptr;
     const acc* s = gate.const_data_ptr<acc>();
     // g = dy * post'(z), z = x * s [+ r] recomputed.
-    auto grad_z = [](auto P, acc xj, acc dyj, acc sj, acc rj) { return dyj * act_derivative<acc>(P, xj * sj + rj); };
+    auto grad_z = [](auto P, acc xj, acc dyj, acc sj, acc rj) { return act_backward<acc>(P, dyj, xj * sj + rj); };
     dispatch_act(post, [&](auto P) {
       dispatch_channel_stride(l, [&](auto S_) {
         constexpr int S = decltype(S_)::value;
@@ -231,10 +238,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, OptTensor> se_backward_cpu(
     // Back through sigmoid, fc2, act, fc1 on [N, C] / [N, C_r].
     const Tensor w1 = fc_matrix(fc1_weight, acc_type), w2 = fc_matrix(fc2_weight, acc_type);
     const Tensor dz2 = grad_gate * gate * (1 - gate);
-    const Tensor a1 = apply_act<acc>(hidden, act, false);
+    const Tensor a1 = apply_act<acc>(hidden, act);
     gw2 = dz2.t().mm(a1);
     gb2 = dz2.sum(0);
-    const Tensor dz1 = dz2.mm(w2).mul_(apply_act<acc>(hidden, act, true));
+    Tensor dz1 = dz2.mm(w2);
+    apply_act_backward_<acc>(dz1, hidden.contiguous(), act);
     gw1 = dz1.t().mm(pooled);
     gb1 = dz1.sum(0);
     const Tensor dp = dz1.mm(w1).mul_(1.0 / static_cast<double>(l.hw)).contiguous();  // d loss / d x via the pool

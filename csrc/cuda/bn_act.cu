@@ -243,7 +243,7 @@ __device__ __forceinline__ void grad_z(const BnActBackwardParams& p, int64_t i, 
   } else {
     for (int k = 0; k < VEC; ++k) r[k] = 0;
   }
-  for (int k = 0; k < VEC; ++k) dz[k] = dy[k] * act_derivative<acc>(p.act, (x[k] - a[k].mean) * a[k].scale + a[k].bias + r[k]);
+  for (int k = 0; k < VEC; ++k) dz[k] = act_backward<acc>(p.act, dy[k], (x[k] - a[k].mean) * a[k].scale + a[k].bias + r[k]);
 }
 
 // Backward workspace (accumulation type): partial sum dz [reduce_rows][channels],
@@ -321,7 +321,8 @@ __global__ void __launch_bounds__(kThreads) bn_act_grad_input_kernel(BnActBackwa
     const int64_t i = row * cols + col;
     acc x[VEC], dz[VEC], dx[VEC];
     grad_z<T, VEC>(p, i, a, x, dz);
-    for (int j = 0; j < VEC; ++j) dx[j] = k_dz[j] * dz[j] + k_x[j] * (x[j] - a[j].mean) + k_0[j];
+    // Only training couples x through the batch statistics: in eval, x (NaN or Inf included) is not read here.
+    for (int j = 0; j < VEC; ++j) dx[j] = k_dz[j] * dz[j] + (p.training ? k_x[j] * (x[j] - a[j].mean) + k_0[j] : acc(0));
     store_acc<T, VEC>(static_cast<T*>(p.dx), i, dx);
     if (p.dresidual != nullptr) store_acc<T, VEC>(static_cast<T*>(p.dresidual), i, dz);
   }

@@ -338,7 +338,7 @@ __global__ void __launch_bounds__(kMaxThreads) dwconv_grad_out_kernel(DwConvBack
           }
 #pragma unroll
           for (int v = 0; v < VEC; ++v) {
-            dz[v] = d[v] * act_derivative<acc>(p.act, u[r][v] * sc[v] + bi[v] + z[v]);
+            dz[v] = act_backward<acc>(p.act, d[v], u[r][v] * sc[v] + bi[v] + z[v]);
             dsc[v] += dz[v] * u[r][v];
             dbi[v] += dz[v];
             gacc[v] = dz[v] * sc[v];

@@ -60,14 +60,8 @@ inline std::tuple<Tensor, Tensor, Tensor, Tensor, OptTensor> run_dwconv_backward
     const OptTensor& bias, const OptTensor& residual, at::IntArrayRef stride, at::IntArrayRef padding,
     at::IntArrayRef dilation, std::string_view act_name, cudaStream_t stream, int num_sms) {
   constexpr std::string_view op = "pycnn.dwconv_backward";
-  const DwConvGeometry g = check_dwconv_args(op, input, weight, scale, bias, residual, stride, padding, dilation);
-  TORCH_CHECK(grad_output.dim() == 4 && grad_output.size(0) == g.n && grad_output.size(1) == g.c &&
-                  grad_output.size(2) == g.oh && grad_output.size(3) == g.ow,
-              op, ": grad_output must have the output's shape [", g.n, ", ", g.c, ", ", g.oh, ", ", g.ow, "], got ",
-              grad_output.sizes());
-  TORCH_CHECK(grad_output.scalar_type() == input.scalar_type() && grad_output.device() == input.device(), op,
-              ": grad_output must have the input's dtype and device, got ", grad_output.scalar_type(), " on ",
-              grad_output.device());
+  const DwConvGeometry g =
+      check_dwconv_backward_args(op, grad_output, input, weight, scale, bias, residual, stride, padding, dilation);
   const Act act = parse_act(op, act_name);
   constexpr auto nhwc = at::MemoryFormat::ChannelsLast;
   const Tensor x = input.contiguous(nhwc), dy = grad_output.contiguous(nhwc);

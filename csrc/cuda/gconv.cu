@@ -339,7 +339,7 @@ __global__ void __launch_bounds__(kThreads) gconv_grad_epilogue_kernel(GConvBack
         const float conv = to_acc(saved[i]);
         float z = conv * sc + b;
         if (res != nullptr) z += to_acc(res[i]);
-        dz *= act_derivative<float>(p.act, z);
+        dz = act_backward<float>(p.act, dz, z);
         sum_dz_conv += dz * conv;
       }
       sum_dz += dz;

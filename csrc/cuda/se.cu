@@ -257,7 +257,7 @@ __device__ __forceinline__ void grad_out(const SeBackwardParams& p, int64_t offs
   } else {
     for (int k = 0; k < VEC; ++k) r[k] = 0;
   }
-  for (int k = 0; k < VEC; ++k) g[k] = dy[k] * act_derivative<acc>(p.post_act, x[k] * s[k] + r[k]);
+  for (int k = 0; k < VEC; ++k) g[k] = act_backward<acc>(p.post_act, dy[k], x[k] * s[k] + r[k]);
 }
 
 template <typename T, int VEC>
@@ -324,7 +324,7 @@ __device__ void grad_input_block(const SeBackwardParams& p, acc_t<T>* smem, int6
     if (warp == 0 && j < R) {
       acc sum = 0;
       for (int w = 0; w < kWarps; ++w) sum += dots[w * 32 + lane];
-      dz1[j] = sum * act_derivative<acc>(p.act, static_cast<const acc*>(p.hidden)[n * R + j]);
+      dz1[j] = act_backward<acc>(p.act, sum, static_cast<const acc*>(p.hidden)[n * R + j]);
     }
     __syncthreads();
   }
@@ -423,7 +423,7 @@ __device__ void grad_fc1_block(const SeBackwardParams& p, acc_t<T>* smem, int pa
       for (int w = 0; w < kWarps; ++w) sum += dots[w * kTile + t];
       const int64_t jt = j0 + t;
       dz1[n * kTile + t] =
-          jt < R ? sum * act_derivative<acc>(p.act, static_cast<const acc*>(p.hidden)[n * R + jt]) : acc(0);
+          jt < R ? act_backward<acc>(p.act, sum, static_cast<const acc*>(p.hidden)[n * R + jt]) : acc(0);
     }
     // The next image's dz2 is written after this barrier, dots after the next one.
     __syncthreads();

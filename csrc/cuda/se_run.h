@@ -26,8 +26,6 @@ inline std::tuple<Tensor, Tensor, Tensor, Tensor> run_se_forward(
   constexpr std::string_view op = "pycnn.se";
   const int64_t reduced = check_se_args(op, input, fc1_weight, fc1_bias, fc2_weight, fc2_bias, residual);
   const Act act = parse_act(op, act_name), post = parse_act(op, post_name);
-  TORCH_CHECK(input.size(2) * input.size(3) > 0, op, ": input must have H * W > 0 to be pooled, got shape ",
-              input.sizes());
   constexpr auto nhwc = at::MemoryFormat::ChannelsLast;
   const Tensor x = input.contiguous(nhwc);
   const Tensor r = residual ? residual->contiguous(nhwc) : Tensor();
@@ -75,7 +73,6 @@ inline std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, OptTensor> run_se_back
   const int64_t reduced =
       check_se_backward_args(op, grad_output, input, fc1_weight, fc2_weight, residual, pooled_, hidden_, gate_);
   const Act act = parse_act(op, act_name), post = parse_act(op, post_name);
-  TORCH_CHECK(input.size(2) * input.size(3) > 0, op, ": input must have H * W > 0, got shape ", input.sizes());
   constexpr auto nhwc = at::MemoryFormat::ChannelsLast;
   const Tensor x = input.contiguous(nhwc), dy = grad_output.contiguous(nhwc);
   const Tensor r = residual ? residual->contiguous(nhwc) : Tensor();
