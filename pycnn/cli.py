@@ -1,10 +1,12 @@
-"""The `pycnn` command: summary, check and bench.
+"""The `pycnn` command: summary, check, bench and export.
 
     pycnn summary FILE.arch [--network NAME] [--input 3x224x224] [--classes N] [--kernels auto|pycnn|torch]
     pycnn check FILE.arch ...
     pycnn bench ops [--op dwconv|gconv|se|bn_act|all] [--arch FILE.arch[:NETWORK] ...] [--network NAME ...]
                     [--device ...] [--batch N ...] [--repeats N] [--threads N] [--compile] [--quick] [--out DIR]
     pycnn bench model FILE.arch [--batch 64] [--dtype fp16] [--channels-last] [--train] [--compile] [--out DIR]
+    pycnn export FILE.arch|NAME|CKPT.safetensors [--network NAME] (--onnx OUT.onnx | --aoti OUT.pt2)
+    every command: --set name=value (network parameters) and its shortcuts --input CxHxW, --classes N
 """
 
 from __future__ import annotations
@@ -133,6 +135,7 @@ def cmd_bench_ops(args) -> int:
     import torch
 
     from .bench import ops, report
+    args.overrides = _overrides(args)
     try:
         s = ops.settings(args)
     except pycnn_errors() as e:
@@ -329,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", nargs="+", choices=sorted(DTYPES), help="default fp16 on CUDA, fp32 on the CPU")
     from .bench.ops import add_arguments
     add_arguments(p)
+    _add_overrides(p)  # applied to every network whose shapes are measured
     p.add_argument("--out", help="directory for the JSON, markdown and PNG results")
     p.set_defaults(run=cmd_bench_ops)
 

@@ -84,6 +84,11 @@ def test_set_overrides_on_every_command(capsys):
     assert main(["check", "archs/resnet.arch", "--network", "resnet50", "--set", "d3=2"]) == 0
     assert main(["check", "archs/resnet.arch", "--set", "d9=2"]) == 1
     assert "has no parameter 'd9'" in capsys.readouterr().err
+    from pycnn.bench import ops
+    from pycnn.cli import _overrides, build_parser
+    args = build_parser().parse_args(["bench", "ops", "--arch", "archs/mobilenet_v2.arch", "--input", "3x64x64"])
+    args.overrides = _overrides(args)
+    assert ops.settings(args)["shapes"]["dwconv"][0].h == 32  # the stem halves 64
     with pytest.raises(SystemExit) as info:
         main(["summary", "archs/resnet.arch", "--set", "classes=__import__('os')"])
     assert info.value.code == 2 and "not a value" in capsys.readouterr().err
