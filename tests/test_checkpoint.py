@@ -73,6 +73,17 @@ def test_shipped_network_and_reference_backend(tmp_path):
     assert sum(p.numel() for p in ref.parameters()) == model.ir.total_params
 
 
+def test_features_only_backbone_round_trip(tmp_path):
+    backbone = pycnn.create_model("mobilenet_v2", features_only=True, out_indices=(0, 2), input=(3, 32, 32))
+    pycnn.save(backbone, tmp_path / "b.safetensors")
+    loaded = pycnn.load(tmp_path / "b.safetensors")
+    assert loaded.feature_info.channels() == [16, 32] and loaded.out_indices == (0, 2)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        for a, b in zip(loaded(x), backbone.eval()(x)):
+            torch.testing.assert_close(a, b)
+
+
 def test_pickle_foreign_and_broken_files_are_refused(tiny_file, tmp_path):
     model = pycnn.compile(str(tiny_file))
     torch.save(model.state_dict(), tmp_path / "m.pt")

@@ -27,6 +27,19 @@ def test_list_models_covers_every_shipped_network():
     assert pycnn.list_models(["vgg1?", "lenet"]) == ["lenet", "vgg11", "vgg16", "vgg19"]
 
 
+def test_zoo_finds_the_archs_installed_inside_the_package(tmp_path, monkeypatch):
+    import importlib
+    import shutil
+
+    from pycnn.zoo import model_file
+    elaborate = importlib.import_module("pycnn.dsl.elaborate")
+    shutil.copytree(elaborate.library_dirs()[-1], tmp_path / "pycnn" / "archs")  # a wheel's layout
+    monkeypatch.setattr(elaborate, "library_dirs", lambda: [tmp_path / "pycnn" / "archs", tmp_path / "archs"])
+    names = pycnn.list_models()
+    assert "resnet50" in names and len(names) > 70
+    assert str(model_file("resnet50")).startswith(str(tmp_path / "pycnn" / "archs"))
+
+
 def test_list_models_of_a_user_folder(tmp_path):
     (tmp_path / "mine.arch").write_text("network my_net(input = 3x8x8, classes = 2) {\n"
                                         "    head = conv(4, k=1) gap flatten linear(classes)\n}\n"
