@@ -233,7 +233,11 @@ def _load_file(model, path: str):
     sd = read_state_dict(path)
     own = model.state_dict()
     if set(sd) == set(own):  # pycnn's own names (pycnn.save, model.state_dict())
-        return weights._load(model, {k: sd[k] for k in own})
+        try:
+            return weights._load(model, {k: sd[k] for k in own})
+        except RuntimeError as e:  # load_state_dict: shapes differ
+            raise PretrainedError(f"{path}: the tensors do not fit network '{model.ir.name}' (another "
+                                  f"configuration?): {str(e).splitlines()[-1].strip()}") from None
     if path.endswith(".safetensors") or not _has_order(path):
         # weights are paired by definition order, which safetensors files do not keep (keys are sorted)
         order = _library_order(sd, model.ir.name)

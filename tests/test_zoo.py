@@ -122,6 +122,9 @@ def test_pretrained_weights_that_do_not_fit(tmp_path):
     torch.save(_random_torchvision("resnet18").state_dict(), tmp_path / "r18.pth")
     with pytest.raises(pycnn.weights.WeightMismatchError, match="mismatch"):
         pycnn.create_model("resnet34", pretrained=str(tmp_path / "r18.pth"))
+    pycnn.save(pycnn.create_model("resnet18", classes=5), tmp_path / "five.safetensors")
+    with pytest.raises(PretrainedError, match="do not fit network 'resnet18'.*size mismatch for head.fc1"):
+        pycnn.create_model("resnet18", pretrained=tmp_path / "five.safetensors", classes=6)
     (tmp_path / "junk.pth").write_bytes(b"\x80\x04junk")
     with pytest.raises(PretrainedError, match="weights_only=True"):
         pycnn.create_model("resnet18", pretrained=str(tmp_path / "junk.pth"))
