@@ -15,8 +15,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch._decomp import register_decomposition
 
-_ACT = {"none": lambda y: y, "identity": lambda y: y, "relu": F.relu, "relu6": F.relu6, "silu": F.silu,
-        "hardswish": F.hardswish}
+from .fused import ACT_FNS
+
+_ACT = {"none": lambda y: y, "identity": lambda y: y, **ACT_FNS}  # the ops' `act` strings
 
 
 def _acc(dtype: torch.dtype) -> torch.dtype:

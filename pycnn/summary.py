@@ -288,27 +288,14 @@ def main(argv=None):
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                     help="override a network parameter (numbers, true/false, shapes like 3x160x160)")
     args = ap.parse_args(argv)
-    overrides = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        overrides[key] = _parse_value(value)
+    from .dsl.literal import parse_assignment
     try:
+        overrides = dict(parse_assignment(item) for item in args.set)
         summary(args.path, args.network, **overrides)
     except ArchError as e:
         print(e)
         return 1
     return 0
-
-
-def _parse_value(text: str):
-    if text in ("true", "false"):
-        return text == "true"
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
 
 
 if __name__ == "__main__":
