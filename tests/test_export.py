@@ -37,6 +37,15 @@ network tiny(input = 3x16x16, classes = 10) {
 }
 """
 
+# the smallest network that runs a pycnn kernel (a depthwise conv): for the slow exports
+SMALL = """
+network small(input = 3x16x16, classes = 10) {
+    stem = conv(8, k=3, s=2) bn relu
+    body = conv(8, k=3, groups=8) bn relu6
+    head = avgpool flatten linear(classes)
+}
+"""
+
 PYCNN_OPS = {torch.ops.pycnn.dwconv_forward.default, torch.ops.pycnn.gconv_forward.default,
              torch.ops.pycnn.se_forward.default, torch.ops.pycnn.bn_act_forward.default}
 
@@ -56,9 +65,9 @@ def randomized(model):
     return model.eval()
 
 
-def tiny_model():
+def tiny_model(text=TINY):
     torch.manual_seed(0)
-    return randomized(pycnn.compile(TINY, kernels="pycnn"))
+    return randomized(pycnn.compile(text, kernels="pycnn"))
 
 
 def run_onnx(path, x):
@@ -149,8 +158,13 @@ def test_torch_export_with_a_dynamic_batch():
 
 @pytest.mark.slow
 def test_aoti_package_end_to_end(tmp_path):
-    model = tiny_model()
+    model = tiny_model(SMALL)
+    assert torch.ops.pycnn.dwconv_forward.default in {n.target for n in pycnn.export.export_program(model).graph.nodes}
     path = pycnn.export_aoti(model, tmp_path / "tiny.pt2")
+    import zipfile
+    with zipfile.ZipFile(path) as package:  # the package calls pycnn's kernel, not a decomposition of it
+        assert any(b'"target": "pycnn::dwconv_forward"' in package.read(n) for n in package.namelist()
+                   if n.endswith(".json"))
     runner = pycnn.export.load_aoti(path)
     for batch in (1, 4):
         x = torch.randn(batch, 3, 16, 16)
@@ -192,9 +206,9 @@ def test_a_layer_torch_export_cannot_trace_is_named():
 
 @pytest.mark.slow
 def test_a_layer_without_onnx_translation_is_named(tmp_path):
-    model = tiny_model()
+    model = tiny_model(SMALL)
     model.head.flatten1 = Untranslatable()
-    with pytest.raises(ExportError, match=r"ONNX export of network 'tiny' failed at layer head.flatten1 "
+    with pytest.raises(ExportError, match=r"ONNX export of network 'small' failed at layer head.flatten1 "
                                           r"\(Untranslatable\): Failed to convert"):
         pycnn.export_onnx(model, tmp_path / "u.onnx")
 
