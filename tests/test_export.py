@@ -7,7 +7,6 @@ import pytest
 import torch
 
 import pycnn
-from pycnn import decompositions
 from pycnn.export import ExportError
 
 onnx = pytest.importorskip("onnx")
@@ -91,7 +90,7 @@ def test_decompositions_compute_what_the_kernels_compute():
         ("se", (x, r(2, 8, 1, 1), r(2), r(8, 2, 1, 1), r(8), res, "relu", "relu")),
     ]
     for name, args in cases:
-        ours = getattr(decompositions, f"{name}_forward")(*args)
+        ours = getattr(pycnn.decompositions, f"{name}_forward")(*args)  # imported (registered) by `import pycnn`
         kernel = getattr(ops, f"{name}_forward")(*args)
         ours, kernel = (ours,) if torch.is_tensor(ours) else ours, (kernel,) if torch.is_tensor(kernel) else kernel
         for a, b in zip(ours, kernel):
