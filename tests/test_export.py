@@ -221,6 +221,14 @@ def test_export_command(tmp_path, capsys):
     assert "wrote" in capsys.readouterr().out
     (got,) = run_onnx(out, torch.randn(1, 3, 32, 32))
     assert got.shape == (1, 3)
+    ckpt = tmp_path / "tiny.safetensors"
+    pycnn.save(tiny_model(), ckpt)
+    assert main(["export", str(ckpt), "--onnx", str(out), "--static-batch"]) == 0  # rebuilt from the checkpoint
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(run_onnx(out, x)[0], tiny_model()(x), rtol=1e-4, atol=1e-4)
+    assert main(["export", str(arch), "--onnx", str(out), "--weights", str(tmp_path / "missing.pth")]) == 1
+    assert "nor an existing file" in capsys.readouterr().err
     assert main(["export", str(arch)]) == 2
     assert "give --onnx" in capsys.readouterr().err
     assert main(["export", "resnet5", "--onnx", str(out)]) == 1
