@@ -260,7 +260,7 @@ def cmd_export(args) -> int:
     try:
         model = _load_model(args)
         if args.weights:
-            from .zoo import PretrainedError, load_pretrained
+            from .zoo import load_pretrained
             load_pretrained(model, args.weights, model.ir.name)
         if args.onnx:
             export_onnx(model, args.onnx, batch=args.batch, dynamic_batch=not args.static_batch, opset=args.opset)

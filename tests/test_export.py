@@ -1,7 +1,6 @@
 """Deployment of fused networks: ONNX through torch.onnx's dynamo exporter (pycnn's ops decomposed to ATen,
 pycnn.decompositions) run in onnxruntime, torch.export and an AOTInductor package, each with a dynamic
 batch size; `pycnn export`; clear errors for what cannot be exported."""
-import os
 
 import pytest
 import torch
