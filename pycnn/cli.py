@@ -60,6 +60,7 @@ def cmd_summary(args) -> int:
 
     import pycnn
     try:
+        _zoo_name(args)
         s = pycnn.summary(args.file, args.network, show=False, **_overrides(args))
         with torch.device("meta"):
             kernels = pycnn.compile(args.file, args.network, kernels=args.kernels, **_overrides(args)).kernels()
@@ -231,6 +232,19 @@ def cmd_bench_model(args) -> int:
     return 0
 
 
+def _zoo_name(args) -> None:
+    """FILE may be a network name of the zoo (pycnn.list_models()): args.file and args.network become its
+    .arch file and the name."""
+    import pycnn
+    if args.file.endswith((".arch", ".safetensors")) or Path(args.file).exists():
+        return
+    from .zoo import model_file
+    try:
+        args.file, args.network = str(model_file(args.file)), args.file
+    except ValueError as e:
+        raise pycnn.ArchError(f"{args.file}: no such file; {e}") from None
+
+
 def _load_model(args):
     """The model a command works on: FILE.arch [--network] with overrides, a model name of the zoo, or a
     pycnn.save checkpoint (.safetensors)."""
@@ -241,14 +255,8 @@ def _load_model(args):
             raise pycnn.ArchError(f"{source}: a checkpoint rebuilds its own network; --network and overrides "
                                   f"do not apply")
         return pycnn.load(source, backend=args.backend)
-    if not source.endswith(".arch") and not Path(source).exists():
-        from .zoo import model_file
-        try:
-            path = model_file(source)
-        except ValueError as e:
-            raise pycnn.ArchError(f"{source}: not a file; {e}")
-        return pycnn.compile(str(path), source, backend=args.backend, **_overrides(args))
-    return pycnn.compile(source, args.network, backend=args.backend, **_overrides(args))
+    _zoo_name(args)
+    return pycnn.compile(args.file, args.network, backend=args.backend, **_overrides(args))
 
 
 def cmd_export(args) -> int:
@@ -286,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("summary", help="per-layer table: output shape, params, FLOPs, kernel; totals")
-    p.add_argument("file")
+    p.add_argument("file", help="an .arch file or a network name of the zoo (pycnn.list_models())")
     p.add_argument("--network", help="which network of the file (default: the first)")
     p.add_argument("--input", type=_shape, help="input shape, e.g. 3x224x224")
     p.add_argument("--classes", type=int)

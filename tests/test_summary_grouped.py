@@ -64,6 +64,14 @@ def test_summary_command_grouped_by_default(capsys):
     assert [line.split()[0] for line in rows_of(capsys.readouterr().out)] == ["stem", "s1", "s2", "head"]
 
 
+def test_summary_of_a_zoo_name(capsys):
+    assert main(["summary", "resnext50_32x4d", "--input", "3x64x64", "--depth", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("network resnext50_32x4d, input 3x64x64") and "stage: 6 x bottleneck" in out
+    assert main(["summary", "resnet5"]) == 1
+    assert "did you mean resnet50" in capsys.readouterr().err
+
+
 def test_full_keeps_every_layer_and_exact_numbers(capsys):
     assert main(["summary", "archs/regnetx32.arch", "--full"]) == 0
     out = capsys.readouterr().out
