@@ -4,6 +4,7 @@ import torch  # noqa: F401  (loads libtorch before the extension)
 
 from . import _C  # registers torch.ops.pycnn.*
 from . import ops  # noqa: F401  (fake kernels and autograd for the ops)
+from . import decompositions  # noqa: F401  (the ops as ATen compositions: torch.onnx.export of fused models)
 from .dsl.errors import ArchError
 from .summary import summary
 
@@ -14,7 +15,9 @@ def parse(source, network=None, *, file=None, limits=None, **overrides):
     """Parse and elaborate an .arch path or text into the IR (`pycnn.ir.Network`); no torch involved.
     `network` picks one of the file's networks (default: the first); overrides set network parameters."""
     from .dsl.elaborate import Limits, elaborate
-    return elaborate(source, network, file=file, limits=limits or Limits(), **overrides)
+    net = elaborate(source, network, file=file, limits=limits or Limits(), **overrides)
+    net.overrides = dict(overrides)
+    return net
 
 
 def compile(source, network=None, *, file=None, limits=None, init=True, backend="fused", disable_passes=(),
@@ -40,4 +43,20 @@ def build_info() -> dict:
     return info
 
 
-__all__ = ["compile", "parse", "summary", "ArchError", "build_info"]
+_LAZY = {"weights": ".weights", "export": ".export"}  # submodules loaded on first use (they import more)
+_LAZY_FUNCTIONS = {"save": ".checkpoint", "load": ".checkpoint", "list_models": ".zoo", "create_model": ".zoo",
+                   "export_onnx": ".export", "export_aoti": ".export"}
+
+
+def __getattr__(name):
+    """`pycnn.weights`, `pycnn.save`, `pycnn.create_model`, ... without importing them with the package."""
+    import importlib
+    if name in _LAZY:
+        return importlib.import_module(_LAZY[name], __name__)
+    if name in _LAZY_FUNCTIONS:
+        return getattr(importlib.import_module(_LAZY_FUNCTIONS[name], __name__), name)
+    raise AttributeError(f"module 'pycnn' has no attribute {name!r}")
+
+
+__all__ = ["compile", "parse", "summary", "ArchError", "build_info", "weights", "save", "load", "list_models",
+           "create_model", "export_onnx", "export_aoti"]

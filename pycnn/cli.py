@@ -1,10 +1,12 @@
-"""The `pycnn` command: summary, check and bench.
+"""The `pycnn` command: summary, check, bench and export.
 
     pycnn summary FILE.arch [--network NAME] [--input 3x224x224] [--classes N] [--kernels auto|pycnn|torch]
     pycnn check FILE.arch ...
     pycnn bench ops [--op dwconv|gconv|se|bn_act|all] [--arch FILE.arch[:NETWORK] ...] [--network NAME ...]
                     [--device ...] [--batch N ...] [--repeats N] [--threads N] [--compile] [--quick] [--out DIR]
     pycnn bench model FILE.arch [--batch 64] [--dtype fp16] [--channels-last] [--train] [--compile] [--out DIR]
+    pycnn export FILE.arch|NAME|CKPT.safetensors [--network NAME] (--onnx OUT.onnx | --aoti OUT.pt2)
+    every command: --set name=value (network parameters) and its shortcuts --input CxHxW, --classes N
 """
 
 from __future__ import annotations
@@ -44,8 +46,27 @@ def _kernel_mode_error(args) -> Optional[str]:
     return None
 
 
+def _assignment(text: str):
+    from .dsl.errors import ArchError
+    from .dsl.literal import parse_assignment
+    try:
+        return parse_assignment(text)
+    except ArchError as e:
+        raise argparse.ArgumentTypeError(str(e))
+
+
+def _add_overrides(p, shortcuts: bool = True) -> None:
+    """--set name=value (repeatable) and the shortcuts --input, --classes: network parameter overrides."""
+    p.add_argument("--set", action="append", default=[], type=_assignment, metavar="NAME=VALUE",
+                   help="override a network parameter (the language's values: 10, 1.25, true, 3x160x160, "
+                        "\"pycls\", xblock); repeatable")
+    if shortcuts:
+        p.add_argument("--input", type=_shape, help="input shape, e.g. 3x224x224 (same as --set input=...)")
+        p.add_argument("--classes", type=_positive_int, help="number of classes (same as --set classes=N)")
+
+
 def _overrides(args) -> dict:
-    out = {}
+    out = dict(getattr(args, "set", None) or [])
     if getattr(args, "input", None):
         out["input"] = args.input
     if getattr(args, "classes", None) is not None:
@@ -60,12 +81,30 @@ def cmd_summary(args) -> int:
     if (error := _kernel_mode_error(args)):
         return _fail(error)
     try:
+        _zoo_name(args)
+    except pycnn.ArchError as e:
+        return _fail(str(e))
+    if not Path(args.file).is_file():
+        return _fail(f"no such file: {args.file[:200]}")
+    args.file = Path(args.file)  # a path, never parsed as source text
+    try:
         s = pycnn.summary(args.file, args.network, show=False, **_overrides(args))
         with torch.device("meta"):
             kernels = pycnn.compile(args.file, args.network, kernels=args.kernels, **_overrides(args)).kernels()
     except pycnn.ArchError as e:
         print(e, file=sys.stderr)
         return 1
+    if args.plot:
+        from .summary import plot
+        try:
+            plot(s, args.plot)
+        except ImportError:
+            print("--plot needs matplotlib (pip install matplotlib)", file=sys.stderr)
+            return 2
+    if not args.full:
+        s.kernels = kernels
+        print(s.table(args.depth))
+        return 0
     rows = [(name, op, "x".join(map(str, shape)), f"{params:,}", f"{flops:,}", kernels.get(name, "-"))
             for name, op, shape, params, flops in s.rows]
     header = ("layer", "op", "output", "params", "FLOPs", "kernel")
@@ -100,7 +139,7 @@ def cmd_check(args) -> int:
     failed = 0
     for path in args.files:
         try:
-            net = pycnn.parse(Path(path))  # a path, whatever its name: never parsed as source text
+            net = pycnn.parse(Path(path), args.network, **_overrides(args))  # a path, never parsed as text
             print(f"{path}: ok ({net.name})")
         except pycnn.ArchError as e:
             failed += 1
@@ -124,6 +163,7 @@ def cmd_bench_ops(args) -> int:
     import torch
 
     from .bench import ops, report
+    args.overrides = _overrides(args)
     try:
         s = ops.settings(args)
     except pycnn_errors() as e:
@@ -232,22 +272,103 @@ def cmd_bench_model(args) -> int:
     return 0
 
 
+def _zoo_name(args) -> None:
+    """FILE may be a network name of the zoo (pycnn.list_models()): args.file and args.network become its
+    .arch file and the name."""
+    import pycnn
+    if args.file.endswith((".arch", ".safetensors")) or Path(args.file).exists():
+        return
+    from .zoo import model_file
+    try:
+        args.file, args.network = str(model_file(args.file)), args.file
+    except ValueError as e:
+        raise pycnn.ArchError(f"{args.file}: no such file; {e}") from None
+
+
+def _load_model(args):
+    """The model a command works on: FILE.arch [--network] with overrides, a model name of the zoo, or a
+    pycnn.save checkpoint (.safetensors)."""
+    import pycnn
+    source = args.file
+    if source.endswith(".safetensors"):
+        if _overrides(args) or args.network:
+            raise pycnn.ArchError(f"{source}: a checkpoint rebuilds its own network; --network and overrides "
+                                  f"do not apply")
+        return pycnn.load(source, backend=args.backend)
+    _zoo_name(args)
+    return pycnn.compile(args.file, args.network, backend=args.backend, **_overrides(args))
+
+
+def cmd_export(args) -> int:
+    import pycnn
+    from .export import ExportError, export_aoti, export_onnx
+    if not args.onnx and not args.aoti:
+        print("pycnn export: give --onnx OUT.onnx and/or --aoti OUT.pt2", file=sys.stderr)
+        return 2
+    try:
+        model = _load_model(args)
+        if args.weights:
+            from .zoo import load_pretrained
+            load_pretrained(model, args.weights, model.ir.name)
+        if args.onnx:
+            export_onnx(model, args.onnx, batch=args.batch, dynamic_batch=not args.static_batch, opset=args.opset)
+            print(f"wrote {args.onnx} (network {model.ir.name}, {model.backend}, input "
+                  f"{'N' if not args.static_batch else args.batch}x{'x'.join(map(str, model.ir.input_shape))})")
+        if args.aoti:
+            export_aoti(model, args.aoti, batch=args.batch, dynamic_batch=not args.static_batch)
+            print(f"wrote {args.aoti} (AOTInductor package; load with pycnn.export.load_aoti)")
+    except (pycnn.ArchError, ExportError, ValueError, OSError) as e:
+        print(str(e).splitlines()[0] if isinstance(e, ExportError) else e, file=sys.stderr)
+        return 1
+    return 0
+
+
+def _version() -> str:
+    from . import __version__  # the package is imported anyway: this module is pycnn.cli
+    return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="pycnn", description="CNN architectures as text, on fused kernels.")
+    parser.add_argument("--version", action="version", version=f"pycnn {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("summary", help="per-layer table: output shape, params, FLOPs, kernel; totals")
-    p.add_argument("file", type=_arch_file)
+    p.add_argument("file", help="an .arch file or a network name of the zoo (pycnn.list_models())")
     p.add_argument("--network", help="which network of the file (default: the first)")
     p.add_argument("--input", type=_shape, help="input shape, e.g. 3x224x224")
     p.add_argument("--classes", type=_positive_int)
+    _add_overrides(p, shortcuts=False)
     p.add_argument("--kernels", choices=["auto", "pycnn", "torch"], default=None,
                    help="who runs the fused ops (default $PYCNN_KERNELS or auto: measured per shape on first run)")
+    p.add_argument("--depth", type=_positive_int, default=2,
+                   help="rows down to this level: 1 parts, 2 blocks (default), 3 and more the layers inside blocks; "
+                        "identical consecutive blocks are grouped")
+    p.add_argument("--full", action="store_true",
+                   help="every layer, exact integers and the kernels' own names (the table before grouping)")
+    p.add_argument("--plot", metavar="PNG", help="write a bar chart of FLOPs and parameters per part")
     p.set_defaults(run=cmd_summary)
 
     p = sub.add_parser("check", help="parse and elaborate .arch files; errors as file:line:column with a caret")
     p.add_argument("files", nargs="+")
+    p.add_argument("--network", help="which network of each file (default: the first)")
+    _add_overrides(p)
     p.set_defaults(run=cmd_check)
+
+    p = sub.add_parser("export", help="ONNX (onnxruntime) or AOTInductor package of a network, batch size dynamic",
+                       description="Exports FILE (an .arch file, a model name of pycnn.list_models() or a "
+                                   "pycnn.save checkpoint) in eval mode.")
+    p.add_argument("file")
+    p.add_argument("--network", help="which network of the file (default: the first)")
+    _add_overrides(p)
+    p.add_argument("--onnx", metavar="OUT.onnx")
+    p.add_argument("--aoti", metavar="OUT.pt2", help="torch.export + AOTInductor package (a C++ compile: slow)")
+    p.add_argument("--weights", metavar="CKPT", help="load these weights first (a checkpoint path, torchvision or timm)")
+    p.add_argument("--backend", choices=["fused", "reference"], default="fused")
+    p.add_argument("--batch", type=_positive_int, default=2, help="batch size of the example input (default 2)")
+    p.add_argument("--static-batch", action="store_true", help="fix the batch size instead of a dynamic one")
+    p.add_argument("--opset", type=_positive_int, help="ONNX opset (default: the exporter's)")
+    p.set_defaults(run=cmd_export)
 
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="what", required=True)
     p = bench.add_parser("ops", help="fused ops against eager PyTorch (and torch.compile) over the layer shapes of networks",
@@ -259,6 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", nargs="+", choices=sorted(DTYPES), help="default fp16 on CUDA, fp32 on the CPU")
     from .bench.ops import add_arguments
     add_arguments(p)
+    _add_overrides(p)  # applied to every network whose shapes are measured
     p.add_argument("--out", type=_out_dir, help="directory for the JSON, markdown and PNG results")
     p.set_defaults(run=cmd_bench_ops)
 
@@ -267,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--network")
     p.add_argument("--input", type=_shape)
     p.add_argument("--classes", type=_positive_int)
+    _add_overrides(p, shortcuts=False)
     p.add_argument("--batch", type=_positive_int, default=64)
     p.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
     p.add_argument("--device", type=_device, help="cpu or cuda[:N] (default: cuda when available)")

@@ -109,6 +109,7 @@ class Network:
     params: dict = field(default_factory=dict)  # the network's parameter values after overrides
     source: str = ""
     file: str = "<text>"
+    overrides: dict = field(default_factory=dict)  # the compile-time overrides as given (pycnn.save keeps them)
 
     @property
     def out_shape(self) -> Shape:

@@ -216,6 +216,25 @@ class Network(Chain):
         """{layer name: what runs it} for every layer; see pycnn.summary(model)."""
         return kernel_table(self)
 
+    # timm's interface (pycnn.features): the last feature map, the head, a new classifier
+    def forward_features(self, x):
+        from .features import forward_features
+        return forward_features(self, x)
+
+    def forward_head(self, x, pre_logits: bool = False):
+        from .features import forward_head
+        return forward_head(self, x, pre_logits)
+
+    def reset_classifier(self, num_classes: int) -> None:
+        from .features import reset_classifier
+        reset_classifier(self, num_classes)
+
+    @property
+    def feature_info(self):
+        from .features import FeatureInfo, feature_points
+        points = feature_points(self.ir)
+        return FeatureInfo(points, range(len(points)))
+
 
 def lower_layer(layer: ir.Layer) -> nn.Module:
     a, op = layer.attrs, layer.op

@@ -17,6 +17,13 @@ class Summary:
     total_params: int
     total_flops: int
     kernels: Optional[Dict[str, str]] = None  # of a compiled model: {layer name: what runs it}
+    ir: Optional[ir.Network] = None  # the network summarized (for the grouped table)
+
+    def table(self, depth: int = 2) -> str:
+        """The readable table: rows down to `depth` (1 parts, 2 blocks, 3 and more layers inside blocks),
+        identical consecutive rows grouped (`s2.b2-b6  5 x xblock`), params and FLOPs in K/M/G, activation
+        sizes per sample (float32), kernels in words; exact totals at the end. str(summary) lists every layer."""
+        return format_grouped(self, depth)
 
     def __str__(self) -> str:
         header = ("layer", "op", "output", "params", "FLOPs") + (("kernel",) if self.kernels else ())
@@ -57,7 +64,8 @@ def _op_label(layer: ir.Layer) -> str:
 
 def summarize(network: ir.Network) -> Summary:
     rows = [(name, _op_label(layer), layer.out_shape, layer.params, layer.flops) for name, layer in network.layers()]
-    return Summary(network.name, network.input_shape, rows, sum(r[3] for r in rows), sum(r[4] for r in rows))
+    return Summary(network.name, network.input_shape, rows, sum(r[3] for r in rows), sum(r[4] for r in rows),
+                   ir=network)
 
 
 def summary(model_or_source, network: Optional[str] = None, *, show: bool = True, **overrides) -> Summary:
@@ -77,6 +85,199 @@ def summary(model_or_source, network: Optional[str] = None, *, show: bool = True
     return s
 
 
+# ------------------------------------------------------------------------------------ the grouped table
+
+def human(n: float) -> str:
+    """1234 -> 1.2 K, 5_495_978 -> 5.50 M, 412_000_000_000 -> 412 G: three significant digits."""
+    for scale, unit in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if abs(n) >= scale:
+            v = n / scale
+            return f"{v:.3g} {unit}" if v < 1000 else f"{v:.0f} {unit}"
+    return f"{n:g}"
+
+
+def human_bytes(n: float) -> str:
+    for scale, unit in ((2 ** 30, "GiB"), (2 ** 20, "MiB"), (2 ** 10, "KiB")):
+        if n >= scale:
+            v = n / scale
+            return f"{v:.3g} {unit}" if v < 1000 else f"{v:.0f} {unit}"
+    return f"{n:g} B"
+
+
+AUTO = " (auto)"  # the choice is measured on first run (pycnn.dispatch)
+_KERNEL_WORDS = [("pycnn::dwconv", "pycnn dwconv"), ("pycnn::gconv", "pycnn gconv"),
+                 ("aten::conv2d+folded BN", "PyTorch conv (BN folded)"), ("pycnn::bn_act", "pycnn BN+act"),
+                 ("pycnn::se", "pycnn SE"), ("+residual", " + residual")]
+
+
+def kernel_words(label: str) -> str:
+    """A kernel label of pycnn.lower.kernel_table in words: "pycnn::gconv" -> "pycnn gconv", "aten" ->
+    "PyTorch", "auto: pycnn::gconv | aten" -> "pycnn gconv or PyTorch (measured on first run)"."""
+    if label.startswith("(fused into "):
+        return "fused into " + label[len("(fused into "):-1].rsplit(".", 1)[-1]
+    if label.startswith("auto: "):
+        ours, _, _ = label[len("auto: "):].partition(" | ")
+        return f"{kernel_words(ours)} | PyTorch{AUTO}"
+    if label.startswith("aten ("):  # aten (Conv2d+relu)
+        return "PyTorch " + label[len("aten ("):-1]
+    if label == "aten":
+        return "PyTorch"
+    for raw, words in _KERNEL_WORDS:
+        label = label.replace(raw, words)
+    return label
+
+
+@dataclass
+class Row:
+    name: str
+    op: str
+    shape: Tuple[int, ...]
+    params: int
+    flops: int
+    activations: int  # values written per sample by the layers of the row
+    kernel: str
+    count: int = 1
+
+
+def _children(node, prefix: str):
+    """(name, node) one level down: a sequence's children; a block's pre, branch and post nodes."""
+    join = lambda p, n: f"{p}.{n}" if p else n
+    if isinstance(node, ir.Sequence):
+        return [(join(prefix, c.name), c) for c in node.children]
+    if isinstance(node, ir.Block):
+        out = [(join(prefix, c.name), c) for c in node.pre]
+        for br in node.branches:
+            base = join(prefix, br.name) if br.nested else prefix
+            out += [(join(base, c.name), c) for c in br.children]
+        return out + [(join(prefix, c.name), c) for c in node.post]
+    return []
+
+
+def _label(node) -> str:
+    if isinstance(node, ir.Layer):
+        return _op_label(node)
+    if isinstance(node, ir.Block):
+        return node.block
+    if getattr(node, "block", None) and node.kind == "block":
+        return node.block
+    kids = [c for _, c in _children(node, "")]
+    blocks = [c.block for c in kids if getattr(c, "block", None)]
+    if kids and len(blocks) == len(kids):
+        names = list(dict.fromkeys(blocks))
+        return f"{node.kind}: {len(kids)} x {names[0]}" if len(names) == 1 else f"{node.kind}: {len(kids)} blocks"
+    return f"{node.kind}: {len(kids)} layers" if node.kind in ("part", "stage") else (node.block or node.kind)
+
+
+def _words(names, kernels: Dict[str, str]) -> str:
+    """What runs a row: one layer's kernel in words; for a block or part, its layers' kernels (pycnn's side
+    of automatic choices, "(auto)" once at the end)."""
+    if len(names) == 1:
+        return kernel_words(kernels[names[0]]) if names[0] in kernels else ("-" if kernels else "")
+    words: List[str] = []
+    auto = False
+    for n in names:
+        w = kernel_words(kernels[n]) if n in kernels else ""
+        if w.endswith(AUTO):
+            auto, w = True, w[:-len(AUTO)].rpartition(" | ")[0]
+        w = w.replace(" + residual", "")
+        if w and not w.startswith("fused into") and w not in words:
+            words.append(w)
+    return (", ".join(words) + (AUTO if auto else "")) or ("-" if kernels else "")
+
+
+def _signature(node, name: str, kernels: Dict[str, str]):
+    """What makes two sibling subtrees identical rows: every layer's relative name, operation, shapes,
+    params, FLOPs and kernel."""
+    return tuple((n[len(name):], _op_label(l), l.in_shape, l.out_shape, l.params, l.flops,
+                  kernel_words(kernels[n]) if n in kernels else None) for n, l in ir.iter_layers(node, name))
+
+
+def _rows(node, name: str, depth: int, level: int, kernels: Dict[str, str]) -> List[Row]:
+    """Rows of `node` down to `depth`; identical consecutive children are one group, expanded once."""
+    if isinstance(node, ir.Layer) or level >= depth:
+        layers = list(ir.iter_layers(node, name))
+        return [Row(name, _label(node), node.out_shape, sum(l.params for _, l in layers),
+                    sum(l.flops for _, l in layers), sum(ir._prod(l.out_shape) for _, l in layers),
+                    _words([n for n, _ in layers], kernels))]
+    groups: List[list] = []
+    for child_name, child in _children(node, name):
+        sig = _signature(child, child_name, kernels)
+        if groups and groups[-1][0] == sig and groups[-1][1][-1][0].rpartition(".")[0] == child_name.rpartition(".")[0]:
+            groups[-1][1].append((child_name, child))
+        else:
+            groups.append([sig, [(child_name, child)]])
+    rows: List[Row] = []
+    for _, members in groups:
+        (first_name, first), n = members[0], len(members)
+        label = _group_name(first_name, members[-1][0]) if n > 1 else first_name
+        for r in _rows(first, first_name, depth, level + 1, kernels):
+            r.name = label + r.name[len(first_name):]
+            r.count, r.params, r.flops, r.activations = r.count * n, r.params * n, r.flops * n, r.activations * n
+            rows.append(r)
+    return rows
+
+
+def _group_name(first: str, last: str) -> str:
+    head, _, a = first.rpartition(".")
+    head2, _, b = last.rpartition(".")
+    return f"{first}-{b}" if head == head2 else f"{first}-{last}"
+
+
+def grouped_rows(network: ir.Network, kernels: Optional[Dict[str, str]] = None, depth: int = 2) -> List[Row]:
+    """The rows down to `depth` (1: parts, 2: their children, ...); identical consecutive siblings (same
+    layers, shapes, params, FLOPs and kernels) are one row, or one expanded subtree, with their count and sums."""
+    rows: List[Row] = []
+    for part in network.parts:
+        rows += _rows(part, part.name, depth, 1, kernels or {})
+    return rows
+
+
+def format_grouped(s: Summary, depth: int = 2) -> str:
+    if s.ir is None:
+        raise ValueError("this Summary has no network to group (made without pycnn.summary/summarize)")
+    rows = grouped_rows(s.ir, s.kernels, depth)
+    header = ("layer", "op", "output", "params", "FLOPs", "act/sample") + (("kernel",) if s.kernels else ())
+    body = [(r.name, (f"{r.count} x " if r.count > 1 else "") + r.op, ir.fmt_shape(r.shape), human(r.params),
+             human(r.flops), human_bytes(4 * r.activations)) + ((r.kernel,) if s.kernels else ()) for r in rows]
+    widths = [max(len(row[i]) for row in [header] + body) for i in range(len(header))]
+    numeric = (3, 4, 5)
+    line = lambda row: "  ".join(v.rjust(w) if i in numeric else v.ljust(w)
+                                 for i, (v, w) in enumerate(zip(row, widths))).rstrip()
+    acts = sum(ir._prod(layer.out_shape) for _, layer in s.ir.layers())
+    out = [f"network {s.network}, input {ir.fmt_shape(s.input_shape)}", line(header)]
+    out += [line(row) for row in body]
+    out.append(f"total: {s.total_params:,} parameters ({human(s.total_params)}), {s.total_flops:,} FLOPs "
+               f"(multiply-adds, {human(s.total_flops)}); activations {human_bytes(4 * acts)} per sample "
+               f"(float32, every layer's output)")
+    if any(r.kernel.endswith(AUTO) for r in rows):
+        out.append("(auto): pycnn's kernel or PyTorch's, whichever is faster, measured per shape on the first run")
+    return "\n".join(out)
+
+
+def plot(s: Summary, path) -> None:
+    """A PNG bar chart of FLOPs and parameters per part (stem, stages, head) of the summarized network."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    if s.ir is None:
+        raise ValueError("this Summary has no network to plot")
+    names = [p.name for p in s.ir.parts]
+    flops = [sum(l.flops for _, l in ir.iter_layers(p, p.name)) for p in s.ir.parts]
+    params = [sum(l.params for _, l in ir.iter_layers(p, p.name)) for p in s.ir.parts]
+    fig, axes = plt.subplots(1, 2, figsize=(max(8, 0.6 * len(names) + 4), 4))
+    for ax, values, title in ((axes[0], flops, "FLOPs (multiply-adds)"), (axes[1], params, "parameters")):
+        bars = ax.bar(names, values, color="tab:blue" if ax is axes[0] else "tab:orange")
+        ax.set_title(f"{title}: {human(sum(values))}")
+        ax.tick_params(axis="x", labelrotation=45)
+        for bar, v in zip(bars, values):
+            ax.annotate(human(v), (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center",
+                        va="bottom", fontsize=7)
+    fig.suptitle(f"{s.network}, input {ir.fmt_shape(s.input_shape)}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def main(argv=None):
     """python -m pycnn.summary PATH [NETWORK] [--set name=value ...]"""
     import argparse
@@ -87,27 +288,14 @@ def main(argv=None):
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                     help="override a network parameter (numbers, true/false, shapes like 3x160x160)")
     args = ap.parse_args(argv)
-    overrides = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        overrides[key] = _parse_value(value)
+    from .dsl.literal import parse_assignment
     try:
+        overrides = dict(parse_assignment(item) for item in args.set)
         summary(args.path, args.network, **overrides)
     except ArchError as e:
         print(e)
         return 1
     return 0
-
-
-def _parse_value(text: str):
-    if text in ("true", "false"):
-        return text == "true"
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
 
 
 if __name__ == "__main__":

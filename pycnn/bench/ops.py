@@ -163,9 +163,10 @@ def parse_network_specs(archs: Optional[Sequence[str]], networks: Optional[Seque
     return specs
 
 
-def load_shapes(specs: Sequence[Tuple[str, Optional[str]]]) -> Dict[str, list]:
-    """network_shapes of the (file or .arch text, network) pairs, parsed with pycnn.parse."""
-    return network_shapes(pycnn.parse(source, name) for source, name in specs)
+def load_shapes(specs: Sequence[Tuple[str, Optional[str]]], overrides: Optional[dict] = None) -> Dict[str, list]:
+    """network_shapes of the (file or .arch text, network) pairs, parsed with pycnn.parse (with `overrides`:
+    network parameters set in every network, e.g. input)."""
+    return network_shapes(pycnn.parse(source, name, **(overrides or {})) for source, name in specs)
 
 
 # ------------------------------------------------------------------------------------ timing one case
@@ -484,7 +485,7 @@ def settings(args) -> dict:
         specs = [(QUICK_ARCH, None)]
     else:
         specs = parse_network_specs(args.arch, args.network)
-    return dict(device=device, shapes=load_shapes(specs),
+    return dict(device=device, shapes=load_shapes(specs, getattr(args, "overrides", None)),
                 batches=args.batch or ([2] if args.quick else [64] if device.type == "cuda" else [8]),
                 repeats=args.repeats or (3 if args.quick else 15),
                 with_compile=args.compile)
