@@ -31,6 +31,13 @@ def compile(source, network=None, *, file=None, limits=None, init=True, backend=
                  disable_passes=disable_passes, kernels=kernels)
 
 
+def reparameterize(model):
+    """The deploy form of a compiled model: each block summing conv+BN, BN and identity branches (RepVGG)
+    becomes one convolution; see pycnn.reparam."""
+    from .reparam import reparameterize as _reparameterize
+    return _reparameterize(model)
+
+
 def build_info() -> dict:
     """How the extension was built: torch version, whether CUDA kernels are compiled, the GPU
     architectures (TORCH_CUDA_ARCH_LIST) and the compilers."""
@@ -41,3 +48,4 @@ def build_info() -> dict:
 
 
 __all__ = ["compile", "parse", "summary", "ArchError", "build_info"]
+__all__ += ["reparameterize"]

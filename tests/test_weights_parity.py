@@ -36,6 +36,13 @@ CASES = [
     ("seresnet", "seresnext50_32x4d", "timm", "seresnext50_32x4d", 32),
     ("resnet_d", "resnet50d", "timm", "resnet50d", 32),
     ("nf_resnet50", "nf_resnet50", "timm", "nf_resnet50", 32),
+    ("mobilenet_v3", "mobilenet_v3_large", "torchvision", "mobilenet_v3_large", 32),
+    ("mobilenet_v3", "mobilenet_v3_small", "torchvision", "mobilenet_v3_small", 32),
+    ("convnext", "convnext_tiny", "torchvision", "convnext_tiny", 32),
+    ("efficientnet_v2", "efficientnet_v2_s", "torchvision", "efficientnet_v2_s", 32),
+    ("repvgg", "repvgg_a0", "timm", "repvgg_a0", 32),
+    ("repvgg", "repvgg_b0", "timm", "repvgg_b0", 32),
+    pytest.param("nfnet", "dm_nfnet_f0", "timm", "dm_nfnet_f0", 32, marks=pytest.mark.slow),  # 71M parameters: 15 s
 ]
 
 
@@ -56,6 +63,11 @@ def reference_model(library, name, size):
                 m.momentum = None  # running statistics: the average over the calibration batch
             if hasattr(m, "gain") and isinstance(m.gain, torch.nn.Parameter):
                 m.gain.copy_(torch.rand(m.gain.shape, generator=g) + 0.5)
+            # learnable scales initialized near zero (ConvNeXt's layer scale 1e-6, NFNet's skipinit gain 0)
+            # would hide the branches they scale from the comparison
+            for attr in ("layer_scale", "skipinit_gain"):
+                if isinstance(getattr(m, attr, None), torch.nn.Parameter):
+                    getattr(m, attr).copy_(torch.rand(getattr(m, attr).shape, generator=g) + 0.5)
         # BatchNorm statistics that match the activations, so the signal survives to the output in eval mode
         model.train()
         model(torch.randn(2, 3, size, size, generator=g))
@@ -66,7 +78,8 @@ def relative_error(a, b):
     return ((a - b).abs().max() / b.abs().max()).item()
 
 
-@pytest.mark.parametrize("arch,network,library,name,size", CASES, ids=[c[3] for c in CASES])
+@pytest.mark.parametrize("arch,network,library,name,size", CASES,
+                         ids=[getattr(c, "values", c)[3] for c in CASES])
 def test_parity(arch, network, library, name, size):
     ref = reference_model(library, name, size)
     with torch.device("meta"):

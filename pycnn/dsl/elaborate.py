@@ -36,16 +36,17 @@ class Limits:
 
 REQUIRED = object()
 
-# argument kinds: width (int >= 1), pair (int >= 1 or a pair), pad (None = "same", or int/pair >= 0),
+# argument kinds: width (int >= 1), pair (int >= 1 or a pair), pad (int/pair >= 0), convpad (like pad; None =
+# the symmetric default d*(k-1)/2, `same` = TensorFlow's SAME), nonneg (int >= 0),
 # pos (int >= 1), bool, prob (0 <= p <= 1), posfloat (> 0), float, act (activation name or none), size (pair)
 PRIMITIVES: Dict[str, Tuple[str, list]] = {
-    "conv": ("conv", [("out", REQUIRED, "width"), ("k", 1, "pair"), ("s", 1, "pair"), ("p", None, "pad"),
+    "conv": ("conv", [("out", REQUIRED, "width"), ("k", 1, "pair"), ("s", 1, "pair"), ("p", None, "convpad"),
                       ("d", 1, "pair"), ("groups", None, "pos"), ("group_width", None, "pos"),
                       ("bias", False, "bool")]),
-    "wsconv": ("wsconv", [("out", REQUIRED, "width"), ("k", 1, "pair"), ("s", 1, "pair"), ("p", None, "pad"),
+    "wsconv": ("wsconv", [("out", REQUIRED, "width"), ("k", 1, "pair"), ("s", 1, "pair"), ("p", None, "convpad"),
                           ("d", 1, "pair"), ("groups", None, "pos"), ("group_width", None, "pos"),
                           ("bias", True, "bool"), ("gamma", 1.0, "posfloat"), ("eps", 1e-6, "posfloat")]),
-    "dwconv": ("conv", [("k", 3, "pair"), ("s", 1, "pair"), ("p", None, "pad"), ("d", 1, "pair"),
+    "dwconv": ("conv", [("k", 3, "pair"), ("s", 1, "pair"), ("p", None, "convpad"), ("d", 1, "pair"),
                         ("multiplier", 1, "pos"), ("bias", False, "bool")]),
     "bn": ("bn", [("eps", 1e-5, "posfloat"), ("momentum", 0.1, "prob")]),
     "gn": ("gn", [("groups", REQUIRED, "pos"), ("eps", 1e-5, "posfloat")]),
@@ -65,6 +66,11 @@ PRIMITIVES: Dict[str, Tuple[str, list]] = {
     "se": ("se", [("reduced", REQUIRED, "width"), ("act", "relu", "act"), ("gate", "sigmoid", "act")]),
     "scale": ("scale", [("value", REQUIRED, "float")]),
     "channel_shuffle": ("channel_shuffle", [("groups", REQUIRED, "pos")]),
+    "channel_linear": ("channel_linear", [("out", REQUIRED, "width"), ("bias", True, "bool")]),
+    "layer_scale": ("layer_scale", [("init", 1e-6, "float")]),
+    "gain": ("gain", [("init", 1.0, "float")]),
+    "drop_path": ("drop_path", [("p", 0.0, "prob")]),
+    "slice": ("slice", [("start", REQUIRED, "nonneg"), ("stop", REQUIRED, "pos")]),
 }
 for _act in ir.ACTIVATIONS:
     PRIMITIVES[_act] = ("act", [])
@@ -86,7 +92,8 @@ FUSABLE_ACTS = ("relu", "relu6", "silu")  # a bn followed by one of these become
 _BASE_NAMES = {"conv": "conv", "wsconv": "conv", "bn": "bn", "gn": "gn", "ln": "ln", "maxpool": "pool",
                "avgpool": "pool", "gap": "pool", "gmp": "pool", "adaptive_avgpool": "pool", "flatten": "flatten",
                "linear": "fc", "dropout": "drop", "identity": "identity", "se": "se", "scale": "scale",
-               "channel_shuffle": "shuffle"}
+               "channel_shuffle": "shuffle", "channel_linear": "fc", "layer_scale": "ls", "gain": "gain",
+               "drop_path": "drop_path", "slice": "slice"}
 
 # attribute names of torch.nn.Module that a part, stage or branch may not take
 RESERVED_NAMES = {"forward", "train", "eval", "training", "parameters", "buffers", "children", "modules",
@@ -253,7 +260,9 @@ class Elaborator:
         self.n_layers = 0
         self.n_params = 0
         self.n_iterations = 0
-        self.symbols = set(program.blocks) | set(ir.ACTIVATIONS) | {"none"}
+        self.symbols = set(program.blocks) | set(ir.ACTIVATIONS) | {"none", ir.SAME}
+        self.num_blocks = 0  # blocks in the network's stages (`num_blocks` in blocks)
+        self.stage_blocks = 0  # stage blocks elaborated so far (the next one's `block_index`)
 
     # ---- helpers
     def src(self, file):
@@ -324,6 +333,7 @@ class Elaborator:
             p = next(p for p in defn.params if p.name == "classes")
             raise self.error(f"classes must be an integer >= 1, got {env['classes']!r}", p.loc)
         params = dict(env)
+        self.num_blocks = self._count_stage_blocks(defn, dict(env), shape)
         parts: List[ir.Sequence] = []
         used_names = set()
         stage_counter = 0
@@ -356,6 +366,27 @@ class Elaborator:
                 raise self.error("unexpected statement in a network", stmt.loc)
         return ir.Network(defn.name if not alias_args else alias_args[0].name, params["input"], parts, params,
                           self.program.main.source, self.program.main.path)
+
+    def _count_stage_blocks(self, defn, env, shape) -> int:
+        """The number of blocks the network's stages will have (`num_blocks`), counted before elaborating them.
+        A count that does not evaluate here is reported when its stage is elaborated."""
+        total = 0
+        in_width = shape[0] if len(shape) == 3 else None
+        for stmt in defn.body:
+            ev = self.evaluator(env, in_width)
+            try:
+                if isinstance(stmt, A.Let):
+                    env[stmt.name] = ev.eval(stmt.value)
+                elif isinstance(stmt, A.Stage):
+                    count = ev.eval(stmt.count)
+                    total += count if isinstance(count, int) and not isinstance(count, bool) else 0
+                elif (isinstance(stmt, A.Part) and len(stmt.items) == 1 and isinstance(stmt.items[0], A.Call)
+                        and stmt.items[0].name in GENERATORS):
+                    a, _ = self.bind_spec(stmt.items[0], GENERATORS[stmt.items[0].name], ev, stmt.items[0].name)
+                    total += a["depth"]  # regnet: the stages' depths add up to `depth`
+            except ArchError:
+                continue
+        return min(total, self.limits.max_layers)
 
     def _check_part_name(self, name, used, loc):
         if name in used:
@@ -399,6 +430,9 @@ class Elaborator:
         for call in calls:
             if isinstance(call, (A.Branch, A.Merge)):
                 raise self.error("branches and merges belong directly in a block body", call.loc)
+            call = self.callee(call, ctx)
+            if call is None:
+                continue
             if (call.name in PRIMITIVES and PRIMITIVES[call.name][0] == "act" and call.name in FUSABLE_ACTS
                     and nodes and isinstance(nodes[-1], ir.Layer) and nodes[-1].op == "bn"
                     and nodes[-1].attrs.get("act") is None):
@@ -411,12 +445,26 @@ class Elaborator:
             shape = node.out_shape
         return nodes, shape
 
-    def call(self, call: A.Call, shape, namer: _Namer, ctx: _Ctx, extra=None, name=None, index=0):
+    def callee(self, call: A.Call, ctx: _Ctx) -> Optional[A.Call]:
+        """A call through a parameter that holds a block or an activation (`block b(unit=basic) { unit(8) }`)
+        calls that block or layer; one holding `none` is no layer (None)."""
+        value = ctx.ev.env.get(call.name)
+        if not isinstance(value, Symbol):
+            return call
+        if value.name == "none":
+            if call.args:
+                raise self.error(f"'{call.name}' is none here: it takes no arguments", call.loc)
+            return None
+        return A.Call(value.name, call.args, call.loc, call.name_loc)
+
+    def call(self, call: A.Call, shape, namer: _Namer, ctx: _Ctx, extra=None, name=None, index=0,
+             global_index=None):
         if call.name in PRIMITIVES:
             return self.primitive(call, shape, namer, ctx)
         if call.name in self.program.blocks:
             bdef = self.program.blocks[call.name]
-            return self.block(bdef, call, shape, name or namer.next(call.name), ctx, extra or {}, index)
+            return self.block(bdef, call, shape, name or namer.next(call.name), ctx, extra or {}, index,
+                              global_index)
         if call.name in GENERATORS:
             raise self.error(f"generator '{call.name}' must be the only item of a network part "
                              f"(like body = {call.name}(...))", call.name_loc)
@@ -484,7 +532,16 @@ class Elaborator:
                     raise self.error(f"{what}: width reaches {v}; {key} must be at least 1", loc)
                 raise bad("an integer >= 1")
             return v
-        if kind in ("pair", "pad"):
+        if kind == "nonneg":
+            v = as_int(value)
+            if v is None or v < 0:
+                raise bad("an integer >= 0")
+            return v
+        if kind == "convpad" and isinstance(value, (Symbol, str)):
+            if str(value) != ir.SAME:
+                raise bad("an integer >= 0, a pair of them, or same")
+            return ir.SAME
+        if kind in ("pair", "pad", "convpad"):
             lo = 1 if kind == "pair" else 0
             items = value if isinstance(value, tuple) else (value, value)
             if len(items) != 2:
@@ -617,7 +674,8 @@ class Elaborator:
                              f"of {lim.max_activations:,}", node.loc)
 
     # ---- blocks
-    def block(self, bdef: A.BlockDef, call: A.Call, shape, name: str, ctx: _Ctx, extra: dict, index: int):
+    def block(self, bdef: A.BlockDef, call: A.Call, shape, name: str, ctx: _Ctx, extra: dict, index: int,
+              global_index: Optional[int] = None):
         if bdef.name in ctx.stack:
             chain = " -> ".join(ctx.stack[ctx.stack.index(bdef.name):] + (bdef.name,))
             raise self.error(f"recursion: block '{bdef.name}' calls itself ({chain})", call.name_loc)
@@ -630,7 +688,9 @@ class Elaborator:
         names = [p.name for p in bdef.params]
         bound, _locs = self.bind_values(call, names, ctx.ev, f"block '{bdef.name}'", extra)
         in_width = shape[0] if len(shape) == 3 else None
-        env: Dict[str, object] = {"index": index}
+        if global_index is None:  # not a stage's block: its enclosing block's, or the stage blocks before it
+            global_index = ctx.ev.env.get("block_index", self.stage_blocks)
+        env: Dict[str, object] = {"index": index, "block_index": global_index, "num_blocks": self.num_blocks}
         inner = _Ctx(self.evaluator(env, in_width), ctx.stack + (bdef.name,))
         for p in bdef.params:
             if p.name in bound:
@@ -700,6 +760,7 @@ class Elaborator:
 
     # ---- stages and generators
     def stage(self, name, count_expr, call: A.Call, stride_expr, shape, ctx: _Ctx, loc) -> ir.Sequence:
+        call = self.callee(call, ctx) or call
         count = ctx.ev.eval(count_expr)
         if not isinstance(count, int) or isinstance(count, bool) or count < 1:
             raise self.error(f"a stage needs an integer number of blocks >= 1, got {_show(count)}", count_expr.loc)
@@ -724,7 +785,9 @@ class Elaborator:
         children = []
         x = shape
         for i in range(count):
-            node = self.call(call, x, None, ctx, extra=first_extra if i == 0 else {}, name=f"b{i + 1}", index=i)
+            self.stage_blocks += 1
+            node = self.call(call, x, None, ctx, extra=first_extra if i == 0 else {}, name=f"b{i + 1}", index=i,
+                             global_index=self.stage_blocks - 1)
             children.append(node)
             x = node.out_shape
         return ir.Sequence(name, children, shape, x, loc, kind="stage")
@@ -763,7 +826,7 @@ class Elaborator:
 
 @functools.lru_cache(maxsize=None)
 def _normalized_default(default, kind):
-    if kind == "pair" or kind == "pad":
+    if kind in ("pair", "pad", "convpad"):
         return default if isinstance(default, tuple) else (default, default)
     return default
 
