@@ -263,3 +263,37 @@ def test_reparameterize_needs_such_blocks():
     model = pycnn.compile("network n(input = 3x8x8) { body = conv(4, k=3) bn relu }")
     with pytest.raises(ValueError, match="no block of summed"):
         pycnn.reparameterize(model)
+
+
+def test_repvgg_a0_deploy_form_matches_timms():
+    """archs/repvgg.arch's RepVGG-A0 with timm's weights, re-parameterized: one 3x3 conv per block, the same
+    outputs as the training form in eval (float32 noise) and as timm's own re-parameterized model."""
+    import os
+    timm = pytest.importorskip("timm")
+    from timm.utils.model import reparameterize_model
+    from pycnn import weights
+    torch.manual_seed(0)
+    ref = timm.create_model("repvgg_a0", num_classes=10)
+    with torch.no_grad():
+        for m in ref.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0, 0.1)
+                m.momentum = None
+        ref.train()(torch.randn(4, 3, 32, 32))
+    ref.eval()
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    model = pycnn.compile(os.path.join(root, "archs", "repvgg.arch"), "repvgg_a0", classes=10)
+    weights.from_timm(model, ref)
+    model.eval()
+    deploy = pycnn.reparameterize(model)
+    convs = {name.rsplit(".", 1)[0] for name, m in deploy.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    blocks = {name for name, m in model.named_modules() if type(m).__name__ == "Block"}
+    assert len(blocks) == 1 + 2 + 4 + 14 + 1 and convs == {f"{b}.reparam_conv".rsplit(".", 1)[0] for b in blocks}
+    assert all(deploy.get_submodule(f"{b}.reparam_conv").kernel_size == (3, 3) for b in blocks)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        trained, deployed, timm_deployed = model(x), deploy(x), reparameterize_model(ref)(x)
+    scale = trained.abs().max()
+    assert ((deployed - trained).abs().max() / scale).item() < 2e-5  # measured 2.5e-6
+    assert ((deployed - timm_deployed).abs().max() / scale).item() < 2e-5
