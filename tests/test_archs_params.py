@@ -57,6 +57,7 @@ CASES = [
     ("repvgg", "repvgg_b0", "timm", "repvgg_b0", 15_817_960),
     ("nfnet", "dm_nfnet_f0", "timm", "dm_nfnet_f0", 71_489_284),
     ("inception_v4", "inception_v4", "timm", "inception_v4", 42_679_816),
+    ("inception_resnet_v2", "inception_resnet_v2", "timm", "inception_resnet_v2", 55_843_464),
 ]
 REFERENCE_TABLE = {"regnet_x_400mf": 5_495_976, "regnet_x_32gf": 107_811_560, "regnet_y_400mf": 4_344_144,
                    "regnet_y_32gf": 145_046_770}

@@ -44,6 +44,7 @@ CASES = [
     ("repvgg", "repvgg_b0", "timm", "repvgg_b0", 32),
     pytest.param("nfnet", "dm_nfnet_f0", "timm", "dm_nfnet_f0", 32, marks=pytest.mark.slow),  # 71M parameters: 15 s
     ("inception_v4", "inception_v4", "timm", "inception_v4", 75),
+    ("inception_resnet_v2", "inception_resnet_v2", "timm", "inception_resnet_v2", 75),
 ]
 
 
