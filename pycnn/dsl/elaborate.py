@@ -95,6 +95,10 @@ _BASE_NAMES = {"conv": "conv", "wsconv": "conv", "bn": "bn", "gn": "gn", "ln": "
                "channel_shuffle": "shuffle", "channel_linear": "fc", "layer_scale": "ls", "gain": "gain",
                "drop_path": "drop_path", "slice": "slice"}
 
+# words of the grammar that the lexer still takes as a name before `=` (`block b(in=3)`): never a name
+KEYWORDS = {"network", "block", "use", "stage", "let", "main", "branch", "shortcut", "merge", "if", "repeat", "in",
+            "and", "or", "not", "true", "false"}
+
 # attribute names of torch.nn.Module that a part, stage or branch may not take
 RESERVED_NAMES = {"forward", "train", "eval", "training", "parameters", "buffers", "children", "modules",
                   "apply", "cuda", "cpu", "to", "float", "double", "half", "bfloat16", "type", "state_dict",
@@ -123,8 +127,8 @@ def _definitions_in(path: str, mtime_ns: int) -> Tuple[Tuple[str, str], ...]:
 
 
 class _Definitions(Mapping):
-    """Blocks or networks by name. Library files are parsed only when one of their names is first looked up,
-    so `use std` costs only the files a network needs."""
+    """Blocks or networks by name. Every library file is parsed when `use`d (so its mistakes are reported), but
+    its definitions are registered only when one of its names is first looked up."""
 
     def __init__(self, program: "Program"):
         self.program = program
@@ -170,6 +174,8 @@ class Program:
                 if item.name in seen_here:
                     raise ArchError(f"'{item.name}' is defined twice in this file", item.loc, f.source)
                 seen_here.add(item.name)
+                for param in getattr(item, "params", ()):
+                    _check_binding(param.name, param.loc, f.source, "a parameter")
                 table = self.blocks if isinstance(item, A.BlockDef) else self.networks
                 if isinstance(item, A.BlockDef) and (item.name in PRIMITIVES or item.name in GENERATORS):
                     raise ArchError(f"block name '{item.name}' is a built-in layer; choose another name",
@@ -184,6 +190,7 @@ class Program:
                     if lib in self._indexed:
                         continue
                     self._indexed.add(lib)
+                    parse_file(lib)  # the whole library, so its mistakes are reported (cached: parsed once)
                     for kind, name in _definitions_in(lib, os.stat(lib).st_mtime_ns):
                         table = self.blocks if kind == "block" else self.networks
                         if name not in table.defined and name not in table.index:
@@ -263,6 +270,7 @@ class Elaborator:
         self.symbols = set(program.blocks) | set(ir.ACTIVATIONS) | {"none", ir.SAME}
         self.num_blocks = 0  # blocks in the network's stages (`num_blocks` in blocks)
         self.stage_blocks = 0  # stage blocks elaborated so far (the next one's `block_index`)
+        self.path: List[str] = []  # the module path of the block being elaborated (s3.b2)
 
     # ---- helpers
     def src(self, file):
@@ -314,9 +322,12 @@ class Elaborator:
                                 + did_you_mean(key, [p.name for p in defn.params])
                                 + f"; its parameters: {', '.join(p.name for p in defn.params)}")
             given[key] = _from_python(key, value)
+        overrides = overrides or {}
         for p in defn.params:
             if p.name in given:
                 env[p.name] = given[p.name]
+                if p.name in overrides and p.default is not None:
+                    self._check_override(p, env, overrides[p.name])
             elif p.default is not None:
                 env[p.name] = self.evaluator(env).eval(p.default)
             else:
@@ -326,12 +337,17 @@ class Elaborator:
         shape = env["input"]
         if (not isinstance(shape, tuple) or len(shape) not in (1, 3)
                 or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape)):
+            if "input" in overrides:
+                raise ArchError(f"override input={overrides['input']!r}: input must be a shape like 3x224x224 "
+                                f"(or (3, 224, 224)) with sizes >= 1")
             p = next(p for p in defn.params if p.name == "input")
-            raise self.error(f"input must be a shape like 3x224x224 with sizes >= 1, got {shape!r}", p.loc)
+            raise self.error(f"input must be a shape like 3x224x224 with sizes >= 1, got {_show(shape)}", p.loc)
         if "classes" in env and (not isinstance(env["classes"], int) or isinstance(env["classes"], bool)
                                  or env["classes"] < 1):
+            if "classes" in overrides:
+                raise ArchError(f"override classes={overrides['classes']!r}: classes must be an integer >= 1")
             p = next(p for p in defn.params if p.name == "classes")
-            raise self.error(f"classes must be an integer >= 1, got {env['classes']!r}", p.loc)
+            raise self.error(f"classes must be an integer >= 1, got {_show(env['classes'])}", p.loc)
         params = dict(env)
         self.num_blocks = self._count_stage_blocks(defn, dict(env), shape)
         parts: List[ir.Sequence] = []
@@ -340,7 +356,9 @@ class Elaborator:
         for stmt in defn.body:
             ev = self.evaluator(env, in_width=shape[0] if len(shape) == 3 else None)
             ctx = _Ctx(ev, ())
+            self.path = [stmt.name] if isinstance(stmt, (A.Stage, A.Part)) else []
             if isinstance(stmt, A.Let):
+                _check_binding(stmt.name, stmt.loc, self.src(stmt.loc.file), "a `let`")
                 env[stmt.name] = ev.eval(stmt.value)
             elif isinstance(stmt, A.Stage):
                 self._check_part_name(stmt.name, used_names, stmt.loc)
@@ -367,6 +385,18 @@ class Elaborator:
         return ir.Network(defn.name if not alias_args else alias_args[0].name, params["input"], parts, params,
                           self.program.main.source, self.program.main.path)
 
+    def _check_override(self, param: A.Param, env, raw):
+        """A compile-time override has the kind of value its parameter's default has (a number for a number,
+        a shape for a shape, ...); the message names the override, as the user wrote it in Python."""
+        try:
+            default = self.evaluator(env).eval(param.default)
+        except ArchError:
+            return  # a default that depends on what is not known here: nothing to compare with
+        value = env[param.name]
+        if _value_kind(value) != _value_kind(default):
+            raise ArchError(f"override {param.name}={raw!r}: expected {_value_kind(default)} like the default "
+                            f"{_show(default)}, got {_value_kind(value)}")
+
     def _count_stage_blocks(self, defn, env, shape) -> int:
         """The number of blocks the network's stages will have (`num_blocks`), counted before elaborating them.
         A count that does not evaluate here is reported when its stage is elaborated."""
@@ -388,10 +418,18 @@ class Elaborator:
                 continue
         return min(total, self.limits.max_layers)
 
+    def condition(self, expr, ev: Evaluator) -> bool:
+        """The value of an `if` or `when` condition: true or false, nothing else (`if 8` is a mistake)."""
+        value = ev.eval(expr)
+        if not isinstance(value, bool):
+            raise self.error(f"a condition must be true or false, got {_show(value)} (compare it: like "
+                             f"`x != 0` or `x > 0`)", expr.loc)
+        return value
+
     def _check_part_name(self, name, used, loc):
         if name in used:
             raise self.error(f"part name '{name}' is used twice", loc)
-        if name in RESERVED_NAMES or name.startswith("_"):
+        if name in RESERVED_NAMES or name in KEYWORDS or name.startswith("_"):
             raise self.error(f"'{name}' cannot name a part (reserved)", loc)
         used.add(name)
 
@@ -400,9 +438,10 @@ class Elaborator:
         out = []
         for stmt in stmts:
             if isinstance(stmt, A.Let):
+                _check_binding(stmt.name, stmt.loc, self.src(stmt.loc.file), "a `let`")
                 ctx.ev.env[stmt.name] = ctx.ev.eval(stmt.value)
             elif isinstance(stmt, A.If):
-                body = stmt.then if ctx.ev.truth(stmt.cond) else stmt.otherwise
+                body = stmt.then if self.condition(stmt.cond, ctx.ev) else stmt.otherwise
                 out.extend(self.resolve(body, ctx, allow_branches))
             elif isinstance(stmt, A.Repeat):
                 count = ctx.ev.eval(stmt.count)
@@ -615,6 +654,10 @@ class Elaborator:
                                  f"{ir.fmt_shape(shape)}", call.name_loc)
             cin = shape[0]
             k, d = a["k"], a["d"]
+            if a["p"] is None and any(dd * (kk - 1) % 2 for kk, dd in zip(k, d)):
+                raise self.error(f"{call.name}: the default padding d*(k-1)/2 is not a whole number for "
+                                 f"k={ir.fmt_shape(k)} d={ir.fmt_shape(d)}; give p (p=0, a pair, or p=same for "
+                                 f"TensorFlow's SAME)", locs.get("k", call.loc))
             p = a["p"] if a["p"] is not None else tuple(((kk - 1) // 2) * dd for kk, dd in zip(k, d))
             if call.name == "dwconv":
                 out, groups = cin * a["multiplier"], cin
@@ -676,6 +719,21 @@ class Elaborator:
     # ---- blocks
     def block(self, bdef: A.BlockDef, call: A.Call, shape, name: str, ctx: _Ctx, extra: dict, index: int,
               global_index: Optional[int] = None):
+        """A block instance; an error inside its body says which instance, instantiated where."""
+        self.path.append(name)
+        try:
+            return self._block(bdef, call, shape, name, ctx, extra, index, global_index)
+        except ArchError as e:
+            if not _within(e.loc, call.loc):
+                loc = call.name_loc
+                e.add_context(f"in block '{bdef.name}' (instance {'.'.join(self.path)}) instantiated at "
+                              f"{loc.file}:{loc.line}:{loc.column}")
+            raise
+        finally:
+            self.path.pop()
+
+    def _block(self, bdef: A.BlockDef, call: A.Call, shape, name: str, ctx: _Ctx, extra: dict, index: int,
+               global_index: Optional[int] = None):
         if bdef.name in ctx.stack:
             chain = " -> ".join(ctx.stack[ctx.stack.index(bdef.name):] + (bdef.name,))
             raise self.error(f"recursion: block '{bdef.name}' calls itself ({chain})", call.name_loc)
@@ -730,7 +788,7 @@ class Elaborator:
             if it.name in RESERVED_NAMES or it.name.startswith("_"):
                 raise self.error(f"'{it.name}' cannot name a branch (reserved)", it.loc)
             body = it.body
-            if it.kind == "shortcut" and it.when is not None and not inner.ev.truth(it.when):
+            if it.kind == "shortcut" and it.when is not None and not self.condition(it.when, inner.ev):
                 body = ()
             branch_calls = self.resolve(body, inner, allow_branches=False)
             branch_namer = namer if it.kind == "main" else _Namer()
@@ -782,6 +840,7 @@ class Elaborator:
         return self._stage_blocks(name, call, count, extra, shape, ctx, loc)
 
     def _stage_blocks(self, name, call, count, first_extra, shape, ctx, loc):
+        self.path = [name]
         children = []
         x = shape
         for i in range(count):
@@ -831,11 +890,35 @@ def _normalized_default(default, kind):
     return default
 
 
+def _check_binding(name: str, loc, source, what: str):
+    if name in KEYWORDS:
+        raise ArchError(f"'{name}' is a keyword and cannot name {what}", loc, source)
+
+
+def _value_kind(v) -> str:
+    if isinstance(v, bool):
+        return "true or false"
+    if _is_number(v):
+        return "a number"
+    if isinstance(v, tuple):
+        return "a shape or tuple"
+    return "a name"
+
+
+def _within(inner, outer) -> bool:
+    """Whether location `inner` lies in the text of location `outer`."""
+    if inner is None or outer is None or inner.file != outer.file:
+        return False
+    return (outer.line, outer.column) <= (inner.line, inner.column) < (outer.end_line, outer.end_column)
+
+
 def _show(v) -> str:
     if isinstance(v, Symbol):
         return v.name
     if isinstance(v, bool):
         return "true" if v else "false"
+    if isinstance(v, tuple) and v and all(isinstance(d, int) and not isinstance(d, bool) for d in v):
+        return "x".join(str(d) for d in v)
     if isinstance(v, str):
         return repr(v)
     return repr(v)
