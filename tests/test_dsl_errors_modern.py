@@ -139,3 +139,26 @@ def test_a_used_library_is_parsed_whole(tmp_path):
     assert str(info.value).startswith(f"{tmp_path / 'lib.arch'}:2:26: unexpected '}}'")
     (tmp_path / "lib.arch").write_text("block ok(w) { conv(w) }\nblock fixed(w) { conv(w) }\n")
     assert pycnn.parse(str(tmp_path / "main.arch")).out_shape == (4, 8, 8)
+
+
+@pytest.mark.parametrize("body,message", [
+    ("main { conv(w) } shortcut {} merge add merge add",
+     "a second merge: a block has one merge (the first is at line 1)"),
+    ("main { conv(w) } merge add shortcut {}", "a branch after the merge (line 1): every branch comes before the merge"),
+])
+def test_merges_and_branches_out_of_place(body, message):
+    with pytest.raises(ArchError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        pycnn.parse(f"block b(w) {{ {body} }}\nnetwork n(input = 3x8x8) {{ stem = conv(4) b(4) }}")
+
+
+@pytest.mark.parametrize("args,key,message", [
+    ("w0=24, wa=36.44, wm=1.0", "wm=1.0", "regnet: wm must be > 1, got 1.0"),
+    ("w0=20, wa=36.44, wm=2.0", "w0=20", "regnet: w0 must be a positive multiple of 8, got 20"),
+    ("w0=24, wa=-1, wm=2.0", "wa=-1", "regnet: wa must be >= 0, got -1"),
+])
+def test_generator_arguments_named_individually(args, key, message):
+    line = f"network n(input = 3x224x224) {{ body = regnet({args}, depth=13, group_width=8, block=xblock) }}"
+    with pytest.raises(ArchError) as info:
+        pycnn.parse("use std\n" + line, file="g.arch")
+    column = line.index(key) + len(key.split("=")[0]) + 2
+    assert str(info.value).splitlines()[0] == f"g.arch:2:{column}: {message}"

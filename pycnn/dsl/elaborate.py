@@ -771,8 +771,12 @@ class Elaborator:
         post_calls = []
         for it in items[first_branch:]:
             if merge is not None:
-                if isinstance(it, (A.Branch, A.Merge)):
-                    raise self.error("branches and merges must come before the merge's following layers", it.loc)
+                if isinstance(it, A.Merge):
+                    raise self.error(f"a second merge: a block has one merge (the first is at line "
+                                     f"{merge.loc.line}); merge inside a nested block to merge twice", it.loc)
+                if isinstance(it, A.Branch):
+                    raise self.error(f"a branch after the merge (line {merge.loc.line}): every branch comes before "
+                                     f"the merge", it.loc)
                 post_calls.append(it)
                 continue
             if isinstance(it, A.Merge):
@@ -854,6 +858,10 @@ class Elaborator:
     def generator(self, call: A.Call, shape, ctx: _Ctx, stage_counter: int) -> List[ir.Sequence]:
         spec = GENERATORS[call.name]
         a, locs = self.bind_spec(call, spec, ctx.ev, call.name)
+        for key, ok, need in (("w0", a["w0"] > 0 and a["w0"] % 8 == 0, "a positive multiple of 8"),
+                              ("wa", a["wa"] >= 0, ">= 0"), ("wm", a["wm"] > 1, "> 1")):
+            if not ok:
+                raise self.error(f"regnet: {key} must be {need}, got {_show(a[key])}", locs[key])
         if a["depth"] > self.limits.max_layers:
             raise self.error(f"regnet: depth {a['depth']} exceeds the layer limit", locs["depth"])
         try:
