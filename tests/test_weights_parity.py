@@ -42,16 +42,28 @@ CASES = [
     ("efficientnet_v2", "efficientnet_v2_s", "torchvision", "efficientnet_v2_s", 32),
     ("repvgg", "repvgg_a0", "timm", "repvgg_a0", 32),
     ("repvgg", "repvgg_b0", "timm", "repvgg_b0", 32),
-    pytest.param("nfnet", "dm_nfnet_f0", "timm", "dm_nfnet_f0", 32, marks=pytest.mark.slow),  # 71M parameters: 15 s
+    ("nfnet", "dm_nfnet_f0", "timm", "dm_nfnet_f0", 32),  # at reduced width (REDUCED_WIDTH)
     ("inception_v4", "inception_v4", "timm", "inception_v4", 75),
     ("inception_resnet_v2", "inception_resnet_v2", "timm", "inception_resnet_v2", 75),
 ]
 
 
+# the largest networks are compared at a reduced width (the same structure; the full width's parameter count is
+# checked in test_archs_params.py): name -> (the .arch network's overrides, changes to timm's model config)
+REDUCED_WIDTH = {
+    "dm_nfnet_f0": (dict(stem=32, w1=64, w2=128, w3=384, w4=384, group_width=32),
+                    dict(stem_chs=32, channels=(64, 128, 384, 384), group_size=32, num_features=768)),
+}
+
+
 def reference_model(library, name, size):
     warnings.filterwarnings("ignore")
     torch.manual_seed(0)
-    if library == "timm":
+    if library == "timm" and name in REDUCED_WIDTH:
+        import dataclasses
+        from timm.models import nfnet
+        model = nfnet.NormFreeNet(dataclasses.replace(nfnet.model_cfgs[name], **REDUCED_WIDTH[name][1]))
+    elif library == "timm":
         model = timm.create_model(name)
     else:
         kwargs = {"aux_logits": False, "init_weights": False} if name in ("googlenet", "inception_v3") else {}
@@ -85,7 +97,8 @@ def relative_error(a, b):
 def test_parity(arch, network, library, name, size):
     ref = reference_model(library, name, size)
     with torch.device("meta"):
-        model = pycnn.compile(os.path.join(ROOT, "archs", arch + ".arch"), network)
+        model = pycnn.compile(os.path.join(ROOT, "archs", arch + ".arch"), network,
+                              **REDUCED_WIDTH.get(name, ({}, {}))[0])
     if library == "timm":
         weights.from_timm(model, ref)
     else:
