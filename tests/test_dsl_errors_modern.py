@@ -162,3 +162,26 @@ def test_generator_arguments_named_individually(args, key, message):
         pycnn.parse("use std\n" + line, file="g.arch")
     column = line.index(key) + len(key.split("=")[0]) + 2
     assert str(info.value).splitlines()[0] == f"g.arch:2:{column}: {message}"
+
+
+def test_a_missing_name_says_where_use_looked():
+    with pytest.raises(ArchError) as info:
+        pycnn.parse("use std\nnetwork n(input = 3x8x8) {\n    body = frobnicate(8)\n}\n", file="u.arch")
+    first = str(info.value).splitlines()[0]
+    assert first.startswith("u.arch:3:12: unknown layer or block 'frobnicate'; searched `use std` = ")
+    assert first.endswith(os.path.join("archs", "std"))
+
+
+def test_a_local_std_shadowing_the_packages_is_warned(tmp_path):
+    (tmp_path / "std").mkdir()
+    (tmp_path / "std" / "mine.arch").write_text("block basic(w, stride=1) { conv(w, k=3, s=stride) }\n")
+    (tmp_path / "net.arch").write_text("use std\nnetwork n(input = 3x8x8) { stage s1 = 1 x basic(4) }\n")
+    with pytest.warns(UserWarning, match=r"`use std` found .*std/ next to the file, not the package's"):
+        net = pycnn.parse(str(tmp_path / "net.arch"))
+    assert net.total_params == 4 * 3 * 9  # the local one was used
+    (tmp_path / "other.arch").write_text("use mylib\nnetwork n(input = 3x8x8) { stem = conv(4) }\n")
+    (tmp_path / "mylib.arch").write_text("block b(w) { conv(w) }\n")
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a local library the package does not have: no warning
+        pycnn.parse(str(tmp_path / "other.arch"))

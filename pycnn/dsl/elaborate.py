@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,6 +162,7 @@ class Program:
         self.networks = _Definitions(self)
         self.main_networks: List[str] = []
         self._indexed = {main.path}
+        self.resolved: Dict[str, str] = {}  # `use` name -> the file or folder it resolved to
         self._register(main, is_main=True)
 
     def source_of(self, file: str) -> Optional[str]:
@@ -186,7 +188,11 @@ class Program:
                     self.main_networks.append(item.name)
         for item in f.items:
             if isinstance(item, A.Use):
-                for lib in _resolve_use(item, f.path, f.source):
+                libs = _resolve_use(item, f.path, f.source)
+                name = ".".join(item.path)
+                self.resolved.setdefault(name, libs[0] if len(libs) == 1 and libs[0].endswith(
+                    os.path.join(*item.path) + ".arch") else str(Path(libs[0]).parent))
+                for lib in libs:
                     if lib in self._indexed:
                         continue
                     self._indexed.add(lib)
@@ -211,17 +217,33 @@ def _resolve_use(use: A.Use, from_file: str, source: str) -> List[str]:
     if from_file and not from_file.startswith("<"):
         bases.append(Path(from_file).resolve().parent)
     bases += library_dirs()
-    for base in bases:
-        file = base / (rel + ".arch")
-        if file.is_file():
-            return [str(file)]
-        folder = base / rel
-        if folder.is_dir():
-            files = sorted(str(p) for p in folder.glob("*.arch"))
-            if files:
-                return files
+    found = [_library_in(base, rel) for base in bases]
+    for k, files in enumerate(found):
+        if files:
+            package = next((f for f in found[k + 1:] if f), None)
+            if k == 0 and len(bases) > len(library_dirs()) and package and package != files:
+                # a folder next to the user's file hides the package's library of that name: say so
+                warnings.warn(f"{use.loc.file}:{use.loc.line}: `use {'.'.join(use.path)}` found "
+                              f"{_where(files, rel)} next to the file, not the package's {_where(package, rel)}",
+                              stacklevel=2)
+            return files
     raise ArchError(f"cannot find library '{'.'.join(use.path)}' (looked for {rel}.arch or {rel}/ next to the "
                     f"file and in the package's archs/)", use.loc, source)
+
+
+def _library_in(base: Path, rel: str) -> List[str]:
+    """The .arch files a `use` of `rel` finds in `base` (one file, or every file of a folder)."""
+    file = base / (rel + ".arch")
+    if file.is_file():
+        return [str(file.resolve())]
+    folder = base / rel
+    if folder.is_dir():
+        return sorted(str(p.resolve()) for p in folder.glob("*.arch"))
+    return []
+
+
+def _where(files: List[str], rel: str) -> str:
+    return files[0] if len(files) == 1 and files[0].endswith(rel + ".arch") else str(Path(files[0]).parent) + "/"
 
 
 def load_program(source, file: Optional[str] = None) -> Program:
@@ -418,6 +440,12 @@ class Elaborator:
                 continue
         return min(total, self.limits.max_layers)
 
+    def _libraries_searched(self, hint: str) -> str:
+        """Where the `use`d libraries were found, for a name that none of them defines (and nothing is close to)."""
+        if hint or not self.program.resolved:
+            return hint
+        return "; searched " + ", ".join(f"`use {name}` = {where}" for name, where in self.program.resolved.items())
+
     def condition(self, expr, ev: Evaluator) -> bool:
         """The value of an `if` or `when` condition: true or false, nothing else (`if 8` is a mistake)."""
         value = ev.eval(expr)
@@ -508,8 +536,8 @@ class Elaborator:
             raise self.error(f"generator '{call.name}' must be the only item of a network part "
                              f"(like body = {call.name}(...))", call.name_loc)
         candidates = list(PRIMITIVES) + list(self.program.blocks) + list(GENERATORS)
-        raise self.error(f"unknown layer or block '{call.name}'" + did_you_mean(call.name, candidates),
-                         call.name_loc)
+        raise self.error(f"unknown layer or block '{call.name}'"
+                         + self._libraries_searched(did_you_mean(call.name, candidates)), call.name_loc)
 
     # ---- argument binding
     def bind_values(self, call: A.Call, names: List[str], ev: Evaluator, what: str, extra=None):
@@ -831,7 +859,8 @@ class Elaborator:
         if call.name not in self.program.blocks:
             candidates = list(self.program.blocks)
             hint = " (a stage repeats a block, not a layer)" if call.name in PRIMITIVES else ""
-            raise self.error(f"unknown block '{call.name}'{hint}" + did_you_mean(call.name, candidates),
+            raise self.error(f"unknown block '{call.name}'{hint}"
+                             + self._libraries_searched(did_you_mean(call.name, candidates)),
                              call.name_loc)
         extra = {}
         if stride_expr is not None:
