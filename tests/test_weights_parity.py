@@ -45,6 +45,7 @@ CASES = [
     ("nfnet", "dm_nfnet_f0", "timm", "dm_nfnet_f0", 32),  # at reduced width (REDUCED_WIDTH)
     ("inception_v4", "inception_v4", "timm", "inception_v4", 75),
     ("inception_resnet_v2", "inception_resnet_v2", "timm", "inception_resnet_v2", 75),
+    ("shufflenet_v2", "shufflenet_v2_x1_0", "torchvision", "shufflenet_v2_x1_0", 32),
 ]
 
 
