@@ -297,3 +297,21 @@ def test_repvgg_a0_deploy_form_matches_timms():
     scale = trained.abs().max()
     assert ((deployed - trained).abs().max() / scale).item() < 2e-5  # measured 2.5e-6
     assert ((deployed - timm_deployed).abs().max() / scale).item() < 2e-5
+
+
+@pytest.mark.parametrize("arch,network,overrides", [
+    ("convnext", "convnext_tiny", dict(width=8)),
+    ("nfnet", "dm_nfnet_f0", dict(stem=16, w1=16, w2=32, w3=48, w4=48, group_width=8, drop_path=0.2)),
+])
+def test_modern_networks_train(arch, network, overrides):
+    """A training step of narrowed ConvNeXt and NFNet (drop-path active): every parameter gets a gradient,
+    the learnable scales included."""
+    import os
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    torch.manual_seed(0)
+    model = pycnn.compile(os.path.join(root, "archs", arch + ".arch"), network, classes=10, input=(3, 32, 32),
+                          kernels="torch", **overrides).train()
+    model(torch.randn(4, 3, 32, 32)).logsumexp(1).mean().backward()
+    assert [n for n, p in model.named_parameters() if p.grad is None] == []
+    scales = [p for n, p in model.named_parameters() if n.endswith(("layer_scale", "skipinit_gain"))]
+    assert scales and all(p.grad.abs().sum() > 0 for p in scales)
