@@ -169,7 +169,7 @@ def test_a_missing_name_says_where_use_looked():
         pycnn.parse("use std\nnetwork n(input = 3x8x8) {\n    body = frobnicate(8)\n}\n", file="u.arch")
     first = str(info.value).splitlines()[0]
     assert first.startswith("u.arch:3:12: unknown layer or block 'frobnicate'; searched `use std` = ")
-    assert first.endswith(os.path.join("archs", "std"))
+    assert first.endswith(os.path.join("archs", "std") + "/")
 
 
 def test_a_local_std_shadowing_the_packages_is_warned(tmp_path):

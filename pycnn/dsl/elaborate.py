@@ -189,9 +189,7 @@ class Program:
         for item in f.items:
             if isinstance(item, A.Use):
                 libs = _resolve_use(item, f.path, f.source)
-                name = ".".join(item.path)
-                self.resolved.setdefault(name, libs[0] if len(libs) == 1 and libs[0].endswith(
-                    os.path.join(*item.path) + ".arch") else str(Path(libs[0]).parent))
+                self.resolved.setdefault(".".join(item.path), _where(libs, os.path.join(*item.path)))
                 for lib in libs:
                     if lib in self._indexed:
                         continue
@@ -243,6 +241,7 @@ def _library_in(base: Path, rel: str) -> List[str]:
 
 
 def _where(files: List[str], rel: str) -> str:
+    """The file a `use` found, or its folder (with a final /)."""
     return files[0] if len(files) == 1 and files[0].endswith(rel + ".arch") else str(Path(files[0]).parent) + "/"
 
 
