@@ -228,6 +228,8 @@ def infer(op: str, a: dict, in_shape: Shape) -> Tuple[Shape, int, int]:
         return in_shape, 2 * c, 0
     if op in ("maxpool", "avgpool"):
         c, h, w = _spatial(in_shape, op)
+        if a["p"] == SAME:
+            return (c, -(-h // a["s"][0]), -(-w // a["s"][1])), 0, 0
         (kh, kw), (sh, sw), (ph, pw) = a["k"], a["s"], a["p"]
         if ph * 2 > kh or pw * 2 > kw:
             raise ShapeError(f"{op} padding {ph}x{pw} must be at most half the window {kh}x{kw}", "p")

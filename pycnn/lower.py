@@ -27,15 +27,15 @@ def make_act(kind: str) -> nn.Module:
     return _ACT_MODULES[kind]()
 
 
-def pad_same(x, kernel_size, stride, dilation):
+def pad_same(x, kernel_size, stride, dilation=(1, 1), value=0.0):
     """x padded as TensorFlow's SAME (timm's padding='same'): the output has ceil(size / stride) positions, the
-    padding is split in two with the odd pixel at the bottom and right."""
+    padding (of `value`) is split in two with the odd pixel at the bottom and right."""
     pads = []
     for size, k, s, d in zip(x.shape[-2:], kernel_size, stride, dilation):
         total = max((-(-size // s) - 1) * s + (k - 1) * d + 1 - size, 0)
         pads.append((total // 2, total - total // 2))
     (top, bottom), (left, right) = pads
-    return F.pad(x, (left, right, top, bottom)) if top or bottom or left or right else x
+    return F.pad(x, (left, right, top, bottom), value=value) if top or bottom or left or right else x
 
 
 class Conv2dSame(nn.Conv2d):
@@ -43,6 +43,31 @@ class Conv2dSame(nn.Conv2d):
 
     def forward(self, x):
         return super().forward(pad_same(x, self.kernel_size, self.stride, self.dilation))
+
+
+class Pool2dSame(nn.Module):
+    """Max or average pooling with TensorFlow's SAME padding, as timm's create_pool2d(padding='same'): stride 1
+    with an odd window pads inside the pooling (an average excludes that padding unless count_pad); otherwise the
+    input is padded for its size (-inf for max; zeros for average, which the average counts)."""
+
+    def __init__(self, kind: str, kernel_size, stride, ceil: bool = False, count_pad: bool = True):
+        super().__init__()
+        self.kind, self.kernel_size, self.stride = kind, tuple(kernel_size), tuple(stride)
+        self.ceil, self.count_pad = ceil, count_pad
+
+    def forward(self, x):
+        k, s = self.kernel_size, self.stride
+        if all(ss == 1 and kk % 2 == 1 for kk, ss in zip(k, s)):
+            padding = tuple((kk - 1) // 2 for kk in k)
+        else:
+            x = pad_same(x, k, s, value=float("-inf") if self.kind == "max" else 0.0)
+            padding = (0, 0)
+        if self.kind == "max":
+            return F.max_pool2d(x, k, s, padding, ceil_mode=self.ceil)
+        return F.avg_pool2d(x, k, s, padding, ceil_mode=self.ceil, count_include_pad=self.count_pad)
+
+    def extra_repr(self):
+        return f"{self.kind}, kernel_size={self.kernel_size}, stride={self.stride}, padding=same"
 
 
 class ScaledStdConv2d(nn.Conv2d):
@@ -326,6 +351,8 @@ def lower_layer(layer: ir.Layer) -> nn.Module:
         return LayerNorm2d(channels, eps=a["eps"])
     if op == "act":
         return make_act(a["kind"])
+    if op in ("maxpool", "avgpool") and a["p"] == ir.SAME:
+        return Pool2dSame("max" if op == "maxpool" else "avg", a["k"], a["s"], a["ceil"], a.get("count_pad", True))
     if op == "maxpool":
         return nn.MaxPool2d(a["k"], a["s"], a["p"], ceil_mode=a["ceil"])
     if op == "avgpool":

@@ -177,7 +177,23 @@ def test_same_padding_for_weight_standardized_convs_and_bad_values():
     with pytest.raises(ArchError, match="p must be an integer >= 0, a pair of them, or same"):
         pycnn.parse('network n(input = 3x8x8) { body = conv(4, k=3, p="valid") }')
     with pytest.raises(ArchError, match="p must be an integer >= 0 or a pair"):
-        pycnn.parse("network n(input = 3x8x8) { body = maxpool(3, p=same) }")
+        pycnn.parse("network n(input = 3x8x8) { body = maxpool(3, p=-1) }")
+
+
+@pytest.mark.parametrize("kind", ["max", "avg"])
+@pytest.mark.parametrize("size,k,s", [(9, 3, 2), (8, 3, 2), (8, 2, 2), (7, 3, 1), (6, 2, 1)])
+def test_same_padding_of_pools_is_timms(kind, size, k, s):
+    timm = pytest.importorskip("timm")
+    extra = ", count_pad=false" if kind == "avg" else ""
+    text = f"network n(input = 3x{size}x{size}) {{ body = {kind}pool({k}, s={s}, p=same{extra}) }}"
+    out = -(-size // s)
+    assert pycnn.parse(text).out_shape == (3, out, out)
+    model = pycnn.compile(text)
+    kwargs = dict(count_include_pad=False) if kind == "avg" else {}
+    ref = timm.layers.create_pool2d(kind, k, s, padding="same", **kwargs)
+    for n in (size, size + 1):
+        x = torch.randn(2, 3, n, n)
+        torch.testing.assert_close(model(x), ref(x))
 
 
 TEMPLATE = """block unit(w, act=relu) { conv(w, k=3) bn act }
