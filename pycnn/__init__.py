@@ -34,6 +34,13 @@ def compile(source, network=None, *, file=None, limits=None, init=True, backend=
                  disable_passes=disable_passes, kernels=kernels)
 
 
+def reparameterize(model):
+    """The deploy form of a compiled model: each block summing conv+BN, BN and identity branches (RepVGG)
+    becomes one convolution; see pycnn.reparam."""
+    from .reparam import reparameterize as _reparameterize
+    return _reparameterize(model)
+
+
 def build_info() -> dict:
     """How the extension was built: torch version, whether CUDA kernels are compiled, the GPU
     architectures (TORCH_CUDA_ARCH_LIST) and the compilers."""
@@ -59,4 +66,4 @@ def __getattr__(name):
 
 
 __all__ = ["compile", "parse", "summary", "ArchError", "build_info", "weights", "save", "load", "list_models",
-           "create_model", "export_onnx", "export_aoti"]
+           "create_model", "export_onnx", "export_aoti", "reparameterize"]

@@ -17,7 +17,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from . import ops
 
 ACT_FNS = {"relu": F.relu, "relu6": F.relu6, "silu": F.silu, "hardswish": F.hardswish, "sigmoid": torch.sigmoid,
-           "gelu": F.gelu, "tanh": torch.tanh}
+           "gelu": F.gelu, "tanh": torch.tanh, "hardsigmoid": F.hardsigmoid}
 INPLACE_ACT_FNS = {"relu": torch.relu_, "relu6": lambda y: F.relu6(y, inplace=True),
                    "silu": lambda y: F.silu(y, inplace=True), "hardswish": lambda y: F.hardswish(y, inplace=True)}
 

@@ -19,7 +19,10 @@ from typing import Iterator, List, Optional, Tuple
 
 Shape = Tuple[int, ...]
 
-ACTIVATIONS = ("relu", "relu6", "silu", "hardswish", "sigmoid", "gelu", "tanh")
+ACTIVATIONS = ("relu", "relu6", "silu", "hardswish", "hardsigmoid", "sigmoid", "gelu", "tanh")
+
+
+SAME = "same"  # a conv's `p`: TensorFlow's SAME padding (asymmetric, computed from the input size at run time)
 
 
 class ShapeError(Exception):
@@ -198,14 +201,18 @@ def infer(op: str, a: dict, in_shape: Shape) -> Tuple[Shape, int, int]:
     """(output shape, parameter count, FLOPs) of one layer; raises ShapeError."""
     if op in ("conv", "wsconv"):
         c, h, w = _spatial(in_shape, op)
-        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = a["k"], a["s"], a["p"], a["d"]
+        (kh, kw), (sh, sw), (dh, dw) = a["k"], a["s"], a["d"]
         groups, out = a["groups"], a["out"]
         if c % groups:
             raise ShapeError(f"groups={groups} does not divide the {c} input channels", "groups")
         if out % groups:
             raise ShapeError(f"groups={groups} does not divide the {out} output channels", "groups")
-        ho, wo = _conv_size(h, kh, sh, ph, dh), _conv_size(w, kw, sw, pw, dw)
-        _check_spatial(f"{op} k={kh}x{kw} s={sh}x{sw} p={ph}x{pw}", ho, wo, in_shape)
+        if a["p"] == SAME:  # TensorFlow's SAME: ceil(size / stride) whatever the kernel
+            ho, wo = -(-h // sh), -(-w // sw)
+        else:
+            (ph, pw) = a["p"]
+            ho, wo = _conv_size(h, kh, sh, ph, dh), _conv_size(w, kw, sw, pw, dw)
+            _check_spatial(f"{op} k={kh}x{kw} s={sh}x{sw} p={ph}x{pw}", ho, wo, in_shape)
         weights = out * (c // groups) * kh * kw
         params = weights + (out if a["bias"] else 0) + (out if op == "wsconv" else 0)
         flops = weights * ho * wo + (out * ho * wo if a["bias"] else 0)
@@ -222,6 +229,8 @@ def infer(op: str, a: dict, in_shape: Shape) -> Tuple[Shape, int, int]:
         return in_shape, 2 * c, 0
     if op in ("maxpool", "avgpool"):
         c, h, w = _spatial(in_shape, op)
+        if a["p"] == SAME:
+            return (c, -(-h // a["s"][0]), -(-w // a["s"][1])), 0, 0
         (kh, kw), (sh, sw), (ph, pw) = a["k"], a["s"], a["p"]
         if ph * 2 > kh or pw * 2 > kw:
             raise ShapeError(f"{op} padding {ph}x{pw} must be at most half the window {kh}x{kw}", "p")
@@ -247,7 +256,25 @@ def infer(op: str, a: dict, in_shape: Shape) -> Tuple[Shape, int, int]:
         r = a["reduced"]
         params = c * r + r + r * c + c
         return in_shape, params, params
-    if op in ("act", "dropout", "identity", "scale", "channel_shuffle"):
+    if op == "channel_linear":
+        c, h, w = _spatial(in_shape, op)
+        out = a["out"]
+        params = c * out + (out if a["bias"] else 0)
+        return (out, h, w), params, params * h * w
+    if op == "layer_scale":
+        c, _, _ = _spatial(in_shape, op)
+        return in_shape, c, 0
+    if op == "gain":
+        return in_shape, 1, 0
+    if op == "slice":
+        c, h, w = _spatial(in_shape, op)
+        start, stop = a["start"], a["stop"]
+        if stop > c:
+            raise ShapeError(f"slice({start}, {stop}) reaches beyond the {c} channels", "stop")
+        if start >= stop:
+            raise ShapeError(f"slice({start}, {stop}) selects no channel (start must be below stop)", "start")
+        return (stop - start, h, w), 0, 0
+    if op in ("act", "dropout", "drop_path", "identity", "scale", "channel_shuffle"):
         if op == "channel_shuffle":
             c, _, _ = _spatial(in_shape, op)
             if c % a["groups"]:
@@ -258,7 +285,15 @@ def infer(op: str, a: dict, in_shape: Shape) -> Tuple[Shape, int, int]:
 
 def merge_shapes(kind: str, shapes: List[Shape]) -> Shape:
     first = shapes[0]
-    if kind in ("add", "mul"):
+    if kind == "mul":  # broadcasting: a Cx1x1 gate times a CxHxW tensor (SE, ECA)
+        out = list(first)
+        for s in shapes[1:]:
+            if len(s) != len(out) or any(a != b and 1 not in (a, b) for a, b in zip(s, out)):
+                raise ShapeError("cannot mul branches whose sizes neither match nor broadcast (a size must be "
+                                 "equal or 1): " + ", ".join(fmt_shape(x) for x in shapes))
+            out = [max(a, b) for a, b in zip(s, out)]
+        return tuple(out)
+    if kind == "add":
         for s in shapes[1:]:
             if s != first:
                 raise ShapeError(f"cannot {kind} branches of different shapes: "

@@ -49,6 +49,18 @@ CASES = [
     ("resnet_d", "resnet50d", "timm", "resnet50d", 25_576_264),
     ("nf_resnet50", "nf_resnet50", "timm", "nf_resnet50", 25_557_032),
     ("mobilenet_v1", "mobilenet_v1", "timm", "mobilenetv1_100", 4_231_976),
+    ("mobilenet_v3", "mobilenet_v3_large", "torchvision", "mobilenet_v3_large", 5_483_032),
+    ("mobilenet_v3", "mobilenet_v3_small", "torchvision", "mobilenet_v3_small", 2_542_856),
+    ("convnext", "convnext_tiny", "torchvision", "convnext_tiny", 28_589_128),
+    ("efficientnet_v2", "efficientnet_v2_s", "torchvision", "efficientnet_v2_s", 21_458_488),
+    ("repvgg", "repvgg_a0", "timm", "repvgg_a0", 9_108_968),
+    ("repvgg", "repvgg_b0", "timm", "repvgg_b0", 15_817_960),
+    ("nfnet", "dm_nfnet_f0", "timm", "dm_nfnet_f0", 71_489_284),
+    ("inception_v4", "inception_v4", "timm", "inception_v4", 42_679_816),
+    ("inception_resnet_v2", "inception_resnet_v2", "timm", "inception_resnet_v2", 55_843_464),
+    ("shufflenet_v2", "shufflenet_v2_x0_5", "torchvision", "shufflenet_v2_x0_5", None),
+    ("shufflenet_v2", "shufflenet_v2_x1_0", "torchvision", "shufflenet_v2_x1_0", None),
+    ("shufflenet_v2", "shufflenet_v2_x2_0", "torchvision", "shufflenet_v2_x2_0", None),
 ]
 REFERENCE_TABLE = {"regnet_x_400mf": 5_495_976, "regnet_x_32gf": 107_811_560, "regnet_y_400mf": 4_344_144,
                    "regnet_y_32gf": 145_046_770}

@@ -90,7 +90,8 @@ CASES = {
         """\
         width_zero.arch:1:24: conv: width reaches 0; out must be at least 1
             block shrink(w) { conv(w - 32, k=1) }
-                                   ^^^^^^"""),
+                                   ^^^^^^
+          in block 'shrink' (instance body.shrink1) instantiated at width_zero.arch:3:12"""),
     "spatial_zero": (
         """\
         network n(input = 3x8x8) {
@@ -113,7 +114,8 @@ CASES = {
         """\
         merge_mismatch.arch:4:5: merge add: cannot add branches of different shapes (main 16x16x16; shortcut 16x32x32)
                 merge add
-                ^^^^^^^^^"""),
+                ^^^^^^^^^
+          in block 'bad' (instance body.bad1) instantiated at merge_mismatch.arch:7:12"""),
     "recursion": (
         """\
         block a(w) { b(w) }
@@ -124,7 +126,9 @@ CASES = {
         """\
         recursion.arch:2:22: recursion: block 'a' calls itself (a -> b -> a)
             block b(w) { conv(w) a(w) }
-                                 ^"""),
+                                 ^
+          in block 'b' (instance body.a1.b1) instantiated at recursion.arch:1:14
+          in block 'a' (instance body.a1) instantiated at recursion.arch:4:12"""),
     "out_of_range": (
         """\
         network n(input = 3x32x32) {

@@ -36,13 +36,36 @@ CASES = [
     ("seresnet", "seresnext50_32x4d", "timm", "seresnext50_32x4d", 32),
     ("resnet_d", "resnet50d", "timm", "resnet50d", 32),
     ("nf_resnet50", "nf_resnet50", "timm", "nf_resnet50", 32),
+    ("mobilenet_v3", "mobilenet_v3_large", "torchvision", "mobilenet_v3_large", 32),
+    ("mobilenet_v3", "mobilenet_v3_small", "torchvision", "mobilenet_v3_small", 32),
+    ("convnext", "convnext_tiny", "torchvision", "convnext_tiny", 32),
+    # at 32x32 the calibrated random EfficientNetV2-S is ill-conditioned (PyTorch's float32 is 68% off float64)
+    ("efficientnet_v2", "efficientnet_v2_s", "torchvision", "efficientnet_v2_s", 96),
+    ("repvgg", "repvgg_a0", "timm", "repvgg_a0", 32),
+    ("repvgg", "repvgg_b0", "timm", "repvgg_b0", 32),
+    ("nfnet", "dm_nfnet_f0", "timm", "dm_nfnet_f0", 32),  # at reduced width (REDUCED_WIDTH)
+    ("inception_v4", "inception_v4", "timm", "inception_v4", 75),
+    ("inception_resnet_v2", "inception_resnet_v2", "timm", "inception_resnet_v2", 75),
+    ("shufflenet_v2", "shufflenet_v2_x1_0", "torchvision", "shufflenet_v2_x1_0", 32),
 ]
+
+
+# the largest networks are compared at a reduced width (the same structure; the full width's parameter count is
+# checked in test_archs_params.py): name -> (the .arch network's overrides, changes to timm's model config)
+REDUCED_WIDTH = {
+    "dm_nfnet_f0": (dict(stem=32, w1=64, w2=128, w3=384, w4=384, group_width=32),
+                    dict(stem_chs=32, channels=(64, 128, 384, 384), group_size=32, num_features=768)),
+}
 
 
 def reference_model(library, name, size):
     warnings.filterwarnings("ignore")
     torch.manual_seed(0)
-    if library == "timm":
+    if library == "timm" and name in REDUCED_WIDTH:
+        import dataclasses
+        from timm.models import nfnet
+        model = nfnet.NormFreeNet(dataclasses.replace(nfnet.model_cfgs[name], **REDUCED_WIDTH[name][1]))
+    elif library == "timm":
         model = timm.create_model(name)
     else:
         kwargs = {"aux_logits": False, "init_weights": False} if name in ("googlenet", "inception_v3") else {}
@@ -56,6 +79,11 @@ def reference_model(library, name, size):
                 m.momentum = None  # running statistics: the average over the calibration batch
             if hasattr(m, "gain") and isinstance(m.gain, torch.nn.Parameter):
                 m.gain.copy_(torch.rand(m.gain.shape, generator=g) + 0.5)
+            # learnable scales initialized near zero (ConvNeXt's layer scale 1e-6, NFNet's skipinit gain 0)
+            # would hide the branches they scale from the comparison
+            for attr in ("layer_scale", "skipinit_gain"):
+                if isinstance(getattr(m, attr, None), torch.nn.Parameter):
+                    getattr(m, attr).copy_(torch.rand(getattr(m, attr).shape, generator=g) + 0.5)
         # BatchNorm statistics that match the activations, so the signal survives to the output in eval mode
         model.train()
         model(torch.randn(2, 3, size, size, generator=g))
@@ -66,11 +94,13 @@ def relative_error(a, b):
     return ((a - b).abs().max() / b.abs().max()).item()
 
 
-@pytest.mark.parametrize("arch,network,library,name,size", CASES, ids=[c[3] for c in CASES])
+@pytest.mark.parametrize("arch,network,library,name,size", CASES,
+                         ids=[getattr(c, "values", c)[3] for c in CASES])
 def test_parity(arch, network, library, name, size):
     ref = reference_model(library, name, size)
     with torch.device("meta"):
-        model = pycnn.compile(os.path.join(ROOT, "archs", arch + ".arch"), network)
+        model = pycnn.compile(os.path.join(ROOT, "archs", arch + ".arch"), network,
+                              **REDUCED_WIDTH.get(name, ({}, {}))[0])
     if library == "timm":
         weights.from_timm(model, ref)
     else:

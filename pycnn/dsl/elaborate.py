@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,23 +42,24 @@ class Limits:
 
 REQUIRED = object()
 
-# argument kinds: width (int >= 1), pair (int >= 1 or a pair), pad (None = "same", or int/pair >= 0),
+# argument kinds: width (int >= 1), pair (int >= 1 or a pair), pad (int/pair >= 0), convpad (like pad; None =
+# the symmetric default d*(k-1)/2, `same` = TensorFlow's SAME), nonneg (int >= 0),
 # pos (int >= 1), bool, prob (0 <= p <= 1), posfloat (> 0), float, act (activation name or none), size (pair)
 PRIMITIVES: Dict[str, Tuple[str, list]] = {
-    "conv": ("conv", [("out", REQUIRED, "width"), ("k", 1, "pair"), ("s", 1, "pair"), ("p", None, "pad"),
+    "conv": ("conv", [("out", REQUIRED, "width"), ("k", 1, "pair"), ("s", 1, "pair"), ("p", None, "convpad"),
                       ("d", 1, "pair"), ("groups", None, "pos"), ("group_width", None, "pos"),
                       ("bias", False, "bool")]),
-    "wsconv": ("wsconv", [("out", REQUIRED, "width"), ("k", 1, "pair"), ("s", 1, "pair"), ("p", None, "pad"),
+    "wsconv": ("wsconv", [("out", REQUIRED, "width"), ("k", 1, "pair"), ("s", 1, "pair"), ("p", None, "convpad"),
                           ("d", 1, "pair"), ("groups", None, "pos"), ("group_width", None, "pos"),
                           ("bias", True, "bool"), ("gamma", 1.0, "posfloat"), ("eps", 1e-6, "posfloat")]),
-    "dwconv": ("conv", [("k", 3, "pair"), ("s", 1, "pair"), ("p", None, "pad"), ("d", 1, "pair"),
+    "dwconv": ("conv", [("k", 3, "pair"), ("s", 1, "pair"), ("p", None, "convpad"), ("d", 1, "pair"),
                         ("multiplier", 1, "pos"), ("bias", False, "bool")]),
     "bn": ("bn", [("eps", 1e-5, "posfloat"), ("momentum", 0.1, "prob")]),
     "gn": ("gn", [("groups", REQUIRED, "pos"), ("eps", 1e-5, "posfloat")]),
     "ln": ("ln", [("eps", 1e-5, "posfloat")]),
-    "maxpool": ("maxpool", [("k", REQUIRED, "pair"), ("s", None, "pair"), ("p", 0, "pad"),
+    "maxpool": ("maxpool", [("k", REQUIRED, "pair"), ("s", None, "pair"), ("p", 0, "convpad"),
                             ("ceil", False, "bool")]),
-    "avgpool": ("avgpool", [("k", None, "pair"), ("s", None, "pair"), ("p", 0, "pad"), ("ceil", False, "bool"),
+    "avgpool": ("avgpool", [("k", None, "pair"), ("s", None, "pair"), ("p", 0, "convpad"), ("ceil", False, "bool"),
                             ("count_pad", True, "bool")]),
     "gap": ("gap", []),
     "global_avgpool": ("gap", []),
@@ -70,6 +72,11 @@ PRIMITIVES: Dict[str, Tuple[str, list]] = {
     "se": ("se", [("reduced", REQUIRED, "width"), ("act", "relu", "act"), ("gate", "sigmoid", "act")]),
     "scale": ("scale", [("value", REQUIRED, "float")]),
     "channel_shuffle": ("channel_shuffle", [("groups", REQUIRED, "pos")]),
+    "channel_linear": ("channel_linear", [("out", REQUIRED, "width"), ("bias", True, "bool")]),
+    "layer_scale": ("layer_scale", [("init", 1e-6, "float")]),
+    "gain": ("gain", [("init", 1.0, "float")]),
+    "drop_path": ("drop_path", [("p", 0.0, "prob")]),
+    "slice": ("slice", [("start", REQUIRED, "nonneg"), ("stop", REQUIRED, "pos")]),
 }
 for _act in ir.ACTIVATIONS:
     PRIMITIVES[_act] = ("act", [])
@@ -91,7 +98,12 @@ FUSABLE_ACTS = ("relu", "relu6", "silu")  # a bn followed by one of these become
 _BASE_NAMES = {"conv": "conv", "wsconv": "conv", "bn": "bn", "gn": "gn", "ln": "ln", "maxpool": "pool",
                "avgpool": "pool", "gap": "pool", "gmp": "pool", "adaptive_avgpool": "pool", "flatten": "flatten",
                "linear": "fc", "dropout": "drop", "identity": "identity", "se": "se", "scale": "scale",
-               "channel_shuffle": "shuffle"}
+               "channel_shuffle": "shuffle", "channel_linear": "fc", "layer_scale": "ls", "gain": "gain",
+               "drop_path": "drop_path", "slice": "slice"}
+
+# words of the grammar that the lexer still takes as a name before `=` (`block b(in=3)`): never a name
+KEYWORDS = {"network", "block", "use", "stage", "let", "main", "branch", "shortcut", "merge", "if", "repeat", "in",
+            "and", "or", "not", "true", "false"}
 
 # attribute names of torch.nn.Module that a part, stage or branch may not take
 RESERVED_NAMES = {"forward", "train", "eval", "training", "parameters", "buffers", "children", "modules",
@@ -120,8 +132,8 @@ def _definitions_in(path: str, mtime_ns: int, max_bytes: int) -> Tuple[Tuple[str
 
 
 class _Definitions(Mapping):
-    """Blocks or networks by name. Library files are parsed only when one of their names is first looked up,
-    so `use std` costs only the files a network needs."""
+    """Blocks or networks by name. Every library file is parsed when `use`d (so its mistakes are reported), but
+    its definitions are registered only when one of its names is first looked up."""
 
     def __init__(self, program: "Program"):
         self.program = program
@@ -156,6 +168,7 @@ class Program:
         self.main_networks: List[str] = []
         self._indexed = {main.path}
         self._use_locs: Dict[str, tuple] = {}  # library path -> (loc, source) of the `use` that pulled it in
+        self.resolved: Dict[str, str] = {}  # `use` name -> the file or folder it resolved to
         self._register(main, is_main=True)
 
     def source_of(self, file: str) -> Optional[str]:
@@ -169,6 +182,8 @@ class Program:
                 if item.name in seen_here:
                     raise ArchError(f"'{item.name}' is defined twice in this file", item.loc, f.source)
                 seen_here.add(item.name)
+                for param in getattr(item, "params", ()):
+                    _check_binding(param.name, param.loc, f.source, "a parameter")
                 table = self.blocks if isinstance(item, A.BlockDef) else self.networks
                 if isinstance(item, A.BlockDef) and (item.name in PRIMITIVES or item.name in GENERATORS):
                     raise ArchError(f"block name '{item.name}' is a built-in layer; choose another name",
@@ -179,12 +194,16 @@ class Program:
                     self.main_networks.append(item.name)
         for item in f.items:
             if isinstance(item, A.Use):
-                for lib in _resolve_use(item, f.path, f.source):
+                libs = _resolve_use(item, f.path, f.source)
+                self.resolved.setdefault(".".join(item.path), _where(libs, os.path.join(*item.path)))
+                for lib in libs:
                     if lib in self._indexed:
                         continue
                     self._indexed.add(lib)
                     self._use_locs[lib] = (item.loc, f.source)
                     try:
+                        parse_file(lib, self.max_source_bytes, item.loc, f.source)  # the whole library, so its
+                        # mistakes are reported (cached: parsed once)
                         definitions = _definitions_in(lib, os.stat(lib).st_mtime_ns, self.max_source_bytes)
                     except OSError as e:
                         raise ArchError(f"{lib}: {e.strerror or e}", item.loc, f.source) from None
@@ -213,21 +232,38 @@ def _resolve_use(use: A.Use, from_file: str, source: str) -> List[str]:
     if from_file and not from_file.startswith("<"):
         bases.append(Path(from_file).resolve().parent)
     bases += library_dirs()
-    for base in bases:
-        try:
-            file = base / (rel + ".arch")
-            if file.is_file():
-                return [str(file)]
-            folder = base / rel
-            if folder.is_dir():
-                # regular files only: a folder, FIFO or device named *.arch is skipped (is_file follows links)
-                files = sorted(str(p) for p in folder.glob("*.arch") if p.is_file())
-                if files:
-                    return files
-        except (OSError, ValueError):  # a name too long for the file system, or unreadable: not found here
-            continue
+    found = [_library_in(base, rel) for base in bases]
+    for k, files in enumerate(found):
+        if files:
+            package = next((f for f in found[k + 1:] if f), None)
+            if k == 0 and len(bases) > len(library_dirs()) and package and package != files:
+                # a folder next to the user's file hides the package's library of that name: say so
+                warnings.warn(f"{use.loc.file}:{use.loc.line}: `use {'.'.join(use.path)}` found "
+                              f"{_where(files, rel)} next to the file, not the package's {_where(package, rel)}",
+                              stacklevel=2)
+            return files
     raise ArchError(f"cannot find library '{'.'.join(use.path)}' (looked for {rel}.arch or {rel}/ next to the "
                     f"file and in the package's archs/)", use.loc, source)
+
+
+def _library_in(base: Path, rel: str) -> List[str]:
+    """The .arch files a `use` of `rel` finds in `base` (one file, or every regular file of a folder: a folder,
+    FIFO or device named *.arch is skipped). A name the file system cannot hold finds nothing."""
+    try:
+        file = base / (rel + ".arch")
+        if file.is_file():
+            return [str(file.resolve())]
+        folder = base / rel
+        if folder.is_dir():
+            return sorted(str(p.resolve()) for p in folder.glob("*.arch") if p.is_file())
+    except (OSError, ValueError):
+        pass
+    return []
+
+
+def _where(files: List[str], rel: str) -> str:
+    """The file a `use` found, or its folder (with a final /)."""
+    return files[0] if len(files) == 1 and files[0].endswith(rel + ".arch") else str(Path(files[0]).parent) + "/"
 
 
 def load_program(source, file: Optional[str] = None, max_source_bytes: int = MAX_SOURCE_BYTES) -> Program:
@@ -291,7 +327,10 @@ class Elaborator:
         self.n_iterations = 0
         self.activation_elements = 0
         self.budget = Budget(limits.max_steps)
-        self.symbols = set(program.blocks) | set(ir.ACTIVATIONS) | {"none"}
+        self.symbols = set(program.blocks) | set(ir.ACTIVATIONS) | {"none", ir.SAME}
+        self.num_blocks = 0  # blocks in the network's stages (`num_blocks` in blocks)
+        self.stage_blocks = 0  # stage blocks elaborated so far (the next one's `block_index`)
+        self.path: List[str] = []  # the module path of the block being elaborated (s3.b2)
 
     # ---- helpers
     def src(self, file):
@@ -345,9 +384,12 @@ class Elaborator:
                                 + did_you_mean(key, [p.name for p in defn.params])
                                 + f"; its parameters: {', '.join(p.name for p in defn.params)}")
             given[key] = _checked_value(_from_python(key, value), key)
+        overrides = overrides or {}
         for p in defn.params:
             if p.name in given:
                 env[p.name] = given[p.name]
+                if p.name in overrides and p.default is not None:
+                    self._check_override(p, env, overrides[p.name])
             elif p.default is not None:
                 env[p.name] = self.evaluator(env).eval(p.default)
             else:
@@ -358,7 +400,7 @@ class Elaborator:
 
         def bad_param(key, message):
             if key in (overrides or {}):  # the override is wrong, not the file's default
-                return ArchError(f"override {key}={_show_override(overrides[key])}: {message}")
+                return ArchError(f"override {key}={_show_override(overrides[key])}: {key} {message}")
             p = next(p for p in defn.params if p.name == key)
             return self.error(f"{key} {message}", p.loc)
 
@@ -376,13 +418,16 @@ class Elaborator:
                                  or env["classes"] < 1):
             raise bad_param("classes", f"must be an integer >= 1, got {_show(env['classes'])}")
         params = dict(env)
+        self.num_blocks = self._count_stage_blocks(defn, dict(env), shape)
         parts: List[ir.Sequence] = []
         used_names = set()
         stage_counter = 0
         for stmt in defn.body:
             ev = self.evaluator(env, in_width=shape[0] if len(shape) == 3 else None)
             ctx = _Ctx(ev, ())
+            self.path = [stmt.name] if isinstance(stmt, (A.Stage, A.Part)) else []
             if isinstance(stmt, A.Let):
+                _check_binding(stmt.name, stmt.loc, self.src(stmt.loc.file), "a `let`")
                 env[stmt.name] = ev.eval(stmt.value)
             elif isinstance(stmt, A.Stage):
                 self._check_part_name(stmt.name, used_names, stmt.loc)
@@ -409,10 +454,57 @@ class Elaborator:
         return ir.Network(defn.name if not alias_args else alias_args[0].name, params["input"], parts, params,
                           self.program.main.source, self.program.main.path)
 
+    def _check_override(self, param: A.Param, env, raw):
+        """A compile-time override has the kind of value its parameter's default has (a number for a number,
+        a shape for a shape, ...); the message names the override, as the user wrote it in Python."""
+        try:
+            default = self.evaluator(env).eval(param.default)
+        except ArchError:
+            return  # a default that depends on what is not known here: nothing to compare with
+        value = env[param.name]
+        if _value_kind(value) != _value_kind(default):
+            raise ArchError(f"override {param.name}={raw!r}: expected {_value_kind(default)} like the default "
+                            f"{_show(default)}, got {_value_kind(value)}")
+
+    def _count_stage_blocks(self, defn, env, shape) -> int:
+        """The number of blocks the network's stages will have (`num_blocks`), counted before elaborating them.
+        A count that does not evaluate here is reported when its stage is elaborated."""
+        total = 0
+        in_width = shape[0] if len(shape) == 3 else None
+        for stmt in defn.body:
+            ev = self.evaluator(env, in_width)
+            try:
+                if isinstance(stmt, A.Let):
+                    env[stmt.name] = ev.eval(stmt.value)
+                elif isinstance(stmt, A.Stage):
+                    count = ev.eval(stmt.count)
+                    total += count if isinstance(count, int) and not isinstance(count, bool) else 0
+                elif (isinstance(stmt, A.Part) and len(stmt.items) == 1 and isinstance(stmt.items[0], A.Call)
+                        and stmt.items[0].name in GENERATORS):
+                    a, _ = self.bind_spec(stmt.items[0], GENERATORS[stmt.items[0].name], ev, stmt.items[0].name)
+                    total += a["depth"]  # regnet: the stages' depths add up to `depth`
+            except ArchError:
+                continue
+        return min(total, self.limits.max_layers)
+
+    def _libraries_searched(self, hint: str) -> str:
+        """Where the `use`d libraries were found, for a name that none of them defines (and nothing is close to)."""
+        if hint or not self.program.resolved:
+            return hint
+        return "; searched " + ", ".join(f"`use {name}` = {where}" for name, where in self.program.resolved.items())
+
+    def condition(self, expr, ev: Evaluator) -> bool:
+        """The value of an `if` or `when` condition: true or false, nothing else (`if 8` is a mistake)."""
+        value = ev.eval(expr)
+        if not isinstance(value, bool):
+            raise self.error(f"a condition must be true or false, got {_show(value)} (compare it: like "
+                             f"`x != 0` or `x > 0`)", expr.loc)
+        return value
+
     def _check_part_name(self, name, used, loc):
         if name in used:
             raise self.error(f"part name '{name}' is used twice", loc)
-        if name in RESERVED_NAMES or name.startswith("_"):
+        if name in RESERVED_NAMES or name in KEYWORDS or name.startswith("_"):
             raise self.error(f"'{name}' cannot name a part (reserved)", loc)
         used.add(name)
 
@@ -422,9 +514,10 @@ class Elaborator:
         for stmt in stmts:
             self.budget.spend(stmt.loc, self.src)
             if isinstance(stmt, A.Let):
+                _check_binding(stmt.name, stmt.loc, self.src(stmt.loc.file), "a `let`")
                 ctx.ev.env[stmt.name] = ctx.ev.eval(stmt.value)
             elif isinstance(stmt, A.If):
-                body = stmt.then if ctx.ev.truth(stmt.cond) else stmt.otherwise
+                body = stmt.then if self.condition(stmt.cond, ctx.ev) else stmt.otherwise
                 out.extend(self.resolve(body, ctx, allow_branches))
             elif isinstance(stmt, A.Repeat):
                 count = ctx.ev.eval(stmt.count)
@@ -452,6 +545,9 @@ class Elaborator:
         for call in calls:
             if isinstance(call, (A.Branch, A.Merge)):
                 raise self.error("branches and merges belong directly in a block body", call.loc)
+            call = self.callee(call, ctx)
+            if call is None:
+                continue
             if (call.name in PRIMITIVES and PRIMITIVES[call.name][0] == "act" and call.name in FUSABLE_ACTS
                     and nodes and isinstance(nodes[-1], ir.Layer) and nodes[-1].op == "bn"
                     and nodes[-1].attrs.get("act") is None):
@@ -464,18 +560,32 @@ class Elaborator:
             shape = node.out_shape
         return nodes, shape
 
-    def call(self, call: A.Call, shape, namer: _Namer, ctx: _Ctx, extra=None, name=None, index=0):
+    def callee(self, call: A.Call, ctx: _Ctx) -> Optional[A.Call]:
+        """A call through a parameter that holds a block or an activation (`block b(unit=basic) { unit(8) }`)
+        calls that block or layer; one holding `none` is no layer (None)."""
+        value = ctx.ev.env.get(call.name)
+        if not isinstance(value, Symbol):
+            return call
+        if value.name == "none":
+            if call.args:
+                raise self.error(f"'{call.name}' is none here: it takes no arguments", call.loc)
+            return None
+        return A.Call(value.name, call.args, call.loc, call.name_loc)
+
+    def call(self, call: A.Call, shape, namer: _Namer, ctx: _Ctx, extra=None, name=None, index=0,
+             global_index=None):
         if call.name in PRIMITIVES:
             return self.primitive(call, shape, namer, ctx)
         if call.name in self.program.blocks:
             bdef = self.program.blocks[call.name]
-            return self.block(bdef, call, shape, name or namer.next(call.name), ctx, extra or {}, index)
+            return self.block(bdef, call, shape, name or namer.next(call.name), ctx, extra or {}, index,
+                              global_index)
         if call.name in GENERATORS:
             raise self.error(f"generator '{call.name}' must be the only item of a network part "
                              f"(like body = {call.name}(...))", call.name_loc)
         candidates = list(PRIMITIVES) + list(self.program.blocks) + list(GENERATORS)
-        raise self.error(f"unknown layer or block '{call.name}'" + did_you_mean(call.name, candidates),
-                         call.name_loc)
+        raise self.error(f"unknown layer or block '{call.name}'"
+                         + self._libraries_searched(did_you_mean(call.name, candidates)), call.name_loc)
 
     # ---- argument binding
     def bind_values(self, call: A.Call, names: List[str], ev: Evaluator, what: str, extra=None):
@@ -537,7 +647,16 @@ class Elaborator:
                     raise self.error(f"{what}: width reaches {v}; {key} must be at least 1", loc)
                 raise bad("an integer >= 1")
             return v
-        if kind in ("pair", "pad"):
+        if kind == "nonneg":
+            v = as_int(value)
+            if v is None or v < 0:
+                raise bad("an integer >= 0")
+            return v
+        if kind == "convpad" and isinstance(value, (Symbol, str)):
+            if str(value) != ir.SAME:
+                raise bad("an integer >= 0, a pair of them, or same")
+            return ir.SAME
+        if kind in ("pair", "pad", "convpad"):
             lo = 1 if kind == "pair" else 0
             items = value if isinstance(value, tuple) else (value, value)
             if len(items) != 2:
@@ -611,6 +730,10 @@ class Elaborator:
                                  f"{ir.fmt_shape(shape)}", call.name_loc)
             cin = shape[0]
             k, d = a["k"], a["d"]
+            if a["p"] is None and any(dd * (kk - 1) % 2 for kk, dd in zip(k, d)):
+                raise self.error(f"{call.name}: the default padding d*(k-1)/2 is not a whole number for "
+                                 f"k={ir.fmt_shape(k)} d={ir.fmt_shape(d)}; give p (p=0, a pair, or p=same for "
+                                 f"TensorFlow's SAME)", locs.get("k", call.loc))
             p = a["p"] if a["p"] is not None else tuple(((kk - 1) // 2) * dd for kk, dd in zip(k, d))
             if call.name == "dwconv":
                 out, groups = cin * a["multiplier"], cin
@@ -674,8 +797,24 @@ class Elaborator:
                              f"in float32, more than the limit of {lim.max_activation_bytes:,}", node.loc)
 
     # ---- blocks
-    def block(self, bdef: A.BlockDef, call: A.Call, shape, name: str, ctx: _Ctx, extra: dict, index: int):
+    def block(self, bdef: A.BlockDef, call: A.Call, shape, name: str, ctx: _Ctx, extra: dict, index: int,
+              global_index: Optional[int] = None):
+        """A block instance; an error inside its body says which instance, instantiated where."""
         self.budget.spend(call.loc, self.src)
+        self.path.append(name)
+        try:
+            return self._block(bdef, call, shape, name, ctx, extra, index, global_index)
+        except ArchError as e:
+            if not _within(e.loc, call.loc):
+                loc = call.name_loc
+                e.add_context(f"in block '{bdef.name}' (instance {'.'.join(self.path)}) instantiated at "
+                              f"{loc.file}:{loc.line}:{loc.column}")
+            raise
+        finally:
+            self.path.pop()
+
+    def _block(self, bdef: A.BlockDef, call: A.Call, shape, name: str, ctx: _Ctx, extra: dict, index: int,
+               global_index: Optional[int] = None):
         if bdef.name in ctx.stack:
             chain = " -> ".join(ctx.stack[ctx.stack.index(bdef.name):] + (bdef.name,))
             raise self.error(f"recursion: block '{bdef.name}' calls itself ({chain})", call.name_loc)
@@ -688,7 +827,9 @@ class Elaborator:
         names = [p.name for p in bdef.params]
         bound, _locs = self.bind_values(call, names, ctx.ev, f"block '{bdef.name}'", extra)
         in_width = shape[0] if len(shape) == 3 else None
-        env: Dict[str, object] = {"index": index}
+        if global_index is None:  # not a stage's block: its enclosing block's, or the stage blocks before it
+            global_index = ctx.ev.env.get("block_index", self.stage_blocks)
+        env: Dict[str, object] = {"index": index, "block_index": global_index, "num_blocks": self.num_blocks}
         inner = _Ctx(self.evaluator(env, in_width), ctx.stack + (bdef.name,))
         for p in bdef.params:
             if p.name in bound:
@@ -711,8 +852,12 @@ class Elaborator:
         post_calls = []
         for it in items[first_branch:]:
             if merge is not None:
-                if isinstance(it, (A.Branch, A.Merge)):
-                    raise self.error("branches and merges must come before the merge's following layers", it.loc)
+                if isinstance(it, A.Merge):
+                    raise self.error(f"a second merge: a block has one merge (the first is at line "
+                                     f"{merge.loc.line}); merge inside a nested block to merge twice", it.loc)
+                if isinstance(it, A.Branch):
+                    raise self.error(f"a branch after the merge (line {merge.loc.line}): every branch comes before "
+                                     f"the merge", it.loc)
                 post_calls.append(it)
                 continue
             if isinstance(it, A.Merge):
@@ -728,7 +873,7 @@ class Elaborator:
             if it.name in RESERVED_NAMES or it.name.startswith("_"):
                 raise self.error(f"'{it.name}' cannot name a branch (reserved)", it.loc)
             body = it.body
-            if it.kind == "shortcut" and it.when is not None and not inner.ev.truth(it.when):
+            if it.kind == "shortcut" and it.when is not None and not self.condition(it.when, inner.ev):
                 body = ()
             branch_calls = self.resolve(body, inner, allow_branches=False)
             branch_namer = namer if it.kind == "main" else _Namer()
@@ -758,6 +903,7 @@ class Elaborator:
 
     # ---- stages and generators
     def stage(self, name, count_expr, call: A.Call, stride_expr, shape, ctx: _Ctx, loc) -> ir.Sequence:
+        call = self.callee(call, ctx) or call
         count = ctx.ev.eval(count_expr)
         if not isinstance(count, int) or isinstance(count, bool) or count < 1:
             raise self.error(f"a stage needs an integer number of blocks >= 1, got {_show(count)}", count_expr.loc)
@@ -766,7 +912,8 @@ class Elaborator:
         if call.name not in self.program.blocks:
             candidates = list(self.program.blocks)
             hint = " (a stage repeats a block, not a layer)" if call.name in PRIMITIVES else ""
-            raise self.error(f"unknown block '{call.name}'{hint}" + did_you_mean(call.name, candidates),
+            raise self.error(f"unknown block '{call.name}'{hint}"
+                             + self._libraries_searched(did_you_mean(call.name, candidates)),
                              call.name_loc)
         extra = {}
         if stride_expr is not None:
@@ -779,10 +926,13 @@ class Elaborator:
         return self._stage_blocks(name, call, count, extra, shape, ctx, loc)
 
     def _stage_blocks(self, name, call, count, first_extra, shape, ctx, loc):
+        self.path = [name]
         children = []
         x = shape
         for i in range(count):
-            node = self.call(call, x, None, ctx, extra=first_extra if i == 0 else {}, name=f"b{i + 1}", index=i)
+            self.stage_blocks += 1
+            node = self.call(call, x, None, ctx, extra=first_extra if i == 0 else {}, name=f"b{i + 1}", index=i,
+                             global_index=self.stage_blocks - 1)
             children.append(node)
             x = node.out_shape
         return ir.Sequence(name, children, shape, x, loc, kind="stage")
@@ -790,6 +940,10 @@ class Elaborator:
     def generator(self, call: A.Call, shape, ctx: _Ctx, stage_counter: int) -> List[ir.Sequence]:
         spec = GENERATORS[call.name]
         a, locs = self.bind_spec(call, spec, ctx.ev, call.name)
+        for key, ok, need in (("w0", a["w0"] > 0 and a["w0"] % 8 == 0, "a positive multiple of 8"),
+                              ("wa", a["wa"] >= 0, ">= 0"), ("wm", a["wm"] > 1, "> 1")):
+            if not ok:
+                raise self.error(f"regnet: {key} must be {need}, got {_show(a[key])}", locs[key])
         if a["depth"] > self.limits.max_layers:
             raise self.error(f"regnet: depth {a['depth']} exceeds the layer limit", locs["depth"])
         try:
@@ -821,9 +975,31 @@ class Elaborator:
 
 @functools.lru_cache(maxsize=None)
 def _normalized_default(default, kind):
-    if kind == "pair" or kind == "pad":
+    if kind in ("pair", "pad", "convpad"):
         return default if isinstance(default, tuple) else (default, default)
     return default
+
+
+def _check_binding(name: str, loc, source, what: str):
+    if name in KEYWORDS:
+        raise ArchError(f"'{name}' is a keyword and cannot name {what}", loc, source)
+
+
+def _value_kind(v) -> str:
+    if isinstance(v, bool):
+        return "true or false"
+    if _is_number(v):
+        return "a number"
+    if isinstance(v, tuple):
+        return "a shape or tuple"
+    return "a name"
+
+
+def _within(inner, outer) -> bool:
+    """Whether location `inner` lies in the text of location `outer`."""
+    if inner is None or outer is None or inner.file != outer.file:
+        return False
+    return (outer.line, outer.column) <= (inner.line, inner.column) < (outer.end_line, outer.end_column)
 
 
 def _show(v) -> str:
@@ -831,6 +1007,8 @@ def _show(v) -> str:
         return v.name
     if isinstance(v, bool):
         return "true" if v else "false"
+    if isinstance(v, tuple) and v and all(isinstance(d, int) and not isinstance(d, bool) for d in v):
+        return "x".join(str(d) for d in v)
     if isinstance(v, str):
         return repr(v)
     return repr(v)

@@ -25,6 +25,7 @@ class ArchError(Exception):
         self.file = loc.file if loc is not None else None
         self.line = loc.line if loc is not None else None
         self.column = loc.column if loc is not None else None
+        self.context = []  # where the failing block was instantiated, innermost first
         self.source_line = None
         if loc is not None and source is not None:
             lines = source.split("\n")  # as Lark counts lines: a form feed, "\r" or U+2028 does not end one
@@ -33,7 +34,15 @@ class ArchError(Exception):
                 self.source_line = lines[loc.line - 1].translate(_BREAKS_AS_SPACES)
         super().__init__(self._format())
 
+    def add_context(self, note: str) -> None:
+        """Add a line under the message (the block instantiation that led to the error)."""
+        self.context.append(note)
+        self.args = (self._format(),)
+
     def _format(self) -> str:
+        return self._located() + "".join(f"\n  {note}" for note in self.context)
+
+    def _located(self) -> str:
         if self.loc is None:
             return self.message
         text = f"{self.loc.file}:{self.loc.line}:{self.loc.column}: {self.message}"

@@ -15,6 +15,7 @@ import lark
 from lark import Lark, Token, Transformer, v_args
 
 from . import ast as A
+from .brackets import unclosed_bracket
 from .errors import ArchError
 
 _PACKAGE_DIR = Path(__file__).resolve().parent.parent  # pycnn/
@@ -434,6 +435,9 @@ _TOKEN_NAMES = {
 }
 
 
+_CLOSERS = {"(": ")", "{": "}"}
+
+
 def _describe_expected(expected) -> str:
     names = []
     for e in sorted(expected):
@@ -459,6 +463,11 @@ def parse_text(text: str, file: str = "<text>", max_bytes: int = MAX_SOURCE_BYTE
         raise ArchError(f"unexpected character {char!r}", loc, text) from None
     except lark.exceptions.UnexpectedToken as e:
         tok = e.token
+        unclosed = unclosed_bracket(text, len(text) if tok.type == "$END" else tok.start_pos)
+        if unclosed is not None:  # report the bracket where it was opened, not where the parser noticed
+            bracket, line, column, why = unclosed
+            raise ArchError(f"'{bracket}' is never closed: {why} (add '{_CLOSERS[bracket]}')",
+                            A.Loc(file, line, column, line, column + 1), text) from None
         if tok.type == "$END":
             lines = text.split("\n")  # Lark counts lines by "\n" alone
             loc = A.Loc(file, len(lines), len(lines[-1]) + 1, len(lines), len(lines[-1]) + 2)

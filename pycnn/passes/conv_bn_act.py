@@ -25,7 +25,9 @@ def _fuse(children: List[object]) -> List[object]:
     out: List[object] = []
     for node in children:
         prev = out[-1] if out else None
-        if (isinstance(node, ir.Layer) and node.op == "bn" and isinstance(prev, ir.Layer) and prev.op == "conv"):
+        # a conv with TensorFlow's SAME padding pads in its own forward, which the fused ops bypass
+        if (isinstance(node, ir.Layer) and node.op == "bn" and isinstance(prev, ir.Layer) and prev.op == "conv"
+                and prev.attrs["p"] != ir.SAME):
             out[-1] = ir.Fused("conv_bn_act", [prev, node], {"conv": conv_kind(prev), "act": node.attrs.get("act")})
         else:
             out.append(node)

@@ -42,14 +42,29 @@ def _state_dict(obj, name: str = "state_dict") -> Mapping[str, torch.Tensor]:
 
 
 def _layers(sd: Mapping[str, torch.Tensor], ignore: Sequence[str] = ()) -> List[Tuple[str, Dict[str, torch.Tensor]]]:
-    """[(module prefix, {tensor name: tensor})] in state_dict order."""
+    """[(module prefix, {tensor name: tensor})] in state_dict order, except that a module's own tensors come
+    after its submodules' (state_dict puts them first): torchvision's ConvNeXt block holds its `layer_scale`
+    and timm's NFNet block its `skipinit_gain` next to the layers they scale, applied after them."""
     layers: "OrderedDict[str, Dict[str, torch.Tensor]]" = OrderedDict()
     for key, value in sd.items():
         if any(key.startswith(p) for p in ignore):
             continue
         prefix, _, leaf = key.rpartition(".")
         layers.setdefault(prefix, OrderedDict())[leaf] = value
-    return list(layers.items())
+    prefixes = list(layers)
+    last = {}  # prefix -> index of its last descendant (or itself)
+    for i, prefix in enumerate(prefixes):
+        for ancestor in _ancestors(prefix):
+            if ancestor in layers:
+                last[ancestor] = i
+    order = sorted(range(len(prefixes)), key=lambda i: (last[prefixes[i]], -prefixes[i].count(".")))
+    return [(prefixes[i], layers[prefixes[i]]) for i in order]
+
+
+def _ancestors(prefix: str) -> List[str]:
+    """'a.b.c' -> ['a.b.c', 'a.b', 'a', '']."""
+    parts = prefix.split(".") if prefix else []
+    return [".".join(parts[:n]) for n in range(len(parts), -1, -1)]
 
 
 def _fmt(shape) -> str:
@@ -177,7 +192,9 @@ def transfer_state_dict(source, target, *, source_name="source", target_name="ta
                                   + "\n  ".join(shown) + more)
     out: "OrderedDict[str, torch.Tensor]" = OrderedDict()
     dst_by = dict(dst)
-    position = {prefix: i for i, (prefix, _) in enumerate(dst)}
+    position = {}  # the target's state_dict order
+    for key in _state_dict(target):
+        position.setdefault(key.rpartition(".")[0], len(position))
     for d, s in sorted(mapping, key=lambda m: position[m[0]]):
         for leaf in dst_by[d]:
             out[f"{d}.{leaf}" if d else leaf] = src_by[s][leaf]
