@@ -116,19 +116,6 @@ inline bool all_finite(const acc* p, int64_t n) {
   return tail == acc(0);
 }
 
-// out[t] += sum over the valid outputs (columns ow < OW of rows oh < OH) of dz * src[t]: what flat_dots sums
-// without the discarded columns. For planes holding NaN or Inf, where flat_dots's 0 * Inf in the discarded
-// columns would be NaN; PyTorch sums the valid products only.
-template <typename acc>
-inline void valid_dots(const NchwPlan& pl, const acc* dz, const acc* const* src, int nt, double* out) {
-  for (int t = 0; t < nt; ++t) {
-    double sum = 0;
-    for (int64_t oh = 0; oh < pl.OH; ++oh)
-      for (int64_t ow = 0; ow < pl.OW; ++ow) sum += double(dz[oh * pl.P + ow]) * double(src[t][oh * pl.P + ow]);
-    out[t] += sum;
-  }
-}
-
 // The buffer layout of one call (see the top of the file).
 struct NchwPlan {
   int K, sh, sw, dh, dw, ph, pw;
@@ -170,6 +157,19 @@ struct NchwPlan {
   }
   int phases() const { return sh * sw; }
 };
+
+// out[t] += sum over the valid outputs (columns ow < OW of rows oh < OH) of dz * src[t]: what flat_dots sums
+// without the discarded columns. For planes holding NaN or Inf, where flat_dots's 0 * Inf in the discarded
+// columns would be NaN; PyTorch sums the valid products only.
+template <typename acc>
+inline void valid_dots(const NchwPlan& pl, const acc* dz, const acc* const* src, int nt, double* out) {
+  for (int t = 0; t < nt; ++t) {
+    double sum = 0;
+    for (int64_t oh = 0; oh < pl.OH; ++oh)
+      for (int64_t ow = 0; ow < pl.OW; ++ow) sum += double(dz[oh * pl.P + ow]) * double(src[t][oh * pl.P + ow]);
+    out[t] += sum;
+  }
+}
 
 // The phase planes of one input plane xp [H][W]. Only the entries that hold input are written: the rest
 // (margins, rows outside the input) is the same for every plane of a call and stays as allocated, zero.
