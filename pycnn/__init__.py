@@ -31,6 +31,13 @@ def compile(source, network=None, *, file=None, limits=None, init=True, backend=
                  disable_passes=disable_passes, kernels=kernels)
 
 
+def train(arch, network=None, **options):
+    """Train the network of an .arch path or text on a dataset into a run folder (pycnn.training.loop.train:
+    data="digits", epochs=..., lr=..., out=..., resume=...); returns a RunResult."""
+    from .training.loop import train as _train
+    return _train(arch, network, **options)
+
+
 def build_info() -> dict:
     """How the extension was built: torch version, whether CUDA kernels are compiled, the GPU
     architectures (TORCH_CUDA_ARCH_LIST) and the compilers."""

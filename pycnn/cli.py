@@ -250,6 +250,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--out", help="directory for the JSON, markdown and PNG results")
     p.set_defaults(run=cmd_bench_model)
+
+    from .training.cli import add_parsers as add_training_parsers  # train, eval
+    add_training_parsers(sub)
+    from .explore.cli import add_parsers as add_explore_parsers
+    add_explore_parsers(sub)
     return parser
 
 
