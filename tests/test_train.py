@@ -138,3 +138,27 @@ def test_checkpoint_does_not_fit_another_network(arch, tmp_path, one_thread):
     model = pycnn.compile(meta["arch"], meta["network"], **ckpt.overrides_from_meta(meta))
     ckpt.load_state_into(model, weights, "best.safetensors")
     assert torch.equal(model.state_dict()["head.fc1.weight"], weights["head.fc1.weight"])
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_gloo(arch, tmp_path):
+    """torchrun -m pycnn train: two CPU processes (gloo) split each epoch; rank 0 writes the run folder."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                          str(port), "-m", "pycnn", "train", str(arch), "--out", str(tmp_path / "run"), "--epochs",
+                          "2", "--batch-size", "32", "--kernels", "pycnn", "--threads", "1"],
+                         cwd=root, env=dict(os.environ, PYTHONPATH=str(root)), capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.count("best val acc") == 1  # one line: rank 0's
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert len(metrics) == 2 and metrics[-1]["train_loss"] < metrics[0]["train_loss"]
+    assert json.loads((tmp_path / "run" / "result.json").read_text())["test_acc"] > 0.3
