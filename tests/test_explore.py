@@ -160,3 +160,16 @@ def test_explore_with_ray_two_workers(tiny_space, tmp_path):
                     executor="ray", workers=2, kernels="pycnn", log=lambda *_: None)
     trials = read_trials(jsonl)
     assert sorted(t["index"] for t in trials) == [0, 1, 2, 3] and all(t["error"] is not None for t in trials)
+
+
+def test_ray_missing_is_one_clear_error(tiny_space, tmp_path, monkeypatch):
+    import builtins
+    real_import = builtins.__import__
+
+    def no_ray(name, *args, **kwargs):
+        if name == "ray":
+            raise ImportError("No module named 'ray'")
+        return real_import(name, *args, **kwargs)
+    monkeypatch.setattr(builtins, "__import__", no_ray)
+    with pytest.raises(SpaceError, match=r"needs Ray: pip install 'pycnn\[ray\]'"):
+        explore(tiny_space, 1, tmp_path, executor="ray", input=(1, 8, 8), log=lambda *_: None)

@@ -162,3 +162,10 @@ def test_ddp_two_processes_gloo(arch, tmp_path):
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert len(metrics) == 2 and metrics[-1]["train_loss"] < metrics[0]["train_loss"]
     assert json.loads((tmp_path / "run" / "result.json").read_text())["test_acc"] > 0.3
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "explore"])
+def test_help(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert info.value.code == 0 and capsys.readouterr().out.startswith(f"usage: pycnn {command}")
