@@ -173,3 +173,15 @@ def test_ray_missing_is_one_clear_error(tiny_space, tmp_path, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_ray)
     with pytest.raises(SpaceError, match=r"needs Ray: pip install 'pycnn\[ray\]'"):
         explore(tiny_space, 1, tmp_path, executor="ray", input=(1, 8, 8), log=lambda *_: None)
+
+
+@pytest.mark.slow
+def test_explore_local_worker_processes(tiny_space, tmp_path):
+    """--workers 2: trials in two spawned processes; the same trials as one after another (seeded, 1 thread)."""
+    recipe = Recipe(epochs=1, batch_size=64)
+    parallel = explore(tiny_space, 2, tmp_path / "p", recipe=recipe, input=(1, 8, 8), workers=2, kernels="pycnn",
+                       threads=1, log=lambda *_: None)
+    serial = explore(tiny_space, 2, tmp_path / "s", recipe=recipe, input=(1, 8, 8), kernels="pycnn", threads=1,
+                     log=lambda *_: None)
+    by_index = lambda path: {t["index"]: (t["values"], t["error"]) for t in read_trials(path)}
+    assert by_index(parallel) == by_index(serial) and len(by_index(serial)) == 2

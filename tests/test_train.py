@@ -93,7 +93,10 @@ def test_eval_command(arch, tmp_path, capsys, one_thread):
     out = capsys.readouterr().out
     assert out.startswith(f"tiny on digits: accuracy {r.test_acc:.4f}") and "img/s" in out
     assert (r.run_dir / "confusion-digits.png").is_file()
-    assert main(["eval", str(r.run_dir / "last.safetensors"), "--confusion", str(tmp_path / "c.png")]) == 0
+    import shutil
+    shutil.copy(r.run_dir / "best.safetensors", tmp_path / "copy.safetensors")  # a checkpoint alone, elsewhere
+    assert main(["eval", str(tmp_path / "copy.safetensors"), "--confusion", str(tmp_path / "c.png")]) == 0
+    assert capsys.readouterr().out.startswith(f"tiny on digits: accuracy {r.test_acc:.4f}")
     assert (tmp_path / "c.png").is_file()
 
 
@@ -169,3 +172,15 @@ def test_help(command, capsys):
     with pytest.raises(SystemExit) as info:
         main([command, "--help"])
     assert info.value.code == 0 and capsys.readouterr().out.startswith(f"usage: pycnn {command}")
+
+
+def test_every_recipe_option_trains(arch, tmp_path, one_thread):
+    import math
+    r = pycnn.train(arch, out=tmp_path / "run", epochs=2, optimizer="adamw", lr=3e-3, schedule="step", step_size=1,
+                    warmup_epochs=0.5, amp="bf16", channels_last=True, agc=0.01, clip_grad=1.0, cutmix=1.0, mixup=0.2,
+                    crop="resized", flip=True, label_smoothing=0.1, decay_norm_and_bias=True, **FAST)
+    assert all(math.isfinite(m["train_loss"]) and math.isfinite(m["val_loss"]) for m in r.metrics)
+    assert r.metrics[1]["lr"] == pytest.approx(3e-4)
+    with pytest.raises(pycnn.training.TrainError, match="fp16 needs CUDA"):
+        pycnn.train(arch, out=tmp_path / "fp16", epochs=1, amp="fp16", device="cpu", **FAST)
+    assert not (tmp_path / "fp16").exists()

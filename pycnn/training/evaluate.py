@@ -52,15 +52,14 @@ def evaluate_checkpoint(path, data: str = "digits", data_dir: Optional[str] = No
     model.to(dev)
     input_shape = tuple(model.ir.input_shape)
     check_adaptable(dataset.shape[0], input_shape)
-    # normalization statistics as in training: the training split minus the validation split
+    # normalization as in training: the statistics the checkpoint recorded (else the whole training split's)
     run_dir = file.parent
-    stats = dataset.train
-    options = run_dir / "options.json"
-    if options.is_file():
-        from .data import split_validation
-        recipe = json.loads(options.read_text())["recipe"]
-        stats, _ = split_validation(dataset.train, recipe["val_split"], recipe["seed"])
-    batches = Batches(input_shape, stats)
+    batches = Batches(input_shape, dataset.train)
+    if "normalize" in meta:
+        norm = json.loads(meta["normalize"])
+        if len(norm["mean"]) == dataset.shape[0]:
+            batches.mean = torch.tensor(norm["mean"]).view(1, -1, 1, 1)
+            batches.std = torch.tensor(norm["std"]).view(1, -1, 1, 1)
     loss, acc, confusion, ips = evaluate(model, dataset.test, batches, batch_size, dev, classes=dataset.classes)
     png = Path(confusion_png) if confusion_png else (run_dir / f"confusion-{data.replace(':', '_').replace('/', '_')}.png")
     plot_confusion(png, confusion, f"{meta['network']} on {data}: accuracy {acc:.4f}")

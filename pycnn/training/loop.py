@@ -204,6 +204,8 @@ def train(arch, network: Optional[str] = None, *, data: str = "digits", data_dir
         recipe.check()
     except ValueError as e:
         raise TrainError(str(e)) from None
+    if recipe.amp == "fp16" and dev.type != "cuda":
+        raise TrainError("--amp fp16 needs CUDA; use --amp bf16 on the CPU")
 
     dataset = load(data, data_dir, download and rank == 0)
     overrides["classes"] = dataset.classes
@@ -251,6 +253,8 @@ def train(arch, network: Optional[str] = None, *, data: str = "digits", data_dir
     stopper = EarlyStopping(recipe.patience)
     meta = ckpt.model_meta(source, network_name, {k: list(v) if isinstance(v, tuple) else v for k, v in overrides.items()},
                            file)
+    meta["normalize"] = json.dumps({"mean": batches.mean.flatten().tolist(), "std": batches.std.flatten().tolist()})
+    scaler = torch.amp.GradScaler("cuda") if recipe.amp == "fp16" else None
     metrics: List[dict] = []
     best_acc, best_epoch, start_epoch = -1.0, 0, 1
     if state is not None:
@@ -305,12 +309,20 @@ def train(arch, network: Optional[str] = None, *, data: str = "digits", data_dir
                     logits = net(x)
                 loss = soft_cross_entropy(logits, target)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                if scaler is not None:  # fp16: scale the loss so small gradients do not underflow
+                    scaler.scale(loss).backward()
+                    scaler.unscale_(optimizer)
+                else:
+                    loss.backward()
                 if recipe.clip_grad:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.clip_grad)
                 if agc:
                     adaptive_clip_(agc, recipe.agc)
-                optimizer.step()
+                if scaler is not None:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
                 if ema is not None:
                     ema.update(model)
                 seen += len(index)
