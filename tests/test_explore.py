@@ -1,5 +1,6 @@
 """pycnn.explore: design-space files, the seeded sampler and its constraints (checked on the IR), trials in
 JSONL with resume, EDFs, the (w0, wa, wm) fit, the local and Ray executors."""
+import json
 import random
 from pathlib import Path
 
@@ -185,3 +186,15 @@ def test_explore_local_worker_processes(tiny_space, tmp_path):
                      log=lambda *_: None)
     by_index = lambda path: {t["index"]: (t["values"], t["error"]) for t in read_trials(path)}
     assert by_index(parallel) == by_index(serial) and len(by_index(serial)) == 2
+
+
+def test_failed_trials_run_again_on_resume(tiny_space, tmp_path, one_thread):
+    jsonl = tmp_path / "tiny.jsonl"
+    jsonl.write_text(json.dumps({"index": 0, "space": "tiny", "values": {}, "flops": 0, "params": 0, "acts": 0,
+                                 "error": None, "failure": "RayTaskError: worker died"}) + "\n")
+    assert done_indices(jsonl) == set()
+    explore(tiny_space, 1, tmp_path, recipe=Recipe(epochs=1, batch_size=64), input=(1, 8, 8), kernels="pycnn",
+            log=lambda *_: None)
+    trials = read_trials(jsonl)
+    assert len(jsonl.read_text().splitlines()) == 2 and len(trials) == 1 and trials[0]["error"] is not None
+    assert (tmp_path / "trials" / "tiny" / "00000" / "best.safetensors").is_file()

@@ -1,6 +1,7 @@
 """`pycnn explore`: sample N networks of a design space, train each briefly with pycnn.train's machinery and
 append each finished trial to a JSONL file (an interrupted exploration resumes where it stopped).
 
+Trials train into OUT/trials/<space>/<index>/ (explorations of several spaces may share OUT).
 Executors: "local" runs trials one after another in this process, or in K worker processes sharing the cores
 (torch threads = cores / K each); "ray" submits each trial as a Ray task with its resources (ray.init()
 starts a local cluster unless an address is given) and records results as they finish; a lost worker or a
@@ -42,7 +43,7 @@ def run_trial(spec: dict) -> dict:
     start = time.perf_counter()
     try:
         result = train(spec["arch"], spec["network"], data=spec["data"], data_dir=spec.get("data_dir"),
-                       out=Path(spec["out"]) / "trials" / f"{spec['index']:05d}", overwrite=True,
+                       out=Path(spec["out"]) / "trials" / spec["space"] / f"{spec['index']:05d}", overwrite=True,
                        recipe=Recipe.from_dict(spec["recipe"]), backend=spec.get("backend", "fused"),
                        kernels=spec.get("kernels"), input=input_shape, log=lambda *_: None, progress=False,
                        network_overrides=overrides)
@@ -56,29 +57,25 @@ def run_trial(spec: dict) -> dict:
 
 
 def done_indices(path: Path) -> set:
-    """Trial indices already recorded in a JSONL file (successful or failed)."""
+    """Indices of the trials a JSONL file records as finished; failed ones are run again on resume."""
     if not path.is_file():
         return set()
-    out = set()
-    for line in path.read_text().splitlines():
-        try:
-            out.add(json.loads(line)["index"])
-        except (ValueError, KeyError, TypeError):
-            continue  # a line cut short by an interruption
-    return out
+    return {t["index"] for t in read_trials(path) if t.get("error") is not None}
 
 
 def read_trials(path) -> List[dict]:
+    """The trials of a JSONL file, the last record of each index (a rerun replaces a failure), by index."""
     path = Path(path)
     if not path.is_file():
         raise SpaceError(f"no such trials file: {path}")
-    out = []
+    last = {}
     for line in path.read_text().splitlines():
         try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue
-    return out
+            record = json.loads(line)
+            last[record["index"]] = record
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut short by an interruption
+    return [last[i] for i in sorted(last)]
 
 
 def _append(path: Path, record: dict) -> None:
