@@ -173,8 +173,11 @@ def train(arch, network: Optional[str] = None, *, data: str = "digits", data_dir
         options_path = run_dir / "options.json"
         if not options_path.is_file():
             raise TrainError(f"{run_dir} is not a pycnn run folder (no options.json)")
-        saved = json.loads(options_path.read_text())
-        source = (run_dir / "network.arch").read_text()
+        try:
+            saved = json.loads(options_path.read_text())
+            source = (run_dir / "network.arch").read_text()
+        except (OSError, ValueError) as e:
+            raise TrainError(f"{run_dir}: unreadable run folder ({e})") from None
         if arch is not None:
             text, _ = _read_source(arch)
             if text != source or (network and network != saved["network"]):
