@@ -5,6 +5,9 @@
     pycnn bench ops [--op dwconv|gconv|se|bn_act|all] [--arch FILE.arch[:NETWORK] ...] [--network NAME ...]
                     [--device ...] [--batch N ...] [--repeats N] [--threads N] [--compile] [--quick] [--out DIR]
     pycnn bench model FILE.arch [--batch 64] [--dtype fp16] [--channels-last] [--train] [--compile] [--out DIR]
+    pycnn train FILE.arch [--network N] [--data digits] [--input CxHxW] [--out RUN_DIR] [--resume RUN_DIR] [recipe]
+    pycnn eval RUN_DIR|CHECKPOINT [--data SPEC]
+    pycnn explore SPACE.toml --samples N [--epochs E] [--flops LO:HI] [--executor local|ray] | --compare A.jsonl ...
 """
 
 from __future__ import annotations
