@@ -41,6 +41,13 @@ def reparameterize(model):
     return _reparameterize(model)
 
 
+def train(arch, network=None, **options):
+    """Train the network of an .arch path or text on a dataset into a run folder (pycnn.training.loop.train:
+    data="digits", epochs=..., lr=..., out=..., resume=...); returns a RunResult."""
+    from .training.loop import train as _train
+    return _train(arch, network, **options)
+
+
 def build_info() -> dict:
     """How the extension was built: torch version, whether CUDA kernels are compiled, the GPU
     architectures (TORCH_CUDA_ARCH_LIST) and the compilers."""
@@ -66,4 +73,4 @@ def __getattr__(name):
 
 
 __all__ = ["compile", "parse", "summary", "ArchError", "build_info", "weights", "save", "load", "list_models",
-           "create_model", "export_onnx", "export_aoti", "reparameterize"]
+           "create_model", "export_onnx", "export_aoti", "reparameterize", "train"]

@@ -1,4 +1,4 @@
-"""The `pycnn` command: summary, check, bench and export.
+"""The `pycnn` command: summary, check, bench, export, train, eval and explore.
 
     pycnn summary FILE.arch [--network NAME] [--input 3x224x224] [--classes N] [--kernels auto|pycnn|torch]
     pycnn check FILE.arch ...
@@ -6,7 +6,10 @@
                     [--device ...] [--batch N ...] [--repeats N] [--threads N] [--compile] [--quick] [--out DIR]
     pycnn bench model FILE.arch [--batch 64] [--dtype fp16] [--channels-last] [--train] [--compile] [--out DIR]
     pycnn export FILE.arch|NAME|CKPT.safetensors [--network NAME] (--onnx OUT.onnx | --aoti OUT.pt2)
-    every command: --set name=value (network parameters) and its shortcuts --input CxHxW, --classes N
+    pycnn train FILE.arch [--network N] [--data digits] [--input CxHxW] [--out RUN_DIR] [--resume RUN_DIR] [recipe]
+    pycnn eval RUN_DIR|CHECKPOINT [--data SPEC]
+    pycnn explore SPACE.toml --samples N [--epochs E] [--flops LO:HI] [--executor local|ray] | --compare A.jsonl ...
+    every network command: --set name=value (network parameters) and its shortcuts --input CxHxW, --classes N
 """
 
 from __future__ import annotations
@@ -407,6 +410,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=_positive_int, default=10)
     p.add_argument("--out", type=_out_dir, help="directory for the JSON, markdown and PNG results")
     p.set_defaults(run=cmd_bench_model)
+
+    from .training.cli import add_parsers as add_training_parsers  # train, eval
+    add_training_parsers(sub)
+    from .explore.cli import add_parsers as add_explore_parsers
+    add_explore_parsers(sub)
     return parser
 
 

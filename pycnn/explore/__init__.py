@@ -1,0 +1,1 @@
+"""Design spaces (space), explorations (run), EDFs and width fits (report). Above the compiler."""

@@ -1,0 +1,91 @@
+"""`pycnn explore` (parser and command; pycnn.cli adds it)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+_UNITS = {"k": 1e3, "m": 1e6, "g": 1e9}
+
+
+def _amount(text: str) -> float:
+    t = text.strip().lower()
+    scale = _UNITS.get(t[-1:], 1.0)
+    return float(t[:-1] if t[-1:] in _UNITS else t) * scale
+
+
+def _window(text: str):
+    try:
+        lo, hi = (_amount(v) for v in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a window like 1M:3M, got {text!r}") from None
+    if lo > hi:
+        raise argparse.ArgumentTypeError(f"empty window {text!r}")
+    return lo, hi
+
+
+def cmd_explore(args) -> int:
+    from ..training.cli import errors, recipe_from_args
+    from . import report
+    from .run import explore, read_trials
+    from .space import SpaceError
+    try:
+        if args.compare:
+            runs = {Path(p).stem: read_trials(p) for p in args.compare}
+            png = Path(args.out or ".") / ("edf-" + "-".join(runs) + ".png") if not str(args.out or "").endswith(".png") \
+                else Path(args.out)
+            png.parent.mkdir(parents=True, exist_ok=True)
+            report.plot_edfs(png, runs)
+            for name, trials in runs.items():
+                e = report.errors(trials)
+                print(f"{name}: n={len(e)}, min={e.min():.2f}, mean={e.mean():.2f}" if len(e) else f"{name}: no trials")
+            print(f"wrote {png}")
+            return 0
+        if not args.space:
+            print("pycnn explore: give a design space (.toml) or --compare A.jsonl B.jsonl ...", file=sys.stderr)
+            return 2
+        recipe = recipe_from_args(args)
+        if args.epochs is None:
+            recipe.epochs = 1
+        out = Path(args.out or "explore")
+        jsonl = explore(args.space, args.samples, out, data=args.data, data_dir=args.data_dir, recipe=recipe,
+                        seed=args.seed, input=args.input, flops=args.flops, params=args.params,
+                        executor=args.executor, workers=args.workers, address=args.address,
+                        gpus_per_trial=args.gpus_per_trial, backend=args.backend, kernels=args.kernels,
+                        threads=args.threads)
+        trials = read_trials(jsonl)
+        png = out / f"edf-{jsonl.stem}.png"
+        report.plot_edfs(png, {jsonl.stem: trials})
+        print(report.table(trials))
+        print(report.fit_report(trials))
+        print(f"wrote {jsonl} and {png}")
+        return 0
+    except errors() + (SpaceError,) as e:
+        print(f"pycnn explore: {e}", file=sys.stderr)
+        return 2
+
+
+def add_parsers(sub) -> None:
+    from ..training.cli import _shape, add_data_arguments, add_recipe_arguments
+    p = sub.add_parser("explore", help="sample networks from a design space, train each briefly, compare error EDFs",
+                       description="Samples N networks of a design space (archs/spaces/*.toml), trains each with "
+                                   "`pycnn train`'s machinery, appends each trial to OUT/<space>.jsonl (a rerun "
+                                   "skips finished trials) and plots the error EDF. --compare draws several "
+                                   "explorations' EDFs on one chart.")
+    p.add_argument("space", nargs="?", help="design space file, e.g. archs/spaces/anynetx_a.toml")
+    p.add_argument("--samples", type=int, default=32)
+    add_data_arguments(p)
+    p.add_argument("--input", type=_shape, help="override the networks' input shape, e.g. 1x16x16")
+    p.add_argument("--flops", type=_window, help="FLOPs (multiply-adds) window, e.g. 1M:3M")
+    p.add_argument("--params", type=_window, help="parameter-count window, e.g. 50k:500k")
+    p.add_argument("--executor", choices=["local", "ray"], default="local")
+    p.add_argument("--workers", type=int, default=1, help="trials at once (processes or Ray tasks)")
+    p.add_argument("--address", help="Ray cluster address (default: start a local one)")
+    p.add_argument("--gpus-per-trial", type=float, default=0.0)
+    p.add_argument("--threads", type=int, help="CPU threads per trial (default: the cores / workers)")
+    p.add_argument("--backend", choices=["fused", "reference"], default="fused")
+    p.add_argument("--kernels", choices=["auto", "pycnn", "torch"], default=None)
+    p.add_argument("--out", help="output folder (default explore/); with --compare: the PNG or its folder")
+    p.add_argument("--compare", nargs="+", metavar="JSONL", help="draw these explorations' EDFs on one chart")
+    add_recipe_arguments(p)
+    p.set_defaults(run=cmd_explore)

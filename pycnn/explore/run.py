@@ -1,0 +1,160 @@
+"""`pycnn explore`: sample N networks of a design space, train each briefly with pycnn.train's machinery and
+append each finished trial to a JSONL file (an interrupted exploration resumes where it stopped).
+
+Trials train into OUT/trials/<space>/<index>/ (explorations of several spaces may share OUT).
+Executors: "local" runs trials one after another in this process, or in K worker processes sharing the cores
+(torch threads = cores / K each); "ray" submits each trial as a Ray task with its resources (ray.init()
+starts a local cluster unless an address is given) and records results as they finish; a lost worker or a
+failing trial loses only that trial (recorded with its error)."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import traceback
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable, Iterable, List, Optional
+
+from .space import Sample, Sampler, Space, SpaceError
+
+
+def trial_spec(space: Space, sample: Sample, args: dict) -> dict:
+    """Everything a worker needs to run one trial (plain data: it crosses process and machine boundaries)."""
+    return {"space": space.name, "arch": str(space.arch), "network": space.network, "index": sample.index,
+            "values": sample.values, "overrides": {k: list(v) if isinstance(v, tuple) else v
+                                                   for k, v in sample.overrides.items()},
+            "flops": sample.flops, "params": sample.params, "acts": sample.acts, **args}
+
+
+def run_trial(spec: dict) -> dict:
+    """Train one sampled network (spec from trial_spec) and return its JSONL record."""
+    import torch
+
+    from ..training.loop import train
+    from ..training.recipe import Recipe
+    if spec.get("threads"):
+        torch.set_num_threads(int(spec["threads"]))
+    overrides = dict(spec["overrides"])
+    overrides.pop("classes", None)  # the dataset's class count wins, as in `pycnn train`
+    input_shape = overrides.pop("input", None)
+    record = {k: spec[k] for k in ("space", "index", "values", "flops", "params", "acts")}
+    start = time.perf_counter()
+    try:
+        result = train(spec["arch"], spec["network"], data=spec["data"], data_dir=spec.get("data_dir"),
+                       out=Path(spec["out"]) / "trials" / spec["space"] / f"{spec['index']:05d}", overwrite=True,
+                       recipe=Recipe.from_dict(spec["recipe"]), backend=spec.get("backend", "fused"),
+                       kernels=spec.get("kernels"), input=input_shape, log=lambda *_: None, progress=False,
+                       network_overrides=overrides)
+        record.update(error=100 * (1 - result.test_acc), test_acc=result.test_acc,
+                      best_val_acc=result.best_val_acc, epochs=len(result.metrics))
+    except Exception as e:  # one failing trial must not end the exploration
+        record.update(error=None, failure=f"{type(e).__name__}: {e}".splitlines()[0],
+                      traceback=traceback.format_exc(limit=3))
+    record["seconds"] = time.perf_counter() - start
+    return record
+
+
+def done_indices(path: Path) -> set:
+    """Indices of the trials a JSONL file records as finished; failed ones are run again on resume."""
+    if not path.is_file():
+        return set()
+    return {t["index"] for t in read_trials(path) if t.get("error") is not None}
+
+
+def read_trials(path) -> List[dict]:
+    """The trials of a JSONL file, the last record of each index (a rerun replaces a failure), by index."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpaceError(f"no such trials file: {path}")
+    last = {}
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+            last[record["index"]] = record
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut short by an interruption
+    return [last[i] for i in sorted(last)]
+
+
+def _append(path: Path, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _local_pool(specs: List[dict], workers: int):
+    if workers <= 1:
+        for spec in specs:
+            yield run_trial(spec)
+        return
+    import multiprocessing as mp
+    with mp.get_context("spawn").Pool(workers) as pool:
+        yield from pool.imap_unordered(run_trial, specs)
+
+
+def _ray_pool(specs: List[dict], workers: int, address: Optional[str], cpus_per_trial: float, gpus_per_trial: float):
+    try:
+        import ray
+    except ImportError:
+        raise SpaceError("the ray executor needs Ray: pip install 'pycnn[ray]' (or pip install ray)") from None
+    if not ray.is_initialized():
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(num_cpus=max(1, int(math.ceil(workers * cpus_per_trial))), log_to_driver=False,
+                     include_dashboard=False)
+    remote = ray.remote(num_cpus=cpus_per_trial, num_gpus=gpus_per_trial, max_retries=0)(run_trial)
+    pending = {remote.remote(spec): spec for spec in specs}
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        for ref in ready:
+            spec = pending.pop(ref)
+            try:
+                yield ray.get(ref)
+            except Exception as e:  # a lost worker or a task error: only this trial is lost
+                yield {k: spec[k] for k in ("space", "index", "values", "flops", "params", "acts")} | {
+                    "error": None, "failure": f"{type(e).__name__}: {e}".splitlines()[0]}
+
+
+def explore(space_path, samples: int, out, *, data: str = "digits", data_dir: Optional[str] = None,
+            recipe=None, seed: int = 0, input=None, flops=None, params=None, executor: str = "local",
+            workers: int = 1, address: Optional[str] = None, gpus_per_trial: float = 0.0,
+            backend: str = "fused", kernels: Optional[str] = None, threads: Optional[int] = None,
+            log: Callable[[str], None] = print) -> Path:
+    """Run (or resume) an exploration; returns the JSONL path (out/<space>.jsonl)."""
+    from ..training.recipe import Recipe
+    space = Space.load(space_path)
+    recipe = recipe or Recipe(epochs=1)
+    extra = {"input": tuple(input)} if input else {}
+    sampler = Sampler(space, seed, extra, flops, params)
+    chosen = sampler.take(samples)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    jsonl = out / f"{space.name}.jsonl"
+    done = done_indices(jsonl)
+    cores = os.cpu_count() or 1
+    per_trial_threads = threads or max(1, cores // max(1, workers))
+    args = {"data": data, "data_dir": data_dir, "recipe": recipe.to_dict(), "out": str(out), "backend": backend,
+            "kernels": kernels, "threads": per_trial_threads if threads or workers > 1 or executor == "ray" else None, "seed": seed}
+    todo = [trial_spec(space, s, args) for s in chosen if s.index not in done]
+    log(f"{space.name}: {samples} samples (seed {seed}; {sampler.tries} draws, {sampler.rejected_constraint} broke a "
+        f"constraint, {sampler.rejected_arch} did not elaborate, {sampler.rejected_window} outside the window); "
+        f"{len(done & {s.index for s in chosen})} already done, {len(todo)} to train with the {executor} executor"
+        + (f" ({workers} workers)" if workers > 1 else ""))
+    if executor == "ray":
+        results = _ray_pool(todo, workers, address, per_trial_threads, gpus_per_trial)
+    elif executor == "local":
+        results = _local_pool(todo, workers)
+    else:
+        raise SpaceError(f"executor must be local or ray, got {executor!r}")
+    finished = 0
+    for record in results:
+        _append(jsonl, record)
+        finished += 1
+        what = (f"error {record['error']:.2f}%" if record.get("error") is not None else f"failed: {record['failure']}")
+        log(f"[{finished}/{len(todo)}] trial {record['index']}: {record['flops'] / 1e6:.2f} MF, "
+            f"{record['params'] / 1e6:.3f} M params, {what}, {record.get('seconds', 0):.1f} s")
+    return jsonl
