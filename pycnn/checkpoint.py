@@ -76,7 +76,10 @@ def read_metadata(path) -> dict:
         raise CheckpointError(f"{path}: no such file")
     with open(path, "rb") as f:
         head = f.read(9)
-    if head[:2] == b"PK" or head[:1] == b"\x80":
+    # safetensors: an 8-byte little-endian header length, then the JSON header. Its first byte may be anything
+    # (0x80 or "P" included), so the pickle and zip signatures are only tested when that shape is absent.
+    is_safetensors = head[8:9] == b"{"
+    if not is_safetensors and (head[:4] == b"PK\x03\x04" or head[:1] == b"\x80"):
         raise CheckpointError(f"{path}: a PyTorch pickle checkpoint (torch.save), not safetensors; pycnn.load "
                               f"never unpickles. Load its state_dict yourself into a compiled model: "
                               f"model.load_state_dict(torch.load(path, weights_only=True))")

@@ -38,7 +38,7 @@ def _arch_files(paths: Optional[Sequence[Union[str, os.PathLike]]]) -> List[Path
         if entry.is_file():
             files.append(entry)
         elif entry.is_dir():
-            files += sorted(entry.glob("*.arch"))  # top level only: archs/std holds block libraries
+            files += sorted(p for p in entry.glob("*.arch") if p.is_file())  # top level only: archs/std holds block libraries
         else:
             raise FileNotFoundError(f"paths: no such file or folder: {entry}")
     return files

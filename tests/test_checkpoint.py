@@ -132,3 +132,21 @@ def test_version_flag(capsys):
     with pytest.raises(SystemExit) as info:
         main(["--version"])
     assert info.value.code == 0 and capsys.readouterr().out.strip() == f"pycnn {pycnn.__version__}"
+
+
+def test_safetensors_headers_of_any_length_are_not_taken_for_pickles(tmp_path):
+    """The header length's first byte can be 0x80 (a pickle's first byte) or "P" (a zip's): still safetensors."""
+    from safetensors.torch import save_file
+
+    from pycnn.checkpoint import CheckpointError, read_metadata
+    seen = set()
+    for pad in range(300):
+        path = tmp_path / f"p{pad}.safetensors"
+        save_file({"w": torch.zeros(1)}, str(path), metadata={"pad": "x" * pad})
+        first = path.read_bytes()[:1]
+        if first not in (b"\x80", b"P"):
+            continue
+        seen.add(first)
+        with pytest.raises(CheckpointError, match="not written by pycnn.save"):
+            read_metadata(path)
+    assert seen == {b"\x80", b"P"}

@@ -68,7 +68,7 @@ def test_summary_of_a_zoo_name(capsys):
     assert main(["summary", "resnext50_32x4d", "--input", "3x64x64", "--depth", "1"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("network resnext50_32x4d, input 3x64x64") and "stage: 6 x bottleneck" in out
-    assert main(["summary", "resnet5"]) == 1
+    assert main(["summary", "resnet5"]) == 2  # a bad argument: one line, exit status 2
     assert "did you mean resnet50" in capsys.readouterr().err
 
 

@@ -126,7 +126,7 @@ _DEFINITION = re.compile(r"^[ \t]*(block|network)[ \t]+([A-Za-z_][A-Za-z0-9_]*)"
 
 
 @functools.lru_cache(maxsize=256)
-def _definitions_in(path: str, mtime_ns: int, max_bytes: int) -> Tuple[Tuple[str, str], ...]:
+def _definitions_in(path: str, mtime_ns: int, max_bytes: int = MAX_SOURCE_BYTES) -> Tuple[Tuple[str, str], ...]:
     """(kind, name) of every definition in a library file, found without parsing it."""
     return tuple(m.groups() for m in _DEFINITION.finditer(read_source(path, max_bytes)))
 
