@@ -35,8 +35,11 @@ def _pair(v, name: str, op: str) -> list:
 
     if is_int(v):
         return [v, v]
-    if not isinstance(v, (list, tuple)) or not 1 <= len(v) <= 2 or not all(is_int(e) for e in v):
-        raise TypeError(f"pycnn.{op}: {name} must be an int or a pair of ints, got {v!r}")
+    message = f"pycnn.{op}: {name} must be an int or a pair of ints, got {v!r}"
+    if not isinstance(v, (list, tuple)) or not all(is_int(e) for e in v):
+        raise TypeError(message)  # a float, a string, a tuple of floats
+    if not 1 <= len(v) <= 2:
+        raise ValueError(message)
     return list(v) * (2 // len(v))
 
 
