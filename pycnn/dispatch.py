@@ -153,9 +153,12 @@ def choice_cache() -> ChoiceCache:
 
 
 @atexit.register
-def _flush_caches() -> None:
+def flush_measurements() -> None:
+    """Writes what was measured and not yet written (compiled networks call it at the end of a forward, so the
+    measurements of one call are one write; and at exit)."""
     for cache in _caches.values():
-        cache.flush()
+        if cache.pending:
+            cache.flush()
 
 
 @functools.lru_cache(maxsize=None)

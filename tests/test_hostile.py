@@ -293,7 +293,7 @@ def test_9_cache_files_of_the_wrong_shape_are_ignored(tmp_path, monkeypatch, con
             warnings.simplefilter("ignore")  # whole-file problems warn; bad entries are dropped silently
             with torch.no_grad():
                 tiny_fused_model()(torch.randn(1, 4, 6, 6))  # measures, records and writes a valid entry
-            dispatch._flush_caches()
+            dispatch.flush_measurements()
         entries = json.loads(dispatch.cache_path().read_text())
         assert entries and all(dispatch._valid_entry(k, v) for k, v in entries.items())
     finally:
