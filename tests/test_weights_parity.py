@@ -84,9 +84,12 @@ def reference_model(library, name, size):
             for attr in ("layer_scale", "skipinit_gain"):
                 if isinstance(getattr(m, attr, None), torch.nn.Parameter):
                     getattr(m, attr).copy_(torch.rand(getattr(m, attr).shape, generator=g) + 0.5)
-        # BatchNorm statistics that match the activations, so the signal survives to the output in eval mode
+        # BatchNorm statistics that match the activations, so the signal survives to the output in eval mode.
+        # Eight images: with two, a 1x1 stage (MobileNetV2's last at 32x32) took each channel's variance from two
+        # values, and the network amplified float32 rounding ~10x more on some paths than on others (pycnn's
+        # folded-BN convolutions failed the bound below on one thread; they pass with either kernel choice now).
         model.train()
-        model(torch.randn(2, 3, size, size, generator=g))
+        model(torch.randn(8, 3, size, size, generator=g))
     return model.eval()
 
 
@@ -110,8 +113,8 @@ def test_parity(arch, network, library, name, size):
     with torch.no_grad():
         expected = ref(x)
         got = model(x)
-        # float64 is the exact reference: random networks with BatchNorm statistics calibrated on two
-        # images are ill-conditioned, so two correct float32 implementations can differ by more than
+        # float64 is the exact reference: random networks with BatchNorm statistics calibrated on a few
+        # images are still ill-conditioned, so two correct float32 implementations can differ by more than
         # 1e-4 (PyTorch's own float32 output is up to ~9e-4 from the float64 one for mobilenet_v2).
         truth = ref.double()(x.double())
         got64 = model.double()(x.double())
