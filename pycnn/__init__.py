@@ -4,7 +4,6 @@ import torch  # noqa: F401  (loads libtorch before the extension)
 
 from . import _C  # registers torch.ops.pycnn.*
 from . import ops  # noqa: F401  (fake kernels and autograd for the ops)
-from . import decompositions  # noqa: F401  (the ops as ATen compositions: torch.onnx.export of fused models)
 from .dsl.errors import ArchError
 from .summary import summary
 

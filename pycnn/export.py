@@ -2,9 +2,10 @@
 reference, with a dynamic batch size.
 
 ONNX: pycnn's fused ops have ATen compositions (pycnn.decompositions) that torch.onnx's dynamo exporter
-applies, so the graph holds standard ONNX operators only; a plain `torch.onnx.export(model, (x,), path)`
-works as well. torch.export / AOTInductor keep pycnn's ops: the package calls pycnn's kernels, so the
-process that loads it imports pycnn first (`pycnn.export.load_aoti` does).
+applies inside `onnx_decompositions()`, so the graph holds standard ONNX operators only; a plain
+`torch.onnx.export(model, (x,), path)` works inside `with pycnn.export.onnx_decompositions():`. torch.export /
+AOTInductor keep pycnn's ops: the package calls pycnn's kernels, so the process that loads it imports pycnn
+first (`pycnn.export.load_aoti` does).
 """
 from __future__ import annotations
 
@@ -13,7 +14,10 @@ from typing import Optional
 
 import torch
 
-__all__ = ["ExportError", "example_input", "export_program", "export_onnx", "export_aoti", "load_aoti"]
+from .decompositions import onnx_decompositions
+
+__all__ = ["ExportError", "example_input", "export_program", "export_onnx", "export_aoti", "load_aoti",
+           "onnx_decompositions"]
 
 
 class ExportError(RuntimeError):
@@ -117,7 +121,7 @@ def export_onnx(model, path, *, batch: int = 2, dynamic_batch: bool = True, opse
     n_out = len(model.out_indices) if hasattr(model, "out_indices") else 1
     outputs = [f"features.{i}" for i in range(n_out)] if hasattr(model, "out_indices") else ["output"]
     big = sum(p.numel() * p.element_size() for p in model.parameters()) > 1.8 * 2 ** 30  # ONNX's 2 GB protobuf limit
-    with _Eval(model), torch.no_grad():
+    with _Eval(model), torch.no_grad(), onnx_decompositions():
         try:
             program = torch.onnx.export(model, (x,), os.fspath(path), dynamo=True, input_names=["input"],
                                         output_names=outputs, opset_version=opset,
@@ -129,7 +133,8 @@ def export_onnx(model, path, *, batch: int = 2, dynamic_batch: bool = True, opse
 
 
 def _onnx_export(module, args):
-    torch.onnx.export(module, args, dynamo=True, verbose=False)
+    with onnx_decompositions():
+        torch.onnx.export(module, args, dynamo=True, verbose=False)
 
 
 def export_aoti(model, path, *, batch: int = 2, dynamic_batch: bool = True) -> str:

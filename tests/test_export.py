@@ -89,7 +89,7 @@ def test_decompositions_compute_what_the_kernels_compute():
         ("se", (x, r(2, 8, 1, 1), r(2), r(8, 2, 1, 1), r(8), res, "relu", "relu")),
     ]
     for name, args in cases:
-        ours = getattr(pycnn.decompositions, f"{name}_forward")(*args)  # imported (registered) by `import pycnn`
+        ours = getattr(pycnn.decompositions, f"{name}_forward")(*args)
         kernel = getattr(ops, f"{name}_forward")(*args)
         ours, kernel = (ours,) if torch.is_tensor(ours) else ours, (kernel,) if torch.is_tensor(kernel) else kernel
         for a, b in zip(ours, kernel):
@@ -115,9 +115,21 @@ def test_onnx_of_a_fused_network_with_every_pycnn_op(tmp_path):
 def test_plain_torch_onnx_export_of_a_compiled_model(tmp_path):
     model = tiny_model()
     x = torch.randn(2, 3, 16, 16)
-    torch.onnx.export(model, (x,), str(tmp_path / "plain.onnx"), dynamic_shapes=({0: "batch"},))
+    with pycnn.export.onnx_decompositions():
+        torch.onnx.export(model, (x,), str(tmp_path / "plain.onnx"), dynamic_shapes=({0: "batch"},))
+    assert not set(pycnn.decompositions.COMPOSITIONS) & set(torch._decomp.decomposition_table)  # only inside
     with torch.no_grad():
         torch.testing.assert_close(run_onnx(tmp_path / "plain.onnx", x[:1])[0], model(x[:1]), rtol=1e-4, atol=1e-4)
+
+
+def test_inductor_keeps_pycnn_kernels_under_ci(monkeypatch):
+    """With $CI set, inductor refuses to fall back to a custom op's kernel while torch's decomposition table holds
+    an entry for it: pycnn's compositions must not be there outside an export."""
+    monkeypatch.setenv("CI", "true")
+    model = tiny_model()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.compile(model, fullgraph=True)(x), model(x), rtol=1e-4, atol=1e-4)
 
 
 def test_features_only_exports_every_map(tmp_path):
