@@ -219,7 +219,10 @@ void backward(const Layout& l, Act act, bool training, const scalar_t* x, const 
       });
       // dx = k_dz * dz + k_x * (x - mean) + k_0 per channel (training couples x through the batch stats). In
       // eval the coupling is not computed at all: 0 * (x - mean) would turn a NaN or Inf of x into NaN.
-      auto coupling = [training](acc kx, acc xj, acc mean, acc k0) { return training ? kx * (xj - mean) + k0 : acc(0); };
+      // (Summed in the order dz term + x term + constant, as before the eval branch existed: the same rounding.)
+      auto dx_of = [training](acc kdz, acc dz, acc kx, acc xj, acc mean, acc k0) {
+        return training ? kdz * dz + kx * (xj - mean) + k0 : kdz * dz;
+      };
       std::vector<acc> k_dz(l.c), k_x(l.c), k_0(l.c);
       const acc inv_count = acc(1) / static_cast<acc>(l.pixels());
       for (int64_t c = 0; c < l.c; ++c) {
@@ -242,26 +245,26 @@ void backward(const Layout& l, Act act, bool training, const scalar_t* x, const 
         if (store && rs) {  // dz is in dresidual
           for (int64_t j = 0; j < len; ++j) {
             const acc xj = static_cast<acc>(xs[j]);
-            dxs[j] = static_cast<scalar_t>(kdz[j * S] * static_cast<acc>(drs[j]) + coupling(kx[j * S], xj, mus[j * S], k0[j * S]));
+            dxs[j] = static_cast<scalar_t>(dx_of(kdz[j * S], static_cast<acc>(drs[j]), kx[j * S], xj, mus[j * S], k0[j * S]));
           }
         } else if (store) {  // dz is in dx: updated in place
           scalar_t* d = dx + off;
           for (int64_t j = 0; j < len; ++j) {
             const acc xj = static_cast<acc>(xs[j]);
-            d[j] = static_cast<scalar_t>(kdz[j * S] * static_cast<acc>(d[j]) + coupling(kx[j * S], xj, mus[j * S], k0[j * S]));
+            d[j] = static_cast<scalar_t>(dx_of(kdz[j * S], static_cast<acc>(d[j]), kx[j * S], xj, mus[j * S], k0[j * S]));
           }
         } else if (rs) {
           for (int64_t j = 0; j < len; ++j) {
             const acc xj = static_cast<acc>(xs[j]);
             const acc dz = grad_z(A, xj, static_cast<acc>(dys[j]), static_cast<acc>(rs[j]), scs[j * S], mus[j * S], bbs[j * S]);
-            dxs[j] = static_cast<scalar_t>(kdz[j * S] * dz + coupling(kx[j * S], xj, mus[j * S], k0[j * S]));
+            dxs[j] = static_cast<scalar_t>(dx_of(kdz[j * S], dz, kx[j * S], xj, mus[j * S], k0[j * S]));
             drs[j] = static_cast<scalar_t>(dz);
           }
         } else {
           for (int64_t j = 0; j < len; ++j) {
             const acc xj = static_cast<acc>(xs[j]);
             const acc dz = grad_z(A, xj, static_cast<acc>(dys[j]), acc(0), scs[j * S], mus[j * S], bbs[j * S]);
-            dxs[j] = static_cast<scalar_t>(kdz[j * S] * dz + coupling(kx[j * S], xj, mus[j * S], k0[j * S]));
+            dxs[j] = static_cast<scalar_t>(dx_of(kdz[j * S], dz, kx[j * S], xj, mus[j * S], k0[j * S]));
           }
         }
       });

@@ -322,7 +322,8 @@ __global__ void __launch_bounds__(kThreads) bn_act_grad_input_kernel(BnActBackwa
     acc x[VEC], dz[VEC], dx[VEC];
     grad_z<T, VEC>(p, i, a, x, dz);
     // Only training couples x through the batch statistics: in eval, x (NaN or Inf included) is not read here.
-    for (int j = 0; j < VEC; ++j) dx[j] = k_dz[j] * dz[j] + (p.training ? k_x[j] * (x[j] - a[j].mean) + k_0[j] : acc(0));
+    for (int j = 0; j < VEC; ++j)
+      dx[j] = p.training ? k_dz[j] * dz[j] + k_x[j] * (x[j] - a[j].mean) + k_0[j] : k_dz[j] * dz[j];
     store_acc<T, VEC>(static_cast<T*>(p.dx), i, dx);
     if (p.dresidual != nullptr) store_acc<T, VEC>(static_cast<T*>(p.dresidual), i, dz);
   }
