@@ -28,6 +28,11 @@ def _from_json(value):
     return tuple(_from_json(v) for v in value) if isinstance(value, list) else value
 
 
+def overrides_of(meta: dict) -> dict:
+    """The compile overrides stored in a checkpoint's metadata (shapes back to tuples)."""
+    return {k: _from_json(v) for k, v in json.loads(meta["overrides"]).items()}
+
+
 def _network_of(model):
     from .ir import Network as IRNetwork
     net = getattr(model, "ir", None)
@@ -108,7 +113,7 @@ def load(path, *, backend: Optional[str] = None, kernels: Optional[str] = None, 
     from . import compile as compile_arch
     meta = read_metadata(path)
     try:
-        overrides = {k: _from_json(v) for k, v in json.loads(meta["overrides"]).items()}
+        overrides = overrides_of(meta)
     except (ValueError, AttributeError) as e:
         raise CheckpointError(f"{os.fspath(path)}: unreadable overrides in the metadata ({e})") from None
     file = meta.get("file") or None

@@ -138,9 +138,11 @@ def test_checkpoint_does_not_fit_another_network(arch, tmp_path, one_thread):
     other = pycnn.compile(OTHER, classes=10)
     with pytest.raises(ckpt.CheckpointError, match="does not fit the network"):
         ckpt.load_state_into(other, weights, "best.safetensors")
-    model = pycnn.compile(meta["arch"], meta["network"], **ckpt.overrides_from_meta(meta))
+    model = pycnn.compile(meta["arch"], meta["network"], **ckpt.overrides_of(meta))
     ckpt.load_state_into(model, weights, "best.safetensors")
     assert torch.equal(model.state_dict()["head.fc1.weight"], weights["head.fc1.weight"])
+    loaded = pycnn.load(r.run_dir / "best.safetensors")  # a run's checkpoint is a pycnn.save checkpoint
+    assert torch.equal(loaded.state_dict()["head.fc1.weight"], weights["head.fc1.weight"])
 
 
 @pytest.mark.slow

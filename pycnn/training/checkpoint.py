@@ -1,6 +1,7 @@
-"""Checkpoints as safetensors files (no pickle anywhere): model weights with the network's .arch source,
-name and overrides in the metadata, so a checkpoint alone rebuilds its model; optimizer state as tensors plus
-a JSON description of its parameter groups."""
+"""Checkpoints of a training run as safetensors files (no pickle anywhere): model weights with pycnn.save's
+metadata (pycnn.checkpoint: the .arch source, network and overrides, so `pycnn.load` and `pycnn eval` rebuild the
+model from the file alone) plus the run's own keys; optimizer state as tensors plus a JSON description of its
+parameter groups."""
 from __future__ import annotations
 
 import json
@@ -10,9 +11,7 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-
-class CheckpointError(Exception):
-    """A checkpoint that cannot be read or does not fit; the message is one line for the user."""
+from ..checkpoint import CheckpointError, overrides_of  # noqa: F401  (one error type and format for checkpoints)
 
 
 def _atomic(path: Path, write) -> None:
@@ -70,18 +69,6 @@ def load_optimizer(path: Path, optimizer: torch.optim.Optimizer) -> None:
         optimizer.load_state_dict({"state": state, "param_groups": groups})
     except (ValueError, KeyError) as e:
         raise CheckpointError(f"{path} does not fit this model's optimizer: {e}") from None
-
-
-def model_meta(arch: str, network: str, overrides: dict, file: Optional[str]) -> Dict[str, str]:
-    return {"format": "pycnn-weights-1", "arch": arch, "network": network, "overrides": json.dumps(overrides),
-            "file": file or ""}
-
-
-def overrides_from_meta(meta: Dict[str, str]) -> dict:
-    out = json.loads(meta.get("overrides", "{}"))
-    if "input" in out:
-        out["input"] = tuple(out["input"])
-    return out
 
 
 def load_state_into(model: torch.nn.Module, state: Dict[str, torch.Tensor], path) -> None:

@@ -40,10 +40,11 @@ def evaluate_checkpoint(path, data: str = "digits", data_dir: Optional[str] = No
                         confusion_png=None) -> EvalResult:
     file = checkpoint_of(path)
     weights, meta = ckpt.load_weights(file)
-    if meta.get("format") != "pycnn-weights-1" or "arch" not in meta:
+    from pycnn.checkpoint import FORMAT
+    if meta.get("format") != FORMAT or "arch" not in meta:
         raise ckpt.CheckpointError(f"{file} is not a pycnn checkpoint (no network source in its metadata)")
     dataset = load(data, data_dir)
-    overrides = ckpt.overrides_from_meta(meta)
+    overrides = ckpt.overrides_of(meta)
     if overrides.get("classes") != dataset.classes:
         raise TrainError(f"{file} classifies {overrides.get('classes')} classes, {data} has {dataset.classes}")
     model = build_model(meta["arch"], meta.get("file") or None, meta["network"], overrides, backend, kernels)

@@ -188,7 +188,7 @@ def train(arch, network: Optional[str] = None, *, data: str = "digits", data_dir
         recipe = Recipe.from_dict(saved["recipe"])
         if "epochs" in recipe_options:  # the one option a resume may change: train longer
             recipe.epochs = int(recipe_options["epochs"])
-        overrides = ckpt.overrides_from_meta({"overrides": json.dumps(saved["overrides"])})
+        overrides = ckpt.overrides_of({"overrides": json.dumps(saved["overrides"])})
         try:
             state = json.loads((run_dir / "state.json").read_text())
         except (OSError, ValueError):
@@ -254,8 +254,8 @@ def train(arch, network: Optional[str] = None, *, data: str = "digits", data_dir
     optimizer = make_optimizer(model, recipe)
     ema = EMA(model, recipe.ema) if recipe.ema else None
     stopper = EarlyStopping(recipe.patience)
-    meta = ckpt.model_meta(source, network_name, {k: list(v) if isinstance(v, tuple) else v for k, v in overrides.items()},
-                           file)
+    import pycnn.checkpoint
+    meta = pycnn.checkpoint.metadata(model)  # what pycnn.save writes: pycnn.load rebuilds the model from the file
     meta["normalize"] = json.dumps({"mean": batches.mean.flatten().tolist(), "std": batches.std.flatten().tolist()})
     scaler = torch.amp.GradScaler("cuda") if recipe.amp == "fp16" else None
     metrics: List[dict] = []
