@@ -9,6 +9,7 @@ import torch
 
 import pycnn
 from pycnn.checkpoint import CheckpointError
+from conftest import randomized
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -28,19 +29,10 @@ def tiny_file(tmp_path):
     return path
 
 
-def _randomize_bn(model):
-    g = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-
-
 def test_round_trip_without_the_arch_file(tiny_file, tmp_path):
     torch.manual_seed(0)
     model = pycnn.compile(str(tiny_file), classes=7, width=16, kernels="pycnn").eval()
-    _randomize_bn(model)
+    randomized(model)
     ckpt = tmp_path / "m.safetensors"
     pycnn.save(model, ckpt)
     tiny_file.unlink()  # the checkpoint carries the network: the file is not needed any more

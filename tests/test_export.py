@@ -7,6 +7,7 @@ import torch
 
 import pycnn
 from pycnn.export import ExportError
+from conftest import randomized
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -46,21 +47,6 @@ network small(input = 3x16x16, classes = 10) {
 
 PYCNN_OPS = {torch.ops.pycnn.dwconv_forward.default, torch.ops.pycnn.gconv_forward.default,
              torch.ops.pycnn.se_forward.default, torch.ops.pycnn.bn_act_forward.default}
-
-
-def randomized(model):
-    """Non-trivial BatchNorm statistics and affine parameters, so folding errors would show."""
-    g = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-            if isinstance(m, torch.nn.Linear):
-                torch.nn.init.normal_(m.weight, std=0.1, generator=g)
-    return model.eval()
 
 
 def tiny_model(text=TINY):
