@@ -198,3 +198,10 @@ def test_failed_trials_run_again_on_resume(tiny_space, tmp_path, one_thread):
     trials = read_trials(jsonl)
     assert len(jsonl.read_text().splitlines()) == 2 and len(trials) == 1 and trials[0]["error"] is not None
     assert (tmp_path / "trials" / "tiny" / "00000" / "best.safetensors").is_file()
+
+
+def test_explore_counts_must_be_positive(capsys):
+    for option in ("--samples", "--workers"):
+        with pytest.raises(SystemExit) as info:
+            main(["explore", f"{SPACES}/anynetx_a.toml", option, "0"])
+        assert info.value.code == 2 and f"{option}: expected an integer >= 1" in capsys.readouterr().err

@@ -5,6 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..argtypes import positive_int
+
 _UNITS = {"k": 1e3, "m": 1e6, "g": 1e9}
 
 
@@ -73,13 +75,13 @@ def add_parsers(sub) -> None:
                                    "skips finished trials) and plots the error EDF. --compare draws several "
                                    "explorations' EDFs on one chart.")
     p.add_argument("space", nargs="?", help="design space file, e.g. archs/spaces/anynetx_a.toml")
-    p.add_argument("--samples", type=int, default=32)
+    p.add_argument("--samples", type=positive_int, default=32)
     add_data_arguments(p)
     p.add_argument("--input", type=_shape, help="override the networks' input shape, e.g. 1x16x16")
     p.add_argument("--flops", type=_window, help="FLOPs (multiply-adds) window, e.g. 1M:3M")
     p.add_argument("--params", type=_window, help="parameter-count window, e.g. 50k:500k")
     p.add_argument("--executor", choices=["local", "ray"], default="local")
-    p.add_argument("--workers", type=int, default=1, help="trials at once (processes or Ray tasks)")
+    p.add_argument("--workers", type=positive_int, default=1, help="trials at once (processes or Ray tasks)")
     p.add_argument("--address", help="Ray cluster address (default: start a local one)")
     p.add_argument("--gpus-per-trial", type=float, default=0.0)
     p.add_argument("--threads", type=int, help="CPU threads per trial (default: the cores / workers)")
