@@ -127,7 +127,7 @@ _DEFINITION = re.compile(r"^[ \t]*(block|network)[ \t]+([A-Za-z_][A-Za-z0-9_]*)"
 
 @functools.lru_cache(maxsize=256)
 def _definitions_in(path: str, mtime_ns: int, max_bytes: int = MAX_SOURCE_BYTES) -> Tuple[Tuple[str, str], ...]:
-    """(kind, name) of every definition in a library file, found without parsing it."""
+    """(kind, name) of every definition in an .arch file, found without parsing it (the zoo's index of names)."""
     return tuple(m.groups() for m in _DEFINITION.finditer(read_source(path, max_bytes)))
 
 
@@ -202,9 +202,12 @@ class Program:
                     self._indexed.add(lib)
                     self._use_locs[lib] = (item.loc, f.source)
                     try:
-                        parse_file(lib, self.max_source_bytes, item.loc, f.source)  # the whole library, so its
-                        # mistakes are reported (cached: parsed once)
-                        definitions = _definitions_in(lib, os.stat(lib).st_mtime_ns, self.max_source_bytes)
+                        # the whole library, so its mistakes are reported (cached: parsed once); its definitions
+                        # are read off the parsed file, not found a second time in its text
+                        library = parse_file(lib, self.max_source_bytes, item.loc, f.source)
+                        definitions = [("block" if isinstance(d, A.BlockDef) else "network", d.name)
+                                       for d in library.items
+                                       if isinstance(d, (A.BlockDef, A.NetworkDef, A.NetworkAlias))]
                     except OSError as e:
                         raise ArchError(f"{lib}: {e.strerror or e}", item.loc, f.source) from None
                     except ArchError as e:  # unreadable: reported where `use` named the library
