@@ -9,7 +9,7 @@ import torch
 
 import pycnn
 from pycnn.checkpoint import CheckpointError
-from conftest import randomized
+from random_bn import randomized
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -7,7 +7,7 @@ import torch
 
 import pycnn
 from pycnn.export import ExportError
-from conftest import randomized
+from random_bn import randomized
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
