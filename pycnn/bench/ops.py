@@ -214,8 +214,7 @@ def compile_backend() -> str:
     return os.environ.get("PYCNN_BENCH_COMPILE_BACKEND", "inductor")
 
 
-def _layouts():
-    return (("nchw", torch.contiguous_format), ("channels_last", torch.channels_last))
+LAYOUTS = (("nchw", torch.contiguous_format), ("channels_last", torch.channels_last))
 
 
 EAGER_ACT = {"relu": F.relu, "relu6": F.relu6, "silu": F.silu, "hardswish": F.hardswish, "none": lambda z: z}
@@ -235,7 +234,7 @@ def _modes():
 
 
 def bench_bn_act(device: torch.device, dtype: torch.dtype, repeats: int, batches, shapes: Sequence[BnShape],
-                 with_compile: bool = False):
+                 with_compile: bool = False, layouts=LAYOUTS):
     """BatchNormAct2d (training mode: batch statistics) against nn.BatchNorm2d [+ residual] + activation."""
     peak = _prepare(device)
     rows = []
@@ -244,7 +243,7 @@ def bench_bn_act(device: torch.device, dtype: torch.dtype, repeats: int, batches
             shape = (batch, s.c, s.h, s.w)
             ours = BatchNormAct2d(s.c, act=s.act).to(device=device, dtype=dtype)
             ref = nn.BatchNorm2d(s.c).to(device=device, dtype=dtype)
-            for layout, fmt in _layouts():
+            for layout, fmt in layouts:
                 x = torch.randn(shape, device=device, dtype=dtype).contiguous(memory_format=fmt)
                 r = torch.randn_like(x) if s.residual else None
                 grad = torch.randn_like(x)
@@ -282,7 +281,7 @@ def eager_se(x, fc1, fc2, act, residual=None):
 
 
 def bench_se(device: torch.device, dtype: torch.dtype, repeats: int, batches, shapes: Sequence[SeShape],
-             with_compile: bool = False):
+             with_compile: bool = False, layouts=LAYOUTS):
     """SqueezeExcite (one fused op) against pool, fc1, act, fc2, sigmoid, scale [+ residual, relu]."""
     peak = _prepare(device)
     rows = []
@@ -292,7 +291,7 @@ def bench_se(device: torch.device, dtype: torch.dtype, repeats: int, batches, sh
             ours = SqueezeExcite(s.c, s.reduced, act=s.act, post_act="relu" if s.residual else "none").to(
                 device=device, dtype=dtype)
             fc1, fc2 = ours.fc1, ours.fc2  # the same parameters, run by nn.Conv2d
-            for layout, fmt in _layouts():
+            for layout, fmt in layouts:
                 x = torch.randn(shape, device=device, dtype=dtype).contiguous(memory_format=fmt)
                 r = torch.randn_like(x) if s.residual else None
                 grad = torch.randn_like(x)
@@ -321,7 +320,7 @@ def bench_se(device: torch.device, dtype: torch.dtype, repeats: int, batches, sh
 
 
 def bench_dwconv(device: torch.device, dtype: torch.dtype, repeats: int, batches, shapes: Sequence[DwShape],
-                 with_compile: bool = False):
+                 with_compile: bool = False, layouts=LAYOUTS):
     """DepthwiseConvBNAct2d against nn.Conv2d(groups=C) + nn.BatchNorm2d + activation. forward: eval
     (pycnn: one fused kernel, BN folded); forward+backward: training (batch statistics)."""
     peak = _prepare(device)
@@ -336,7 +335,7 @@ def bench_dwconv(device: torch.device, dtype: torch.dtype, repeats: int, batches
                                 nn.BatchNorm2d(s.c), ACT_MODULE[s.act]()).to(device=device, dtype=dtype)
             ref.load_state_dict({k_.replace("conv.", "0.").replace("bn.", "1."): v
                                  for k_, v in ours.state_dict().items()})
-            for layout, fmt in _layouts():
+            for layout, fmt in layouts:
                 ours.to(memory_format=fmt)
                 ref.to(memory_format=fmt)
                 x = torch.randn(shape, device=device, dtype=dtype).contiguous(memory_format=fmt)
@@ -362,7 +361,7 @@ def bench_dwconv(device: torch.device, dtype: torch.dtype, repeats: int, batches
 
 
 def bench_gconv(device: torch.device, dtype: torch.dtype, repeats: int, batches, shapes: Sequence[GconvShape],
-                with_compile: bool = False):
+                with_compile: bool = False, layouts=LAYOUTS):
     """pycnn.gconv (conv + folded-BN scale/bias + activation in one op) against eager
     act(conv2d(x, w, groups) * scale + bias), in NCHW and channels_last, forward (no grad) and
     forward+backward (grads of x, w, scale, bias). Rows also give the ratio of the best runs
@@ -376,7 +375,7 @@ def bench_gconv(device: torch.device, dtype: torch.dtype, repeats: int, batches,
             shape = (batch, s.cin, s.h, s.w)
             oh, ow = ((n + 2 * s.padding - s.k) // s.stride + 1 for n in (s.h, s.w))
             flops = 2 * batch * s.cout * oh * ow * (s.cin // s.groups) * s.k * s.k
-            for layout, fmt in _layouts():
+            for layout, fmt in layouts:
                 x = torch.randn(shape, device=device, dtype=dtype).contiguous(memory_format=fmt)
                 w = torch.randn(s.cout, s.cin // s.groups, s.k, s.k, device=device, dtype=dtype) * 0.1
                 scale = torch.rand(s.cout, device=device) + 0.5
@@ -471,6 +470,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "layout and mode (dynamic=False); rows get compile_ms, speedup_vs_compile and compile_s "
                              "(the compile time). Off by default: each of the ~580 cases of the default networks "
                              "compiles for 4-7 s on a 2-core CPU (about +50 min), seconds on CUDA as well")
+    parser.add_argument("--layout", choices=["nchw", "channels_last", "both"], default="both",
+                        help="memory layout(s) of the cases (default both)")
+    parser.add_argument("--max-shapes", type=argtypes.positive_int, default=None, metavar="N",
+                        help="at most N shapes per op, spread evenly over the networks' layers (a compact run)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: batch 2, 3 repeats, and without --arch a tiny built-in network")
 
@@ -485,14 +488,25 @@ def settings(args) -> dict:
         specs = [(QUICK_ARCH, None)]
     else:
         specs = parse_network_specs(args.arch, args.network)
-    return dict(device=device, shapes=load_shapes(specs, getattr(args, "overrides", None)),
+    shapes = load_shapes(specs, getattr(args, "overrides", None))
+    if args.max_shapes:
+        shapes = {op: spread(found, args.max_shapes) for op, found in shapes.items()}
+    layouts = tuple((name, fmt) for name, fmt in LAYOUTS if args.layout in (name, "both"))
+    return dict(device=device, shapes=shapes, layouts=layouts,
                 batches=args.batch or ([2] if args.quick else [64] if device.type == "cuda" else [8]),
                 repeats=args.repeats or (3 if args.quick else 15),
                 with_compile=args.compile)
 
 
+def spread(items: Sequence, n: int) -> list:
+    """At most `n` of `items`, evenly spaced from first to last (a network's early, middle and late layers)."""
+    if len(items) <= n:
+        return list(items)
+    return [items[round(i * (len(items) - 1) / (n - 1))] for i in range(n)] if n > 1 else [items[0]]
+
+
 def run(op: str, device: torch.device, dtype: Optional[torch.dtype], repeats: int, batches, shapes: Dict[str, list],
-        with_compile: bool) -> List[dict]:
+        with_compile: bool, layouts=LAYOUTS) -> List[dict]:
     """Benchmarks `op` over its shapes (from load_shapes / network_shapes); prints every row and a summary."""
     dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
     info = pycnn.build_info()
@@ -501,7 +515,7 @@ def run(op: str, device: torch.device, dtype: Optional[torch.dtype], repeats: in
           f"threads), torch {torch.__version__}, {dtype}, CUDA kernels: {info['cuda']}, {len(shapes[op])} shapes")
     print("speedup = eager median / pycnn median, measured interleaved in this run"
           + ("; with torch.compile of the eager composition" if with_compile else ""))
-    rows = BENCHES[op](device, dtype, repeats, batches, shapes[op], with_compile)
+    rows = BENCHES[op](device, dtype, repeats, batches, shapes[op], with_compile, layouts)
     print_summary(rows)
     return rows
 
@@ -516,7 +530,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     s = settings(args)
     return run(args.op, s["device"], getattr(torch, args.dtype) if args.dtype else None, s["repeats"], s["batches"],
-               s["shapes"], s["with_compile"])
+               s["shapes"], s["with_compile"], s["layouts"])
 
 
 if __name__ == "__main__":
