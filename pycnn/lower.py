@@ -7,6 +7,7 @@ one fused op (pycnn.fused), choosing pycnn's kernel or PyTorch's per shape (pycn
 """
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
 from typing import Dict, Optional
 
@@ -14,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import dispatch, fused, ir, passes
+from . import dispatch, fused, ir, memory, passes
 
 _ACT_MODULES = {
     "relu": nn.ReLU, "relu6": nn.ReLU6, "silu": nn.SiLU, "hardswish": nn.Hardswish, "hardsigmoid": nn.Hardsigmoid,
@@ -63,7 +64,7 @@ class Pool2dSame(nn.Module):
             x = pad_same(x, k, s, value=float("-inf") if self.kind == "max" else 0.0)
             padding = (0, 0)
         if self.kind == "max":
-            return F.max_pool2d(x, k, s, padding, ceil_mode=self.ceil)
+            return memory.max_pool2d(x, k, s, padding, ceil_mode=self.ceil)
         return F.avg_pool2d(x, k, s, padding, ceil_mode=self.ceil, count_include_pad=self.count_pad)
 
     def extra_repr(self):
@@ -326,9 +327,14 @@ class Network(Chain):
     def __init__(self, parts, arch: str, network_ir, plan, backend: str):
         super().__init__(parts, [LayerStep(name) for name, _ in parts])
         self.arch, self.ir, self.plan, self.backend = arch, network_ir, plan, backend
+        # training keeps each BatchNorm+activation's input, not also its output (pycnn.memory)
+        self.recompute_epilogues = backend == "fused"
 
     def forward(self, x):
-        y = super().forward(x)
+        keep_less = (not torch.compiler.is_compiling() and self.recompute_epilogues and self.training
+                     and torch.is_grad_enabled())
+        with memory.recompute_epilogues() if keep_less else contextlib.nullcontext():
+            y = super().forward(x)
         if not torch.compiler.is_compiling():
             dispatch.flush_measurements()  # the kernel choices this call measured, in one write
         return y
@@ -379,7 +385,7 @@ def lower_layer(layer: ir.Layer) -> nn.Module:
     if op in ("maxpool", "avgpool") and a["p"] == ir.SAME:
         return Pool2dSame("max" if op == "maxpool" else "avg", a["k"], a["s"], a["ceil"], a.get("count_pad", True))
     if op == "maxpool":
-        return nn.MaxPool2d(a["k"], a["s"], a["p"], ceil_mode=a["ceil"])
+        return memory.MaxPool2d(a["k"], a["s"], a["p"], ceil_mode=a["ceil"])
     if op == "avgpool":
         return nn.AvgPool2d(a["k"], a["s"], a["p"], ceil_mode=a["ceil"], count_include_pad=a["count_pad"])
     if op == "gap":

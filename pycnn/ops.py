@@ -14,7 +14,7 @@ from torch import Tensor
 from torch.fx.experimental.symbolic_shapes import optimization_hint
 from torch.utils._python_dispatch import _disable_current_modes
 
-from . import _C
+from . import _C, memory
 
 ACTIVATIONS = ("none", "relu", "relu6", "silu", "hardswish")
 
@@ -155,6 +155,7 @@ _MASK_FROM_OUTPUT = {"relu": lambda y: ~(y <= 0), "relu6": lambda y: (y > 0) & (
 def _bn_act_setup_context(ctx, inputs, output):
     input, weight, bias, residual, _running_mean, _running_var, training, eps, act = inputs
     y, save_mean, save_var = output
+    memory.note_bn_act_output(y, input, weight, bias, residual, save_mean, save_var, eps, act)
     ctx.mask_from_output = residual is not None and act in _MASK_FROM_OUTPUT
     ctx.save_for_backward(input, weight, bias, y if ctx.mask_from_output else residual, save_mean, save_var)
     ctx.training, ctx.eps, ctx.act = training, eps, act

@@ -365,8 +365,8 @@ def test_channels_last_end_to_end():
 
 def test_training_saves_no_more_for_backward_than_the_reference():
     """Activation memory of a training step: bytes of the tensors autograd keeps for backward."""
-    from pycnn.bench.model import saved_for_backward_bytes
-    saved_bytes = lambda model, x: saved_for_backward_bytes(model.train(), x)
+    from pycnn.memory import saved_activation_bytes
+    saved_bytes = lambda model, x: saved_activation_bytes(model.train(), x)
 
     for path, network in [("archs/mobilenet_v2.arch", "mobilenet_v2"), ("archs/resnet.arch", "resnet50"),
                           ("archs/efficientnet.arch", "efficientnet_b0")]:

@@ -16,23 +16,10 @@ import torch
 from torch import nn
 
 from ..lower import to_backend
+from ..memory import saved_activation_bytes
 from .timing import compare
 
 LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
-
-
-def saved_for_backward_bytes(model: nn.Module, x: torch.Tensor) -> int:
-    """Bytes of the distinct storages autograd keeps for backward during model(x) (training activations)."""
-    storages: Dict[int, int] = {}
-
-    def pack(t):
-        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = model(x)
-    del out
-    return sum(storages.values())
 
 
 def torchvision_baseline(model: nn.Module, name: str) -> nn.Module:
@@ -83,7 +70,7 @@ def bench_model(model: nn.Module, input_shape, batch: int, device: torch.device,
             torch.cuda.reset_peak_memory_stats(device)
         step(m, x)  # the warm-up: compiles, and measures pycnn's kernel choices (auto)
         memory[key] = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-        saved[key] = saved_for_backward_bytes(m, x) / 2**20 if train and key[0] != "torch.compile" else None
+        saved[key] = saved_activation_bytes(m, x) / 2**20 if train and key[0] != "torch.compile" else None
     t = compare({key: (lambda m=m, x=inputs[key[1]]: step(m, x)) for key, m in variants.items()}, device,
                 repeats=repeats, warmup=1)
     rows = []
