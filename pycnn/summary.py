@@ -3,10 +3,12 @@ convention), with totals. Works on a path, .arch text, an IR network or a compil
 what runs each layer (pycnn's kernel, PyTorch, or the choice still to be measured: pycnn.dispatch)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 from . import ir
+from .opspec import OPS
 
 
 @dataclass
@@ -47,19 +49,7 @@ class Summary:
 
 
 def _op_label(layer: ir.Layer) -> str:
-    a = layer.attrs
-    if layer.op in ("conv", "wsconv"):
-        k = "x".join(map(str, a["k"]))
-        s = a["s"][0] if a["s"][0] == a["s"][1] else "x".join(map(str, a["s"]))
-        g = f" g{a['groups']}" if a["groups"] > 1 else ""
-        return f"{layer.op} {k} s{s}{g}"
-    if layer.op == "bn":
-        return "bn+" + a["act"] if a.get("act") else "bn"
-    if layer.op == "act":
-        return a["kind"]
-    if layer.op in ("maxpool", "avgpool"):
-        return f"{layer.op} {'x'.join(map(str, a['k']))} s{a['s'][0]}"
-    return layer.op
+    return OPS[layer.op].summary_label(layer.attrs)
 
 
 def summarize(network: ir.Network) -> Summary:
@@ -197,7 +187,7 @@ def _rows(node, name: str, depth: int, level: int, kernels: Dict[str, str]) -> L
     if isinstance(node, ir.Layer) or level >= depth:
         layers = list(ir.iter_layers(node, name))
         return [Row(name, _label(node), node.out_shape, sum(l.params for _, l in layers),
-                    sum(l.flops for _, l in layers), sum(ir._prod(l.out_shape) for _, l in layers),
+                    sum(l.flops for _, l in layers), sum(math.prod(l.out_shape) for _, l in layers),
                     _words([n for n, _ in layers], kernels))]
     groups: List[list] = []
     for child_name, child in _children(node, name):
@@ -243,7 +233,7 @@ def format_grouped(s: Summary, depth: int = 2) -> str:
     numeric = (3, 4, 5)
     line = lambda row: "  ".join(v.rjust(w) if i in numeric else v.ljust(w)
                                  for i, (v, w) in enumerate(zip(row, widths))).rstrip()
-    acts = sum(ir._prod(layer.out_shape) for _, layer in s.ir.layers())
+    acts = sum(math.prod(layer.out_shape) for _, layer in s.ir.layers())
     out = [f"network {s.network}, input {ir.fmt_shape(s.input_shape)}", line(header)]
     out += [line(row) for row in body]
     out.append(f"total: {s.total_params:,} parameters ({human(s.total_params)}), {s.total_flops:,} FLOPs "

@@ -34,6 +34,8 @@ from .. import argtypes
 from pycnn.nn import BatchNormAct2d, DepthwiseConvBNAct2d, SqueezeExcite
 
 from .timing import compare, peak_bandwidth_gbs
+from ..fused import ACT_FNS
+from ..opspec import ACTIVATIONS
 
 # ------------------------------------------------------------------------------------ layer shapes
 
@@ -218,8 +220,8 @@ def _layouts():
     return (("nchw", torch.contiguous_format), ("channels_last", torch.channels_last))
 
 
-EAGER_ACT = {"relu": F.relu, "relu6": F.relu6, "silu": F.silu, "hardswish": F.hardswish, "none": lambda z: z}
-ACT_MODULE = {"relu": nn.ReLU, "relu6": nn.ReLU6, "silu": nn.SiLU, "hardswish": nn.Hardswish, "none": nn.Identity}
+EAGER_ACT = {"none": lambda z: z, **ACT_FNS}
+ACT_MODULE = {"none": nn.Identity, **{a.name: getattr(nn, a.module) for a in ACTIVATIONS.values()}}
 
 
 def _prepare(device: torch.device) -> Optional[float]:

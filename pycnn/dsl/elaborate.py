@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from .. import ir
+from ..opspec import LANGUAGE_ACTS, OPS, PRIMITIVES, REQUIRED, arguments, acts_with
 from . import ast as A
 from .errors import ArchError, did_you_mean
 from .evaluate import Budget, Evaluator, Symbol, _is_number
@@ -39,67 +40,19 @@ class Limits:
 
 
 # ------------------------------------------------------------------------------------------ primitives
-
-REQUIRED = object()
-
-# argument kinds: width (int >= 1), pair (int >= 1 or a pair), pad (int/pair >= 0), convpad (like pad; None =
-# the symmetric default d*(k-1)/2, `same` = TensorFlow's SAME), nonneg (int >= 0),
-# pos (int >= 1), bool, prob (0 <= p <= 1), posfloat (> 0), float, act (activation name or none), size (pair)
-PRIMITIVES: Dict[str, Tuple[str, list]] = {
-    "conv": ("conv", [("out", REQUIRED, "width"), ("k", 1, "pair"), ("s", 1, "pair"), ("p", None, "convpad"),
-                      ("d", 1, "pair"), ("groups", None, "pos"), ("group_width", None, "pos"),
-                      ("bias", False, "bool")]),
-    "wsconv": ("wsconv", [("out", REQUIRED, "width"), ("k", 1, "pair"), ("s", 1, "pair"), ("p", None, "convpad"),
-                          ("d", 1, "pair"), ("groups", None, "pos"), ("group_width", None, "pos"),
-                          ("bias", True, "bool"), ("gamma", 1.0, "posfloat"), ("eps", 1e-6, "posfloat")]),
-    "dwconv": ("conv", [("k", 3, "pair"), ("s", 1, "pair"), ("p", None, "convpad"), ("d", 1, "pair"),
-                        ("multiplier", 1, "pos"), ("bias", False, "bool")]),
-    "bn": ("bn", [("eps", 1e-5, "posfloat"), ("momentum", 0.1, "prob")]),
-    "gn": ("gn", [("groups", REQUIRED, "pos"), ("eps", 1e-5, "posfloat")]),
-    "ln": ("ln", [("eps", 1e-5, "posfloat")]),
-    "maxpool": ("maxpool", [("k", REQUIRED, "pair"), ("s", None, "pair"), ("p", 0, "convpad"),
-                            ("ceil", False, "bool")]),
-    "avgpool": ("avgpool", [("k", None, "pair"), ("s", None, "pair"), ("p", 0, "convpad"), ("ceil", False, "bool"),
-                            ("count_pad", True, "bool")]),
-    "gap": ("gap", []),
-    "global_avgpool": ("gap", []),
-    "global_maxpool": ("gmp", []),
-    "adaptive_avgpool": ("adaptive_avgpool", [("size", REQUIRED, "pair")]),
-    "flatten": ("flatten", []),
-    "linear": ("linear", [("out", REQUIRED, "width"), ("bias", True, "bool")]),
-    "dropout": ("dropout", [("p", 0.5, "prob")]),
-    "identity": ("identity", []),
-    "se": ("se", [("reduced", REQUIRED, "width"), ("act", "relu", "act"), ("gate", "sigmoid", "act")]),
-    "scale": ("scale", [("value", REQUIRED, "float")]),
-    "channel_shuffle": ("channel_shuffle", [("groups", REQUIRED, "pos")]),
-    "channel_linear": ("channel_linear", [("out", REQUIRED, "width"), ("bias", True, "bool")]),
-    "layer_scale": ("layer_scale", [("init", 1e-6, "float")]),
-    "gain": ("gain", [("init", 1.0, "float")]),
-    "drop_path": ("drop_path", [("p", 0.0, "prob")]),
-    "slice": ("slice", [("start", REQUIRED, "nonneg"), ("stop", REQUIRED, "pos")]),
-}
-for _act in ir.ACTIVATIONS:
-    PRIMITIVES[_act] = ("act", [])
+# (the layers themselves are pycnn.opspec.PRIMITIVES)
 
 GENERATORS = {
-    "regnet": [("w0", REQUIRED, "float"), ("wa", REQUIRED, "float"), ("wm", REQUIRED, "float"),
-               ("depth", REQUIRED, "pos"), ("group_width", REQUIRED, "pos"), ("bottleneck", 1.0, "posfloat"),
-               ("se", 0.0, "float"), ("block", REQUIRED, "block"), ("stride", 2, "pos"),
-               ("rounding", "pycls", "rounding")],
+    "regnet": arguments(("w0", REQUIRED, "float"), ("wa", REQUIRED, "float"), ("wm", REQUIRED, "float"),
+                    ("depth", REQUIRED, "pos"), ("group_width", REQUIRED, "pos"), ("bottleneck", 1.0, "posfloat"),
+                    ("se", 0.0, "float"), ("block", REQUIRED, "block"), ("stride", 2, "pos"),
+                    ("rounding", "pycls", "rounding")),
 }
 
 # what people coming from PyTorch write, and the short names the layers take
 SYNONYMS = {"kernel": "k", "kernel_size": "k", "stride": "s", "strides": "s", "padding": "p", "pad": "p",
             "dilation": "d", "out_channels": "out", "channels": "out", "width": "out", "out_features": "out",
             "num_groups": "groups", "ceil_mode": "ceil", "count_include_pad": "count_pad", "rate": "p"}
-
-FUSABLE_ACTS = ("relu", "relu6", "silu")  # a bn followed by one of these becomes one `bn` layer with `act`
-
-_BASE_NAMES = {"conv": "conv", "wsconv": "conv", "bn": "bn", "gn": "gn", "ln": "ln", "maxpool": "pool",
-               "avgpool": "pool", "gap": "pool", "gmp": "pool", "adaptive_avgpool": "pool", "flatten": "flatten",
-               "linear": "fc", "dropout": "drop", "identity": "identity", "se": "se", "scale": "scale",
-               "channel_shuffle": "shuffle", "channel_linear": "fc", "layer_scale": "ls", "gain": "gain",
-               "drop_path": "drop_path", "slice": "slice"}
 
 # words of the grammar that the lexer still takes as a name before `=` (`block b(in=3)`): never a name
 KEYWORDS = {"network", "block", "use", "stage", "let", "main", "branch", "shortcut", "merge", "if", "repeat", "in",
@@ -330,7 +283,7 @@ class Elaborator:
         self.n_iterations = 0
         self.activation_elements = 0
         self.budget = Budget(limits.max_steps)
-        self.symbols = set(program.blocks) | set(ir.ACTIVATIONS) | {"none", ir.SAME}
+        self.symbols = set(program.blocks) | set(LANGUAGE_ACTS) | {"none", ir.SAME}
         self.num_blocks = 0  # blocks in the network's stages (`num_blocks` in blocks)
         self.stage_blocks = 0  # stage blocks elaborated so far (the next one's `block_index`)
         self.path: List[str] = []  # the module path of the block being elaborated (s3.b2)
@@ -551,7 +504,7 @@ class Elaborator:
             call = self.callee(call, ctx)
             if call is None:
                 continue
-            if (call.name in PRIMITIVES and PRIMITIVES[call.name][0] == "act" and call.name in FUSABLE_ACTS
+            if (call.name in PRIMITIVES and PRIMITIVES[call.name].op == "act" and call.name in acts_with("bn_act")
                     and nodes and isinstance(nodes[-1], ir.Layer) and nodes[-1].op == "bn"
                     and nodes[-1].attrs.get("act") is None):
                 if call.args:
@@ -691,8 +644,8 @@ class Elaborator:
             return value
         if kind == "act":
             name = str(value) if isinstance(value, (Symbol, str)) else None
-            if name not in ir.ACTIVATIONS and name != "none":
-                raise bad(f"an activation ({', '.join(ir.ACTIVATIONS)} or none)")
+            if name not in LANGUAGE_ACTS and name != "none":
+                raise bad(f"an activation ({', '.join(LANGUAGE_ACTS)} or none)")
             return None if name == "none" else name
         if kind == "rounding":
             name = str(value) if isinstance(value, (Symbol, str)) else None
@@ -724,8 +677,8 @@ class Elaborator:
 
     # ---- primitives
     def primitive(self, call: A.Call, shape, namer: _Namer, ctx: _Ctx) -> ir.Layer:
-        op, spec = PRIMITIVES[call.name]
-        a, locs = self.bind_spec(call, spec, ctx.ev, call.name)
+        op = PRIMITIVES[call.name].op
+        a, locs = self.bind_spec(call, PRIMITIVES[call.name].args, ctx.ev, call.name)
         attrs: dict = {}
         if call.name in ("conv", "wsconv", "dwconv"):
             if len(shape) != 3:
@@ -774,7 +727,7 @@ class Elaborator:
         except ir.ShapeError as e:
             message = e.message if e.message.startswith(op) else f"{call.name}: {e.message}"
             raise self.error(message, locs.get(e.arg, call.loc) if e.arg else call.loc) from None
-        node = ir.Layer(namer.next(call.name if op == "act" else _BASE_NAMES[op]), op, attrs, shape, out_shape,
+        node = ir.Layer(namer.next(OPS[op].module_name or call.name), op, attrs, shape, out_shape,
                         params, flops, call.loc)
         self.account(node)
         return node

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops
+from ..opspec import check_kernel_act
 
 
 class SqueezeExcite(nn.Module):
@@ -26,8 +27,7 @@ class SqueezeExcite(nn.Module):
                  device=None, dtype=None):
         super().__init__()
         for name, value in (("act", act), ("post_act", post_act)):
-            if value not in ops.ACTIVATIONS:
-                raise ValueError(f"SqueezeExcite: unknown {name} {value!r}; expected one of {', '.join(ops.ACTIVATIONS)}")
+            check_kernel_act("SqueezeExcite", name, value)
         if channels < 1 or reduced_channels < 1:
             raise ValueError(f"SqueezeExcite: channels and reduced_channels must be >= 1, got {channels}, {reduced_channels}")
         self.channels, self.reduced_channels = channels, reduced_channels
