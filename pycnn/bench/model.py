@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..lower import to_backend
-from .timing import compare
+from ..timing import compare
 
 LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
 

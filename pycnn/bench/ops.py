@@ -33,7 +33,7 @@ import pycnn
 from .. import argtypes
 from pycnn.nn import BatchNormAct2d, DepthwiseConvBNAct2d, SqueezeExcite
 
-from .timing import compare, peak_bandwidth_gbs
+from ..timing import compare, peak_bandwidth_gbs
 from ..fused import ACT_FNS
 from ..opspec import ACTIVATIONS
 
