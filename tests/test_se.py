@@ -297,6 +297,17 @@ def test_module_residual_post_act_and_training():
     assert "post_act=relu" in repr(mine)
 
 
+def test_module_follows_autocast_like_the_compiled_models():
+    """pycnn.nn.SqueezeExcite runs through fused.squeeze_excite: under autocast it computes in the autocast dtype
+    (as a compiled network's SE and PyTorch's convolutions do), its float32 weights as they are."""
+    mine = SqueezeExcite(12, 3)
+    x = make_input((2, 12, 5, 5), "nchw")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = mine(x)
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), mine(x.bfloat16().float()), rtol=2e-2, atol=2e-2)
+
+
 # ------------------------------------------------------------------------------------- CUDA ----
 
 @pytest.mark.cuda
