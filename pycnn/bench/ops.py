@@ -225,7 +225,7 @@ ACT_MODULE = {"none": nn.Identity, **{a.name: getattr(nn, a.module) for a in ACT
 
 
 def _prepare(device: torch.device) -> Optional[float]:
-    """cudnn.benchmark for the baseline (DESIGN.md 7); the measured copy bandwidth on CUDA (None on the CPU)."""
+    """cudnn.benchmark for the baseline (docs/design.md section 7); the measured copy bandwidth on CUDA (None on the CPU)."""
     if device.type != "cuda":
         return None
     torch.backends.cudnn.benchmark = True

@@ -26,7 +26,7 @@ def _round_half_even(x: float) -> int:
 
 def regnet_stages(w0: float, wa: float, wm: float, depth: int, group_width: int, bottleneck: float = 1.0,
                   quant: int = 8, rounding: str = "pycls") -> List[StageSpec]:
-    """Stage widths and depths of a RegNet (REFERENCES.md section 4).
+    """Stage widths and depths of a RegNet (docs/design.md section 8).
 
     `rounding` makes the bottleneck width a multiple of the group width: "pycls" rounds to the nearest
     multiple (half to even, as numpy), "torchvision" uses `_make_divisible` (half up, never below 90%); the two
