@@ -27,20 +27,29 @@ class Summary:
         sizes per sample (float32), kernels in words; exact totals at the end. str(summary) lists every layer."""
         return format_grouped(self, depth)
 
-    def __str__(self) -> str:
+    NUMERIC = (3, 4)  # the right-aligned columns of the full table
+
+    def full_table(self):
+        """(title, header, rows, total) of the table of every layer, as text cells: str() draws it as text,
+        the command line with rich on a terminal."""
         header = ("layer", "op", "output", "params", "FLOPs") + (("kernel",) if self.kernels else ())
         body = [(n, op, ir.fmt_shape(s), f"{p:,}", f"{f:,}") + ((self.kernels.get(n, "-"),) if self.kernels else ())
                 for n, op, s, p, f in self.rows]
+        title = f"network {self.network}, input {ir.fmt_shape(self.input_shape)}"
+        total = (f"total: {self.total_params:,} parameters, {self.total_flops:,} FLOPs (multiply-adds) = "
+                 f"{self.total_flops / 1e9:.3f} GFLOPs")
+        return title, header, body, total
+
+    def __str__(self) -> str:
+        title, header, body, total = self.full_table()
         cols = len(header)
         widths = [max(len(r[i]) for r in [header] + body) for i in range(cols)]
-        line = lambda r: "  ".join(r[i].rjust(widths[i]) if i in (3, 4) else r[i].ljust(widths[i])
+        line = lambda r: "  ".join(r[i].rjust(widths[i]) if i in self.NUMERIC else r[i].ljust(widths[i])
                                    for i in range(cols)).rstrip()
-        out = [f"network {self.network}, input {ir.fmt_shape(self.input_shape)}", line(header),
-               "  ".join("-" * w for w in widths)]
+        out = [title, line(header), "  ".join("-" * w for w in widths)]
         out += [line(r) for r in body]
         out.append("  ".join("-" * w for w in widths))
-        out.append(f"total: {self.total_params:,} parameters, {self.total_flops:,} FLOPs (multiply-adds) = "
-                   f"{self.total_flops / 1e9:.3f} GFLOPs")
+        out.append(total)
         return "\n".join(out)
 
     def __repr__(self) -> str:
