@@ -15,8 +15,8 @@ PACKAGE = ROOT / "pycnn"
 # subpackage with everything in it.
 LAYERS = [
     ["pycnn.version", "pycnn.opspec", "pycnn.argtypes", "pycnn.dsl.errors", "pycnn.dsl.ast", "pycnn.dsl.brackets"],
-    ["pycnn.ir", "pycnn.dsl.parse", "pycnn.dsl.evaluate", "pycnn.dsl.generators"],
-    ["pycnn.dsl.elaborate", "pycnn.dsl.literal", "pycnn.dsl"],                         # the language (no torch)
+    ["pycnn.ir", "pycnn.dsl.parse", "pycnn.dsl.evaluate", "pycnn.dsl.generators", "pycnn.dsl.checks"],
+    ["pycnn.dsl.library", "pycnn.dsl.elaborate", "pycnn.dsl.literal", "pycnn.dsl"],   # the language (no torch)
     ["pycnn.passes.*", "pycnn.summary"],                                                # over the IR (no torch)
     ["pycnn.timing", "pycnn._C", "pycnn.ops"],                                          # torch from here on
     ["pycnn.fused", "pycnn.decompositions", "pycnn.dispatch", "pycnn.nn.*"],
