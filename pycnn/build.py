@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 def parse(source, network=None, *, file=None, limits=None, **overrides):
-    """Parse and elaborate an .arch path or text into the IR (`pycnn.ir.Network`); no torch involved.
+    """Parse and elaborate an .arch path or text into the IR (`pycnn.ir.NetworkIR`); no torch involved.
     `network` picks one of the file's networks (default: the first); overrides set network parameters."""
     from .dsl.elaborate import Limits, elaborate
     net = elaborate(source, network, file=file, limits=limits or Limits(), **overrides)

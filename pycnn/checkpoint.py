@@ -34,9 +34,9 @@ def overrides_of(meta: dict) -> dict:
 
 
 def _network_of(model):
-    from .ir import Network as IRNetwork
+    from .ir import NetworkIR
     net = getattr(model, "ir", None)
-    if not isinstance(net, IRNetwork):
+    if not isinstance(net, NetworkIR):
         raise CheckpointError(f"pycnn.save takes a model built by pycnn (compile, create_model or load), "
                               f"got {type(model).__name__}")
     return net

@@ -23,7 +23,7 @@ def _reduction(input_size: int, size: int) -> int:
     return 2 ** round(math.log2(input_size / size))
 
 
-def feature_points(net: ir.Network) -> List[Dict]:
+def feature_points(net: ir.NetworkIR) -> List[Dict]:
     """[{"module": part name, "num_chs": channels, "reduction": stride, "index": part index}] in order."""
     if len(net.input_shape) != 3:
         return []

@@ -4,7 +4,7 @@ A network is a series-parallel DAG written as a tree:
   * `Layer`    one primitive operation (conv, bn, relu, linear, ...) with its attributes, input and output
                shape (channels, height, width) or (features,), parameter count and FLOPs;
   * `Sequence` layers applied one after another (a network part, a stage, a branch);
-  * `Block`    a block with parallel branches: `pre` layers, then every branch on the same input, then the
+  * `BranchBlock` a block with parallel branches: `pre` layers, then every branch on the same input, then the
                merge (`add`, `concat` on channels, `mul`), then `post` layers.
 Shapes exclude the batch dimension. Each operation's shape inference, parameters and FLOPs (multiply-adds,
 counted as pycls does) are its entry in pycnn.opspec.
@@ -51,7 +51,7 @@ class Branch:
 
 
 @dataclass
-class Block:
+class BranchBlock:
     name: str
     block: str
     pre: List["Node"]
@@ -87,11 +87,11 @@ class Fused:
         return self.layers[-1].out_shape
 
 
-Node = object  # Layer | Sequence | Block | Fused
+Node = object  # Layer | Sequence | BranchBlock | Fused
 
 
 @dataclass
-class Network:
+class NetworkIR:
     name: str
     input_shape: Shape
     parts: List[Sequence]
@@ -131,7 +131,7 @@ def iter_nodes(node, prefix: str) -> Iterator[Tuple[str, Node]]:
     yield prefix, node
     if isinstance(node, Sequence):
         yield from _iter_children(node.children, prefix)
-    elif isinstance(node, Block):
+    elif isinstance(node, BranchBlock):
         yield from _iter_children(node.pre, prefix)
         for br in node.branches:
             yield from _iter_children(br.children, _join(prefix, br.name) if br.nested else prefix)

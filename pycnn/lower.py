@@ -97,7 +97,7 @@ class LayerNorm2d(nn.LayerNorm):
         return super().forward(x)
 
 
-class SqueezeExcite(nn.Module):
+class EagerSqueezeExcite(nn.Module):
     """Squeeze-and-Excitation (Hu et al. 2018): global average pool, 1x1 conv down, act, 1x1 conv up, gate."""
 
     def __init__(self, channels: int, reduced: int, act="relu", gate="sigmoid"):
@@ -429,7 +429,7 @@ def lower_identity(layer: ir.Layer) -> nn.Module:
 
 def lower_se(layer: ir.Layer) -> nn.Module:
     a = layer.attrs
-    return SqueezeExcite(layer.in_shape[0], a["reduced"], a["act"], a["gate"])
+    return EagerSqueezeExcite(layer.in_shape[0], a["reduced"], a["act"], a["gate"])
 
 
 def lower_scale(layer: ir.Layer) -> nn.Module:
@@ -484,7 +484,7 @@ def lower_node(node, mode: str) -> nn.Module:
         return lower_layer(node)
     if isinstance(node, ir.Sequence):
         return Chain(*lower_list(node.children, mode))
-    if isinstance(node, ir.Block):
+    if isinstance(node, ir.BranchBlock):
         modules, pre = lower_list(node.pre, mode)
         branches = []
         for b in node.branches:
@@ -527,7 +527,7 @@ def init_weights(model: nn.Module) -> None:
 BACKENDS = ("fused", "reference")
 
 
-def lower(network: ir.Network, init: bool = True, backend: str = "fused", disable_passes=(),
+def lower(network: ir.NetworkIR, init: bool = True, backend: str = "fused", disable_passes=(),
           kernels: Optional[str] = None) -> Network:
     """The module for `network`. backend "fused": the IR passes (pycnn.passes, minus `disable_passes`) map
     layers onto fused ops, each run by pycnn's kernel or PyTorch's as `kernels` (auto, pycnn, torch; see

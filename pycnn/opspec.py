@@ -7,8 +7,9 @@
   * kernel limits  what pycnn's depthwise and grouped kernels accept (the passes and pycnn.nn read them;
                    tests/test_opspec.py checks them against csrc/).
 
-Adding an activation is one `Activation` row here, plus its math in csrc/activation.h (and its name in the C++
-parser) when pycnn's kernels are to run it. Never imports torch (the elaborator reads this).
+Adding an activation is one `Activation` row here and its name in docs/language.md's table; for pycnn's kernels
+to run it, also its enumerator and math in csrc/activation.h and its name in parse_act (csrc/bn_act.h).
+Never imports torch (the elaborator reads this).
 """
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ class Summary:
     total_params: int
     total_flops: int
     kernels: Optional[Dict[str, str]] = None  # of a compiled model: {layer name: what runs it}
-    ir: Optional[ir.Network] = None  # the network summarized (for the grouped table)
+    ir: Optional[ir.NetworkIR] = None  # the network summarized (for the grouped table)
 
     def table(self, depth: int = 2) -> str:
         """The readable table: rows down to `depth` (1 parts, 2 blocks, 3 and more layers inside blocks),
@@ -61,7 +61,7 @@ def _op_label(layer: ir.Layer) -> str:
     return OPS[layer.op].summary_label(layer.attrs)
 
 
-def summarize(network: ir.Network) -> Summary:
+def summarize(network: ir.NetworkIR) -> Summary:
     rows = [(name, _op_label(layer), layer.out_shape, layer.params, layer.flops) for name, layer in network.layers()]
     return Summary(network.name, network.input_shape, rows, sum(r[3] for r in rows), sum(r[4] for r in rows),
                    ir=network)
@@ -70,9 +70,9 @@ def summarize(network: ir.Network) -> Summary:
 def summary(model_or_source, network: Optional[str] = None, *, show: bool = True, **overrides) -> Summary:
     """Print (unless show=False) and return the per-layer summary of a model, an IR network, a path or text."""
     kernels = None
-    if isinstance(model_or_source, ir.Network):
+    if isinstance(model_or_source, ir.NetworkIR):
         net = model_or_source
-    elif hasattr(model_or_source, "ir") and isinstance(getattr(model_or_source, "ir"), ir.Network):
+    elif hasattr(model_or_source, "ir") and isinstance(getattr(model_or_source, "ir"), ir.NetworkIR):
         net, kernels = model_or_source.ir, model_or_source.kernels()
     else:
         from .dsl.elaborate import elaborate
@@ -143,7 +143,7 @@ def _children(node, prefix: str):
     join = lambda p, n: f"{p}.{n}" if p else n
     if isinstance(node, ir.Sequence):
         return [(join(prefix, c.name), c) for c in node.children]
-    if isinstance(node, ir.Block):
+    if isinstance(node, ir.BranchBlock):
         out = [(join(prefix, c.name), c) for c in node.pre]
         for br in node.branches:
             base = join(prefix, br.name) if br.nested else prefix
@@ -155,7 +155,7 @@ def _children(node, prefix: str):
 def _label(node) -> str:
     if isinstance(node, ir.Layer):
         return _op_label(node)
-    if isinstance(node, ir.Block):
+    if isinstance(node, ir.BranchBlock):
         return node.block
     if getattr(node, "block", None) and node.kind == "block":
         return node.block
@@ -222,7 +222,7 @@ def _group_name(first: str, last: str) -> str:
     return f"{first}-{b}" if head == head2 else f"{first}-{last}"
 
 
-def grouped_rows(network: ir.Network, kernels: Optional[Dict[str, str]] = None, depth: int = 2) -> List[Row]:
+def grouped_rows(network: ir.NetworkIR, kernels: Optional[Dict[str, str]] = None, depth: int = 2) -> List[Row]:
     """The rows down to `depth` (1: parts, 2: their children, ...); identical consecutive siblings (same
     layers, shapes, params, FLOPs and kernels) are one row, or one expanded subtree, with their count and sums."""
     rows: List[Row] = []

@@ -107,7 +107,7 @@ class SeShape(NamedTuple):
 
 
 def network_shapes(networks: Iterable) -> Dict[str, list]:
-    """The layer shapes of `networks` (pycnn.ir.Network) that the fused backend runs on each op, per op,
+    """The layer shapes of `networks` (pycnn.ir.NetworkIR) that the fused backend runs on each op, per op,
     deduplicated in order of first occurrence; each shape's `networks` names every network it occurs in
     ("a+b"). The passes decide: conv_bn_act's depthwise and grouped convs; every BatchNorm as bn_act (the
     training half of a conv_bn_act too: the pass plan without conv_bn_act), with the residual pass's adds;

@@ -80,7 +80,7 @@ class Elaborator:
         return Evaluator(env, self.src, self.symbols, in_width, self.budget)
 
     # ---- networks
-    def network(self, name: Optional[str] = None, overrides: Optional[dict] = None) -> ir.Network:
+    def network(self, name: Optional[str] = None, overrides: Optional[dict] = None) -> ir.NetworkIR:
         prog = self.program
         if name is not None and not isinstance(name, str):
             raise TypeError(f"network must be a network's name (str) or None, got {type(name).__name__}")
@@ -188,7 +188,7 @@ class Elaborator:
                 shape = out
             else:  # pragma: no cover - the grammar allows nothing else
                 raise self.error("unexpected statement in a network", stmt.loc)
-        return ir.Network(defn.name if not alias_args else alias_args[0].name, params["input"], parts, params,
+        return ir.NetworkIR(defn.name if not alias_args else alias_args[0].name, params["input"], parts, params,
                           self.program.main.source, self.program.main.path)
 
     def _check_override(self, param: A.Param, env, raw):
@@ -560,7 +560,7 @@ class Elaborator:
         for b, loc in zip(branches, branch_locs):
             if b.nested and b.name in direct:
                 raise self.error(f"branch name '{b.name}' clashes with a layer name in the block", loc)
-        return ir.Block(name, bdef.name, pre, branches, merge.kind, post, shape, out, call.loc)
+        return ir.BranchBlock(name, bdef.name, pre, branches, merge.kind, post, shape, out, call.loc)
 
     # ---- stages and generators
     def stage(self, name, count_expr, call: A.Call, stride_expr, shape, ctx: _Ctx, loc) -> ir.Sequence:
@@ -676,8 +676,8 @@ def _checked_value(value, key):
 
 
 def elaborate(source, network: Optional[str] = None, *, file: Optional[str] = None, limits: Limits = Limits(),
-              **overrides) -> ir.Network:
-    """Parse and elaborate `source` (a path or text) into an ir.Network."""
+              **overrides) -> ir.NetworkIR:
+    """Parse and elaborate `source` (a path or text) into an ir.NetworkIR."""
     if not isinstance(limits, Limits):
         raise TypeError(f"limits must be a pycnn.dsl.elaborate.Limits, got {type(limits).__name__}")
     try:

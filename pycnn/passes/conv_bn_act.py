@@ -35,5 +35,5 @@ def _fuse(children: List[object]) -> List[object]:
     return out
 
 
-def fuse_conv_bn_act(network: ir.Network) -> None:
+def fuse_conv_bn_act(network: ir.NetworkIR) -> None:
     rewrite_lists(network, _fuse)

@@ -1,6 +1,7 @@
 """Residual epilogues: in a block `main + shortcut`, merged by add and followed by nothing or an activation
-the registry marks `residual` (pycnn.opspec: relu, relu6, silu), the main branch's last fused op (conv_bn_act or bn_act without its own activation, or se)
-adds the shortcut and applies that activation: act(op(x) + shortcut) in one kernel."""
+the registry marks `residual` (pycnn.opspec: relu, relu6, silu), the main branch's last fused op (conv_bn_act or
+bn_act without its own activation, or se) adds the shortcut and applies that activation: act(op(x) + shortcut) in
+one kernel."""
 from __future__ import annotations
 
 from .. import ir
@@ -8,7 +9,7 @@ from ..opspec import acts_with
 from .walk import blocks
 
 
-def fuse_residual(network: ir.Network) -> None:
+def fuse_residual(network: ir.NetworkIR) -> None:
     for block in blocks(network):
         if block.merge != "add" or len(block.branches) != 2:
             continue
