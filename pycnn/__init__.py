@@ -1,36 +1,18 @@
-"""pycnn: CNN architectures written in .arch files, compiled into torch modules running on fused kernels."""
+"""pycnn: CNN architectures written in .arch files, compiled into torch modules running on fused kernels.
 
-import torch  # noqa: F401  (loads libtorch before the extension)
+The language (pycnn.parse, pycnn.summary of a path, pycnn.dsl) never imports torch; the torch parts load on
+first use (pycnn.compile, pycnn.ops, pycnn.nn, ...). With torch already imported, `import pycnn` registers
+torch.ops.pycnn.* at once, as it always did.
+"""
+import sys
 
-from . import _C  # registers torch.ops.pycnn.*
-from . import ops  # noqa: F401  (fake kernels and autograd for the ops)
+from .build import compile, parse
 from .dsl.errors import ArchError
 from .summary import summary
+from .version import __version__
 
-__version__ = "0.1.0"
-
-
-def parse(source, network=None, *, file=None, limits=None, **overrides):
-    """Parse and elaborate an .arch path or text into the IR (`pycnn.ir.Network`); no torch involved.
-    `network` picks one of the file's networks (default: the first); overrides set network parameters."""
-    from .dsl.elaborate import Limits, elaborate
-    net = elaborate(source, network, file=file, limits=limits or Limits(), **overrides)
-    net.overrides = dict(overrides)
-    return net
-
-
-def compile(source, network=None, *, file=None, limits=None, init=True, backend="fused", disable_passes=(),
-            kernels=None, **overrides):
-    """Compile an .arch path or text into a torch.nn.Module; overrides set network parameters
-    (classes=100, input=(3, 160, 160), width_mult=1.25, ...). The source is kept on `model.arch`.
-
-    backend="fused" (default) runs conv+BN+act, BN+act, SE and residual epilogues as fused ops (pycnn.passes;
-    `disable_passes` names passes to skip); "reference" runs every layer as its eager PyTorch module. Both have
-    the same parameter names. `kernels` ("auto", "pycnn", "torch"; default $PYCNN_KERNELS or "auto") says
-    who runs each fused op: measured per shape on first use, or forced (pycnn.dispatch)."""
-    from .lower import lower
-    return lower(parse(source, network, file=file, limits=limits, **overrides), init=init, backend=backend,
-                 disable_passes=disable_passes, kernels=kernels)
+if "torch" in sys.modules:  # torch is loaded already: registering the ops costs no import of torch
+    from . import ops  # noqa: F401  (torch.ops.pycnn.*, their fake kernels and autograd)
 
 
 def reparameterize(model):
@@ -50,6 +32,9 @@ def train(arch, network=None, **options):
 def build_info() -> dict:
     """How the extension was built: torch version, whether CUDA kernels are compiled, the GPU
     architectures (TORCH_CUDA_ARCH_LIST) and the compilers."""
+    import torch
+
+    from . import _C, ops  # noqa: F401  (ops: registers the kernels)
     info = dict(_C.build_info())
     info["cuda_kernels_registered"] = torch._C._dispatch_has_kernel_for_dispatch_key(
         "pycnn::bn_act_forward", "CUDA")
@@ -57,6 +42,8 @@ def build_info() -> dict:
 
 
 _LAZY = {"weights": ".weights", "export": ".export"}  # submodules loaded on first use (they import more)
+_TORCH_SUBMODULES = ("ops", "nn", "fused", "lower", "dispatch", "features", "reparam", "checkpoint", "decompositions",
+                     "timing", "zoo", "bench", "training", "explore")  # `pycnn.ops` & co. without importing them
 _LAZY_FUNCTIONS = {"save": ".checkpoint", "load": ".checkpoint", "list_models": ".zoo", "create_model": ".zoo",
                    "export_onnx": ".export", "export_aoti": ".export"}
 
@@ -64,8 +51,10 @@ _LAZY_FUNCTIONS = {"save": ".checkpoint", "load": ".checkpoint", "list_models": 
 def __getattr__(name):
     """`pycnn.weights`, `pycnn.save`, `pycnn.create_model`, ... without importing them with the package."""
     import importlib
-    if name in _LAZY:
-        return importlib.import_module(_LAZY[name], __name__)
+    if name in _LAZY or name in _TORCH_SUBMODULES:
+        if name not in _LAZY:
+            importlib.import_module(".ops", __name__)  # every torch part finds the kernels registered
+        return importlib.import_module(_LAZY.get(name, "." + name), __name__)
     if name in _LAZY_FUNCTIONS:
         return getattr(importlib.import_module(_LAZY_FUNCTIONS[name], __name__), name)
     raise AttributeError(f"module 'pycnn' has no attribute {name!r}")

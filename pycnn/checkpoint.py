@@ -34,9 +34,9 @@ def overrides_of(meta: dict) -> dict:
 
 
 def _network_of(model):
-    from .ir import Network as IRNetwork
+    from .ir import NetworkIR
     net = getattr(model, "ir", None)
-    if not isinstance(net, IRNetwork):
+    if not isinstance(net, NetworkIR):
         raise CheckpointError(f"pycnn.save takes a model built by pycnn (compile, create_model or load), "
                               f"got {type(model).__name__}")
     return net
@@ -44,7 +44,7 @@ def _network_of(model):
 
 def metadata(model) -> dict:
     """The metadata pycnn.save writes: strings only (safetensors' rule)."""
-    from . import __version__
+    from .version import __version__
     net = _network_of(model)
     meta = {"format": FORMAT, "pycnn_version": __version__, "network": net.name, "arch": net.source,
             "file": net.file, "overrides": json.dumps({k: _to_json(v) for k, v in net.overrides.items()}),
@@ -110,7 +110,7 @@ def load(path, *, backend: Optional[str] = None, kernels: Optional[str] = None, 
     backend: "fused" or "reference" (default: the saved model's); the model is returned in eval mode."""
     from safetensors.torch import load_file
 
-    from . import compile as compile_arch
+    from .build import compile as compile_arch
     meta = read_metadata(path)
     try:
         overrides = overrides_of(meta)

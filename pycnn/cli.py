@@ -104,36 +104,25 @@ def cmd_summary(args) -> int:
         except ImportError:
             print("--plot needs matplotlib (pip install matplotlib)", file=sys.stderr)
             return 2
+    s.kernels = kernels
     if not args.full:
-        s.kernels = kernels
         print(s.table(args.depth))
         return 0
-    rows = [(name, op, "x".join(map(str, shape)), f"{params:,}", f"{flops:,}", kernels.get(name, "-"))
-            for name, op, shape, params, flops in s.rows]
-    header = ("layer", "op", "output", "params", "FLOPs", "kernel")
-    total = (f"total: {s.total_params:,} parameters, {s.total_flops:,} FLOPs (multiply-adds) = "
-             f"{s.total_flops / 1e9:.3f} GFLOPs")
-    title = f"network {s.network}, input {'x'.join(map(str, s.input_shape))}"
     if sys.stdout.isatty():
         try:
             from rich.console import Console
             from rich.table import Table
+            title, header, rows, total = s.full_table()
             table = Table(title=title, caption=total)
             for i, h in enumerate(header):
-                table.add_column(h, justify="right" if i in (3, 4) else "left")
+                table.add_column(h, justify="right" if i in s.NUMERIC else "left")
             for r in rows:
                 table.add_row(*r)
             Console().print(table)
             return 0
         except ImportError:
             pass
-    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
-    line = lambda r: "  ".join(v.rjust(w) if i in (3, 4) else v.ljust(w) for i, (v, w) in enumerate(zip(r, widths))).rstrip()
-    print(title)
-    print(line(header))
-    for r in rows:
-        print(line(r))
-    print(total)
+    print(s)
     return 0
 
 

@@ -45,7 +45,7 @@ def cache_path() -> Path:
     root = os.environ.get(ENV_CACHE)
     if not root:
         root = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "pycnn")
-    from . import __version__
+    from .version import __version__
     torch_version = torch.__version__.replace("+", "_")
     return Path(root) / f"kernels-pycnn{__version__}-torch{torch_version}.json"
 
@@ -191,7 +191,7 @@ def measure(run: Callable[[str, Tensor, Optional[Tensor]], Tensor], x: Tensor, r
     including autograd.grad of the inputs and parameters that require grad. The inputs are detached first
     (the measurement must not reach into the network's real graph) and `buffers` (running statistics) are
     restored afterwards."""
-    from .bench.timing import compare
+    from .timing import compare
     saved = [b.detach().clone() for b in buffers]
     grad = torch.is_grad_enabled()
     x, residual = (t if t is None else t.detach().requires_grad_(grad and t.requires_grad) for t in (x, residual))

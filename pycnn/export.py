@@ -152,5 +152,5 @@ def load_aoti(path, device_index: int = -1):
     """The callable of an AOTInductor package written by export_aoti (pycnn's ops registered first)."""
     from torch._inductor import aoti_load_package
 
-    import pycnn  # noqa: F401  (the package calls torch.ops.pycnn.*)
+    from . import ops  # noqa: F401  (the package calls torch.ops.pycnn.*)
     return aoti_load_package(os.fspath(path), device_index=device_index)

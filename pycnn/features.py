@@ -23,7 +23,7 @@ def _reduction(input_size: int, size: int) -> int:
     return 2 ** round(math.log2(input_size / size))
 
 
-def feature_points(net: ir.Network) -> List[Dict]:
+def feature_points(net: ir.NetworkIR) -> List[Dict]:
     """[{"module": part name, "num_chs": channels, "reduction": stride, "index": part index}] in order."""
     if len(net.input_shape) != 3:
         return []
@@ -179,7 +179,8 @@ def reset_classifier(network, num_classes: int) -> None:
     """Replace the classifier (the last linear layer) by a freshly initialized one with `num_classes` outputs;
     0 removes it (the network then returns pooled features). The IR is re-elaborated with
     classes=num_classes, so summaries and pycnn.save describe the new network (not after 0)."""
-    from . import parse, passes
+    from . import passes
+    from .build import parse
     owner_name, owner, _, leaf, old = _classifier(network)
     in_features = getattr(network, "_classifier_in", None) or old.in_features
     device = dtype = None

@@ -7,6 +7,7 @@ pycnn.nn's modules are thin wrappers over these functions.
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional, Tuple
 
 import torch
@@ -15,11 +16,17 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from . import ops
+from .opspec import ACTIVATIONS
 
-ACT_FNS = {"relu": F.relu, "relu6": F.relu6, "silu": F.silu, "hardswish": F.hardswish, "sigmoid": torch.sigmoid,
-           "gelu": F.gelu, "tanh": torch.tanh, "hardsigmoid": F.hardsigmoid}
-INPLACE_ACT_FNS = {"relu": torch.relu_, "relu6": lambda y: F.relu6(y, inplace=True),
-                   "silu": lambda y: F.silu(y, inplace=True), "hardswish": lambda y: F.hardswish(y, inplace=True)}
+
+def _eager(path: str):
+    """An activation's eager function from its registry name: "F.relu", "torch.sigmoid"."""
+    owner, name = path.split(".")
+    return getattr(F if owner == "F" else torch, name)
+
+
+ACT_FNS = {a.name: _eager(a.eager) for a in ACTIVATIONS.values()}
+INPLACE_ACT_FNS = {a.name: functools.partial(_eager(a.eager), inplace=True) for a in ACTIVATIONS.values() if a.inplace}
 
 
 def activation(y: Tensor, act: Optional[str]) -> Tensor:
@@ -119,8 +126,8 @@ def conv_bn_act(conv: nn.Conv2d, bn: _BatchNorm, x: Tensor, kind: str, act: Opti
 # oneDNN's fused convolution (the one inductor uses on the CPU): the activation, and a residual add followed by
 # relu, run in the convolution's epilogue. name -> (unary attr, scalars).
 _ONEDNN = torch.backends.mkldnn.is_available()
-_ONEDNN_ACTS = {None: ("none", []), "none": ("none", []), "relu": ("relu", []), "relu6": ("hardtanh", [0.0, 6.0]),
-                "silu": ("swish", []), "hardswish": ("hardswish", [])}
+_ONEDNN_ACTS = {None: ("none", []), "none": ("none", []),
+                **{a.name: (a.onednn[0], list(a.onednn[1])) for a in ACTIVATIONS.values() if a.onednn}}
 
 
 def _onednn_fusable(x: Tensor, w: Tensor, residual: Optional[Tensor], act: Optional[str]) -> bool:

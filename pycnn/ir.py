@@ -4,33 +4,19 @@ A network is a series-parallel DAG written as a tree:
   * `Layer`    one primitive operation (conv, bn, relu, linear, ...) with its attributes, input and output
                shape (channels, height, width) or (features,), parameter count and FLOPs;
   * `Sequence` layers applied one after another (a network part, a stage, a branch);
-  * `Block`    a block with parallel branches: `pre` layers, then every branch on the same input, then the
+  * `BranchBlock` a block with parallel branches: `pre` layers, then every branch on the same input, then the
                merge (`add`, `concat` on channels, `mul`), then `post` layers.
-Shapes exclude the batch dimension. FLOPs are multiply-adds, counted as pycls does: convolutions and linear
-layers (plus their bias), nothing for normalization, activations, pooling or element-wise merges.
+Shapes exclude the batch dimension. Each operation's shape inference, parameters and FLOPs (multiply-adds,
+counted as pycls does) are its entry in pycnn.opspec.
 
 This module never imports torch.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Iterator, List, Optional, Tuple
 
-Shape = Tuple[int, ...]
-
-ACTIVATIONS = ("relu", "relu6", "silu", "hardswish", "hardsigmoid", "sigmoid", "gelu", "tanh")
-
-
-SAME = "same"  # a conv's `p`: TensorFlow's SAME padding (asymmetric, computed from the input size at run time)
-
-
-class ShapeError(Exception):
-    """Raised by shape inference; `arg` names the argument at fault (the elaborator points the caret at it)."""
-
-    def __init__(self, message: str, arg: Optional[str] = None):
-        super().__init__(message)
-        self.message, self.arg = message, arg
+from .opspec import SAME, Shape, ShapeError, fmt_shape, infer  # noqa: F401  (shape facts: the registry's)
 
 
 @dataclass
@@ -65,7 +51,7 @@ class Branch:
 
 
 @dataclass
-class Block:
+class BranchBlock:
     name: str
     block: str
     pre: List["Node"]
@@ -101,11 +87,11 @@ class Fused:
         return self.layers[-1].out_shape
 
 
-Node = object  # Layer | Sequence | Block | Fused
+Node = object  # Layer | Sequence | BranchBlock | Fused
 
 
 @dataclass
-class Network:
+class NetworkIR:
     name: str
     input_shape: Shape
     parts: List[Sequence]
@@ -145,7 +131,7 @@ def iter_nodes(node, prefix: str) -> Iterator[Tuple[str, Node]]:
     yield prefix, node
     if isinstance(node, Sequence):
         yield from _iter_children(node.children, prefix)
-    elif isinstance(node, Block):
+    elif isinstance(node, BranchBlock):
         yield from _iter_children(node.pre, prefix)
         for br in node.branches:
             yield from _iter_children(br.children, _join(prefix, br.name) if br.nested else prefix)
@@ -162,125 +148,6 @@ def iter_layers(node, prefix: str) -> Iterator[Tuple[str, Layer]]:
     for name, n in iter_nodes(node, prefix):
         if isinstance(n, Layer):
             yield name, n
-
-
-# --------------------------------------------------------------------------------------- shape inference
-
-def _conv_size(size: int, k: int, s: int, p: int, d: int, ceil: bool = False) -> int:
-    span = size + 2 * p - d * (k - 1) - 1
-    if span < 0:
-        return 0
-    if ceil:
-        out = -(-span // s) + 1
-        if (out - 1) * s >= size + p:  # PyTorch: the last window must start inside the input or left padding
-            out -= 1
-        return out
-    return span // s + 1
-
-
-def _prod(xs) -> int:
-    return math.prod(xs)
-
-
-def _spatial(in_shape: Shape, op: str) -> Tuple[int, int, int]:
-    if len(in_shape) != 3:
-        raise ShapeError(f"{op} needs an image input (channels x height x width), got {fmt_shape(in_shape)}")
-    return in_shape
-
-
-def fmt_shape(shape: Shape) -> str:
-    return "x".join(str(d) for d in shape)
-
-
-def _check_spatial(op: str, h: int, w: int, in_shape: Shape):
-    if h < 1 or w < 1:
-        raise ShapeError(f"spatial size reaches zero: {op} on {fmt_shape(in_shape)} gives {h}x{w}")
-
-
-def infer(op: str, a: dict, in_shape: Shape) -> Tuple[Shape, int, int]:
-    """(output shape, parameter count, FLOPs) of one layer; raises ShapeError."""
-    if op in ("conv", "wsconv"):
-        c, h, w = _spatial(in_shape, op)
-        (kh, kw), (sh, sw), (dh, dw) = a["k"], a["s"], a["d"]
-        groups, out = a["groups"], a["out"]
-        if c % groups:
-            raise ShapeError(f"groups={groups} does not divide the {c} input channels", "groups")
-        if out % groups:
-            raise ShapeError(f"groups={groups} does not divide the {out} output channels", "groups")
-        if a["p"] == SAME:  # TensorFlow's SAME: ceil(size / stride) whatever the kernel
-            ho, wo = -(-h // sh), -(-w // sw)
-        else:
-            (ph, pw) = a["p"]
-            ho, wo = _conv_size(h, kh, sh, ph, dh), _conv_size(w, kw, sw, pw, dw)
-            _check_spatial(f"{op} k={kh}x{kw} s={sh}x{sw} p={ph}x{pw}", ho, wo, in_shape)
-        weights = out * (c // groups) * kh * kw
-        params = weights + (out if a["bias"] else 0) + (out if op == "wsconv" else 0)
-        flops = weights * ho * wo + (out * ho * wo if a["bias"] else 0)
-        return (out, ho, wo), params, flops
-    if op in ("bn", "gn", "ln"):
-        if len(in_shape) == 3:
-            c = in_shape[0]
-        elif op == "ln":
-            c = in_shape[-1]
-        else:
-            raise ShapeError(f"{op} needs an image input (channels x height x width), got {fmt_shape(in_shape)}")
-        if op == "gn" and c % a["groups"]:
-            raise ShapeError(f"gn groups={a['groups']} does not divide the {c} channels", "groups")
-        return in_shape, 2 * c, 0
-    if op in ("maxpool", "avgpool"):
-        c, h, w = _spatial(in_shape, op)
-        if a["p"] == SAME:
-            return (c, -(-h // a["s"][0]), -(-w // a["s"][1])), 0, 0
-        (kh, kw), (sh, sw), (ph, pw) = a["k"], a["s"], a["p"]
-        if ph * 2 > kh or pw * 2 > kw:
-            raise ShapeError(f"{op} padding {ph}x{pw} must be at most half the window {kh}x{kw}", "p")
-        ho, wo = _conv_size(h, kh, sh, ph, 1, a["ceil"]), _conv_size(w, kw, sw, pw, 1, a["ceil"])
-        _check_spatial(f"{op} k={kh}x{kw} s={sh}x{sw} p={ph}x{pw}", ho, wo, in_shape)
-        return (c, ho, wo), 0, 0
-    if op in ("gap", "gmp"):
-        c, _, _ = _spatial(in_shape, op)
-        return (c, 1, 1), 0, 0
-    if op == "adaptive_avgpool":
-        c, _, _ = _spatial(in_shape, op)
-        return (c,) + tuple(a["size"]), 0, 0
-    if op == "flatten":
-        return (_prod(in_shape),), 0, 0
-    if op == "linear":
-        if len(in_shape) != 1:
-            raise ShapeError(f"linear needs a flat input; got {fmt_shape(in_shape)} (add `flatten` before it)")
-        f, out = in_shape[0], a["out"]
-        params = f * out + (out if a["bias"] else 0)
-        return (out,), params, params
-    if op == "se":
-        c, _, _ = _spatial(in_shape, op)
-        r = a["reduced"]
-        params = c * r + r + r * c + c
-        return in_shape, params, params
-    if op == "channel_linear":
-        c, h, w = _spatial(in_shape, op)
-        out = a["out"]
-        params = c * out + (out if a["bias"] else 0)
-        return (out, h, w), params, params * h * w
-    if op == "layer_scale":
-        c, _, _ = _spatial(in_shape, op)
-        return in_shape, c, 0
-    if op == "gain":
-        return in_shape, 1, 0
-    if op == "slice":
-        c, h, w = _spatial(in_shape, op)
-        start, stop = a["start"], a["stop"]
-        if stop > c:
-            raise ShapeError(f"slice({start}, {stop}) reaches beyond the {c} channels", "stop")
-        if start >= stop:
-            raise ShapeError(f"slice({start}, {stop}) selects no channel (start must be below stop)", "start")
-        return (stop - start, h, w), 0, 0
-    if op in ("act", "dropout", "drop_path", "identity", "scale", "channel_shuffle"):
-        if op == "channel_shuffle":
-            c, _, _ = _spatial(in_shape, op)
-            if c % a["groups"]:
-                raise ShapeError(f"channel_shuffle groups={a['groups']} does not divide the {c} channels", "groups")
-        return in_shape, 0, 0
-    raise ShapeError(f"unknown operation {op!r}")  # pragma: no cover - the elaborator only makes known ops
 
 
 def merge_shapes(kind: str, shapes: List[Shape]) -> Shape:

@@ -16,16 +16,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import dispatch, fused, ir, memory, passes
-
-_ACT_MODULES = {
-    "relu": nn.ReLU, "relu6": nn.ReLU6, "silu": nn.SiLU, "hardswish": nn.Hardswish, "hardsigmoid": nn.Hardsigmoid,
-    "sigmoid": nn.Sigmoid,
-    "gelu": nn.GELU, "tanh": nn.Tanh,
-}
+from .opspec import ACTIVATIONS, OPS
 
 
 def make_act(kind: str) -> nn.Module:
-    return _ACT_MODULES[kind]()
+    return getattr(nn, ACTIVATIONS[kind].module)()
 
 
 def pad_same(x, kernel_size, stride, dilation=(1, 1), value=0.0):
@@ -103,7 +98,7 @@ class LayerNorm2d(nn.LayerNorm):
         return super().forward(x)
 
 
-class SqueezeExcite(nn.Module):
+class EagerSqueezeExcite(nn.Module):
     """Squeeze-and-Excitation (Hu et al. 2018): global average pool, 1x1 conv down, act, 1x1 conv up, gate."""
 
     def __init__(self, channels: int, reduced: int, act="relu", gate="sigmoid"):
@@ -363,62 +358,117 @@ class Network(Chain):
         return FeatureInfo(points, range(len(points)))
 
 
+# one function per IR operation, named by its pycnn.opspec entry (Op.lowering)
+
+def lower_conv(layer: ir.Layer) -> nn.Module:
+    a, cin = layer.attrs, layer.in_shape[0]
+    if a["p"] == ir.SAME:
+        return Conv2dSame(cin, a["out"], a["k"], a["s"], 0, a["d"], a["groups"], a["bias"])
+    return nn.Conv2d(cin, a["out"], a["k"], a["s"], a["p"], a["d"], a["groups"], a["bias"])
+
+
+def lower_wsconv(layer: ir.Layer) -> nn.Module:
+    a = layer.attrs
+    return ScaledStdConv2d(layer.in_shape[0], a["out"], a["k"], a["s"], a["p"], a["d"], a["groups"], a["bias"],
+                           gamma=a["gamma"], eps=a["eps"])
+
+
+def lower_bn(layer: ir.Layer) -> nn.Module:
+    a = layer.attrs
+    return nn.BatchNorm2d(layer.in_shape[0], eps=a["eps"], momentum=a["momentum"])  # its act: LayerStep/FusedStep
+
+
+def lower_gn(layer: ir.Layer) -> nn.Module:
+    return nn.GroupNorm(layer.attrs["groups"], layer.in_shape[0], eps=layer.attrs["eps"])
+
+
+def lower_ln(layer: ir.Layer) -> nn.Module:
+    channels = layer.in_shape[0] if len(layer.in_shape) == 3 else layer.in_shape[-1]
+    return LayerNorm2d(channels, eps=layer.attrs["eps"])
+
+
+def lower_act(layer: ir.Layer) -> nn.Module:
+    return make_act(layer.attrs["kind"])
+
+
+def lower_maxpool(layer: ir.Layer) -> nn.Module:
+    a = layer.attrs
+    if a["p"] == ir.SAME:
+        return Pool2dSame("max", a["k"], a["s"], a["ceil"])
+    return memory.MaxPool2d(a["k"], a["s"], a["p"], ceil_mode=a["ceil"])
+
+
+def lower_avgpool(layer: ir.Layer) -> nn.Module:
+    a = layer.attrs
+    if a["p"] == ir.SAME:
+        return Pool2dSame("avg", a["k"], a["s"], a["ceil"], a.get("count_pad", True))
+    return nn.AvgPool2d(a["k"], a["s"], a["p"], ceil_mode=a["ceil"], count_include_pad=a["count_pad"])
+
+
+def lower_gap(layer: ir.Layer) -> nn.Module:
+    return nn.AdaptiveAvgPool2d(1)
+
+
+def lower_gmp(layer: ir.Layer) -> nn.Module:
+    return nn.AdaptiveMaxPool2d(1)
+
+
+def lower_adaptive_avgpool(layer: ir.Layer) -> nn.Module:
+    return nn.AdaptiveAvgPool2d(layer.attrs["size"])
+
+
+def lower_flatten(layer: ir.Layer) -> nn.Module:
+    return nn.Flatten(1)
+
+
+def lower_linear(layer: ir.Layer) -> nn.Module:
+    return nn.Linear(layer.in_shape[0], layer.attrs["out"], bias=layer.attrs["bias"])
+
+
+def lower_dropout(layer: ir.Layer) -> nn.Module:
+    return nn.Dropout(layer.attrs["p"])
+
+
+def lower_identity(layer: ir.Layer) -> nn.Module:
+    return nn.Identity()
+
+
+def lower_se(layer: ir.Layer) -> nn.Module:
+    a = layer.attrs
+    return EagerSqueezeExcite(layer.in_shape[0], a["reduced"], a["act"], a["gate"])
+
+
+def lower_scale(layer: ir.Layer) -> nn.Module:
+    return Scale(layer.attrs["value"])
+
+
+def lower_channel_shuffle(layer: ir.Layer) -> nn.Module:
+    return ChannelShuffle(layer.attrs["groups"])
+
+
+def lower_channel_linear(layer: ir.Layer) -> nn.Module:
+    return ChannelLinear(layer.in_shape[0], layer.attrs["out"], bias=layer.attrs["bias"])
+
+
+def lower_layer_scale(layer: ir.Layer) -> nn.Module:
+    return LayerScale(layer.in_shape[0], layer.attrs["init"])
+
+
+def lower_gain(layer: ir.Layer) -> nn.Module:
+    return Gain(layer.attrs["init"])
+
+
+def lower_drop_path(layer: ir.Layer) -> nn.Module:
+    return DropPath(layer.attrs["p"])
+
+
+def lower_slice(layer: ir.Layer) -> nn.Module:
+    return ChannelSlice(layer.attrs["start"], layer.attrs["stop"])
+
+
 def lower_layer(layer: ir.Layer) -> nn.Module:
-    a, op = layer.attrs, layer.op
-    if op in ("conv", "wsconv"):
-        cin = layer.in_shape[0]
-        if op == "wsconv":
-            return ScaledStdConv2d(cin, a["out"], a["k"], a["s"], a["p"], a["d"], a["groups"], a["bias"],
-                                   gamma=a["gamma"], eps=a["eps"])
-        if a["p"] == ir.SAME:
-            return Conv2dSame(cin, a["out"], a["k"], a["s"], 0, a["d"], a["groups"], a["bias"])
-        return nn.Conv2d(cin, a["out"], a["k"], a["s"], a["p"], a["d"], a["groups"], a["bias"])
-    if op == "bn":
-        return nn.BatchNorm2d(layer.in_shape[0], eps=a["eps"], momentum=a["momentum"])  # its act: LayerStep/FusedStep
-    if op == "gn":
-        return nn.GroupNorm(a["groups"], layer.in_shape[0], eps=a["eps"])
-    if op == "ln":
-        channels = layer.in_shape[0] if len(layer.in_shape) == 3 else layer.in_shape[-1]
-        return LayerNorm2d(channels, eps=a["eps"])
-    if op == "act":
-        return make_act(a["kind"])
-    if op in ("maxpool", "avgpool") and a["p"] == ir.SAME:
-        return Pool2dSame("max" if op == "maxpool" else "avg", a["k"], a["s"], a["ceil"], a.get("count_pad", True))
-    if op == "maxpool":
-        return memory.MaxPool2d(a["k"], a["s"], a["p"], ceil_mode=a["ceil"])
-    if op == "avgpool":
-        return nn.AvgPool2d(a["k"], a["s"], a["p"], ceil_mode=a["ceil"], count_include_pad=a["count_pad"])
-    if op == "gap":
-        return nn.AdaptiveAvgPool2d(1)
-    if op == "gmp":
-        return nn.AdaptiveMaxPool2d(1)
-    if op == "adaptive_avgpool":
-        return nn.AdaptiveAvgPool2d(a["size"])
-    if op == "flatten":
-        return nn.Flatten(1)
-    if op == "linear":
-        return nn.Linear(layer.in_shape[0], a["out"], bias=a["bias"])
-    if op == "dropout":
-        return nn.Dropout(a["p"])
-    if op == "identity":
-        return nn.Identity()
-    if op == "se":
-        return SqueezeExcite(layer.in_shape[0], a["reduced"], a["act"], a["gate"])
-    if op == "scale":
-        return Scale(a["value"])
-    if op == "channel_shuffle":
-        return ChannelShuffle(a["groups"])
-    if op == "channel_linear":
-        return ChannelLinear(layer.in_shape[0], a["out"], bias=a["bias"])
-    if op == "layer_scale":
-        return LayerScale(layer.in_shape[0], a["init"])
-    if op == "gain":
-        return Gain(a["init"])
-    if op == "drop_path":
-        return DropPath(a["p"])
-    if op == "slice":
-        return ChannelSlice(a["start"], a["stop"])
-    raise ValueError(f"cannot lower operation {op!r}")  # pragma: no cover
+    """The module of one IR layer, built by the function its registry entry names."""
+    return globals()[OPS[layer.op].lowering](layer)
 
 
 def lower_list(children, mode: str):
@@ -440,7 +490,7 @@ def lower_node(node, mode: str) -> nn.Module:
         return lower_layer(node)
     if isinstance(node, ir.Sequence):
         return Chain(*lower_list(node.children, mode))
-    if isinstance(node, ir.Block):
+    if isinstance(node, ir.BranchBlock):
         modules, pre = lower_list(node.pre, mode)
         branches = []
         for b in node.branches:
@@ -483,7 +533,7 @@ def init_weights(model: nn.Module) -> None:
 BACKENDS = ("fused", "reference")
 
 
-def lower(network: ir.Network, init: bool = True, backend: str = "fused", disable_passes=(),
+def lower(network: ir.NetworkIR, init: bool = True, backend: str = "fused", disable_passes=(),
           kernels: Optional[str] = None) -> Network:
     """The module for `network`. backend "fused": the IR passes (pycnn.passes, minus `disable_passes`) map
     layers onto fused ops, each run by pycnn's kernel or PyTorch's as `kernels` (auto, pycnn, torch; see

@@ -15,8 +15,7 @@ from torch.fx.experimental.symbolic_shapes import optimization_hint
 from torch.utils._python_dispatch import _disable_current_modes
 
 from . import _C, memory
-
-ACTIVATIONS = ("none", "relu", "relu6", "silu", "hardswish")
+from .opspec import ACTIVATIONS, check_kernel_act
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -94,8 +93,7 @@ def bn_act(
 ) -> Tensor:
     """act(batch_norm(input) [+ residual]), updating the running statistics in training as
     nn.BatchNorm2d does (momentum None: cumulative average over num_batches_tracked)."""
-    if act not in ACTIVATIONS:
-        raise ValueError(f"pycnn.bn_act: unknown activation {act!r}; expected one of {', '.join(ACTIVATIONS)}")
+    check_kernel_act("pycnn.bn_act", "activation", act)
     if training and momentum is None and running_mean is not None and num_batches_tracked is None:
         raise ValueError("pycnn.bn_act: momentum=None (a cumulative average of the batch statistics) needs "
                          "num_batches_tracked, the count of batches seen")
@@ -156,7 +154,7 @@ def _bn_act_setup_context(ctx, inputs, output):
     input, weight, bias, residual, _running_mean, _running_var, training, eps, act = inputs
     y, save_mean, save_var = output
     memory.note_bn_act_output(y, input, weight, bias, residual, save_mean, save_var, eps, act)
-    ctx.mask_from_output = residual is not None and act in _MASK_FROM_OUTPUT
+    ctx.mask_from_output = residual is not None and act in ACTIVATIONS and ACTIVATIONS[act].invertible
     ctx.save_for_backward(input, weight, bias, y if ctx.mask_from_output else residual, save_mean, save_var)
     ctx.training, ctx.eps, ctx.act = training, eps, act
 
@@ -201,8 +199,7 @@ def se(
     fc1_weight is [C_r, C] or [C_r, C, 1, 1] (nn.Linear or 1x1 nn.Conv2d), fc2_weight [C, C_r] or
     [C, C_r, 1, 1]; the fc tensors have the input's dtype or float32 (float64 for float64 input)."""
     for name, value in (("act", act), ("post_act", post_act)):
-        if value not in ACTIVATIONS:
-            raise ValueError(f"pycnn.se: unknown {name} {value!r}; expected one of {', '.join(ACTIVATIONS)}")
+        check_kernel_act("pycnn.se", name, value)
     output, _pooled, _hidden, _gate = torch.ops.pycnn.se_forward(
         input, fc1_weight, fc1_bias, fc2_weight, fc2_bias, residual, act, post_act)
     return output
@@ -272,8 +269,7 @@ def dwconv(
     padding an int or a pair. scale and bias are per-channel vectors (a folded BatchNorm, or None and
     the conv's bias). Differentiable in input, weight, scale, bias and residual.
     """
-    if act not in ACTIVATIONS:
-        raise ValueError(f"pycnn.dwconv: unknown activation {act!r}; expected one of {', '.join(ACTIVATIONS)}")
+    check_kernel_act("pycnn.dwconv", "activation", act)
     return torch.ops.pycnn.dwconv_forward(input, weight, scale, bias, residual, _pair(stride, "stride", "dwconv"),
                                           _pair(padding, "padding", "dwconv"), _pair(dilation, "dilation", "dwconv"), act)
 
@@ -355,8 +351,7 @@ def gconv(
     weight is [C_out, C_in / groups, k, k] with k 1 or 3; scale and bias are optional per-output-channel
     vectors (a folded BatchNorm, or a conv bias with scale None). The raw convolution is kept for backward
     only when autograd needs it (and the epilogue has a scale or an activation)."""
-    if act not in ACTIVATIONS:
-        raise ValueError(f"pycnn.gconv: unknown activation {act!r}; expected one of {', '.join(ACTIVATIONS)}")
+    check_kernel_act("pycnn.gconv", "activation", act)
     save = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (input, weight, scale, bias, residual))
     output, _ = torch.ops.pycnn.gconv_forward(input, weight, scale, bias, residual, _pair(stride, "stride", "gconv"),

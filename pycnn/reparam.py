@@ -34,7 +34,7 @@ def _branch_form(branch: ir.Branch) -> Optional[Tuple[Optional[ir.Layer], Option
 
 def reparameterizable(block) -> bool:
     """Whether an IR block is a sum of conv+bn / bn / identity branches that one convolution can replace."""
-    if not isinstance(block, ir.Block) or block.merge != "add" or block.pre or len(block.branches) < 2:
+    if not isinstance(block, ir.BranchBlock) or block.merge != "add" or block.pre or len(block.branches) < 2:
         return False
     forms = [_branch_form(b) for b in block.branches]
     if any(f is None for f in forms):
@@ -46,12 +46,12 @@ def reparameterizable(block) -> bool:
     return len(geometry) == 1 and len(block.in_shape) == 3
 
 
-def _deploy_ir(node, path: str, found: List[Tuple[str, ir.Block]]):
+def _deploy_ir(node, path: str, found: List[Tuple[str, ir.BranchBlock]]):
     """The IR with every re-parameterizable block replaced by a Sequence [reparam_conv, post...]."""
     if isinstance(node, ir.Sequence):
         node.children = [_deploy_ir(c, f"{path}.{c.name}", found) for c in node.children]
         return node
-    if isinstance(node, ir.Block):
+    if isinstance(node, ir.BranchBlock):
         if reparameterizable(node):
             found.append((path, node))
             conv = next(c for b in node.branches for c in b.children if c.op == "conv")
@@ -81,7 +81,7 @@ def _bn_affine(bn, channels: int, dtype) -> Tuple[torch.Tensor, torch.Tensor]:
     return scale, shift
 
 
-def _fused_kernel(model, path: str, block: ir.Block, dtype) -> Tuple[torch.Tensor, torch.Tensor]:
+def _fused_kernel(model, path: str, block: ir.BranchBlock, dtype) -> Tuple[torch.Tensor, torch.Tensor]:
     conv_attrs = next(c for b in block.branches for c in b.children if c.op == "conv").attrs
     k = max(c.attrs["k"][0] for b in block.branches for c in b.children if c.op == "conv")
     out, groups, cin = conv_attrs["out"], conv_attrs["groups"], block.in_shape[0]
@@ -115,7 +115,7 @@ def reparameterize(model):
     device and dtype) computes what `model.eval()` computes; `model` itself is left as it is."""
     from .lower import lower
     deploy = copy.deepcopy(model.ir)
-    found: List[Tuple[str, ir.Block]] = []
+    found: List[Tuple[str, ir.BranchBlock]] = []
     deploy.parts = [_deploy_ir(p, p.name, found) for p in deploy.parts]
     if not found:
         raise ValueError("reparameterize: the network has no block of summed conv+bn / bn / identity branches")

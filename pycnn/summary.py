@@ -3,10 +3,12 @@ convention), with totals. Works on a path, .arch text, an IR network or a compil
 what runs each layer (pycnn's kernel, PyTorch, or the choice still to be measured: pycnn.dispatch)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 from . import ir
+from .opspec import OPS
 
 
 @dataclass
@@ -17,7 +19,7 @@ class Summary:
     total_params: int
     total_flops: int
     kernels: Optional[Dict[str, str]] = None  # of a compiled model: {layer name: what runs it}
-    ir: Optional[ir.Network] = None  # the network summarized (for the grouped table)
+    ir: Optional[ir.NetworkIR] = None  # the network summarized (for the grouped table)
 
     def table(self, depth: int = 2) -> str:
         """The readable table: rows down to `depth` (1 parts, 2 blocks, 3 and more layers inside blocks),
@@ -25,20 +27,29 @@ class Summary:
         sizes per sample (float32), kernels in words; exact totals at the end. str(summary) lists every layer."""
         return format_grouped(self, depth)
 
-    def __str__(self) -> str:
+    NUMERIC = (3, 4)  # the right-aligned columns of the full table
+
+    def full_table(self):
+        """(title, header, rows, total) of the table of every layer, as text cells: str() draws it as text,
+        the command line with rich on a terminal."""
         header = ("layer", "op", "output", "params", "FLOPs") + (("kernel",) if self.kernels else ())
         body = [(n, op, ir.fmt_shape(s), f"{p:,}", f"{f:,}") + ((self.kernels.get(n, "-"),) if self.kernels else ())
                 for n, op, s, p, f in self.rows]
+        title = f"network {self.network}, input {ir.fmt_shape(self.input_shape)}"
+        total = (f"total: {self.total_params:,} parameters, {self.total_flops:,} FLOPs (multiply-adds) = "
+                 f"{self.total_flops / 1e9:.3f} GFLOPs")
+        return title, header, body, total
+
+    def __str__(self) -> str:
+        title, header, body, total = self.full_table()
         cols = len(header)
         widths = [max(len(r[i]) for r in [header] + body) for i in range(cols)]
-        line = lambda r: "  ".join(r[i].rjust(widths[i]) if i in (3, 4) else r[i].ljust(widths[i])
+        line = lambda r: "  ".join(r[i].rjust(widths[i]) if i in self.NUMERIC else r[i].ljust(widths[i])
                                    for i in range(cols)).rstrip()
-        out = [f"network {self.network}, input {ir.fmt_shape(self.input_shape)}", line(header),
-               "  ".join("-" * w for w in widths)]
+        out = [title, line(header), "  ".join("-" * w for w in widths)]
         out += [line(r) for r in body]
         out.append("  ".join("-" * w for w in widths))
-        out.append(f"total: {self.total_params:,} parameters, {self.total_flops:,} FLOPs (multiply-adds) = "
-                   f"{self.total_flops / 1e9:.3f} GFLOPs")
+        out.append(total)
         return "\n".join(out)
 
     def __repr__(self) -> str:
@@ -47,22 +58,10 @@ class Summary:
 
 
 def _op_label(layer: ir.Layer) -> str:
-    a = layer.attrs
-    if layer.op in ("conv", "wsconv"):
-        k = "x".join(map(str, a["k"]))
-        s = a["s"][0] if a["s"][0] == a["s"][1] else "x".join(map(str, a["s"]))
-        g = f" g{a['groups']}" if a["groups"] > 1 else ""
-        return f"{layer.op} {k} s{s}{g}"
-    if layer.op == "bn":
-        return "bn+" + a["act"] if a.get("act") else "bn"
-    if layer.op == "act":
-        return a["kind"]
-    if layer.op in ("maxpool", "avgpool"):
-        return f"{layer.op} {'x'.join(map(str, a['k']))} s{a['s'][0]}"
-    return layer.op
+    return OPS[layer.op].summary_label(layer.attrs)
 
 
-def summarize(network: ir.Network) -> Summary:
+def summarize(network: ir.NetworkIR) -> Summary:
     rows = [(name, _op_label(layer), layer.out_shape, layer.params, layer.flops) for name, layer in network.layers()]
     return Summary(network.name, network.input_shape, rows, sum(r[3] for r in rows), sum(r[4] for r in rows),
                    ir=network)
@@ -71,9 +70,9 @@ def summarize(network: ir.Network) -> Summary:
 def summary(model_or_source, network: Optional[str] = None, *, show: bool = True, **overrides) -> Summary:
     """Print (unless show=False) and return the per-layer summary of a model, an IR network, a path or text."""
     kernels = None
-    if isinstance(model_or_source, ir.Network):
+    if isinstance(model_or_source, ir.NetworkIR):
         net = model_or_source
-    elif hasattr(model_or_source, "ir") and isinstance(getattr(model_or_source, "ir"), ir.Network):
+    elif hasattr(model_or_source, "ir") and isinstance(getattr(model_or_source, "ir"), ir.NetworkIR):
         net, kernels = model_or_source.ir, model_or_source.kernels()
     else:
         from .dsl.elaborate import elaborate
@@ -144,7 +143,7 @@ def _children(node, prefix: str):
     join = lambda p, n: f"{p}.{n}" if p else n
     if isinstance(node, ir.Sequence):
         return [(join(prefix, c.name), c) for c in node.children]
-    if isinstance(node, ir.Block):
+    if isinstance(node, ir.BranchBlock):
         out = [(join(prefix, c.name), c) for c in node.pre]
         for br in node.branches:
             base = join(prefix, br.name) if br.nested else prefix
@@ -156,7 +155,7 @@ def _children(node, prefix: str):
 def _label(node) -> str:
     if isinstance(node, ir.Layer):
         return _op_label(node)
-    if isinstance(node, ir.Block):
+    if isinstance(node, ir.BranchBlock):
         return node.block
     if getattr(node, "block", None) and node.kind == "block":
         return node.block
@@ -197,7 +196,7 @@ def _rows(node, name: str, depth: int, level: int, kernels: Dict[str, str]) -> L
     if isinstance(node, ir.Layer) or level >= depth:
         layers = list(ir.iter_layers(node, name))
         return [Row(name, _label(node), node.out_shape, sum(l.params for _, l in layers),
-                    sum(l.flops for _, l in layers), sum(ir._prod(l.out_shape) for _, l in layers),
+                    sum(l.flops for _, l in layers), sum(math.prod(l.out_shape) for _, l in layers),
                     _words([n for n, _ in layers], kernels))]
     groups: List[list] = []
     for child_name, child in _children(node, name):
@@ -223,7 +222,7 @@ def _group_name(first: str, last: str) -> str:
     return f"{first}-{b}" if head == head2 else f"{first}-{last}"
 
 
-def grouped_rows(network: ir.Network, kernels: Optional[Dict[str, str]] = None, depth: int = 2) -> List[Row]:
+def grouped_rows(network: ir.NetworkIR, kernels: Optional[Dict[str, str]] = None, depth: int = 2) -> List[Row]:
     """The rows down to `depth` (1: parts, 2: their children, ...); identical consecutive siblings (same
     layers, shapes, params, FLOPs and kernels) are one row, or one expanded subtree, with their count and sums."""
     rows: List[Row] = []
@@ -243,7 +242,7 @@ def format_grouped(s: Summary, depth: int = 2) -> str:
     numeric = (3, 4, 5)
     line = lambda row: "  ".join(v.rjust(w) if i in numeric else v.ljust(w)
                                  for i, (v, w) in enumerate(zip(row, widths))).rstrip()
-    acts = sum(ir._prod(layer.out_shape) for _, layer in s.ir.layers())
+    acts = sum(math.prod(layer.out_shape) for _, layer in s.ir.layers())
     out = [f"network {s.network}, input {ir.fmt_shape(s.input_shape)}", line(header)]
     out += [line(row) for row in body]
     out.append(f"total: {s.total_params:,} parameters ({human(s.total_params)}), {s.total_flops:,} FLOPs "

@@ -86,7 +86,7 @@ def create_model(name: str, pretrained: Union[bool, str, os.PathLike] = False, f
 
     features_only=True returns a pycnn.features.FeatureNetwork: forward gives the per-stage feature maps
     selected by out_indices (default all), `feature_info` their channels and reductions."""
-    from . import compile as compile_arch
+    from .build import compile as compile_arch
     path = model_file(name, paths)
     classes = overrides.pop("classes", None) if pretrained else None
     model = compile_arch(str(path), name, backend=backend, kernels=kernels, init=not pretrained, **overrides)

@@ -1,4 +1,4 @@
-"""The layer shapes printed in the course material (REFERENCES.md section 2) hold part by part, in the IR and in
+"""The layer shapes printed in the course material (docs/design.md section 8) hold part by part, in the IR and in
 the built module (run on the meta device)."""
 import os
 
@@ -43,7 +43,7 @@ def test_d2l_shapes(arch, network):
 
 
 def test_resnext_block_keeps_shape():
-    # REFERENCES.md section 2: a ResNeXt block (32 channels, group width 16, bottleneck 1) on 4x32x96x96
+    # docs/design.md section 8: a ResNeXt block (32 channels, group width 16, bottleneck 1) on 4x32x96x96
     text = """
     use std
     network one_block(input = 32x96x96) {

@@ -1,5 +1,5 @@
 """Parameter counts of the arch files equal torchvision's and timm's models, counted live (on the meta device,
-nothing allocated), and the figures of REFERENCES.md section 1."""
+nothing allocated), and the figures of docs/design.md section 8."""
 import functools
 import os
 import warnings
@@ -14,7 +14,7 @@ timm = pytest.importorskip("timm")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# (arch file, network, library, model name, REFERENCES.md section 1 figure or None)
+# (arch file, network, library, model name, docs/design.md section 8 figure or None)
 CASES = [
     ("alexnet", "alexnet", "torchvision", "alexnet", 61_100_840),
     ("vgg", "vgg11", "torchvision", "vgg11", 132_863_336),

@@ -9,11 +9,9 @@ from torch import nn
 
 import pycnn
 from pycnn.nn import BatchNormAct2d
+from kernel_checks import LAYOUTS, REFERENCE_ACT, assert_half_precision_rule
 
-REFERENCE_ACT = {"none": lambda z: z, "relu": F.relu, "relu6": F.relu6, "silu": F.silu,
-                 "hardswish": F.hardswish}
 SHAPES = [(2, 8, 5, 5), (1, 3, 7, 9), (4, 13, 1, 1), (3, 17, 6, 4)]
-LAYOUTS = ["nchw", "channels_last", "strided"]
 
 
 def make_input(shape, layout, dtype=torch.float32, device="cpu", seed=0):
@@ -163,6 +161,9 @@ def test_opcheck(layout, act, training, with_residual):
                           test_utils=("test_schema", "test_faketensor"))
 
 
+HALF_NAMES = ["output", "grad_input", "grad_residual", "grad_weight", "grad_bias"]
+
+
 def half_precision_errors(dtype, device, act="silu", shape=(4, 24, 9, 9)):
     """Max error against a float64 reference: ours in `dtype`, PyTorch's own op in `dtype`."""
     x = make_input(shape, "channels_last", device=device)
@@ -190,16 +191,11 @@ def half_precision_errors(dtype, device, act="silu", shape=(4, 24, 9, 9)):
     return err(mine), err(theirs)
 
 
-def assert_half_precision_rule(mine, theirs, floor):
-    names = ["output", "grad_input", "grad_residual", "grad_weight", "grad_bias"]
-    for name, e_mine, e_theirs in zip(names, mine, theirs):
-        assert e_mine <= 2 * e_theirs + floor, f"{name}: error {e_mine:.3g} vs PyTorch's {e_theirs:.3g}"
-
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_rule_cpu(dtype):
     mine, theirs = half_precision_errors(dtype, "cpu")
-    assert_half_precision_rule(mine, theirs, floor=1e-3 if dtype == torch.float16 else 8e-3)
+    assert_half_precision_rule(HALF_NAMES, mine, theirs, floor=1e-3 if dtype == torch.float16 else 8e-3)
 
 
 def test_errors_name_the_argument():
@@ -268,7 +264,7 @@ def test_cuda_matches_batchnorm2d_float32(shape, layout, act, with_residual, tra
 @pytest.mark.parametrize("shape", [(4, 24, 9, 9), (8, 64, 14, 14), (2, 20, 5, 5)])
 def test_cuda_half_precision_rule(dtype, shape):
     mine, theirs = half_precision_errors(dtype, "cuda", shape=shape)
-    assert_half_precision_rule(mine, theirs, floor=1e-3 if dtype == torch.float16 else 8e-3)
+    assert_half_precision_rule(HALF_NAMES, mine, theirs, floor=1e-3 if dtype == torch.float16 else 8e-3)
 
 
 @pytest.mark.cuda

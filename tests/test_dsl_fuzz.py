@@ -38,7 +38,7 @@ def check(text):
     except ArchError as e:
         str(e)  # the message formats
     else:
-        assert isinstance(net, ir.Network)
+        assert isinstance(net, ir.NetworkIR)
         assert net.total_params <= LIMITS.max_params
     assert time.perf_counter() - start < 2.0
     assert rss_mb() - memory < 256, "a case kept more than 256 MB"

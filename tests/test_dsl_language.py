@@ -128,9 +128,9 @@ def test_conditional_shortcut_and_conditional_residual():
     """
     net = pycnn.parse(text)
     body = net.parts[0].children
-    assert isinstance(body[0], ir.Block) and body[0].branches[1].children == []       # identity shortcut
-    assert isinstance(body[1], ir.Block) and len(body[1].branches[1].children) == 1   # projection
-    assert isinstance(body[2], ir.Block)                                               # residual
+    assert isinstance(body[0], ir.BranchBlock) and body[0].branches[1].children == []       # identity shortcut
+    assert isinstance(body[1], ir.BranchBlock) and len(body[1].branches[1].children) == 1   # projection
+    assert isinstance(body[2], ir.BranchBlock)                                               # residual
     assert isinstance(body[3], ir.Sequence)                                            # no residual
     assert net.out_shape == (16, 4, 4)
 

@@ -7,7 +7,7 @@ from pycnn.dsl.generators import regnet_stages
 
 def test_regnetx32_d2l_shapes():
     net = pycnn.parse("archs/regnetx32.arch")
-    # REFERENCES.md section 2: 32x48x48, 32x24x24, 80x12x12, 10
+    # docs/design.md section 8: 32x48x48, 32x24x24, 80x12x12, 10
     assert [p.out_shape for p in net.parts] == [(32, 48, 48), (32, 24, 24), (80, 12, 12), (10,)]
     assert net.input_shape == (1, 96, 96)
 
@@ -31,7 +31,7 @@ def test_regnet_generator_stages_32gf():
 
 def test_regnetx_32gf_params_and_flops():
     net = pycnn.parse("archs/regnetx32.arch", "regnetx_32gf")
-    assert net.total_params == 107_811_560  # REFERENCES.md section 4 (= torchvision regnet_x_32gf)
+    assert net.total_params == 107_811_560  # docs/design.md section 8 (= torchvision regnet_x_32gf)
     # pycls complexity 31,735,930,792 multiply-adds; the issue asks for 31.74 G within 0.5%
     assert abs(net.total_flops - 31.74e9) / 31.74e9 < 0.005
     assert net.total_flops == 31_735_930_792
@@ -79,7 +79,7 @@ network regnetx_32gf(input = 3x224x224, classes = 1000) {
 
 
 def test_design_sketch_compiles_verbatim():
-    """DESIGN.md section 3's sketch is valid text and means what the shipped files mean."""
+    """docs/design.md section 3's sketch is valid text and means what the shipped files mean."""
     small = pycnn.parse(DESIGN_SKETCH)
     assert [p.out_shape for p in small.parts] == [(32, 48, 48), (32, 24, 24), (80, 12, 12), (10,)]
     assert small.total_params == pycnn.parse("archs/regnetx32.arch").total_params

@@ -12,9 +12,8 @@ from torch import nn
 import pycnn
 from pycnn import ops
 from pycnn.nn import DepthwiseConvBNAct2d
+from kernel_checks import LAYOUTS, REFERENCE_ACT, assert_half_precision_rule
 
-REFERENCE_ACT = {"none": lambda z: z, "relu": F.relu, "relu6": F.relu6, "silu": F.silu,
-                 "hardswish": F.hardswish}
 ACTS = list(REFERENCE_ACT)
 
 # (N, C, H, W, k, stride, padding, dilation): channels not a multiple of 8, H/W smaller than the kernel,
@@ -29,7 +28,6 @@ CASES = [
     (1, 33, 9, 8, 7, 2, 0, 1),
     (2, 10, 7, 6, 3, (2, 1), (1, 0), (1, 2)),
 ]
-LAYOUTS = ["nchw", "channels_last", "strided"]
 
 
 def make_tensor(shape, layout="nchw", dtype=torch.float64, device="cpu", seed=0, scale=1.0):
@@ -213,16 +211,12 @@ def half_precision_errors(dtype, device, case=(2, 24, 10, 9, 3, 2, 1, 1), act="s
     return err(mine), err(theirs)
 
 
-def assert_half_precision_rule(mine, theirs, floor):
-    for name, e_mine, e_theirs in zip(NAMES, mine, theirs):
-        assert e_mine <= 2 * e_theirs + floor, f"{name}: error {e_mine:.3g} vs PyTorch's {e_theirs:.3g}"
-
 
 @pytest.mark.parametrize("layout", ["channels_last", "nchw"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_rule_cpu(dtype, layout):
     mine, theirs = half_precision_errors(dtype, "cpu", layout=layout)
-    assert_half_precision_rule(mine, theirs, floor=1e-3 if dtype == torch.float16 else 8e-3)
+    assert_half_precision_rule(NAMES, mine, theirs, floor=1e-3 if dtype == torch.float16 else 8e-3)
 
 
 # NCHW edges of the plane kernels (dwconv_nchw_kernels.h): W and H smaller than the dilated kernel with
@@ -427,7 +421,7 @@ def test_cuda_matches_conv2d_groups(case, layout, act, affine, with_residual, dt
                                   (2, 20, 7, 7, 7, 1, 3, 1)])
 def test_cuda_half_precision_rule(dtype, case):
     mine, theirs = half_precision_errors(dtype, "cuda", case=case)
-    assert_half_precision_rule(mine, theirs, floor=1e-3 if dtype == torch.float16 else 8e-3)
+    assert_half_precision_rule(NAMES, mine, theirs, floor=1e-3 if dtype == torch.float16 else 8e-3)
 
 
 @pytest.mark.cuda

@@ -10,9 +10,8 @@ from torch import nn
 
 from pycnn import ops
 from pycnn.nn import GroupedConvBNAct2d
+from kernel_checks import LAYOUTS, REFERENCE_ACT, assert_half_precision_rule
 
-REFERENCE_ACT = {"none": lambda z: z, "relu": F.relu, "relu6": F.relu6, "silu": F.silu,
-                 "hardswish": F.hardswish}
 
 # (N, C_in, C_out, H, W, k, stride, padding, groups)
 CASES = [
@@ -28,7 +27,6 @@ CASES = [
     (1, 40, 40, 4, 6, 3, 1, (0, 1), 2),  # group width 20 (a T tile tail), asymmetric padding
     (1, 5, 7, 3, 3, 1, 1, 0, 1),       # ordinary (groups=1) 1x1 conv
 ]
-LAYOUTS = ["nchw", "channels_last", "strided"]
 # (act, with scale, with bias, with residual)
 EPILOGUES = [("none", False, False, False), ("relu", True, True, False), ("silu", True, True, True),
              ("hardswish", False, True, True), ("relu6", True, False, False)]
@@ -178,6 +176,9 @@ def test_opcheck(case, layout, act, scale, bias, residual):
                           test_utils=("test_schema", "test_faketensor"))
 
 
+HALF_NAMES = ["output", "grad_input", "grad_weight", "grad_scale", "grad_bias", "grad_residual"]
+
+
 def half_precision_errors(dtype, device, case=(4, 32, 32, 9, 9, 3, 1, 1, 4), act="silu"):
     """Max error of each output/gradient against a float64 reference: ours in `dtype`, PyTorch's own
     composition in `dtype`."""
@@ -200,16 +201,11 @@ def half_precision_errors(dtype, device, case=(4, 32, 32, 9, 9, 3, 1, 1, 4), act
     return err(mine), err(theirs)
 
 
-def assert_half_precision_rule(mine, theirs, floor):
-    names = ["output", "grad_input", "grad_weight", "grad_scale", "grad_bias", "grad_residual"]
-    for name, e_mine, e_theirs in zip(names, mine, theirs):
-        assert e_mine <= 2 * e_theirs + floor, f"{name}: error {e_mine:.3g} vs PyTorch's {e_theirs:.3g}"
-
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_rule_cpu(dtype):
     mine, theirs = half_precision_errors(dtype, "cpu")
-    assert_half_precision_rule(mine, theirs, floor=1e-3 if dtype == torch.float16 else 8e-3)
+    assert_half_precision_rule(HALF_NAMES, mine, theirs, floor=1e-3 if dtype == torch.float16 else 8e-3)
 
 
 def test_errors_name_the_argument():
@@ -373,7 +369,7 @@ def test_cuda_matches_conv2d_float32(case, layout, epilogue):
                                   (2, 168, 168, 7, 7, 3, 1, 1, 1), (4, 64, 128, 8, 8, 1, 1, 0, 4)])
 def test_cuda_half_precision_rule(dtype, case):
     mine, theirs = half_precision_errors(dtype, "cuda", case=case)
-    assert_half_precision_rule(mine, theirs, floor=1e-3 if dtype == torch.float16 else 8e-3)
+    assert_half_precision_rule(HALF_NAMES, mine, theirs, floor=1e-3 if dtype == torch.float16 else 8e-3)
 
 
 @pytest.mark.cuda

@@ -90,7 +90,7 @@ def test_unknown_pass_names_are_refused():
 
 def first_block(path, network, disable=()):
     plan = passes.run(pycnn.parse(os.path.join(ROOT, "archs", path), network), disable)
-    return next(node for _, node in plan.nodes() if isinstance(node, ir.Block))
+    return next(node for _, node in plan.nodes() if isinstance(node, ir.BranchBlock))
 
 
 def test_residual_epilogues():

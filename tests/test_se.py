@@ -9,12 +9,10 @@ import torch.nn.functional as F
 
 import pycnn
 from pycnn.nn import SqueezeExcite
+from kernel_checks import LAYOUTS, REFERENCE_ACT, assert_half_precision_rule
 
-REFERENCE_ACT = {"none": lambda z: z, "relu": F.relu, "relu6": F.relu6, "silu": F.silu,
-                 "hardswish": F.hardswish}
 # (N, C, H, W, C_r): channels not a multiple of 8, 1x1 spatial, odd sizes, batch 1.
 SHAPES = [(2, 8, 5, 5, 2), (1, 13, 7, 9, 3), (4, 24, 1, 1, 6), (3, 17, 6, 4, 5), (2, 40, 3, 3, 10)]
-LAYOUTS = ["nchw", "channels_last", "strided"]
 
 
 def make_input(shape, layout, dtype=torch.float32, device="cpu", seed=0):
@@ -176,6 +174,10 @@ def test_opcheck(layout, act, post_act, with_residual, bias):
                           test_utils=("test_schema", "test_faketensor"))
 
 
+HALF_NAMES = ["output", "grad_input", "grad_fc1_weight", "grad_fc1_bias", "grad_fc2_weight", "grad_fc2_bias",
+              "grad_residual"]
+
+
 def half_precision_errors(dtype, device, shape=(4, 24, 9, 9, 6), act="silu", post_act="relu"):
     """Max error against a float64 reference for the output and every gradient: ours in `dtype`, and
     PyTorch's own composition in `dtype`."""
@@ -196,17 +198,11 @@ def half_precision_errors(dtype, device, shape=(4, 24, 9, 9, 6), act="silu", pos
     return err(run(ours, dtype)), err(run(reference, dtype))
 
 
-def assert_half_precision_rule(mine, theirs, floor):
-    names = ["output", "grad_input", "grad_fc1_weight", "grad_fc1_bias", "grad_fc2_weight", "grad_fc2_bias",
-             "grad_residual"]
-    for name, e_mine, e_theirs in zip(names, mine, theirs):
-        assert e_mine <= 2 * e_theirs + floor, f"{name}: error {e_mine:.3g} vs PyTorch's {e_theirs:.3g}"
-
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_rule_cpu(dtype):
     mine, theirs = half_precision_errors(dtype, "cpu")
-    assert_half_precision_rule(mine, theirs, floor=1e-3 if dtype == torch.float16 else 8e-3)
+    assert_half_precision_rule(HALF_NAMES, mine, theirs, floor=1e-3 if dtype == torch.float16 else 8e-3)
 
 
 def test_errors_name_the_argument():
@@ -301,6 +297,17 @@ def test_module_residual_post_act_and_training():
     assert "post_act=relu" in repr(mine)
 
 
+def test_module_follows_autocast_like_the_compiled_models():
+    """pycnn.nn.SqueezeExcite runs through fused.squeeze_excite: under autocast it computes in the autocast dtype
+    (as a compiled network's SE and PyTorch's convolutions do), its float32 weights as they are."""
+    mine = SqueezeExcite(12, 3)
+    x = make_input((2, 12, 5, 5), "nchw")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = mine(x)
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), mine(x.bfloat16().float()), rtol=2e-2, atol=2e-2)
+
+
 # ------------------------------------------------------------------------------------- CUDA ----
 
 @pytest.mark.cuda
@@ -316,7 +323,7 @@ def test_cuda_matches_eager_float32(shape, layout, act, post_act, with_residual)
 @pytest.mark.parametrize("shape", [(4, 24, 9, 9, 6), (8, 64, 14, 14, 16), (2, 20, 5, 5, 5), (2, 368, 7, 7, 92)])
 def test_cuda_half_precision_rule(dtype, shape):
     mine, theirs = half_precision_errors(dtype, "cuda", shape=shape)
-    assert_half_precision_rule(mine, theirs, floor=1e-3 if dtype == torch.float16 else 8e-3)
+    assert_half_precision_rule(HALF_NAMES, mine, theirs, floor=1e-3 if dtype == torch.float16 else 8e-3)
 
 
 @pytest.mark.cuda

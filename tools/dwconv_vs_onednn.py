@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 import pycnn.ops as ops
 from pycnn.bench.ops import geomean, load_shapes, parse_network_specs
-from pycnn.bench.timing import compare
+from pycnn.timing import compare
 
 
 def main():

@@ -1,7 +1,7 @@
 """Model benchmark: images/s and memory of a compiled .arch network, pycnn (backend "fused") against the same
 network and weights on eager PyTorch modules (backend "reference"), optionally the torchvision model with
 those weights, and torch.compile of the baseline; in one or both memory layouts, all timed interleaved in one
-run (DESIGN.md 7).
+run (docs/design.md section 7).
 
 Memory: on CUDA the peak allocated during one step; everywhere (training) the bytes autograd keeps for
 backward (distinct storages seen by saved_tensors_hooks), the activation memory of a training step.
@@ -17,7 +17,7 @@ from torch import nn
 
 from ..lower import to_backend
 from ..memory import saved_activation_bytes
-from .timing import compare
+from ..timing import compare
 
 LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
 

@@ -33,7 +33,9 @@ import pycnn
 from .. import argtypes
 from pycnn.nn import BatchNormAct2d, DepthwiseConvBNAct2d, SqueezeExcite
 
-from .timing import compare, peak_bandwidth_gbs
+from ..timing import compare, peak_bandwidth_gbs
+from ..fused import ACT_FNS
+from ..opspec import ACTIVATIONS
 
 # ------------------------------------------------------------------------------------ layer shapes
 
@@ -105,7 +107,7 @@ class SeShape(NamedTuple):
 
 
 def network_shapes(networks: Iterable) -> Dict[str, list]:
-    """The layer shapes of `networks` (pycnn.ir.Network) that the fused backend runs on each op, per op,
+    """The layer shapes of `networks` (pycnn.ir.NetworkIR) that the fused backend runs on each op, per op,
     deduplicated in order of first occurrence; each shape's `networks` names every network it occurs in
     ("a+b"). The passes decide: conv_bn_act's depthwise and grouped convs; every BatchNorm as bn_act (the
     training half of a conv_bn_act too: the pass plan without conv_bn_act), with the residual pass's adds;
@@ -217,12 +219,12 @@ def compile_backend() -> str:
 LAYOUTS = (("nchw", torch.contiguous_format), ("channels_last", torch.channels_last))
 
 
-EAGER_ACT = {"relu": F.relu, "relu6": F.relu6, "silu": F.silu, "hardswish": F.hardswish, "none": lambda z: z}
-ACT_MODULE = {"relu": nn.ReLU, "relu6": nn.ReLU6, "silu": nn.SiLU, "hardswish": nn.Hardswish, "none": nn.Identity}
+EAGER_ACT = {"none": lambda z: z, **ACT_FNS}
+ACT_MODULE = {"none": nn.Identity, **{a.name: getattr(nn, a.module) for a in ACTIVATIONS.values()}}
 
 
 def _prepare(device: torch.device) -> Optional[float]:
-    """cudnn.benchmark for the baseline (DESIGN.md 7); the measured copy bandwidth on CUDA (None on the CPU)."""
+    """cudnn.benchmark for the baseline (docs/design.md section 7); the measured copy bandwidth on CUDA (None on the CPU)."""
     if device.type != "cuda":
         return None
     torch.backends.cudnn.benchmark = True

@@ -1,27 +1,24 @@
 """Syntax tree -> IR: evaluate expressions, bind parameters, expand stages, generators, repeats and blocks,
-infer channels and shapes, and report every mistake as an ArchError pointing at the text.
+infer channels and shapes, and report every mistake as an ArchError pointing at the text. Loading the files is
+pycnn.dsl.library's job, the checks of values and names pycnn.dsl.checks's, the layers pycnn.opspec's.
 
 Never imports torch.
 """
 from __future__ import annotations
 
-import functools
-import os
-import re
-import warnings
-from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from .. import ir
+from ..opspec import LANGUAGE_ACTS, OPS, PRIMITIVES, REQUIRED, acts_with
 from . import ast as A
+from .checks import (KEYWORDS, RESERVED_NAMES, SYNONYMS, check_binding, check_value, normalized_default, show,
+                     value_kind, within)
 from .errors import ArchError, did_you_mean
 from .evaluate import Budget, Evaluator, Symbol, _is_number
-from .generators import regnet_stages
-from .parse import MAX_SOURCE_BYTES, parse_file, parse_text, read_source
-
-_PACKAGE_DIR = Path(__file__).resolve().parent.parent
+from .generators import GENERATORS, regnet_stages
+from .library import Program, _definitions_in, library_dirs, load_program  # noqa: F401  (pycnn.zoo reads them here)
+from .parse import MAX_SOURCE_BYTES
 
 
 @dataclass(frozen=True)
@@ -36,269 +33,6 @@ class Limits:
     max_depth: int = 64                      # nesting of block calls
     max_steps: int = 100_000                 # expression nodes evaluated + statements expanded (~0.1 s)
     max_source_bytes: int = MAX_SOURCE_BYTES  # each source file, main and libraries
-
-
-# ------------------------------------------------------------------------------------------ primitives
-
-REQUIRED = object()
-
-# argument kinds: width (int >= 1), pair (int >= 1 or a pair), pad (int/pair >= 0), convpad (like pad; None =
-# the symmetric default d*(k-1)/2, `same` = TensorFlow's SAME), nonneg (int >= 0),
-# pos (int >= 1), bool, prob (0 <= p <= 1), posfloat (> 0), float, act (activation name or none), size (pair)
-PRIMITIVES: Dict[str, Tuple[str, list]] = {
-    "conv": ("conv", [("out", REQUIRED, "width"), ("k", 1, "pair"), ("s", 1, "pair"), ("p", None, "convpad"),
-                      ("d", 1, "pair"), ("groups", None, "pos"), ("group_width", None, "pos"),
-                      ("bias", False, "bool")]),
-    "wsconv": ("wsconv", [("out", REQUIRED, "width"), ("k", 1, "pair"), ("s", 1, "pair"), ("p", None, "convpad"),
-                          ("d", 1, "pair"), ("groups", None, "pos"), ("group_width", None, "pos"),
-                          ("bias", True, "bool"), ("gamma", 1.0, "posfloat"), ("eps", 1e-6, "posfloat")]),
-    "dwconv": ("conv", [("k", 3, "pair"), ("s", 1, "pair"), ("p", None, "convpad"), ("d", 1, "pair"),
-                        ("multiplier", 1, "pos"), ("bias", False, "bool")]),
-    "bn": ("bn", [("eps", 1e-5, "posfloat"), ("momentum", 0.1, "prob")]),
-    "gn": ("gn", [("groups", REQUIRED, "pos"), ("eps", 1e-5, "posfloat")]),
-    "ln": ("ln", [("eps", 1e-5, "posfloat")]),
-    "maxpool": ("maxpool", [("k", REQUIRED, "pair"), ("s", None, "pair"), ("p", 0, "convpad"),
-                            ("ceil", False, "bool")]),
-    "avgpool": ("avgpool", [("k", None, "pair"), ("s", None, "pair"), ("p", 0, "convpad"), ("ceil", False, "bool"),
-                            ("count_pad", True, "bool")]),
-    "gap": ("gap", []),
-    "global_avgpool": ("gap", []),
-    "global_maxpool": ("gmp", []),
-    "adaptive_avgpool": ("adaptive_avgpool", [("size", REQUIRED, "pair")]),
-    "flatten": ("flatten", []),
-    "linear": ("linear", [("out", REQUIRED, "width"), ("bias", True, "bool")]),
-    "dropout": ("dropout", [("p", 0.5, "prob")]),
-    "identity": ("identity", []),
-    "se": ("se", [("reduced", REQUIRED, "width"), ("act", "relu", "act"), ("gate", "sigmoid", "act")]),
-    "scale": ("scale", [("value", REQUIRED, "float")]),
-    "channel_shuffle": ("channel_shuffle", [("groups", REQUIRED, "pos")]),
-    "channel_linear": ("channel_linear", [("out", REQUIRED, "width"), ("bias", True, "bool")]),
-    "layer_scale": ("layer_scale", [("init", 1e-6, "float")]),
-    "gain": ("gain", [("init", 1.0, "float")]),
-    "drop_path": ("drop_path", [("p", 0.0, "prob")]),
-    "slice": ("slice", [("start", REQUIRED, "nonneg"), ("stop", REQUIRED, "pos")]),
-}
-for _act in ir.ACTIVATIONS:
-    PRIMITIVES[_act] = ("act", [])
-
-GENERATORS = {
-    "regnet": [("w0", REQUIRED, "float"), ("wa", REQUIRED, "float"), ("wm", REQUIRED, "float"),
-               ("depth", REQUIRED, "pos"), ("group_width", REQUIRED, "pos"), ("bottleneck", 1.0, "posfloat"),
-               ("se", 0.0, "float"), ("block", REQUIRED, "block"), ("stride", 2, "pos"),
-               ("rounding", "pycls", "rounding")],
-}
-
-# what people coming from PyTorch write, and the short names the layers take
-SYNONYMS = {"kernel": "k", "kernel_size": "k", "stride": "s", "strides": "s", "padding": "p", "pad": "p",
-            "dilation": "d", "out_channels": "out", "channels": "out", "width": "out", "out_features": "out",
-            "num_groups": "groups", "ceil_mode": "ceil", "count_include_pad": "count_pad", "rate": "p"}
-
-FUSABLE_ACTS = ("relu", "relu6", "silu")  # a bn followed by one of these becomes one `bn` layer with `act`
-
-_BASE_NAMES = {"conv": "conv", "wsconv": "conv", "bn": "bn", "gn": "gn", "ln": "ln", "maxpool": "pool",
-               "avgpool": "pool", "gap": "pool", "gmp": "pool", "adaptive_avgpool": "pool", "flatten": "flatten",
-               "linear": "fc", "dropout": "drop", "identity": "identity", "se": "se", "scale": "scale",
-               "channel_shuffle": "shuffle", "channel_linear": "fc", "layer_scale": "ls", "gain": "gain",
-               "drop_path": "drop_path", "slice": "slice"}
-
-# words of the grammar that the lexer still takes as a name before `=` (`block b(in=3)`): never a name
-KEYWORDS = {"network", "block", "use", "stage", "let", "main", "branch", "shortcut", "merge", "if", "repeat", "in",
-            "and", "or", "not", "true", "false"}
-
-# attribute names of torch.nn.Module that a part, stage or branch may not take
-RESERVED_NAMES = {"forward", "train", "eval", "training", "parameters", "buffers", "children", "modules",
-                  "apply", "cuda", "cpu", "to", "float", "double", "half", "bfloat16", "type", "state_dict",
-                  "load_state_dict", "named_modules", "named_parameters", "named_children", "zero_grad",
-                  "register_buffer", "register_parameter", "add_module", "extra_repr", "arch", "ir", "dump_patches",
-                  "call_super_init", "requires_grad_", "share_memory", "get_submodule", "get_parameter",
-                  "compile", "ipu", "xpu", "mtia", "register_module", "set_submodule", "get_buffer", "in"}
-
-
-# ------------------------------------------------------------------------------------------ loading
-
-def library_dirs() -> List[Path]:
-    """Where `use` looks, after the using file's own folder: the package's archs (installed wheel), then
-    the source checkout's archs/."""
-    return [_PACKAGE_DIR / "archs", _PACKAGE_DIR.parent / "archs"]
-
-
-_DEFINITION = re.compile(r"^[ \t]*(block|network)[ \t]+([A-Za-z_][A-Za-z0-9_]*)", re.M)
-
-
-@functools.lru_cache(maxsize=256)
-def _definitions_in(path: str, mtime_ns: int, max_bytes: int = MAX_SOURCE_BYTES) -> Tuple[Tuple[str, str], ...]:
-    """(kind, name) of every definition in an .arch file, found without parsing it (the zoo's index of names)."""
-    return tuple(m.groups() for m in _DEFINITION.finditer(read_source(path, max_bytes)))
-
-
-class _Definitions(Mapping):
-    """Blocks or networks by name. Every library file is parsed when `use`d (so its mistakes are reported), but
-    its definitions are registered only when one of its names is first looked up."""
-
-    def __init__(self, program: "Program"):
-        self.program = program
-        self.defined: Dict[str, object] = {}
-        self.index: Dict[str, str] = {}  # name -> library file not parsed yet
-
-    def __getitem__(self, name):
-        if name not in self.defined and name in self.index:
-            self.program._load_library(self.index[name])
-        return self.defined[name]
-
-    def __contains__(self, name):
-        return name in self.defined or name in self.index
-
-    def __iter__(self):
-        yield from self.defined
-        yield from (n for n in self.index if n not in self.defined)
-
-    def __len__(self):
-        return len(set(self.defined) | set(self.index))
-
-
-class Program:
-    """The main file and the libraries it uses (directly or through other libraries)."""
-
-    def __init__(self, main: A.File, max_source_bytes: int = MAX_SOURCE_BYTES):
-        self.main = main
-        self.max_source_bytes = max_source_bytes
-        self.files: Dict[str, A.File] = {main.path: main}
-        self.blocks = _Definitions(self)
-        self.networks = _Definitions(self)
-        self.main_networks: List[str] = []
-        self._indexed = {main.path}
-        self._use_locs: Dict[str, tuple] = {}  # library path -> (loc, source) of the `use` that pulled it in
-        self.resolved: Dict[str, str] = {}  # `use` name -> the file or folder it resolved to
-        self._register(main, is_main=True)
-
-    def source_of(self, file: str) -> Optional[str]:
-        f = self.files.get(file)
-        return f.source if f is not None else None
-
-    def _register(self, f: A.File, is_main: bool = False):
-        seen_here = set()
-        for item in f.items:
-            if isinstance(item, (A.BlockDef, A.NetworkDef, A.NetworkAlias)):
-                if item.name in seen_here:
-                    raise ArchError(f"'{item.name}' is defined twice in this file", item.loc, f.source)
-                seen_here.add(item.name)
-                for param in getattr(item, "params", ()):
-                    _check_binding(param.name, param.loc, f.source, "a parameter")
-                table = self.blocks if isinstance(item, A.BlockDef) else self.networks
-                if isinstance(item, A.BlockDef) and (item.name in PRIMITIVES or item.name in GENERATORS):
-                    raise ArchError(f"block name '{item.name}' is a built-in layer; choose another name",
-                                    item.loc, f.source)
-                if item.name not in table.defined:  # the main file and earlier libraries take precedence
-                    table.defined[item.name] = item
-                if is_main and not isinstance(item, A.BlockDef):
-                    self.main_networks.append(item.name)
-        for item in f.items:
-            if isinstance(item, A.Use):
-                libs = _resolve_use(item, f.path, f.source)
-                self.resolved.setdefault(".".join(item.path), _where(libs, os.path.join(*item.path)))
-                for lib in libs:
-                    if lib in self._indexed:
-                        continue
-                    self._indexed.add(lib)
-                    self._use_locs[lib] = (item.loc, f.source)
-                    try:
-                        # the whole library, so its mistakes are reported (cached: parsed once); its definitions
-                        # are read off the parsed file, not found a second time in its text
-                        library = parse_file(lib, self.max_source_bytes, item.loc, f.source)
-                        definitions = [("block" if isinstance(d, A.BlockDef) else "network", d.name)
-                                       for d in library.items
-                                       if isinstance(d, (A.BlockDef, A.NetworkDef, A.NetworkAlias))]
-                    except OSError as e:
-                        raise ArchError(f"{lib}: {e.strerror or e}", item.loc, f.source) from None
-                    except ArchError as e:  # unreadable: reported where `use` named the library
-                        if e.loc is not None:
-                            raise
-                        raise ArchError(e.message, item.loc, f.source) from None
-                    for kind, name in definitions:
-                        table = self.blocks if kind == "block" else self.networks
-                        if name not in table.defined and name not in table.index:
-                            table.index[name] = lib
-
-    def _load_library(self, path: str):
-        loc, source = self._use_locs.get(path, (None, None))
-        f = parse_file(path, self.max_source_bytes, loc, source)
-        self.files[path] = f
-        for table in (self.blocks, self.networks):
-            for name in [n for n, p in table.index.items() if p == path]:
-                del table.index[name]
-        self._register(f)
-
-
-def _resolve_use(use: A.Use, from_file: str, source: str) -> List[str]:
-    rel = os.path.join(*use.path)
-    bases = []
-    if from_file and not from_file.startswith("<"):
-        bases.append(Path(from_file).resolve().parent)
-    bases += library_dirs()
-    found = [_library_in(base, rel) for base in bases]
-    for k, files in enumerate(found):
-        if files:
-            package = next((f for f in found[k + 1:] if f), None)
-            if k == 0 and len(bases) > len(library_dirs()) and package and package != files:
-                # a folder next to the user's file hides the package's library of that name: say so
-                warnings.warn(f"{use.loc.file}:{use.loc.line}: `use {'.'.join(use.path)}` found "
-                              f"{_where(files, rel)} next to the file, not the package's {_where(package, rel)}",
-                              stacklevel=2)
-            return files
-    raise ArchError(f"cannot find library '{'.'.join(use.path)}' (looked for {rel}.arch or {rel}/ next to the "
-                    f"file and in the package's archs/)", use.loc, source)
-
-
-def _library_in(base: Path, rel: str) -> List[str]:
-    """The .arch files a `use` of `rel` finds in `base` (one file, or every regular file of a folder: a folder,
-    FIFO or device named *.arch is skipped). A name the file system cannot hold finds nothing."""
-    try:
-        file = base / (rel + ".arch")
-        if file.is_file():
-            return [str(file.resolve())]
-        folder = base / rel
-        if folder.is_dir():
-            return sorted(str(p.resolve()) for p in folder.glob("*.arch") if p.is_file())
-    except (OSError, ValueError):
-        pass
-    return []
-
-
-def _where(files: List[str], rel: str) -> str:
-    """The file a `use` found, or its folder (with a final /)."""
-    return files[0] if len(files) == 1 and files[0].endswith(rel + ".arch") else str(Path(files[0]).parent) + "/"
-
-
-def load_program(source, file: Optional[str] = None, max_source_bytes: int = MAX_SOURCE_BYTES) -> Program:
-    """Parse `source` (a path or .arch text); the libraries it `use`s are parsed as their names are needed."""
-    if not isinstance(source, (str, os.PathLike)):
-        hint = " (decode bytes first)" if isinstance(source, (bytes, bytearray)) else ""
-        raise TypeError(f"source must be an .arch path or .arch text (str or os.PathLike), got "
-                        f"{type(source).__name__}{hint}")
-    if file is not None and not isinstance(file, str):
-        raise TypeError(f"file must be a str naming the text in messages, got {type(file).__name__}")
-    if isinstance(source, os.PathLike) or _looks_like_path(source):
-        path = os.fspath(source)
-        if not isinstance(path, str):
-            raise TypeError(f"source path must be text, got {type(path).__name__}")
-        if not os.path.lexists(path):
-            raise ArchError(f"no such .arch file: {path}")
-        main = parse_file(path, max_source_bytes)
-    else:
-        main = parse_text(source, file or "<text>", max_source_bytes)
-    return Program(main, max_source_bytes)
-
-
-def _looks_like_path(s: str) -> bool:
-    """A one-line string naming an existing file, or ending in .arch with no braces, is a path; else it is text."""
-    if "\n" in s or len(s) > 4096:
-        return False
-    try:
-        if os.path.isfile(s):
-            return True
-    except (OSError, ValueError):
-        return False
-    return "{" not in s and s.strip().endswith(".arch")
 
 
 # ------------------------------------------------------------------------------------------ elaboration
@@ -330,7 +64,7 @@ class Elaborator:
         self.n_iterations = 0
         self.activation_elements = 0
         self.budget = Budget(limits.max_steps)
-        self.symbols = set(program.blocks) | set(ir.ACTIVATIONS) | {"none", ir.SAME}
+        self.symbols = set(program.blocks) | set(LANGUAGE_ACTS) | {"none", ir.SAME}
         self.num_blocks = 0  # blocks in the network's stages (`num_blocks` in blocks)
         self.stage_blocks = 0  # stage blocks elaborated so far (the next one's `block_index`)
         self.path: List[str] = []  # the module path of the block being elaborated (s3.b2)
@@ -346,7 +80,7 @@ class Elaborator:
         return Evaluator(env, self.src, self.symbols, in_width, self.budget)
 
     # ---- networks
-    def network(self, name: Optional[str] = None, overrides: Optional[dict] = None) -> ir.Network:
+    def network(self, name: Optional[str] = None, overrides: Optional[dict] = None) -> ir.NetworkIR:
         prog = self.program
         if name is not None and not isinstance(name, str):
             raise TypeError(f"network must be a network's name (str) or None, got {type(name).__name__}")
@@ -409,7 +143,7 @@ class Elaborator:
 
         if (not isinstance(shape, tuple) or len(shape) not in (1, 3)
                 or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape)):
-            raise bad_param("input", f"must be a shape like 3x224x224 with sizes >= 1, got {_show(shape)}")
+            raise bad_param("input", f"must be a shape like 3x224x224 with sizes >= 1, got {show(shape)}")
         elements = 1
         for d in shape:
             elements *= d
@@ -419,7 +153,7 @@ class Elaborator:
         self.activation_elements = elements
         if "classes" in env and (not isinstance(env["classes"], int) or isinstance(env["classes"], bool)
                                  or env["classes"] < 1):
-            raise bad_param("classes", f"must be an integer >= 1, got {_show(env['classes'])}")
+            raise bad_param("classes", f"must be an integer >= 1, got {show(env['classes'])}")
         params = dict(env)
         self.num_blocks = self._count_stage_blocks(defn, dict(env), shape)
         parts: List[ir.Sequence] = []
@@ -430,7 +164,7 @@ class Elaborator:
             ctx = _Ctx(ev, ())
             self.path = [stmt.name] if isinstance(stmt, (A.Stage, A.Part)) else []
             if isinstance(stmt, A.Let):
-                _check_binding(stmt.name, stmt.loc, self.src(stmt.loc.file), "a `let`")
+                check_binding(stmt.name, stmt.loc, self.src(stmt.loc.file), "a `let`")
                 env[stmt.name] = ev.eval(stmt.value)
             elif isinstance(stmt, A.Stage):
                 self._check_part_name(stmt.name, used_names, stmt.loc)
@@ -454,7 +188,7 @@ class Elaborator:
                 shape = out
             else:  # pragma: no cover - the grammar allows nothing else
                 raise self.error("unexpected statement in a network", stmt.loc)
-        return ir.Network(defn.name if not alias_args else alias_args[0].name, params["input"], parts, params,
+        return ir.NetworkIR(defn.name if not alias_args else alias_args[0].name, params["input"], parts, params,
                           self.program.main.source, self.program.main.path)
 
     def _check_override(self, param: A.Param, env, raw):
@@ -465,9 +199,9 @@ class Elaborator:
         except ArchError:
             return  # a default that depends on what is not known here: nothing to compare with
         value = env[param.name]
-        if _value_kind(value) != _value_kind(default):
-            raise ArchError(f"override {param.name}={raw!r}: expected {_value_kind(default)} like the default "
-                            f"{_show(default)}, got {_value_kind(value)}")
+        if value_kind(value) != value_kind(default):
+            raise ArchError(f"override {param.name}={raw!r}: expected {value_kind(default)} like the default "
+                            f"{show(default)}, got {value_kind(value)}")
 
     def _count_stage_blocks(self, defn, env, shape) -> int:
         """The number of blocks the network's stages will have (`num_blocks`), counted before elaborating them.
@@ -500,7 +234,7 @@ class Elaborator:
         """The value of an `if` or `when` condition: true or false, nothing else (`if 8` is a mistake)."""
         value = ev.eval(expr)
         if not isinstance(value, bool):
-            raise self.error(f"a condition must be true or false, got {_show(value)} (compare it: like "
+            raise self.error(f"a condition must be true or false, got {show(value)} (compare it: like "
                              f"`x != 0` or `x > 0`)", expr.loc)
         return value
 
@@ -517,7 +251,7 @@ class Elaborator:
         for stmt in stmts:
             self.budget.spend(stmt.loc, self.src)
             if isinstance(stmt, A.Let):
-                _check_binding(stmt.name, stmt.loc, self.src(stmt.loc.file), "a `let`")
+                check_binding(stmt.name, stmt.loc, self.src(stmt.loc.file), "a `let`")
                 ctx.ev.env[stmt.name] = ctx.ev.eval(stmt.value)
             elif isinstance(stmt, A.If):
                 body = stmt.then if self.condition(stmt.cond, ctx.ev) else stmt.otherwise
@@ -551,7 +285,7 @@ class Elaborator:
             call = self.callee(call, ctx)
             if call is None:
                 continue
-            if (call.name in PRIMITIVES and PRIMITIVES[call.name][0] == "act" and call.name in FUSABLE_ACTS
+            if (call.name in PRIMITIVES and PRIMITIVES[call.name].op == "act" and call.name in acts_with("bn_act")
                     and nodes and isinstance(nodes[-1], ir.Layer) and nodes[-1].op == "bn"
                     and nodes[-1].attrs.get("act") is None):
                 if call.args:
@@ -629,83 +363,7 @@ class Elaborator:
         return bound, locs
 
     def check_kind(self, value, kind, key, what, loc):
-        def bad(expect):
-            return self.error(f"{what}: {key} must be {expect}, got {_show(value)}", loc)
-
-        def as_int(v):
-            if isinstance(v, bool) or not _is_number(v):
-                return None
-            if isinstance(v, float):
-                if not v.is_integer():
-                    return None
-                v = int(v)
-            return v
-
-        if kind in ("width", "pos"):
-            v = as_int(value)
-            if v is None:
-                raise bad("an integer")
-            if v < 1:
-                if kind == "width":
-                    raise self.error(f"{what}: width reaches {v}; {key} must be at least 1", loc)
-                raise bad("an integer >= 1")
-            return v
-        if kind == "nonneg":
-            v = as_int(value)
-            if v is None or v < 0:
-                raise bad("an integer >= 0")
-            return v
-        if kind == "convpad" and isinstance(value, (Symbol, str)):
-            if str(value) != ir.SAME:
-                raise bad("an integer >= 0, a pair of them, or same")
-            return ir.SAME
-        if kind in ("pair", "pad", "convpad"):
-            lo = 1 if kind == "pair" else 0
-            items = value if isinstance(value, tuple) else (value, value)
-            if len(items) != 2:
-                raise bad("an integer or a pair (a, b)")
-            out = []
-            for x in items:
-                v = as_int(x)
-                if v is None or v < lo:
-                    raise bad(f"an integer >= {lo} or a pair of them")
-                out.append(v)
-            return tuple(out)
-        if kind == "bool":
-            if isinstance(value, bool):
-                return value
-            if _is_number(value) and value in (0, 1):
-                return bool(value)
-            raise bad("true or false")
-        if kind == "prob":
-            if not _is_number(value) or not 0 <= value <= 1:
-                raise self.error(f"{what}: {key} must be between 0 and 1, got {_show(value)}", loc)
-            return float(value)
-        if kind == "posfloat":
-            if not _is_number(value) or value <= 0:
-                raise bad("a number > 0")
-            return value
-        if kind == "float":
-            if not _is_number(value):
-                raise bad("a number")
-            return value
-        if kind == "act":
-            name = str(value) if isinstance(value, (Symbol, str)) else None
-            if name not in ir.ACTIVATIONS and name != "none":
-                raise bad(f"an activation ({', '.join(ir.ACTIVATIONS)} or none)")
-            return None if name == "none" else name
-        if kind == "rounding":
-            name = str(value) if isinstance(value, (Symbol, str)) else None
-            if name not in ("pycls", "torchvision"):
-                raise bad('"pycls" or "torchvision"')
-            return name
-        if kind == "block":
-            name = str(value) if isinstance(value, (Symbol, str)) else None
-            if name not in self.program.blocks:
-                raise self.error(f"{what}: {key} must name a block, got {_show(value)}"
-                                 + (did_you_mean(name, self.program.blocks) if name else ""), loc)
-            return name
-        raise AssertionError(kind)  # pragma: no cover
+        return check_value(value, kind, key, what, loc, self.error, self.program.blocks)
 
     def bind_spec(self, call: A.Call, spec, ev, what):
         names = [n for n, _, _ in spec]
@@ -718,14 +376,14 @@ class Elaborator:
             elif default is REQUIRED:
                 raise self.error(f"{what} needs the argument '{key}'", call.loc)
             else:
-                attrs[key] = default if default is None else _normalized_default(default, kind)
+                attrs[key] = default if default is None else normalized_default(default, kind)
                 attr_locs[key] = call.loc
         return attrs, attr_locs
 
     # ---- primitives
     def primitive(self, call: A.Call, shape, namer: _Namer, ctx: _Ctx) -> ir.Layer:
-        op, spec = PRIMITIVES[call.name]
-        a, locs = self.bind_spec(call, spec, ctx.ev, call.name)
+        op = PRIMITIVES[call.name].op
+        a, locs = self.bind_spec(call, PRIMITIVES[call.name].args, ctx.ev, call.name)
         attrs: dict = {}
         if call.name in ("conv", "wsconv", "dwconv"):
             if len(shape) != 3:
@@ -774,7 +432,7 @@ class Elaborator:
         except ir.ShapeError as e:
             message = e.message if e.message.startswith(op) else f"{call.name}: {e.message}"
             raise self.error(message, locs.get(e.arg, call.loc) if e.arg else call.loc) from None
-        node = ir.Layer(namer.next(call.name if op == "act" else _BASE_NAMES[op]), op, attrs, shape, out_shape,
+        node = ir.Layer(namer.next(OPS[op].module_name or call.name), op, attrs, shape, out_shape,
                         params, flops, call.loc)
         self.account(node)
         return node
@@ -808,7 +466,7 @@ class Elaborator:
         try:
             return self._block(bdef, call, shape, name, ctx, extra, index, global_index)
         except ArchError as e:
-            if not _within(e.loc, call.loc):
+            if not within(e.loc, call.loc):
                 loc = call.name_loc
                 e.add_context(f"in block '{bdef.name}' (instance {'.'.join(self.path)}) instantiated at "
                               f"{loc.file}:{loc.line}:{loc.column}")
@@ -902,14 +560,14 @@ class Elaborator:
         for b, loc in zip(branches, branch_locs):
             if b.nested and b.name in direct:
                 raise self.error(f"branch name '{b.name}' clashes with a layer name in the block", loc)
-        return ir.Block(name, bdef.name, pre, branches, merge.kind, post, shape, out, call.loc)
+        return ir.BranchBlock(name, bdef.name, pre, branches, merge.kind, post, shape, out, call.loc)
 
     # ---- stages and generators
     def stage(self, name, count_expr, call: A.Call, stride_expr, shape, ctx: _Ctx, loc) -> ir.Sequence:
         call = self.callee(call, ctx) or call
         count = ctx.ev.eval(count_expr)
         if not isinstance(count, int) or isinstance(count, bool) or count < 1:
-            raise self.error(f"a stage needs an integer number of blocks >= 1, got {_show(count)}", count_expr.loc)
+            raise self.error(f"a stage needs an integer number of blocks >= 1, got {show(count)}", count_expr.loc)
         if count > self.limits.max_layers:
             raise self.error(f"stage of {count} blocks exceeds the layer limit", count_expr.loc)
         if call.name not in self.program.blocks:
@@ -946,7 +604,7 @@ class Elaborator:
         for key, ok, need in (("w0", a["w0"] > 0 and a["w0"] % 8 == 0, "a positive multiple of 8"),
                               ("wa", a["wa"] >= 0, ">= 0"), ("wm", a["wm"] > 1, "> 1")):
             if not ok:
-                raise self.error(f"regnet: {key} must be {need}, got {_show(a[key])}", locs[key])
+                raise self.error(f"regnet: {key} must be {need}, got {show(a[key])}", locs[key])
         if a["depth"] > self.limits.max_layers:
             raise self.error(f"regnet: depth {a['depth']} exceeds the layer limit", locs["depth"])
         try:
@@ -974,47 +632,6 @@ class Elaborator:
             out.append(seq)
             x = seq.out_shape
         return out
-
-
-@functools.lru_cache(maxsize=None)
-def _normalized_default(default, kind):
-    if kind in ("pair", "pad", "convpad"):
-        return default if isinstance(default, tuple) else (default, default)
-    return default
-
-
-def _check_binding(name: str, loc, source, what: str):
-    if name in KEYWORDS:
-        raise ArchError(f"'{name}' is a keyword and cannot name {what}", loc, source)
-
-
-def _value_kind(v) -> str:
-    if isinstance(v, bool):
-        return "true or false"
-    if _is_number(v):
-        return "a number"
-    if isinstance(v, tuple):
-        return "a shape or tuple"
-    return "a name"
-
-
-def _within(inner, outer) -> bool:
-    """Whether location `inner` lies in the text of location `outer`."""
-    if inner is None or outer is None or inner.file != outer.file:
-        return False
-    return (outer.line, outer.column) <= (inner.line, inner.column) < (outer.end_line, outer.end_column)
-
-
-def _show(v) -> str:
-    if isinstance(v, Symbol):
-        return v.name
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, tuple) and v and all(isinstance(d, int) and not isinstance(d, bool) for d in v):
-        return "x".join(str(d) for d in v)
-    if isinstance(v, str):
-        return repr(v)
-    return repr(v)
 
 
 _MAX_OVERRIDE_TEXT = 256
@@ -1059,8 +676,8 @@ def _checked_value(value, key):
 
 
 def elaborate(source, network: Optional[str] = None, *, file: Optional[str] = None, limits: Limits = Limits(),
-              **overrides) -> ir.Network:
-    """Parse and elaborate `source` (a path or text) into an ir.Network."""
+              **overrides) -> ir.NetworkIR:
+    """Parse and elaborate `source` (a path or text) into an ir.NetworkIR."""
     if not isinstance(limits, Limits):
         raise TypeError(f"limits must be a pycnn.dsl.elaborate.Limits, got {type(limits).__name__}")
     try:

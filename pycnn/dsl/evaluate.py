@@ -10,7 +10,6 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional
 
-from . import ast as A
 from .errors import ArchError, did_you_mean
 
 MAX_MAGNITUDE = 10 ** 15

@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass
 from typing import List
 
+from ..opspec import REQUIRED, arguments
 from .evaluate import make_divisible
 
 
@@ -26,7 +27,7 @@ def _round_half_even(x: float) -> int:
 
 def regnet_stages(w0: float, wa: float, wm: float, depth: int, group_width: int, bottleneck: float = 1.0,
                   quant: int = 8, rounding: str = "pycls") -> List[StageSpec]:
-    """Stage widths and depths of a RegNet (REFERENCES.md section 4).
+    """Stage widths and depths of a RegNet (docs/design.md section 8).
 
     `rounding` makes the bottleneck width a multiple of the group width: "pycls" rounds to the nearest
     multiple (half to even, as numpy), "torchvision" uses `_make_divisible` (half up, never below 90%); the two
@@ -61,3 +62,12 @@ def regnet_stages(w0: float, wa: float, wm: float, depth: int, group_width: int,
             v = max(g, _round_half_even(v / g) * g)
         out.append(StageSpec(int(v / bottleneck), d, g, bottleneck))
     return out
+
+
+# the generators a network part may call: their arguments, as a primitive's (pycnn.opspec.Arg)
+GENERATORS = {
+    "regnet": arguments(("w0", REQUIRED, "float"), ("wa", REQUIRED, "float"), ("wm", REQUIRED, "float"),
+                    ("depth", REQUIRED, "pos"), ("group_width", REQUIRED, "pos"), ("bottleneck", 1.0, "posfloat"),
+                    ("se", 0.0, "float"), ("block", REQUIRED, "block"), ("stride", 2, "pos"),
+                    ("rounding", "pycls", "rounding")),
+}

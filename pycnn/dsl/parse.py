@@ -9,7 +9,6 @@ import os
 import re
 import stat
 from pathlib import Path
-from typing import Optional
 
 import lark
 from lark import Lark, Token, Transformer, v_args

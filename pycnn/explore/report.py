@@ -75,7 +75,7 @@ class WidthFit:
 
 
 def quantized_widths(w0: float, wa: float, wm: float, depth: int, q: int = 8) -> np.ndarray:
-    """The RegNet rule (REFERENCES.md section 4): u_j = w0 + wa*j, s_j = round(log(u_j/w0)/log(wm)),
+    """The RegNet rule (docs/design.md section 8): u_j = w0 + wa*j, s_j = round(log(u_j/w0)/log(wm)),
     w_j = q * round(w0 * wm**s_j / q)."""
     u = w0 + wa * np.arange(depth)
     s = np.round(np.log(u / w0) / np.log(wm))

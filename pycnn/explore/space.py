@@ -176,7 +176,7 @@ class Sample:
     acts: int
 
 
-def complexity(network: ir.Network) -> Tuple[int, int, int]:
+def complexity(network: ir.NetworkIR) -> Tuple[int, int, int]:
     """(FLOPs, parameters, activations) of an IR network; activations = output elements of every conv (pycls)."""
     flops = params = acts = 0
     for _, layer in network.layers():
@@ -206,7 +206,7 @@ class Sampler:
         self.tries = self.rejected_constraint = self.rejected_arch = self.rejected_window = 0
         self.count = 0
 
-    def elaborate(self, overrides: dict) -> ir.Network:
+    def elaborate(self, overrides: dict) -> ir.NetworkIR:
         return self._elaborator().network(self.space.network, overrides)
 
     def __iter__(self):

@@ -4,7 +4,8 @@ from typing import Optional
 
 from torch import Tensor, nn
 
-from .. import fused, ops
+from .. import fused
+from ..opspec import check_kernel_act
 
 
 class BatchNormAct2d(nn.BatchNorm2d):
@@ -17,8 +18,7 @@ class BatchNormAct2d(nn.BatchNorm2d):
 
     def __init__(self, num_features: int, act: str = "relu", eps: float = 1e-5, momentum: Optional[float] = 0.1,
                  affine: bool = True, track_running_stats: bool = True, device=None, dtype=None):
-        if act not in ops.ACTIVATIONS:
-            raise ValueError(f"BatchNormAct2d: unknown activation {act!r}; expected one of {', '.join(ops.ACTIVATIONS)}")
+        check_kernel_act("BatchNormAct2d", "activation", act)
         super().__init__(num_features, eps=eps, momentum=momentum, affine=affine,
                          track_running_stats=track_running_stats, device=device, dtype=dtype)
         self.act = act

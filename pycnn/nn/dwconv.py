@@ -5,6 +5,7 @@ from typing import Optional, Union
 from torch import Tensor, nn
 
 from .. import fused, ops
+from ..opspec import DWCONV_MAX_KERNEL, check_kernel_act, dwconv_kernel_ok
 from .batchnorm_act import BatchNormAct2d
 
 
@@ -26,11 +27,10 @@ class DepthwiseConvBNAct2d(nn.Module):
                  dilation: int = 1, act: str = "relu", bias: bool = False, bn: bool = True, eps: float = 1e-5,
                  momentum: Optional[float] = 0.1, device=None, dtype=None):
         super().__init__()
-        if act not in ops.ACTIVATIONS:
-            raise ValueError(f"DepthwiseConvBNAct2d: unknown activation {act!r}; "
-                             f"expected one of {', '.join(ops.ACTIVATIONS)}")
-        if not (isinstance(kernel_size, int) and kernel_size % 2 == 1 and 1 <= kernel_size <= 7):
-            raise ValueError(f"DepthwiseConvBNAct2d: kernel_size must be odd and at most 7, got {kernel_size!r}")
+        check_kernel_act("DepthwiseConvBNAct2d", "activation", act)
+        if not dwconv_kernel_ok(kernel_size):
+            raise ValueError(f"DepthwiseConvBNAct2d: kernel_size must be odd and at most {DWCONV_MAX_KERNEL}, got "
+                             f"{kernel_size!r}")
         if padding == "same":
             padding = dilation * (kernel_size - 1) // 2
         elif not isinstance(padding, int):

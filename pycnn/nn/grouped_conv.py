@@ -6,7 +6,8 @@ from typing import Optional
 
 from torch import Tensor, nn
 
-from .. import fused, ops
+from .. import fused
+from ..opspec import GCONV_KERNELS, check_kernel_act
 from .batchnorm_act import BatchNormAct2d
 
 
@@ -31,9 +32,7 @@ class GroupedConvBNAct2d(nn.Module):
                  groups: Optional[int] = None, group_width: Optional[int] = None, act: str = "relu",
                  bias: bool = False, eps: float = 1e-5, momentum: Optional[float] = 0.1, device=None, dtype=None):
         super().__init__()
-        if act not in ops.ACTIVATIONS:
-            raise ValueError(f"GroupedConvBNAct2d: unknown activation {act!r}; expected one of "
-                             f"{', '.join(ops.ACTIVATIONS)}")
+        check_kernel_act("GroupedConvBNAct2d", "activation", act)
         if groups is not None and group_width is not None:
             if in_channels != groups * group_width:
                 raise ValueError(f"GroupedConvBNAct2d: groups ({groups}) * group_width ({group_width}) must equal "
@@ -46,8 +45,9 @@ class GroupedConvBNAct2d(nn.Module):
         elif groups is None:
             groups = 1
         k = _pair(kernel_size)
-        if k[0] != k[1] or k[0] not in (1, 3):
-            raise ValueError(f"GroupedConvBNAct2d: kernel_size must be 1 or 3, got {kernel_size!r}")
+        if k[0] != k[1] or k[0] not in GCONV_KERNELS:
+            raise ValueError(f"GroupedConvBNAct2d: kernel_size must be {' or '.join(map(str, GCONV_KERNELS))}, got "
+                             f"{kernel_size!r}")
         if padding is None:
             padding = k[0] // 2
         # nn.Conv2d checks groups against in_channels and out_channels.

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Optional
 
-import torch
 from torch import Tensor, nn
 
-from .. import ops
+from .. import fused
+from ..opspec import check_kernel_act
 
 
 class SqueezeExcite(nn.Module):
@@ -26,8 +26,7 @@ class SqueezeExcite(nn.Module):
                  device=None, dtype=None):
         super().__init__()
         for name, value in (("act", act), ("post_act", post_act)):
-            if value not in ops.ACTIVATIONS:
-                raise ValueError(f"SqueezeExcite: unknown {name} {value!r}; expected one of {', '.join(ops.ACTIVATIONS)}")
+            check_kernel_act("SqueezeExcite", name, value)
         if channels < 1 or reduced_channels < 1:
             raise ValueError(f"SqueezeExcite: channels and reduced_channels must be >= 1, got {channels}, {reduced_channels}")
         self.channels, self.reduced_channels = channels, reduced_channels
@@ -38,8 +37,7 @@ class SqueezeExcite(nn.Module):
     def forward(self, input: Tensor, residual: Optional[Tensor] = None) -> Tensor:
         if input.dim() != 4:
             raise ValueError(f"SqueezeExcite: expected 4D input (N, C, H, W), got {input.dim()}D")
-        return ops.se(input, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias,
-                      act=self.act, post_act=self.post_act, residual=residual)
+        return fused.squeeze_excite(self, input, self.act, self.post_act, residual)  # autocast as the others
 
     def extra_repr(self) -> str:
         return (f"{self.channels}, {self.reduced_channels}, act={self.act}"

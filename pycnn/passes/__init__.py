@@ -21,7 +21,7 @@ from .residual import fuse_residual
 from .single import fuse_bn_act, fuse_se
 from .walk import fused_nodes
 
-PASSES: Dict[str, Callable[[ir.Network], None]] = {
+PASSES: Dict[str, Callable[[ir.NetworkIR], None]] = {
     "conv_bn_act": fuse_conv_bn_act,
     "bn_act": fuse_bn_act,
     "se": fuse_se,
@@ -29,7 +29,7 @@ PASSES: Dict[str, Callable[[ir.Network], None]] = {
 }
 
 
-def run(network: ir.Network, disable: Iterable[str] = ()) -> ir.Network:
+def run(network: ir.NetworkIR, disable: Iterable[str] = ()) -> ir.NetworkIR:
     """A copy of `network` with every pass applied in order, except those named in `disable`."""
     disable = set(disable)
     unknown = disable - set(PASSES)

@@ -5,18 +5,19 @@ from __future__ import annotations
 from typing import List
 
 from .. import ir
+from ..opspec import DWCONV_DILATIONS, DWCONV_STRIDES, GCONV_KERNELS, GCONV_MAX_GROUP_WIDTH, dwconv_kernel_ok
 from .walk import rewrite_lists
-
-MAX_GROUP_WIDTH = 256  # pycnn.gconv's tuned range; wider groups are dense convolutions in all but name
 
 
 def conv_kind(conv: ir.Layer) -> str:
     a = conv.attrs
     (kh, kw), (sh, sw), (dh, dw) = a["k"], a["s"], a["d"]
     cin, cout, groups = conv.in_shape[0], a["out"], a["groups"]
-    if groups == cin == cout and kh == kw and kh % 2 == 1 and kh <= 7 and {sh, sw} <= {1, 2} and {dh, dw} <= {1, 2}:
+    if (groups == cin == cout and kh == kw and dwconv_kernel_ok(kh) and {sh, sw} <= set(DWCONV_STRIDES)
+            and {dh, dw} <= set(DWCONV_DILATIONS)):
         return "depthwise"
-    if 1 < groups and kh == kw and kh in (1, 3) and (dh, dw) == (1, 1) and cin // groups <= MAX_GROUP_WIDTH:
+    if (1 < groups and kh == kw and kh in GCONV_KERNELS and (dh, dw) == (1, 1)
+            and cin // groups <= GCONV_MAX_GROUP_WIDTH):
         return "grouped"
     return "dense"
 
@@ -34,5 +35,5 @@ def _fuse(children: List[object]) -> List[object]:
     return out
 
 
-def fuse_conv_bn_act(network: ir.Network) -> None:
+def fuse_conv_bn_act(network: ir.NetworkIR) -> None:
     rewrite_lists(network, _fuse)

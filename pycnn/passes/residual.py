@@ -1,15 +1,15 @@
-"""Residual epilogues: in a block `main + shortcut`, merged by add and followed by nothing or a
-relu/relu6/silu, the main branch's last fused op (conv_bn_act or bn_act without its own activation, or se)
-adds the shortcut and applies that activation: act(op(x) + shortcut) in one kernel."""
+"""Residual epilogues: in a block `main + shortcut`, merged by add and followed by nothing or an activation
+the registry marks `residual` (pycnn.opspec: relu, relu6, silu), the main branch's last fused op (conv_bn_act or
+bn_act without its own activation, or se) adds the shortcut and applies that activation: act(op(x) + shortcut) in
+one kernel."""
 from __future__ import annotations
 
 from .. import ir
+from ..opspec import acts_with
 from .walk import blocks
 
-POST_ACTS = ("relu", "relu6", "silu")
 
-
-def fuse_residual(network: ir.Network) -> None:
+def fuse_residual(network: ir.NetworkIR) -> None:
     for block in blocks(network):
         if block.merge != "add" or len(block.branches) != 2:
             continue
@@ -25,7 +25,7 @@ def fuse_residual(network: ir.Network) -> None:
         act = None
         if block.post:
             first = block.post[0]
-            if not (isinstance(first, ir.Layer) and first.op == "act" and first.attrs["kind"] in POST_ACTS):
+            if not (isinstance(first, ir.Layer) and first.op == "act" and first.attrs["kind"] in acts_with("residual")):
                 continue
             act = first.attrs["kind"]
         last.attrs.update({"residual": True, own_act: act})

@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 from .. import ir
+from ..opspec import acts_with
 from .walk import rewrite_lists
-
-SE_ACTS = ("relu", "relu6", "silu", "hardswish")  # the acts pycnn.se runs after its first FC
 
 
 def _wrap(op: str, kind: str, accept=lambda layer: True, attrs=lambda layer: {}):
@@ -14,10 +13,11 @@ def _wrap(op: str, kind: str, accept=lambda layer: True, attrs=lambda layer: {})
     return fn
 
 
-def fuse_bn_act(network: ir.Network) -> None:
+def fuse_bn_act(network: ir.NetworkIR) -> None:
     rewrite_lists(network, _wrap("bn", "bn_act", attrs=lambda n: {"act": n.attrs.get("act")}))
 
 
-def fuse_se(network: ir.Network) -> None:
-    rewrite_lists(network, _wrap("se", "se", accept=lambda n: n.attrs["gate"] == "sigmoid" and n.attrs["act"] in SE_ACTS,
+def fuse_se(network: ir.NetworkIR) -> None:
+    rewrite_lists(network, _wrap("se", "se", accept=lambda n: n.attrs["gate"] in acts_with("se_gate")
+                                 and n.attrs["act"] in acts_with("se_hidden"),
                                  attrs=lambda n: {"act": n.attrs["act"], "post_act": None}))

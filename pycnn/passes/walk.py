@@ -6,14 +6,14 @@ from typing import Callable, List
 from .. import ir
 
 
-def rewrite_lists(network: ir.Network, fn: Callable[[List[object]], List[object]]) -> None:
+def rewrite_lists(network: ir.NetworkIR, fn: Callable[[List[object]], List[object]]) -> None:
     """Replace every child list (sequences, block pre/branches/post) by fn(list), innermost first."""
     def visit(node):
         if isinstance(node, ir.Sequence):
             for child in node.children:
                 visit(child)
             node.children = fn(node.children)
-        elif isinstance(node, ir.Block):
+        elif isinstance(node, ir.BranchBlock):
             for group in [node.pre, node.post] + [b.children for b in node.branches]:
                 for child in group:
                     visit(child)
@@ -24,18 +24,18 @@ def rewrite_lists(network: ir.Network, fn: Callable[[List[object]], List[object]
         visit(part)
 
 
-def blocks(network: ir.Network):
+def blocks(network: ir.NetworkIR):
     """Every Block of the network."""
-    return [node for _, node in network.nodes() if isinstance(node, ir.Block)]
+    return [node for _, node in network.nodes() if isinstance(node, ir.BranchBlock)]
 
 
-def fused_nodes(network: ir.Network):
+def fused_nodes(network: ir.NetworkIR):
     """Every Fused node of a network (after passes), in network order."""
     out = []
     for _, node in network.nodes():
         if isinstance(node, ir.Sequence):
             lists = [node.children]
-        elif isinstance(node, ir.Block):
+        elif isinstance(node, ir.BranchBlock):
             lists = [node.pre] + [b.children for b in node.branches] + [node.post]
         else:
             continue

@@ -98,7 +98,7 @@ def _units(model, layer_names: List[str]) -> List[List[List[str]]]:
         elif isinstance(node, ir.Sequence):
             for child in node.children:
                 walk(child, f"{name}.{child.name}")
-        elif isinstance(node, ir.Block):
+        elif isinstance(node, ir.BranchBlock):
             for child in node.pre:
                 walk(child, f"{name}.{child.name}")
             groups = []
@@ -203,7 +203,7 @@ def transfer_state_dict(source, target, *, source_name="source", target_name="ta
 
 def _is_pycnn(obj) -> bool:
     from .. import ir
-    return isinstance(obj, nn.Module) and isinstance(getattr(obj, "ir", None), ir.Network)
+    return isinstance(obj, nn.Module) and isinstance(getattr(obj, "ir", None), ir.NetworkIR)
 
 
 def _load(model: nn.Module, sd) -> nn.Module:

@@ -24,8 +24,7 @@ def _included_sources() -> set[str]:
 
 def test_every_cuda_kernel_was_launched_in_emulation(emu_module, emu_suite_complete):
     kernels = emu_build.global_kernels()
-    if not kernels:
-        return  # no CUDA kernel sources yet: nothing to cover
+    assert kernels, "found no __global__ kernel in csrc/cuda: the discovery is broken"
     if emu_suite_complete is not None:
         pytest.skip(f"coverage is judged only when the whole emulation suite runs ({emu_suite_complete})")
     launched = emu_module.launched()

@@ -5,10 +5,10 @@ Skipped where the emulation harness is not present."""
 import pytest
 import torch
 import torch.nn.functional as F
+from kernel_checks import REFERENCE_ACT
 
 pytest.importorskip("emu_build", reason="the emulation harness (tests/emu/conftest.py) is not in this checkout")
 
-REFERENCE_ACT = {"none": lambda z: z, "relu": F.relu, "relu6": F.relu6, "silu": F.silu, "hardswish": F.hardswish}
 SIMT, TENSOR_CORES = 1, 2
 
 

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from emu_util import Guarded
+from kernel_checks import REFERENCE_ACT
 
-REFERENCE_ACT = {"none": lambda z: z, "relu": F.relu, "relu6": F.relu6, "silu": F.silu, "hardswish": F.hardswish}
 ACC = {torch.float32: torch.float32, torch.float64: torch.float64, torch.float16: torch.float32,
        torch.bfloat16: torch.float32}
 # Outputs in the element type are computed in the accumulation type from the same (rounded) inputs as the

@@ -35,5 +35,10 @@ def test_ulp_diff(dtype):
 def test_gpu_cases_import():
     import gpu_cases
 
-    assert isinstance(gpu_cases.CASES, list)
     assert Path(gpu_cases.__file__).parent == emu_build.EMU_TESTS
+    names = [case.name for case in gpu_cases.CASES]
+    assert names, "tools/emu_vs_gpu.py has no case to compare"
+    assert len(set(names)) == len(names), "two GPU cases share a name"
+    bindings = {p.stem[len("bind_"):] for p in emu_build.EMU_TESTS.glob("bind_*.cpp")}
+    for case in gpu_cases.CASES:  # each case runs an op that has an emulation binding
+        assert callable(case.fn) and any(case.name.startswith(op + "_") for op in bindings), case.name

@@ -13,7 +13,6 @@ import torch
 @dataclass
 class Timing:
     median_s: float
-    spread_s: float  # interquartile range
     repeats: int
     min_s: float = 0.0  # best run: robust to preemption on a shared, loaded machine
 
@@ -33,7 +32,7 @@ def _time_once(fn: Callable[[], object], device: torch.device) -> float:
 
 def compare(candidates: Dict[str, Callable[[], object]], device: torch.device, repeats: int = 20,
             warmup: int = 3, min_time_s: float = 0.0) -> Dict[str, Timing]:
-    """Times every candidate, interleaved round by round; returns medians and spreads."""
+    """Times every candidate, interleaved round by round; returns medians and best runs."""
     for fn in candidates.values():
         for _ in range(warmup):
             fn()
@@ -47,8 +46,7 @@ def compare(candidates: Dict[str, Callable[[], object]], device: torch.device, r
         rounds += 1
     out = {}
     for name, s in samples.items():
-        q = statistics.quantiles(s, n=4) if len(s) >= 4 else [min(s), 0, max(s)]
-        out[name] = Timing(statistics.median(s), q[2] - q[0], len(s), min(s))
+        out[name] = Timing(statistics.median(s), len(s), min(s))
     return out
 
 

@@ -1,6 +1,6 @@
 """Parse and elaboration speed of every network in archs/, and what building RegNetX-32GF costs.
 
-    python -m pycnn.dsl.bench [--repeat 20] [--no-build]
+    python -m pycnn.bench.language [--repeat 20] [--no-build]
 
 Parsing is measured without the per-file syntax-tree cache (the Lark parser itself is built once and cached,
 as in normal use); times are medians over the repeats, as wall-clock and as process CPU time (on a shared
@@ -14,8 +14,8 @@ import os
 import statistics
 import time
 
-from . import parse as parse_module
-from .elaborate import Elaborator, library_dirs, load_program
+from ..dsl import parse as parse_module
+from ..dsl.elaborate import Elaborator, library_dirs, load_program
 
 
 def _median_ms(fn, repeat, clock=time.perf_counter):
@@ -51,11 +51,12 @@ def bench_parse(arch_dir: str, repeat: int):
 
 def bench_build(repeat: int = 1):
     import torch
-    import pycnn
+
+    from ..build import parse
     from ..lower import lower
     path = os.path.join(str(library_dirs()[1]), "regnetx32.arch")
-    net = pycnn.parse(path, "regnetx_32gf")
-    elab_ms = _median_ms(lambda: pycnn.parse(path, "regnetx_32gf"), max(repeat, 3))
+    net = parse(path, "regnetx_32gf")
+    elab_ms = _median_ms(lambda: parse(path, "regnetx_32gf"), max(repeat, 3))
 
     def on_meta():
         with torch.device("meta"):

@@ -1,0 +1,22 @@
+"""What the kernel tests share: the reference activations (PyTorch's, for every activation pycnn's kernels run),
+the input layouts of the parity grids and the half-precision error rule (docs/design.md, testing)."""
+import itertools
+
+from pycnn.fused import ACT_FNS
+from pycnn.opspec import KERNEL_ACTS
+
+REFERENCE_ACT = {"none": lambda z: z, **{name: ACT_FNS[name] for name in KERNEL_ACTS if name != "none"}}
+LAYOUTS = ["nchw", "channels_last", "strided"]  # contiguous, NHWC and a non-contiguous view
+
+
+def grid(*axes):
+    """Every combination of the axes' values (a parity grid for pytest.mark.parametrize)."""
+    return list(itertools.product(*axes))
+
+
+def assert_half_precision_rule(names, mine, theirs, floor):
+    """The flash-attention rule: in float16/bfloat16 each of our errors against a float32 (or float64) reference
+    is at most twice PyTorch's own half-precision error on the same inputs, plus `floor` for values near 0."""
+    assert len(names) == len(mine) == len(theirs), (names, len(mine), len(theirs))
+    for name, e_mine, e_theirs in zip(names, mine, theirs):
+        assert e_mine <= 2 * e_theirs + floor, f"{name}: error {e_mine:.3g} vs PyTorch's {e_theirs:.3g}"
