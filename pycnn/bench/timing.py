@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional
 
 import torch
 
@@ -32,8 +32,10 @@ def _time_once(fn: Callable[[], object], device: torch.device) -> float:
 
 
 def compare(candidates: Dict[str, Callable[[], object]], device: torch.device, repeats: int = 20,
-            warmup: int = 3, min_time_s: float = 0.0) -> Dict[str, Timing]:
-    """Times every candidate, interleaved round by round; returns medians and spreads."""
+            warmup: int = 3, min_time_s: float = 0.0,
+            on_round: Optional[Callable[[], object]] = None) -> Dict[str, Timing]:
+    """Times every candidate, interleaved round by round; returns medians and spreads. `on_round` is called
+    after each round (progress)."""
     for fn in candidates.values():
         for _ in range(warmup):
             fn()
@@ -45,6 +47,8 @@ def compare(candidates: Dict[str, Callable[[], object]], device: torch.device, r
         for name, fn in candidates.items():
             samples[name].append(_time_once(fn, device))
         rounds += 1
+        if on_round:
+            on_round()
     out = {}
     for name, s in samples.items():
         q = statistics.quantiles(s, n=4) if len(s) >= 4 else [min(s), 0, max(s)]
