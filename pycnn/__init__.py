@@ -58,7 +58,7 @@ def build_info() -> dict:
 
 _LAZY = {"weights": ".weights", "export": ".export"}  # submodules loaded on first use (they import more)
 _LAZY_FUNCTIONS = {"save": ".checkpoint", "load": ".checkpoint", "list_models": ".zoo", "create_model": ".zoo",
-                   "export_onnx": ".export", "export_aoti": ".export"}
+                   "export_onnx": ".export", "export_aoti": ".export", "runner": ".deploy"}
 
 
 def __getattr__(name):
@@ -72,4 +72,4 @@ def __getattr__(name):
 
 
 __all__ = ["compile", "parse", "summary", "ArchError", "build_info", "weights", "save", "load", "list_models",
-           "create_model", "export_onnx", "export_aoti", "reparameterize", "train"]
+           "create_model", "export_onnx", "export_aoti", "reparameterize", "train", "runner"]

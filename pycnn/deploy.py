@@ -133,10 +133,10 @@ def fastest_layout(model: nn.Module, x: torch.Tensor, rounds: int = 3) -> str:
     return best
 
 
-def _example(model, batch: int) -> torch.Tensor:
-    shape = tuple(model.ir.input_shape) if hasattr(model, "ir") else None
-    if shape is None:
-        raise ValueError("layout='auto' needs a pycnn model (model.ir.input_shape) or an explicit layout")
+def _example(model, batch: int, input_shape=None) -> torch.Tensor:
+    shape = tuple(input_shape or (model.ir.input_shape if hasattr(model, "ir") else ()))
+    if not shape:
+        raise ValueError("layout='auto' needs a pycnn model (model.ir.input_shape), input_shape= or a layout")
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     return torch.randn((batch,) + shape, generator=torch.Generator().manual_seed(0)).to(device)
@@ -232,14 +232,15 @@ def _openvino(path: str, threads: Optional[int], batch: Optional[int], precision
 
 def runner(model, engine: str = "torch", *, threads: Optional[int] = None, batch: Optional[int] = None,
            layout: str = "auto", precision: str = "f32", onnx_path: Optional[str] = None,
-           copy_model: bool = True) -> Runner:
+           input_shape: Optional[Sequence[int]] = None, copy_model: bool = True) -> Runner:
     """A callable running `model` (a compiled pycnn network; for "torch"/"compile" any nn.Module, for the ONNX
     engines also an .onnx path) on `engine`, in eval mode without autograd: tensors in, tensors out.
 
     threads: the engine's threads (torch: torch.set_num_threads, process-wide); batch: the batch size it is
     planned for (OpenVINO compiles for it; "auto" layout measures with it; default 1 / any); layout for the
     torch engines: "auto" (the faster of NCHW and channels_last, measured eagerly), "nchw" or "channels_last";
-    precision: OpenVINO's "f32" (default) or "bf16"; onnx_path: where the ONNX export is written or reused.
+    precision: OpenVINO's "f32" (default) or "bf16"; onnx_path: where the ONNX export is written or reused;
+    input_shape (C, H, W) of the "auto" layout's measurement for a model that is not pycnn's.
     Raises EngineNotInstalled (one line with the pip command) or EngineError (naming the layer)."""
     if engine not in ENGINES:
         from .dsl.errors import did_you_mean
@@ -261,7 +262,7 @@ def runner(model, engine: str = "torch", *, threads: Optional[int] = None, batch
     _set_threads(threads)
     model = (copy.deepcopy(model) if copy_model else model).eval()
     if layout == "auto":
-        layout = fastest_layout(model, _example(model, batch or 1))
+        layout = fastest_layout(model, _example(model, batch or 1, input_shape))
     model.to(memory_format=LAYOUTS[layout])
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
@@ -321,7 +322,7 @@ def variant_runner(variant: str, model, batch: int, threads: Optional[int], *, b
     subject = model if which == "pycnn" else (baseline if baseline is not None else baseline_model(model)[0])
     if engine in ("onnxruntime", "openvino"):
         return runner(model, engine, threads=threads, batch=batch, onnx_path=onnx_path, precision=precision)
-    return runner(subject, engine, threads=threads, batch=batch, layout=layout)
+    return runner(subject, engine, threads=threads, batch=batch, layout=layout, input_shape=model.ir.input_shape)
 
 
 def machine_id() -> str:
