@@ -150,7 +150,9 @@ def test_canonical_text_is_the_network_not_its_spelling():
     a = pycnn.parse(TINY)
     b = pycnn.parse(TINY.replace("stem =", "# a comment\n    stem  ="))
     c = pycnn.parse(TINY, classes=6)
+    d = pycnn.parse(TINY.replace("k=3, se_ratio", "k=5, se_ratio"))  # same shapes, another depthwise kernel
     assert canonical_text(a) == canonical_text(b) != canonical_text(c)
+    assert canonical_text(d) != canonical_text(a)
     assert "stem" in canonical_text(a) and "3x16x16" in canonical_text(a)
 
 
