@@ -435,7 +435,7 @@ def measure_latencies(models: Sequence[Tuple[str, Callable[[], nn.Module]]], var
         if not runners:
             continue
         t = compare({text: (lambda r=r, x=x: r(x)) for text, (r, x, _, _) in runners.items()}, torch.device("cpu"),
-                    repeats=repeats, warmup=2)
+                    repeats=repeats, warmup=2, warm_each=True)
         for text, (run, x, key, err) in runners.items():
             entry = {"ms": t[text].median_s * 1e3, "min_ms": t[text].min_s * 1e3, "variant": variant,
                      "batch": batch, "threads": threads, "layout": run.layout, "parity": err,

@@ -116,7 +116,7 @@ def bench_engines(model: nn.Module, variants: Sequence[str], batches: Sequence[i
                   *, bf16: bool = False, baseline: Optional[tuple] = None, workdir: Optional[str] = None,
                   log=print, advance=lambda *_: None) -> List[Dict[str, object]]:
     """One row per (variant, batch) of pycnn.deploy.VARIANTS on the CPU, eval, all timed interleaved in one run
-    (round-robin repeats, medians). Torch-based variants run in their faster layout (eager ones measured in
+    (round-robin repeats, each timed call right after an untimed one of the same row, medians). Torch-based variants run in their faster layout (eager ones measured in
     both during the warm-up; compiled ones in the layout their eager model won, the row says so). Each
     variant's output is checked against the reference backend on the same input first: relative error
     <= pycnn.deploy.PARITY_TOLERANCE (bf16: BF16_TOLERANCE), else the row says so and is not timed. An engine
@@ -192,7 +192,7 @@ def bench_engines(model: nn.Module, variants: Sequence[str], batches: Sequence[i
             advance()
     if runs:
         t = compare({key: (lambda r=r, x=x: r(x)) for key, (r, x) in runs.items()}, torch.device("cpu"),
-                    repeats=repeats, warmup=2, on_round=lambda: advance())
+                    repeats=repeats, warmup=2, on_round=lambda: advance(), warm_each=True)
         for key, timing in t.items():
             rows[key].update(ms=timing.median_s * 1e3, images_per_s=key[1] / timing.median_s)
     for batch in batches:

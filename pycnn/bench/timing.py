@@ -33,9 +33,11 @@ def _time_once(fn: Callable[[], object], device: torch.device) -> float:
 
 def compare(candidates: Dict[str, Callable[[], object]], device: torch.device, repeats: int = 20,
             warmup: int = 3, min_time_s: float = 0.0,
-            on_round: Optional[Callable[[], object]] = None) -> Dict[str, Timing]:
+            on_round: Optional[Callable[[], object]] = None, warm_each: bool = False) -> Dict[str, Timing]:
     """Times every candidate, interleaved round by round; returns medians and spreads. `on_round` is called
-    after each round (progress)."""
+    after each round (progress). warm_each: an untimed call right before each timed one, so that a candidate
+    with its own thread pool (ONNX Runtime, OpenVINO) is timed with its threads awake rather than charged for
+    waking them after another candidate ran (milliseconds on a loaded machine)."""
     for fn in candidates.values():
         for _ in range(warmup):
             fn()
@@ -45,6 +47,8 @@ def compare(candidates: Dict[str, Callable[[], object]], device: torch.device, r
     rounds, started = 0, time.perf_counter()
     while rounds < repeats or time.perf_counter() - started < min_time_s:
         for name, fn in candidates.items():
+            if warm_each:
+                fn()
             samples[name].append(_time_once(fn, device))
         rounds += 1
         if on_round:
