@@ -5,6 +5,10 @@ run (DESIGN.md 7).
 
 Memory: on CUDA the peak allocated during one step; everywhere (training) the bytes autograd keeps for
 backward (distinct storages seen by saved_tensors_hooks), the activation memory of a training step.
+
+bench_engines (pycnn bench model --engines): the network on every deployment engine of pycnn.deploy (torch and
+torch.compile of the baseline a user would pick, pycnn eager and compiled, ONNX Runtime, OpenVINO), parity
+checked, timed interleaved at batch 1 and the given batch; docs/deploy.md.
 """
 
 from __future__ import annotations
