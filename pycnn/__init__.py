@@ -45,7 +45,7 @@ _LAZY = {"weights": ".weights", "export": ".export"}  # submodules loaded on fir
 _TORCH_SUBMODULES = ("ops", "nn", "fused", "lower", "dispatch", "features", "reparam", "checkpoint", "decompositions",
                      "timing", "zoo", "bench", "training", "explore")  # `pycnn.ops` & co. without importing them
 _LAZY_FUNCTIONS = {"save": ".checkpoint", "load": ".checkpoint", "list_models": ".zoo", "create_model": ".zoo",
-                   "export_onnx": ".export", "export_aoti": ".export"}
+                   "export_onnx": ".export", "export_aoti": ".export", "runner": ".deploy"}
 
 
 def __getattr__(name):
@@ -61,4 +61,4 @@ def __getattr__(name):
 
 
 __all__ = ["compile", "parse", "summary", "ArchError", "build_info", "weights", "save", "load", "list_models",
-           "create_model", "export_onnx", "export_aoti", "reparameterize", "train"]
+           "create_model", "export_onnx", "export_aoti", "reparameterize", "train", "runner"]

@@ -5,6 +5,7 @@
     pycnn bench ops [--op dwconv|gconv|se|bn_act|all] [--arch FILE.arch[:NETWORK] ...] [--network NAME ...]
                     [--device ...] [--batch N ...] [--repeats N] [--threads N] [--compile] [--quick] [--out DIR]
     pycnn bench model FILE.arch [--batch 64] [--dtype fp16] [--channels-last] [--train] [--compile] [--out DIR]
+    pycnn bench model FILE.arch --engines [torch,compile,pycnn,pycnn-compile,onnxruntime,openvino] [--threads N]
     pycnn export FILE.arch|NAME|CKPT.safetensors [--network NAME] (--onnx OUT.onnx | --aoti OUT.pt2)
     pycnn train FILE.arch [--network N] [--data digits] [--input CxHxW] [--out RUN_DIR] [--resume RUN_DIR] [recipe]
     pycnn eval RUN_DIR|CHECKPOINT [--data SPEC]
@@ -204,6 +205,95 @@ def pycnn_errors():
     return (pycnn.ArchError, OSError)
 
 
+def _engine_list(text: str) -> List[str]:
+    """--engines: comma-separated variants of pycnn.deploy.VARIANTS, or all (every installed one)."""
+    from .deploy import VARIANTS
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if names == ["all"]:
+        return names
+    for n in names:
+        if n not in VARIANTS:
+            from .dsl.errors import did_you_mean
+            raise argparse.ArgumentTypeError(f"unknown engine {n[:40]!r}{did_you_mean(n, VARIANTS)} "
+                                             f"(choose from all, {', '.join(VARIANTS)})")
+    if not names:
+        raise argparse.ArgumentTypeError("expected engines like torch,pycnn,onnxruntime")
+    return list(dict.fromkeys(names))
+
+
+def cmd_bench_engines(args) -> int:
+    """pycnn bench model --engines: every engine at batch 1 and --batch, interleaved in one run."""
+    import torch
+
+    import pycnn
+    from . import deploy
+    from .bench import report
+    from .bench.model import ENGINE_COLUMNS, bench_engines, write_engine_results
+    if args.train:
+        return _fail("--engines measures inference; drop --train (training speed: without --engines)")
+    if args.device is not None and args.device.type != "cpu":
+        return _fail("--engines runs on the CPU (ONNX Runtime and OpenVINO CPU engines); drop --device")
+    if args.dtype not in ("fp32", "float32", "bf16", "bfloat16"):
+        return _fail("--engines: --dtype is fp32, or bf16 (adds OpenVINO's bf16 row)")
+    if (error := _kernel_mode_error(args)):
+        return _fail(error)
+    threads = args.threads or torch.get_num_threads()
+    variants = args.engines
+    if variants == ["all"]:  # every installed engine; the others get their one line
+        variants = list(deploy.VARIANTS)
+        for v in [v for v in variants if not deploy.installed(deploy.VARIANTS[v][1])]:
+            print(deploy.install_hint(deploy.VARIANTS[v][1]), file=sys.stderr)
+            variants.remove(v)
+    batches = sorted({1, args.batch})
+    bf16 = DTYPES[args.dtype] == "bfloat16"
+    rows: List[dict] = []
+    baseline = None
+    for path in args.files:
+        try:
+            model = pycnn.compile(path, args.network, kernels=args.kernels, **_overrides(args)).eval()
+        except pycnn.ArchError as e:
+            print(e, file=sys.stderr)
+            return 1
+        if args.torchvision:
+            from .bench.model import torchvision_baseline
+            from .weights import WeightMismatchError
+            try:
+                baseline = (torchvision_baseline(model, args.torchvision).eval(), f"torchvision.{args.torchvision}")
+            except WeightMismatchError as e:
+                return _fail(f"--torchvision {args.torchvision} does not have {model.ir.name}'s structure: "
+                             + str(e).splitlines()[1].strip())
+        jobs = len(variants) + (1 if bf16 and "openvino" in variants else 0)
+        progress, task = _progress(jobs * len(batches) + args.repeats, f"{model.ir.name}: engines")
+        if progress:
+            progress.start()
+        try:
+            measured = bench_engines(model, variants, batches, threads, args.repeats, bf16=bf16, baseline=baseline,
+                                     log=lambda line: print(line, file=sys.stderr),
+                                     advance=(lambda: progress.advance(task)) if progress else (lambda: None))
+        except KeyboardInterrupt:
+            print("interrupted: nothing measured for " + model.ir.name, file=sys.stderr)
+            return 130
+        finally:
+            if progress:
+                progress.stop()
+        rows += measured
+        for r in measured:
+            timed = r["ms"] is not None
+            print(f"{r['network']:>16} {r['engine']:>14} batch {r['batch']:<4} {r['layout']:<28} "
+                  + (f"{r['ms']:9.2f} ms {r['images_per_s']:8.1f} img/s  x{r['vs_best']:.2f} of best"
+                     + (f"  x{r['vs_torch']:.2f} vs torch" if r["vs_torch"] else "") if timed
+                     else f"{'-':>9}          {r['note']}"), flush=True)
+    if args.out and rows:
+        env = report.environment(torch.device("cpu"))
+        env["threads"] = threads
+        env["engines"] = {e: deploy.engine_version(e) for e in ("onnxruntime", "openvino") if deploy.installed(e)}
+        env["baselines"] = sorted({r["runs"] for r in rows if r["engine"] in ("torch", "compile")})
+        name = "-".join(["engines"] + sorted({r["network"] for r in rows}))
+        paths = write_engine_results(Path(args.out), name, env, rows)
+        print("wrote " + ", ".join(map(str, paths)))
+    return 0
+
+
 def cmd_bench_model(args) -> int:
     import torch
 
@@ -211,6 +301,8 @@ def cmd_bench_model(args) -> int:
     from .bench import report
     from .bench.model import bench_model, best_layout_summary
     from .weights import WeightMismatchError
+    if args.engines is not None:
+        return cmd_bench_engines(args)
     device = args.device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, DTYPES[args.dtype])
     if (error := _kernel_mode_error(args)):
@@ -397,6 +489,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--torchvision", metavar="NAME",
                    help="add torchvision.models.NAME with the same weights (e.g. mobilenet_v2, resnext50_32x4d)")
     p.add_argument("--repeats", type=_positive_int, default=10)
+    p.add_argument("--engines", nargs="?", const=["all"], type=_engine_list, metavar="LIST",
+                   help="deployment engines side by side instead (eval, CPU, at batch 1 and --batch): any of torch "
+                        "(torchvision/timm's model, else pycnn's reference), compile (torch.compile of it), pycnn, "
+                        "pycnn-compile, onnxruntime, openvino (pycnn's ONNX export), comma-separated; alone or "
+                        "'all': every installed one. --dtype bf16 adds OpenVINO bf16 (pip install \"pycnn[deploy]\")")
     p.add_argument("--out", type=_out_dir, help="directory for the JSON, markdown and PNG results")
     p.set_defaults(run=cmd_bench_model)
 

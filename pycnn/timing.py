@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional
 
 import torch
 
@@ -31,8 +31,12 @@ def _time_once(fn: Callable[[], object], device: torch.device) -> float:
 
 
 def compare(candidates: Dict[str, Callable[[], object]], device: torch.device, repeats: int = 20,
-            warmup: int = 3, min_time_s: float = 0.0) -> Dict[str, Timing]:
-    """Times every candidate, interleaved round by round; returns medians and best runs."""
+            warmup: int = 3, min_time_s: float = 0.0,
+            on_round: Optional[Callable[[], object]] = None, warm_each: bool = False) -> Dict[str, Timing]:
+    """Times every candidate, interleaved round by round; returns medians and best runs. `on_round` is called
+    after each round (progress). warm_each: an untimed call right before each timed one, so that a candidate
+    with its own thread pool (ONNX Runtime, OpenVINO) is timed with its threads awake rather than charged for
+    waking them after another candidate ran (milliseconds on a loaded machine)."""
     for fn in candidates.values():
         for _ in range(warmup):
             fn()
@@ -42,8 +46,12 @@ def compare(candidates: Dict[str, Callable[[], object]], device: torch.device, r
     rounds, started = 0, time.perf_counter()
     while rounds < repeats or time.perf_counter() - started < min_time_s:
         for name, fn in candidates.items():
+            if warm_each:
+                fn()
             samples[name].append(_time_once(fn, device))
         rounds += 1
+        if on_round:
+            on_round()
     out = {}
     for name, s in samples.items():
         out[name] = Timing(statistics.median(s), len(s), min(s))

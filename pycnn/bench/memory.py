@@ -19,7 +19,7 @@ import torch
 
 import pycnn
 from pycnn import argtypes
-from pycnn.bench.timing import compare
+from pycnn.timing import compare
 from pycnn.memory import saved_activation_bytes
 
 ARCHS = Path(__file__).resolve().parents[2] / "archs"

@@ -26,6 +26,16 @@ def _window(text: str):
     return lo, hi
 
 
+def _budget(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a latency in ms > 0, got {text[:20]!r}")
+    return value
+
+
 def cmd_explore(args) -> int:
     from ..training.cli import errors, recipe_from_args
     from . import report
@@ -54,13 +64,20 @@ def cmd_explore(args) -> int:
                         seed=args.seed, input=args.input, flops=args.flops, params=args.params,
                         executor=args.executor, workers=args.workers, address=args.address,
                         gpus_per_trial=args.gpus_per_trial, backend=args.backend, kernels=args.kernels,
-                        threads=args.threads)
+                        threads=args.threads, latency=args.latency, max_latency_ms=args.max_latency_ms,
+                        latency_cache=args.latency_cache, latency_repeats=args.latency_repeats)
         trials = read_trials(jsonl)
         png = out / f"edf-{jsonl.stem}.png"
         report.plot_edfs(png, {jsonl.stem: trials})
         print(report.table(trials))
         print(report.fit_report(trials))
-        print(f"wrote {jsonl} and {png}")
+        written = [str(jsonl), str(png)]
+        if any(t.get("latency_ms") is not None for t in trials):
+            latency_png = out / f"latency-{jsonl.stem}.png"
+            report.plot_latency(latency_png, trials, args.max_latency_ms, jsonl.stem)
+            print(report.latency_report(trials, args.max_latency_ms))
+            written.append(str(latency_png))
+        print(f"wrote {', '.join(written)}")
         return 0
     except errors() + (SpaceError,) as e:
         print(f"pycnn explore: {e}", file=sys.stderr)
@@ -89,5 +106,14 @@ def add_parsers(sub) -> None:
     p.add_argument("--kernels", choices=["auto", "pycnn", "torch"], default=None)
     p.add_argument("--out", help="output folder (default explore/); with --compare: the PNG or its folder")
     p.add_argument("--compare", nargs="+", metavar="JSONL", help="draw these explorations' EDFs on one chart")
+    p.add_argument("--latency", metavar="ENGINE[@BATCH]",
+                   help="measure every candidate on this engine first (pycnn, pycnn-compile, torch, compile, "
+                        "onnxruntime, openvino; batch default 1) and draw error against latency")
+    p.add_argument("--max-latency-ms", type=_budget, metavar="MS",
+                   help="train only the candidates within this latency (default engine pycnn@1)")
+    p.add_argument("--latency-cache", metavar="JSON",
+                   help="the latency cache file (default <cache>/latency.json, cache = $PYCNN_CACHE_DIR or "
+                        "~/.cache/pycnn)")
+    p.add_argument("--latency-repeats", type=positive_int, default=10, help="timed rounds per candidate (default 10)")
     add_recipe_arguments(p)
     p.set_defaults(run=cmd_explore)

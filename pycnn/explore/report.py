@@ -46,11 +46,14 @@ def table(trials: List[dict], top: int = 10) -> str:
     """The `top` best trials: error, MF, params, activations, seconds, sampled values."""
     ok = sorted((t for t in trials if t.get("error") is not None), key=lambda t: t["error"])
     failed = [t for t in trials if t.get("error") is None]
-    lines = [f"{'trial':>5} {'error%':>7} {'MF':>8} {'Mparams':>8} {'Macts':>7} {'s':>6}  values"]
+    timed = any("latency_ms" in t for t in trials)
+    lines = [f"{'trial':>5} {'error%':>7} {'MF':>8} {'Mparams':>8} {'Macts':>7}" + (f" {'ms':>8}" if timed else "")
+             + f" {'s':>6}  values"]
     for t in ok[:top]:
         values = " ".join(f"{k}={v}" for k, v in t["values"].items())
+        ms = (f" {t['latency_ms']:>8.3f}" if t.get("latency_ms") is not None else f" {'-':>8}") if timed else ""
         lines.append(f"{t['index']:>5} {t['error']:>7.2f} {t['flops'] / 1e6:>8.2f} {t['params'] / 1e6:>8.3f} "
-                     f"{t['acts'] / 1e6:>7.3f} {t.get('seconds', 0):>6.1f}  {values}")
+                     f"{t['acts'] / 1e6:>7.3f}{ms} {t.get('seconds', 0):>6.1f}  {values}")
     e = errors(trials)
     if len(e):
         lines.append(f"{len(e)} trials: error min {e.min():.2f}, mean {e.mean():.2f}, median {np.median(e):.2f}"
@@ -121,3 +124,70 @@ def fit_report(trials: List[dict], top: int = 5, stages: int = 4) -> str:
     rows.append(f"median of the {len(fits)} best: w0={med([f.w0 for f in fits]):.0f} wa={med([f.wa for f in fits]):.1f} "
                 f"wm={med([f.wm for f in fits]):.2f} e_fit={med([f.error for f in fits]):.3f}")
     return "\n".join(rows)
+
+
+def pareto_front(trials: List[dict]) -> List[dict]:
+    """The trials no other trial beats in both measured latency and error, fastest first."""
+    ok = sorted((t for t in trials if t.get("error") is not None and t.get("latency_ms") is not None),
+                key=lambda t: (t["latency_ms"], t["error"]))
+    front, best = [], math.inf
+    for t in ok:
+        if t["error"] < best:
+            front.append(t)
+            best = t["error"]
+    return front
+
+
+def latency_report(trials: List[dict], budget_ms: Optional[float] = None) -> str:
+    """The Pareto front (latency, error) in lines, and how many trials are within the budget."""
+    front = pareto_front(trials)
+    if not front:
+        return "latency: no trial has both an error and a measured latency"
+    spec = next(t["latency"] for t in trials if t.get("latency"))
+    lines = [f"Pareto front (error vs latency on {spec['engine']}@{spec['batch']}, {spec['threads']} threads):"]
+    lines += [f"  trial {t['index']:>4}  {t['latency_ms']:8.3f} ms  error {t['error']:6.2f}%  "
+              f"{t['flops'] / 1e6:.2f} MF" for t in front]
+    if budget_ms is not None:
+        n = sum(1 for t in trials if t.get("latency_ms") is not None and t["latency_ms"] <= budget_ms)
+        lines.append(f"{n} of {len(trials)} trials within {budget_ms:g} ms")
+    return "\n".join(lines)
+
+
+def plot_latency(path: Path, trials: List[dict], budget_ms: Optional[float] = None, name: str = "") -> None:
+    """Left: error against measured latency, every trial a dot, the Pareto front as a step line, the budget as
+    a vertical line. Right: the error EDF of the trials within the budget (and of all, when a budget is set)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    ok = [t for t in trials if t.get("error") is not None and t.get("latency_ms") is not None]
+    spec = next((t["latency"] for t in trials if t.get("latency")), {"engine": "?", "batch": "?", "threads": "?"})
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 4))
+    ax.scatter([t["latency_ms"] for t in ok], [t["error"] for t in ok], s=14, alpha=0.7, label="trials")
+    front = pareto_front(trials)
+    if front:
+        ax.step([t["latency_ms"] for t in front], [t["error"] for t in front], where="post", color="tab:red",
+                label=f"Pareto front ({len(front)})")
+    if budget_ms is not None:
+        ax.axvline(budget_ms, color="black", linestyle="--", linewidth=0.8, label=f"budget {budget_ms:g} ms")
+    ax.set_xlabel(f"latency (ms) on {spec['engine']}, batch {spec['batch']}, {spec['threads']} threads")
+    ax.set_ylabel("error (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    under = [t for t in ok if budget_ms is None or t["latency_ms"] <= budget_ms]
+    runs = {("within budget" if budget_ms is not None else "all"): under}
+    if budget_ms is not None:
+        runs["all trained"] = [t for t in trials if t.get("error") is not None]
+    for label, group in runs.items():
+        e, f = edf(errors(group))
+        if len(e):
+            bx.plot(e, f, label=f"{label}: n={len(e)}, min={e.min():.2f}, mean={e.mean():.2f}")
+    bx.set_xlabel("error (%)")
+    bx.set_ylabel("cumulative prob.")
+    bx.set_ylim(0, 1)
+    bx.grid(alpha=0.3)
+    bx.legend(fontsize=8, loc="lower right")
+    bx.set_title("error EDF" + (f" under {budget_ms:g} ms" if budget_ms is not None else ""), fontsize=10)
+    ax.set_title(f"{name} error vs measured latency".strip(), fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -28,6 +28,14 @@ def trial_spec(space: Space, sample: Sample, args: dict) -> dict:
             "flops": sample.flops, "params": sample.params, "acts": sample.acts, **args}
 
 
+_RECORD_KEYS = ("space", "index", "values", "flops", "params", "acts", "latency_ms", "latency")
+
+
+def _record(spec: dict) -> dict:
+    """The sampled facts of a trial's JSONL record (latency only in latency-aware explorations)."""
+    return {k: spec[k] for k in _RECORD_KEYS if k in spec}
+
+
 def run_trial(spec: dict) -> dict:
     """Train one sampled network (spec from trial_spec) and return its JSONL record."""
     import torch
@@ -39,7 +47,7 @@ def run_trial(spec: dict) -> dict:
     overrides = dict(spec["overrides"])
     overrides.pop("classes", None)  # the dataset's class count wins, as in `pycnn train`
     input_shape = overrides.pop("input", None)
-    record = {k: spec[k] for k in ("space", "index", "values", "flops", "params", "acts")}
+    record = _record(spec)
     start = time.perf_counter()
     try:
         result = train(spec["arch"], spec["network"], data=spec["data"], data_dir=spec.get("data_dir"),
@@ -115,7 +123,7 @@ def _ray_pool(specs: List[dict], workers: int, address: Optional[str], cpus_per_
             try:
                 yield ray.get(ref)
             except Exception as e:  # a lost worker or a task error: only this trial is lost
-                yield {k: spec[k] for k in ("space", "index", "values", "flops", "params", "acts")} | {
+                yield _record(spec) | {
                     "error": None, "failure": f"{type(e).__name__}: {e}".splitlines()[0]}
 
 
@@ -123,14 +131,24 @@ def explore(space_path, samples: int, out, *, data: str = "digits", data_dir: Op
             recipe=None, seed: int = 0, input=None, flops=None, params=None, executor: str = "local",
             workers: int = 1, address: Optional[str] = None, gpus_per_trial: float = 0.0,
             backend: str = "fused", kernels: Optional[str] = None, threads: Optional[int] = None,
-            log: Callable[[str], None] = print) -> Path:
-    """Run (or resume) an exploration; returns the JSONL path (out/<space>.jsonl)."""
+            latency: Optional[str] = None, max_latency_ms: Optional[float] = None, latency_cache=None,
+            latency_repeats: int = 10, log: Callable[[str], None] = print) -> Path:
+    """Run (or resume) an exploration; returns the JSONL path (out/<space>.jsonl).
+
+    latency "ENGINE[@BATCH]" (a variant of pycnn.deploy.VARIANTS): every sampled candidate is measured on it
+    first (cached in `latency_cache`, a JSON file; default pycnn.deploy.default_cache_path()) and its latency
+    stored in its record; with max_latency_ms only the candidates within that budget are trained, and a
+    budget none meets is a SpaceError before anything is written to `out`."""
     from ..training.recipe import Recipe
     space = Space.load(space_path)
     recipe = recipe or Recipe(epochs=1)
     extra = {"input": tuple(input)} if input else {}
     sampler = Sampler(space, seed, extra, flops, params)
     chosen = sampler.take(samples)
+    latencies = {}
+    if latency or max_latency_ms is not None:
+        chosen, latencies = _latency_filter(sampler, chosen, latency or "pycnn", max_latency_ms, latency_cache,
+                                            backend, kernels, threads, latency_repeats, log)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     jsonl = out / f"{space.name}.jsonl"
@@ -139,8 +157,8 @@ def explore(space_path, samples: int, out, *, data: str = "digits", data_dir: Op
     per_trial_threads = threads or max(1, cores // max(1, workers))
     args = {"data": data, "data_dir": data_dir, "recipe": recipe.to_dict(), "out": str(out), "backend": backend,
             "kernels": kernels, "threads": per_trial_threads if threads or workers > 1 or executor == "ray" else None, "seed": seed}
-    todo = [trial_spec(space, s, args) for s in chosen if s.index not in done]
-    log(f"{space.name}: {samples} samples (seed {seed}; {sampler.tries} draws, {sampler.rejected_constraint} broke a "
+    todo = [trial_spec(space, s, args) | latencies.get(s.index, {}) for s in chosen if s.index not in done]
+    log(f"{space.name}: {len(chosen)} samples (seed {seed}; {sampler.tries} draws, {sampler.rejected_constraint} broke a "
         f"constraint, {sampler.rejected_arch} did not elaborate, {sampler.rejected_window} outside the window); "
         f"{len(done & {s.index for s in chosen})} already done, {len(todo)} to train with the {executor} executor"
         + (f" ({workers} workers)" if workers > 1 else ""))
@@ -158,3 +176,63 @@ def explore(space_path, samples: int, out, *, data: str = "digits", data_dir: Op
         log(f"[{finished}/{len(todo)}] trial {record['index']}: {record['flops'] / 1e6:.2f} MF, "
             f"{record['params'] / 1e6:.3f} M params, {what}, {record.get('seconds', 0):.1f} s")
     return jsonl
+
+
+def _latency_filter(sampler: Sampler, chosen: List[Sample], spec: str, budget_ms: Optional[float], cache_path,
+                    backend: str, kernels: Optional[str], threads: Optional[int], repeats: int, log):
+    """(the candidates to train, {index: record fields}) after measuring every candidate on `spec`
+    (ENGINE[@BATCH]); with a budget, only those within it. SpaceError when the budget rules out all."""
+    import torch
+
+    import pycnn
+    from .. import deploy
+    from .space import canonical_text
+    try:
+        variant, batch = deploy.parse_latency_spec(spec)
+    except ValueError as e:
+        raise SpaceError(str(e)) from None
+    if budget_ms is not None and not budget_ms > 0:
+        raise SpaceError(f"--max-latency-ms must be > 0, got {budget_ms}")
+    engine = deploy.VARIANTS[variant][1]
+    try:
+        deploy.require(engine)
+    except deploy.EngineNotInstalled as e:
+        raise SpaceError(str(e)) from None
+    threads = threads or torch.get_num_threads()
+    space = sampler.space
+    texts = {s.index: canonical_text(sampler.elaborate(s.overrides)) for s in chosen}
+    factories = [(texts[s.index], lambda s=s: pycnn.compile(space.arch, space.network, backend=backend,
+                                                             kernels=kernels, **s.overrides)) for s in chosen]
+    cache = deploy.LatencyCache(cache_path or deploy.default_cache_path())
+    before = torch.get_num_threads()
+    try:
+        measured = deploy.measure_latencies(list(dict(factories).items()), variant, batch, threads,
+                                            repeats=repeats, cache=cache, log=log)
+    finally:
+        torch.set_num_threads(before)  # the trials choose their own
+    fields, failures = {}, 0
+    for s in chosen:
+        m = measured[texts[s.index]]
+        info = {"engine": variant, "batch": batch, "threads": threads}
+        if "ms" in m:
+            info.update(parity=m.get("parity"), layout=m.get("layout"), cached=bool(m.get("cached")))
+            fields[s.index] = {"latency_ms": m["ms"], "latency": info}
+        else:
+            failures += 1
+            fields[s.index] = {"latency_ms": None, "latency": dict(info, failure=m["failure"])}
+    hits = sum(1 for s in chosen if measured[texts[s.index]].get("cached"))
+    log(f"latency on {variant}@{batch}, {threads} threads: {len(chosen)} candidates ({hits} from the cache "
+        f"{cache.path}" + (f", {failures} could not run" if failures else "") + ")")
+    if budget_ms is None:
+        return chosen, fields
+    keep = [s for s in chosen if fields[s.index]["latency_ms"] is not None
+            and fields[s.index]["latency_ms"] <= budget_ms]
+    if not keep:
+        times = sorted((fields[s.index]["latency_ms"], s.index) for s in chosen
+                       if fields[s.index]["latency_ms"] is not None)
+        fastest = (f"the fastest of the {len(chosen)} sampled takes {times[0][0]:.3g} ms (sample {times[0][1]})"
+                   if times else f"none of the {len(chosen)} sampled could run on {variant}")
+        raise SpaceError(f"no candidate meets --max-latency-ms {budget_ms:g} on {variant}@{batch} "
+                         f"({threads} threads): {fastest}; raise the budget or narrow --flops")
+    log(f"{len(keep)} of {len(chosen)} candidates within {budget_ms:g} ms on {variant}@{batch}")
+    return keep, fields

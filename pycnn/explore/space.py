@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -239,3 +240,39 @@ class Sampler:
 
     def take(self, n: int) -> List[Sample]:
         return [next(self) for _ in range(n)]
+
+
+def canonical_text(network: ir.NetworkIR) -> str:
+    """The network as the layers it is made of, one deterministic text: every node's name, kind, op, attributes
+    and shapes, without source locations, comments or how the .arch file spelled it. Two samples with the same
+    text are the same network (the latency cache's key)."""
+    def attrs(a: dict) -> str:
+        return ",".join(f"{k}={a[k]!r}" for k in sorted(a))
+
+    lines = [f"input {ir.fmt_shape(network.input_shape)}"]
+
+    def walk(node, depth: int) -> None:
+        pad = " " * depth
+        if isinstance(node, ir.Layer):
+            lines.append(f"{pad}{node.name} {node.op}({attrs(node.attrs)}) {ir.fmt_shape(node.in_shape)}->"
+                         f"{ir.fmt_shape(node.out_shape)}")
+        elif isinstance(node, ir.BranchBlock):
+            lines.append(f"{pad}block {node.name} {node.block} merge={node.merge}")
+            for child in node.pre:
+                walk(child, depth + 1)
+            for branch in node.branches:
+                lines.append(f"{pad} branch {branch.name} nested={branch.nested}")
+                for child in branch.children:
+                    walk(child, depth + 2)
+            for child in node.post:
+                walk(child, depth + 1)
+        elif isinstance(node, ir.Sequence):
+            lines.append(f"{pad}{node.kind} {node.name}")
+            for child in node.children:
+                walk(child, depth + 1)
+        else:  # a node type added later: its repr without locations still separates networks
+            lines.append(f"{pad}{type(node).__name__} {re.sub(r'loc=[^,)]*', '', repr(node))}")
+
+    for part in network.parts:
+        walk(part, 0)
+    return "\n".join(lines)
