@@ -49,11 +49,26 @@ def train(arch, network=None, **options):
 
 def build_info() -> dict:
     """How the extension was built: torch version, whether CUDA kernels are compiled, the GPU
-    architectures (TORCH_CUDA_ARCH_LIST) and the compilers."""
+    architectures (TORCH_CUDA_ARCH_LIST) and the compilers; the CPU kernel variant that runs (cpu_isa:
+    baseline, avx2 or avx512, capped by $PYCNN_CPU_ISA), the best one this CPU has and its ISA flags."""
     info = dict(_C.build_info())
+    info["cpu_flags"] = _cpu_isa_flags()
     info["cuda_kernels_registered"] = torch._C._dispatch_has_kernel_for_dispatch_key(
         "pycnn::bn_act_forward", "CUDA")
     return info
+
+
+def _cpu_isa_flags() -> list:
+    """The CPU's vector ISA flags (AVX*, FMA, F16C, AMX) from /proc/cpuinfo; [] where it is not readable."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return sorted(w for w in line.split(":", 1)[1].split()
+                                  if w.startswith(("avx", "amx")) or w in ("fma", "f16c"))
+    except OSError:
+        pass
+    return []
 
 
 _LAZY = {"weights": ".weights", "export": ".export"}  # submodules loaded on first use (they import more)
