@@ -122,3 +122,16 @@ def test_env_bad_value_is_a_clear_error():
                                  "torch.ops.pycnn.bn_act_forward(x, None, None, None, None, None, True, 1e-5, 'relu')")
     assert r.returncode != 0
     assert "PYCNN_CPU_ISA must be one of baseline, avx2, avx512" in r.stderr and "avx1024" in r.stderr
+
+
+def test_bench_ops_times_the_variants_side_by_side(capsys):
+    from pycnn.bench import ops
+    shapes = ops.load_shapes([(ops.QUICK_ARCH, None)])
+    shapes["bn_act"] = shapes["bn_act"][:1]
+    wanted = [v for v in ("baseline", "avx2") if supported(v)]
+    rows = ops.run("bn_act", torch.device("cpu"), None, 1, [2], shapes, False, cpu_isas=wanted)
+    assert rows and all(r["cpu_isa"] == wanted[-1] for r in rows)
+    for v in wanted if len(wanted) > 1 else []:
+        assert all(r[f"pycnn_ms_{v}"] > 0 and r[f"speedup_{v}"] > 0 for r in rows)
+    assert f"CPU kernels: {', '.join(wanted)}" in capsys.readouterr().out
+    assert pycnn.build_info()["cpu_isa"] == pycnn.build_info()["cpu_isa_best"] or ENV_CAPPED  # reset after the run
