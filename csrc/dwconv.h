@@ -2,11 +2,11 @@
 // whose messages name the argument, the output geometry, and per-channel / per-tap parameter preparation.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>  // not ATen/ATen.h: 4x the parse time, in every kernel variant's unit
 
 #include <string_view>
 
-#include "bn_act.h"  // parse_act, acc_dtype, check_floating, check_channel_vector, kernel_memory_format
+#include "op_common.h"
 
 namespace pycnn {
 

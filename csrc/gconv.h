@@ -7,12 +7,12 @@
 //   "wt"  (dgrad)[G, k*k, Cog, Cg]: the same transposed per tap
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>  // not ATen/ATen.h: 4x the parse time, in every kernel variant's unit
 #include <c10/util/Optional.h>
 
 #include <string_view>
 
-#include "bn_act.h"
+#include "op_common.h"
 
 namespace pycnn {
 

@@ -8,6 +8,7 @@
 
 #include "bn_act.h"
 #include "build_info.h"
+#include "cpu/kernel_utils.h"
 #include "dwconv.h"
 #include "gconv.h"
 #include "se.h"
@@ -96,8 +97,17 @@ PYBIND11_MODULE(_C, m) {
     info["cuda_arch_list"] = PYCNN_CUDA_ARCH_LIST;
     info["cxx_compiler"] = PYCNN_CXX_COMPILER;
     info["cuda_compiler"] = PYCNN_CUDA_COMPILER;
+    // The CPU kernel variant that runs (cpu/isa_kernels.h) and the best one this CPU has.
+    info["cpu_isa"] = cpu::isa_name(cpu::active_isa());
+    info["cpu_isa_best"] = cpu::isa_name(cpu::cpu_isa());
     return info;
   });
+  m.def("_cpu_isa", [] { return std::string(cpu::isa_name(cpu::active_isa())); },
+        "The CPU kernel variant that runs (baseline, avx2 or avx512).");
+  m.def(
+      "_set_cpu_isa", [](const std::string& name) { return std::string(cpu::isa_name(cpu::set_isa_cap(cpu::parse_isa(name)))); },
+      "Tests only: caps the CPU kernel variant for this process (baseline, avx2 or avx512, within PYCNN_CPU_ISA "
+      "and the CPU); returns the variant that now runs.");
   m.def("check_bn_act_forward", &check_bn_act_forward);
   m.def("check_bn_act_backward", &check_bn_act_backward);
   m.def("check_dwconv_forward", &check_dwconv_forward);

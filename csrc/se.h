@@ -2,7 +2,7 @@
 // messages name the argument, and the shapes of the saved vectors.
 #pragma once
 
-#include "bn_act.h"  // Act, parse_act, acc_dtype, check_floating, check_same_as_input, kernel_memory_format
+#include "op_common.h"
 
 namespace pycnn {
 

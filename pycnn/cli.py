@@ -173,7 +173,7 @@ def cmd_bench_ops(args) -> int:
         for name in names:
             for dtype in dtypes:
                 for r in ops.run(name, device, getattr(torch, dtype) if dtype else None, s["repeats"], s["batches"],
-                                 s["shapes"], s["with_compile"], s["layouts"]):
+                                 s["shapes"], s["with_compile"], s["layouts"], s["cpu_isas"]):
                     rows.append(dict(op=name, dtype=dtype or ("float16" if device.type == "cuda" else "float32"),
                                      **r))
                 if progress:

@@ -169,8 +169,9 @@ def _cuda_name(index: int) -> str:
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return _cuda_name(device.index if device.index is not None else torch.cuda.current_device())
-    if device.type == "cpu":
-        return f"cpu{torch.get_num_threads()}t"
+    if device.type == "cpu":  # the kernel variant too: PYCNN_CPU_ISA changes which side is faster
+        from . import _C
+        return f"cpu{torch.get_num_threads()}t-{_C._cpu_isa()}"
     return device.type
 
 

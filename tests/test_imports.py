@@ -104,3 +104,12 @@ def test_the_language_never_loads_torch(statement):
                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False", f"{statement} loaded torch"
+
+
+@pytest.mark.parametrize("order", ["import pycnn, torch", "import torch, pycnn", "import pycnn.dsl; import torch"])
+def test_ops_register_in_either_import_order(order):
+    code = f"{order}; print(torch.ops.pycnn.bn_act_forward.default.name())"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr[-800:]
+    assert out.stdout.strip() == "pycnn::bn_act_forward"

@@ -1,7 +1,8 @@
 // CPU implementation of pycnn::bn_act_forward / bn_act_backward (at::parallel_for, OpenMP in torch).
 //
-// The loops (bn_act_kernels.h: spans of either layout, two-pass statistics) are compiled twice, for the
-// baseline x86-64 ISA and for AVX2+FMA (cpu/isa_kernels.h), and the second is used where the CPU has it.
+// The loops (bn_act_kernels.h: spans of either layout, two-pass statistics) are compiled once per variant
+// (baseline, AVX2+FMA, AVX-512: cpu/isa_kernels.h), and the best one the CPU has runs.
+#include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -13,13 +14,10 @@
 #include <vector>
 
 #include "bn_act.h"
+#include "cpu/bn_act_entries.h"
 #include "cpu/kernel_utils.h"
 
 namespace pycnn {
-
-#define PYCNN_ISA_KERNELS "cpu/bn_act_kernels.h"
-#define PYCNN_ISA_NS bn
-#include "cpu/isa_kernels.h"
 
 namespace {
 
@@ -48,19 +46,7 @@ std::tuple<Tensor, Tensor, Tensor> bn_act_forward_cpu(const Tensor& input_, cons
   }
   const Tensor w = channel_vector_acc(weight, input, 1.0), b = channel_vector_acc(bias, input, 0.0);
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "bn_act_forward_cpu", [&] {
-    using acc = at::opmath_type<scalar_t>;
-    const scalar_t* x = input.const_data_ptr<scalar_t>();
-    if (training) PYCNN_CPU_KERNEL(bn, batch_moments<scalar_t, acc>)(l, x, mean.data_ptr<acc>(), var.data_ptr<acc>());
-    std::vector<acc> scale(l.c);
-    for (int64_t c = 0; c < l.c; ++c) {
-      const acc invstd = acc(1) / std::sqrt(var.const_data_ptr<acc>()[c] + static_cast<acc>(eps));
-      scale[c] = w.const_data_ptr<acc>()[c] * invstd;
-    }
-    PYCNN_CPU_KERNEL(bn, forward<scalar_t, acc>)(l, act, x, residual.defined() ? residual.const_data_ptr<scalar_t>() : nullptr,
-                                                 scale.data(), mean.const_data_ptr<acc>(), b.const_data_ptr<acc>(),
-                                                 output.data_ptr<scalar_t>());
-  });
+  PYCNN_CPU_KERNELS(bn).forward(l, act, training, eps, input, residual, w, b, mean, var, output);
   return {output, mean, var};
 }
 
@@ -82,22 +68,8 @@ std::tuple<Tensor, Tensor, Tensor, OptTensor> bn_act_backward_cpu(
   Tensor grad_residual = residual.defined() ? at::empty_like(input, format) : Tensor();
   Tensor sums = at::empty({2, l.c}, input.options().dtype(acc_type));  // [sum dz, sum dz * (x - mean)]
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "bn_act_backward_cpu", [&] {
-    using acc = at::opmath_type<scalar_t>;
-    std::vector<acc> invstd(l.c), scale(l.c);
-    const acc* mu = mean.const_data_ptr<acc>();
-    const acc* bb = b.const_data_ptr<acc>();
-    for (int64_t c = 0; c < l.c; ++c) {
-      invstd[c] = acc(1) / std::sqrt(var.const_data_ptr<acc>()[c] + static_cast<acc>(eps));
-      scale[c] = w.const_data_ptr<acc>()[c] * invstd[c];
-    }
-    acc* s = sums.data_ptr<acc>();
-    PYCNN_CPU_KERNEL(bn, backward<scalar_t, acc>)(
-        l, act, training, input.const_data_ptr<scalar_t>(), grad_output.const_data_ptr<scalar_t>(),
-        residual.defined() ? residual.const_data_ptr<scalar_t>() : nullptr, scale.data(), invstd.data(), mu, bb, s,
-        grad_input.data_ptr<scalar_t>(), grad_residual.defined() ? grad_residual.data_ptr<scalar_t>() : nullptr);
-    for (int64_t c = 0; c < l.c; ++c) s[l.c + c] *= invstd[c];  // sum dz * xhat
-  });
+  PYCNN_CPU_KERNELS(bn).backward(l, act, training, eps, input, grad_output, residual, w, b, mean, var, sums,
+                                  grad_input, grad_residual);
   Tensor grad_bias = sums[0].clone(), grad_weight = sums[1].clone();
   if (weight) grad_weight = grad_weight.to(weight->scalar_type());
   if (bias) grad_bias = grad_bias.to(bias->scalar_type());

@@ -1,7 +1,6 @@
-// CPU kernels of pycnn::bn_act_* (both layouts). Not a normal header: csrc/cpu/bn_act.cpp includes it
-// twice, inside namespace pycnn::bn_base (baseline ISA) and pycnn::bn_avx2 (under #pragma GCC target
-// "avx2,fma"), and picks one at run time (PYCNN_CPU_KERNEL, kernel_utils.h). All includes are done by
-// bn_act.cpp before.
+// CPU kernels of pycnn::bn_act_* (both layouts). Not a normal header: cpu/isa_kernels.h compiles it once
+// per variant (namespaces pycnn::bn_base, bn_avx2, bn_avx512), and bn_act.cpp calls the one that runs
+// through its table of entry points (`kernels` at the end, declared in cpu/bn_act_entries.h).
 //
 // The tensor is visited as contiguous spans: in NCHW a span is one (n, c) plane of H*W elements of a
 // single channel; in channels_last a span is one pixel's C channels. Per-channel statistics are sums
@@ -271,3 +270,45 @@ void backward(const Layout& l, Act act, bool training, const scalar_t* x, const 
     });
   });
 }
+
+// ------------------------------------------------------------------------ entry points ----
+
+void run_forward(const Layout& l, Act act, bool training, double eps, const Tensor& input, const Tensor& residual,
+                 const Tensor& w, const Tensor& b, const Tensor& mean, const Tensor& var, const Tensor& output) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "bn_act_forward_cpu", [&] {
+    using acc = at::opmath_type<scalar_t>;
+    const scalar_t* x = input.const_data_ptr<scalar_t>();
+    if (training) batch_moments<scalar_t, acc>(l, x, mean.data_ptr<acc>(), var.data_ptr<acc>());
+    std::vector<acc> scale(l.c);
+    for (int64_t c = 0; c < l.c; ++c) {
+      const acc invstd = acc(1) / std::sqrt(var.const_data_ptr<acc>()[c] + static_cast<acc>(eps));
+      scale[c] = w.const_data_ptr<acc>()[c] * invstd;
+    }
+    forward<scalar_t, acc>(l, act, x, residual.defined() ? residual.const_data_ptr<scalar_t>() : nullptr,
+                           scale.data(), mean.const_data_ptr<acc>(), b.const_data_ptr<acc>(),
+                           output.data_ptr<scalar_t>());
+  });
+}
+
+void run_backward(const Layout& l, Act act, bool training, double eps, const Tensor& input, const Tensor& grad_output,
+                  const Tensor& residual, const Tensor& w, const Tensor& b, const Tensor& mean, const Tensor& var,
+                  const Tensor& sums, const Tensor& grad_input, const Tensor& grad_residual) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "bn_act_backward_cpu", [&] {
+    using acc = at::opmath_type<scalar_t>;
+    std::vector<acc> invstd(l.c), scale(l.c);
+    const acc* mu = mean.const_data_ptr<acc>();
+    const acc* bb = b.const_data_ptr<acc>();
+    for (int64_t c = 0; c < l.c; ++c) {
+      invstd[c] = acc(1) / std::sqrt(var.const_data_ptr<acc>()[c] + static_cast<acc>(eps));
+      scale[c] = w.const_data_ptr<acc>()[c] * invstd[c];
+    }
+    acc* s = sums.data_ptr<acc>();
+    backward<scalar_t, acc>(
+        l, act, training, input.const_data_ptr<scalar_t>(), grad_output.const_data_ptr<scalar_t>(),
+        residual.defined() ? residual.const_data_ptr<scalar_t>() : nullptr, scale.data(), invstd.data(), mu, bb, s,
+        grad_input.data_ptr<scalar_t>(), grad_residual.defined() ? grad_residual.data_ptr<scalar_t>() : nullptr);
+    for (int64_t c = 0; c < l.c; ++c) s[l.c + c] *= invstd[c];  // sum dz * xhat
+  });
+}
+
+extern const BnActKernels kernels = {&run_forward, &run_backward};

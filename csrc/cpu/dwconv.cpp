@@ -3,8 +3,9 @@
 // Two sets of kernels, one per layout, so neither converts: channels_last (and strided) tensors run on
 // dwconv_kernels.h (a pixel's channels contiguous, loops over channel vectors), NCHW-contiguous ones on
 // dwconv_nchw_kernels.h (each (n, c) plane a 2-D convolution vectorized along its rows). Both are
-// compiled twice, for the baseline x86-64 ISA and for AVX2+FMA (cpu/isa_kernels.h), and the second is
-// used where the CPU has it: the build targets the baseline, so without this the loops would be 4-wide SSE.
+// compiled once per variant (baseline, AVX2+FMA, AVX-512: cpu/isa_kernels.h), each in its own translation
+// unit, and the best one the CPU has runs: the build targets the baseline, so without this the loops would
+// be 4-wide SSE.
 //
 // NHWC forward: y = act(conv(x) [* scale + bias] [+ residual]), one pass (a row of conv(x) at a time, then
 //           its epilogue).
@@ -15,6 +16,7 @@
 //           (per-block partial sums, the k accumulators of a kernel row in registers) and dx: with stride
 //           and dilation 1 the forward kernel over the gradient with the flipped kernel, otherwise the
 //           transposed convolution loop.
+#include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -26,24 +28,13 @@
 #include <type_traits>
 #include <vector>
 
+#include "cpu/dwconv_entries.h"
 #include "cpu/kernel_utils.h"
 #include "dwconv.h"
 
 namespace pycnn {
 
-#define PYCNN_ISA_KERNELS "cpu/dwconv_kernels.h"
-#define PYCNN_ISA_NS dw
-#include "cpu/isa_kernels.h"
-
-// NCHW-contiguous inputs (kernel_memory_format Contiguous, non-contiguous ones made so) run on their own
-// kernels instead, each (n, c) plane a 2-D convolution vectorized along its rows: no layout conversion.
-#define PYCNN_ISA_KERNELS "cpu/dwconv_nchw_kernels.h"
-#define PYCNN_ISA_NS dwn
-#include "cpu/isa_kernels.h"
-
 namespace {
-
-using cpu::dispatch_act;
 
 Tensor output_like(const Tensor& input, const DwConvGeometry& g) {
   return at::empty({g.n, g.c, g.oh, g.ow}, input.options(), at::MemoryFormat::ChannelsLast);
@@ -66,14 +57,7 @@ Tensor dwconv_forward_nchw(const DwConvGeometry& g, const Tensor& input, const T
   const Tensor sc = channel_vector_acc(scale, input, 1.0), bi = channel_vector_acc(bias, input, 0.0);
   Tensor y = at::empty({g.n, g.c, g.oh, g.ow}, input.options());
   if (y.numel() == 0) return y;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "dwconv_forward_nchw", [&] {
-    using acc = at::opmath_type<scalar_t>;
-    dispatch_act(act, [&](auto A) {
-      PYCNN_CPU_KERNEL(dwn, forward<scalar_t, acc, decltype(A)::value>)(
-          g, x.const_data_ptr<scalar_t>(), wt.const_data_ptr<acc>(), sc.const_data_ptr<acc>(),
-          bi.const_data_ptr<acc>(), r.defined() ? r.const_data_ptr<scalar_t>() : nullptr, y.data_ptr<scalar_t>());
-    });
-  });
+  PYCNN_CPU_KERNELS(dwn).forward(g, act, x, wt, sc, bi, r, y);
   return y;
 }
 
@@ -89,18 +73,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, OptTensor> dwconv_backward_nchw(
   Tensor dr = r.defined() ? at::empty({g.n, g.c, g.oh, g.ow}, input.options()) : Tensor();
   Tensor gw = at::zeros({g.c, int64_t(g.k) * g.k}, acc_opts);
   Tensor gs = at::zeros({g.c}, acc_opts), gb = at::zeros({g.c}, acc_opts);
-  if (g.n * g.c * g.h * g.w > 0) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "dwconv_backward_nchw", [&] {
-      using acc = at::opmath_type<scalar_t>;
-      dispatch_act(act, [&](auto A) {
-        PYCNN_CPU_KERNEL(dwn, backward<scalar_t, acc, decltype(A)::value>)(
-            g, x.const_data_ptr<scalar_t>(), dy.const_data_ptr<scalar_t>(), wt.const_data_ptr<acc>(),
-            sc.const_data_ptr<acc>(), bi.const_data_ptr<acc>(), r.defined() ? r.const_data_ptr<scalar_t>() : nullptr,
-            dx.data_ptr<scalar_t>(), dr.defined() ? dr.data_ptr<scalar_t>() : nullptr, gw.data_ptr<acc>(),
-            gs.data_ptr<acc>(), gb.data_ptr<acc>());
-      });
-    });
-  }
+  if (g.n * g.c * g.h * g.w > 0) PYCNN_CPU_KERNELS(dwn).backward(g, act, x, dy, wt, sc, bi, r, dx, dr, gw, gs, gb);
   Tensor grad_weight = gw.reshape(weight.sizes()).to(weight.scalar_type()).contiguous();
   if (scale) gs = gs.to(scale->scalar_type());
   if (bias) gb = gb.to(bias->scalar_type());
@@ -127,15 +100,7 @@ Tensor dwconv_forward_cpu(const Tensor& input, const Tensor& weight, const OptTe
   const Tensor sc = channel_vector_acc(scale, input, 1.0), bi = channel_vector_acc(bias, input, 0.0);
   Tensor y = output_like(input, g);
   if (y.numel() > 0) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "dwconv_forward_cpu", [&] {
-      using acc = at::opmath_type<scalar_t>;
-      dispatch_act(act, [&](auto A) {
-        PYCNN_CPU_KERNEL(dw, forward<scalar_t, scalar_t, acc, decltype(A)::value>)(
-            g, x.const_data_ptr<scalar_t>(), wt.const_data_ptr<acc>(), affine ? sc.const_data_ptr<acc>() : nullptr,
-            affine ? bi.const_data_ptr<acc>() : nullptr, r.defined() ? r.const_data_ptr<scalar_t>() : nullptr,
-            y.data_ptr<scalar_t>());
-      });
-    });
+    PYCNN_CPU_KERNELS(dw).forward(g, act, x, wt, affine ? sc : Tensor(), affine ? bi : Tensor(), r, y);
   }
   return y.contiguous(kernel_memory_format(input));
 }
@@ -177,48 +142,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, OptTensor> dwconv_backward_cpu(
   const bool transposed_as_forward = g.sh == 1 && g.sw == 1 && g.dh == 1 && g.dw == 1 && g.ph <= g.k - 1 &&
                                      g.pw <= g.k - 1;
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "dwconv_backward_cpu", [&] {
-    using acc = at::opmath_type<scalar_t>;
-    auto grad_in = [&](const auto* grad_u) {
-      using gu_t = std::remove_cv_t<std::remove_pointer_t<decltype(grad_u)>>;
-      if (dx.numel() == 0) return;
-      if (transposed_as_forward) {
-        DwConvGeometry t = g;
-        std::swap(t.h, t.oh);
-        std::swap(t.w, t.ow);
-        t.ph = g.k - 1 - g.ph;
-        t.pw = g.k - 1 - g.pw;
-        const Tensor flipped = dwconv_weight_taps(weight.flip({2, 3}));
-        PYCNN_CPU_KERNEL(dw, forward<gu_t, scalar_t, acc, Act::None>)(
-            t, grad_u, flipped.const_data_ptr<acc>(), nullptr, nullptr, nullptr, dx.data_ptr<scalar_t>());
-      } else {
-        PYCNN_CPU_KERNEL(dw, backward_grad_in<scalar_t, acc, gu_t>)(g, grad_u, wt.const_data_ptr<acc>(),
-                                                                    dx.data_ptr<scalar_t>());
-      }
-    };
-    if (identity) {
-      const scalar_t* grad_u = dy.const_data_ptr<scalar_t>();
-      if (rows > 0) {
-        PYCNN_CPU_KERNEL(dw, backward_weight<scalar_t, acc, scalar_t>)(
-            g, x.const_data_ptr<scalar_t>(), grad_u, partials.data_ptr<acc>(), true, rows_per_block, blocks);
-      }
-      grad_in(grad_u);
-    } else {
-      if (rows > 0) {
-        dispatch_act(act, [&](auto A) {
-          PYCNN_CPU_KERNEL(dw, backward_epilogue<scalar_t, acc, decltype(A)::value>)(
-              g, x.const_data_ptr<scalar_t>(), dy.const_data_ptr<scalar_t>(), wt.const_data_ptr<acc>(),
-              sc.const_data_ptr<acc>(), bi.const_data_ptr<acc>(), r.defined() ? r.const_data_ptr<scalar_t>() : nullptr,
-              gu.data_ptr<acc>(), dr.defined() ? dr.data_ptr<scalar_t>() : nullptr, partials.data_ptr<acc>(),
-              rows_per_block, blocks);
-        });
-        PYCNN_CPU_KERNEL(dw, backward_weight<scalar_t, acc, acc>)(
-            g, x.const_data_ptr<scalar_t>(), gu.const_data_ptr<acc>(), partials.data_ptr<acc>(), false,
-            rows_per_block, blocks);
-      }
-      grad_in(gu.const_data_ptr<acc>());
-    }
-  });
+  const Tensor flipped = transposed_as_forward ? dwconv_weight_taps(weight.flip({2, 3})) : Tensor();
+  PYCNN_CPU_KERNELS(dw).backward(g, act, identity, x, dy, r, wt, flipped, sc, bi, dx, dr, gu, partials,
+                                 rows_per_block, blocks);
   Tensor sums = partials.sum(0);  // [k*k + 2][C]
   // With the identity epilogue dz = dy, so dscale = sum dy * conv(x) = sum over taps of w * dweight.
   if (identity) sums[kk].copy_((wt * sums.narrow(0, 0, kk)).sum(0));

@@ -1,6 +1,6 @@
-// CPU kernels of pycnn::dwconv_* (NHWC). Not a normal header: csrc/cpu/dwconv.cpp compiles it twice
-// through cpu/isa_kernels.h, in namespace pycnn::dw_base (baseline ISA) and pycnn::dw_avx2 (AVX2+FMA),
-// and picks one at run time (PYCNN_CPU_KERNEL). All includes are done by dwconv.cpp before.
+// CPU kernels of pycnn::dwconv_* (NHWC). Not a normal header: cpu/isa_kernels.h compiles it once per
+// variant (namespaces pycnn::dw_base, dw_avx2, dw_avx512), and dwconv.cpp calls the one that runs through
+// its table of entry points (`kernels` at the end, cpu/dwconv_entries.h).
 // madd and the vector types (Vec, vload, vstore) come from cpu/isa_prelude.h.
 //
 // Two paths compute conv(x) for a pixel:
@@ -17,17 +17,34 @@
 using cpu::cpu_act;
 using cpu::cpu_act_backward;
 
-// Vectors of channels (cpu/isa_prelude.h): 8 floats or 4 doubles. Inputs of another type (half,
-// bfloat16) are widened lane by lane.
+// Vectors of channels (cpu/isa_prelude.h): 8 floats or 4 doubles (16 and 8 in avx512). Inputs of another
+// type (half, bfloat16) are widened: with F16C / AVX2 / AVX-512 instructions in the avx2 and avx512 variants
+// (exact: half to float is vcvtph2ps, bfloat16 to float a 16-bit shift), lane by lane in the baseline. n < lanes
+// (avx512's masked tails): lanes [n, lanes) are zero and not read.
 template <typename acc> constexpr int64_t kLanes = Vec<acc>::lanes;
 
 template <typename acc, typename T>
-inline typename Vec<acc>::type load_vec(const T* p) {
+inline typename Vec<acc>::type load_vec(const T* p, int n = Vec<acc>::lanes) {
+  using V = typename Vec<acc>::type;
+  constexpr bool half_to_float =
+      std::is_same_v<acc, float> && (std::is_same_v<T, at::Half> || std::is_same_v<T, at::BFloat16>);
   if constexpr (std::is_same_v<T, acc>) {
-    return vload(p);
+    return vload_n(p, n);
+#if defined(PYCNN_CPU_AVX512)
+  } else if constexpr (half_to_float) {
+    const __m256i h = _mm256_maskz_loadu_epi16(static_cast<__mmask16>((1u << n) - 1), p);
+    if constexpr (std::is_same_v<T, at::Half>) return (V)_mm512_cvtph_ps(h);
+    else return (V)_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+#elif defined(PYCNN_CPU_FMA) && defined(__x86_64__)
+  } else if constexpr (half_to_float) {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    if constexpr (std::is_same_v<T, at::Half>) return (V)_mm256_cvtph_ps(h);
+    else return (V)_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+#endif
   } else {
-    typename Vec<acc>::type v;
-    for (int64_t t = 0; t < kLanes<acc>; ++t) v[t] = static_cast<acc>(p[t]);
+    (void)half_to_float;
+    V v{};
+    for (int64_t t = 0; t < (kMaskedTails ? n : kLanes<acc>); ++t) v[t] = static_cast<acc>(p[t]);
     return v;
   }
 }
@@ -83,12 +100,25 @@ inline ColumnTaps column_taps(const DwConvGeometry& g) {
   return t;
 }
 
+// Whether the register-blocked paths are compiled for this geometry: k 3/5/7, column stride 1 or 2, column
+// dilation 1.
+inline bool fast_geometry(const DwConvGeometry& g) {
+  return (g.k == 3 || g.k == 5 || g.k == 7) && g.dw == 1 && (g.sw == 1 || g.sw == 2);
+}
+
 // Channels [0, fast_channels) go through the register-blocked paths: whole vectors, for the geometries
-// they are compiled for (k 3/5/7, column stride 1 or 2, column dilation 1); 0 where they do not apply.
+// they are compiled for; 0 where they do not apply.
 template <typename acc>
 inline int64_t fast_channels(const DwConvGeometry& g) {
-  const bool kernel = g.k == 3 || g.k == 5 || g.k == 7;
-  return kernel && g.dw == 1 && (g.sw == 1 || g.sw == 2) ? g.c / kLanes<acc> * kLanes<acc> : 0;
+  return fast_geometry(g) ? g.c / kLanes<acc> * kLanes<acc> : 0;
+}
+
+// Channels [0, conv_channels) go through conv_rows's register blocks: fast_channels, and in avx512 the
+// channels after the last whole vector too (one masked vector); the rest through conv_point.
+template <typename acc>
+inline int64_t conv_channels(const DwConvGeometry& g) {
+  if constexpr (kMaskedTails) return fast_geometry(g) ? g.c : 0;
+  return fast_channels<acc>(g);
 }
 
 // backward_weight's register-blocked part of a row: output columns [begin, end) have every kernel column
@@ -129,7 +159,7 @@ inline void dispatch_fast(const DwConvGeometry& g, Body body) {
 // last block, which may reach past the row; its pixels past the row are not stored).
 template <int K, int S, int P, bool Edge, typename in_t, typename acc>
 inline void conv_pixels(const in_t* const* rows, int64_t first, int m_lo, int m_hi, const acc* wt, int64_t C,
-                        int ilo, int ihi, int64_t c0, typename Vec<acc>::type* __restrict__ u) {
+                        int ilo, int ihi, int64_t c0, int n, typename Vec<acc>::type* __restrict__ u) {
   constexpr int M = S * (P - 1) + K;  // input columns the P pixels read
   typename Vec<acc>::type s[P];
 #pragma GCC unroll 8
@@ -138,14 +168,14 @@ inline void conv_pixels(const in_t* const* rows, int64_t first, int m_lo, int m_
     const acc* wr = wt + int64_t(i) * K * C + c0;
     typename Vec<acc>::type wv[K];
 #pragma GCC unroll 7
-    for (int j = 0; j < K; ++j) wv[j] = vload(wr + j * C);
+    for (int j = 0; j < K; ++j) wv[j] = vload_n(wr + j * C, n);
     // One pointer stepped column by column (a register add per load), not M offsets from the row start.
     const in_t* xp = rows[i] + (first * C + c0);
 #pragma GCC unroll 32
     for (int m = 0; m < M; ++m, xp += C) {
       asm("" : "+r"(xp));
       if (Edge && (m < m_lo || m >= m_hi)) continue;
-      auto xv = load_vec<acc>(xp);
+      auto xv = load_vec<acc>(xp, n);
       in_register(xv);
 #pragma GCC unroll 8
       for (int p = 0; p < P; ++p) {
@@ -184,16 +214,30 @@ inline void for_channel_blocks(int64_t begin, int64_t channels, Fn fn) {
   if (c0 < channels) fn(c0, channels - c0, std::false_type{});
 }
 
+// What conv_rows calls with each row: fn(context, q, u). A plain function pointer, so conv_rows (the fast
+// path's unrolled register blocks) is compiled once per input type, not once more per epilogue and
+// activation that uses it; one indirect call per output row costs nothing next to the row.
+template <typename acc>
+struct RowFn {
+  void* context;
+  void (*fn)(void*, int64_t, acc*);
+  template <typename F>
+  static RowFn of(F& f) {
+    return {&f, [](void* c, int64_t q, acc* u) { (*static_cast<F*>(c))(q, u); }};
+  }
+};
+
 // For every output row q in [q0, q1) (q = n * OH + oh): u = conv(x) of the row, [OW][C] in the
 // accumulation type, at u0 + (q - q0) * u_stride (u_stride 0: one buffer for every row), through the fast
 // path where it applies; then row(q, u). Computing a whole row before its epilogue keeps the epilogue a
-// plain loop over channels that the compiler vectorizes (inlined into the pixel loops, the activations'
-// selects compiled to branches).
-template <typename in_t, typename acc, typename Row>
-inline void conv_rows(const DwConvGeometry& g, const in_t* x, const acc* wt, const ColumnTaps& cols, int64_t q0,
-                      int64_t q1, acc* u0, int64_t u_stride, Row row) {
+// plain loop over channels that the compiler vectorizes (the activations' selects compiled to branches).
+template <typename in_t, typename acc>
+__attribute__((noinline)) void conv_rows(const DwConvGeometry& g, const in_t* x, const acc* wt,
+                                         const ColumnTaps& cols, int64_t q0, int64_t q1, acc* u0, int64_t u_stride,
+                                         RowFn<acc> row_fn) {
+  auto row = [&](int64_t q, acc* u) { row_fn.fn(row_fn.context, q, u); };
   constexpr int64_t L = kLanes<acc>;
-  const int64_t fast = fast_channels<acc>(g);
+  const int64_t fast = conv_channels<acc>(g), vectors = (fast + L - 1) / L;
   // fast_row(n, oh, ilo, ihi, u) computes channels [0, fast) of the row.
   auto each_row = [&](auto fast_row) {
     for (int64_t q = q0; q < q1; ++q) {
@@ -236,7 +280,7 @@ inline void conv_rows(const DwConvGeometry& g, const in_t* x, const acc* wt, con
         // This block's slice of the rows ahead, spread over its vectors of channels (a burst of prefetches
         // stalls once the misses in flight fill the buffers).
         int64_t next = b * row_bytes / blocks / 64 * 64;
-        const int64_t to = (b + 1) * row_bytes / blocks, per_vector = ((to - next) / (fast / L) + 63) / 64 * 64;
+        const int64_t to = (b + 1) * row_bytes / blocks, per_vector = ((to - next) / vectors + 63) / 64 * 64;
         const int64_t ow0 = b * P, first = ow0 * S - g.pw, valid = std::min<int64_t>(P, g.ow - ow0);
         const int m_lo = static_cast<int>(std::clamp<int64_t>(-first, 0, span));
         const int m_hi = static_cast<int>(std::clamp<int64_t>(g.w - first, m_lo, span));
@@ -245,11 +289,12 @@ inline void conv_rows(const DwConvGeometry& g, const in_t* x, const acc* wt, con
           for (const int64_t end = std::min(to, next + per_vector); next < end; next += 64) {
             for (int a = 0; a < n_ahead; ++a) __builtin_prefetch(ahead[a] + next, 0, 2);
           }
+          const int nv = static_cast<int>(std::min<int64_t>(L, fast - c0));  // < L: avx512's masked tail
           typename Vec<acc>::type v[P];
-          if (edge) conv_pixels<K, S, P, true>(rows, first, m_lo, m_hi, wt, g.c, ilo, ihi, c0, v);
-          else conv_pixels<K, S, P, false>(rows, first, m_lo, m_hi, wt, g.c, ilo, ihi, c0, v);
+          if (edge) conv_pixels<K, S, P, true>(rows, first, m_lo, m_hi, wt, g.c, ilo, ihi, c0, nv, v);
+          else conv_pixels<K, S, P, false>(rows, first, m_lo, m_hi, wt, g.c, ilo, ihi, c0, nv, v);
           for (int p = 0; p < P; ++p)
-            if (p < valid) vstore(u + (ow0 + p) * g.c + c0, v[p]);
+            if (p < valid) vstore_n(u + (ow0 + p) * g.c + c0, v[p], nv);
         }
       }
     });
@@ -288,14 +333,16 @@ void forward(const DwConvGeometry& g, const in_t* x, const acc* wt, const acc* s
   at::parallel_for(0, g.n * g.oh, row_grain(g, g.ow), [&](int64_t q0, int64_t q1) {
     if constexpr (same_type) {
       if (direct) {
-        conv_rows(g, x, wt, cols, q0, q1, y + q0 * row_size, row_size, [](int64_t, acc*) {});
+        auto nothing = [](int64_t, acc*) {};
+        conv_rows(g, x, wt, cols, q0, q1, y + q0 * row_size, row_size, RowFn<acc>::of(nothing));
         return;
       }
     }
     std::vector<acc> u(row_size);
-    conv_rows(g, x, wt, cols, q0, q1, u.data(), 0, [&](int64_t q, acc* uq) {
+    auto epilogue = [&](int64_t q, acc* uq) {
       epilogue_row<A>(g.ow, g.c, uq, sc, bi, r != nullptr ? r + q * row_size : nullptr, y + q * row_size);
-    });
+    };
+    conv_rows(g, x, wt, cols, q0, q1, u.data(), 0, RowFn<acc>::of(epilogue));
   });
 }
 
@@ -341,12 +388,13 @@ void backward_epilogue(const DwConvGeometry& g, const scalar_t* x, const scalar_
       acc* dsc = partials + b * stride + kk * g.c;
       acc* dbi = dsc + g.c;
       std::fill(dsc, dsc + 2 * g.c, acc(0));
+      auto epilogue = [&](int64_t q, acc* uq) {
+        const int64_t off = q * row_size;
+        epilogue_backward_row<A>(g.ow, g.c, uq, sc, bi, r != nullptr ? r + off : nullptr, dy + off,
+                                 dr != nullptr ? dr + off : nullptr, dsc, dbi, gu + off);
+      };
       conv_rows(g, x, wt, cols, b * rows_per_block, std::min(rows, (b + 1) * rows_per_block), u.data(), 0,
-                [&](int64_t q, acc* uq) {
-                  const int64_t off = q * row_size;
-                  epilogue_backward_row<A>(g.ow, g.c, uq, sc, bi, r != nullptr ? r + off : nullptr, dy + off,
-                                           dr != nullptr ? dr + off : nullptr, dsc, dbi, gu + off);
-                });
+                RowFn<acc>::of(epilogue));
     }
   });
 }
@@ -543,3 +591,75 @@ void backward_grad_in(const DwConvGeometry& g, const gu_t* gu, const acc* wt, sc
     }
   });
 }
+
+// ------------------------------------------------------------------------ entry points ----
+
+void run_forward(const DwConvGeometry& g, Act act, const Tensor& x, const Tensor& wt, const Tensor& sc,
+                 const Tensor& bi, const Tensor& r, const Tensor& y) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "dwconv_forward_cpu", [&] {
+    using acc = at::opmath_type<scalar_t>;
+    const acc* scp = sc.defined() ? sc.const_data_ptr<acc>() : nullptr;
+    const acc* bip = bi.defined() ? bi.const_data_ptr<acc>() : nullptr;
+    const scalar_t* rp = r.defined() ? r.const_data_ptr<scalar_t>() : nullptr;
+    if constexpr (!std::is_same_v<scalar_t, acc>) {
+      if (x.scalar_type() != y.scalar_type()) {  // dx from the float gradient of a half-precision step
+        TORCH_INTERNAL_ASSERT(act == Act::None && scp == nullptr && rp == nullptr);
+        forward<acc, scalar_t, acc, Act::None>(g, x.const_data_ptr<acc>(), wt.const_data_ptr<acc>(), nullptr,
+                                               nullptr, nullptr, y.data_ptr<scalar_t>());
+        return;
+      }
+    }
+    cpu::dispatch_act(act, [&](auto A) {
+      forward<scalar_t, scalar_t, acc, decltype(A)::value>(g, x.const_data_ptr<scalar_t>(), wt.const_data_ptr<acc>(),
+                                                           scp, bip, rp, y.data_ptr<scalar_t>());
+    });
+  });
+}
+
+void run_backward(const DwConvGeometry& g, Act act, bool identity, const Tensor& x, const Tensor& dy,
+                  const Tensor& r, const Tensor& wt, const Tensor& flipped, const Tensor& sc, const Tensor& bi,
+                  const Tensor& dx, const Tensor& dr, const Tensor& gu, const Tensor& partials,
+                  int64_t rows_per_block, int64_t blocks) {
+  const int64_t rows = g.n * g.oh;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "dwconv_backward_cpu", [&] {
+    using acc = at::opmath_type<scalar_t>;
+    auto grad_in = [&](const auto* grad_u) {
+      using gu_t = std::remove_cv_t<std::remove_pointer_t<decltype(grad_u)>>;
+      if (dx.numel() == 0) return;
+      if (flipped.defined()) {  // stride and dilation 1: the forward over the gradient, flipped kernel
+        DwConvGeometry t = g;
+        std::swap(t.h, t.oh);
+        std::swap(t.w, t.ow);
+        t.ph = g.k - 1 - g.ph;
+        t.pw = g.k - 1 - g.pw;
+        forward<gu_t, scalar_t, acc, Act::None>(t, grad_u, flipped.const_data_ptr<acc>(), nullptr, nullptr, nullptr,
+                                                dx.data_ptr<scalar_t>());
+      } else {
+        backward_grad_in<scalar_t, acc, gu_t>(g, grad_u, wt.const_data_ptr<acc>(), dx.data_ptr<scalar_t>());
+      }
+    };
+    if (identity) {
+      const scalar_t* grad_u = dy.const_data_ptr<scalar_t>();
+      if (rows > 0) {
+        backward_weight<scalar_t, acc, scalar_t>(g, x.const_data_ptr<scalar_t>(), grad_u, partials.data_ptr<acc>(),
+                                                 true, rows_per_block, blocks);
+      }
+      grad_in(grad_u);
+    } else {
+      if (rows > 0) {
+        cpu::dispatch_act(act, [&](auto A) {
+          backward_epilogue<scalar_t, acc, decltype(A)::value>(
+              g, x.const_data_ptr<scalar_t>(), dy.const_data_ptr<scalar_t>(), wt.const_data_ptr<acc>(),
+              sc.const_data_ptr<acc>(), bi.const_data_ptr<acc>(), r.defined() ? r.const_data_ptr<scalar_t>() : nullptr,
+              gu.data_ptr<acc>(), dr.defined() ? dr.data_ptr<scalar_t>() : nullptr, partials.data_ptr<acc>(),
+              rows_per_block, blocks);
+        });
+        backward_weight<scalar_t, acc, acc>(g, x.const_data_ptr<scalar_t>(), gu.const_data_ptr<acc>(),
+                                            partials.data_ptr<acc>(), false, rows_per_block, blocks);
+      }
+      grad_in(gu.const_data_ptr<acc>());
+    }
+  });
+}
+
+extern const DwConvKernels kernels = {&run_forward, &run_backward};

@@ -1,7 +1,7 @@
-// CPU kernels of pycnn::dwconv_* for NCHW-contiguous tensors. Not a normal header: csrc/cpu/dwconv.cpp
-// compiles it twice through cpu/isa_kernels.h, in namespace pycnn::dwn_base (baseline ISA) and
-// pycnn::dwn_avx2 (AVX2+FMA), and picks one at run time (PYCNN_CPU_KERNEL). All includes are done by
-// dwconv.cpp before. madd and Vec come from cpu/isa_prelude.h.
+// CPU kernels of pycnn::dwconv_* for NCHW-contiguous tensors. Not a normal header: cpu/isa_kernels.h
+// compiles it once per variant (namespaces pycnn::dwn_base, dwn_avx2, dwn_avx512), and dwconv.cpp calls the
+// one that runs through its table of entry points (`kernels` at the end, cpu/dwconv_entries.h). madd and
+// Vec come from cpu/isa_prelude.h.
 //
 // Every (n, c) plane is an independent 2-D convolution. A plane is first copied (converted to the
 // accumulation type) into zero-padded "phase planes": for strides sh x sw, sh * sw planes, phase (rho, phi)
@@ -401,3 +401,35 @@ void backward(const DwConvGeometry& g, const scalar_t* x, const scalar_t* dy, co
     }
   });
 }
+
+// ------------------------------------------------------------------------ entry points ----
+
+void run_forward(const DwConvGeometry& g, Act act, const Tensor& x, const Tensor& wt, const Tensor& sc,
+                 const Tensor& bi, const Tensor& r, const Tensor& y) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "dwconv_forward_nchw", [&] {
+    using acc = at::opmath_type<scalar_t>;
+    cpu::dispatch_act(act, [&](auto A) {
+      forward<scalar_t, acc, decltype(A)::value>(g, x.const_data_ptr<scalar_t>(), wt.const_data_ptr<acc>(),
+                                                 sc.const_data_ptr<acc>(), bi.const_data_ptr<acc>(),
+                                                 r.defined() ? r.const_data_ptr<scalar_t>() : nullptr,
+                                                 y.data_ptr<scalar_t>());
+    });
+  });
+}
+
+void run_backward(const DwConvGeometry& g, Act act, const Tensor& x, const Tensor& dy, const Tensor& wt,
+                  const Tensor& sc, const Tensor& bi, const Tensor& r, const Tensor& dx, const Tensor& dr,
+                  const Tensor& gw, const Tensor& gs, const Tensor& gb) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "dwconv_backward_nchw", [&] {
+    using acc = at::opmath_type<scalar_t>;
+    cpu::dispatch_act(act, [&](auto A) {
+      backward<scalar_t, acc, decltype(A)::value>(
+          g, x.const_data_ptr<scalar_t>(), dy.const_data_ptr<scalar_t>(), wt.const_data_ptr<acc>(),
+          sc.const_data_ptr<acc>(), bi.const_data_ptr<acc>(), r.defined() ? r.const_data_ptr<scalar_t>() : nullptr,
+          dx.data_ptr<scalar_t>(), dr.defined() ? dr.data_ptr<scalar_t>() : nullptr, gw.data_ptr<acc>(),
+          gs.data_ptr<acc>(), gb.data_ptr<acc>());
+    });
+  });
+}
+
+extern const DwConvNchwKernels kernels = {&run_forward, &run_backward};

@@ -1,31 +1,62 @@
-// Compiles a kernels header twice (no include guard: included once per kernels header). Define
-//   #define PYCNN_ISA_KERNELS "cpu/<op>_kernels.h"
-//   #define PYCNN_ISA_NS <op-prefix>
-// then include this inside namespace pycnn, after every include the kernels need. The header is compiled
-// in namespace PYCNN_ISA_NS##_base for the baseline ISA the build targets (SSE2 on x86-64) and, where the
-// compiler supports it (PYCNN_CPU_AVX2, kernel_utils.h), again in PYCNN_ISA_NS##_avx2 under
-// #pragma GCC target("avx2,fma") with PYCNN_CPU_FMA defined. PYCNN_CPU_KERNEL(ns, fn) picks the one for
-// the CPU at run time. cpu/isa_prelude.h (madd, vector types) comes first in each. Helpers the kernels inline from other headers (exp_approx, cpu_act) are compiled
-// into each copy with its ISA.
+// The translation unit of one variant of one kernels header. CMake generates one per kernels header and
+// variant (build/<dir>/isa/<header>.<variant>.cpp, see CMakeLists.txt), each of the form
+//   #define PYCNN_ISA_VARIANT 2                   // 0 baseline, 1 avx2, 2 avx512
+//   #define PYCNN_ISA_ENTRIES "cpu/dwconv_entries.h"  // the op's table of entry points (a normal header)
+//   #define PYCNN_ISA_KERNELS "cpu/dwconv_kernels.h"  // the kernels, ending with `kernels`, the table
+//   #define PYCNN_ISA_NS dw
+//   #include "cpu/isa_kernels.h"
+// so the variants build in parallel. The kernels header is compiled in namespace pycnn::PYCNN_ISA_NS##_base,
+// _avx2 or _avx512 (distinct names: no inline function of one variant can stand in for another's at link
+// time), under #pragma GCC target for the avx2 (AVX2+FMA) and avx512 (AVX-512 F/BW/DQ/VL, 512-bit vectors)
+// variants, after cpu/isa_prelude.h (madd and the vector types of the variant's width). Helpers the kernels
+// inline from other headers (exp_approx, cpu_act) are compiled into each copy with its ISA. The host code
+// (csrc/cpu/<op>.cpp) calls the variant that runs through PYCNN_CPU_KERNELS(ns) (cpu/kernel_utils.h).
+// The tensor core and the few operators the kernels headers call, not ATen/ATen.h (every operator: 4x the
+// parse time, paid by each of the variants' units).
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/constant_pad_nd.h>  // gconv_kernels.h
+#include <ATen/ops/zeros.h>            // gconv_kernels.h
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+#ifdef __x86_64__
+#include <immintrin.h>
+#endif
+
+#include "cpu/kernel_utils.h"
+#include PYCNN_ISA_ENTRIES
+
 #define PYCNN_ISA_CAT_(a, b) a##b
 #define PYCNN_ISA_CAT(a, b) PYCNN_ISA_CAT_(a, b)
 
-namespace PYCNN_ISA_CAT(PYCNN_ISA_NS, _base) {
-#include "cpu/isa_prelude.h"
-#include PYCNN_ISA_KERNELS
-}
-
-#ifdef PYCNN_CPU_AVX2
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-namespace PYCNN_ISA_CAT(PYCNN_ISA_NS, _avx2) {
+#if PYCNN_ISA_VARIANT == 0
+#define PYCNN_ISA_SUFFIX _base
+#elif PYCNN_ISA_VARIANT == 1
+#define PYCNN_ISA_SUFFIX _avx2
+#ifdef PYCNN_CPU_X86_VARIANTS
+#pragma GCC target("avx2,fma,f16c")
 #define PYCNN_CPU_FMA 1
-#include "cpu/isa_prelude.h"
-#include PYCNN_ISA_KERNELS
-#undef PYCNN_CPU_FMA
-}
-#pragma GCC pop_options
+#endif
+#else
+#define PYCNN_ISA_SUFFIX _avx512
+#ifdef PYCNN_CPU_X86_VARIANTS
+#pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,prefer-vector-width=512")
+#define PYCNN_CPU_FMA 1
+#define PYCNN_CPU_AVX512 1
+#endif
 #endif
 
-#undef PYCNN_ISA_KERNELS
-#undef PYCNN_ISA_NS
+namespace pycnn {
+namespace PYCNN_ISA_CAT(PYCNN_ISA_NS, PYCNN_ISA_SUFFIX) {
+#include "cpu/isa_prelude.h"
+#include PYCNN_ISA_KERNELS
+}  // namespace
+}  // namespace pycnn

@@ -1,36 +1,55 @@
 // Helpers shared by the CPU kernels (csrc/cpu/*.cpp): the layout a kernel works in, compile-time
 // dispatch of the activation and of the channel stride of a span, and the run-time choice between the
-// baseline and the AVX2+FMA builds of a kernel (cpu/isa_kernels.h).
+// variants of a kernels header (baseline, AVX2+FMA, AVX-512: cpu/isa_kernels.h).
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <algorithm>
 #include <bit>
 #include <cstdint>
 #include <limits>
+#include <string_view>
 #include <type_traits>
 
 #include "../activation.h"
-#include "../bn_act.h"
+#include "../op_common.h"
 
-// PYCNN_CPU_AVX2: the compiler can build functions for AVX2+FMA inside a baseline translation unit
-// (#pragma GCC target), so cpu/isa_kernels.h compiles the kernel headers a second time for it.
+// PYCNN_CPU_X86_VARIANTS: the compiler can build functions for AVX2+FMA and AVX-512 inside a baseline
+// translation unit (#pragma GCC target), so the avx2 and avx512 variants of the kernels headers
+// (cpu/isa_kernels.h) are built for those ISAs; elsewhere they are baseline code the dispatch never picks.
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define PYCNN_CPU_AVX2 1
+#define PYCNN_CPU_X86_VARIANTS 1
 #endif
 
 namespace pycnn {
 namespace cpu {
 
-// Whether the CPU running us has AVX2 and FMA (checked once).
-inline bool use_avx2() {
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return yes;
-#else
-  return false;
-#endif
+// The variants of the CPU kernels (cpu/isa_kernels.h), in increasing order of what they need from the CPU.
+enum class Isa : int { baseline = 0, avx2 = 1, avx512 = 2 };
+constexpr int kIsaCount = 3;
+
+// Defined in cpu/isa.cpp:
+// the best variant this CPU runs (AVX2 needs avx2+fma, AVX-512 needs avx512f/bw/dq/vl as well);
+Isa cpu_isa();
+// the variant the kernels use: cpu_isa() capped by PYCNN_CPU_ISA=baseline|avx2|avx512 (read once; another
+// value is an error naming the allowed ones) or by set_isa_cap (tests);
+Isa active_isa();
+// caps the variant further for this process (tests run each op under every variant the CPU has; avx512
+// lifts the cap back to PYCNN_CPU_ISA's); returns the variant that runs from now on.
+Isa set_isa_cap(Isa cap);
+const char* isa_name(Isa isa);
+Isa parse_isa(std::string_view name);  // throws, naming the allowed values, on anything else
+
+// The variant's copy of an op's table of entry points: kernels headers define `kernels` in each variant
+// namespace (ns##_base, ns##_avx2, ns##_avx512); PYCNN_CPU_VARIANTS declares them.
+template <typename Table>
+inline const Table& select(const Table& base, const Table& avx2, const Table& avx512) {
+  switch (active_isa()) {
+    case Isa::avx512: return avx512;
+    case Isa::avx2: return avx2;
+    default: return base;
+  }
 }
 
 // NCHW (channels_last false) or NHWC, contiguous; hw = H * W.
@@ -126,11 +145,18 @@ void dispatch_channel_stride(const Layout& l, Body body) {
 }  // namespace cpu
 }  // namespace pycnn
 
-// The build of kernel `fn` (a function or template specialization of a kernels header compiled by
-// cpu/isa_kernels.h into namespaces ns##_base and ns##_avx2) for this CPU, as a function pointer:
-//   PYCNN_CPU_KERNEL(dw, forward<scalar_t, acc, A>)(args...)
-#ifdef PYCNN_CPU_AVX2
-#define PYCNN_CPU_KERNEL(ns, ...) (::pycnn::cpu::use_avx2() ? &ns##_avx2::__VA_ARGS__ : &ns##_base::__VA_ARGS__)
-#else
-#define PYCNN_CPU_KERNEL(ns, ...) (&ns##_base::__VA_ARGS__)
-#endif
+// Declares an op's table of entry points (struct Table, function pointers) in each variant namespace of
+// its kernels header (ns##_base, ns##_avx2, ns##_avx512); inside namespace pycnn.
+#define PYCNN_CPU_VARIANTS(Table, ns)           \
+  namespace ns##_base {                         \
+  extern const Table kernels;                   \
+  }                                             \
+  namespace ns##_avx2 {                         \
+  extern const Table kernels;                   \
+  }                                             \
+  namespace ns##_avx512 {                       \
+  extern const Table kernels;                   \
+  }
+
+// The entry points of the variant that runs (cpu::active_isa()): PYCNN_CPU_KERNELS(dw).forward(args...)
+#define PYCNN_CPU_KERNELS(ns) (::pycnn::cpu::select(ns##_base::kernels, ns##_avx2::kernels, ns##_avx512::kernels))

@@ -8,6 +8,7 @@
 // The tensor is visited as contiguous spans as in bn_act: in NCHW one (n, c) plane of H*W elements of a
 // single channel; in channels_last one pixel's C channels. Span loops take the channel stride S (0 or 1)
 // as a template argument so one body serves both layouts and the compiler vectorizes it.
+#include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -19,15 +20,13 @@
 #include <vector>
 
 #include "cpu/kernel_utils.h"
+#include "cpu/se_entries.h"
 #include "se.h"
 
 namespace pycnn {
 
-// The forward's passes (pool, scale) and small excitations: cpu/se_kernels.h, built for the baseline ISA
-// and for AVX2+FMA (cpu/isa_kernels.h).
-#define PYCNN_ISA_KERNELS "cpu/se_kernels.h"
-#define PYCNN_ISA_NS se
-#include "cpu/isa_kernels.h"
+// The forward's passes (pool, scale) and small excitations run in cpu/se_kernels.h, built once per variant
+// (baseline, AVX2+FMA, AVX-512: cpu/isa_kernels.h); the backward's loops below are baseline code.
 
 namespace {
 
@@ -159,30 +158,18 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> se_forward_cpu(const Tensor& input_, 
     gate = at::empty({l.n, l.c}, pooled.options());
   }
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "se_forward_cpu", [&] {
-    using acc = at::opmath_type<scalar_t>;
-    const scalar_t* x = input.const_data_ptr<scalar_t>();
-    PYCNN_CPU_KERNEL(se, pool<scalar_t, acc>)(l, x, pooled.data_ptr<acc>());
-    if (direct) {
-      // The weights as [out, in] acc arrays; no copy when they already are (float32 / float64 parameters).
-      auto as_acc = [&](const Tensor& t) { return t.scalar_type() == acc_type && t.is_contiguous() ? t : t.to(acc_type).contiguous(); };
-      const Tensor w1 = as_acc(fc1_weight), w2 = as_acc(fc2_weight);
-      const Tensor b1 = fc1_bias ? as_acc(*fc1_bias) : Tensor(), b2 = fc2_bias ? as_acc(*fc2_bias) : Tensor();
-      std::vector<acc> scratch(static_cast<size_t>(cr * l.c + cr));
-      PYCNN_CPU_KERNEL(se, excite<acc>)(l.n, l.c, cr, act, pooled.const_data_ptr<acc>(), w1.const_data_ptr<acc>(),
-                                        b1.defined() ? b1.const_data_ptr<acc>() : nullptr, w2.const_data_ptr<acc>(),
-                                        b2.defined() ? b2.const_data_ptr<acc>() : nullptr, hidden.data_ptr<acc>(),
-                                        gate.data_ptr<acc>(), scratch.data());
-    } else {
-      // The excitation: [N, C] -> [N, C_r] -> [N, C], GEMMs in the accumulation dtype.
-      const Tensor w1 = fc_matrix(fc1_weight, acc_type), w2 = fc_matrix(fc2_weight, acc_type);
-      hidden = fc1_bias ? at::addmm(fc1_bias->to(acc_type), pooled, w1.t()) : at::mm(pooled, w1.t());
-      const Tensor a1 = apply_act<acc>(hidden, act);
+  const auto& kernels = PYCNN_CPU_KERNELS(se);
+  kernels.pool_excite(l, act, direct, input, fc1_weight, fc1_bias, fc2_weight, fc2_bias, pooled, hidden, gate);
+  if (!direct) {
+    // The excitation: [N, C] -> [N, C_r] -> [N, C], GEMMs in the accumulation dtype.
+    const Tensor w1 = fc_matrix(fc1_weight, acc_type), w2 = fc_matrix(fc2_weight, acc_type);
+    hidden = fc1_bias ? at::addmm(fc1_bias->to(acc_type), pooled, w1.t()) : at::mm(pooled, w1.t());
+    AT_DISPATCH_FLOATING_TYPES(acc_type, "se_forward_cpu", [&] {
+      const Tensor a1 = apply_act<scalar_t>(hidden, act);
       gate = (fc2_bias ? at::addmm(fc2_bias->to(acc_type), a1, w2.t()) : at::mm(a1, w2.t())).sigmoid_();
-    }
-    PYCNN_CPU_KERNEL(se, scale_any<scalar_t, acc>)(l, post, x, residual.defined() ? residual.const_data_ptr<scalar_t>() : nullptr,
-                                                   gate.const_data_ptr<acc>(), output.data_ptr<scalar_t>());
-  });
+    });
+  }
+  kernels.scale(l, post, input, residual, gate, output);
   return {output, pooled, hidden, gate};
 }
 

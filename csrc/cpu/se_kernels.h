@@ -1,6 +1,6 @@
-// CPU kernels of pycnn::se_forward (both layouts). Not a normal header: csrc/cpu/se.cpp includes it twice,
-// inside namespace pycnn::se_base (baseline ISA) and pycnn::se_avx2 (under #pragma GCC target "avx2,fma"),
-// and picks one at run time (PYCNN_CPU_KERNEL, kernel_utils.h). All includes are done by se.cpp before.
+// CPU kernels of pycnn::se_forward (both layouts). Not a normal header: cpu/isa_kernels.h compiles it once
+// per variant (namespaces pycnn::se_base, se_avx2, se_avx512), and se.cpp calls the one that runs through
+// its table of entry points (`kernels` at the end, declared in cpu/se_entries.h).
 //
 // The forward is memory-bound: one read of x for the pool, one read of x (and the residual) and one write
 // of y for the scale, as in eager PyTorch; each pass is a branch-free loop over contiguous memory with
@@ -173,3 +173,38 @@ void excite(int64_t n, int64_t c, int64_t cr, Act act, const acc* pooled, const 
     }
   }
 }
+
+// ------------------------------------------------------------------------ entry points ----
+
+void run_pool_excite(const Layout& l, Act act, bool direct, const Tensor& input, const Tensor& fc1_weight,
+                     const OptTensor& fc1_bias, const Tensor& fc2_weight, const OptTensor& fc2_bias,
+                     const Tensor& pooled, const Tensor& hidden, const Tensor& gate) {
+  const auto acc_type = pooled.scalar_type();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "se_forward_cpu", [&] {
+    using acc = at::opmath_type<scalar_t>;
+    pool<scalar_t, acc>(l, input.const_data_ptr<scalar_t>(), pooled.data_ptr<acc>());
+    if (!direct) return;
+    // The weights as [out, in] acc arrays; no copy when they already are (float32 / float64 parameters).
+    auto as_acc = [&](const Tensor& t) { return t.scalar_type() == acc_type && t.is_contiguous() ? t : t.to(acc_type).contiguous(); };
+    const Tensor w1 = as_acc(fc1_weight), w2 = as_acc(fc2_weight);
+    const Tensor b1 = fc1_bias ? as_acc(*fc1_bias) : Tensor(), b2 = fc2_bias ? as_acc(*fc2_bias) : Tensor();
+    const int64_t cr = fc1_weight.size(0);
+    std::vector<acc> scratch(static_cast<size_t>(cr * l.c + cr));
+    excite<acc>(l.n, l.c, cr, act, pooled.const_data_ptr<acc>(), w1.const_data_ptr<acc>(),
+                b1.defined() ? b1.const_data_ptr<acc>() : nullptr, w2.const_data_ptr<acc>(),
+                b2.defined() ? b2.const_data_ptr<acc>() : nullptr, hidden.data_ptr<acc>(), gate.data_ptr<acc>(),
+                scratch.data());
+  });
+}
+
+void run_scale(const Layout& l, Act post, const Tensor& input, const Tensor& residual, const Tensor& gate,
+               const Tensor& output) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "se_forward_cpu", [&] {
+    using acc = at::opmath_type<scalar_t>;
+    scale_any<scalar_t, acc>(l, post, input.const_data_ptr<scalar_t>(),
+                             residual.defined() ? residual.const_data_ptr<scalar_t>() : nullptr,
+                             gate.const_data_ptr<acc>(), output.data_ptr<scalar_t>());
+  });
+}
+
+extern const SeKernels kernels = {&run_pool_excite, &run_scale};

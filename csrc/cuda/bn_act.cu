@@ -24,17 +24,6 @@ struct Plan {
   int apply_rows;  // blocks across rows for the elementwise passes
 };
 
-size_t dtype_size(DType t) {
-  switch (t) {
-    case DType::Float16:
-    case DType::BFloat16: return 2;
-    case DType::Float64: return 8;
-    default: return 4;
-  }
-}
-size_t acc_size(DType t) { return t == DType::Float64 ? 8 : 4; }
-
-bool aligned16(const void* p) { return p == nullptr || reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 Plan make_plan(int64_t rows, int64_t channels, DType dtype, int num_sms, bool all_aligned) {
   Plan p;

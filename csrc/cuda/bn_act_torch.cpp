@@ -1,4 +1,5 @@
 // CUDA registration of pycnn::bn_act_*: device guard, current stream, launch checks.
+#include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -8,12 +9,6 @@
 
 namespace pycnn {
 namespace {
-
-int sm_count(const Tensor& t) {
-  int count = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, t.get_device()));
-  return count;
-}
 
 std::tuple<Tensor, Tensor, Tensor> bn_act_forward_cuda(const Tensor& input, const OptTensor& weight,
                                                        const OptTensor& bias, const OptTensor& residual,

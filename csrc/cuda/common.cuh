@@ -6,6 +6,7 @@
 // below are the only places where the two builds differ inside a kernel source.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 #ifdef PYCNN_EMU
@@ -47,6 +48,19 @@ namespace cuda {
 
 // Element type of a launch (params structs carry it; launchers dispatch on it).
 enum class DType : int32_t { Float32, Float16, BFloat16, Float64 };
+
+// Host-side sizes of a launch's element and accumulation types, and the 16-byte alignment of its pointers
+// (null counts as aligned) that the vectorized (16 bytes per thread) kernels need.
+inline size_t dtype_size(DType t) {
+  switch (t) {
+    case DType::Float16:
+    case DType::BFloat16: return 2;
+    case DType::Float64: return 8;
+    default: return 4;
+  }
+}
+inline size_t acc_size(DType t) { return t == DType::Float64 ? 8 : 4; }
+inline bool aligned16(const void* p) { return p == nullptr || reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 // float32 accumulation for float/half/bfloat16, double for double.
 template <typename T> struct AccType { using type = float; };

@@ -28,16 +28,6 @@ constexpr int kOutPerThread = 4;           // R: outputs per thread along W
 constexpr size_t kSmemBudget = 48 * 1024;  // no opt-in needed
 constexpr int kMaxGridY = 65535;
 
-size_t dtype_size(DType t) {
-  switch (t) {
-    case DType::Float16:
-    case DType::BFloat16: return 2;
-    case DType::Float64: return 8;
-    default: return 4;
-  }
-}
-size_t acc_size(DType t) { return t == DType::Float64 ? 8 : 4; }
-bool aligned16(const void* p) { return p == nullptr || reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 size_t round16(size_t b) { return (b + 15) / 16 * 16; }
 
 // Block shape and tile geometry, chosen on the host; passed to the kernels by value.

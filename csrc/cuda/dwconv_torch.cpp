@@ -1,4 +1,5 @@
 // CUDA registration of pycnn::dwconv_*: device guard, current stream, launch checks.
+#include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -8,12 +9,6 @@
 
 namespace pycnn {
 namespace {
-
-int dwconv_sm_count(const Tensor& t) {
-  int count = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, t.get_device()));
-  return count;
-}
 
 Tensor dwconv_forward_cuda(const Tensor& input, const Tensor& weight, const OptTensor& scale, const OptTensor& bias,
                            const OptTensor& residual, at::IntArrayRef stride, at::IntArrayRef padding,
@@ -32,7 +27,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, OptTensor> dwconv_backward_cuda(
   const c10::cuda::CUDAGuard guard(input.device());
   return run_dwconv_backward(grad_output, input, weight, scale, bias, residual, stride, padding, dilation,
                              std::string_view(act.data(), act.size()), c10::cuda::getCurrentCUDAStream(),
-                             dwconv_sm_count(input));
+                             sm_count(input));
 }
 
 }  // namespace

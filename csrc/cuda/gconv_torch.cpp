@@ -1,4 +1,5 @@
 // CUDA registration of pycnn::gconv_*: device guard, current stream, SM count and compute capability.
+#include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -14,8 +15,7 @@ struct DeviceInfo {
 };
 
 DeviceInfo device_info(const Tensor& t) {
-  DeviceInfo d{0, 0};
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, t.get_device()));
+  DeviceInfo d{sm_count(t), 0};
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.cc_major, cudaDevAttrComputeCapabilityMajor, t.get_device()));
   return d;
 }

@@ -32,16 +32,6 @@ constexpr int kWarps = kThreads / 32;
 constexpr int kTile = 8;  // channels per dw2 block, reduced channels per dw1 block
 constexpr int kMaxPartials = 64;
 
-size_t dtype_size(DType t) {
-  switch (t) {
-    case DType::Float16:
-    case DType::BFloat16: return 2;
-    case DType::Float64: return 8;
-    default: return 4;
-  }
-}
-size_t acc_size(DType t) { return t == DType::Float64 ? 8 : 4; }
-bool aligned16(const void* p) { return p == nullptr || reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 __host__ __device__ __forceinline__ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 struct Plan {
@@ -553,12 +543,12 @@ size_t se_backward_smem_bytes(const SeBackwardParams& p) {
 
 size_t se_forward_workspace_bytes(const SeForwardParams& p) {
   const se_detail::Plan plan = se_detail::forward_plan(p);
-  return se_detail::acc_size(p.dtype) * static_cast<size_t>(p.n * plan.partials * p.channels);
+  return acc_size(p.dtype) * static_cast<size_t>(p.n * plan.partials * p.channels);
 }
 
 size_t se_backward_workspace_bytes(const SeBackwardParams& p) {
   const se_detail::Plan plan = se_detail::backward_plan(p);
-  return se_detail::acc_size(p.dtype) * static_cast<size_t>(p.n * plan.partials * p.channels);
+  return acc_size(p.dtype) * static_cast<size_t>(p.n * plan.partials * p.channels);
 }
 
 cudaError_t se_forward(const SeForwardParams& p, cudaStream_t stream) {

@@ -3,7 +3,7 @@ with --compile, against torch.compile of that composition), over the layer shape
 
     python -m pycnn.bench.ops bn_act|dwconv|gconv|se [--arch FILE.arch[:NETWORK] ...] [--network NAME ...]
         [--device cpu|cuda] [--dtype float32|float16|bfloat16] [--batch N ...] [--repeats N] [--threads N]
-        [--compile | --no-compile] [--quick]
+        [--compile | --no-compile] [--cpu-isa baseline|avx2|avx512 ...] [--quick]
 
 The shapes come from the networks (`pycnn.parse(file, network).layers()`): depthwise convs followed by a
 BatchNorm (dwconv), grouped convs followed by a BatchNorm (gconv), every BatchNorm with its activation and
@@ -179,6 +179,10 @@ def _timed(ours, eager, inputs, grad, mode: str, device: torch.device, repeats: 
     for this case, dynamic=False), interleaved: `forward` under no_grad, `forward+backward` as
     f(*inputs).backward(grad). Returns (timings, row fields)."""
     fns = {"pycnn": ours, "eager": eager}
+    if device.type == "cpu" and _CPU_ISAS:
+        # One pycnn candidate per CPU kernel variant, interleaved with the others; "pycnn" is the last.
+        fns = {("pycnn" if v == _CPU_ISAS[-1] else f"pycnn@{v}"): _with_cpu_isa(ours, v) for v in _CPU_ISAS}
+        fns["eager"] = eager
     if with_compile:
         torch._dynamo.reset()  # a fresh compilation per case: no recompile limit, no dynamic shapes
         fns["compile"] = torch.compile(eager, dynamic=False, backend=compile_backend())
@@ -204,10 +208,28 @@ def _timed(ours, eager, inputs, grad, mode: str, device: torch.device, repeats: 
     t = compare(runs, device, repeats=repeats, warmup=warmup)
     fields.update(pycnn_ms=t["pycnn"].median_s * 1e3, eager_ms=t["eager"].median_s * 1e3,
                   speedup=t["eager"].median_s / t["pycnn"].median_s)
+    if "pycnn" in fns and len(_CPU_ISAS) > 1 and device.type == "cpu":
+        for v in _CPU_ISAS:
+            tv = t["pycnn" if v == _CPU_ISAS[-1] else f"pycnn@{v}"]
+            fields[f"pycnn_ms_{v}"] = tv.median_s * 1e3
+            fields[f"speedup_{v}"] = t["eager"].median_s / tv.median_s
     if with_compile:
         fields.update(compile_ms=t["compile"].median_s * 1e3,
                       speedup_vs_compile=t["compile"].median_s / t["pycnn"].median_s)
     return t, fields
+
+
+# The CPU kernel variants (pycnn._C._set_cpu_isa) that run() times side by side; empty: the one that runs.
+_CPU_ISAS: Tuple[str, ...] = ()
+
+
+def _with_cpu_isa(f, variant: str):
+    from pycnn import _C
+
+    def run(*args):
+        _C._set_cpu_isa(variant)
+        return f(*args)
+    return run
 
 
 def compile_backend() -> str:
@@ -476,6 +498,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="memory layout(s) of the cases (default both)")
     parser.add_argument("--max-shapes", type=argtypes.positive_int, default=None, metavar="N",
                         help="at most N shapes per op, spread evenly over the networks' layers (a compact run)")
+    parser.add_argument("--cpu-isa", nargs="+", default=None, choices=["baseline", "avx2", "avx512"],
+                        metavar="VARIANT",
+                        help="CPU kernel variants to time side by side (baseline, avx2, avx512; those the CPU "
+                             "lacks run its best): rows get pycnn_ms_<variant> and speedup_<variant>, and "
+                             "pycnn_ms/speedup are the last one's. Default: the variant that runs "
+                             "($PYCNN_CPU_ISA caps it)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: batch 2, 3 repeats, and without --arch a tiny built-in network")
 
@@ -497,7 +525,7 @@ def settings(args) -> dict:
     return dict(device=device, shapes=shapes, layouts=layouts,
                 batches=args.batch or ([2] if args.quick else [64] if device.type == "cuda" else [8]),
                 repeats=args.repeats or (3 if args.quick else 15),
-                with_compile=args.compile)
+                with_compile=args.compile, cpu_isas=tuple(getattr(args, "cpu_isa", None) or ()))
 
 
 def spread(items: Sequence, n: int) -> list:
@@ -508,17 +536,38 @@ def spread(items: Sequence, n: int) -> list:
 
 
 def run(op: str, device: torch.device, dtype: Optional[torch.dtype], repeats: int, batches, shapes: Dict[str, list],
-        with_compile: bool, layouts=LAYOUTS) -> List[dict]:
-    """Benchmarks `op` over its shapes (from load_shapes / network_shapes); prints every row and a summary."""
+        with_compile: bool, layouts=LAYOUTS, cpu_isas: Sequence[str] = ()) -> List[dict]:
+    """Benchmarks `op` over its shapes (from load_shapes / network_shapes); prints every row and a summary.
+    On the CPU, cpu_isas: the kernel variants to time side by side (rows record the variant as cpu_isa)."""
+    global _CPU_ISAS
+    from pycnn import _C
     dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
     info = pycnn.build_info()
+    # What each requested variant runs as on this CPU (avx512 on an AVX2 machine runs avx2), once each.
+    variants = tuple(dict.fromkeys(_C._set_cpu_isa(v) for v in cpu_isas)) if device.type == "cpu" else ()
+    _C._set_cpu_isa("avx512")  # back to the default ($PYCNN_CPU_ISA's cap)
     print(f"{op}: pycnn {pycnn.__version__} on {device} "
           f"({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}, {torch.get_num_threads()} "
           f"threads), torch {torch.__version__}, {dtype}, CUDA kernels: {info['cuda']}, {len(shapes[op])} shapes")
+    if device.type == "cpu":
+        print(f"CPU kernels: {', '.join(variants) if variants else info['cpu_isa']} (best on this CPU: "
+              f"{info['cpu_isa_best']}; flags {' '.join(info['cpu_flags']) or 'unknown'})")
     print("speedup = eager median / pycnn median, measured interleaved in this run"
           + ("; with torch.compile of the eager composition" if with_compile else ""))
-    rows = BENCHES[op](device, dtype, repeats, batches, shapes[op], with_compile, layouts)
+    _CPU_ISAS = variants
+    try:
+        rows = BENCHES[op](device, dtype, repeats, batches, shapes[op], with_compile, layouts)
+    finally:
+        _CPU_ISAS = ()
+        _C._set_cpu_isa("avx512")
+    if device.type == "cpu":
+        for r in rows:
+            r["cpu_isa"] = variants[-1] if variants else info["cpu_isa"]
     print_summary(rows)
+    for v in (variants if len(variants) > 1 else ()):
+        key = f"speedup_{v}"
+        print(f"  {v}: geometric mean speedup x{geomean(r[key] for r in rows if key in r):.2f}, "
+              f"faster than eager on {sum(r[key] > 1 for r in rows if key in r)} of {len(rows)} cases")
     return rows
 
 
@@ -532,7 +581,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     s = settings(args)
     return run(args.op, s["device"], getattr(torch, args.dtype) if args.dtype else None, s["repeats"], s["batches"],
-               s["shapes"], s["with_compile"], s["layouts"])
+               s["shapes"], s["with_compile"], s["layouts"], s["cpu_isas"])
 
 
 if __name__ == "__main__":

@@ -1,0 +1,137 @@
+"""Every CPU kernel variant (csrc/cpu/isa_kernels.h: baseline, AVX2+FMA, AVX-512) the machine has, run on a
+compact parity grid of each op (the same checks as the ops' own test files, which run under the best
+variant only), switched in process through pycnn._C._set_cpu_isa; and PYCNN_CPU_ISA, the cap users set."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import pycnn
+from pycnn import _C
+
+import test_bn_act
+import test_dwconv
+import test_gconv
+import test_se
+
+VARIANTS = ["baseline", "avx2", "avx512"]
+ENV_CAPPED = bool(os.environ.get("PYCNN_CPU_ISA"))
+
+
+def supported(variant):
+    """Whether this CPU (within PYCNN_CPU_ISA) runs `variant`; leaves the variant as it was."""
+    try:
+        return _C._set_cpu_isa(variant) == variant
+    finally:
+        _C._set_cpu_isa("avx512")
+
+
+@pytest.fixture(params=VARIANTS)
+def variant(request):
+    if not supported(request.param):
+        pytest.skip(f"this CPU (or PYCNN_CPU_ISA) does not run the {request.param} kernels "
+                    f"(best: {pycnn.build_info()['cpu_isa_best']})")
+    assert _C._set_cpu_isa(request.param) == request.param
+    assert pycnn.build_info()["cpu_isa"] == request.param
+    yield request.param
+    _C._set_cpu_isa("avx512")
+
+
+def test_dwconv_variant(variant):
+    # Register-blocked rows (k 3/5/7, stride 1/2, channel tails after 8 and 16 lanes) in both layouts...
+    for i, case in enumerate(test_dwconv.REGISTER_BLOCKED_CASES):
+        for layout in ("nchw", "channels_last"):
+            test_dwconv.test_register_blocked_rows(case, layout, torch.float32, identity=(i % 2 == 0))
+        test_dwconv.test_register_blocked_rows(case, "channels_last", torch.float64, identity=(i % 2 == 1))
+    # ...the generic paths (dilation, k 1, asymmetric stride, strided inputs) and every activation...
+    for i, case in enumerate(test_dwconv.CASES):
+        layout = test_dwconv.LAYOUTS[i % 3]
+        test_dwconv.test_matches_conv2d_groups(case, layout, test_dwconv.ACTS[i % 5], True, i % 2 == 0)
+    for case in test_dwconv.NCHW_EDGE_CASES[:3]:
+        test_dwconv.test_nchw_edges_float64(case, "silu", True, True)
+    # ...and half precision (the widening loads and narrowing stores).
+    for dtype in (torch.float16, torch.bfloat16):
+        for layout in ("channels_last", "nchw"):
+            test_dwconv.test_half_precision_rule_cpu(dtype, layout)
+
+
+def test_bn_act_variant(variant):
+    acts = ["none", "relu", "relu6", "silu"]
+    for i, shape in enumerate(test_bn_act.SHAPES + test_bn_act.WIDE_SHAPES):
+        for j, layout in enumerate(("nchw", "channels_last")):
+            test_bn_act.test_matches_batchnorm2d_and_activation(shape, layout, acts[(i + j) % 4], (i + j) % 2 == 0,
+                                                                i % 3 != 2)
+    for dtype in (torch.float16, torch.bfloat16):
+        test_bn_act.test_half_precision_rule_cpu(dtype)
+
+
+def test_se_variant(variant):
+    for i, shape in enumerate(test_se.SHAPES):
+        for j, layout in enumerate(test_se.LAYOUTS):
+            test_se.test_matches_eager_composition(shape, layout, ["relu", "silu"][(i + j) % 2],
+                                                   ["none", "relu"][i % 2], (i + j) % 2 == 1)
+    for layout in ("nchw", "channels_last"):
+        test_se.test_wide_layers_both_excitation_paths((1, 300, 5, 7, 20), layout)
+    for dtype in (torch.float16, torch.bfloat16):
+        test_se.test_half_precision_rule_cpu(dtype)
+
+
+def test_gconv_variant(variant):
+    for i, case in enumerate(test_gconv.CASES):
+        test_gconv.test_matches_conv2d_and_epilogue(case, test_gconv.LAYOUTS[i % 3],
+                                                    test_gconv.EPILOGUES[i % len(test_gconv.EPILOGUES)])
+    test_gconv.test_gradcheck_float64((1, 4, 8, 3, 3, 3, 1, 1, 1), "silu", "channels_last")
+    for dtype in (torch.float16, torch.bfloat16):
+        test_gconv.test_half_precision_rule_cpu(dtype)
+
+
+def test_build_info_names_the_variant_and_cpu_flags():
+    info = pycnn.build_info()
+    assert info["cpu_isa"] in VARIANTS and info["cpu_isa_best"] in VARIANTS
+    assert VARIANTS.index(info["cpu_isa"]) <= VARIANTS.index(info["cpu_isa_best"])
+    assert isinstance(info["cpu_flags"], list)
+    if not ENV_CAPPED:
+        assert info["cpu_isa"] == info["cpu_isa_best"]
+    if info["cpu_isa_best"] == "avx512":
+        assert "avx512f" in info["cpu_flags"]
+
+
+def _run_with_env(value, code):
+    env = dict(os.environ, PYCNN_CPU_ISA=value)
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_env_caps_the_variant():
+    best = pycnn.build_info()["cpu_isa_best"]
+    r = _run_with_env("baseline", "import pycnn, torch; print(pycnn.build_info()['cpu_isa']); "
+                                  "print(pycnn._C._set_cpu_isa('avx512'))")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["baseline", "baseline"]  # the environment's cap holds against the setter
+    r = _run_with_env("avx512", "import pycnn; print(pycnn.build_info()['cpu_isa'])")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == best  # a cap above the CPU runs the CPU's best
+
+
+def test_env_bad_value_is_a_clear_error():
+    r = _run_with_env("avx1024", "import pycnn, torch\n"
+                                 "x = torch.randn(1, 4, 3, 3)\n"
+                                 "torch.ops.pycnn.bn_act_forward(x, None, None, None, None, None, True, 1e-5, 'relu')")
+    assert r.returncode != 0
+    assert "PYCNN_CPU_ISA must be one of baseline, avx2, avx512" in r.stderr and "avx1024" in r.stderr
+
+
+def test_bench_ops_times_the_variants_side_by_side(capsys):
+    from pycnn.bench import ops
+    shapes = ops.load_shapes([(ops.QUICK_ARCH, None)])
+    shapes["bn_act"] = shapes["bn_act"][:1]
+    wanted = [v for v in ("baseline", "avx2") if supported(v)]
+    rows = ops.run("bn_act", torch.device("cpu"), None, 1, [2], shapes, False, cpu_isas=wanted)
+    assert rows and all(r["cpu_isa"] == wanted[-1] for r in rows)
+    for v in wanted if len(wanted) > 1 else []:
+        assert all(r[f"pycnn_ms_{v}"] > 0 and r[f"speedup_{v}"] > 0 for r in rows)
+    assert f"CPU kernels: {', '.join(wanted)}" in capsys.readouterr().out
+    assert pycnn.build_info()["cpu_isa"] == pycnn.build_info()["cpu_isa_best"] or ENV_CAPPED  # reset after the run
