@@ -218,3 +218,55 @@ def test_layout_kept_through_to_and_checkpoints_move_to_reference_and_torchvisio
     pycnn.weights.from_torchvision(again, tv)
     assert again.input_layout == torch.channels_last
     check(again, model, x, rtol=1e-9, atol=1e-9)
+
+
+# ------------------------------------------------------------------------------------------ torch.compile
+
+COMPILED = [(MOBILENET, "mobilenet_v2", ("train", "eval"), dict(dropout=0.0)),
+            (os.path.join(ROOT, "archs", "efficientnet.arch"), "efficientnet_b0", ("eval",), {}),
+            (REGNET, "regnetx_400mf", ("eval",), {})]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path,network,modes,overrides", COMPILED, ids=[c[1] for c in COMPILED])
+def test_torch_compile_one_graph_no_recompiles(path, network, modes, overrides):
+    """fullgraph (no graph break) and error_on_recompile over three steps per mode: one graph each, with the
+    kernel choice "auto" (resolved outside tracing) and NCHW input converted inside the graph."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+    torch.manual_seed(0)
+    model = pycnn.compile(path, network, input=(3, 32, 32), **overrides)
+    x = torch.randn(2, 3, 32, 32)
+    for mode in modes:
+        torch._dynamo.reset()
+        counter = CompileCounterWithBackend("aot_eager")
+        compiled = torch.compile(model, fullgraph=True, backend=counter)
+        model.train(mode == "train")
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            for _ in range(3):
+                if mode == "train":
+                    opt.zero_grad()
+                    compiled(x).square().mean().backward()
+                    opt.step()
+                else:
+                    with torch.no_grad():
+                        compiled(x)
+        assert counter.frame_count == 1, f"{mode}: {counter.frame_count} graphs"
+    torch._dynamo.reset()
+
+
+@pytest.mark.slow
+def test_torch_compile_training_gradients_equal_the_reference_in_float64():
+    torch._dynamo.reset()
+    model, ref = pair(MOBILENET, "mobilenet_v2", width_mult=0.25, dropout=0.0)
+    model, ref = model.double().train(), ref.double().train()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    x = torch.randn(4, 3, 32, 32, dtype=torch.float64)
+    for m in (compiled, ref):
+        m(x).square().mean().backward()
+    torch.testing.assert_close(compiled(x).detach(), ref(x).detach(), rtol=1e-7, atol=1e-9)
+    for (name, a), b in zip(model.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-7, atol=1e-9, msg=name)
+    for (name, a), b in zip(model.named_buffers(), ref.buffers()):
+        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9, msg=name)
+    torch._dynamo.reset()
