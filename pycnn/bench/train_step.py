@@ -125,23 +125,31 @@ def main(argv=None) -> int:
     parser.add_argument("--out")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    rows = []
-    for name in args.networks.split(","):
+    names, layouts = args.networks.split(","), args.train_layouts.split(",")
+    for name in names:
         if name not in NETWORKS:
             parser.error(f"unknown network {name!r}; expected some of {', '.join(NETWORKS)}")
+    if not set(layouts) <= set(LAYOUTS):
+        parser.error(f"--train-layouts: expected some of {', '.join(LAYOUTS)}")
+    rows = []
+    for name in names:
         if not args.skip_eval:
             rows += eval_rows(name, args.size, sorted({1, args.batch}), args.repeats)
+            write(args, argv, rows)  # what is measured so far: compiling takes minutes on a busy machine
         if not args.skip_train:
-            layouts = args.train_layouts.split(",")
-            if not set(layouts) <= set(LAYOUTS):
-                parser.error(f"--train-layouts: expected some of {', '.join(LAYOUTS)}")
             rows += train_rows(name, args.size, args.batch, args.repeats, layouts)
+            write(args, argv, rows)
     summary = summarize(rows)
     for r in summary:
         ratio = (f"x{r['speedup_vs_torchvision']:.2f} vs torchvision eager" if r["mode"] == "train"
                  else f"{r['time_vs_best_layout']:.3f} x best layout's time")
         print(f"{r['network']:16} {r['mode']:5} b{r['batch']:<3} {r['variant']:28} {r['layout']:22} "
               f"{r['ms']:9.1f} ms  {ratio}")
+    write(args, argv, rows)
+    return 0
+
+
+def write(args, argv, rows) -> None:
     if args.out:
         meta = dict(command="python -m pycnn.bench.train_step " + " ".join(argv if argv is not None else
                                                                           os.sys.argv[1:]),
@@ -150,8 +158,7 @@ def main(argv=None) -> int:
                     note="machine shared with other jobs: compare ratios within one run")
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:
-            json.dump(dict(meta=meta, rows=rows, summary=summary), f, indent=1)
-    return 0
+            json.dump(dict(meta=meta, rows=rows, summary=summarize(rows)), f, indent=1)
 
 
 if __name__ == "__main__":
