@@ -115,13 +115,16 @@ class FeatureNetwork(nn.Module):
             self.add_module(part.name, getattr(network, part.name))
         self._returned = {points[i]["module"] for i in self.out_indices}
         self.ir, self.arch, self.backend = network.ir, network.arch, network.backend
+        self.input_layout = getattr(network, "input_layout", None)
 
     def forward(self, x) -> List[torch.Tensor]:
+        from .lower import enter_layout, leave_layout
+        x, caller = enter_layout(x, self.input_layout)  # the maps come back in the caller's layout
         out = []
         for name, part in self.named_children():
             x = part(x)
             if name in self._returned:
-                out.append(x)
+                out.append(leave_layout(x, caller))
         return out
 
 
@@ -135,10 +138,12 @@ def _head_start(network) -> int:
 
 
 def forward_features(network, x):
-    """The last feature map (before pooling and classifier), as timm's forward_features."""
+    """The last feature map (before pooling and classifier), as timm's forward_features, in the caller's layout."""
+    from .lower import enter_layout, leave_layout
+    x, caller = enter_layout(x, getattr(network, "input_layout", None))
     for part in network.ir.parts[:_head_start(network)]:
         x = getattr(network, part.name)(x)
-    return x
+    return leave_layout(x, caller)
 
 
 def _classifier(network):

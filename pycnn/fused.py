@@ -71,6 +71,10 @@ def batch_norm_act(bn: _BatchNorm, x: Tensor, act: Optional[str], residual: Opti
     use_batch_stats = bn.training or bn.running_mean is None
     update = bn.training and bn.track_running_stats
     keep = update or not use_batch_stats
+    if not use_batch_stats and _inference((x, residual, bn.weight, bn.bias)):
+        with torch._C._AutoDispatchBelowAutograd():  # nothing to record: skip the op's Python autograd layer
+            return ops.bn_act(x, bn.weight, bn.bias, bn.running_mean, bn.running_var, training=False, eps=bn.eps,
+                              act=act or "none", residual=_cast(residual, x.dtype))
     return ops.bn_act(x, bn.weight, bn.bias, bn.running_mean if keep else None, bn.running_var if keep else None,
                       training=use_batch_stats, momentum=bn.momentum, eps=bn.eps, act=act or "none",
                       residual=_cast(residual, x.dtype), num_batches_tracked=bn.num_batches_tracked if update else None)
@@ -92,19 +96,94 @@ def fold_bn(conv: nn.Conv2d, bn: _BatchNorm) -> Tuple[Tensor, Tensor]:
     return scale, shift
 
 
+# -------------------------------------------------------------------------------- the eval fold, cached
+
+FOLD_ATTR = "_pycnn_eval_fold"  # where a BatchNorm keeps its cached fold (pycnn.lower clears it on train/_apply/load)
+ONEDNN_MIN_MACS = 1 << 20  # below this, oneDNN's fused conv costs more per call (~30 us) than F.conv2d + epilogue
+
+
+class EvalFold:
+    """A BatchNorm folded into its convolution for inference: scale and shift per channel (depthwise, grouped)
+    or the folded weight and bias (dense), with oneDNN-packed weights per input signature. `refs` and `stamp`
+    say what it was computed from: the six tensors themselves, their version counters (bumped by every
+    in-place change: optimizer steps, load_state_dict's copy_, `weight.mul_(2)` under no_grad, running
+    statistics updated in training), storages, dtypes and devices, and the BatchNorm's eps."""
+
+    __slots__ = ("refs", "stamp", "scale", "shift", "weight", "bias", "packed")
+
+
+def _param(m: nn.Module, name: str) -> Optional[Tensor]:
+    """m.<name> without nn.Module.__getattr__'s cost (a parametrized weight is not in _parameters: read it)."""
+    t = m._parameters.get(name)
+    if t is None:
+        t = m._buffers.get(name)
+    if t is None and name not in m._parameters and name not in m._buffers:
+        t = getattr(m, name, None)
+    return t
+
+
+def _stamp(tensors, eps) -> tuple:
+    return (eps,) + tuple(None if t is None else (t._version, t.data_ptr(), t.dtype, t.device) for t in tensors)
+
+
+def cached_fold(conv: nn.Conv2d, bn: _BatchNorm, dense: bool) -> EvalFold:
+    """The fold of bn into conv for inference without autograd, recomputed only when one of the tensors it reads
+    changed (EvalFold). Kept on the BatchNorm module."""
+    tensors = (_param(conv, "weight"), _param(conv, "bias"), _param(bn, "weight"), _param(bn, "bias"),
+               _param(bn, "running_mean"), _param(bn, "running_var"))
+    stamp = _stamp(tensors, bn.eps)
+    fold = bn.__dict__.get(FOLD_ATTR)
+    if fold is None or fold.stamp != stamp or (fold.weight is not None) != dense \
+            or not all(a is b for a, b in zip(fold.refs, tensors)):
+        fold = EvalFold()
+        with torch.inference_mode(False), torch.no_grad():  # ordinary tensors, usable outside inference mode
+            scale, shift = fold_bn(conv, bn)
+            w = tensors[0]
+            if dense:
+                fold.weight = (w * scale.view(-1, 1, 1, 1)).to(w.dtype)
+                fold.bias = shift.to(w.dtype)
+                fold.scale = fold.shift = None
+            else:
+                fold.scale, fold.shift, fold.weight, fold.bias = scale, shift, None, None
+        fold.refs, fold.stamp, fold.packed = tensors, stamp, {}
+        bn.__dict__[FOLD_ATTR] = fold
+    return fold
+
+
+def clear_folds(model: nn.Module) -> None:
+    """Drops every cached fold under model (they would be recomputed anyway when stale; this frees them)."""
+    for m in model.modules():
+        m.__dict__.pop(FOLD_ATTR, None)
+
+
+def _inference(tensors) -> bool:
+    """True when autograd has nothing to record (grad mode off, or no tensor requires grad) outside tracing:
+    the fold can come from the cache and the ops can skip their Python autograd layer."""
+    if torch.compiler.is_compiling():
+        return False
+    if not torch.is_grad_enabled():
+        return True
+    return not any(t is not None and t.requires_grad for t in tensors)
+
+
 def conv_bn_act(conv: nn.Conv2d, bn: _BatchNorm, x: Tensor, kind: str, act: Optional[str],
                 residual: Optional[Tensor] = None, impl: str = "pycnn") -> Tensor:
     """act(bn(conv(x)) [+ residual]); kind "depthwise" (pycnn.dwconv), "grouped" (pycnn.gconv) or "dense"
     (PyTorch's conv). Training: the conv, then the fused BatchNorm+act. Eval: the BatchNorm folded into the
-    conv, one fused op for depthwise/grouped, a conv with folded weights and bias for dense."""
+    conv, one fused op for depthwise/grouped, a conv with folded weights and bias for dense; without autograd
+    (no_grad, inference_mode, frozen weights) the fold is cached (cached_fold) and the ops are called below
+    the autograd layer."""
     if impl == "torch" or not runs_on_pycnn(bn):
         return batch_norm_act(bn, conv(x), act, residual, "torch")
+    batch_stats = bn.training or bn.running_mean is None
+    if not batch_stats and _inference((x, residual, _param(conv, "weight"), _param(conv, "bias"),
+                                       _param(bn, "weight"), _param(bn, "bias"))):
+        return _conv_bn_act_inference(conv, bn, x, kind, act, residual)
     dtype = _autocast_dtype(x)
     if dtype is not None and kind != "dense":
         x = _cast(x, dtype)
     weight = _cast(conv.weight, x.dtype) if kind != "dense" else conv.weight
     geometry = dict(stride=conv.stride, padding=conv.padding)
-    batch_stats = bn.training or bn.running_mean is None
     scale, shift = (None, conv.bias) if batch_stats else fold_bn(conv, bn)
     epilogue = dict(act="none") if batch_stats else dict(act=act or "none", residual=_cast(residual, x.dtype))
     if kind == "depthwise":
@@ -121,6 +200,52 @@ def conv_bn_act(conv: nn.Conv2d, bn: _BatchNorm, x: Tensor, kind: str, act: Opti
         y = F.conv2d(x, w, b, conv.stride, conv.padding, conv.dilation, conv.groups)
         return epilogue_(y, residual, act)
     return batch_norm_act(bn, y, act, residual, "pycnn") if batch_stats else y
+
+
+def _conv_bn_act_inference(conv, bn, x, kind, act, residual):
+    """conv_bn_act in eval without autograd: the cached fold, the pycnn ops called below autograd (their
+    Python autograd wrapper costs ~5 us a call), dense convs on oneDNN with packed weights when big enough."""
+    dtype = _autocast_dtype(x)
+    fold = cached_fold(conv, bn, kind == "dense")
+    if kind == "dense":
+        w, b = fold.weight, fold.bias
+        if _onednn_fusable(x, w, residual, act) and _macs(x, w, conv) >= ONEDNN_MIN_MACS:
+            return _onednn_conv_act(x, _packed(fold, x, conv), b, conv, residual, act)
+        y = F.conv2d(x, w, b, conv.stride, conv.padding, conv.dilation, conv.groups)
+        return epilogue_(y, residual, act)
+    if dtype is not None:
+        x = _cast(x, dtype)
+    weight = _cast(_param(conv, "weight"), x.dtype)
+    residual = _cast(residual, x.dtype)
+    with torch._C._AutoDispatchBelowAutograd():
+        if kind == "depthwise":
+            return torch.ops.pycnn.dwconv_forward(x, weight, fold.scale, fold.shift, residual, conv.stride,
+                                                  conv.padding, conv.dilation, act or "none")
+        return torch.ops.pycnn.gconv_forward(x, weight, fold.scale, fold.shift, residual, conv.stride, conv.padding,
+                                             conv.groups, act or "none", False)[0]
+
+
+def _macs(x: Tensor, w: Tensor, conv: nn.Conv2d) -> int:
+    """Multiply-adds of the convolution (output pixels estimated from the input's, over the strides)."""
+    return (x.shape[0] * (x.shape[2] // conv.stride[0]) * (x.shape[3] // conv.stride[1])) * w.numel()
+
+
+_MAX_PACKS = 8  # packed weights kept per layer (one per input shape and layout seen)
+
+
+def _packed(fold: EvalFold, x: Tensor, conv: nn.Conv2d) -> Tensor:
+    """fold.weight reordered once into oneDNN's blocked format for inputs like x (as inductor's freezing does);
+    reordering on every call is what an unpacked weight costs."""
+    key = (tuple(x.shape), x.is_contiguous())
+    packed = fold.packed.get(key)
+    if packed is None:
+        if len(fold.packed) >= _MAX_PACKS:
+            fold.packed.clear()
+        with torch.inference_mode(False), torch.no_grad():
+            packed = torch.ops.mkldnn._reorder_convolution_weight(
+                fold.weight, list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups, list(x.shape))
+        fold.packed[key] = packed
+    return packed
 
 
 # oneDNN's fused convolution (the one inductor uses on the CPU): the activation, and a residual add followed by
@@ -154,5 +279,10 @@ def squeeze_excite(se: nn.Module, x: Tensor, act: str, post_act: Optional[str], 
         y = se(x)
         return activation(y + residual if residual is not None else y, post_act)
     x = _cast(x, _autocast_dtype(x))
-    return ops.se(x, se.fc1.weight, se.fc1.bias, se.fc2.weight, se.fc2.bias, act=act, post_act=post_act or "none",
-                  residual=_cast(residual, x.dtype))
+    fc1, fc2 = se.fc1, se.fc2
+    args = (x, fc1.weight, fc1.bias, fc2.weight, fc2.bias)
+    kwargs = dict(act=act, post_act=post_act or "none", residual=_cast(residual, x.dtype))
+    if _inference(args + (residual,)):
+        with torch._C._AutoDispatchBelowAutograd():  # nothing to record: skip the op's Python autograd layer
+            return ops.se(*args, **kwargs)
+    return ops.se(*args, **kwargs)

@@ -8,6 +8,8 @@ one fused op (pycnn.fused), choosing pycnn's kernel or PyTorch's per shape (pycn
 from __future__ import annotations
 
 import contextlib
+import itertools
+import threading
 from collections import OrderedDict
 from typing import Dict, Optional
 
@@ -227,6 +229,7 @@ class FusedStep:
         self.signature = f"{self.kind}:{first.in_shape[0]}->{node.out_shape[0]}:" + ",".join(
             f"{k}={v}" for k, v in sorted({**geometry, **self.attrs}.items()))
         self.last_choice: Optional[str] = None
+        self.choices: Dict[int, str] = {}  # network call signature token -> "pycnn" | "torch" (auto mode)
 
     def run(self, modules, x, residual, impl: str):
         a = self.attrs
@@ -237,11 +240,25 @@ class FusedStep:
         return fused.squeeze_excite(modules[0], x, a["act"], a["post_act"], residual, impl)
 
     def __call__(self, owner: nn.Module, x, residual=None):
-        modules = [getattr(owner, name) for name in self.names]
-        impl = dispatch.choose(self, lambda impl, x_, r_: self.run(modules, x_, r_, impl), x, residual, modules)
-        if not torch.compiler.is_compiling():
-            self.last_choice = impl
+        if torch.compiler.is_compiling():
+            modules = [getattr(owner, name) for name in self.names]
+            impl = dispatch.choose(self, lambda impl, x_, r_: self.run(modules, x_, r_, impl), x, residual, modules)
+            return self.run(modules, x, residual, impl)
+        modules = [owner._modules[name] for name in self.names]  # nn.Module.__getattr__ costs ~0.5 us a name
+        impl = self.mode if self.mode != "auto" else self._auto_choice(modules, x, residual)
         return self.run(modules, x, residual, impl)
+
+    def _auto_choice(self, modules, x, residual) -> str:
+        """The measured choice: looked up by the network call's signature token (Network.forward) when there
+        is one, else by dispatch's full key (and then remembered under the token)."""
+        token = _call_token.value
+        impl = self.choices.get(token) if token is not None else None
+        if impl is None:
+            impl = dispatch.choose(self, lambda impl, x_, r_: self.run(modules, x_, r_, impl), x, residual, modules)
+            if token is not None:
+                self.choices[token] = impl
+        self.last_choice = impl
+        return impl
 
     def __repr__(self):
         extra = ", adds the residual" if self.attrs.get("residual") else ""
@@ -315,24 +332,88 @@ class Block(nn.Module):
         return f"merge={self.merge}" + ("; fused: " + "; ".join(fused_steps) if fused_steps else "")
 
 
+class _CallToken(threading.local):
+    value: Optional[int] = None  # the signature token of the network call running on this thread
+
+
+_call_token = _CallToken()
+_next_token = itertools.count(1)
+MAX_SIGNATURES = 256  # input signatures remembered per network; beyond, steps use dispatch's full key
+
+
+def _layout_of(x) -> Optional[torch.memory_format]:
+    """The memory format a caller's 4-D tensor is in (None when both or neither: 1x1 maps, odd strides)."""
+    nchw, cl = x.is_contiguous(), x.is_contiguous(memory_format=torch.channels_last)
+    return None if nchw == cl else (torch.contiguous_format if nchw else torch.channels_last)
+
+
+def enter_layout(x, layout: Optional[torch.memory_format]):
+    """(x in the network's internal layout, the caller's layout to give 4-D outputs back in, or None): a 4-D
+    input is converted once here, at the network's entry, never per layer."""
+    if layout is None or x.dim() != 4 or x.is_contiguous(memory_format=layout):
+        return x, None
+    return x.contiguous(memory_format=layout), _layout_of(x)
+
+
+def leave_layout(y, caller: Optional[torch.memory_format]):
+    """y (a 4-D output) in the caller's layout again; other outputs as they are."""
+    if caller is None or not isinstance(y, torch.Tensor) or y.dim() != 4:
+        return y
+    return y.contiguous(memory_format=caller)
+
+
 class Network(Chain):
     """The compiled network: its parts in order. `arch` is the .arch source, `ir` the elaborated IR, `plan` the
-    IR after the passes (what runs), `backend` "fused" or "reference"."""
+    IR after the passes (what runs), `backend` "fused" or "reference".
 
-    def __init__(self, parts, arch: str, network_ir, plan, backend: str):
+    `input_layout`: the memory format the network runs in inside (lower() sets channels_last for the fused
+    backend, which pycnn's kernels and oneDNN are fastest in on the CPU and pycnn's CUDA kernels are native to);
+    an input in another layout is converted once at the entry and 4-D outputs are given back in the caller's
+    layout. None: as given (the reference backend and kernels="torch", which run exactly as plain PyTorch). Per call, the kernel choices (auto mode) are looked up by
+    one signature of the input (shape, dtype, strides, device, train/eval, grad mode, autocast, threads), not
+    per layer."""
+
+    def __init__(self, parts, arch: str, network_ir, plan, backend: str, input_layout=None):
         super().__init__(parts, [LayerStep(name) for name, _ in parts])
         self.arch, self.ir, self.plan, self.backend = arch, network_ir, plan, backend
+        self.input_layout: Optional[torch.memory_format] = input_layout
+        self._signatures: Dict[tuple, int] = {}
+        self.register_load_state_dict_post_hook(lambda module, incompatible: fused.clear_folds(module))
         # training keeps each BatchNorm+activation's input, not also its output (pycnn.memory)
         self.recompute_epilogues = backend == "fused"
 
+    def _signature_token(self, x) -> Optional[int]:
+        device = x.device
+        autocast = torch.get_autocast_dtype(device.type) if device.type in ("cpu", "cuda") \
+            and torch.is_autocast_enabled(device.type) else None
+        key = (x.shape, x.dtype, device, x.stride(), self.training, torch.is_grad_enabled(), autocast,
+               torch.get_num_threads())
+        token = self._signatures.get(key)
+        if token is None and len(self._signatures) < MAX_SIGNATURES:
+            token = self._signatures[key] = next(_next_token)
+        return token
+
     def forward(self, x):
-        keep_less = (not torch.compiler.is_compiling() and self.recompute_epilogues and self.training
-                     and torch.is_grad_enabled())
-        with memory.recompute_epilogues() if keep_less else contextlib.nullcontext():
-            y = super().forward(x)
-        if not torch.compiler.is_compiling():
-            dispatch.flush_measurements()  # the kernel choices this call measured, in one write
-        return y
+        x, caller = enter_layout(x, self.input_layout)
+        if torch.compiler.is_compiling():
+            return leave_layout(super().forward(x), caller)
+        previous, _call_token.value = _call_token.value, self._signature_token(x)
+        keep_less = self.recompute_epilogues and self.training and torch.is_grad_enabled()
+        try:
+            with memory.recompute_epilogues() if keep_less else contextlib.nullcontext():
+                y = super().forward(x)
+        finally:
+            _call_token.value = previous
+        dispatch.flush_measurements()  # the kernel choices this call measured, in one write
+        return leave_layout(y, caller)
+
+    def train(self, mode: bool = True):
+        fused.clear_folds(self)  # refolded on the next eval call (also after edits autograd does not see: .data)
+        return super().train(mode)
+
+    def _apply(self, fn, *args, **kwargs):
+        fused.clear_folds(self)  # .to(), .cuda(), .half(): the folds of the old tensors are dropped
+        return super()._apply(fn, *args, **kwargs)
 
     def kernels(self) -> Dict[str, str]:
         """{layer name: what runs it} for every layer; see pycnn.summary(model)."""
@@ -543,7 +624,9 @@ def lower(network: ir.NetworkIR, init: bool = True, backend: str = "fused", disa
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     mode = dispatch.resolve_mode(kernels)
     plan = passes.run(network, disable_passes) if backend == "fused" else network
-    model = Network([(p.name, lower_node(p, mode)) for p in plan.parts], network.source, network, plan, backend)
+    layout = torch.channels_last if backend == "fused" and mode != "torch" else None
+    model = Network([(p.name, lower_node(p, mode)) for p in plan.parts], network.source, network, plan, backend,
+                    layout)
     if init:
         init_weights(model)
     return model

@@ -213,6 +213,9 @@ def test_autotuning_in_training_leaves_running_statistics_as_one_step():
     torch.manual_seed(0)
     ref = pycnn.compile(arch("archs/mobilenet_v2.arch"), input=(3, 32, 32), backend="reference", dropout=0.0)
     auto = to_backend(ref, "fused")
+    # both in the reference's layout: at 1x1 maps and batch 4 the late BatchNorms' variances are so small that
+    # channels_last's other rounding alone moves them by more than the tolerance
+    auto.input_layout = ref.input_layout
     x = torch.randn(4, 3, 32, 32)
     forward_backward(ref, x, True)
     forward_backward(auto, x, True)

@@ -2,7 +2,7 @@
 //
 // Kernel sources are torch-free (a params struct + raw pointers) and are compiled twice:
 // by nvcc for the GPU, and by the host C++ compiler with -DPYCNN_EMU against csrc/emu/
-// so that tests run the very same text on the CPU (DESIGN.md section 5). The two macros
+// so that tests run the very same text on the CPU (docs/design.md section 5). The two macros
 // below are the only places where the two builds differ inside a kernel source.
 #pragma once
 

@@ -1,0 +1,272 @@
+"""The runtime of compiled networks: the eval fold cached and never stale, kernel choices resolved once per
+network call signature, NCHW input run in the network's internal layout (channels_last)."""
+import copy
+import os
+
+import pytest
+import torch
+
+import pycnn
+from pycnn import dispatch, fused
+from pycnn.lower import to_backend
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MOBILENET = os.path.join(ROOT, "archs", "mobilenet_v2.arch")  # depthwise and dense convs
+REGNET = os.path.join(ROOT, "archs", "regnet.arch")  # grouped and dense convs, residual epilogues
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(autouse=True)
+def private_kernel_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv(dispatch.ENV_CACHE, str(tmp_path / "cache"))
+    monkeypatch.delenv(dispatch.ENV_MODE, raising=False)
+
+
+def pair(path, network, **overrides):
+    torch.manual_seed(0)
+    model = pycnn.compile(path, network, input=(3, 32, 32), kernels="pycnn", **overrides)
+    with torch.no_grad():  # statistics away from 0/1, so that a stale fold shows
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
+    return model.eval(), to_backend(model, "reference").eval()
+
+
+@pytest.fixture
+def count_folds(monkeypatch):
+    calls = []
+    real = fused.fold_bn
+    monkeypatch.setattr(fused, "fold_bn", lambda conv, bn: calls.append(bn) or real(conv, bn))
+    return calls
+
+
+def check(model, ref, x, **tol):
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref(x), **(tol or dict(rtol=1e-4, atol=1e-4)))
+
+
+@pytest.mark.parametrize("path,network,overrides", [(MOBILENET, "mobilenet_v2", dict(width_mult=0.25)),
+                                                    (REGNET, "regnetx_200mf", {})])
+def test_eval_fold_is_computed_once_and_never_stale(path, network, overrides, count_folds):
+    model, ref = pair(path, network, **overrides)
+    x = torch.randn(2, 3, 32, 32)
+    convs_with_bn = sum(1 for s in model.modules() if isinstance(s, torch.nn.BatchNorm2d)
+                        and fused.FOLD_ATTR in s.__dict__)
+    assert convs_with_bn == 0
+    check(model, ref, x)
+    folded = len(count_folds)
+    assert folded > 10
+    count_folds.clear()
+    check(model, ref, x)
+    assert count_folds == [], "refolded without a change"
+    with torch.inference_mode():
+        model(x)
+    assert count_folds == []
+
+    def both(change):
+        with torch.no_grad():
+            change(model)
+            change(ref)
+        check(model, ref, x)
+
+    # an in-place edit of one weight refolds that layer only
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1)
+    name = next(n for n, m in model.named_modules() if m is conv)
+    both(lambda m: m.get_submodule(name).weight.mul_(2.0))
+    assert len(count_folds) == 1
+    count_folds.clear()
+    # in-place edits under inference_mode and no_grad, of statistics and affine parameters
+    with torch.inference_mode():
+        both(lambda m: [b.mul_(1.5) for n, b in m.named_buffers() if n.endswith("running_var")])
+    both(lambda m: [p.add_(0.1) for n, p in m.named_parameters() if n.endswith("bias")])
+    # load_state_dict (copies in place) and load_state_dict(assign=True) (new tensors)
+    state = {k: (v * 0.9 if v.is_floating_point() else v) for k, v in ref.state_dict().items()}
+    both(lambda m: m.load_state_dict(state))
+    both(lambda m: m.load_state_dict({k: v.clone() * 1.1 if v.is_floating_point() else v.clone()
+                                      for k, v in state.items()}, assign=True))
+    # an optimizer step, then train() -> eval(): weights and running statistics moved
+    for m in (model, ref):
+        m.train()
+        torch.manual_seed(1)
+        m(torch.randn(8, 3, 32, 32)).square().mean().backward()
+        torch.optim.SGD(m.parameters(), lr=0.01).step()
+        m.eval()
+    check(model, ref, x)
+    # .to(): float64, then back (the same weights first: the SGD steps differed in float32 rounding)
+    model.load_state_dict(ref.state_dict())
+    model.double()
+    ref.double()
+    check(model, ref, x.double(), rtol=1e-9, atol=1e-9)
+    model.float()
+    ref.float()
+    check(model, ref, x)
+    # an edit autograd does not see (.data has its own version counter): eval() refolds
+    def edit_data(m):
+        next(p for n, p in m.named_parameters() if n.endswith("weight") and p.dim() == 4).data.mul_(-1)
+        m.eval()
+    both(edit_data)
+
+
+def test_eval_with_autograd_keeps_gradients_of_the_fold():
+    """In eval with grad mode on and trainable parameters, the fold is recomputed per call (differentiable):
+    gradients reach the BatchNorm parameters as in the reference."""
+    model, ref = pair(MOBILENET, "mobilenet_v2", width_mult=0.25)
+    x = torch.randn(2, 3, 32, 32)
+    for _ in range(2):
+        for m in (model, ref):
+            m.zero_grad()
+            m(x).square().sum().backward()
+        for (n, a), b in zip(model.named_parameters(), ref.parameters()):
+            torch.testing.assert_close(a.grad, b.grad, rtol=1e-3, atol=1e-4, msg=n)
+
+
+def test_auto_choice_resolved_once_per_input_signature(monkeypatch):
+    torch.manual_seed(0)
+    model = pycnn.compile(MOBILENET, input=(3, 32, 32), width_mult=0.25).eval()
+    keys = []
+    real = dispatch.shape_key
+    monkeypatch.setattr(dispatch, "shape_key", lambda *a, **k: keys.append(1) or real(*a, **k))
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        model(x)
+        assert len(keys) > 10  # every fused step measured (or read) its choice
+        keys.clear()
+        y = model(x)
+        model(torch.randn(1, 3, 32, 32))  # same signature, other values
+        assert keys == []
+        model(torch.randn(2, 3, 32, 32))  # a new signature: resolved again, once
+        assert len(keys) > 10
+    keys.clear()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), y)
+    assert keys == []
+
+
+# ------------------------------------------------------------------------------------------------ layout
+
+def pycnn_op_layouts(model, x):
+    """The set of channels_last flags of the 4-D inputs (larger than 1x1) of the pycnn ops model(x) runs."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    seen = set()
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            t = args[0]
+            if str(func.name()).startswith("pycnn::") and t.dim() == 4 and t.shape[2] * t.shape[3] > 1:
+                seen.add(t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous())
+            return func(*args, **(kwargs or {}))
+
+    with Record():
+        out = model(x)
+    return seen, out
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_nchw_input_runs_channels_last_inside_and_returns_the_reference(train):
+    model, ref = pair(MOBILENET, "mobilenet_v2", width_mult=0.25, dropout=0.0)
+    assert model.input_layout == torch.channels_last and ref.input_layout is None
+    model.train(train)
+    ref.train(train)
+    x = torch.randn(2, 3, 32, 32)
+    seen, y = pycnn_op_layouts(model, x)
+    assert seen == {True}, "a pycnn op ran on an NCHW tensor"
+    y_ref = ref(x)
+    assert y.shape == y_ref.shape and y.is_contiguous()
+    torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-4)
+    # the layout change happens once, at the entry: the number of layout copies does not grow with depth
+    model.input_layout = None
+    seen_nchw, _ = pycnn_op_layouts(model, x)
+    assert seen_nchw == {False}
+
+
+def test_feature_maps_come_back_in_the_callers_layout():
+    model, ref = pair(MOBILENET, "mobilenet_v2", width_mult=0.25)
+    x = torch.randn(2, 3, 64, 64)  # the last map 2x2: its layout is visible
+    with torch.no_grad():
+        for fmt in (torch.contiguous_format, torch.channels_last):
+            xf = x.contiguous(memory_format=fmt)
+            f = model.forward_features(xf)
+            assert f.is_contiguous(memory_format=fmt) and f.shape[2] * f.shape[3] > 1
+            torch.testing.assert_close(f, ref.forward_features(xf), rtol=1e-4, atol=1e-4)
+            from pycnn.features import FeatureNetwork
+            maps = FeatureNetwork(model)(xf)
+            assert all(m.is_contiguous(memory_format=fmt) for m in maps if m.shape[2] * m.shape[3] > 1)
+            for a, b in zip(maps, FeatureNetwork(ref)(xf)):
+                torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_layout_kept_through_to_and_checkpoints_move_to_reference_and_torchvision():
+    import torchvision
+    model, ref = pair(MOBILENET, "mobilenet_v2", width_mult=0.5)
+    model = model.to(torch.float64).to("cpu")
+    assert model.input_layout == torch.channels_last
+    copied = copy.deepcopy(model)
+    assert copied.input_layout == torch.channels_last
+    state = model.state_dict()
+    assert all(v.is_contiguous() for v in state.values())  # checkpoints are plain contiguous tensors
+    back = to_backend(model, "reference")
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    check(model, back, x, rtol=1e-9, atol=1e-9)
+    tv = torchvision.models.mobilenet_v2(width_mult=0.5).double().eval()
+    pycnn.weights.to_torchvision(model, tv)
+    check(model, tv, x, rtol=1e-9, atol=1e-9)
+    again = pycnn.compile(MOBILENET, input=(3, 32, 32), width_mult=0.5, kernels="pycnn").double().eval()
+    pycnn.weights.from_torchvision(again, tv)
+    assert again.input_layout == torch.channels_last
+    check(again, model, x, rtol=1e-9, atol=1e-9)
+
+
+# ------------------------------------------------------------------------------------------ torch.compile
+
+COMPILED = [(MOBILENET, "mobilenet_v2", ("train", "eval"), dict(dropout=0.0)),
+            (os.path.join(ROOT, "archs", "efficientnet.arch"), "efficientnet_b0", ("eval",), {}),
+            (REGNET, "regnetx_400mf", ("eval",), {})]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path,network,modes,overrides", COMPILED, ids=[c[1] for c in COMPILED])
+def test_torch_compile_one_graph_no_recompiles(path, network, modes, overrides):
+    """fullgraph (no graph break) and error_on_recompile over three steps per mode: one graph each, with the
+    kernel choice "auto" (resolved outside tracing) and NCHW input converted inside the graph."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+    torch.manual_seed(0)
+    model = pycnn.compile(path, network, input=(3, 32, 32), **overrides)
+    x = torch.randn(2, 3, 32, 32)
+    for mode in modes:
+        torch._dynamo.reset()
+        counter = CompileCounterWithBackend("aot_eager")
+        compiled = torch.compile(model, fullgraph=True, backend=counter)
+        model.train(mode == "train")
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            for _ in range(3):
+                if mode == "train":
+                    opt.zero_grad()
+                    compiled(x).square().mean().backward()
+                    opt.step()
+                else:
+                    with torch.no_grad():
+                        compiled(x)
+        assert counter.frame_count == 1, f"{mode}: {counter.frame_count} graphs"
+    torch._dynamo.reset()
+
+
+@pytest.mark.slow
+def test_torch_compile_training_gradients_equal_the_reference_in_float64():
+    torch._dynamo.reset()
+    model, ref = pair(MOBILENET, "mobilenet_v2", width_mult=0.25, dropout=0.0)
+    model, ref = model.double().train(), ref.double().train()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    x = torch.randn(4, 3, 32, 32, dtype=torch.float64)
+    for m in (compiled, ref):
+        m(x).square().mean().backward()
+    torch.testing.assert_close(compiled(x).detach(), ref(x).detach(), rtol=1e-7, atol=1e-9)
+    for (name, a), b in zip(model.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-7, atol=1e-9, msg=name)
+    for (name, a), b in zip(model.named_buffers(), ref.buffers()):
+        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9, msg=name)
+    torch._dynamo.reset()
