@@ -108,25 +108,32 @@ def cmd_summary(args) -> int:
     s.kernels = kernels
     if not args.full:
         print(s.table(args.depth))
-        return 0
-    if sys.stdout.isatty():
-        try:
-            from rich.console import Console
-            from rich.table import Table
-            title, header, rows, total = s.full_table()
-            table = Table(title=title, caption=total)
-            for i, h in enumerate(header):
-                table.add_column(h, justify="right" if i in s.NUMERIC else "left")
-            for r in rows:
-                table.add_row(*r)
-            Console().print(table)
-            return 0
-        except ImportError:
-            pass
-    print(s)
+    elif sys.stdout.isatty() and _print_rich_table(s):
+        pass
+    else:
+        print(s)
+    if args.kernels:  # which build of pycnn's CPU kernels those layers run on this machine
+        info = pycnn.build_info()
+        print(f"CPU kernels: {info['cpu_isa']} variant (best on this CPU: {info['cpu_isa_best']}; "
+              "PYCNN_CPU_ISA=baseline|avx2|avx512 caps it)")
     return 0
 
 
+def _print_rich_table(s) -> bool:
+    """The full summary table drawn by rich (False without rich)."""
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:
+        return False
+    title, header, rows, total = s.full_table()
+    table = Table(title=title, caption=total)
+    for i, h in enumerate(header):
+        table.add_column(h, justify="right" if i in s.NUMERIC else "left")
+    for r in rows:
+        table.add_row(*r)
+    Console().print(table)
+    return True
 def cmd_check(args) -> int:
     import pycnn
     failed = 0

@@ -135,3 +135,11 @@ def test_bench_ops_times_the_variants_side_by_side(capsys):
         assert all(r[f"pycnn_ms_{v}"] > 0 and r[f"speedup_{v}"] > 0 for r in rows)
     assert f"CPU kernels: {', '.join(wanted)}" in capsys.readouterr().out
     assert pycnn.build_info()["cpu_isa"] == pycnn.build_info()["cpu_isa_best"] or ENV_CAPPED  # reset after the run
+
+
+def test_summary_with_kernels_names_the_variant():
+    r = _run_with_env("baseline", "from pycnn.cli import main; main(['summary', 'archs/regnetx32.arch', "
+                                  "'--kernels', 'pycnn'])")
+    assert r.returncode == 0, r.stderr
+    last = r.stdout.splitlines()[-1]
+    assert last.startswith("CPU kernels: baseline variant (best on this CPU: "), last
