@@ -1,6 +1,7 @@
 import importlib.util
 import os
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -30,3 +31,34 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def tiny_space(tmp_path):
+    """A tiny AnyNet space (one block per stage, widths 8 or 16) so trials take a second."""
+    path = tmp_path / "tiny.toml"
+    path.write_text(f"""name = "tiny"
+arch = "{Path(__file__).resolve().parents[1] / "archs" / "anynet.arch"}"
+network = "anynet"
+stages = 4
+[fixed]
+stem_width = 8
+[params.d]
+per_stage = true
+choices = [1]
+[params.w]
+per_stage = true
+type = "int"
+low = 8
+high = 16
+q = 8
+[params.b]
+per_stage = true
+choices = [1.0]
+[params.g]
+per_stage = true
+choices = [8]
+[constraints]
+non_decreasing = ["w"]
+""")
+    return path

@@ -4,7 +4,6 @@ failure is reported, not timed), latency-aware `pycnn explore` (latency in the r
 nobody meets). Tiny networks at 16x16."""
 import json
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -33,36 +32,6 @@ def tiny(tmp_path):
     model = pycnn.compile(path, kernels="pycnn").eval()
     from random_bn import randomized  # BatchNorm statistics that are not the identity
     return randomized(model), path
-
-
-@pytest.fixture
-def tiny_space(tmp_path):
-    path = tmp_path / "space.toml"
-    path.write_text(f"""name = "toy"
-arch = "{Path('archs/anynet.arch').resolve()}"
-network = "anynet"
-stages = 4
-[fixed]
-stem_width = 8
-[params.d]
-per_stage = true
-choices = [1]
-[params.w]
-per_stage = true
-type = "int"
-low = 8
-high = 16
-q = 8
-[params.b]
-per_stage = true
-choices = [1.0]
-[params.g]
-per_stage = true
-choices = [8]
-[constraints]
-non_decreasing = ["w"]
-""")
-    return path
 
 
 def test_runners_agree_with_pytorch(tiny, tmp_path, one_thread):

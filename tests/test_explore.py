@@ -2,7 +2,6 @@
 JSONL with resume, EDFs, the (w0, wa, wm) fit, the local and Ray executors."""
 import json
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,37 +14,6 @@ from pycnn.training.recipe import Recipe
 
 SPACES = "archs/spaces"
 TINY = {"input": (1, 8, 8), "classes": 10}
-
-
-@pytest.fixture
-def tiny_space(tmp_path):
-    """A tiny AnyNet space (one block per stage, widths 8 or 16) so trials take a second."""
-    path = tmp_path / "tiny.toml"
-    path.write_text(f"""name = "tiny"
-arch = "{Path('archs/anynet.arch').resolve()}"
-network = "anynet"
-stages = 4
-[fixed]
-stem_width = 8
-[params.d]
-per_stage = true
-choices = [1]
-[params.w]
-per_stage = true
-type = "int"
-low = 8
-high = 16
-q = 8
-[params.b]
-per_stage = true
-choices = [1.0]
-[params.g]
-per_stage = true
-choices = [8]
-[constraints]
-non_decreasing = ["w"]
-""")
-    return path
 
 
 def spaces(letter):

@@ -26,20 +26,24 @@ def plot_edfs(path: Path, runs: Dict[str, List[dict]], title: str = "error EDF")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(5.5, 4))
+    draw_edfs(ax, runs, title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def draw_edfs(ax, runs: Dict[str, List[dict]], title: str) -> None:
+    """One EDF per named trial list on the matplotlib axes `ax`."""
     for name, trials in runs.items():
         e, f = edf(errors(trials))
-        if len(e) == 0:
-            continue
-        ax.plot(e, f, label=f"{name}: n={len(e)}, min={e.min():.2f}, mean={e.mean():.2f}")
+        if len(e):
+            ax.plot(e, f, label=f"{name}: n={len(e)}, min={e.min():.2f}, mean={e.mean():.2f}")
     ax.set_xlabel("error (%)")
     ax.set_ylabel("cumulative prob.")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def table(trials: List[dict], top: int = 10) -> str:
@@ -177,16 +181,7 @@ def plot_latency(path: Path, trials: List[dict], budget_ms: Optional[float] = No
     runs = {("within budget" if budget_ms is not None else "all"): under}
     if budget_ms is not None:
         runs["all trained"] = [t for t in trials if t.get("error") is not None]
-    for label, group in runs.items():
-        e, f = edf(errors(group))
-        if len(e):
-            bx.plot(e, f, label=f"{label}: n={len(e)}, min={e.min():.2f}, mean={e.mean():.2f}")
-    bx.set_xlabel("error (%)")
-    bx.set_ylabel("cumulative prob.")
-    bx.set_ylim(0, 1)
-    bx.grid(alpha=0.3)
-    bx.legend(fontsize=8, loc="lower right")
-    bx.set_title("error EDF" + (f" under {budget_ms:g} ms" if budget_ms is not None else ""), fontsize=10)
+    draw_edfs(bx, runs, "error EDF" + (f" under {budget_ms:g} ms" if budget_ms is not None else ""))
     ax.set_title(f"{name} error vs measured latency".strip(), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
