@@ -29,7 +29,12 @@ class _RegisterOpsWithTorch:
 
             def exec_then_register(module):
                 exec_torch(module)
-                importlib.import_module("pycnn.ops")
+                try:
+                    importlib.import_module("pycnn.ops")
+                except Exception as e:  # never break `import torch`; the error comes back at first use of pycnn
+                    import warnings
+                    warnings.warn(f"pycnn: could not register torch.ops.pycnn ({type(e).__name__}: {e})",
+                                  stacklevel=2)
 
             spec.loader.exec_module = exec_then_register
         return spec

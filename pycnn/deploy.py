@@ -336,12 +336,17 @@ def machine_id() -> str:
     return f"{platform.node()}|{cpu}|{os.cpu_count()} cpus|torch {torch.__version__}"
 
 
-def latency_key(canonical_text: str, variant: str, batch: int, threads: int, machine: Optional[str] = None) -> str:
+def latency_key(canonical_text: str, variant: str, batch: int, threads: int, machine: Optional[str] = None,
+                build: str = "") -> str:
     """The cache key of one measurement: sha256 over the candidate's canonical text, engine (with its version),
-    batch, threads and machine."""
+    batch, threads, machine, how the candidate was built (`build`: backend and kernels) and pycnn's version and
+    CPU kernel variant."""
+    from ._C import build_info
+    from .version import __version__
     which, engine = VARIANTS[variant]
     version = engine_version(engine) if engine in _PACKAGES else torch.__version__
-    fields = [canonical_text, variant, version, str(batch), str(threads), machine or machine_id()]
+    fields = [canonical_text, variant, version, str(batch), str(threads), machine or machine_id(), build,
+              __version__, build_info().get("cpu_isa", "")]
     return hashlib.sha256("\n\0".join(fields).encode()).hexdigest()
 
 
@@ -398,17 +403,19 @@ def default_cache_path() -> Path:
 
 def measure_latencies(models: Sequence[Tuple[str, Callable[[], nn.Module]]], variant: str, batch: int,
                       threads: int, *, repeats: int = 10, cache: Optional[LatencyCache] = None,
-                      log: Callable[[str], None] = lambda *_: None, group: int = 8) -> Dict[str, dict]:
+                      log: Callable[[str], None] = lambda *_: None, group: int = 8,
+                      build: str = "") -> Dict[str, dict]:
     """{canonical text: {"ms", "parity", ...} or {"failure"}} for (canonical text, model factory) pairs on one
     variant: cached ones are read, the others measured `group` at a time, interleaved round by round after a
     warm-up, each checked once against its reference backend (relative error <= PARITY_TOLERANCE, else its
-    entry is a failure and it is not timed). New entries are written to the cache at the end."""
+    entry is a failure and it is not timed). New entries are written to the cache at the end. `build` (e.g. the
+    backend and kernels the factories compile with) is part of the cache key."""
     from .timing import compare
     from .lower import to_backend
     machine = machine_id()
     results, todo = {}, []
     for text, make in models:
-        key = latency_key(text, variant, batch, threads, machine)
+        key = latency_key(text, variant, batch, threads, machine, build)
         hit = cache.get(key) if cache else None
         if hit is not None:
             results[text] = dict(hit, cached=True)
@@ -425,8 +432,8 @@ def measure_latencies(models: Sequence[Tuple[str, Callable[[], nn.Module]]], var
                 with torch.no_grad():
                     ref = to_backend(model, "reference").eval()(x)
                 err = relative_error(run(x), ref)
-            except (EngineError, EngineNotInstalled) as e:
-                results[text] = {"failure": str(e).splitlines()[0]}
+            except Exception as e:  # one candidate an engine cannot run (or compile) does not end the exploration
+                results[text] = {"failure": (str(e).strip().splitlines() or [type(e).__name__])[0][:300]}
                 continue
             if not err <= PARITY_TOLERANCE:
                 results[text] = {"failure": f"parity: relative error {err:.1e} > {PARITY_TOLERANCE:g}"}

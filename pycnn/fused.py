@@ -111,6 +111,18 @@ class EvalFold:
 
     __slots__ = ("refs", "stamp", "scale", "shift", "weight", "bias", "packed")
 
+    # A copy or a pickle of the model does not carry the cache (oneDNN-packed weights have no storage to copy):
+    # the copy folds again on its first eval call.
+    def __deepcopy__(self, memo):
+        return None
+
+    def __reduce__(self):
+        return _no_fold, ()
+
+
+def _no_fold():
+    return None
+
 
 def _param(m: nn.Module, name: str) -> Optional[Tensor]:
     """m.<name> without nn.Module.__getattr__'s cost (a parametrized weight is not in _parameters: read it)."""
@@ -123,7 +135,10 @@ def _param(m: nn.Module, name: str) -> Optional[Tensor]:
 
 
 def _stamp(tensors, eps) -> tuple:
-    return (eps,) + tuple(None if t is None else (t._version, t.data_ptr(), t.dtype, t.device) for t in tensors)
+    # inference tensors (made under torch.inference_mode) have no version counter: a fresh object never
+    # matches, so their fold is recomputed on every call rather than served stale
+    return (eps,) + tuple(None if t is None else (object(),) if t.is_inference()
+                          else (t._version, t.data_ptr(), t.dtype, t.device) for t in tensors)
 
 
 def cached_fold(conv: nn.Conv2d, bn: _BatchNorm, dense: bool) -> EvalFold:

@@ -362,7 +362,31 @@ def leave_layout(y, caller: Optional[torch.memory_format]):
     return y.contiguous(memory_format=caller)
 
 
-class Network(Chain):
+class KeepsInputLayout:
+    """Pickling for a module with an `input_layout` attribute (a torch.memory_format, which torch.save's pickle
+    protocol cannot store): kept by name."""
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        if state.get("input_layout") is not None:
+            state["input_layout"] = str(state["input_layout"]).rpartition(".")[2]  # "channels_last"
+        return state
+
+    def __setstate__(self, state):
+        if isinstance(state.get("input_layout"), str):
+            state["input_layout"] = _MEMORY_FORMATS[state["input_layout"]]
+        super().__setstate__(state)
+
+
+_MEMORY_FORMATS = {"channels_last": torch.channels_last, "contiguous_format": torch.contiguous_format}
+
+
+def _drop_folds(module, incompatible_keys) -> None:
+    """load_state_dict's post-hook (a module-level function, so that a model still pickles)."""
+    fused.clear_folds(module)
+
+
+class Network(KeepsInputLayout, Chain):
     """The compiled network: its parts in order. `arch` is the .arch source, `ir` the elaborated IR, `plan` the
     IR after the passes (what runs), `backend` "fused" or "reference".
 
@@ -378,7 +402,7 @@ class Network(Chain):
         self.arch, self.ir, self.plan, self.backend = arch, network_ir, plan, backend
         self.input_layout: Optional[torch.memory_format] = input_layout
         self._signatures: Dict[tuple, int] = {}
-        self.register_load_state_dict_post_hook(lambda module, incompatible: fused.clear_folds(module))
+        self.register_load_state_dict_post_hook(_drop_folds)
         # training keeps each BatchNorm+activation's input, not also its output (pycnn.memory)
         self.recompute_epilogues = backend == "fused"
 
@@ -627,6 +651,8 @@ def lower(network: ir.NetworkIR, init: bool = True, backend: str = "fused", disa
     layout = torch.channels_last if backend == "fused" and mode != "torch" else None
     model = Network([(p.name, lower_node(p, mode)) for p in plan.parts], network.source, network, plan, backend,
                     layout)
+    # kernels="torch" runs exactly as plain PyTorch: no recomputation in training either
+    model.recompute_epilogues = backend == "fused" and mode != "torch"
     if init:
         init_weights(model)
     return model

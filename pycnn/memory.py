@@ -33,14 +33,15 @@ class Recipe:
     """How to rebuild an epilogue's output from tensors autograd keeps anyway. `rebuild` takes the tensors
     (each one rebuilt first when it is itself an epilogue's output) and returns the output."""
 
-    __slots__ = ("parts", "versions", "rebuild", "cached")
+    __slots__ = ("parts", "versions", "rebuild", "cached", "output_version")
 
     def __init__(self, parts, rebuild: Callable):
         # an input that is itself an epilogue's output is held as its recipe, so it is not kept alive either
-        self.parts = [getattr(t, _RECIPE, t) if isinstance(t, Tensor) else t for t in parts]
+        self.parts = [_recipe_of(t) or t if isinstance(t, Tensor) else t for t in parts]
         self.versions = [t._version if isinstance(t, Tensor) else None for t in self.parts]
         self.rebuild = rebuild
         self.cached: Optional[Tensor] = None
+        self.output_version: Optional[int] = None  # the output's version when made; edited since: no recipe
 
     def tensors(self):
         """The tensors this recipe keeps alive, its inner recipes' included."""
@@ -61,6 +62,12 @@ class Recipe:
                 parts.append(part)
             self.cached = self.rebuild(*parts)
         return self.cached
+
+
+def _recipe_of(t: Tensor) -> Optional["Recipe"]:
+    """t's recipe while t is as its recipe made it (not edited in place since)."""
+    recipe = getattr(t, _RECIPE, None)
+    return recipe if recipe is not None and recipe.output_version == t._version else None
 
 
 def _check_version(t: Tensor, version: int) -> None:
@@ -85,11 +92,13 @@ def note_bn_act_output(y: Tensor, input: Tensor, weight, bias, residual, save_me
     def rebuild(x, w, b, r, mean, var):
         return torch.ops.pycnn.bn_act_forward(x, w, b, r, mean, var, False, eps, act)[0]
 
-    setattr(y, _RECIPE, Recipe([input, weight, bias, residual, save_mean, save_var], rebuild))
+    recipe = Recipe([input, weight, bias, residual, save_mean, save_var], rebuild)
+    recipe.output_version = y._version
+    setattr(y, _RECIPE, recipe)
 
 
 def _pack(t: Tensor):
-    recipe = getattr(t, _RECIPE, None)
+    recipe = _recipe_of(t)  # an output changed in place after it was made is kept as it is now
     counter = getattr(_state, "counter", None)
     if counter is not None:
         counter.add(recipe.tensors() if recipe is not None else [t])

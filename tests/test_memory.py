@@ -147,3 +147,23 @@ def test_eval_and_no_grad_keep_nothing_special():
     with torch.no_grad():
         model.train()(x)
     assert not memory.active()
+
+
+def test_an_output_edited_in_place_is_kept_as_edited():
+    """A recipe rebuilds the output as the kernel made it; once it was changed in place, the edited tensor is
+    kept instead (the gradient must see the edit)."""
+    torch.manual_seed(0)
+    bn = BatchNormAct2d(4, act="relu")
+    w = torch.randn(4, 4, 1, 1, requires_grad=True)
+    x = torch.randn(2, 4, 3, 3)
+    grads = []
+    for recompute in (True, False):
+        w.grad = None
+        with memory.recompute_epilogues() if recompute else torch.autograd.graph.saved_tensors_hooks(
+                lambda t: t, lambda t: t):
+            y = bn(x.requires_grad_())
+            y.mul_(0.5)  # e.g. a forward hook scaling a block's output
+            z = F.conv2d(y, w)  # keeps the edited y
+        z.sum().backward()
+        grads.append(w.grad.clone())
+    assert torch.equal(*grads)

@@ -270,3 +270,27 @@ def test_torch_compile_training_gradients_equal_the_reference_in_float64():
     for (name, a), b in zip(model.named_buffers(), ref.buffers()):
         torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9, msg=name)
     torch._dynamo.reset()
+
+
+def test_eval_folds_survive_inference_mode_copies_and_pickles():
+    """A model built inside inference_mode (its tensors have no version counter) runs in eval; a model that ran
+    in eval deep-copies and pickles (its cached folds are dropped, not copied)."""
+    import copy
+    import io
+    with torch.inference_mode():
+        m = pycnn.compile(os.path.join(ROOT, "archs", "resnet.arch"), "resnet18", input=(3, 64, 64), classes=10,
+                          kernels="pycnn").eval()
+        x = torch.randn(1, 3, 64, 64)
+        y = m(x)
+        torch.testing.assert_close(m(x), y)
+    model = pycnn.compile(os.path.join(ROOT, "archs", "resnet.arch"), "resnet18", input=(3, 64, 64), classes=10, kernels="pycnn")
+    model.eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        y = model(x)
+        twin = copy.deepcopy(model)
+        torch.testing.assert_close(twin(x), y)
+        buffer = io.BytesIO()
+        torch.save(model, buffer)
+        buffer.seek(0)
+        torch.testing.assert_close(torch.load(buffer, weights_only=False)(x), y)

@@ -142,8 +142,8 @@ def bench_engines(model: nn.Module, variants: Sequence[str], batches: Sequence[i
                        batch=batch, threads=threads, layout="-", ms=None, images_per_s=None, vs_best=None,
                        vs_torch=None, parity=None, note="")
             rows[(label, batch)] = row
-            if variant in unavailable:
-                row["note"] = unavailable[variant]
+            if label in unavailable:  # by label: a failing bf16 row must not take the f32 one with it
+                row["note"] = unavailable[label]
                 advance()
                 continue
             layout, lent = "auto", False
@@ -155,13 +155,13 @@ def bench_engines(model: nn.Module, variants: Sequence[str], batches: Sequence[i
                                             layout=layout, precision=precision)
                 out = run(x)
             except deploy.EngineNotInstalled as e:
-                unavailable[variant] = row["note"] = str(e)
+                unavailable[label] = row["note"] = str(e)
                 log(str(e))
                 advance()
                 continue
             except Exception as e:  # EngineError names the layer; anything else: the engine's first line
                 first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                unavailable[variant] = row["note"] = f"cannot run: {first[:300]}"
+                unavailable[label] = row["note"] = f"cannot run: {first[:300]}"
                 log(f"{label}: {row['note']}")
                 advance()
                 continue

@@ -185,7 +185,7 @@ def _latency_filter(sampler: Sampler, chosen: List[Sample], spec: str, budget_ms
     import torch
 
     import pycnn
-    from .. import deploy
+    from .. import deploy, dispatch
     from .space import canonical_text
     try:
         variant, batch = deploy.parse_latency_spec(spec)
@@ -207,7 +207,8 @@ def _latency_filter(sampler: Sampler, chosen: List[Sample], spec: str, budget_ms
     before = torch.get_num_threads()
     try:
         measured = deploy.measure_latencies(list(dict(factories).items()), variant, batch, threads,
-                                            repeats=repeats, cache=cache, log=log)
+                                            repeats=repeats, cache=cache, log=log,
+                                            build=f"{backend}/{dispatch.resolve_mode(kernels)}")
     finally:
         torch.set_num_threads(before)  # the trials choose their own
     fields, failures = {}, 0
