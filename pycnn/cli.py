@@ -112,10 +112,10 @@ def cmd_summary(args) -> int:
         pass
     else:
         print(s)
-    if args.kernels:  # which build of pycnn's CPU kernels those layers run on this machine
+    if args.kernels:  # which build of pycnn's CPU kernels those layers run on this machine (a note on stderr)
         info = pycnn.build_info()
         print(f"CPU kernels: {info['cpu_isa']} variant (best on this CPU: {info['cpu_isa_best']}; "
-              "PYCNN_CPU_ISA=baseline|avx2|avx512 caps it)")
+              "PYCNN_CPU_ISA=baseline|avx2|avx512 caps it)", file=sys.stderr)  # stdout stays the table
     return 0
 
 
