@@ -403,8 +403,6 @@ class Network(KeepsInputLayout, Chain):
         self.input_layout: Optional[torch.memory_format] = input_layout
         self._signatures: Dict[tuple, int] = {}
         self.register_load_state_dict_post_hook(_drop_folds)
-        # training keeps each BatchNorm+activation's input, not also its output (pycnn.memory)
-        self.recompute_epilogues = backend == "fused"
 
     def _signature_token(self, x) -> Optional[int]:
         device = x.device
@@ -651,7 +649,8 @@ def lower(network: ir.NetworkIR, init: bool = True, backend: str = "fused", disa
     layout = torch.channels_last if backend == "fused" and mode != "torch" else None
     model = Network([(p.name, lower_node(p, mode)) for p in plan.parts], network.source, network, plan, backend,
                     layout)
-    # kernels="torch" runs exactly as plain PyTorch: no recomputation in training either
+    # training keeps each BatchNorm+activation's input, not also its output (pycnn.memory); kernels="torch" runs
+    # exactly as plain PyTorch, so it keeps outputs as PyTorch does
     model.recompute_epilogues = backend == "fused" and mode != "torch"
     if init:
         init_weights(model)
