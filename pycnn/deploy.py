@@ -147,11 +147,27 @@ def _set_threads(threads: Optional[int]) -> None:
         torch.set_num_threads(int(threads))
 
 
+def model_fingerprint(model) -> str:
+    """sha256 of what an export of `model` depends on: its network (the .arch text, overrides, backend) and
+    every state_dict entry (name, dtype, shape, bytes)."""
+    from .checkpoint import metadata
+    digest = hashlib.sha256(json.dumps(metadata(model), sort_keys=True).encode())
+    for name, value in model.state_dict().items():
+        if isinstance(value, torch.Tensor):
+            digest.update(f"{name}:{value.dtype}:{tuple(value.shape)}".encode())
+            digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def _onnx_file(model, onnx_path: Optional[str]) -> str:
-    """The model as ONNX (batch dynamic): `onnx_path` if it exists, else exported there (or to a temp file)."""
+    """The model as ONNX (batch dynamic) at `onnx_path` (or a temp file). An existing file is reused only when
+    the fingerprint written beside it (`<onnx_path>.sha256`) is this model's: another network or other weights
+    of the same name are exported afresh, never run by mistake."""
     if isinstance(model, (str, os.PathLike)):
         return os.fspath(model)
-    if onnx_path and os.path.isfile(onnx_path):
+    fingerprint = model_fingerprint(model)
+    stamp = Path(f"{onnx_path}.sha256") if onnx_path else None
+    if stamp and os.path.isfile(onnx_path) and stamp.is_file() and stamp.read_text().strip() == fingerprint:
         return os.fspath(onnx_path)
     from .export import ExportError, export_onnx
     path = onnx_path or os.path.join(tempfile.mkdtemp(prefix="pycnn-deploy-"), f"{model.ir.name}.onnx")
@@ -159,6 +175,8 @@ def _onnx_file(model, onnx_path: Optional[str]) -> str:
         export_onnx(model, path, batch=2, dynamic_batch=True)
     except ExportError as e:
         raise EngineError(str(e).splitlines()[0]) from e
+    if stamp:
+        stamp.write_text(fingerprint + "\n")
     return path
 
 
@@ -239,7 +257,8 @@ def runner(model, engine: str = "torch", *, threads: Optional[int] = None, batch
     threads: the engine's threads (torch: torch.set_num_threads, process-wide); batch: the batch size it is
     planned for (OpenVINO compiles for it; "auto" layout measures with it; default 1 / any); layout for the
     torch engines: "auto" (the faster of NCHW and channels_last, measured eagerly), "nchw" or "channels_last";
-    precision: OpenVINO's "f32" (default) or "bf16"; onnx_path: where the ONNX export is written or reused;
+    precision: OpenVINO's "f32" (default) or "bf16"; onnx_path: where the ONNX export is written, or reused
+    when the fingerprint beside it (`<onnx_path>.sha256`) is this model's;
     input_shape (C, H, W) of the "auto" layout's measurement for a model that is not pycnn's.
     Raises EngineNotInstalled (one line with the pip command) or EngineError (naming the layer)."""
     if engine not in ENGINES:

@@ -2,6 +2,7 @@
 round trip), `pycnn bench model --engines` (a missing engine is one line and the other rows run; a parity
 failure is reported, not timed), latency-aware `pycnn explore` (latency in the records, the cache, a budget
 nobody meets). Tiny networks at 16x16."""
+import copy
 import json
 import sys
 
@@ -51,6 +52,24 @@ def test_runners_agree_with_pytorch(tiny, tmp_path, one_thread):
         run = pycnn.runner(model, "openvino", threads=1, batch=2, onnx_path=str(tmp_path / "tiny.onnx"))
         assert deploy.relative_error(run(x[:2]), ref[:2]) <= deploy.PARITY_TOLERANCE
     assert not model.training  # the runner worked on a copy
+
+
+def test_onnx_export_is_reused_only_for_the_same_model(tiny, tmp_path, one_thread):
+    if not deploy.installed("onnxruntime"):
+        pytest.skip("onnxruntime is not installed")
+    model, _ = tiny
+    path = tmp_path / "tiny.onnx"
+    x = torch.randn(2, 3, 16, 16)
+    pycnn.runner(model, "onnxruntime", threads=1, onnx_path=str(path))
+    exported = path.stat().st_mtime_ns
+    pycnn.runner(model, "onnxruntime", threads=1, onnx_path=str(path))
+    assert path.stat().st_mtime_ns == exported  # the same model: the file is reused
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        next(other.parameters()).mul_(-1.5)  # same network and name, other weights
+        ref = other(x)
+    run = pycnn.runner(other, "onnxruntime", threads=1, onnx_path=str(path))
+    assert deploy.relative_error(run(x), ref) <= deploy.PARITY_TOLERANCE  # not the stale export
 
 
 def test_runner_errors(tiny, monkeypatch):
