@@ -8,9 +8,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-bench/results/deploy-$(date +%Y-%m-%d)}
 mkdir -p "$out"
-export PYTHONUNBUFFERED=1
-status=0
-run() { echo "+ $*" | tee -a "$out/log.txt"; "$@" 2>&1 | tee -a "$out/log.txt"; local rc=${PIPESTATUS[0]}; [ "$rc" = 0 ] || status=$rc; }
+source tools/bench_log.sh
 for spec in "mobilenet_v2.arch mobilenet_v2" "efficientnet.arch efficientnet_b0" "regnet.arch regnet_x_400mf"; do
   set -- $spec
   run python -m pycnn bench model "archs/$1" --network "$2" --batch "${BATCH:-8}" --engines \
