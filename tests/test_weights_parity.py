@@ -47,6 +47,7 @@ CASES = [
     ("inception_v4", "inception_v4", "timm", "inception_v4", 75),
     ("inception_resnet_v2", "inception_resnet_v2", "timm", "inception_resnet_v2", 75),
     ("shufflenet_v2", "shufflenet_v2_x1_0", "torchvision", "shufflenet_v2_x1_0", 32),
+    ("nasnet", "nasnetalarge", "timm", "nasnetalarge", 64),  # at reduced width (REDUCED_WIDTH)
 ]
 
 
@@ -55,13 +56,17 @@ CASES = [
 REDUCED_WIDTH = {
     "dm_nfnet_f0": (dict(stem=32, w1=64, w2=128, w3=384, w4=384, group_width=32),
                     dict(stem_chs=32, channels=(64, 128, 384, 384), group_size=32, num_features=768)),
+    # timm's NASNetALarge takes these as model arguments (the cells' widths are num_features / 24 / 4 .. 4x that)
+    "nasnetalarge": (dict(stem_size=16, num_features=192), dict(stem_size=16, num_features=192)),
 }
 
 
 def reference_model(library, name, size):
     warnings.filterwarnings("ignore")
     torch.manual_seed(0)
-    if library == "timm" and name in REDUCED_WIDTH:
+    if library == "timm" and name == "nasnetalarge":  # reduced by timm's own model arguments
+        model = timm.create_model(name, **REDUCED_WIDTH[name][1])
+    elif library == "timm" and name in REDUCED_WIDTH:
         import dataclasses
         from timm.models import nfnet
         model = nfnet.NormFreeNet(dataclasses.replace(nfnet.model_cfgs[name], **REDUCED_WIDTH[name][1]))
