@@ -54,6 +54,12 @@ def lower_cell(node: ir.Cell, mode: str) -> CellModule:
     return CellModule(chains, node.inputs, node.nodes, node.output)
 
 
+def graph_step(model: nn.Module) -> Optional["GraphStep"]:
+    """The GraphStep a compiled network runs its parts with, None when they run one after another."""
+    steps = getattr(model, "steps", None)
+    return steps[0] if steps and isinstance(steps[0], GraphStep) else None
+
+
 def is_wired(network: ir.NetworkIR) -> bool:
     """Whether a cell of the network reads outputs by name (a cell with several inputs)."""
     return any(isinstance(n, ir.Cell) and n.sources for _, n in network.nodes())
@@ -74,9 +80,14 @@ class GraphStep:
             self.plan.append((part.name, bool(cells), children, part.kind == "stage"))
 
     def __call__(self, owner: nn.Module, x, residual=None):
-        assert residual is None
+        assert residual is None, "a network's step adds no residual"
+        return self.run(owner, x)[0]
+
+    def run(self, owner: nn.Module, x, parts: Optional[int] = None):
+        """(the output of the first `parts` parts (all: None), {module path: output} of every part and stage
+        block on the way); `owner` holds the parts under their names (a Network, a FeatureNetwork)."""
         outputs = {"input": x}
-        for name, by_child, children, record in self.plan:
+        for name, by_child, children, record in self.plan[:parts]:
             part = owner._modules[name]
             if not by_child and not record:
                 x = part(x)
@@ -90,7 +101,7 @@ class GraphStep:
                     if record:
                         outputs[f"{name}.{child}"] = x
             outputs[name] = x
-        return x
+        return x, outputs
 
     def __repr__(self):
         return "graph(" + ", ".join(p[0] for p in self.plan) + ")"

@@ -800,7 +800,8 @@ class Elaborator:
         except ir.ShapeError as e:
             detail = "; ".join(f"{src}{' {...}' if chain else ''} {ir.fmt_shape(s)}"
                                for (chain, src), s in zip(ops, shapes))
-            raise self.error(f"{what}: {merge}: {e.message.split(':')[0]} ({detail})", merge_loc) from None
+            reason = e.message.split(':')[0].replace("branches", "values")
+            raise self.error(f"{what}: {merge}: {reason} ({detail})", merge_loc) from None
 
 
 _CELL_MERGES = ("add", "concat", "mul")
