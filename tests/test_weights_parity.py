@@ -61,11 +61,11 @@ REDUCED_WIDTH = {
 }
 
 
-def reference_model(library, name, size):
+def reference_model(library, name, size, full_width=False):
     warnings.filterwarnings("ignore")
     torch.manual_seed(0)
     if library == "timm" and name == "nasnetalarge":  # reduced by timm's own model arguments
-        model = timm.create_model(name, **REDUCED_WIDTH[name][1])
+        model = timm.create_model(name, **({} if full_width else REDUCED_WIDTH[name][1]))
     elif library == "timm" and name in REDUCED_WIDTH:
         import dataclasses
         from timm.models import nfnet
@@ -139,6 +139,24 @@ def test_parity(arch, network, library, name, size):
         w.add_(torch.randn(w.shape, generator=torch.Generator().manual_seed(4)) * w.std() * 0.1)
         assert relative_error(model(x), expected) > 1e-4
         assert relative_error(model.double()(x.double()), truth) > 1e-4
+
+
+@pytest.mark.slow
+def test_nasnetalarge_at_full_width():
+    """NASNet-A Large as shipped (88,753,150 parameters; test_parity checks it at reduced width): float64 parity
+    after importing timm's weights, on a 64x64 input (~30 s on one thread)."""
+    ref = reference_model("timm", "nasnetalarge", 64, full_width=True)
+    with torch.device("meta"):
+        model = pycnn.compile(os.path.join(ROOT, "archs", "nasnet.arch"), "nasnetalarge")
+    weights.from_timm(model, ref)
+    model.eval()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected, got = ref(x), model(x)
+        truth, got64 = ref.double()(x.double()), model.double()(x.double())
+    assert (expected[0] - expected[1]).abs().max() > 1e-3 * expected.abs().max()
+    assert relative_error(got64, truth) < 1e-6
+    assert relative_error(got, truth) <= 4 * relative_error(expected.double(), truth) + 1e-5
 
 
 def test_export_roundtrip_to_torchvision():
