@@ -491,6 +491,7 @@ class Elaborator:
     def _block(self, bdef: A.BlockDef, call: A.Call, shape, name: str, ctx: _Ctx, extra: dict, index: int,
                global_index: Optional[int] = None):
         pending, self.pending_cell = self.pending_cell, None  # the inputs the network gives a cell (one call)
+        shape = pending[1][0] if pending is not None else shape  # `in` is the cell's first input's width
         if bdef.name in ctx.stack:
             chain = " -> ".join(ctx.stack[ctx.stack.index(bdef.name):] + (bdef.name,))
             raise self.error(f"recursion: block '{bdef.name}' calls itself ({chain})", call.name_loc)
@@ -657,7 +658,6 @@ class Elaborator:
             out.append(seq)
             x = seq.out_shape
         return out
-
 
     # ---- cells: blocks with named inputs whose body is a graph of nodes (docs/language.md, "Cells")
     def _prepare_part_cell(self, part: A.Part, ctx: _Ctx):
