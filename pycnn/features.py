@@ -117,10 +117,15 @@ class FeatureNetwork(KeepsInputLayout, nn.Module):
         self._returned = {points[i]["module"] for i in self.out_indices}
         self.ir, self.arch, self.backend = network.ir, network.arch, network.backend
         self.input_layout = getattr(network, "input_layout", None)
+        from .cells import graph_step
+        self.graph = graph_step(network)  # cells that read earlier outputs: the parts run as the network's graph
 
     def forward(self, x) -> List[torch.Tensor]:
         from .lower import enter_layout, leave_layout
         x, caller = enter_layout(x, self.input_layout)  # the maps come back in the caller's layout
+        if self.graph is not None:
+            outputs = self.graph.run(self, x, len(self._modules))[1]
+            return [leave_layout(outputs[name], caller) for name in self._modules if name in self._returned]
         out = []
         for name, part in self.named_children():
             x = part(x)
@@ -142,6 +147,10 @@ def forward_features(network, x):
     """The last feature map (before pooling and classifier), as timm's forward_features, in the caller's layout."""
     from .lower import enter_layout, leave_layout
     x, caller = enter_layout(x, getattr(network, "input_layout", None))
+    from .cells import graph_step
+    graph = graph_step(network)
+    if graph is not None:  # cells that read earlier outputs
+        return leave_layout(graph.run(network, x, _head_start(network))[0], caller)
     for part in network.ir.parts[:_head_start(network)]:
         x = getattr(network, part.name)(x)
     return leave_layout(x, caller)

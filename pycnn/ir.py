@@ -87,7 +87,22 @@ class Fused:
         return self.layers[-1].out_shape
 
 
-Node = object  # Layer | Sequence | BranchBlock | Fused
+@dataclass
+class Cell(Sequence):
+    """A block with named inputs whose values form a small graph (a NAS cell, Zoph et al. 2018). `children` are
+    its chains (ir.Sequence, kind "chain"): layers applied to one value, in the order written, so everything
+    that walks sequences walks a cell's layers. `nodes`: (name, merge or None, [(chain name or None, the input or
+    node it reads)]) in order; `output` is (merge or None, operands) likewise. `sources`: the module paths of
+    the network outputs this instance reads, one per input (the network's input is "input"); () when the
+    cell takes the value before it, as any block."""
+    inputs: Tuple[str, ...] = ()
+    in_shapes: Tuple[Shape, ...] = ()
+    nodes: List[tuple] = field(default_factory=list)
+    output: tuple = (None, ())
+    sources: Tuple[str, ...] = ()
+
+
+Node = object  # Layer | Sequence | BranchBlock | Fused | Cell (a Sequence)
 
 
 @dataclass

@@ -569,6 +569,11 @@ def lower_slice(layer: ir.Layer) -> nn.Module:
     return ChannelSlice(layer.attrs["start"], layer.attrs["stop"])
 
 
+def lower_pad(layer: ir.Layer) -> nn.Module:
+    a = layer.attrs
+    return nn.ZeroPad2d((a["left"], a["right"], a["top"], a["bottom"]))  # negative sizes crop
+
+
 def lower_layer(layer: ir.Layer) -> nn.Module:
     """The module of one IR layer, built by the function its registry entry names."""
     return globals()[OPS[layer.op].lowering](layer)
@@ -591,6 +596,9 @@ def lower_list(children, mode: str):
 def lower_node(node, mode: str) -> nn.Module:
     if isinstance(node, ir.Layer):
         return lower_layer(node)
+    if isinstance(node, ir.Cell):  # before Sequence, which it extends
+        from .cells import lower_cell
+        return lower_cell(node, mode)
     if isinstance(node, ir.Sequence):
         return Chain(*lower_list(node.children, mode))
     if isinstance(node, ir.BranchBlock):
@@ -652,6 +660,9 @@ def lower(network: ir.NetworkIR, init: bool = True, backend: str = "fused", disa
     # training keeps each BatchNorm+activation's input, not also its output (pycnn.memory); kernels="torch" runs
     # exactly as plain PyTorch, so it keeps outputs as PyTorch does
     model.recompute_epilogues = backend == "fused" and mode != "torch"
+    from .cells import GraphStep, is_wired
+    if is_wired(plan):  # cells read earlier outputs: the parts run as one graph
+        model.steps = [GraphStep(plan)]
     if init:
         init_weights(model)
     return model

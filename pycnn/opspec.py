@@ -244,6 +244,15 @@ def _infer_shuffle(a, in_shape):
     return in_shape, 0, 0
 
 
+def _infer_pad(a, in_shape):
+    c, h, w = _spatial(in_shape, "pad")
+    oh, ow = h + a["top"] + a["bottom"], w + a["left"] + a["right"]
+    if oh < 1 or ow < 1:
+        raise ShapeError(f"pad({a['left']}, {a['right']}, {a['top']}, {a['bottom']}) leaves {oh}x{ow} of the "
+                         f"{h}x{w} input", "left")
+    return (c, oh, ow), 0, 0
+
+
 def _infer_same_shape(a, in_shape):
     return in_shape, 0, 0
 
@@ -302,6 +311,7 @@ OPS: Dict[str, Op] = {o.name: o for o in (
     Op("gain", "gain", _infer_gain, "lower_gain"),
     Op("drop_path", "drop_path", _infer_same_shape, "lower_drop_path"),
     Op("slice", "slice", _infer_slice, "lower_slice"),
+    Op("pad", "pad", _infer_pad, "lower_pad"),
 )}
 
 
@@ -321,6 +331,7 @@ REQUIRED = object()  # an argument without a default
 class Arg:
     """An argument of a primitive. kind: width (int >= 1), pair (int >= 1 or a pair), pad (int/pair >= 0),
     convpad (like pad; None = the symmetric default d*(k-1)/2, `same` = TensorFlow's SAME), nonneg (int >= 0),
+    int (any integer),
     pos (int >= 1), bool, prob (0 <= p <= 1), posfloat (> 0), float, act (activation name or none),
     rounding, block (a block's name)."""
     name: str
@@ -376,5 +387,7 @@ PRIMITIVES: Dict[str, Primitive] = {p.name: p for p in (
     Primitive("gain", "gain", arguments(("init", 1.0, "float"))),
     Primitive("drop_path", "drop_path", arguments(("p", 0.0, "prob"))),
     Primitive("slice", "slice", arguments(("start", REQUIRED, "nonneg"), ("stop", REQUIRED, "pos"))),
+    Primitive("pad", "pad", arguments(("left", REQUIRED, "int"), ("right", REQUIRED, "int"), ("top", REQUIRED, "int"),
+                                      ("bottom", REQUIRED, "int"))),
     *(Primitive(name, "act") for name in ACTIVATIONS),
 )}

@@ -58,6 +58,7 @@ CASES = [
     ("nfnet", "dm_nfnet_f0", "timm", "dm_nfnet_f0", 71_489_284),
     ("inception_v4", "inception_v4", "timm", "inception_v4", 42_679_816),
     ("inception_resnet_v2", "inception_resnet_v2", "timm", "inception_resnet_v2", 55_843_464),
+    ("nasnet", "nasnetalarge", "timm", "nasnetalarge", 88_753_150),
     ("shufflenet_v2", "shufflenet_v2_x0_5", "torchvision", "shufflenet_v2_x0_5", None),
     ("shufflenet_v2", "shufflenet_v2_x1_0", "torchvision", "shufflenet_v2_x1_0", None),
     ("shufflenet_v2", "shufflenet_v2_x2_0", "torchvision", "shufflenet_v2_x2_0", None),

@@ -21,7 +21,7 @@ ARCH_FILES = sorted(glob.glob(os.path.join(ROOT, "archs", "*.arch")))
 FIRST_NETWORKS = [(os.path.relpath(f, ROOT), load_program(f).main_networks[0]) for f in ARCH_FILES]
 # the largest networks run narrowed (the same layers and fused patterns, a fraction of the time)
 NARROW = {"dm_nfnet_f0": dict(stem=16, w1=16, w2=32, w3=48, w4=48, group_width=8),
-          "efficientnet_v2_s": dict(width=0.25)}
+          "efficientnet_v2_s": dict(width=0.25), "nasnetalarge": dict(stem_size=16, num_features=192)}
 # networks whose fused patterns others cover: Inception-v4 and Inception-ResNet-v2 have inception_v3's (dense
 # conv+bn+relu, concatenations, plain adds) at 100+ layers (a minute each), and the SGD step at lr 0.1 of this
 # test makes Inception-v4 diverge to NaN in both flavours

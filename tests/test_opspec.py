@@ -9,7 +9,7 @@ from pycnn import opspec
 from pycnn.opspec import ACTIVATIONS, KERNEL_ACTS, NONE_CPP, OPS, PRIMITIVES, REQUIRED
 
 ROOT = Path(__file__).resolve().parent.parent
-SAMPLE = {"width": 8, "pair": 1, "pos": 2, "nonneg": 0, "float": 1.0}  # a valid value of each required kind
+SAMPLE = {"width": 8, "pair": 1, "pos": 2, "nonneg": 0, "float": 1.0, "int": 1}  # a valid value of each required kind
 EXTRA = {"avgpool": ["k=2"]}  # without k, avgpool is global pooling (op gap)
 
 

@@ -47,6 +47,7 @@ CASES = [
     ("inception_v4", "inception_v4", "timm", "inception_v4", 75),
     ("inception_resnet_v2", "inception_resnet_v2", "timm", "inception_resnet_v2", 75),
     ("shufflenet_v2", "shufflenet_v2_x1_0", "torchvision", "shufflenet_v2_x1_0", 32),
+    ("nasnet", "nasnetalarge", "timm", "nasnetalarge", 64),  # at reduced width (REDUCED_WIDTH)
 ]
 
 
@@ -55,13 +56,17 @@ CASES = [
 REDUCED_WIDTH = {
     "dm_nfnet_f0": (dict(stem=32, w1=64, w2=128, w3=384, w4=384, group_width=32),
                     dict(stem_chs=32, channels=(64, 128, 384, 384), group_size=32, num_features=768)),
+    # timm's NASNetALarge takes these as model arguments (the cells' widths are num_features / 24 / 4 .. 4x that)
+    "nasnetalarge": (dict(stem_size=16, num_features=192), dict(stem_size=16, num_features=192)),
 }
 
 
-def reference_model(library, name, size):
+def reference_model(library, name, size, full_width=False):
     warnings.filterwarnings("ignore")
     torch.manual_seed(0)
-    if library == "timm" and name in REDUCED_WIDTH:
+    if library == "timm" and name == "nasnetalarge":  # reduced by timm's own model arguments
+        model = timm.create_model(name, **({} if full_width else REDUCED_WIDTH[name][1]))
+    elif library == "timm" and name in REDUCED_WIDTH:
         import dataclasses
         from timm.models import nfnet
         model = nfnet.NormFreeNet(dataclasses.replace(nfnet.model_cfgs[name], **REDUCED_WIDTH[name][1]))
@@ -134,6 +139,24 @@ def test_parity(arch, network, library, name, size):
         w.add_(torch.randn(w.shape, generator=torch.Generator().manual_seed(4)) * w.std() * 0.1)
         assert relative_error(model(x), expected) > 1e-4
         assert relative_error(model.double()(x.double()), truth) > 1e-4
+
+
+@pytest.mark.slow
+def test_nasnetalarge_at_full_width():
+    """NASNet-A Large as shipped (88,753,150 parameters; test_parity checks it at reduced width): float64 parity
+    after importing timm's weights, on a 64x64 input (~30 s on one thread)."""
+    ref = reference_model("timm", "nasnetalarge", 64, full_width=True)
+    with torch.device("meta"):
+        model = pycnn.compile(os.path.join(ROOT, "archs", "nasnet.arch"), "nasnetalarge")
+    weights.from_timm(model, ref)
+    model.eval()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected, got = ref(x), model(x)
+        truth, got64 = ref.double()(x.double()), model.double()(x.double())
+    assert (expected[0] - expected[1]).abs().max() > 1e-3 * expected.abs().max()
+    assert relative_error(got64, truth) < 1e-6
+    assert relative_error(got, truth) <= 4 * relative_error(expected.double(), truth) + 1e-5
 
 
 def test_export_roundtrip_to_torchvision():

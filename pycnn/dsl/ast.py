@@ -187,6 +187,7 @@ class Part:
     name: str
     items: Tuple["Stmt", ...]
     loc: Loc
+    sources: Tuple["Source", ...] = ()  # `from (a, b)`: the outputs its first item (a cell) reads
 
 
 @dataclass(frozen=True)
@@ -197,6 +198,52 @@ class Stage:
     call: Call
     stride: Optional[Expr]
     loc: Loc
+    sources: Tuple["Source", ...] = ()  # `from (a, b)`: the outputs its first block (a cell) reads
+
+
+# ----------------------------------------------------------------------------------------------- cells
+# A block whose body declares `input x, prev` is a cell: a small graph over named values (Zoph et al. 2018).
+
+@dataclass(frozen=True)
+class Source:
+    """A network output a cell reads, by its module path: `stem`, `n1.b5`, or `input` (the network's input)."""
+    path: str
+    loc: Loc
+
+
+@dataclass(frozen=True)
+class CellInput:
+    """`input x, prev`: the cell's inputs, the latest network output first."""
+    names: Tuple[str, ...]
+    locs: Tuple[Loc, ...]
+    loc: Loc
+
+
+@dataclass(frozen=True)
+class Operand:
+    """`prev` or `prev { relu conv(c) bn }`: a value of the cell, optionally through layers."""
+    source: str
+    body: Optional[Tuple["Stmt", ...]]
+    loc: Loc
+
+
+@dataclass(frozen=True)
+class CellNode:
+    """`node c0 = add(x { sep(c, k=5) }, prev)`; `merge` is None for a single operand (`node left = prev {...}`)."""
+    name: str
+    merge: Optional[str]
+    operands: Tuple[Operand, ...]
+    loc: Loc
+    merge_loc: Optional[Loc] = None
+
+
+@dataclass(frozen=True)
+class CellOutput:
+    """`output concat(left, c0, c1)`: what the cell returns."""
+    merge: Optional[str]
+    operands: Tuple[Operand, ...]
+    loc: Loc
+    merge_loc: Optional[Loc] = None
 
 
 Stmt = Union[Let, Call, If, Repeat, Branch, Merge, Part, Stage]

@@ -51,6 +51,11 @@ def check_value(value, kind: str, key: str, what: str, loc, error, blocks):
                 raise error(f"{what}: width reaches {v}; {key} must be at least 1", loc)
             raise bad("an integer >= 1")
         return v
+    if kind == "int":
+        v = as_int(value)
+        if v is None:
+            raise bad("an integer")
+        return v
     if kind == "nonneg":
         v = as_int(value)
         if v is None or v < 0:

@@ -68,6 +68,11 @@ class Elaborator:
         self.num_blocks = 0  # blocks in the network's stages (`num_blocks` in blocks)
         self.stage_blocks = 0  # stage blocks elaborated so far (the next one's `block_index`)
         self.path: List[str] = []  # the module path of the block being elaborated (s3.b2)
+        # cells (blocks with several inputs): the network outputs so far, (module path, shape), latest last; the
+        # inputs of the cell about to be called, (paths, shapes); a stage's `from` for its first block
+        self.history: List[Tuple[str, tuple]] = []
+        self.pending_cell: Optional[Tuple[tuple, tuple]] = None
+        self.stage_sources: tuple = ()
 
     # ---- helpers
     def src(self, file):
@@ -158,6 +163,7 @@ class Elaborator:
         self.num_blocks = self._count_stage_blocks(defn, dict(env), shape)
         parts: List[ir.Sequence] = []
         used_names = set()
+        self.history = [("input", shape)]
         stage_counter = 0
         for stmt in defn.body:
             ev = self.evaluator(env, in_width=shape[0] if len(shape) == 3 else None)
@@ -168,6 +174,7 @@ class Elaborator:
                 env[stmt.name] = ev.eval(stmt.value)
             elif isinstance(stmt, A.Stage):
                 self._check_part_name(stmt.name, used_names, stmt.loc)
+                self.stage_sources = stmt.sources
                 seq = self.stage(stmt.name, stmt.count, stmt.call, stmt.stride, shape, ctx, stmt.loc)
                 parts.append(seq)
                 shape = seq.out_shape
@@ -182,9 +189,11 @@ class Elaborator:
                         stage_counter += 1
                     continue
                 self._check_part_name(stmt.name, used_names, stmt.loc)
+                self._prepare_part_cell(stmt, ctx)
                 items = self.resolve(stmt.items, ctx, allow_branches=False)
                 nodes, out = self.sequence(items, shape, _Namer(), ctx)
                 parts.append(ir.Sequence(stmt.name, nodes, shape, out, stmt.loc, kind="part"))
+                self.history.append((stmt.name, out))
                 shape = out
             else:  # pragma: no cover - the grammar allows nothing else
                 raise self.error("unexpected statement in a network", stmt.loc)
@@ -265,6 +274,11 @@ class Elaborator:
                     raise self.error(f"too many repetitions (limit {self.limits.max_layers} in all)", stmt.loc)
                 for _ in range(count):
                     out.extend(self.resolve(stmt.body, ctx, allow_branches))
+            elif isinstance(stmt, (A.CellInput, A.CellNode, A.CellOutput)):
+                if not allow_branches:
+                    raise self.error(f"`{_CELL_WORDS[type(stmt)]}` belongs directly in a cell's body (a block that "
+                                     f"declares `input x, prev`)", stmt.loc)
+                out.append(stmt)
             elif isinstance(stmt, (A.Branch, A.Merge)):
                 if not allow_branches:
                     what = "branch" if isinstance(stmt, A.Branch) else "merge"
@@ -476,6 +490,8 @@ class Elaborator:
 
     def _block(self, bdef: A.BlockDef, call: A.Call, shape, name: str, ctx: _Ctx, extra: dict, index: int,
                global_index: Optional[int] = None):
+        pending, self.pending_cell = self.pending_cell, None  # the inputs the network gives a cell (one call)
+        shape = pending[1][0] if pending is not None else shape  # `in` is the cell's first input's width
         if bdef.name in ctx.stack:
             chain = " -> ".join(ctx.stack[ctx.stack.index(bdef.name):] + (bdef.name,))
             raise self.error(f"recursion: block '{bdef.name}' calls itself ({chain})", call.name_loc)
@@ -499,7 +515,14 @@ class Elaborator:
                 env[p.name] = inner.ev.eval(p.default)
             else:
                 raise self.error(f"block '{bdef.name}' needs the argument '{p.name}'", call.loc)
+        if cell_inputs(bdef) is not None:
+            return self._cell(bdef, call, shape, name, inner, pending)
         items = self.resolve(bdef.body, inner, allow_branches=True)
+        stray = next((it for it in items if isinstance(it, (A.CellInput, A.CellNode, A.CellOutput))), None)
+        if stray is not None:
+            where = ("is written directly in the block body, not inside if or repeat" if isinstance(stray, A.CellInput)
+                     else "belongs in a cell: a block that declares its inputs first (`input x, prev`)")
+            raise self.error(f"`{_CELL_WORDS[type(stray)]}` {where}", stray.loc)
         namer = _Namer()
         first_branch = next((i for i, it in enumerate(items) if isinstance(it, (A.Branch, A.Merge))), None)
         if first_branch is None:
@@ -590,12 +613,15 @@ class Elaborator:
         self.path = [name]
         children = []
         x = shape
+        sources, self.stage_sources = self.stage_sources, ()
         for i in range(count):
             self.stage_blocks += 1
+            self._prepare_cell(call, sources if i == 0 else (), ctx)
             node = self.call(call, x, None, ctx, extra=first_extra if i == 0 else {}, name=f"b{i + 1}", index=i,
                              global_index=self.stage_blocks - 1)
             children.append(node)
             x = node.out_shape
+            self.history.append((f"{name}.b{i + 1}", x))
         return ir.Sequence(name, children, shape, x, loc, kind="stage")
 
     def generator(self, call: A.Call, shape, ctx: _Ctx, stage_counter: int) -> List[ir.Sequence]:
@@ -632,6 +658,160 @@ class Elaborator:
             out.append(seq)
             x = seq.out_shape
         return out
+
+    # ---- cells: blocks with named inputs whose body is a graph of nodes (docs/language.md, "Cells")
+    def _prepare_part_cell(self, part: A.Part, ctx: _Ctx):
+        first = part.items[0] if part.items else None
+        if isinstance(first, A.Call):
+            self._prepare_cell(self.callee(first, ctx) or first, part.sources, ctx)
+        elif part.sources:
+            raise self.error("`from` gives the inputs of a cell: the part must start with a cell's call",
+                             part.sources[0].loc)
+
+    def _prepare_cell(self, call: A.Call, sources, ctx: _Ctx):
+        """When `call` is a cell with several inputs, the network outputs it reads (the latest first, or as
+        `from` names them) become its pending inputs."""
+        bdef = self.program.blocks.get(call.name)
+        names = cell_inputs(bdef) if bdef is not None else None
+        if names is None or len(names[0]) == 1:
+            if sources:
+                what = f"block '{call.name}' has one input" if names else f"'{call.name}' is not a cell"
+                raise self.error(f"`from` gives the inputs of a cell with several inputs; {what}", sources[0].loc)
+            return
+        names = names[0]
+        k = len(names)
+        known = dict(self.history)
+        if sources:
+            if len(sources) != k:
+                raise self.error(f"cell '{call.name}' takes {k} inputs ({', '.join(names)}); `from` gives "
+                                 f"{len(sources)}", sources[0].loc)
+            chosen = []
+            for src in sources:
+                if src.path not in known:
+                    raise self.error(f"no network output named '{src.path}' before this"
+                                     + did_you_mean(src.path, list(known))
+                                     + "; a cell reads `input`, earlier parts and stage blocks (like s1.b2)", src.loc)
+                chosen.append((src.path, known[src.path]))
+        else:
+            if len(self.history) < k:
+                raise self.error(f"cell '{call.name}' takes {k} inputs ({', '.join(names)}) but only "
+                                 f"{len(self.history)} network output(s) come before it (the input counts); "
+                                 f"name them with `from (...)`", call.name_loc)
+            chosen = self.history[-k:][::-1]
+        self.pending_cell = (tuple(p for p, _ in chosen), tuple(s for _, s in chosen))
+
+    def _cell(self, bdef: A.BlockDef, call: A.Call, shape, name: str, inner: _Ctx, pending) -> ir.Cell:
+        names, name_locs, _ = cell_inputs(bdef)
+        if pending is None:
+            if len(names) > 1:
+                raise self.error(f"block '{bdef.name}' is a cell with {len(names)} inputs ({', '.join(names)}): "
+                                 f"use it as a stage's block or the first item of a network part, where the "
+                                 f"network gives it the outputs before it", call.name_loc)
+            pending = ((), (shape,))
+        paths, shapes = pending
+        env = inner.ev.env
+        values: Dict[str, tuple] = {}
+        for n, loc, s in zip(names, name_locs, shapes):
+            check_binding(n, loc, self.src(loc.file), "a cell input")
+            if n in env or n in values:
+                raise self.error(f"cell input '{n}' has the name of a parameter or another input", loc)
+            env[n] = s  # an input is bound to its shape: channels(prev), height(prev) == height(x)
+            values[n] = s
+        inner = _Ctx(self.evaluator(env, shapes[0][0] if len(shapes[0]) == 3 else None), inner.stack)
+        items = self.resolve(bdef.body, inner, allow_branches=True)
+        children: List[ir.Sequence] = []
+        nodes, used, output, node_locs = [], set(), None, {}
+        for it in items:
+            if isinstance(it, A.CellInput):
+                if it.loc != cell_inputs(bdef)[2]:
+                    raise self.error("a cell declares its inputs once, directly in its body", it.loc)
+            elif isinstance(it, A.CellNode):
+                if output is not None:
+                    raise self.error(f"node '{it.name}' after the output (line {output[2].line}): the output "
+                                     f"comes last", it.loc)
+                if it.name in values:
+                    raise self.error(f"'{it.name}' is already an input or node of the cell", it.loc)
+                self._check_cell_name(it.name, children, it.loc)
+                values[it.name], ops = self._cell_value(it.merge, it.merge_loc, it.operands, it.name, values,
+                                                        children, inner, f"node '{it.name}'")
+                used.update(src for _, src in ops)
+                nodes.append((it.name, it.merge, ops))
+                node_locs[it.name] = it.loc
+            elif isinstance(it, A.CellOutput):
+                if output is not None:
+                    raise self.error(f"a second output (the first is at line {output[2].line}): a cell has one",
+                                     it.loc)
+                out, ops = self._cell_value(it.merge, it.merge_loc, it.operands, "output", values, children,
+                                            inner, "output")
+                used.update(src for _, src in ops)
+                output = (it.merge, ops, it.loc, out)
+            elif isinstance(it, A.Call):
+                raise self.error(f"a layer directly in a cell: put it in a node's chain, like `node y = "
+                                 f"{names[0]} {{ {it.name} }}`", it.loc)
+            else:
+                raise self.error("branches and merges belong in blocks; a cell writes nodes (node y = add(a, b))",
+                                 it.loc)
+        if output is None:
+            raise self.error(f"cell '{bdef.name}' has no `output` (like output concat(a, b))", bdef.loc)
+        for n, _, _ in nodes:
+            if n not in used:
+                raise self.error(f"node '{n}' is never used: neither a later node nor the output reads it",
+                                 node_locs[n])
+        return ir.Cell(name, children, shapes[0], output[3], call.loc, kind="block", block=bdef.name,
+                       inputs=names, in_shapes=tuple(shapes), nodes=nodes, output=(output[0], output[1]),
+                       sources=tuple(paths))
+
+    def _check_cell_name(self, name, children, loc):
+        if name in RESERVED_NAMES or name in KEYWORDS or name.startswith("_"):
+            raise self.error(f"'{name}' cannot name a node (reserved)", loc)
+        if name in [c.name for c in children]:
+            raise self.error(f"'{name}' is already the name of a chain in the cell", loc)
+
+    def _cell_value(self, merge, merge_loc, operands, label, values, children, inner: _Ctx, what):
+        """(shape, [(chain name or None, value read)]) of a node or the output; each operand with layers
+        becomes a chain named after the node (`left`), or `<node>_<k>` for the k-th operand of a merge."""
+        if merge is not None and merge not in _CELL_MERGES:
+            raise self.error(f"unknown merge '{merge}'" + did_you_mean(merge, _CELL_MERGES)
+                             + f"; a cell merges with {', '.join(_CELL_MERGES)}", merge_loc)
+        if merge is not None and len(operands) < 2:
+            raise self.error(f"{merge}() needs at least two values", merge_loc)
+        ops, shapes = [], []
+        for j, op in enumerate(operands):
+            if op.source not in values:
+                raise self.error(f"{what} reads '{op.source}', which is not an input or an earlier node"
+                                 + did_you_mean(op.source, list(values)), op.loc)
+            s, chain = values[op.source], None
+            if op.body is not None:
+                chain = label if merge is None else f"{label}_{j + 1}"
+                if chain in values and chain != label:
+                    raise self.error(f"chain '{chain}' has the name of an input or node of the cell", op.loc)
+                self._check_cell_name(chain, children, op.loc)
+                ctx = _Ctx(self.evaluator(inner.ev.env, s[0] if len(s) == 3 else None), inner.stack)
+                calls = self.resolve(op.body, ctx, allow_branches=False)
+                layers, out = self.sequence(calls, s, _Namer(), ctx)
+                children.append(ir.Sequence(chain, layers, s, out, op.loc, kind="chain"))
+                s = out
+            ops.append((chain, op.source))
+            shapes.append(s)
+        if merge is None:
+            return shapes[0], ops
+        try:
+            return ir.merge_shapes(merge, shapes), ops
+        except ir.ShapeError as e:
+            detail = "; ".join(f"{src}{' {...}' if chain else ''} {ir.fmt_shape(s)}"
+                               for (chain, src), s in zip(ops, shapes))
+            reason = e.message.split(':')[0].replace("branches", "values")
+            raise self.error(f"{what}: {merge}: {reason} ({detail})", merge_loc) from None
+
+
+_CELL_MERGES = ("add", "concat", "mul")
+_CELL_WORDS = {A.CellInput: "input", A.CellNode: "node", A.CellOutput: "output"}
+
+
+def cell_inputs(bdef: A.BlockDef):
+    """(input names, their locations, the declaration's location) of a cell, None for any other block."""
+    decl = next((s for s in bdef.body if isinstance(s, A.CellInput)), None)
+    return None if decl is None else (decl.names, decl.locs, decl.loc)
 
 
 _MAX_OVERRIDE_TEXT = 256

@@ -71,6 +71,8 @@ def _checked_pow(a, b):
 
 
 # name -> (function, minimum argument count, maximum argument count)
+SHAPE_FUNCTIONS = {"channels": 0, "height": 1, "width": 2}  # a shape's parts: channels(prev) in a cell
+
 FUNCTIONS: Dict[str, tuple] = {
     "round": (_round, 1, 2),
     "ceil": (lambda x: math.ceil(x), 1, 1),
@@ -251,7 +253,19 @@ class Evaluator:
     def _TupleExpr(self, n):
         return tuple(self.eval(x) for x in n.items)
 
+    def _shape_part(self, n):
+        """channels(s), height(s), width(s) of a CxHxW shape (a cell's inputs are bound to their shapes)."""
+        if len(n.args) != 1:
+            raise self.error(f"{n.name}() takes 1 argument, got {len(n.args)}", n.loc)
+        value = self.eval(n.args[0])
+        if not (isinstance(value, tuple) and len(value) == 3 and all(_is_number(d) for d in value)):
+            raise self.error(f"{n.name}() needs a CxHxW shape (like a cell's input), got {type_name(value)}",
+                             n.args[0].loc)
+        return value[SHAPE_FUNCTIONS[n.name]]
+
     def _FuncCall(self, n):
+        if n.name in SHAPE_FUNCTIONS:
+            return self._shape_part(n)
         if n.name not in FUNCTIONS:
             raise self.error(f"unknown function '{n.name}'" + did_you_mean(n.name, FUNCTIONS), n.name_loc)
         fn, lo, hi = FUNCTIONS[n.name]

@@ -183,6 +183,53 @@ class _ToAst(Transformer):
         name, count, call, _stride_kw, stride = children
         return A.Stage(str(name), count, call, stride, self._loc(meta))
 
+    # ---- cells and `from`
+    @v_args(meta=True)
+    def part_from(self, meta, children):
+        name, *items, sources = children
+        return A.Part(str(name), tuple(items), self._loc(name), sources)
+
+    @v_args(meta=True)
+    def stage_from(self, meta, children):
+        name, count, call, _stride_kw, stride, sources = children
+        return A.Stage(str(name), count, call, stride, self._loc(meta), sources)
+
+    def from_clause(self, children):
+        return tuple(c for c in children[1:] if isinstance(c, A.Source))
+
+    @v_args(meta=True)
+    def source(self, meta, children):
+        return A.Source(".".join(str(t) for t in children), self._loc(meta))
+
+    @v_args(meta=True)
+    def cell_input(self, meta, children):
+        names = [t for t in children if t is not None]
+        return A.CellInput(tuple(str(t) for t in names), tuple(self._loc(t) for t in names), self._loc(meta))
+
+    @v_args(meta=True)
+    def cell_node(self, meta, children):
+        name, (merge, merge_loc, operands) = children
+        return A.CellNode(str(name), merge, operands, self._loc(name), merge_loc)
+
+    @v_args(meta=True)
+    def cell_output(self, meta, children):
+        merge, merge_loc, operands = children[0]
+        return A.CellOutput(merge, operands, self._loc(meta), merge_loc)
+
+    def cell_single(self, children):
+        return None, None, (children[0],)
+
+    def cell_merge(self, children):
+        name, *operands = children
+        return str(name), self._loc(name), tuple(o for o in operands if isinstance(o, A.Operand))
+
+    def cell_ref(self, children):
+        return A.Operand(str(children[0]), None, self._loc(children[0]))
+
+    def cell_chain(self, children):
+        name, *body = children
+        return A.Operand(str(name), tuple(c for c in body if c is not None), self._loc(name))
+
     @v_args(meta=True)
     def let_stmt(self, meta, children):
         return A.Let(str(children[0]), children[1], self._loc(meta))
