@@ -8,6 +8,7 @@ pycnn.explore.space --bench` measures how many samples a second this gives.
 """
 from __future__ import annotations
 
+import copy
 import math
 import os
 import random
@@ -16,6 +17,8 @@ from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
 from .. import ir
+from ..dsl import ast as A
+from ..dsl.elaborate import Elaborator, Limits
 from ..dsl.errors import ArchError
 from ..dsl.space import Param, Space  # noqa: F401  (the language's design spaces; Param for callers)
 
@@ -53,24 +56,168 @@ def complexity(network: ir.NetworkIR) -> Tuple[int, int, int]:
     return flops, params, acts
 
 
+class _OutOfWindow(Exception):
+    """The FLOPs or parameters counted so far already exceed a window's top: no need to elaborate further."""
+
+
+_UNSET = object()  # a name that is no variable here (a layer, an activation)
+_POSITION_NAMES = frozenset({"index", "block_index", "num_blocks"})  # what a block may read of its position
+
+
+def _names_read(node, out: set) -> set:
+    """Every name a syntax subtree mentions: variables, called layers and blocks, keyword argument names."""
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        name = getattr(n, "id", None) or getattr(n, "name", None)
+        if isinstance(name, str):
+            out.add(name)
+        for value in vars(n).values() if hasattr(n, "__dataclass_fields__") else ():
+            if isinstance(value, tuple):
+                stack.extend(v for v in value if hasattr(v, "__dataclass_fields__"))
+            elif hasattr(value, "__dataclass_fields__") and not isinstance(value, A.Loc):
+                stack.append(value)
+    return out
+
+
+def _renamed(node, name: str):
+    """A shallow copy of an IR node under another name (a layer's attrs copied too: the elaborator may add to
+    them)."""
+    node = copy.copy(node)
+    node.name = name
+    if isinstance(node, ir.Layer):
+        node.attrs = dict(node.attrs)
+    return node
+
+
+class _MemoElaborator(Elaborator):
+    """The elaborator, remembering each block instance it builds: a block's IR is a function of its definition,
+    its argument values, its input shape and (when the block reads them) its position, so a block met again in
+    this draw or a later one is reused instead of elaborated again. Counts FLOPs, parameters and activations as
+    layers are made and stops as soon as one passes the top of its window. For the sampler only: the IR it
+    returns shares nodes between networks (trials elaborate their network afresh)."""
+
+    def __init__(self, program, limits, memo: dict, positional: dict, layer_memo: dict, call_names: dict,
+                 flops_max=None, params_max=None):
+        super().__init__(program, limits)
+        self.memo, self.positional, self.layer_memo, self.call_names = memo, positional, layer_memo, call_names
+        self.flops_max, self.params_max = flops_max, params_max
+        self.flops = self.acts = 0
+
+    def _reads_position(self, block: str) -> bool:
+        """Whether a block, or a block it may call, reads index, block_index or num_blocks (conservatively: any
+        block named anywhere in its text counts as called)."""
+        if block not in self.positional:
+            self.positional[block] = True  # a recursive block: refused by the elaborator anyway
+            seen, todo, names = set(), [block], set()
+            while todo:
+                b = todo.pop()
+                if b in seen or b not in self.program.blocks:
+                    continue
+                seen.add(b)
+                found = _names_read(self.program.blocks[b], set())
+                names |= found
+                todo.extend(n for n in found if n in self.program.blocks)
+            self.positional[block] = bool(names & _POSITION_NAMES)
+        return self.positional[block]
+
+    def block(self, bdef, call, shape, name, ctx, extra, index, global_index=None):
+        bound, _ = self.bind_values(call, [p.name for p in bdef.params], ctx.ev, f"block '{bdef.name}'", extra)
+        if global_index is None:
+            global_index = ctx.ev.env.get("block_index", self.stage_blocks)
+        position = (index, global_index, self.num_blocks) if self._reads_position(bdef.name) else None
+        try:
+            key = (bdef.name, tuple(sorted(bound.items())), shape, position)
+            hash(key)
+        except TypeError:  # an unhashable argument value: elaborate it as it is
+            return super().block(bdef, call, shape, name, ctx, extra, index, global_index)
+        hit = self.memo.get(key)
+        if hit is None:
+            before = (self.n_layers, self.n_params, self.activation_elements, self.flops, self.acts)
+            node = super().block(bdef, call, shape, name, ctx, extra, index, global_index)
+            after = (self.n_layers, self.n_params, self.activation_elements, self.flops, self.acts)
+            self.memo[key] = (node, tuple(a - b for a, b in zip(after, before)))
+            return node
+        node, (layers, params, activations, flops, acts) = hit
+        self.n_layers += layers
+        self.n_params += params
+        self.activation_elements += activations
+        self.flops += flops
+        self.acts += acts
+        lim = self.limits
+        if (self.n_layers > lim.max_layers or self.n_params > lim.max_params
+                or 4 * self.activation_elements > lim.max_activation_bytes):
+            raise ArchError("the network exceeds a limit of pycnn.dsl.elaborate.Limits")
+        self._check_window()
+        return _renamed(node, name)
+
+    def primitive(self, call, shape, namer, ctx):
+        """A layer, remembered by where it is written, its input shape and the values of the names its arguments
+        read (so a layer whose arguments do not change is built once for all draws)."""
+        site = (call.loc, call.name)
+        names = self.call_names.get(site)
+        if names is None:
+            names = self.call_names[site] = tuple(sorted(_names_read(A.TupleExpr(tuple(call.args), call.loc),
+                                                                       set())))
+        env = ctx.ev.env
+        try:
+            key = (site, shape, tuple(env.get(n, _UNSET) for n in names))
+            hit = self.layer_memo.get(key)
+        except TypeError:  # an unhashable value
+            return super().primitive(call, shape, namer, ctx)
+        if hit is None:
+            node = super().primitive(call, shape, namer, ctx)  # accounted there
+            base = next(k for k, n in namer.counts.items() if f"{k}{n}" == node.name)
+            self.layer_memo[key] = (base, _renamed(node, node.name))  # a copy: a bn may yet take an activation
+            return node
+        base, node = hit
+        node = _renamed(node, namer.next(base))
+        self.account(node)
+        return node
+
+    def account(self, node: ir.Layer):
+        super().account(node)
+        self.flops += node.flops
+        if node.op in ("conv", "wsconv"):
+            self.acts += math.prod(node.out_shape)
+        self._check_window()
+
+    def _check_window(self):
+        if ((self.flops_max is not None and self.flops > self.flops_max)
+                or (self.params_max is not None and self.n_params > self.params_max)):
+            raise _OutOfWindow
+
+
 class Sampler:
-    """Seeded rejection sampler over a Space: the same seed gives the same samples in the same order."""
+    """Seeded rejection sampler over a Space: the same seed gives the same samples in the same order.
+
+    Each draw is checked in order of cost: the space's constraints on the drawn values, then elaboration to the
+    IR (block instances remembered across draws, stopped early past a window's top), then the windows."""
 
     def __init__(self, space: Space, seed: int = 0, extra: Optional[dict] = None,
                  flops: Optional[Tuple[float, float]] = None, params: Optional[Tuple[float, float]] = None,
                  max_tries: int = 200_000):
-        from ..dsl.elaborate import Elaborator, Limits
         self.space, self.rng = space, random.Random(seed)
         self.extra = dict(extra or {})
         self.flops = flops or space.flops
         self.params = params or space.param_count
         self.max_tries = max_tries
-        self._elaborator = lambda: Elaborator(space.program, Limits())
+        self._memo, self._positional, self._layer_memo, self._call_names = {}, {}, {}, {}
         self.tries = self.rejected_constraint = self.rejected_arch = self.rejected_window = 0
         self.count = 0
 
     def elaborate(self, overrides: dict) -> ir.NetworkIR:
-        return self._elaborator().network(self.space.network, overrides)
+        """The IR of one sampled network, elaborated afresh (nothing shared with other networks)."""
+        return Elaborator(self.space.program, Limits()).network(self.space.network, overrides)
+
+    def complexity(self, overrides: dict) -> Tuple[int, int, int]:
+        """(FLOPs, parameters, activations) of one sampled network, as complexity(self.elaborate(overrides))
+        gives them, but from remembered block instances; _OutOfWindow past a window's top."""
+        e = _MemoElaborator(self.space.program, Limits(), self._memo, self._positional, self._layer_memo,
+                            self._call_names,
+                            self.flops[1] if self.flops else None, self.params[1] if self.params else None)
+        e.network(self.space.network, overrides)
+        return e.flops, e.n_params, e.acts
 
     def __iter__(self):
         return self
@@ -84,11 +231,13 @@ class Sampler:
                 continue
             overrides = {**self.space.fixed, **values, **self.extra}
             try:
-                net = self.elaborate(overrides)
-            except (ArchError, ValueError, ZeroDivisionError, OverflowError):
+                f, p, a = self.complexity(overrides)
+            except _OutOfWindow:
+                self.rejected_window += 1
+                continue
+            except (ArchError, ValueError, ZeroDivisionError, OverflowError, RecursionError):
                 self.rejected_arch += 1
                 continue
-            f, p, a = complexity(net)
             if (self.flops and not self.flops[0] <= f <= self.flops[1]) or \
                     (self.params and not self.params[0] <= p <= self.params[1]):
                 self.rejected_window += 1
