@@ -8,9 +8,9 @@ pycnn.explore.space --bench` measures how many samples a second this gives.
 """
 from __future__ import annotations
 
-import copy
 import math
 import os
+import sys
 import random
 import re
 from dataclasses import dataclass
@@ -83,7 +83,9 @@ def _names_read(node, out: set) -> set:
 def _renamed(node, name: str):
     """A shallow copy of an IR node under another name (a layer's attrs copied too: the elaborator may add to
     them)."""
-    node = copy.copy(node)
+    fields = dict(node.__dict__)
+    node = object.__new__(type(node))  # a dataclass copied without its __init__ (copy.copy is slower)
+    node.__dict__.update(fields)
     node.name = name
     if isinstance(node, ir.Layer):
         node.attrs = dict(node.attrs)
@@ -103,6 +105,7 @@ class _MemoElaborator(Elaborator):
         self.memo, self.positional, self.layer_memo, self.call_names = memo, positional, layer_memo, call_names
         self.flops_max, self.params_max = flops_max, params_max
         self.flops = self.acts = 0
+        self.last = None  # the memo entry of the last block instance made or reused
 
     def _reads_position(self, block: str) -> bool:
         """Whether a block, or a block it may call, reads index, block_index or num_blocks (conservatively: any
@@ -136,8 +139,13 @@ class _MemoElaborator(Elaborator):
             before = (self.n_layers, self.n_params, self.activation_elements, self.flops, self.acts)
             node = super().block(bdef, call, shape, name, ctx, extra, index, global_index)
             after = (self.n_layers, self.n_params, self.activation_elements, self.flops, self.acts)
-            self.memo[key] = (node, tuple(a - b for a, b in zip(after, before)))
+            self.last = self.memo[key] = (node, tuple(a - b for a, b in zip(after, before)))
             return node
+        self.last = hit
+        return self._reuse(hit, name)
+
+    def _reuse(self, hit, name):
+        """A remembered block instance under `name`, counted as if elaborated."""
         node, (layers, params, activations, flops, acts) = hit
         self.n_layers += layers
         self.n_params += params
@@ -150,6 +158,28 @@ class _MemoElaborator(Elaborator):
             raise ArchError("the network exceeds a limit of pycnn.dsl.elaborate.Limits")
         self._check_window()
         return _renamed(node, name)
+
+    def _stage_blocks(self, name, call, count, first_extra, shape, ctx, loc):
+        """As Elaborator._stage_blocks, but once a block after the first maps its input shape to itself, the
+        blocks after it are that block again (same arguments, same input; a block that reads its position is
+        elaborated block by block)."""
+        if call.name not in self.program.blocks or self._reads_position(call.name):
+            return super()._stage_blocks(name, call, count, first_extra, shape, ctx, loc)
+        self.path = [name]
+        children, x, repeat = [], shape, None
+        for i in range(count):
+            self.stage_blocks += 1
+            if repeat is not None:
+                node = self._reuse(repeat, f"b{i + 1}")
+            else:
+                self.last = None
+                node = self.call(call, x, None, ctx, extra=first_extra if i == 0 else {}, name=f"b{i + 1}", index=i,
+                                 global_index=self.stage_blocks - 1)
+                if i > 0 and node.out_shape == x and self.last is not None:
+                    repeat = self.last
+            children.append(node)
+            x = node.out_shape
+        return ir.Sequence(name, children, shape, x, loc, kind="stage")
 
     def primitive(self, call, shape, namer, ctx):
         """A layer, remembered by where it is written, its input shape and the values of the names its arguments
@@ -196,8 +226,9 @@ class Sampler:
 
     def __init__(self, space: Space, seed: int = 0, extra: Optional[dict] = None,
                  flops: Optional[Tuple[float, float]] = None, params: Optional[Tuple[float, float]] = None,
-                 max_tries: int = 200_000):
+                 max_tries: int = 200_000, remember: bool = True):
         self.space, self.rng = space, random.Random(seed)
+        self.remember = remember  # False: every draw elaborated afresh (the reference the tests compare with)
         self.extra = dict(extra or {})
         self.flops = flops or space.flops
         self.params = params or space.param_count
@@ -213,6 +244,8 @@ class Sampler:
     def complexity(self, overrides: dict) -> Tuple[int, int, int]:
         """(FLOPs, parameters, activations) of one sampled network, as complexity(self.elaborate(overrides))
         gives them, but from remembered block instances; _OutOfWindow past a window's top."""
+        if not self.remember:
+            return complexity(self.elaborate(overrides))
         e = _MemoElaborator(self.space.program, Limits(), self._memo, self._positional, self._layer_memo,
                             self._call_names,
                             self.flops[1] if self.flops else None, self.params[1] if self.params else None)
@@ -286,3 +319,61 @@ def canonical_text(network: ir.NetworkIR) -> str:
     for part in network.parts:
         walk(part, 0)
     return "\n".join(lines)
+
+
+def bench(path: str, samples: int = 1000, seed: int = 0, input=(1, 32, 32), flops=None, rounds: int = 1,
+          log=print) -> dict:
+    """Samples/s of the sampler against the reference way (each draw elaborated afresh, constraints from the
+    drawn values only checked by elaboration: the sampler before design spaces were written in the language),
+    interleaved in one run; both must give the same samples. Returns {"new": samples/s, "old": ..., "ratio": ...}."""
+    import dataclasses
+    import time
+
+    space = load_space(path)
+    plain = dataclasses.replace(space, requires=[])
+    times = {"old": 0.0, "new": 0.0}
+    for _ in range(rounds):
+        for kind in ("old", "new"):
+            sampler = (Sampler(plain, seed, {"input": tuple(input)}, flops, remember=False) if kind == "old" else
+                       Sampler(space, seed, {"input": tuple(input)}, flops))
+            start = time.perf_counter()
+            got = [(s.values, s.flops, s.params, s.acts) for s in sampler.take(samples)]
+            times[kind] += time.perf_counter() - start
+            if kind == "old":
+                reference = got
+            elif got != reference:
+                raise SpaceError("the sampler and the reference gave different samples")
+            log(f"{space.name} {kind}: {samples} samples in {time.perf_counter() - start:.2f} s "
+                f"({sampler.tries} draws: {sampler.rejected_constraint} broke a constraint, {sampler.rejected_arch} "
+                f"did not elaborate, {sampler.rejected_window} outside the window)")
+    rate = {k: rounds * samples / t for k, t in times.items()}
+    result = {**rate, "ratio": rate["new"] / rate["old"]}
+    log(f"{space.name}: {rate['new']:.0f} samples/s, the reference {rate['old']:.1f} samples/s: {result['ratio']:.1f}x")
+    return result
+
+
+def main(argv=None) -> int:
+    """python -m pycnn.explore.space --bench [SPACE.arch] [--samples N] [--input CxHxW] [--flops LO:HI]"""
+    import argparse
+
+    from ..argtypes import positive_int, shape
+    from .cli import _window
+    p = argparse.ArgumentParser(prog="python -m pycnn.explore.space", description=main.__doc__)
+    p.add_argument("--bench", action="store_true", required=True, help="measure samples/s")
+    p.add_argument("space", nargs="?", default="archs/spaces/anynetx_a.arch")
+    p.add_argument("--samples", type=positive_int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--input", type=shape, default=(1, 32, 32))
+    p.add_argument("--flops", type=_window, help="FLOPs window, e.g. 500k:3M")
+    p.add_argument("--rounds", type=positive_int, default=1)
+    args = p.parse_args(argv)
+    try:
+        bench(args.space, args.samples, args.seed, args.input, args.flops, args.rounds)
+    except (SpaceError, ArchError) as e:
+        print(f"python -m pycnn.explore.space: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
