@@ -34,6 +34,7 @@ LAWS = ("int", "real", "choice")
 DISTS = ("uniform", "log", "pow2")
 MEASURES = ("flops", "params")  # window names: multiply-adds and parameters of the whole network
 MAX_CHOICES = 256
+_MAX_KNOWN = 1_000_000  # require outcomes remembered per space
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,8 @@ class Space:
     flops: Optional[Tuple[float, float]] = None
     param_count: Optional[Tuple[float, float]] = None
     _leader: Dict[str, str] = field(default_factory=dict, repr=False)  # shared name -> the name drawn for it
+    _reads: dict = field(default_factory=dict, repr=False)  # index of a require -> the names it reads
+    _known: dict = field(default_factory=dict, repr=False)  # (index of a require, their values) -> true or false
 
     @classmethod
     def load(cls, source, name: Optional[str] = None, file: Optional[str] = None) -> "Space":
@@ -116,15 +119,25 @@ class Space:
             for a, b in zip(names, names[1:]):
                 if not values[a] <= values[b]:
                     return False
-        if self.requires:
-            ev = Evaluator({**self._fixed_values, **values}, self.program.source_of)
-            for expr in self.requires:
-                ok = ev.eval(expr)
+        env = None
+        for i, expr in enumerate(self.requires):
+            # a condition is a function of the names it reads: remembered by their values (draws repeat them)
+            if env is None:
+                env = {**self._fixed_values, **values}
+            reads = self._reads.get(i)
+            if reads is None:
+                reads = self._reads[i] = tuple(sorted({n.id for n in _names_in(expr)}))
+            key = (i, tuple(env[n] for n in reads))
+            ok = self._known.get(key)
+            if ok is None:
+                ok = Evaluator(env, self.program.source_of).eval(expr)
                 if not isinstance(ok, bool):
                     raise ArchError(f"a require must be true or false, got {show(ok)} (compare it: like "
                                     f"`x % 8 == 0`)", expr.loc, self.program.source_of(expr.loc.file))
-                if not ok:
-                    return False
+                if len(self._known) < _MAX_KNOWN:
+                    self._known[key] = ok
+            if not ok:
+                return False
         return True
 
     @property
