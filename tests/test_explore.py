@@ -121,6 +121,9 @@ def test_explore_command_errors(tmp_path, capsys):
     assert "no such design-space file" in capsys.readouterr().err
     assert main(["explore", "--compare", str(tmp_path / "none.jsonl")]) == 2
     assert "no such trials file" in capsys.readouterr().err
+    assert main(["explore", f"{SPACES}/anynetx_a.arch", "--space", "AnyNetX_Z", "--samples", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no design space named 'AnyNetX_Z' (did you mean 'AnyNetX_A'?)" in err
 
 
 @pytest.mark.slow

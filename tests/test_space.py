@@ -197,3 +197,17 @@ def test_doc_space_examples_sample(doc):
         space = Space.load(example, file=f"docs/{doc} space example {i + 1}")
         for s in Sampler(space, seed=0, extra=TINY).take(2):
             assert space.satisfies(s.values) and s.flops > 0
+
+
+def test_blocks_that_read_their_position_are_not_reused_across_positions():
+    """A block reading block_index, even when it comes in as another block's argument, is remembered per
+    position: the sampler's parameter counts stay those of a fresh elaboration."""
+    space = Space.load(textwrap.dedent("""\
+        block leaf(w, stride=1) { conv(w, k=1, groups=block_index % 2 + 1) }
+        block wrap(w, stride=1, unit=none) { unit(w, stride=stride) }
+        network n(input = 8x8x8, w = 8, u = leaf) {
+            stage s1 = 4 x wrap(w, unit=u) stride 1
+        }
+        space s of n { sample w = choice(8, 16) }"""), file="p.arch")
+    fast = [(s.values, s.params) for s in Sampler(space, seed=0).take(4)]
+    assert fast == [(s.values, s.params) for s in Sampler(space, seed=0, remember=False).take(4)]

@@ -20,6 +20,7 @@ from .. import ir
 from ..dsl import ast as A
 from ..dsl.elaborate import Elaborator, Limits
 from ..dsl.errors import ArchError
+from ..dsl.evaluate import Symbol
 from ..dsl.space import Param, Space  # noqa: F401  (the language's design spaces; Param for callers)
 
 
@@ -105,7 +106,7 @@ class _MemoElaborator(Elaborator):
         self.memo, self.positional, self.layer_memo, self.call_names = memo, positional, layer_memo, call_names
         self.flops_max, self.params_max = flops_max, params_max
         self.flops = self.acts = 0
-        self.last = None  # the memo entry of the last block instance made or reused
+        self.last = None  # the memo entry of the last block instance made or reused, if it may be repeated
 
     def _reads_position(self, block: str) -> bool:
         """Whether a block, or a block it may call, reads index, block_index or num_blocks (conservatively: any
@@ -128,7 +129,9 @@ class _MemoElaborator(Elaborator):
         bound, _ = self.bind_values(call, [p.name for p in bdef.params], ctx.ev, f"block '{bdef.name}'", extra)
         if global_index is None:
             global_index = ctx.ev.env.get("block_index", self.stage_blocks)
-        position = (index, global_index, self.num_blocks) if self._reads_position(bdef.name) else None
+        reads = self._reads_position(bdef.name) or any(  # a block passed in as an argument counts too
+            isinstance(v, Symbol) and self._reads_position(v.name) for v in bound.values())
+        position = (index, global_index, self.num_blocks) if reads else None
         try:
             key = (bdef.name, tuple(sorted(bound.items())), shape, position)
             hash(key)
@@ -139,9 +142,10 @@ class _MemoElaborator(Elaborator):
             before = (self.n_layers, self.n_params, self.activation_elements, self.flops, self.acts)
             node = super().block(bdef, call, shape, name, ctx, extra, index, global_index)
             after = (self.n_layers, self.n_params, self.activation_elements, self.flops, self.acts)
-            self.last = self.memo[key] = (node, tuple(a - b for a, b in zip(after, before)))
+            self.memo[key] = entry = (node, tuple(a - b for a, b in zip(after, before)))
+            self.last = None if reads else entry  # what a stage may repeat: never a position-dependent block
             return node
-        self.last = hit
+        self.last = None if reads else hit
         return self._reuse(hit, name)
 
     def _reuse(self, hit, name):
@@ -161,9 +165,9 @@ class _MemoElaborator(Elaborator):
 
     def _stage_blocks(self, name, call, count, first_extra, shape, ctx, loc):
         """As Elaborator._stage_blocks, but once a block after the first maps its input shape to itself, the
-        blocks after it are that block again (same arguments, same input; a block that reads its position is
-        elaborated block by block)."""
-        if call.name not in self.program.blocks or self._reads_position(call.name):
+        blocks after it are that block again (same arguments, same input; a block that reads its position, or
+        is given a block that does, is elaborated block by block)."""
+        if call.name not in self.program.blocks:
             return super()._stage_blocks(name, call, count, first_extra, shape, ctx, loc)
         self.path = [name]
         children, x, repeat = [], shape, None
