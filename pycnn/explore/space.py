@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import random
 import re
+import sys
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
@@ -136,7 +136,9 @@ class _MemoElaborator(Elaborator):
             key = (bdef.name, tuple(sorted(bound.items())), shape, position)
             hash(key)
         except TypeError:  # an unhashable argument value: elaborate it as it is
-            return super().block(bdef, call, shape, name, ctx, extra, index, global_index)
+            node = super().block(bdef, call, shape, name, ctx, extra, index, global_index)
+            self.last = None
+            return node
         hit = self.memo.get(key)
         if hit is None:
             before = (self.n_layers, self.n_params, self.activation_elements, self.flops, self.acts)
