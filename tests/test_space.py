@@ -94,9 +94,13 @@ ERRORS = {
         window_measure.arch:4:12: unknown window 'macs'; windows: flops, params
                 window macs(1, 2)
                        ^^^^"""),
-    "sampled_twice": ("space s of anynet(w1 = 8) {\n    sample w1 = int(8, 16)\n}", """\
-        sampled_twice.arch:3:5: 'w1' is fixed in the space's header; it cannot be sampled too
+    "fixed_and_sampled": ("space s of anynet(w1 = 8) {\n    sample w1 = int(8, 16)\n}", """\
+        fixed_and_sampled.arch:3:5: 'w1' is fixed in the space's header; it cannot be sampled too
                 sample w1 = int(8, 16)
+                ^^^^^^^^^^^^^^^^^^^^^^"""),
+    "sampled_twice": ("space s of anynet {\n    sample w1..w4 = int(8, 16)\n    sample w4 = int(8, 64)\n}", """\
+        sampled_twice.arch:4:5: 'w4' is sampled twice (first at line 3)
+                sample w4 = int(8, 64)
                 ^^^^^^^^^^^^^^^^^^^^^^"""),
     "low_above_high": ("space s of anynet {\n    sample w1 = int(16, 8)\n}", """\
         low_above_high.arch:3:17: int: low 16 is above high 8
