@@ -34,7 +34,7 @@ LAWS = ("int", "real", "choice")
 DISTS = ("uniform", "log", "pow2")
 MEASURES = ("flops", "params")  # window names: multiply-adds and parameters of the whole network
 MAX_CHOICES = 256
-_MAX_KNOWN = 1_000_000  # require outcomes remembered per space
+_MAX_KNOWN = 100_000  # require outcomes remembered per space
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,7 @@ class _OutOfWindow(Exception):
     """The FLOPs or parameters counted so far already exceed a window's top: no need to elaborate further."""
 
 
+MAX_REMEMBERED = 20_000  # block instances, and layers, a sampler remembers (~2 KB each)
 _UNSET = object()  # a name that is no variable here (a layer, an activation)
 _POSITION_NAMES = frozenset({"index", "block_index", "num_blocks"})  # what a block may read of its position
 
@@ -144,7 +145,9 @@ class _MemoElaborator(Elaborator):
             before = (self.n_layers, self.n_params, self.activation_elements, self.flops, self.acts)
             node = super().block(bdef, call, shape, name, ctx, extra, index, global_index)
             after = (self.n_layers, self.n_params, self.activation_elements, self.flops, self.acts)
-            self.memo[key] = entry = (node, tuple(a - b for a, b in zip(after, before)))
+            entry = (node, tuple(a - b for a, b in zip(after, before)))
+            if len(self.memo) < MAX_REMEMBERED:
+                self.memo[key] = entry
             self.last = None if reads else entry  # what a stage may repeat: never a position-dependent block
             return node
         self.last = None if reads else hit
@@ -204,7 +207,8 @@ class _MemoElaborator(Elaborator):
         if hit is None:
             node = super().primitive(call, shape, namer, ctx)  # accounted there
             base = next(k for k, n in namer.counts.items() if f"{k}{n}" == node.name)
-            self.layer_memo[key] = (base, _renamed(node, node.name))  # a copy: a bn may yet take an activation
+            if len(self.layer_memo) < MAX_REMEMBERED:  # a copy: a bn may yet take an activation
+                self.layer_memo[key] = (base, _renamed(node, node.name))
             return node
         base, node = hit
         node = _renamed(node, namer.next(base))
