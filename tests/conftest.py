@@ -1,7 +1,6 @@
 import importlib.util
 import os
 import sys
-from pathlib import Path
 
 import pytest
 import torch

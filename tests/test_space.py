@@ -118,7 +118,8 @@ def test_space_error_messages(name):
 
 
 def test_a_require_that_is_not_a_condition_is_an_error():
-    space = Space.load("use anynet\nspace s of anynet {\n    sample w1 = int(8, 16)\n    require w1 + 1\n}", file="r.arch")
+    text = "use anynet\nspace s of anynet {\n    sample w1 = int(8, 16)\n    require w1 + 1\n}"
+    space = Space.load(text, file="r.arch")
     with pytest.raises(ArchError, match=r"r.arch:4:13: a require must be true or false, got 9"):
         space.satisfies({"w1": 8})
 

@@ -208,9 +208,9 @@ def space_of(program: Program, sdef: A.SpaceDef) -> Space:
         elif stmt.kind == "require":
             for name_node in _names_in(stmt.expr):
                 if name_node.id not in params and name_node.id not in fixed:
+                    hint = did_you_mean(name_node.id, list(params) + list(fixed))
                     raise error(f"unknown name '{name_node.id}' in a require (it may read the sampled and fixed "
-                                f"parameters declared before it)" + did_you_mean(name_node.id, list(params) + list(fixed)),
-                                name_node.loc)
+                                f"parameters declared before it)" + hint, name_node.loc)
             requires.append(stmt.expr)
         else:  # shared, non_decreasing
             for name in stmt.names:
