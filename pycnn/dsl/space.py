@@ -87,8 +87,9 @@ class Space:
     flops: Optional[Tuple[float, float]] = None
     param_count: Optional[Tuple[float, float]] = None
     _leader: Dict[str, str] = field(default_factory=dict, repr=False)  # shared name -> the name drawn for it
-    _reads: dict = field(default_factory=dict, repr=False)  # index of a require -> the names it reads
-    _known: dict = field(default_factory=dict, repr=False)  # (index of a require, their values) -> true or false
+    # what the requires read and gave, by index (not copied by dataclasses.replace: other requires, other facts)
+    _reads: dict = field(default_factory=dict, init=False, repr=False)  # index -> the names it reads
+    _known: dict = field(default_factory=dict, init=False, repr=False)  # (index, their values) -> true/false
 
     @classmethod
     def load(cls, source, name: Optional[str] = None, file: Optional[str] = None) -> "Space":
