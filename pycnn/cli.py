@@ -9,7 +9,7 @@
     pycnn export FILE.arch|NAME|CKPT.safetensors [--network NAME] (--onnx OUT.onnx | --aoti OUT.pt2)
     pycnn train FILE.arch [--network N] [--data digits] [--input CxHxW] [--out RUN_DIR] [--resume RUN_DIR] [recipe]
     pycnn eval RUN_DIR|CHECKPOINT [--data SPEC]
-    pycnn explore SPACE.toml --samples N [--epochs E] [--flops LO:HI] [--executor local|ray] | --compare A.jsonl ...
+    pycnn explore SPACE.arch [--space NAME] --samples N [--epochs E] [--flops LO:HI] [--executor local|ray] | --compare A.jsonl ...
     every network command: --set name=value (network parameters) and its shortcuts --input CxHxW, --classes N
 """
 

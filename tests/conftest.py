@@ -1,7 +1,6 @@
 import importlib.util
 import os
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -36,29 +35,14 @@ def one_thread():
 @pytest.fixture
 def tiny_space(tmp_path):
     """A tiny AnyNet space (one block per stage, widths 8 or 16) so trials take a second."""
-    path = tmp_path / "tiny.toml"
-    path.write_text(f"""name = "tiny"
-arch = "{Path(__file__).resolve().parents[1] / "archs" / "anynet.arch"}"
-network = "anynet"
-stages = 4
-[fixed]
-stem_width = 8
-[params.d]
-per_stage = true
-choices = [1]
-[params.w]
-per_stage = true
-type = "int"
-low = 8
-high = 16
-q = 8
-[params.b]
-per_stage = true
-choices = [1.0]
-[params.g]
-per_stage = true
-choices = [8]
-[constraints]
-non_decreasing = ["w"]
+    path = tmp_path / "tiny.arch"
+    path.write_text("""use anynet
+space tiny of anynet(stem_width = 8) {
+    sample d1..d4 = choice(1)
+    sample w1..w4 = int(8, 16, q=8)
+    sample b1..b4 = choice(1.0)
+    sample g1..g4 = choice(8)
+    non_decreasing w1..w4
+}
 """)
     return path

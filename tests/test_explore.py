@@ -1,4 +1,4 @@
-"""pycnn.explore: design-space files, the seeded sampler and its constraints (checked on the IR), trials in
+"""pycnn.explore: design spaces written in the language, the seeded sampler and its constraints (checked on the IR), trials in
 JSONL with resume, EDFs, the (w0, wa, wm) fit, the local and Ray executors."""
 import json
 import random
@@ -9,7 +9,8 @@ import pytest
 from pycnn.cli import main
 from pycnn.explore import report
 from pycnn.explore.run import done_indices, explore, read_trials
-from pycnn.explore.space import Param, Sampler, Space, SpaceError
+from pycnn import ArchError
+from pycnn.explore.space import Param, Sampler, SpaceError, load_space
 from pycnn.training.recipe import Recipe
 
 SPACES = "archs/spaces"
@@ -17,7 +18,7 @@ TINY = {"input": (1, 8, 8), "classes": 10}
 
 
 def spaces(letter):
-    return Space.load(f"{SPACES}/anynetx_{letter}.toml")
+    return load_space(f"{SPACES}/anynetx_{letter}.arch")
 
 
 def test_parameter_distributions():
@@ -69,24 +70,24 @@ def test_sampler_is_seeded_and_windows_hold():
 
 
 def test_regnet_space_samples_elaborate():
-    space = Space.load(f"{SPACES}/regnetx.toml")
+    space = load_space(f"{SPACES}/regnetx.arch")
     for s in Sampler(space, seed=0, extra={"input": (1, 16, 16), "classes": 10}).take(5):
         assert 12 <= s.values["depth"] <= 28 and s.values["w0"] % 8 == 0 and 2 <= s.values["wm"] <= 3
 
 
 def test_bad_space_files(tmp_path):
     with pytest.raises(SpaceError, match="no such design-space file"):
-        Space.load(tmp_path / "none.toml")
-    bad = tmp_path / "bad.toml"
-    bad.write_text('arch = "x.arch"\n[params.w]\nlow = 3\n')
-    with pytest.raises(SpaceError, match="parameter w: needs choices, or low <= high"):
-        Space.load(bad)
-    bad.write_text('arch = "x.arch"\nstages = 2\n[params.w]\nchoices = [1]\n[constraints]\nshared = ["d"]\n')
-    with pytest.raises(SpaceError, match="constraint on 'd'"):
-        Space.load(bad)
-    bad.write_text('arch = "x.arch"\nimport = "os"\n')
-    with pytest.raises(SpaceError, match="unknown key 'import'"):
-        Space.load(bad)
+        load_space(tmp_path / "none.arch")
+    bad = tmp_path / "bad.arch"
+    bad.write_text("use anynet\nnetwork n(input = 1x8x8) { head = flatten }\n")
+    with pytest.raises(ArchError, match="defines no design space"):
+        load_space(bad)
+    bad.write_text("use anynet\nspace s of anynet { sample w1 = int(3) }\n")
+    with pytest.raises(ArchError, match="int needs the argument 'high'"):
+        load_space(bad)
+    with pytest.raises(ArchError, match="no design space named 'S'"):
+        load_space(f"{SPACES}/anynetx_a.arch", "S")
+    assert load_space(f"{SPACES}/anynetx_a.arch", "AnyNetX_A").name == "AnyNetX_A"
 
 
 def test_edf_and_width_fit():
@@ -116,10 +117,13 @@ def test_explore_local_records_trials_and_resumes(tiny_space, tmp_path, one_thre
 
 
 def test_explore_command_errors(tmp_path, capsys):
-    assert main(["explore", str(tmp_path / "none.toml"), "--samples", "1"]) == 2
+    assert main(["explore", str(tmp_path / "none.arch"), "--samples", "1"]) == 2
     assert "no such design-space file" in capsys.readouterr().err
     assert main(["explore", "--compare", str(tmp_path / "none.jsonl")]) == 2
     assert "no such trials file" in capsys.readouterr().err
+    assert main(["explore", f"{SPACES}/anynetx_a.arch", "--space", "AnyNetX_Z", "--samples", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no design space named 'AnyNetX_Z' (did you mean 'AnyNetX_A'?)" in err
 
 
 @pytest.mark.slow
@@ -171,5 +175,5 @@ def test_failed_trials_run_again_on_resume(tiny_space, tmp_path, one_thread):
 def test_explore_counts_must_be_positive(capsys):
     for option in ("--samples", "--workers"):
         with pytest.raises(SystemExit) as info:
-            main(["explore", f"{SPACES}/anynetx_a.toml", option, "0"])
+            main(["explore", f"{SPACES}/anynetx_a.arch", option, "0"])
         assert info.value.code == 2 and f"{option}: expected an integer >= 1" in capsys.readouterr().err

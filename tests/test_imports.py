@@ -16,7 +16,7 @@ PACKAGE = ROOT / "pycnn"
 LAYERS = [
     ["pycnn.version", "pycnn.opspec", "pycnn.argtypes", "pycnn.dsl.errors", "pycnn.dsl.ast", "pycnn.dsl.brackets"],
     ["pycnn.ir", "pycnn.dsl.parse", "pycnn.dsl.evaluate", "pycnn.dsl.generators", "pycnn.dsl.checks"],
-    ["pycnn.dsl.library", "pycnn.dsl.elaborate", "pycnn.dsl.literal", "pycnn.dsl"],   # the language (no torch)
+    ["pycnn.dsl.library", "pycnn.dsl.elaborate", "pycnn.dsl.literal", "pycnn.dsl", "pycnn.dsl.space"],  # the language (no torch)
     ["pycnn.passes.*", "pycnn.summary"],                                                # over the IR (no torch)
     ["pycnn.timing", "pycnn._C", "pycnn.memory", "pycnn.ops"],                          # torch from here on
     ["pycnn.fused", "pycnn.decompositions", "pycnn.dispatch", "pycnn.nn.*"],

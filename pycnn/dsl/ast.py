@@ -286,3 +286,43 @@ class File:
     path: str
     source: str
     items: Tuple[Union[Use, NetworkDef, NetworkAlias, BlockDef], ...]
+
+
+# ----------------------------------------------------------------------------------------------- design spaces
+
+@dataclass(frozen=True)
+class SpaceSample:
+    """`sample w1..w4 = int(8, 1024, dist=log, q=8)`: the names (one, or a numbered range) and their law."""
+    names: Tuple[str, ...]
+    law: Call
+    loc: Loc
+
+
+@dataclass(frozen=True)
+class SpaceConstraint:
+    """`shared b1..b4`, `non_decreasing w1..w4` (names), `require EXPR` (expr)."""
+    kind: str  # "shared" | "non_decreasing" | "require"
+    names: Tuple[str, ...]
+    expr: Optional[Expr]
+    loc: Loc
+
+
+@dataclass(frozen=True)
+class SpaceWindow:
+    """`window flops(360e6, 400e6)`: bounds on a complexity measure of every sample."""
+    measure: str
+    low: Expr
+    high: Expr
+    loc: Loc
+    measure_loc: Loc
+
+
+@dataclass(frozen=True)
+class SpaceDef:
+    """`space AnyNetX_A of anynet(stem_width = 32) { ... }`: which parameters of a network are sampled, how."""
+    name: str
+    network: str
+    args: Tuple[Arg, ...]  # the network's parameters fixed for every sample
+    body: Tuple[Union[SpaceSample, SpaceConstraint, SpaceWindow], ...]
+    loc: Loc
+    network_loc: Loc

@@ -74,6 +74,7 @@ class Program:
         self._use_locs: Dict[str, tuple] = {}  # library path -> (loc, source) of the `use` that pulled it in
         self.resolved: Dict[str, str] = {}  # `use` name -> the file or folder it resolved to
         self._register(main, is_main=True)
+        self.spaces: Dict[str, A.SpaceDef] = _spaces_of(main)  # design spaces (pycnn.dsl.space), by name
 
     def source_of(self, file: str) -> Optional[str]:
         f = self.files.get(file)
@@ -131,6 +132,17 @@ class Program:
             for name in [n for n, p in table.index.items() if p == path]:
                 del table.index[name]
         self._register(f)
+
+
+def _spaces_of(f: A.File) -> Dict[str, A.SpaceDef]:
+    """The `space` definitions of a file, by name, in the order written."""
+    spaces: Dict[str, A.SpaceDef] = {}
+    for item in f.items:
+        if isinstance(item, A.SpaceDef):
+            if item.name in spaces:
+                raise ArchError(f"space '{item.name}' is defined twice in this file", item.loc, f.source)
+            spaces[item.name] = item
+    return spaces
 
 
 def _resolve_use(use: A.Use, from_file: str, source: str) -> List[str]:

@@ -129,7 +129,68 @@ def _number(text: str):
     return value
 
 
-class _ToAst(Transformer):
+class _SpaceToAst:
+    """The design-space statements (grammar/arch.lark, `space_def`); mixed into _ToAst."""
+
+    @v_args(meta=True)
+    def space_def(self, meta, children):
+        name, network, _open, args, *body = children
+        return A.SpaceDef(str(name), str(network), args or (), tuple(body), self._loc(meta), self._loc(network))
+
+    @v_args(meta=True)
+    def space_sample(self, meta, children):
+        names, law = children
+        return A.SpaceSample(names, law, self._loc(meta))
+
+    @v_args(meta=True)
+    def space_target(self, meta, children):
+        return _name_range(self.file, children[0], children[1] if len(children) > 1 else None)
+
+    def space_names(self, children):
+        return tuple(n for names in children for n in names)
+
+    @v_args(meta=True)
+    def space_range(self, meta, children):
+        return _name_range(self.file, children[0], children[1])
+
+    @v_args(meta=True)
+    def space_shared(self, meta, children):
+        return A.SpaceConstraint("shared", children[0], None, self._loc(meta))
+
+    @v_args(meta=True)
+    def space_non_decreasing(self, meta, children):
+        return A.SpaceConstraint("non_decreasing", children[0], None, self._loc(meta))
+
+    @v_args(meta=True)
+    def space_require(self, meta, children):
+        return A.SpaceConstraint("require", (), children[0], self._loc(meta))
+
+    @v_args(meta=True)
+    def space_window(self, meta, children):
+        measure, low, high = children
+        return A.SpaceWindow(str(measure), low, high, self._loc(meta), self._loc(measure))
+
+
+_NUMBERED = re.compile(r"(.*?)([0-9]+)$")
+MAX_NAME_RANGE = 64  # names in one `a1..aN` range
+
+
+def _name_range(file, first, last) -> tuple:
+    """`w1..w4` -> ("w1", "w2", "w3", "w4"); one name -> (name,)."""
+    if last is None:
+        return (str(first),)
+    a, b = _NUMBERED.match(str(first)), _NUMBERED.match(str(last))
+    loc = A.Loc(file, first.line, first.column, last.end_line, last.end_column)
+    if not (a and b and a.group(1) == b.group(1) and int(a.group(2)) < int(b.group(2))):
+        raise _SemanticError(f"a name range is written like w1..w4: the same name, numbered from low to high "
+                             f"(got {first}..{last})", loc)
+    lo, hi = int(a.group(2)), int(b.group(2))
+    if hi - lo >= MAX_NAME_RANGE:
+        raise _SemanticError(f"a name range may hold at most {MAX_NAME_RANGE} names", loc)
+    return tuple(f"{a.group(1)}{i}" for i in range(lo, hi + 1))
+
+
+class _ToAst(_SpaceToAst, Transformer):
     def __init__(self, file: str):
         super().__init__(visit_tokens=False)
         self.file = file

@@ -54,13 +54,14 @@ def cmd_explore(args) -> int:
             print(f"wrote {png}")
             return 0
         if not args.space:
-            print("pycnn explore: give a design space (.toml) or --compare A.jsonl B.jsonl ...", file=sys.stderr)
+            print("pycnn explore: give a design space (.arch) or --compare A.jsonl B.jsonl ...", file=sys.stderr)
             return 2
         recipe = recipe_from_args(args)
         if args.epochs is None:
             recipe.epochs = 1
         out = Path(args.out or "explore")
-        jsonl = explore(args.space, args.samples, out, data=args.data, data_dir=args.data_dir, recipe=recipe,
+        jsonl = explore(args.space, args.samples, out, space=args.space_name, data=args.data, data_dir=args.data_dir,
+                        recipe=recipe,
                         seed=args.seed, input=args.input, flops=args.flops, params=args.params,
                         executor=args.executor, workers=args.workers, address=args.address,
                         gpus_per_trial=args.gpus_per_trial, backend=args.backend, kernels=args.kernels,
@@ -87,11 +88,14 @@ def cmd_explore(args) -> int:
 def add_parsers(sub) -> None:
     from ..training.cli import _shape, add_data_arguments, add_recipe_arguments
     p = sub.add_parser("explore", help="sample networks from a design space, train each briefly, compare error EDFs",
-                       description="Samples N networks of a design space (archs/spaces/*.toml), trains each with "
+                       description="Samples N networks of a design space (a `space` of an .arch file, archs/spaces/), "
+                                   "trains each with "
                                    "`pycnn train`'s machinery, appends each trial to OUT/<space>.jsonl (a rerun "
                                    "skips finished trials) and plots the error EDF. --compare draws several "
                                    "explorations' EDFs on one chart.")
-    p.add_argument("space", nargs="?", help="design space file, e.g. archs/spaces/anynetx_a.toml")
+    p.add_argument("space", nargs="?", help="the .arch file of a design space, e.g. archs/spaces/anynetx_a.arch")
+    p.add_argument("--space", dest="space_name", metavar="NAME",
+                   help="which `space` of the file (default: the first)")
     p.add_argument("--samples", type=positive_int, default=32)
     add_data_arguments(p)
     p.add_argument("--input", type=_shape, help="override the networks' input shape, e.g. 1x16x16")

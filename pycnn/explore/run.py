@@ -17,7 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Iterable, List, Optional
 
-from .space import Sample, Sampler, Space, SpaceError
+from .space import Sample, Sampler, Space, SpaceError, load_space
 
 
 def trial_spec(space: Space, sample: Sample, args: dict) -> dict:
@@ -127,20 +127,21 @@ def _ray_pool(specs: List[dict], workers: int, address: Optional[str], cpus_per_
                     "error": None, "failure": f"{type(e).__name__}: {e}".splitlines()[0]}
 
 
-def explore(space_path, samples: int, out, *, data: str = "digits", data_dir: Optional[str] = None,
+def explore(space_path, samples: int, out, *, space: Optional[str] = None, data: str = "digits", data_dir: Optional[str] = None,
             recipe=None, seed: int = 0, input=None, flops=None, params=None, executor: str = "local",
             workers: int = 1, address: Optional[str] = None, gpus_per_trial: float = 0.0,
             backend: str = "fused", kernels: Optional[str] = None, threads: Optional[int] = None,
             latency: Optional[str] = None, max_latency_ms: Optional[float] = None, latency_cache=None,
             latency_repeats: int = 10, log: Callable[[str], None] = print) -> Path:
-    """Run (or resume) an exploration; returns the JSONL path (out/<space>.jsonl).
+    """Run (or resume) an exploration of the design space `space` (default: the first) of the .arch file
+    `space_path`; returns the JSONL path (out/<space>.jsonl).
 
     latency "ENGINE[@BATCH]" (a variant of pycnn.deploy.VARIANTS): every sampled candidate is measured on it
     first (cached in `latency_cache`, a JSON file; default pycnn.deploy.default_cache_path()) and its latency
     stored in its record; with max_latency_ms only the candidates within that budget are trained, and a
     budget none meets is a SpaceError before anything is written to `out`."""
     from ..training.recipe import Recipe
-    space = Space.load(space_path)
+    space = load_space(space_path, space)
     recipe = recipe or Recipe(epochs=1)
     extra = {"input": tuple(input)} if input else {}
     sampler = Sampler(space, seed, extra, flops, params)
