@@ -204,17 +204,21 @@ class ChannelShuffle(nn.Module):
 
 
 class LayerStep:
-    """Runs one module; a BatchNorm layer with an activation (bn+act in the IR) applies it after."""
+    """Runs one module, then the activations of the layers without a module of their own that follow it in
+    the IR (pycnn.ir.Layer.own_module: `bn relu` unfused is the module bn1, then relu)."""
 
-    def __init__(self, name: str, act: Optional[str] = None):
-        self.names, self.act = [name], act
+    def __init__(self, name: str, acts=()):
+        self.names, self.acts = [name], tuple(acts)
 
     def __call__(self, owner: nn.Module, x, residual=None):
         assert residual is None, "only fused steps add a residual"
-        return fused.activation(getattr(owner, self.names[0])(x), self.act)
+        x = getattr(owner, self.names[0])(x)
+        for act in self.acts:
+            x = fused.activation(x, act)
+        return x
 
     def __repr__(self):
-        return self.names[0] + (f"+{self.act}" if self.act else "")
+        return "+".join(self.names + list(self.acts))
 
 
 class FusedStep:
@@ -223,7 +227,7 @@ class FusedStep:
 
     def __init__(self, node: ir.Fused, mode: str):
         self.kind, self.attrs, self.mode = node.kind, dict(node.attrs), mode
-        self.names = [layer.name for layer in node.layers]
+        self.names = [layer.name for layer in node.layers if layer.own_module]
         first = node.layers[0]
         geometry = {k: first.attrs[k] for k in ("k", "s", "p", "d", "groups", "reduced") if k in first.attrs}
         self.signature = f"{self.kind}:{first.in_shape[0]}->{node.out_shape[0]}:" + ",".join(
@@ -478,7 +482,7 @@ def lower_wsconv(layer: ir.Layer) -> nn.Module:
 
 def lower_bn(layer: ir.Layer) -> nn.Module:
     a = layer.attrs
-    return nn.BatchNorm2d(layer.in_shape[0], eps=a["eps"], momentum=a["momentum"])  # its act: LayerStep/FusedStep
+    return nn.BatchNorm2d(layer.in_shape[0], eps=a["eps"], momentum=a["momentum"])
 
 
 def lower_gn(layer: ir.Layer) -> nn.Module:
@@ -579,12 +583,13 @@ def lower_list(children, mode: str):
     modules, steps = [], []
     for node in children:
         if isinstance(node, ir.Fused):
-            modules += [(layer.name, lower_layer(layer)) for layer in node.layers]
+            modules += [(layer.name, lower_layer(layer)) for layer in node.layers if layer.own_module]
             steps.append(FusedStep(node, mode))
-            continue
-        modules.append((node.name, lower_node(node, mode)))
-        bn_act = node.attrs.get("act") if isinstance(node, ir.Layer) and node.op == "bn" else None
-        steps.append(LayerStep(node.name, bn_act))
+        elif isinstance(node, ir.Layer) and not node.own_module:  # an activation: runs in the step before
+            steps[-1] = LayerStep(steps[-1].names[0], steps[-1].acts + (node.attrs["kind"],))
+        else:
+            modules.append((node.name, lower_node(node, mode)))
+            steps.append(LayerStep(node.name))
     return modules, steps
 
 
@@ -689,7 +694,7 @@ def kernel_table(model: nn.Module) -> Dict[str, str]:
                 else:
                     sub = model.get_submodule(first)
                     if not isinstance(sub, (Chain, Block)):
-                        table[first] = f"aten ({type(sub).__name__}{'+' + step.act if step.act else ''})"
+                        table[first] = f"aten ({'+'.join([type(sub).__name__, *step.acts])})"
     return table
 
 

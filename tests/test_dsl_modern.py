@@ -215,7 +215,8 @@ def test_blocks_and_activations_as_parameters():
     net = pycnn.parse(TEMPLATE.replace("BODY", "unit").replace("ACT", "none"))
     assert [n for n in layers(net) if n.startswith("stem.")] == [
         "stem.stack1.unit1.conv1", "stem.stack1.unit1.bn1", "stem.stack1.unit2.conv1", "stem.stack1.unit2.bn1"]
-    assert layers(net)["s1.b1.unit1.bn1"].attrs["act"] == "relu"  # the default act fuses into the bn
+    act = dict(net.nodes())["s1.b1.unit1.bn1+relu"]  # the default act: a layer run with the bn, no module
+    assert act.attrs["kind"] == "relu" and not act.own_module
     with pytest.raises(ArchError, match="unknown layer or block 'nothere'"):
         pycnn.parse(TEMPLATE.replace("BODY", "unit").replace("ACT", "relu").replace("body(w, act=act) body",
                                                                                        "nothere(w) body"))

@@ -77,14 +77,14 @@ def test_the_cpp_parser_maps_every_kernel_activation_to_its_enumerator():
 
 def test_capabilities_need_the_kernels():
     for a in ACTIVATIONS.values():
-        if a.bn_act or a.residual or a.se_hidden or a.invertible:
+        if a.bn_act or a.residual or a.se_hidden or a.mask_from_output:
             assert a.cpp is not None, f"{a.name}: a fused capability without a C++ enumerator"
 
 
-def test_invertible_activations_have_their_derivative_from_the_output():
+def test_mask_from_output_activations_have_their_derivative_from_the_output():
     pytest.importorskip("torch")
     from pycnn import ops
-    assert set(ops._MASK_FROM_OUTPUT) == set(opspec.acts_with("invertible"))
+    assert set(ops._MASK_FROM_OUTPUT) == set(opspec.acts_with("mask_from_output"))
 
 
 def test_eager_functions_and_modules_exist():
