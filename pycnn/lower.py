@@ -222,51 +222,51 @@ class LayerStep:
 
 
 class FusedStep:
-    """Runs sibling layers (a pycnn.ir.Fused node) as one fused op; pycnn.dispatch picks pycnn's kernel or
-    PyTorch's composition (`mode`: auto, pycnn or torch), the last choice is kept in `last_choice`."""
+    """Runs sibling layers (a pycnn.ir.Fused node) as one fused op; pycnn.dispatch picks the kernel, pycnn's or
+    PyTorch's composition (`kernels`: auto, pycnn or torch); the last one run is kept in `last_kernel`."""
 
-    def __init__(self, node: ir.Fused, mode: str):
-        self.kind, self.attrs, self.mode = node.kind, dict(node.attrs), mode
+    def __init__(self, node: ir.Fused, kernels: str):
+        self.kind, self.attrs, self.kernels = node.kind, dict(node.attrs), kernels
         self.names = [layer.name for layer in node.layers if layer.own_module]
         first = node.layers[0]
         geometry = {k: first.attrs[k] for k in ("k", "s", "p", "d", "groups", "reduced") if k in first.attrs}
         self.signature = f"{self.kind}:{first.in_shape[0]}->{node.out_shape[0]}:" + ",".join(
             f"{k}={v}" for k, v in sorted({**geometry, **self.attrs}.items()))
-        self.last_choice: Optional[str] = None
-        self.choices: Dict[int, str] = {}  # network call signature token -> "pycnn" | "torch" (auto mode)
+        self.last_kernel: Optional[str] = None
+        self.kernel_by_token: Dict[int, str] = {}  # network call signature token -> "pycnn" | "torch" (auto)
 
-    def run(self, modules, x, residual, impl: str):
+    def run(self, modules, x, residual, kernel: str):
         a = self.attrs
         if self.kind == "conv_bn_act":
-            return fused.conv_bn_act(modules[0], modules[1], x, a["conv"], a["act"], residual, impl)
+            return fused.conv_bn_act(modules[0], modules[1], x, a["conv"], a["act"], residual, kernel)
         if self.kind == "bn_act":
-            return fused.batch_norm_act(modules[0], x, a["act"], residual, impl)
-        return fused.squeeze_excite(modules[0], x, a["act"], a["post_act"], residual, impl)
+            return fused.batch_norm_act(modules[0], x, a["act"], residual, kernel)
+        return fused.squeeze_excite(modules[0], x, a["act"], a["post_act"], residual, kernel)
 
     def __call__(self, owner: nn.Module, x, residual=None):
         if torch.compiler.is_compiling():
             modules = [getattr(owner, name) for name in self.names]
-            impl = dispatch.choose(self, lambda impl, x_, r_: self.run(modules, x_, r_, impl), x, residual, modules)
-            return self.run(modules, x, residual, impl)
+            kernel = dispatch.choose(self, lambda k, x_, r_: self.run(modules, x_, r_, k), x, residual, modules)
+            return self.run(modules, x, residual, kernel)
         modules = [owner._modules[name] for name in self.names]  # nn.Module.__getattr__ costs ~0.5 us a name
-        impl = self.mode if self.mode != "auto" else self._auto_choice(modules, x, residual)
-        return self.run(modules, x, residual, impl)
+        kernel = self.kernels if self.kernels != "auto" else self._auto_kernel(modules, x, residual)
+        return self.run(modules, x, residual, kernel)
 
-    def _auto_choice(self, modules, x, residual) -> str:
-        """The measured choice: looked up by the network call's signature token (Network.forward) when there
+    def _auto_kernel(self, modules, x, residual) -> str:
+        """The measured kernel: looked up by the network call's signature token (Network.forward) when there
         is one, else by dispatch's full key (and then remembered under the token)."""
         token = _call_token.value
-        impl = self.choices.get(token) if token is not None else None
-        if impl is None:
-            impl = dispatch.choose(self, lambda impl, x_, r_: self.run(modules, x_, r_, impl), x, residual, modules)
+        kernel = self.kernel_by_token.get(token) if token is not None else None
+        if kernel is None:
+            kernel = dispatch.choose(self, lambda k, x_, r_: self.run(modules, x_, r_, k), x, residual, modules)
             if token is not None:
-                self.choices[token] = impl
-        self.last_choice = impl
-        return impl
+                self.kernel_by_token[token] = kernel
+        self.last_kernel = kernel
+        return kernel
 
     def __repr__(self):
         extra = ", adds the residual" if self.attrs.get("residual") else ""
-        return f"{'+'.join(self.names)} ({self.kind}{extra}, kernels={self.mode})"
+        return f"{'+'.join(self.names)} ({self.kind}{extra}, kernels={self.kernels})"
 
 
 def run_steps(owner: nn.Module, steps, x, residual=None):
@@ -397,7 +397,7 @@ class Network(KeepsInputLayout, Chain):
     `input_layout`: the memory format the network runs in inside (lower() sets channels_last for the fused
     backend, which pycnn's kernels and oneDNN are fastest in on the CPU and pycnn's CUDA kernels are native to);
     an input in another layout is converted once at the entry and 4-D outputs are given back in the caller's
-    layout. None: as given (the reference backend and kernels="torch", which run exactly as plain PyTorch). Per call, the kernel choices (auto mode) are looked up by
+    layout. None: as given (the reference backend and kernels="torch", which run exactly as plain PyTorch). Per call, the kernels measured (kernels="auto") are looked up by
     one signature of the input (shape, dtype, strides, device, train/eval, grad mode, autocast, threads), not
     per layer."""
 
@@ -578,31 +578,31 @@ def lower_layer(layer: ir.Layer) -> nn.Module:
     return globals()[OPS[layer.op].lowering](layer)
 
 
-def lower_list(children, mode: str):
+def lower_list(children, kernels: str):
     """(modules, steps) of a list of sibling IR nodes: one module per layer, under the layer's name."""
     modules, steps = [], []
     for node in children:
         if isinstance(node, ir.Fused):
             modules += [(layer.name, lower_layer(layer)) for layer in node.layers if layer.own_module]
-            steps.append(FusedStep(node, mode))
+            steps.append(FusedStep(node, kernels))
         elif isinstance(node, ir.Layer) and not node.own_module:  # an activation: runs in the step before
             steps[-1] = LayerStep(steps[-1].names[0], steps[-1].acts + (node.attrs["kind"],))
         else:
-            modules.append((node.name, lower_node(node, mode)))
+            modules.append((node.name, lower_node(node, kernels)))
             steps.append(LayerStep(node.name))
     return modules, steps
 
 
-def lower_node(node, mode: str) -> nn.Module:
+def lower_node(node, kernels: str) -> nn.Module:
     if isinstance(node, ir.Layer):
         return lower_layer(node)
     if isinstance(node, ir.Sequence):
-        return Chain(*lower_list(node.children, mode))
+        return Chain(*lower_list(node.children, kernels))
     if isinstance(node, ir.BranchBlock):
-        modules, pre = lower_list(node.pre, mode)
+        modules, pre = lower_list(node.pre, kernels)
         branches = []
         for b in node.branches:
-            branch_modules, steps = lower_list(b.children, mode)
+            branch_modules, steps = lower_list(b.children, kernels)
             if b.nested:
                 if branch_modules:
                     modules.append((b.name, Chain(branch_modules, steps)))
@@ -610,7 +610,7 @@ def lower_node(node, mode: str) -> nn.Module:
             else:
                 modules += branch_modules
                 branches.append((None, steps))
-        post_modules, post = lower_list(node.post, mode)
+        post_modules, post = lower_list(node.post, kernels)
         return Block(modules + post_modules, pre, branches, node.merge, post, node.residual_into)
     raise TypeError(node)  # pragma: no cover
 
@@ -649,14 +649,14 @@ def lower(network: ir.NetworkIR, init: bool = True, backend: str = "fused", disa
     same modules and parameter names, so state_dicts move freely between them."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    mode = dispatch.resolve_mode(kernels)
+    kernels = dispatch.resolve_kernels(kernels)
     plan = passes.run(network, disable_passes) if backend == "fused" else network
-    layout = torch.channels_last if backend == "fused" and mode != "torch" else None
-    model = Network([(p.name, lower_node(p, mode)) for p in plan.parts], network.source, network, plan, backend,
+    layout = torch.channels_last if backend == "fused" and kernels != "torch" else None
+    model = Network([(p.name, lower_node(p, kernels)) for p in plan.parts], network.source, network, plan, backend,
                     layout)
     # training keeps each BatchNorm+activation's input, not also its output (pycnn.memory); kernels="torch" runs
     # exactly as plain PyTorch, so it keeps outputs as PyTorch does
-    model.recompute_epilogues = backend == "fused" and mode != "torch"
+    model.recompute_epilogues = backend == "fused" and kernels != "torch"
     if init:
         init_weights(model)
     return model
@@ -703,11 +703,11 @@ _PYCNN_KERNEL = {"depthwise": "pycnn::dwconv", "grouped": "pycnn::gconv", "dense
 
 def kernel_label(step: FusedStep) -> str:
     """What runs a fused step: pycnn's side (a conv_bn_act in training: the conv, then pycnn::bn_act), "aten"
-    (the eager composition) or, before its first run in auto mode, both candidates."""
+    (the eager composition) or, before its first run with kernels="auto", both candidates."""
     ours = _PYCNN_KERNEL[step.attrs["conv"]] if step.kind == "conv_bn_act" else f"pycnn::{step.kind}"
     if step.attrs.get("residual"):
         ours += "+residual"
-    choice = step.last_choice or (step.mode if step.mode != "auto" else None)
-    if choice is None:
+    kernel = step.last_kernel or (step.kernels if step.kernels != "auto" else None)
+    if kernel is None:
         return f"auto: {ours} | aten"
-    return ours if choice == "pycnn" else "aten"
+    return ours if kernel == "pycnn" else "aten"

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(autouse=True)
 def private_kernel_cache(tmp_path, monkeypatch):
     monkeypatch.setenv(dispatch.ENV_CACHE, str(tmp_path / "cache"))
-    monkeypatch.delenv(dispatch.ENV_MODE, raising=False)
+    monkeypatch.delenv(dispatch.ENV_KERNELS, raising=False)
 
 
 def pair(path, network, **overrides):
