@@ -116,7 +116,7 @@ _KERNEL_WORDS = [("pycnn::dwconv", "pycnn dwconv"), ("pycnn::gconv", "pycnn gcon
 
 
 def kernel_words(label: str) -> str:
-    """A kernel label of pycnn.lower.kernel_table in words: "pycnn::gconv" -> "pycnn gconv", "aten" ->
+    """A kernel label of pycnn.report.kernel_table in words: "pycnn::gconv" -> "pycnn gconv", "aten" ->
     "PyTorch", "auto: pycnn::gconv | aten" -> "pycnn gconv or PyTorch (measured on first run)"."""
     if label.startswith("(fused into "):
         return "fused into " + label[len("(fused into "):-1].rsplit(".", 1)[-1]

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 import pycnn
 from pycnn import dispatch, ir
 from pycnn.dsl.elaborate import load_program
-from pycnn.lower import Block, Chain, FusedStep, to_backend
+from pycnn.lower import to_backend
+from pycnn.runtime import Block, Chain, FusedStep
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARCH_FILES = sorted(glob.glob(os.path.join(ROOT, "archs", "*.arch")))

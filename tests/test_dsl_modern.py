@@ -173,7 +173,7 @@ def test_same_padding_for_weight_standardized_convs_and_bad_values():
     assert model(x).shape == (2, 4, 4, 4)
     conv_same = pycnn.compile(text.replace("wsconv", "conv"))  # p=same convs are left out of the fused ops
     assert pycnn.compile(text.replace("wsconv", "conv")).eval()(x).shape == (2, 4, 4, 4)
-    from pycnn.lower import FusedStep
+    from pycnn.runtime import FusedStep
     assert conv.same and not any("conv1" in s.names for s in conv_same.body.steps if isinstance(s, FusedStep))
     with pytest.raises(ArchError, match="p must be an integer >= 0, a pair of them, or same"):
         pycnn.parse('network n(input = 3x8x8) { body = conv(4, k=3, p="valid") }')

@@ -90,7 +90,7 @@ def test_mask_from_output_activations_have_their_derivative_from_the_output():
 def test_eager_functions_and_modules_exist():
     torch = pytest.importorskip("torch")
     from pycnn import fused
-    from pycnn.lower import make_act
+    from pycnn.modules import make_act
     x = torch.linspace(-4, 4, 17)
     for name in ACTIVATIONS:
         torch.testing.assert_close(make_act(name)(x), fused.ACT_FNS[name](x))
