@@ -177,15 +177,24 @@ def _device_name(device: torch.device) -> str:
     return device.type
 
 
-def shape_key(signature: str, x: Tensor, training: bool) -> str:
+def call_facts(x: Tensor) -> tuple:
+    """The facts of an input, besides the layers' train/eval, that decide which kernel is faster: (shape, dtype,
+    autocast dtype or None, layout "cl" | "nchw", device model (on the CPU with its threads and pycnn's kernel
+    variant, pycnn._C._set_cpu_isa / $PYCNN_CPU_ISA), grad mode). The one list of them: a compiled network
+    keys a call's kernel choices by them (pycnn.runtime), the on-disk cache by their text (shape_key)."""
+    device = x.device
+    autocast = torch.get_autocast_dtype(device.type) if device.type in ("cpu", "cuda") \
+        and torch.is_autocast_enabled(device.type) else None
     layout = "cl" if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() \
         else "nchw"
-    dtype = str(x.dtype).replace("torch.", "")
-    if x.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(x.device.type):
-        dtype += "-autocast-" + str(torch.get_autocast_dtype(x.device.type)).replace("torch.", "")
-    grad = "grad" if torch.is_grad_enabled() else "nograd"
-    return (f"{signature}|{'x'.join(map(str, x.shape))}|{dtype}|{layout}|{_device_name(x.device)}|"
-            f"{'train' if training else 'eval'}|{grad}")
+    return tuple(x.shape), x.dtype, autocast, layout, _device_name(device), torch.is_grad_enabled()
+
+
+def shape_key(signature: str, x: Tensor, training: bool) -> str:
+    shape, dtype, autocast, layout, device, grad = call_facts(x)
+    dtype = str(dtype).replace("torch.", "") + (f"-autocast-{str(autocast).replace('torch.', '')}" if autocast else "")
+    return (f"{signature}|{'x'.join(map(str, shape))}|{dtype}|{layout}|{device}|"
+            f"{'train' if training else 'eval'}|{'grad' if grad else 'nograd'}")
 
 
 def measure(run: Callable[[str, Tensor, Optional[Tensor]], Tensor], x: Tensor, residual: Optional[Tensor],

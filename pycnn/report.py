@@ -5,7 +5,7 @@ from typing import Dict
 
 from torch import nn
 
-from .runtime import Block, Chain, FusedStep
+from .runtime import Block, Chain, FusedStep, step_lists
 
 
 def kernel_table(model: nn.Module) -> Dict[str, str]:
@@ -13,13 +13,7 @@ def kernel_table(model: nn.Module) -> Dict[str, str]:
     (PyTorch), auto (chosen on first run) or "fused into <layer>"."""
     table = {}
     for prefix, module in model.named_modules():
-        if isinstance(module, Chain):
-            step_lists = [module.steps]
-        elif isinstance(module, Block):
-            step_lists = [module.pre, module.post] + [b[1] for b in module.branches]
-        else:
-            continue
-        for steps in step_lists:
+        for steps in step_lists(module):
             for step in steps:
                 first = f"{prefix}.{step.names[0]}" if prefix else step.names[0]
                 for name in step.names[1:]:

@@ -179,6 +179,21 @@ def leave_layout(y, caller: Optional[torch.memory_format]):
     return y.contiguous(memory_format=caller)
 
 
+def step_lists(module: nn.Module) -> list:
+    """The lists of steps a container runs (a Chain: its steps; a Block: pre, post, its branches'); else []."""
+    if isinstance(module, Chain):
+        return [module.steps]
+    if isinstance(module, Block):
+        return [module.pre, module.post] + [b[1] for b in module.branches]
+    return []
+
+
+def fused_step_modules(model: nn.Module) -> list:
+    """The modules the fused steps of a compiled model run, in order."""
+    return [container._modules[name] for container in model.modules() for steps in step_lists(container)
+            for step in steps if isinstance(step, FusedStep) for name in step.names]
+
+
 class KeepsInputLayout:
     """Pickling for a module with an `input_layout` attribute (a torch.memory_format, which torch.save's pickle
     protocol cannot store): kept by name."""
@@ -210,9 +225,9 @@ class Network(KeepsInputLayout, Chain):
     `input_layout`: the memory format the network runs in inside (lower() sets channels_last for the fused
     backend, which pycnn's kernels and oneDNN are fastest in on the CPU and pycnn's CUDA kernels are native to);
     an input in another layout is converted once at the entry and 4-D outputs are given back in the caller's
-    layout. None: as given (the reference backend and kernels="torch", which run exactly as plain PyTorch). Per call, the kernels measured (kernels="auto") are looked up by
-    one signature of the input (shape, dtype, strides, device, train/eval, grad mode, autocast, threads), not
-    per layer."""
+    layout. None: as given (the reference backend and kernels="torch", which run exactly as plain PyTorch). Per
+    call, the kernels measured (kernels="auto") are looked up by one signature of the call (dispatch.call_facts
+    and the fused modules' train/eval), not per layer."""
 
     def __init__(self, parts, arch: str, network_ir, plan, backend: str, input_layout=None):
         super().__init__(parts, [LayerStep(name) for name, _ in parts])
@@ -222,11 +237,12 @@ class Network(KeepsInputLayout, Chain):
         self.register_load_state_dict_post_hook(_drop_folds)
 
     def _signature_token(self, x) -> Optional[int]:
-        device = x.device
-        autocast = torch.get_autocast_dtype(device.type) if device.type in ("cpu", "cuda") \
-            and torch.is_autocast_enabled(device.type) else None
-        key = (x.shape, x.dtype, device, x.stride(), self.training, torch.is_grad_enabled(), autocast,
-               torch.get_num_threads())
+        """The token of this call's facts: dispatch.call_facts and the train/eval of every module a fused step
+        runs (one BatchNorm switched alone counts too), so a cached kernel choice never outlives a fact."""
+        modules = self.__dict__.get("_fused_modules")
+        if modules is None:
+            modules = self.__dict__["_fused_modules"] = fused_step_modules(self)
+        key = (dispatch.call_facts(x), tuple([m.training for m in modules]))
         token = self._signatures.get(key)
         if token is None and len(self._signatures) < MAX_SIGNATURES:
             token = self._signatures[key] = next(_next_token)
