@@ -178,9 +178,9 @@ def _device_name(device: torch.device) -> str:
 
 
 def call_facts(x: Tensor) -> tuple:
-    """The facts of an input, besides the layers' train/eval, that decide which kernel is faster: (shape, dtype,
-    autocast dtype or None, layout "cl" | "nchw", device model (on the CPU with its threads and pycnn's kernel
-    variant, pycnn._C._set_cpu_isa / $PYCNN_CPU_ISA), grad mode). The one list of them: a compiled network
+    """The facts of an input, besides the BatchNorms' train/eval, that decide which kernel is faster: (shape,
+    dtype, autocast dtype or None, layout "cl" | "nchw", device model (on the CPU with its threads and pycnn's
+    kernel variant, pycnn._C._set_cpu_isa / $PYCNN_CPU_ISA), grad mode). The one list of them: a compiled network
     keys a call's kernel choices by them (pycnn.runtime), the on-disk cache by their text (shape_key)."""
     device = x.device
     autocast = torch.get_autocast_dtype(device.type) if device.type in ("cpu", "cuda") \
@@ -188,6 +188,12 @@ def call_facts(x: Tensor) -> tuple:
     layout = "cl" if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() \
         else "nchw"
     return tuple(x.shape), x.dtype, autocast, layout, _device_name(device), torch.is_grad_enabled()
+
+
+def train_eval_modules(modules) -> list:
+    """The modules whose train/eval changes what a fused step computes: its BatchNorms (batch statistics or
+    the running ones, folded); the other modules' flags change nothing."""
+    return [m for m in modules if isinstance(m, torch.nn.BatchNorm2d)]
 
 
 def shape_key(signature: str, x: Tensor, training: bool) -> str:
@@ -199,8 +205,8 @@ def shape_key(signature: str, x: Tensor, training: bool) -> str:
 
 def measure(run: Callable[[str, Tensor, Optional[Tensor]], Tensor], x: Tensor, residual: Optional[Tensor],
             params: List[Tensor], buffers: List[Tensor], repeats: int = 5) -> Dict[str, float]:
-    """Best-of-`repeats` seconds of run(kernel, x, residual) for kernel "pycnn" and "torch", interleaved; with grad mode on,
-    including autograd.grad of the inputs and parameters that require grad. The inputs are detached first
+    """Best-of-`repeats` seconds of run(kernel, x, residual) for kernel "pycnn" and "torch", interleaved; with grad
+    mode on, including autograd.grad of the inputs and parameters that require grad. The inputs are detached first
     (the measurement must not reach into the network's real graph) and `buffers` (running statistics) are
     restored afterwards."""
     from .timing import compare
@@ -232,7 +238,7 @@ def choose(step, run: Callable[[str, Tensor, Optional[Tensor]], Tensor], x: Tens
         return step.kernels
     if torch.compiler.is_compiling() or x.device.type not in ("cpu", "cuda"):
         return step.last_kernel or "pycnn"
-    key = shape_key(step.signature, x, training=any(m.training for m in modules))
+    key = shape_key(step.signature, x, training=any(m.training for m in train_eval_modules(modules)))
     cache = kernel_cache()
     entry = cache.entries.get(key)
     if entry is None:

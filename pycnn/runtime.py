@@ -237,11 +237,11 @@ class Network(KeepsInputLayout, Chain):
         self.register_load_state_dict_post_hook(_drop_folds)
 
     def _signature_token(self, x) -> Optional[int]:
-        """The token of this call's facts: dispatch.call_facts and the train/eval of every module a fused step
-        runs (one BatchNorm switched alone counts too), so a cached kernel choice never outlives a fact."""
-        modules = self.__dict__.get("_fused_modules")
+        """The token of this call's facts: dispatch.call_facts and the train/eval of every BatchNorm a fused step
+        runs (one switched alone counts too), so a cached kernel choice never outlives a fact."""
+        modules = self.__dict__.get("_train_eval_modules")
         if modules is None:
-            modules = self.__dict__["_fused_modules"] = fused_step_modules(self)
+            modules = self.__dict__["_train_eval_modules"] = dispatch.train_eval_modules(fused_step_modules(self))
         key = (dispatch.call_facts(x), tuple([m.training for m in modules]))
         token = self._signatures.get(key)
         if token is None and len(self._signatures) < MAX_SIGNATURES:
