@@ -48,9 +48,10 @@ class CellModule(nn.Module):
         return f"inputs=({', '.join(self.inputs)}), nodes={len(self.nodes)}"
 
 
-def lower_cell(node: ir.Cell, mode: str) -> CellModule:
-    from .lower import Chain, lower_list
-    chains = [(c.name, Chain(*lower_list(c.children, mode))) for c in node.children]
+def lower_cell(node: ir.Cell, kernels: str) -> CellModule:
+    from .lower import lower_list
+    from .runtime import Chain
+    chains = [(c.name, Chain(*lower_list(c.children, kernels))) for c in node.children]
     return CellModule(chains, node.inputs, node.nodes, node.output)
 
 
@@ -71,7 +72,7 @@ class GraphStep:
     the output before it. The one step of a network with cells that read earlier outputs."""
 
     def __init__(self, network: ir.NetworkIR):
-        self.names = [p.name for p in network.parts[:1]]  # pycnn.lower.kernel_table reads a step's names
+        self.names = [p.name for p in network.parts[:1]]  # pycnn.report.kernel_table reads a step's names
         # per part: (name, whether to run it child by child, [(child name, cell sources)], record children)
         self.plan = []
         for part in network.parts:

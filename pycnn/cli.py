@@ -42,9 +42,9 @@ def _fail(message: str) -> int:
 
 def _kernel_mode_error(args) -> Optional[str]:
     """The error in --kernels / $PYCNN_KERNELS, if any (checked before any work starts)."""
-    from .dispatch import resolve_mode
+    from .dispatch import resolve_kernels
     try:
-        resolve_mode(getattr(args, "kernels", None))
+        resolve_kernels(getattr(args, "kernels", None))
     except ValueError as e:
         return str(e)
     return None

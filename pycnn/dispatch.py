@@ -1,12 +1,13 @@
 """Per-shape choice between pycnn's kernel and PyTorch's composition for each fused op of a compiled network.
 
-mode "pycnn" or "torch" forces one side; "auto" measures both on first use per (op signature, input shape,
+`kernels` "pycnn" or "torch" forces one side; "auto" measures both on first use per (op signature, input shape,
 dtype, layout, device, train/eval, grad) and keeps the faster one, in memory and on disk
 (`<cache>/kernels-pycnn<version>-torch<version>.json`, cache = $PYCNN_CACHE_DIR, else $XDG_CACHE_HOME/pycnn,
-else ~/.cache/pycnn). The mode comes from pycnn.compile(..., kernels=...), else $PYCNN_KERNELS, else "auto".
+else ~/.cache/pycnn). `kernels` comes from pycnn.compile(..., kernels=...), else $PYCNN_KERNELS, else "auto";
+what one step runs, "pycnn" or "torch", is its `kernel`.
 Measuring runs the op a few times on the real input with autograd.grad (no .grad is touched) and restores the
 BatchNorm running statistics afterwards. Under torch.compile/export nothing is measured: a step keeps the
-choice of its last eager run (pycnn's kernel if none).
+kernel of its last eager run (pycnn's if none).
 
 The cache file is data from a folder others may write to (docs/security.md): it is read only when it is a
 regular file below a size cap, each entry is validated, new entries are written in batches through a fresh
@@ -29,16 +30,17 @@ from typing import Callable, Dict, List, Optional
 import torch
 from torch import Tensor
 
-MODES = ("auto", "pycnn", "torch")
-ENV_MODE = "PYCNN_KERNELS"
+KERNELS = ("auto", "pycnn", "torch")  # the values of kernels= (what a step runs: "pycnn" or "torch")
+ENV_KERNELS = "PYCNN_KERNELS"
 ENV_CACHE = "PYCNN_CACHE_DIR"
 
 
-def resolve_mode(mode: Optional[str]) -> str:
-    mode = mode or os.environ.get(ENV_MODE) or "auto"
-    if mode not in MODES:
-        raise ValueError(f"kernel choice {mode!r} (argument kernels= or ${ENV_MODE}) must be one of {', '.join(MODES)}")
-    return mode
+def resolve_kernels(kernels: Optional[str]) -> str:
+    kernels = kernels or os.environ.get(ENV_KERNELS) or "auto"
+    if kernels not in KERNELS:
+        raise ValueError(f"kernel choice {kernels!r} (argument kernels= or ${ENV_KERNELS}) must be one of "
+                         f"{', '.join(KERNELS)}")
+    return kernels
 
 
 def cache_path() -> Path:
@@ -77,7 +79,7 @@ def _locked(path: Path):
         os.close(fd)  # releases the lock
 
 
-class ChoiceCache:
+class KernelCache:
     """Measured choices {key: {"choice", "pycnn_ms", "torch_ms"}}, loaded from and written to one JSON file."""
 
     def __init__(self, path: Path):
@@ -142,13 +144,13 @@ class ChoiceCache:
             warnings.warn(f"pycnn: cannot write the kernel-choice cache {self.path}: {e}")
 
 
-_caches: Dict[Path, ChoiceCache] = {}
+_caches: Dict[Path, KernelCache] = {}
 
 
-def choice_cache() -> ChoiceCache:
+def kernel_cache() -> KernelCache:
     path = cache_path()
     if path not in _caches:
-        _caches[path] = ChoiceCache(path)
+        _caches[path] = KernelCache(path)
     return _caches[path]
 
 
@@ -175,21 +177,36 @@ def _device_name(device: torch.device) -> str:
     return device.type
 
 
-def shape_key(signature: str, x: Tensor, training: bool) -> str:
+def call_facts(x: Tensor) -> tuple:
+    """The facts of an input, besides the BatchNorms' train/eval, that decide which kernel is faster: (shape,
+    dtype, autocast dtype or None, layout "cl" | "nchw", device model (on the CPU with its threads and pycnn's
+    kernel variant, pycnn._C._set_cpu_isa / $PYCNN_CPU_ISA), grad mode). The one list of them: a compiled network
+    keys a call's kernel choices by them (pycnn.runtime), the on-disk cache by their text (shape_key)."""
+    device = x.device
+    autocast = torch.get_autocast_dtype(device.type) if device.type in ("cpu", "cuda") \
+        and torch.is_autocast_enabled(device.type) else None
     layout = "cl" if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() \
         else "nchw"
-    dtype = str(x.dtype).replace("torch.", "")
-    if x.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(x.device.type):
-        dtype += "-autocast-" + str(torch.get_autocast_dtype(x.device.type)).replace("torch.", "")
-    grad = "grad" if torch.is_grad_enabled() else "nograd"
-    return (f"{signature}|{'x'.join(map(str, x.shape))}|{dtype}|{layout}|{_device_name(x.device)}|"
-            f"{'train' if training else 'eval'}|{grad}")
+    return tuple(x.shape), x.dtype, autocast, layout, _device_name(device), torch.is_grad_enabled()
+
+
+def train_eval_modules(modules) -> list:
+    """The modules whose train/eval changes what a fused step computes: its BatchNorms (batch statistics or
+    the running ones, folded); the other modules' flags change nothing."""
+    return [m for m in modules if isinstance(m, torch.nn.BatchNorm2d)]
+
+
+def shape_key(signature: str, x: Tensor, training: bool) -> str:
+    shape, dtype, autocast, layout, device, grad = call_facts(x)
+    dtype = str(dtype).replace("torch.", "") + (f"-autocast-{str(autocast).replace('torch.', '')}" if autocast else "")
+    return (f"{signature}|{'x'.join(map(str, shape))}|{dtype}|{layout}|{device}|"
+            f"{'train' if training else 'eval'}|{'grad' if grad else 'nograd'}")
 
 
 def measure(run: Callable[[str, Tensor, Optional[Tensor]], Tensor], x: Tensor, residual: Optional[Tensor],
             params: List[Tensor], buffers: List[Tensor], repeats: int = 5) -> Dict[str, float]:
-    """Best-of-`repeats` seconds of run(impl, x, residual) for impl "pycnn" and "torch", interleaved; with grad mode on,
-    including autograd.grad of the inputs and parameters that require grad. The inputs are detached first
+    """Best-of-`repeats` seconds of run(kernel, x, residual) for kernel "pycnn" and "torch", interleaved; with grad
+    mode on, including autograd.grad of the inputs and parameters that require grad. The inputs are detached first
     (the measurement must not reach into the network's real graph) and `buffers` (running statistics) are
     restored afterwards."""
     from .timing import compare
@@ -198,31 +215,31 @@ def measure(run: Callable[[str, Tensor, Optional[Tensor]], Tensor], x: Tensor, r
     x, residual = (t if t is None else t.detach().requires_grad_(grad and t.requires_grad) for t in (x, residual))
     wrt = [t for t in [x, residual] + params if t is not None and t.requires_grad] if grad else []
 
-    def timed(impl):
+    def timed(kernel):
         def fn():
-            y = run(impl, x, residual)
+            y = run(kernel, x, residual)
             if wrt:
                 torch.autograd.grad(y, wrt, torch.ones_like(y))
         return fn
 
     try:
-        t = compare({impl: timed(impl) for impl in ("pycnn", "torch")}, x.device, repeats=repeats, warmup=1)
+        t = compare({kernel: timed(kernel) for kernel in ("pycnn", "torch")}, x.device, repeats=repeats, warmup=1)
     finally:
         with torch.no_grad():
             for b, s in zip(buffers, saved):
                 b.copy_(s)
-    return {impl: t[impl].min_s for impl in t}  # the best run: robust to preemption on a busy machine
+    return {kernel: t[kernel].min_s for kernel in t}  # the best run: robust to preemption on a busy machine
 
 
 def choose(step, run: Callable[[str, Tensor, Optional[Tensor]], Tensor], x: Tensor, residual: Optional[Tensor],
            modules: List[torch.nn.Module]) -> str:
-    """The implementation ("pycnn" or "torch") a fused step runs for input x; see the module docstring."""
-    if step.mode != "auto":
-        return step.mode
+    """The kernel ("pycnn" or "torch") a fused step runs for input x; see the module docstring."""
+    if step.kernels != "auto":
+        return step.kernels
     if torch.compiler.is_compiling() or x.device.type not in ("cpu", "cuda"):
-        return step.last_choice or "pycnn"
-    key = shape_key(step.signature, x, training=any(m.training for m in modules))
-    cache = choice_cache()
+        return step.last_kernel or "pycnn"
+    key = shape_key(step.signature, x, training=any(m.training for m in train_eval_modules(modules)))
+    cache = kernel_cache()
     entry = cache.entries.get(key)
     if entry is None:
         params = [p for m in modules for p in m.parameters()]

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from . import ir
-from .lower import KeepsInputLayout
+from .runtime import KeepsInputLayout
 
 
 def _reduction(input_size: int, size: int) -> int:
@@ -121,7 +121,7 @@ class FeatureNetwork(KeepsInputLayout, nn.Module):
         self.graph = graph_step(network)  # cells that read earlier outputs: the parts run as the network's graph
 
     def forward(self, x) -> List[torch.Tensor]:
-        from .lower import enter_layout, leave_layout
+        from .runtime import enter_layout, leave_layout
         x, caller = enter_layout(x, self.input_layout)  # the maps come back in the caller's layout
         if self.graph is not None:
             outputs = self.graph.run(self, x, len(self._modules))[1]
@@ -145,7 +145,7 @@ def _head_start(network) -> int:
 
 def forward_features(network, x):
     """The last feature map (before pooling and classifier), as timm's forward_features, in the caller's layout."""
-    from .lower import enter_layout, leave_layout
+    from .runtime import enter_layout, leave_layout
     x, caller = enter_layout(x, getattr(network, "input_layout", None))
     from .cells import graph_step
     graph = graph_step(network)
@@ -159,7 +159,7 @@ def forward_features(network, x):
 def _classifier(network):
     """(owner Chain's name, the Chain, its step index, layer name, module) of the network's classifier: the
     last linear layer (or the Identity that reset_classifier(0) left in its place)."""
-    from .lower import Chain
+    from .runtime import Chain
     name = getattr(network, "_classifier_removed", None)
     if name is None:
         name = next((n for n, m in reversed(list(network.named_modules())) if isinstance(m, nn.Linear)), None)
@@ -175,7 +175,7 @@ def _classifier(network):
 
 def forward_head(network, x, pre_logits: bool = False):
     """The head on a forward_features map; pre_logits=True stops before the classifier (pooled features)."""
-    from .lower import run_steps
+    from .runtime import run_steps
     parts = network.ir.parts[_head_start(network):]
     if not pre_logits:
         for part in parts:
@@ -214,7 +214,7 @@ def reset_classifier(network, num_classes: int) -> None:
         raise ValueError(f"network '{net.name}': its last linear layer does not have `classes` outputs")
     new = nn.Linear(in_features, num_classes, bias=layer.attrs["bias"], device=device, dtype=dtype)
     with torch.no_grad():
-        nn.init.normal_(new.weight, std=0.01)  # as pycnn.lower.init_weights
+        nn.init.normal_(new.weight, std=0.01)  # as pycnn.initialize.init_weights
         if new.bias is not None:
             nn.init.zeros_(new.bias)
     setattr(owner, leaf, new)

@@ -1,6 +1,6 @@
 """The fused operations of compiled networks, as functions of the PyTorch modules that hold their parameters.
 
-`impl` picks how one runs: "pycnn" on pycnn's kernels (in eval the BatchNorm folded into the convolution),
+`kernel` picks how one runs: "pycnn" on pycnn's kernels (in eval the BatchNorm folded into the convolution),
 "torch" as the eager PyTorch composition of the same modules. Both compute the same thing and update the same
 running statistics in training, so the choice (pycnn.dispatch) is free to go either way per layer.
 pycnn.nn's modules are thin wrappers over these functions.
@@ -62,10 +62,10 @@ def runs_on_pycnn(bn: nn.Module) -> bool:
 
 
 def batch_norm_act(bn: _BatchNorm, x: Tensor, act: Optional[str], residual: Optional[Tensor] = None,
-                   impl: str = "pycnn") -> Tensor:
+                   kernel: str = "pycnn") -> Tensor:
     """act(bn(x) [+ residual]) with nn.BatchNorm2d's semantics (batch statistics in training or without running
     statistics, running-statistics update, momentum None = cumulative average)."""
-    if impl == "torch" or not runs_on_pycnn(bn):
+    if kernel == "torch" or not runs_on_pycnn(bn):
         y = _BatchNorm.forward(bn, x) if runs_on_pycnn(bn) else bn(x)
         return activation(y + residual if residual is not None else y, act)
     use_batch_stats = bn.training or bn.running_mean is None
@@ -182,13 +182,13 @@ def _inference(tensors) -> bool:
 
 
 def conv_bn_act(conv: nn.Conv2d, bn: _BatchNorm, x: Tensor, kind: str, act: Optional[str],
-                residual: Optional[Tensor] = None, impl: str = "pycnn") -> Tensor:
+                residual: Optional[Tensor] = None, kernel: str = "pycnn") -> Tensor:
     """act(bn(conv(x)) [+ residual]); kind "depthwise" (pycnn.dwconv), "grouped" (pycnn.gconv) or "dense"
     (PyTorch's conv). Training: the conv, then the fused BatchNorm+act. Eval: the BatchNorm folded into the
     conv, one fused op for depthwise/grouped, a conv with folded weights and bias for dense; without autograd
     (no_grad, inference_mode, frozen weights) the fold is cached (cached_fold) and the ops are called below
     the autograd layer."""
-    if impl == "torch" or not runs_on_pycnn(bn):
+    if kernel == "torch" or not runs_on_pycnn(bn):
         return batch_norm_act(bn, conv(x), act, residual, "torch")
     batch_stats = bn.training or bn.running_mean is None
     if not batch_stats and _inference((x, residual, _param(conv, "weight"), _param(conv, "bias"),
@@ -288,9 +288,9 @@ def _onednn_conv_act(x, w, b, conv, residual, act):
 
 
 def squeeze_excite(se: nn.Module, x: Tensor, act: str, post_act: Optional[str], residual: Optional[Tensor] = None,
-                   impl: str = "pycnn") -> Tensor:
+                   kernel: str = "pycnn") -> Tensor:
     """post_act(x * sigmoid(fc2(act(fc1(mean_hw(x))))) [+ residual]); `se` holds fc1 and fc2 (1x1 convs)."""
-    if impl == "torch":
+    if kernel == "torch":
         y = se(x)
         return activation(y + residual if residual is not None else y, post_act)
     x = _cast(x, _autocast_dtype(x))

@@ -29,6 +29,10 @@ class Layer:
     params: int
     flops: int
     loc: object = None
+    # False: no module of its own; it runs with the layer before it and is shown in that layer's summary row.
+    # The elaborator makes an activation right after a BatchNorm such a layer (`bn relu`: the modules are
+    # named bn1 and nothing else, as they always were); which layers run fused is the passes' business.
+    own_module: bool = True
 
 
 @dataclass
@@ -120,7 +124,7 @@ class NetworkIR:
         return self.parts[-1].out_shape if self.parts else self.input_shape
 
     def layers(self) -> Iterator[Tuple[str, Layer]]:
-        """Every Layer with its dotted module name, in module order."""
+        """Every Layer that is a module, with its dotted module name, in module order."""
         for part in self.parts:
             yield from iter_layers(part, part.name)
 
@@ -160,9 +164,27 @@ def _iter_children(children, prefix: str) -> Iterator[Tuple[str, Node]]:
 
 
 def iter_layers(node, prefix: str) -> Iterator[Tuple[str, Layer]]:
+    """Every Layer that is a module (own_module), with its dotted module name."""
     for name, n in iter_nodes(node, prefix):
-        if isinstance(n, Layer):
+        if isinstance(n, Layer) and n.own_module:
             yield name, n
+
+
+def iter_layer_groups(node, prefix: str) -> Iterator[Tuple[str, List[Layer]]]:
+    """(module name, [its layer, then the layers without a module that run with it]) per module layer: the
+    rows of a summary (`bn1`: [bn, relu])."""
+    group: Optional[Tuple[str, List[Layer]]] = None
+    for name, n in iter_nodes(node, prefix):
+        if not isinstance(n, Layer):
+            continue
+        if n.own_module:
+            if group is not None:
+                yield group
+            group = (name, [n])
+        elif group is not None:
+            group[1].append(n)
+    if group is not None:
+        yield group
 
 
 def merge_shapes(kind: str, shapes: List[Shape]) -> Shape:

@@ -15,7 +15,7 @@ from torch.fx.experimental.symbolic_shapes import optimization_hint
 from torch.utils._python_dispatch import _disable_current_modes
 
 from . import _C, memory
-from .opspec import ACTIVATIONS, check_kernel_act
+from .opspec import acts_with, check_kernel_act
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -147,14 +147,16 @@ def _bn_act_backward_fake(grad_output, input, weight, bias, residual, save_mean,
 # relu and relu6 have derivatives readable from their output: with a residual, backward then keeps the output
 # (which the next layer keeps anyway) instead of the residual, so training needs no more memory than eager.
 # At NaN as PyTorch's threshold_backward and hardtanh_backward: relu passes the gradient, relu6 cuts it.
-_MASK_FROM_OUTPUT = {"relu": lambda y: ~(y <= 0), "relu6": lambda y: (y > 0) & (y < 6)}
+_OUTPUT_MASKS = {"relu": lambda y: ~(y <= 0), "relu6": lambda y: (y > 0) & (y < 6)}  # the math, per activation
+# which activations use it: the registry's flag (a flagged activation without its math fails here, at import)
+_MASK_FROM_OUTPUT = {name: _OUTPUT_MASKS[name] for name in acts_with("mask_from_output")}
 
 
 def _bn_act_setup_context(ctx, inputs, output):
     input, weight, bias, residual, _running_mean, _running_var, training, eps, act = inputs
     y, save_mean, save_var = output
     memory.note_bn_act_output(y, input, weight, bias, residual, save_mean, save_var, eps, act)
-    ctx.mask_from_output = residual is not None and act in ACTIVATIONS and ACTIVATIONS[act].invertible
+    ctx.mask_from_output = residual is not None and act in _MASK_FROM_OUTPUT
     ctx.save_for_backward(input, weight, bias, y if ctx.mask_from_output else residual, save_mean, save_var)
     ctx.training, ctx.eps, ctx.act = training, eps, act
 

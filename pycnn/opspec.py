@@ -48,8 +48,8 @@ class Activation:
     residual: bool = False         # after a residual add, applied by the fused op that adds (the residual pass)
     se_hidden: bool = False        # pycnn.se runs it after the first FC
     se_gate: bool = False          # pycnn.se's gate
-    invertible: bool = False       # its derivative follows from its output: pycnn.bn_act keeps the output for
-                                   # backward instead of the residual (memory saving)
+    mask_from_output: bool = False  # its derivative is readable from its output: pycnn.bn_act keeps the output
+                                    # for backward instead of the residual (memory saving)
     inplace: bool = False          # the eager function takes inplace=True (eval epilogues reuse the tensor)
     onednn: Optional[Tuple[str, Tuple[float, ...]]] = None  # oneDNN's unary post-op (name, scalars)
 
@@ -57,8 +57,8 @@ class Activation:
 _KERNEL_ACT = dict(bn_act=True, residual=True, se_hidden=True, inplace=True)
 
 ACTIVATIONS: Dict[str, Activation] = {a.name: a for a in (
-    Activation("relu", "ReLU", "F.relu", ("ReLU", 1), **_KERNEL_ACT, invertible=True, onednn=("relu", ())),
-    Activation("relu6", "ReLU6", "F.relu6", ("ReLU6", 2), **_KERNEL_ACT, invertible=True,
+    Activation("relu", "ReLU", "F.relu", ("ReLU", 1), **_KERNEL_ACT, mask_from_output=True, onednn=("relu", ())),
+    Activation("relu6", "ReLU6", "F.relu6", ("ReLU6", 2), **_KERNEL_ACT, mask_from_output=True,
                onednn=("hardtanh", (0.0, 6.0))),
     Activation("silu", "SiLU", "F.silu", ("SiLU", 3), **_KERNEL_ACT, onednn=("swish", ())),
     # hardswish runs in every kernel, but MobileNetV3's bn + hardswish stays two layers (it is not fused)
@@ -290,7 +290,7 @@ class Op:
 OPS: Dict[str, Op] = {o.name: o for o in (
     Op("conv", "conv", _infer_conv("conv"), "lower_conv", _label_conv("conv")),
     Op("wsconv", "conv", _infer_conv("wsconv"), "lower_wsconv", _label_conv("wsconv")),
-    Op("bn", "bn", _infer_norm("bn"), "lower_bn", lambda a: "bn+" + a["act"] if a.get("act") else "bn"),
+    Op("bn", "bn", _infer_norm("bn"), "lower_bn"),
     Op("gn", "gn", _infer_norm("gn"), "lower_gn"),
     Op("ln", "ln", _infer_norm("ln"), "lower_ln"),
     Op("act", None, _infer_same_shape, "lower_act", lambda a: a["kind"]),

@@ -22,9 +22,9 @@ def _branch_form(branch: ir.Branch) -> Optional[Tuple[Optional[ir.Layer], Option
     if not all(isinstance(n, ir.Layer) for n in layers):
         return None
     ops = [n.op for n in layers]
-    if ops == [] or (ops == ["bn"] and layers[0].attrs.get("act") is None):
+    if ops in ([], ["bn"]):
         return None, (layers[0] if layers else None)
-    if ops == ["conv", "bn"] and layers[1].attrs.get("act") is None:
+    if ops == ["conv", "bn"]:
         a = layers[0].attrs
         (kh, kw), p = a["k"], a["p"]
         if kh == kw and kh % 2 == 1 and p == (kh // 2, kw // 2) and a["d"] == (1, 1):

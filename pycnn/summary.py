@@ -57,12 +57,18 @@ class Summary:
                 f"{len(self.rows)} layers)")
 
 
-def _op_label(layer: ir.Layer) -> str:
-    return OPS[layer.op].summary_label(layer.attrs)
+def _op_label(layers: List[ir.Layer]) -> str:
+    """A module's label: its layer's, then those of the layers without a module that run with it ("bn+relu")."""
+    return "+".join(OPS[layer.op].summary_label(layer.attrs) for layer in layers)
+
+
+def _groups(node, prefix: str) -> List[Tuple[str, List[ir.Layer]]]:
+    return list(ir.iter_layer_groups(node, prefix))
 
 
 def summarize(network: ir.NetworkIR) -> Summary:
-    rows = [(name, _op_label(layer), layer.out_shape, layer.params, layer.flops) for name, layer in network.layers()]
+    rows = [(name, _op_label(group), group[0].out_shape, group[0].params, group[0].flops)
+            for part in network.parts for name, group in _groups(part, part.name)]
     return Summary(network.name, network.input_shape, rows, sum(r[3] for r in rows), sum(r[4] for r in rows),
                    ir=network)
 
@@ -110,7 +116,7 @@ _KERNEL_WORDS = [("pycnn::dwconv", "pycnn dwconv"), ("pycnn::gconv", "pycnn gcon
 
 
 def kernel_words(label: str) -> str:
-    """A kernel label of pycnn.lower.kernel_table in words: "pycnn::gconv" -> "pycnn gconv", "aten" ->
+    """A kernel label of pycnn.report.kernel_table in words: "pycnn::gconv" -> "pycnn gconv", "aten" ->
     "PyTorch", "auto: pycnn::gconv | aten" -> "pycnn gconv or PyTorch (measured on first run)"."""
     if label.startswith("(fused into "):
         return "fused into " + label[len("(fused into "):-1].rsplit(".", 1)[-1]
@@ -139,27 +145,36 @@ class Row:
 
 
 def _children(node, prefix: str):
-    """(name, node) one level down: a sequence's children; a block's pre, branch and post nodes."""
+    """(name, node, tail) one level down: a sequence's children; a block's pre, branch and post nodes. The
+    layers without a module (pycnn.ir.Layer.own_module) are the `tail` of the layer before them, in its row."""
     join = lambda p, n: f"{p}.{n}" if p else n
     if isinstance(node, ir.Sequence):
-        return [(join(prefix, c.name), c) for c in node.children]
-    if isinstance(node, ir.BranchBlock):
+        out = [(join(prefix, c.name), c) for c in node.children]
+    elif isinstance(node, ir.BranchBlock):
         out = [(join(prefix, c.name), c) for c in node.pre]
         for br in node.branches:
             base = join(prefix, br.name) if br.nested else prefix
             out += [(join(base, c.name), c) for c in br.children]
-        return out + [(join(prefix, c.name), c) for c in node.post]
-    return []
+        out += [(join(prefix, c.name), c) for c in node.post]
+    else:
+        return []
+    rows = []
+    for n, c in out:
+        if isinstance(c, ir.Layer) and not c.own_module:
+            rows[-1][2].append(c)
+        else:
+            rows.append((n, c, []))
+    return rows
 
 
-def _label(node) -> str:
+def _label(node, tail=()) -> str:
     if isinstance(node, ir.Layer):
-        return _op_label(node)
+        return _op_label([node, *tail])
     if isinstance(node, ir.BranchBlock):
         return node.block
     if getattr(node, "block", None) and node.kind == "block":
         return node.block
-    kids = [c for _, c in _children(node, "")]
+    kids = [c for _, c, _ in _children(node, "")]
     blocks = [c.block for c in kids if getattr(c, "block", None)]
     if kids and len(blocks) == len(kids):
         names = list(dict.fromkeys(blocks))
@@ -184,32 +199,33 @@ def _words(names, kernels: Dict[str, str]) -> str:
     return (", ".join(words) + (AUTO if auto else "")) or ("-" if kernels else "")
 
 
-def _signature(node, name: str, kernels: Dict[str, str]):
+def _signature(node, name: str, kernels: Dict[str, str], tail=()):
     """What makes two sibling subtrees identical rows: every layer's relative name, operation, shapes,
     params, FLOPs and kernel."""
-    return tuple((n[len(name):], _op_label(l), l.in_shape, l.out_shape, l.params, l.flops,
-                  kernel_words(kernels[n]) if n in kernels else None) for n, l in ir.iter_layers(node, name))
+    groups = [(name, [node, *tail])] if isinstance(node, ir.Layer) else _groups(node, name)
+    return tuple((n[len(name):], _op_label(g), g[0].in_shape, g[0].out_shape, g[0].params, g[0].flops,
+                  kernel_words(kernels[n]) if n in kernels else None) for n, g in groups)
 
 
-def _rows(node, name: str, depth: int, level: int, kernels: Dict[str, str]) -> List[Row]:
+def _rows(node, name: str, depth: int, level: int, kernels: Dict[str, str], tail=()) -> List[Row]:
     """Rows of `node` down to `depth`; identical consecutive children are one group, expanded once."""
     if isinstance(node, ir.Layer) or level >= depth:
         layers = list(ir.iter_layers(node, name))
-        return [Row(name, _label(node), node.out_shape, sum(l.params for _, l in layers),
+        return [Row(name, _label(node, tail), node.out_shape, sum(l.params for _, l in layers),
                     sum(l.flops for _, l in layers), sum(math.prod(l.out_shape) for _, l in layers),
                     _words([n for n, _ in layers], kernels))]
     groups: List[list] = []
-    for child_name, child in _children(node, name):
-        sig = _signature(child, child_name, kernels)
+    for child_name, child, tail in _children(node, name):
+        sig = _signature(child, child_name, kernels, tail)
         if groups and groups[-1][0] == sig and groups[-1][1][-1][0].rpartition(".")[0] == child_name.rpartition(".")[0]:
-            groups[-1][1].append((child_name, child))
+            groups[-1][1].append((child_name, child, tail))
         else:
-            groups.append([sig, [(child_name, child)]])
+            groups.append([sig, [(child_name, child, tail)]])
     rows: List[Row] = []
     for _, members in groups:
-        (first_name, first), n = members[0], len(members)
+        (first_name, first, first_tail), n = members[0], len(members)
         label = _group_name(first_name, members[-1][0]) if n > 1 else first_name
-        for r in _rows(first, first_name, depth, level + 1, kernels):
+        for r in _rows(first, first_name, depth, level + 1, kernels, first_tail):
             r.name = label + r.name[len(first_name):]
             r.count, r.params, r.flops, r.activations = r.count * n, r.params * n, r.flops * n, r.activations * n
             rows.append(r)

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 import pycnn
 from pycnn import dispatch, ir
 from pycnn.dsl.elaborate import load_program
-from pycnn.lower import Block, Chain, FusedStep, to_backend
+from pycnn.lower import to_backend
+from pycnn.runtime import Block, Chain, FusedStep
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARCH_FILES = sorted(glob.glob(os.path.join(ROOT, "archs", "*.arch")))
@@ -34,7 +35,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(autouse=True)
 def private_kernel_cache(tmp_path, monkeypatch):
     monkeypatch.setenv(dispatch.ENV_CACHE, str(tmp_path / "cache"))
-    monkeypatch.delenv(dispatch.ENV_MODE, raising=False)
+    monkeypatch.delenv(dispatch.ENV_KERNELS, raising=False)
 
 
 def arch(path):
@@ -191,12 +192,12 @@ def test_auto_measures_once_per_shape_and_caches_on_disk(monkeypatch, tmp_path):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         y = model(x)
-    entries = dispatch.ChoiceCache(dispatch.cache_path()).entries
+    entries = dispatch.KernelCache(dispatch.cache_path()).entries
     assert len(entries) == len({s.signature for s in fused_steps(model)})  # every shape in this net is distinct
     assert all(e["choice"] in ("pycnn", "torch") and e["pycnn_ms"] > 0 and e["torch_ms"] > 0 for e in entries.values())
     kernels = model.kernels()
     assert all(not v.startswith("auto") for v in kernels.values())
-    chosen = {s.names[0]: s.last_choice for s in fused_steps(model)}
+    chosen = {s.names[0]: s.last_kernel for s in fused_steps(model)}
     table = str(pycnn.summary(model, show=False))
     assert "kernel" in table and ("pycnn::dwconv" in table or "aten" in table)
 
@@ -206,7 +207,7 @@ def test_auto_measures_once_per_shape_and_caches_on_disk(monkeypatch, tmp_path):
     again = to_backend(model, "fused").eval()
     with torch.no_grad():
         torch.testing.assert_close(again(x), y)
-    assert {s.names[0]: s.last_choice for s in fused_steps(again)} == chosen
+    assert {s.names[0]: s.last_kernel for s in fused_steps(again)} == chosen
 
 
 def test_autotuning_in_training_leaves_running_statistics_as_one_step():
@@ -225,11 +226,11 @@ def test_autotuning_in_training_leaves_running_statistics_as_one_step():
 
 def test_kernel_choice_from_environment_and_argument(monkeypatch):
     path = arch("archs/mobilenet_v2.arch")
-    monkeypatch.setenv(dispatch.ENV_MODE, "torch")
+    monkeypatch.setenv(dispatch.ENV_KERNELS, "torch")
     with torch.device("meta"):
-        assert {s.mode for s in fused_steps(pycnn.compile(path, init=False))} == {"torch"}
-        assert {s.mode for s in fused_steps(pycnn.compile(path, init=False, kernels="pycnn"))} == {"pycnn"}
-        monkeypatch.setenv(dispatch.ENV_MODE, "fast")
+        assert {s.kernels for s in fused_steps(pycnn.compile(path, init=False))} == {"torch"}
+        assert {s.kernels for s in fused_steps(pycnn.compile(path, init=False, kernels="pycnn"))} == {"pycnn"}
+        monkeypatch.setenv(dispatch.ENV_KERNELS, "fast")
         with pytest.raises(ValueError, match="PYCNN_KERNELS.*auto, pycnn, torch"):
             pycnn.compile(path, init=False)
         with pytest.raises(ValueError, match="backend must be one of fused, reference"):

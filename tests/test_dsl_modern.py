@@ -173,7 +173,7 @@ def test_same_padding_for_weight_standardized_convs_and_bad_values():
     assert model(x).shape == (2, 4, 4, 4)
     conv_same = pycnn.compile(text.replace("wsconv", "conv"))  # p=same convs are left out of the fused ops
     assert pycnn.compile(text.replace("wsconv", "conv")).eval()(x).shape == (2, 4, 4, 4)
-    from pycnn.lower import FusedStep
+    from pycnn.runtime import FusedStep
     assert conv.same and not any("conv1" in s.names for s in conv_same.body.steps if isinstance(s, FusedStep))
     with pytest.raises(ArchError, match="p must be an integer >= 0, a pair of them, or same"):
         pycnn.parse('network n(input = 3x8x8) { body = conv(4, k=3, p="valid") }')
@@ -215,7 +215,8 @@ def test_blocks_and_activations_as_parameters():
     net = pycnn.parse(TEMPLATE.replace("BODY", "unit").replace("ACT", "none"))
     assert [n for n in layers(net) if n.startswith("stem.")] == [
         "stem.stack1.unit1.conv1", "stem.stack1.unit1.bn1", "stem.stack1.unit2.conv1", "stem.stack1.unit2.bn1"]
-    assert layers(net)["s1.b1.unit1.bn1"].attrs["act"] == "relu"  # the default act fuses into the bn
+    act = dict(net.nodes())["s1.b1.unit1.bn1+relu"]  # the default act: a layer run with the bn, no module
+    assert act.attrs["kind"] == "relu" and not act.own_module
     with pytest.raises(ArchError, match="unknown layer or block 'nothere'"):
         pycnn.parse(TEMPLATE.replace("BODY", "unit").replace("ACT", "relu").replace("body(w, act=act) body",
                                                                                        "nothere(w) body"))

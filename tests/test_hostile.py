@@ -310,7 +310,7 @@ def test_9_cache_writes_never_follow_planted_links(tmp_path, monkeypatch):
     # the old predictable temporary name, and the cache file itself, as links to a file outside the cache
     os.symlink(victim, path.with_name(f".{path.name}.{os.getpid()}.tmp"))
     os.symlink(victim, path)
-    cache = dispatch.ChoiceCache(path)
+    cache = dispatch.KernelCache(path)
     with pytest.warns(UserWarning, match="expected a JSON object|Expecting value"):
         cache._read()
     cache.record("key", {"choice": "torch", "pycnn_ms": 1.0, "torch_ms": 0.5})
@@ -327,7 +327,7 @@ def test_9_huge_and_fifo_caches_are_ignored_quickly(tmp_path):
     huge.write_text(json.dumps({f"key{i}": entry for i in range(dispatch.MAX_CACHE_BYTES // 40)}))
     start = time.perf_counter()
     with pytest.warns(UserWarning, match="larger than"):
-        cache = dispatch.ChoiceCache(huge)
+        cache = dispatch.KernelCache(huge)
     for i in range(200):  # new entries are written in batches, not one rewrite each
         cache.record(f"new{i}", entry)
     cache.flush()
@@ -336,11 +336,11 @@ def test_9_huge_and_fifo_caches_are_ignored_quickly(tmp_path):
     fifo = tmp_path / "fifo.json"
     os.mkfifo(fifo)
     with pytest.warns(UserWarning, match="not a regular file"):
-        assert dispatch.ChoiceCache(fifo).entries == {}
+        assert dispatch.KernelCache(fifo).entries == {}
 
 
 def _write_entries(path, prefix, n):
-    cache = dispatch.ChoiceCache(Path(path))
+    cache = dispatch.KernelCache(Path(path))
     for i in range(n):
         cache.record(f"{prefix}{i}", {"choice": "pycnn", "pycnn_ms": 1.0, "torch_ms": 2.0})
         cache.flush()  # as often as possible: the worst case for lost updates

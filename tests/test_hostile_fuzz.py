@@ -50,7 +50,7 @@ def test_any_cache_file_is_read_into_valid_entries(tmp_path_factory, data):
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        cache = dispatch.ChoiceCache(path)
+        cache = dispatch.KernelCache(path)
         cache.record("new", {"choice": "pycnn", "pycnn_ms": 1.0, "torch_ms": 2.0})
         cache.flush()
     assert all(dispatch._valid_entry(k, v) for k, v in cache.entries.items())
@@ -65,4 +65,4 @@ def test_invalid_entries_are_dropped(tmp_path, entry):
     path = tmp_path / "kernels.json"
     good = {"choice": "torch", "pycnn_ms": 2.0, "torch_ms": 1.0}
     path.write_text(json.dumps({"bad": entry, "good": good}))
-    assert dispatch.ChoiceCache(path).entries == {"good": good}
+    assert dispatch.KernelCache(path).entries == {"good": good}

@@ -19,8 +19,9 @@ LAYERS = [
     ["pycnn.dsl.library", "pycnn.dsl.elaborate", "pycnn.dsl.literal", "pycnn.dsl", "pycnn.dsl.space"],  # the language (no torch)
     ["pycnn.passes.*", "pycnn.summary"],                                                # over the IR (no torch)
     ["pycnn.timing", "pycnn._C", "pycnn.memory", "pycnn.ops"],                          # torch from here on
-    ["pycnn.fused", "pycnn.decompositions", "pycnn.dispatch", "pycnn.nn.*"],
-    ["pycnn.lower", "pycnn.cells", "pycnn.features", "pycnn.reparam", "pycnn.build"],   # IR -> modules
+    ["pycnn.fused", "pycnn.decompositions", "pycnn.dispatch", "pycnn.nn.*", "pycnn.modules"],
+    ["pycnn.runtime", "pycnn.report", "pycnn.initialize", "pycnn.lower", "pycnn.cells", "pycnn.features",
+     "pycnn.reparam", "pycnn.build"],                                                   # IR -> modules
     ["pycnn.checkpoint", "pycnn.export", "pycnn.weights.*", "pycnn.zoo", "pycnn.deploy"],
     ["pycnn", "pycnn.training.*", "pycnn.bench.*", "pycnn.explore.*"],  # the facade (pycnn.train) and the user's work
     ["pycnn.cli", "pycnn.__main__"],                                                    # the command line

@@ -77,20 +77,20 @@ def test_the_cpp_parser_maps_every_kernel_activation_to_its_enumerator():
 
 def test_capabilities_need_the_kernels():
     for a in ACTIVATIONS.values():
-        if a.bn_act or a.residual or a.se_hidden or a.invertible:
+        if a.bn_act or a.residual or a.se_hidden or a.mask_from_output:
             assert a.cpp is not None, f"{a.name}: a fused capability without a C++ enumerator"
 
 
-def test_invertible_activations_have_their_derivative_from_the_output():
+def test_mask_from_output_activations_have_their_derivative_from_the_output():
     pytest.importorskip("torch")
     from pycnn import ops
-    assert set(ops._MASK_FROM_OUTPUT) == set(opspec.acts_with("invertible"))
+    assert set(ops._MASK_FROM_OUTPUT) == set(opspec.acts_with("mask_from_output"))
 
 
 def test_eager_functions_and_modules_exist():
     torch = pytest.importorskip("torch")
     from pycnn import fused
-    from pycnn.lower import make_act
+    from pycnn.modules import make_act
     x = torch.linspace(-4, 4, 17)
     for name in ACTIVATIONS:
         torch.testing.assert_close(make_act(name)(x), fused.ACT_FNS[name](x))

@@ -47,14 +47,14 @@ def test_conv_kinds_follow_what_the_kernels_support():
 def test_every_pass_on_a_small_network():
     plan = passes.run(pycnn.parse(NET))
     assert describe(plan) == [
-        ("conv_bn_act", ["conv1", "bn1"], "dense"),
-        ("conv_bn_act", ["conv1", "bn1"], "depthwise"),
-        ("conv_bn_act", ["conv2", "bn2"], "depthwise"),
-        ("conv_bn_act", ["conv3", "bn3"], "grouped"),
+        ("conv_bn_act", ["conv1", "bn1", "bn1+relu"], "dense"),  # the elaborator's act layers: fused here
+        ("conv_bn_act", ["conv1", "bn1", "bn1+relu6"], "depthwise"),
+        ("conv_bn_act", ["conv2", "bn2", "bn2+silu"], "depthwise"),
+        ("conv_bn_act", ["conv3", "bn3", "bn3+relu"], "grouped"),
         ("conv_bn_act", ["conv4", "bn4"], "dense"),
         ("conv_bn_act", ["conv5", "bn5"], "grouped"),
         ("se", ["se1"], None),
-        ("bn_act", ["bn6"], None),
+        ("bn_act", ["bn6", "bn6+relu"], None),
     ]
     acts = [f.attrs["act"] for f in fused_nodes(plan)]
     assert acts == ["relu", "relu6", "silu", "relu", None, None, "silu", "relu"]

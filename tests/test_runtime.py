@@ -20,7 +20,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(autouse=True)
 def private_kernel_cache(tmp_path, monkeypatch):
     monkeypatch.setenv(dispatch.ENV_CACHE, str(tmp_path / "cache"))
-    monkeypatch.delenv(dispatch.ENV_MODE, raising=False)
+    monkeypatch.delenv(dispatch.ENV_KERNELS, raising=False)
 
 
 def pair(path, network, **overrides):
@@ -144,6 +144,46 @@ def test_auto_choice_resolved_once_per_input_signature(monkeypatch):
     with torch.no_grad():
         torch.testing.assert_close(model(x), y)
     assert keys == []
+
+
+TWO_STEPS = """
+network t(input = 8x8x8) {
+    body = conv(8, k=3, groups=8) bn relu
+           conv(16, k=1) bn relu
+}
+"""
+
+
+def test_a_bn_switched_alone_or_another_cpu_variant_resolves_the_kernels_again(monkeypatch):
+    from pycnn import _C
+    torch.manual_seed(0)
+    model = pycnn.compile(TWO_STEPS).eval()
+    keys = []
+    real = dispatch.shape_key
+    monkeypatch.setattr(dispatch, "shape_key", lambda *a, **k: keys.append(k["training"]) or real(*a, **k))
+    x = torch.randn(1, 8, 8, 8)
+    with torch.no_grad():
+        model(x)
+        assert keys == [False, False]  # both fused steps resolved, in eval
+        keys.clear()
+        model(x)
+        assert keys == []
+        model.body.bn1.train()  # one BatchNorm alone: the network itself is still in eval
+        model(x)
+        assert keys == [True, False]
+        keys.clear()
+        model.body.bn1.eval()
+        model(x)
+        assert keys == []  # that signature was seen: its choices are remembered
+        variant = _C._cpu_isa()
+        other = "baseline" if variant != "baseline" else "avx2"
+        try:
+            if _C._set_cpu_isa(other) == variant:
+                pytest.skip("one CPU kernel variant on this machine")
+            model(x)
+            assert keys == [False, False]  # another CPU kernel variant: measured again
+        finally:
+            _C._set_cpu_isa(variant)
 
 
 # ------------------------------------------------------------------------------------------------ layout

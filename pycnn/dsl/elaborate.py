@@ -299,17 +299,30 @@ class Elaborator:
             call = self.callee(call, ctx)
             if call is None:
                 continue
-            if (call.name in PRIMITIVES and PRIMITIVES[call.name].op == "act" and call.name in acts_with("bn_act")
-                    and nodes and isinstance(nodes[-1], ir.Layer) and nodes[-1].op == "bn"
-                    and nodes[-1].attrs.get("act") is None):
-                if call.args:
-                    raise self.error(f"{call.name} takes no arguments", call.loc)
-                nodes[-1].attrs["act"] = call.name  # bn + act: one fused layer
+            if nodes and self.runs_with_bn(call, nodes[-1]):
+                nodes.append(self.act_after_bn(call, nodes[-1]))
                 continue
             node = self.call(call, shape, namer, ctx)
             nodes.append(node)
             shape = node.out_shape
         return nodes, shape
+
+    @staticmethod
+    def runs_with_bn(call: A.Call, prev) -> bool:
+        """Whether `call` is an activation right after a BatchNorm that pycnn's BatchNorm kernels can apply: a
+        layer without a module of its own (module names: `conv bn relu` is conv1, bn1). Fusing is the passes'."""
+        return (call.name in PRIMITIVES and PRIMITIVES[call.name].op == "act" and call.name in acts_with("bn_act")
+                and isinstance(prev, ir.Layer) and prev.op == "bn")
+
+    def act_after_bn(self, call: A.Call, bn: ir.Layer) -> ir.Layer:
+        """The activation layer after `bn`, named `<bn>+<act>` (bn1+relu: no module, no number of its own)."""
+        if call.args:
+            raise self.error(f"{call.name} takes no arguments", call.loc)
+        attrs = {"kind": call.name}
+        out_shape, params, flops = ir.infer("act", attrs, bn.out_shape)
+        # not counted against the layer limits: today's networks count bn+act as one layer
+        return ir.Layer(f"{bn.name}+{call.name}", "act", attrs, bn.out_shape, out_shape, params, flops, call.loc,
+                        own_module=False)
 
     def callee(self, call: A.Call, ctx: _Ctx) -> Optional[A.Call]:
         """A call through a parameter that holds a block or an activation (`block b(unit=basic) { unit(8) }`)

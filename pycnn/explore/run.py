@@ -209,7 +209,7 @@ def _latency_filter(sampler: Sampler, chosen: List[Sample], spec: str, budget_ms
     try:
         measured = deploy.measure_latencies(list(dict(factories).items()), variant, batch, threads,
                                             repeats=repeats, cache=cache, log=log,
-                                            build=f"{backend}/{dispatch.resolve_mode(kernels)}")
+                                            build=f"{backend}/{dispatch.resolve_kernels(kernels)}")
     finally:
         torch.set_num_threads(before)  # the trials choose their own
     fields, failures = {}, 0

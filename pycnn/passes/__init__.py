@@ -4,9 +4,9 @@ Each pass is a function (network IR) -> None that rewrites the network's layer l
 them in order on a copy, skipping the ones named in `disable`. Passes never rename or drop a layer, so the
 compiled module tree (and every parameter name) is the same whichever passes ran:
 
-  conv_bn_act  conv + bn[+act]        -> Fused conv_bn_act (depthwise / grouped: pycnn's ops; dense: a
+  conv_bn_act  conv, bn[, act]        -> Fused conv_bn_act (depthwise / grouped: pycnn's ops; dense: a
                                          conv with the BatchNorm folded in eval)
-  bn_act       bn[+act] left over     -> Fused bn_act (pycnn.bn_act)
+  bn_act       bn[, act] left over    -> Fused bn_act (pycnn.bn_act)
   se           se                     -> Fused se (pycnn.se)
   residual     block: add + act after -> the main branch's last fused op adds the shortcut and applies the act
 """

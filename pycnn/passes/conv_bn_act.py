@@ -1,4 +1,4 @@
-"""conv + bn[+act] -> Fused("conv_bn_act"), classified by the kernel that can run it:
+"""conv, bn[, act] -> Fused("conv_bn_act"), classified by the kernel that can run it:
 depthwise (pycnn.dwconv), grouped (pycnn.gconv) or dense (a PyTorch conv, the BatchNorm folded in eval)."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import List
 
 from .. import ir
 from ..opspec import DWCONV_DILATIONS, DWCONV_STRIDES, GCONV_KERNELS, GCONV_MAX_GROUP_WIDTH, dwconv_kernel_ok
-from .walk import rewrite_lists
+from .walk import bn_act_after, rewrite_lists
 
 
 def conv_kind(conv: ir.Layer) -> str:
@@ -24,14 +24,21 @@ def conv_kind(conv: ir.Layer) -> str:
 
 def _fuse(children: List[object]) -> List[object]:
     out: List[object] = []
-    for node in children:
-        prev = out[-1] if out else None
+    i = 0
+    while i < len(children):
+        node = children[i]
+        bn = children[i + 1] if i + 1 < len(children) else None
         # a conv with TensorFlow's SAME padding pads in its own forward, which the fused ops bypass
-        if (isinstance(node, ir.Layer) and node.op == "bn" and isinstance(prev, ir.Layer) and prev.op == "conv"
-                and prev.attrs["p"] != ir.SAME):
-            out[-1] = ir.Fused("conv_bn_act", [prev, node], {"conv": conv_kind(prev), "act": node.attrs.get("act")})
+        if (isinstance(node, ir.Layer) and node.op == "conv" and node.attrs["p"] != ir.SAME
+                and isinstance(bn, ir.Layer) and bn.op == "bn"):
+            act = bn_act_after(children, i + 2)
+            layers = [node, bn] + ([act] if act else [])
+            out.append(ir.Fused("conv_bn_act", layers,
+                                {"conv": conv_kind(node), "act": act.attrs["kind"] if act else None}))
+            i += len(layers)
         else:
             out.append(node)
+            i += 1
     return out
 
 

@@ -1,9 +1,10 @@
 """Visiting every list of sibling nodes of a network (where layer patterns are matched)."""
 from __future__ import annotations
 
-from typing import Callable, List
+from typing import Callable, List, Optional
 
 from .. import ir
+from ..opspec import acts_with
 
 
 def rewrite_lists(network: ir.NetworkIR, fn: Callable[[List[object]], List[object]]) -> None:
@@ -41,3 +42,11 @@ def fused_nodes(network: ir.NetworkIR):
             continue
         out += [child for children in lists for child in children if isinstance(child, ir.Fused)]
     return out
+
+
+def bn_act_after(children: List[object], i: int) -> Optional[ir.Layer]:
+    """children[i] when it is an activation the fused BatchNorm epilogues apply (opspec flag bn_act), else None."""
+    node = children[i] if i < len(children) else None
+    if isinstance(node, ir.Layer) and node.op == "act" and node.attrs["kind"] in acts_with("bn_act"):
+        return node
+    return None

@@ -1,0 +1,42 @@
+"""What runs each layer of a compiled network (pycnn.summary(model) shows it in words)."""
+from __future__ import annotations
+
+from typing import Dict
+
+from torch import nn
+
+from .runtime import Block, Chain, FusedStep, step_lists
+
+
+def kernel_table(model: nn.Module) -> Dict[str, str]:
+    """{layer name: what runs it} for the layers of a compiled model: pycnn::<op> (pycnn's kernel), aten
+    (PyTorch), auto (chosen on first run) or "fused into <layer>"."""
+    table = {}
+    for prefix, module in model.named_modules():
+        for steps in step_lists(module):
+            for step in steps:
+                first = f"{prefix}.{step.names[0]}" if prefix else step.names[0]
+                for name in step.names[1:]:
+                    table[f"{prefix}.{name}" if prefix else name] = f"(fused into {first})"
+                if isinstance(step, FusedStep):
+                    table[first] = kernel_label(step)
+                else:
+                    sub = model.get_submodule(first)
+                    if not isinstance(sub, (Chain, Block)):
+                        table[first] = f"aten ({'+'.join([type(sub).__name__, *step.acts])})"
+    return table
+
+
+_PYCNN_KERNEL = {"depthwise": "pycnn::dwconv", "grouped": "pycnn::gconv", "dense": "aten::conv2d+folded BN"}
+
+
+def kernel_label(step: FusedStep) -> str:
+    """What runs a fused step: pycnn's side (a conv_bn_act in training: the conv, then pycnn::bn_act), "aten"
+    (the eager composition) or, before its first run with kernels="auto", both candidates."""
+    ours = _PYCNN_KERNEL[step.attrs["conv"]] if step.kind == "conv_bn_act" else f"pycnn::{step.kind}"
+    if step.attrs.get("residual"):
+        ours += "+residual"
+    kernel = step.last_kernel or (step.kernels if step.kernels != "auto" else None)
+    if kernel is None:
+        return f"auto: {ours} | aten"
+    return ours if kernel == "pycnn" else "aten"

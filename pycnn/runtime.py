@@ -1,0 +1,295 @@
+"""How a compiled network runs: a list of steps per container (Chain, Block); a LayerStep calls one module, a
+FusedStep (from a pycnn.ir.Fused node made by pycnn.passes) runs several sibling modules' parameters through one
+fused op (pycnn.fused), choosing pycnn's kernel or PyTorch's per shape (pycnn.dispatch); Network is the
+compiled model (its layout at the entry, the per-call signature of the kernel choices)."""
+from __future__ import annotations
+
+import contextlib
+import itertools
+import threading
+from collections import OrderedDict
+from typing import Dict, Optional
+
+import torch
+from torch import nn
+
+from . import dispatch, fused, ir, memory
+
+
+class LayerStep:
+    """Runs one module, then the activations of the layers without a module of their own that follow it in
+    the IR (pycnn.ir.Layer.own_module: `bn relu` unfused is the module bn1, then relu)."""
+
+    def __init__(self, name: str, acts=()):
+        self.names, self.acts = [name], tuple(acts)
+
+    def __call__(self, owner: nn.Module, x, residual=None):
+        assert residual is None, "only fused steps add a residual"
+        x = getattr(owner, self.names[0])(x)
+        for act in self.acts:
+            x = fused.activation(x, act)
+        return x
+
+    def __repr__(self):
+        return "+".join(self.names + list(self.acts))
+
+
+class FusedStep:
+    """Runs sibling layers (a pycnn.ir.Fused node) as one fused op; pycnn.dispatch picks the kernel, pycnn's or
+    PyTorch's composition (`kernels`: auto, pycnn or torch); the last one run is kept in `last_kernel`."""
+
+    def __init__(self, node: ir.Fused, kernels: str):
+        self.kind, self.attrs, self.kernels = node.kind, dict(node.attrs), kernels
+        self.names = [layer.name for layer in node.layers if layer.own_module]
+        first = node.layers[0]
+        geometry = {k: first.attrs[k] for k in ("k", "s", "p", "d", "groups", "reduced") if k in first.attrs}
+        self.signature = f"{self.kind}:{first.in_shape[0]}->{node.out_shape[0]}:" + ",".join(
+            f"{k}={v}" for k, v in sorted({**geometry, **self.attrs}.items()))
+        self.last_kernel: Optional[str] = None
+        self.kernel_by_token: Dict[int, str] = {}  # network call signature token -> "pycnn" | "torch" (auto)
+
+    def run(self, modules, x, residual, kernel: str):
+        a = self.attrs
+        if self.kind == "conv_bn_act":
+            return fused.conv_bn_act(modules[0], modules[1], x, a["conv"], a["act"], residual, kernel)
+        if self.kind == "bn_act":
+            return fused.batch_norm_act(modules[0], x, a["act"], residual, kernel)
+        return fused.squeeze_excite(modules[0], x, a["act"], a["post_act"], residual, kernel)
+
+    def __call__(self, owner: nn.Module, x, residual=None):
+        if torch.compiler.is_compiling():
+            modules = [getattr(owner, name) for name in self.names]
+            kernel = dispatch.choose(self, lambda k, x_, r_: self.run(modules, x_, r_, k), x, residual, modules)
+            return self.run(modules, x, residual, kernel)
+        modules = [owner._modules[name] for name in self.names]  # nn.Module.__getattr__ costs ~0.5 us a name
+        kernel = self.kernels if self.kernels != "auto" else self._auto_kernel(modules, x, residual)
+        return self.run(modules, x, residual, kernel)
+
+    def _auto_kernel(self, modules, x, residual) -> str:
+        """The measured kernel: looked up by the network call's signature token (Network.forward) when there
+        is one, else by dispatch's full key (and then remembered under the token)."""
+        token = _call_token.value
+        kernel = self.kernel_by_token.get(token) if token is not None else None
+        if kernel is None:
+            kernel = dispatch.choose(self, lambda k, x_, r_: self.run(modules, x_, r_, k), x, residual, modules)
+            if token is not None:
+                self.kernel_by_token[token] = kernel
+        self.last_kernel = kernel
+        return kernel
+
+    def __repr__(self):
+        extra = ", adds the residual" if self.attrs.get("residual") else ""
+        return f"{'+'.join(self.names)} ({self.kind}{extra}, kernels={self.kernels})"
+
+
+def run_steps(owner: nn.Module, steps, x, residual=None):
+    """Runs the steps in order; the last one adds `residual` (a fused step made by the residual pass)."""
+    for step in steps[:-1]:
+        x = step(owner, x)
+    return steps[-1](owner, x, residual) if steps else x
+
+
+class Chain(nn.Sequential):
+    """Layers run one after another (a network part, a stage, a nested branch); fused steps run several
+    sibling layers as one op. Iterates and indexes like nn.Sequential."""
+
+    def __init__(self, modules, steps):
+        super().__init__(OrderedDict(modules))
+        self.steps = steps
+
+    def forward(self, x, residual=None):
+        return run_steps(self, self.steps, x, residual)
+
+    def extra_repr(self):
+        fused_steps = [repr(s) for s in self.steps if isinstance(s, FusedStep)]
+        return "fused: " + "; ".join(fused_steps) if fused_steps else ""
+
+
+class Block(nn.Module):
+    """Parallel branches on one input, merged (add, concat on channels, mul), with optional layers before and
+    after. The `main` branch's layers are attributes of the block itself; other branches are nested Chains
+    named after the branch; an empty branch is the identity. With `residual_into` (the residual pass), that
+    branch's last fused op adds the other branch's output itself (and applies the activation after the merge)."""
+
+    def __init__(self, modules, pre, branches, merge: str, post, residual_into: Optional[int] = None):
+        super().__init__()
+        for name, module in modules:
+            self.add_module(name, module)
+        self.pre, self.post, self.merge, self.residual_into = pre, post, merge, residual_into
+        self.branches = branches  # [(nested Chain's name or None, steps run on the block itself)]
+
+    def _branch(self, k: int, x, residual=None):
+        nested, steps = self.branches[k]
+        if nested is not None:
+            return getattr(self, nested)(x, residual)
+        return run_steps(self, steps, x, residual)
+
+    def forward(self, x):
+        x = run_steps(self, self.pre, x)
+        if self.residual_into is not None:
+            shortcut = self._branch(1 - self.residual_into, x)
+            y = self._branch(self.residual_into, x, residual=shortcut)
+        else:
+            outs = [self._branch(k, x) for k in range(len(self.branches))]
+            if self.merge == "add":
+                y = outs[0]
+                for o in outs[1:]:
+                    y = y + o
+            elif self.merge == "mul":
+                y = outs[0]
+                for o in outs[1:]:
+                    y = y * o
+            else:
+                y = torch.cat(outs, dim=1)
+        return run_steps(self, self.post, y)
+
+    def extra_repr(self):
+        fused_steps = [repr(s) for steps in [self.pre, self.post] + [b[1] for b in self.branches] for s in steps
+                       if isinstance(s, FusedStep)]
+        return f"merge={self.merge}" + ("; fused: " + "; ".join(fused_steps) if fused_steps else "")
+
+
+class _CallToken(threading.local):
+    value: Optional[int] = None  # the signature token of the network call running on this thread
+
+
+_call_token = _CallToken()
+_next_token = itertools.count(1)
+MAX_SIGNATURES = 256  # input signatures remembered per network; beyond, steps use dispatch's full key
+
+
+def _layout_of(x) -> Optional[torch.memory_format]:
+    """The memory format a caller's 4-D tensor is in (None when both or neither: 1x1 maps, odd strides)."""
+    nchw, cl = x.is_contiguous(), x.is_contiguous(memory_format=torch.channels_last)
+    return None if nchw == cl else (torch.contiguous_format if nchw else torch.channels_last)
+
+
+def enter_layout(x, layout: Optional[torch.memory_format]):
+    """(x in the network's internal layout, the caller's layout to give 4-D outputs back in, or None): a 4-D
+    input is converted once here, at the network's entry, never per layer."""
+    if layout is None or x.dim() != 4 or x.is_contiguous(memory_format=layout):
+        return x, None
+    return x.contiguous(memory_format=layout), _layout_of(x)
+
+
+def leave_layout(y, caller: Optional[torch.memory_format]):
+    """y (a 4-D output) in the caller's layout again; other outputs as they are."""
+    if caller is None or not isinstance(y, torch.Tensor) or y.dim() != 4:
+        return y
+    return y.contiguous(memory_format=caller)
+
+
+def step_lists(module: nn.Module) -> list:
+    """The lists of steps a container runs (a Chain: its steps; a Block: pre, post, its branches'); else []."""
+    if isinstance(module, Chain):
+        return [module.steps]
+    if isinstance(module, Block):
+        return [module.pre, module.post] + [b[1] for b in module.branches]
+    return []
+
+
+def fused_step_modules(model: nn.Module) -> list:
+    """The modules the fused steps of a compiled model run, in order."""
+    return [container._modules[name] for container in model.modules() for steps in step_lists(container)
+            for step in steps if isinstance(step, FusedStep) for name in step.names]
+
+
+class KeepsInputLayout:
+    """Pickling for a module with an `input_layout` attribute (a torch.memory_format, which torch.save's pickle
+    protocol cannot store): kept by name."""
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        if state.get("input_layout") is not None:
+            state["input_layout"] = str(state["input_layout"]).rpartition(".")[2]  # "channels_last"
+        return state
+
+    def __setstate__(self, state):
+        if isinstance(state.get("input_layout"), str):
+            state["input_layout"] = _MEMORY_FORMATS[state["input_layout"]]
+        super().__setstate__(state)
+
+
+_MEMORY_FORMATS = {"channels_last": torch.channels_last, "contiguous_format": torch.contiguous_format}
+
+
+def _drop_folds(module, incompatible_keys) -> None:
+    """load_state_dict's post-hook (a module-level function, so that a model still pickles)."""
+    fused.clear_folds(module)
+
+
+class Network(KeepsInputLayout, Chain):
+    """The compiled network: its parts in order. `arch` is the .arch source, `ir` the elaborated IR, `plan` the
+    IR after the passes (what runs), `backend` "fused" or "reference".
+
+    `input_layout`: the memory format the network runs in inside (lower() sets channels_last for the fused
+    backend, which pycnn's kernels and oneDNN are fastest in on the CPU and pycnn's CUDA kernels are native to);
+    an input in another layout is converted once at the entry and 4-D outputs are given back in the caller's
+    layout. None: as given (the reference backend and kernels="torch", which run exactly as plain PyTorch). Per
+    call, the kernels measured (kernels="auto") are looked up by one signature of the call (dispatch.call_facts
+    and the fused modules' train/eval), not per layer."""
+
+    def __init__(self, parts, arch: str, network_ir, plan, backend: str, input_layout=None):
+        super().__init__(parts, [LayerStep(name) for name, _ in parts])
+        self.arch, self.ir, self.plan, self.backend = arch, network_ir, plan, backend
+        self.input_layout: Optional[torch.memory_format] = input_layout
+        self._signatures: Dict[tuple, int] = {}
+        self.register_load_state_dict_post_hook(_drop_folds)
+
+    def _signature_token(self, x) -> Optional[int]:
+        """The token of this call's facts: dispatch.call_facts and the train/eval of every BatchNorm a fused step
+        runs (one switched alone counts too), so a cached kernel choice never outlives a fact."""
+        modules = self.__dict__.get("_train_eval_modules")
+        if modules is None:
+            modules = self.__dict__["_train_eval_modules"] = dispatch.train_eval_modules(fused_step_modules(self))
+        key = (dispatch.call_facts(x), tuple([m.training for m in modules]))
+        token = self._signatures.get(key)
+        if token is None and len(self._signatures) < MAX_SIGNATURES:
+            token = self._signatures[key] = next(_next_token)
+        return token
+
+    def forward(self, x):
+        x, caller = enter_layout(x, self.input_layout)
+        if torch.compiler.is_compiling():
+            return leave_layout(super().forward(x), caller)
+        previous, _call_token.value = _call_token.value, self._signature_token(x)
+        keep_less = self.recompute_epilogues and self.training and torch.is_grad_enabled()
+        try:
+            with memory.recompute_epilogues() if keep_less else contextlib.nullcontext():
+                y = super().forward(x)
+        finally:
+            _call_token.value = previous
+        dispatch.flush_measurements()  # the kernel choices this call measured, in one write
+        return leave_layout(y, caller)
+
+    def train(self, mode: bool = True):
+        fused.clear_folds(self)  # refolded on the next eval call (also after edits autograd does not see: .data)
+        return super().train(mode)
+
+    def _apply(self, fn, *args, **kwargs):
+        fused.clear_folds(self)  # .to(), .cuda(), .half(): the folds of the old tensors are dropped
+        return super()._apply(fn, *args, **kwargs)
+
+    def kernels(self) -> Dict[str, str]:
+        """{layer name: what runs it} for every layer; see pycnn.summary(model)."""
+        from .report import kernel_table  # the report reads the runtime's steps
+        return kernel_table(self)
+
+    # timm's interface (pycnn.features): the last feature map, the head, a new classifier
+    def forward_features(self, x):
+        from .features import forward_features
+        return forward_features(self, x)
+
+    def forward_head(self, x, pre_logits: bool = False):
+        from .features import forward_head
+        return forward_head(self, x, pre_logits)
+
+    def reset_classifier(self, num_classes: int) -> None:
+        from .features import reset_classifier
+        reset_classifier(self, num_classes)
+
+    @property
+    def feature_info(self):
+        from .features import FeatureInfo, feature_points
+        points = feature_points(self.ir)
+        return FeatureInfo(points, range(len(points)))
