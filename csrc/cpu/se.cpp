@@ -158,7 +158,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> se_forward_cpu(const Tensor& input_, 
     gate = at::empty({l.n, l.c}, pooled.options());
   }
 
-  const auto& kernels = PYCNN_CPU_KERNELS(se);
+  const auto& kernels = PYCNN_CPU_KERNELS(se, input.scalar_type());
   kernels.pool_excite(l, act, direct, input, fc1_weight, fc1_bias, fc2_weight, fc2_bias, pooled, hidden, gate);
   if (!direct) {
     // The excitation: [N, C] -> [N, C_r] -> [N, C], GEMMs in the accumulation dtype.

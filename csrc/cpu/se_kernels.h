@@ -180,7 +180,7 @@ void run_pool_excite(const Layout& l, Act act, bool direct, const Tensor& input,
                      const OptTensor& fc1_bias, const Tensor& fc2_weight, const OptTensor& fc2_bias,
                      const Tensor& pooled, const Tensor& hidden, const Tensor& gate) {
   const auto acc_type = pooled.scalar_type();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "se_forward_cpu", [&] {
+  PYCNN_DISPATCH_FLOATING_TYPES_AND_HALF_BF16(input.scalar_type(), "se_forward_cpu", [&] {
     using acc = at::opmath_type<scalar_t>;
     pool<scalar_t, acc>(l, input.const_data_ptr<scalar_t>(), pooled.data_ptr<acc>());
     if (!direct) return;
@@ -199,7 +199,7 @@ void run_pool_excite(const Layout& l, Act act, bool direct, const Tensor& input,
 
 void run_scale(const Layout& l, Act post, const Tensor& input, const Tensor& residual, const Tensor& gate,
                const Tensor& output) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "se_forward_cpu", [&] {
+  PYCNN_DISPATCH_FLOATING_TYPES_AND_HALF_BF16(input.scalar_type(), "se_forward_cpu", [&] {
     using acc = at::opmath_type<scalar_t>;
     scale_any<scalar_t, acc>(l, post, input.const_data_ptr<scalar_t>(),
                              residual.defined() ? residual.const_data_ptr<scalar_t>() : nullptr,
