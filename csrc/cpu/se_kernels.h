@@ -345,6 +345,7 @@ void run_scale(const Layout& l, Act post, const Tensor& input, const Tensor& res
   });
 }
 
+#if PYCNN_ISA_VARIANT == 0  // only the baseline's runs (see se.cpp): not built into the other variants
 void run_backward_gate_sums(const Layout& l, Act post, const Tensor& input, const Tensor& grad_output,
                             const Tensor& residual, const Tensor& gate, const Tensor& grad_gate) {
   PYCNN_DISPATCH_FLOATING_TYPES_AND_HALF_BF16(input.scalar_type(), "se_backward_cpu", [&] {
@@ -354,6 +355,8 @@ void run_backward_gate_sums(const Layout& l, Act post, const Tensor& input, cons
                                       gate.const_data_ptr<acc>(), grad_gate.data_ptr<acc>());
   });
 }
+
+#endif
 
 void run_backward_input(const Layout& l, Act post, const Tensor& input, const Tensor& grad_output,
                         const Tensor& residual, const Tensor& gate, const Tensor& dpooled, const Tensor& grad_input,
@@ -368,4 +371,10 @@ void run_backward_input(const Layout& l, Act post, const Tensor& input, const Te
   });
 }
 
-extern const SeKernels kernels = {&run_pool_excite, &run_scale, &run_backward_gate_sums, &run_backward_input};
+extern const SeKernels kernels = {&run_pool_excite, &run_scale,
+#if PYCNN_ISA_VARIANT == 0
+                                  &run_backward_gate_sums,
+#else
+                                  nullptr,
+#endif
+                                  &run_backward_input};
