@@ -2,7 +2,9 @@
 // translation units); build_info() says how this binary was built; check_<op>(...) runs the argument checks
 // of an op (the ones its CPU and CUDA kernels run first) for pycnn/ops.py's fake kernels, so that under
 // torch.compile and torch.export bad arguments get the same errors as in eager, from the same code.
-#include <torch/extension.h>
+// pybind11 with torch's Tensor caster (defined in libtorch_python), not torch/extension.h: that one parses
+// all of libtorch's C++ API (torch::nn, optim, autograd...), 3/4 of this unit's compile time.
+#include <torch/csrc/utils/pybind.h>
 
 #include <string>
 

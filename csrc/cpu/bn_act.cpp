@@ -46,7 +46,7 @@ std::tuple<Tensor, Tensor, Tensor> bn_act_forward_cpu(const Tensor& input_, cons
   }
   const Tensor w = channel_vector_acc(weight, input, 1.0), b = channel_vector_acc(bias, input, 0.0);
 
-  PYCNN_CPU_KERNELS(bn).forward(l, act, training, eps, input, residual, w, b, mean, var, output);
+  PYCNN_CPU_KERNELS(bn, input.scalar_type()).forward(l, act, training, eps, input, residual, w, b, mean, var, output);
   return {output, mean, var};
 }
 
@@ -68,7 +68,7 @@ std::tuple<Tensor, Tensor, Tensor, OptTensor> bn_act_backward_cpu(
   Tensor grad_residual = residual.defined() ? at::empty_like(input, format) : Tensor();
   Tensor sums = at::empty({2, l.c}, input.options().dtype(acc_type));  // [sum dz, sum dz * (x - mean)]
 
-  PYCNN_CPU_KERNELS(bn).backward(l, act, training, eps, input, grad_output, residual, w, b, mean, var, sums,
+  PYCNN_CPU_KERNELS(bn, input.scalar_type()).backward(l, act, training, eps, input, grad_output, residual, w, b, mean, var, sums,
                                   grad_input, grad_residual);
   Tensor grad_bias = sums[0].clone(), grad_weight = sums[1].clone();
   if (weight) grad_weight = grad_weight.to(weight->scalar_type());

@@ -275,7 +275,7 @@ void backward(const Layout& l, Act act, bool training, const scalar_t* x, const 
 
 void run_forward(const Layout& l, Act act, bool training, double eps, const Tensor& input, const Tensor& residual,
                  const Tensor& w, const Tensor& b, const Tensor& mean, const Tensor& var, const Tensor& output) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "bn_act_forward_cpu", [&] {
+  PYCNN_DISPATCH_FLOATING_TYPES_AND_HALF_BF16(input.scalar_type(), "bn_act_forward_cpu", [&] {
     using acc = at::opmath_type<scalar_t>;
     const scalar_t* x = input.const_data_ptr<scalar_t>();
     if (training) batch_moments<scalar_t, acc>(l, x, mean.data_ptr<acc>(), var.data_ptr<acc>());
@@ -293,7 +293,7 @@ void run_forward(const Layout& l, Act act, bool training, double eps, const Tens
 void run_backward(const Layout& l, Act act, bool training, double eps, const Tensor& input, const Tensor& grad_output,
                   const Tensor& residual, const Tensor& w, const Tensor& b, const Tensor& mean, const Tensor& var,
                   const Tensor& sums, const Tensor& grad_input, const Tensor& grad_residual) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "bn_act_backward_cpu", [&] {
+  PYCNN_DISPATCH_FLOATING_TYPES_AND_HALF_BF16(input.scalar_type(), "bn_act_backward_cpu", [&] {
     using acc = at::opmath_type<scalar_t>;
     std::vector<acc> invstd(l.c), scale(l.c);
     const acc* mu = mean.const_data_ptr<acc>();

@@ -57,7 +57,7 @@ Tensor dwconv_forward_nchw(const DwConvGeometry& g, const Tensor& input, const T
   const Tensor sc = channel_vector_acc(scale, input, 1.0), bi = channel_vector_acc(bias, input, 0.0);
   Tensor y = at::empty({g.n, g.c, g.oh, g.ow}, input.options());
   if (y.numel() == 0) return y;
-  PYCNN_CPU_KERNELS(dwn).forward(g, act, x, wt, sc, bi, r, y);
+  PYCNN_CPU_KERNELS(dwn, x.scalar_type()).forward(g, act, x, wt, sc, bi, r, y);
   return y;
 }
 
@@ -73,7 +73,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, OptTensor> dwconv_backward_nchw(
   Tensor dr = r.defined() ? at::empty({g.n, g.c, g.oh, g.ow}, input.options()) : Tensor();
   Tensor gw = at::zeros({g.c, int64_t(g.k) * g.k}, acc_opts);
   Tensor gs = at::zeros({g.c}, acc_opts), gb = at::zeros({g.c}, acc_opts);
-  if (g.n * g.c * g.h * g.w > 0) PYCNN_CPU_KERNELS(dwn).backward(g, act, x, dy, wt, sc, bi, r, dx, dr, gw, gs, gb);
+  if (g.n * g.c * g.h * g.w > 0) PYCNN_CPU_KERNELS(dwn, x.scalar_type()).backward(g, act, x, dy, wt, sc, bi, r, dx, dr, gw, gs, gb);
   Tensor grad_weight = gw.reshape(weight.sizes()).to(weight.scalar_type()).contiguous();
   if (scale) gs = gs.to(scale->scalar_type());
   if (bias) gb = gb.to(bias->scalar_type());
@@ -100,7 +100,7 @@ Tensor dwconv_forward_cpu(const Tensor& input, const Tensor& weight, const OptTe
   const Tensor sc = channel_vector_acc(scale, input, 1.0), bi = channel_vector_acc(bias, input, 0.0);
   Tensor y = output_like(input, g);
   if (y.numel() > 0) {
-    PYCNN_CPU_KERNELS(dw).forward(g, act, x, wt, affine ? sc : Tensor(), affine ? bi : Tensor(), r, y);
+    PYCNN_CPU_KERNELS(dw, y.scalar_type()).forward(g, act, x, wt, affine ? sc : Tensor(), affine ? bi : Tensor(), r, y);
   }
   return y.contiguous(kernel_memory_format(input));
 }
@@ -143,7 +143,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, OptTensor> dwconv_backward_cpu(
                                      g.pw <= g.k - 1;
 
   const Tensor flipped = transposed_as_forward ? dwconv_weight_taps(weight.flip({2, 3})) : Tensor();
-  PYCNN_CPU_KERNELS(dw).backward(g, act, identity, x, dy, r, wt, flipped, sc, bi, dx, dr, gu, partials,
+  PYCNN_CPU_KERNELS(dw, x.scalar_type()).backward(g, act, identity, x, dy, r, wt, flipped, sc, bi, dx, dr, gu, partials,
                                  rows_per_block, blocks);
   Tensor sums = partials.sum(0);  // [k*k + 2][C]
   // With the identity epilogue dz = dy, so dscale = sum dy * conv(x) = sum over taps of w * dweight.

@@ -596,7 +596,7 @@ void backward_grad_in(const DwConvGeometry& g, const gu_t* gu, const acc* wt, sc
 
 void run_forward(const DwConvGeometry& g, Act act, const Tensor& x, const Tensor& wt, const Tensor& sc,
                  const Tensor& bi, const Tensor& r, const Tensor& y) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "dwconv_forward_cpu", [&] {
+  PYCNN_DISPATCH_FLOATING_TYPES_AND_HALF_BF16(y.scalar_type(), "dwconv_forward_cpu", [&] {
     using acc = at::opmath_type<scalar_t>;
     const acc* scp = sc.defined() ? sc.const_data_ptr<acc>() : nullptr;
     const acc* bip = bi.defined() ? bi.const_data_ptr<acc>() : nullptr;
@@ -621,7 +621,7 @@ void run_backward(const DwConvGeometry& g, Act act, bool identity, const Tensor&
                   const Tensor& dx, const Tensor& dr, const Tensor& gu, const Tensor& partials,
                   int64_t rows_per_block, int64_t blocks) {
   const int64_t rows = g.n * g.oh;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "dwconv_backward_cpu", [&] {
+  PYCNN_DISPATCH_FLOATING_TYPES_AND_HALF_BF16(x.scalar_type(), "dwconv_backward_cpu", [&] {
     using acc = at::opmath_type<scalar_t>;
     auto grad_in = [&](const auto* grad_u) {
       using gu_t = std::remove_cv_t<std::remove_pointer_t<decltype(grad_u)>>;

@@ -406,7 +406,7 @@ void backward(const DwConvGeometry& g, const scalar_t* x, const scalar_t* dy, co
 
 void run_forward(const DwConvGeometry& g, Act act, const Tensor& x, const Tensor& wt, const Tensor& sc,
                  const Tensor& bi, const Tensor& r, const Tensor& y) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "dwconv_forward_nchw", [&] {
+  PYCNN_DISPATCH_FLOATING_TYPES_AND_HALF_BF16(x.scalar_type(), "dwconv_forward_nchw", [&] {
     using acc = at::opmath_type<scalar_t>;
     cpu::dispatch_act(act, [&](auto A) {
       forward<scalar_t, acc, decltype(A)::value>(g, x.const_data_ptr<scalar_t>(), wt.const_data_ptr<acc>(),
@@ -420,7 +420,7 @@ void run_forward(const DwConvGeometry& g, Act act, const Tensor& x, const Tensor
 void run_backward(const DwConvGeometry& g, Act act, const Tensor& x, const Tensor& dy, const Tensor& wt,
                   const Tensor& sc, const Tensor& bi, const Tensor& r, const Tensor& dx, const Tensor& dr,
                   const Tensor& gw, const Tensor& gs, const Tensor& gb) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "dwconv_backward_nchw", [&] {
+  PYCNN_DISPATCH_FLOATING_TYPES_AND_HALF_BF16(x.scalar_type(), "dwconv_backward_nchw", [&] {
     using acc = at::opmath_type<scalar_t>;
     cpu::dispatch_act(act, [&](auto A) {
       backward<scalar_t, acc, decltype(A)::value>(

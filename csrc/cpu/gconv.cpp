@@ -96,7 +96,7 @@ std::tuple<Tensor, Tensor> gconv_forward_cpu(const Tensor& input, const Tensor& 
   Tensor y = at::empty({g.n, g.c_out, g.oh, g.ow}, acc_opts.memory_format(nhwc));
   Tensor saved = keep ? at::empty({g.n, g.c_out, g.oh, g.ow}, acc_opts.memory_format(nhwc)) : Tensor();
   if (y.numel() > 0) {
-    PYCNN_CPU_KERNELS(gc).forward(g, act, x, weight, s, b, r, y, saved);
+    PYCNN_CPU_KERNELS(gc, x.scalar_type()).forward(g, act, x, weight, s, b, r, y, saved);
   }
   auto back = [&](const Tensor& t) { return t.to(input.scalar_type()).contiguous(format); };
   return {back(y), keep ? back(saved) : at::empty({0}, input.options())};
@@ -124,7 +124,7 @@ std::tuple<Tensor, Tensor, OptTensor, OptTensor, OptTensor> gconv_backward_cpu(
       conv = nhwc_acc(saved_, acc_type);
     } else {  // not saved by forward: recompute the convolution
       conv = at::empty({g.n, g.c_out, g.oh, g.ow}, x.options().memory_format(nhwc));
-      PYCNN_CPU_KERNELS(gc).forward(g, Act::None, x, weight, Tensor(), Tensor(), Tensor(), conv, Tensor());
+      PYCNN_CPU_KERNELS(gc, x.scalar_type()).forward(g, Act::None, x, weight, Tensor(), Tensor(), Tensor(), conv, Tensor());
     }
   }
   Tensor dres = residual ? at::empty({g.n, g.c_out, g.oh, g.ow}, x.options().memory_format(nhwc)) : Tensor();
@@ -141,7 +141,7 @@ std::tuple<Tensor, Tensor, OptTensor, OptTensor, OptTensor> gconv_backward_cpu(
     const Tensor dc_view = dc.narrow(0, 0, g.out_rows() * g.c_out)
                                .view({g.n, g.oh, g.ow, g.c_out})
                                .permute({0, 3, 1, 2});
-    const auto& kernels = PYCNN_CPU_KERNELS(gc);
+    const auto& kernels = PYCNN_CPU_KERNELS(gc, x.scalar_type());
     if (dx.numel() > 0) kernels.dgrad(g, dc_view, weight, dx);
     dwk = kernels.wgrad(g, x, dc);
   });

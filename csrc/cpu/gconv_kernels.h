@@ -330,18 +330,18 @@ Tensor run_wgrad(const GConvGeometry& g, const Tensor& x, const acc* dc) {
 
 void forward_entry(const GConvGeometry& g, Act act, const Tensor& x, const Tensor& weight, const Tensor& scale,
                    const Tensor& bias, const Tensor& res, const Tensor& y, const Tensor& saved) {
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gconv_forward_cpu", [&] {
+  PYCNN_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gconv_forward_cpu", [&] {
     run_forward<scalar_t>(g, act, x, weight, scale, bias, res, y, saved);
   });
 }
 
 void dgrad_entry(const GConvGeometry& g, const Tensor& dc, const Tensor& weight, const Tensor& dx) {
-  AT_DISPATCH_FLOATING_TYPES(dx.scalar_type(), "gconv_backward_cpu", [&] { run_dgrad<scalar_t>(g, dc, weight, dx); });
+  PYCNN_DISPATCH_FLOATING_TYPES(dx.scalar_type(), "gconv_backward_cpu", [&] { run_dgrad<scalar_t>(g, dc, weight, dx); });
 }
 
 Tensor wgrad_entry(const GConvGeometry& g, const Tensor& x, const Tensor& dc) {
   Tensor out;
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gconv_backward_cpu", [&] {
+  PYCNN_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gconv_backward_cpu", [&] {
     out = run_wgrad<scalar_t>(g, x, dc.const_data_ptr<scalar_t>());
   });
   return out;

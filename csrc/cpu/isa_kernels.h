@@ -54,6 +54,19 @@
 #endif
 #endif
 
+// The dtypes a kernels header's entry points dispatch on: float64 in the baseline variant only (the host
+// code runs float64 there whatever the CPU: cpu::select in cpu/kernel_utils.h).
+#if PYCNN_ISA_VARIANT == 0
+#define PYCNN_DISPATCH_FLOATING_TYPES(TYPE, NAME, ...) AT_DISPATCH_FLOATING_TYPES(TYPE, NAME, __VA_ARGS__)
+#define PYCNN_DISPATCH_FLOATING_TYPES_AND_HALF_BF16(TYPE, NAME, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
+#else
+#define PYCNN_DISPATCH_FLOATING_TYPES(TYPE, NAME, ...) AT_DISPATCH_SWITCH(TYPE, NAME, AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__))
+#define PYCNN_DISPATCH_FLOATING_TYPES_AND_HALF_BF16(TYPE, NAME, ...)                                          \
+  AT_DISPATCH_SWITCH(TYPE, NAME, AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__) AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__) \
+                         AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__))
+#endif
+
 namespace pycnn {
 namespace PYCNN_ISA_CAT(PYCNN_ISA_NS, PYCNN_ISA_SUFFIX) {
 #include "cpu/isa_prelude.h"

@@ -1,5 +1,6 @@
-// The entry points of cpu/se_kernels.h, one table per variant (cpu/isa_kernels.h): the forward's passes
-// over the activation (pool, scale) and the small excitations, called by se.cpp.
+// The entry points of cpu/se_kernels.h, one table per variant (cpu/isa_kernels.h): the passes over the
+// activation (forward: pool, scale; backward: gate sums, input gradient) and the small excitations, called
+// by se.cpp.
 #pragma once
 
 #include "cpu/kernel_utils.h"
@@ -16,6 +17,14 @@ struct SeKernels {
   // output = post(input * gate [+ residual]).
   void (*scale)(const cpu::Layout& l, Act post, const Tensor& input, const Tensor& residual, const Tensor& gate,
                 const Tensor& output);
+  // The backward's passes over the activation, with g = dy * post'(input * gate [+ residual]):
+  // grad_gate = sum over H*W of g * input ([N, C], acc; in the baseline variant only, null in the others);
+  void (*backward_gate_sums)(const cpu::Layout& l, Act post, const Tensor& input, const Tensor& grad_output,
+                             const Tensor& residual, const Tensor& gate, const Tensor& grad_gate);
+  // grad_input = g * gate + dpooled ([N, C], acc: the gradient through the pool), grad_residual = g if defined.
+  void (*backward_input)(const cpu::Layout& l, Act post, const Tensor& input, const Tensor& grad_output,
+                         const Tensor& residual, const Tensor& gate, const Tensor& dpooled, const Tensor& grad_input,
+                         const Tensor& grad_residual);
 };
 
 PYCNN_CPU_VARIANTS(SeKernels, se)

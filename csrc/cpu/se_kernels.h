@@ -1,4 +1,4 @@
-// CPU kernels of pycnn::se_forward (both layouts). Not a normal header: cpu/isa_kernels.h compiles it once
+// CPU kernels of pycnn::se_forward / se_backward (both layouts). Not a normal header: cpu/isa_kernels.h compiles it once
 // per variant (namespaces pycnn::se_base, se_avx2, se_avx512), and se.cpp calls the one that runs through
 // its table of entry points (`kernels` at the end, declared in cpu/se_entries.h).
 //
@@ -174,13 +174,151 @@ void excite(int64_t n, int64_t c, int64_t cr, Act act, const acc* pooled, const 
   }
 }
 
+// The backward's passes. Visits the tensor as contiguous spans in parallel: fn(offset, image, channel, length);
+// in NCHW a span is one (n, c) plane of H*W elements of a single channel, in channels_last one pixel's C
+// channels. Span loops take the channel stride S (0 or 1) as a template argument, so one body serves both
+// layouts and vectorizes.
+template <typename Fn>
+void parallel_spans(const Layout& l, Fn fn) {
+  if (l.channels_last) {
+    const int64_t pixels = l.n * l.hw;
+    const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(l.c, 1));
+    at::parallel_for(0, pixels, grain, [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) fn(p * l.c, p / l.hw, int64_t(0), l.c);
+    });
+  } else {
+    const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(l.hw, 1));
+    at::parallel_for(0, l.n * l.c, grain, [&](int64_t q0, int64_t q1) {
+      for (int64_t q = q0; q < q1; ++q) fn(q * l.hw, q / l.c, q % l.c, l.hw);
+    });
+  }
+}
+
+// Sum over one span of term(j): with S == 1 every element adds into its channel's slot out[j]; with S == 0
+// (one channel per span) into kSeLanes partial sums, so the float reduction vectorizes without -ffast-math.
+template <int S, typename acc, typename Term>
+inline void accumulate_span(int64_t len, acc* __restrict__ out, Term term) {
+  if constexpr (S == 1) {
+    for (int64_t j = 0; j < len; ++j) out[j] += term(j);
+  } else {
+    acc lanes[kSeLanes] = {};
+    int64_t j = 0;
+    for (; j + kSeLanes <= len; j += kSeLanes)
+      for (int t = 0; t < kSeLanes; ++t) lanes[t] += term(j + t);
+    for (; j < len; ++j) lanes[0] += term(j);
+    acc s = 0;
+    for (int t = 0; t < kSeLanes; ++t) s += lanes[t];
+    out[0] += s;
+  }
+}
+
+// Per-(image, channel) sums over H*W: out[n * C + c] = sum_hw term. span_sums(offset, n, c, len, out)
+// accumulates one span into out (out points at the span's first channel slot).
+template <typename acc, typename SpanSums>
+void image_channel_sums(const Layout& l, acc* out, SpanSums span_sums) {
+  if (!l.channels_last) {  // one plane per (n, c): its sum is final
+    const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(l.hw, 1));
+    at::parallel_for(0, l.n * l.c, grain, [&](int64_t q0, int64_t q1) {
+      for (int64_t q = q0; q < q1; ++q) {
+        out[q] = acc(0);
+        span_sums(q * l.hw, q / l.c, q % l.c, l.hw, out + q);
+      }
+    });
+    return;
+  }
+  // channels_last: blocks of pixels of one image, each with its own [C] partial sums, merged at the end.
+  const int64_t per_block = std::max<int64_t>(1, 16384 / std::max<int64_t>(l.c, 1));
+  const int64_t blocks_per_image = (l.hw + per_block - 1) / per_block;
+  const int64_t blocks = l.n * blocks_per_image;
+  std::vector<acc> partial(static_cast<size_t>(blocks * l.c), acc(0));
+  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t n = b / blocks_per_image, first = (b % blocks_per_image) * per_block;
+      const int64_t last = std::min(l.hw, first + per_block);
+      acc* sums = partial.data() + b * l.c;
+      for (int64_t p = first; p < last; ++p) span_sums((n * l.hw + p) * l.c, n, int64_t(0), l.c, sums);
+    }
+  });
+  at::parallel_for(0, l.n * l.c, 256, [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k) {
+      const int64_t n = k / l.c, c = k % l.c;
+      acc s = 0;
+      for (int64_t b = 0; b < blocks_per_image; ++b) s += partial[(n * blocks_per_image + b) * l.c + c];
+      out[k] = s;
+    }
+  });
+}
+
+
+// grad_gate[n, c] = sum over H*W of g * x, g = dy * post'(x * s [+ r]) recomputed.
+template <typename scalar_t, typename acc>
+void backward_gate_sums(const Layout& l, Act post, const scalar_t* x, const scalar_t* dy, const scalar_t* r,
+                        const acc* s, acc* grad_gate) {
+  auto grad_z = [](auto P, acc xj, acc dyj, acc sj, acc rj) { return act_backward<acc>(P, dyj, xj * sj + rj); };
+  cpu::dispatch_act(post, [&](auto P) {
+    cpu::dispatch_channel_stride(l, [&](auto S_) {
+      constexpr int S = decltype(S_)::value;
+      image_channel_sums<acc>(l, grad_gate, [&](int64_t off, int64_t n, int64_t c, int64_t len, acc* out) {
+        const scalar_t* __restrict__ xs = x + off;
+        const scalar_t* __restrict__ dys = dy + off;
+        const acc* __restrict__ ss = s + n * l.c + c;
+        if (r != nullptr) {
+          const scalar_t* __restrict__ rs = r + off;
+          accumulate_span<S, acc>(len, out, [&](int64_t j) {
+            const acc xj = static_cast<acc>(xs[j]);
+            return grad_z(P, xj, static_cast<acc>(dys[j]), ss[j * S], static_cast<acc>(rs[j])) * xj;
+          });
+        } else {
+          accumulate_span<S, acc>(len, out, [&](int64_t j) {
+            const acc xj = static_cast<acc>(xs[j]);
+            return grad_z(P, xj, static_cast<acc>(dys[j]), ss[j * S], acc(0)) * xj;
+          });
+        }
+      });
+    });
+  });
+}
+
+// dx = g * s + dp (dp: the gradient through the pool, [N, C]), dr = g.
+template <typename scalar_t, typename acc>
+void backward_input(const Layout& l, Act post, const scalar_t* x, const scalar_t* dy, const scalar_t* r,
+                    const acc* s, const acc* dpp, scalar_t* dx, scalar_t* dr) {
+  auto grad_z = [](auto P, acc xj, acc dyj, acc sj, acc rj) { return act_backward<acc>(P, dyj, xj * sj + rj); };
+  cpu::dispatch_act(post, [&](auto P) {
+    cpu::dispatch_channel_stride(l, [&](auto S_) {
+      constexpr int S = decltype(S_)::value;
+      parallel_spans(l, [&](int64_t off, int64_t n, int64_t c, int64_t len) {
+        const scalar_t* __restrict__ xs = x + off;
+        const scalar_t* __restrict__ dys = dy + off;
+        scalar_t* __restrict__ dxs = dx + off;
+        const acc* __restrict__ ss = s + n * l.c + c;
+        const acc* __restrict__ dps = dpp + n * l.c + c;
+        if (r != nullptr) {
+          const scalar_t* __restrict__ rs = r + off;
+          scalar_t* __restrict__ drs = dr + off;
+          for (int64_t j = 0; j < len; ++j) {
+            const acc g = grad_z(P, static_cast<acc>(xs[j]), static_cast<acc>(dys[j]), ss[j * S], static_cast<acc>(rs[j]));
+            dxs[j] = static_cast<scalar_t>(g * ss[j * S] + dps[j * S]);
+            drs[j] = static_cast<scalar_t>(g);
+          }
+        } else {
+          for (int64_t j = 0; j < len; ++j) {
+            const acc g = grad_z(P, static_cast<acc>(xs[j]), static_cast<acc>(dys[j]), ss[j * S], acc(0));
+            dxs[j] = static_cast<scalar_t>(g * ss[j * S] + dps[j * S]);
+          }
+        }
+      });
+    });
+  });
+}
+
 // ------------------------------------------------------------------------ entry points ----
 
 void run_pool_excite(const Layout& l, Act act, bool direct, const Tensor& input, const Tensor& fc1_weight,
                      const OptTensor& fc1_bias, const Tensor& fc2_weight, const OptTensor& fc2_bias,
                      const Tensor& pooled, const Tensor& hidden, const Tensor& gate) {
   const auto acc_type = pooled.scalar_type();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "se_forward_cpu", [&] {
+  PYCNN_DISPATCH_FLOATING_TYPES_AND_HALF_BF16(input.scalar_type(), "se_forward_cpu", [&] {
     using acc = at::opmath_type<scalar_t>;
     pool<scalar_t, acc>(l, input.const_data_ptr<scalar_t>(), pooled.data_ptr<acc>());
     if (!direct) return;
@@ -199,7 +337,7 @@ void run_pool_excite(const Layout& l, Act act, bool direct, const Tensor& input,
 
 void run_scale(const Layout& l, Act post, const Tensor& input, const Tensor& residual, const Tensor& gate,
                const Tensor& output) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "se_forward_cpu", [&] {
+  PYCNN_DISPATCH_FLOATING_TYPES_AND_HALF_BF16(input.scalar_type(), "se_forward_cpu", [&] {
     using acc = at::opmath_type<scalar_t>;
     scale_any<scalar_t, acc>(l, post, input.const_data_ptr<scalar_t>(),
                              residual.defined() ? residual.const_data_ptr<scalar_t>() : nullptr,
@@ -207,4 +345,36 @@ void run_scale(const Layout& l, Act post, const Tensor& input, const Tensor& res
   });
 }
 
-extern const SeKernels kernels = {&run_pool_excite, &run_scale};
+#if PYCNN_ISA_VARIANT == 0  // only the baseline's runs (see se.cpp): not built into the other variants
+void run_backward_gate_sums(const Layout& l, Act post, const Tensor& input, const Tensor& grad_output,
+                            const Tensor& residual, const Tensor& gate, const Tensor& grad_gate) {
+  PYCNN_DISPATCH_FLOATING_TYPES_AND_HALF_BF16(input.scalar_type(), "se_backward_cpu", [&] {
+    using acc = at::opmath_type<scalar_t>;
+    backward_gate_sums<scalar_t, acc>(l, post, input.const_data_ptr<scalar_t>(), grad_output.const_data_ptr<scalar_t>(),
+                                      residual.defined() ? residual.const_data_ptr<scalar_t>() : nullptr,
+                                      gate.const_data_ptr<acc>(), grad_gate.data_ptr<acc>());
+  });
+}
+
+#endif
+
+void run_backward_input(const Layout& l, Act post, const Tensor& input, const Tensor& grad_output,
+                        const Tensor& residual, const Tensor& gate, const Tensor& dpooled, const Tensor& grad_input,
+                        const Tensor& grad_residual) {
+  PYCNN_DISPATCH_FLOATING_TYPES_AND_HALF_BF16(input.scalar_type(), "se_backward_cpu", [&] {
+    using acc = at::opmath_type<scalar_t>;
+    backward_input<scalar_t, acc>(l, post, input.const_data_ptr<scalar_t>(), grad_output.const_data_ptr<scalar_t>(),
+                                  residual.defined() ? residual.const_data_ptr<scalar_t>() : nullptr,
+                                  gate.const_data_ptr<acc>(), dpooled.const_data_ptr<acc>(),
+                                  grad_input.data_ptr<scalar_t>(),
+                                  grad_residual.defined() ? grad_residual.data_ptr<scalar_t>() : nullptr);
+  });
+}
+
+extern const SeKernels kernels = {&run_pool_excite, &run_scale,
+#if PYCNN_ISA_VARIANT == 0
+                                  &run_backward_gate_sums,
+#else
+                                  nullptr,
+#endif
+                                  &run_backward_input};

@@ -306,6 +306,8 @@ __global__ void __launch_bounds__(kTcThreads) gconv_wmma_kernel(GConvForwardPara
       }
     }
   }
+#else
+  __trap();  // PTX for an architecture below 8.0 run on a tensor-core GPU: fail the launch, never write garbage
 #endif
 }
 
