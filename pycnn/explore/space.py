@@ -246,6 +246,7 @@ class Sampler:
         self._memo, self._positional, self._layer_memo, self._call_names = {}, {}, {}, {}
         self.tries = self.rejected_constraint = self.rejected_arch = self.rejected_window = 0
         self.count = 0
+        self._draws = None  # (draws that broke a constraint, the next draw), from self.rng (its alone)
 
     def elaborate(self, overrides: dict) -> ir.NetworkIR:
         """The IR of one sampled network, elaborated afresh (nothing shared with other networks)."""
@@ -266,9 +267,17 @@ class Sampler:
         return self
 
     def __next__(self) -> Sample:
+        if self._draws is None:  # the remembering sampler draws many at once (the same draws)
+            self._draws = (self.space.draws(self.rng) if self.remember else
+                           ((0, self.space.draw(self.rng)) for _ in iter(int, 1)))
         while self.tries < self.max_tries:
-            self.tries += 1
-            values = self.space.draw(self.rng)
+            broken, values = next(self._draws)
+            if self.tries + broken >= self.max_tries:
+                self.rejected_constraint += self.max_tries - self.tries
+                self.tries = self.max_tries
+                break
+            self.tries += broken + 1
+            self.rejected_constraint += broken
             if not self.space.satisfies(values):
                 self.rejected_constraint += 1
                 continue
