@@ -199,11 +199,14 @@ class Space:
     def draws(self, rng: random.Random):
         """The draws of draw(rng), one after the other, as (how many draws before this one broke a
         `non_decreasing` constraint, this draw): the same values from the same random numbers, made many at once
-        when numpy is there (then the rng is read ahead: it is this iterator's alone)."""
-        try:
-            import numpy
-        except ImportError:
-            numpy = None
+        when there are such constraints and numpy is there (then the rng is read ahead: it is this iterator's
+        alone)."""
+        numpy = None
+        if self.non_decreasing:  # what whole blocks of draws check at once (else one by one is as fast)
+            try:
+                import numpy
+            except ImportError:
+                pass
         if numpy is None:
             while True:
                 yield 0, self.draw(rng)

@@ -102,9 +102,10 @@ class _MemoElaborator(Elaborator):
     returns shares nodes between networks (trials elaborate their network afresh)."""
 
     def __init__(self, program, limits, memo: dict, positional: dict, layer_memo: dict, call_names: dict,
-                 flops_max=None, params_max=None):
+                 spec_memo: dict, flops_max=None, params_max=None):
         super().__init__(program, limits)
         self.memo, self.positional, self.layer_memo, self.call_names = memo, positional, layer_memo, call_names
+        self.spec_memo = spec_memo  # (site, in, values read) -> bind_spec's answer
         self.flops_max, self.params_max = flops_max, params_max
         self.flops = self.acts = 0
         self.last = None  # the memo entry of the last block instance made or reused, if it may be repeated
@@ -190,17 +191,43 @@ class _MemoElaborator(Elaborator):
             x = node.out_shape
         return ir.Sequence(name, children, shape, x, loc, kind="stage")
 
+    def _site(self, call):
+        """(a number for where a call is written, the names its arguments read), remembered per call object."""
+        entry = self.call_names.get(id(call))
+        if entry is None or entry[0] is not call:  # (the entry holds the call: its id is not reused meanwhile)
+            site = (call.loc, call.name)
+            known = self.call_names.get(site)
+            if known is None:
+                names = tuple(sorted(_names_read(A.TupleExpr(tuple(call.args), call.loc), set())))
+                known = self.call_names[site] = (len(self.call_names), names)
+            entry = (call, *known)
+            if len(self.call_names) < MAX_REMEMBERED:
+                self.call_names[id(call)] = entry
+        return entry[1], entry[2]
+
+    def bind_spec(self, call, spec, ev, what):
+        """A layer's arguments, remembered by where it is written, `in` and the values of the names they read (a
+        layer met again with another input shape needs only its shape arithmetic)."""
+        site, names = self._site(call)
+        env = ev.env
+        try:
+            key = (site, ev.in_width, tuple([env.get(n, _UNSET) for n in names]))
+            hit = self.spec_memo.get(key)
+        except TypeError:  # an unhashable value
+            return super().bind_spec(call, spec, ev, what)
+        if hit is None:
+            hit = super().bind_spec(call, spec, ev, what)
+            if len(self.spec_memo) < MAX_REMEMBERED:
+                self.spec_memo[key] = hit
+        return dict(hit[0]), hit[1]
+
     def primitive(self, call, shape, namer, ctx):
         """A layer, remembered by where it is written, its input shape and the values of the names its arguments
         read (so a layer whose arguments do not change is built once for all draws)."""
-        site = (call.loc, call.name)
-        names = self.call_names.get(site)
-        if names is None:
-            names = self.call_names[site] = tuple(sorted(_names_read(A.TupleExpr(tuple(call.args), call.loc),
-                                                                       set())))
+        site, names = self._site(call)
         env = ctx.ev.env
         try:
-            key = (site, shape, tuple(env.get(n, _UNSET) for n in names))
+            key = (site, shape, tuple([env.get(n, _UNSET) for n in names]))
             hit = self.layer_memo.get(key)
         except TypeError:  # an unhashable value
             return super().primitive(call, shape, namer, ctx)
@@ -243,7 +270,7 @@ class Sampler:
         self.flops = flops or space.flops
         self.params = params or space.param_count
         self.max_tries = max_tries
-        self._memo, self._positional, self._layer_memo, self._call_names = {}, {}, {}, {}
+        self._memo, self._positional, self._layer_memo, self._call_names, self._spec_memo = {}, {}, {}, {}, {}
         self.tries = self.rejected_constraint = self.rejected_arch = self.rejected_window = 0
         self.count = 0
         self._draws = None  # (draws that broke a constraint, the next draw), from self.rng (its alone)
@@ -258,7 +285,7 @@ class Sampler:
         if not self.remember:
             return complexity(self.elaborate(overrides))
         e = _MemoElaborator(self.space.program, Limits(), self._memo, self._positional, self._layer_memo,
-                            self._call_names,
+                            self._call_names, self._spec_memo,
                             self.flops[1] if self.flops else None, self.params[1] if self.params else None)
         e.network(self.space.network, overrides)
         return e.flops, e.n_params, e.acts
