@@ -263,7 +263,7 @@ class Sampler:
 
     def __init__(self, space: Space, seed: int = 0, extra: Optional[dict] = None,
                  flops: Optional[Tuple[float, float]] = None, params: Optional[Tuple[float, float]] = None,
-                 max_tries: int = 200_000, remember: bool = True):
+                 max_tries: int = 200_000, remember: bool = True):  # max_tries: draws for one sample
         self.space, self.rng = space, random.Random(seed)
         self.remember = remember  # False: every draw elaborated afresh (the reference the tests compare with)
         self.extra = dict(extra or {})
@@ -297,12 +297,14 @@ class Sampler:
         if self._draws is None:  # the remembering sampler draws many at once (the same draws)
             self._draws = (self.space.draws(self.rng) if self.remember else
                            ((0, self.space.draw(self.rng)) for _ in iter(int, 1)))
-        while self.tries < self.max_tries:
+        tried, before = 0, (self.rejected_constraint, self.rejected_arch, self.rejected_window)
+        while tried < self.max_tries:  # max_tries draws for each sample
             broken, values = next(self._draws)
-            if self.tries + broken >= self.max_tries:
-                self.rejected_constraint += self.max_tries - self.tries
-                self.tries = self.max_tries
+            if tried + broken >= self.max_tries:
+                self.rejected_constraint += self.max_tries - tried
+                self.tries += self.max_tries - tried
                 break
+            tried += broken + 1
             self.tries += broken + 1
             self.rejected_constraint += broken
             if not self.space.satisfies(values):
@@ -323,9 +325,11 @@ class Sampler:
                 continue
             self.count += 1
             return Sample(self.count - 1, values, overrides, f, p, a)
+        constraint, arch, window = (now - then for now, then in zip(
+            (self.rejected_constraint, self.rejected_arch, self.rejected_window), before))
         raise SpaceError(f"design space {self.space.name}: no sample satisfied the constraints in {self.max_tries} "
-                         f"tries ({self.rejected_constraint} constraints, {self.rejected_arch} not elaborating, "
-                         f"{self.rejected_window} outside the FLOPs/params window)")
+                         f"tries ({constraint} constraints, {arch} not elaborating, {window} outside the "
+                         f"FLOPs/params window)")
 
     def take(self, n: int) -> List[Sample]:
         return [next(self) for _ in range(n)]
