@@ -258,3 +258,17 @@ def test_draws_made_many_at_once_are_the_draws_made_one_by_one():
             assert mine == v if mine is not None else not ordered  # left out: only draws that break one
         assert 0 < got.count(None) < 400 and sum(ordered for _, ordered in reference) > 0
         assert sum(mine is None for (_, ordered), mine in zip(reference, got) if not ordered) > 50
+
+
+def test_a_layer_reading_in_is_remembered_per_block_input():
+    """`in` inside a block is the block's input channels, not the layer's: a layer reading it (an se after a
+    conv) is remembered per value of `in`; the sampler's counts stay those of a fresh elaboration."""
+    space = Space.load(textwrap.dedent("""\
+        block sq(w, stride=1) { conv(w, k=1) conv(round(in / 2) + w, k=1) }
+        network n(input = 8x8x8, w1 = 8, w2 = 8) {
+            stage s1 = 1 x sq(w1) stride 1
+            stage s2 = 1 x sq(w2) stride 1
+        }
+        space s of n { sample w1..w2 = choice(8, 16, 32) }"""), file="i.arch")
+    fast = [(s.values, s.params, s.flops) for s in Sampler(space, seed=0).take(12)]
+    assert fast == [(s.values, s.params, s.flops) for s in Sampler(space, seed=0, remember=False).take(12)]

@@ -63,6 +63,7 @@ class _OutOfWindow(Exception):
 
 MAX_REMEMBERED = 20_000  # block instances, and layers, a sampler remembers (~2 KB each)
 _UNSET = object()  # a name that is no variable here (a layer, an activation)
+_READS_IN = " in"  # what _names_read adds for `in` (the input channels; no name can be spelled so)
 _POSITION_NAMES = frozenset({"index", "block_index", "num_blocks"})  # what a block may read of its position
 
 
@@ -74,6 +75,8 @@ def _names_read(node, out: set) -> set:
         name = getattr(n, "id", None) or getattr(n, "name", None)
         if isinstance(name, str):
             out.add(name)
+        elif isinstance(n, A.InWidth):
+            out.add(_READS_IN)
         for value in vars(n).values() if hasattr(n, "__dataclass_fields__") else ():
             if isinstance(value, tuple):
                 stack.extend(v for v in value if hasattr(v, "__dataclass_fields__"))
@@ -192,26 +195,28 @@ class _MemoElaborator(Elaborator):
         return ir.Sequence(name, children, shape, x, loc, kind="stage")
 
     def _site(self, call):
-        """(a number for where a call is written, the names its arguments read), remembered per call object."""
+        """(a number for where a call is written, the names its arguments read, whether they read `in`),
+        remembered per call object."""
         entry = self.call_names.get(id(call))
         if entry is None or entry[0] is not call:  # (the entry holds the call: its id is not reused meanwhile)
             site = (call.loc, call.name)
             known = self.call_names.get(site)
             if known is None:
-                names = tuple(sorted(_names_read(A.TupleExpr(tuple(call.args), call.loc), set())))
-                known = self.call_names[site] = (len(self.call_names), names)
+                names = _names_read(A.TupleExpr(tuple(call.args), call.loc), set())
+                known = self.call_names[site] = (len(self.call_names), tuple(sorted(names - {_READS_IN})),
+                                                 _READS_IN in names)
             entry = (call, *known)
             if len(self.call_names) < MAX_REMEMBERED:
                 self.call_names[id(call)] = entry
-        return entry[1], entry[2]
+        return entry[1:]
 
     def bind_spec(self, call, spec, ev, what):
         """A layer's arguments, remembered by where it is written, `in` and the values of the names they read (a
         layer met again with another input shape needs only its shape arithmetic)."""
-        site, names = self._site(call)
+        site, names, reads_in = self._site(call)
         env = ev.env
         try:
-            key = (site, ev.in_width, tuple([env.get(n, _UNSET) for n in names]))
+            key = (site, ev.in_width if reads_in else None, tuple([env.get(n, _UNSET) for n in names]))
             hit = self.spec_memo.get(key)
         except TypeError:  # an unhashable value
             return super().bind_spec(call, spec, ev, what)
@@ -224,10 +229,10 @@ class _MemoElaborator(Elaborator):
     def primitive(self, call, shape, namer, ctx):
         """A layer, remembered by where it is written, its input shape and the values of the names its arguments
         read (so a layer whose arguments do not change is built once for all draws)."""
-        site, names = self._site(call)
+        site, names, reads_in = self._site(call)
         env = ctx.ev.env
-        try:
-            key = (site, shape, tuple([env.get(n, _UNSET) for n in names]))
+        try:  # (`in` is the block's input channels, not the layer's: se(round(in * 0.25)) after a conv)
+            key = (site, shape, ctx.ev.in_width if reads_in else None, tuple([env.get(n, _UNSET) for n in names]))
             hit = self.layer_memo.get(key)
         except TypeError:  # an unhashable value
             return super().primitive(call, shape, namer, ctx)
