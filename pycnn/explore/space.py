@@ -241,11 +241,23 @@ class _MemoElaborator(Elaborator):
             node = super().primitive(call, shape, namer, ctx)  # accounted there
             base = next(k for k, n in namer.counts.items() if f"{k}{n}" == node.name)
             if len(self.layer_memo) < MAX_REMEMBERED:  # a copy: a bn may yet take an activation
-                self.layer_memo[key] = (base, _renamed(node, node.name))
+                size = math.prod(node.out_shape)
+                self.layer_memo[key] = (base, _renamed(node, node.name), size,
+                                        size if node.op in ("conv", "wsconv") else 0)
             return node
-        base, node = hit
+        base, node, size, acts = hit
         node = _renamed(node, namer.next(base))
-        self.account(node)
+        lim = self.limits
+        if (self.n_layers >= lim.max_layers or self.n_params + node.params > lim.max_params
+                or size > lim.max_activations or 4 * (self.activation_elements + size) > lim.max_activation_bytes):
+            self.account(node)  # past a limit: the elaborator's own accounting says which
+            return node
+        self.n_layers += 1  # Elaborator.account's sums, from what was remembered
+        self.n_params += node.params
+        self.activation_elements += size
+        self.flops += node.flops
+        self.acts += acts
+        self._check_window()
         return node
 
     def account(self, node: ir.Layer):
