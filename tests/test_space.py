@@ -258,6 +258,9 @@ def test_draws_made_many_at_once_are_the_draws_made_one_by_one():
             assert mine == v if mine is not None else not ordered  # left out: only draws that break one
         assert 0 < got.count(None) < 400 and sum(ordered for _, ordered in reference) > 0
         assert sum(mine is None for (_, ordered), mine in zip(reference, got) if not ordered) > 50
+    free = dataclasses.replace(space, non_decreasing=[])  # drawn one by one, from the same random numbers
+    one, fast = random.Random(5), free.draws(random.Random(5))
+    assert all(free.draw(one) == next(fast)[1] for _ in range(300))
 
 
 def test_a_layer_reading_in_is_remembered_per_block_input():

@@ -207,10 +207,13 @@ class Space:
                 import numpy
             except ImportError:
                 pass
-        if numpy is None:
-            while True:
-                yield 0, self.draw(rng)
-        yield from DrawStream(self, rng, numpy)
+        if numpy is not None:
+            yield from DrawStream(self, rng, numpy)
+        drawn = [(name, p, p.randbelow()) for name, p in self.params.items() if self._leader.get(name, name) == name]
+        randbelow, random_ = rng._randbelow, rng.random  # what choice/randint and uniform call: the same numbers
+        while True:
+            values = {name: p.value_of(randbelow(n) if n else random_()) for name, p, n in drawn}
+            yield 0, {name: values[self._leader.get(name, name)] for name in self.params}
 
     @property
     def _fixed_values(self) -> dict:
