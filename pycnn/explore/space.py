@@ -23,6 +23,7 @@ from ..dsl.elaborate import Elaborator, Limits
 from ..dsl.errors import ArchError
 from ..dsl.evaluate import Symbol
 from ..dsl.space import Param, Space  # noqa: F401  (the language's design spaces; Param for callers)
+from ..opspec import OPS
 
 
 class SpaceError(Exception):
@@ -135,8 +136,12 @@ class _MemoElaborator(Elaborator):
         bound, _ = self.bind_values(call, [p.name for p in bdef.params], ctx.ev, f"block '{bdef.name}'", extra)
         if global_index is None:
             global_index = ctx.ev.env.get("block_index", self.stage_blocks)
-        reads = self._reads_position(bdef.name) or any(  # a block passed in as an argument counts too
-            isinstance(v, Symbol) and self._reads_position(v.name) for v in bound.values())
+        reads = self._reads_position(bdef.name)
+        if not reads:  # a block passed in as an argument counts too
+            for v in bound.values():
+                if isinstance(v, Symbol) and self._reads_position(v.name):
+                    reads = True
+                    break
         position = (index, global_index, self.num_blocks) if reads else None
         try:
             key = (bdef.name, tuple(sorted(bound.items())), shape, position)
@@ -239,7 +244,9 @@ class _MemoElaborator(Elaborator):
             return super().primitive(call, shape, namer, ctx)
         if hit is None:
             node = super().primitive(call, shape, namer, ctx)  # accounted there
-            base = next(k for k, n in namer.counts.items() if f"{k}{n}" == node.name)
+            base = OPS[node.op].module_name or call.name  # what Elaborator.primitive names it by, else found
+            if f"{base}{namer.counts.get(base)}" != node.name:
+                base = next(k for k, n in namer.counts.items() if f"{k}{n}" == node.name)
             if len(self.layer_memo) < MAX_REMEMBERED:  # a copy: a bn may yet take an activation
                 size = math.prod(node.out_shape)
                 self.layer_memo[key] = (base, _renamed(node, node.name), size,
