@@ -252,8 +252,8 @@ class DrawStream:
                 n = p.randbelow()
                 if n and n not in nexts:
                     ok = (words >> (32 - n.bit_length())) < n
-                    at = np.where(ok, np.arange(m), m)
-                    nexts[n] = np.append(np.minimum.accumulate(at[::-1])[::-1], [m, m])
+                    accepted = np.append(np.flatnonzero(ok), m)  # the next one from word i: the accepted
+                    nexts[n] = np.append(accepted[np.cumsum(ok) - ok], [m, m])  # words before i, counted
             end, fixed = np.arange(m), 0  # where each draw ends; words of random() calls not yet added
             for _, p in self.drawn:
                 n = p.randbelow()
