@@ -259,6 +259,9 @@ class Elaborator:
         out = []
         for stmt in stmts:
             self.budget.spend(stmt.loc, self.src)
+            if type(stmt) is A.Call:  # the commonest statement first (the isinstance chain below costs)
+                out.append(stmt)
+                continue
             if isinstance(stmt, A.Let):
                 check_binding(stmt.name, stmt.loc, self.src(stmt.loc.file), "a `let`")
                 ctx.ev.env[stmt.name] = ctx.ev.eval(stmt.value)

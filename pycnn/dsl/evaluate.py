@@ -135,6 +135,9 @@ class Budget:
                             source_of(loc.file) if loc is not None else None)
 
 
+_METHODS: dict = {}  # (evaluator class, node class) -> the method that evaluates it
+
+
 class Evaluator:
     """Evaluates expressions in an environment of names.
 
@@ -154,10 +157,19 @@ class Evaluator:
         return ArchError(message, loc, self.source_of(loc.file))
 
     def eval(self, node):
-        if self.budget is not None:
-            self.budget.spend(node.loc, self.source_of)
-        method = getattr(self, "_" + type(node).__name__)
-        return _check(method(node), node.loc, self.source_of)
+        budget = self.budget
+        if budget is not None:  # Budget.spend inlined (the hot path of every elaboration)
+            budget.used += 1
+            if budget.used > budget.limit:
+                budget.spend(node.loc, self.source_of, 0)
+        key = (type(self), type(node))
+        method = _METHODS.get(key)
+        if method is None:
+            method = _METHODS[key] = getattr(type(self), "_" + type(node).__name__)
+        value = method(self, node)
+        if type(value) is int and -MAX_MAGNITUDE <= value <= MAX_MAGNITUDE:  # _check's commonest case, inlined
+            return value
+        return _check(value, node.loc, self.source_of)
 
     def _Number(self, n):
         return n.value

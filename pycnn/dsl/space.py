@@ -67,6 +67,61 @@ class Param:
             return int(round(value))
         return round(value, 10)
 
+    def randbelow(self) -> int:
+        """n when a draw is random.Random._randbelow(n) (a choice, a power of two), 0 when it is one random()."""
+        if self.choices is not None:
+            return len(self.choices)
+        if self.dist == "pow2":
+            return int(math.log2(self.high)) - int(math.log2(self.low)) + 1
+        return 0
+
+    def value_of(self, raw):
+        """What sample() returns when the random number it draws is `raw` (the index of randbelow(), else the
+        float of random()): the same arithmetic, for draws made many at once (DrawStream)."""
+        if self.choices is not None:
+            return self.choices[raw]
+        if self.dist == "pow2":
+            return 2 ** (int(math.log2(self.low)) + raw)
+        if self.dist == "log":
+            a, b = math.log(self.low), math.log(self.high)
+            value = math.exp(a + (b - a) * raw)  # rng.uniform(a, b)
+        else:
+            a, b = self.low, self.high + (1 if self.type == "int" and not self.q else 0)
+            value = a + (b - a) * raw
+            if self.type == "int" and not self.q:
+                return min(int(math.floor(value)), int(self.high))
+        q = self.q or (1 if self.type == "int" else 0)
+        if q:
+            value = min(max(round(value / q) * q, math.ceil(self.low / q) * q), math.floor(self.high / q) * q)
+        if self.type == "int":
+            return int(round(value))
+        return round(value, 10)
+
+    def values_of(self, np, raw):
+        """value_of over an array of raws, as floats, and where a value may differ from value_of's (numpy's exp
+        is not math's to the last bit: a quantum's half-way point, or any real): (values, unsure)."""
+        unsure = np.zeros(len(raw), bool)
+        if self.choices is not None:
+            return np.asarray(self.choices, float)[raw], unsure
+        if self.dist == "pow2":
+            return 2.0 ** (int(math.log2(self.low)) + raw), unsure
+        if self.type != "int":
+            return np.zeros(len(raw)), ~unsure
+        if self.dist == "log":
+            a, b = math.log(self.low), math.log(self.high)
+            value = np.exp(a + (b - a) * raw)
+        else:
+            a, b = self.low, self.high + (0 if self.q else 1)
+            value = a + (b - a) * raw
+            if not self.q:
+                return np.minimum(np.floor(value), self.high), unsure
+        q = self.q or 1
+        t = value / q
+        if self.dist == "log":
+            unsure = np.abs(t - np.floor(t) - 0.5) < 1e-6
+        value = np.minimum(np.maximum(np.round(t) * q, math.ceil(self.low / q) * q), math.floor(self.high / q) * q)
+        return value, unsure
+
     def law(self) -> tuple:
         """Everything but the name: parameters with equal laws may be shared."""
         return self.type, self.low, self.high, self.dist, self.q, self.choices
@@ -141,9 +196,113 @@ class Space:
                 return False
         return True
 
+    def draws(self, rng: random.Random):
+        """The draws of draw(rng), one after the other, as (how many draws before this one broke a
+        `non_decreasing` constraint, this draw): the same values from the same random numbers, made many at once
+        when there are such constraints and numpy is there (then the rng is read ahead: it is this iterator's
+        alone)."""
+        numpy = None
+        if self.non_decreasing:  # what whole blocks of draws check at once (else one by one is as fast)
+            try:
+                import numpy
+            except ImportError:
+                pass
+        if numpy is not None:
+            yield from DrawStream(self, rng, numpy)
+        drawn = [(name, p, p.randbelow()) for name, p in self.params.items() if self._leader.get(name, name) == name]
+        randbelow, random_ = rng._randbelow, rng.random  # what choice/randint and uniform call: the same numbers
+        while True:
+            values = {name: p.value_of(randbelow(n) if n else random_()) for name, p, n in drawn}
+            yield 0, {name: values[self._leader.get(name, name)] for name in self.params}
+
     @property
     def _fixed_values(self) -> dict:
         return {k: Symbol(v) if isinstance(v, str) else v for k, v in self.fixed.items()}
+
+
+class DrawStream:
+    """Space.draw(rng) many times at once. random() takes two 32-bit words of the Mersenne twister and
+    randbelow(n) one word per try (k = n.bit_length() top bits, tried again while >= n), so a block of words
+    read from the rng (getrandbits, lowest word first) says where every draw starts, what it draws, and which
+    draws break a `non_decreasing` constraint, with numpy; the others are made with Param.value_of."""
+
+    MAX_WORDS = 1 << 17
+
+    def __init__(self, space: "Space", rng: random.Random, np):
+        self.space, self.rng, self.np = space, rng, np
+        self.drawn = [(name, p) for name, p in space.params.items() if space._leader.get(name, name) == name]
+        self.column = {name: i for i, (name, _) in enumerate(self.drawn)}
+        self.column.update({name: self.column[lead] for name, lead in space._leader.items()})
+        self.pairs = sorted({(self.column[a], self.column[b]) for names in space.non_decreasing
+                             for a, b in zip(names, names[1:])})
+        self.words = np.zeros(0, np.uint32)
+        self.size = 256
+        self.shortest = sum(1 if p.randbelow() else 2 for _, p in self.drawn)  # words a draw takes at least
+
+    def __iter__(self):
+        np, space = self.np, self.space
+        skipped = 0
+        while True:
+            new = self.rng.getrandbits(32 * self.size).to_bytes(4 * self.size, "little")
+            words = np.concatenate([self.words, np.frombuffer(new, "<u4")])
+            self.size = min(2 * self.size, self.MAX_WORDS)
+            m = len(words)
+            nexts = {}  # n -> for each word, the first word from there on that randbelow(n) accepts (m: none)
+            for _, p in self.drawn:
+                n = p.randbelow()
+                if n and n not in nexts:
+                    ok = (words >> (32 - n.bit_length())) < n
+                    accepted = np.append(np.flatnonzero(ok), m)  # the next one from word i: the accepted
+                    nexts[n] = np.append(accepted[np.cumsum(ok) - ok], [m, m])  # words before i, counted
+            end, fixed = np.arange(m), 0  # where each draw ends; words of random() calls not yet added
+            for _, p in self.drawn:
+                n = p.randbelow()
+                if not n:
+                    fixed += 2
+                else:
+                    end = nexts[n][np.minimum(end + fixed, m)] + 1
+                    fixed = 0
+            end += fixed
+            # the draws are the chain 0, end[0], end[end[0]], ...: its first K links by pointer doubling (a start
+            # whose draw runs past the block, or the block's end, is a fixed point, where the chain stops)
+            one = np.append(np.where(end <= m, end, np.arange(m)), m).astype(np.int32)  # one link
+            chain, follow = np.zeros(1, np.int32), one
+            while follow[chain[-1]] != chain[-1]:  # chain: the first 2**k links; follow: 2**k links at once
+                chain = np.concatenate([chain, follow[chain]])
+                follow = follow[follow]
+            self.words = words[chain[-1]:]
+            at = chain[one[chain] != chain]
+            if not len(at):
+                continue
+            starts = at
+            raws = []
+            for _, p in self.drawn:
+                n = p.randbelow()
+                if n:
+                    at = nexts[n][at]
+                    raws.append(words[at] >> (32 - n.bit_length()))
+                    at = at + 1
+                else:
+                    raws.append(((words[at] >> 5) * 67108864.0 + (words[at + 1] >> 6)) * (1.0 / 9007199254740992.0))
+                    at = at + 2
+            keep = np.ones(len(starts), bool)
+            known = {}
+            for a, b in self.pairs:
+                for c in (a, b):
+                    if c not in known:
+                        known[c] = self.drawn[c][1].values_of(np, raws[c])
+                (va, ua), (vb, ub) = known[a], known[b]
+                keep &= ~((va > vb) & ~ua & ~ub)
+            kept = np.flatnonzero(keep)
+            columns = [r[kept].tolist() for r in raws]
+            previous = -1
+            for row, index in enumerate(kept.tolist()):
+                skipped += index - previous - 1
+                previous = index
+                drawn = [p.value_of(columns[c][row]) for c, (_, p) in enumerate(self.drawn)]
+                yield skipped, {name: drawn[self.column[name]] for name in space.params}
+                skipped = 0
+            skipped += len(starts) - previous - 1
 
 
 def space_of(program: Program, sdef: A.SpaceDef) -> Space:

@@ -8,6 +8,7 @@ pycnn.explore.space --bench` measures how many samples a second this gives.
 """
 from __future__ import annotations
 
+import gc
 import math
 import os
 import random
@@ -22,6 +23,7 @@ from ..dsl.elaborate import Elaborator, Limits
 from ..dsl.errors import ArchError
 from ..dsl.evaluate import Symbol
 from ..dsl.space import Param, Space  # noqa: F401  (the language's design spaces; Param for callers)
+from ..opspec import OPS
 
 
 class SpaceError(Exception):
@@ -63,6 +65,7 @@ class _OutOfWindow(Exception):
 
 MAX_REMEMBERED = 20_000  # block instances, and layers, a sampler remembers (~2 KB each)
 _UNSET = object()  # a name that is no variable here (a layer, an activation)
+_READS_IN = " in"  # what _names_read adds for `in` (the input channels; no name can be spelled so)
 _POSITION_NAMES = frozenset({"index", "block_index", "num_blocks"})  # what a block may read of its position
 
 
@@ -74,6 +77,8 @@ def _names_read(node, out: set) -> set:
         name = getattr(n, "id", None) or getattr(n, "name", None)
         if isinstance(name, str):
             out.add(name)
+        elif isinstance(n, A.InWidth):
+            out.add(_READS_IN)
         for value in vars(n).values() if hasattr(n, "__dataclass_fields__") else ():
             if isinstance(value, tuple):
                 stack.extend(v for v in value if hasattr(v, "__dataclass_fields__"))
@@ -102,9 +107,10 @@ class _MemoElaborator(Elaborator):
     returns shares nodes between networks (trials elaborate their network afresh)."""
 
     def __init__(self, program, limits, memo: dict, positional: dict, layer_memo: dict, call_names: dict,
-                 flops_max=None, params_max=None):
+                 spec_memo: dict, flops_max=None, params_max=None):
         super().__init__(program, limits)
         self.memo, self.positional, self.layer_memo, self.call_names = memo, positional, layer_memo, call_names
+        self.spec_memo = spec_memo  # (site, in, values read) -> bind_spec's answer
         self.flops_max, self.params_max = flops_max, params_max
         self.flops = self.acts = 0
         self.last = None  # the memo entry of the last block instance made or reused, if it may be repeated
@@ -130,8 +136,12 @@ class _MemoElaborator(Elaborator):
         bound, _ = self.bind_values(call, [p.name for p in bdef.params], ctx.ev, f"block '{bdef.name}'", extra)
         if global_index is None:
             global_index = ctx.ev.env.get("block_index", self.stage_blocks)
-        reads = self._reads_position(bdef.name) or any(  # a block passed in as an argument counts too
-            isinstance(v, Symbol) and self._reads_position(v.name) for v in bound.values())
+        reads = self._reads_position(bdef.name)
+        if not reads:  # a block passed in as an argument counts too
+            for v in bound.values():
+                if isinstance(v, Symbol) and self._reads_position(v.name):
+                    reads = True
+                    break
         position = (index, global_index, self.num_blocks) if reads else None
         try:
             key = (bdef.name, tuple(sorted(bound.items())), shape, position)
@@ -190,29 +200,71 @@ class _MemoElaborator(Elaborator):
             x = node.out_shape
         return ir.Sequence(name, children, shape, x, loc, kind="stage")
 
+    def _site(self, call):
+        """(a number for where a call is written, the names its arguments read, whether they read `in`),
+        remembered per call object."""
+        entry = self.call_names.get(id(call))
+        if entry is None or entry[0] is not call:  # (the entry holds the call: its id is not reused meanwhile)
+            site = (call.loc, call.name)
+            known = self.call_names.get(site)
+            if known is None:
+                names = _names_read(A.TupleExpr(tuple(call.args), call.loc), set())
+                known = self.call_names[site] = (len(self.call_names), tuple(sorted(names - {_READS_IN})),
+                                                 _READS_IN in names)
+            entry = (call, *known)
+            if len(self.call_names) < MAX_REMEMBERED:
+                self.call_names[id(call)] = entry
+        return entry[1:]
+
+    def bind_spec(self, call, spec, ev, what):
+        """A layer's arguments, remembered by where it is written, `in` and the values of the names they read (a
+        layer met again with another input shape needs only its shape arithmetic)."""
+        site, names, reads_in = self._site(call)
+        env = ev.env
+        try:
+            key = (site, ev.in_width if reads_in else None, tuple([env.get(n, _UNSET) for n in names]))
+            hit = self.spec_memo.get(key)
+        except TypeError:  # an unhashable value
+            return super().bind_spec(call, spec, ev, what)
+        if hit is None:
+            hit = super().bind_spec(call, spec, ev, what)
+            if len(self.spec_memo) < MAX_REMEMBERED:
+                self.spec_memo[key] = hit
+        return dict(hit[0]), hit[1]
+
     def primitive(self, call, shape, namer, ctx):
         """A layer, remembered by where it is written, its input shape and the values of the names its arguments
         read (so a layer whose arguments do not change is built once for all draws)."""
-        site = (call.loc, call.name)
-        names = self.call_names.get(site)
-        if names is None:
-            names = self.call_names[site] = tuple(sorted(_names_read(A.TupleExpr(tuple(call.args), call.loc),
-                                                                       set())))
+        site, names, reads_in = self._site(call)
         env = ctx.ev.env
-        try:
-            key = (site, shape, tuple(env.get(n, _UNSET) for n in names))
+        try:  # (`in` is the block's input channels, not the layer's: se(round(in * 0.25)) after a conv)
+            key = (site, shape, ctx.ev.in_width if reads_in else None, tuple([env.get(n, _UNSET) for n in names]))
             hit = self.layer_memo.get(key)
         except TypeError:  # an unhashable value
             return super().primitive(call, shape, namer, ctx)
         if hit is None:
             node = super().primitive(call, shape, namer, ctx)  # accounted there
-            base = next(k for k, n in namer.counts.items() if f"{k}{n}" == node.name)
+            base = OPS[node.op].module_name or call.name  # what Elaborator.primitive names it by, else found
+            if f"{base}{namer.counts.get(base)}" != node.name:
+                base = next(k for k, n in namer.counts.items() if f"{k}{n}" == node.name)
             if len(self.layer_memo) < MAX_REMEMBERED:  # a copy: a bn may yet take an activation
-                self.layer_memo[key] = (base, _renamed(node, node.name))
+                size = math.prod(node.out_shape)
+                self.layer_memo[key] = (base, _renamed(node, node.name), size,
+                                        size if node.op in ("conv", "wsconv") else 0)
             return node
-        base, node = hit
+        base, node, size, acts = hit
         node = _renamed(node, namer.next(base))
-        self.account(node)
+        lim = self.limits
+        if (self.n_layers >= lim.max_layers or self.n_params + node.params > lim.max_params
+                or size > lim.max_activations or 4 * (self.activation_elements + size) > lim.max_activation_bytes):
+            self.account(node)  # past a limit: the elaborator's own accounting says which
+            return node
+        self.n_layers += 1  # Elaborator.account's sums, from what was remembered
+        self.n_params += node.params
+        self.activation_elements += size
+        self.flops += node.flops
+        self.acts += acts
+        self._check_window()
         return node
 
     def account(self, node: ir.Layer):
@@ -236,16 +288,17 @@ class Sampler:
 
     def __init__(self, space: Space, seed: int = 0, extra: Optional[dict] = None,
                  flops: Optional[Tuple[float, float]] = None, params: Optional[Tuple[float, float]] = None,
-                 max_tries: int = 200_000, remember: bool = True):
+                 max_tries: int = 200_000, remember: bool = True):  # max_tries: draws for one sample
         self.space, self.rng = space, random.Random(seed)
         self.remember = remember  # False: every draw elaborated afresh (the reference the tests compare with)
         self.extra = dict(extra or {})
         self.flops = flops or space.flops
         self.params = params or space.param_count
         self.max_tries = max_tries
-        self._memo, self._positional, self._layer_memo, self._call_names = {}, {}, {}, {}
+        self._memo, self._positional, self._layer_memo, self._call_names, self._spec_memo = {}, {}, {}, {}, {}
         self.tries = self.rejected_constraint = self.rejected_arch = self.rejected_window = 0
         self.count = 0
+        self._draws = None  # (draws that broke a constraint, the next draw), from self.rng (its alone)
 
     def elaborate(self, overrides: dict) -> ir.NetworkIR:
         """The IR of one sampled network, elaborated afresh (nothing shared with other networks)."""
@@ -257,7 +310,7 @@ class Sampler:
         if not self.remember:
             return complexity(self.elaborate(overrides))
         e = _MemoElaborator(self.space.program, Limits(), self._memo, self._positional, self._layer_memo,
-                            self._call_names,
+                            self._call_names, self._spec_memo,
                             self.flops[1] if self.flops else None, self.params[1] if self.params else None)
         e.network(self.space.network, overrides)
         return e.flops, e.n_params, e.acts
@@ -266,9 +319,29 @@ class Sampler:
         return self
 
     def __next__(self) -> Sample:
-        while self.tries < self.max_tries:
-            self.tries += 1
-            values = self.space.draw(self.rng)
+        collecting = gc.isenabled()
+        if collecting:  # the cyclic GC's passes over the remembered IR cost a third of the time: none in one sample
+            gc.disable()
+        try:
+            return self._next()
+        finally:
+            if collecting:
+                gc.enable()
+
+    def _next(self) -> Sample:
+        if self._draws is None:  # the remembering sampler draws many at once (the same draws)
+            self._draws = (self.space.draws(self.rng) if self.remember else
+                           ((0, self.space.draw(self.rng)) for _ in iter(int, 1)))
+        tried, before = 0, (self.rejected_constraint, self.rejected_arch, self.rejected_window)
+        while tried < self.max_tries:  # max_tries draws for each sample
+            broken, values = next(self._draws)
+            if tried + broken >= self.max_tries:
+                self.rejected_constraint += self.max_tries - tried
+                self.tries += self.max_tries - tried
+                break
+            tried += broken + 1
+            self.tries += broken + 1
+            self.rejected_constraint += broken
             if not self.space.satisfies(values):
                 self.rejected_constraint += 1
                 continue
@@ -287,9 +360,11 @@ class Sampler:
                 continue
             self.count += 1
             return Sample(self.count - 1, values, overrides, f, p, a)
+        constraint, arch, window = (now - then for now, then in zip(
+            (self.rejected_constraint, self.rejected_arch, self.rejected_window), before))
         raise SpaceError(f"design space {self.space.name}: no sample satisfied the constraints in {self.max_tries} "
-                         f"tries ({self.rejected_constraint} constraints, {self.rejected_arch} not elaborating, "
-                         f"{self.rejected_window} outside the FLOPs/params window)")
+                         f"tries ({constraint} constraints, {arch} not elaborating, {window} outside the "
+                         f"FLOPs/params window)")
 
     def take(self, n: int) -> List[Sample]:
         return [next(self) for _ in range(n)]
