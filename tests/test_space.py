@@ -218,51 +218,6 @@ def test_blocks_that_read_their_position_are_not_reused_across_positions():
     assert fast == [(s.values, s.params) for s in Sampler(space, seed=0, remember=False).take(4)]
 
 
-def test_draws_made_many_at_once_are_the_draws_made_one_by_one():
-    """Space.draws reads the rng's words in blocks (numpy) and checks non_decreasing on whole blocks: every law
-    (int, real, log, q, pow2, choice, one choice, shared) gives the values and the random stream Space.draw gives,
-    and exactly the draws that break a non_decreasing constraint are left out."""
-    import random
-    space = Space.load(textwrap.dedent("""\
-        block leaf(w, stride=1) { conv(w, k=1) }
-        network n(input = 8x8x8, a1 = 1, a2 = 1, c1 = 1.0, c2 = 1.0, e1 = 8, e2 = 8, g = 1, h = 1, i = 1, j = 1.0,
-                  k1 = 1.0, k2 = 1.0) {
-            stage s1 = 1 x leaf(8) stride 1
-        }
-        space s of n {
-            sample a1..a2 = int(1, 6)
-            sample c1..c2 = real(0.5, 2.0, dist=log)
-            sample e1..e2 = int(8, 1000, dist=log, q=8)
-            sample g = int(1, 64, dist=pow2)
-            sample h = choice(3)
-            sample i = int(0, 20, q=5)
-            sample j = real(0.0, 1.0, q=0.25)
-            non_decreasing a1..a2
-            non_decreasing c1..c2
-            sample k1..k2 = choice(1.0, 0.5)
-            non_decreasing i, e1, e2
-            shared k1..k2
-        }"""), file="d.arch")
-    for seed in range(3):
-        one, many = random.Random(seed), random.Random(seed)
-        reference = []  # (the draw, whether it meets the non_decreasing constraints)
-        while len(reference) < 400:
-            v = space.draw(one)
-            reference.append((v, all(v[x] <= v[y] for names in space.non_decreasing for x, y in zip(names, names[1:]))))
-        got = []  # a draw left out is None
-        for broken, v in space.draws(many):
-            got += [None] * broken + [v]
-            if len(got) >= 400:
-                break
-        for (v, ordered), mine in zip(reference, got):
-            assert mine == v if mine is not None else not ordered  # left out: only draws that break one
-        assert 0 < got.count(None) < 400 and sum(ordered for _, ordered in reference) > 0
-        assert sum(mine is None for (_, ordered), mine in zip(reference, got) if not ordered) > 50
-    free = dataclasses.replace(space, non_decreasing=[])  # drawn one by one, from the same random numbers
-    one, fast = random.Random(5), free.draws(random.Random(5))
-    assert all(free.draw(one) == next(fast)[1] for _ in range(300))
-
-
 def test_a_layer_reading_in_is_remembered_per_block_input():
     """`in` inside a block is the block's input channels, not the layer's: a layer reading it (an se after a
     conv) is remembered per value of `in`; the sampler's counts stay those of a fresh elaboration."""

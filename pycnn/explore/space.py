@@ -298,7 +298,6 @@ class Sampler:
         self._memo, self._positional, self._layer_memo, self._call_names, self._spec_memo = {}, {}, {}, {}, {}
         self.tries = self.rejected_constraint = self.rejected_arch = self.rejected_window = 0
         self.count = 0
-        self._draws = None  # (draws that broke a constraint, the next draw), from self.rng (its alone)
 
     def elaborate(self, overrides: dict) -> ir.NetworkIR:
         """The IR of one sampled network, elaborated afresh (nothing shared with other networks)."""
@@ -329,19 +328,11 @@ class Sampler:
                 gc.enable()
 
     def _next(self) -> Sample:
-        if self._draws is None:  # the remembering sampler draws many at once (the same draws)
-            self._draws = (self.space.draws(self.rng) if self.remember else
-                           ((0, self.space.draw(self.rng)) for _ in iter(int, 1)))
         tried, before = 0, (self.rejected_constraint, self.rejected_arch, self.rejected_window)
         while tried < self.max_tries:  # max_tries draws for each sample
-            broken, values = next(self._draws)
-            if tried + broken >= self.max_tries:
-                self.rejected_constraint += self.max_tries - tried
-                self.tries += self.max_tries - tried
-                break
-            tried += broken + 1
-            self.tries += broken + 1
-            self.rejected_constraint += broken
+            values = self.space.draw(self.rng)
+            tried += 1
+            self.tries += 1
             if not self.space.satisfies(values):
                 self.rejected_constraint += 1
                 continue
