@@ -4,12 +4,12 @@ a shape; golden tests of their errors. NASNet-A Large itself is checked in test_
 test_weights_parity.py."""
 import copy
 import pickle
-import textwrap
 
 import pytest
+from golden_errors import check_error_message
 
 import pycnn
-from pycnn import ArchError, ir
+from pycnn import ir
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -433,7 +433,4 @@ CASES = {
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_error_message(name):
-    source, expected = CASES[name]
-    with pytest.raises(ArchError) as info:
-        pycnn.parse(textwrap.dedent(source), file=f"{name}.arch")
-    assert str(info.value) == textwrap.dedent(expected)
+    check_error_message(name, *CASES[name])

@@ -1,7 +1,7 @@
 """Golden tests of error messages: file:line:column, the message, the source line and the caret."""
-import textwrap
 
 import pytest
+from golden_errors import check_error_message
 
 import pycnn
 from pycnn import ArchError
@@ -180,13 +180,7 @@ CASES = {
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_error_message(name):
-    source, expected = CASES[name]
-    with pytest.raises(ArchError) as info:
-        pycnn.parse(textwrap.dedent(source), file=f"{name}.arch")
-    assert str(info.value) == textwrap.dedent(expected)
-    err = info.value
-    first = textwrap.dedent(expected).splitlines()[0]
-    assert first.startswith(f"{err.file}:{err.line}:{err.column}: ")
+    check_error_message(name, *CASES[name])
 
 
 def test_unknown_override_suggests():

@@ -2,9 +2,9 @@
 bracket reported where it opened, keywords as names, conditions that are not true/false, a default padding
 that is not whole, compile-time overrides checked as overrides, libraries parsed whole."""
 import os
-import textwrap
 
 import pytest
+from golden_errors import check_error_message
 
 import pycnn
 from pycnn import ArchError
@@ -82,10 +82,7 @@ CASES = {
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_error_message(name):
-    source, expected = CASES[name]
-    with pytest.raises(ArchError) as info:
-        pycnn.parse(textwrap.dedent(source), file=f"{name}.arch")
-    assert str(info.value) == textwrap.dedent(expected)
+    check_error_message(name, *CASES[name])
 
 
 def test_trace_leads_from_the_library_to_the_users_line():
