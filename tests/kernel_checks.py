@@ -2,11 +2,27 @@
 the input layouts of the parity grids and the half-precision error rule (docs/design.md, testing)."""
 import itertools
 
+import torch
+
 from pycnn.fused import ACT_FNS
 from pycnn.opspec import KERNEL_ACTS
 
 REFERENCE_ACT = {"none": lambda z: z, **{name: ACT_FNS[name] for name in KERNEL_ACTS if name != "none"}}
 LAYOUTS = ["nchw", "channels_last", "strided"]  # contiguous, NHWC and a non-contiguous view
+
+
+def make_input(shape, layout, dtype=torch.float32, device="cpu", seed=0, scale=1.0, shift=0.0):
+    """A seeded float64 normal input (times scale, plus shift) in one of LAYOUTS, then cast; "strided" is every
+    other column of a wider tensor (not scaled: it tests the view, not the values)."""
+    g = torch.Generator().manual_seed(seed)
+    if layout == "strided":
+        n, c, h, w = shape
+        x = torch.randn(n, c, h, 2 * w, generator=g, dtype=torch.float64)[..., ::2]
+    else:
+        x = torch.randn(shape, generator=g, dtype=torch.float64) * scale + shift
+        if layout == "channels_last":
+            x = x.contiguous(memory_format=torch.channels_last)
+    return x.to(device=device, dtype=dtype)
 
 
 def grid(*axes):

@@ -9,21 +9,14 @@ from torch import nn
 
 import pycnn
 from pycnn.nn import BatchNormAct2d
+import kernel_checks
 from kernel_checks import LAYOUTS, REFERENCE_ACT, assert_half_precision_rule
 
 SHAPES = [(2, 8, 5, 5), (1, 3, 7, 9), (4, 13, 1, 1), (3, 17, 6, 4)]
 
 
 def make_input(shape, layout, dtype=torch.float32, device="cpu", seed=0):
-    g = torch.Generator().manual_seed(seed)
-    if layout == "strided":  # a non-contiguous view: every other column of a wider tensor
-        n, c, h, w = shape
-        x = torch.randn(n, c, h, 2 * w, generator=g, dtype=torch.float64)[..., ::2]
-    else:
-        x = torch.randn(shape, generator=g, dtype=torch.float64) * 2 + 0.5
-        if layout == "channels_last":
-            x = x.contiguous(memory_format=torch.channels_last)
-    return x.to(device=device, dtype=dtype)
+    return kernel_checks.make_input(shape, layout, dtype, device, seed, scale=2, shift=0.5)
 
 
 def make_pair(channels, act, dtype=torch.float32, device="cpu", momentum=0.1):

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 import pycnn
 from pycnn.nn import SqueezeExcite
+import kernel_checks
 from kernel_checks import LAYOUTS, REFERENCE_ACT, assert_half_precision_rule
 
 # (N, C, H, W, C_r): channels not a multiple of 8, 1x1 spatial, odd sizes, batch 1.
@@ -16,15 +17,7 @@ SHAPES = [(2, 8, 5, 5, 2), (1, 13, 7, 9, 3), (4, 24, 1, 1, 6), (3, 17, 6, 4, 5),
 
 
 def make_input(shape, layout, dtype=torch.float32, device="cpu", seed=0):
-    g = torch.Generator().manual_seed(seed)
-    if layout == "strided":  # a non-contiguous view: every other column of a wider tensor
-        n, c, h, w = shape
-        x = torch.randn(n, c, h, 2 * w, generator=g, dtype=torch.float64)[..., ::2]
-    else:
-        x = torch.randn(shape, generator=g, dtype=torch.float64) + 0.3
-        if layout == "channels_last":
-            x = x.contiguous(memory_format=torch.channels_last)
-    return x.to(device=device, dtype=dtype)
+    return kernel_checks.make_input(shape, layout, dtype, device, seed, shift=0.3)
 
 
 def make_params(c, cr, dtype=torch.float32, device="cpu", seed=1, bias=True):
