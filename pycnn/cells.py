@@ -32,20 +32,21 @@ class CellModule(nn.Module):
         super().__init__()
         for name, module in chains:
             self.add_module(name, module)
-        self.inputs, self.nodes, self.output = tuple(inputs), list(nodes), output
+        # underscored: the chains are named after the cell's nodes (`nodes`, `output`, ...), which users choose
+        self._inputs, self._nodes, self._output = tuple(inputs), list(nodes), output
 
     def _operands(self, values: Dict[str, torch.Tensor], operands) -> List[torch.Tensor]:
         return [values[src] if chain is None else self._modules[chain](values[src]) for chain, src in operands]
 
     def forward(self, *inputs):
-        values = dict(zip(self.inputs, inputs))
-        for name, kind, operands in self.nodes:
+        values = dict(zip(self._inputs, inputs))
+        for name, kind, operands in self._nodes:
             values[name] = merge(kind, self._operands(values, operands))
-        kind, operands = self.output
+        kind, operands = self._output
         return merge(kind, self._operands(values, operands))
 
     def extra_repr(self):
-        return f"inputs=({', '.join(self.inputs)}), nodes={len(self.nodes)}"
+        return f"inputs=({', '.join(self._inputs)}), nodes={len(self._nodes)}"
 
 
 def lower_cell(node: ir.Cell, kernels: str) -> CellModule:
@@ -77,7 +78,8 @@ class GraphStep:
         self.plan = []
         for part in network.parts:
             cells = [c for c in part.children if isinstance(c, ir.Cell) and c.sources]
-            children = [(c.name, tuple(c.sources) if isinstance(c, ir.Cell) else ()) for c in part.children]
+            children = [(c.name, tuple(c.sources) if isinstance(c, ir.Cell) else ()) for c in part.children
+                        if not (isinstance(c, ir.Layer) and not c.own_module)]  # an act runs in its bn's step
             self.plan.append((part.name, bool(cells), children, part.kind == "stage"))
 
     def __call__(self, owner: nn.Module, x, residual=None):

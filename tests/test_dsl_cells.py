@@ -4,6 +4,7 @@ a shape; golden tests of their errors. NASNet-A Large itself is checked in test_
 test_weights_parity.py."""
 import copy
 import pickle
+import textwrap
 
 import pytest
 from golden_errors import check_error_message
@@ -434,3 +435,35 @@ CASES = {
 @pytest.mark.parametrize("name", list(CASES))
 def test_error_message(name):
     check_error_message(name, *CASES[name])
+
+
+@pytest.mark.parametrize("body", ["output x { conv(4, k=1) }", "node nodes = x { conv(4, k=1) }\n output nodes",
+                                  "node inputs = x { conv(4, k=1) }\n output inputs"])
+def test_chains_may_take_any_node_name(body):
+    """A cell's chains are submodules named after its nodes: `output`, `nodes` or `inputs` must not clash with
+    what the cell module keeps."""
+    source = "block c1(c) {\n input x\n %s\n}\nnetwork n(input = 3x8x8) { a = c1(4)\n head = gap flatten linear(2) }"
+    model = pycnn.compile(source % body, backend="reference")
+    assert model(torch.randn(1, 3, 8, 8)).shape == (1, 2)
+
+
+def test_a_cell_part_followed_by_bn_and_act_runs_in_both_backends():
+    source = textwrap.dedent("""\
+        block cell(c) {
+            input x, prev
+            node left = prev { conv(c, k=1, s=height(prev) != height(x) ? 2 : 1) bn }
+            node right = x { conv(c, k=1) bn }
+            output concat(left, right)
+        }
+        network n(input = 3x8x8, classes = 5) {
+            stem = conv(4, k=3, s=2)
+            a = cell(4) bn relu
+            head = gap flatten linear(classes)
+        }""")
+    torch.manual_seed(0)
+    fused = pycnn.compile(source).eval()
+    reference = pycnn.compile(source, backend="reference").eval()
+    reference.load_state_dict(fused.state_dict())
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), reference(x), rtol=1e-4, atol=1e-5)

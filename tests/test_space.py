@@ -230,3 +230,29 @@ def test_a_layer_reading_in_is_remembered_per_block_input():
         space s of n { sample w1..w2 = choice(8, 16, 32) }"""), file="i.arch")
     fast = [(s.values, s.params, s.flops) for s in Sampler(space, seed=0).take(12)]
     assert fast == [(s.values, s.params, s.flops) for s in Sampler(space, seed=0, remember=False).take(12)]
+
+
+def test_a_space_over_a_network_with_cells_samples_what_fresh_elaboration_gives():
+    """A cell's IR depends on the network outputs before it, which the sampler's memo keys do not hold."""
+    space = Space.load(textwrap.dedent("""\
+        block cell(c) {
+            input x, prev
+            node left = prev { conv(c, k=1, s=height(prev) != height(x) ? 2 : 1) bn }
+            node right = x { conv(c, k=1) bn }
+            output concat(left, right)
+        }
+        block plain(c) { conv(c, k=3) bn relu }
+        network n(input = 3x8x8, classes = 5, w = 4, v = 4) {
+            stem = conv(w, k=3, s=2)
+            mid = conv(v, k=1)
+            a = cell(4)
+            stage s = 2 x plain(8)
+            stage t = 2 x cell(4)
+            head = gap flatten linear(classes)
+        }
+        space sp of n {
+            sample w = int(4, 12, q=4)
+            sample v = int(4, 12, q=4)
+        }"""), file="cells.arch")
+    fast = [(s.values, s.flops, s.params, s.acts) for s in Sampler(space, seed=1).take(8)]
+    assert fast == [(s.values, s.flops, s.params, s.acts) for s in Sampler(space, seed=1, remember=False).take(8)]

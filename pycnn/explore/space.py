@@ -19,7 +19,7 @@ from typing import List, Optional, Tuple
 
 from .. import ir
 from ..dsl import ast as A
-from ..dsl.elaborate import Elaborator, Limits
+from ..dsl.elaborate import Elaborator, Limits, cell_inputs
 from ..dsl.errors import ArchError
 from ..dsl.evaluate import Symbol
 from ..dsl.space import Param, Space  # noqa: F401  (the language's design spaces; Param for callers)
@@ -290,7 +290,10 @@ class Sampler:
                  flops: Optional[Tuple[float, float]] = None, params: Optional[Tuple[float, float]] = None,
                  max_tries: int = 200_000, remember: bool = True):  # max_tries: draws for one sample
         self.space, self.rng = space, random.Random(seed)
-        self.remember = remember  # False: every draw elaborated afresh (the reference the tests compare with)
+        # False: every draw elaborated afresh (the reference the tests compare with). Cells are always: what a
+        # cell builds depends on the network outputs before it, which the memo keys do not hold
+        blocks = space.program.blocks  # loads the libraries a name is looked up in: the names listed first
+        self.remember = remember and not any(cell_inputs(blocks[name]) is not None for name in list(blocks))
         self.extra = dict(extra or {})
         self.flops = flops or space.flops
         self.params = params or space.param_count
