@@ -247,7 +247,9 @@ def _infer_shuffle(a, in_shape):
 def _infer_pad(a, in_shape):
     c, h, w = _spatial(in_shape, "pad")
     oh, ow = h + a["top"] + a["bottom"], w + a["left"] + a["right"]
-    if oh < 1 or ow < 1:
+    # a crop on one side may not pass the far edge of the input (nn.ZeroPad2d's narrow() refuses that at run time)
+    if oh < 1 or ow < 1 or h + min(a["top"], 0) + min(a["bottom"], 0) < 0 \
+            or w + min(a["left"], 0) + min(a["right"], 0) < 0:
         raise ShapeError(f"pad({a['left']}, {a['right']}, {a['top']}, {a['bottom']}) leaves {oh}x{ow} of the "
                          f"{h}x{w} input", "left")
     return (c, oh, ow), 0, 0

@@ -467,3 +467,14 @@ def test_a_cell_part_followed_by_bn_and_act_runs_in_both_backends():
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(fused(x), reference(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["input", "node", "output"])
+def test_cell_statement_words_cannot_name_a_block(name):
+    with pytest.raises(pycnn.ArchError, match=f"block name '{name}' starts a cell statement"):
+        pycnn.parse(f"block {name}(c) {{ conv(c) }}\nnetwork n(input = 3x8x8) {{ a = {name}(4) }}", file="k.arch")
+
+
+def test_a_crop_may_not_pass_the_far_edge():
+    with pytest.raises(pycnn.ArchError, match=r"pad\(-10, 15, 0, 0\) leaves"):
+        pycnn.parse("network n(input = 3x8x8) { body = conv(4, k=1) pad(-10, 15, 0, 0) }", file="p.arch")

@@ -17,6 +17,9 @@ SYNONYMS = {"kernel": "k", "kernel_size": "k", "stride": "s", "strides": "s", "p
 # words of the grammar that the lexer still takes as a name before `=` (`block b(in=3)`): never a name
 KEYWORDS = {"network", "block", "use", "stage", "let", "main", "branch", "shortcut", "merge", "if", "repeat", "in",
             "and", "or", "not", "true", "false"}
+# words that start a statement in a cell's body: names elsewhere (`network n(input = ...)`), but a block so named
+# could not be called inside a block
+CELL_STATEMENTS = ("input", "node", "output")
 
 # attribute names of torch.nn.Module that a part, stage or branch may not take
 RESERVED_NAMES = {"forward", "train", "eval", "training", "parameters", "buffers", "children", "modules",

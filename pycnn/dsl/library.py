@@ -12,7 +12,7 @@ from typing import Dict, List, Optional, Tuple
 
 from ..opspec import PRIMITIVES
 from . import ast as A
-from .checks import check_binding
+from .checks import CELL_STATEMENTS, check_binding
 from .errors import ArchError
 from .generators import GENERATORS
 from .parse import MAX_SOURCE_BYTES, parse_file, parse_text, read_source
@@ -93,6 +93,9 @@ class Program:
                 if isinstance(item, A.BlockDef) and (item.name in PRIMITIVES or item.name in GENERATORS):
                     raise ArchError(f"block name '{item.name}' is a built-in layer; choose another name",
                                     item.loc, f.source)
+                if isinstance(item, A.BlockDef) and item.name in CELL_STATEMENTS:
+                    raise ArchError(f"block name '{item.name}' starts a cell statement ({', '.join(CELL_STATEMENTS)}"
+                                    f"); choose another name", item.loc, f.source)
                 if item.name not in table.defined:  # the main file and earlier libraries take precedence
                     table.defined[item.name] = item
                 if is_main and not isinstance(item, A.BlockDef):
