@@ -256,3 +256,12 @@ def test_a_space_over_a_network_with_cells_samples_what_fresh_elaboration_gives(
         }"""), file="cells.arch")
     fast = [(s.values, s.flops, s.params, s.acts) for s in Sampler(space, seed=1).take(8)]
     assert fast == [(s.values, s.flops, s.params, s.acts) for s in Sampler(space, seed=1, remember=False).take(8)]
+
+
+def test_hostile_laws_and_name_ranges_are_arch_errors():
+    network = "network n(input=3x8x8, w=1.0, w1=1) { body = conv(4, k=1) }\n"
+    with pytest.raises(ArchError, match="a name range is written like w1..w4") as info:
+        Space.load(network + "space s of n { sample w1..w%s = int(1, 2) }" % ("9" * 5000), file="r.arch")
+    assert len(str(info.value)) < 400
+    with pytest.raises(ArchError, match=r"q=1e-320 is too small"):
+        Space.load(network + "space s of n { sample w = real(1, 2, q=1e-320) }", file="q.arch")

@@ -171,7 +171,7 @@ class _SpaceToAst:
         return A.SpaceWindow(str(measure), low, high, self._loc(meta), self._loc(measure))
 
 
-_NUMBERED = re.compile(r"(.*?)([0-9]+)$")
+_NUMBERED = re.compile(r"(.*?)([0-9]{1,9})$")  # at most 9 digits read as a number: int() of huge text is slow
 MAX_NAME_RANGE = 64  # names in one `a1..aN` range
 
 
@@ -183,7 +183,7 @@ def _name_range(file, first, last) -> tuple:
     loc = A.Loc(file, first.line, first.column, last.end_line, last.end_column)
     if not (a and b and a.group(1) == b.group(1) and int(a.group(2)) < int(b.group(2))):
         raise _SemanticError(f"a name range is written like w1..w4: the same name, numbered from low to high "
-                             f"(got {first}..{last})", loc)
+                             f"(got {str(first)[:40]}..{str(last)[:40]})", loc)
     lo, hi = int(a.group(2)), int(b.group(2))
     if hi - lo >= MAX_NAME_RANGE:
         raise _SemanticError(f"a name range may hold at most {MAX_NAME_RANGE} names", loc)

@@ -304,9 +304,15 @@ def _law(call: A.Call, ev: Evaluator, error) -> dict:
             v = values[key]
             if v & (v - 1):
                 raise error(f"int: with dist=pow2, {key} must be a power of two, got {v}", given[key].value.loc)
+    if q and not (math.isfinite(low / q) and math.isfinite(high / q) and (high - low) / q <= MAX_QUANTA):
+        raise error(f"{call.name}: q={show(q)} is too small for [{show(low)}, {show(high)}] (at most "
+                    f"{MAX_QUANTA:.0e} steps)", given["q"].value.loc)
     if q and math.ceil(low / q) * q > high:
         raise error(f"{call.name}: no multiple of q={show(q)} lies in [{show(low)}, {show(high)}]", call.loc)
     return {"type": call.name, "low": low, "high": high, "dist": dist, "q": q}
+
+
+MAX_QUANTA = 1e12  # steps of q in a range: beyond it q is no quantization, and low / q may overflow
 
 
 def _names_in(expr):
