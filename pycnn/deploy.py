@@ -148,10 +148,14 @@ def _set_threads(threads: Optional[int]) -> None:
 
 
 def model_fingerprint(model) -> str:
-    """sha256 of what an export of `model` depends on: its network (the .arch text, overrides, backend) and
-    every state_dict entry (name, dtype, shape, bytes)."""
-    from .checkpoint import metadata
-    digest = hashlib.sha256(json.dumps(metadata(model), sort_keys=True).encode())
+    """sha256 of what an export of `model` depends on: its network (a pycnn model's .arch text, overrides and
+    backend; another module's class) and every state_dict entry (name, dtype, shape, bytes)."""
+    from .checkpoint import CheckpointError, metadata
+    try:
+        network = json.dumps(metadata(model), sort_keys=True)
+    except CheckpointError:  # not built by pycnn
+        network = f"{type(model).__module__}.{type(model).__qualname__}"
+    digest = hashlib.sha256(network.encode())
     for name, value in model.state_dict().items():
         if isinstance(value, torch.Tensor):
             digest.update(f"{name}:{value.dtype}:{tuple(value.shape)}".encode())
@@ -159,24 +163,40 @@ def model_fingerprint(model) -> str:
     return digest.hexdigest()
 
 
+def _file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def _onnx_file(model, onnx_path: Optional[str]) -> str:
     """The model as ONNX (batch dynamic) at `onnx_path` (or a temp file). An existing file is reused only when
-    the fingerprint written beside it (`<onnx_path>.sha256`) is this model's: another network or other weights
-    of the same name are exported afresh, never run by mistake."""
+    the stamp beside it (`<onnx_path>.sha256`: the model's fingerprint and the file's own sha256) matches both:
+    another network, other weights, or a file rewritten since, is exported afresh, never run by mistake."""
     if isinstance(model, (str, os.PathLike)):
         return os.fspath(model)
+    if not onnx_path:
+        path = os.path.join(tempfile.mkdtemp(prefix="pycnn-deploy-"), f"{model.ir.name}.onnx")
+        return _export(model, path)
+    stamp = Path(f"{onnx_path}.sha256")
     fingerprint = model_fingerprint(model)
-    stamp = Path(f"{onnx_path}.sha256") if onnx_path else None
-    if stamp and os.path.isfile(onnx_path) and stamp.is_file() and stamp.read_text().strip() == fingerprint:
+    if os.path.isfile(onnx_path) and stamp.is_file() \
+            and stamp.read_text().split() == [fingerprint, _file_sha256(onnx_path)]:
         return os.fspath(onnx_path)
+    stamp.unlink(missing_ok=True)  # a failed export must not leave an old stamp beside a partial file
+    _export(model, onnx_path)
+    stamp.write_text(f"{fingerprint} {_file_sha256(onnx_path)}\n")
+    return os.fspath(onnx_path)
+
+
+def _export(model, path: str) -> str:
     from .export import ExportError, export_onnx
-    path = onnx_path or os.path.join(tempfile.mkdtemp(prefix="pycnn-deploy-"), f"{model.ir.name}.onnx")
     try:
         export_onnx(model, path, batch=2, dynamic_batch=True)
     except ExportError as e:
         raise EngineError(str(e).splitlines()[0]) from e
-    if stamp:
-        stamp.write_text(fingerprint + "\n")
     return path
 
 

@@ -70,6 +70,11 @@ def test_onnx_export_is_reused_only_for_the_same_model(tiny, tmp_path, one_threa
         ref = other(x)
     run = pycnn.runner(other, "onnxruntime", threads=1, onnx_path=str(path))
     assert deploy.relative_error(run(x), ref) <= deploy.PARITY_TOLERANCE  # not the stale export
+    exported = path.stat().st_mtime_ns
+    path.write_bytes(path.read_bytes() + b"\0")  # rewritten since (by another tool, a partial write)
+    run = pycnn.runner(other, "onnxruntime", threads=1, onnx_path=str(path))
+    assert path.stat().st_mtime_ns != exported  # exported again
+    assert deploy.relative_error(run(x), ref) <= deploy.PARITY_TOLERANCE
 
 
 def test_runner_errors(tiny, monkeypatch):
