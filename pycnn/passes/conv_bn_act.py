@@ -2,11 +2,11 @@
 depthwise (pycnn.dwconv), grouped (pycnn.gconv) or dense (a PyTorch conv, the BatchNorm folded in eval)."""
 from __future__ import annotations
 
-from typing import List
+from typing import List, Optional
 
 from .. import ir
 from ..opspec import DWCONV_DILATIONS, DWCONV_STRIDES, GCONV_KERNELS, GCONV_MAX_GROUP_WIDTH, dwconv_kernel_ok
-from .walk import bn_act_after, rewrite_lists
+from .walk import bn_act_after, fuse_runs, rewrite_lists
 
 
 def conv_kind(conv: ir.Layer) -> str:
@@ -22,25 +22,17 @@ def conv_kind(conv: ir.Layer) -> str:
     return "dense"
 
 
-def _fuse(children: List[object]) -> List[object]:
-    out: List[object] = []
-    i = 0
-    while i < len(children):
-        node = children[i]
-        bn = children[i + 1] if i + 1 < len(children) else None
-        # a conv with TensorFlow's SAME padding pads in its own forward, which the fused ops bypass
-        if (isinstance(node, ir.Layer) and node.op == "conv" and node.attrs["p"] != ir.SAME
-                and isinstance(bn, ir.Layer) and bn.op == "bn"):
-            act = bn_act_after(children, i + 2)
-            layers = [node, bn] + ([act] if act else [])
-            out.append(ir.Fused("conv_bn_act", layers,
-                                {"conv": conv_kind(node), "act": act.attrs["kind"] if act else None}))
-            i += len(layers)
-        else:
-            out.append(node)
-            i += 1
-    return out
+def _conv_bn_act(children: List[object], i: int) -> Optional[ir.Fused]:
+    node = children[i]
+    bn = children[i + 1] if i + 1 < len(children) else None
+    # a conv with TensorFlow's SAME padding pads in its own forward, which the fused ops bypass
+    if not (isinstance(node, ir.Layer) and node.op == "conv" and node.attrs["p"] != ir.SAME
+            and isinstance(bn, ir.Layer) and bn.op == "bn"):
+        return None
+    act = bn_act_after(children, i + 2)
+    return ir.Fused("conv_bn_act", [node, bn] + ([act] if act else []),
+                    {"conv": conv_kind(node), "act": act.attrs["kind"] if act else None})
 
 
 def fuse_conv_bn_act(network: ir.NetworkIR) -> None:
-    rewrite_lists(network, _fuse)
+    rewrite_lists(network, fuse_runs(_conv_bn_act))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from .. import ir
 from ..opspec import acts_with
-from .walk import bn_act_after, rewrite_lists
+from .walk import bn_act_after, fuse_runs, rewrite_lists
 
 
 def _wrap(op: str, kind: str, accept=lambda layer: True, attrs=lambda layer: {}):
@@ -13,23 +13,16 @@ def _wrap(op: str, kind: str, accept=lambda layer: True, attrs=lambda layer: {})
     return fn
 
 
-def _fuse_bn_act(children):
-    out, i = [], 0
-    while i < len(children):
-        node = children[i]
-        if isinstance(node, ir.Layer) and node.op == "bn":
-            act = bn_act_after(children, i + 1)
-            layers = [node] + ([act] if act else [])
-            out.append(ir.Fused("bn_act", layers, {"act": act.attrs["kind"] if act else None}))
-            i += len(layers)
-        else:
-            out.append(node)
-            i += 1
-    return out
+def _bn_act(children, i):
+    node = children[i]
+    if not (isinstance(node, ir.Layer) and node.op == "bn"):
+        return None
+    act = bn_act_after(children, i + 1)
+    return ir.Fused("bn_act", [node] + ([act] if act else []), {"act": act.attrs["kind"] if act else None})
 
 
 def fuse_bn_act(network: ir.NetworkIR) -> None:
-    rewrite_lists(network, _fuse_bn_act)
+    rewrite_lists(network, fuse_runs(_bn_act))
 
 
 def fuse_se(network: ir.NetworkIR) -> None:

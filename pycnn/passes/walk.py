@@ -25,6 +25,19 @@ def rewrite_lists(network: ir.NetworkIR, fn: Callable[[List[object]], List[objec
         visit(part)
 
 
+def fuse_runs(match: Callable[[List[object], int], Optional[ir.Fused]]) -> Callable[[List[object]], List[object]]:
+    """A rewrite_lists function: scanning a list of siblings, match(children, i) gives the Fused node of the
+    layers starting at i (they are replaced by it) or None (children[i] stays)."""
+    def fn(children: List[object]) -> List[object]:
+        out, i = [], 0
+        while i < len(children):
+            fused = match(children, i)
+            out.append(fused if fused is not None else children[i])
+            i += len(fused.layers) if fused is not None else 1
+        return out
+    return fn
+
+
 def blocks(network: ir.NetworkIR):
     """Every Block of the network."""
     return [node for _, node in network.nodes() if isinstance(node, ir.BranchBlock)]
