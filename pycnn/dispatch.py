@@ -6,8 +6,9 @@ dtype, layout, device, train/eval, grad) and keeps the faster one, in memory and
 else ~/.cache/pycnn). `kernels` comes from pycnn.compile(..., kernels=...), else $PYCNN_KERNELS, else "auto";
 what one step runs, "pycnn" or "torch", is its `kernel`.
 Measuring runs the op a few times on the real input with autograd.grad (no .grad is touched) and restores the
-BatchNorm running statistics afterwards. Under torch.compile/export nothing is measured: a step keeps the
-kernel of its last eager run (pycnn's if none).
+BatchNorm running statistics afterwards. Under torch.compile a step's choice is measured at trace time on
+stand-ins (pycnn.runtime); under export and with dynamic shapes it keeps the kernel of its last eager run
+(pycnn's if none).
 
 The cache file is data from a folder others may write to (docs/security.md): it is read only when it is a
 regular file below a size cap, each entry is validated, new entries are written in batches through a fresh
@@ -238,6 +239,12 @@ def choose(step, run: Callable[[str, Tensor, Optional[Tensor]], Tensor], x: Tens
         return step.kernels
     if torch.compiler.is_compiling() or x.device.type not in ("cpu", "cuda"):
         return step.last_kernel or "pycnn"
+    return measured_choice(step, run, x, residual, modules)
+
+
+def measured_choice(step, run: Callable[[str, Tensor, Optional[Tensor]], Tensor], x: Tensor,
+                    residual: Optional[Tensor], modules: List[torch.nn.Module]) -> str:
+    """The faster kernel for x's facts: from the cache, else measured on x (and recorded)."""
     key = shape_key(step.signature, x, training=any(m.training for m in train_eval_modules(modules)))
     cache = kernel_cache()
     entry = cache.entries.get(key)

@@ -59,7 +59,7 @@ class FusedStep:
     def __call__(self, owner: nn.Module, x, residual=None):
         if torch.compiler.is_compiling():
             modules = [getattr(owner, name) for name in self.names]
-            kernel = dispatch.choose(self, lambda k, x_, r_: self.run(modules, x_, r_, k), x, residual, modules)
+            kernel = self.kernels if self.kernels != "auto" else self._traced_kernel(owner, x, residual)
             return self.run(modules, x, residual, kernel)
         modules = [owner._modules[name] for name in self.names]  # nn.Module.__getattr__ costs ~0.5 us a name
         kernel = self.kernels if self.kernels != "auto" else self._auto_kernel(modules, x, residual)
@@ -77,9 +77,57 @@ class FusedStep:
         self.last_kernel = kernel
         return kernel
 
+    def _traced_kernel(self, owner, x, residual) -> str:
+        """The kernel a graph traced by torch.compile runs: measured at trace time (static shapes; the choice is
+        a constant of the graph), else the last eager run's, else pycnn's (torch.export, dynamic shapes)."""
+        if (torch.compiler.is_dynamo_compiling() and x.device.type in ("cpu", "cuda")
+                and all(isinstance(d, int) for t in (x, residual) if t is not None for d in t.shape)):
+            device = x.device.type
+            autocast = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+            return _measure_while_tracing(self, owner, _spec(x), _spec(residual), torch.is_grad_enabled(), autocast)
+        return self.last_kernel or "pycnn"
+
     def __repr__(self):
         extra = ", adds the residual" if self.attrs.get("residual") else ""
         return f"{'+'.join(self.names)} ({self.kind}{extra}, kernels={self.kernels})"
+
+
+def _spec(t) -> Optional[tuple]:
+    """What a random stand-in for tensor t needs: (shape, dtype, device, channels_last, requires_grad)."""
+    if t is None:
+        return None
+    channels_last = t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+    return tuple(t.shape), t.dtype, t.device, channels_last, t.requires_grad
+
+
+def _measure_while_tracing(step: FusedStep, owner: nn.Module, x_spec, residual_spec, grad: bool, autocast) -> str:
+    """Runs for real while dynamo traces (marked below as a constant of the graph): the step's kernel for
+    inputs like the traced ones, from the kernel cache or measured on random stand-ins, so a compiled network
+    runs what `auto` picks in eager rather than pycnn's kernel everywhere."""
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    def stand_in(spec):
+        if spec is None:
+            return None
+        shape, dtype, device, channels_last, requires_grad = spec
+        # a generator of its own: compiling must not move the caller's random stream (dropout, data order)
+        t = torch.randn(shape, dtype=dtype, device=device, generator=torch.Generator(device).manual_seed(0))
+        return t.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format) \
+            .requires_grad_(requires_grad)
+
+    modules = [owner._modules[name] for name in step.names]
+    cast = torch.autocast(x_spec[2].type, dtype=autocast) if autocast is not None else contextlib.nullcontext()
+    with unset_fake_temporarily(), torch.set_grad_enabled(grad), cast:
+        x, residual = stand_in(x_spec), stand_in(residual_spec)
+        kernel = dispatch.measured_choice(step, lambda k, x_, r_: step.run(modules, x_, r_, k), x, residual, modules)
+    dispatch.flush_measurements()
+    step.last_kernel = kernel
+    return kernel
+
+
+# What torch.compiler.assume_constant_result sets; set here directly because that function imports torch._dynamo
+# (seconds) and pycnn must import without it. tests/test_runtime.py checks that dynamo honours it.
+_measure_while_tracing._dynamo_marked_constant = True
 
 
 def run_steps(owner: nn.Module, steps, x, residual=None):

@@ -271,7 +271,7 @@ COMPILED = [(MOBILENET, "mobilenet_v2", ("train", "eval"), dict(dropout=0.0)),
 @pytest.mark.parametrize("path,network,modes,overrides", COMPILED, ids=[c[1] for c in COMPILED])
 def test_torch_compile_one_graph_no_recompiles(path, network, modes, overrides):
     """fullgraph (no graph break) and error_on_recompile over three steps per mode: one graph each, with the
-    kernel choice "auto" (resolved outside tracing) and NCHW input converted inside the graph."""
+    kernel choice "auto" (measured at trace time, a constant of the graph) and NCHW input converted inside the graph."""
     from torch._dynamo.testing import CompileCounterWithBackend
     torch.manual_seed(0)
     model = pycnn.compile(path, network, input=(3, 32, 32), **overrides)
@@ -293,6 +293,41 @@ def test_torch_compile_one_graph_no_recompiles(path, network, modes, overrides):
                         compiled(x)
         assert counter.frame_count == 1, f"{mode}: {counter.frame_count} graphs"
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("mode,faster", [("train", "torch"), ("eval", "pycnn")])
+def test_torch_compile_runs_the_kernels_auto_measures_at_trace_time(monkeypatch, faster, mode):
+    """kernels="auto" under torch.compile: each fused step's kernel is measured while dynamo traces (on stand-ins
+    with the traced input's facts, once per key) and is a constant of the one graph; not pycnn's everywhere."""
+    from pycnn import runtime
+    measured = []
+
+    def fake_measure(run, x, residual, params, buffers, repeats=5):
+        measured.append((tuple(x.shape), x.requires_grad, torch.is_grad_enabled()))
+        run(faster, x, residual)  # the stand-ins are real tensors: the kernel runs on them
+        return {"pycnn": 1.0, "torch": 2.0} if faster == "pycnn" else {"pycnn": 2.0, "torch": 1.0}
+    monkeypatch.setattr(dispatch, "measure", fake_measure)
+    torch.manual_seed(0)
+    model = pycnn.compile(MOBILENET, "mobilenet_v2", input=(3, 32, 32), width_mult=0.25, dropout=0.0).train(mode == "train")
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+    torch._dynamo.reset()
+    x = torch.randn(2, 3, 32, 32)
+    rng = torch.get_rng_state()
+    with torch.set_grad_enabled(mode == "train"):
+        torch.compile(model, fullgraph=True, backend=backend)(x)
+    torch._dynamo.reset()
+    assert torch.equal(torch.get_rng_state(), rng), "compiling moved the caller's random stream"
+    steps = [s for m in model.modules() for steps in runtime.step_lists(m) for s in steps
+             if isinstance(s, runtime.FusedStep)]
+    assert len(graphs) == 1 and measured and len(measured) <= len(steps)
+    assert all(grad == (mode == "train") for _, _, grad in measured)
+    assert {s.last_kernel for s in steps} == {faster}
+    pycnn_calls = [n for n in graphs[0].graph.nodes if n.op == "call_function" and "pycnn" in str(n.target)]
+    assert bool(pycnn_calls) == (faster == "pycnn"), [str(n.target) for n in pycnn_calls][:5]
 
 
 @pytest.mark.slow
