@@ -17,6 +17,7 @@ Each mistake is an ArchError at its place in the text. The FLOPs and parameter w
 sampler (pycnn.explore.space), which elaborates each draw to the IR."""
 from __future__ import annotations
 
+import functools
 import math
 import random
 from dataclasses import dataclass, field
@@ -49,23 +50,35 @@ class Param:
     choices: Optional[tuple] = None
 
     def sample(self, rng: random.Random):
+        return self._draw(rng)
+
+    @functools.cached_property
+    def _draw(self):
+        """sample() as a function of the generator, its constants computed once (drawing is the sampler's inner
+        loop): uniform(a, b) written as a + (b - a) * random(), as Random.uniform computes it."""
         if self.choices is not None:
-            return rng.choice(self.choices)
+            choices = self.choices
+            return lambda rng: rng.choice(choices)
         if self.dist == "pow2":
             lo, hi = int(math.log2(self.low)), int(math.log2(self.high))
-            return 2 ** rng.randint(lo, hi)
+            return lambda rng: 2 ** rng.randint(lo, hi)
+        exp, floor = math.exp, math.floor
+        if self.type == "int" and not self.q and self.dist != "log":
+            low, span, high = self.low, self.high + 1 - self.low, int(self.high)
+            return lambda rng: min(int(floor(low + span * rng.random())), high)
         if self.dist == "log":
-            value = math.exp(rng.uniform(math.log(self.low), math.log(self.high)))
+            low, span = math.log(self.low), math.log(self.high) - math.log(self.low)
+            value_of = lambda rng: exp(low + span * rng.random())  # noqa: E731
         else:
-            value = rng.uniform(self.low, self.high + (1 if self.type == "int" and not self.q else 0))
-            if self.type == "int" and not self.q:
-                return min(int(math.floor(value)), int(self.high))
+            low, span = self.low, self.high - self.low
+            value_of = lambda rng: low + span * rng.random()  # noqa: E731
         q = self.q or (1 if self.type == "int" else 0)
-        if q:
-            value = min(max(round(value / q) * q, math.ceil(self.low / q) * q), math.floor(self.high / q) * q)
+        lowest, highest = (math.ceil(self.low / q) * q, math.floor(self.high / q) * q) if q else (0, 0)
         if self.type == "int":
-            return int(round(value))
-        return round(value, 10)
+            return lambda rng: int(round(min(max(round(value_of(rng) / q) * q, lowest), highest)))
+        if q:
+            return lambda rng: round(min(max(round(value_of(rng) / q) * q, lowest), highest), 10)
+        return lambda rng: round(value_of(rng), 10)
 
     def law(self) -> tuple:
         """Everything but the name: parameters with equal laws may be shared."""
@@ -172,8 +185,8 @@ class Space:
         for steps in groups:
             k = 0
             while k < len(steps):
-                name, param, followers, pairs, requires = steps[k]
-                value = env[name] = param.sample(rng)
+                name, draw, followers, pairs, requires = steps[k]
+                value = env[name] = draw(rng)
                 for f in followers:
                     env[f] = value
                 if all(env[a] <= env[b] for a, b in pairs) and all(self._holds(i, env) for i in requires):
@@ -292,7 +305,7 @@ def space_of(program: Program, sdef: A.SpaceDef) -> Space:
 
 def _draw_plan(space: Space) -> tuple:
     """(the requires that read no sampled name, the groups of draw_satisfying): each group the steps
-    (name, Param, the names that share its value, the non_decreasing pairs and requires whose names are all
+    (name, its Param's draw function, the names that share its value, the non_decreasing pairs and requires whose names are all
     drawn once it is), in the order the names are written; groups in the order of their first name."""
     order = list(space.params)
     leader = {name: space._leader.get(name, name) for name in order}
@@ -327,7 +340,7 @@ def _draw_plan(space: Space) -> tuple:
         pairs = tuple(c[1] for (_, c), at in zip(links, last) if at == name and c[0] == "pair")
         requires = tuple(c[1] for (_, c), at in zip(links, last) if at == name and c[0] == "require")
         followers = tuple(n for n in order if n != name and leader[n] == name)
-        groups.setdefault(root(name), []).append((name, space.params[name], followers, pairs, requires))
+        groups.setdefault(root(name), []).append((name, space.params[name]._draw, followers, pairs, requires))
     return tuple(constants), tuple(tuple(steps) for steps in groups.values())
 
 
