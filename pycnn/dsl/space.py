@@ -151,7 +151,10 @@ class Space:
     def _holds(self, i: int, env: dict) -> bool:
         """Whether require i holds in env (the fixed values and at least the sampled names it reads)."""
         # a condition is a function of the names it reads: remembered by their values (draws repeat them)
-        key = (i, tuple([env[n] for n in self._require_reads(i)]))
+        reads = self._reads.get(i)
+        if reads is None:
+            reads = self._require_reads(i)
+        key = (i, tuple([env[n] for n in reads]))
         ok = self._known.get(key)
         if ok is None:
             expr = self.requires[i]
@@ -189,7 +192,17 @@ class Space:
                 value = env[name] = draw(rng)
                 for f in followers:
                     env[f] = value
-                if all(env[a] <= env[b] for a, b in pairs) and all(self._holds(i, env) for i in requires):
+                ok = True
+                for a, b in pairs:
+                    if not env[a] <= env[b]:
+                        ok = False
+                        break
+                if ok:
+                    for i in requires:
+                        if not self._holds(i, env):
+                            ok = False
+                            break
+                if ok:
                     k += 1
                     continue
                 refused += 1

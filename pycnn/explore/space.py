@@ -20,10 +20,11 @@ from typing import List, Optional, Tuple
 from .. import ir
 from ..dsl import ast as A
 from ..dsl.elaborate import Elaborator, Limits, cell_inputs
+from ..dsl.checks import value_kind
 from ..dsl.errors import ArchError
 from ..dsl.evaluate import Symbol
 from ..dsl.space import Param, Space  # noqa: F401  (the language's design spaces; Param for callers)
-from ..opspec import OPS
+from ..opspec import OPS, PRIMITIVES, acts_with
 
 
 class SpaceError(Exception):
@@ -273,6 +274,35 @@ class _MemoElaborator(Elaborator):
         if node.op in ("conv", "wsconv"):
             self.acts += math.prod(node.out_shape)
         self._check_window()
+
+    _bn_acts: Optional[frozenset] = None  # the activations a BatchNorm kernel applies (acts_with, computed once)
+
+    def runs_with_bn(self, call, prev) -> bool:
+        """Elaborator.runs_with_bn, its list of activations looked up once."""
+        acts = _MemoElaborator._bn_acts
+        if acts is None:
+            acts = _MemoElaborator._bn_acts = frozenset(
+                a for a in acts_with("bn_act") if a in PRIMITIVES and PRIMITIVES[a].op == "act")
+        return call.name in acts and isinstance(prev, ir.Layer) and prev.op == "bn"
+
+    def _check_override(self, param, env, raw):
+        """Elaborator._check_override, remembered when it passes: it compares the kind of the value with the
+        kind of the parameter's default, a function of the values the default reads."""
+        site = ("override", param.loc, param.name)
+        names = self.call_names.get(site)
+        if names is None:
+            names = self.call_names[site] = tuple(sorted(_names_read(param.default, set())))
+        if _READS_IN in names:  # reads `in`: not remembered
+            return super()._check_override(param, env, raw)
+        try:
+            key = (site, value_kind(env[param.name]), tuple([env.get(n, _UNSET) for n in names]))
+            if key in self.spec_memo:
+                return
+        except TypeError:  # an unhashable value
+            return super()._check_override(param, env, raw)
+        super()._check_override(param, env, raw)
+        if len(self.spec_memo) < MAX_REMEMBERED:
+            self.spec_memo[key] = True
 
     def _check_window(self):
         if ((self.flops_max is not None and self.flops > self.flops_max)
