@@ -177,7 +177,21 @@ class _MemoElaborator(Elaborator):
                 or 4 * self.activation_elements > lim.max_activation_bytes):
             raise ArchError("the network exceeds a limit of pycnn.dsl.elaborate.Limits")
         self._check_window()
-        return _renamed(node, name)
+        return self._named(node, name)
+
+    def _named(self, node, name):
+        """A remembered node under `name`: the node itself, or a copy made once per name (the sampler only
+        counts what it builds, so networks may share nodes)."""
+        if node.name == name:
+            return node
+        key = ("renamed", id(node), name)
+        copy = self.call_names.get(key)
+        if copy is not None and copy[0] is node:  # (the entry holds the node: its id is not reused meanwhile)
+            return copy[1]
+        renamed = _renamed(node, name)
+        if len(self.call_names) < MAX_REMEMBERED:
+            self.call_names[key] = (node, renamed)
+        return renamed
 
     def _stage_blocks(self, name, call, count, first_extra, shape, ctx, loc):
         """As Elaborator._stage_blocks, but once a block after the first maps its input shape to itself, the
@@ -254,7 +268,7 @@ class _MemoElaborator(Elaborator):
                                         size if node.op in ("conv", "wsconv") else 0)
             return node
         base, node, size, acts = hit
-        node = _renamed(node, namer.next(base))
+        node = self._named(node, namer.next(base))
         lim = self.limits
         if (self.n_layers >= lim.max_layers or self.n_params + node.params > lim.max_params
                 or size > lim.max_activations or 4 * (self.activation_elements + size) > lim.max_activation_bytes):
