@@ -317,9 +317,9 @@ def space_of(program: Program, sdef: A.SpaceDef) -> Space:
 
 
 def _draw_plan(space: Space) -> tuple:
-    """(the requires that read no sampled name, the groups of draw_satisfying): each group the steps
-    (name, its Param's draw function, the names that share its value, the non_decreasing pairs and requires whose names are all
-    drawn once it is), in the order the names are written; groups in the order of their first name."""
+    """(the requires that read no sampled name, the groups of draw_satisfying): each group the steps (name, its
+    Param's draw function, the names that share its value, the non_decreasing pairs and requires whose names are
+    all drawn once it is), in the order the names are written; groups in the order of their first name."""
     order = list(space.params)
     leader = {name: space._leader.get(name, name) for name in order}
     links = []  # (the drawn names a constraint reads, the constraint)
