@@ -109,6 +109,8 @@ def test_explore_local_records_trials_and_resumes(tiny_space, tmp_path, one_thre
     assert sorted(t["index"] for t in trials) == [0, 1, 2] and all(t["error"] is not None for t in trials)
     assert all(0 <= t["error"] <= 100 and t["values"]["w1"] <= t["values"]["w4"] for t in trials)
     log.clear()
+    with pytest.raises(SpaceError, match="trial 0 trained other values"):  # another seed: not these trials
+        explore(tiny_space, 4, tmp_path, recipe=recipe, input=(1, 8, 8), seed=1, kernels="pycnn", log=log.append)
     explore(tiny_space, 4, tmp_path, recipe=recipe, input=(1, 8, 8), kernels="pycnn", log=log.append)
     assert "3 already done, 1 to train" in log[0] and done_indices(jsonl) == {0, 1, 2, 3}
     assert main(["explore", "--compare", str(jsonl), str(jsonl), "--out", str(tmp_path / "cmp.png")]) == 0

@@ -150,14 +150,21 @@ def test_sampling_is_deterministic_and_every_sample_meets_constraints_and_window
 ])
 def test_remembering_sampler_gives_what_fresh_elaboration_gives(path, extra, window):
     """The sampler's block and layer memory and its early stop change nothing: the same samples with the same
-    FLOPs, parameters and activations as elaborating each draw afresh; and the AnyNetX `require` lines only
-    refuse earlier what elaboration refuses (the same samples without them)."""
+    FLOPs, parameters and activations as elaborating each draw afresh (constraints checked while drawing, and
+    on whole draws); and the AnyNetX `require` lines only refuse earlier what elaboration refuses (with whole
+    draws refused, the same samples without them)."""
     space = load_space(SPACES / path)
     fast = Sampler(space, seed=2, extra=extra, flops=window)
-    reference = Sampler(dataclasses.replace(space, requires=[]), seed=2, extra=extra, flops=window, remember=False)
+    fresh = Sampler(space, seed=2, extra=extra, flops=window, remember=False)
     got = [(s.values, s.flops, s.params, s.acts) for s in fast.take(8)]
+    assert got == [(s.values, s.flops, s.params, s.acts) for s in fresh.take(8)]
+    assert fast.tries == fresh.tries
+    whole = Sampler(space, seed=2, extra=extra, flops=window, early=False)
+    reference = Sampler(dataclasses.replace(space, requires=[]), seed=2, extra=extra, flops=window, remember=False,
+                        early=False)
+    got = [(s.values, s.flops, s.params, s.acts) for s in whole.take(8)]
     assert got == [(s.values, s.flops, s.params, s.acts) for s in reference.take(8)]
-    assert fast.tries == reference.tries
+    assert whole.tries == reference.tries
     net = fast.elaborate(fast.take(1)[0].overrides)  # a fresh IR for what needs one (latency, trials)
     assert net.total_params > 0
 
@@ -265,3 +272,77 @@ def test_hostile_laws_and_name_ranges_are_arch_errors():
     assert len(str(info.value)) < 400
     with pytest.raises(ArchError, match=r"q=1e-320 is too small"):
         Space.load(network + "space s of n { sample w = real(1, 2, q=1e-320) }", file="q.arch")
+
+
+SMALL_SPACE = """\
+use anynet
+space small of anynet {
+    sample d1..d3 = choice(1, 2, 3)
+    sample w1..w2 = choice(8, 12, 16)
+    sample g1..g2 = choice(2, 4, 8)
+    sample b1 = choice(1.0, 0.5)
+    shared g1..g2
+    non_decreasing d1..d3
+    require w1 % g1 == 0
+    require round(w2 * b1) % g2 == 0 and w1 <= w2
+}"""
+
+
+def _chi_square(counts, cells, n):
+    """Pearson's statistic of `counts` against the uniform law over `cells`, and a bound it passes with
+    probability ~1 - 1e-6 when the draws follow that law (df + 7 standard deviations of the chi-square)."""
+    expected = n / len(cells)
+    assert set(counts) <= set(cells)
+    stat = sum((counts.get(c, 0) - expected) ** 2 / expected for c in cells)
+    df = len(cells) - 1
+    return stat, df + 7 * (2 * df) ** 0.5
+
+
+def test_drawing_with_early_refusal_samples_the_constrained_law():
+    """Constraints checked while drawing (Space.draw_satisfying, each group of linked parameters drawn again
+    from its start) give the law of refusing whole draws: the prior restricted to the constraints. With choices
+    only, that law is uniform over the satisfying combinations, enumerated here; both ways of drawing match it
+    (seeded, so this never flakes) and every draw meets the constraints."""
+    import itertools
+    import random
+
+    space = Space.load(SMALL_SPACE, file="small.arch")
+    names = [n for n in space.params if n != "g2"]  # g2 is g1's value
+    cells = []
+    for combo in itertools.product(*(space.params[n].choices for n in names)):
+        values = dict(zip(names, combo), g2=combo[names.index("g1")])
+        if space.satisfies(values):
+            cells.append(tuple(values[n] for n in space.params))
+    assert 100 < len(cells) < 300
+    n = 25 * len(cells)
+    early, whole = {}, {}
+    rng = random.Random(5)
+    refused = 0
+    for _ in range(n):
+        values, r = space.draw_satisfying(rng, 10_000)
+        refused += r
+        assert space.satisfies(values)
+        key = tuple(values[k] for k in space.params)
+        early[key] = early.get(key, 0) + 1
+    drawn = 0
+    while sum(whole.values()) < n:
+        values = space.draw(rng)
+        drawn += 1
+        if space.satisfies(values):
+            key = tuple(values[k] for k in space.params)
+            whole[key] = whole.get(key, 0) + 1
+    for counts in (early, whole):
+        stat, bound = _chi_square(counts, cells, n)
+        assert stat < bound, (stat, bound)
+    assert refused + n < drawn  # and drawing with early refusal refuses fewer draws
+    assert space.draw_satisfying(rng, 10_000)[0] is not None
+
+
+def test_drawing_with_early_refusal_gives_up_after_its_tries():
+    space = Space.load(SMALL_SPACE.replace("and w1 <= w2", "and w1 > 99"), file="small.arch")
+    import random
+    assert space.draw_satisfying(random.Random(0), 50) == (None, 50)
+    never = Space.load(SMALL_SPACE.replace("require w1 % g1 == 0", "require 1 > 2"), file="small.arch")
+    assert never.draw_satisfying(random.Random(0), 50) == (None, 50)
+    with pytest.raises(explore_space.SpaceError, match="no sample satisfied"):
+        Sampler(never, seed=0, max_tries=50).take(1)

@@ -17,6 +17,7 @@ Each mistake is an ArchError at its place in the text. The FLOPs and parameter w
 sampler (pycnn.explore.space), which elaborates each draw to the IR."""
 from __future__ import annotations
 
+import functools
 import math
 import random
 from dataclasses import dataclass, field
@@ -49,23 +50,35 @@ class Param:
     choices: Optional[tuple] = None
 
     def sample(self, rng: random.Random):
+        return self._draw(rng)
+
+    @functools.cached_property
+    def _draw(self):
+        """sample() as a function of the generator, its constants computed once (drawing is the sampler's inner
+        loop): uniform(a, b) written as a + (b - a) * random(), as Random.uniform computes it."""
         if self.choices is not None:
-            return rng.choice(self.choices)
+            choices = self.choices
+            return lambda rng: rng.choice(choices)
         if self.dist == "pow2":
             lo, hi = int(math.log2(self.low)), int(math.log2(self.high))
-            return 2 ** rng.randint(lo, hi)
+            return lambda rng: 2 ** rng.randint(lo, hi)
+        exp, floor = math.exp, math.floor
+        if self.type == "int" and not self.q and self.dist != "log":
+            low, span, high = self.low, self.high + 1 - self.low, int(self.high)
+            return lambda rng: min(int(floor(low + span * rng.random())), high)
         if self.dist == "log":
-            value = math.exp(rng.uniform(math.log(self.low), math.log(self.high)))
+            low, span = math.log(self.low), math.log(self.high) - math.log(self.low)
+            value_of = lambda rng: exp(low + span * rng.random())  # noqa: E731
         else:
-            value = rng.uniform(self.low, self.high + (1 if self.type == "int" and not self.q else 0))
-            if self.type == "int" and not self.q:
-                return min(int(math.floor(value)), int(self.high))
+            low, span = self.low, self.high - self.low
+            value_of = lambda rng: low + span * rng.random()  # noqa: E731
         q = self.q or (1 if self.type == "int" else 0)
-        if q:
-            value = min(max(round(value / q) * q, math.ceil(self.low / q) * q), math.floor(self.high / q) * q)
+        lowest, highest = (math.ceil(self.low / q) * q, math.floor(self.high / q) * q) if q else (0, 0)
         if self.type == "int":
-            return int(round(value))
-        return round(value, 10)
+            return lambda rng: int(round(min(max(round(value_of(rng) / q) * q, lowest), highest)))
+        if q:
+            return lambda rng: round(min(max(round(value_of(rng) / q) * q, lowest), highest), 10)
+        return lambda rng: round(value_of(rng), 10)
 
     def law(self) -> tuple:
         """Everything but the name: parameters with equal laws may be shared."""
@@ -90,6 +103,7 @@ class Space:
     # what the requires read and gave, by index (not copied by dataclasses.replace: other requires, other facts)
     _reads: dict = field(default_factory=dict, init=False, repr=False)  # index -> the names it reads
     _known: dict = field(default_factory=dict, init=False, repr=False)  # (index, their values) -> true/false
+    _plan: Optional[tuple] = field(default=None, init=False, repr=False)  # draw_satisfying's, made once
 
     @classmethod
     def load(cls, source, name: Optional[str] = None, file: Optional[str] = None) -> "Space":
@@ -121,25 +135,81 @@ class Space:
                 if not values[a] <= values[b]:
                     return False
         env = None
-        for i, expr in enumerate(self.requires):
-            # a condition is a function of the names it reads: remembered by their values (draws repeat them)
+        for i in range(len(self.requires)):
             if env is None:
                 env = {**self._fixed_values, **values}
-            reads = self._reads.get(i)
-            if reads is None:
-                reads = self._reads[i] = tuple(sorted({n.id for n in _names_in(expr)}))
-            key = (i, tuple(env[n] for n in reads))
-            ok = self._known.get(key)
-            if ok is None:
-                ok = Evaluator(env, self.program.source_of).eval(expr)
-                if not isinstance(ok, bool):
-                    raise ArchError(f"a require must be true or false, got {show(ok)} (compare it: like "
-                                    f"`x % 8 == 0`)", expr.loc, self.program.source_of(expr.loc.file))
-                if len(self._known) < _MAX_KNOWN:
-                    self._known[key] = ok
-            if not ok:
+            if not self._holds(i, env):
                 return False
         return True
+
+    def _require_reads(self, i: int) -> tuple:
+        reads = self._reads.get(i)
+        if reads is None:
+            reads = self._reads[i] = tuple(sorted({n.id for n in _names_in(self.requires[i])}))
+        return reads
+
+    def _holds(self, i: int, env: dict) -> bool:
+        """Whether require i holds in env (the fixed values and at least the sampled names it reads)."""
+        # a condition is a function of the names it reads: remembered by their values (draws repeat them)
+        reads = self._reads.get(i)
+        if reads is None:
+            reads = self._require_reads(i)
+        key = (i, tuple([env[n] for n in reads]))
+        ok = self._known.get(key)
+        if ok is None:
+            expr = self.requires[i]
+            ok = Evaluator(env, self.program.source_of).eval(expr)
+            if not isinstance(ok, bool):
+                raise ArchError(f"a require must be true or false, got {show(ok)} (compare it: like "
+                                f"`x % 8 == 0`)", expr.loc, self.program.source_of(expr.loc.file))
+            if len(self._known) < _MAX_KNOWN:
+                self._known[key] = ok
+        return ok
+
+    def draw_satisfying(self, rng: random.Random, tries: int) -> Tuple[Optional[dict], int]:
+        """A draw that meets every constraint, and the number of partial draws refused on the way; (None, tries)
+        when `tries` draws, partial or whole, found none.
+
+        The drawn parameters fall into groups that no constraint links (the four depths of AnyNetX_E, its
+        widths with the bottleneck and group width that `require` ties to them, ...). Each group is drawn
+        parameter by parameter and drawn again from its start as soon as a constraint whose names are all drawn
+        fails. The parameters are independent before the constraints, so the constrained law is the product of
+        each group's constrained law, and redrawing a group until it passes samples that law exactly: the same
+        distribution as drawing every parameter and refusing the whole draw (`draw` + `satisfies`), far fewer
+        values drawn. Not the same values for a seed: the generator is consumed differently."""
+        plan = self._plan
+        if plan is None:
+            plan = self._plan = _draw_plan(self)
+        constants, groups = plan
+        env = dict(self._fixed_values)
+        if not all(self._holds(i, env) for i in constants):
+            return None, tries
+        refused = 0
+        for steps in groups:
+            k = 0
+            while k < len(steps):
+                name, draw, followers, pairs, requires = steps[k]
+                value = env[name] = draw(rng)
+                for f in followers:
+                    env[f] = value
+                ok = True
+                for a, b in pairs:
+                    if not env[a] <= env[b]:
+                        ok = False
+                        break
+                if ok:
+                    for i in requires:
+                        if not self._holds(i, env):
+                            ok = False
+                            break
+                if ok:
+                    k += 1
+                    continue
+                refused += 1
+                if refused >= tries:
+                    return None, tries
+                k = 0
+        return {name: env[name] for name in self.params}, refused
 
     @property
     def _fixed_values(self) -> dict:
@@ -244,6 +314,47 @@ def space_of(program: Program, sdef: A.SpaceDef) -> Space:
     return Space(name=sdef.name, network=sdef.network, arch=Path(network_file), program=program, fixed=fixed,
                  params=params, shared=shared, non_decreasing=non_decreasing, requires=requires,
                  flops=windows.get("flops"), param_count=windows.get("params"), _leader=leader)
+
+
+def _draw_plan(space: Space) -> tuple:
+    """(the requires that read no sampled name, the groups of draw_satisfying): each group the steps (name, its
+    Param's draw function, the names that share its value, the non_decreasing pairs and requires whose names are
+    all drawn once it is), in the order the names are written; groups in the order of their first name."""
+    order = list(space.params)
+    leader = {name: space._leader.get(name, name) for name in order}
+    links = []  # (the drawn names a constraint reads, the constraint)
+    for names in space.non_decreasing:
+        links += [({leader[a], leader[b]}, ("pair", (a, b))) for a, b in zip(names, names[1:])]
+    constants = []
+    for i in range(len(space.requires)):
+        drawn = {leader[n] for n in space._require_reads(i) if n in leader}
+        if drawn:
+            links.append((drawn, ("require", i)))
+        else:
+            constants.append(i)
+    group = {name: name for name in order if leader[name] == name}  # union-find over the drawn names
+
+    def root(n):
+        while group[n] != n:
+            group[n] = group[group[n]]
+            n = group[n]
+        return n
+
+    for drawn, _ in links:
+        first, *rest = drawn
+        for n in rest:
+            group[root(n)] = root(first)
+    position = {name: i for i, name in enumerate(order)}
+    last = [max(drawn, key=position.get) for drawn, _ in links]  # the name after whose draw a constraint is checked
+    groups: Dict[str, list] = {}
+    for name in order:
+        if leader[name] != name:
+            continue
+        pairs = tuple(c[1] for (_, c), at in zip(links, last) if at == name and c[0] == "pair")
+        requires = tuple(c[1] for (_, c), at in zip(links, last) if at == name and c[0] == "require")
+        followers = tuple(n for n in order if n != name and leader[n] == name)
+        groups.setdefault(root(name), []).append((name, space.params[name]._draw, followers, pairs, requires))
+    return tuple(constants), tuple(tuple(steps) for steps in groups.values())
 
 
 def _law(call: A.Call, ev: Evaluator, error) -> dict:

@@ -66,7 +66,8 @@ def cmd_explore(args) -> int:
                         executor=args.executor, workers=args.workers, address=args.address,
                         gpus_per_trial=args.gpus_per_trial, backend=args.backend, kernels=args.kernels,
                         threads=args.threads, latency=args.latency, max_latency_ms=args.max_latency_ms,
-                        latency_cache=args.latency_cache, latency_repeats=args.latency_repeats)
+                        latency_cache=args.latency_cache, latency_repeats=args.latency_repeats,
+                        whole_draws=args.whole_draws)
         trials = read_trials(jsonl)
         png = out / f"edf-{jsonl.stem}.png"
         report.plot_edfs(png, {jsonl.stem: trials})
@@ -101,6 +102,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--input", type=_shape, help="override the networks' input shape, e.g. 1x16x16")
     p.add_argument("--flops", type=_window, help="FLOPs (multiply-adds) window, e.g. 1M:3M")
     p.add_argument("--params", type=_window, help="parameter-count window, e.g. 50k:500k")
+    p.add_argument("--whole-draws", action="store_true",
+                   help="refuse whole draws that break a constraint: the samples of pycnn before constraints were "
+                        "checked while drawing (the same law, other networks for a seed)")
     p.add_argument("--executor", choices=["local", "ray"], default="local")
     p.add_argument("--workers", type=positive_int, default=1, help="trials at once (processes or Ray tasks)")
     p.add_argument("--address", help="Ray cluster address (default: start a local one)")

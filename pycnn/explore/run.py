@@ -71,6 +71,20 @@ def done_indices(path: Path) -> set:
     return {t["index"] for t in read_trials(path) if t.get("error") is not None}
 
 
+def _check_resumed(jsonl: Path, done: set, chosen) -> None:
+    """A resumed exploration must draw the networks its finished trials trained (same space, seed and windows,
+    same sampler); SpaceError otherwise, before anything is trained."""
+    if not done:
+        return
+    drawn = {s.index: s.values for s in chosen}
+    for trial in read_trials(jsonl):
+        i = trial["index"]
+        if i in done and i in drawn and json.loads(json.dumps(drawn[i])) != trial.get("values"):
+            raise SpaceError(f"{jsonl}: trial {i} trained other values than this exploration draws for it (another "
+                             f"seed, window or space, or the sampler before constraints were checked while drawing: "
+                             f"--whole-draws); resume with the same options or write to another --out")
+
+
 def read_trials(path) -> List[dict]:
     """The trials of a JSONL file, the last record of each index (a rerun replaces a failure), by index."""
     path = Path(path)
@@ -132,19 +146,20 @@ def explore(space_path, samples: int, out, *, space: Optional[str] = None, data:
             workers: int = 1, address: Optional[str] = None, gpus_per_trial: float = 0.0,
             backend: str = "fused", kernels: Optional[str] = None, threads: Optional[int] = None,
             latency: Optional[str] = None, max_latency_ms: Optional[float] = None, latency_cache=None,
-            latency_repeats: int = 10, log: Callable[[str], None] = print) -> Path:
+            latency_repeats: int = 10, whole_draws: bool = False, log: Callable[[str], None] = print) -> Path:
     """Run (or resume) an exploration of the design space `space` (default: the first) of the .arch file
     `space_path`; returns the JSONL path (out/<space>.jsonl).
 
     latency "ENGINE[@BATCH]" (a variant of pycnn.deploy.VARIANTS): every sampled candidate is measured on it
     first (cached in `latency_cache`, a JSON file; default pycnn.deploy.default_cache_path()) and its latency
     stored in its record; with max_latency_ms only the candidates within that budget are trained, and a
-    budget none meets is a SpaceError before anything is written to `out`."""
+    budget none meets is a SpaceError before anything is written to `out`. whole_draws: refuse whole draws that
+    break a constraint (the sampler before constraints were checked while drawing: its samples for a seed)."""
     from ..training.recipe import Recipe
     space = load_space(space_path, space)
     recipe = recipe or Recipe(epochs=1)
     extra = {"input": tuple(input)} if input else {}
-    sampler = Sampler(space, seed, extra, flops, params)
+    sampler = Sampler(space, seed, extra, flops, params, early=not whole_draws)
     chosen = sampler.take(samples)
     latencies = {}
     if latency or max_latency_ms is not None:
@@ -154,6 +169,7 @@ def explore(space_path, samples: int, out, *, space: Optional[str] = None, data:
     out.mkdir(parents=True, exist_ok=True)
     jsonl = out / f"{space.name}.jsonl"
     done = done_indices(jsonl)
+    _check_resumed(jsonl, done, chosen)
     cores = os.cpu_count() or 1
     per_trial_threads = threads or max(1, cores // max(1, workers))
     args = {"data": data, "data_dir": data_dir, "recipe": recipe.to_dict(), "out": str(out), "backend": backend,

@@ -20,10 +20,11 @@ from typing import List, Optional, Tuple
 from .. import ir
 from ..dsl import ast as A
 from ..dsl.elaborate import Elaborator, Limits, cell_inputs
+from ..dsl.checks import value_kind
 from ..dsl.errors import ArchError
 from ..dsl.evaluate import Symbol
 from ..dsl.space import Param, Space  # noqa: F401  (the language's design spaces; Param for callers)
-from ..opspec import OPS
+from ..opspec import OPS, PRIMITIVES, acts_with
 
 
 class SpaceError(Exception):
@@ -176,7 +177,21 @@ class _MemoElaborator(Elaborator):
                 or 4 * self.activation_elements > lim.max_activation_bytes):
             raise ArchError("the network exceeds a limit of pycnn.dsl.elaborate.Limits")
         self._check_window()
-        return _renamed(node, name)
+        return self._named(node, name)
+
+    def _named(self, node, name):
+        """A remembered node under `name`: the node itself, or a copy made once per name (the sampler only
+        counts what it builds, so networks may share nodes)."""
+        if node.name == name:
+            return node
+        key = ("renamed", id(node), name)
+        copy = self.call_names.get(key)
+        if copy is not None and copy[0] is node:  # (the entry holds the node: its id is not reused meanwhile)
+            return copy[1]
+        renamed = _renamed(node, name)
+        if len(self.call_names) < MAX_REMEMBERED:
+            self.call_names[key] = (node, renamed)
+        return renamed
 
     def _stage_blocks(self, name, call, count, first_extra, shape, ctx, loc):
         """As Elaborator._stage_blocks, but once a block after the first maps its input shape to itself, the
@@ -253,7 +268,7 @@ class _MemoElaborator(Elaborator):
                                         size if node.op in ("conv", "wsconv") else 0)
             return node
         base, node, size, acts = hit
-        node = _renamed(node, namer.next(base))
+        node = self._named(node, namer.next(base))
         lim = self.limits
         if (self.n_layers >= lim.max_layers or self.n_params + node.params > lim.max_params
                 or size > lim.max_activations or 4 * (self.activation_elements + size) > lim.max_activation_bytes):
@@ -274,6 +289,35 @@ class _MemoElaborator(Elaborator):
             self.acts += math.prod(node.out_shape)
         self._check_window()
 
+    _bn_acts: Optional[frozenset] = None  # the activations a BatchNorm kernel applies (acts_with, computed once)
+
+    def runs_with_bn(self, call, prev) -> bool:
+        """Elaborator.runs_with_bn, its list of activations looked up once."""
+        acts = _MemoElaborator._bn_acts
+        if acts is None:
+            acts = _MemoElaborator._bn_acts = frozenset(
+                a for a in acts_with("bn_act") if a in PRIMITIVES and PRIMITIVES[a].op == "act")
+        return call.name in acts and isinstance(prev, ir.Layer) and prev.op == "bn"
+
+    def _check_override(self, param, env, raw):
+        """Elaborator._check_override, remembered when it passes: it compares the kind of the value with the
+        kind of the parameter's default, a function of the values the default reads."""
+        site = ("override", param.loc, param.name)
+        names = self.call_names.get(site)
+        if names is None:
+            names = self.call_names[site] = tuple(sorted(_names_read(param.default, set())))
+        if _READS_IN in names:  # reads `in`: not remembered
+            return super()._check_override(param, env, raw)
+        try:
+            key = (site, value_kind(env[param.name]), tuple([env.get(n, _UNSET) for n in names]))
+            if key in self.spec_memo:
+                return
+        except TypeError:  # an unhashable value
+            return super()._check_override(param, env, raw)
+        super()._check_override(param, env, raw)
+        if len(self.spec_memo) < MAX_REMEMBERED:
+            self.spec_memo[key] = True
+
     def _check_window(self):
         if ((self.flops_max is not None and self.flops > self.flops_max)
                 or (self.params_max is not None and self.n_params > self.params_max)):
@@ -288,8 +332,10 @@ class Sampler:
 
     def __init__(self, space: Space, seed: int = 0, extra: Optional[dict] = None,
                  flops: Optional[Tuple[float, float]] = None, params: Optional[Tuple[float, float]] = None,
-                 max_tries: int = 200_000, remember: bool = True):  # max_tries: draws for one sample
-        self.space, self.rng = space, random.Random(seed)
+                 max_tries: int = 200_000, remember: bool = True, early: bool = True):
+        # max_tries: draws for one sample. early: constraints checked as the values are drawn
+        # (Space.draw_satisfying); False: whole draws refused (the same law, other samples for a seed)
+        self.space, self.rng, self.early = space, random.Random(seed), early
         # False: every draw elaborated afresh (the reference the tests compare with). Cells are always: what a
         # cell builds depends on the network outputs before it, which the memo keys do not hold
         blocks = space.program.blocks  # loads the libraries a name is looked up in: the names listed first
@@ -333,10 +379,18 @@ class Sampler:
     def _next(self) -> Sample:
         tried, before = 0, (self.rejected_constraint, self.rejected_arch, self.rejected_window)
         while tried < self.max_tries:  # max_tries draws for each sample
-            values = self.space.draw(self.rng)
+            if self.early:  # constraints checked while drawing: the partial draws they refused count as tries
+                values, refused = self.space.draw_satisfying(self.rng, self.max_tries - tried)
+                tried += refused
+                self.tries += refused
+                self.rejected_constraint += refused
+                if values is None:
+                    break
+            else:
+                values = self.space.draw(self.rng)
             tried += 1
             self.tries += 1
-            if not self.space.satisfies(values):
+            if not self.early and not self.space.satisfies(values):
                 self.rejected_constraint += 1
                 continue
             overrides = {**self.space.fixed, **values, **self.extra}
@@ -402,32 +456,37 @@ def canonical_text(network: ir.NetworkIR) -> str:
 
 def bench(path: str, samples: int = 1000, seed: int = 0, input=(1, 32, 32), flops=None, rounds: int = 1,
           log=print) -> dict:
-    """Samples/s of the sampler against the reference way (each draw elaborated afresh, constraints from the
-    drawn values only checked by elaboration: the sampler before design spaces were written in the language),
-    interleaved in one run; both must give the same samples. Returns {"new": samples/s, "old": ..., "ratio": ...}."""
-    import dataclasses
+    """Samples/s of the sampler against two others, interleaved in one run: the reference (the same draws, each
+    elaborated afresh; it must give the same samples) and the sampler before constraints were checked while
+    drawing (whole draws refused: the same law, other samples). Returns {"new", "fresh", "whole": samples/s of
+    wall-clock time, "cpu": the same per CPU second (the timing of a loaded machine), "ratio": new / fresh}."""
     import time
 
     space = load_space(path)
-    plain = dataclasses.replace(space, requires=[])
-    times = {"old": 0.0, "new": 0.0}
+    kinds = {"fresh": dict(remember=False), "whole": dict(early=False), "new": {}}
+    wall, cpu = dict.fromkeys(kinds, 0.0), dict.fromkeys(kinds, 0.0)
     for _ in range(rounds):
-        for kind in ("old", "new"):
-            sampler = (Sampler(plain, seed, {"input": tuple(input)}, flops, remember=False) if kind == "old" else
-                       Sampler(space, seed, {"input": tuple(input)}, flops))
-            start = time.perf_counter()
+        for kind, options in kinds.items():
+            sampler = Sampler(space, seed, {"input": tuple(input)}, flops, **options)
+            start, start_cpu = time.perf_counter(), time.process_time()
             got = [(s.values, s.flops, s.params, s.acts) for s in sampler.take(samples)]
-            times[kind] += time.perf_counter() - start
-            if kind == "old":
+            took, took_cpu = time.perf_counter() - start, time.process_time() - start_cpu
+            wall[kind] += took
+            cpu[kind] += took_cpu
+            if kind == "fresh":
                 reference = got
-            elif got != reference:
+            elif kind == "new" and got != reference:
                 raise SpaceError("the sampler and the reference gave different samples")
-            log(f"{space.name} {kind}: {samples} samples in {time.perf_counter() - start:.2f} s "
-                f"({sampler.tries} draws: {sampler.rejected_constraint} broke a constraint, {sampler.rejected_arch} "
-                f"did not elaborate, {sampler.rejected_window} outside the window)")
-    rate = {k: rounds * samples / t for k, t in times.items()}
-    result = {**rate, "ratio": rate["new"] / rate["old"]}
-    log(f"{space.name}: {rate['new']:.0f} samples/s, the reference {rate['old']:.1f} samples/s: {result['ratio']:.1f}x")
+            log(f"{space.name} {kind}: {samples} samples in {took:.2f} s, {took_cpu:.2f} s of CPU ({sampler.tries} "
+                f"draws: {sampler.rejected_constraint} broke a constraint, {sampler.rejected_arch} did not "
+                f"elaborate, {sampler.rejected_window} outside the window)")
+    rate = {k: rounds * samples / t for k, t in wall.items()}
+    rate_cpu = {k: rounds * samples / t for k, t in cpu.items()}
+    result = {**rate, "cpu": rate_cpu, "ratio": rate["new"] / rate["fresh"]}
+    log(f"{space.name}: {rate['new']:.0f} samples/s, the reference {rate['fresh']:.1f} samples/s: "
+        f"{result['ratio']:.1f}x; whole draws refused {rate['whole']:.0f} samples/s: "
+        f"{rate['new'] / rate['whole']:.1f}x; per CPU second {rate_cpu['new']:.0f}, {rate_cpu['fresh']:.1f}, "
+        f"{rate_cpu['whole']:.0f}")
     return result
 
 
