@@ -82,6 +82,38 @@ class FusedStep:
         return f"{'+'.join(self.names)} ({self.kind}{extra}, kernels={self.kernels})"
 
 
+
+class MbConvStep(FusedStep):
+    """An inverted-residual block (pycnn.passes.mbconv): kernel "pycnn" runs it as one pycnn.mbconv call where
+    that can run (pycnn.fused.mbconv_fusable: eval, no autograd, CPU float32/64), "torch" and every other case run
+    its parts, the conv_bn_act steps it replaced, each with its own kernel choice as without the pass. So the
+    dispatch races the fused block against the unfused path per shape, and training never changes."""
+
+    def __init__(self, node: ir.Fused, kernels: str):
+        parts = node.attrs["parts"]
+        super().__init__(ir.Fused(node.kind, node.layers, {k: v for k, v in node.attrs.items() if k != "parts"}),
+                         kernels)
+        self.parts = [FusedStep(p, kernels) for p in parts]
+        self.part_sizes = [len(p.names) for p in self.parts]
+
+    def run(self, modules, x, residual, kernel: str):
+        a = self.attrs
+        if kernel == "pycnn" and fused.mbconv_fusable(modules, x, residual):
+            return fused.mbconv_block(modules, x, a["act"], a["s"], a["residual"])
+        first = 0
+        for k, (part, size) in enumerate(zip(self.parts, self.part_sizes)):
+            mods, first = modules[first:first + size], first + size
+            r = residual if k == len(self.parts) - 1 else None
+            if part.kernels != "auto":
+                part_kernel = part.kernels
+            elif torch.compiler.is_compiling():  # as FusedStep.__call__: nothing measured or remembered in a trace
+                part_kernel = dispatch.choose(part, None, x, r, mods)
+            else:
+                part_kernel = part._auto_kernel(mods, x, r)
+            x = part.run(mods, x, r, part_kernel)
+        return x
+
+
 def run_steps(owner: nn.Module, steps, x, residual=None):
     """Runs the steps in order; the last one adds `residual` (a fused step made by the residual pass)."""
     for step in steps[:-1]:
