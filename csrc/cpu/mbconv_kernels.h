@@ -80,31 +80,53 @@ inline void gemm_rows(const T* A, int64_t lda, const T* B, int64_t ldb, int64_t 
   }
 }
 
-// C[M][N] = A[M][K] B[K][N] + bias [+ R] (row strides lda, ldb, ldc, ldr; B and bias padded to a multiple of
-// the vector length). Column tiles outer, so a tile of B (K x NV vectors) stays in L1 across the M rows.
+// The columns of one GEMM tile: kNV vectors.
 template <typename T>
-void gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, const T* bias, T* C,
+constexpr int64_t kTile = kNV * Vec<T>::lanes;
+
+// B [K][ldb] (columns padded to a multiple of the vector length) as panels of kTile columns, each [K][kTile]
+// contiguous (zeros past the padded width), so a tile's loads walk memory in order instead of striding by ldb.
+template <typename T>
+std::vector<T> pack_panels(const T* B, int64_t K, int64_t ldb) {
+  const int64_t panels = (ldb + kTile<T> - 1) / kTile<T>;
+  std::vector<T> out(static_cast<size_t>(panels * K * kTile<T>), T(0));
+  for (int64_t p = 0; p < panels; ++p) {
+    const int64_t width = std::min(kTile<T>, ldb - p * kTile<T>);
+    for (int64_t k = 0; k < K; ++k)
+      std::copy(B + k * ldb + p * kTile<T>, B + k * ldb + p * kTile<T> + width, out.data() + (p * K + k) * kTile<T>);
+  }
+  return out;
+}
+
+// C[M][N] = A[M][K] B[K][N] + bias [+ R] (row strides lda, ldc, ldr; B as pack_panels gives it, bias padded
+// to a multiple of the vector length). Column tiles outer, so a panel of B stays in cache across the M rows.
+template <typename T>
+void gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* Bp, const T* bias, T* C,
           int64_t ldc, const T* R, int64_t ldr) {
   constexpr int L = Vec<T>::lanes;
-  for (int64_t j = 0; j < N; j += kNV * L) {
-    const int64_t n_valid = std::min<int64_t>(kNV * L, N - j);
+  constexpr int64_t ldb = kTile<T>;
+  for (int64_t j = 0; j < N; j += kTile<T>) {
+    const int64_t n_valid = std::min<int64_t>(kTile<T>, N - j);
     const int nv = static_cast<int>((n_valid + L - 1) / L);
-    const T* Rj = R ? R + j : nullptr;
+    const T* B = Bp + (j / kTile<T>) * K * kTile<T>;  // the panel of columns j..
+    auto rows = [&](auto MR_, int64_t m) {
+      constexpr int MR = decltype(MR_)::value;
+      gemm_rows<MR>(A + m * lda, lda, B, ldb, K, bias + j, C + m * ldc + j, ldc, n_valid,
+                    R ? R + m * ldr + j : nullptr, ldr, nv);
+    };
     int64_t m = 0;
-    for (; m + kMR <= M; m += kMR)
-      gemm_rows<kMR>(A + m * lda, lda, B + j, ldb, K, bias + j, C + m * ldc + j, ldc, n_valid,
-                     Rj ? Rj + m * ldr : nullptr, ldr, nv);
-    const T* Rm = Rj ? Rj + m * ldr : nullptr;
+    for (; m + kMR <= M; m += kMR) rows(std::integral_constant<int, kMR>{}, m);
+    if constexpr (kMR > 4) {
+      if (M - m >= 4) {
+        rows(std::integral_constant<int, 4>{}, m);
+        m += 4;
+      }
+    }
     switch (M - m) {
-      case 0: break;
-      case 1: gemm_rows<1>(A + m * lda, lda, B + j, ldb, K, bias + j, C + m * ldc + j, ldc, n_valid, Rm, ldr, nv); break;
-      case 2: gemm_rows<2>(A + m * lda, lda, B + j, ldb, K, bias + j, C + m * ldc + j, ldc, n_valid, Rm, ldr, nv); break;
-      case 3: gemm_rows<3>(A + m * lda, lda, B + j, ldb, K, bias + j, C + m * ldc + j, ldc, n_valid, Rm, ldr, nv); break;
-      default:
-        // kMR 6: 4 or 5 rows left
-        for (; m < M; ++m)
-          gemm_rows<1>(A + m * lda, lda, B + j, ldb, K, bias + j, C + m * ldc + j, ldc, n_valid,
-                       Rj ? Rj + m * ldr : nullptr, ldr, nv);
+      case 1: rows(std::integral_constant<int, 1>{}, m); break;
+      case 2: rows(std::integral_constant<int, 2>{}, m); break;
+      case 3: rows(std::integral_constant<int, 3>{}, m); break;
+      default: break;
     }
   }
 }
@@ -151,6 +173,8 @@ void forward_typed(const MbConvGeometry& g, const T* x, const T* we, const T* be
                    const T* wp, const T* bp, T* y) {
   const int64_t Ep = mbconv_padded(g.e), Cop = mbconv_padded(g.co);
   const int k = g.k;
+  const std::vector<T> we_panels = g.expand ? pack_panels(we, g.c, Ep) : std::vector<T>();
+  const std::vector<T> wp_panels = pack_panels(wp, g.e, Cop);
   // Bands of output rows per image: enough for every thread at small batches, but at least k - s + 1 rows
   // each, so the rows a band recomputes (k - s) stay a minority.
   const int64_t threads = at::get_num_threads();
@@ -173,7 +197,7 @@ void forward_typed(const MbConvGeometry& g, const T* x, const T* we, const T* be
           T* dst = ring.data() + (ih % k) * g.w * Ep;
           const T* src = xn + ih * g.w * g.c;
           if (g.expand) {
-            gemm<T>(g.w, Ep, g.c, src, g.c, we, Ep, be, dst, Ep, nullptr, 0);
+            gemm<T>(g.w, Ep, g.c, src, g.c, we_panels.data(), be, dst, Ep, nullptr, 0);
             act_inplace<A>(dst, g.w * Ep);
           } else {  // the input row itself, its channels padded with zeros
             for (int64_t iw = 0; iw < g.w; ++iw) {
@@ -185,7 +209,7 @@ void forward_typed(const MbConvGeometry& g, const T* x, const T* we, const T* be
         dw_row<A>(g, oh, ring.data(), Ep, wd, bd, drow.data());
         T* yrow = y + (n * g.oh + oh) * g.ow * g.co;
         const T* r = g.residual ? xn + oh * g.w * g.c : nullptr;
-        gemm<T>(g.ow, g.co, g.e, drow.data(), Ep, wp, Cop, bp, yrow, g.co, r, g.c);
+        gemm<T>(g.ow, g.co, g.e, drow.data(), Ep, wp_panels.data(), bp, yrow, g.co, r, g.c);
       }
     }
   });
