@@ -13,6 +13,7 @@
 #include "cpu/kernel_utils.h"
 #include "dwconv.h"
 #include "gconv.h"
+#include "mbconv.h"
 #include "se.h"
 
 namespace py = pybind11;
@@ -88,6 +89,15 @@ void check_se_backward(const Tensor& grad_output, const Tensor& input, const Ten
   parse_act(op, post_act);
 }
 
+void check_mbconv_forward(const Tensor& input, const OptTensor& expand_weight, const OptTensor& expand_bias,
+                          const Tensor& dw_weight, const OptTensor& dw_bias, const Tensor& project_weight,
+                          const OptTensor& project_bias, int64_t stride, const std::string& act, bool residual) {
+  constexpr std::string_view op = "pycnn.mbconv";
+  check_mbconv_args(op, input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias, stride,
+                    residual);
+  parse_act(op, act);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -118,4 +128,5 @@ PYBIND11_MODULE(_C, m) {
   m.def("check_gconv_backward", &check_gconv_backward);
   m.def("check_se_forward", &check_se_forward);
   m.def("check_se_backward", &check_se_backward);
+  m.def("check_mbconv_forward", &check_mbconv_forward);
 }

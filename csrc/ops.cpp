@@ -62,4 +62,13 @@ TORCH_LIBRARY(pycnn, m) {
       "gconv_backward(Tensor grad_output, Tensor input, Tensor weight, Tensor? scale, Tensor? bias, "
       "Tensor? residual, Tensor saved, int[2] stride, int[2] padding, int groups, str act) -> "
       "(Tensor grad_input, Tensor grad_weight, Tensor? grad_scale, Tensor? grad_bias, Tensor? grad_residual)");
+  // Fused inverted-residual block (MobileNetV2 / EfficientNet MBConv), eval: the BatchNorms are folded into the
+  // convs (weights and biases), padding is k / 2:
+  //   e = act(conv1x1(input, expand_weight) + expand_bias)      (absent: e = input, expansion ratio 1)
+  //   d = act(dwconv_kxk(e, dw_weight, stride) + dw_bias)
+  //   output = conv1x1(d, project_weight) + project_bias [+ input when residual]
+  // The expanded activation is computed in row tiles and never stored. Output channels_last. No autograd.
+  m.def(
+      "mbconv_forward(Tensor input, Tensor? expand_weight, Tensor? expand_bias, Tensor dw_weight, Tensor? dw_bias, "
+      "Tensor project_weight, Tensor? project_bias, int stride, str act, bool residual) -> Tensor");
 }

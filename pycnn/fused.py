@@ -301,3 +301,39 @@ def squeeze_excite(se: nn.Module, x: Tensor, act: str, post_act: Optional[str], 
         with torch._C._AutoDispatchBelowAutograd():  # nothing to record: skip the op's Python autograd layer
             return ops.se(*args, **kwargs)
     return ops.se(*args, **kwargs)
+
+
+# -------------------------------------------------------------------------------- the inverted-residual block
+
+def mbconv_fusable(modules, x: Tensor, residual: Optional[Tensor]) -> bool:
+    """Whether pycnn.mbconv can run the block (conv, bn pairs in order) on x: eval BatchNorms, no autograd to
+    record, the CPU, float32/float64 without autocast, zero padding, and a residual (if any) that is x itself."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():  # traced and exported graphs keep the parts
+        return False
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or _autocast_dtype(x) is not None:
+        return False
+    if residual is not None and not _same_tensor(residual, x):
+        return False
+    convs, bns = modules[0::2], modules[1::2]
+    if not all(runs_on_pycnn(bn) and not bn.training and bn.running_mean is not None for bn in bns):
+        return False
+    if not all(c.padding_mode == "zeros" and c.weight.dtype == x.dtype for c in convs):
+        return False
+    return _inference([x] + [_param(m, n) for m in modules for n in ("weight", "bias")])
+
+
+def _same_tensor(a: Tensor, b: Tensor) -> bool:
+    """a and b view the same values (the block's identity shortcut, perhaps detached by dispatch.measure)."""
+    return a is b or (a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride()
+                      and a.dtype == b.dtype)
+
+
+def mbconv_block(modules, x: Tensor, act: str, stride: int, residual: bool) -> Tensor:
+    """The block (expand conv, bn, dw conv, bn, project conv, bn; or without expand) as one pycnn.mbconv call,
+    every BatchNorm folded into its conv from the cache (cached_fold): only where mbconv_fusable."""
+    folds = [cached_fold(conv, bn, dense=True) for conv, bn in zip(modules[0::2], modules[1::2])]
+    expand = (folds[0].weight, folds[0].bias) if len(folds) == 3 else (None, None)
+    dw, project = folds[-2], folds[-1]
+    with torch._C._AutoDispatchBelowAutograd():
+        return torch.ops.pycnn.mbconv_forward(x, *expand, dw.weight, dw.bias, project.weight, project.bias, stride,
+                                              act, residual)

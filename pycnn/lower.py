@@ -15,7 +15,7 @@ from .initialize import init_weights
 from .modules import (ChannelLinear, ChannelShuffle, ChannelSlice, Conv2dSame, DropPath, EagerSqueezeExcite, Gain,
                       LayerNorm2d, LayerScale, Pool2dSame, Scale, ScaledStdConv2d, make_act)
 from .opspec import OPS
-from .runtime import Block, Chain, FusedStep, LayerStep, Network
+from .runtime import Block, Chain, FusedStep, LayerStep, MbConvStep, Network
 
 
 # one function per IR operation, named by its pycnn.opspec entry (Op.lowering)
@@ -142,7 +142,7 @@ def lower_list(children, kernels: str):
     for node in children:
         if isinstance(node, ir.Fused):
             modules += [(layer.name, lower_layer(layer)) for layer in node.layers if layer.own_module]
-            steps.append(FusedStep(node, kernels))
+            steps.append((MbConvStep if node.kind == "mbconv" else FusedStep)(node, kernels))
         elif isinstance(node, ir.Layer) and not node.own_module:  # an activation: runs in the step before
             steps[-1] = LayerStep(steps[-1].names[0], steps[-1].acts + (node.attrs["kind"],))
         else:

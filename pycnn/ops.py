@@ -407,3 +407,58 @@ def _gconv_backward(ctx, grad_output, _grad_saved):
 
 
 torch.library.register_autograd("pycnn::gconv_forward", _gconv_backward, setup_context=_gconv_setup_context)
+
+
+# ---------------------------------------------------------------------------------------------
+# mbconv: the fused inverted-residual block (MobileNetV2 / EfficientNet), eval only
+# ---------------------------------------------------------------------------------------------
+
+def mbconv(
+    input: Tensor,
+    expand_weight: Optional[Tensor],
+    expand_bias: Optional[Tensor],
+    dw_weight: Tensor,
+    dw_bias: Optional[Tensor],
+    project_weight: Tensor,
+    project_bias: Optional[Tensor],
+    *,
+    stride: int = 1,
+    act: str = "relu6",
+    residual: bool = False,
+) -> Tensor:
+    """project(act(dw(act(expand(input))))) [+ input] in one op whose expanded activation never leaves cache.
+
+    The BatchNorms are folded into the weights and biases (eval): expand 1x1 (C -> E; None for expansion
+    ratio 1), depthwise k x k (E, 1, k, k) with padding k // 2 and stride 1 or 2, project 1x1 (E -> C_out).
+    float32 or float64; returns channels_last. Inference only: no gradient (CPU only for now).
+    """
+    check_kernel_act("pycnn.mbconv", "activation", act)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (
+            input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias)):
+        raise RuntimeError("pycnn.mbconv: inference only (no backward): call it under torch.no_grad() or "
+                           "torch.inference_mode(), or run the block unfused")
+    return torch.ops.pycnn.mbconv_forward(input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight,
+                                          project_bias, stride, act, residual)
+
+
+@torch.library.register_fake("pycnn::mbconv_forward")
+def _mbconv_forward_fake(input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias,
+                         stride, act, residual):
+    _check_like_kernels("mbconv_forward", input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight,
+                        project_bias, stride, act, residual)
+    k = dw_weight.size(2)
+    oh = (input.size(2) + 2 * (k // 2) - k) // stride + 1
+    ow = (input.size(3) + 2 * (k // 2) - k) // stride + 1
+    return input.new_empty((input.size(0), project_weight.size(0), oh, ow)).contiguous(
+        memory_format=torch.channels_last)
+
+
+def _mbconv_no_backward(ctx, grad_output):
+    raise RuntimeError("pycnn.mbconv: inference only (no backward); run the block unfused to train it")
+
+
+def _mbconv_setup_context(ctx, inputs, output):
+    pass
+
+
+torch.library.register_autograd("pycnn::mbconv_forward", _mbconv_no_backward, setup_context=_mbconv_setup_context)

@@ -130,6 +130,36 @@ def _measure_while_tracing(step: FusedStep, owner: nn.Module, x_spec, residual_s
 _measure_while_tracing._dynamo_marked_constant = True
 
 
+class MbConvStep(FusedStep):
+    """An inverted-residual block (pycnn.passes.mbconv): kernel "pycnn" runs it as one pycnn.mbconv call where
+    that can run (pycnn.fused.mbconv_fusable: eval, no autograd, CPU float32/64), "torch" and every other case run
+    its parts, the conv_bn_act steps it replaced, each with its own kernel choice as without the pass. So the
+    dispatch races the fused block against the unfused path per shape, and training never changes."""
+
+    def __init__(self, node: ir.Fused, kernels: str):
+        parts = node.attrs["parts"]
+        super().__init__(ir.Fused(node.kind, node.layers, {k: v for k, v in node.attrs.items() if k != "parts"}),
+                         kernels)
+        self.parts = [FusedStep(p, kernels) for p in parts]
+        self.part_sizes = [len(p.names) for p in self.parts]
+
+    def run(self, modules, x, residual, kernel: str):
+        a = self.attrs
+        if kernel == "pycnn" and fused.mbconv_fusable(modules, x, residual):
+            return fused.mbconv_block(modules, x, a["act"], a["s"], a["residual"])
+        first = 0
+        for k, (part, size) in enumerate(zip(self.parts, self.part_sizes)):
+            mods, first = modules[first:first + size], first + size
+            r = residual if k == len(self.parts) - 1 else None
+            x = part.run(mods, x, r, part.kernels if part.kernels != "auto" else part._auto_kernel(mods, x, r))
+        return x
+
+    def __call__(self, owner: nn.Module, x, residual=None):
+        if torch.compiler.is_compiling():  # traced graphs run the parts, each with its kernel chosen at trace time
+            return run_steps(owner, self.parts, x, residual)
+        return super().__call__(owner, x, residual)
+
+
 def run_steps(owner: nn.Module, steps, x, residual=None):
     """Runs the steps in order; the last one adds `residual` (a fused step made by the residual pass)."""
     for step in steps[:-1]:

@@ -128,7 +128,7 @@ def network_shapes(networks: Iterable) -> Dict[str, list]:
                 add("bn_act", (c, h, w, a["act"] or "none", bool(a.get("residual"))), net.name)
             elif node.kind == "se":
                 add("se", (c, node.layers[0].attrs["reduced"], h, w, a["act"], bool(a.get("residual"))), net.name)
-        for node in passes.fused_nodes(passes.run(net)):
+        for node in passes.fused_nodes(passes.run(net, disable=["mbconv"])):  # the per-layer ops
             if node.kind != "conv_bn_act" or node.attrs["conv"] == "dense":
                 continue
             (c, h, w), conv, act = node.in_shape, node.layers[0].attrs, node.attrs["act"] or "none"

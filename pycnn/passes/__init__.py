@@ -9,6 +9,8 @@ compiled module tree (and every parameter name) is the same whichever passes ran
   bn_act       bn[, act] left over    -> Fused bn_act (pycnn.bn_act)
   se           se                     -> Fused se (pycnn.se)
   residual     block: add + act after -> the main branch's last fused op adds the shortcut and applies the act
+  mbconv       [expand] dw project    -> Fused mbconv: the inverted-residual block as one pycnn.mbconv call in
+                                         eval on the CPU where the dispatch measures it faster (else its parts)
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from typing import Callable, Dict, Iterable
 
 from .. import ir
 from .conv_bn_act import fuse_conv_bn_act
+from .mbconv import fuse_mbconv
 from .residual import fuse_residual
 from .single import fuse_bn_act, fuse_se
 from .walk import fused_nodes
@@ -26,6 +29,7 @@ PASSES: Dict[str, Callable[[ir.NetworkIR], None]] = {
     "bn_act": fuse_bn_act,
     "se": fuse_se,
     "residual": fuse_residual,
+    "mbconv": fuse_mbconv,
 }
 
 

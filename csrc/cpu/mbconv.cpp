@@ -1,0 +1,58 @@
+// CPU implementation of pycnn::mbconv_forward, the fused inverted-residual block in eval (BatchNorms folded
+// into the convs by the caller): checks, NHWC input, weights packed once per call into the kernels' layout
+// (transposed 1x1 weights, taps-major depthwise weights, channel counts padded to kMbConvPad with zeros),
+// then the variant's kernel (cpu/mbconv_kernels.h). Training and CUDA are not implemented (docs/kernels.md).
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include "cpu/kernel_utils.h"
+#include "cpu/mbconv_entries.h"
+#include "mbconv.h"
+
+namespace pycnn {
+
+namespace {
+
+// t ([rows, cols], any strides) into a zero [rows, cols_padded] contiguous tensor.
+Tensor pad_columns(const Tensor& t, int64_t cols_padded) {
+  Tensor out = at::zeros({t.size(0), cols_padded}, t.options());
+  out.narrow(1, 0, t.size(1)).copy_(t);
+  return out;
+}
+
+Tensor padded_vector(const OptTensor& v, int64_t channels, int64_t padded, const Tensor& input) {
+  Tensor out = at::zeros({padded}, input.options());
+  if (v) out.narrow(0, 0, channels).copy_(*v);
+  return out;
+}
+
+Tensor mbconv_forward_cpu(const Tensor& input, const OptTensor& expand_weight, const OptTensor& expand_bias,
+                          const Tensor& dw_weight, const OptTensor& dw_bias, const Tensor& project_weight,
+                          const OptTensor& project_bias, int64_t stride, c10::string_view act_name, bool residual) {
+  constexpr std::string_view op = "pycnn.mbconv";
+  const MbConvGeometry g = check_mbconv_args(op, input, expand_weight, expand_bias, dw_weight, dw_bias,
+                                             project_weight, project_bias, stride, residual);
+  TORCH_CHECK(input.device().is_cpu(), op, ": input must be a CPU tensor for the CPU kernel, got ", input.device());
+  const Act act = parse_act(op, std::string_view(act_name.data(), act_name.size()));
+  constexpr auto nhwc = at::MemoryFormat::ChannelsLast;
+  const int64_t ep = mbconv_padded(g.e), cop = mbconv_padded(g.co);
+  const Tensor x = input.contiguous(nhwc);
+  Tensor we, be;
+  if (g.expand) {
+    we = pad_columns(expand_weight->reshape({g.e, g.c}).t(), ep);  // [C][Ep]
+    be = padded_vector(expand_bias, g.e, ep, input);
+  }
+  const Tensor wd = pad_columns(dw_weight.reshape({g.e, g.k * g.k}).t(), ep);  // [k*k][Ep]
+  const Tensor bd = padded_vector(dw_bias, g.e, ep, input);
+  const Tensor wp = pad_columns(project_weight.reshape({g.co, g.e}).t(), cop);  // [E][Cop]
+  const Tensor bp = padded_vector(project_bias, g.co, cop, input);
+  Tensor y = at::empty({g.n, g.co, g.oh, g.ow}, input.options(), nhwc);
+  if (y.numel() > 0) PYCNN_CPU_KERNELS(mb, x.scalar_type()).forward(g, act, x, we, be, wd, bd, wp, bp, y);
+  return y;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(pycnn, CPU, m) { m.impl("mbconv_forward", &mbconv_forward_cpu); }
+
+}  // namespace pycnn

@@ -1,0 +1,79 @@
+"""The mbconv pass (pycnn.passes.mbconv) and its runtime step: which blocks it fuses, that a compiled network
+equals the reference with it, that training never changes."""
+import os
+
+import pytest
+import torch
+
+import pycnn
+from pycnn import dispatch, passes
+from pycnn.lower import to_backend
+from pycnn.runtime import MbConvStep, step_lists
+from random_bn import randomized
+
+MOBILENET = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "archs", "mobilenet_v2.arch")
+
+
+@pytest.fixture
+def private_kernel_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv(dispatch.ENV_CACHE, str(tmp_path / "cache"))
+    monkeypatch.delenv(dispatch.ENV_KERNELS, raising=False)
+
+
+def test_pass_matches_every_mobilenet_v2_block():
+    plan = passes.run(pycnn.parse(MOBILENET, "mobilenet_v2"))
+    blocks = [f for f in passes.fused_nodes(plan) if f.kind == "mbconv"]
+    assert len(blocks) == 17
+    assert [b.attrs["expand"] for b in blocks] == [False] + [True] * 16
+    assert [b.attrs["s"] for b in blocks] == [1, 2, 1, 2, 1, 1, 2, 1, 1, 1, 1, 1, 1, 2, 1, 1, 1]
+    assert sum(b.attrs["residual"] for b in blocks) == 10
+    off = passes.run(pycnn.parse(MOBILENET, "mobilenet_v2"), disable=["mbconv"])
+    assert not [f for f in passes.fused_nodes(off) if f.kind == "mbconv"]
+
+
+def test_pass_leaves_blocks_with_se_alone():
+    """EfficientNet's blocks have SE between the depthwise and the project conv: not this op's pattern."""
+    root = os.path.dirname(MOBILENET)
+    plan = passes.run(pycnn.parse(os.path.join(root, "efficientnet.arch"), "efficientnet_b0"))
+    assert not [f for f in passes.fused_nodes(plan) if f.kind == "mbconv"]
+
+
+@pytest.mark.usefixtures("private_kernel_cache")
+def test_compiled_mobilenet_v2_eval_equals_the_reference_in_float64(monkeypatch):
+    net = dict(input=(3, 32, 32), kernels="pycnn", dropout=0.0, width_mult=0.5)
+    torch.manual_seed(0)
+    model = randomized(pycnn.compile(MOBILENET, "mobilenet_v2", **net)).double()
+    ref = to_backend(model, "reference").eval()
+    calls = []
+    monkeypatch.setattr(pycnn.fused, "mbconv_block", _counting(pycnn.fused.mbconv_block, calls))
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    with torch.no_grad():
+        y, y_ref = model(x), ref(x)
+    assert len(calls) == 17, "every block ran as pycnn.mbconv"
+    assert (y - y_ref).abs().max().item() < 1e-9
+    # training (and autograd) run the parts, exactly as without the pass
+    calls.clear()
+    unfused = pycnn.compile(MOBILENET, "mobilenet_v2", disable_passes=["mbconv"], **net).double()
+    unfused.load_state_dict(model.state_dict())
+    model.train(), unfused.train()
+    assert torch.equal(model(x), unfused(x)) and not calls
+
+
+def _counting(fn, calls):
+    def wrapped(*args, **kwargs):
+        calls.append(1)
+        return fn(*args, **kwargs)
+    return wrapped
+
+
+@pytest.mark.usefixtures("private_kernel_cache")
+def test_auto_dispatch_races_the_fused_block_against_its_parts():
+    torch.manual_seed(0)
+    model = randomized(pycnn.compile(MOBILENET, "mobilenet_v2", input=(3, 32, 32), kernels="auto"))
+    ref = to_backend(model, "reference").eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        y, y_ref = model(x), ref(x)
+    steps = [s for m in model.modules() for lst in step_lists(m) for s in lst if isinstance(s, MbConvStep)]
+    assert len(steps) == 17 and all(s.last_kernel in ("pycnn", "torch") for s in steps)
+    assert (y - y_ref).abs().max().item() < 1e-4 * y_ref.abs().max().item()
