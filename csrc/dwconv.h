@@ -71,16 +71,7 @@ inline DwConvGeometry check_dwconv_args(std::string_view op, const Tensor& input
               " is too small for kernel size ", k, " with padding ", padding, " and dilation ", dilation);
   g.oh = (span_h - 1) / sh + 1;
   g.ow = (span_w - 1) / sw + 1;
-  if (residual) {
-    const auto& r = *residual;
-    TORCH_CHECK(r.dim() == 4 && r.size(0) == g.n && r.size(1) == c && r.size(2) == g.oh && r.size(3) == g.ow, op,
-                ": residual must have the output's shape [", g.n, ", ", c, ", ", g.oh, ", ", g.ow, "], got ",
-                r.sizes());
-    TORCH_CHECK(r.device() == input.device(), op, ": residual is on ", r.device(), " but input is on ",
-                input.device());
-    TORCH_CHECK(r.scalar_type() == input.scalar_type(), op, ": residual has dtype ", r.scalar_type(),
-                " but input has dtype ", input.scalar_type());
-  }
+  if (residual) check_residual_output(op, *residual, input, g.n, c, g.oh, g.ow);
   return g;
 }
 
