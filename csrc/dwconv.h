@@ -91,6 +91,33 @@ inline DwConvGeometry check_dwconv_backward_args(std::string_view op, const Tens
   return g;
 }
 
+// A dwconv call's checked arguments in the layout its kernels read, for the CPU kernels and the CUDA launchers:
+// x, dy and the residual in `format`; scale and bias per channel in the accumulation dtype (1 and 0 when absent).
+// The weight's layout differs between the kernels, so each caller arranges it.
+struct DwConvOperands {
+  DwConvGeometry g;
+  Act act;
+  Tensor x, dy, residual, scale, bias;
+};
+
+// grad_output: undefined for the forward (then dy is too).
+inline DwConvOperands prepare_dwconv(std::string_view op, const Tensor& grad_output, const Tensor& input,
+                                     const Tensor& weight, const OptTensor& scale, const OptTensor& bias,
+                                     const OptTensor& residual, at::IntArrayRef stride, at::IntArrayRef padding,
+                                     at::IntArrayRef dilation, std::string_view act_name, at::MemoryFormat format) {
+  DwConvOperands a{};
+  a.g = grad_output.defined() ? check_dwconv_backward_args(op, grad_output, input, weight, scale, bias, residual,
+                                                           stride, padding, dilation)
+                              : check_dwconv_args(op, input, weight, scale, bias, residual, stride, padding, dilation);
+  a.act = parse_act(op, act_name);
+  a.x = input.contiguous(format);
+  if (grad_output.defined()) a.dy = grad_output.contiguous(format);
+  if (residual) a.residual = residual->contiguous(format);
+  a.scale = channel_vector_acc(scale, input, 1.0);
+  a.bias = channel_vector_acc(bias, input, 0.0);
+  return a;
+}
+
 // The weight as [k * k][C] in the accumulation dtype (taps major: a tap's channels are contiguous).
 inline Tensor dwconv_weight_taps(const Tensor& weight) {
   const int64_t c = weight.size(0), kk = weight.size(2) * weight.size(3);
