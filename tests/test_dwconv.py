@@ -12,7 +12,7 @@ from torch import nn
 import pycnn
 from pycnn import ops
 from pycnn.nn import DepthwiseConvBNAct2d
-from kernel_checks import LAYOUTS, REFERENCE_ACT, assert_half_precision_rule
+from kernel_checks import LAYOUTS, REFERENCE_ACT, assert_half_precision_rule, reference_epilogue
 
 ACTS = list(REFERENCE_ACT)
 
@@ -60,13 +60,7 @@ def make_args(case, layout, dtype=torch.float64, device="cpu", affine=True, with
 
 def reference(x, weight, scale, bias, residual, stride, padding, dilation, act):
     z = F.conv2d(x, weight, None, stride, padding, dilation, groups=x.size(1))
-    if scale is not None:
-        z = z * scale.to(z.dtype).view(1, -1, 1, 1)
-    if bias is not None:
-        z = z + bias.to(z.dtype).view(1, -1, 1, 1)
-    if residual is not None:
-        z = z + residual
-    return REFERENCE_ACT[act](z)
+    return reference_epilogue(z, scale, bias, residual, act)
 
 
 def outputs_and_grads(fn, tensors, grad_seed=7):

@@ -10,7 +10,7 @@ from torch import nn
 
 from pycnn import ops
 from pycnn.nn import GroupedConvBNAct2d
-from kernel_checks import LAYOUTS, REFERENCE_ACT, assert_half_precision_rule
+from kernel_checks import LAYOUTS, REFERENCE_ACT, assert_half_precision_rule, reference_epilogue
 
 
 # (N, C_in, C_out, H, W, k, stride, padding, groups)
@@ -67,14 +67,7 @@ def make_args(case, layout, scale, bias, residual, dtype=torch.float32, device="
 
 
 def reference(x, w, scale, bias, residual, stride, padding, groups, act):
-    z = F.conv2d(x, w, None, stride, padding, 1, groups)
-    if scale is not None:
-        z = z * scale.to(z.dtype).view(1, -1, 1, 1)
-    if bias is not None:
-        z = z + bias.to(z.dtype).view(1, -1, 1, 1)
-    if residual is not None:
-        z = z + residual
-    return REFERENCE_ACT[act](z)
+    return reference_epilogue(F.conv2d(x, w, None, stride, padding, 1, groups), scale, bias, residual, act)
 
 
 def outputs_and_grads(fn, tensors, grad_seed=7):
