@@ -71,16 +71,7 @@ inline DwConvGeometry check_dwconv_args(std::string_view op, const Tensor& input
               " is too small for kernel size ", k, " with padding ", padding, " and dilation ", dilation);
   g.oh = (span_h - 1) / sh + 1;
   g.ow = (span_w - 1) / sw + 1;
-  if (residual) {
-    const auto& r = *residual;
-    TORCH_CHECK(r.dim() == 4 && r.size(0) == g.n && r.size(1) == c && r.size(2) == g.oh && r.size(3) == g.ow, op,
-                ": residual must have the output's shape [", g.n, ", ", c, ", ", g.oh, ", ", g.ow, "], got ",
-                r.sizes());
-    TORCH_CHECK(r.device() == input.device(), op, ": residual is on ", r.device(), " but input is on ",
-                input.device());
-    TORCH_CHECK(r.scalar_type() == input.scalar_type(), op, ": residual has dtype ", r.scalar_type(),
-                " but input has dtype ", input.scalar_type());
-  }
+  if (residual) check_residual_output(op, *residual, input, g.n, c, g.oh, g.ow);
   return g;
 }
 
@@ -98,6 +89,33 @@ inline DwConvGeometry check_dwconv_backward_args(std::string_view op, const Tens
               ": grad_output must have the input's dtype and device, got ", grad_output.scalar_type(), " on ",
               grad_output.device());
   return g;
+}
+
+// A dwconv call's checked arguments in the layout its kernels read, for the CPU kernels and the CUDA launchers:
+// x, dy and the residual in `format`; scale and bias per channel in the accumulation dtype (1 and 0 when absent).
+// The weight's layout differs between the kernels, so each caller arranges it.
+struct DwConvOperands {
+  DwConvGeometry g;
+  Act act;
+  Tensor x, dy, residual, scale, bias;
+};
+
+// grad_output: undefined for the forward (then dy is too).
+inline DwConvOperands prepare_dwconv(std::string_view op, const Tensor& grad_output, const Tensor& input,
+                                     const Tensor& weight, const OptTensor& scale, const OptTensor& bias,
+                                     const OptTensor& residual, at::IntArrayRef stride, at::IntArrayRef padding,
+                                     at::IntArrayRef dilation, std::string_view act_name, at::MemoryFormat format) {
+  DwConvOperands a{};
+  a.g = grad_output.defined() ? check_dwconv_backward_args(op, grad_output, input, weight, scale, bias, residual,
+                                                           stride, padding, dilation)
+                              : check_dwconv_args(op, input, weight, scale, bias, residual, stride, padding, dilation);
+  a.act = parse_act(op, act_name);
+  a.x = input.contiguous(format);
+  if (grad_output.defined()) a.dy = grad_output.contiguous(format);
+  if (residual) a.residual = residual->contiguous(format);
+  a.scale = channel_vector_acc(scale, input, 1.0);
+  a.bias = channel_vector_acc(bias, input, 0.0);
+  return a;
 }
 
 // The weight as [k * k][C] in the accumulation dtype (taps major: a tap's channels are contiguous).

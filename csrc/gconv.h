@@ -80,16 +80,7 @@ inline GConvGeometry check_gconv_args(std::string_view op, const Tensor& input, 
   g.ow = (g.w + 2 * g.pw - g.k) / g.sw + 1;
   if (scale) check_channel_vector(op, "scale", *scale, input, c_out);
   if (bias) check_channel_vector(op, "bias", *bias, input, c_out);
-  if (residual) {
-    const auto& r = *residual;
-    TORCH_CHECK(r.dim() == 4 && r.size(0) == g.n && r.size(1) == c_out && r.size(2) == g.oh && r.size(3) == g.ow,
-                op, ": residual must have the output's shape [", g.n, ", ", c_out, ", ", g.oh, ", ", g.ow, "], got ",
-                r.sizes());
-    TORCH_CHECK(r.device() == input.device(), op, ": residual is on ", r.device(), " but input is on ",
-                input.device());
-    TORCH_CHECK(r.scalar_type() == input.scalar_type(), op, ": residual has dtype ", r.scalar_type(),
-                " but input has dtype ", input.scalar_type());
-  }
+  if (residual) check_residual_output(op, *residual, input, g.n, c_out, g.oh, g.ow);
   return g;
 }
 

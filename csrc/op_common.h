@@ -61,6 +61,18 @@ inline void check_same_as_input(std::string_view op, const char* name, const Ten
               " but input has dtype ", input.scalar_type());
 }
 
+// A residual added to a convolution's output: the output's shape [n, c, oh, ow], the input's device and dtype.
+inline void check_residual_output(std::string_view op, const Tensor& residual, const Tensor& input, int64_t n,
+                                  int64_t c, int64_t oh, int64_t ow) {
+  const auto& r = residual;
+  TORCH_CHECK(r.dim() == 4 && r.size(0) == n && r.size(1) == c && r.size(2) == oh && r.size(3) == ow, op,
+              ": residual must have the output's shape [", n, ", ", c, ", ", oh, ", ", ow, "], got ", r.sizes());
+  TORCH_CHECK(r.device() == input.device(), op, ": residual is on ", r.device(), " but input is on ",
+              input.device());
+  TORCH_CHECK(r.scalar_type() == input.scalar_type(), op, ": residual has dtype ", r.scalar_type(),
+              " but input has dtype ", input.scalar_type());
+}
+
 // A per-channel vector in the accumulation dtype, contiguous; `fill` when absent (weight 1, bias 0).
 inline Tensor channel_vector_acc(const OptTensor& t, const Tensor& input, double fill) {
   auto acc = acc_dtype(input.scalar_type());

@@ -25,6 +25,18 @@ def make_input(shape, layout, dtype=torch.float32, device="cpu", seed=0, scale=1
     return x.to(device=device, dtype=dtype)
 
 
+def reference_epilogue(z, scale, bias, residual, act):
+    """act(z * scale + bias + residual) in z's dtype, each absent (None) term skipped: the epilogue the convolution
+    kernels fuse after the convolution z, computed by PyTorch."""
+    if scale is not None:
+        z = z * scale.to(z.dtype).view(1, -1, 1, 1)
+    if bias is not None:
+        z = z + bias.to(z.dtype).view(1, -1, 1, 1)
+    if residual is not None:
+        z = z + residual
+    return REFERENCE_ACT[act](z)
+
+
 def grid(*axes):
     """Every combination of the axes' values (a parity grid for pytest.mark.parametrize)."""
     return list(itertools.product(*axes))

@@ -53,13 +53,19 @@ WIDE_SHAPES = [(1, 70, 5, 5), (2, 40, 3, 7)]
     SHAPES, LAYOUTS, ["none", "relu", "relu6", "silu"], [False, True], [True, False])) + list(itertools.product(
     WIDE_SHAPES, ["nchw", "channels_last"], ["none", "silu"], [False, True], [True])))
 def test_matches_batchnorm2d_and_activation(shape, layout, act, with_residual, training):
-    ours, ref = make_pair(shape[1], act)
+    check_matches_batchnorm2d(shape, layout, act, with_residual, training, "cpu", tol=1e-5)
+
+
+def check_matches_batchnorm2d(shape, layout, act, with_residual, training, device, tol):
+    """BatchNormAct2d against nn.BatchNorm2d + activation on `device`: output, every gradient, the running
+    statistics and the output's memory format."""
+    ours, ref = make_pair(shape[1], act, device=device)
     ours.train(training)
     ref.train(training)
-    x = make_input(shape, layout)
-    residual = make_input(shape, layout, seed=1) if with_residual else None
+    x = make_input(shape, layout, device=device)
+    residual = make_input(shape, layout, device=device, seed=1) if with_residual else None
     (y, xo, ro), (y_ref, xr, rr) = run_both(ours, ref, act, x, residual)
-    tol = dict(rtol=1e-5, atol=1e-5)
+    tol = dict(rtol=tol, atol=tol)
     torch.testing.assert_close(y, y_ref, **tol)
     torch.testing.assert_close(xo.grad, xr.grad, **tol)
     torch.testing.assert_close(ours.weight.grad, ref.weight.grad, **tol)
@@ -238,18 +244,7 @@ def test_build_info_and_cuda_registration():
 @pytest.mark.parametrize("shape,layout,act,with_residual,training", list(itertools.product(
     SHAPES + [(8, 64, 14, 14), (2, 40, 7, 7)], LAYOUTS, ["relu", "silu"], [False, True], [True, False])))
 def test_cuda_matches_batchnorm2d_float32(shape, layout, act, with_residual, training):
-    ours, ref = make_pair(shape[1], act, device="cuda")
-    ours.train(training)
-    ref.train(training)
-    x = make_input(shape, layout, device="cuda")
-    residual = make_input(shape, layout, device="cuda", seed=1) if with_residual else None
-    (y, xo, ro), (y_ref, xr, rr) = run_both(ours, ref, act, x, residual)
-    tol = dict(rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(y, y_ref, **tol)
-    torch.testing.assert_close(xo.grad, xr.grad, **tol)
-    torch.testing.assert_close(ours.weight.grad, ref.weight.grad, **tol)
-    torch.testing.assert_close(ours.bias.grad, ref.bias.grad, **tol)
-    torch.testing.assert_close(ours.running_var, ref.running_var, **tol)
+    check_matches_batchnorm2d(shape, layout, act, with_residual, training, "cuda", tol=1e-4)
 
 
 @pytest.mark.cuda

@@ -12,7 +12,7 @@ from torch import nn
 import pycnn
 from pycnn import ops
 from pycnn.nn import DepthwiseConvBNAct2d
-from kernel_checks import LAYOUTS, REFERENCE_ACT, assert_half_precision_rule
+from kernel_checks import LAYOUTS, REFERENCE_ACT, assert_half_precision_rule, make_input, reference_epilogue
 
 ACTS = list(REFERENCE_ACT)
 
@@ -30,18 +30,6 @@ CASES = [
 ]
 
 
-def make_tensor(shape, layout="nchw", dtype=torch.float64, device="cpu", seed=0, scale=1.0):
-    g = torch.Generator().manual_seed(seed)
-    if layout == "strided":  # a non-contiguous view: every other column of a wider tensor
-        n, c, h, w = shape
-        x = torch.randn(n, c, h, 2 * w, generator=g, dtype=torch.float64)[..., ::2]
-    else:
-        x = torch.randn(shape, generator=g, dtype=torch.float64)
-        if layout == "channels_last":
-            x = x.contiguous(memory_format=torch.channels_last)
-    return (x * scale).to(device=device, dtype=dtype)
-
-
 def output_shape(case):
     n, c, h, w, k, s, p, d = case
     s, p, d = [(v, v) if isinstance(v, int) else v for v in (s, p, d)]
@@ -50,30 +38,24 @@ def output_shape(case):
 
 def make_args(case, layout, dtype=torch.float64, device="cpu", affine=True, with_residual=False, seed=0):
     n, c, h, w, k, s, p, d = case
-    x = make_tensor((n, c, h, w), layout, dtype, device, seed)
-    weight = make_tensor((c, 1, k, k), "nchw", dtype, device, seed + 1, scale=0.5)
-    scale = make_tensor((c,), "nchw", torch.float32, device, seed + 2).abs_().add_(0.5) if affine else None
-    bias = make_tensor((c,), "nchw", torch.float32, device, seed + 3) if affine else None
-    r = make_tensor(output_shape(case), layout, dtype, device, seed + 4) if with_residual else None
+    x = make_input((n, c, h, w), layout, dtype, device, seed)
+    weight = make_input((c, 1, k, k), "nchw", dtype, device, seed + 1, scale=0.5)
+    scale = make_input((c,), "nchw", torch.float32, device, seed + 2).abs_().add_(0.5) if affine else None
+    bias = make_input((c,), "nchw", torch.float32, device, seed + 3) if affine else None
+    r = make_input(output_shape(case), layout, dtype, device, seed + 4) if with_residual else None
     return x, weight, scale, bias, r
 
 
 def reference(x, weight, scale, bias, residual, stride, padding, dilation, act):
     z = F.conv2d(x, weight, None, stride, padding, dilation, groups=x.size(1))
-    if scale is not None:
-        z = z * scale.to(z.dtype).view(1, -1, 1, 1)
-    if bias is not None:
-        z = z + bias.to(z.dtype).view(1, -1, 1, 1)
-    if residual is not None:
-        z = z + residual
-    return REFERENCE_ACT[act](z)
+    return reference_epilogue(z, scale, bias, residual, act)
 
 
 def outputs_and_grads(fn, tensors, grad_seed=7):
     """fn(*tensors) and the gradients of every tensor (None entries skipped) for a fixed output gradient."""
     leaves = [t.detach().clone().requires_grad_() if t is not None else None for t in tensors]
     y = fn(*leaves)
-    g = make_tensor(tuple(y.shape), "nchw", y.dtype, y.device, grad_seed)
+    g = make_input(tuple(y.shape), "nchw", y.dtype, y.device, grad_seed)
     params = [t for t in leaves if t is not None]
     grads = torch.autograd.grad(y, params, g)
     return [y] + list(grads)
@@ -175,7 +157,7 @@ def test_opcheck(case, layout, act, affine, with_residual):
     x.requires_grad_()
     w.requires_grad_()
     torch.library.opcheck(torch.ops.pycnn.dwconv_forward.default, (x, w, sc, b, r, s, p, d, act))
-    dy = make_tensor(output_shape(case), layout, torch.float32, seed=9)
+    dy = make_input(output_shape(case), layout, torch.float32, seed=9)
     torch.library.opcheck(torch.ops.pycnn.dwconv_backward.default,
                           (dy, x.detach(), w.detach(), sc, b, r, s, p, d, act),
                           test_utils=("test_schema", "test_faketensor"))
@@ -253,7 +235,7 @@ def test_backward_sums_without_scale_and_bias(layout, act):
     no activation, without recomputing the convolution)."""
     case = (2, 3, 8, 7, 3, 2, 1, 1)
     x, w, _, _, _ = make_args(case, layout, torch.float64)
-    dy = make_tensor(output_shape(case), layout, torch.float64, seed=5)
+    dy = make_input(output_shape(case), layout, torch.float64, seed=5)
     _, _, _, _, _, s, p, d = case
     geo = [[s, s], [p, p], [d, d]]
     gx, gw, gs, gb, gr = torch.ops.pycnn.dwconv_backward(dy, x, w, None, None, None, *geo, act)
@@ -359,7 +341,7 @@ def test_module_matches_conv_bn_act(training, k, stride, dilation, act, bias, la
     ours, ref = make_module_pair(channels, k, stride, dilation, act, bias=bias)
     ours.train(training)
     ref.train(training)
-    x = make_tensor((2, channels, 9, 8), layout, torch.float32, seed=3)
+    x = make_input((2, channels, 9, 8), layout, torch.float32, seed=3)
     xo, xr = x.clone().requires_grad_(), x.clone().requires_grad_()
     y = ours(xo)
     y_ref = REFERENCE_ACT[act](ref(xr))
@@ -380,8 +362,8 @@ def test_module_matches_conv_bn_act(training, k, stride, dilation, act, bias, la
 
 def test_module_without_bn_and_with_residual():
     ours, ref = make_module_pair(7, 3, 1, 1, "relu", bias=True, bn=False)
-    x = make_tensor((2, 7, 6, 5), "channels_last", torch.float32)
-    r = make_tensor((2, 7, 6, 5), "channels_last", torch.float32, seed=4)
+    x = make_input((2, 7, 6, 5), "channels_last", torch.float32)
+    r = make_input((2, 7, 6, 5), "channels_last", torch.float32, seed=4)
     torch.testing.assert_close(ours(x, r), F.relu(ref(x) + r), rtol=1e-5, atol=1e-5)
     bn_ours, bn_ref = make_module_pair(7, 3, 1, 1, "silu")
     for mode in (True, False):
@@ -427,7 +409,7 @@ def test_cuda_half_precision_rule(dtype, case):
 @pytest.mark.cuda
 def test_cuda_module_and_opcheck_and_device_mismatch():
     ours, ref = make_module_pair(32, 3, 2, 1, "relu6", device="cuda")
-    x = make_tensor((4, 32, 15, 15), "channels_last", torch.float32, "cuda")
+    x = make_input((4, 32, 15, 15), "channels_last", torch.float32, "cuda")
     for mode in (True, False):
         ours.train(mode)
         ref.train(mode)

@@ -10,7 +10,7 @@ from torch import nn
 
 from pycnn import ops
 from pycnn.nn import GroupedConvBNAct2d
-from kernel_checks import LAYOUTS, REFERENCE_ACT, assert_half_precision_rule
+from kernel_checks import LAYOUTS, REFERENCE_ACT, assert_half_precision_rule, make_input, reference_epilogue
 
 
 # (N, C_in, C_out, H, W, k, stride, padding, groups)
@@ -40,41 +40,22 @@ def pair(v):
     return (v, v) if isinstance(v, int) else tuple(v)
 
 
-def make_tensor(shape, layout, dtype=torch.float32, device="cpu", seed=0, scale=1.0):
-    g = torch.Generator().manual_seed(seed)
-    if layout == "strided":  # a non-contiguous view: every other column of a wider tensor
-        n, c, h, w = shape
-        x = torch.randn(n, c, h, 2 * w, generator=g, dtype=torch.float64)[..., ::2]
-    else:
-        x = torch.randn(shape, generator=g, dtype=torch.float64)
-        if layout == "channels_last":
-            x = x.contiguous(memory_format=torch.channels_last)
-    return (x * scale).to(device=device, dtype=dtype)
-
-
 def make_args(case, layout, scale, bias, residual, dtype=torch.float32, device="cpu", seed=0):
     n, c_in, c_out, h, w, k, s, p, groups = case
     ph, pw = pair(p)
-    x = make_tensor((n, c_in, h, w), layout, dtype, device, seed)
-    wt = make_tensor((c_out, c_in // groups, k, k), "nchw", dtype, device, seed + 1,
+    x = make_input((n, c_in, h, w), layout, dtype, device, seed)
+    wt = make_input((c_out, c_in // groups, k, k), "nchw", dtype, device, seed + 1,
                      scale=(c_in // groups * k * k) ** -0.5)
     g = torch.Generator().manual_seed(seed + 2)
     sc = (torch.rand(c_out, generator=g) + 0.5).to(device) if scale else None
     b = (torch.randn(c_out, generator=g) * 0.3).to(device) if bias else None
-    r = make_tensor((n, c_out, out_size(h, k, s, ph), out_size(w, k, s, pw)), layout, dtype, device,
+    r = make_input((n, c_out, out_size(h, k, s, ph), out_size(w, k, s, pw)), layout, dtype, device,
                     seed + 3) if residual else None
     return x, wt, sc, b, r
 
 
 def reference(x, w, scale, bias, residual, stride, padding, groups, act):
-    z = F.conv2d(x, w, None, stride, padding, 1, groups)
-    if scale is not None:
-        z = z * scale.to(z.dtype).view(1, -1, 1, 1)
-    if bias is not None:
-        z = z + bias.to(z.dtype).view(1, -1, 1, 1)
-    if residual is not None:
-        z = z + residual
-    return REFERENCE_ACT[act](z)
+    return reference_epilogue(F.conv2d(x, w, None, stride, padding, 1, groups), scale, bias, residual, act)
 
 
 def outputs_and_grads(fn, tensors, grad_seed=7):
@@ -316,9 +297,9 @@ def test_module_matches_conv_bn_act(c_in, c_out, k, stride, groups, act, bias, w
     ours, ref = make_modules(c_in, c_out, k, stride, groups, act, bias)
     ours.train(training)
     ref.train(training)
-    x = make_tensor((3, c_in, 7, 6), layout)
+    x = make_input((3, c_in, 7, 6), layout)
     oh, ow = out_size(7, k, stride, k // 2), out_size(6, k, stride, k // 2)
-    r = make_tensor((3, c_out, oh, ow), layout, seed=4) if with_residual else None
+    r = make_input((3, c_out, oh, ow), layout, seed=4) if with_residual else None
     o = outputs_and_grads(lambda x, r: ours(x, r), [x, r])
     e = outputs_and_grads(lambda x, r: ref(x, r), [x, r])
     tol = dict(rtol=1e-4, atol=1e-4)
@@ -335,7 +316,7 @@ def test_module_eval_fold_follows_weight_changes():
     ours, ref = make_modules(8, 8, 3, 1, 2, "relu", True)
     ours.eval()
     ref.eval()
-    x = make_tensor((2, 8, 5, 5), "nchw")
+    x = make_input((2, 8, 5, 5), "nchw")
     with torch.no_grad():
         for m in (ours, ref):
             m.bn.running_var.mul_(3)
@@ -382,7 +363,7 @@ def test_cuda_opcheck_module_and_device_mismatch():
         torch.ops.pycnn.gconv_forward(x, w.detach().cpu(), None, None, None, [1, 1], [1, 1], 2, "relu", False)
     ours, ref = make_modules(32, 32, 3, 1, 2, "relu", False)
     ours, ref = ours.cuda(), ref.cuda()
-    xx = make_tensor((2, 32, 6, 6), "channels_last", device="cuda")
+    xx = make_input((2, 32, 6, 6), "channels_last", device="cuda")
     for mode in (True, False):
         ours.train(mode)
         ref.train(mode)

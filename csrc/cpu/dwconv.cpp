@@ -49,25 +49,22 @@ Tensor dwconv_weight_planes(const Tensor& weight) {
       .contiguous();
 }
 
-Tensor dwconv_forward_nchw(const DwConvGeometry& g, const Tensor& input, const Tensor& weight,
-                           const OptTensor& scale, const OptTensor& bias, const OptTensor& residual, Act act) {
-  const Tensor x = input.contiguous();
-  const Tensor r = residual ? residual->contiguous() : Tensor();
+Tensor dwconv_forward_nchw(const DwConvOperands& a, const Tensor& weight) {
+  const DwConvGeometry& g = a.g;
   const Tensor wt = dwconv_weight_planes(weight);
-  const Tensor sc = channel_vector_acc(scale, input, 1.0), bi = channel_vector_acc(bias, input, 0.0);
-  Tensor y = at::empty({g.n, g.c, g.oh, g.ow}, input.options());
+  Tensor y = at::empty({g.n, g.c, g.oh, g.ow}, a.x.options());
   if (y.numel() == 0) return y;
-  PYCNN_CPU_KERNELS(dwn, x.scalar_type()).forward(g, act, x, wt, sc, bi, r, y);
+  PYCNN_CPU_KERNELS(dwn, a.x.scalar_type()).forward(g, a.act, a.x, wt, a.scale, a.bias, a.residual, y);
   return y;
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, OptTensor> dwconv_backward_nchw(
-    const DwConvGeometry& g, const Tensor& grad_output, const Tensor& input, const Tensor& weight,
-    const OptTensor& scale, const OptTensor& bias, const OptTensor& residual, Act act) {
-  const Tensor x = input.contiguous(), dy = grad_output.contiguous();
-  const Tensor r = residual ? residual->contiguous() : Tensor();
+    const DwConvOperands& a, const Tensor& input, const Tensor& weight, const OptTensor& scale,
+    const OptTensor& bias) {
+  const DwConvGeometry& g = a.g;
+  const Act act = a.act;
+  const Tensor &x = a.x, &dy = a.dy, &r = a.residual, &sc = a.scale, &bi = a.bias;
   const Tensor wt = dwconv_weight_planes(weight);
-  const Tensor sc = channel_vector_acc(scale, input, 1.0), bi = channel_vector_acc(bias, input, 0.0);
   const auto acc_opts = input.options().dtype(acc_dtype(input.scalar_type()));
   Tensor dx = at::empty({g.n, g.c, g.h, g.w}, input.options());
   Tensor dr = r.defined() ? at::empty({g.n, g.c, g.oh, g.ow}, input.options()) : Tensor();
@@ -86,23 +83,21 @@ Tensor dwconv_forward_cpu(const Tensor& input, const Tensor& weight, const OptTe
                           const OptTensor& residual, at::IntArrayRef stride, at::IntArrayRef padding,
                           at::IntArrayRef dilation, c10::string_view act_name) {
   constexpr std::string_view op = "pycnn.dwconv";
-  const DwConvGeometry g = check_dwconv_args(op, input, weight, scale, bias, residual, stride, padding, dilation);
+  const auto format = kernel_memory_format(input);  // NCHW or channels_last, the kernels' two layouts
+  const DwConvOperands a = prepare_dwconv(op, Tensor(), input, weight, scale, bias, residual, stride, padding,
+                                          dilation, std::string_view(act_name.data(), act_name.size()), format);
   TORCH_CHECK(input.device().is_cpu(), op, ": input must be a CPU tensor for the CPU kernel, got ", input.device());
-  const Act act = parse_act(op, std::string_view(act_name.data(), act_name.size()));
-  if (kernel_memory_format(input) == at::MemoryFormat::Contiguous)
-    return dwconv_forward_nchw(g, input, weight, scale, bias, residual, act);
-  constexpr auto nhwc = at::MemoryFormat::ChannelsLast;
-  const Tensor x = input.contiguous(nhwc);
-  const Tensor r = residual ? residual->contiguous(nhwc) : Tensor();
+  if (format == at::MemoryFormat::Contiguous) return dwconv_forward_nchw(a, weight);
+  const DwConvGeometry& g = a.g;
   const Tensor wt = dwconv_weight_taps(weight);
   // Without scale and bias the epilogue skips the multiply-add (sc, bi null).
   const bool affine = scale.has_value() || bias.has_value();
-  const Tensor sc = channel_vector_acc(scale, input, 1.0), bi = channel_vector_acc(bias, input, 0.0);
   Tensor y = output_like(input, g);
   if (y.numel() > 0) {
-    PYCNN_CPU_KERNELS(dw, y.scalar_type()).forward(g, act, x, wt, affine ? sc : Tensor(), affine ? bi : Tensor(), r, y);
+    PYCNN_CPU_KERNELS(dw, y.scalar_type())
+        .forward(g, a.act, a.x, wt, affine ? a.scale : Tensor(), affine ? a.bias : Tensor(), a.residual, y);
   }
-  return y.contiguous(kernel_memory_format(input));
+  return y.contiguous(format);
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, OptTensor> dwconv_backward_cpu(
@@ -110,17 +105,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, OptTensor> dwconv_backward_cpu(
     const OptTensor& bias, const OptTensor& residual, at::IntArrayRef stride, at::IntArrayRef padding,
     at::IntArrayRef dilation, c10::string_view act_name) {
   constexpr std::string_view op = "pycnn.dwconv_backward";
-  const DwConvGeometry g =
-      check_dwconv_backward_args(op, grad_output, input, weight, scale, bias, residual, stride, padding, dilation);
+  const auto format = kernel_memory_format(input);
+  const DwConvOperands a = prepare_dwconv(op, grad_output, input, weight, scale, bias, residual, stride, padding,
+                                          dilation, std::string_view(act_name.data(), act_name.size()), format);
   TORCH_CHECK(input.device().is_cpu(), op, ": input must be a CPU tensor for the CPU kernel, got ", input.device());
-  const Act act = parse_act(op, std::string_view(act_name.data(), act_name.size()));
-  if (kernel_memory_format(input) == at::MemoryFormat::Contiguous)
-    return dwconv_backward_nchw(g, grad_output, input, weight, scale, bias, residual, act);
+  if (format == at::MemoryFormat::Contiguous) return dwconv_backward_nchw(a, input, weight, scale, bias);
   constexpr auto nhwc = at::MemoryFormat::ChannelsLast;
-  const Tensor x = input.contiguous(nhwc), dy = grad_output.contiguous(nhwc);
-  const Tensor r = residual ? residual->contiguous(nhwc) : Tensor();
+  const DwConvGeometry& g = a.g;
+  const Act act = a.act;
+  const Tensor &x = a.x, &dy = a.dy, &r = a.residual, &sc = a.scale, &bi = a.bias;
   const Tensor wt = dwconv_weight_taps(weight);
-  const Tensor sc = channel_vector_acc(scale, input, 1.0), bi = channel_vector_acc(bias, input, 0.0);
   const auto acc_type = acc_dtype(input.scalar_type());
   const int64_t kk = int64_t(g.k) * g.k;
   // With no scale, bias, residual or activation (the conv of a training step, BN done by bn_act) the
@@ -152,7 +146,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, OptTensor> dwconv_backward_cpu(
   Tensor grad_scale = sums[kk].clone(), grad_bias = sums[kk + 1].clone();
   if (scale) grad_scale = grad_scale.to(scale->scalar_type());
   if (bias) grad_bias = grad_bias.to(bias->scalar_type());
-  const auto format = kernel_memory_format(input);
   return {dx.contiguous(format), grad_weight, grad_scale, grad_bias,
           dr.defined() ? OptTensor(dr.contiguous(format)) : std::nullopt};
 }

@@ -11,15 +11,8 @@
 namespace pycnn {
 namespace cuda {
 
-struct BnActForwardParams {
-  const void* x;         // [rows, channels]
-  const void* residual;  // [rows, channels] or nullptr
-  void* y;               // [rows, channels]
-  const void* weight;    // [channels]
-  const void* bias;      // [channels]
-  void* mean;            // [channels]: written when training, read otherwise
-  void* var;             // [channels]: biased batch variance when training, running variance otherwise
-  void* workspace;       // bn_act_forward_workspace_bytes(...) bytes
+// What a forward and its backward launch share besides their pointers (both params structs derive from it).
+struct BnActConfig {
   int64_t rows;
   int64_t channels;
   double eps;
@@ -29,7 +22,18 @@ struct BnActForwardParams {
   int num_sms;  // sizes the grid of the reductions
 };
 
-struct BnActBackwardParams {
+struct BnActForwardParams : BnActConfig {
+  const void* x;         // [rows, channels]
+  const void* residual;  // [rows, channels] or nullptr
+  void* y;               // [rows, channels]
+  const void* weight;    // [channels]
+  const void* bias;      // [channels]
+  void* mean;            // [channels]: written when training, read otherwise
+  void* var;             // [channels]: biased batch variance when training, running variance otherwise
+  void* workspace;       // bn_act_forward_workspace_bytes(...) bytes
+};
+
+struct BnActBackwardParams : BnActConfig {
   const void* dy;        // [rows, channels]
   const void* x;         // [rows, channels]
   const void* residual;  // [rows, channels] or nullptr
@@ -42,13 +46,6 @@ struct BnActBackwardParams {
   void* dweight;         // [channels]
   void* dbias;           // [channels]
   void* workspace;       // bn_act_backward_workspace_bytes(...) bytes
-  int64_t rows;
-  int64_t channels;
-  double eps;
-  Act act;
-  bool training;
-  DType dtype;
-  int num_sms;
 };
 
 size_t bn_act_forward_workspace_bytes(const BnActForwardParams& p);

@@ -9,6 +9,18 @@
 
 namespace pycnn {
 
+inline cuda::BnActConfig bn_act_config(const Tensor& x, double eps, Act act, bool training, int num_sms) {
+  cuda::BnActConfig c{};
+  c.rows = x.numel() / std::max<int64_t>(x.size(1), 1);
+  c.channels = x.size(1);
+  c.eps = eps;
+  c.act = act;
+  c.training = training;
+  c.dtype = kernel_dtype(x.scalar_type());
+  c.num_sms = num_sms;
+  return c;
+}
+
 inline std::tuple<Tensor, Tensor, Tensor> run_bn_act_forward(const Tensor& input, const OptTensor& weight,
                                                              const OptTensor& bias, const OptTensor& residual,
                                                              const OptTensor& running_mean,
@@ -32,7 +44,7 @@ inline std::tuple<Tensor, Tensor, Tensor> run_bn_act_forward(const Tensor& input
   }
   const Tensor w = channel_vector_acc(weight, input, 1.0), b = channel_vector_acc(bias, input, 0.0);
 
-  cuda::BnActForwardParams p{};
+  cuda::BnActForwardParams p{bn_act_config(x, eps, act, training, num_sms)};
   p.x = x.const_data_ptr();
   p.residual = r.defined() ? r.const_data_ptr() : nullptr;
   p.y = y.data_ptr();
@@ -40,13 +52,6 @@ inline std::tuple<Tensor, Tensor, Tensor> run_bn_act_forward(const Tensor& input
   p.bias = b.const_data_ptr();
   p.mean = mean.data_ptr();
   p.var = var.data_ptr();
-  p.rows = x.numel() / std::max<int64_t>(x.size(1), 1);
-  p.channels = x.size(1);
-  p.eps = eps;
-  p.act = act;
-  p.training = training;
-  p.dtype = kernel_dtype(input.scalar_type());
-  p.num_sms = num_sms;
   Tensor workspace = at::empty({static_cast<int64_t>(cuda::bn_act_forward_workspace_bytes(p))},
                                input.options().dtype(at::kByte));
   p.workspace = workspace.data_ptr();
@@ -71,7 +76,7 @@ inline std::tuple<Tensor, Tensor, Tensor, OptTensor> run_bn_act_backward(
   Tensor dweight = at::empty({input.size(1)}, input.options().dtype(acc_type));
   Tensor dbias = at::empty({input.size(1)}, input.options().dtype(acc_type));
 
-  cuda::BnActBackwardParams p{};
+  cuda::BnActBackwardParams p{bn_act_config(x, eps, act, training, num_sms)};
   p.dy = dy.const_data_ptr();
   p.x = x.const_data_ptr();
   p.residual = r.defined() ? r.const_data_ptr() : nullptr;
@@ -83,13 +88,6 @@ inline std::tuple<Tensor, Tensor, Tensor, OptTensor> run_bn_act_backward(
   p.var = var.const_data_ptr();
   p.dweight = dweight.data_ptr();
   p.dbias = dbias.data_ptr();
-  p.rows = x.numel() / std::max<int64_t>(x.size(1), 1);
-  p.channels = x.size(1);
-  p.eps = eps;
-  p.act = act;
-  p.training = training;
-  p.dtype = kernel_dtype(input.scalar_type());
-  p.num_sms = num_sms;
   Tensor workspace = at::empty({static_cast<int64_t>(cuda::bn_act_backward_workspace_bytes(p))},
                                input.options().dtype(at::kByte));
   p.workspace = workspace.data_ptr();

@@ -130,6 +130,30 @@ __device__ __forceinline__ Vec<T, VEC> zero_vec() {
   return v;
 }
 
+// The residual's VEC channels of vector `col` at element offset `off`, in the accumulation type; zeros when
+// there is no residual.
+template <typename T, int VEC>
+__device__ __forceinline__ void load_residual(const T* res, int64_t off, int64_t col, acc_t<T> (&z)[VEC]) {
+  if (res != nullptr) {
+    to_acc_vec<T, VEC>(reinterpret_cast<const Vec<T, VEC>*>(res + off)[col], z);
+  } else {
+#pragma unroll
+    for (int v = 0; v < VEC; ++v) z[v] = acc_t<T>(0);
+  }
+}
+
+// The per-channel scale and bias of the thread's VEC channels from col * VEC (zeros past the last channel).
+template <typename acc, int VEC>
+__device__ __forceinline__ void load_scale_bias(const void* scale, const void* bias, int64_t col, int64_t channels,
+                                                acc (&sc)[VEC], acc (&bi)[VEC]) {
+#pragma unroll
+  for (int v = 0; v < VEC; ++v) {
+    const int64_t c = col * VEC + v;
+    sc[v] = c < channels ? static_cast<const acc*>(scale)[c] : acc(0);
+    bi[v] = c < channels ? static_cast<const acc*>(bias)[c] : acc(0);
+  }
+}
+
 // Loads the block's weights into smem: ws[(tap * tc + tx) * VEC + v] (zeros past the last channel).
 template <typename acc>
 __device__ void stage_weights(const acc* __restrict__ weight, acc* ws, int kk, int64_t channels, int64_t c_base,
@@ -230,12 +254,7 @@ __global__ void __launch_bounds__(kMaxThreads) dwconv_forward_kernel(DwConvForwa
   const int64_t col = col_base + tx;
   stage_weights<acc>(static_cast<const acc*>(p.weight), s.ws, kk, g.c, col_base * VEC, t.tc * VEC);
   acc sc[VEC], bi[VEC];
-#pragma unroll
-  for (int v = 0; v < VEC; ++v) {
-    const int64_t c = col * VEC + v;
-    sc[v] = c < g.c ? static_cast<const acc*>(p.scale)[c] : acc(0);
-    bi[v] = c < g.c ? static_cast<const acc*>(p.bias)[c] : acc(0);
-  }
+  load_scale_bias<acc, VEC>(p.scale, p.bias, col, g.c, sc, bi);
   const int lr = threadIdx.y / t.twt, lc = (threadIdx.y % t.twt) * kOutPerThread;
   const T* x = static_cast<const T*>(p.x);
   const T* res = static_cast<const T*>(p.residual);
@@ -257,12 +276,7 @@ __global__ void __launch_bounds__(kMaxThreads) dwconv_forward_kernel(DwConvForwa
       if (ow >= g.ow) break;
       const int64_t off = ((n * g.oh + oh) * g.ow + ow) * g.c;
       acc z[VEC];
-      if (res != nullptr) {
-        to_acc_vec<T, VEC>(reinterpret_cast<const Vec<T, VEC>*>(res + off)[col], z);
-      } else {
-#pragma unroll
-        for (int v = 0; v < VEC; ++v) z[v] = acc(0);
-      }
+      load_residual<T, VEC>(res, off, col, z);
 #pragma unroll
       for (int v = 0; v < VEC; ++v) z[v] = act_forward<acc>(p.act, u[r][v] * sc[v] + bi[v] + z[v]);
       reinterpret_cast<Vec<T, VEC>*>(y + off)[col] = from_acc_vec<T, VEC>(z);
@@ -284,13 +298,9 @@ __global__ void __launch_bounds__(kMaxThreads) dwconv_grad_out_kernel(DwConvBack
   stage_weights<acc>(static_cast<const acc*>(p.weight), s.ws, KK, g.c, col_base * VEC, tc * VEC);
   for (int i = threadIdx.y * tc + tx; i < (KK + 2) * tc * VEC; i += tc * t.ty) s.sums[i] = acc(0);
   acc sc[VEC], bi[VEC], dsc[VEC], dbi[VEC];
+  load_scale_bias<acc, VEC>(p.scale, p.bias, col, g.c, sc, bi);
 #pragma unroll
-  for (int v = 0; v < VEC; ++v) {
-    const int64_t c = col * VEC + v;
-    sc[v] = c < g.c ? static_cast<const acc*>(p.scale)[c] : acc(0);
-    bi[v] = c < g.c ? static_cast<const acc*>(p.bias)[c] : acc(0);
-    dsc[v] = dbi[v] = acc(0);
-  }
+  for (int v = 0; v < VEC; ++v) dsc[v] = dbi[v] = acc(0);
   const int lr = threadIdx.y / t.twt, lc = (threadIdx.y % t.twt) * kOutPerThread;
   // Weight-gradient units: (tap, pixel group); thread ty owns units ty, ty + ty_count, ...
   const int groups = t.ty >= KK ? t.ty / KK : 1;
@@ -320,12 +330,7 @@ __global__ void __launch_bounds__(kMaxThreads) dwconv_grad_out_kernel(DwConvBack
           const int64_t off = ((n * g.oh + oh) * g.ow + ow) * g.c;
           acc d[VEC], z[VEC], dz[VEC], gacc[VEC];
           to_acc_vec<T, VEC>(reinterpret_cast<const Vec<T, VEC>*>(dy + off)[col], d);
-          if (res != nullptr) {
-            to_acc_vec<T, VEC>(reinterpret_cast<const Vec<T, VEC>*>(res + off)[col], z);
-          } else {
-#pragma unroll
-            for (int v = 0; v < VEC; ++v) z[v] = acc(0);
-          }
+          load_residual<T, VEC>(res, off, col, z);
 #pragma unroll
           for (int v = 0; v < VEC; ++v) {
             dz[v] = act_backward<acc>(p.act, d[v], u[r][v] * sc[v] + bi[v] + z[v]);

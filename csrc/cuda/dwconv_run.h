@@ -31,25 +31,22 @@ inline Tensor run_dwconv_forward(const Tensor& input, const Tensor& weight, cons
                                  const OptTensor& bias, const OptTensor& residual, at::IntArrayRef stride,
                                  at::IntArrayRef padding, at::IntArrayRef dilation, std::string_view act_name,
                                  cudaStream_t stream) {
-  constexpr std::string_view op = "pycnn.dwconv";
-  const DwConvGeometry g = check_dwconv_args(op, input, weight, scale, bias, residual, stride, padding, dilation);
-  const Act act = parse_act(op, act_name);
   constexpr auto nhwc = at::MemoryFormat::ChannelsLast;
-  const Tensor x = input.contiguous(nhwc);
-  const Tensor r = residual ? residual->contiguous(nhwc) : Tensor();
+  const DwConvOperands a = prepare_dwconv("pycnn.dwconv", Tensor(), input, weight, scale, bias, residual, stride,
+                                          padding, dilation, act_name, nhwc);
+  const DwConvGeometry& g = a.g;
   const Tensor wt = dwconv_weight_taps(weight);
-  const Tensor sc = channel_vector_acc(scale, input, 1.0), bi = channel_vector_acc(bias, input, 0.0);
   Tensor y = at::empty({g.n, g.c, g.oh, g.ow}, input.options(), nhwc);
 
   cuda::DwConvForwardParams p{};
-  p.x = x.const_data_ptr();
+  p.x = a.x.const_data_ptr();
   p.weight = wt.const_data_ptr();
-  p.scale = sc.const_data_ptr();
-  p.bias = bi.const_data_ptr();
-  p.residual = r.defined() ? r.const_data_ptr() : nullptr;
+  p.scale = a.scale.const_data_ptr();
+  p.bias = a.bias.const_data_ptr();
+  p.residual = a.residual.defined() ? a.residual.const_data_ptr() : nullptr;
   p.y = y.data_ptr();
   p.g = kernel_geometry(g);
-  p.act = act;
+  p.act = a.act;
   p.dtype = kernel_dtype(input.scalar_type());
   check_launch(cuda::dwconv_forward(p, stream), "pycnn.dwconv");
   return y.contiguous(kernel_memory_format(input));
@@ -59,15 +56,12 @@ inline std::tuple<Tensor, Tensor, Tensor, Tensor, OptTensor> run_dwconv_backward
     const Tensor& grad_output, const Tensor& input, const Tensor& weight, const OptTensor& scale,
     const OptTensor& bias, const OptTensor& residual, at::IntArrayRef stride, at::IntArrayRef padding,
     at::IntArrayRef dilation, std::string_view act_name, cudaStream_t stream, int num_sms) {
-  constexpr std::string_view op = "pycnn.dwconv_backward";
-  const DwConvGeometry g =
-      check_dwconv_backward_args(op, grad_output, input, weight, scale, bias, residual, stride, padding, dilation);
-  const Act act = parse_act(op, act_name);
   constexpr auto nhwc = at::MemoryFormat::ChannelsLast;
-  const Tensor x = input.contiguous(nhwc), dy = grad_output.contiguous(nhwc);
-  const Tensor r = residual ? residual->contiguous(nhwc) : Tensor();
+  const DwConvOperands a = prepare_dwconv("pycnn.dwconv_backward", grad_output, input, weight, scale, bias,
+                                          residual, stride, padding, dilation, act_name, nhwc);
+  const DwConvGeometry& g = a.g;
+  const Tensor& r = a.residual;
   const Tensor wt = dwconv_weight_taps(weight);
-  const Tensor sc = channel_vector_acc(scale, input, 1.0), bi = channel_vector_acc(bias, input, 0.0);
   const auto acc_type = acc_dtype(input.scalar_type());
   const int64_t kk = int64_t(g.k) * g.k;
   Tensor dx = at::empty({g.n, g.c, g.h, g.w}, input.options(), nhwc);
@@ -77,11 +71,11 @@ inline std::tuple<Tensor, Tensor, Tensor, Tensor, OptTensor> run_dwconv_backward
   Tensor dbias = at::zeros({g.c}, input.options().dtype(acc_type));
 
   cuda::DwConvBackwardParams p{};
-  p.dy = dy.const_data_ptr();
-  p.x = x.const_data_ptr();
+  p.dy = a.dy.const_data_ptr();
+  p.x = a.x.const_data_ptr();
   p.weight = wt.const_data_ptr();
-  p.scale = sc.const_data_ptr();
-  p.bias = bi.const_data_ptr();
+  p.scale = a.scale.const_data_ptr();
+  p.bias = a.bias.const_data_ptr();
   p.residual = r.defined() ? r.const_data_ptr() : nullptr;
   p.dx = dx.data_ptr();
   p.dresidual = dr.defined() ? dr.data_ptr() : nullptr;
@@ -89,7 +83,7 @@ inline std::tuple<Tensor, Tensor, Tensor, Tensor, OptTensor> run_dwconv_backward
   p.dscale = dscale.data_ptr();
   p.dbias = dbias.data_ptr();
   p.g = kernel_geometry(g);
-  p.act = act;
+  p.act = a.act;
   p.dtype = kernel_dtype(input.scalar_type());
   p.num_sms = num_sms;
   Tensor workspace = at::empty({static_cast<int64_t>(cuda::dwconv_backward_workspace_bytes(p))},

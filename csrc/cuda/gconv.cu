@@ -467,13 +467,8 @@ bool tc_capable(DType dtype, int cc_major) {
   return (dtype == DType::Float16 || dtype == DType::BFloat16) && cc_major >= 8;
 }
 
-bool use_tensor_cores(const GConvForwardParams& p) {
-  if (!tc_capable(p.dtype, p.cc_major) || p.path == GConvPath::Simt) return false;
-  if (p.path == GConvPath::TensorCore) return true;
-  return p.s.cg > 8 && p.s.cog > 8;
-}
-
-bool use_tensor_cores_dgrad(const GConvBackwardParams& p) {
+// The forward kernel, or the backward's input-gradient kernel (the same GEMM shape, transposed).
+bool use_tensor_cores(const GConvConfig& p) {
   if (!tc_capable(p.dtype, p.cc_major) || p.path == GConvPath::Simt) return false;
   if (p.path == GConvPath::TensorCore) return true;
   return p.s.cg > 8 && p.s.cog > 8;
@@ -627,7 +622,7 @@ cudaError_t backward_impl(const GConvBackwardParams& p, cudaStream_t stream) {
     dconv = dc;
   }
   // 2. input gradient
-  if (p.dx != nullptr && s.n * s.h * s.w > 0 && sizeof(T) == 2 && use_tensor_cores_dgrad(p)) {
+  if (p.dx != nullptr && s.n * s.h * s.w > 0 && sizeof(T) == 2 && use_tensor_cores(p)) {
     if constexpr (sizeof(T) == 2) PYCNN_RETURN_IF_ERROR(dgrad_wmma<T>(p, dconv, stream));
   } else if (p.dx != nullptr && s.n * s.h * s.w > 0) {
     const int v = vector_width(p.dtype, s.cg, {p.wt, p.dx});

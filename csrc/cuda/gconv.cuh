@@ -24,7 +24,17 @@ struct GConvShape {
 // Which forward kernel runs: chosen per shape (Auto), or forced (tests run both on the same shapes).
 enum class GConvPath : int32_t { Auto = 0, Simt = 1, TensorCore = 2 };
 
-struct GConvForwardParams {
+// What a forward and its backward launch share besides their pointers (both params structs derive from it).
+struct GConvConfig {
+  GConvShape s;
+  Act act;
+  DType dtype;
+  GConvPath path;  // forward: the kernel; backward: the input-gradient kernel (SIMT or tensor cores)
+  int num_sms;
+  int cc_major;  // compute capability: tensor-core kernels need >= 8
+};
+
+struct GConvForwardParams : GConvConfig {
   const void* x;         // [n, h, w, c_in]
   const void* w;         // wk [groups, k*k, cg, cog]
   const void* scale;     // float [c_out] or nullptr (1)
@@ -32,15 +42,9 @@ struct GConvForwardParams {
   const void* residual;  // [n, oh, ow, c_out] or nullptr
   void* y;               // [n, oh, ow, c_out] = act(conv * scale + bias + residual)
   void* saved;           // [n, oh, ow, c_out] raw conv output, or nullptr
-  GConvShape s;
-  Act act;
-  DType dtype;
-  GConvPath path;
-  int num_sms;
-  int cc_major;  // compute capability: tensor-core kernels need >= 8
 };
 
-struct GConvBackwardParams {
+struct GConvBackwardParams : GConvConfig {
   const void* dy;        // [n, oh, ow, c_out]
   const void* x;         // [n, h, w, c_in]
   const void* wt;        // wt [groups, k*k, cog, cg]
@@ -54,12 +58,6 @@ struct GConvBackwardParams {
   void* dbias;           // float [c_out] or nullptr
   void* dresidual;       // [n, oh, ow, c_out] or nullptr
   void* workspace;       // gconv_backward_workspace_bytes(...) bytes
-  GConvShape s;
-  Act act;
-  DType dtype;
-  GConvPath path;  // the input-gradient kernel: SIMT or tensor cores (float16/bfloat16)
-  int num_sms;
-  int cc_major;
 };
 
 // Whether every tensor of the shape has < 2^31 elements (the kernels index in 32 bits); the launchers

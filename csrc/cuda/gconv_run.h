@@ -41,6 +41,20 @@ inline void check_gconv_cuda_size(std::string_view op, const cuda::GConvShape& s
               ": input, output and weight must each have fewer than 2^31 elements for the CUDA kernels; split the batch");
 }
 
+// The checked launch settings; refuses a shape the kernels cannot index in 32 bits.
+inline cuda::GConvConfig gconv_config(std::string_view op, const GConvGeometry& g, Act act, const Tensor& input,
+                                      cuda::GConvPath path, int num_sms, int cc_major) {
+  cuda::GConvConfig c{};
+  c.s = gconv_kernel_shape(g);
+  check_gconv_cuda_size(op, c.s);
+  c.act = act;
+  c.dtype = kernel_dtype(input.scalar_type());
+  c.path = path;
+  c.num_sms = num_sms;
+  c.cc_major = cc_major;
+  return c;
+}
+
 inline Tensor float_vector(const OptTensor& t) { return t ? t->to(at::kFloat).contiguous() : Tensor(); }
 
 inline const void* ptr_or_null(const Tensor& t) { return t.defined() ? t.const_data_ptr() : nullptr; }
@@ -65,7 +79,7 @@ inline std::tuple<Tensor, Tensor> run_gconv_forward(const Tensor& input, const T
   Tensor y = at::empty({g.n, g.c_out, g.oh, g.ow}, input.options().memory_format(nhwc));
   Tensor saved = keep ? at::empty_like(y, nhwc) : Tensor();
 
-  cuda::GConvForwardParams p{};
+  cuda::GConvForwardParams p{gconv_config(op, g, act, input, path, num_sms, cc_major)};
   p.x = x.const_data_ptr();
   p.w = wk.const_data_ptr();
   p.scale = ptr_or_null(s);
@@ -73,13 +87,6 @@ inline std::tuple<Tensor, Tensor> run_gconv_forward(const Tensor& input, const T
   p.residual = ptr_or_null(r);
   p.y = y.data_ptr();
   p.saved = keep ? saved.data_ptr() : nullptr;
-  p.s = gconv_kernel_shape(g);
-  check_gconv_cuda_size(op, p.s);
-  p.act = act;
-  p.dtype = kernel_dtype(input.scalar_type());
-  p.path = path;
-  p.num_sms = num_sms;
-  p.cc_major = cc_major;
   check_launch(cuda::gconv_forward(p, stream), "pycnn.gconv");
   const auto format = kernel_memory_format(input);
   return {y.contiguous(format), keep ? saved.contiguous(format) : at::empty({0}, input.options())};
@@ -121,7 +128,7 @@ inline std::tuple<Tensor, Tensor, OptTensor, OptTensor, OptTensor> run_gconv_bac
     if (dscale.defined()) dscale.zero_();
     if (dbias.defined()) dbias.zero_();
   } else {
-    cuda::GConvBackwardParams p{};
+    cuda::GConvBackwardParams p{gconv_config(op, g, act, input, path, num_sms, cc_major)};
     p.dy = dy.const_data_ptr();
     p.x = x.const_data_ptr();
     p.wt = wt.const_data_ptr();
@@ -134,13 +141,6 @@ inline std::tuple<Tensor, Tensor, OptTensor, OptTensor, OptTensor> run_gconv_bac
     p.dscale = dscale.defined() ? dscale.data_ptr() : nullptr;
     p.dbias = dbias.defined() ? dbias.data_ptr() : nullptr;
     p.dresidual = dres.defined() ? dres.data_ptr() : nullptr;
-    p.s = gconv_kernel_shape(g);
-    check_gconv_cuda_size(op, p.s);
-    p.act = act;
-    p.dtype = kernel_dtype(input.scalar_type());
-    p.path = path;
-    p.num_sms = num_sms;
-    p.cc_major = cc_major;
     Tensor workspace = at::empty({static_cast<int64_t>(cuda::gconv_backward_workspace_bytes(p))},
                                  input.options().dtype(at::kByte));
     p.workspace = workspace.data_ptr();

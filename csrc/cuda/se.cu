@@ -349,6 +349,32 @@ __device__ void grad_input_block(const SeBackwardParams& p, acc_t<T>* smem, int6
   }
 }
 
+// One FC layer's weight and bias gradients for the kTile output rows from row0 (of `rows`), from dz [n][kTile]
+// (shared memory, written before the caller's last barrier): dw[row, col] = sum_n dz[n][row - row0] * in(n, col)
+// for the `cols` inputs, db[row] = sum_n dz[n][row - row0].
+template <typename T, typename Input>
+__device__ void store_fc_grads(const SeBackwardParams& p, const acc_t<T>* dz, int64_t row0, int64_t rows, int64_t cols,
+                               Input in, void* dw, void* db) {
+  using acc = acc_t<T>;
+  const int t = threadIdx.x;
+  for (int64_t col = t; col < cols; col += kThreads) {
+    acc d[kTile];
+    for (int k = 0; k < kTile; ++k) d[k] = 0;
+    for (int64_t n = 0; n < p.n; ++n) {
+      const acc v = in(n, col);
+      for (int k = 0; k < kTile; ++k) d[k] += dz[n * kTile + k] * v;
+    }
+    for (int k = 0; k < kTile; ++k) {
+      if (row0 + k < rows) store_w<T>(dw, (row0 + k) * cols + col, d[k], p.weights_acc);
+    }
+  }
+  if (t < kTile && row0 + t < rows) {
+    acc d = 0;
+    for (int64_t n = 0; n < p.n; ++n) d += dz[n * kTile + t];
+    store_w<T>(db, row0 + t, d, p.weights_acc);
+  }
+}
+
 // dw2[c, j] = sum_n dz2[n, c] act(hidden[n, j]), db2[c] = sum_n dz2[n, c] for kTile channels from c0.
 // Shared memory: dz2 [n][kTile].
 template <typename T>
@@ -363,22 +389,8 @@ __device__ void grad_fc2_block(const SeBackwardParams& p, acc_t<T>* smem, int pa
   }
   __syncthreads();
   const acc* hidden = static_cast<const acc*>(p.hidden);
-  for (int64_t j = t; j < R; j += kThreads) {
-    acc d[kTile];
-    for (int k = 0; k < kTile; ++k) d[k] = 0;
-    for (int64_t n = 0; n < p.n; ++n) {
-      const acc a = act_forward<acc>(p.act, hidden[n * R + j]);
-      for (int k = 0; k < kTile; ++k) d[k] += dz2[n * kTile + k] * a;
-    }
-    for (int k = 0; k < kTile; ++k) {
-      if (c0 + k < C) store_w<T>(p.dw2, (c0 + k) * R + j, d[k], p.weights_acc);
-    }
-  }
-  if (t < kTile && c0 + t < C) {
-    acc d = 0;
-    for (int64_t n = 0; n < p.n; ++n) d += dz2[n * kTile + t];
-    store_w<T>(p.db2, c0 + t, d, p.weights_acc);
-  }
+  store_fc_grads<T>(p, dz2, c0, C, R, [&](int64_t n, int64_t j) { return act_forward<acc>(p.act, hidden[n * R + j]); },
+                    p.dw2, p.db2);
 }
 
 // dw1[j, c] = sum_n dz1[n, j] pooled[n, c], db1[j] = sum_n dz1[n, j] for kTile reduced channels from j0,
@@ -419,22 +431,7 @@ __device__ void grad_fc1_block(const SeBackwardParams& p, acc_t<T>* smem, int pa
     __syncthreads();
   }
   const acc* pooled = static_cast<const acc*>(p.pooled);
-  for (int64_t c = t; c < C; c += kThreads) {
-    acc d[kTile];
-    for (int kk = 0; kk < kTile; ++kk) d[kk] = 0;
-    for (int64_t n = 0; n < p.n; ++n) {
-      const acc pc = pooled[n * C + c];
-      for (int kk = 0; kk < kTile; ++kk) d[kk] += dz1[n * kTile + kk] * pc;
-    }
-    for (int kk = 0; kk < kTile; ++kk) {
-      if (j0 + kk < R) store_w<T>(p.dw1, (j0 + kk) * C + c, d[kk], p.weights_acc);
-    }
-  }
-  if (t < kTile && j0 + t < R) {
-    acc d = 0;
-    for (int64_t n = 0; n < p.n; ++n) d += dz1[n * kTile + t];
-    store_w<T>(p.db1, j0 + t, d, p.weights_acc);
-  }
+  store_fc_grads<T>(p, dz1, j0, R, C, [&](int64_t n, int64_t c) { return pooled[n * C + c]; }, p.dw1, p.db1);
 }
 
 template <typename T, int VEC>

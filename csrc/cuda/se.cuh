@@ -13,7 +13,16 @@
 namespace pycnn {
 namespace cuda {
 
-struct SeForwardParams {
+// What a forward and its backward launch share besides their pointers (both params structs derive from it).
+struct SeConfig {
+  int64_t n, hw, channels, reduced;
+  Act act, post_act;
+  DType dtype;
+  bool weights_acc;
+  int num_sms;  // sizes the grids
+};
+
+struct SeForwardParams : SeConfig {
   const void* x;         // [n, hw, channels]
   const void* residual;  // [n, hw, channels] or nullptr
   void* y;               // [n, hw, channels]
@@ -25,14 +34,9 @@ struct SeForwardParams {
   void* hidden;          // [n, reduced]  accumulation type: w1 @ pooled + b1 (before act)
   void* gate;            // [n, channels] accumulation type: sigmoid(w2 @ act(hidden) + b2)
   void* workspace;       // se_forward_workspace_bytes(...) bytes
-  int64_t n, hw, channels, reduced;
-  Act act, post_act;
-  DType dtype;
-  bool weights_acc;
-  int num_sms;  // sizes the grids
 };
 
-struct SeBackwardParams {
+struct SeBackwardParams : SeConfig {
   const void* dy;        // [n, hw, channels]
   const void* x;         // [n, hw, channels]
   const void* residual;  // [n, hw, channels] or nullptr
@@ -48,11 +52,6 @@ struct SeBackwardParams {
   void* dw2;             // [channels, reduced]
   void* db2;             // [channels]
   void* workspace;       // se_backward_workspace_bytes(...) bytes
-  int64_t n, hw, channels, reduced;
-  Act act, post_act;
-  DType dtype;
-  bool weights_acc;
-  int num_sms;
 };
 
 // Launch limits the torch glue checks first (so its errors can say what is too large).

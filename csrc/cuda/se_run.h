@@ -19,6 +19,22 @@ inline void check_se_launch_limits(std::string_view op, int64_t n, size_t smem) 
 // A contiguous [out, in] view of an fc weight ([out, in] or [out, in, 1, 1]); no copy when contiguous.
 inline Tensor fc_weight_2d(const Tensor& w) { return w.contiguous().view({w.size(0), w.size(1)}); }
 
+// fc1_weight: its dtype tells whether the fc weights are in the accumulation type (weights_acc).
+inline cuda::SeConfig se_config(const Tensor& input, int64_t reduced, Act act, Act post, const Tensor& fc1_weight,
+                                int num_sms) {
+  cuda::SeConfig c{};
+  c.n = input.size(0);
+  c.hw = input.size(2) * input.size(3);
+  c.channels = input.size(1);
+  c.reduced = reduced;
+  c.act = act;
+  c.post_act = post;
+  c.dtype = kernel_dtype(input.scalar_type());
+  c.weights_acc = fc1_weight.scalar_type() != input.scalar_type();
+  c.num_sms = num_sms;
+  return c;
+}
+
 inline std::tuple<Tensor, Tensor, Tensor, Tensor> run_se_forward(
     const Tensor& input, const Tensor& fc1_weight, const OptTensor& fc1_bias, const Tensor& fc2_weight,
     const OptTensor& fc2_bias, const OptTensor& residual, std::string_view act_name, std::string_view post_name,
@@ -37,7 +53,7 @@ inline std::tuple<Tensor, Tensor, Tensor, Tensor> run_se_forward(
   Tensor pooled = at::empty({n, channels}, acc), hidden = at::empty({n, reduced}, acc),
          gate = at::empty({n, channels}, acc);
 
-  cuda::SeForwardParams p{};
+  cuda::SeForwardParams p{se_config(input, reduced, act, post, fc1_weight, num_sms)};
   p.x = x.const_data_ptr();
   p.residual = r.defined() ? r.const_data_ptr() : nullptr;
   p.y = y.data_ptr();
@@ -48,15 +64,6 @@ inline std::tuple<Tensor, Tensor, Tensor, Tensor> run_se_forward(
   p.pooled = pooled.data_ptr();
   p.hidden = hidden.data_ptr();
   p.gate = gate.data_ptr();
-  p.n = n;
-  p.hw = input.size(2) * input.size(3);
-  p.channels = channels;
-  p.reduced = reduced;
-  p.act = act;
-  p.post_act = post;
-  p.dtype = kernel_dtype(input.scalar_type());
-  p.weights_acc = fc1_weight.scalar_type() != input.scalar_type();
-  p.num_sms = num_sms;
   check_se_launch_limits(op, n, cuda::se_forward_smem_bytes(p));
   Tensor workspace = at::empty({static_cast<int64_t>(cuda::se_forward_workspace_bytes(p))},
                                input.options().dtype(at::kByte));
@@ -85,7 +92,7 @@ inline std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, OptTensor> run_se_back
   Tensor dw1 = at::empty({reduced, channels}, wopt), db1 = at::empty({reduced}, wopt);
   Tensor dw2 = at::empty({channels, reduced}, wopt), db2 = at::empty({channels}, wopt);
 
-  cuda::SeBackwardParams p{};
+  cuda::SeBackwardParams p{se_config(input, reduced, act, post, fc1_weight, num_sms)};
   p.dy = dy.const_data_ptr();
   p.x = x.const_data_ptr();
   p.residual = r.defined() ? r.const_data_ptr() : nullptr;
@@ -100,15 +107,6 @@ inline std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, OptTensor> run_se_back
   p.db1 = db1.data_ptr();
   p.dw2 = dw2.data_ptr();
   p.db2 = db2.data_ptr();
-  p.n = n;
-  p.hw = input.size(2) * input.size(3);
-  p.channels = channels;
-  p.reduced = reduced;
-  p.act = act;
-  p.post_act = post;
-  p.dtype = kernel_dtype(input.scalar_type());
-  p.weights_acc = fc1_weight.scalar_type() != input.scalar_type();
-  p.num_sms = num_sms;
   if (n == 0 || channels == 0) {  // nothing to launch: the weight gradients are zero
     for (Tensor* t : {&dw1, &db1, &dw2, &db2}) t->zero_();
   } else {

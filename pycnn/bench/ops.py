@@ -257,43 +257,63 @@ def _modes():
     return ("forward", "forward+backward")
 
 
-def bench_bn_act(device: torch.device, dtype: torch.dtype, repeats: int, batches, shapes: Sequence[BnShape],
-                 with_compile: bool = False, layouts=LAYOUTS):
-    """BatchNormAct2d (training mode: batch statistics) against nn.BatchNorm2d [+ residual] + activation."""
+def _bench_same_shape_op(device: torch.device, dtype: torch.dtype, repeats: int, batches, shapes, with_compile: bool,
+                         layouts, make, label, passes):
+    """The loop of bench_bn_act and bench_se: ours(x, residual) against eager(x, residual), both giving x's
+    shape, the residual (when the shape has one) and the gradient random tensors of x's shape.
+    make(s) -> (ours, eager) for one layer shape; label(batch, s): the row's shape column; passes(residual,
+    mode): how many tensors of x's size the fused op reads and writes at the least (for GB/s on CUDA)."""
     peak = _prepare(device)
     rows = []
     for batch in batches:
         for s in shapes:
             shape = (batch, s.c, s.h, s.w)
-            ours = BatchNormAct2d(s.c, act=s.act).to(device=device, dtype=dtype)
-            ref = nn.BatchNorm2d(s.c).to(device=device, dtype=dtype)
+            ours, eager_op = make(s)
             for layout, fmt in layouts:
                 x = torch.randn(shape, device=device, dtype=dtype).contiguous(memory_format=fmt)
                 r = torch.randn_like(x) if s.residual else None
                 grad = torch.randn_like(x)
 
-                def run_ours(x, r=r):
+                def run_ours(x, r=r, ours=ours):
                     return ours(x, r)
 
-                def eager(x, r=r, act=EAGER_ACT[s.act]):
-                    y = ref(x)
-                    return act(y + r if r is not None else y)
+                def eager(x, r=r, eager_op=eager_op):
+                    return eager_op(x, r)
 
                 for mode in _modes():
                     inputs = (x,) if mode == "forward" else (x.detach().requires_grad_(),)
                     t, fields = _timed(run_ours, eager, inputs, grad, mode, device, repeats, with_compile)
-                    row = dict(networks=s.networks, shape="x".join(map(str, shape)),
+                    row = dict(networks=s.networks, shape=label(batch, s),
                                act=s.act + ("+res" if s.residual else ""), layout=layout, mode=mode, **fields)
                     if peak:
-                        # Minimum traffic: forward reads x twice (stats, apply) [and the residual] and writes
-                        # y; backward reads x and dy twice and writes dx [and dresidual].
-                        fwd = 3 + s.residual
-                        passes = fwd if mode == "forward" else fwd + 5 + s.residual
-                        gbs = passes * x.numel() * x.element_size() / t["pycnn"].median_s / 1e9
+                        gbs = passes(s.residual, mode) * x.numel() * x.element_size() / t["pycnn"].median_s / 1e9
                         row.update(gbs=gbs, peak_pct=100 * gbs / peak)
                     rows.append(row)
                     print_row(row)
     return rows
+
+
+def bench_bn_act(device: torch.device, dtype: torch.dtype, repeats: int, batches, shapes: Sequence[BnShape],
+                 with_compile: bool = False, layouts=LAYOUTS):
+    """BatchNormAct2d (training mode: batch statistics) against nn.BatchNorm2d [+ residual] + activation."""
+
+    def make(s):
+        ours = BatchNormAct2d(s.c, act=s.act).to(device=device, dtype=dtype)
+        ref = nn.BatchNorm2d(s.c).to(device=device, dtype=dtype)
+
+        def eager(x, r, act=EAGER_ACT[s.act]):
+            y = ref(x)
+            return act(y + r if r is not None else y)
+        return ours, eager
+
+    def passes(residual, mode):
+        # Minimum traffic: forward reads x twice (stats, apply) [and the residual] and writes y;
+        # backward reads x and dy twice and writes dx [and dresidual].
+        fwd = 3 + residual
+        return fwd if mode == "forward" else fwd + 5 + residual
+
+    return _bench_same_shape_op(device, dtype, repeats, batches, shapes, with_compile, layouts, make,
+                                lambda batch, s: f"{batch}x{s.c}x{s.h}x{s.w}", passes)
 
 
 def eager_se(x, fc1, fc2, act, residual=None):
@@ -307,40 +327,21 @@ def eager_se(x, fc1, fc2, act, residual=None):
 def bench_se(device: torch.device, dtype: torch.dtype, repeats: int, batches, shapes: Sequence[SeShape],
              with_compile: bool = False, layouts=LAYOUTS):
     """SqueezeExcite (one fused op) against pool, fc1, act, fc2, sigmoid, scale [+ residual, relu]."""
-    peak = _prepare(device)
-    rows = []
-    for batch in batches:
-        for s in shapes:
-            shape = (batch, s.c, s.h, s.w)
-            ours = SqueezeExcite(s.c, s.reduced, act=s.act, post_act="relu" if s.residual else "none").to(
-                device=device, dtype=dtype)
-            fc1, fc2 = ours.fc1, ours.fc2  # the same parameters, run by nn.Conv2d
-            for layout, fmt in layouts:
-                x = torch.randn(shape, device=device, dtype=dtype).contiguous(memory_format=fmt)
-                r = torch.randn_like(x) if s.residual else None
-                grad = torch.randn_like(x)
 
-                def run_ours(x, r=r):
-                    return ours(x, r)
+    def make(s):
+        ours = SqueezeExcite(s.c, s.reduced, act=s.act, post_act="relu" if s.residual else "none").to(
+            device=device, dtype=dtype)
+        fc1, fc2 = ours.fc1, ours.fc2  # the same parameters, run by nn.Conv2d
+        return ours, lambda x, r: eager_se(x, fc1, fc2, s.act, r)
 
-                def eager(x, r=r, act=s.act):
-                    return eager_se(x, fc1, fc2, act, r)
+    def passes(residual, mode):
+        # Minimum traffic: forward reads x twice (pool, scale) [+ residual] and writes y;
+        # backward reads x and dy twice [+ residual twice] and writes dx [+ dresidual].
+        fwd = 3 + (1 if residual else 0)
+        return fwd if mode == "forward" else fwd + 5 + (3 if residual else 0)
 
-                for mode in _modes():
-                    inputs = (x,) if mode == "forward" else (x.detach().requires_grad_(),)
-                    t, fields = _timed(run_ours, eager, inputs, grad, mode, device, repeats, with_compile)
-                    row = dict(networks=s.networks, shape=f"{batch}x{s.c}x{s.h}x{s.w}/{s.reduced}",
-                               act=s.act + ("+res" if s.residual else ""), layout=layout, mode=mode, **fields)
-                    if peak:
-                        # Minimum traffic: forward reads x twice (pool, scale) [+ residual] and writes y;
-                        # backward reads x and dy twice [+ residual twice] and writes dx [+ dresidual].
-                        fwd = 3 + (1 if s.residual else 0)
-                        passes = fwd if mode == "forward" else fwd + 5 + (3 if s.residual else 0)
-                        gbs = passes * x.numel() * x.element_size() / t["pycnn"].median_s / 1e9
-                        row.update(gbs=gbs, peak_pct=100 * gbs / peak)
-                    rows.append(row)
-                    print_row(row)
-    return rows
+    return _bench_same_shape_op(device, dtype, repeats, batches, shapes, with_compile, layouts, make,
+                                lambda batch, s: f"{batch}x{s.c}x{s.h}x{s.w}/{s.reduced}", passes)
 
 
 def bench_dwconv(device: torch.device, dtype: torch.dtype, repeats: int, batches, shapes: Sequence[DwShape],

@@ -16,6 +16,11 @@ pybind11::dict plan_dict(const pycnn::cuda::se_detail::Plan& plan, size_t smem) 
   out["smem"] = smem;               // dynamic shared memory of se_excite_scale_kernel / se_backward_kernel
   return out;
 }
+
+// The shape, dtype and grid size the plans depend on (activations none, weights in the element type).
+pycnn::cuda::SeConfig plan_config(const at::Tensor& x, int64_t reduced, int num_sms) {
+  return pycnn::se_config(x, reduced, pycnn::Act::None, pycnn::Act::None, x, num_sms);
+}
 }  // namespace
 
 PYCNN_EMU_BINDINGS(se, m) {
@@ -40,16 +45,10 @@ PYCNN_EMU_BINDINGS(se, m) {
     constexpr auto nhwc = at::MemoryFormat::ChannelsLast;
     const at::Tensor x = input.contiguous(nhwc), y = at::empty_like(x, nhwc);
     const at::Tensor r = residual ? residual->contiguous(nhwc) : at::Tensor();
-    pycnn::cuda::SeForwardParams p{};
+    pycnn::cuda::SeForwardParams p{plan_config(x, reduced, num_sms)};
     p.x = x.const_data_ptr();
     p.residual = r.defined() ? r.const_data_ptr() : nullptr;
     p.y = y.data_ptr();
-    p.n = x.size(0);
-    p.hw = x.size(2) * x.size(3);
-    p.channels = x.size(1);
-    p.reduced = reduced;
-    p.dtype = pycnn::kernel_dtype(x.scalar_type());
-    p.num_sms = num_sms;
     return plan_dict(pycnn::cuda::se_detail::forward_plan(p), pycnn::cuda::se_forward_smem_bytes(p));
   });
   m.def("backward_plan", [](const at::Tensor& grad_output, const at::Tensor& input, const OptTensor& residual,
@@ -58,35 +57,25 @@ PYCNN_EMU_BINDINGS(se, m) {
     const at::Tensor x = input.contiguous(nhwc), dy = grad_output.contiguous(nhwc), dx = at::empty_like(x, nhwc);
     const at::Tensor r = residual ? residual->contiguous(nhwc) : at::Tensor();
     const at::Tensor dr = r.defined() ? at::empty_like(x, nhwc) : at::Tensor();
-    pycnn::cuda::SeBackwardParams p{};
+    pycnn::cuda::SeBackwardParams p{plan_config(x, reduced, num_sms)};
     p.dy = dy.const_data_ptr();
     p.x = x.const_data_ptr();
     p.residual = r.defined() ? r.const_data_ptr() : nullptr;
     p.dx = dx.data_ptr();
     p.dresidual = dr.defined() ? dr.data_ptr() : nullptr;
-    p.n = x.size(0);
-    p.hw = x.size(2) * x.size(3);
-    p.channels = x.size(1);
-    p.reduced = reduced;
-    p.dtype = pycnn::kernel_dtype(x.scalar_type());
-    p.num_sms = num_sms;
     return plan_dict(pycnn::cuda::se_detail::backward_plan(p), pycnn::cuda::se_backward_smem_bytes(p));
   });
   // The launchers themselves on an empty problem (the torch glue never calls se_backward with n == 0):
   // (forward error, backward error); they must return cudaSuccess without launching anything.
   m.def("launch_empty", [](int64_t n, int64_t hw, int64_t channels, int64_t reduced) {
-    pycnn::cuda::SeForwardParams f{};
-    f.n = n;
-    f.hw = hw;
-    f.channels = channels;
-    f.reduced = reduced;
-    f.num_sms = 4;
-    pycnn::cuda::SeBackwardParams b{};
-    b.n = n;
-    b.hw = hw;
-    b.channels = channels;
-    b.reduced = reduced;
-    b.num_sms = 4;
+    pycnn::cuda::SeConfig c{};
+    c.n = n;
+    c.hw = hw;
+    c.channels = channels;
+    c.reduced = reduced;
+    c.num_sms = 4;
+    const pycnn::cuda::SeForwardParams f{c};
+    const pycnn::cuda::SeBackwardParams b{c};
     return std::make_pair(static_cast<int>(pycnn::cuda::se_forward(f, nullptr)),
                           static_cast<int>(pycnn::cuda::se_backward(b, nullptr)));
   });

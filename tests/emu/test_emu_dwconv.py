@@ -3,8 +3,8 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from kernel_checks import reference_epilogue
 
-ACT = {"none": lambda z: z, "relu": F.relu, "relu6": F.relu6, "silu": F.silu, "hardswish": F.hardswish}
 TOL = {torch.float32: 1e-4, torch.float64: 1e-9, torch.float16: 3e-2, torch.bfloat16: 2e-1}
 
 # n, c, h, w, k, stride, padding, dilation, dtype, act, residual, layout. Vector paths (C % (16 / itemsize)
@@ -52,8 +52,7 @@ def check_case(mod, case):
     xr, wr = xs.double().requires_grad_(), ws.double().requires_grad_()
     scr, br = sc.double().requires_grad_(), b.double().requires_grad_()
     rr = rs.double().requires_grad_() if rs is not None else None
-    z = F.conv2d(xr, wr, None, s, p, d, groups=c) * scr.view(1, -1, 1, 1) + br.view(1, -1, 1, 1)
-    yr = ACT[act](z + rr if rr is not None else z)
+    yr = reference_epilogue(F.conv2d(xr, wr, None, s, p, d, groups=c), scr, br, rr, act)
     refs = [yr, *torch.autograd.grad(yr, [xr, wr, scr, br] + ([rr] if rr is not None else []), dys.double())]
     assert (outs[5] is None) == (not with_r)
     for name, got, ref in zip(["y", "dx", "dweight", "dscale", "dbias", "dresidual"], outs, refs):

@@ -5,7 +5,7 @@ Skipped where the emulation harness is not present."""
 import pytest
 import torch
 import torch.nn.functional as F
-from kernel_checks import REFERENCE_ACT
+from kernel_checks import reference_epilogue
 
 pytest.importorskip("emu_build", reason="the emulation harness (tests/emu/conftest.py) is not in this checkout")
 
@@ -18,14 +18,7 @@ def reference(x, w, sc, b, r, stride, padding, groups, act, dy, dtype=torch.floa
     x, w, r = leaves
     sc = sc.double().requires_grad_() if sc is not None else None
     b = b.double().requires_grad_() if b is not None else None
-    z = F.conv2d(x, w, None, stride, padding, 1, groups)
-    if sc is not None:
-        z = z * sc.to(z.dtype).view(1, -1, 1, 1)
-    if b is not None:
-        z = z + b.to(z.dtype).view(1, -1, 1, 1)
-    if r is not None:
-        z = z + r
-    y = REFERENCE_ACT[act](z)
+    y = reference_epilogue(F.conv2d(x, w, None, stride, padding, 1, groups), sc, b, r, act)
     wrt = [t for t in (x, w, sc, b, r) if t is not None]
     return [y] + list(torch.autograd.grad(y, wrt, dy.to(dtype)))
 
