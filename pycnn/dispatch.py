@@ -1,10 +1,10 @@
 """Per-shape choice between pycnn's kernel and PyTorch's composition for each fused op of a compiled network.
 
-`kernels` "pycnn" or "torch" forces one side; "auto" measures both on first use per (op signature, input shape,
+`kernels` "pycnn" or "torch" forces one side; "auto" measures the candidates on first use per (op signature, input shape,
 dtype, layout, device, train/eval, grad) and keeps the faster one, in memory and on disk
 (`<cache>/kernels-pycnn<version>-torch<version>.json`, cache = $PYCNN_CACHE_DIR, else $XDG_CACHE_HOME/pycnn,
 else ~/.cache/pycnn). `kernels` comes from pycnn.compile(..., kernels=...), else $PYCNN_KERNELS, else "auto";
-what one step runs, "pycnn" or "torch", is its `kernel`.
+what one step runs, "pycnn", "torch" or (a depthwise or grouped conv in eval) "folded", is its `kernel`.
 Measuring runs the op a few times on the real input with autograd.grad (no .grad is touched) and restores the
 BatchNorm running statistics afterwards. Under torch.compile a step's choice is measured at trace time on
 stand-ins (pycnn.runtime); under export and with dynamic shapes it keeps the kernel of its last eager run
@@ -31,7 +31,8 @@ from typing import Callable, Dict, List, Optional
 import torch
 from torch import Tensor
 
-KERNELS = ("auto", "pycnn", "torch")  # the values of kernels= (what a step runs: "pycnn" or "torch")
+KERNELS = ("auto", "pycnn", "torch")  # the values of kernels=
+CANDIDATES = ("pycnn", "folded", "torch")  # what auto picks among (FusedStep.candidates: which apply to a step)
 ENV_KERNELS = "PYCNN_KERNELS"
 ENV_CACHE = "PYCNN_CACHE_DIR"
 
@@ -60,9 +61,10 @@ FLUSH_INTERVAL_S = 2.0        # new entries are written at most this often (and 
 
 def _valid_entry(key, entry) -> bool:
     return (isinstance(key, str) and len(key) <= 1024 and isinstance(entry, dict)
-            and entry.get("choice") in ("pycnn", "torch")
-            and all(isinstance(entry.get(k), (int, float)) and not isinstance(entry.get(k), bool)
-                    for k in ("pycnn_ms", "torch_ms")))
+            and entry.get("choice") in CANDIDATES and f"{entry['choice']}_ms" in entry
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                    for k, v in entry.items() if k != "choice")
+            and all(k == "choice" or k.removesuffix("_ms") in CANDIDATES for k in entry))
 
 
 @contextmanager
@@ -81,7 +83,7 @@ def _locked(path: Path):
 
 
 class KernelCache:
-    """Measured choices {key: {"choice", "pycnn_ms", "torch_ms"}}, loaded from and written to one JSON file."""
+    """Measured choices {key: {"choice", "<candidate>_ms" for each candidate measured}}, loaded from and written to one JSON file."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -205,8 +207,9 @@ def shape_key(signature: str, x: Tensor, training: bool) -> str:
 
 
 def measure(run: Callable[[str, Tensor, Optional[Tensor]], Tensor], x: Tensor, residual: Optional[Tensor],
-            params: List[Tensor], buffers: List[Tensor], repeats: int = 5) -> Dict[str, float]:
-    """Best-of-`repeats` seconds of run(kernel, x, residual) for kernel "pycnn" and "torch", interleaved; with grad
+            params: List[Tensor], buffers: List[Tensor], kernels=("pycnn", "torch"),
+            repeats: int = 5) -> Dict[str, float]:
+    """Best-of-`repeats` seconds of run(kernel, x, residual) for each of `kernels`, interleaved; with grad
     mode on, including autograd.grad of the inputs and parameters that require grad. The inputs are detached first
     (the measurement must not reach into the network's real graph) and `buffers` (running statistics) are
     restored afterwards."""
@@ -224,7 +227,7 @@ def measure(run: Callable[[str, Tensor, Optional[Tensor]], Tensor], x: Tensor, r
         return fn
 
     try:
-        t = compare({kernel: timed(kernel) for kernel in ("pycnn", "torch")}, x.device, repeats=repeats, warmup=1)
+        t = compare({kernel: timed(kernel) for kernel in kernels}, x.device, repeats=repeats, warmup=1)
     finally:
         with torch.no_grad():
             for b, s in zip(buffers, saved):
@@ -234,7 +237,7 @@ def measure(run: Callable[[str, Tensor, Optional[Tensor]], Tensor], x: Tensor, r
 
 def choose(step, run: Callable[[str, Tensor, Optional[Tensor]], Tensor], x: Tensor, residual: Optional[Tensor],
            modules: List[torch.nn.Module]) -> str:
-    """The kernel ("pycnn" or "torch") a fused step runs for input x; see the module docstring."""
+    """The kernel (one of CANDIDATES) a fused step runs for input x; see the module docstring."""
     if step.kernels != "auto":
         return step.kernels
     if torch.compiler.is_compiling() or x.device.type not in ("cpu", "cuda"):
@@ -245,13 +248,15 @@ def choose(step, run: Callable[[str, Tensor, Optional[Tensor]], Tensor], x: Tens
 def measured_choice(step, run: Callable[[str, Tensor, Optional[Tensor]], Tensor], x: Tensor,
                     residual: Optional[Tensor], modules: List[torch.nn.Module]) -> str:
     """The faster kernel for x's facts: from the cache, else measured on x (and recorded)."""
-    key = shape_key(step.signature, x, training=any(m.training for m in train_eval_modules(modules)))
+    training = any(m.training for m in train_eval_modules(modules))
+    key = shape_key(step.signature, x, training=training)
+    candidates = step.candidates(training)
     cache = kernel_cache()
     entry = cache.entries.get(key)
-    if entry is None:
+    if entry is None or any(f"{k}_ms" not in entry for k in candidates):  # also: an entry from fewer candidates
         params = [p for m in modules for p in m.parameters()]
         buffers = [b for m in modules for b in m.buffers()]
-        times = measure(run, x, residual, params, buffers)
-        entry = {"choice": min(times, key=times.get), "pycnn_ms": times["pycnn"] * 1e3, "torch_ms": times["torch"] * 1e3}
+        times = measure(run, x, residual, params, buffers, candidates)
+        entry = {"choice": min(times, key=times.get), **{f"{k}_ms": times[k] * 1e3 for k in candidates}}
         cache.record(key, entry)
     return entry["choice"]

@@ -103,8 +103,9 @@ ONEDNN_MIN_MACS = 1 << 20  # below this, oneDNN's fused conv costs more per call
 
 
 class EvalFold:
-    """A BatchNorm folded into its convolution for inference: scale and shift per channel (depthwise, grouped)
-    or the folded weight and bias (dense), with oneDNN-packed weights per input signature. `refs` and `stamp`
+    """A BatchNorm folded into its convolution for inference: scale and shift per channel (pycnn's depthwise and
+    grouped kernels take them) and, once a caller asks for them (dense), the folded weight and bias with
+    oneDNN-packed weights per input signature. `refs` and `stamp`
     say what it was computed from: the six tensors themselves, their version counters (bumped by every
     in-place change: optimizer steps, load_state_dict's copy_, `weight.mul_(2)` under no_grad, running
     statistics updated in training), storages, dtypes and devices, and the BatchNorm's eps."""
@@ -148,20 +149,18 @@ def cached_fold(conv: nn.Conv2d, bn: _BatchNorm, dense: bool) -> EvalFold:
                _param(bn, "running_mean"), _param(bn, "running_var"))
     stamp = _stamp(tensors, bn.eps)
     fold = bn.__dict__.get(FOLD_ATTR)
-    if fold is None or fold.stamp != stamp or (fold.weight is not None) != dense \
-            or not all(a is b for a, b in zip(fold.refs, tensors)):
+    if fold is None or fold.stamp != stamp or not all(a is b for a, b in zip(fold.refs, tensors)):
         fold = EvalFold()
         with torch.inference_mode(False), torch.no_grad():  # ordinary tensors, usable outside inference mode
-            scale, shift = fold_bn(conv, bn)
-            w = tensors[0]
-            if dense:
-                fold.weight = (w * scale.view(-1, 1, 1, 1)).to(w.dtype)
-                fold.bias = shift.to(w.dtype)
-                fold.scale = fold.shift = None
-            else:
-                fold.scale, fold.shift, fold.weight, fold.bias = scale, shift, None, None
+            fold.scale, fold.shift = fold_bn(conv, bn)
+        fold.weight = fold.bias = None
         fold.refs, fold.stamp, fold.packed = tensors, stamp, {}
         bn.__dict__[FOLD_ATTR] = fold
+    if dense and fold.weight is None:  # made on first use: a step racing its kernels must not refold per call
+        w = tensors[0]
+        with torch.inference_mode(False), torch.no_grad():
+            fold.weight = (w * fold.scale.view(-1, 1, 1, 1)).to(w.dtype)
+            fold.bias = fold.shift.to(w.dtype)
     return fold
 
 
@@ -184,12 +183,14 @@ def _inference(tensors) -> bool:
 def conv_bn_act(conv: nn.Conv2d, bn: _BatchNorm, x: Tensor, kind: str, act: Optional[str],
                 residual: Optional[Tensor] = None, kernel: str = "pycnn") -> Tensor:
     """act(bn(conv(x)) [+ residual]); kind "depthwise" (pycnn.dwconv), "grouped" (pycnn.gconv) or "dense"
-    (PyTorch's conv). Training: the conv, then the fused BatchNorm+act. Eval: the BatchNorm folded into the
+    (PyTorch's conv); kernel "pycnn", "folded" (any kind as dense) or "torch" (the eager composition). Training: the conv, then the fused BatchNorm+act. Eval: the BatchNorm folded into the
     conv, one fused op for depthwise/grouped, a conv with folded weights and bias for dense; without autograd
     (no_grad, inference_mode, frozen weights) the fold is cached (cached_fold) and the ops are called below
     the autograd layer."""
     if kernel == "torch" or not runs_on_pycnn(bn):
         return batch_norm_act(bn, conv(x), act, residual, "torch")
+    if kernel == "folded":  # a depthwise or grouped conv run as the dense path runs: PyTorch's conv, BN folded
+        kind = "dense"
     batch_stats = bn.training or bn.running_mean is None
     if not batch_stats and _inference((x, residual, _param(conv, "weight"), _param(conv, "bias"),
                                        _param(bn, "weight"), _param(bn, "bias"))):

@@ -31,12 +31,12 @@ _PYCNN_KERNEL = {"depthwise": "pycnn::dwconv", "grouped": "pycnn::gconv", "dense
 
 
 def kernel_label(step: FusedStep) -> str:
-    """What runs a fused step: pycnn's side (a conv_bn_act in training: the conv, then pycnn::bn_act), "aten"
-    (the eager composition) or, before its first run with kernels="auto", both candidates."""
-    ours = _PYCNN_KERNEL[step.attrs["conv"]] if step.kind == "conv_bn_act" else f"pycnn::{step.kind}"
-    if step.attrs.get("residual"):
-        ours += "+residual"
+    """What runs a fused step: pycnn's side (a conv_bn_act in training: the conv, then pycnn::bn_act), PyTorch's
+    conv with the BatchNorm folded ("folded", a depthwise or grouped conv in eval), "aten" (the eager
+    composition) or, before its first run with kernels="auto", the candidates."""
+    suffix = "+residual" if step.attrs.get("residual") else ""
+    ours = (_PYCNN_KERNEL[step.attrs["conv"]] if step.kind == "conv_bn_act" else f"pycnn::{step.kind}") + suffix
     kernel = step.last_kernel or (step.kernels if step.kernels != "auto" else None)
     if kernel is None:
         return f"auto: {ours} | aten"
-    return ours if kernel == "pycnn" else "aten"
+    return {"pycnn": ours, "folded": _PYCNN_KERNEL["dense"] + suffix}.get(kernel, "aten")

@@ -146,6 +146,55 @@ def test_auto_choice_resolved_once_per_input_signature(monkeypatch):
     assert keys == []
 
 
+@pytest.mark.parametrize("grad", [False, True])
+def test_eval_grouped_and_depthwise_convs_race_the_folded_conv_too(monkeypatch, tmp_path, grad):
+    """kernels="auto" in eval: a depthwise or grouped conv_bn_act races pycnn's kernel, PyTorch's conv with the
+    BatchNorm folded in, and the composition; "folded" runs, equals the reference, and is what the report says.
+    Training races two. A cached entry measured without "folded" is measured again."""
+    calls = []
+
+    def fake_measure(run, x, residual, params, buffers, kernels=("pycnn", "torch"), repeats=5):
+        calls.append(kernels)
+        return {k: (0.5 if k == "folded" else 1.0) for k in kernels}
+    monkeypatch.setattr(dispatch, "measure", fake_measure)
+    from pycnn import runtime
+    torch.manual_seed(0)
+    model = pycnn.compile(REGNET, "regnetx_200mf", input=(3, 32, 32)).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):  # statistics away from 0/1, so that a wrong fold shows
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    model, ref = model.double(), to_backend(model, "reference").double().eval()
+    for m in (model, ref):
+        m.requires_grad_(grad)
+    model_steps = [s for m in model.modules() for steps in runtime.step_lists(m) for s in steps
+                   if isinstance(s, runtime.FusedStep)]
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    with torch.set_grad_enabled(grad):
+        torch.testing.assert_close(model(x), ref(x), rtol=1e-9, atol=1e-10)
+    grouped = [s for s in model_steps if s.kind == "conv_bn_act" and s.attrs["conv"] != "dense"]
+    assert grouped and all(s.last_kernel == "folded" for s in grouped)
+    assert ("pycnn", "folded", "torch") in calls
+    from pycnn.report import kernel_label
+    assert all(kernel_label(s).startswith("aten::conv2d+folded BN") for s in grouped)
+    assert sum(v.startswith("aten::conv2d+folded BN") for v in model.kernels().values()) >= len(grouped)
+    calls.clear()
+    model.train()
+    model(x)
+    assert calls and all(c == ("pycnn", "torch") for c in calls)  # no fold to run in training
+    # an entry written before "folded" was a candidate: measured again
+    key, entry = next((k, e) for k, e in dispatch.kernel_cache().entries.items() if "folded_ms" in e)
+    dispatch.kernel_cache().entries[key] = {"choice": "torch", "pycnn_ms": 1.0, "torch_ms": 0.5}
+    for s in model_steps:
+        s.kernel_by_token.clear()
+    calls.clear()
+    model.eval()
+    with torch.set_grad_enabled(grad):
+        model(x)
+    assert ("pycnn", "folded", "torch") in calls
+
+
 TWO_STEPS = """
 network t(input = 8x8x8) {
     body = conv(8, k=3, groups=8) bn relu
@@ -302,10 +351,10 @@ def test_torch_compile_runs_the_kernels_auto_measures_at_trace_time(monkeypatch,
     from pycnn import runtime
     measured = []
 
-    def fake_measure(run, x, residual, params, buffers, repeats=5):
+    def fake_measure(run, x, residual, params, buffers, kernels=("pycnn", "torch"), repeats=5):
         measured.append((tuple(x.shape), x.requires_grad, torch.is_grad_enabled()))
         run(faster, x, residual)  # the stand-ins are real tensors: the kernel runs on them
-        return {"pycnn": 1.0, "torch": 2.0} if faster == "pycnn" else {"pycnn": 2.0, "torch": 1.0}
+        return {k: 1.0 if k == faster else 2.0 for k in kernels}
     monkeypatch.setattr(dispatch, "measure", fake_measure)
     torch.manual_seed(0)
     model = pycnn.compile(MOBILENET, "mobilenet_v2", input=(3, 32, 32), width_mult=0.25, dropout=0.0).train(mode == "train")
