@@ -171,18 +171,22 @@ void forward(const Layout& l, Act act, const scalar_t* x, const scalar_t* r, con
 // Where dz is costly to recompute (SiLU: an exp and a division) or has to be written anyway (dresidual),
 // the first pass stores it (in dresidual, else in dx) and the second reads it back, when the tensor's dtype
 // is the accumulation dtype (no rounding of dz in between).
+// Only the loops a call can reach are instantiated (a third of the code, and of its build time): with the
+// exact dtypes (float, double) a residual always stores dz and SiLU always does; the half dtypes never store;
+// the second pass that reads dz back does not depend on the activation, so it is compiled once, not per act.
 template <typename scalar_t, typename acc>
 void backward(const Layout& l, Act act, bool training, const scalar_t* x, const scalar_t* dy, const scalar_t* r,
               const acc* sc, const acc* invstd, const acc* mu, const acc* bb, acc* s, scalar_t* dx, scalar_t* dr) {
   auto grad_z = [](auto A, acc x, acc dy, acc r, acc scale, acc mean, acc bias) {
     return cpu::cpu_act_backward<decltype(A)::value, acc>(dy, (x - mean) * scale + bias + r);
   };
-  dispatch_act(act, [&](auto A) {
-    constexpr bool kExact = std::is_same_v<scalar_t, acc>;
-    const bool store = kExact && (decltype(A)::value == Act::SiLU || r != nullptr);
-    scalar_t* const dz_buf = r != nullptr ? dr : dx;  // where a stored dz goes
-    dispatch_channel_stride(l, [&](auto S_) {
-      constexpr int S = decltype(S_)::value;
+  constexpr bool kExact = std::is_same_v<scalar_t, acc>;
+  const bool store = kExact && (act == Act::SiLU || r != nullptr);
+  scalar_t* const dz_buf = r != nullptr ? dr : dx;  // where a stored dz goes
+  dispatch_channel_stride(l, [&](auto S_) {
+    constexpr int S = decltype(S_)::value;
+    dispatch_act(act, [&](auto A) {
+      constexpr bool kSiLU = decltype(A)::value == Act::SiLU;
       channel_sums<2, acc>(l, s, [&](int64_t off, int64_t c, int64_t len, acc* out) {
         const scalar_t* __restrict__ xs = x + off;
         const scalar_t* __restrict__ dys = dy + off;
@@ -204,32 +208,56 @@ void backward(const Layout& l, Act act, bool training, const scalar_t* x, const 
             v[1] = dz * (xj - mus[j * S]);
           };
         };
-        if (store) {
-          if (rs) {
-            accumulate_span<S, 2, acc>(len, out, l.c, term(std::true_type{}, std::true_type{}));
-          } else {
-            accumulate_span<S, 2, acc>(len, out, l.c, term(std::false_type{}, std::true_type{}));
-          }
-        } else if (rs) {
-          accumulate_span<S, 2, acc>(len, out, l.c, term(std::true_type{}, std::false_type{}));
+        // store == kExact && (kSiLU || rs): each branch below is the one combination of it that can occur.
+        if (rs) {
+          accumulate_span<S, 2, acc>(len, out, l.c, term(std::true_type{}, std::bool_constant<kExact>{}));
         } else {
-          accumulate_span<S, 2, acc>(len, out, l.c, term(std::false_type{}, std::false_type{}));
+          accumulate_span<S, 2, acc>(len, out, l.c, term(std::false_type{}, std::bool_constant<kExact && kSiLU>{}));
         }
       });
-      // dx = k_dz * dz + k_x * (x - mean) + k_0 per channel (training couples x through the batch stats). In
-      // eval the coupling is not computed at all: 0 * (x - mean) would turn a NaN or Inf of x into NaN.
-      // (Summed in the order dz term + x term + constant, as before the eval branch existed: the same rounding.)
-      auto dx_of = [training](acc kdz, acc dz, acc kx, acc xj, acc mean, acc k0) {
-        return training ? kdz * dz + kx * (xj - mean) + k0 : kdz * dz;
-      };
-      std::vector<acc> k_dz(l.c), k_x(l.c), k_0(l.c);
-      const acc inv_count = acc(1) / static_cast<acc>(l.pixels());
-      for (int64_t c = 0; c < l.c; ++c) {
-        k_dz[c] = sc[c];
-        k_x[c] = training ? -sc[c] * invstd[c] * invstd[c] * s[l.c + c] * inv_count : acc(0);
-        k_0[c] = training ? -sc[c] * s[c] * inv_count : acc(0);
+    });
+    // dx = k_dz * dz + k_x * (x - mean) + k_0 per channel (training couples x through the batch stats). In
+    // eval the coupling is not computed at all: 0 * (x - mean) would turn a NaN or Inf of x into NaN.
+    // (Summed in the order dz term + x term + constant, as before the eval branch existed: the same rounding.)
+    auto dx_of = [training](acc kdz, acc dz, acc kx, acc xj, acc mean, acc k0) {
+      return training ? kdz * dz + kx * (xj - mean) + k0 : kdz * dz;
+    };
+    std::vector<acc> k_dz(l.c), k_x(l.c), k_0(l.c);
+    const acc inv_count = acc(1) / static_cast<acc>(l.pixels());
+    for (int64_t c = 0; c < l.c; ++c) {
+      k_dz[c] = sc[c];
+      k_x[c] = training ? -sc[c] * invstd[c] * invstd[c] * s[l.c + c] * inv_count : acc(0);
+      k_0[c] = training ? -sc[c] * s[c] * inv_count : acc(0);
+    }
+    if constexpr (kExact) {
+      if (store) {  // dz is in dresidual, or in dx (updated in place): the activation is done with
+        parallel_spans(l, [&](int64_t off, int64_t c, int64_t len) {
+          const scalar_t* __restrict__ xs = x + off;
+          scalar_t* d = dx + off;
+          const acc* __restrict__ mus = mu + c;
+          const acc* __restrict__ kdz = k_dz.data() + c;
+          const acc* __restrict__ kx = k_x.data() + c;
+          const acc* __restrict__ k0 = k_0.data() + c;
+          if (r) {
+            const scalar_t* __restrict__ dzs = dr + off;
+            scalar_t* __restrict__ dxs = d;
+            for (int64_t j = 0; j < len; ++j) {
+              const acc xj = static_cast<acc>(xs[j]);
+              dxs[j] = static_cast<scalar_t>(dx_of(kdz[j * S], static_cast<acc>(dzs[j]), kx[j * S], xj, mus[j * S], k0[j * S]));
+            }
+          } else {
+            for (int64_t j = 0; j < len; ++j) {
+              const acc xj = static_cast<acc>(xs[j]);
+              d[j] = static_cast<scalar_t>(dx_of(kdz[j * S], static_cast<acc>(d[j]), kx[j * S], xj, mus[j * S], k0[j * S]));
+            }
+          }
+        });
+        return;
       }
-      parallel_spans(l, [&](int64_t off, int64_t c, int64_t len) {
+    }
+    dispatch_act(act, [&](auto A) {
+      // Not stored: a half dtype, or an exact one with neither SiLU nor a residual.
+      if constexpr (!(kExact && decltype(A)::value == Act::SiLU)) parallel_spans(l, [&](int64_t off, int64_t c, int64_t len) {
         const scalar_t* __restrict__ xs = x + off;
         const scalar_t* __restrict__ dys = dy + off;
         const scalar_t* __restrict__ rs = r ? r + off : nullptr;
@@ -241,30 +269,21 @@ void backward(const Layout& l, Act act, bool training, const scalar_t* x, const 
         const acc* __restrict__ kdz = k_dz.data() + c;
         const acc* __restrict__ kx = k_x.data() + c;
         const acc* __restrict__ k0 = k_0.data() + c;
-        if (store && rs) {  // dz is in dresidual
-          for (int64_t j = 0; j < len; ++j) {
-            const acc xj = static_cast<acc>(xs[j]);
-            dxs[j] = static_cast<scalar_t>(dx_of(kdz[j * S], static_cast<acc>(drs[j]), kx[j * S], xj, mus[j * S], k0[j * S]));
+        if constexpr (!kExact) {
+          if (rs) {
+            for (int64_t j = 0; j < len; ++j) {
+              const acc xj = static_cast<acc>(xs[j]);
+              const acc dz = grad_z(A, xj, static_cast<acc>(dys[j]), static_cast<acc>(rs[j]), scs[j * S], mus[j * S], bbs[j * S]);
+              dxs[j] = static_cast<scalar_t>(dx_of(kdz[j * S], dz, kx[j * S], xj, mus[j * S], k0[j * S]));
+              drs[j] = static_cast<scalar_t>(dz);
+            }
+            return;
           }
-        } else if (store) {  // dz is in dx: updated in place
-          scalar_t* d = dx + off;
-          for (int64_t j = 0; j < len; ++j) {
-            const acc xj = static_cast<acc>(xs[j]);
-            d[j] = static_cast<scalar_t>(dx_of(kdz[j * S], static_cast<acc>(d[j]), kx[j * S], xj, mus[j * S], k0[j * S]));
-          }
-        } else if (rs) {
-          for (int64_t j = 0; j < len; ++j) {
-            const acc xj = static_cast<acc>(xs[j]);
-            const acc dz = grad_z(A, xj, static_cast<acc>(dys[j]), static_cast<acc>(rs[j]), scs[j * S], mus[j * S], bbs[j * S]);
-            dxs[j] = static_cast<scalar_t>(dx_of(kdz[j * S], dz, kx[j * S], xj, mus[j * S], k0[j * S]));
-            drs[j] = static_cast<scalar_t>(dz);
-          }
-        } else {
-          for (int64_t j = 0; j < len; ++j) {
-            const acc xj = static_cast<acc>(xs[j]);
-            const acc dz = grad_z(A, xj, static_cast<acc>(dys[j]), acc(0), scs[j * S], mus[j * S], bbs[j * S]);
-            dxs[j] = static_cast<scalar_t>(dx_of(kdz[j * S], dz, kx[j * S], xj, mus[j * S], k0[j * S]));
-          }
+        }
+        for (int64_t j = 0; j < len; ++j) {
+          const acc xj = static_cast<acc>(xs[j]);
+          const acc dz = grad_z(A, xj, static_cast<acc>(dys[j]), acc(0), scs[j * S], mus[j * S], bbs[j * S]);
+          dxs[j] = static_cast<scalar_t>(dx_of(kdz[j * S], dz, kx[j * S], xj, mus[j * S], k0[j * S]));
         }
       });
     });
