@@ -169,7 +169,7 @@ inline void store_tail(acc* dst, const acc* src, int n) {
 
 template <typename acc>
 struct Tail {
-  static constexpr int kStreams = 10;
+  static constexpr int kStreams = 11;  // the most a span function copies: grad_input_span's 9 inputs and 2 outputs
   const int64_t at;  // where the tail starts in the span
   const int n;       // its length, 0 < n < kLanes
   alignas(64) acc buf[kStreams][kLanes];
