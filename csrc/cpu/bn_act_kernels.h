@@ -111,7 +111,8 @@ void channel_sums(const Layout& l, acc* out, SpanSums span_sums) {
 // the channel stride and acc only, compiled once for float and shared by the half dtypes, whose spans are
 // widened into per-thread float buffers first (exact) and whose results are narrowed on the way out (the
 // one rounding they always had). A copy of every loop per half dtype was two thirds of this file's build;
-// the span functions are not inlined (one call per span), so that each is compiled once, not into every caller.
+// the span functions are not inlined (one call per span), so that each is compiled once, not into every caller,
+// and flattened: exp_approx (SiLU) must be inlined into their loops for them to vectorize (GCC left it a call).
 template <typename acc>
 acc* scratch(int slot, int64_t len) {
   thread_local std::vector<acc> buffers[5];
@@ -202,7 +203,7 @@ constexpr bool kMaskedTail = kMaskedTails && S == 1;
 
 // Sums of (x - k) (kSquare false) or of (x - k)^2 (true) over one span, k per channel.
 template <int S, bool kSquare, typename acc>
-[[gnu::noinline]] void moment_span(int64_t len, int64_t c_count, const acc* __restrict__ xs, const acc* __restrict__ ks, acc* out) {
+[[gnu::noinline, gnu::flatten]] void moment_span(int64_t len, int64_t c_count, const acc* __restrict__ xs, const acc* __restrict__ ks, acc* out) {
   if constexpr (kMaskedTail<S>) {
     if (len % kLanes != 0) {
       Tail<acc> t(len);
@@ -242,7 +243,7 @@ void batch_moments(const Layout& l, const scalar_t* x, acc* mean, acc* var) {
 
 // One span of y = act((x - mean) * scale + bias [+ r]).
 template <Act A, int S, typename acc>
-[[gnu::noinline]] void forward_span(int64_t len, const acc* __restrict__ xs, const acc* __restrict__ rs, const acc* __restrict__ scs,
+[[gnu::noinline, gnu::flatten]] void forward_span(int64_t len, const acc* __restrict__ xs, const acc* __restrict__ rs, const acc* __restrict__ scs,
                   const acc* __restrict__ mus, const acc* __restrict__ bbs, acc* __restrict__ ys) {
   if constexpr (kMaskedTail<S>) {
     if (len % kLanes != 0) {
@@ -298,7 +299,7 @@ inline acc grad_z(acc x, acc dy, acc r, acc scale, acc mean, acc bias) {
 // The residual and store tests stay out of the loop: `rs ? rs[j] : 0` inside it becomes a masked load
 // (vmaskmovps) of a null pointer, which takes a microcode assist per vector on x86 (~10x slower).
 template <Act A, int S, bool kR, bool kKeep, typename acc>
-[[gnu::noinline]] void grad_sums_span(int64_t len, int64_t c_count, const GradSpan<acc>& g, acc* __restrict__ dzs, acc* out) {
+[[gnu::noinline, gnu::flatten]] void grad_sums_span(int64_t len, int64_t c_count, const GradSpan<acc>& g, acc* __restrict__ dzs, acc* out) {
   if constexpr (kMaskedTail<S>) {
     if (len % kLanes != 0) {
       Tail<acc> t(len);
@@ -346,7 +347,7 @@ struct DxCoef {
 
 // One span of the second backward pass with dz recomputed: dx, and dr = dz with a residual.
 template <Act A, int S, typename acc>
-[[gnu::noinline]] void grad_input_span(int64_t len, bool training, const GradSpan<acc>& g, const DxCoef<acc>& k, acc* __restrict__ dxs,
+[[gnu::noinline, gnu::flatten]] void grad_input_span(int64_t len, bool training, const GradSpan<acc>& g, const DxCoef<acc>& k, acc* __restrict__ dxs,
                      acc* __restrict__ drs) {
   if constexpr (kMaskedTail<S>) {
     if (len % kLanes != 0) {
@@ -384,7 +385,7 @@ template <Act A, int S, typename acc>
 // One span of the second backward pass with dz stored by the first (exact dtypes): in dzs (the residual's
 // gradient), or in d itself (dzs null: d holds dz and is updated in place).
 template <int S, typename acc>
-[[gnu::noinline]] void grad_input_stored_span(int64_t len, bool training, const acc* __restrict__ xs, const acc* __restrict__ mus,
+[[gnu::noinline, gnu::flatten]] void grad_input_stored_span(int64_t len, bool training, const acc* __restrict__ xs, const acc* __restrict__ mus,
                             const DxCoef<acc>& k, const acc* __restrict__ dzs, acc* d) {
   if constexpr (kMaskedTail<S>) {
     if (len % kLanes != 0) {
