@@ -68,6 +68,24 @@ def test_bn_act_variant(variant):
         test_bn_act.test_half_precision_rule_cpu(dtype)
 
 
+def test_bn_act_channel_tails_variant(variant):
+    # channels_last spans whose channel count is not a multiple of 16 (the avx512 variant's masked tails, the
+    # others' scalar remainders; 1 channel is all tail, 47 two whole vectors and a tail), every activation, with
+    # and without a residual, in training (batch statistics: the sums' tails) and eval.
+    acts = ["none", "relu", "relu6", "silu", "hardswish"]
+    for i, c in enumerate((1, 15, 17, 47)):
+        for j, act in enumerate(acts):
+            for training in (True, False):
+                test_bn_act.test_matches_batchnorm2d_and_activation((2, c, 3, 2), "channels_last", act,
+                                                                    (i + j) % 2 == 0, training)
+    # Half dtypes (widened into float spans) with a 7-channel tail; SiLU, smooth: at the kinks of relu and
+    # hardswish a value rounded across the kink makes either side's half-precision error a whole gradient.
+    for dtype in (torch.float16, torch.bfloat16):
+        mine, theirs = test_bn_act.half_precision_errors(dtype, "cpu", "silu", shape=(2, 23, 3, 4))
+        test_bn_act.assert_half_precision_rule(test_bn_act.HALF_NAMES, mine, theirs,
+                                               floor=1e-3 if dtype == torch.float16 else 8e-3)
+
+
 def test_se_variant(variant):
     for i, shape in enumerate(test_se.SHAPES):
         for j, layout in enumerate(test_se.LAYOUTS):

@@ -107,6 +107,117 @@ void channel_sums(const Layout& l, acc* out, SpanSums span_sums) {
   });
 }
 
+// The loops below work on acc values (float, double): the span functions are templates of the activation,
+// the channel stride and acc only, compiled once for float and shared by the half dtypes, whose spans are
+// widened into per-thread float buffers first (exact) and whose results are narrowed on the way out (the
+// one rounding they always had). A copy of every loop per half dtype was two thirds of this file's build;
+// the span functions are not inlined (one call per span), so that each is compiled once, not into every caller,
+// and flattened: exp_approx (SiLU) must be inlined into their loops for them to vectorize (GCC left it a call).
+template <typename acc>
+acc* scratch(int slot, int64_t len) {
+  thread_local std::vector<acc> buffers[5];
+  std::vector<acc>& b = buffers[slot];
+  if (static_cast<int64_t>(b.size()) < len) b.resize(static_cast<size_t>(len));
+  return b.data();
+}
+
+// The span of v at offset off as acc values: v itself when scalar_t is acc, else widened into scratch slot.
+template <typename acc, typename scalar_t>
+const acc* acc_span(int slot, const scalar_t* v, int64_t off, int64_t len) {
+  if constexpr (std::is_same_v<scalar_t, acc>) {
+    return v + off;
+  } else {
+    acc* b = scratch<acc>(slot, len);
+    const scalar_t* __restrict__ src = v + off;
+    for (int64_t j = 0; j < len; ++j) b[j] = static_cast<acc>(src[j]);
+    return b;
+  }
+}
+
+// Where a span's acc results go: v + off itself, or scratch slot, narrowed into v by store_span.
+template <typename acc, typename scalar_t>
+acc* acc_out(int slot, scalar_t* v, int64_t off, int64_t len) {
+  if constexpr (std::is_same_v<scalar_t, acc>) {
+    return v + off;
+  } else {
+    return scratch<acc>(slot, len);
+  }
+}
+
+template <typename acc, typename scalar_t>
+void store_span(scalar_t* v, int64_t off, int64_t len, const acc* r) {
+  if constexpr (!std::is_same_v<scalar_t, acc>) {
+    scalar_t* __restrict__ dst = v + off;
+    for (int64_t j = 0; j < len; ++j) dst[j] = static_cast<scalar_t>(r[j]);
+  }
+}
+
+// Channels_last spans in the avx512 variant (kMaskedTails, cpu/isa_prelude.h) end with a masked tail instead of
+// a scalar remainder loop: the span functions below run their last len % kLanes channels as one whole chunk
+// on kLanes-element copies of their streams, loaded with masked loads (zeros after the tail), and store the
+// results back with masked stores. Per-channel streams are indexed by the channel there (S == 1) like the others.
+template <typename acc>
+inline void load_tail(acc* dst, const acc* src, int n) {
+  constexpr int L = Vec<acc>::lanes;
+  for (int i = 0; i < kLanes; i += L) vstore(dst + i, n > i ? vload_n(src + i, std::min(n - i, L)) : typename Vec<acc>::type{});
+}
+
+template <typename acc>
+inline void store_tail(acc* dst, const acc* src, int n) {
+  constexpr int L = Vec<acc>::lanes;
+  for (int i = 0; i < n; i += L) vstore_n(dst + i, vload(src + i), std::min(n - i, L));
+}
+
+template <typename acc>
+struct Tail {
+  static constexpr int kStreams = 11;  // the most a span function copies: grad_input_span's 9 inputs and 2 outputs
+  const int64_t at;  // where the tail starts in the span
+  const int n;       // its length, 0 < n < kLanes
+  alignas(64) acc buf[kStreams][kLanes];
+  acc* dst[kStreams] = {};
+  int used = 0;
+
+  explicit Tail(int64_t len) : at(len - len % kLanes), n(static_cast<int>(len % kLanes)) {}
+  // A copy of the stream's tail (null for null).
+  const acc* in(const acc* p) {
+    if (!p) return nullptr;
+    load_tail(buf[used], p + at, n);
+    return buf[used++];
+  }
+  // A buffer whose first n values store() writes to the stream's tail; with load, it starts as the tail's copy.
+  acc* out(acc* p, bool load = false) {
+    if (!p) return nullptr;
+    if (load) load_tail(buf[used], p + at, n);
+    dst[used] = p + at;
+    return buf[used++];
+  }
+  void store() const {
+    for (int i = 0; i < used; ++i)
+      if (dst[i]) store_tail(dst[i], buf[i], n);
+  }
+};
+
+// Whether channels_last spans (S == 1) end with a masked tail (see Tail) where len % kLanes != 0.
+template <int S>
+constexpr bool kMaskedTail = kMaskedTails && S == 1;
+
+// Sums of (x - k) (kSquare false) or of (x - k)^2 (true) over one span, k per channel.
+template <int S, bool kSquare, typename acc>
+[[gnu::noinline, gnu::flatten]] void moment_span(int64_t len, int64_t c_count, const acc* __restrict__ xs, const acc* __restrict__ ks, acc* out) {
+  if constexpr (kMaskedTail<S>) {
+    if (len % kLanes != 0) {
+      Tail<acc> t(len);
+      moment_span<S, kSquare, acc>(kLanes, kLanes, t.in(xs), t.in(ks), t.out(out, true));
+      t.store();
+      len = t.at;
+    }
+  }
+  accumulate_span<S, 1, acc>(len, out, c_count, [&](int64_t j, acc* v) {
+    const acc d = xs[j] - ks[j * S];
+    v[0] = kSquare ? d * d : d;
+  });
+}
+
 // Batch mean and biased variance per channel, numerically stable: a first pass gives per-channel
 // means (sums are taken around a per-channel shift, the channel's first value, so float32 sums of
 // large-mean data keep their digits); the second sums squared deviations from that mean.
@@ -118,23 +229,36 @@ void batch_moments(const Layout& l, const scalar_t* x, acc* mean, acc* var) {
   dispatch_channel_stride(l, [&](auto S_) {
     constexpr int S = decltype(S_)::value;
     channel_sums<1, acc>(l, sums.data(), [&](int64_t off, int64_t c, int64_t len, acc* out) {
-      const scalar_t* __restrict__ xs = x + off;
-      const acc* __restrict__ ks = k + c;
-      accumulate_span<S, 1, acc>(len, out, l.c, [&](int64_t j, acc* v) { v[0] = static_cast<acc>(xs[j]) - ks[j * S]; });
+      moment_span<S, false, acc>(len, l.c, acc_span<acc>(0, x, off, len), k + c, out);
     });
     const acc inv_count = acc(1) / static_cast<acc>(l.pixels());
     for (int64_t c = 0; c < l.c; ++c) mean[c] = shift[c] + sums[c] * inv_count;
     const acc* mu = mean;
     channel_sums<1, acc>(l, sums.data(), [&](int64_t off, int64_t c, int64_t len, acc* out) {
-      const scalar_t* __restrict__ xs = x + off;
-      const acc* __restrict__ ms = mu + c;
-      accumulate_span<S, 1, acc>(len, out, l.c, [&](int64_t j, acc* v) {
-        const acc d = static_cast<acc>(xs[j]) - ms[j * S];
-        v[0] = d * d;
-      });
+      moment_span<S, true, acc>(len, l.c, acc_span<acc>(0, x, off, len), mu + c, out);
     });
     for (int64_t c = 0; c < l.c; ++c) var[c] = sums[c] * inv_count;
   });
+}
+
+// One span of y = act((x - mean) * scale + bias [+ r]).
+template <Act A, int S, typename acc>
+[[gnu::noinline, gnu::flatten]] void forward_span(int64_t len, const acc* __restrict__ xs, const acc* __restrict__ rs, const acc* __restrict__ scs,
+                  const acc* __restrict__ mus, const acc* __restrict__ bbs, acc* __restrict__ ys) {
+  if constexpr (kMaskedTail<S>) {
+    if (len % kLanes != 0) {
+      Tail<acc> t(len);
+      forward_span<A, S, acc>(kLanes, t.in(xs), t.in(rs), t.in(scs), t.in(mus), t.in(bbs), t.out(ys));
+      t.store();
+      len = t.at;
+    }
+  }
+  if (rs) {
+    for (int64_t j = 0; j < len; ++j)
+      ys[j] = cpu::cpu_act<A, acc>((xs[j] - mus[j * S]) * scs[j * S] + bbs[j * S] + rs[j]);
+  } else {
+    for (int64_t j = 0; j < len; ++j) ys[j] = cpu::cpu_act<A, acc>((xs[j] - mus[j * S]) * scs[j * S] + bbs[j * S]);
+  }
 }
 
 // y = act((x - mean) * scale + bias [+ residual]) per channel. Subtracting the mean first keeps digits that
@@ -146,24 +270,144 @@ void forward(const Layout& l, Act act, const scalar_t* x, const scalar_t* r, con
     dispatch_channel_stride(l, [&](auto S_) {
       constexpr int S = decltype(S_)::value;
       parallel_spans(l, [&](int64_t off, int64_t c, int64_t len) {
-        const scalar_t* __restrict__ xs = x + off;
-        const scalar_t* __restrict__ rs = r ? r + off : nullptr;
-        scalar_t* __restrict__ ys = y + off;
-        const acc* __restrict__ scs = sc + c;
-        const acc* __restrict__ mus = mu + c;
-        const acc* __restrict__ bbs = bb + c;
-        if (rs) {
-          for (int64_t j = 0; j < len; ++j)
-            ys[j] = static_cast<scalar_t>(cpu::cpu_act<decltype(A)::value, acc>(
-                (static_cast<acc>(xs[j]) - mus[j * S]) * scs[j * S] + bbs[j * S] + static_cast<acc>(rs[j])));
-        } else {
-          for (int64_t j = 0; j < len; ++j)
-            ys[j] = static_cast<scalar_t>(
-                cpu::cpu_act<decltype(A)::value, acc>((static_cast<acc>(xs[j]) - mus[j * S]) * scs[j * S] + bbs[j * S]));
-        }
+        acc* ys = acc_out<acc>(2, y, off, len);
+        forward_span<decltype(A)::value, S, acc>(len, acc_span<acc>(0, x, off, len),
+                                                 r ? acc_span<acc>(1, r, off, len) : nullptr, sc + c, mu + c, bb + c, ys);
+        store_span(y, off, len, ys);
       });
     });
   });
+}
+
+// The per-channel values of one span the backward pass reads.
+template <typename acc>
+struct GradSpan {
+  const acc* __restrict__ x;
+  const acc* __restrict__ dy;
+  const acc* __restrict__ r;  // null without a residual
+  const acc* __restrict__ sc;
+  const acc* __restrict__ mu;
+  const acc* __restrict__ bb;
+};
+
+template <Act A, typename acc>
+inline acc grad_z(acc x, acc dy, acc r, acc scale, acc mean, acc bias) {
+  return cpu::cpu_act_backward<A, acc>(dy, (x - mean) * scale + bias + r);
+}
+
+// One span of the first backward pass: out += [dz, dz * (x - mean)], dz also stored in dzs when kKeep.
+// The residual and store tests stay out of the loop: `rs ? rs[j] : 0` inside it becomes a masked load
+// (vmaskmovps) of a null pointer, which takes a microcode assist per vector on x86 (~10x slower).
+template <Act A, int S, bool kR, bool kKeep, typename acc>
+[[gnu::noinline, gnu::flatten]] void grad_sums_span(int64_t len, int64_t c_count, const GradSpan<acc>& g, acc* __restrict__ dzs, acc* out) {
+  if constexpr (kMaskedTail<S>) {
+    if (len % kLanes != 0) {
+      Tail<acc> t(len);
+      const GradSpan<acc> gt{t.in(g.x), t.in(g.dy), t.in(g.r), t.in(g.sc), t.in(g.mu), t.in(g.bb)};
+      acc* dzt = kKeep ? t.out(dzs) : nullptr;
+      acc* sums = t.out(out, true);  // the two rows of out, kLanes apart in the buffers
+      t.out(out + c_count, true);
+      grad_sums_span<A, S, kR, kKeep, acc>(kLanes, kLanes, gt, dzt, sums);
+      t.store();
+      len = t.at;
+    }
+  }
+  const acc* __restrict__ xs = g.x;
+  const acc* __restrict__ dys = g.dy;
+  const acc* __restrict__ rs = g.r;
+  const acc* __restrict__ scs = g.sc;
+  const acc* __restrict__ mus = g.mu;
+  const acc* __restrict__ bbs = g.bb;
+  accumulate_span<S, 2, acc>(len, out, c_count, [&](int64_t j, acc* v) {
+    const acc xj = xs[j];
+    acc rj = acc(0);
+    if constexpr (kR) rj = rs[j];
+    const acc dz = grad_z<A, acc>(xj, dys[j], rj, scs[j * S], mus[j * S], bbs[j * S]);
+    if constexpr (kKeep) dzs[j] = dz;
+    v[0] = dz;
+    v[1] = dz * (xj - mus[j * S]);
+  });
+}
+
+// dx = k_dz * dz + k_x * (x - mean) + k_0 per channel (training couples x through the batch stats). In
+// eval the coupling is not computed at all: 0 * (x - mean) would turn a NaN or Inf of x into NaN.
+// (Summed in the order dz term + x term + constant, as before the eval branch existed: the same rounding.)
+template <typename acc>
+inline acc dx_of(bool training, acc kdz, acc dz, acc kx, acc xj, acc mean, acc k0) {
+  return training ? kdz * dz + kx * (xj - mean) + k0 : kdz * dz;
+}
+
+// The dx coefficients of one span.
+template <typename acc>
+struct DxCoef {
+  const acc* __restrict__ kdz;
+  const acc* __restrict__ kx;
+  const acc* __restrict__ k0;
+};
+
+// One span of the second backward pass with dz recomputed: dx, and dr = dz with a residual.
+template <Act A, int S, typename acc>
+[[gnu::noinline, gnu::flatten]] void grad_input_span(int64_t len, bool training, const GradSpan<acc>& g, const DxCoef<acc>& k, acc* __restrict__ dxs,
+                     acc* __restrict__ drs) {
+  if constexpr (kMaskedTail<S>) {
+    if (len % kLanes != 0) {
+      Tail<acc> t(len);
+      const GradSpan<acc> gt{t.in(g.x), t.in(g.dy), t.in(g.r), t.in(g.sc), t.in(g.mu), t.in(g.bb)};
+      const DxCoef<acc> kt{t.in(k.kdz), t.in(k.kx), t.in(k.k0)};
+      grad_input_span<A, S, acc>(kLanes, training, gt, kt, t.out(dxs), t.out(drs));
+      t.store();
+      len = t.at;
+    }
+  }
+  const acc* __restrict__ xs = g.x;
+  const acc* __restrict__ dys = g.dy;
+  const acc* __restrict__ rs = g.r;
+  const acc* __restrict__ scs = g.sc;
+  const acc* __restrict__ mus = g.mu;
+  const acc* __restrict__ bbs = g.bb;
+  const acc* __restrict__ kdz = k.kdz;
+  const acc* __restrict__ kx = k.kx;
+  const acc* __restrict__ k0 = k.k0;
+  if (rs) {
+    for (int64_t j = 0; j < len; ++j) {
+      const acc dz = grad_z<A, acc>(xs[j], dys[j], rs[j], scs[j * S], mus[j * S], bbs[j * S]);
+      dxs[j] = dx_of(training, kdz[j * S], dz, kx[j * S], xs[j], mus[j * S], k0[j * S]);
+      drs[j] = dz;
+    }
+  } else {
+    for (int64_t j = 0; j < len; ++j) {
+      const acc dz = grad_z<A, acc>(xs[j], dys[j], acc(0), scs[j * S], mus[j * S], bbs[j * S]);
+      dxs[j] = dx_of(training, kdz[j * S], dz, kx[j * S], xs[j], mus[j * S], k0[j * S]);
+    }
+  }
+}
+
+// One span of the second backward pass with dz stored by the first (exact dtypes): in dzs (the residual's
+// gradient), or in d itself (dzs null: d holds dz and is updated in place).
+template <int S, typename acc>
+[[gnu::noinline, gnu::flatten]] void grad_input_stored_span(int64_t len, bool training, const acc* __restrict__ xs, const acc* __restrict__ mus,
+                            const DxCoef<acc>& k, const acc* __restrict__ dzs, acc* d) {
+  if constexpr (kMaskedTail<S>) {
+    if (len % kLanes != 0) {
+      Tail<acc> t(len);
+      const DxCoef<acc> kt{t.in(k.kdz), t.in(k.kx), t.in(k.k0)};
+      const acc* xt = t.in(xs);
+      const acc* mt = t.in(mus);
+      const acc* dzt = t.in(dzs);
+      grad_input_stored_span<S, acc>(kLanes, training, xt, mt, kt, dzt, t.out(d, dzs == nullptr));
+      t.store();
+      len = t.at;
+    }
+  }
+  const acc* __restrict__ kdz = k.kdz;
+  const acc* __restrict__ kx = k.kx;
+  const acc* __restrict__ k0 = k.k0;
+  if (dzs) {
+    acc* __restrict__ dxs = d;
+    for (int64_t j = 0; j < len; ++j) dxs[j] = dx_of(training, kdz[j * S], dzs[j], kx[j * S], xs[j], mus[j * S], k0[j * S]);
+  } else {
+    for (int64_t j = 0; j < len; ++j) d[j] = dx_of(training, kdz[j * S], d[j], kx[j * S], xs[j], mus[j * S], k0[j * S]);
+  }
 }
 
 // s = [sum dz, sum dz * (x - mean)] per channel ([2][C]), then dx (and dresidual = dz), with
@@ -171,102 +415,66 @@ void forward(const Layout& l, Act act, const scalar_t* x, const scalar_t* r, con
 // Where dz is costly to recompute (SiLU: an exp and a division) or has to be written anyway (dresidual),
 // the first pass stores it (in dresidual, else in dx) and the second reads it back, when the tensor's dtype
 // is the accumulation dtype (no rounding of dz in between).
+// Only the loops a call can reach are instantiated: with the exact dtypes (float, double) a residual always
+// stores dz and SiLU always does; the half dtypes never store; the second pass that reads dz back does not
+// depend on the activation, so it is compiled once, not per activation.
 template <typename scalar_t, typename acc>
 void backward(const Layout& l, Act act, bool training, const scalar_t* x, const scalar_t* dy, const scalar_t* r,
               const acc* sc, const acc* invstd, const acc* mu, const acc* bb, acc* s, scalar_t* dx, scalar_t* dr) {
-  auto grad_z = [](auto A, acc x, acc dy, acc r, acc scale, acc mean, acc bias) {
-    return cpu::cpu_act_backward<decltype(A)::value, acc>(dy, (x - mean) * scale + bias + r);
+  constexpr bool kExact = std::is_same_v<scalar_t, acc>;
+  const bool store = kExact && (act == Act::SiLU || r != nullptr);
+  auto grad_span = [&](int64_t off, int64_t c, int64_t len) {
+    return GradSpan<acc>{acc_span<acc>(0, x, off, len), acc_span<acc>(1, dy, off, len),
+                         r ? acc_span<acc>(2, r, off, len) : nullptr, sc + c, mu + c, bb + c};
   };
-  dispatch_act(act, [&](auto A) {
-    constexpr bool kExact = std::is_same_v<scalar_t, acc>;
-    const bool store = kExact && (decltype(A)::value == Act::SiLU || r != nullptr);
-    scalar_t* const dz_buf = r != nullptr ? dr : dx;  // where a stored dz goes
-    dispatch_channel_stride(l, [&](auto S_) {
-      constexpr int S = decltype(S_)::value;
+  dispatch_channel_stride(l, [&](auto S_) {
+    constexpr int S = decltype(S_)::value;
+    dispatch_act(act, [&](auto A) {
+      constexpr Act kA = decltype(A)::value;
       channel_sums<2, acc>(l, s, [&](int64_t off, int64_t c, int64_t len, acc* out) {
-        const scalar_t* __restrict__ xs = x + off;
-        const scalar_t* __restrict__ dys = dy + off;
-        const scalar_t* __restrict__ rs = r ? r + off : nullptr;
-        scalar_t* __restrict__ dzs = dz_buf + off;
-        const acc* __restrict__ scs = sc + c;
-        const acc* __restrict__ bbs = bb + c;
-        const acc* __restrict__ mus = mu + c;
-        // The residual and store tests stay out of the loop: `rs ? rs[j] : 0` inside it becomes a masked load
-        // (vmaskmovps) of a null pointer, which takes a microcode assist per vector on x86 (~10x slower).
-        auto term = [&](auto has_r, auto keep) {
-          return [&, has_r, keep](int64_t j, acc* v) {
-            const acc xj = static_cast<acc>(xs[j]);
-            acc rj = acc(0);
-            if constexpr (decltype(has_r)::value) rj = static_cast<acc>(rs[j]);
-            const acc dz = grad_z(A, xj, static_cast<acc>(dys[j]), rj, scs[j * S], mus[j * S], bbs[j * S]);
-            if constexpr (decltype(keep)::value) dzs[j] = static_cast<scalar_t>(dz);
-            v[0] = dz;
-            v[1] = dz * (xj - mus[j * S]);
-          };
-        };
-        if (store) {
-          if (rs) {
-            accumulate_span<S, 2, acc>(len, out, l.c, term(std::true_type{}, std::true_type{}));
+        const GradSpan<acc> g = grad_span(off, c, len);
+        // store == kExact && (SiLU || r): each branch is the one combination of it that can occur.
+        if constexpr (kExact) {
+          if (r) {
+            grad_sums_span<kA, S, true, true, acc>(len, l.c, g, dr + off, out);
           } else {
-            accumulate_span<S, 2, acc>(len, out, l.c, term(std::false_type{}, std::true_type{}));
+            grad_sums_span<kA, S, false, kA == Act::SiLU, acc>(len, l.c, g, dx + off, out);
           }
-        } else if (rs) {
-          accumulate_span<S, 2, acc>(len, out, l.c, term(std::true_type{}, std::false_type{}));
+        } else if (r) {
+          grad_sums_span<kA, S, true, false, acc>(len, l.c, g, nullptr, out);
         } else {
-          accumulate_span<S, 2, acc>(len, out, l.c, term(std::false_type{}, std::false_type{}));
+          grad_sums_span<kA, S, false, false, acc>(len, l.c, g, nullptr, out);
         }
       });
-      // dx = k_dz * dz + k_x * (x - mean) + k_0 per channel (training couples x through the batch stats). In
-      // eval the coupling is not computed at all: 0 * (x - mean) would turn a NaN or Inf of x into NaN.
-      // (Summed in the order dz term + x term + constant, as before the eval branch existed: the same rounding.)
-      auto dx_of = [training](acc kdz, acc dz, acc kx, acc xj, acc mean, acc k0) {
-        return training ? kdz * dz + kx * (xj - mean) + k0 : kdz * dz;
-      };
-      std::vector<acc> k_dz(l.c), k_x(l.c), k_0(l.c);
-      const acc inv_count = acc(1) / static_cast<acc>(l.pixels());
-      for (int64_t c = 0; c < l.c; ++c) {
-        k_dz[c] = sc[c];
-        k_x[c] = training ? -sc[c] * invstd[c] * invstd[c] * s[l.c + c] * inv_count : acc(0);
-        k_0[c] = training ? -sc[c] * s[c] * inv_count : acc(0);
+    });
+    std::vector<acc> k_dz(l.c), k_x(l.c), k_0(l.c);
+    const acc inv_count = acc(1) / static_cast<acc>(l.pixels());
+    for (int64_t c = 0; c < l.c; ++c) {
+      k_dz[c] = sc[c];
+      k_x[c] = training ? -sc[c] * invstd[c] * invstd[c] * s[l.c + c] * inv_count : acc(0);
+      k_0[c] = training ? -sc[c] * s[c] * inv_count : acc(0);
+    }
+    auto coef = [&](int64_t c) { return DxCoef<acc>{k_dz.data() + c, k_x.data() + c, k_0.data() + c}; };
+    if constexpr (kExact) {
+      if (store) {  // dz is in dresidual, or in dx: the activation is done with
+        parallel_spans(l, [&](int64_t off, int64_t c, int64_t len) {
+          grad_input_stored_span<S, acc>(len, training, x + off, mu + c, coef(c), r ? dr + off : nullptr, dx + off);
+        });
+        return;
       }
-      parallel_spans(l, [&](int64_t off, int64_t c, int64_t len) {
-        const scalar_t* __restrict__ xs = x + off;
-        const scalar_t* __restrict__ dys = dy + off;
-        const scalar_t* __restrict__ rs = r ? r + off : nullptr;
-        scalar_t* __restrict__ dxs = dx + off;
-        scalar_t* __restrict__ drs = dr ? dr + off : nullptr;
-        const acc* __restrict__ scs = sc + c;
-        const acc* __restrict__ bbs = bb + c;
-        const acc* __restrict__ mus = mu + c;
-        const acc* __restrict__ kdz = k_dz.data() + c;
-        const acc* __restrict__ kx = k_x.data() + c;
-        const acc* __restrict__ k0 = k_0.data() + c;
-        if (store && rs) {  // dz is in dresidual
-          for (int64_t j = 0; j < len; ++j) {
-            const acc xj = static_cast<acc>(xs[j]);
-            dxs[j] = static_cast<scalar_t>(dx_of(kdz[j * S], static_cast<acc>(drs[j]), kx[j * S], xj, mus[j * S], k0[j * S]));
-          }
-        } else if (store) {  // dz is in dx: updated in place
-          scalar_t* d = dx + off;
-          for (int64_t j = 0; j < len; ++j) {
-            const acc xj = static_cast<acc>(xs[j]);
-            d[j] = static_cast<scalar_t>(dx_of(kdz[j * S], static_cast<acc>(d[j]), kx[j * S], xj, mus[j * S], k0[j * S]));
-          }
-        } else if (rs) {
-          for (int64_t j = 0; j < len; ++j) {
-            const acc xj = static_cast<acc>(xs[j]);
-            const acc dz = grad_z(A, xj, static_cast<acc>(dys[j]), static_cast<acc>(rs[j]), scs[j * S], mus[j * S], bbs[j * S]);
-            dxs[j] = static_cast<scalar_t>(dx_of(kdz[j * S], dz, kx[j * S], xj, mus[j * S], k0[j * S]));
-            drs[j] = static_cast<scalar_t>(dz);
-          }
-        } else {
-          for (int64_t j = 0; j < len; ++j) {
-            const acc xj = static_cast<acc>(xs[j]);
-            const acc dz = grad_z(A, xj, static_cast<acc>(dys[j]), acc(0), scs[j * S], mus[j * S], bbs[j * S]);
-            dxs[j] = static_cast<scalar_t>(dx_of(kdz[j * S], dz, kx[j * S], xj, mus[j * S], k0[j * S]));
-          }
-        }
-      });
+    }
+    dispatch_act(act, [&](auto A) {
+      constexpr Act kA = decltype(A)::value;
+      // Not stored: a half dtype, or an exact one with neither SiLU nor a residual.
+      if constexpr (!(kExact && kA == Act::SiLU)) {
+        parallel_spans(l, [&](int64_t off, int64_t c, int64_t len) {
+          acc* dxs = acc_out<acc>(3, dx, off, len);
+          acc* drs = r ? acc_out<acc>(4, dr, off, len) : nullptr;
+          grad_input_span<kA, S, acc>(len, training, grad_span(off, c, len), coef(c), dxs, drs);
+          store_span(dx, off, len, dxs);
+          if (r) store_span(dr, off, len, drs);
+        });
+      }
     });
   });
 }
