@@ -97,6 +97,20 @@ def test_se_variant(variant):
         test_se.test_half_precision_rule_cpu(dtype)
 
 
+# SE's passes over spans not a multiple of a vector: NCHW planes of 16 to 47 pixels (whole 8- and 16-lane
+# vectors, partial ones) and channels_last pixels of 19 and 33 channels, with every post-activation. GCC 12's
+# avx2 build of the backward gate sums once gave the upper 8 lanes of each 16 the lower 8 lanes' ReLU mask
+# (NCHW, post relu: fc weight gradients wrong), which these catch under the avx2 cap.
+SE_SPAN_SHAPES = [(2, 3, 4, 4, 2), (1, 5, 4, 6, 2), (2, 3, 3, 11, 2), (1, 19, 47, 1, 4), (2, 33, 2, 9, 5)]
+
+
+def test_se_span_tails_variant(variant):
+    for i, shape in enumerate(SE_SPAN_SHAPES):
+        for layout in ("nchw", "channels_last"):
+            for post in ("relu", "relu6", "silu", "hardswish", "none"):
+                test_se.check_parity(shape, layout, "relu", post, i % 2 == 0)
+
+
 def test_gconv_variant(variant):
     for i, case in enumerate(test_gconv.CASES):
         test_gconv.test_matches_conv2d_and_epilogue(case, test_gconv.LAYOUTS[i % 3],
@@ -161,3 +175,21 @@ def test_summary_with_kernels_names_the_variant():
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[-1].startswith("total: ")  # the table on stdout, the note on stderr
     assert r.stderr.splitlines()[-1].startswith("CPU kernels: baseline variant (best on this CPU: "), r.stderr
+
+
+# Channel and pixel counts not a multiple of 16 (nor 8) through the kernels' vector loops, whose last partial
+# vector is masked in avx512 and lane by lane elsewhere: NCHW dwconv planes of 17 to 33 columns (the
+# epilogue, dz and its sums, the input copies and dx), gconv group widths of 19, 33 and 66 channels (a
+# partial register tile in the forward, input- and weight-gradient stores and the epilogue).
+DWCONV_NCHW_TAIL_CASES = [(1, 3, 5, 17, 3, 1, 1, 1), (2, 2, 7, 19, 5, 1, 2, 1), (1, 2, 9, 33, 3, 2, 1, 1)]
+GCONV_TAIL_CASES = [(1, 38, 38, 3, 5, 3, 1, 1, 2), (1, 33, 66, 2, 3, 3, 1, 1, 1)]
+
+
+def test_vector_tails_variant(variant):
+    for i, case in enumerate(DWCONV_NCHW_TAIL_CASES):
+        for j, act in enumerate(("relu", "silu", "none", "hardswish")):
+            test_dwconv.test_matches_conv2d_groups(case, "nchw", act, (i + j) % 2 == 0, j % 2 == 0)
+        test_dwconv.test_register_blocked_rows(case, "nchw", torch.float32, identity=i % 2 == 0)
+    for case in GCONV_TAIL_CASES:
+        for epilogue in test_gconv.EPILOGUES:
+            test_gconv.test_matches_conv2d_and_epilogue(case, "channels_last", epilogue)

@@ -17,46 +17,9 @@
 using cpu::cpu_act;
 using cpu::cpu_act_backward;
 
-// Vectors of channels (cpu/isa_prelude.h): 8 floats or 4 doubles (16 and 8 in avx512). Inputs of another
-// type (half, bfloat16) are widened: with F16C / AVX2 / AVX-512 instructions in the avx2 and avx512 variants
-// (exact: half to float is vcvtph2ps, bfloat16 to float a 16-bit shift), lane by lane in the baseline. n < lanes
-// (avx512's masked tails): lanes [n, lanes) are zero and not read.
+// Vectors of channels (cpu/isa_prelude.h): 8 floats or 4 doubles (16 and 8 in avx512), loaded and stored
+// through vload_as / vstore_as (half and bfloat16 widened to float).
 template <typename acc> constexpr int64_t kLanes = Vec<acc>::lanes;
-
-template <typename acc, typename T>
-inline typename Vec<acc>::type load_vec(const T* p, int n = Vec<acc>::lanes) {
-  using V = typename Vec<acc>::type;
-  constexpr bool half_to_float =
-      std::is_same_v<acc, float> && (std::is_same_v<T, at::Half> || std::is_same_v<T, at::BFloat16>);
-  if constexpr (std::is_same_v<T, acc>) {
-    return vload_n(p, n);
-#if defined(PYCNN_CPU_AVX512)
-  } else if constexpr (half_to_float) {
-    const __m256i h = _mm256_maskz_loadu_epi16(static_cast<__mmask16>((1u << n) - 1), p);
-    if constexpr (std::is_same_v<T, at::Half>) return (V)_mm512_cvtph_ps(h);
-    else return (V)_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-#elif defined(PYCNN_CPU_FMA) && defined(__x86_64__)
-  } else if constexpr (half_to_float) {
-    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-    if constexpr (std::is_same_v<T, at::Half>) return (V)_mm256_cvtph_ps(h);
-    else return (V)_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-#endif
-  } else {
-    (void)half_to_float;
-    V v{};
-    for (int64_t t = 0; t < (kMaskedTails ? n : kLanes<acc>); ++t) v[t] = static_cast<acc>(p[t]);
-    return v;
-  }
-}
-
-template <typename acc, typename T>
-inline void store_vec(T* p, typename Vec<acc>::type v) {
-  if constexpr (std::is_same_v<T, acc>) {
-    vstore(p, v);
-  } else {
-    for (int64_t t = 0; t < kLanes<acc>; ++t) p[t] = static_cast<T>(v[t]);
-  }
-}
 
 // Output pixels per register block of the fast path: P accumulators + k weights + 1 input vector stay
 // within the 16 vector registers of AVX2.
@@ -175,7 +138,7 @@ inline void conv_pixels(const in_t* const* rows, int64_t first, int m_lo, int m_
     for (int m = 0; m < M; ++m, xp += C) {
       asm("" : "+r"(xp));
       if (Edge && (m < m_lo || m >= m_hi)) continue;
-      auto xv = load_vec<acc>(xp, n);
+      auto xv = vload_as<acc>(xp, n);
       in_register(xv);
 #pragma GCC unroll 8
       for (int p = 0; p < P; ++p) {
@@ -455,10 +418,10 @@ void backward_weight(const DwConvGeometry& g, const scalar_t* x, const gu_t* gu,
               const scalar_t* xr = x + ((n * g.h + ih) * g.w - g.pw) * g.c + c0;
               const gu_t* gr = gu + q * g.ow * g.c + c0;
               for (int64_t ow = fast.begin; ow < fast.end; ++ow) {
-                const auto gv = load_vec<acc>(gr + ow * g.c);
+                const auto gv = vload_as<acc>(gr + ow * g.c);
                 const scalar_t* xp = xr + ow * S * g.c;
 #pragma GCC unroll 7
-                for (int j = 0; j < K; ++j) s[j] += gv * load_vec<acc>(xp + j * g.c);
+                for (int j = 0; j < K; ++j) s[j] += gv * vload_as<acc>(xp + j * g.c);
               }
             }
             for (int j = 0; j < K; ++j) {
@@ -499,7 +462,7 @@ inline void transposed_pixels_s2(const gu_t* const* gu_rows, const int* taps_i, 
     for (int m = 0; m < M; ++m, gp += C) {
       asm("" : "+r"(gp));
       if (Edge && (m < m_lo || m >= m_hi)) continue;
-      auto gv = load_vec<acc>(gp);
+      auto gv = vload_as<acc>(gp);
       in_register(gv);
 #pragma GCC unroll 8
       for (int p = 0; p < P; ++p) {
@@ -563,7 +526,7 @@ void backward_grad_in(const DwConvGeometry& g, const gu_t* gu, const acc* wt, sc
               if (edge) transposed_pixels_s2<K, P, true>(gu_rows, rows_i, nrows, ow0, m_lo, m_hi, wt, g.c, c0, v);
               else transposed_pixels_s2<K, P, false>(gu_rows, rows_i, nrows, ow0, m_lo, m_hi, wt, g.c, c0, v);
               for (int p = 0; p < P; ++p)
-                if (iw0 + p >= 0 && iw0 + p < g.w) store_vec<acc>(dx + (q * g.w + iw0 + p) * g.c + c0, v[p]);
+                if (iw0 + p >= 0 && iw0 + p < g.w) vstore_as<acc>(dx + (q * g.w + iw0 + p) * g.c + c0, v[p]);
             }
           }
         });

@@ -34,9 +34,6 @@ using cpu::cpu_act_backward;
 // Vectors per register block of flat_conv (32 floats, 16 doubles).
 constexpr int kConvVectors = 4;
 template <typename acc> constexpr int flat_block() { return kConvVectors * Vec<acc>::lanes; }
-// Vectors per source of flat_dots.
-constexpr int kDotVectors = 2;
-template <typename acc> constexpr int dot_lanes() { return kDotVectors * Vec<acc>::lanes; }
 
 template <typename acc>
 struct Tap {
@@ -109,8 +106,10 @@ inline bool all_finite(const acc* p, int64_t n) {
   int64_t q = 0;
   for (; q + 4 * L <= n; q += 4 * L)
     for (int u = 0; u < 4; ++u) s[u] += vload(p + q + u * L) * acc(0);
+  for_vectors<acc>(n - q, [&](int64_t j, int k, auto tail) {  // lanes past k load as zero
+    s[0] += vload_span<decltype(tail)::value, acc>(p + q + j, k) * acc(0);
+  });
   acc tail = 0;
-  for (; q < n; ++q) tail += p[q] * acc(0);
   const V v = s[0] + s[1] + s[2] + s[3];
   for (int l = 0; l < L; ++l) tail += v[l];
   return tail == acc(0);
@@ -192,7 +191,10 @@ inline void fill_phases(const NchwPlan& pl, const scalar_t* __restrict__ xp, acc
         acc* __restrict__ dst = plane + r * pl.P + m_lo;
         const scalar_t* __restrict__ src = xp + (pl.sh * r + rho - pl.ph) * pl.W + (pl.sw * m_lo + phi - pl.pw);
         if (pl.sw == 1) {
-          for (int64_t m = 0; m < len; ++m) dst[m] = static_cast<acc>(src[m]);
+          for_vectors<acc>(len, [&](int64_t m, int k, auto tail) {
+            constexpr bool T = decltype(tail)::value;
+            vstore_span<T, acc>(dst + m, vload_span<T, acc>(src + m, k), k);
+          });
         } else {
           for (int64_t m = 0; m < len; ++m) dst[m] = static_cast<acc>(src[2 * m]);
         }
@@ -225,6 +227,7 @@ inline int forward_taps(const NchwPlan& pl, const acc* xb, const acc* wc, Tap<ac
 template <typename scalar_t, typename acc, Act A>
 void forward(const DwConvGeometry& g, const scalar_t* x, const acc* wt, const acc* sc, const acc* bi,
              const scalar_t* r, scalar_t* y) {
+  using V = typename Vec<acc>::type;
   const NchwPlan pl(g, false);
   const int64_t planes = g.n * g.c, kk = int64_t(g.k) * g.k;
   const int64_t work = std::max<int64_t>(1, pl.OH * pl.P * kk);
@@ -241,16 +244,21 @@ void forward(const DwConvGeometry& g, const scalar_t* x, const acc* wt, const ac
         const int64_t oh1 = std::min(pl.OH, oh0 + pl.u_rows);
         flat_conv(taps, nt, oh0 * pl.P, (oh1 - oh0) * pl.P, ub.data());
         pack_rows(pl, ub.data(), oh1 - oh0);
-        const acc* __restrict__ u = ub.data();
+        const acc* u = ub.data();
         const int64_t off = (p * pl.OH + oh0) * pl.OW, cnt = (oh1 - oh0) * pl.OW;
-        scalar_t* __restrict__ yr = y + off;
-        if (r != nullptr) {
-          const scalar_t* __restrict__ rr = r + off;
-          for (int64_t t = 0; t < cnt; ++t)
-            yr[t] = static_cast<scalar_t>(cpu_act<A>(madd(u[t], s, b) + static_cast<acc>(rr[t])));
-        } else {
-          for (int64_t t = 0; t < cnt; ++t) yr[t] = static_cast<scalar_t>(cpu_act<A>(madd(u[t], s, b)));
-        }
+        scalar_t* yr = y + off;
+        const scalar_t* rr = r != nullptr ? r + off : nullptr;
+        // y = act(u * s + b [+ r]) one vector at a time (a * b + c is madd: an FMA in avx2 and avx512).
+        auto epilogue = [&](auto R) {
+          for_vectors<acc>(cnt, [&](int64_t t, int k, auto tail) {
+            constexpr bool T = decltype(tail)::value;
+            V z = vload_span<T, acc>(u + t, k) * s + b;
+            if constexpr (decltype(R)::value) z += vload_span<T, acc>(rr + t, k);
+            vstore_span<T, acc>(yr + t, act_lanes<A, acc>(z), k);
+          });
+        };
+        if (rr != nullptr) epilogue(std::true_type{});
+        else epilogue(std::false_type{});
       }
     }
   });
@@ -260,7 +268,7 @@ void forward(const DwConvGeometry& g, const scalar_t* x, const acc* wt, const ac
 template <typename scalar_t, typename acc, Act A>
 void backward(const DwConvGeometry& g, const scalar_t* x, const scalar_t* dy, const acc* wt, const acc* sc,
               const acc* bi, const scalar_t* r, scalar_t* dx, scalar_t* dr, acc* gw, acc* gs, acc* gb) {
-  constexpr int V = dot_lanes<acc>();
+  using Vacc = typename Vec<acc>::type;
   const NchwPlan pl(g, true);
   const int64_t kk = int64_t(g.k) * g.k;
   const int64_t in_plane = pl.H * pl.W, out_plane = pl.OH * pl.OW;
@@ -301,50 +309,47 @@ void backward(const DwConvGeometry& g, const scalar_t* x, const scalar_t* dy, co
         const int nt = forward_taps(pl, xb.data(), wc, taps);
         // dz into Dp (its margins stay zero), dr, and the sums of dz (and dz * u), over contiguous chunks
         // of the plane.
-        acc lb[V], ls[V];
-        for (int l = 0; l < V; ++l) lb[l] = ls[l] = acc(0);
+        // Vector sums of dz and dz * u (lanes past a partial vector's k are zero in both).
+        Vacc lb{}, ls{};
         for (int64_t oh0 = 0; oh0 < pl.OH; oh0 += pl.u_rows) {
           const int64_t oh1 = std::min(pl.OH, oh0 + pl.u_rows);
-          const int64_t off = p * out_plane + oh0 * pl.OW, cnt = (oh1 - oh0) * pl.OW, full = cnt / V * V;
-          const scalar_t* __restrict__ dyr = dy + off;
-          acc* __restrict__ z = zb.data();
+          const int64_t off = p * out_plane + oh0 * pl.OW, cnt = (oh1 - oh0) * pl.OW;
+          const scalar_t* dyr = dy + off;
+          acc* z = zb.data();
           if constexpr (A == Act::None) {
-            for (int64_t t = 0; t < cnt; ++t) z[t] = static_cast<acc>(dyr[t]);
+            for_vectors<acc>(cnt, [&](int64_t t, int k, auto tail) {
+              constexpr bool T = decltype(tail)::value;
+              const Vacc dz = vload_span<T, acc>(dyr + t, k);
+              vstore_span<T, acc>(z + t, dz, k);
+              lb += dz;
+            });
             if (dr != nullptr) std::copy(dyr, dyr + cnt, dr + off);
-            for (int64_t t = 0; t < full; t += V)
-              for (int l = 0; l < V; ++l) lb[l] += z[t + l];
-            for (int64_t t = full; t < cnt; ++t) lb[0] += z[t];
           } else {
             flat_conv(taps, nt, oh0 * pl.P, (oh1 - oh0) * pl.P, ub.data());
             pack_rows(pl, ub.data(), oh1 - oh0);
-            const acc* __restrict__ u = ub.data();
-            if (r != nullptr) {
-              const scalar_t* __restrict__ rr = r + off;
-              scalar_t* __restrict__ drr = dr + off;
-              for (int64_t t = 0; t < cnt; ++t) {
-                const acc dz = cpu_act_backward<A>(static_cast<acc>(dyr[t]), madd(u[t], s, b) + static_cast<acc>(rr[t]));
-                z[t] = dz;
-                drr[t] = static_cast<scalar_t>(dz);
-              }
-            } else {
-              for (int64_t t = 0; t < cnt; ++t)
-                z[t] = cpu_act_backward<A>(static_cast<acc>(dyr[t]), madd(u[t], s, b));
-            }
-            for (int64_t t = 0; t < full; t += V) {
-              for (int l = 0; l < V; ++l) {
-                lb[l] += z[t + l];
-                ls[l] = madd(z[t + l], u[t + l], ls[l]);
-              }
-            }
-            for (int64_t t = full; t < cnt; ++t) {
-              lb[0] += z[t];
-              ls[0] = madd(z[t], u[t], ls[0]);
-            }
+            const acc* u = ub.data();
+            const scalar_t* rr = r != nullptr ? r + off : nullptr;
+            scalar_t* drr = dr != nullptr ? dr + off : nullptr;
+            auto grads = [&](auto R) {
+              for_vectors<acc>(cnt, [&](int64_t t, int k, auto tail) {
+                constexpr bool T = decltype(tail)::value;
+                const Vacc uv = vload_span<T, acc>(u + t, k);
+                Vacc zv = uv * s + b;
+                if constexpr (decltype(R)::value) zv += vload_span<T, acc>(rr + t, k);
+                const Vacc dz = act_backward_lanes<A, acc>(vload_span<T, acc>(dyr + t, k), zv);
+                vstore_span<T, acc>(z + t, dz, k);
+                if constexpr (decltype(R)::value) vstore_span<T, acc>(drr + t, dz, k);
+                lb += dz;
+                ls += dz * uv;
+              });
+            };
+            if (rr != nullptr) grads(std::true_type{});
+            else grads(std::false_type{});
           }
           for (int64_t oh = oh0; oh < oh1; ++oh)
             std::copy(z + (oh - oh0) * pl.OW, z + (oh - oh0 + 1) * pl.OW, dz0 + oh * pl.P);
         }
-        for (int l = 0; l < V; ++l) {
+        for (int l = 0; l < Vec<acc>::lanes; ++l) {
           sum_b += double(lb[l]);
           sum_s += double(ls[l]);
         }
@@ -379,8 +384,11 @@ void backward(const DwConvGeometry& g, const scalar_t* x, const scalar_t* dy, co
           const int64_t rr = (ih + pl.ph) / pl.sh, a = (ih + pl.ph) % pl.sh;
           scalar_t* __restrict__ dxr = dxp + ih * pl.W;
           if (pl.sw == 1) {
-            const acc* __restrict__ src = tb.data() + a * pl.t_size + rr * pl.P + pl.pw;
-            for (int64_t iw = 0; iw < pl.W; ++iw) dxr[iw] = static_cast<scalar_t>(src[iw]);
+            const acc* src = tb.data() + a * pl.t_size + rr * pl.P + pl.pw;
+            for_vectors<acc>(pl.W, [&](int64_t iw, int k, auto tail) {
+              constexpr bool T = decltype(tail)::value;
+              vstore_span<T, acc>(dxr + iw, vload_span<T, acc>(src + iw, k), k);
+            });
           } else {
             for (int bb = 0; bb < 2; ++bb) {
               const int64_t iw0 = ((bb - pl.pw) % 2 + 2) % 2;  // first iw with (iw + pw) % 2 == bb

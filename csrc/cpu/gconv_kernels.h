@@ -23,6 +23,25 @@ PYCNN_ALWAYS_INLINE vec_t<acc, T> load_vec(const acc* p) {
   return vload<acc, T>(p);
 }
 
+// out[0, n) = v[0, n), n <= T: a tile of a whole vector register is one store (masked for a partial one in
+// avx512: kMaskedTails), narrower tiles and the other variants' partial ones store lane by lane; with Add,
+// out[0, n) += v[0, n).
+template <bool Add, typename acc, int T>
+PYCNN_ALWAYS_INLINE void store_cols(acc* out, vec_t<acc, T> v, int64_t n) {
+  if constexpr (T == Vec<acc>::lanes) {
+    const int k = static_cast<int>(n);
+    auto put = [&](auto tail) {
+      constexpr bool Tail = decltype(tail)::value;
+      if constexpr (Add) v += vload_span<Tail, acc>(out, k);
+      vstore_span<Tail, acc>(out, v, k);
+    };
+    if (n == T) put(std::false_type{});
+    else put(std::true_type{});
+  } else {
+    for (int64_t j = 0; j < n; ++j) out[j] = Add ? out[j] + v[j] : v[j];
+  }
+}
+
 // Pixels (rows of the micro-kernel) per tile: 8 or 12 (12 + 2 of the 16 AVX2 registers hold
 // accumulators, the B row and the broadcast), whichever wastes less on a dimension of `len`.
 int tile_rows(int64_t len) {
@@ -63,22 +82,28 @@ struct FwdPtrs {
   void (*epilogue)(const GConvGeometry&, const FwdPtrs&, int64_t n, int64_t oh, int64_t grp);
 };
 
-// y = act(y * scale + bias [+ res]) over one output row of one group, after saving the raw y;
-// scale and bias are never null here (ones / zeros stand in), so the loops vectorize.
+// y = act(y * scale + bias [+ res]) over one output row of one group, after saving the raw y, one vector
+// of channels at a time (for_vectors); scale and bias are never null here (ones / zeros stand in).
 template <typename acc, Act A>
 void epilogue_row(const GConvGeometry& g, const FwdPtrs<acc>& d, int64_t n, int64_t oh, int64_t grp) {
-  const acc* __restrict__ sc = d.scale + grp * g.cog;
-  const acc* __restrict__ bi = d.bias + grp * g.cog;
+  using V = typename Vec<acc>::type;
+  const acc* sc = d.scale + grp * g.cog;
+  const acc* bi = d.bias + grp * g.cog;
   for (int64_t ow = 0; ow < g.ow; ++ow) {
     const int64_t base = ((n * g.oh + oh) * g.ow + ow) * g.c_out + grp * g.cog;
-    acc* __restrict__ y = d.y + base;
+    acc* y = d.y + base;
+    const acc* r = d.res != nullptr ? d.res + base : nullptr;
     if (d.saved) std::memcpy(d.saved + base, y, sizeof(acc) * g.cog);
-    if (d.res) {
-      const acc* __restrict__ r = d.res + base;
-      for (int64_t j = 0; j < g.cog; ++j) y[j] = act_forward<acc>(A, y[j] * sc[j] + bi[j] + r[j]);
-    } else {
-      for (int64_t j = 0; j < g.cog; ++j) y[j] = act_forward<acc>(A, y[j] * sc[j] + bi[j]);
-    }
+    auto row = [&](auto R) {
+      for_vectors<acc>(g.cog, [&](int64_t j, int k, auto tail) {
+        constexpr bool T = decltype(tail)::value;
+        V z = vload_span<T, acc>(y + j, k) * vload_span<T, acc>(sc + j, k) + vload_span<T, acc>(bi + j, k);
+        if constexpr (decltype(R)::value) z += vload_span<T, acc>(r + j, k);
+        vstore_span<T, acc>(y + j, act_lanes<A, acc>(z), k);
+      });
+    };
+    if (r != nullptr) row(std::true_type{});
+    else row(std::false_type{});
   }
 }
 
@@ -106,8 +131,7 @@ PYCNN_ALWAYS_INLINE void forward_items(const Args& a, const FwdPtrs<acc>& d, int
         }
         const int64_t np = std::min<int64_t>(P, g.ow - ow0), nc = std::min<int64_t>(T, g.cog - co0);
         for (int64_t p = 0; p < np; ++p) {
-          acc* out = d.y + ((n * g.oh + oh) * g.ow + ow0 + p) * g.c_out + grp * g.cog + co0;
-          for (int64_t j = 0; j < nc; ++j) out[j] = c[p][j];
+          store_cols<false, acc, T>(d.y + ((n * g.oh + oh) * g.ow + ow0 + p) * g.c_out + grp * g.cog + co0, c[p], nc);
         }
       }
     }
@@ -150,8 +174,7 @@ PYCNN_ALWAYS_INLINE void dgrad_items(const Args& a, const DgradPtrs<acc>& d, int
         }
         const int64_t np = std::min<int64_t>(P, g.w - iw0), nc = std::min<int64_t>(T, g.cg - ci0);
         for (int64_t p = 0; p < np; ++p) {
-          acc* out = d.dx + ((n * g.h + ih) * g.w + iw0 + p) * g.c_in + grp * g.cg + ci0;
-          for (int64_t j = 0; j < nc; ++j) out[j] = c[p][j];
+          store_cols<false, acc, T>(d.dx + ((n * g.h + ih) * g.w + iw0 + p) * g.c_in + grp * g.cg + ci0, c[p], nc);
         }
       }
     }
@@ -202,8 +225,7 @@ PYCNN_ALWAYS_INLINE void wgrad_rows(const Args& a, const WgradPtrs<acc>& d, int6
               }
               const int64_t ni = std::min<int64_t>(P, g.cg - ci0), nc = std::min<int64_t>(T, g.cog - co0);
               for (int64_t i = 0; i < ni; ++i) {
-                acc* out = d.dw + ((grp * g.taps() + kh * g.k + kw) * g.cg + ci0 + i) * g.cog + co0;
-                for (int64_t j = 0; j < nc; ++j) out[j] += c[i][j];
+                store_cols<true, acc, T>(d.dw + ((grp * g.taps() + kh * g.k + kw) * g.cg + ci0 + i) * g.cog + co0, c[i], nc);
               }
             }
           }

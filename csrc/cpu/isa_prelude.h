@@ -102,3 +102,121 @@ inline void vstore_n(acc* p, typename Vec<acc>::type v, int) {
   vstore(p, v);
 }
 #endif
+
+// One vector of acc from n values of T (n < lanes: avx512's masked tails; lanes [n, lanes) are zero and
+// not read), and back. T other than acc (half, bfloat16) is widened with F16C / AVX2 / AVX-512
+// instructions in the avx2 and avx512 variants (exact: half to float is vcvtph2ps, bfloat16 to float a
+// 16-bit shift), lane by lane in the baseline; stores narrow lane by lane. Written as whole vectors, a
+// kernel's loads are never sunk into one branch of a select and if-converted into masked loads (GCC 12's
+// avx2 code for such a masked load of a 16-lane group gave the upper 8 lanes the lower 8 lanes' mask).
+template <typename acc, typename T>
+inline typename Vec<acc>::type vload_as(const T* p, int n = Vec<acc>::lanes) {
+  using V = typename Vec<acc>::type;
+  constexpr bool half_to_float =
+      std::is_same_v<acc, float> && (std::is_same_v<T, at::Half> || std::is_same_v<T, at::BFloat16>);
+  if constexpr (std::is_same_v<T, acc>) {
+    return vload_n(p, n);
+#if defined(PYCNN_CPU_AVX512)
+  } else if constexpr (half_to_float) {
+    const __m256i h = _mm256_maskz_loadu_epi16(static_cast<__mmask16>((1u << n) - 1), p);
+    if constexpr (std::is_same_v<T, at::Half>) return (V)_mm512_cvtph_ps(h);
+    else return (V)_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+#elif defined(PYCNN_CPU_FMA) && defined(__x86_64__)
+  } else if constexpr (half_to_float) {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    if constexpr (std::is_same_v<T, at::Half>) return (V)_mm256_cvtph_ps(h);
+    else return (V)_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+#endif
+  } else {
+    (void)half_to_float;
+    V v{};
+    for (int t = 0; t < (kMaskedTails ? n : Vec<acc>::lanes); ++t) v[t] = static_cast<acc>(p[t]);
+    return v;
+  }
+}
+
+template <typename acc, typename T>
+inline void vstore_as(T* p, typename Vec<acc>::type v, int n = Vec<acc>::lanes) {
+  if constexpr (std::is_same_v<T, acc>) {
+    vstore_n(p, v, n);
+  } else {
+    for (int t = 0; t < (kMaskedTails ? n : Vec<acc>::lanes); ++t) p[t] = static_cast<T>(v[t]);
+  }
+}
+
+// The vector at p of a loop over [0, len) in vectors: whole vectors (Tail false: vload_as / vstore_as, n
+// is the lane count) or the last, partial one (Tail true, n < lanes): a masked load / store in avx512
+// (kMaskedTails), lane by lane elsewhere; loaded lanes [n, lanes) are zero. One loop body serves both.
+template <bool Tail, typename acc, typename T>
+inline typename Vec<acc>::type vload_span(const T* p, int n) {
+  if constexpr (!Tail || kMaskedTails) {
+    return vload_as<acc>(p, n);
+  } else {
+    typename Vec<acc>::type v{};
+    for (int t = 0; t < n; ++t) v[t] = static_cast<acc>(p[t]);
+    return v;
+  }
+}
+
+template <bool Tail, typename acc, typename T>
+inline void vstore_span(T* p, typename Vec<acc>::type v, int n) {
+  if constexpr (!Tail || kMaskedTails) {
+    vstore_as<acc>(p, v, n);
+  } else {
+    for (int t = 0; t < n; ++t) p[t] = static_cast<T>(v[t]);
+  }
+}
+
+// Runs body(j, n, tail) over [0, len) one vector at a time: tail std::false_type with n = lanes, then for
+// a last partial vector std::true_type with its n < lanes (pass both to vload_span / vstore_span).
+template <typename acc, typename Body>
+inline void for_vectors(int64_t len, Body body) {
+  constexpr int L = Vec<acc>::lanes;
+  int64_t j = 0;
+  for (; j + L <= len; j += L) body(j, L, std::false_type{});
+  if (j < len) body(j, static_cast<int>(len - j), std::true_type{});
+}
+
+// act(z) and dy * act'(z) on a vector: the piecewise-linear activations as vector selects (the formulas of
+// activation.h, NaN passing through alike), SiLU lane by lane through cpu_act / cpu_act_backward
+// (cpu/kernel_utils.h: the vectorizable exp). Written lane by lane, GCC 12 left ReLU6 and HardSwish scalar
+// in avx512 (4x slower dwconv NCHW epilogues).
+template <Act A, typename acc>
+inline typename Vec<acc>::type act_lanes(typename Vec<acc>::type z) {
+  using V = typename Vec<acc>::type;
+  const V zero{}, six = zero + acc(6);
+  if constexpr (A == Act::ReLU) {
+    return z < zero ? zero : z;
+  } else if constexpr (A == Act::ReLU6) {
+    return z < zero ? zero : (z > six ? six : z);
+  } else if constexpr (A == Act::HardSwish) {
+    V t = z + acc(3);
+    t = t < zero ? zero : (t > six ? six : t);
+    return z * t / acc(6);
+  } else if constexpr (A == Act::None) {
+    return z;
+  } else {
+    V y;
+    for (int t = 0; t < Vec<acc>::lanes; ++t) y[t] = cpu::cpu_act<A, acc>(z[t]);
+    return y;
+  }
+}
+
+template <Act A, typename acc>
+inline typename Vec<acc>::type act_backward_lanes(typename Vec<acc>::type dy, typename Vec<acc>::type z) {
+  using V = typename Vec<acc>::type;
+  const V zero{}, three = zero + acc(3);
+  if constexpr (A == Act::ReLU) {
+    return z <= zero ? zero : dy;
+  } else if constexpr (A == Act::ReLU6) {
+    return ((z > zero) & (z < zero + acc(6))) ? dy : zero;
+  } else if constexpr (A == Act::HardSwish) {
+    return z <= -three ? zero : (z >= three ? dy : dy * (z / acc(3) + acc(0.5)));
+  } else if constexpr (A == Act::None) {
+    return dy;
+  } else {
+    V g;
+    for (int t = 0; t < Vec<acc>::lanes; ++t) g[t] = cpu::cpu_act_backward<A, acc>(dy[t], z[t]);
+    return g;
+  }
+}

@@ -118,9 +118,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, OptTensor> se_backward_cpu(
   Tensor gw1, gb1, gw2, gb2;
 
   const auto& kernels = PYCNN_CPU_KERNELS(se, input.scalar_type());
-  // The gate sums run the baseline variant: built with GCC 12 for avx2, they gave wrong sums for NCHW input
-  // with a ReLU post-activation (16-lane reduction of a select; avx512 and baseline right; cause not found).
-  se_base::kernels.backward_gate_sums(l, post, input, grad_output, residual, gate, grad_gate);
+  kernels.backward_gate_sums(l, post, input, grad_output, residual, gate, grad_gate);
   Tensor dp;  // d loss / d x through the pool, [N, C]
   AT_DISPATCH_FLOATING_TYPES(acc_type, "se_backward_cpu", [&] {
     using acc = scalar_t;

@@ -18,7 +18,7 @@ struct SeKernels {
   void (*scale)(const cpu::Layout& l, Act post, const Tensor& input, const Tensor& residual, const Tensor& gate,
                 const Tensor& output);
   // The backward's passes over the activation, with g = dy * post'(input * gate [+ residual]):
-  // grad_gate = sum over H*W of g * input ([N, C], acc; in the baseline variant only, null in the others);
+  // grad_gate = sum over H*W of g * input ([N, C], acc);
   void (*backward_gate_sums)(const cpu::Layout& l, Act post, const Tensor& input, const Tensor& grad_output,
                              const Tensor& residual, const Tensor& gate, const Tensor& grad_gate);
   // grad_input = g * gate + dpooled ([N, C], acc: the gradient through the pool), grad_residual = g if defined.

@@ -10,31 +10,43 @@
 
 using cpu::Layout;
 
-// 16 independent partial sums per reduction, so float sums vectorize without -ffast-math.
-constexpr int kSeLanes = 16;
-
-template <typename acc, typename Load>
-inline acc lane_sum(int64_t len, Load load) {
-  acc lanes[kSeLanes] = {};
+// Sum over [0, len) of the vectors vterm(j, n, tail) (for_vectors in cpu/isa_prelude.h: lanes j .. j + n,
+// a partial last vector's lanes past n load as zero, and its terms there must be zero), in two vector
+// accumulators so that consecutive adds do not wait on each other.
+template <typename acc, typename VTerm>
+inline acc vector_sum(int64_t len, VTerm vterm) {
+  using V = typename Vec<acc>::type;
+  constexpr int L = Vec<acc>::lanes;
+  V s0{}, s1{};
   int64_t j = 0;
-  for (; j + kSeLanes <= len; j += kSeLanes)
-    for (int t = 0; t < kSeLanes; ++t) lanes[t] += load(j + t);
-  for (; j < len; ++j) lanes[j % kSeLanes] += load(j);
+  for (; j + 2 * L <= len; j += 2 * L) {
+    s0 += vterm(j, L, std::false_type{});
+    s1 += vterm(j + L, L, std::false_type{});
+  }
+  if (j + L <= len) {
+    s0 += vterm(j, L, std::false_type{});
+    j += L;
+  }
+  if (j < len) s1 += vterm(j, static_cast<int>(len - j), std::true_type{});
+  s0 += s1;
   acc s = 0;
-  for (int t = 0; t < kSeLanes; ++t) s += lanes[t];
+  for (int t = 0; t < L; ++t) s += s0[t];
   return s;
 }
 
 // pooled[n * C + c] = mean over H*W of x[n, c].
 template <typename scalar_t, typename acc>
 void pool(const Layout& l, const scalar_t* x, acc* pooled) {
+  using V = typename Vec<acc>::type;
   const acc inv_hw = acc(1) / static_cast<acc>(l.hw);
   if (!l.channels_last) {  // one plane per (n, c)
     const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(l.hw, 1));
     at::parallel_for(0, l.n * l.c, grain, [&](int64_t q0, int64_t q1) {
       for (int64_t q = q0; q < q1; ++q) {
-        const scalar_t* __restrict__ xs = x + q * l.hw;
-        pooled[q] = lane_sum<acc>(l.hw, [&](int64_t j) { return static_cast<acc>(xs[j]); }) * inv_hw;
+        const scalar_t* xs = x + q * l.hw;
+        pooled[q] = vector_sum<acc>(l.hw, [&](int64_t j, int n, auto tail) {
+                      return vload_span<decltype(tail)::value, acc>(xs + j, n);
+                    }) * inv_hw;
       }
     });
     return;
@@ -56,18 +68,18 @@ void pool(const Layout& l, const scalar_t* x, acc* pooled) {
       const int64_t C = l.c;
       int64_t p = 0;
       for (; p + 4 <= l.hw; p += 4, xs += 4 * C) {
-        const scalar_t* __restrict__ x0 = xs;
-        const scalar_t* __restrict__ x1 = xs + C;
-        const scalar_t* __restrict__ x2 = xs + 2 * C;
-        const scalar_t* __restrict__ x3 = xs + 3 * C;
-        acc* __restrict__ o = sums;
-        for (int64_t j = 0; j < len; ++j)
-          o[j] += (static_cast<acc>(x0[j]) + static_cast<acc>(x1[j])) + (static_cast<acc>(x2[j]) + static_cast<acc>(x3[j]));
+        for_vectors<acc>(len, [&](int64_t j, int k, auto tail) {
+          constexpr bool T = decltype(tail)::value;
+          const V x01 = vload_span<T, acc>(xs + j, k) + vload_span<T, acc>(xs + C + j, k);
+          const V x23 = vload_span<T, acc>(xs + 2 * C + j, k) + vload_span<T, acc>(xs + 3 * C + j, k);
+          vstore_span<T, acc>(sums + j, vload_span<T, acc>(sums + j, k) + (x01 + x23), k);
+        });
       }
       for (; p < l.hw; ++p, xs += C) {
-        const scalar_t* __restrict__ x0 = xs;
-        acc* __restrict__ o = sums;
-        for (int64_t j = 0; j < len; ++j) o[j] += static_cast<acc>(x0[j]);
+        for_vectors<acc>(len, [&](int64_t j, int k, auto tail) {
+          constexpr bool T = decltype(tail)::value;
+          vstore_span<T, acc>(sums + j, vload_span<T, acc>(sums + j, k) + vload_span<T, acc>(xs + j, k), k);
+        });
       }
       acc* __restrict__ out = pooled + n * l.c + c0;
       for (int64_t j = 0; j < len; ++j) out[j] = sums[j] * inv_hw;
@@ -75,42 +87,52 @@ void pool(const Layout& l, const scalar_t* x, acc* pooled) {
   });
 }
 
+// The passes over the activation (scale, backward) visit the tensor as contiguous spans in parallel: fn(offset, image, channel, length);
+// in NCHW a span is one (n, c) plane of H*W elements of a single channel, in channels_last one pixel's C
+// channels. Span loops take the channel stride S (0 or 1) as a template argument, so one body serves both
+// layouts and vectorizes.
+template <typename Fn>
+void parallel_spans(const Layout& l, Fn fn) {
+  if (l.channels_last) {
+    const int64_t pixels = l.n * l.hw;
+    const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(l.c, 1));
+    at::parallel_for(0, pixels, grain, [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) fn(p * l.c, p / l.hw, int64_t(0), l.c);
+    });
+  } else {
+    const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(l.hw, 1));
+    at::parallel_for(0, l.n * l.c, grain, [&](int64_t q0, int64_t q1) {
+      for (int64_t q = q0; q < q1; ++q) fn(q * l.hw, q / l.c, q % l.c, l.hw);
+    });
+  }
+}
+
+// The gate of lanes j .. j + n of a span (for_vectors): its one channel's, broadcast (S 0: NCHW), or one
+// per lane (S 1: channels_last).
+template <int S, bool Tail, typename acc>
+inline typename Vec<acc>::type gate_vec(const acc* ss, int64_t j, int n) {
+  if constexpr (S == 1) return vload_span<Tail, acc>(ss + j, n);
+  else return typename Vec<acc>::type{} + ss[0];
+}
+
 // y = post(x * gate [+ residual]), gate [N, C].
 template <typename scalar_t, typename acc, Act P, bool R>
 void scale(const Layout& l, const scalar_t* x, const scalar_t* r, const acc* gate, scalar_t* y) {
-  if (!l.channels_last) {
-    const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(l.hw, 1));
-    at::parallel_for(0, l.n * l.c, grain, [&](int64_t q0, int64_t q1) {
-      for (int64_t q = q0; q < q1; ++q) {
-        const scalar_t* __restrict__ xs = x + q * l.hw;
-        scalar_t* __restrict__ ys = y + q * l.hw;
-        const acc s = gate[q];
-        if constexpr (R) {
-          const scalar_t* __restrict__ rs = r + q * l.hw;
-          for (int64_t j = 0; j < l.hw; ++j)
-            ys[j] = static_cast<scalar_t>(cpu::cpu_act<P, acc>(static_cast<acc>(xs[j]) * s + static_cast<acc>(rs[j])));
-        } else {
-          for (int64_t j = 0; j < l.hw; ++j) ys[j] = static_cast<scalar_t>(cpu::cpu_act<P, acc>(static_cast<acc>(xs[j]) * s));
-        }
-      }
+  using V = typename Vec<acc>::type;
+  cpu::dispatch_channel_stride(l, [&](auto S_) {
+    constexpr int S = decltype(S_)::value;
+    parallel_spans(l, [&](int64_t off, int64_t n, int64_t c, int64_t len) {
+      const scalar_t* xs = x + off;
+      const scalar_t* rs = r != nullptr ? r + off : nullptr;
+      scalar_t* ys = y + off;
+      const acc* ss = gate + n * l.c + c;
+      for_vectors<acc>(len, [&](int64_t j, int k, auto tail) {
+        constexpr bool T = decltype(tail)::value;
+        V z = vload_span<T, acc>(xs + j, k) * gate_vec<S, T>(ss, j, k);
+        if constexpr (R) z += vload_span<T, acc>(rs + j, k);
+        vstore_span<T, acc>(ys + j, act_lanes<P, acc>(z), k);
+      });
     });
-    return;
-  }
-  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(l.c, 1));
-  at::parallel_for(0, l.pixels(), grain, [&](int64_t p0, int64_t p1) {
-    for (int64_t p = p0; p < p1; ++p) {
-      const int64_t off = p * l.c;
-      const scalar_t* __restrict__ xs = x + off;
-      scalar_t* __restrict__ ys = y + off;
-      const acc* __restrict__ ss = gate + (p / l.hw) * l.c;
-      if constexpr (R) {
-        const scalar_t* __restrict__ rs = r + off;
-        for (int64_t j = 0; j < l.c; ++j)
-          ys[j] = static_cast<scalar_t>(cpu::cpu_act<P, acc>(static_cast<acc>(xs[j]) * ss[j] + static_cast<acc>(rs[j])));
-      } else {
-        for (int64_t j = 0; j < l.c; ++j) ys[j] = static_cast<scalar_t>(cpu::cpu_act<P, acc>(static_cast<acc>(xs[j]) * ss[j]));
-      }
-    }
   });
 }
 
@@ -131,11 +153,17 @@ void scale_any(const Layout& l, Act post, const scalar_t* x, const scalar_t* r, 
 template <typename acc>
 void excite(int64_t n, int64_t c, int64_t cr, Act act, const acc* pooled, const acc* w1, const acc* b1,
             const acc* w2, const acc* b2, acc* hidden, acc* gate, acc* scratch) {
+  auto dot = [](int64_t len, const acc* u, const acc* v) {
+    return vector_sum<acc>(len, [&](int64_t j, int k, auto tail) {
+      constexpr bool T = decltype(tail)::value;
+      return vload_span<T, acc>(u + j, k) * vload_span<T, acc>(v + j, k);
+    });
+  };
   for (int64_t k = 0; k < cr; ++k) {  // each row of w1 once, against every image's pooled vector (in L1)
     const acc* __restrict__ w = w1 + k * c;
     for (int64_t i = 0; i < n; ++i) {
       const acc* __restrict__ p = pooled + i * c;
-      hidden[i * cr + k] = lane_sum<acc>(c, [&](int64_t j) { return w[j] * p[j]; }) + (b1 ? b1[k] : acc(0));
+      hidden[i * cr + k] = dot(c, w, p) + (b1 ? b1[k] : acc(0));
     }
   }
   // fc2: with C_r >= 32, one contiguous dot product of w2's row per gate; narrower, w2 is transposed once so
@@ -152,7 +180,7 @@ void excite(int64_t n, int64_t c, int64_t cr, Act act, const acc* pooled, const 
     if (dots) {
       for (int64_t j = 0; j < c; ++j) {
         const acc* __restrict__ w = w2 + j * cr;
-        g[j] = lane_sum<acc>(cr, [&](int64_t k) { return w[k] * a[k]; }) + (b2 ? b2[j] : acc(0));
+        g[j] = dot(cr, w, a) + (b2 ? b2[j] : acc(0));
       }
     } else if (b2) {
       for (int64_t j = 0; j < c; ++j) g[j] = b2[j];
@@ -174,41 +202,17 @@ void excite(int64_t n, int64_t c, int64_t cr, Act act, const acc* pooled, const 
   }
 }
 
-// The backward's passes. Visits the tensor as contiguous spans in parallel: fn(offset, image, channel, length);
-// in NCHW a span is one (n, c) plane of H*W elements of a single channel, in channels_last one pixel's C
-// channels. Span loops take the channel stride S (0 or 1) as a template argument, so one body serves both
-// layouts and vectorizes.
-template <typename Fn>
-void parallel_spans(const Layout& l, Fn fn) {
-  if (l.channels_last) {
-    const int64_t pixels = l.n * l.hw;
-    const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(l.c, 1));
-    at::parallel_for(0, pixels, grain, [&](int64_t p0, int64_t p1) {
-      for (int64_t p = p0; p < p1; ++p) fn(p * l.c, p / l.hw, int64_t(0), l.c);
-    });
-  } else {
-    const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(l.hw, 1));
-    at::parallel_for(0, l.n * l.c, grain, [&](int64_t q0, int64_t q1) {
-      for (int64_t q = q0; q < q1; ++q) fn(q * l.hw, q / l.c, q % l.c, l.hw);
-    });
-  }
-}
-
-// Sum over one span of term(j): with S == 1 every element adds into its channel's slot out[j]; with S == 0
-// (one channel per span) into kSeLanes partial sums, so the float reduction vectorizes without -ffast-math.
-template <int S, typename acc, typename Term>
-inline void accumulate_span(int64_t len, acc* __restrict__ out, Term term) {
+// Adds a span's vector terms vterm(j, n, tail) (for_vectors) into out: with S == 1 (one pixel's channels)
+// lane by lane into the channels' slots out[j ..]; with S == 0 (one channel per span) their sum into out[0].
+template <int S, typename acc, typename VTerm>
+inline void accumulate_span(int64_t len, acc* out, VTerm vterm) {
   if constexpr (S == 1) {
-    for (int64_t j = 0; j < len; ++j) out[j] += term(j);
+    for_vectors<acc>(len, [&](int64_t j, int n, auto tail) {
+      constexpr bool T = decltype(tail)::value;
+      vstore_span<T, acc>(out + j, vload_span<T, acc>(out + j, n) + vterm(j, n, tail), n);
+    });
   } else {
-    acc lanes[kSeLanes] = {};
-    int64_t j = 0;
-    for (; j + kSeLanes <= len; j += kSeLanes)
-      for (int t = 0; t < kSeLanes; ++t) lanes[t] += term(j + t);
-    for (; j < len; ++j) lanes[0] += term(j);
-    acc s = 0;
-    for (int t = 0; t < kSeLanes; ++t) s += lanes[t];
-    out[0] += s;
+    out[0] += vector_sum<acc>(len, vterm);
   }
 }
 
@@ -250,30 +254,35 @@ void image_channel_sums(const Layout& l, acc* out, SpanSums span_sums) {
 }
 
 
-// grad_gate[n, c] = sum over H*W of g * x, g = dy * post'(x * s [+ r]) recomputed.
+// grad_gate[n, c] = sum over H*W of g * x, g = dy * post'(x * s [+ r]) recomputed. Every operand is loaded as
+// a whole vector (vload_span) and post' selects lane by lane: written as scalar loops, GCC 12 sank the load
+// of dy into the select's branch and, in the avx2 variant, if-converted it into masked loads (vmaskmovps)
+// that gave the second vector of each 16-lane group the first one's mask (NCHW sums with a ReLU post were
+// wrong wherever lanes t and t + 8 of a group differed in sign).
 template <typename scalar_t, typename acc>
 void backward_gate_sums(const Layout& l, Act post, const scalar_t* x, const scalar_t* dy, const scalar_t* r,
                         const acc* s, acc* grad_gate) {
-  auto grad_z = [](auto P, acc xj, acc dyj, acc sj, acc rj) { return act_backward<acc>(P, dyj, xj * sj + rj); };
-  cpu::dispatch_act(post, [&](auto P) {
+  using V = typename Vec<acc>::type;
+  cpu::dispatch_act(post, [&](auto P_) {
+    constexpr Act P = decltype(P_)::value;
     cpu::dispatch_channel_stride(l, [&](auto S_) {
       constexpr int S = decltype(S_)::value;
       image_channel_sums<acc>(l, grad_gate, [&](int64_t off, int64_t n, int64_t c, int64_t len, acc* out) {
-        const scalar_t* __restrict__ xs = x + off;
-        const scalar_t* __restrict__ dys = dy + off;
-        const acc* __restrict__ ss = s + n * l.c + c;
-        if (r != nullptr) {
-          const scalar_t* __restrict__ rs = r + off;
-          accumulate_span<S, acc>(len, out, [&](int64_t j) {
-            const acc xj = static_cast<acc>(xs[j]);
-            return grad_z(P, xj, static_cast<acc>(dys[j]), ss[j * S], static_cast<acc>(rs[j])) * xj;
+        const scalar_t* xs = x + off;
+        const scalar_t* dys = dy + off;
+        const scalar_t* rs = r != nullptr ? r + off : nullptr;
+        const acc* ss = s + n * l.c + c;
+        auto sums = [&](auto R) {
+          accumulate_span<S, acc>(len, out, [&](int64_t j, int k, auto tail) {
+            constexpr bool T = decltype(tail)::value;
+            const V xv = vload_span<T, acc>(xs + j, k);
+            V z = xv * gate_vec<S, T>(ss, j, k);
+            if constexpr (decltype(R)::value) z += vload_span<T, acc>(rs + j, k);
+            return act_backward_lanes<P, acc>(vload_span<T, acc>(dys + j, k), z) * xv;
           });
-        } else {
-          accumulate_span<S, acc>(len, out, [&](int64_t j) {
-            const acc xj = static_cast<acc>(xs[j]);
-            return grad_z(P, xj, static_cast<acc>(dys[j]), ss[j * S], acc(0)) * xj;
-          });
-        }
+        };
+        if (r != nullptr) sums(std::true_type{});
+        else sums(std::false_type{});
       });
     });
   });
@@ -283,30 +292,32 @@ void backward_gate_sums(const Layout& l, Act post, const scalar_t* x, const scal
 template <typename scalar_t, typename acc>
 void backward_input(const Layout& l, Act post, const scalar_t* x, const scalar_t* dy, const scalar_t* r,
                     const acc* s, const acc* dpp, scalar_t* dx, scalar_t* dr) {
-  auto grad_z = [](auto P, acc xj, acc dyj, acc sj, acc rj) { return act_backward<acc>(P, dyj, xj * sj + rj); };
-  cpu::dispatch_act(post, [&](auto P) {
+  using V = typename Vec<acc>::type;
+  cpu::dispatch_act(post, [&](auto P_) {
+    constexpr Act P = decltype(P_)::value;
     cpu::dispatch_channel_stride(l, [&](auto S_) {
       constexpr int S = decltype(S_)::value;
       parallel_spans(l, [&](int64_t off, int64_t n, int64_t c, int64_t len) {
-        const scalar_t* __restrict__ xs = x + off;
-        const scalar_t* __restrict__ dys = dy + off;
-        scalar_t* __restrict__ dxs = dx + off;
-        const acc* __restrict__ ss = s + n * l.c + c;
-        const acc* __restrict__ dps = dpp + n * l.c + c;
-        if (r != nullptr) {
-          const scalar_t* __restrict__ rs = r + off;
-          scalar_t* __restrict__ drs = dr + off;
-          for (int64_t j = 0; j < len; ++j) {
-            const acc g = grad_z(P, static_cast<acc>(xs[j]), static_cast<acc>(dys[j]), ss[j * S], static_cast<acc>(rs[j]));
-            dxs[j] = static_cast<scalar_t>(g * ss[j * S] + dps[j * S]);
-            drs[j] = static_cast<scalar_t>(g);
-          }
-        } else {
-          for (int64_t j = 0; j < len; ++j) {
-            const acc g = grad_z(P, static_cast<acc>(xs[j]), static_cast<acc>(dys[j]), ss[j * S], acc(0));
-            dxs[j] = static_cast<scalar_t>(g * ss[j * S] + dps[j * S]);
-          }
-        }
+        const scalar_t* xs = x + off;
+        const scalar_t* dys = dy + off;
+        const scalar_t* rs = r != nullptr ? r + off : nullptr;
+        scalar_t* dxs = dx + off;
+        scalar_t* drs = dr != nullptr ? dr + off : nullptr;
+        const acc* ss = s + n * l.c + c;
+        const acc* dps = dpp + n * l.c + c;
+        auto grads = [&](auto R) {
+          for_vectors<acc>(len, [&](int64_t j, int k, auto tail) {
+            constexpr bool T = decltype(tail)::value;
+            const V sv = gate_vec<S, T>(ss, j, k);
+            V z = vload_span<T, acc>(xs + j, k) * sv;
+            if constexpr (decltype(R)::value) z += vload_span<T, acc>(rs + j, k);
+            const V g = act_backward_lanes<P, acc>(vload_span<T, acc>(dys + j, k), z);
+            vstore_span<T, acc>(dxs + j, g * sv + gate_vec<S, T>(dps, j, k), k);
+            if constexpr (decltype(R)::value) vstore_span<T, acc>(drs + j, g, k);
+          });
+        };
+        if (r != nullptr) grads(std::true_type{});
+        else grads(std::false_type{});
       });
     });
   });
@@ -345,7 +356,6 @@ void run_scale(const Layout& l, Act post, const Tensor& input, const Tensor& res
   });
 }
 
-#if PYCNN_ISA_VARIANT == 0  // only the baseline's runs (see se.cpp): not built into the other variants
 void run_backward_gate_sums(const Layout& l, Act post, const Tensor& input, const Tensor& grad_output,
                             const Tensor& residual, const Tensor& gate, const Tensor& grad_gate) {
   PYCNN_DISPATCH_FLOATING_TYPES_AND_HALF_BF16(input.scalar_type(), "se_backward_cpu", [&] {
@@ -355,8 +365,6 @@ void run_backward_gate_sums(const Layout& l, Act post, const Tensor& input, cons
                                       gate.const_data_ptr<acc>(), grad_gate.data_ptr<acc>());
   });
 }
-
-#endif
 
 void run_backward_input(const Layout& l, Act post, const Tensor& input, const Tensor& grad_output,
                         const Tensor& residual, const Tensor& gate, const Tensor& dpooled, const Tensor& grad_input,
@@ -371,10 +379,4 @@ void run_backward_input(const Layout& l, Act post, const Tensor& input, const Te
   });
 }
 
-extern const SeKernels kernels = {&run_pool_excite, &run_scale,
-#if PYCNN_ISA_VARIANT == 0
-                                  &run_backward_gate_sums,
-#else
-                                  nullptr,
-#endif
-                                  &run_backward_input};
+extern const SeKernels kernels = {&run_pool_excite, &run_scale, &run_backward_gate_sums, &run_backward_input};
