@@ -6,9 +6,9 @@ dtype, layout, device, train/eval, grad) and keeps the faster one, in memory and
 else ~/.cache/pycnn). `kernels` comes from pycnn.compile(..., kernels=...), else $PYCNN_KERNELS, else "auto";
 what one step runs, "pycnn", "torch" or (a depthwise or grouped conv in eval) "folded", is its `kernel`.
 Measuring runs the op a few times on the real input with autograd.grad (no .grad is touched) and restores the
-BatchNorm running statistics afterwards. Under torch.compile a step's choice is measured at trace time on
-stand-ins (pycnn.runtime); under export and with dynamic shapes it keeps the kernel of its last eager run
-(pycnn's if none).
+BatchNorm running statistics afterwards. Under torch.compile (and strict torch.export, which traces with dynamo
+too) a step's choice is measured at trace time on stand-ins (pycnn.runtime); under non-strict export and with
+dynamic shapes it keeps the kernel of its last eager run (pycnn's if none).
 
 The cache file is data from a folder others may write to (docs/security.md): it is read only when it is a
 regular file below a size cap, each entry is validated, new entries are written in batches through a fresh
@@ -246,14 +246,18 @@ def choose(step, run: Callable[[str, Tensor, Optional[Tensor]], Tensor], x: Tens
 
 
 def measured_choice(step, run: Callable[[str, Tensor, Optional[Tensor]], Tensor], x: Tensor,
-                    residual: Optional[Tensor], modules: List[torch.nn.Module]) -> str:
-    """The faster kernel for x's facts: from the cache, else measured on x (and recorded)."""
+                    residual: Optional[Tensor], modules: List[torch.nn.Module], traced: bool = False) -> str:
+    """The faster kernel for x's facts: from the cache, else measured on x (and recorded). `traced`: measured
+    while torch.compile traces, where the ops take their traced paths (no cached fold, no oneDNN packing), so
+    kept under a key of its own."""
     training = any(m.training for m in train_eval_modules(modules))
-    key = shape_key(step.signature, x, training=training)
     candidates = step.candidates(training)
+    if len(candidates) == 1:
+        return candidates[0]
+    key = shape_key(step.signature, x, training=training) + ("|traced" if traced else "")
     cache = kernel_cache()
     entry = cache.entries.get(key)
-    if entry is None or any(f"{k}_ms" not in entry for k in candidates):  # also: an entry from fewer candidates
+    if entry is None or entry["choice"] not in candidates or any(f"{k}_ms" not in entry for k in candidates):
         params = [p for m in modules for p in m.parameters()]
         buffers = [b for m in modules for b in m.buffers()]
         times = measure(run, x, residual, params, buffers, candidates)

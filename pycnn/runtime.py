@@ -127,7 +127,8 @@ def _measure_while_tracing(step: FusedStep, owner: nn.Module, x_spec, residual_s
     cast = torch.autocast(x_spec[2].type, dtype=autocast) if autocast is not None else contextlib.nullcontext()
     with unset_fake_temporarily(), torch.set_grad_enabled(grad), cast:
         x, residual = stand_in(x_spec), stand_in(residual_spec)
-        kernel = dispatch.measured_choice(step, lambda k, x_, r_: step.run(modules, x_, r_, k), x, residual, modules)
+        kernel = dispatch.measured_choice(step, lambda k, x_, r_: step.run(modules, x_, r_, k), x, residual, modules,
+                                          traced=True)
     dispatch.flush_measurements()
     step.last_kernel = kernel
     return kernel
@@ -150,6 +151,10 @@ class MbConvStep(FusedStep):
                          kernels)
         self.parts = [FusedStep(p, kernels) for p in parts]
         self.part_sizes = [len(p.names) for p in self.parts]
+        self.signature += f",expanded={parts[0].out_shape[0]}"  # blocks alike but for their expansion differ
+
+    def candidates(self, training: bool) -> tuple:
+        return ("torch",) if training else ("pycnn", "torch")  # the fused op runs in eval only
 
     def run(self, modules, x, residual, kernel: str):
         a = self.attrs

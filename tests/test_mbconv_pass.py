@@ -67,7 +67,19 @@ def _counting(fn, calls):
 
 
 @pytest.mark.usefixtures("private_kernel_cache")
-def test_auto_dispatch_races_the_fused_block_against_its_parts():
+@pytest.mark.parametrize("faster", ["pycnn", "torch"])
+def test_auto_dispatch_races_the_fused_block_against_its_parts(monkeypatch, private_kernel_cache, faster):
+    """kernels="auto": each block races the fused op ("pycnn") against its parts ("torch"); the faster runs."""
+    from pycnn import fused
+    raced = []
+
+    def fake_measure(run, x, residual, params, buffers, kernels=("pycnn", "torch"), repeats=5):
+        raced.append(kernels)
+        return {k: 1.0 if k == faster else 2.0 for k in kernels}
+    monkeypatch.setattr(dispatch, "measure", fake_measure)
+    calls = []
+    real_block = fused.mbconv_block
+    monkeypatch.setattr(fused, "mbconv_block", lambda *a, **k: calls.append(1) or real_block(*a, **k))
     torch.manual_seed(0)
     model = randomized(pycnn.compile(MOBILENET, "mobilenet_v2", input=(3, 32, 32), kernels="auto"))
     ref = to_backend(model, "reference").eval()
@@ -75,5 +87,10 @@ def test_auto_dispatch_races_the_fused_block_against_its_parts():
     with torch.no_grad():
         y, y_ref = model(x), ref(x)
     steps = [s for m in model.modules() for lst in step_lists(m) for s in lst if isinstance(s, MbConvStep)]
-    assert len(steps) == 17 and all(s.last_kernel in ("pycnn", "torch") for s in steps)
+    assert len(steps) == 17 and all(s.last_kernel == faster for s in steps)
+    assert len(calls) == (17 if faster == "pycnn" else 0)
     assert (y - y_ref).abs().max().item() < 1e-4 * y_ref.abs().max().item()
+    calls.clear()
+    model.train()
+    model(torch.randn(2, 3, 32, 32))
+    assert calls == [] and all(s.last_kernel == "torch" for s in steps)  # training: the parts, nothing to race

@@ -185,31 +185,43 @@ class Space:
         if not all(self._holds(i, env) for i in constants):
             return None, tries
         refused = 0
-        for steps in groups:
-            k = 0
-            while k < len(steps):
-                name, draw, followers, pairs, requires = steps[k]
-                value = env[name] = draw(rng)
-                for f in followers:
-                    env[f] = value
-                ok = True
-                for a, b in pairs:
-                    if not env[a] <= env[b]:
-                        ok = False
-                        break
-                if ok:
-                    for i in requires:
-                        if not self._holds(i, env):
+        while True:
+            deferred = False  # a require that failed to evaluate: another may guard it (`g > 0 and w % g == 0`)
+            for steps in groups:
+                k = 0
+                while k < len(steps):
+                    name, draw, followers, pairs, requires = steps[k]
+                    value = env[name] = draw(rng)
+                    for f in followers:
+                        env[f] = value
+                    ok = True
+                    for a, b in pairs:
+                        if not env[a] <= env[b]:
                             ok = False
                             break
-                if ok:
-                    k += 1
-                    continue
-                refused += 1
-                if refused >= tries:
-                    return None, tries
-                k = 0
-        return {name: env[name] for name in self.params}, refused
+                    if ok:
+                        for i in requires:
+                            try:
+                                holds = self._holds(i, env)
+                            except ArchError:  # decided below, in the written order, as whole draws decide it
+                                deferred = True
+                                continue
+                            if not holds:
+                                ok = False
+                                break
+                    if ok:
+                        k += 1
+                        continue
+                    refused += 1
+                    if refused >= tries:
+                        return None, tries
+                    k = 0
+            values = {name: env[name] for name in self.params}
+            if not deferred or self.satisfies(values):
+                return values, refused
+            refused += 1
+            if refused >= tries:
+                return None, tries
 
     @property
     def _fixed_values(self) -> dict:
