@@ -42,9 +42,21 @@ def grid(*axes):
     return list(itertools.product(*axes))
 
 
-def assert_half_precision_rule(names, mine, theirs, floor):
+HALF_DTYPES = [torch.float16, torch.bfloat16]
+# The rule's absolute floor for values near 0: about one unit in the last place at 1 (2^-10, 2^-7).
+HALF_FLOOR = {torch.float16: 1e-3, torch.bfloat16: 8e-3}
+
+
+def max_errors(values, truth):
+    """The largest absolute error of each tensor against its float64 truth (lists in the same order)."""
+    return [(v.double() - t).abs().max().item() for v, t in zip(values, truth)]
+
+
+def assert_half_precision_rule(names, mine, theirs, dtype):
     """The flash-attention rule: in float16/bfloat16 each of our errors against a float32 (or float64) reference
-    is at most twice PyTorch's own half-precision error on the same inputs, plus `floor` for values near 0."""
+    is at most twice PyTorch's own half-precision error on the same inputs, plus the dtype's floor for values
+    near 0 (HALF_FLOOR)."""
     assert len(names) == len(mine) == len(theirs), (names, len(mine), len(theirs))
+    floor = HALF_FLOOR[dtype]
     for name, e_mine, e_theirs in zip(names, mine, theirs):
         assert e_mine <= 2 * e_theirs + floor, f"{name}: error {e_mine:.3g} vs PyTorch's {e_theirs:.3g}"

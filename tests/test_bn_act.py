@@ -10,7 +10,7 @@ from torch import nn
 import pycnn
 from pycnn.nn import BatchNormAct2d
 import kernel_checks
-from kernel_checks import LAYOUTS, REFERENCE_ACT, assert_half_precision_rule
+from kernel_checks import HALF_DTYPES, LAYOUTS, REFERENCE_ACT, assert_half_precision_rule, max_errors
 
 SHAPES = [(2, 8, 5, 5), (1, 3, 7, 9), (4, 13, 1, 1), (3, 17, 6, 4)]
 
@@ -186,15 +186,14 @@ def half_precision_errors(dtype, device, act="silu", shape=(4, 24, 9, 9)):
     mine = grads_of(lambda a, b: ours(a, b), x.to(dtype), r.to(dtype), [ours.weight, ours.bias])
     theirs = grads_of(lambda a, b: REFERENCE_ACT[act](ref_half(a) + b), x.to(dtype), r.to(dtype),
                       [ref_half.weight, ref_half.bias])
-    err = lambda vals: [(v.double() - t).abs().max().item() for v, t in zip(vals, truth)]
-    return err(mine), err(theirs)
+    return max_errors(mine, truth), max_errors(theirs, truth)
 
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
 def test_half_precision_rule_cpu(dtype):
     mine, theirs = half_precision_errors(dtype, "cpu")
-    assert_half_precision_rule(HALF_NAMES, mine, theirs, floor=1e-3 if dtype == torch.float16 else 8e-3)
+    assert_half_precision_rule(HALF_NAMES, mine, theirs, dtype)
 
 
 def test_errors_name_the_argument():
@@ -248,11 +247,11 @@ def test_cuda_matches_batchnorm2d_float32(shape, layout, act, with_residual, tra
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
 @pytest.mark.parametrize("shape", [(4, 24, 9, 9), (8, 64, 14, 14), (2, 20, 5, 5)])
 def test_cuda_half_precision_rule(dtype, shape):
     mine, theirs = half_precision_errors(dtype, "cuda", shape=shape)
-    assert_half_precision_rule(HALF_NAMES, mine, theirs, floor=1e-3 if dtype == torch.float16 else 8e-3)
+    assert_half_precision_rule(HALF_NAMES, mine, theirs, dtype)
 
 
 @pytest.mark.cuda

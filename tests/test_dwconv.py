@@ -12,7 +12,8 @@ from torch import nn
 import pycnn
 from pycnn import ops
 from pycnn.nn import DepthwiseConvBNAct2d
-from kernel_checks import LAYOUTS, REFERENCE_ACT, assert_half_precision_rule, make_input, reference_epilogue
+from kernel_checks import (HALF_DTYPES, LAYOUTS, REFERENCE_ACT, assert_half_precision_rule, make_input, max_errors,
+                           reference_epilogue)
 
 ACTS = list(REFERENCE_ACT)
 
@@ -189,16 +190,15 @@ def half_precision_errors(dtype, device, case=(2, 24, 10, 9, 3, 2, 1, 1), act="s
     truth = run(ref_fn(case, act), torch.float64)
     mine = run(ours_fn(case, act), dtype)
     theirs = run(ref_fn(case, act), dtype)
-    err = lambda vals: [(v.double() - t).abs().max().item() for v, t in zip(vals, truth)]
-    return err(mine), err(theirs)
+    return max_errors(mine, truth), max_errors(theirs, truth)
 
 
 
 @pytest.mark.parametrize("layout", ["channels_last", "nchw"])
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
 def test_half_precision_rule_cpu(dtype, layout):
     mine, theirs = half_precision_errors(dtype, "cpu", layout=layout)
-    assert_half_precision_rule(NAMES, mine, theirs, floor=1e-3 if dtype == torch.float16 else 8e-3)
+    assert_half_precision_rule(NAMES, mine, theirs, dtype)
 
 
 # NCHW edges of the plane kernels (dwconv_nchw_kernels.h): W and H smaller than the dilated kernel with
@@ -398,12 +398,12 @@ def test_cuda_matches_conv2d_groups(case, layout, act, affine, with_residual, dt
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
 @pytest.mark.parametrize("case", [(2, 24, 10, 9, 3, 2, 1, 1), (4, 96, 28, 28, 3, 1, 1, 1), (2, 40, 9, 9, 5, 1, 2, 1),
                                   (2, 20, 7, 7, 7, 1, 3, 1)])
 def test_cuda_half_precision_rule(dtype, case):
     mine, theirs = half_precision_errors(dtype, "cuda", case=case)
-    assert_half_precision_rule(NAMES, mine, theirs, floor=1e-3 if dtype == torch.float16 else 8e-3)
+    assert_half_precision_rule(NAMES, mine, theirs, dtype)
 
 
 @pytest.mark.cuda

@@ -10,7 +10,8 @@ from torch import nn
 
 from pycnn import ops
 from pycnn.nn import GroupedConvBNAct2d
-from kernel_checks import LAYOUTS, REFERENCE_ACT, assert_half_precision_rule, make_input, reference_epilogue
+from kernel_checks import (HALF_DTYPES, LAYOUTS, REFERENCE_ACT, assert_half_precision_rule, make_input, max_errors,
+                           reference_epilogue)
 
 
 # (N, C_in, C_out, H, W, k, stride, padding, groups)
@@ -178,15 +179,14 @@ def half_precision_errors(dtype, device, case=(4, 32, 32, 9, 9, 3, 1, 1, 4), act
     mine = run(lambda *a: ops.gconv(a[0], a[1], a[2], a[3], stride=s, padding=p, groups=groups, act=act,
                                     residual=a[4]), dtype)
     theirs = run(ref_fn, dtype)
-    err = lambda vals: [(v.double() - t).abs().max().item() for v, t in zip(vals, truth)]  # noqa: E731
-    return err(mine), err(theirs)
+    return max_errors(mine, truth), max_errors(theirs, truth)
 
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
 def test_half_precision_rule_cpu(dtype):
     mine, theirs = half_precision_errors(dtype, "cpu")
-    assert_half_precision_rule(HALF_NAMES, mine, theirs, floor=1e-3 if dtype == torch.float16 else 8e-3)
+    assert_half_precision_rule(HALF_NAMES, mine, theirs, dtype)
 
 
 def test_errors_name_the_argument():
@@ -344,13 +344,13 @@ def test_cuda_matches_conv2d_float32(case, layout, epilogue):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
 @pytest.mark.parametrize("case", [(4, 32, 32, 9, 9, 3, 1, 1, 4), (4, 64, 64, 9, 9, 3, 2, 1, 2),
                                   (2, 48, 48, 7, 7, 3, 1, 1, 2), (4, 24, 24, 9, 9, 3, 1, 1, 8),
                                   (2, 168, 168, 7, 7, 3, 1, 1, 1), (4, 64, 128, 8, 8, 1, 1, 0, 4)])
 def test_cuda_half_precision_rule(dtype, case):
     mine, theirs = half_precision_errors(dtype, "cuda", case=case)
-    assert_half_precision_rule(HALF_NAMES, mine, theirs, floor=1e-3 if dtype == torch.float16 else 8e-3)
+    assert_half_precision_rule(HALF_NAMES, mine, theirs, dtype)
 
 
 @pytest.mark.cuda

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import pycnn
 from pycnn.nn import SqueezeExcite
 import kernel_checks
-from kernel_checks import LAYOUTS, REFERENCE_ACT, assert_half_precision_rule
+from kernel_checks import HALF_DTYPES, LAYOUTS, REFERENCE_ACT, assert_half_precision_rule, max_errors
 
 # (N, C, H, W, C_r): channels not a multiple of 8, 1x1 spatial, odd sizes, batch 1.
 SHAPES = [(2, 8, 5, 5, 2), (1, 13, 7, 9, 3), (4, 24, 1, 1, 6), (3, 17, 6, 4, 5), (2, 40, 3, 3, 10)]
@@ -187,15 +187,14 @@ def half_precision_errors(dtype, device, shape=(4, 24, 9, 9, 6), act="silu", pos
         return [y] + gs
 
     truth = run(reference, torch.float64)
-    err = lambda vals: [(v.double() - t).abs().max().item() for v, t in zip(vals, truth)]
-    return err(run(ours, dtype)), err(run(reference, dtype))
+    return max_errors(run(ours, dtype), truth), max_errors(run(reference, dtype), truth)
 
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
 def test_half_precision_rule_cpu(dtype):
     mine, theirs = half_precision_errors(dtype, "cpu")
-    assert_half_precision_rule(HALF_NAMES, mine, theirs, floor=1e-3 if dtype == torch.float16 else 8e-3)
+    assert_half_precision_rule(HALF_NAMES, mine, theirs, dtype)
 
 
 def test_errors_name_the_argument():
@@ -312,11 +311,11 @@ def test_cuda_matches_eager_float32(shape, layout, act, post_act, with_residual)
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
 @pytest.mark.parametrize("shape", [(4, 24, 9, 9, 6), (8, 64, 14, 14, 16), (2, 20, 5, 5, 5), (2, 368, 7, 7, 92)])
 def test_cuda_half_precision_rule(dtype, shape):
     mine, theirs = half_precision_errors(dtype, "cuda", shape=shape)
-    assert_half_precision_rule(HALF_NAMES, mine, theirs, floor=1e-3 if dtype == torch.float16 else 8e-3)
+    assert_half_precision_rule(HALF_NAMES, mine, theirs, dtype)
 
 
 @pytest.mark.cuda

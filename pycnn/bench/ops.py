@@ -257,6 +257,16 @@ def _modes():
     return ("forward", "forward+backward")
 
 
+def _add_row(rows, row, t, traffic_bytes, peak: Optional[float]) -> None:
+    """Prints the row and appends it to rows; with a known peak bandwidth (CUDA) the row also gets the pycnn
+    op's GB/s for traffic_bytes moved per call and its share of the peak."""
+    if peak:
+        gbs = traffic_bytes / t["pycnn"].median_s / 1e9
+        row.update(gbs=gbs, peak_pct=100 * gbs / peak)
+    rows.append(row)
+    print_row(row)
+
+
 def _bench_same_shape_op(device: torch.device, dtype: torch.dtype, repeats: int, batches, shapes, with_compile: bool,
                          layouts, make, label, passes):
     """The loop of bench_bn_act and bench_se: ours(x, residual) against eager(x, residual), both giving x's
@@ -285,11 +295,7 @@ def _bench_same_shape_op(device: torch.device, dtype: torch.dtype, repeats: int,
                     t, fields = _timed(run_ours, eager, inputs, grad, mode, device, repeats, with_compile)
                     row = dict(networks=s.networks, shape=label(batch, s),
                                act=s.act + ("+res" if s.residual else ""), layout=layout, mode=mode, **fields)
-                    if peak:
-                        gbs = passes(s.residual, mode) * x.numel() * x.element_size() / t["pycnn"].median_s / 1e9
-                        row.update(gbs=gbs, peak_pct=100 * gbs / peak)
-                    rows.append(row)
-                    print_row(row)
+                    _add_row(rows, row, t, passes(s.residual, mode) * x.numel() * x.element_size(), peak)
     return rows
 
 
@@ -374,14 +380,10 @@ def bench_dwconv(device: torch.device, dtype: torch.dtype, repeats: int, batches
                     row = dict(networks=s.networks, shape=f"{batch}x{s.c}x{s.h}x{s.w} k{s.k}s{s.stride}"
                                + (f"d{s.dilation}" if s.dilation != 1 else ""), act=s.act, layout=layout,
                                mode=mode, **fields)
-                    if peak:
-                        # Minimum traffic of a fused op: forward reads x and writes y; backward also reads
-                        # x and dy and writes dx.
-                        elems = (x.numel() + grad.numel()) if not train else (3 * x.numel() + 2 * grad.numel())
-                        gbs = elems * x.element_size() / t["pycnn"].median_s / 1e9
-                        row.update(gbs=gbs, peak_pct=100 * gbs / peak)
-                    rows.append(row)
-                    print_row(row)
+                    # Minimum traffic of a fused op: forward reads x and writes y; backward also reads
+                    # x and dy and writes dx.
+                    elems = (x.numel() + grad.numel()) if not train else (3 * x.numel() + 2 * grad.numel())
+                    _add_row(rows, row, t, elems * x.element_size(), peak)
     return rows
 
 
@@ -425,16 +427,12 @@ def bench_gconv(device: torch.device, dtype: torch.dtype, repeats: int, batches,
                                + (f" ->{s.cout}" if s.cout != s.cin else ""), act=s.act, layout=layout, mode=mode,
                                **fields, speedup_best=t["eager"].min_s / t["pycnn"].min_s,
                                gflops=total_flops / t["pycnn"].min_s / 1e9)
-                    if peak:
-                        # Minimum traffic: forward reads x and w, writes y; backward also reads dy, x and
-                        # the saved conv, writes dx and dw.
-                        el = x.element_size()
-                        act_bytes = x.numel() * el + grad.numel() * el
-                        traffic = act_bytes if mode == "forward" else 3 * act_bytes + 2 * x.numel() * el
-                        gbs = traffic / t["pycnn"].median_s / 1e9
-                        row.update(gbs=gbs, peak_pct=100 * gbs / peak)
-                    rows.append(row)
-                    print_row(row)
+                    # Minimum traffic: forward reads x and w, writes y; backward also reads dy, x and
+                    # the saved conv, writes dx and dw.
+                    el = x.element_size()
+                    act_bytes = x.numel() * el + grad.numel() * el
+                    traffic = act_bytes if mode == "forward" else 3 * act_bytes + 2 * x.numel() * el
+                    _add_row(rows, row, t, traffic, peak)
     return rows
 
 

@@ -451,21 +451,20 @@ class _ExprParser:
             raise _SemanticError("malformed expression", node.loc)
         return node
 
-    def or_(self):
-        left = self.and_()
-        while self.peek("OR"):
-            self.take()
-            right = self.and_()
-            left = A.BoolOp("or", left, right, _span(self.file, left.loc, right.loc))
+    def left_assoc(self, token, operand, node):
+        """operand (token operand)*, grouped from the left: node(op, left, right, loc) for each operator."""
+        left = operand()
+        while self.peek(token):
+            op = self.take()
+            right = operand()
+            left = node(str(op), left, right, _span(self.file, left.loc, right.loc))
         return left
 
+    def or_(self):
+        return self.left_assoc("OR", self.and_, A.BoolOp)
+
     def and_(self):
-        left = self.not_()
-        while self.peek("AND"):
-            self.take()
-            right = self.not_()
-            left = A.BoolOp("and", left, right, _span(self.file, left.loc, right.loc))
-        return left
+        return self.left_assoc("AND", self.not_, A.BoolOp)
 
     def not_(self):
         tok = self.peek("NOT")
@@ -488,20 +487,10 @@ class _ExprParser:
         return left
 
     def sum(self):
-        left = self.product()
-        while self.peek("ADD_OP"):
-            op = self.take()
-            right = self.product()
-            left = A.Binary(str(op), left, right, _span(self.file, left.loc, right.loc))
-        return left
+        return self.left_assoc("ADD_OP", self.product, A.Binary)
 
     def product(self):
-        left = self.unary()
-        while self.peek("MUL_OP"):
-            op = self.take()
-            right = self.unary()
-            left = A.Binary(str(op), left, right, _span(self.file, left.loc, right.loc))
-        return left
+        return self.left_assoc("MUL_OP", self.unary, A.Binary)
 
     def unary(self):
         tok = self.peek("ADD_OP")
