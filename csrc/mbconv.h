@@ -59,6 +59,8 @@ inline MbConvGeometry check_mbconv_args(std::string_view op, const Tensor& input
   TORCH_CHECK(g.h >= 1 && g.w >= 1, op, ": input must have a non-empty spatial size, got ", input.sizes());
   g.expand = expand_weight.has_value();
   TORCH_CHECK(g.expand || !expand_bias, op, ": expand_bias is given without expand_weight");
+  TORCH_CHECK(!g.expand || expand_weight->dim() >= 1, op, ": expand_weight must have shape (C_exp, ", g.c,
+              ", 1, 1) or (C_exp, ", g.c, "), got ", expand_weight->sizes());
   g.e = g.expand ? expand_weight->size(0) : g.c;
   if (g.expand) detail::check_mbconv_weight(op, "expand_weight", *expand_weight, input, g.e, g.c, 1, false);
   TORCH_CHECK(dw_weight.dim() == 4, op, ": dw_weight must have shape (", g.e, ", 1, k, k), got ", dw_weight.sizes());

@@ -70,8 +70,9 @@ def test_bn_act_variant(variant):
 
 def test_bn_act_channel_tails_variant(variant):
     # channels_last spans whose channel count is not a multiple of 16 (the avx512 variant's masked tails, the
-    # others' scalar remainders; 1 channel is all tail, 47 two whole vectors and a tail), every activation, with
-    # and without a residual, in training (batch statistics: the sums' tails) and eval.
+    # others' scalar remainders; 15 is all tail, 47 two whole vectors and a tail; with 1 channel the tensor is
+    # NCHW-contiguous too, so that case runs the NCHW kernels), every activation, with and without a residual,
+    # in training (batch statistics: the sums' tails) and eval.
     acts = ["none", "relu", "relu6", "silu", "hardswish"]
     for i, c in enumerate((1, 15, 17, 47)):
         for j, act in enumerate(acts):

@@ -133,6 +133,8 @@ def test_bad_arguments_name_the_argument():
     call = torch.ops.pycnn.mbconv_forward
     with pytest.raises(RuntimeError, match="expand_weight must have shape"):
         call(x, we[:, :5], be, wd, bd, wp, bp, 1, "relu6", True)
+    with pytest.raises(RuntimeError, match="expand_weight must have shape"):
+        call(x, we.new_zeros(()), be, wd, bd, wp, bp, 1, "relu6", True)
     with pytest.raises(RuntimeError, match="dw_weight has dtype"):
         call(x, we, be, wd.float(), bd, wp, bp, 1, "relu6", True)
     with pytest.raises(RuntimeError, match="dw_weight's kernel size must be odd"):

@@ -338,6 +338,28 @@ def test_drawing_with_early_refusal_samples_the_constrained_law():
     assert space.draw_satisfying(rng, 10_000)[0] is not None
 
 
+def test_drawing_with_early_refusal_keeps_the_guards_of_the_written_order():
+    """`require b1 > 0 and g1 > 0` written before `require w1 % g1 == 0` guards it, as whole draws check them in
+    that order; drawing early, the modulo is ready first (b1 is drawn last) and must not fail on g1 == 0."""
+    import random
+    text = SMALL_SPACE.replace("choice(2, 4, 8)", "choice(0, 2, 4)").replace(
+        "    require w1 % g1 == 0", "    require b1 > 0 and g1 > 0\n    require w1 % g1 == 0")
+    space = Space.load(text, file="small.arch")
+    rng = random.Random(0)
+    for _ in range(200):
+        values, _ = space.draw_satisfying(rng, 10_000)
+        assert space.satisfies(values) and values["g1"] > 0
+
+
+def test_a_param_pickles_after_drawing():
+    import pickle
+    import random
+    p = Space.load(SMALL_SPACE, file="small.arch").params["w1"]
+    p.sample(random.Random(0))
+    q = pickle.loads(pickle.dumps(p))
+    assert q == p and q.sample(random.Random(1)) == p.sample(random.Random(1))
+
+
 def test_drawing_with_early_refusal_gives_up_after_its_tries():
     space = Space.load(SMALL_SPACE.replace("and w1 <= w2", "and w1 > 99"), file="small.arch")
     import random

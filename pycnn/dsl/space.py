@@ -52,6 +52,9 @@ class Param:
     def sample(self, rng: random.Random):
         return self._draw(rng)
 
+    def __getstate__(self):  # the cached draw function is a closure: made again after unpickling
+        return {k: v for k, v in self.__dict__.items() if k != "_draw"}
+
     @functools.cached_property
     def _draw(self):
         """sample() as a function of the generator, its constants computed once (drawing is the sampler's inner
