@@ -22,7 +22,6 @@ namespace pycnn {
 namespace {
 
 using cpu::Layout;
-using cpu::layout_of;
 
 std::tuple<Tensor, Tensor, Tensor> bn_act_forward_cpu(const Tensor& input_, const OptTensor& weight,
                                                       const OptTensor& bias, const OptTensor& residual_,
@@ -30,11 +29,8 @@ std::tuple<Tensor, Tensor, Tensor> bn_act_forward_cpu(const Tensor& input_, cons
                                                       bool training, double eps, c10::string_view act_name) {
   check_bn_act_forward_args(input_, weight, bias, residual_, running_mean, running_var, training);
   const Act act = parse_act("pycnn.bn_act", act_name);
-  const auto format = kernel_memory_format(input_);
-  const Tensor input = input_.contiguous(format);
-  const Tensor residual = residual_ ? residual_->contiguous(format) : Tensor();
-  const Layout l = layout_of(input);
-  const auto acc_type = acc_dtype(input.scalar_type());
+  [[maybe_unused]] const auto [format, input, residual, no_grad_output, l, acc_type] =
+      cpu::kernel_operands(input_, residual_);
   Tensor output = at::empty_like(input, format);
   Tensor mean, var;
   if (training) {
@@ -56,12 +52,8 @@ std::tuple<Tensor, Tensor, Tensor, OptTensor> bn_act_backward_cpu(
     c10::string_view act_name) {
   check_bn_act_backward_args(grad_output_, input_, weight, bias, residual_, save_mean, save_var);
   const Act act = parse_act("pycnn.bn_act_backward", act_name);
-  const auto format = kernel_memory_format(input_);
-  const Tensor input = input_.contiguous(format);
-  const Tensor grad_output = grad_output_.contiguous(format);
-  const Tensor residual = residual_ ? residual_->contiguous(format) : Tensor();
-  const Layout l = layout_of(input);
-  const auto acc_type = acc_dtype(input.scalar_type());
+  const auto [format, input, residual, grad_output, l, acc_type] =
+      cpu::kernel_operands(input_, residual_, grad_output_);
   const Tensor w = channel_vector_acc(weight, input, 1.0), b = channel_vector_acc(bias, input, 0.0);
   const Tensor mean = save_mean.to(acc_type).contiguous(), var = save_var.to(acc_type).contiguous();
   Tensor grad_input = at::empty_like(input, format);

@@ -66,6 +66,25 @@ inline Layout layout_of(const at::Tensor& x) {
   return {x.size(0), x.size(1), x.size(2) * x.size(3), kernel_memory_format(x) == at::MemoryFormat::ChannelsLast};
 }
 
+// What a CPU kernel call reads, in the layout the kernels run (the input's kernel_memory_format): the input,
+// the residual and grad_output (undefined when absent) contiguous in it, the layout and the accumulation dtype.
+struct KernelOperands {
+  at::MemoryFormat format;
+  at::Tensor input, residual, grad_output;
+  Layout l;
+  at::ScalarType acc_type;
+};
+
+inline KernelOperands kernel_operands(const at::Tensor& input_, const OptTensor& residual,
+                                      const at::Tensor& grad_output = at::Tensor()) {
+  const auto format = kernel_memory_format(input_);
+  at::Tensor input = input_.contiguous(format);
+  const Layout l = layout_of(input);
+  const auto acc_type = acc_dtype(input.scalar_type());
+  return {format, std::move(input), residual ? residual->contiguous(format) : at::Tensor(),
+          grad_output.defined() ? grad_output.contiguous(format) : at::Tensor(), l, acc_type};
+}
+
 // exp for float in plain arithmetic the compiler vectorizes (std::exp is a scalar libm call): 2^(x log2 e)
 // as 2^i (exponent bits) * 2^f (degree-6 polynomial, f in [-0.5, 0.5]); relative error ~2e-7. Inlined
 // into kernels compiled for AVX2+FMA (dwconv_kernels.h), the multiply-adds contract to FMAs there.

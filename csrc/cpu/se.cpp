@@ -32,7 +32,6 @@ namespace pycnn {
 namespace {
 
 using cpu::Layout;
-using cpu::layout_of;
 
 // Elementwise act(z) on a small contiguous tensor (hidden [N, C_r]).
 template <typename acc>
@@ -64,11 +63,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> se_forward_cpu(const Tensor& input_, 
   constexpr std::string_view op = "pycnn.se";
   check_se_args(op, input_, fc1_weight, fc1_bias, fc2_weight, fc2_bias, residual_);
   const Act act = parse_act(op, act_name), post = parse_act(op, post_name);
-  const auto format = kernel_memory_format(input_);
-  const Tensor input = input_.contiguous(format);
-  const Tensor residual = residual_ ? residual_->contiguous(format) : Tensor();
-  const Layout l = layout_of(input);
-  const auto acc_type = acc_dtype(input.scalar_type());
+  [[maybe_unused]] const auto [format, input, residual, no_grad_output, l, acc_type] =
+      cpu::kernel_operands(input_, residual_);
   Tensor output = at::empty_like(input, format);
   Tensor pooled = at::empty({l.n, l.c}, input.options().dtype(acc_type));
   Tensor hidden, gate;
@@ -105,13 +101,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, OptTensor> se_backward_cpu(
   constexpr std::string_view op = "pycnn.se_backward";
   check_se_backward_args(op, grad_output_, input_, fc1_weight, fc2_weight, residual_, pooled_, hidden_, gate_);
   const Act act = parse_act(op, act_name), post = parse_act(op, post_name);
-  const auto format = kernel_memory_format(input_);
-  const Tensor input = input_.contiguous(format);
-  const Tensor grad_output = grad_output_.contiguous(format);
-  const Tensor residual = residual_ ? residual_->contiguous(format) : Tensor();
+  const auto [format, input, residual, grad_output, l, acc_type] =
+      cpu::kernel_operands(input_, residual_, grad_output_);
   const Tensor pooled = pooled_.contiguous(), hidden = hidden_.contiguous(), gate = gate_.contiguous();
-  const Layout l = layout_of(input);
-  const auto acc_type = acc_dtype(input.scalar_type());
   Tensor grad_input = at::empty_like(input, format);
   Tensor grad_residual = residual.defined() ? at::empty_like(input, format) : Tensor();
   Tensor grad_gate = at::empty({l.n, l.c}, input.options().dtype(acc_type));  // sum_hw g * x

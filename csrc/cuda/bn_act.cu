@@ -15,10 +15,7 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kMaxGridY = 65535;
 
-struct Plan {
-  int vec;         // channels per thread vector
-  int tx, ty;      // block shape
-  int64_t cols;    // channel vectors per row
+struct Plan : RowVectors {  // vec, block shape tx x ty, cols
   int grid_x;      // blocks across channel vectors
   int reduce_rows; // blocks across rows for the reductions (= partial results per channel)
   int apply_rows;  // blocks across rows for the elementwise passes
@@ -27,12 +24,7 @@ struct Plan {
 
 Plan make_plan(int64_t rows, int64_t channels, DType dtype, int num_sms, bool all_aligned) {
   Plan p;
-  const int full = static_cast<int>(16 / dtype_size(dtype));
-  p.vec = (all_aligned && channels % full == 0) ? full : 1;
-  p.cols = channels / p.vec;
-  p.tx = 1;
-  while (p.tx < 32 && p.tx < p.cols) p.tx *= 2;
-  p.ty = kThreads / p.tx;
+  static_cast<RowVectors&>(p) = row_vectors(dtype, channels, all_aligned, kThreads);
   const int64_t gx = (p.cols + p.tx - 1) / p.tx;
   p.grid_x = static_cast<int>(gx);
   const int64_t row_blocks = (rows + p.ty - 1) / p.ty;

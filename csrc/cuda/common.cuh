@@ -62,6 +62,32 @@ inline size_t dtype_size(DType t) {
 inline size_t acc_size(DType t) { return t == DType::Float64 ? 8 : 4; }
 inline bool aligned16(const void* p) { return p == nullptr || reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
+// Elements per thread vector: 16 bytes' worth when `channels` is a multiple of it and every pointer is 16-byte
+// aligned (all_aligned), else 1.
+inline int vector_width16(DType dtype, int64_t channels, bool all_aligned) {
+  const int full = static_cast<int>(16 / dtype_size(dtype));
+  return (all_aligned && channels % full == 0) ? full : 1;
+}
+
+// How a kernel over rows of `channels` values spreads over a block of `threads`: vec elements per thread
+// (vector_width16), cols vectors per row, tx threads along a row's vectors (a power of two up to a warp) and
+// ty = threads / tx rows. The start of bn_act's and se's launch plans.
+struct RowVectors {
+  int vec;
+  int tx, ty;
+  int64_t cols;
+};
+
+inline RowVectors row_vectors(DType dtype, int64_t channels, bool all_aligned, int threads) {
+  RowVectors r;
+  r.vec = vector_width16(dtype, channels, all_aligned);
+  r.cols = channels / r.vec;
+  r.tx = 1;
+  while (r.tx < 32 && r.tx < r.cols) r.tx *= 2;
+  r.ty = threads / r.tx;
+  return r;
+}
+
 // float32 accumulation for float/half/bfloat16, double for double.
 template <typename T> struct AccType { using type = float; };
 template <> struct AccType<double> { using type = double; };

@@ -448,19 +448,14 @@ __global__ void __launch_bounds__(kMaxThreads) dwconv_grad_in_kernel(DwConvBackw
   }
 }
 
-int vector_width(DType dtype, int64_t channels, bool all_aligned) {
-  const int full = static_cast<int>(16 / dtype_size(dtype));
-  return (all_aligned && channels % full == 0) ? full : 1;
-}
-
 int forward_vec(const DwConvForwardParams& p) {
-  return vector_width(p.dtype, p.g.c, aligned16(p.x) && aligned16(p.residual) && aligned16(p.y));
+  return vector_width16(p.dtype, p.g.c, aligned16(p.x) && aligned16(p.residual) && aligned16(p.y));
 }
 
 int backward_vec(const DwConvBackwardParams& p) {
-  return vector_width(p.dtype, p.g.c,
-                      aligned16(p.dy) && aligned16(p.x) && aligned16(p.residual) && aligned16(p.dx) &&
-                          aligned16(p.dresidual) && aligned16(p.workspace));
+  return vector_width16(p.dtype, p.g.c,
+                        aligned16(p.dy) && aligned16(p.x) && aligned16(p.residual) && aligned16(p.dx) &&
+                            aligned16(p.dresidual) && aligned16(p.workspace));
 }
 
 // Tile and channel-vector counts are 32-bit in the kernels.

@@ -34,10 +34,8 @@ constexpr int kMaxPartials = 64;
 
 __host__ __device__ __forceinline__ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-struct Plan {
-  int vec;          // channels per thread vector
-  int tx, ty;       // block shape of the row-sum kernels; tx also splits the 256 threads of the apply phase
-  int64_t cols;     // channel vectors per row
+struct Plan : RowVectors {  // vec, cols, block shape tx x ty of the row-sum kernels (tx also splits the
+                            // 256 threads of the apply phase)
   int gx;           // blocks across channel vectors (row-sum kernels)
   int partials;     // row chunks of the row-sum kernels
   int64_t chunk1;   // rows per such chunk
@@ -47,12 +45,7 @@ struct Plan {
 
 Plan make_plan(int64_t n, int64_t hw, int64_t channels, int64_t reduced, DType dtype, int num_sms, bool aligned) {
   Plan p;
-  const int full = static_cast<int>(16 / dtype_size(dtype));
-  p.vec = (aligned && channels % full == 0) ? full : 1;
-  p.cols = channels / p.vec;
-  p.tx = 1;
-  while (p.tx < 32 && p.tx < p.cols) p.tx *= 2;
-  p.ty = kThreads / p.tx;
+  static_cast<RowVectors&>(p) = row_vectors(dtype, channels, aligned, kThreads);
   p.gx = static_cast<int>(ceil_div(p.cols, p.tx));
   const int64_t sms = num_sms > 0 ? num_sms : 1;
   const int64_t images = n > 0 ? n : 1;
