@@ -94,3 +94,21 @@ def test_auto_dispatch_races_the_fused_block_against_its_parts(monkeypatch, priv
     model.train()
     model(torch.randn(2, 3, 32, 32))
     assert calls == [] and all(s.last_kernel == "torch" for s in steps)  # training: the parts, nothing to race
+
+
+TWO_EXPANSIONS = """
+use std
+network t(input = 3x16x16, classes = 10) {
+    stem = conv(16, k=3, s=1) bn relu6
+    stage a = 1 x inverted_residual(16, expand=6) stride 1
+    stage b = 1 x inverted_residual(16, expand=2) stride 1
+    head = avgpool flatten linear(classes)
+}
+"""
+
+
+def test_blocks_alike_but_for_their_expansion_keep_their_own_kernel_choice():
+    """The kernel cache key of a block holds its expanded width: 16->96->16 and 16->32->16 are measured apart."""
+    model = pycnn.compile(TWO_EXPANSIONS)
+    steps = [s for m in model.modules() for lst in step_lists(m) for s in lst if isinstance(s, MbConvStep)]
+    assert len(steps) == 2 and steps[0].signature != steps[1].signature
