@@ -1,7 +1,7 @@
 """Per-shape choice between pycnn's kernel and PyTorch's composition for each fused op of a compiled network.
 
-`kernels` "pycnn" or "torch" forces one side; "auto" measures the candidates on first use per (op signature, input shape,
-dtype, layout, device, train/eval, grad) and keeps the faster one, in memory and on disk
+`kernels` "pycnn" or "torch" forces one side; "auto" measures the candidates on first use per (op signature,
+input shape, dtype, layout, device, train/eval, grad) and keeps the fastest, in memory and on disk
 (`<cache>/kernels-pycnn<version>-torch<version>.json`, cache = $PYCNN_CACHE_DIR, else $XDG_CACHE_HOME/pycnn,
 else ~/.cache/pycnn). `kernels` comes from pycnn.compile(..., kernels=...), else $PYCNN_KERNELS, else "auto";
 what one step runs, "pycnn", "torch" or (a depthwise or grouped conv in eval) "folded", is its `kernel`.
@@ -83,7 +83,8 @@ def _locked(path: Path):
 
 
 class KernelCache:
-    """Measured choices {key: {"choice", "<candidate>_ms" for each candidate measured}}, loaded from and written to one JSON file."""
+    """Measured choices {key: {"choice", "<candidate>_ms" for each candidate measured}}, loaded from and written
+    to one JSON file."""
 
     def __init__(self, path: Path):
         self.path = path

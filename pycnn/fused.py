@@ -105,10 +105,10 @@ ONEDNN_MIN_MACS = 1 << 20  # below this, oneDNN's fused conv costs more per call
 class EvalFold:
     """A BatchNorm folded into its convolution for inference: scale and shift per channel (pycnn's depthwise and
     grouped kernels take them) and, once a caller asks for them (dense), the folded weight and bias with
-    oneDNN-packed weights per input signature. `refs` and `stamp`
-    say what it was computed from: the six tensors themselves, their version counters (bumped by every
-    in-place change: optimizer steps, load_state_dict's copy_, `weight.mul_(2)` under no_grad, running
-    statistics updated in training), storages, dtypes and devices, and the BatchNorm's eps."""
+    oneDNN-packed weights per input signature. `refs` and `stamp` say what it was computed from: the six
+    tensors themselves, their version counters (bumped by every in-place change: optimizer steps,
+    load_state_dict's copy_, `weight.mul_(2)` under no_grad, running statistics updated in training),
+    storages, dtypes and devices, and the BatchNorm's eps."""
 
     __slots__ = ("refs", "stamp", "scale", "shift", "weight", "bias", "packed")
 
@@ -183,10 +183,11 @@ def _inference(tensors) -> bool:
 def conv_bn_act(conv: nn.Conv2d, bn: _BatchNorm, x: Tensor, kind: str, act: Optional[str],
                 residual: Optional[Tensor] = None, kernel: str = "pycnn") -> Tensor:
     """act(bn(conv(x)) [+ residual]); kind "depthwise" (pycnn.dwconv), "grouped" (pycnn.gconv) or "dense"
-    (PyTorch's conv); kernel "pycnn", "folded" (any kind as dense) or "torch" (the eager composition). Training: the conv, then the fused BatchNorm+act. Eval: the BatchNorm folded into the
-    conv, one fused op for depthwise/grouped, a conv with folded weights and bias for dense; without autograd
-    (no_grad, inference_mode, frozen weights) the fold is cached (cached_fold) and the ops are called below
-    the autograd layer."""
+    (PyTorch's conv); kernel "pycnn", "folded" (any kind as dense) or "torch" (the eager composition).
+    Training: the conv, then the fused BatchNorm+act. Eval: the BatchNorm folded into the conv, one fused op
+    for depthwise/grouped, a conv with folded weights and bias for dense; without autograd (no_grad,
+    inference_mode, frozen weights) the fold is cached (cached_fold) and the ops are called below the
+    autograd layer."""
     if kernel == "torch" or not runs_on_pycnn(bn):
         return batch_norm_act(bn, conv(x), act, residual, "torch")
     if kernel == "folded":  # a depthwise or grouped conv run as the dense path runs: PyTorch's conv, BN folded

@@ -357,7 +357,8 @@ def test_torch_compile_runs_the_kernels_auto_measures_at_trace_time(monkeypatch,
         return {k: 1.0 if k == faster else 2.0 for k in kernels}
     monkeypatch.setattr(dispatch, "measure", fake_measure)
     torch.manual_seed(0)
-    model = pycnn.compile(MOBILENET, "mobilenet_v2", input=(3, 32, 32), width_mult=0.25, dropout=0.0).train(mode == "train")
+    model = pycnn.compile(MOBILENET, "mobilenet_v2", input=(3, 32, 32), width_mult=0.25, dropout=0.0)
+    model.train(mode == "train")
     graphs = []
 
     def backend(gm, example_inputs):
