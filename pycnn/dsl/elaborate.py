@@ -20,6 +20,9 @@ from .generators import GENERATORS, regnet_stages
 from .library import Program, _definitions_in, library_dirs, load_program  # noqa: F401  (pycnn.zoo reads them here)
 from .parse import MAX_SOURCE_BYTES
 
+# the activations pycnn's BatchNorm kernels apply (Elaborator.runs_with_bn: looked up per layer, drawn often)
+_BN_ACTS = frozenset(a for a in acts_with("bn_act") if a in PRIMITIVES and PRIMITIVES[a].op == "act")
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -314,8 +317,7 @@ class Elaborator:
     def runs_with_bn(call: A.Call, prev) -> bool:
         """Whether `call` is an activation right after a BatchNorm that pycnn's BatchNorm kernels can apply: a
         layer without a module of its own (module names: `conv bn relu` is conv1, bn1). Fusing is the passes'."""
-        return (call.name in PRIMITIVES and PRIMITIVES[call.name].op == "act" and call.name in acts_with("bn_act")
-                and isinstance(prev, ir.Layer) and prev.op == "bn")
+        return call.name in _BN_ACTS and isinstance(prev, ir.Layer) and prev.op == "bn"
 
     def act_after_bn(self, call: A.Call, bn: ir.Layer) -> ir.Layer:
         """The activation layer after `bn`, named `<bn>+<act>` (bn1+relu: no module, no number of its own)."""

@@ -24,7 +24,7 @@ from ..dsl.checks import value_kind
 from ..dsl.errors import ArchError
 from ..dsl.evaluate import Symbol
 from ..dsl.space import Param, Space  # noqa: F401  (the language's design spaces; Param for callers)
-from ..opspec import OPS, PRIMITIVES, acts_with
+from ..opspec import OPS
 
 
 class SpaceError(Exception):
@@ -288,16 +288,6 @@ class _MemoElaborator(Elaborator):
         if node.op in ("conv", "wsconv"):
             self.acts += math.prod(node.out_shape)
         self._check_window()
-
-    _bn_acts: Optional[frozenset] = None  # the activations a BatchNorm kernel applies (acts_with, computed once)
-
-    def runs_with_bn(self, call, prev) -> bool:
-        """Elaborator.runs_with_bn, its list of activations looked up once."""
-        acts = _MemoElaborator._bn_acts
-        if acts is None:
-            acts = _MemoElaborator._bn_acts = frozenset(
-                a for a in acts_with("bn_act") if a in PRIMITIVES and PRIMITIVES[a].op == "act")
-        return call.name in acts and isinstance(prev, ir.Layer) and prev.op == "bn"
 
     def _check_override(self, param, env, raw):
         """Elaborator._check_override, remembered when it passes: it compares the kind of the value with the
