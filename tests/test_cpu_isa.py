@@ -86,6 +86,16 @@ def test_bn_act_channel_tails_variant(variant):
         test_bn_act.assert_half_precision_rule(test_bn_act.HALF_NAMES, mine, theirs, dtype)
 
 
+def test_bn_act_multi_pixel_spans_variant(variant):
+    # Narrow channels_last layers run several pixels per span (bn_act_kernels.h, spans_of): 24 and 40 channels
+    # take 12 and 8 pixels a span (whole vectors), 3 takes 96 (a tail); 297 and 70 pixels end with a partial
+    # span; 1x2x2 with 200 channels is one pixel a span. Training (the sums over the spans' pixel copies) and eval.
+    for i, shape in enumerate(((3, 24, 9, 11), (2, 40, 5, 7), (1, 3, 17, 19), (1, 200, 2, 2))):
+        for training in (True, False):
+            test_bn_act.test_matches_batchnorm2d_and_activation(shape, "channels_last", ("relu6", "silu")[i % 2],
+                                                                (i + training) % 2 == 0, training)
+
+
 def test_se_variant(variant):
     for i, shape in enumerate(test_se.SHAPES):
         for j, layout in enumerate(test_se.LAYOUTS):

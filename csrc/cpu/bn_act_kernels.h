@@ -10,30 +10,73 @@ using cpu::dispatch_act;
 using cpu::dispatch_channel_stride;
 using cpu::Layout;
 
-// Visits the tensor as contiguous spans, in parallel: fn(offset, channel, length). In channels_last a
-// span is one pixel's C channels (channel 0 at its start, advancing by one per element); in NCHW it is
-// one (n, c) plane of H*W elements of that single channel. Span kernels take the channel stride S
-// (1 or 0) as a template argument, so both layouts share one loop body that the compiler vectorizes.
+// The tensor as contiguous spans. In NCHW a span is one (n, c) plane of H*W elements of a single channel. In
+// channels_last it is a run of `pixels` whole pixels (so it starts at channel 0): a single pixel of a narrow
+// layer is too short a loop for one call (C = 32 is two vectors), so narrow layers take several pixels per span,
+// enough for kMinSpan elements and, where the channel count allows, a whole number of kLanes chunks (no
+// masked tail). Span kernels take the channel stride S (1 or 0) as a template argument, so both layouts share
+// one loop body that the compiler vectorizes; with S == 1 they index per-channel values by the span element,
+// so those are repeated once per pixel of a span (PerChannel).
+constexpr int kLanes = 16;
+constexpr int64_t kMinSpan = 256;
+
+struct Spans {
+  int64_t count;   // spans
+  int64_t len;     // elements of a whole span
+  int64_t pixels;  // pixels of a channels_last span (1 in NCHW)
+};
+
+inline Spans spans_of(const Layout& l) {
+  if (!l.channels_last) return {l.n * l.c, l.hw, 1};
+  int64_t pixels = 1;
+  if (l.c < kMinSpan && l.c > 0) {
+    const int64_t step = kLanes / std::min<int64_t>(l.c & -l.c, kLanes);  // kLanes / gcd(C, kLanes)
+    pixels = ((kMinSpan + l.c - 1) / l.c + step - 1) / step * step;
+    pixels = std::max<int64_t>(1, std::min(pixels, l.pixels()));
+  }
+  return {(l.pixels() + pixels - 1) / pixels, pixels * l.c, pixels};
+}
+
+// Span q: fn(offset, channel, length); the last channels_last span may hold fewer pixels.
 template <typename Fn>
-void parallel_spans(const Layout& l, Fn fn) {
+inline void visit_span(const Layout& l, const Spans& sp, int64_t q, Fn& fn) {
   if (l.channels_last) {
-    const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(l.c, 1));
-    at::parallel_for(0, l.pixels(), grain, [&](int64_t p0, int64_t p1) {
-      for (int64_t p = p0; p < p1; ++p) fn(p * l.c, int64_t(0), l.c);
-    });
+    fn(q * sp.len, int64_t(0), std::min(sp.len, l.pixels() * l.c - q * sp.len));
   } else {
-    const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(l.hw, 1));
-    at::parallel_for(0, l.n * l.c, grain, [&](int64_t q0, int64_t q1) {
-      for (int64_t q = q0; q < q1; ++q) fn(q * l.hw, q % l.c, l.hw);
-    });
+    fn(q * sp.len, q % l.c, sp.len);
   }
 }
+
+// Visits the tensor's spans in parallel.
+template <typename Fn>
+void parallel_spans(const Layout& l, Fn fn) {
+  const Spans sp = spans_of(l);
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(sp.len, 1));
+  at::parallel_for(0, sp.count, grain, [&](int64_t q0, int64_t q1) {
+    for (int64_t q = q0; q < q1; ++q) visit_span(l, sp, q, fn);
+  });
+}
+
+// A per-channel array as span kernels index it: itself in NCHW (the span's channel is added to it), repeated
+// once per pixel of a span in channels_last.
+template <typename acc>
+struct PerChannel {
+  std::vector<acc> repeated;
+  const acc* p;
+  PerChannel(const Layout& l, const acc* v) : p(v) {
+    const int64_t pixels = spans_of(l).pixels;
+    if (v == nullptr || pixels == 1) return;
+    repeated.resize(static_cast<size_t>(pixels * l.c));
+    for (int64_t i = 0; i < pixels; ++i) std::copy(v, v + l.c, repeated.data() + i * l.c);
+    p = repeated.data();
+  }
+  const acc* operator+(int64_t c) const { return p + c; }
+};
 
 // Per-channel sums over spans, in chunks of kLanes elements whose terms go to a local [K][kLanes] block
 // first, so that the term loop and the sums vectorize without -ffast-math: with S == 1 (channels_last,
 // channel j at element j) the block is added to the chunk's channel slots of out; with S == 0 (one
 // channel per span) it is the kLanes partial sums, added up at the end.
-constexpr int kLanes = 16;
 
 template <int S, int K, typename acc, typename Term>
 inline void accumulate_span(int64_t len, acc* __restrict__ out, int64_t out_stride, Term term) {
@@ -75,36 +118,44 @@ inline void accumulate_span(int64_t len, acc* __restrict__ out, int64_t out_stri
   }
 }
 
-// Per-channel sums of K terms over the whole tensor: out[k * C + c]. term(offset, channel, length, sums)
-// accumulates one span into sums (a [K][C] block whose row stride is C).
+// Per-channel sums of K terms over the whole tensor: out[k * C + c]. span_sums(offset, channel, length, sums,
+// row) accumulates one span into sums, a [K][row] block: row = C, or in channels_last the span's length (one
+// slot per element of a span, the pixels' copies of a channel added up at the end).
 template <int K, typename acc, typename SpanSums>
 void channel_sums(const Layout& l, acc* out, SpanSums span_sums) {
-  const int64_t span_len = l.channels_last ? l.c : l.hw;
-  const int64_t spans = l.channels_last ? l.pixels() : l.n * l.c;
-  // Blocks of whole spans (at least ~16K elements each, at most 64 blocks), each with its own [K][C]
+  const Spans sp = spans_of(l);
+  const int64_t row = l.channels_last ? sp.len : l.c;
+  // Blocks of whole spans (at least ~16K elements each, at most 64 blocks), each with its own [K][row]
   // partial sums, added up at the end row by row (vectorized over channels). The blocking depends on
   // the shape only, so the sums do not change with the thread count.
-  const int64_t per_block = std::max<int64_t>({1, 16384 / std::max<int64_t>(span_len, 1), (spans + 63) / 64});
-  const int64_t blocks = (spans + per_block - 1) / per_block;
-  std::vector<acc> partial(static_cast<size_t>(blocks * K * l.c), acc(0));
+  const int64_t per_block = std::max<int64_t>({1, 16384 / std::max<int64_t>(sp.len, 1), (sp.count + 63) / 64});
+  const int64_t blocks = (sp.count + per_block - 1) / per_block;
+  std::vector<acc> partial(static_cast<size_t>(blocks * K * row), acc(0));
   at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
-      acc* sums = partial.data() + b * K * l.c;
-      const int64_t end = std::min(spans, (b + 1) * per_block);
-      for (int64_t q = b * per_block; q < end; ++q) {
-        const int64_t channel = l.channels_last ? 0 : q % l.c;
-        span_sums(q * span_len, channel, span_len, sums + channel);
-      }
+      acc* sums = partial.data() + b * K * row;
+      const int64_t end = std::min(sp.count, (b + 1) * per_block);
+      auto span = [&](int64_t off, int64_t c, int64_t len) { span_sums(off, c, len, sums + c, row); };
+      for (int64_t q = b * per_block; q < end; ++q) visit_span(l, sp, q, span);
     }
   });
-  at::parallel_for(0, K * l.c, 256, [&](int64_t k0, int64_t k1) {
-    acc* __restrict__ o = out + k0;
+  std::vector<acc> rows(static_cast<size_t>(K * row));
+  at::parallel_for(0, K * row, 256, [&](int64_t k0, int64_t k1) {
+    acc* __restrict__ o = rows.data() + k0;
     for (int64_t k = 0; k < k1 - k0; ++k) o[k] = acc(0);
     for (int64_t b = 0; b < blocks; ++b) {
-      const acc* __restrict__ p = partial.data() + b * K * l.c + k0;
+      const acc* __restrict__ p = partial.data() + b * K * row + k0;
       for (int64_t k = 0; k < k1 - k0; ++k) o[k] += p[k];
     }
   });
+  for (int64_t k = 0; k < K; ++k) {
+    acc* __restrict__ o = out + k * l.c;
+    for (int64_t c = 0; c < l.c; ++c) o[c] = acc(0);
+    for (int64_t i = 0; i < row; i += l.c) {
+      const acc* __restrict__ p = rows.data() + k * row + i;
+      for (int64_t c = 0; c < l.c; ++c) o[c] += p[c];
+    }
+  }
 }
 
 // The loops below work on acc values (float, double): the span functions are templates of the activation,
@@ -225,17 +276,17 @@ template <typename scalar_t, typename acc>
 void batch_moments(const Layout& l, const scalar_t* x, acc* mean, acc* var) {
   std::vector<acc> shift(l.c), sums(l.c);
   for (int64_t c = 0; c < l.c; ++c) shift[c] = static_cast<acc>(x[l.channels_last ? c : c * l.hw]);
-  const acc* k = shift.data();
+  const PerChannel<acc> k(l, shift.data());
   dispatch_channel_stride(l, [&](auto S_) {
     constexpr int S = decltype(S_)::value;
-    channel_sums<1, acc>(l, sums.data(), [&](int64_t off, int64_t c, int64_t len, acc* out) {
-      moment_span<S, false, acc>(len, l.c, acc_span<acc>(0, x, off, len), k + c, out);
+    channel_sums<1, acc>(l, sums.data(), [&](int64_t off, int64_t c, int64_t len, acc* out, int64_t row) {
+      moment_span<S, false, acc>(len, row, acc_span<acc>(0, x, off, len), k + c, out);
     });
     const acc inv_count = acc(1) / static_cast<acc>(l.pixels());
     for (int64_t c = 0; c < l.c; ++c) mean[c] = shift[c] + sums[c] * inv_count;
-    const acc* mu = mean;
-    channel_sums<1, acc>(l, sums.data(), [&](int64_t off, int64_t c, int64_t len, acc* out) {
-      moment_span<S, true, acc>(len, l.c, acc_span<acc>(0, x, off, len), mu + c, out);
+    const PerChannel<acc> mu(l, mean);
+    channel_sums<1, acc>(l, sums.data(), [&](int64_t off, int64_t c, int64_t len, acc* out, int64_t row) {
+      moment_span<S, true, acc>(len, row, acc_span<acc>(0, x, off, len), mu + c, out);
     });
     for (int64_t c = 0; c < l.c; ++c) var[c] = sums[c] * inv_count;
   });
@@ -264,8 +315,9 @@ template <Act A, int S, typename acc>
 // y = act((x - mean) * scale + bias [+ residual]) per channel. Subtracting the mean first keeps digits that
 // x * scale + (bias - mean * scale) would cancel when |mean| >> std.
 template <typename scalar_t, typename acc>
-void forward(const Layout& l, Act act, const scalar_t* x, const scalar_t* r, const acc* sc, const acc* mu,
-             const acc* bb, scalar_t* y) {
+void forward(const Layout& l, Act act, const scalar_t* x, const scalar_t* r, const acc* scale, const acc* mean,
+             const acc* bias, scalar_t* y) {
+  const PerChannel<acc> sc(l, scale), mu(l, mean), bb(l, bias);
   dispatch_act(act, [&](auto A) {
     dispatch_channel_stride(l, [&](auto S_) {
       constexpr int S = decltype(S_)::value;
@@ -420,9 +472,10 @@ template <int S, typename acc>
 // depend on the activation, so it is compiled once, not per activation.
 template <typename scalar_t, typename acc>
 void backward(const Layout& l, Act act, bool training, const scalar_t* x, const scalar_t* dy, const scalar_t* r,
-              const acc* sc, const acc* invstd, const acc* mu, const acc* bb, acc* s, scalar_t* dx, scalar_t* dr) {
+              const acc* scale, const acc* invstd, const acc* mean, const acc* bias, acc* s, scalar_t* dx, scalar_t* dr) {
   constexpr bool kExact = std::is_same_v<scalar_t, acc>;
   const bool store = kExact && (act == Act::SiLU || r != nullptr);
+  const PerChannel<acc> sc(l, scale), mu(l, mean), bb(l, bias);
   auto grad_span = [&](int64_t off, int64_t c, int64_t len) {
     return GradSpan<acc>{acc_span<acc>(0, x, off, len), acc_span<acc>(1, dy, off, len),
                          r ? acc_span<acc>(2, r, off, len) : nullptr, sc + c, mu + c, bb + c};
@@ -431,30 +484,31 @@ void backward(const Layout& l, Act act, bool training, const scalar_t* x, const 
     constexpr int S = decltype(S_)::value;
     dispatch_act(act, [&](auto A) {
       constexpr Act kA = decltype(A)::value;
-      channel_sums<2, acc>(l, s, [&](int64_t off, int64_t c, int64_t len, acc* out) {
+      channel_sums<2, acc>(l, s, [&](int64_t off, int64_t c, int64_t len, acc* out, int64_t row) {
         const GradSpan<acc> g = grad_span(off, c, len);
         // store == kExact && (SiLU || r): each branch is the one combination of it that can occur.
         if constexpr (kExact) {
           if (r) {
-            grad_sums_span<kA, S, true, true, acc>(len, l.c, g, dr + off, out);
+            grad_sums_span<kA, S, true, true, acc>(len, row, g, dr + off, out);
           } else {
-            grad_sums_span<kA, S, false, kA == Act::SiLU, acc>(len, l.c, g, dx + off, out);
+            grad_sums_span<kA, S, false, kA == Act::SiLU, acc>(len, row, g, dx + off, out);
           }
         } else if (r) {
-          grad_sums_span<kA, S, true, false, acc>(len, l.c, g, nullptr, out);
+          grad_sums_span<kA, S, true, false, acc>(len, row, g, nullptr, out);
         } else {
-          grad_sums_span<kA, S, false, false, acc>(len, l.c, g, nullptr, out);
+          grad_sums_span<kA, S, false, false, acc>(len, row, g, nullptr, out);
         }
       });
     });
     std::vector<acc> k_dz(l.c), k_x(l.c), k_0(l.c);
     const acc inv_count = acc(1) / static_cast<acc>(l.pixels());
     for (int64_t c = 0; c < l.c; ++c) {
-      k_dz[c] = sc[c];
-      k_x[c] = training ? -sc[c] * invstd[c] * invstd[c] * s[l.c + c] * inv_count : acc(0);
-      k_0[c] = training ? -sc[c] * s[c] * inv_count : acc(0);
+      k_dz[c] = scale[c];
+      k_x[c] = training ? -scale[c] * invstd[c] * invstd[c] * s[l.c + c] * inv_count : acc(0);
+      k_0[c] = training ? -scale[c] * s[c] * inv_count : acc(0);
     }
-    auto coef = [&](int64_t c) { return DxCoef<acc>{k_dz.data() + c, k_x.data() + c, k_0.data() + c}; };
+    const PerChannel<acc> kdz(l, k_dz.data()), kx(l, k_x.data()), k0(l, k_0.data());
+    auto coef = [&](int64_t c) { return DxCoef<acc>{kdz + c, kx + c, k0 + c}; };
     if constexpr (kExact) {
       if (store) {  // dz is in dresidual, or in dx: the activation is done with
         parallel_spans(l, [&](int64_t off, int64_t c, int64_t len) {
