@@ -19,12 +19,12 @@ from typing import List, Optional, Tuple
 
 from .. import ir
 from ..dsl import ast as A
-from ..dsl.elaborate import Elaborator, Limits, cell_inputs
-from ..dsl.checks import value_kind
+from ..dsl.elaborate import _BN_ACTS, Elaborator, Limits, _Ctx, _Namer, cell_inputs
+from ..dsl.checks import KEYWORDS, RESERVED_NAMES, value_kind
 from ..dsl.errors import ArchError
-from ..dsl.evaluate import Symbol
+from ..dsl.evaluate import Evaluator, Symbol
 from ..dsl.space import Param, Space  # noqa: F401  (the language's design spaces; Param for callers)
-from ..opspec import OPS
+from ..opspec import OPS, PRIMITIVES
 
 
 class SpaceError(Exception):
@@ -100,6 +100,92 @@ def _renamed(node, name: str):
     return node
 
 
+_PLAIN_EXPRS = (A.Name, A.Number, A.Shape, A.String, A.Bool, A.InWidth)  # as cheap to evaluate as to look up
+
+
+def _typed(value):
+    """A value as a memo key that tells 1, 1.0 and true apart (equal, and equally hashed, in Python)."""
+    kind = type(value)
+    if kind is int:
+        return value
+    if kind is tuple:
+        return tuple, tuple([_typed(v) for v in value])
+    return kind, value
+
+
+class _MemoEvaluator(Evaluator):
+    """The evaluator, remembering the value of each expression (not a bare name or number) by the values of the
+    names it reads and `in` when it reads it: a sampled network evaluates the same block defaults, `let`s and
+    conditions for values met before. Nothing is remembered of an expression that fails."""
+
+    def __init__(self, env, source_of, symbols, in_width, budget, memo: dict, reads: dict):
+        super().__init__(env, source_of, symbols, in_width, budget)
+        self.memo, self.reads, self.inside = memo, reads, False
+
+    def eval(self, node):
+        if self.inside or type(node) in _PLAIN_EXPRS:
+            return Evaluator.eval(self, node)
+        entry = self.reads.get(id(node))
+        if entry is None or entry[0] is not node:  # (the entry holds the node: its id is not reused meanwhile)
+            names = _names_read(node, set())
+            entry = (node, tuple(sorted(names - {_READS_IN})), _READS_IN in names)
+            if len(self.reads) >= MAX_REMEMBERED:
+                return Evaluator.eval(self, node)
+            self.reads[id(node)] = entry
+        env = self.env
+        key = (id(node), self.in_width if entry[2] else None, tuple([_typed(env.get(n, _UNSET)) for n in entry[1]]))
+        try:
+            return self.memo[key]
+        except KeyError:
+            pass
+        except TypeError:  # an unhashable value
+            return Evaluator.eval(self, node)
+        self.inside = True
+        try:
+            value = Evaluator.eval(self, node)
+        finally:
+            self.inside = False
+        if len(self.memo) < MAX_REMEMBERED:
+            self.memo[key] = value
+        return value
+
+
+class _Fallback(Exception):
+    """The counting path met what it does not decide itself: the block is elaborated as the elaborator does."""
+
+
+def _countable(bdef: A.BlockDef) -> bool:
+    """Whether a block may be counted without building its IR (_MemoElaborator._count_block): calls, `let`, `if`
+    and branches with one merge; no cells, no repeat, branch names that no layer name can take."""
+    if cell_inputs(bdef) is not None:
+        return False
+    names = []
+
+    def ok(stmts, top: bool) -> bool:
+        for s in stmts:
+            kind = type(s)
+            if kind is A.Call:
+                continue
+            if kind is A.Let:
+                if s.name in KEYWORDS:
+                    return False
+            elif kind is A.If:
+                if not (ok(s.then, top) and ok(s.otherwise, top)):
+                    return False
+            elif kind is A.Branch and top:
+                # a branch named like a layer (conv1) or reserved is an error the elaborator reports
+                if s.name in RESERVED_NAMES or s.name.startswith("_") or s.name[-1:].isdigit() or s.name in names:
+                    return False
+                names.append(s.name)
+                if not ok(s.body, False):
+                    return False
+            elif not (kind is A.Merge and top):
+                return False
+        return True
+
+    return ok(bdef.body, True)
+
+
 class _MemoElaborator(Elaborator):
     """The elaborator, remembering each block instance it builds: a block's IR is a function of its definition,
     its argument values, its input shape and (when the block reads them) its position, so a block met again in
@@ -108,13 +194,18 @@ class _MemoElaborator(Elaborator):
     returns shares nodes between networks (trials elaborate their network afresh)."""
 
     def __init__(self, program, limits, memo: dict, positional: dict, layer_memo: dict, call_names: dict,
-                 spec_memo: dict, flops_max=None, params_max=None):
+                 spec_memo: dict, flops_max=None, params_max=None, expr_memo: Optional[tuple] = None):
         super().__init__(program, limits)
+        self.expr_memo = expr_memo or ({}, {})  # expression values; the names each expression reads
         self.memo, self.positional, self.layer_memo, self.call_names = memo, positional, layer_memo, call_names
         self.spec_memo = spec_memo  # (site, in, values read) -> bind_spec's answer
         self.flops_max, self.params_max = flops_max, params_max
         self.flops = self.acts = 0
+        self.countable = positional.setdefault("countable blocks", {})  # block name -> _countable(its definition)
         self.last = None  # the memo entry of the last block instance made or reused, if it may be repeated
+
+    def evaluator(self, env, in_width=None):
+        return _MemoEvaluator(env, self.src, self.symbols, in_width, self.budget, *self.expr_memo)
 
     def _reads_position(self, block: str) -> bool:
         """Whether a block, or a block it may call, reads index, block_index or num_blocks (conservatively: any
@@ -192,6 +283,153 @@ class _MemoElaborator(Elaborator):
         if len(self.call_names) < MAX_REMEMBERED:
             self.call_names[key] = (node, renamed)
         return renamed
+
+    def _block(self, bdef, call, shape, name, ctx, extra, index, global_index=None):
+        """Elaborator._block's counts, for a block _countable allows, without its IR: the node returned is an
+        empty block of the right shapes (the sampler only counts). Anything the counting path does not decide
+        (any error, a limit) is elaborated again as the elaborator does, from the counts before the block."""
+        countable = self.countable.get(bdef.name)
+        if countable is None:
+            countable = self.countable[bdef.name] = _countable(bdef)
+        if not countable or self.pending_cell is not None:
+            return super()._block(bdef, call, shape, name, ctx, extra, index, global_index)
+        before = (self.n_layers, self.n_params, self.activation_elements, self.flops, self.acts, self.budget.used)
+        try:
+            out = self._count_block(bdef, call, shape, ctx, extra, index, global_index)
+        except _OutOfWindow:
+            raise
+        except (_Fallback, ArchError, ValueError, ZeroDivisionError, OverflowError, TypeError, KeyError):
+            (self.n_layers, self.n_params, self.activation_elements, self.flops, self.acts,
+             self.budget.used) = before
+            return super()._block(bdef, call, shape, name, ctx, extra, index, global_index)
+        return ir.Sequence(name, [], shape, out, call.loc, kind="block", block=bdef.name)
+
+    def _count_block(self, bdef, call, shape, ctx, extra, index, global_index):
+        """The output shape of a block instance, its layers counted as Elaborator._block counts them (in the
+        same order: a window's top is passed where elaboration passes it); _Fallback where it would not go as
+        here."""
+        lim = self.limits
+        if bdef.name in ctx.stack or len(ctx.stack) >= lim.max_depth:
+            raise _Fallback
+        self.n_layers += 1
+        if self.n_layers > lim.max_layers:
+            raise _Fallback
+        bound, _ = self.bind_values(call, [p.name for p in bdef.params], ctx.ev, "", extra)
+        if global_index is None:
+            global_index = ctx.ev.env.get("block_index", self.stage_blocks)
+        env = {"index": index, "block_index": global_index, "num_blocks": self.num_blocks}
+        ev = self.evaluator(env, shape[0] if len(shape) == 3 else None)
+        for p in bdef.params:
+            if p.name in bound:
+                env[p.name] = bound[p.name]
+            elif p.default is not None:
+                env[p.name] = ev.eval(p.default)
+            else:
+                raise _Fallback
+        inner = _Ctx(ev, ctx.stack + (bdef.name,))
+        items = self._count_resolve(bdef.body, ev, [])
+        first = next((i for i, it in enumerate(items) if type(it) is A.Branch or type(it) is A.Merge), None)
+        if first is None:
+            return self._count_sequence(items, shape, inner)
+        x = self._count_sequence(items[:first], shape, inner)
+        shapes, merge, post, main = [], None, [], False
+        for it in items[first:]:
+            kind = type(it)
+            if merge is not None:
+                if kind is not A.Call:
+                    raise _Fallback
+                post.append(it)
+            elif kind is A.Merge:
+                merge = it
+            elif kind is A.Call:
+                raise _Fallback
+            else:
+                if it.kind == "main":
+                    if main:
+                        raise _Fallback
+                    main = True
+                body = it.body
+                if it.kind == "shortcut" and it.when is not None:
+                    taken = ev.eval(it.when)
+                    if type(taken) is not bool:
+                        raise _Fallback
+                    if not taken:
+                        body = ()
+                shapes.append(self._count_sequence(self._count_resolve(body, ev, []), x, inner))
+        if merge is None:
+            if len(shapes) == 1 and main:
+                return self._count_sequence(post, shapes[0], inner)
+            raise _Fallback
+        if len(shapes) < 2:
+            raise _Fallback
+        try:
+            merged = ir.merge_shapes(merge.kind, shapes)
+        except ir.ShapeError:
+            raise _Fallback from None
+        return self._count_sequence(post, merged, inner)
+
+    def _count_resolve(self, stmts, ev, out: list) -> list:
+        """Elaborator.resolve for what _countable allows: `let`s bound, `if`s decided, the rest listed."""
+        for stmt in stmts:
+            kind = type(stmt)
+            if kind is A.Let:
+                ev.env[stmt.name] = ev.eval(stmt.value)
+            elif kind is A.If:
+                taken = ev.eval(stmt.cond)
+                if type(taken) is not bool:
+                    raise _Fallback
+                self._count_resolve(stmt.then if taken else stmt.otherwise, ev, out)
+            else:
+                out.append(stmt)
+        return out
+
+    def _count_sequence(self, calls, shape, ctx):
+        """Elaborator.sequence's output shape, each layer counted as _MemoElaborator.primitive counts it (by
+        the same memory) and each block through self.call."""
+        env, blocks, after_bn = ctx.ev.env, self.program.blocks, False
+        for call in calls:
+            value = env.get(call.name)
+            if isinstance(value, Symbol):
+                if value.name == "none":
+                    if call.args:
+                        raise _Fallback
+                    continue
+                call = A.Call(value.name, call.args, call.loc, call.name_loc)
+            name = call.name
+            if after_bn and name in _BN_ACTS:  # runs with the BatchNorm: no layer of its own, nothing counted
+                if call.args:
+                    raise _Fallback
+                after_bn = False
+                continue
+            if name in PRIMITIVES:
+                shape, after_bn = self._count_layer(call, shape, ctx), PRIMITIVES[name].op == "bn"
+            elif name in blocks:
+                shape, after_bn = self.call(call, shape, _Namer(), ctx).out_shape, False
+            else:
+                raise _Fallback
+        return shape
+
+    def _count_layer(self, call, shape, ctx):
+        """A layer's output shape, counted as _MemoElaborator.primitive counts it, remembered by the same key."""
+        site, names, reads_in = self._site(call)
+        ev = ctx.ev
+        env = ev.env
+        key = (site, shape, ev.in_width if reads_in else None, tuple([env.get(n, _UNSET) for n in names]))
+        hit = self.layer_memo.get(key)
+        if hit is None:
+            return self.primitive(call, shape, _Namer(), ctx).out_shape  # counted there, and remembered
+        _, node, size, acts = hit
+        lim = self.limits
+        if (self.n_layers >= lim.max_layers or self.n_params + node.params > lim.max_params
+                or size > lim.max_activations or 4 * (self.activation_elements + size) > lim.max_activation_bytes):
+            raise _Fallback
+        self.n_layers += 1
+        self.n_params += node.params
+        self.activation_elements += size
+        self.flops += node.flops
+        self.acts += acts
+        self._check_window()
+        return node.out_shape
 
     def _stage_blocks(self, name, call, count, first_extra, shape, ctx, loc):
         """As Elaborator._stage_blocks, but once a block after the first maps its input shape to itself, the
@@ -335,6 +573,7 @@ class Sampler:
         self.params = params or space.param_count
         self.max_tries = max_tries
         self._memo, self._positional, self._layer_memo, self._call_names, self._spec_memo = {}, {}, {}, {}, {}
+        self._expr_memo = ({}, {})
         self.tries = self.rejected_constraint = self.rejected_arch = self.rejected_window = 0
         self.count = 0
 
@@ -349,7 +588,8 @@ class Sampler:
             return complexity(self.elaborate(overrides))
         e = _MemoElaborator(self.space.program, Limits(), self._memo, self._positional, self._layer_memo,
                             self._call_names, self._spec_memo,
-                            self.flops[1] if self.flops else None, self.params[1] if self.params else None)
+                            self.flops[1] if self.flops else None, self.params[1] if self.params else None,
+                            self._expr_memo)
         e.network(self.space.network, overrides)
         return e.flops, e.n_params, e.acts
 
