@@ -123,12 +123,13 @@ class Elaborator:
                     raise self.error(f"network '{defn.name}' has no parameter '{arg.name}'"
                                      + did_you_mean(arg.name, [p.name for p in defn.params]), arg.loc)
                 given[arg.name] = ev.eval(arg.value)
+        param_names = {p.name for p in defn.params}
         for key, value in (overrides or {}).items():
-            if key not in [p.name for p in defn.params]:
+            if key not in param_names:
                 raise ArchError(f"network '{defn.name}' has no parameter '{key}'"
                                 + did_you_mean(key, [p.name for p in defn.params])
                                 + f"; its parameters: {', '.join(p.name for p in defn.params)}")
-            given[key] = _checked_value(_from_python(key, value), key)
+            given[key] = self.override_value(key, value)
         overrides = overrides or {}
         for p in defn.params:
             if p.name in given:
@@ -202,6 +203,10 @@ class Elaborator:
                 raise self.error("unexpected statement in a network", stmt.loc)
         return ir.NetworkIR(defn.name if not alias_args else alias_args[0].name, params["input"], parts, params,
                           self.program.main.source, self.program.main.path)
+
+    def override_value(self, key: str, value):
+        """A compile-time override as a language value, checked (the sampler remembers them)."""
+        return _checked_value(_from_python(key, value), key)
 
     def _check_override(self, param: A.Param, env, raw):
         """A compile-time override has the kind of value its parameter's default has (a number for a number,

@@ -202,6 +202,7 @@ class _MemoElaborator(Elaborator):
         self.flops_max, self.params_max = flops_max, params_max
         self.flops = self.acts = 0
         self.countable = positional.setdefault("countable blocks", {})  # block name -> _countable(its definition)
+        self.bound = None  # (call, its bound arguments) of the block about to be elaborated
         self.last = None  # the memo entry of the last block instance made or reused, if it may be repeated
 
     def evaluator(self, env, in_width=None):
@@ -224,8 +225,23 @@ class _MemoElaborator(Elaborator):
             self.positional[block] = bool(names & _POSITION_NAMES)
         return self.positional[block]
 
+    def override_value(self, key, value):
+        """Elaborator.override_value, remembered by the key and the value."""
+        try:
+            memo_key = ("override value", key, _typed(value))
+            return self.spec_memo[memo_key]
+        except KeyError:
+            pass
+        except TypeError:  # an unhashable value
+            return super().override_value(key, value)
+        converted = super().override_value(key, value)
+        if len(self.spec_memo) < MAX_REMEMBERED:
+            self.spec_memo[memo_key] = converted
+        return converted
+
     def block(self, bdef, call, shape, name, ctx, extra, index, global_index=None):
         bound, _ = self.bind_values(call, [p.name for p in bdef.params], ctx.ev, f"block '{bdef.name}'", extra)
+        self.bound = (call, bound)  # what _count_block binds again
         if global_index is None:
             global_index = ctx.ev.env.get("block_index", self.stage_blocks)
         reads = self._reads_position(bdef.name)
@@ -236,7 +252,7 @@ class _MemoElaborator(Elaborator):
                     break
         position = (index, global_index, self.num_blocks) if reads else None
         try:
-            key = (bdef.name, tuple(sorted(bound.items())), shape, position)
+            key = (bdef.name, tuple(sorted([(k, _typed(v)) for k, v in bound.items()])), shape, position)
             hash(key)
         except TypeError:  # an unhashable argument value: elaborate it as it is
             node = super().block(bdef, call, shape, name, ctx, extra, index, global_index)
@@ -270,6 +286,21 @@ class _MemoElaborator(Elaborator):
         self._check_window()
         return self._named(node, name)
 
+    def _reuse_all(self, hit, n: int) -> bool:
+        """A remembered block instance counted n times at once, when that passes no limit and no window's top;
+        False (nothing counted) otherwise: _reuse, block by block, then says where it passes."""
+        _, (layers, params, activations, flops, acts) = hit
+        n_layers, n_params = self.n_layers + n * layers, self.n_params + n * params
+        elements, flops = self.activation_elements + n * activations, self.flops + n * flops
+        lim = self.limits
+        if (n_layers > lim.max_layers or n_params > lim.max_params or 4 * elements > lim.max_activation_bytes
+                or (self.flops_max is not None and flops > self.flops_max)
+                or (self.params_max is not None and n_params > self.params_max)):
+            return False
+        self.n_layers, self.n_params, self.activation_elements, self.flops = n_layers, n_params, elements, flops
+        self.acts += n * acts
+        return True
+
     def _named(self, node, name):
         """A remembered node under `name`: the node itself, or a copy made once per name (the sampler only
         counts what it builds, so networks may share nodes)."""
@@ -292,6 +323,7 @@ class _MemoElaborator(Elaborator):
         if countable is None:
             countable = self.countable[bdef.name] = _countable(bdef)
         if not countable or self.pending_cell is not None:
+            self.bound = None
             return super()._block(bdef, call, shape, name, ctx, extra, index, global_index)
         before = (self.n_layers, self.n_params, self.activation_elements, self.flops, self.acts, self.budget.used)
         try:
@@ -314,7 +346,10 @@ class _MemoElaborator(Elaborator):
         self.n_layers += 1
         if self.n_layers > lim.max_layers:
             raise _Fallback
-        bound, _ = self.bind_values(call, [p.name for p in bdef.params], ctx.ev, "", extra)
+        bound, self.bound = self.bound, None
+        if bound is None or bound[0] is not call:
+            bound = (call, self.bind_values(call, [p.name for p in bdef.params], ctx.ev, "", extra)[0])
+        bound = bound[1]
         if global_index is None:
             global_index = ctx.ev.env.get("block_index", self.stage_blocks)
         env = {"index": index, "block_index": global_index, "num_blocks": self.num_blocks}
@@ -440,6 +475,10 @@ class _MemoElaborator(Elaborator):
         self.path = [name]
         children, x, repeat = [], shape, None
         for i in range(count):
+            if repeat is not None and self._reuse_all(repeat, count - i):
+                children += [self._named(repeat[0], f"b{j + 1}") for j in range(i, count)]
+                self.stage_blocks += count - i
+                break
             self.stage_blocks += 1
             if repeat is not None:
                 node = self._reuse(repeat, f"b{i + 1}")
