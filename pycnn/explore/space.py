@@ -569,14 +569,21 @@ class _MemoElaborator(Elaborator):
     def _check_override(self, param, env, raw):
         """Elaborator._check_override, remembered when it passes: it compares the kind of the value with the
         kind of the parameter's default, a function of the values the default reads."""
-        site = ("override", param.loc, param.name)
-        names = self.call_names.get(site)
-        if names is None:
-            names = self.call_names[site] = tuple(sorted(_names_read(param.default, set())))
+        entry = self.call_names.get(id(param))
+        if entry is None or entry[0] is not param:  # (the entry holds the parameter: its id is not reused)
+            site = ("override", param.loc, param.name)
+            known = self.call_names.get(site)
+            if known is None:  # (a number for the parameter, as _site numbers calls)
+                known = self.call_names[site] = (len(self.call_names),
+                                                 tuple(sorted(_names_read(param.default, set()))))
+            entry = (param, *known)
+            if len(self.call_names) < MAX_REMEMBERED:
+                self.call_names[id(param)] = entry
+        _, site, names = entry
         if _READS_IN in names:  # reads `in`: not remembered
             return super()._check_override(param, env, raw)
         try:
-            key = (site, value_kind(env[param.name]), tuple([env.get(n, _UNSET) for n in names]))
+            key = ("override", site, value_kind(env[param.name]), tuple([env.get(n, _UNSET) for n in names]))
             if key in self.spec_memo:
                 return
         except TypeError:  # an unhashable value
