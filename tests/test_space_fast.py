@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pycnn.dsl.elaborate import Elaborator, Limits
-from pycnn.explore.space import Sampler, _MemoElaborator, complexity, load_space
+from pycnn.explore.space import Sampler, _MemoElaborator, _Memory, complexity, load_space
 
 SPACES = Path(__file__).resolve().parents[1] / "archs" / "spaces"
 SHIPPED = sorted(p.name for p in SPACES.glob("*.arch"))
@@ -56,14 +56,13 @@ def test_counts_are_the_elaborators(path):
     and the FLOPs and activations, for draws counted with nothing remembered before (every block instance met for
     the first time) and with everything remembered."""
     space = load_space(SPACES / path)
-    rng, memo = random.Random(7), [{} for _ in range(5)]
-    expr_memo = ({}, {})
+    rng, memory = random.Random(7), _Memory()
     for _ in range(30):
         overrides = {**space.fixed, **space.draw_satisfying(rng, 10_000)[0], "input": (1, 16, 16)}
         full = Elaborator(space.program, Limits())
         network = full.network(space.network, overrides)
         want = (full.n_layers, full.n_params, full.activation_elements, *complexity(network))
-        for memos in (([{} for _ in range(5)], ({}, {})), (memo, expr_memo)):
-            e = _MemoElaborator(space.program, Limits(), *memos[0], expr_memo=memos[1])
+        for remembered in (_Memory(), memory):
+            e = _MemoElaborator(space.program, Limits(), remembered)
             e.network(space.network, overrides)
             assert (e.n_layers, e.n_params, e.activation_elements, e.flops, e.n_params, e.acts) == want, overrides

@@ -59,7 +59,7 @@ class _Ctx:
 
 
 class Elaborator:
-    def __init__(self, program: Program, limits: Limits = Limits()):
+    def __init__(self, program: Program, limits: Limits = Limits(), symbols: Optional[set] = None):
         self.program = program
         self.limits = limits
         self.n_layers = 0
@@ -67,7 +67,8 @@ class Elaborator:
         self.n_iterations = 0
         self.activation_elements = 0
         self.budget = Budget(limits.max_steps)
-        self.symbols = set(program.blocks) | set(LANGUAGE_ACTS) | {"none", ir.SAME}
+        # the names that stand for themselves (symbols: computed once by a caller elaborating many networks)
+        self.symbols = set(program.blocks) | set(LANGUAGE_ACTS) | {"none", ir.SAME} if symbols is None else symbols
         self.num_blocks = 0  # blocks in the network's stages (`num_blocks` in blocks)
         self.stage_blocks = 0  # stage blocks elaborated so far (the next one's `block_index`)
         self.path: List[str] = []  # the module path of the block being elaborated (s3.b2)
@@ -225,8 +226,8 @@ class Elaborator:
         A count that does not evaluate here is reported when its stage is elaborated."""
         total = 0
         in_width = shape[0] if len(shape) == 3 else None
+        ev = self.evaluator(env, in_width)
         for stmt in defn.body:
-            ev = self.evaluator(env, in_width)
             try:
                 if isinstance(stmt, A.Let):
                     env[stmt.name] = ev.eval(stmt.value)

@@ -187,6 +187,7 @@ class Space:
         if plan is None:
             plan = self._plan = _draw_plan(self)
         constants, groups = plan
+        known, reads = self._known, self._reads  # (_draw_plan has read every require's names)
         env = dict(self._fixed_values)
         if not all(self._holds(i, env) for i in constants):
             return None, tries
@@ -207,11 +208,13 @@ class Space:
                             break
                     if ok:
                         for i in requires:
-                            try:
-                                holds = self._holds(i, env)
-                            except ArchError:  # decided below, in the written order, as whole draws decide it
-                                deferred = True
-                                continue
+                            holds = known.get((i, tuple([env[n] for n in reads[i]])))  # _holds' memory, inlined
+                            if holds is None:
+                                try:
+                                    holds = self._holds(i, env)
+                                except ArchError:  # decided below, in the written order, as whole draws decide it
+                                    deferred = True
+                                    continue
                             if not holds:
                                 ok = False
                                 break

@@ -100,6 +100,7 @@ def _renamed(node, name: str):
     return node
 
 
+_KINDS = {int: value_kind(0), float: value_kind(0.0), bool: value_kind(True), tuple: value_kind(())}  # by type
 _PLAIN_EXPRS = (A.Name, A.Number, A.Shape, A.String, A.Bool, A.InWidth)  # as cheap to evaluate as to look up
 
 
@@ -186,6 +187,21 @@ def _countable(bdef: A.BlockDef) -> bool:
     return ok(bdef.body, True)
 
 
+class _Memory:
+    """What a sampler's elaborators remember across draws (each table bounded by MAX_REMEMBERED)."""
+
+    def __init__(self):
+        self.blocks = {}  # (block, arguments, input shape, position) -> (IR node, counts it adds)
+        self.positional = {}  # block name -> whether it reads its position
+        self.layers = {}  # (site, input shape, in, values read) -> (name base, IR layer, output size, activations)
+        self.call_names = {}  # where calls and parameters are written -> (number, names read); renamed nodes
+        self.specs = {}  # (site, in, values read) -> bind_spec's answer; checked overrides and their values
+        self.expressions = {}  # (expression, in, values read) -> its value
+        self.expression_reads = {}  # id(expression) -> (expression, the names it reads, whether it reads `in`)
+        self.countable = {}  # block name -> _countable(its definition)
+        self.symbols = None  # Elaborator.symbols of the program
+
+
 class _MemoElaborator(Elaborator):
     """The elaborator, remembering each block instance it builds: a block's IR is a function of its definition,
     its argument values, its input shape and (when the block reads them) its position, so a block met again in
@@ -193,15 +209,16 @@ class _MemoElaborator(Elaborator):
     layers are made and stops as soon as one passes the top of its window. For the sampler only: the IR it
     returns shares nodes between networks (trials elaborate their network afresh)."""
 
-    def __init__(self, program, limits, memo: dict, positional: dict, layer_memo: dict, call_names: dict,
-                 spec_memo: dict, flops_max=None, params_max=None, expr_memo: Optional[tuple] = None):
-        super().__init__(program, limits)
-        self.expr_memo = expr_memo or ({}, {})  # expression values; the names each expression reads
-        self.memo, self.positional, self.layer_memo, self.call_names = memo, positional, layer_memo, call_names
-        self.spec_memo = spec_memo  # (site, in, values read) -> bind_spec's answer
+    def __init__(self, program, limits, memory: Optional["_Memory"] = None, flops_max=None, params_max=None):
+        memory = memory or _Memory()
+        if memory.symbols is None:
+            memory.symbols = Elaborator(program, limits).symbols  # the same for every network of the program
+        super().__init__(program, limits, symbols=memory.symbols)
+        self.memo, self.positional, self.layer_memo = memory.blocks, memory.positional, memory.layers
+        self.call_names, self.spec_memo, self.countable = memory.call_names, memory.specs, memory.countable
+        self.expr_memo = (memory.expressions, memory.expression_reads)
         self.flops_max, self.params_max = flops_max, params_max
         self.flops = self.acts = 0
-        self.countable = positional.setdefault("countable blocks", {})  # block name -> _countable(its definition)
         self.bound = None  # (call, its bound arguments) of the block about to be elaborated
         self.last = None  # the memo entry of the last block instance made or reused, if it may be repeated
 
@@ -583,7 +600,9 @@ class _MemoElaborator(Elaborator):
         if _READS_IN in names:  # reads `in`: not remembered
             return super()._check_override(param, env, raw)
         try:
-            key = ("override", site, value_kind(env[param.name]), tuple([env.get(n, _UNSET) for n in names]))
+            value = env[param.name]
+            kind = _KINDS.get(type(value)) or value_kind(value)
+            key = ("override", site, kind, tuple([env.get(n, _UNSET) for n in names]))
             if key in self.spec_memo:
                 return
         except TypeError:  # an unhashable value
@@ -618,8 +637,7 @@ class Sampler:
         self.flops = flops or space.flops
         self.params = params or space.param_count
         self.max_tries = max_tries
-        self._memo, self._positional, self._layer_memo, self._call_names, self._spec_memo = {}, {}, {}, {}, {}
-        self._expr_memo = ({}, {})
+        self._memory = _Memory()
         self.tries = self.rejected_constraint = self.rejected_arch = self.rejected_window = 0
         self.count = 0
 
@@ -632,10 +650,8 @@ class Sampler:
         gives them, but from remembered block instances; _OutOfWindow past a window's top."""
         if not self.remember:
             return complexity(self.elaborate(overrides))
-        e = _MemoElaborator(self.space.program, Limits(), self._memo, self._positional, self._layer_memo,
-                            self._call_names, self._spec_memo,
-                            self.flops[1] if self.flops else None, self.params[1] if self.params else None,
-                            self._expr_memo)
+        e = _MemoElaborator(self.space.program, Limits(), self._memory, self.flops[1] if self.flops else None,
+                            self.params[1] if self.params else None)
         e.network(self.space.network, overrides)
         return e.flops, e.n_params, e.acts
 
