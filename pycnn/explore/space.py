@@ -380,8 +380,10 @@ class _MemoElaborator(Elaborator):
                 raise _Fallback
         inner = _Ctx(ev, ctx.stack + (bdef.name,))
         items = self._count_resolve(bdef.body, ev, [])
-        first = next((i for i, it in enumerate(items) if type(it) is A.Branch or type(it) is A.Merge), None)
-        if first is None:
+        for first, it in enumerate(items):
+            if type(it) is A.Branch or type(it) is A.Merge:
+                break
+        else:
             return self._count_sequence(items, shape, inner)
         x = self._count_sequence(items[:first], shape, inner)
         shapes, merge, post, main = [], None, [], False
@@ -468,8 +470,8 @@ class _MemoElaborator(Elaborator):
         env = ev.env
         key = (site, shape, ev.in_width if reads_in else None, tuple([env.get(n, _UNSET) for n in names]))
         hit = self.layer_memo.get(key)
-        if hit is None:
-            return self.primitive(call, shape, _Namer(), ctx).out_shape  # counted there, and remembered
+        if hit is None:  # made, counted and remembered (no copy: it goes into no IR)
+            return self._new_layer(key, call, shape, _Namer(), ctx, False).out_shape
         _, node, size, acts = hit
         lim = self.limits
         if (self.n_layers >= lim.max_layers or self.n_params + node.params > lim.max_params
@@ -552,15 +554,7 @@ class _MemoElaborator(Elaborator):
         except TypeError:  # an unhashable value
             return super().primitive(call, shape, namer, ctx)
         if hit is None:
-            node = super().primitive(call, shape, namer, ctx)  # accounted there
-            base = OPS[node.op].module_name or call.name  # what Elaborator.primitive names it by, else found
-            if f"{base}{namer.counts.get(base)}" != node.name:
-                base = next(k for k, n in namer.counts.items() if f"{k}{n}" == node.name)
-            if len(self.layer_memo) < MAX_REMEMBERED:  # a copy: a bn may yet take an activation
-                size = math.prod(node.out_shape)
-                self.layer_memo[key] = (base, _renamed(node, node.name), size,
-                                        size if node.op in ("conv", "wsconv") else 0)
-            return node
+            return self._new_layer(key, call, shape, namer, ctx, True)
         base, node, size, acts = hit
         node = self._named(node, namer.next(base))
         lim = self.limits
@@ -574,6 +568,19 @@ class _MemoElaborator(Elaborator):
         self.flops += node.flops
         self.acts += acts
         self._check_window()
+        return node
+
+    def _new_layer(self, key, call, shape, namer, ctx, copy: bool):
+        """A layer made by Elaborator.primitive (which counts it), remembered under `key`; a copy remembered when
+        the layer goes into an IR (a bn there may yet take an activation)."""
+        node = Elaborator.primitive(self, call, shape, namer, ctx)
+        base = OPS[node.op].module_name or call.name  # what Elaborator.primitive names it by, else found
+        if f"{base}{namer.counts.get(base)}" != node.name:
+            base = next(k for k, n in namer.counts.items() if f"{k}{n}" == node.name)
+        if len(self.layer_memo) < MAX_REMEMBERED:
+            size = math.prod(node.out_shape)
+            self.layer_memo[key] = (base, _renamed(node, node.name) if copy else node, size,
+                                    size if node.op in ("conv", "wsconv") else 0)
         return node
 
     def account(self, node: ir.Layer):
