@@ -3,6 +3,7 @@ for the first time counted without their IR, a stage's repeated blocks counted a
 elaboration, on many random draws from every shipped space: the same samples, draws, rejections, FLOPs,
 parameters, activations and the counts the elaborator's limits are checked on."""
 import dataclasses
+import json
 import random
 from pathlib import Path
 
@@ -66,3 +67,19 @@ def test_counts_are_the_elaborators(path):
             e = _MemoElaborator(space.program, Limits(), remembered)
             e.network(space.network, overrides)
             assert (e.n_layers, e.n_params, e.activation_elements, e.flops, e.n_params, e.acts) == want, overrides
+
+
+@pytest.mark.parametrize("name", ["AnyNetX_A", "AnyNetX_E"])
+def test_the_committed_exploration_is_drawn_again(name):
+    """bench/results/explore-2026-12-03 (seed 0, 1x32x32, 500k:3M FLOPs, whole draws refused): the same 32
+    networks with the same FLOPs, parameters and activations."""
+    results = Path(__file__).resolve().parents[1] / "bench" / "results" / "explore-2026-12-03"
+    last = {}  # the last record of an index counts (a failed trial is run again)
+    for line in (results / f"{name}.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        last[record["index"]] = record
+    records = [last[i] for i in range(32)]
+    space = load_space(SPACES / f"anynetx_{name[-1].lower()}.arch")
+    samples = Sampler(space, 0, {"input": (1, 32, 32)}, (5e5, 3e6), early=False).take(32)
+    assert [(s.values, s.flops, s.params, s.acts) for s in samples] == \
+        [(r["values"], r["flops"], r["params"], r["acts"]) for r in records]
