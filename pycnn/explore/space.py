@@ -199,7 +199,7 @@ class _Memory:
         self.expressions = {}  # (expression, in, values read) -> its value
         self.expression_reads = {}  # id(expression) -> (expression, the names it reads, whether it reads `in`)
         self.countable = {}  # block name -> _countable(its definition)
-        self.symbols = None  # Elaborator.symbols of the program
+        self.symbols = None  # (the sizes of the program's block tables, Elaborator.symbols then)
 
 
 class _MemoElaborator(Elaborator):
@@ -211,9 +211,11 @@ class _MemoElaborator(Elaborator):
 
     def __init__(self, program, limits, memory: Optional["_Memory"] = None, flops_max=None, params_max=None):
         memory = memory or _Memory()
-        if memory.symbols is None:
-            memory.symbols = Elaborator(program, limits).symbols  # the same for every network of the program
-        super().__init__(program, limits, symbols=memory.symbols)
+        # the program's symbols, made again when a library loaded since registered names
+        known = (len(program.blocks.defined), len(program.blocks.index))
+        if memory.symbols is None or memory.symbols[0] != known:
+            memory.symbols = (known, Elaborator(program, limits).symbols)
+        super().__init__(program, limits, symbols=memory.symbols[1])
         self.memo, self.positional, self.layer_memo = memory.blocks, memory.positional, memory.layers
         self.call_names, self.spec_memo, self.countable = memory.call_names, memory.specs, memory.countable
         self.expr_memo = (memory.expressions, memory.expression_reads)
