@@ -3,8 +3,10 @@ FLOPs/parameter windows checked on the IR before any torch module exists.
 
 A draw that breaks a `non_decreasing` or `require` constraint is rejected before anything is elaborated; the
 others are elaborated to the IR (a network that does not elaborate, a group width that does not divide the
-bottleneck width say, is rejected) and their FLOPs and parameters compared with the windows. `python -m
-pycnn.explore.space --bench` measures how many samples a second this gives.
+bottleneck width say, is rejected) and their FLOPs and parameters compared with the windows. The sampler only
+counts: block instances, layers and expressions are remembered across draws, and a block met for the first time is
+counted without building its IR (_MemoElaborator), giving what a fresh elaboration gives (tests/test_space*.py).
+`python -m pycnn.explore.space --bench` measures how many samples a second this gives.
 """
 from __future__ import annotations
 
@@ -206,8 +208,10 @@ class _MemoElaborator(Elaborator):
     """The elaborator, remembering each block instance it builds: a block's IR is a function of its definition,
     its argument values, its input shape and (when the block reads them) its position, so a block met again in
     this draw or a later one is reused instead of elaborated again. Counts FLOPs, parameters and activations as
-    layers are made and stops as soon as one passes the top of its window. For the sampler only: the IR it
-    returns shares nodes between networks (trials elaborate their network afresh)."""
+    layers are made and stops as soon as one passes the top of its window. A block instance met for the first
+    time is counted without its IR when _countable allows (_block); expressions are remembered (_MemoEvaluator).
+    For the sampler only: the IR it returns shares nodes between networks and holds empty blocks where blocks
+    were only counted (trials elaborate their network afresh)."""
 
     def __init__(self, program, limits, memory: Optional["_Memory"] = None, flops_max=None, params_max=None):
         memory = memory or _Memory()
