@@ -59,7 +59,7 @@ class _Ctx:
 
 
 class Elaborator:
-    def __init__(self, program: Program, limits: Limits = Limits()):
+    def __init__(self, program: Program, limits: Limits = Limits(), symbols: Optional[set] = None):
         self.program = program
         self.limits = limits
         self.n_layers = 0
@@ -67,7 +67,8 @@ class Elaborator:
         self.n_iterations = 0
         self.activation_elements = 0
         self.budget = Budget(limits.max_steps)
-        self.symbols = set(program.blocks) | set(LANGUAGE_ACTS) | {"none", ir.SAME}
+        # the names that stand for themselves (symbols: computed once by a caller elaborating many networks)
+        self.symbols = set(program.blocks) | set(LANGUAGE_ACTS) | {"none", ir.SAME} if symbols is None else symbols
         self.num_blocks = 0  # blocks in the network's stages (`num_blocks` in blocks)
         self.stage_blocks = 0  # stage blocks elaborated so far (the next one's `block_index`)
         self.path: List[str] = []  # the module path of the block being elaborated (s3.b2)
@@ -123,12 +124,13 @@ class Elaborator:
                     raise self.error(f"network '{defn.name}' has no parameter '{arg.name}'"
                                      + did_you_mean(arg.name, [p.name for p in defn.params]), arg.loc)
                 given[arg.name] = ev.eval(arg.value)
+        param_names = {p.name for p in defn.params}
         for key, value in (overrides or {}).items():
-            if key not in [p.name for p in defn.params]:
+            if key not in param_names:
                 raise ArchError(f"network '{defn.name}' has no parameter '{key}'"
                                 + did_you_mean(key, [p.name for p in defn.params])
                                 + f"; its parameters: {', '.join(p.name for p in defn.params)}")
-            given[key] = _checked_value(_from_python(key, value), key)
+            given[key] = self.override_value(key, value)
         overrides = overrides or {}
         for p in defn.params:
             if p.name in given:
@@ -203,6 +205,10 @@ class Elaborator:
         return ir.NetworkIR(defn.name if not alias_args else alias_args[0].name, params["input"], parts, params,
                           self.program.main.source, self.program.main.path)
 
+    def override_value(self, key: str, value):
+        """A compile-time override as a language value, checked (the sampler remembers them)."""
+        return _checked_value(_from_python(key, value), key)
+
     def _check_override(self, param: A.Param, env, raw):
         """A compile-time override has the kind of value its parameter's default has (a number for a number,
         a shape for a shape, ...); the message names the override, as the user wrote it in Python."""
@@ -220,8 +226,8 @@ class Elaborator:
         A count that does not evaluate here is reported when its stage is elaborated."""
         total = 0
         in_width = shape[0] if len(shape) == 3 else None
+        ev = self.evaluator(env, in_width)
         for stmt in defn.body:
-            ev = self.evaluator(env, in_width)
             try:
                 if isinstance(stmt, A.Let):
                     env[stmt.name] = ev.eval(stmt.value)

@@ -69,14 +69,17 @@ class Param:
         if self.type == "int" and not self.q and self.dist != "log":
             low, span, high = self.low, self.high + 1 - self.low, int(self.high)
             return lambda rng: min(int(floor(low + span * rng.random())), high)
+        q = self.q or (1 if self.type == "int" else 0)
+        lowest, highest = (math.ceil(self.low / q) * q, math.floor(self.high / q) * q) if q else (0, 0)
         if self.dist == "log":
             low, span = math.log(self.low), math.log(self.high) - math.log(self.low)
+            if self.type == "int":  # the commonest law (widths), written out: one call less a draw
+                return lambda rng: int(round(min(max(round(exp(low + span * rng.random()) / q) * q, lowest),
+                                                 highest)))
             value_of = lambda rng: exp(low + span * rng.random())  # noqa: E731
         else:
             low, span = self.low, self.high - self.low
             value_of = lambda rng: low + span * rng.random()  # noqa: E731
-        q = self.q or (1 if self.type == "int" else 0)
-        lowest, highest = (math.ceil(self.low / q) * q, math.floor(self.high / q) * q) if q else (0, 0)
         if self.type == "int":
             return lambda rng: int(round(min(max(round(value_of(rng) / q) * q, lowest), highest)))
         if q:
@@ -184,6 +187,7 @@ class Space:
         if plan is None:
             plan = self._plan = _draw_plan(self)
         constants, groups = plan
+        known, reads = self._known, self._reads  # (_draw_plan has read every require's names)
         env = dict(self._fixed_values)
         if not all(self._holds(i, env) for i in constants):
             return None, tries
@@ -204,11 +208,13 @@ class Space:
                             break
                     if ok:
                         for i in requires:
-                            try:
-                                holds = self._holds(i, env)
-                            except ArchError:  # decided below, in the written order, as whole draws decide it
-                                deferred = True
-                                continue
+                            holds = known.get((i, tuple([env[n] for n in reads[i]])))  # _holds' memory, inlined
+                            if holds is None:
+                                try:
+                                    holds = self._holds(i, env)
+                                except ArchError:  # decided below, in the written order, as whole draws decide it
+                                    deferred = True
+                                    continue
                             if not holds:
                                 ok = False
                                 break

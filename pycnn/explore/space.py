@@ -3,8 +3,10 @@ FLOPs/parameter windows checked on the IR before any torch module exists.
 
 A draw that breaks a `non_decreasing` or `require` constraint is rejected before anything is elaborated; the
 others are elaborated to the IR (a network that does not elaborate, a group width that does not divide the
-bottleneck width say, is rejected) and their FLOPs and parameters compared with the windows. `python -m
-pycnn.explore.space --bench` measures how many samples a second this gives.
+bottleneck width say, is rejected) and their FLOPs and parameters compared with the windows. The sampler only
+counts: block instances, layers and expressions are remembered across draws, and a block met for the first time is
+counted without building its IR (_MemoElaborator), giving what a fresh elaboration gives (tests/test_space*.py).
+`python -m pycnn.explore.space --bench` measures how many samples a second this gives.
 """
 from __future__ import annotations
 
@@ -19,12 +21,12 @@ from typing import List, Optional, Tuple
 
 from .. import ir
 from ..dsl import ast as A
-from ..dsl.elaborate import Elaborator, Limits, cell_inputs
-from ..dsl.checks import value_kind
+from ..dsl.elaborate import _BN_ACTS, Elaborator, Limits, _Ctx, _Namer, cell_inputs
+from ..dsl.checks import KEYWORDS, RESERVED_NAMES, value_kind
 from ..dsl.errors import ArchError
-from ..dsl.evaluate import Symbol
+from ..dsl.evaluate import Evaluator, Symbol
 from ..dsl.space import Param, Space  # noqa: F401  (the language's design spaces; Param for callers)
-from ..opspec import OPS
+from ..opspec import OPS, PRIMITIVES
 
 
 class SpaceError(Exception):
@@ -100,21 +102,134 @@ def _renamed(node, name: str):
     return node
 
 
+_KINDS = {int: value_kind(0), float: value_kind(0.0), bool: value_kind(True), tuple: value_kind(())}  # by type
+_PLAIN_EXPRS = (A.Name, A.Number, A.Shape, A.String, A.Bool, A.InWidth)  # as cheap to evaluate as to look up
+
+
+def _typed(value):
+    """A value as a memo key that tells 1, 1.0 and true apart (equal, and equally hashed, in Python)."""
+    kind = type(value)
+    if kind is int:
+        return value
+    if kind is tuple:
+        return tuple, tuple([_typed(v) for v in value])
+    return kind, value
+
+
+class _MemoEvaluator(Evaluator):
+    """The evaluator, remembering the value of each expression (not a bare name or number) by the values of the
+    names it reads and `in` when it reads it: a sampled network evaluates the same block defaults, `let`s and
+    conditions for values met before. Nothing is remembered of an expression that fails."""
+
+    def __init__(self, env, source_of, symbols, in_width, budget, memo: dict, reads: dict):
+        super().__init__(env, source_of, symbols, in_width, budget)
+        self.memo, self.reads, self.inside = memo, reads, False
+
+    def eval(self, node):
+        if self.inside or type(node) in _PLAIN_EXPRS:
+            return Evaluator.eval(self, node)
+        entry = self.reads.get(id(node))
+        if entry is None or entry[0] is not node:  # (the entry holds the node: its id is not reused meanwhile)
+            names = _names_read(node, set())
+            entry = (node, tuple(sorted(names - {_READS_IN})), _READS_IN in names)
+            if len(self.reads) >= MAX_REMEMBERED:
+                return Evaluator.eval(self, node)
+            self.reads[id(node)] = entry
+        env = self.env
+        key = (id(node), self.in_width if entry[2] else None, tuple([_typed(env.get(n, _UNSET)) for n in entry[1]]))
+        try:
+            return self.memo[key]
+        except KeyError:
+            pass
+        except TypeError:  # an unhashable value
+            return Evaluator.eval(self, node)
+        self.inside = True
+        try:
+            value = Evaluator.eval(self, node)
+        finally:
+            self.inside = False
+        if len(self.memo) < MAX_REMEMBERED:
+            self.memo[key] = value
+        return value
+
+
+class _Fallback(Exception):
+    """The counting path met what it does not decide itself: the block is elaborated as the elaborator does."""
+
+
+def _countable(bdef: A.BlockDef) -> bool:
+    """Whether a block may be counted without building its IR (_MemoElaborator._count_block): calls, `let`, `if`
+    and branches with one merge; no cells, no repeat, branch names that no layer name can take."""
+    if cell_inputs(bdef) is not None:
+        return False
+    names = []
+
+    def ok(stmts, top: bool) -> bool:
+        for s in stmts:
+            kind = type(s)
+            if kind is A.Call:
+                continue
+            if kind is A.Let:
+                if s.name in KEYWORDS:
+                    return False
+            elif kind is A.If:
+                if not (ok(s.then, top) and ok(s.otherwise, top)):
+                    return False
+            elif kind is A.Branch and top:
+                # a branch named like a layer (conv1) or reserved is an error the elaborator reports
+                if s.name in RESERVED_NAMES or s.name.startswith("_") or s.name[-1:].isdigit() or s.name in names:
+                    return False
+                names.append(s.name)
+                if not ok(s.body, False):
+                    return False
+            elif not (kind is A.Merge and top):
+                return False
+        return True
+
+    return ok(bdef.body, True)
+
+
+class _Memory:
+    """What a sampler's elaborators remember across draws (each table bounded by MAX_REMEMBERED)."""
+
+    def __init__(self):
+        self.blocks = {}  # (block, arguments, input shape, position) -> (IR node, counts it adds)
+        self.positional = {}  # block name -> whether it reads its position
+        self.layers = {}  # (site, input shape, in, values read) -> (name base, IR layer, output size, activations)
+        self.call_names = {}  # where calls and parameters are written -> (number, names read); renamed nodes
+        self.specs = {}  # (site, in, values read) -> bind_spec's answer; checked overrides and their values
+        self.expressions = {}  # (expression, in, values read) -> its value
+        self.expression_reads = {}  # id(expression) -> (expression, the names it reads, whether it reads `in`)
+        self.countable = {}  # block name -> _countable(its definition)
+        self.symbols = None  # (the sizes of the program's block tables, Elaborator.symbols then)
+
+
 class _MemoElaborator(Elaborator):
     """The elaborator, remembering each block instance it builds: a block's IR is a function of its definition,
     its argument values, its input shape and (when the block reads them) its position, so a block met again in
     this draw or a later one is reused instead of elaborated again. Counts FLOPs, parameters and activations as
-    layers are made and stops as soon as one passes the top of its window. For the sampler only: the IR it
-    returns shares nodes between networks (trials elaborate their network afresh)."""
+    layers are made and stops as soon as one passes the top of its window. A block instance met for the first
+    time is counted without its IR when _countable allows (_block); expressions are remembered (_MemoEvaluator).
+    For the sampler only: the IR it returns shares nodes between networks and holds empty blocks where blocks
+    were only counted (trials elaborate their network afresh)."""
 
-    def __init__(self, program, limits, memo: dict, positional: dict, layer_memo: dict, call_names: dict,
-                 spec_memo: dict, flops_max=None, params_max=None):
-        super().__init__(program, limits)
-        self.memo, self.positional, self.layer_memo, self.call_names = memo, positional, layer_memo, call_names
-        self.spec_memo = spec_memo  # (site, in, values read) -> bind_spec's answer
+    def __init__(self, program, limits, memory: Optional["_Memory"] = None, flops_max=None, params_max=None):
+        memory = memory or _Memory()
+        # the program's symbols, made again when a library loaded since registered names
+        known = (len(program.blocks.defined), len(program.blocks.index))
+        if memory.symbols is None or memory.symbols[0] != known:
+            memory.symbols = (known, Elaborator(program, limits).symbols)
+        super().__init__(program, limits, symbols=memory.symbols[1])
+        self.memo, self.positional, self.layer_memo = memory.blocks, memory.positional, memory.layers
+        self.call_names, self.spec_memo, self.countable = memory.call_names, memory.specs, memory.countable
+        self.expr_memo = (memory.expressions, memory.expression_reads)
         self.flops_max, self.params_max = flops_max, params_max
         self.flops = self.acts = 0
+        self.bound = None  # (call, its bound arguments) of the block about to be elaborated
         self.last = None  # the memo entry of the last block instance made or reused, if it may be repeated
+
+    def evaluator(self, env, in_width=None):
+        return _MemoEvaluator(env, self.src, self.symbols, in_width, self.budget, *self.expr_memo)
 
     def _reads_position(self, block: str) -> bool:
         """Whether a block, or a block it may call, reads index, block_index or num_blocks (conservatively: any
@@ -133,8 +248,23 @@ class _MemoElaborator(Elaborator):
             self.positional[block] = bool(names & _POSITION_NAMES)
         return self.positional[block]
 
+    def override_value(self, key, value):
+        """Elaborator.override_value, remembered by the key and the value."""
+        try:
+            memo_key = ("override value", key, _typed(value))
+            return self.spec_memo[memo_key]
+        except KeyError:
+            pass
+        except TypeError:  # an unhashable value
+            return super().override_value(key, value)
+        converted = super().override_value(key, value)
+        if len(self.spec_memo) < MAX_REMEMBERED:
+            self.spec_memo[memo_key] = converted
+        return converted
+
     def block(self, bdef, call, shape, name, ctx, extra, index, global_index=None):
         bound, _ = self.bind_values(call, [p.name for p in bdef.params], ctx.ev, f"block '{bdef.name}'", extra)
+        self.bound = (call, bound)  # what _count_block binds again
         if global_index is None:
             global_index = ctx.ev.env.get("block_index", self.stage_blocks)
         reads = self._reads_position(bdef.name)
@@ -145,7 +275,7 @@ class _MemoElaborator(Elaborator):
                     break
         position = (index, global_index, self.num_blocks) if reads else None
         try:
-            key = (bdef.name, tuple(sorted(bound.items())), shape, position)
+            key = (bdef.name, tuple(sorted([(k, _typed(v)) for k, v in bound.items()])), shape, position)
             hash(key)
         except TypeError:  # an unhashable argument value: elaborate it as it is
             node = super().block(bdef, call, shape, name, ctx, extra, index, global_index)
@@ -179,6 +309,21 @@ class _MemoElaborator(Elaborator):
         self._check_window()
         return self._named(node, name)
 
+    def _reuse_all(self, hit, n: int) -> bool:
+        """A remembered block instance counted n times at once, when that passes no limit and no window's top;
+        False (nothing counted) otherwise: _reuse, block by block, then says where it passes."""
+        _, (layers, params, activations, flops, acts) = hit
+        n_layers, n_params = self.n_layers + n * layers, self.n_params + n * params
+        elements, flops = self.activation_elements + n * activations, self.flops + n * flops
+        lim = self.limits
+        if (n_layers > lim.max_layers or n_params > lim.max_params or 4 * elements > lim.max_activation_bytes
+                or (self.flops_max is not None and flops > self.flops_max)
+                or (self.params_max is not None and n_params > self.params_max)):
+            return False
+        self.n_layers, self.n_params, self.activation_elements, self.flops = n_layers, n_params, elements, flops
+        self.acts += n * acts
+        return True
+
     def _named(self, node, name):
         """A remembered node under `name`: the node itself, or a copy made once per name (the sampler only
         counts what it builds, so networks may share nodes)."""
@@ -193,6 +338,159 @@ class _MemoElaborator(Elaborator):
             self.call_names[key] = (node, renamed)
         return renamed
 
+    def _block(self, bdef, call, shape, name, ctx, extra, index, global_index=None):
+        """Elaborator._block's counts, for a block _countable allows, without its IR: the node returned is an
+        empty block of the right shapes (the sampler only counts). Anything the counting path does not decide
+        (any error, a limit) is elaborated again as the elaborator does, from the counts before the block."""
+        countable = self.countable.get(bdef.name)
+        if countable is None:
+            countable = self.countable[bdef.name] = _countable(bdef)
+        if not countable or self.pending_cell is not None:
+            self.bound = None
+            return super()._block(bdef, call, shape, name, ctx, extra, index, global_index)
+        before = (self.n_layers, self.n_params, self.activation_elements, self.flops, self.acts, self.budget.used)
+        try:
+            out = self._count_block(bdef, call, shape, ctx, extra, index, global_index)
+        except _OutOfWindow:
+            raise
+        except (_Fallback, ArchError, ValueError, ZeroDivisionError, OverflowError, TypeError, KeyError):
+            (self.n_layers, self.n_params, self.activation_elements, self.flops, self.acts,
+             self.budget.used) = before
+            return super()._block(bdef, call, shape, name, ctx, extra, index, global_index)
+        return ir.Sequence(name, [], shape, out, call.loc, kind="block", block=bdef.name)
+
+    def _count_block(self, bdef, call, shape, ctx, extra, index, global_index):
+        """The output shape of a block instance, its layers counted as Elaborator._block counts them (in the
+        same order: a window's top is passed where elaboration passes it); _Fallback where it would not go as
+        here."""
+        lim = self.limits
+        if bdef.name in ctx.stack or len(ctx.stack) >= lim.max_depth:
+            raise _Fallback
+        self.n_layers += 1
+        if self.n_layers > lim.max_layers:
+            raise _Fallback
+        bound, self.bound = self.bound, None
+        if bound is None or bound[0] is not call:
+            bound = (call, self.bind_values(call, [p.name for p in bdef.params], ctx.ev, "", extra)[0])
+        bound = bound[1]
+        if global_index is None:
+            global_index = ctx.ev.env.get("block_index", self.stage_blocks)
+        env = {"index": index, "block_index": global_index, "num_blocks": self.num_blocks}
+        ev = self.evaluator(env, shape[0] if len(shape) == 3 else None)
+        for p in bdef.params:
+            if p.name in bound:
+                env[p.name] = bound[p.name]
+            elif p.default is not None:
+                env[p.name] = ev.eval(p.default)
+            else:
+                raise _Fallback
+        inner = _Ctx(ev, ctx.stack + (bdef.name,))
+        items = self._count_resolve(bdef.body, ev, [])
+        for first, it in enumerate(items):
+            if type(it) is A.Branch or type(it) is A.Merge:
+                break
+        else:
+            return self._count_sequence(items, shape, inner)
+        x = self._count_sequence(items[:first], shape, inner)
+        shapes, merge, post, main = [], None, [], False
+        for it in items[first:]:
+            kind = type(it)
+            if merge is not None:
+                if kind is not A.Call:
+                    raise _Fallback
+                post.append(it)
+            elif kind is A.Merge:
+                merge = it
+            elif kind is A.Call:
+                raise _Fallback
+            else:
+                if it.kind == "main":
+                    if main:
+                        raise _Fallback
+                    main = True
+                body = it.body
+                if it.kind == "shortcut" and it.when is not None:
+                    taken = ev.eval(it.when)
+                    if type(taken) is not bool:
+                        raise _Fallback
+                    if not taken:
+                        body = ()
+                shapes.append(self._count_sequence(self._count_resolve(body, ev, []), x, inner))
+        if merge is None:
+            if len(shapes) == 1 and main:
+                return self._count_sequence(post, shapes[0], inner)
+            raise _Fallback
+        if len(shapes) < 2:
+            raise _Fallback
+        try:
+            merged = ir.merge_shapes(merge.kind, shapes)
+        except ir.ShapeError:
+            raise _Fallback from None
+        return self._count_sequence(post, merged, inner)
+
+    def _count_resolve(self, stmts, ev, out: list) -> list:
+        """Elaborator.resolve for what _countable allows: `let`s bound, `if`s decided, the rest listed."""
+        for stmt in stmts:
+            kind = type(stmt)
+            if kind is A.Let:
+                ev.env[stmt.name] = ev.eval(stmt.value)
+            elif kind is A.If:
+                taken = ev.eval(stmt.cond)
+                if type(taken) is not bool:
+                    raise _Fallback
+                self._count_resolve(stmt.then if taken else stmt.otherwise, ev, out)
+            else:
+                out.append(stmt)
+        return out
+
+    def _count_sequence(self, calls, shape, ctx):
+        """Elaborator.sequence's output shape, each layer counted as _MemoElaborator.primitive counts it (by
+        the same memory) and each block through self.call."""
+        env, blocks, after_bn = ctx.ev.env, self.program.blocks, False
+        for call in calls:
+            value = env.get(call.name)
+            if isinstance(value, Symbol):
+                if value.name == "none":
+                    if call.args:
+                        raise _Fallback
+                    continue
+                call = A.Call(value.name, call.args, call.loc, call.name_loc)
+            name = call.name
+            if after_bn and name in _BN_ACTS:  # runs with the BatchNorm: no layer of its own, nothing counted
+                if call.args:
+                    raise _Fallback
+                after_bn = False
+                continue
+            if name in PRIMITIVES:
+                shape, after_bn = self._count_layer(call, shape, ctx), PRIMITIVES[name].op == "bn"
+            elif name in blocks:
+                shape, after_bn = self.call(call, shape, _Namer(), ctx).out_shape, False
+            else:
+                raise _Fallback
+        return shape
+
+    def _count_layer(self, call, shape, ctx):
+        """A layer's output shape, counted as _MemoElaborator.primitive counts it, remembered by the same key."""
+        site, names, reads_in = self._site(call)
+        ev = ctx.ev
+        env = ev.env
+        key = (site, shape, ev.in_width if reads_in else None, tuple([env.get(n, _UNSET) for n in names]))
+        hit = self.layer_memo.get(key)
+        if hit is None:  # made, counted and remembered (no copy: it goes into no IR)
+            return self._new_layer(key, call, shape, _Namer(), ctx, False).out_shape
+        _, node, size, acts = hit
+        lim = self.limits
+        if (self.n_layers >= lim.max_layers or self.n_params + node.params > lim.max_params
+                or size > lim.max_activations or 4 * (self.activation_elements + size) > lim.max_activation_bytes):
+            raise _Fallback
+        self.n_layers += 1
+        self.n_params += node.params
+        self.activation_elements += size
+        self.flops += node.flops
+        self.acts += acts
+        self._check_window()
+        return node.out_shape
+
     def _stage_blocks(self, name, call, count, first_extra, shape, ctx, loc):
         """As Elaborator._stage_blocks, but once a block after the first maps its input shape to itself, the
         blocks after it are that block again (same arguments, same input; a block that reads its position, or
@@ -202,6 +500,10 @@ class _MemoElaborator(Elaborator):
         self.path = [name]
         children, x, repeat = [], shape, None
         for i in range(count):
+            if repeat is not None and self._reuse_all(repeat, count - i):
+                children += [self._named(repeat[0], f"b{j + 1}") for j in range(i, count)]
+                self.stage_blocks += count - i
+                break
             self.stage_blocks += 1
             if repeat is not None:
                 node = self._reuse(repeat, f"b{i + 1}")
@@ -258,15 +560,7 @@ class _MemoElaborator(Elaborator):
         except TypeError:  # an unhashable value
             return super().primitive(call, shape, namer, ctx)
         if hit is None:
-            node = super().primitive(call, shape, namer, ctx)  # accounted there
-            base = OPS[node.op].module_name or call.name  # what Elaborator.primitive names it by, else found
-            if f"{base}{namer.counts.get(base)}" != node.name:
-                base = next(k for k, n in namer.counts.items() if f"{k}{n}" == node.name)
-            if len(self.layer_memo) < MAX_REMEMBERED:  # a copy: a bn may yet take an activation
-                size = math.prod(node.out_shape)
-                self.layer_memo[key] = (base, _renamed(node, node.name), size,
-                                        size if node.op in ("conv", "wsconv") else 0)
-            return node
+            return self._new_layer(key, call, shape, namer, ctx, True)
         base, node, size, acts = hit
         node = self._named(node, namer.next(base))
         lim = self.limits
@@ -282,6 +576,19 @@ class _MemoElaborator(Elaborator):
         self._check_window()
         return node
 
+    def _new_layer(self, key, call, shape, namer, ctx, copy: bool):
+        """A layer made by Elaborator.primitive (which counts it), remembered under `key`; a copy remembered when
+        the layer goes into an IR (a bn there may yet take an activation)."""
+        node = Elaborator.primitive(self, call, shape, namer, ctx)
+        base = OPS[node.op].module_name or call.name  # what Elaborator.primitive names it by, else found
+        if f"{base}{namer.counts.get(base)}" != node.name:
+            base = next(k for k, n in namer.counts.items() if f"{k}{n}" == node.name)
+        if len(self.layer_memo) < MAX_REMEMBERED:
+            size = math.prod(node.out_shape)
+            self.layer_memo[key] = (base, _renamed(node, node.name) if copy else node, size,
+                                    size if node.op in ("conv", "wsconv") else 0)
+        return node
+
     def account(self, node: ir.Layer):
         super().account(node)
         self.flops += node.flops
@@ -292,14 +599,23 @@ class _MemoElaborator(Elaborator):
     def _check_override(self, param, env, raw):
         """Elaborator._check_override, remembered when it passes: it compares the kind of the value with the
         kind of the parameter's default, a function of the values the default reads."""
-        site = ("override", param.loc, param.name)
-        names = self.call_names.get(site)
-        if names is None:
-            names = self.call_names[site] = tuple(sorted(_names_read(param.default, set())))
+        entry = self.call_names.get(id(param))
+        if entry is None or entry[0] is not param:  # (the entry holds the parameter: its id is not reused)
+            site = ("override", param.loc, param.name)
+            known = self.call_names.get(site)
+            if known is None:  # (a number for the parameter, as _site numbers calls)
+                known = self.call_names[site] = (len(self.call_names),
+                                                 tuple(sorted(_names_read(param.default, set()))))
+            entry = (param, *known)
+            if len(self.call_names) < MAX_REMEMBERED:
+                self.call_names[id(param)] = entry
+        _, site, names = entry
         if _READS_IN in names:  # reads `in`: not remembered
             return super()._check_override(param, env, raw)
         try:
-            key = (site, value_kind(env[param.name]), tuple([env.get(n, _UNSET) for n in names]))
+            value = env[param.name]
+            kind = _KINDS.get(type(value)) or value_kind(value)
+            key = ("override", site, kind, tuple([env.get(n, _UNSET) for n in names]))
             if key in self.spec_memo:
                 return
         except TypeError:  # an unhashable value
@@ -334,7 +650,7 @@ class Sampler:
         self.flops = flops or space.flops
         self.params = params or space.param_count
         self.max_tries = max_tries
-        self._memo, self._positional, self._layer_memo, self._call_names, self._spec_memo = {}, {}, {}, {}, {}
+        self._memory = _Memory()
         self.tries = self.rejected_constraint = self.rejected_arch = self.rejected_window = 0
         self.count = 0
 
@@ -347,9 +663,8 @@ class Sampler:
         gives them, but from remembered block instances; _OutOfWindow past a window's top."""
         if not self.remember:
             return complexity(self.elaborate(overrides))
-        e = _MemoElaborator(self.space.program, Limits(), self._memo, self._positional, self._layer_memo,
-                            self._call_names, self._spec_memo,
-                            self.flops[1] if self.flops else None, self.params[1] if self.params else None)
+        e = _MemoElaborator(self.space.program, Limits(), self._memory, self.flops[1] if self.flops else None,
+                            self.params[1] if self.params else None)
         e.network(self.space.network, overrides)
         return e.flops, e.n_params, e.acts
 
