@@ -89,6 +89,7 @@ inline void vstore_n(acc* p, typename Vec<acc>::type v, int n) {
     for (int t = 0; t < n; ++t) p[t] = v[t];
   }
 }
+
 #else
 constexpr bool kMaskedTails = false;
 
@@ -102,6 +103,30 @@ inline void vstore_n(acc* p, typename Vec<acc>::type v, int) {
   vstore(p, v);
 }
 #endif
+
+// v (a vector of fewer lanes than a register: gconv's narrow tiles) as the low lanes of one register, the
+// others undefined (for a masked store in avx512): free register casts from 16 and 32 bytes in avx512
+// (GCC's own shuffles to a wider vector went through the stack), lanes doubled by a shuffle otherwise.
+template <typename V, std::size_t... I>
+inline auto doubled_lanes(V v, std::index_sequence<I...>) {
+  return __builtin_shufflevector(v, v, (I % (sizeof...(I) / 2))...);
+}
+
+template <typename acc, typename VN>
+inline typename Vec<acc>::type widen_to_register(VN v) {
+  using V = typename Vec<acc>::type;
+  if constexpr (sizeof(VN) == sizeof(V)) {
+    return v;
+#ifdef PYCNN_CPU_AVX512
+  } else if constexpr (sizeof(VN) == 16) {
+    return (V)_mm512_castps128_ps512((__m128)v);
+  } else if constexpr (sizeof(VN) == 32) {
+    return (V)_mm512_castps256_ps512((__m256)v);
+#endif
+  } else {
+    return widen_to_register<acc>(doubled_lanes(v, std::make_index_sequence<2 * sizeof(VN) / sizeof(acc)>{}));
+  }
+}
 
 // One vector of acc from n values of T (n < lanes: avx512's masked tails; lanes [n, lanes) are zero and
 // not read), and back. T other than acc (half, bfloat16) is widened with F16C / AVX2 / AVX-512
@@ -167,14 +192,51 @@ inline void vstore_span(T* p, typename Vec<acc>::type v, int n) {
   }
 }
 
+// Runs body(j, n, tail) over [0, len) in spans of S values: tail std::false_type with n = S, then for a
+// last partial span std::true_type with its n < S.
+template <int S, typename Body>
+inline void for_spans(int64_t len, Body body) {
+  int64_t j = 0;
+  for (; j + S <= len; j += S) body(j, S, std::false_type{});
+  if (j < len) body(j, static_cast<int>(len - j), std::true_type{});
+}
+
 // Runs body(j, n, tail) over [0, len) one vector at a time: tail std::false_type with n = lanes, then for
 // a last partial vector std::true_type with its n < lanes (pass both to vload_span / vstore_span).
 template <typename acc, typename Body>
 inline void for_vectors(int64_t len, Body body) {
+  for_spans<Vec<acc>::lanes>(len, body);
+}
+
+// Stride-2 copies as whole vectors, over spans of two vectors' worth of values (for_spans<2 * lanes>; dwconv
+// NCHW's phase planes at column stride 2): one constant shuffle (vpermt2ps in avx512) per vector instead of
+// a copy lane by lane. A partial span (Tail, n < 2 lanes) reads and writes exactly its n values.
+template <typename V, std::size_t... I>
+inline V even_lanes(V a, V b, std::index_sequence<I...>) {
+  return __builtin_shufflevector(a, b, (2 * I)...);
+}
+
+template <typename V, std::size_t H, std::size_t... I>
+inline V interleave_lanes(V a, V b, std::index_sequence<I...>) {  // a[H], b[H], a[H + 1], b[H + 1], ...
+  return __builtin_shufflevector(a, b, (H + I / 2 + (I % 2) * sizeof...(I))...);
+}
+
+// v[t] = p[2t] for 2t < n (n <= 2 lanes values at p); lanes past (n + 1) / 2 are zero.
+template <bool Tail, typename acc, typename T>
+inline typename Vec<acc>::type vload_even(const T* p, int n) {
   constexpr int L = Vec<acc>::lanes;
-  int64_t j = 0;
-  for (; j + L <= len; j += L) body(j, L, std::false_type{});
-  if (j < len) body(j, static_cast<int>(len - j), std::true_type{});
+  const auto a = vload_span<Tail, acc>(p, Tail ? std::min(n, L) : L);
+  const auto b = vload_span<Tail, acc>(p + L, Tail ? std::max(n - L, 0) : L);
+  return even_lanes(a, b, std::make_index_sequence<L>{});
+}
+
+// p[2t] = a[t], p[2t + 1] = b[t] for the n values p[0, n) (n <= 2 lanes).
+template <bool Tail, typename acc, typename T>
+inline void vstore_interleaved(T* p, typename Vec<acc>::type a, typename Vec<acc>::type b, int n) {
+  constexpr int L = Vec<acc>::lanes;
+  using Seq = std::make_index_sequence<L>;
+  vstore_span<Tail, acc>(p, interleave_lanes<decltype(a), 0>(a, b, Seq{}), Tail ? std::min(n, L) : L);
+  vstore_span<Tail, acc>(p + L, interleave_lanes<decltype(a), L / 2>(a, b, Seq{}), Tail ? std::max(n - L, 0) : L);
 }
 
 // act(z) and dy * act'(z) on a vector: the piecewise-linear activations as vector selects (the formulas of
