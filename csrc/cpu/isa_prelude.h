@@ -208,35 +208,38 @@ inline void for_vectors(int64_t len, Body body) {
   for_spans<Vec<acc>::lanes>(len, body);
 }
 
-// Stride-2 copies as whole vectors, over spans of two vectors' worth of values (for_spans<2 * lanes>; dwconv
-// NCHW's phase planes at column stride 2): one constant shuffle (vpermt2ps in avx512) per vector instead of
-// a copy lane by lane. A partial span (Tail, n < 2 lanes) reads and writes exactly its n values.
-template <typename V, std::size_t... I>
-inline V even_lanes(V a, V b, std::index_sequence<I...>) {
-  return __builtin_shufflevector(a, b, (2 * I)...);
-}
+// Whether the variant's vectors shuffle as one register (vpermps in avx2, vpermt2ps in avx512); the baseline's
+// 32-byte vectors are two SSE registers, and GCC's SSE2 code for a shuffle across both was 2-5x slower than a
+// scalar copy (tools/cpu_copies_bench.cpp).
+#ifdef PYCNN_CPU_FMA
+constexpr bool kVectorShuffles = true;
+#else
+constexpr bool kVectorShuffles = false;
+#endif
 
 template <typename V, std::size_t H, std::size_t... I>
 inline V interleave_lanes(V a, V b, std::index_sequence<I...>) {  // a[H], b[H], a[H + 1], b[H + 1], ...
   return __builtin_shufflevector(a, b, (H + I / 2 + (I % 2) * sizeof...(I))...);
 }
 
-// v[t] = p[2t] for 2t < n (n <= 2 lanes values at p); lanes past (n + 1) / 2 are zero.
+// dst[2t] = even[t], dst[2t + 1] = odd[t] for the n values dst[0, n), n <= 2 lanes (a span of for_spans<2 *
+// lanes>; dwconv NCHW's two column phases of dx): two shuffles and two stores of whole vectors, the stores
+// masked for a partial span in avx512; scalar loops in the baseline and for the other variants' partial
+// spans (a tail gathered into a vector lane by lane goes through the stack: 2x slower than these loops).
+// even and odd are read as whole vectors: the caller has a vector past them readable.
 template <bool Tail, typename acc, typename T>
-inline typename Vec<acc>::type vload_even(const T* p, int n) {
+inline void copy_interleaved_span(T* dst, const acc* even, const acc* odd, int n) {
   constexpr int L = Vec<acc>::lanes;
-  const auto a = vload_span<Tail, acc>(p, Tail ? std::min(n, L) : L);
-  const auto b = vload_span<Tail, acc>(p + L, Tail ? std::max(n - L, 0) : L);
-  return even_lanes(a, b, std::make_index_sequence<L>{});
-}
-
-// p[2t] = a[t], p[2t + 1] = b[t] for the n values p[0, n) (n <= 2 lanes).
-template <bool Tail, typename acc, typename T>
-inline void vstore_interleaved(T* p, typename Vec<acc>::type a, typename Vec<acc>::type b, int n) {
-  constexpr int L = Vec<acc>::lanes;
-  using Seq = std::make_index_sequence<L>;
-  vstore_span<Tail, acc>(p, interleave_lanes<decltype(a), 0>(a, b, Seq{}), Tail ? std::min(n, L) : L);
-  vstore_span<Tail, acc>(p + L, interleave_lanes<decltype(a), L / 2>(a, b, Seq{}), Tail ? std::max(n - L, 0) : L);
+  if constexpr (!kVectorShuffles || (Tail && !kMaskedTails)) {
+    const int n_even = (n + 1) / 2, n_odd = n / 2;
+    for (int t = 0; t < n_even; ++t) dst[2 * t] = static_cast<T>(even[t]);
+    for (int t = 0; t < n_odd; ++t) dst[2 * t + 1] = static_cast<T>(odd[t]);
+  } else {
+    using Seq = std::make_index_sequence<L>;
+    const auto a = vload<acc>(even), b = vload<acc>(odd);
+    vstore_span<Tail, acc>(dst, interleave_lanes<decltype(a), 0>(a, b, Seq{}), Tail ? std::min(n, L) : L);
+    vstore_span<Tail, acc>(dst + L, interleave_lanes<decltype(a), L / 2>(a, b, Seq{}), Tail ? std::max(n - L, 0) : L);
+  }
 }
 
 // act(z) and dy * act'(z) on a vector: the piecewise-linear activations as vector selects (the formulas of
