@@ -135,7 +135,11 @@ int main() {
   };
   for (int64_t w : {112, 56, 28, 14, 7}) {
     const int64_t rows = 64, half = w / 2 + 8;
-    auto run = [&](auto f) { return [&, f] { for (int64_t r = 0; r < rows; ++r) f(a.data() + r * half, b.data() + r * half, c.data() + r * w, w); }; };
+    auto run = [&](auto f) {
+      return [&, f] {
+        for (int64_t r = 0; r < rows; ++r) f(a.data() + r * half, b.data() + r * half, c.data() + r * w, w);
+      };
+    };
     char name[64];
     std::snprintf(name, sizeof name, "dx interleave, %ld rows of %ld", long(rows), long(w));
     line(name, best_ns(run(inter_old), run(inter_new), 200));
@@ -150,10 +154,14 @@ int main() {
   {
     const float* v4 = b.data();  // 1024 tiles of 4, of 8 values
     const float* v8 = b.data();
-    line("gconv store, 1024 tiles T=4, n=4 (add)", best_ns([&] { store_old<4>(c.data(), v4, 1024, 4); }, [&] { store_new<4>(c.data(), v4, 1024, 4); }, 500));
-    line("gconv store, 1024 tiles T=4, n=3 (add)", best_ns([&] { store_old<4>(c.data(), v4, 1024, 3); }, [&] { store_new<4>(c.data(), v4, 1024, 3); }, 500));
-    line("gconv store, 1024 tiles T=8, n=8 (add)", best_ns([&] { store_old<8>(c.data(), v8, 1024, 8); }, [&] { store_new<8>(c.data(), v8, 1024, 8); }, 500));
-    line("gconv store, 1024 tiles T=8, n=6 (add)", best_ns([&] { store_old<8>(c.data(), v8, 1024, 6); }, [&] { store_new<8>(c.data(), v8, 1024, 6); }, 500));
+    line("gconv store, 1024 tiles T=4, n=4 (add)", best_ns([&] { store_old<4>(c.data(), v4, 1024, 4); },
+                                                   [&] { store_new<4>(c.data(), v4, 1024, 4); }, 500));
+    line("gconv store, 1024 tiles T=4, n=3 (add)", best_ns([&] { store_old<4>(c.data(), v4, 1024, 3); },
+                                                   [&] { store_new<4>(c.data(), v4, 1024, 3); }, 500));
+    line("gconv store, 1024 tiles T=8, n=8 (add)", best_ns([&] { store_old<8>(c.data(), v8, 1024, 8); },
+                                                   [&] { store_new<8>(c.data(), v8, 1024, 8); }, 500));
+    line("gconv store, 1024 tiles T=8, n=6 (add)", best_ns([&] { store_old<8>(c.data(), v8, 1024, 6); },
+                                                   [&] { store_new<8>(c.data(), v8, 1024, 6); }, 500));
   }
   return c[17] == 12345.f;  // keeps the results live
 }
