@@ -203,3 +203,35 @@ def test_vector_tails_variant(variant):
     for case in GCONV_TAIL_CASES:
         for epilogue in test_gconv.EPILOGUES:
             test_gconv.test_matches_conv2d_and_epilogue(case, "channels_last", epilogue)
+
+
+# The stride-2 copies of the NCHW dwconv kernels as whole vectors over spans of two vectors (32 floats in avx512,
+# 16 in avx2): every other input column into a phase plane (the forward and the backward's recomputed conv), the
+# two column phases of dx interleaved back. Widths of one and two spans with tails of 1, 6, 15 (the second vector
+# untouched) and 29 (both partial) values and none (64), column padding 0, 1 and 2 (which phase holds the even
+# columns); stride 2 along the rows only runs the unit-stride copies and packs 38-column rows (pack_rows).
+DWCONV_STRIDE2_CASES = [(1, 2, 5, 33, 3, 2, 1, 1), (2, 3, 4, 70, 3, 2, 1, 1), (1, 2, 3, 47, 5, 2, 2, 1),
+                        (1, 2, 3, 61, 3, 2, 0, 1), (1, 3, 5, 64, 3, (1, 2), 1, 1), (1, 2, 7, 38, 3, (2, 1), 1, 1)]
+
+
+def test_dwconv_stride2_copies_variant(variant):
+    for i, case in enumerate(DWCONV_STRIDE2_CASES):
+        for j, act in enumerate(("relu6", "none", "silu")):
+            test_dwconv.test_matches_conv2d_groups(case, "nchw", act, (i + j) % 2 == 0, j != 1)
+    # Half precision: the widening loads under the stride-2 shuffles, a row with a partial span.
+    for dtype in (torch.float16, torch.bfloat16):
+        mine, theirs = test_dwconv.half_precision_errors(dtype, "cpu", case=(1, 3, 5, 47, 3, 2, 1, 1), layout="nchw")
+        test_dwconv.assert_half_precision_rule(test_dwconv.NAMES, mine, theirs, dtype)
+
+
+# gconv tiles narrower than a register (avx512: 16 floats; avx2: 8): T = 2, 4 and 8 output (forward, weight
+# gradient) or input (input gradient) channels, whole (2 and 4 channels a group: one store of T lanes) and partial
+# (3, 5 and 6: masked in avx512, lane by lane elsewhere), with every epilogue.
+GCONV_NARROW_CASES = [(1, 12, 24, 3, 5, 3, 1, 1, 4), (2, 20, 12, 4, 3, 3, 2, 1, 4), (1, 8, 8, 3, 4, 3, 1, 1, 2),
+                      (1, 6, 4, 3, 3, 3, 1, 1, 2)]
+
+
+def test_gconv_narrow_tiles_variant(variant):
+    for i, case in enumerate(GCONV_NARROW_CASES):
+        for epilogue in test_gconv.EPILOGUES:
+            test_gconv.test_matches_conv2d_and_epilogue(case, ("channels_last", "nchw")[i % 2], epilogue)

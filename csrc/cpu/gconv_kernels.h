@@ -23,20 +23,20 @@ PYCNN_ALWAYS_INLINE vec_t<acc, T> load_vec(const acc* p) {
   return vload<acc, T>(p);
 }
 
-// out[0, n) = v[0, n), n <= T: a tile of a whole vector register is one store (masked for a partial one in
-// avx512: kMaskedTails), narrower tiles and the other variants' partial ones store lane by lane; with Add,
-// out[0, n) += v[0, n).
+// out[0, n) = v[0, n), n <= T; with Add, out[0, n) += v[0, n). A whole tile (n == T) is one store of T
+// lanes (a whole register, or part of one for the narrow tiles of small groups); a partial one (n < T) is
+// masked in avx512 (kMaskedTails: a narrow tile widened to a register first, its lanes past T left
+// undefined and never stored) and stored lane by lane in the other variants.
 template <bool Add, typename acc, int T>
 PYCNN_ALWAYS_INLINE void store_cols(acc* out, vec_t<acc, T> v, int64_t n) {
-  if constexpr (T == Vec<acc>::lanes) {
+  if (n == T) {
+    if constexpr (Add) v += load_vec<acc, T>(out);
+    vstore(out, v);
+  } else if constexpr (kMaskedTails) {
     const int k = static_cast<int>(n);
-    auto put = [&](auto tail) {
-      constexpr bool Tail = decltype(tail)::value;
-      if constexpr (Add) v += vload_span<Tail, acc>(out, k);
-      vstore_span<Tail, acc>(out, v, k);
-    };
-    if (n == T) put(std::false_type{});
-    else put(std::true_type{});
+    typename Vec<acc>::type w = widen_to_register<acc>(v);
+    if constexpr (Add) w += vload_span<true, acc>(out, k);
+    vstore_span<true, acc>(out, w, k);
   } else {
     for (int64_t j = 0; j < n; ++j) out[j] = Add ? out[j] + v[j] : v[j];
   }

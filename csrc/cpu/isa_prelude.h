@@ -89,6 +89,7 @@ inline void vstore_n(acc* p, typename Vec<acc>::type v, int n) {
     for (int t = 0; t < n; ++t) p[t] = v[t];
   }
 }
+
 #else
 constexpr bool kMaskedTails = false;
 
@@ -102,6 +103,30 @@ inline void vstore_n(acc* p, typename Vec<acc>::type v, int) {
   vstore(p, v);
 }
 #endif
+
+// v (a vector of fewer lanes than a register: gconv's narrow tiles) as the low lanes of one register, the
+// others undefined (for a masked store in avx512): free register casts from 16 and 32 bytes in avx512
+// (GCC's own shuffles to a wider vector went through the stack), lanes doubled by a shuffle otherwise.
+template <typename V, std::size_t... I>
+inline auto doubled_lanes(V v, std::index_sequence<I...>) {
+  return __builtin_shufflevector(v, v, (I % (sizeof...(I) / 2))...);
+}
+
+template <typename acc, typename VN>
+inline typename Vec<acc>::type widen_to_register(VN v) {
+  using V = typename Vec<acc>::type;
+  if constexpr (sizeof(VN) == sizeof(V)) {
+    return v;
+#ifdef PYCNN_CPU_AVX512
+  } else if constexpr (sizeof(VN) == 16) {
+    return (V)_mm512_castps128_ps512((__m128)v);
+  } else if constexpr (sizeof(VN) == 32) {
+    return (V)_mm512_castps256_ps512((__m256)v);
+#endif
+  } else {
+    return widen_to_register<acc>(doubled_lanes(v, std::make_index_sequence<2 * sizeof(VN) / sizeof(acc)>{}));
+  }
+}
 
 // One vector of acc from n values of T (n < lanes: avx512's masked tails; lanes [n, lanes) are zero and
 // not read), and back. T other than acc (half, bfloat16) is widened with F16C / AVX2 / AVX-512
@@ -167,14 +192,54 @@ inline void vstore_span(T* p, typename Vec<acc>::type v, int n) {
   }
 }
 
+// Runs body(j, n, tail) over [0, len) in spans of S values: tail std::false_type with n = S, then for a
+// last partial span std::true_type with its n < S.
+template <int S, typename Body>
+inline void for_spans(int64_t len, Body body) {
+  int64_t j = 0;
+  for (; j + S <= len; j += S) body(j, S, std::false_type{});
+  if (j < len) body(j, static_cast<int>(len - j), std::true_type{});
+}
+
 // Runs body(j, n, tail) over [0, len) one vector at a time: tail std::false_type with n = lanes, then for
 // a last partial vector std::true_type with its n < lanes (pass both to vload_span / vstore_span).
 template <typename acc, typename Body>
 inline void for_vectors(int64_t len, Body body) {
+  for_spans<Vec<acc>::lanes>(len, body);
+}
+
+// Whether the variant's vectors shuffle as one register (vpermps in avx2, vpermt2ps in avx512); the baseline's
+// 32-byte vectors are two SSE registers, and GCC's SSE2 code for a shuffle across both was 2-5x slower than a
+// scalar copy (tools/cpu_copies_bench.cpp).
+#ifdef PYCNN_CPU_FMA
+constexpr bool kVectorShuffles = true;
+#else
+constexpr bool kVectorShuffles = false;
+#endif
+
+template <typename V, std::size_t H, std::size_t... I>
+inline V interleave_lanes(V a, V b, std::index_sequence<I...>) {  // a[H], b[H], a[H + 1], b[H + 1], ...
+  return __builtin_shufflevector(a, b, (H + I / 2 + (I % 2) * sizeof...(I))...);
+}
+
+// dst[2t] = even[t], dst[2t + 1] = odd[t] for the n values dst[0, n), n <= 2 lanes (a span of for_spans<2 *
+// lanes>; dwconv NCHW's two column phases of dx): two shuffles and two stores of whole vectors, the stores
+// masked for a partial span in avx512; scalar loops in the baseline and for the other variants' partial
+// spans (a tail gathered into a vector lane by lane goes through the stack: 2x slower than these loops).
+// even and odd are read as whole vectors: the caller has a vector past them readable.
+template <bool Tail, typename acc, typename T>
+inline void copy_interleaved_span(T* dst, const acc* even, const acc* odd, int n) {
   constexpr int L = Vec<acc>::lanes;
-  int64_t j = 0;
-  for (; j + L <= len; j += L) body(j, L, std::false_type{});
-  if (j < len) body(j, static_cast<int>(len - j), std::true_type{});
+  if constexpr (!kVectorShuffles || (Tail && !kMaskedTails)) {
+    const int n_even = (n + 1) / 2, n_odd = n / 2;
+    for (int t = 0; t < n_even; ++t) dst[2 * t] = static_cast<T>(even[t]);
+    for (int t = 0; t < n_odd; ++t) dst[2 * t + 1] = static_cast<T>(odd[t]);
+  } else {
+    using Seq = std::make_index_sequence<L>;
+    const auto a = vload<acc>(even), b = vload<acc>(odd);
+    vstore_span<Tail, acc>(dst, interleave_lanes<decltype(a), 0>(a, b, Seq{}), Tail ? std::min(n, L) : L);
+    vstore_span<Tail, acc>(dst + L, interleave_lanes<decltype(a), L / 2>(a, b, Seq{}), Tail ? std::max(n - L, 0) : L);
+  }
 }
 
 // act(z) and dy * act'(z) on a vector: the piecewise-linear activations as vector selects (the formulas of
