@@ -4,9 +4,12 @@
 // torch.compile and torch.export bad arguments get the same errors as in eager, from the same code.
 // pybind11 with torch's Tensor caster (defined in libtorch_python), not torch/extension.h: that one parses
 // all of libtorch's C++ API (torch::nn, optim, autograd...), 3/4 of this unit's compile time.
+#include <ATen/Parallel.h>
 #include <torch/csrc/utils/pybind.h>
 
+#include <atomic>
 #include <string>
+#include <vector>
 
 #include "bn_act.h"
 #include "build_info.h"
@@ -114,6 +117,21 @@ PYBIND11_MODULE(_C, m) {
     info["cpu_isa_best"] = cpu::isa_name(cpu::cpu_isa());
     return info;
   });
+  m.def(
+      "_parallel_threads",
+      [] {
+        // How many threads an at::parallel_for of this build runs on: at::get_num_threads() when the kernels
+        // were compiled with ATen's parallel backend (OpenMP: a header template over `#pragma omp parallel`),
+        // 1 when they were not, whatever torch.set_num_threads says.
+        std::atomic<int> seen{0};
+        std::vector<std::atomic<bool>> used(static_cast<size_t>(at::get_num_threads()));
+        at::parallel_for(0, 1024, 1, [&](int64_t, int64_t) {
+          const int t = at::get_thread_num();
+          if (t >= 0 && t < static_cast<int>(used.size()) && !used[t].exchange(true)) ++seen;
+        });
+        return seen.load();
+      },
+      "Tests only: the threads one at::parallel_for of pycnn's kernels runs on.");
   m.def("_cpu_isa", [] { return std::string(cpu::isa_name(cpu::active_isa())); },
         "The CPU kernel variant that runs (baseline, avx2 or avx512).");
   m.def(

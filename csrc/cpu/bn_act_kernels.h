@@ -63,6 +63,8 @@ template <typename acc>
 struct PerChannel {
   std::vector<acc> repeated;
   const acc* p;
+  PerChannel(const PerChannel&) = delete;  // p may point into repeated
+  PerChannel& operator=(const PerChannel&) = delete;
   PerChannel(const Layout& l, const acc* v) : p(v) {
     const int64_t pixels = spans_of(l).pixels;
     if (v == nullptr || pixels == 1) return;
