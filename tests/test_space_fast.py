@@ -83,3 +83,23 @@ def test_the_committed_exploration_is_drawn_again(name):
     samples = Sampler(space, 0, {"input": (1, 32, 32)}, (5e5, 3e6), early=False).take(32)
     assert [(s.values, s.flops, s.params, s.acts) for s in samples] == \
         [(r["values"], r["flops"], r["params"], r["acts"]) for r in records]
+
+
+def test_remembered_layers_tell_1_and_true_apart():
+    """1 and true are equal (and hash alike) in Python: a layer remembered with groups=1 must not stand in for the
+    same layer with groups=true, which the elaborator refuses."""
+    from pycnn.dsl.errors import ArchError
+    from pycnn.dsl.library import load_program
+    program = load_program("""
+block blk(f) {
+    conv(4, k=3, groups=f, p=1)
+}
+network n(input = 4x8x8, classes = 10) {
+    stage s1 = 1 x blk(1)
+    stage s2 = 1 x blk(true)
+    head = avgpool flatten linear(classes)
+}
+""", "typed.arch")
+    for elaborator in (Elaborator(program, Limits()), _MemoElaborator(program, Limits(), _Memory())):
+        with pytest.raises(ArchError, match="groups must be an integer, got true"):
+            elaborator.network("n", {})

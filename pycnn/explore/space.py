@@ -474,7 +474,7 @@ class _MemoElaborator(Elaborator):
         site, names, reads_in = self._site(call)
         ev = ctx.ev
         env = ev.env
-        key = (site, shape, ev.in_width if reads_in else None, tuple([env.get(n, _UNSET) for n in names]))
+        key = (site, shape, ev.in_width if reads_in else None, tuple([_typed(env.get(n, _UNSET)) for n in names]))
         hit = self.layer_memo.get(key)
         if hit is None:  # made, counted and remembered (no copy: it goes into no IR)
             return self._new_layer(key, call, shape, _Namer(), ctx, False).out_shape
@@ -539,7 +539,7 @@ class _MemoElaborator(Elaborator):
         site, names, reads_in = self._site(call)
         env = ev.env
         try:
-            key = (site, ev.in_width if reads_in else None, tuple([env.get(n, _UNSET) for n in names]))
+            key = (site, ev.in_width if reads_in else None, tuple([_typed(env.get(n, _UNSET)) for n in names]))
             hit = self.spec_memo.get(key)
         except TypeError:  # an unhashable value
             return super().bind_spec(call, spec, ev, what)
@@ -555,7 +555,7 @@ class _MemoElaborator(Elaborator):
         site, names, reads_in = self._site(call)
         env = ctx.ev.env
         try:  # (`in` is the block's input channels, not the layer's: se(round(in * 0.25)) after a conv)
-            key = (site, shape, ctx.ev.in_width if reads_in else None, tuple([env.get(n, _UNSET) for n in names]))
+            key = (site, shape, ctx.ev.in_width if reads_in else None, tuple([_typed(env.get(n, _UNSET)) for n in names]))
             hit = self.layer_memo.get(key)
         except TypeError:  # an unhashable value
             return super().primitive(call, shape, namer, ctx)
@@ -615,7 +615,7 @@ class _MemoElaborator(Elaborator):
         try:
             value = env[param.name]
             kind = _KINDS.get(type(value)) or value_kind(value)
-            key = ("override", site, kind, tuple([env.get(n, _UNSET) for n in names]))
+            key = ("override", site, kind, tuple([_typed(env.get(n, _UNSET)) for n in names]))
             if key in self.spec_memo:
                 return
         except TypeError:  # an unhashable value
