@@ -1,7 +1,7 @@
 // Micro benchmark of the CPU kernels' copies that were plain loops before the vector helpers of
 // csrc/cpu/isa_prelude.h took them over: dwconv NCHW's stride-2 dx interleave, pack_rows (GCC had made a
 // memmove of its loop) and gconv's store of a narrow tile (fewer channels than a register). Each old loop
-// (as it was in the kernels) against the new code, the kernels' compiler flags, best of 7 rounds. (The
+// (as it was in the kernels) against the new code, the kernels' compiler flags, best of 15 rounds. (The
 // stride-2 phase copy of fill_phases stays a plain loop: GCC vectorizes it with vpermt2ps / vpermps.)
 //   for v in baseline avx2 avx512; do g++ -std=gnu++20 -O3 -fno-trapping-math -fno-math-errno -DVARIANT_$v \
 //     tools/cpu_copies_bench.cpp -o /tmp/copies_$v && /tmp/copies_$v; done

@@ -49,12 +49,13 @@ def op_of(key: str) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--caps", nargs="+", default=["avx2", "avx512"])
+    ap.add_argument("--caps", nargs="+", default=["avx2", "avx512"], choices=["baseline", "avx2", "avx512"])
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--networks", nargs="+", default=[n for _, n in NETWORKS], choices=[n for _, n in NETWORKS])
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    previous = _C._cpu_isa()
     started = time.perf_counter()
     rows, total = [], {cap: collections.Counter() for cap in args.caps}
     moved = collections.Counter()  # (from, to) between the first and the last cap, per shape
@@ -73,7 +74,7 @@ def main() -> None:
                 first, last = got[args.caps[0]], got[args.caps[-1]]
                 moved.update((first[k], last[k]) for k in first.keys() & last.keys() if first[k] != last[k])
                 print(f"# {network} batch {batch} done ({time.perf_counter() - started:.0f} s)", flush=True)
-    _C._set_cpu_isa("avx512")
+    _C._set_cpu_isa(previous)
     print(f"\nkernels=auto, eval, channels_last, {args.threads} threads; distinct fused-op shapes per choice\n")
     print("| network | batch | cap | shapes | pycnn | folded | torch |")
     print("|---|---|---|---|---|---|---|")

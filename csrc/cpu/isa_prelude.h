@@ -89,7 +89,6 @@ inline void vstore_n(acc* p, typename Vec<acc>::type v, int n) {
     for (int t = 0; t < n; ++t) p[t] = v[t];
   }
 }
-
 #else
 constexpr bool kMaskedTails = false;
 
