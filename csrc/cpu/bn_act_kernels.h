@@ -76,9 +76,10 @@ struct PerChannel {
 };
 
 // Per-channel sums over spans, in chunks of kLanes elements whose terms go to a local [K][kLanes] block
-// first, so that the term loop and the sums vectorize without -ffast-math: with S == 1 (channels_last,
-// channel j at element j) the block is added to the chunk's channel slots of out; with S == 0 (one
-// channel per span) it is the kLanes partial sums, added up at the end.
+// first, so that the term loop and the sums vectorize without -ffast-math (GCC vectorizes the fixed-length
+// chunk loop as a whole): with S == 1 (channels_last, channel j at element j) the block is added to the
+// chunk's channel slots of out; with S == 0 (one channel per span) it is the kLanes partial sums, added up at
+// the end.
 
 template <int S, int K, typename acc, typename Term>
 inline void accumulate_span(int64_t len, acc* __restrict__ out, int64_t out_stride, Term term) {
@@ -91,14 +92,22 @@ inline void accumulate_span(int64_t len, acc* __restrict__ out, int64_t out_stri
       term(j + t, vt);
       for (int k = 0; k < K; ++k) v[k][t] = vt[k];
     }
-    for (int k = 0; k < K; ++k)
-      for (int t = 0; t < kLanes; ++t) {
-        if constexpr (S == 1) {
-          out[k * out_stride + j + t] += v[k][t];
+    for (int k = 0; k < K; ++k) {
+      if constexpr (S == 1) {
+        acc* o = out + k * out_stride + j;
+        if constexpr (K == 1) {
+          for (int t = 0; t < kLanes; ++t) o[t] += v[k][t];
         } else {
-          lanes[k][t] += v[k][t];
+          // Explicit vectors: GCC cannot tell that the K rows of out never overlap and scalarized this
+          // read-modify-write (backward ran at half speed). With K = 1 it vectorizes the whole chunk on its
+          // own, better than with the block forced through memory (the forward's moments ran at half speed).
+          constexpr int L = Vec<acc>::lanes;
+          for (int t = 0; t < kLanes; t += L) vstore(o + t, vload(o + t) + vload(v[k] + t));
         }
+      } else {
+        for (int t = 0; t < kLanes; ++t) lanes[k][t] += v[k][t];
       }
+    }
   }
   for (; j < len; ++j) {
     acc v[K];
