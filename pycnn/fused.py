@@ -190,7 +190,7 @@ def conv_bn_act(conv: nn.Conv2d, bn: _BatchNorm, x: Tensor, kind: str, act: Opti
     autograd layer."""
     if kernel == "torch" or not runs_on_pycnn(bn):
         return batch_norm_act(bn, conv(x), act, residual, "torch")
-    if kernel == "folded":  # a depthwise or grouped conv run as the dense path runs: PyTorch's conv, BN folded
+    if kernel == "folded":  # a depthwise or grouped conv run as the dense path runs: PyTorch's conv, BN folded in eval
         kind = "dense"
     batch_stats = bn.training or bn.running_mean is None
     if not batch_stats and _inference((x, residual, _param(conv, "weight"), _param(conv, "bias"),

@@ -49,10 +49,11 @@ class FusedStep:
         self.kernel_by_token: Dict[int, str] = {}  # network call signature token -> its kernel (auto)
 
     def candidates(self, training: bool) -> tuple:
-        """The kernels `auto` races: pycnn's and PyTorch's composition and, for a depthwise or grouped conv in
-        eval, PyTorch's conv with the BatchNorm folded in (on the CPU oneDNN, packed, the activation fused),
-        which beats both on many grouped shapes."""
-        if self.kind == "conv_bn_act" and self.attrs["conv"] != "dense" and not training:
+        """The kernels `auto` races: pycnn's and PyTorch's composition and, for a depthwise or grouped conv,
+        the dense path's way: PyTorch's conv with, in eval, the BatchNorm folded in (on the CPU oneDNN, packed,
+        the activation fused), in training followed by pycnn's BatchNorm+act. It beats both on many grouped
+        shapes."""
+        if self.kind == "conv_bn_act" and self.attrs["conv"] != "dense":
             return ("pycnn", "folded", "torch")
         return ("pycnn", "torch")
 
