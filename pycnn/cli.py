@@ -94,7 +94,8 @@ def cmd_summary(args) -> int:
     try:
         s = pycnn.summary(args.file, args.network, show=False, **_overrides(args))
         with torch.device("meta"):
-            kernels = pycnn.compile(args.file, args.network, kernels=args.kernels, **_overrides(args)).kernels()
+            # the inference plan (a model in training runs "folded" convs as the conv, then pycnn's BatchNorm+act)
+            kernels = pycnn.compile(args.file, args.network, kernels=args.kernels, **_overrides(args)).eval().kernels()
     except pycnn.ArchError as e:
         print(e, file=sys.stderr)
         return 1

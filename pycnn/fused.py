@@ -1,8 +1,10 @@
 """The fused operations of compiled networks, as functions of the PyTorch modules that hold their parameters.
 
 `kernel` picks how one runs: "pycnn" on pycnn's kernels (in eval the BatchNorm folded into the convolution),
-"torch" as the eager PyTorch composition of the same modules. Both compute the same thing and update the same
-running statistics in training, so the choice (pycnn.dispatch) is free to go either way per layer.
+"folded" (a depthwise or grouped conv run as a dense one is: PyTorch's conv, the BatchNorm folded in eval,
+pycnn's BatchNorm+act after it in training), "torch" as the eager PyTorch composition of the same modules. All
+compute the same thing and update the same running statistics in training, so the choice (pycnn.dispatch) is
+free to go any way per layer.
 pycnn.nn's modules are thin wrappers over these functions.
 """
 from __future__ import annotations

@@ -19,7 +19,7 @@ def kernel_table(model: nn.Module) -> Dict[str, str]:
                 for name in step.names[1:]:
                     table[f"{prefix}.{name}" if prefix else name] = f"(fused into {first})"
                 if isinstance(step, FusedStep):
-                    table[first] = kernel_label(step)
+                    table[first] = kernel_label(step, training=module.training)
                 else:
                     sub = model.get_submodule(first)
                     if not isinstance(sub, (Chain, Block)):
@@ -27,16 +27,23 @@ def kernel_table(model: nn.Module) -> Dict[str, str]:
     return table
 
 
-_PYCNN_KERNEL = {"depthwise": "pycnn::dwconv", "grouped": "pycnn::gconv", "dense": "aten::conv2d+folded BN"}
+_PYCNN_KERNEL = {"depthwise": "pycnn::dwconv", "grouped": "pycnn::gconv"}
+# a dense conv's pycnn side, and any conv's "folded": the BatchNorm folded in eval, pycnn's after the conv in training
+_DENSE = {False: "aten::conv2d+folded BN", True: "aten::conv2d+pycnn::bn_act"}
 
 
-def kernel_label(step: FusedStep) -> str:
-    """What runs a fused step: pycnn's side (a conv_bn_act in training: the conv, then pycnn::bn_act), PyTorch's
-    conv with the BatchNorm folded ("folded", a depthwise or grouped conv in eval), "aten" (the eager
-    composition) or, before its first run with kernels="auto", the candidates."""
+def kernel_label(step: FusedStep, training: bool = False) -> str:
+    """What runs a fused step: pycnn's side (a depthwise or grouped conv_bn_act in training: the conv, then
+    pycnn::bn_act), PyTorch's conv with the BatchNorm folded in eval or followed by pycnn::bn_act in training
+    (a dense conv, or "folded"), "aten" (the eager composition) or, before its first run with kernels="auto",
+    the candidates."""
     suffix = "+residual" if step.attrs.get("residual") else ""
-    ours = (_PYCNN_KERNEL[step.attrs["conv"]] if step.kind == "conv_bn_act" else f"pycnn::{step.kind}") + suffix
+    dense = _DENSE[training]
+    if step.kind == "conv_bn_act":
+        ours = (_PYCNN_KERNEL.get(step.attrs["conv"]) or dense) + suffix
+    else:
+        ours = f"pycnn::{step.kind}{suffix}"
     kernel = step.last_kernel or (step.kernels if step.kernels != "auto" else None)
     if kernel is None:
         return f"auto: {ours} | aten"
-    return {"pycnn": ours, "folded": _PYCNN_KERNEL["dense"] + suffix}.get(kernel, "aten")
+    return {"pycnn": ours, "folded": dense + suffix}.get(kernel, "aten")

@@ -51,8 +51,8 @@ class FusedStep:
     def candidates(self, training: bool) -> tuple:
         """The kernels `auto` races: pycnn's and PyTorch's composition and, for a depthwise or grouped conv,
         the dense path's way: PyTorch's conv with, in eval, the BatchNorm folded in (on the CPU oneDNN, packed,
-        the activation fused), in training followed by pycnn's BatchNorm+act. It beats both on many grouped
-        shapes."""
+        the activation fused; it beats both on many grouped shapes), in training followed by pycnn's
+        BatchNorm+act."""
         if self.kind == "conv_bn_act" and self.attrs["conv"] != "dense":
             return ("pycnn", "folded", "torch")
         return ("pycnn", "torch")

@@ -148,10 +148,10 @@ def test_auto_choice_resolved_once_per_input_signature(monkeypatch):
 
 @pytest.mark.parametrize("grad", [False, True])
 def test_grouped_and_depthwise_convs_race_the_folded_conv_too(monkeypatch, tmp_path, grad):
-    """kernels="auto" in eval: a depthwise or grouped conv_bn_act races pycnn's kernel, PyTorch's conv with the
-    BatchNorm folded in, and the composition; "folded" runs, equals the reference, and is what the report says.
-    Training races the three too ("folded": PyTorch's conv, then pycnn's BatchNorm+act). A cached entry measured
-    without "folded" is measured again."""
+    """kernels="auto": a depthwise or grouped conv_bn_act races pycnn's kernel, PyTorch's conv with the BatchNorm
+    folded in (eval) or followed by pycnn's BatchNorm+act (training), and the composition; "folded" runs, equals
+    the reference (and its gradients too), and is what the report says. A cached entry measured without "folded"
+    is measured again."""
     calls = []
 
     def fake_measure(run, x, residual, params, buffers, kernels=("pycnn", "torch"), repeats=5):
@@ -184,12 +184,20 @@ def test_grouped_and_depthwise_convs_race_the_folded_conv_too(monkeypatch, tmp_p
     model.train()
     # 64x64: at 32x32 the last stage's BatchNorms see 2 values per channel, too ill-conditioned for 1e-9
     x_train = torch.randn(2, 3, 64, 64, dtype=torch.float64)
-    torch.testing.assert_close(model(x_train), ref.train()(x_train), rtol=1e-9, atol=1e-10)
+    y, y_ref = model(x_train), ref.train()(x_train)
+    torch.testing.assert_close(y, y_ref, rtol=1e-9, atol=1e-10)
+    if grad:
+        weights = torch.randn_like(y)
+        for g, g_ref in zip(torch.autograd.grad((y * weights).sum(), list(model.parameters())),
+                            torch.autograd.grad((y_ref * weights).sum(), list(ref.parameters()))):
+            torch.testing.assert_close(g, g_ref, rtol=1e-7, atol=1e-9)
     assert ("pycnn", "folded", "torch") in calls  # the grouped convs; the others race two
     assert all(s.last_kernel == "folded" for s in grouped)
+    assert all(kernel_label(s, training=True).startswith("aten::conv2d+pycnn::bn_act") for s in grouped)
+    assert sum(v.startswith("aten::conv2d+pycnn::bn_act") for v in model.kernels().values()) >= len(grouped)
     ref.eval()
     # an entry written before "folded" was a candidate: measured again
-    key, entry = next((k, e) for k, e in dispatch.kernel_cache().entries.items() if "folded_ms" in e)
+    key, entry = next((k, e) for k, e in dispatch.kernel_cache().entries.items() if "folded_ms" in e and "|eval|" in k)
     dispatch.kernel_cache().entries[key] = {"choice": "torch", "pycnn_ms": 1.0, "torch_ms": 0.5}
     for s in model_steps:
         s.kernel_by_token.clear()
