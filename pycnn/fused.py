@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from . import ops
-from .opspec import ACTIVATIONS
+from .opspec import ACTIVATIONS, acts_with
 
 
 def _eager(path: str):
@@ -29,6 +29,9 @@ def _eager(path: str):
 
 ACT_FNS = {a.name: _eager(a.eager) for a in ACTIVATIONS.values()}
 INPLACE_ACT_FNS = {a.name: functools.partial(_eager(a.eager), inplace=True) for a in ACTIVATIONS.values() if a.inplace}
+# in place under autograd too: their eager in-place form is differentiated from its output (relu_, hardtanh_), as
+# torchvision's ReLU(inplace=True) after a BatchNorm is
+INPLACE_WITH_GRAD = frozenset(acts_with("mask_from_output")) & INPLACE_ACT_FNS.keys()
 
 
 def activation(y: Tensor, act: Optional[str]) -> Tensor:
@@ -36,12 +39,14 @@ def activation(y: Tensor, act: Optional[str]) -> Tensor:
 
 
 def epilogue_(y: Tensor, residual: Optional[Tensor], act: Optional[str]) -> Tensor:
-    """act(y + residual) in place on a fresh y when autograd does not need it (eval inference): no extra
-    tensors, one pass fewer per op."""
-    if y.requires_grad:
-        return activation(y + residual if residual is not None else y, act)
-    if residual is not None:
-        y = y.add_(residual)
+    """act(y + residual) on a fresh y (a conv's or a BatchNorm's output: their backward does not read it), in place
+    where autograd allows: all of it without autograd (eval inference), the activation alone when it is
+    differentiated from its output (INPLACE_WITH_GRAD). No extra tensors, one pass fewer per op."""
+    if y.requires_grad or (residual is not None and residual.requires_grad):
+        z = y + residual if residual is not None else y
+        return INPLACE_ACT_FNS[act](z) if act in INPLACE_WITH_GRAD else activation(z, act)
+    if residual is not None:  # out of place where the sum's dtype is not y's (autocast): as the reference promotes
+        y = y.add_(residual) if residual.dtype == y.dtype else y + residual
     return y if act in (None, "none") else INPLACE_ACT_FNS.get(act, ACT_FNS[act])(y)
 
 
@@ -68,7 +73,9 @@ def batch_norm_act(bn: _BatchNorm, x: Tensor, act: Optional[str], residual: Opti
     """act(bn(x) [+ residual]) with nn.BatchNorm2d's semantics (batch statistics in training or without running
     statistics, running-statistics update, momentum None = cumulative average)."""
     if kernel == "torch" or not runs_on_pycnn(bn):
-        y = _BatchNorm.forward(bn, x) if runs_on_pycnn(bn) else bn(x)
+        if runs_on_pycnn(bn):
+            return epilogue_(_BatchNorm.forward(bn, x), residual, act)
+        y = bn(x)  # another module: its output may be its input or kept by its backward
         return activation(y + residual if residual is not None else y, act)
     use_batch_stats = bn.training or bn.running_mean is None
     update = bn.training and bn.track_running_stats

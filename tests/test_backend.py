@@ -144,6 +144,23 @@ def test_kernels_torch_runs_exactly_the_reference():
     assert set(fused.kernels().values()) >= {"aten"}
 
 
+def test_kernels_torch_applies_relu_in_place_after_batchnorm():
+    """The eager composition overwrites BatchNorm's fresh output with its relu, as torchvision's
+    ReLU(inplace=True) does (BatchNorm's backward does not read its output): no out-of-place relu in training or
+    eval, and the same values and gradients as the reference (test_kernels_torch_runs_exactly_the_reference)."""
+    torch.manual_seed(0)
+    ref = pycnn.compile(arch("archs/resnet.arch"), "resnet18", input=(3, 32, 32), backend="reference")
+    fused = to_backend(ref, "fused", kernels="torch")
+    x = torch.randn(2, 3, 32, 32)
+    for train in (True, False):
+        with torch.profiler.profile() as prof:
+            y, g = forward_backward(fused, x, train)
+        y_ref, g_ref = forward_backward(ref, x, train)
+        assert torch.equal(y, y_ref) and all(torch.equal(g[n], g_ref[n]) for n in g_ref)
+        names = [e.name for e in prof.events()]
+        assert names.count("aten::relu_") == 17 and "aten::relu" not in names  # stem, 2 per block, 8 blocks
+
+
 def test_state_dicts_move_between_flavours():
     torch.manual_seed(0)
     fused = pycnn.compile(arch("archs/efficientnet.arch"), input=(3, 32, 32), kernels="pycnn")
