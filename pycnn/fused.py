@@ -29,9 +29,8 @@ def _eager(path: str):
 
 ACT_FNS = {a.name: _eager(a.eager) for a in ACTIVATIONS.values()}
 INPLACE_ACT_FNS = {a.name: functools.partial(_eager(a.eager), inplace=True) for a in ACTIVATIONS.values() if a.inplace}
-# in place under autograd too: their eager in-place form is differentiated from its output (relu_, hardtanh_), as
-# torchvision's ReLU(inplace=True) after a BatchNorm is
-INPLACE_WITH_GRAD = frozenset(acts_with("mask_from_output")) & INPLACE_ACT_FNS.keys()
+# in place under autograd too (relu: as torchvision's ReLU(inplace=True) after a BatchNorm)
+INPLACE_WITH_GRAD = frozenset(acts_with("inplace_with_grad")) & INPLACE_ACT_FNS.keys()
 
 
 def activation(y: Tensor, act: Optional[str]) -> Tensor:
@@ -40,9 +39,9 @@ def activation(y: Tensor, act: Optional[str]) -> Tensor:
 
 def epilogue_(y: Tensor, residual: Optional[Tensor], act: Optional[str]) -> Tensor:
     """act(y + residual) on a fresh y (a conv's or a BatchNorm's output: their backward does not read it), in place
-    where autograd allows: all of it without autograd (eval inference), the activation alone when it is
-    differentiated from its output (INPLACE_WITH_GRAD). No extra tensors, one pass fewer per op."""
-    if y.requires_grad or (residual is not None and residual.requires_grad):
+    where autograd allows: all of it without autograd (eval inference), the activation alone where PyTorch runs
+    its in-place form in place under autograd (INPLACE_WITH_GRAD). No extra tensors, one pass fewer per op."""
+    if torch.is_grad_enabled() and (y.requires_grad or (residual is not None and residual.requires_grad)):
         z = y + residual if residual is not None else y
         return INPLACE_ACT_FNS[act](z) if act in INPLACE_WITH_GRAD else activation(z, act)
     if residual is not None:  # out of place where the sum's dtype is not y's (autocast): as the reference promotes

@@ -50,14 +50,18 @@ class Activation:
     se_gate: bool = False          # pycnn.se's gate
     mask_from_output: bool = False  # its derivative is readable from its output: pycnn.bn_act keeps the output
                                     # for backward instead of the residual (memory saving)
-    inplace: bool = False          # the eager function takes inplace=True (eval epilogues reuse the tensor)
+    inplace: bool = False          # the eager function takes inplace=True (epilogues reuse the tensor)
+    inplace_with_grad: bool = False  # and runs in place under autograd too, differentiated from its output
+                                     # (relu_; relu6_ and silu_ clone first there): the eager composition's
+                                     # epilogue overwrites the fresh tensor in training (fused.epilogue_)
     onednn: Optional[Tuple[str, Tuple[float, ...]]] = None  # oneDNN's unary post-op (name, scalars)
 
 
 _KERNEL_ACT = dict(bn_act=True, residual=True, se_hidden=True, inplace=True)
 
 ACTIVATIONS: Dict[str, Activation] = {a.name: a for a in (
-    Activation("relu", "ReLU", "F.relu", ("ReLU", 1), **_KERNEL_ACT, mask_from_output=True, onednn=("relu", ())),
+    Activation("relu", "ReLU", "F.relu", ("ReLU", 1), **_KERNEL_ACT, mask_from_output=True, inplace_with_grad=True,
+               onednn=("relu", ())),
     Activation("relu6", "ReLU6", "F.relu6", ("ReLU6", 2), **_KERNEL_ACT, mask_from_output=True,
                onednn=("hardtanh", (0.0, 6.0))),
     Activation("silu", "SiLU", "F.silu", ("SiLU", 3), **_KERNEL_ACT, onednn=("swish", ())),

@@ -146,8 +146,8 @@ def test_kernels_torch_runs_exactly_the_reference():
 
 def test_kernels_torch_applies_relu_in_place_after_batchnorm():
     """The eager composition overwrites BatchNorm's fresh output with its relu, as torchvision's
-    ReLU(inplace=True) does (BatchNorm's backward does not read its output): no out-of-place relu in training or
-    eval, and the same values and gradients as the reference (test_kernels_torch_runs_exactly_the_reference)."""
+    ReLU(inplace=True) does (BatchNorm's backward does not read its output, relu's reads its result): no
+    out-of-place relu in training or eval, and the same values and gradients as the reference."""
     torch.manual_seed(0)
     ref = pycnn.compile(arch("archs/resnet.arch"), "resnet18", input=(3, 32, 32), backend="reference")
     fused = to_backend(ref, "fused", kernels="torch")
@@ -159,6 +159,12 @@ def test_kernels_torch_applies_relu_in_place_after_batchnorm():
         assert torch.equal(y, y_ref) and all(torch.equal(g[n], g_ref[n]) for n in g_ref)
         names = [e.name for e in prof.events()]
         assert names.count("aten::relu_") == 17 and "aten::relu" not in names  # stem, 2 per block, 8 blocks
+    # relu6 stays out of place under autograd: there PyTorch's hardtanh_ is a clone, hardtanh and copy_ back
+    model = pycnn.compile(arch("archs/mobilenet_v2.arch"), input=(3, 32, 32), kernels="torch", width_mult=0.25)
+    with torch.profiler.profile() as prof:
+        forward_backward(model, x, True)
+    names = [e.name for e in prof.events()]
+    assert names.count("aten::relu6") == 35 and "aten::hardtanh_" not in names
 
 
 def test_state_dicts_move_between_flavours():
