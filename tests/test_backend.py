@@ -167,6 +167,20 @@ def test_kernels_torch_applies_relu_in_place_after_batchnorm():
     assert names.count("aten::relu6") == 35 and "aten::hardtanh_" not in names
 
 
+def test_inference_epilogue_adds_a_residual_of_another_dtype_out_of_place():
+    """Without autograd the epilogue adds the residual in place, except where the sum's dtype is not the conv's
+    (autocast): then the result promotes, as the reference's y + residual does."""
+    from pycnn.fused import epilogue_
+    y, residual = torch.randn(2, 4, 3, 3).bfloat16(), torch.randn(2, 4, 3, 3)
+    expected = torch.relu(y + residual)
+    with torch.no_grad():
+        out = epilogue_(y.clone(), residual, "relu")
+    assert out.dtype == torch.float32 and torch.equal(out, expected)
+    same = y.float()
+    with torch.no_grad():
+        assert epilogue_(same, residual, "relu") is same  # same dtype: in place
+
+
 def test_state_dicts_move_between_flavours():
     torch.manual_seed(0)
     fused = pycnn.compile(arch("archs/efficientnet.arch"), input=(3, 32, 32), kernels="pycnn")
