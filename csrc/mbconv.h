@@ -14,10 +14,12 @@ namespace pycnn {
 constexpr int kMbConvMaxKernel = 7;
 
 // x [n, c, h, w] -> expand 1x1 (c -> e; absent: e == c) -> depthwise k x k, stride s, padding k / 2
+// [-> squeeze-and-excitation: scaled by sigmoid(fc2(se_act(fc1(mean_hw)))), fc1 e -> r, fc2 r -> e]
 // -> project 1x1 (e -> co) [+ x when residual] -> y [n, co, oh, ow].
 struct MbConvGeometry {
   int64_t n, c, h, w;  // input
   int64_t e, co;       // expanded and output channels
+  int64_t r;           // the squeeze-and-excitation's reduced channels (0: no SE)
   int64_t oh, ow;      // output
   int k, s, p;         // depthwise kernel size, stride, padding (k / 2)
   bool expand, residual;
@@ -62,6 +64,7 @@ inline MbConvGeometry check_mbconv_args(std::string_view op, const Tensor& input
   TORCH_CHECK(!g.expand || expand_weight->dim() >= 1, op, ": expand_weight must have shape (C_exp, ", g.c,
               ", 1, 1) or (C_exp, ", g.c, "), got ", expand_weight->sizes());
   g.e = g.expand ? expand_weight->size(0) : g.c;
+  g.r = 0;
   if (g.expand) detail::check_mbconv_weight(op, "expand_weight", *expand_weight, input, g.e, g.c, 1, false);
   TORCH_CHECK(dw_weight.dim() == 4, op, ": dw_weight must have shape (", g.e, ", 1, k, k), got ", dw_weight.sizes());
   const int64_t k = dw_weight.size(2);
@@ -86,6 +89,28 @@ inline MbConvGeometry check_mbconv_args(std::string_view op, const Tensor& input
               ": residual needs stride 1 and as many output channels as input channels, got stride ", stride,
               ", ", g.c, " -> ", g.co, " channels");
   return g;
+}
+
+// The optional squeeze-and-excitation between the depthwise conv and the projection: fc1 (r, e[, 1, 1]) and
+// fc2 (e, r[, 1, 1]) both or neither, their biases optional. Sets g.r (0 without SE).
+inline void check_mbconv_se(std::string_view op, MbConvGeometry& g, const Tensor& input,
+                            const OptTensor& se_reduce_weight, const OptTensor& se_reduce_bias,
+                            const OptTensor& se_expand_weight, const OptTensor& se_expand_bias) {
+  TORCH_CHECK(se_reduce_weight.has_value() == se_expand_weight.has_value(), op,
+              ": se_reduce_weight and se_expand_weight are given together or not at all");
+  g.r = 0;
+  if (!se_reduce_weight) {
+    TORCH_CHECK(!se_reduce_bias && !se_expand_bias, op, ": an SE bias is given without the SE weights");
+    return;
+  }
+  TORCH_CHECK(se_reduce_weight->dim() >= 1 && se_reduce_weight->size(0) >= 1, op,
+              ": se_reduce_weight must have shape (C_r, ", g.e, ", 1, 1) or (C_r, ", g.e, "), got ",
+              se_reduce_weight->sizes());
+  g.r = se_reduce_weight->size(0);
+  detail::check_mbconv_weight(op, "se_reduce_weight", *se_reduce_weight, input, g.r, g.e, 1, false);
+  detail::check_mbconv_weight(op, "se_expand_weight", *se_expand_weight, input, g.e, g.r, 1, false);
+  if (se_reduce_bias) check_channel_vector(op, "se_reduce_bias", *se_reduce_bias, input, g.r);
+  if (se_expand_bias) check_channel_vector(op, "se_expand_bias", *se_expand_bias, input, g.e);
 }
 
 }  // namespace pycnn

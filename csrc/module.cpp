@@ -94,11 +94,16 @@ void check_se_backward(const Tensor& grad_output, const Tensor& input, const Ten
 
 void check_mbconv_forward(const Tensor& input, const OptTensor& expand_weight, const OptTensor& expand_bias,
                           const Tensor& dw_weight, const OptTensor& dw_bias, const Tensor& project_weight,
-                          const OptTensor& project_bias, int64_t stride, const std::string& act, bool residual) {
+                          const OptTensor& project_bias, int64_t stride, const std::string& act, bool residual,
+                          const OptTensor& se_reduce_weight, const OptTensor& se_reduce_bias,
+                          const OptTensor& se_expand_weight, const OptTensor& se_expand_bias,
+                          const std::string& se_act) {
   constexpr std::string_view op = "pycnn.mbconv";
-  check_mbconv_args(op, input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias, stride,
-                    residual);
+  MbConvGeometry g = check_mbconv_args(op, input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight,
+                                       project_bias, stride, residual);
+  check_mbconv_se(op, g, input, se_reduce_weight, se_reduce_bias, se_expand_weight, se_expand_bias);
   parse_act(op, act);
+  parse_act(op, se_act);
 }
 
 }  // namespace

@@ -66,9 +66,14 @@ TORCH_LIBRARY(pycnn, m) {
   // convs (weights and biases), padding is k / 2:
   //   e = act(conv1x1(input, expand_weight) + expand_bias)      (absent: e = input, expansion ratio 1)
   //   d = act(dwconv_kxk(e, dw_weight, stride) + dw_bias)
+  //   [d = d * sigmoid(conv1x1(se_act(conv1x1(mean_hw(d), se_reduce_weight) + se_reduce_bias),
+  //                            se_expand_weight) + se_expand_bias)          (squeeze-and-excitation, when given)]
   //   output = conv1x1(d, project_weight) + project_bias [+ input when residual]
-  // The expanded activation is computed in row tiles and never stored. Output channels_last. No autograd.
+  // The expanded activation is computed in row tiles and never stored (with SE: d is stored once, as the scale
+  // needs all of it before the projection). Output channels_last. No autograd.
   m.def(
       "mbconv_forward(Tensor input, Tensor? expand_weight, Tensor? expand_bias, Tensor dw_weight, Tensor? dw_bias, "
-      "Tensor project_weight, Tensor? project_bias, int stride, str act, bool residual) -> Tensor");
+      "Tensor project_weight, Tensor? project_bias, int stride, str act, bool residual, "
+      "Tensor? se_reduce_weight=None, Tensor? se_reduce_bias=None, Tensor? se_expand_weight=None, "
+      "Tensor? se_expand_bias=None, str se_act=\"relu\") -> Tensor");
 }

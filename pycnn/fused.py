@@ -315,9 +315,10 @@ def squeeze_excite(se: nn.Module, x: Tensor, act: str, post_act: Optional[str], 
 
 # -------------------------------------------------------------------------------- the inverted-residual block
 
-def mbconv_fusable(modules, x: Tensor, residual: Optional[Tensor]) -> bool:
-    """Whether pycnn.mbconv can run the block (conv, bn pairs in order) on x: eval BatchNorms, no autograd to
-    record, the CPU, float32/float64 without autocast, zero padding, and a residual (if any) that is x itself."""
+def mbconv_fusable(modules, x: Tensor, residual: Optional[Tensor], se: Optional[nn.Module] = None) -> bool:
+    """Whether pycnn.mbconv can run the block (conv, bn pairs in order; `se` the SqueezeExcite between the
+    depthwise and the project conv, if any) on x: eval BatchNorms, no autograd to record, the CPU,
+    float32/float64 without autocast, zero padding, and a residual (if any) that is x itself."""
     if torch.compiler.is_compiling() or torch.jit.is_tracing():  # traced and exported graphs keep the parts
         return False
     if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or _autocast_dtype(x) is not None:
@@ -327,9 +328,11 @@ def mbconv_fusable(modules, x: Tensor, residual: Optional[Tensor]) -> bool:
     convs, bns = modules[0::2], modules[1::2]
     if not all(runs_on_pycnn(bn) and not bn.training and bn.running_mean is not None for bn in bns):
         return False
-    if not all(c.padding_mode == "zeros" and c.weight.dtype == x.dtype for c in convs):
+    se_params = [] if se is None else [_param(fc, n) for fc in (se.fc1, se.fc2) for n in ("weight", "bias")]
+    if not all(c.padding_mode == "zeros" and c.weight.dtype == x.dtype for c in convs) \
+            or any(t is not None and t.dtype != x.dtype for t in se_params):
         return False
-    return _inference([x] + [_param(m, n) for m in modules for n in ("weight", "bias")])
+    return _inference([x] + [_param(m, n) for m in modules for n in ("weight", "bias")] + se_params)
 
 
 def _same_tensor(a: Tensor, b: Tensor) -> bool:
@@ -338,12 +341,15 @@ def _same_tensor(a: Tensor, b: Tensor) -> bool:
                       and a.dtype == b.dtype)
 
 
-def mbconv_block(modules, x: Tensor, act: str, stride: int, residual: bool) -> Tensor:
-    """The block (expand conv, bn, dw conv, bn, project conv, bn; or without expand) as one pycnn.mbconv call,
-    every BatchNorm folded into its conv from the cache (cached_fold): only where mbconv_fusable."""
+def mbconv_block(modules, x: Tensor, act: str, stride: int, residual: bool, se: Optional[nn.Module] = None,
+                 se_act: Optional[str] = None) -> Tensor:
+    """The block (expand conv, bn, dw conv, bn, [se,] project conv, bn; or without expand) as one pycnn.mbconv
+    call, every BatchNorm folded into its conv from the cache (cached_fold): only where mbconv_fusable."""
     folds = [cached_fold(conv, bn, dense=True) for conv, bn in zip(modules[0::2], modules[1::2])]
     expand = (folds[0].weight, folds[0].bias) if len(folds) == 3 else (None, None)
     dw, project = folds[-2], folds[-1]
+    se_args = (None,) * 4 if se is None else \
+        tuple(_param(fc, n) for fc in (se.fc1, se.fc2) for n in ("weight", "bias"))
     with torch._C._AutoDispatchBelowAutograd():
         return torch.ops.pycnn.mbconv_forward(x, *expand, dw.weight, dw.bias, project.weight, project.bias, stride,
-                                              act, residual)
+                                              act, residual, *se_args, se_act or "none")

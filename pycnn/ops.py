@@ -7,7 +7,7 @@ rejects, with the same message.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -425,27 +425,38 @@ def mbconv(
     stride: int = 1,
     act: str = "relu6",
     residual: bool = False,
+    se: Optional[Tuple[Tensor, Optional[Tensor], Tensor, Optional[Tensor]]] = None,
+    se_act: str = "relu",
 ) -> Tensor:
-    """project(act(dw(act(expand(input))))) [+ input] in one op whose expanded activation never leaves cache.
+    """project(act(dw(act(expand(input)))) [* se scale]) [+ input] in one op whose expanded activation never
+    leaves cache (with SE it is stored once: the scale needs all of it).
 
     The BatchNorms are folded into the weights and biases (eval): expand 1x1 (C -> E; None for expansion
     ratio 1), depthwise k x k (E, 1, k, k) with padding k // 2 and stride 1 or 2, project 1x1 (E -> C_out).
+    ``se = (fc1_weight, fc1_bias, fc2_weight, fc2_bias)`` scales the depthwise output by
+    ``sigmoid(fc2(se_act(fc1(mean_hw))))`` before the projection (EfficientNet's MBConv).
     float32 or float64; returns channels_last. Inference only: no gradient (CPU only for now).
     """
     check_kernel_act("pycnn.mbconv", "activation", act)
+    check_kernel_act("pycnn.mbconv", "se_act", se_act)
+    se = tuple(se) if se is not None else (None, None, None, None)
+    if len(se) != 4:
+        raise ValueError(f"pycnn.mbconv: se must be (fc1_weight, fc1_bias, fc2_weight, fc2_bias), got {len(se)} values")
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (
-            input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias)):
+            input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias) + se):
         raise RuntimeError("pycnn.mbconv: inference only (no backward): call it under torch.no_grad() or "
                            "torch.inference_mode(), or run the block unfused")
     return torch.ops.pycnn.mbconv_forward(input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight,
-                                          project_bias, stride, act, residual)
+                                          project_bias, stride, act, residual, *se, se_act)
 
 
 @torch.library.register_fake("pycnn::mbconv_forward")
 def _mbconv_forward_fake(input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias,
-                         stride, act, residual):
+                         stride, act, residual, se_reduce_weight=None, se_reduce_bias=None, se_expand_weight=None,
+                         se_expand_bias=None, se_act="relu"):
     _check_like_kernels("mbconv_forward", input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight,
-                        project_bias, stride, act, residual)
+                        project_bias, stride, act, residual, se_reduce_weight, se_reduce_bias, se_expand_weight,
+                        se_expand_bias, se_act)
     k = dw_weight.size(2)
     oh = (input.size(2) + 2 * (k // 2) - k) // stride + 1
     ow = (input.size(3) + 2 * (k // 2) - k) // stride + 1

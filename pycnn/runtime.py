@@ -141,10 +141,11 @@ _measure_while_tracing._dynamo_marked_constant = True
 
 
 class MbConvStep(FusedStep):
-    """An inverted-residual block (pycnn.passes.mbconv): kernel "pycnn" runs it as one pycnn.mbconv call where
-    that can run (pycnn.fused.mbconv_fusable: eval, no autograd, CPU float32/64), "torch" and every other case run
-    its parts, the conv_bn_act steps it replaced, each with its own kernel choice as without the pass. So the
-    dispatch races the fused block against the unfused path per shape, and training never changes."""
+    """An inverted-residual block (pycnn.passes.mbconv, SE included): kernel "pycnn" runs it as one pycnn.mbconv
+    call where that can run (pycnn.fused.mbconv_fusable: eval, no autograd, CPU float32/64), "torch" and every
+    other case run its parts, the conv_bn_act (and se) steps it replaced, each with its own kernel choice as
+    without the pass. So the dispatch races the fused block against the unfused path per shape, and training
+    never changes."""
 
     def __init__(self, node: ir.Fused, kernels: str):
         parts = node.attrs["parts"]
@@ -159,8 +160,11 @@ class MbConvStep(FusedStep):
 
     def run(self, modules, x, residual, kernel: str):
         a = self.attrs
-        if kernel == "pycnn" and fused.mbconv_fusable(modules, x, residual):
-            return fused.mbconv_block(modules, x, a["act"], a["s"], a["residual"])
+        if kernel == "pycnn":
+            # the SE's module sits between the depthwise conv's pair and the project conv's
+            pairs, se = (modules[:-3] + modules[-2:], modules[-3]) if a["se"] else (modules, None)
+            if fused.mbconv_fusable(pairs, x, residual, se):
+                return fused.mbconv_block(pairs, x, a["act"], a["s"], a["residual"], se, a["se_act"])
         first = 0
         for k, (part, size) in enumerate(zip(self.parts, self.part_sizes)):
             mods, first = modules[first:first + size], first + size

@@ -26,6 +26,9 @@ CASES = [
     (5, 15, 9, 5, 2, False, "hardswish", 6, 5),
     (9, 9, 5, 5, 1, False, "relu", 3, 2),         # no expand, odd, H/W < k
     (3, 17, 3, 3, 2, False, "none", 1, 1),
+    # rows at least kMbConvRingMinWidth (16) wide: the ring of expanded rows (narrower images are expanded whole)
+    (16, 96, 24, 3, 2, False, "relu6", 5, 17),
+    (24, 72, 24, 5, 1, True, "silu", 4, 16),
 ]
 
 
@@ -43,17 +46,42 @@ def make_block(case, dtype=torch.float64, seed=0, batch=2):
     return x, expand, dw, project
 
 
-def reference(x, expand, dw, project, stride, act, residual):
+def reference(x, expand, dw, project, stride, act, residual, se=None, se_act="relu"):
     f = REF_ACT[act]
     t = x if expand[0] is None else f(F.conv2d(x, expand[0], expand[1]))
     k = dw[0].size(2)
     t = f(F.conv2d(t, dw[0], dw[1], stride=stride, padding=k // 2, groups=t.size(1)))
+    if se is not None:  # torchvision.ops.SqueezeExcitation
+        t = t * torch.sigmoid(F.conv2d(REF_ACT[se_act](F.conv2d(t.mean((2, 3), keepdim=True), se[0], se[1])),
+                                       se[2], se[3]))
     y = F.conv2d(t, project[0], project[1])
     return y + x if residual else y
 
 
-def run(x, expand, dw, project, stride, act, residual):
-    return ops.mbconv(x, *expand, *dw, *project, stride=stride, act=act, residual=residual)
+def run(x, expand, dw, project, stride, act, residual, se=None, se_act="relu"):
+    return ops.mbconv(x, *expand, *dw, *project, stride=stride, act=act, residual=residual, se=se, se_act=se_act)
+
+
+def make_se(e, reduced, dtype=torch.float64, seed=1):
+    """fc1 (reduced, e, 1, 1) and fc2 (e, reduced, 1, 1) with biases, as torchvision's SqueezeExcitation."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(dtype)
+    return rand(reduced, e, 1, 1, scale=e ** -0.5), rand(reduced), rand(e, reduced, 1, 1, scale=reduced ** -0.5), rand(e)
+
+
+# (block case, SE reduced channels, SE act): EfficientNet-B0's blocks (silu), whole-image and ring widths, no
+# expand, stride 2, residual, odd channel counts.
+SE_CASES = [
+    ((32, 32, 16, 3, 1, False, "silu", 18, 17), 8, "silu"),     # EfficientNet's first block (t = 1), ring
+    ((16, 96, 24, 3, 2, False, "silu", 9, 8), 4, "silu"),       # whole image
+    ((24, 144, 24, 3, 1, True, "silu", 5, 16), 6, "silu"),      # ring, residual
+    ((40, 240, 80, 3, 2, False, "silu", 7, 7), 10, "relu"),
+    ((112, 672, 112, 5, 1, True, "silu", 3, 3), 28, "silu"),    # 7x7-like: weights dominate
+    ((7, 21, 5, 5, 1, False, "relu6", 6, 19), 3, "hardswish"),  # odd channels, ring
+    ((9, 9, 9, 3, 1, True, "relu", 4, 4), 1, "none"),           # no expand, residual, one reduced channel
+]
 
 
 def cast(block, dtype):
@@ -156,3 +184,77 @@ def test_bad_arguments_name_the_argument():
     with pytest.raises(RuntimeError, match="expand_bias is given without expand_weight"):
         call(x, None, be, wd, bd, wp, bp, 1, "relu6", True)
 
+
+
+def _se_id(value):
+    return "-".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+@pytest.mark.parametrize("case,reduced,se_act", SE_CASES, ids=_se_id)
+def test_float64_parity_with_se(case, reduced, se_act):
+    c, e, co, k, s, res, act, h, w = case
+    x, expand, dw, project = make_block(case, batch=3)
+    se = make_se(e, reduced)
+    y = run(x, expand, dw, project, s, act, res, se, se_act)
+    ref = reference(x, expand, dw, project, s, act, res, se, se_act)
+    assert y.shape == ref.shape and y.is_contiguous(memory_format=torch.channels_last)
+    assert (y - ref).abs().max().item() < 1e-9
+
+
+@pytest.mark.parametrize("case,reduced,se_act", SE_CASES[:4], ids=_se_id)
+def test_float32_with_se_within_4x_pytorch_error(case, reduced, se_act):
+    c, e, co, k, s, res, act, h, w = case
+    block64, se64 = make_block(case), make_se(e, reduced)
+    ref = reference(*block64, s, act, res, se64, se_act)
+    block32, se32 = cast(block64, torch.float32), tuple(t.float() for t in se64)
+    torch_err = (reference(*block32, s, act, res, se32, se_act).double() - ref).abs().max().item()
+    ours_err = (run(*block32, s, act, res, se32, se_act).double() - ref).abs().max().item()
+    assert ours_err <= 4 * max(torch_err, 1e-6), (ours_err, torch_err)
+
+
+def test_se_without_biases_and_nan_propagates_through_the_scale():
+    case, reduced, se_act = SE_CASES[1]
+    c, e, co, k, s, res, act, h, w = case
+    x, expand, dw, project = make_block(case)
+    w1, _, w2, _ = make_se(e, reduced)
+    y = run(x, expand, dw, project, s, act, res, (w1, None, w2, None), se_act)
+    assert (y - reference(x, expand, dw, project, s, act, res, (w1, None, w2, None), se_act)).abs().max() < 1e-9
+    x = x.clone()
+    x[0, 0, 1, 1] = float("nan")  # one value: the mean, so the scale of every channel of image 0 is NaN
+    y = run(x, expand, dw, project, s, act, res, (w1, None, w2, None), se_act)
+    assert torch.isnan(y[0]).all() and not torch.isnan(y[1]).any()
+
+
+def test_opcheck_with_se():
+    for case, reduced, se_act in (SE_CASES[1], SE_CASES[2]):
+        c, e, co, k, s, res, act, h, w = case
+        x, expand, dw, project = make_block(case, dtype=torch.float32)
+        se = make_se(e, reduced, dtype=torch.float32)
+        torch.library.opcheck(torch.ops.pycnn.mbconv_forward, (x, *expand, *dw, *project, s, act, res, *se, se_act))
+
+
+def test_bad_se_arguments_name_the_argument():
+    case, reduced, se_act = SE_CASES[2]
+    x, (we, be), (wd, bd), (wp, bp) = make_block(case)
+    w1, b1, w2, b2 = make_se(144, reduced)
+    call = torch.ops.pycnn.mbconv_forward
+    head = (x, we, be, wd, bd, wp, bp, 1, "silu", True)
+    with pytest.raises(RuntimeError, match="se_reduce_weight and se_expand_weight are given together"):
+        call(*head, w1, b1, None, b2, "silu")
+    with pytest.raises(RuntimeError, match="SE bias is given without the SE weights"):
+        call(*head, None, b1, None, None, "silu")
+    with pytest.raises(RuntimeError, match="se_reduce_weight must have shape"):
+        call(*head, w1[:, :7], b1, w2, b2, "silu")
+    with pytest.raises(RuntimeError, match="se_expand_weight must have shape"):
+        call(*head, w1, b1, w2[:, :2], b2, "silu")
+    with pytest.raises(RuntimeError, match="se_expand_weight has dtype"):
+        call(*head, w1, b1, w2.float(), b2, "silu")
+    with pytest.raises(RuntimeError, match="se_reduce_bias"):
+        call(*head, w1, b1[:2], w2, b2, "silu")
+    with pytest.raises(RuntimeError, match="unknown activation"):
+        call(*head, w1, b1, w2, b2, "gelu")
+    with pytest.raises(ValueError, match="se must be"):
+        ops.mbconv(x, we, be, wd, bd, wp, bp, act="silu", residual=True, se=(w1, b1))
+    x.requires_grad_(True)
+    with pytest.raises(RuntimeError, match="inference only"):
+        run(x.detach(), (we, be), (wd, bd), (wp, bp), 1, "silu", True, (w1.requires_grad_(True), b1, w2, b2))

@@ -8,6 +8,7 @@ import torch
 import pycnn
 from pycnn import dispatch, passes
 from pycnn.lower import to_backend
+from pycnn.passes.mbconv import fuse_mbconv
 from pycnn.runtime import MbConvStep, step_lists
 from random_bn import randomized
 
@@ -31,10 +32,24 @@ def test_pass_matches_every_mobilenet_v2_block():
     assert not [f for f in passes.fused_nodes(off) if f.kind == "mbconv"]
 
 
-def test_pass_leaves_blocks_with_se_alone():
-    """EfficientNet's blocks have SE between the depthwise and the project conv: not this op's pattern."""
+def test_pass_matches_every_efficientnet_b0_block_with_its_se():
+    """EfficientNet's blocks have SE between the depthwise and the project conv: fused with it."""
     root = os.path.dirname(MOBILENET)
     plan = passes.run(pycnn.parse(os.path.join(root, "efficientnet.arch"), "efficientnet_b0"))
+    blocks = [f for f in passes.fused_nodes(plan) if f.kind == "mbconv"]
+    assert len(blocks) == 16
+    assert [b.attrs["se"] for b in blocks] == [8, 4, 6, 6, 10, 10, 20, 20, 20, 28, 28, 28, 48, 48, 48, 48]
+    assert {b.attrs["se_act"] for b in blocks} == {"silu"} and {b.attrs["act"] for b in blocks} == {"silu"}
+    assert [b.attrs["k"] for b in blocks] == [3, 3, 3, 5, 5, 3, 3, 3, 5, 5, 5, 5, 5, 5, 5, 3]
+    assert [p.kind for p in blocks[1].attrs["parts"]] == ["conv_bn_act", "conv_bn_act", "se", "conv_bn_act"]
+    mobilenet = passes.run(pycnn.parse(MOBILENET, "mobilenet_v2"))
+    assert all(b.attrs["se"] == 0 and b.attrs["se_act"] is None
+               for b in passes.fused_nodes(mobilenet) if b.kind == "mbconv")
+    # an SE with an activation after its scaling is not the block's (nor is the block without it)
+    plan = passes.run(pycnn.parse(os.path.join(root, "efficientnet.arch"), "efficientnet_b0"), disable=["mbconv"])
+    for se in [f for f in passes.fused_nodes(plan) if f.kind == "se"]:
+        se.attrs["post_act"] = "relu"
+    fuse_mbconv(plan)
     assert not [f for f in passes.fused_nodes(plan) if f.kind == "mbconv"]
 
 
@@ -57,6 +72,22 @@ def test_compiled_mobilenet_v2_eval_equals_the_reference_in_float64(monkeypatch)
     unfused.load_state_dict(model.state_dict())
     model.train(), unfused.train()
     assert torch.equal(model(x), unfused(x)) and not calls
+
+
+@pytest.mark.usefixtures("private_kernel_cache")
+def test_compiled_efficientnet_b0_eval_with_se_in_the_block_equals_the_reference_in_float64(monkeypatch):
+    net = dict(input=(3, 32, 32), kernels="pycnn", dropout=0.0, width=0.5)
+    torch.manual_seed(0)
+    model = randomized(pycnn.compile(os.path.join(os.path.dirname(MOBILENET), "efficientnet.arch"),
+                                     "efficientnet_b0", **net)).double().eval()
+    ref = to_backend(model, "reference").eval()
+    calls = []
+    monkeypatch.setattr(pycnn.fused, "mbconv_block", _counting(pycnn.fused.mbconv_block, calls))
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    with torch.no_grad():
+        y, y_ref = model(x), ref(x)
+    assert len(calls) == 16, "every block ran as pycnn.mbconv, its SE inside"
+    assert (y - y_ref).abs().max().item() < 1e-9
 
 
 def _counting(fn, calls):

@@ -60,8 +60,10 @@ def test_every_pass_on_a_small_network():
     assert acts == ["relu", "relu6", "silu", "relu", None, None, "silu", "relu"]
 
 
-def test_passes_keep_every_layer_and_name_and_leave_the_input_alone():
-    net = pycnn.parse(os.path.join(ROOT, "archs", "efficientnet.arch"), "efficientnet_b0")
+@pytest.mark.parametrize("path,network", [("efficientnet.arch", "efficientnet_b0"),
+                                          ("efficientnet_v2.arch", "efficientnet_v2_s")])  # drop path after blocks
+def test_passes_keep_every_layer_and_name_and_leave_the_input_alone(path, network):
+    net = pycnn.parse(os.path.join(ROOT, "archs", path), network)
     before = [(name, layer.op) for name, layer in net.layers()]
     plan = passes.run(net)
     assert [(name, layer.op) for name, layer in plan.layers()] == before
@@ -70,7 +72,8 @@ def test_passes_keep_every_layer_and_name_and_leave_the_input_alone():
 
 
 @pytest.mark.parametrize("disabled,kinds", [
-    ((), {"conv_bn_act", "se"}),
+    ((), {"conv_bn_act", "mbconv"}),  # every block with its SE is an mbconv; the stem and head stay conv_bn_act
+    (("mbconv",), {"conv_bn_act", "se"}),
     (("conv_bn_act",), {"bn_act", "se"}),
     (("conv_bn_act", "bn_act"), {"se"}),
     (("conv_bn_act", "bn_act", "se", "residual"), set()),
@@ -101,9 +104,12 @@ def test_residual_epilogues():
     assert [layer.op for layer in last.layers] == ["conv", "bn", "act"] and block.post == []
     block = first_block("resnet.arch", "resnet50")
     assert block.residual_into == 0 and block.branches[0].children[-1].attrs["act"] == "relu"
-    block = first_block("efficientnet.arch", "efficientnet_b0")  # MBConv: no act after the add
+    block = first_block("efficientnet.arch", "efficientnet_b0", disable=("mbconv",))  # MBConv: no act after the add
     last = block.branches[block.residual_into].children[-1]
     assert last.attrs == {"conv": "dense", "act": None, "residual": True} and len(last.layers) == 2
+    block = first_block("efficientnet.arch", "efficientnet_b0")  # ... and with it the whole block is one node
+    last = block.branches[block.residual_into].children[-1]
+    assert last.kind == "mbconv" and last.attrs["residual"] and last.attrs["se"]
     assert first_block("nf_resnet50.arch", "nf_resnet50").residual_into is None   # ends with scale
     assert first_block("densenet.arch", "densenet121").residual_into is None      # concat
     assert first_block("resnet.arch", "resnet50", disable=("bn_act", "conv_bn_act")).residual_into is None

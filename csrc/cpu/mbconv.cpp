@@ -1,7 +1,8 @@
 // CPU implementation of pycnn::mbconv_forward, the fused inverted-residual block in eval (BatchNorms folded
 // into the convs by the caller): checks, NHWC input, weights packed once per call into the kernels' layout
-// (transposed 1x1 weights, taps-major depthwise weights, channel counts padded to kMbConvPad with zeros),
-// then the variant's kernel (cpu/mbconv_kernels.h). Training and CUDA are not implemented (docs/kernels.md).
+// (transposed 1x1 weights, taps-major depthwise weights, channel counts padded to kMbConvPad with zeros;
+// the SE's weights packed likewise), then the variant's kernel (cpu/mbconv_kernels.h). Training and CUDA are
+// not implemented (docs/kernels.md).
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -28,26 +29,38 @@ Tensor padded_vector(const OptTensor& v, int64_t channels, int64_t padded, const
 
 Tensor mbconv_forward_cpu(const Tensor& input, const OptTensor& expand_weight, const OptTensor& expand_bias,
                           const Tensor& dw_weight, const OptTensor& dw_bias, const Tensor& project_weight,
-                          const OptTensor& project_bias, int64_t stride, c10::string_view act_name, bool residual) {
+                          const OptTensor& project_bias, int64_t stride, c10::string_view act_name, bool residual,
+                          const OptTensor& se_reduce_weight, const OptTensor& se_reduce_bias,
+                          const OptTensor& se_expand_weight, const OptTensor& se_expand_bias,
+                          c10::string_view se_act_name) {
   constexpr std::string_view op = "pycnn.mbconv";
-  const MbConvGeometry g = check_mbconv_args(op, input, expand_weight, expand_bias, dw_weight, dw_bias,
-                                             project_weight, project_bias, stride, residual);
+  MbConvGeometry g = check_mbconv_args(op, input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight,
+                                       project_bias, stride, residual);
+  check_mbconv_se(op, g, input, se_reduce_weight, se_reduce_bias, se_expand_weight, se_expand_bias);
   TORCH_CHECK(input.device().is_cpu(), op, ": input must be a CPU tensor for the CPU kernel, got ", input.device());
   const Act act = parse_act(op, std::string_view(act_name.data(), act_name.size()));
+  MbConvSeTensors se;
+  se.act = parse_act(op, std::string_view(se_act_name.data(), se_act_name.size()));
   constexpr auto nhwc = at::MemoryFormat::ChannelsLast;
   const int64_t ep = mbconv_padded(g.e), cop = mbconv_padded(g.co);
   const Tensor x = input.contiguous(nhwc);
   Tensor we, be;
   if (g.expand) {
-    we = pad_columns(expand_weight->reshape({g.e, g.c}).t(), ep);  // [C][Ep]
+    we = expand_weight->reshape({g.e, g.c}).contiguous();  // [E][C]
     be = padded_vector(expand_bias, g.e, ep, input);
   }
   const Tensor wd = pad_columns(dw_weight.reshape({g.e, g.k * g.k}).t(), ep);  // [k*k][Ep]
   const Tensor bd = padded_vector(dw_bias, g.e, ep, input);
-  const Tensor wp = pad_columns(project_weight.reshape({g.co, g.e}).t(), cop);  // [E][Cop]
+  const Tensor wp = project_weight.reshape({g.co, g.e}).contiguous();  // [C_out][E]
   const Tensor bp = padded_vector(project_bias, g.co, cop, input);
+  if (g.r > 0) {
+    se.w1 = pad_columns(se_reduce_weight->reshape({g.r, g.e}), ep);               // [R][Ep]
+    se.b1 = padded_vector(se_reduce_bias, g.r, g.r, input);                      // [R]
+    se.w2t = pad_columns(se_expand_weight->reshape({g.e, g.r}).t(), ep);          // [R][Ep]
+    se.b2 = padded_vector(se_expand_bias, g.e, ep, input);                       // [Ep]
+  }
   Tensor y = at::empty({g.n, g.co, g.oh, g.ow}, input.options(), nhwc);
-  if (y.numel() > 0) PYCNN_CPU_KERNELS(mb, x.scalar_type()).forward(g, act, x, we, be, wd, bd, wp, bp, y);
+  if (y.numel() > 0) PYCNN_CPU_KERNELS(mb, x.scalar_type()).forward(g, act, x, we, be, wd, bd, wp, bp, y, se);
   return y;
 }
 

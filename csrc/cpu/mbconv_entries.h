@@ -13,12 +13,26 @@ constexpr int64_t kMbConvPad = 16;
 
 inline int64_t mbconv_padded(int64_t channels) { return (channels + kMbConvPad - 1) / kMbConvPad * kMbConvPad; }
 
+// The squeeze-and-excitation inside the block (g.r > 0), packed: w1 [R][Ep] (fc1), b1 [R], w2t [R][Ep] (fc2
+// transposed), b2 [Ep], zero-padded.
+struct MbConvSeTensors {
+  Tensor w1, b1, w2t, b2;
+  Act act = Act::None;
+};
+
+template <typename T>
+struct MbConvSe {
+  const T *w1, *b1, *w2t, *b2;
+  Act act;
+};
+
 struct MbConvKernels {
-  // y = project(act(dw(act(expand(x))))) [+ x], x and y NHWC-contiguous; the packed weights (input's dtype):
-  // we [C][Ep], be [Ep] (undefined without expansion), wd [k*k][Ep], bd [Ep], wp [E][Cop], bp [Cop], where
-  // Ep = mbconv_padded(E) and Cop = mbconv_padded(C_out), zero-padded.
+  // y = project(act(dw(act(expand(x)))) [* se scale]) [+ x], x and y NHWC-contiguous; the weights (input's
+  // dtype): we [E][C] (undefined without expansion), be [Ep], wd [k*k][Ep], bd [Ep], wp [C_out][E], bp [Cop],
+  // where Ep = mbconv_padded(E) and Cop = mbconv_padded(C_out), zero-padded; se's tensors undefined without SE.
   void (*forward)(const MbConvGeometry& g, Act act, const Tensor& x, const Tensor& we, const Tensor& be,
-                  const Tensor& wd, const Tensor& bd, const Tensor& wp, const Tensor& bp, const Tensor& y);
+                  const Tensor& wd, const Tensor& bd, const Tensor& wp, const Tensor& bp, const Tensor& y,
+                  const MbConvSeTensors& se);
 };
 
 PYCNN_CPU_VARIANTS(MbConvKernels, mb)

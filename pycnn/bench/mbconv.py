@@ -2,11 +2,11 @@
 
     python -m pycnn.bench.mbconv [--batch 1 8] [--threads 2] [--repeats 15] [--size 224] [--network mobilenet_v2]
 
-For every distinct block of the network (C -> expand E -> depthwise k, stride -> C_out [+ residual]) at the
+For every distinct block of the network (C -> expand E -> depthwise k, stride [-> SE] -> C_out [+ residual]) at the
 given input size, channels_last float32, times interleaved in one run (medians of --repeats rounds):
   fused  - pycnn.mbconv with the BatchNorms folded (once, outside the timing, as the runtime caches them);
   per-op - pycnn's eval path per layer (pycnn.fused.conv_bn_act with its cached folds: oneDNN / F.conv2d for the
-           1x1 convs, pycnn.dwconv for the depthwise one, the residual in the last op's epilogue);
+           1x1 convs, pycnn.dwconv for the depthwise one, pycnn.se, the residual in the last op's epilogue);
   torch  - eager PyTorch modules (Conv2d + BatchNorm2d + activation, + input), as torchvision runs them;
 and prints the ratios per-op / fused and torch / fused (> 1: the fused block is faster), of the medians and of
 the best runs (robust to preemption on a loaded machine), with geometric means and the ratio of summed times.
@@ -33,6 +33,7 @@ class Block(NamedTuple):
     stride: int
     h: int
     act: str
+    se: int = 0  # the squeeze-and-excitation's reduced channels (0: none)
 
     @property
     def residual(self) -> bool:
@@ -56,14 +57,14 @@ def mobilenet_v2_blocks(size: int = 224) -> List[Block]:
 
 
 def efficientnet_b0_blocks(size: int = 224) -> List[Block]:
-    """The distinct blocks of EfficientNet-B0 without their squeeze-and-excitation (which the op does not fuse)."""
+    """The distinct blocks of EfficientNet-B0, each with its squeeze-and-excitation (reduced to C_in / 4, silu)."""
     settings = [(1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3), (6, 5, 1, 112, 3),
                 (6, 5, 2, 192, 4), (6, 3, 1, 320, 1)]
     blocks, c, h = [], 32, size // 2
     for t, k, s, co, n in settings:
         for i in range(n):
             stride = s if i == 0 else 1
-            b = Block(c, c * t, co, k, stride, h, "silu")
+            b = Block(c, c * t, co, k, stride, h, "silu", max(1, c // 4))
             if b not in blocks:
                 blocks.append(b)
             h = (h + 2 * (k // 2) - k) // stride + 1
@@ -92,12 +93,15 @@ class EagerBlock(nn.Module):
         self.b = b
         self.expand = conv_bn(b.c, b.e) if b.e != b.c else None
         self.dw = conv_bn(b.e, b.e, b.k, b.stride, groups=b.e)
+        from torchvision.ops import SqueezeExcitation
+        self.se = SqueezeExcitation(b.e, b.se, activation=nn.SiLU) if b.se else None
         self.project = conv_bn(b.e, b.co)
         self.act = fused.ACT_FNS[b.act]
 
     def forward(self, x):
         t = self.act(self.expand(x)) if self.expand is not None else x
-        y = self.project(self.act(self.dw(t)))
+        t = self.act(self.dw(t))
+        y = self.project(self.se(t) if self.se is not None else t)
         return y + x if self.b.residual else y
 
     def per_op(self, x):
@@ -106,6 +110,8 @@ class EagerBlock(nn.Module):
         if self.expand is not None:
             t = fused.conv_bn_act(self.expand[0], self.expand[1], t, "dense", self.b.act)
         t = fused.conv_bn_act(self.dw[0], self.dw[1], t, "depthwise", self.b.act)
+        if self.se is not None:
+            t = fused.squeeze_excite(self.se, t, "silu", None)
         return fused.conv_bn_act(self.project[0], self.project[1], t, "dense", None,
                                  residual=x if self.b.residual else None)
 
@@ -118,7 +124,9 @@ class EagerBlock(nn.Module):
         return (*expand, *fold(self.dw), *fold(self.project))
 
     def fused_op(self, x, args):
-        return torch.ops.pycnn.mbconv_forward(x, *args, self.b.stride, self.b.act, self.b.residual)
+        se = (None,) * 4 if self.se is None else (self.se.fc1.weight, self.se.fc1.bias, self.se.fc2.weight,
+                                                   self.se.fc2.bias)
+        return torch.ops.pycnn.mbconv_forward(x, *args, self.b.stride, self.b.act, self.b.residual, *se, "silu")
 
 
 def bench(blocks: List[Block], batches, threads: int, repeats: int) -> List[dict]:
@@ -139,7 +147,8 @@ def bench(blocks: List[Block], batches, threads: int, repeats: int) -> List[dict
                        **{k + " best": v.min_s * 1e3 for k, v in t.items()})
             rows.append(row)
             print(f"batch {batch:2d}  {b.c:4d}->{b.e:4d}->{b.co:4d} k{b.k} s{b.stride} {b.h:3d}x{b.h:<3d}"
-                  f"{' res' if b.residual else '    '}  fused {row['fused']:8.3f} ms  per-op {row['per-op']:8.3f} ms"
+                  f"{' res' if b.residual else '    '}{f' se{b.se:<3d}' if b.se else '      '}"
+                  f"  fused {row['fused']:8.3f} ms  per-op {row['per-op']:8.3f} ms"
                   f"  torch {row['torch']:8.3f} ms  per-op/fused {row['per-op'] / row['fused']:5.2f}"
                   f"  torch/fused {row['torch'] / row['fused']:5.2f} | best: fused {row['fused best']:7.3f}"
                   f"  per-op/fused {row['per-op best'] / row['fused best']:5.2f}"

@@ -2,9 +2,11 @@
 
 Matches, among siblings already fused by conv_bn_act (and residual):
     [expand: dense 1x1 conv, bn, act] -> depthwise kxk conv (stride 1|2, padding k // 2), bn, act
+    [-> se: the fused squeeze-and-excitation, nothing after its scaling]
     -> project: dense 1x1 conv, bn, no act [+ the block's shortcut, no act after it]
-(MobileNetV2, EfficientNet / MnasNet blocks without SE). The node keeps its parts' layers in order; attrs:
-act, k, s, expand (whether there is an expand conv), residual, and parts: the conv_bn_act nodes it replaces,
+(MobileNetV2, EfficientNet, MnasNet). The node keeps its parts' layers in order; attrs: act, k, s, expand
+(whether there is an expand conv), se (the SE's reduced channels, 0 without), se_act, residual, and parts: the
+conv_bn_act (and se) nodes it replaces,
 which pycnn.runtime.MbConvStep runs (each with its own kernel choice) whenever the fused op cannot run
 (training, autograd, CUDA, other dtypes) or the dispatch measured it slower."""
 from __future__ import annotations
@@ -42,22 +44,35 @@ def _depthwise(node) -> bool:
         and a["d"] == (1, 1)
 
 
+def _se(node) -> bool:
+    return isinstance(node, ir.Fused) and node.kind == "se" and node.attrs["post_act"] is None \
+        and not node.attrs.get("residual")
+
+
 def _mbconv(children: List[object], i: int) -> Optional[ir.Fused]:
     expand = children[i] if _pointwise(children[i]) and children[i].attrs["act"] is not None \
         and not children[i].attrs.get("residual") else None
     j = i + 1 if expand is not None else i
     if j + 1 >= len(children) or not _depthwise(children[j]):
         return None
-    dw, project = children[j], children[j + 1]
+    dw = children[j]
+    se = children[j + 1] if _se(children[j + 1]) else None
+    if se is not None:
+        j += 1
+        if j + 1 >= len(children):
+            return None
+    project = children[j + 1]
     act = dw.attrs["act"]
     if act is None or act not in acts_with("bn_act") or (expand is not None and expand.attrs["act"] != act):
         return None
     if not _pointwise(project) or project.attrs["act"] is not None:
         return None
-    parts = ([expand] if expand is not None else []) + [dw, project]
+    parts = ([expand] if expand is not None else []) + [dw] + ([se] if se is not None else []) + [project]
     conv = dw.layers[0].attrs
     return ir.Fused("mbconv", [layer for p in parts for layer in p.layers],
                     {"act": act, "k": conv["k"][0], "s": conv["s"][0], "expand": expand is not None,
+                     "se": se.layers[0].attrs["reduced"] if se is not None else 0,
+                     "se_act": se.attrs["act"] if se is not None else None,
                      "residual": bool(project.attrs.get("residual")), "parts": parts})
 
 

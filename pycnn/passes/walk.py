@@ -27,15 +27,28 @@ def rewrite_lists(network: ir.NetworkIR, fn: Callable[[List[object]], List[objec
 
 def fuse_runs(match: Callable[[List[object], int], Optional[ir.Fused]]) -> Callable[[List[object]], List[object]]:
     """A rewrite_lists function: scanning a list of siblings, match(children, i) gives the Fused node of the
-    layers starting at i (they are replaced by it) or None (children[i] stays)."""
+    siblings starting at i (layers, or Fused nodes of an earlier pass: those whose layers it holds are replaced
+    by it) or None (children[i] stays)."""
     def fn(children: List[object]) -> List[object]:
         out, i = [], 0
         while i < len(children):
             fused = match(children, i)
-            out.append(fused if fused is not None else children[i])
-            i += len(fused.layers) if fused is not None else 1
+            if fused is None:
+                out.append(children[i])
+                i += 1
+                continue
+            out.append(fused)
+            held = {id(layer) for layer in fused.layers}
+            start = i
+            while i < len(children) and all(id(layer) in held for layer in _layers_of(children[i])):
+                i += 1
+            assert i > start, "a fused node holds the sibling it starts at"
         return out
     return fn
+
+
+def _layers_of(node) -> list:
+    return node.layers if isinstance(node, ir.Fused) else [node]
 
 
 def blocks(network: ir.NetworkIR):
