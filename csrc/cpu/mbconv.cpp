@@ -54,10 +54,13 @@ Tensor mbconv_forward_cpu(const Tensor& input, const OptTensor& expand_weight, c
   const Tensor wp = project_weight.reshape({g.co, g.e}).contiguous();  // [C_out][E]
   const Tensor bp = padded_vector(project_bias, g.co, cop, input);
   if (g.r > 0) {
-    se.w1 = pad_columns(se_reduce_weight->reshape({g.r, g.e}), ep);               // [R][Ep]
-    se.b1 = padded_vector(se_reduce_bias, g.r, g.r, input);                      // [R]
-    se.w2t = pad_columns(se_expand_weight->reshape({g.e, g.r}).t(), ep);          // [R][Ep]
-    se.b2 = padded_vector(se_expand_bias, g.e, ep, input);                       // [Ep]
+    const auto as_input = [&](const Tensor& t, at::IntArrayRef shape) {
+      return t.reshape(shape).to(input.scalar_type()).contiguous();
+    };
+    se.w1 = as_input(*se_reduce_weight, {g.r, g.e});
+    se.w2 = as_input(*se_expand_weight, {g.e, g.r});
+    if (se_reduce_bias) se.b1 = as_input(*se_reduce_bias, {g.r});
+    if (se_expand_bias) se.b2 = as_input(*se_expand_bias, {g.e});
   }
   Tensor y = at::empty({g.n, g.co, g.oh, g.ow}, input.options(), nhwc);
   if (y.numel() > 0) PYCNN_CPU_KERNELS(mb, x.scalar_type()).forward(g, act, x, we, be, wd, bd, wp, bp, y, se);

@@ -13,16 +13,16 @@ constexpr int64_t kMbConvPad = 16;
 
 inline int64_t mbconv_padded(int64_t channels) { return (channels + kMbConvPad - 1) / kMbConvPad * kMbConvPad; }
 
-// The squeeze-and-excitation inside the block (g.r > 0), packed: w1 [R][Ep] (fc1), b1 [R], w2t [R][Ep] (fc2
-// transposed), b2 [Ep], zero-padded.
+// The squeeze-and-excitation inside the block (g.r > 0), contiguous in the input's dtype: w1 [R][E] (fc1),
+// b1 [R], w2 [E][R] (fc2), b2 [E]; the biases undefined when absent.
 struct MbConvSeTensors {
-  Tensor w1, b1, w2t, b2;
+  Tensor w1, b1, w2, b2;
   Act act = Act::None;
 };
 
 template <typename T>
 struct MbConvSe {
-  const T *w1, *b1, *w2t, *b2;
+  const T *w1, *b1, *w2, *b2;  // b1, b2 may be null
   Act act;
 };
 

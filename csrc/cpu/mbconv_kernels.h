@@ -177,21 +177,23 @@ void dw_row(const MbConvGeometry& g, int64_t oh, const T* rows, int64_t slots, i
 }
 
 // The squeeze-and-excitation's scale per channel from the channel sums of d (count pixels): s = sigmoid(
-// w2t^T se_act(w1 mean + b1) + b2); w1 and w2t [R][Ep], b2 [Ep], zero-padded (padded channels get s = 0.5,
-// but their d is 0).
+// w2 se_act(w1 mean + b1) + b2), w1 [R][E], w2 [E][R] as the convs' weights are; padded channels get s = 0.
 template <typename T>
-void se_scale(int64_t R, int64_t Ep, Act se_act, const double* sums, int64_t count, const T* w1, const T* b1,
-              const T* w2t, const T* b2, T* s) {
-  std::vector<T> mean(static_cast<size_t>(Ep)), z(static_cast<size_t>(Ep));
-  for (int64_t c = 0; c < Ep; ++c) mean[c] = static_cast<T>(sums[c] / static_cast<double>(count));
-  for (int64_t c = 0; c < Ep; ++c) z[c] = b2[c];
+void se_scale(int64_t R, int64_t E, int64_t Ep, Act se_act, const double* sums, int64_t count, const T* w1,
+              const T* b1, const T* w2, const T* b2, T* s) {
+  std::vector<T> mean(static_cast<size_t>(E)), h(static_cast<size_t>(R));
+  for (int64_t c = 0; c < E; ++c) mean[c] = static_cast<T>(sums[c] / static_cast<double>(count));
   for (int64_t r = 0; r < R; ++r) {
-    T h = b1[r];
-    for (int64_t c = 0; c < Ep; ++c) h += w1[r * Ep + c] * mean[c];
-    h = act_forward<T>(se_act, h);
-    for (int64_t c = 0; c < Ep; ++c) z[c] += h * w2t[r * Ep + c];
+    T z = b1 ? b1[r] : T(0);
+    for (int64_t c = 0; c < E; ++c) z += w1[r * E + c] * mean[c];
+    h[r] = act_forward<T>(se_act, z);
   }
-  for (int64_t c = 0; c < Ep; ++c) s[c] = T(1) / (T(1) + std::exp(-z[c]));
+  for (int64_t c = 0; c < E; ++c) {
+    T z = b2 ? b2[c] : T(0);
+    for (int64_t r = 0; r < R; ++r) z += w2[c * R + r] * h[r];
+    s[c] = T(1) / (T(1) + std::exp(-z));
+  }
+  std::fill(s + E, s + Ep, T(0));
 }
 
 // With SE, or for narrow images, d goes to a buffer [N][OH][OW][Ep] and is projected afterwards, in chunks of
@@ -305,7 +307,8 @@ void forward_typed(const MbConvGeometry& g, const T* x, const T* we, const T* be
     std::vector<double> sums(static_cast<size_t>(Ep), 0.0);
     for (int64_t oh = 0; oh < g.oh; ++oh)
       for (int64_t c = 0; c < Ep; ++c) sums[c] += buf.row_sums[(n * g.oh + oh) * Ep + c];
-    se_scale<T>(g.r, Ep, se.act, sums.data(), g.oh * g.ow, se.w1, se.b1, se.w2t, se.b2, scale.data() + n * Ep);
+    se_scale<T>(g.r, g.e, Ep, se.act, sums.data(), g.oh * g.ow, se.w1, se.b1, se.w2, se.b2,
+                scale.data() + n * Ep);
   }
   const int64_t chunk_rows = std::max<int64_t>(
       1, std::min<int64_t>((96 + g.ow - 1) / g.ow, (g.oh * g.n + threads - 1) / threads));
@@ -332,8 +335,8 @@ void forward(const MbConvGeometry& g, Act act, const Tensor& x, const Tensor& we
     using T = scalar_t;
     MbConvSe<T> se_ptrs{};
     if (g.r > 0) {
-      se_ptrs = {se.w1.const_data_ptr<T>(), se.b1.const_data_ptr<T>(), se.w2t.const_data_ptr<T>(),
-                 se.b2.const_data_ptr<T>(), se.act};
+      se_ptrs = {se.w1.const_data_ptr<T>(), se.b1.defined() ? se.b1.const_data_ptr<T>() : nullptr,
+                 se.w2.const_data_ptr<T>(), se.b2.defined() ? se.b2.const_data_ptr<T>() : nullptr, se.act};
     }
     cpu::dispatch_act(act, [&](auto A_) {
       constexpr Act A = decltype(A_)::value;
