@@ -26,7 +26,7 @@ CASES = [
     (5, 15, 9, 5, 2, False, "hardswish", 6, 5),
     (9, 9, 5, 5, 1, False, "relu", 3, 2),         # no expand, odd, H/W < k
     (3, 17, 3, 3, 2, False, "none", 1, 1),
-    # rows at least kMbConvRingMinWidth (16) wide: the ring of expanded rows (narrower images are expanded whole)
+    # wider rows: GEMM tiles of several full register blocks per row
     (16, 96, 24, 3, 2, False, "relu6", 5, 17),
     (24, 72, 24, 5, 1, True, "silu", 4, 16),
 ]
@@ -71,15 +71,15 @@ def make_se(e, reduced, dtype=torch.float64, seed=1):
     return rand(reduced, e, 1, 1, scale=e ** -0.5), rand(reduced), rand(e, reduced, 1, 1, scale=reduced ** -0.5), rand(e)
 
 
-# (block case, SE reduced channels, SE act): EfficientNet-B0's blocks (silu), whole-image and ring widths, no
-# expand, stride 2, residual, odd channel counts.
+# (block case, SE reduced channels, SE act): EfficientNet-B0's blocks (silu), narrow and wide images, no expand,
+# stride 2, residual, odd channel counts.
 SE_CASES = [
-    ((32, 32, 16, 3, 1, False, "silu", 18, 17), 8, "silu"),     # EfficientNet's first block (t = 1), ring
-    ((16, 96, 24, 3, 2, False, "silu", 9, 8), 4, "silu"),       # whole image
-    ((24, 144, 24, 3, 1, True, "silu", 5, 16), 6, "silu"),      # ring, residual
+    ((32, 32, 16, 3, 1, False, "silu", 18, 17), 8, "silu"),     # EfficientNet's first block (t = 1)
+    ((16, 96, 24, 3, 2, False, "silu", 9, 8), 4, "silu"),
+    ((24, 144, 24, 3, 1, True, "silu", 5, 16), 6, "silu"),      # residual
     ((40, 240, 80, 3, 2, False, "silu", 7, 7), 10, "relu"),
     ((112, 672, 112, 5, 1, True, "silu", 3, 3), 28, "silu"),    # 7x7-like: weights dominate
-    ((7, 21, 5, 5, 1, False, "relu6", 6, 19), 3, "hardswish"),  # odd channels, ring
+    ((7, 21, 5, 5, 1, False, "relu6", 6, 19), 3, "hardswish"),  # odd channels
     ((9, 9, 9, 3, 1, True, "relu", 4, 4), 1, "none"),           # no expand, residual, one reduced channel
 ]
 

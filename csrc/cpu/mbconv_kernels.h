@@ -7,8 +7,6 @@
 // recomputes the k - s rows it shares with the band above), the depthwise row is computed from the ring into
 // one row buffer, and the projection writes the output row (with the residual). Ring and row buffer are
 // k * W * Ep + OW * Ep values: 130 KiB for MobileNetV2's widest (112 x 112, 96 channels, float32), in L2.
-// Narrow images (W < kMbConvRingMinWidth: 14 x 14, 7 x 7) are expanded whole instead, in chunks of pixels
-// (a row of 7 pixels is too short a GEMM), then convolved row by row; their buffers stay within L2/L3.
 // With SE, the depthwise output d is stored (the scale needs all of it) with its sums per row; the scale per
 // image follows, then the projection of the scaled d in chunks of rows.
 //
@@ -142,12 +140,10 @@ inline void act_inplace(T* __restrict__ p, int64_t n) {
   for (int64_t i = 0; i < n; ++i) p[i] = cpu::cpu_act<A, T>(p[i]);
 }
 
-// One output row of the depthwise conv from the expanded rows (input row ih in slot ih % slots, W x Ep each: the
-// ring, slots = k, or the whole image, slots = H), bias, act, into out [OW][Ep]. Channel blocks of 64 outer so
-// the block's k * k weight vectors stay in L1 over the row.
+// One output row of the depthwise conv from the ring (input row ih in slot ih % k, W x Ep each), bias, act,
+// into out [OW][Ep]. Channel blocks of 64 outer so the block's k * k weight vectors stay in L1 over the row.
 template <Act A, typename T>
-void dw_row(const MbConvGeometry& g, int64_t oh, const T* rows, int64_t slots, int64_t Ep, const T* wd, const T* bd,
-            T* out) {
+void dw_row(const MbConvGeometry& g, int64_t oh, const T* ring, int64_t Ep, const T* wd, const T* bd, T* out) {
   using V = typename Vec<T>::type;
   constexpr int L = Vec<T>::lanes;
   const int k = g.k;
@@ -165,7 +161,7 @@ void dw_row(const MbConvGeometry& g, int64_t oh, const T* rows, int64_t slots, i
       for (int64_t c = c0; c < c1; c += L) {
         V acc = vload<T>(bd + c);
         for (int ky = ky0; ky < ky1; ++ky) {
-          const T* in = rows + ((ih0 + ky) % slots) * row + iw0 * Ep + c;
+          const T* in = ring + ((ih0 + ky) % k) * row + iw0 * Ep + c;
           const T* w = wd + int64_t(ky) * k * Ep + c;
           for (int kx = kx0; kx < kx1; ++kx) acc += vload<T>(in + kx * Ep) * vload<T>(w + kx * Ep);
         }
@@ -196,20 +192,6 @@ void se_scale(int64_t R, int64_t E, int64_t Ep, Act se_act, const double* sums, 
   std::fill(s + E, s + Ep, T(0));
 }
 
-// With SE, or for narrow images, d goes to a buffer [N][OH][OW][Ep] and is projected afterwards, in chunks of
-// whole rows: tall enough for the GEMM's register tiles and for the reuse of its weight panels.
-template <typename T>
-struct DBuffer {
-  std::unique_ptr<T[]> d;  // uninitialized: every value is written before it is read
-  std::vector<T> row_sums;  // [N * OH][Ep], the SE's sums of d per row
-};
-
-// Narrow images (W below this) are expanded whole, not a ring of rows: a row of a few pixels is a GEMM too short
-// for the register tiles, and bands of it recompute a large share of their rows (k - s of every band's).
-constexpr int64_t kMbConvRingMinWidth = 16;
-// ... as long as the whole image's expanded activation and depthwise output fit this (per image, bytes).
-constexpr int64_t kMbConvWholeImageBytes = 2 << 20;
-
 template <Act A, typename T>
 void forward_typed(const MbConvGeometry& g, const T* x, const T* we, const T* be, const T* wd, const T* bd,
                    const T* wp, const T* bp, T* y, const MbConvSe<T>& se) {
@@ -217,99 +199,68 @@ void forward_typed(const MbConvGeometry& g, const T* x, const T* we, const T* be
   const int64_t Ep = mbconv_padded(g.e), Cop = mbconv_padded(g.co);
   const int k = g.k;
   const bool with_se = g.r > 0;
-  const bool whole_image = g.expand && g.w < kMbConvRingMinWidth &&
-                           (g.h * g.w + g.oh * g.ow) * Ep * int64_t(sizeof(T)) <= kMbConvWholeImageBytes;
   const std::vector<T> we_panels = g.expand ? pack_panels(we, g.e, g.c) : std::vector<T>();
   const std::vector<T> wp_panels = pack_panels(wp, g.co, g.e);
+  // With SE: d [N][OH][OW][Ep] (uninitialized: every value is written before it is read) and its sums per row.
+  std::unique_ptr<T[]> d_all(with_se ? new T[static_cast<size_t>(g.n * g.oh * g.ow * Ep)] : nullptr);
+  std::vector<T> row_sums(with_se ? static_cast<size_t>(g.n * g.oh * Ep) : 0, T(0));
+  // Bands of output rows per image: enough for every thread at small batches, but at least k - s + 1 rows
+  // each, so the rows a band recomputes (k - s) stay a minority.
   const int64_t threads = at::get_num_threads();
-  DBuffer<T> buf;
-  if (with_se || whole_image) {
-    buf.d.reset(new T[static_cast<size_t>(g.n * g.oh * g.ow * Ep)]);
-    if (with_se) buf.row_sums.assign(static_cast<size_t>(g.n * g.oh * Ep), T(0));
-  }
-  // d's row oh of image n (in the buffer) and its sums.
-  auto finish_row = [&](int64_t n, int64_t oh) {
-    if (!with_se) return;
-    const T* d = buf.d.get() + (n * g.oh + oh) * g.ow * Ep;
-    T* acc = buf.row_sums.data() + (n * g.oh + oh) * Ep;
-    for (int64_t ow = 0; ow < g.ow; ++ow)
-      for (int64_t c = 0; c < Ep; c += L) vstore(acc + c, vload<T>(acc + c) + vload<T>(d + ow * Ep + c));
-  };
-  if (whole_image) {
-    // expand every image in chunks of pixels, then the depthwise rows from it
-    std::unique_ptr<T[]> e(new T[static_cast<size_t>(g.n * g.h * g.w * Ep)]);
-    const int64_t pixels = g.h * g.w;
-    const int64_t chunk = std::max<int64_t>(kMR * 4, (g.n * pixels + threads - 1) / threads);
-    const int64_t chunks = (pixels + chunk - 1) / chunk;
-    at::parallel_for(0, g.n * chunks, 1, [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t) {
-        const int64_t n = t / chunks, p0 = (t % chunks) * chunk, m = std::min(chunk, pixels - p0);
-        T* dst = e.get() + (n * pixels + p0) * Ep;
-        gemm<T>(m, Ep, g.c, x + (n * pixels + p0) * g.c, g.c, we_panels.data(), be, dst, Ep, nullptr, 0);
-        act_inplace<A>(dst, m * Ep);
-      }
-    });
-    at::parallel_for(0, g.n * g.oh, 1, [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t) {
-        const int64_t n = t / g.oh, oh = t % g.oh;
-        dw_row<A>(g, oh, e.get() + n * pixels * Ep, g.h, Ep, wd, bd, buf.d.get() + t * g.ow * Ep);
-        finish_row(n, oh);
-      }
-    });
-  } else {
-    // Bands of output rows per image: enough for every thread at small batches, but at least k - s + 1 rows
-    // each, so the rows a band recomputes (k - s) stay a minority.
-    const int64_t bands = std::max<int64_t>(
-        1, std::min<int64_t>((threads + g.n - 1) / g.n, g.oh / std::max<int64_t>(1, k - g.s + 1)));
-    const int64_t band_rows = (g.oh + bands - 1) / bands;
-    at::parallel_for(0, g.n * bands, 1, [&](int64_t t0, int64_t t1) {
-      std::vector<T> ring(static_cast<size_t>(k * g.w * Ep));
-      std::vector<T> drow(with_se ? 0 : static_cast<size_t>(g.ow * Ep));
-      std::vector<int64_t> slot_row(static_cast<size_t>(k));
-      for (int64_t t = t0; t < t1; ++t) {
-        const int64_t n = t / bands, oh0 = (t % bands) * band_rows, oh1 = std::min(g.oh, oh0 + band_rows);
-        std::fill(slot_row.begin(), slot_row.end(), int64_t(-1));
-        const T* xn = x + n * g.h * g.w * g.c;
-        for (int64_t oh = oh0; oh < oh1; ++oh) {
-          const int64_t ih0 = oh * g.s - g.p;
-          for (int ky = 0; ky < k; ++ky) {
-            const int64_t ih = ih0 + ky;
-            if (ih < 0 || ih >= g.h || slot_row[ih % k] == ih) continue;
-            slot_row[ih % k] = ih;
-            T* dst = ring.data() + (ih % k) * g.w * Ep;
-            const T* src = xn + ih * g.w * g.c;
-            if (g.expand) {
-              gemm<T>(g.w, Ep, g.c, src, g.c, we_panels.data(), be, dst, Ep, nullptr, 0);
-              act_inplace<A>(dst, g.w * Ep);
-            } else {  // the input row itself, its channels padded with zeros
-              for (int64_t iw = 0; iw < g.w; ++iw) {
-                std::copy(src + iw * g.c, src + (iw + 1) * g.c, dst + iw * Ep);
-                std::fill(dst + iw * Ep + g.c, dst + (iw + 1) * Ep, T(0));
-              }
+  const int64_t bands = std::max<int64_t>(
+      1, std::min<int64_t>((threads + g.n - 1) / g.n, g.oh / std::max<int64_t>(1, k - g.s + 1)));
+  const int64_t band_rows = (g.oh + bands - 1) / bands;
+  at::parallel_for(0, g.n * bands, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<T> ring(static_cast<size_t>(k * g.w * Ep));
+    std::vector<T> drow(with_se ? 0 : static_cast<size_t>(g.ow * Ep));
+    std::vector<int64_t> slot_row(static_cast<size_t>(k));
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t n = t / bands, oh0 = (t % bands) * band_rows, oh1 = std::min(g.oh, oh0 + band_rows);
+      std::fill(slot_row.begin(), slot_row.end(), int64_t(-1));
+      const T* xn = x + n * g.h * g.w * g.c;
+      for (int64_t oh = oh0; oh < oh1; ++oh) {
+        const int64_t ih0 = oh * g.s - g.p;
+        for (int ky = 0; ky < k; ++ky) {
+          const int64_t ih = ih0 + ky;
+          if (ih < 0 || ih >= g.h || slot_row[ih % k] == ih) continue;
+          slot_row[ih % k] = ih;
+          T* dst = ring.data() + (ih % k) * g.w * Ep;
+          const T* src = xn + ih * g.w * g.c;
+          if (g.expand) {
+            gemm<T>(g.w, Ep, g.c, src, g.c, we_panels.data(), be, dst, Ep, nullptr, 0);
+            act_inplace<A>(dst, g.w * Ep);
+          } else {  // the input row itself, its channels padded with zeros
+            for (int64_t iw = 0; iw < g.w; ++iw) {
+              std::copy(src + iw * g.c, src + (iw + 1) * g.c, dst + iw * Ep);
+              std::fill(dst + iw * Ep + g.c, dst + (iw + 1) * Ep, T(0));
             }
           }
-          if (with_se) {  // to the buffer: projected once the scale is known
-            dw_row<A>(g, oh, ring.data(), k, Ep, wd, bd, buf.d.get() + (n * g.oh + oh) * g.ow * Ep);
-            finish_row(n, oh);
-            continue;
-          }
-          dw_row<A>(g, oh, ring.data(), k, Ep, wd, bd, drow.data());
-          const T* r = g.residual ? xn + oh * g.w * g.c : nullptr;
-          gemm<T>(g.ow, g.co, g.e, drow.data(), Ep, wp_panels.data(), bp, y + (n * g.oh + oh) * g.ow * g.co, g.co,
-                  r, g.c);
         }
+        if (with_se) {  // d's row to the buffer, its sums beside it: projected once the scale is known
+          T* d = d_all.get() + (n * g.oh + oh) * g.ow * Ep;
+          dw_row<A>(g, oh, ring.data(), Ep, wd, bd, d);
+          T* acc = row_sums.data() + (n * g.oh + oh) * Ep;
+          for (int64_t ow = 0; ow < g.ow; ++ow)
+            for (int64_t c = 0; c < Ep; c += L) vstore(acc + c, vload<T>(acc + c) + vload<T>(d + ow * Ep + c));
+          continue;
+        }
+        dw_row<A>(g, oh, ring.data(), Ep, wd, bd, drow.data());
+        const T* r = g.residual ? xn + oh * g.w * g.c : nullptr;
+        gemm<T>(g.ow, g.co, g.e, drow.data(), Ep, wp_panels.data(), bp, y + (n * g.oh + oh) * g.ow * g.co, g.co, r,
+                g.c);
       }
-    });
-    if (!with_se) return;  // projected row by row above
-  }
-  std::vector<T> scale(with_se ? static_cast<size_t>(g.n * Ep) : 0);
-  for (int64_t n = 0; n < g.n && with_se; ++n) {
-    std::vector<double> sums(static_cast<size_t>(Ep), 0.0);
+    }
+  });
+  if (!with_se) return;
+  std::vector<T> scale(static_cast<size_t>(g.n * Ep));
+  for (int64_t n = 0; n < g.n; ++n) {
+    std::vector<double> sums(static_cast<size_t>(Ep), 0.0);  // double: up to 112 x 112 pixels summed
     for (int64_t oh = 0; oh < g.oh; ++oh)
-      for (int64_t c = 0; c < Ep; ++c) sums[c] += buf.row_sums[(n * g.oh + oh) * Ep + c];
-    se_scale<T>(g.r, g.e, Ep, se.act, sums.data(), g.oh * g.ow, se.w1, se.b1, se.w2, se.b2,
-                scale.data() + n * Ep);
+      for (int64_t c = 0; c < Ep; ++c) sums[c] += row_sums[(n * g.oh + oh) * Ep + c];
+    se_scale<T>(g.r, g.e, Ep, se.act, sums.data(), g.oh * g.ow, se.w1, se.b1, se.w2, se.b2, scale.data() + n * Ep);
   }
+  // The projection of the scaled d in chunks of whole rows: tall enough for the GEMM's register tiles and the
+  // reuse of its weight panels, enough chunks for every thread.
   const int64_t chunk_rows = std::max<int64_t>(
       1, std::min<int64_t>((96 + g.ow - 1) / g.ow, (g.oh * g.n + threads - 1) / threads));
   const int64_t chunks = (g.oh + chunk_rows - 1) / chunk_rows;
@@ -317,12 +268,10 @@ void forward_typed(const MbConvGeometry& g, const T* x, const T* we, const T* be
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t n = t / chunks, oh0 = (t % chunks) * chunk_rows, oh1 = std::min(g.oh, oh0 + chunk_rows);
       const int64_t pixels = (oh1 - oh0) * g.ow;
-      T* d = buf.d.get() + (n * g.oh + oh0) * g.ow * Ep;
-      if (with_se) {
-        const T* s = scale.data() + n * Ep;
-        for (int64_t m = 0; m < pixels; ++m)
-          for (int64_t c = 0; c < Ep; c += L) vstore(d + m * Ep + c, vload<T>(d + m * Ep + c) * vload<T>(s + c));
-      }
+      T* d = d_all.get() + (n * g.oh + oh0) * g.ow * Ep;
+      const T* s = scale.data() + n * Ep;
+      for (int64_t m = 0; m < pixels; ++m)
+        for (int64_t c = 0; c < Ep; c += L) vstore(d + m * Ep + c, vload<T>(d + m * Ep + c) * vload<T>(s + c));
       const T* r = g.residual ? x + (n * g.h + oh0) * g.w * g.c : nullptr;
       gemm<T>(pixels, g.co, g.e, d, Ep, wp_panels.data(), bp, y + (n * g.oh + oh0) * g.ow * g.co, g.co, r, g.c);
     }
