@@ -1,8 +1,8 @@
 // CPU implementation of pycnn::mbconv_forward, the fused inverted-residual block in eval (BatchNorms folded
-// into the convs by the caller): checks, NHWC input, weights packed once per call into the kernels' layout
-// (transposed 1x1 weights, taps-major depthwise weights, channel counts padded to kMbConvPad with zeros;
-// the SE's weights packed likewise), then the variant's kernel (cpu/mbconv_kernels.h). Training and CUDA are
-// not implemented (docs/kernels.md).
+// into the convs by the caller): checks, NHWC input, the depthwise weights taps-major and the biases with
+// their channel counts padded to kMbConvPad with zeros, the 1x1 and SE weights contiguous as the convs hold
+// them (the kernel packs the 1x1 ones into its GEMM panels), then the variant's kernel
+// (cpu/mbconv_kernels.h). Training and CUDA are not implemented (docs/kernels.md).
 #include <ATen/ATen.h>
 #include <torch/library.h>
 

@@ -12,8 +12,9 @@
 //
 // The 1x1 convolutions are a register-blocked GEMM (gemm_tile): MR pixels x NV vectors of output channels
 // accumulate in registers over the input channels, one broadcast of a pixel's input value per MR x NV
-// multiply-adds; the channel counts of the packed weights are padded to 16 (kMbConvPad) so the vectors
-// never need a tail, except in the output row of the projection (C_out values per pixel).
+// multiply-adds; the weights are packed per call into panels of NV vectors of columns (kTile, zeros past the
+// channel count) and the biases and the ring padded to 16 channels (kMbConvPad), so the vectors never need a
+// tail, except in the output row of the projection (C_out values per pixel).
 
 namespace detail_mb {
 
@@ -87,13 +88,14 @@ template <typename T>
 constexpr int64_t kTile = kNV * Vec<T>::lanes;
 
 // B = W^T for a weight W [N][K] (a 1x1 conv's [out][in]) as panels of kTile columns of B, each [K][kTile]
-// contiguous (zeros past N), so a tile's loads walk memory in order. Read in place: one pass, no transposed
-// copy (a panel's kTile rows of W stay in L1 while k advances).
+// contiguous, so a tile's loads walk memory in order: enough panels for a GEMM over `cols` >= N columns (zeros
+// past N; the expand GEMM writes all Ep columns of the ring). Read in place: one pass, no transposed copy (a
+// panel's kTile rows of W stay in L1 while k advances).
 template <typename T>
-std::vector<T> pack_panels(const T* W, int64_t N, int64_t K) {
-  const int64_t panels = (N + kTile<T> - 1) / kTile<T>;
+std::vector<T> pack_panels(const T* W, int64_t N, int64_t K, int64_t cols) {
+  const int64_t panels = (std::max(N, cols) + kTile<T> - 1) / kTile<T>;
   std::vector<T> out(static_cast<size_t>(panels * K * kTile<T>), T(0));
-  for (int64_t p = 0; p < panels; ++p) {
+  for (int64_t p = 0; p * kTile<T> < N; ++p) {
     const int64_t width = std::min(kTile<T>, N - p * kTile<T>);
     T* panel = out.data() + p * K * kTile<T>;
     for (int64_t k = 0; k < K; ++k)
@@ -196,11 +198,11 @@ template <Act A, typename T>
 void forward_typed(const MbConvGeometry& g, const T* x, const T* we, const T* be, const T* wd, const T* bd,
                    const T* wp, const T* bp, T* y, const MbConvSe<T>& se) {
   constexpr int L = Vec<T>::lanes;
-  const int64_t Ep = mbconv_padded(g.e), Cop = mbconv_padded(g.co);
+  const int64_t Ep = mbconv_padded(g.e);
   const int k = g.k;
   const bool with_se = g.r > 0;
-  const std::vector<T> we_panels = g.expand ? pack_panels(we, g.e, g.c) : std::vector<T>();
-  const std::vector<T> wp_panels = pack_panels(wp, g.co, g.e);
+  const std::vector<T> we_panels = g.expand ? pack_panels(we, g.e, g.c, Ep) : std::vector<T>();
+  const std::vector<T> wp_panels = pack_panels(wp, g.co, g.e, g.co);
   // With SE: d [N][OH][OW][Ep] (uninitialized: every value is written before it is read) and its sums per row.
   std::unique_ptr<T[]> d_all(with_se ? new T[static_cast<size_t>(g.n * g.oh * g.ow * Ep)] : nullptr);
   std::vector<T> row_sums(with_se ? static_cast<size_t>(g.n * g.oh * Ep) : 0, T(0));
