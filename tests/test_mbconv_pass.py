@@ -42,7 +42,8 @@ def test_pass_matches_every_efficientnet_b0_block_with_its_se():
     assert {b.attrs["se_act"] for b in blocks} == {"silu"} and {b.attrs["act"] for b in blocks} == {"silu"}
     assert [b.attrs["k"] for b in blocks] == [3, 3, 3, 5, 5, 3, 3, 3, 5, 5, 5, 5, 5, 5, 5, 3]
     assert [p.kind for p in blocks[1].attrs["parts"]] == ["conv_bn_act", "conv_bn_act", "se", "conv_bn_act"]
-    mobilenet = [b for b in passes.fused_nodes(passes.run(pycnn.parse(MOBILENET, "mobilenet_v2"))) if b.kind == "mbconv"]
+    mobilenet = [b for b in passes.fused_nodes(passes.run(pycnn.parse(MOBILENET, "mobilenet_v2")))
+                 if b.kind == "mbconv"]
     assert len(mobilenet) == 17 and all(b.attrs["se"] == 0 and b.attrs["se_act"] is None for b in mobilenet)
     # an SE with an activation after its scaling is not the block's (nor is the block without it)
     plan = passes.run(pycnn.parse(os.path.join(root, "efficientnet.arch"), "efficientnet_b0"), disable=["mbconv"])
