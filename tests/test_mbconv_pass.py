@@ -54,40 +54,29 @@ def test_pass_matches_every_efficientnet_b0_block_with_its_se():
 
 
 @pytest.mark.usefixtures("private_kernel_cache")
-def test_compiled_mobilenet_v2_eval_equals_the_reference_in_float64(monkeypatch):
-    net = dict(input=(3, 32, 32), kernels="pycnn", dropout=0.0, width_mult=0.5)
+@pytest.mark.parametrize("path,network,overrides,blocks", [
+    ("mobilenet_v2.arch", "mobilenet_v2", dict(width_mult=0.5), 17),
+    ("efficientnet.arch", "efficientnet_b0", dict(width=0.5), 16),  # every block with its SE inside
+], ids=["mobilenet_v2", "efficientnet_b0"])
+def test_compiled_network_eval_equals_the_reference_in_float64(monkeypatch, path, network, overrides, blocks):
+    net = dict(input=(3, 32, 32), kernels="pycnn", dropout=0.0, **overrides)
+    path = os.path.join(os.path.dirname(MOBILENET), path)
     torch.manual_seed(0)
-    model = randomized(pycnn.compile(MOBILENET, "mobilenet_v2", **net)).double()
+    model = randomized(pycnn.compile(path, network, **net)).double()
     ref = to_backend(model, "reference").eval()
     calls = []
     monkeypatch.setattr(pycnn.fused, "mbconv_block", _counting(pycnn.fused.mbconv_block, calls))
     x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
     with torch.no_grad():
         y, y_ref = model(x), ref(x)
-    assert len(calls) == 17, "every block ran as pycnn.mbconv"
+    assert len(calls) == blocks, "every block ran as pycnn.mbconv"
     assert (y - y_ref).abs().max().item() < 1e-9
     # training (and autograd) run the parts, exactly as without the pass
     calls.clear()
-    unfused = pycnn.compile(MOBILENET, "mobilenet_v2", disable_passes=["mbconv"], **net).double()
+    unfused = pycnn.compile(path, network, disable_passes=["mbconv"], **net).double()
     unfused.load_state_dict(model.state_dict())
     model.train(), unfused.train()
     assert torch.equal(model(x), unfused(x)) and not calls
-
-
-@pytest.mark.usefixtures("private_kernel_cache")
-def test_compiled_efficientnet_b0_eval_with_se_in_the_block_equals_the_reference_in_float64(monkeypatch):
-    net = dict(input=(3, 32, 32), kernels="pycnn", dropout=0.0, width=0.5)
-    torch.manual_seed(0)
-    model = randomized(pycnn.compile(os.path.join(os.path.dirname(MOBILENET), "efficientnet.arch"),
-                                     "efficientnet_b0", **net)).double().eval()
-    ref = to_backend(model, "reference").eval()
-    calls = []
-    monkeypatch.setattr(pycnn.fused, "mbconv_block", _counting(pycnn.fused.mbconv_block, calls))
-    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
-    with torch.no_grad():
-        y, y_ref = model(x), ref(x)
-    assert len(calls) == 16, "every block ran as pycnn.mbconv, its SE inside"
-    assert (y - y_ref).abs().max().item() < 1e-9
 
 
 def _counting(fn, calls):
