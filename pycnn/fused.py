@@ -328,11 +328,16 @@ def mbconv_fusable(modules, x: Tensor, residual: Optional[Tensor], se: Optional[
     convs, bns = modules[0::2], modules[1::2]
     if not all(runs_on_pycnn(bn) and not bn.training and bn.running_mean is not None for bn in bns):
         return False
-    se_params = [] if se is None else [_param(fc, n) for fc in (se.fc1, se.fc2) for n in ("weight", "bias")]
+    se_params = list(_se_params(se)) if se is not None else []
     if not all(c.padding_mode == "zeros" and c.weight.dtype == x.dtype for c in convs) \
             or any(t is not None and t.dtype != x.dtype for t in se_params):
         return False
     return _inference([x] + [_param(m, n) for m in modules for n in ("weight", "bias")] + se_params)
+
+
+def _se_params(se: nn.Module) -> tuple:
+    """(fc1.weight, fc1.bias, fc2.weight, fc2.bias): pycnn.mbconv's SE arguments."""
+    return tuple(_param(fc, n) for fc in (se.fc1, se.fc2) for n in ("weight", "bias"))
 
 
 def _same_tensor(a: Tensor, b: Tensor) -> bool:
@@ -348,8 +353,7 @@ def mbconv_block(modules, x: Tensor, act: str, stride: int, residual: bool, se: 
     folds = [cached_fold(conv, bn, dense=True) for conv, bn in zip(modules[0::2], modules[1::2])]
     expand = (folds[0].weight, folds[0].bias) if len(folds) == 3 else (None, None)
     dw, project = folds[-2], folds[-1]
-    se_args = (None,) * 4 if se is None else \
-        tuple(_param(fc, n) for fc in (se.fc1, se.fc2) for n in ("weight", "bias"))
+    se_args = _se_params(se) if se is not None else (None,) * 4
     with torch._C._AutoDispatchBelowAutograd():
         return torch.ops.pycnn.mbconv_forward(x, *expand, dw.weight, dw.bias, project.weight, project.bias, stride,
                                               act, residual, *se_args, se_act or "none")

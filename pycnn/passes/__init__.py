@@ -9,7 +9,8 @@ compiled module tree (and every parameter name) is the same whichever passes ran
   bn_act       bn[, act] left over    -> Fused bn_act (pycnn.bn_act)
   se           se                     -> Fused se (pycnn.se)
   residual     block: add + act after -> the main branch's last fused op adds the shortcut and applies the act
-  mbconv       [expand] dw [se] project -> Fused mbconv: the inverted-residual block as one pycnn.mbconv call in
+  mbconv       [expand] dw [se] project
+                                      -> Fused mbconv: the inverted-residual block as one pycnn.mbconv call in
                                          eval on the CPU where the dispatch measures it faster (else its parts)
 """
 from __future__ import annotations

@@ -57,11 +57,10 @@ def _mbconv(children: List[object], i: int) -> Optional[ir.Fused]:
         return None
     dw = children[j]
     se = children[j + 1] if _se(children[j + 1]) else None
-    if se is not None:
-        j += 1
-        if j + 1 >= len(children):
-            return None
-    project = children[j + 1]
+    p = j + 1 + (se is not None)  # the project conv's place
+    if p >= len(children):
+        return None
+    project = children[p]
     act = dw.attrs["act"]
     if act is None or act not in acts_with("bn_act") or (expand is not None and expand.attrs["act"] != act):
         return None
