@@ -68,7 +68,8 @@ def make_se(e, reduced, dtype=torch.float64, seed=1):
 
     def rand(*shape, scale=1.0):
         return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(dtype)
-    return rand(reduced, e, 1, 1, scale=e ** -0.5), rand(reduced), rand(e, reduced, 1, 1, scale=reduced ** -0.5), rand(e)
+    return (rand(reduced, e, 1, 1, scale=e ** -0.5), rand(reduced), rand(e, reduced, 1, 1, scale=reduced ** -0.5),
+            rand(e))
 
 
 # (block case, SE reduced channels, SE act): EfficientNet-B0's blocks (silu), narrow and wide images, no expand,
@@ -122,12 +123,16 @@ def test_every_cpu_variant(isa):
     try:
         if got != isa:
             pytest.skip(f"this CPU has no {isa}")
-        for case in (CASES[1], CASES[2], CASES[7], CASES[9]):
+        se_cases = [(case, make_se(case[1], reduced, torch.float32), se_act)
+                    for case, reduced, se_act in (SE_CASES[0], SE_CASES[1], SE_CASES[5])]
+        for case, se, se_act in [(case, None, "relu") for case in (CASES[1], CASES[2], CASES[7], CASES[9])] + se_cases:
             c, e, co, k, s, res, act, h, w = case
             block64 = make_block(case, batch=1)
-            ref = reference(*block64, s, act, res)
-            torch_err = (reference(*cast(block64, torch.float32), s, act, res).double() - ref).abs().max().item()
-            ours_err = (run(*cast(block64, torch.float32), s, act, res).double() - ref).abs().max().item()
+            se64 = None if se is None else tuple(t.double() for t in se)
+            ref = reference(*block64, s, act, res, se64, se_act)
+            block32 = cast(block64, torch.float32)
+            torch_err = (reference(*block32, s, act, res, se, se_act).double() - ref).abs().max().item()
+            ours_err = (run(*block32, s, act, res, se, se_act).double() - ref).abs().max().item()
             assert ours_err <= 4 * max(torch_err, 1e-6), (case, ours_err, torch_err)
     finally:
         _C._set_cpu_isa(previous)
@@ -255,6 +260,5 @@ def test_bad_se_arguments_name_the_argument():
         call(*head, w1, b1, w2, b2, "gelu")
     with pytest.raises(ValueError, match="se must be"):
         ops.mbconv(x, we, be, wd, bd, wp, bp, act="silu", residual=True, se=(w1, b1))
-    x.requires_grad_(True)
-    with pytest.raises(RuntimeError, match="inference only"):
-        run(x.detach(), (we, be), (wd, bd), (wp, bp), 1, "silu", True, (w1.requires_grad_(True), b1, w2, b2))
+    with pytest.raises(RuntimeError, match="inference only"):  # an SE weight that wants a gradient
+        run(x, (we, be), (wd, bd), (wp, bp), 1, "silu", True, (w1.requires_grad_(True), b1, w2, b2))
