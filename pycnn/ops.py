@@ -11,7 +11,12 @@ from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
-from torch.fx.experimental.symbolic_shapes import optimization_hint
+try:
+    from torch.fx.experimental.symbolic_shapes import optimization_hint
+except ImportError:  # older torch (the GPU machine's 2.11) lacks it
+    def optimization_hint(size):
+        """size as a plain int: a SymInt by its hint."""
+        return size.node.hint if isinstance(size, torch.SymInt) else int(size)
 from torch.utils._python_dispatch import _disable_current_modes
 
 from . import _C, memory

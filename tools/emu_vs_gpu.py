@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "emu"))
+sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "emu")]  # pycnn from this checkout, then the emulator's helpers
 
 
 def ulp_diff(a, b):
