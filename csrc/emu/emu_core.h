@@ -82,6 +82,7 @@ enum cudaError {
   cudaErrorLaunchOutOfResources = 701,
   cudaErrorAssert = 710,
   cudaErrorLaunchFailure = 719,
+  cudaErrorNotSupported = 801,
   cudaErrorUnknown = 999,
 };
 typedef enum cudaError cudaError_t;
