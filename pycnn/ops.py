@@ -23,6 +23,35 @@ from . import _C, memory
 from .opspec import acts_with, check_kernel_act
 
 
+# Each op's backward formula is registered once (_register_autograd) and reaches autograd two ways: through
+# torch.library (what torch.compile, export and opcheck see) and as a torch.autograd.Function that eager calls
+# recording a graph take (forward_with_grad), since torch.library's wrapper costs about 30 us a call on the CPU
+# (schema defaults and pytree flattening in Python), as much as the small kernels themselves.
+_EAGER_AUTOGRAD: dict = {}
+
+
+def _register_autograd(name: str, backward, setup_context) -> None:
+    op = getattr(torch.ops.pycnn, name)
+    torch.library.register_autograd(f"pycnn::{name}", backward, setup_context=setup_context)
+
+    def forward(ctx, *args):  # ctx in forward: a separate setup_context costs another 20 us (signature binding)
+        output = op(*args)
+        setup_context(ctx, args, output)
+        return output
+
+    _EAGER_AUTOGRAD[name] = type(name, (torch.autograd.Function,), dict(
+        forward=staticmethod(forward), backward=staticmethod(backward))).apply
+
+
+def forward_with_grad(name: str, *args):
+    """torch.ops.pycnn.<name>(*args), the arguments positional in schema order; a call that records autograd
+    outside torch.compile takes the op's eager Function (the same setup_context and backward)."""
+    if torch.is_grad_enabled() and not torch.compiler.is_compiling() \
+            and any(isinstance(a, Tensor) and a.requires_grad for a in args):
+        return _EAGER_AUTOGRAD[name](*args)
+    return getattr(torch.ops.pycnn, name)(*args)
+
+
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
@@ -102,8 +131,8 @@ def bn_act(
     if training and momentum is None and running_mean is not None and num_batches_tracked is None:
         raise ValueError("pycnn.bn_act: momentum=None (a cumulative average of the batch statistics) needs "
                          "num_batches_tracked, the count of batches seen")
-    output, save_mean, save_var = torch.ops.pycnn.bn_act_forward(
-        input, weight, bias, residual, running_mean, running_var, training, eps, act)
+    output, save_mean, save_var = forward_with_grad(
+        "bn_act_forward", input, weight, bias, residual, running_mean, running_var, training, eps, act)
     if training and running_mean is not None and running_var is not None:
         _update_running_stats(input, save_mean, save_var, running_mean, running_var, momentum,
                               num_batches_tracked)
@@ -183,7 +212,7 @@ def _bn_act_backward(ctx, grad_output, _grad_mean, _grad_var):
             None, None, None, None, None)
 
 
-torch.library.register_autograd("pycnn::bn_act_forward", _bn_act_backward, setup_context=_bn_act_setup_context)
+_register_autograd("bn_act_forward", _bn_act_backward, _bn_act_setup_context)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,8 +236,8 @@ def se(
     [C, C_r, 1, 1]; the fc tensors have the input's dtype or float32 (float64 for float64 input)."""
     for name, value in (("act", act), ("post_act", post_act)):
         check_kernel_act("pycnn.se", name, value)
-    output, _pooled, _hidden, _gate = torch.ops.pycnn.se_forward(
-        input, fc1_weight, fc1_bias, fc2_weight, fc2_bias, residual, act, post_act)
+    output, _pooled, _hidden, _gate = forward_with_grad(
+        "se_forward", input, fc1_weight, fc1_bias, fc2_weight, fc2_bias, residual, act, post_act)
     return output
 
 
@@ -251,7 +280,7 @@ def _se_backward(ctx, grad_output, _grad_pooled, _grad_hidden, _grad_gate):
     return (gx, gw1, gb1 if ctx.has_bias[0] else None, gw2, gb2 if ctx.has_bias[1] else None, gr, None, None)
 
 
-torch.library.register_autograd("pycnn::se_forward", _se_backward, setup_context=_se_setup_context)
+_register_autograd("se_forward", _se_backward, _se_setup_context)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -277,8 +306,8 @@ def dwconv(
     the conv's bias). Differentiable in input, weight, scale, bias and residual.
     """
     check_kernel_act("pycnn.dwconv", "activation", act)
-    return torch.ops.pycnn.dwconv_forward(input, weight, scale, bias, residual, _pair(stride, "stride", "dwconv"),
-                                          _pair(padding, "padding", "dwconv"), _pair(dilation, "dilation", "dwconv"), act)
+    return forward_with_grad("dwconv_forward", input, weight, scale, bias, residual, _pair(stride, "stride", "dwconv"),
+                             _pair(padding, "padding", "dwconv"), _pair(dilation, "dilation", "dwconv"), act)
 
 
 def _dwconv_output_shape(input, weight, stride, padding, dilation):
@@ -334,7 +363,7 @@ def _dwconv_backward(ctx, grad_output):
             None, None, None, None)
 
 
-torch.library.register_autograd("pycnn::dwconv_forward", _dwconv_backward, setup_context=_dwconv_setup_context)
+_register_autograd("dwconv_forward", _dwconv_backward, _dwconv_setup_context)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -361,8 +390,8 @@ def gconv(
     check_kernel_act("pycnn.gconv", "activation", act)
     save = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (input, weight, scale, bias, residual))
-    output, _ = torch.ops.pycnn.gconv_forward(input, weight, scale, bias, residual, _pair(stride, "stride", "gconv"),
-                                              _pair(padding, "padding", "gconv"), groups, act, save)
+    output, _ = forward_with_grad("gconv_forward", input, weight, scale, bias, residual,
+                                  _pair(stride, "stride", "gconv"), _pair(padding, "padding", "gconv"), groups, act, save)
     return output
 
 
@@ -411,7 +440,7 @@ def _gconv_backward(ctx, grad_output, _grad_saved):
     return grad_input, grad_weight, grad_scale, grad_bias, grad_residual, None, None, None, None, None
 
 
-torch.library.register_autograd("pycnn::gconv_forward", _gconv_backward, setup_context=_gconv_setup_context)
+_register_autograd("gconv_forward", _gconv_backward, _gconv_setup_context)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -477,4 +506,4 @@ def _mbconv_setup_context(ctx, inputs, output):
     pass
 
 
-torch.library.register_autograd("pycnn::mbconv_forward", _mbconv_no_backward, setup_context=_mbconv_setup_context)
+_register_autograd("mbconv_forward", _mbconv_no_backward, _mbconv_setup_context)

@@ -27,6 +27,7 @@ cap=$("$py" -c "import torch; print('.'.join(map(str, torch.cuda.get_device_capa
 out=${1:-bench/results/${gpu}-$(date +%Y-%m-%d)}
 mkdir -p "$out"
 printf 'step\tseconds\tstatus\n' > "$out/steps.tsv"
+: > "$out/log.txt"  # a rerun into the same folder starts a fresh log
 status=0
 
 # step NAME LIMIT_S (0: none) COMMAND...: run, log, time; a failure or timeout is recorded and the script goes on.

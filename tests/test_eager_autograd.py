@@ -1,0 +1,76 @@
+"""The two ways an op's backward reaches autograd (pycnn/ops.py, _register_autograd): eager calls take a
+torch.autograd.Function, torch.compile and direct torch.ops calls torch.library's registration. Both run the
+same setup_context and backward, so their gradients are bit-identical."""
+
+import pytest
+import torch
+
+from pycnn import ops
+
+
+def _t(*shape, seed, positive=False):
+    g = torch.Generator().manual_seed(seed)
+    t = torch.randn(*shape, generator=g, dtype=torch.float64)
+    return t.abs() + 0.5 if positive else t
+
+
+# name -> (the wrapper's call, the same call straight to torch.ops.pycnn, the tensors to differentiate)
+def _bn_act():
+    x, w, b, r = _t(2, 6, 5, 4, seed=0), _t(6, seed=1, positive=True), _t(6, seed=2), _t(2, 6, 5, 4, seed=3)
+    return (lambda x, w, b, r: ops.bn_act(x, w, b, act="relu", residual=r),
+            lambda x, w, b, r: torch.ops.pycnn.bn_act_forward(x, w, b, r, None, None, True, 1e-5, "relu")[0],
+            (x, w, b, r))
+
+
+def _dwconv():
+    x, w, s, b = _t(2, 6, 7, 5, seed=0), _t(6, 1, 3, 3, seed=1), _t(6, seed=2, positive=True), _t(6, seed=3)
+    return (lambda x, w, s, b: ops.dwconv(x, w, s, b, stride=2, padding=1, act="silu"),
+            lambda x, w, s, b: torch.ops.pycnn.dwconv_forward(x, w, s, b, None, [2, 2], [1, 1], [1, 1], "silu"),
+            (x, w, s, b))
+
+
+def _gconv():
+    x, w, s, b = _t(2, 8, 6, 5, seed=0), _t(8, 4, 3, 3, seed=1), _t(8, seed=2, positive=True), _t(8, seed=3)
+    return (lambda x, w, s, b: ops.gconv(x, w, s, b, padding=1, groups=2, act="relu"),
+            lambda x, w, s, b: torch.ops.pycnn.gconv_forward(x, w, s, b, None, [1, 1], [1, 1], 2, "relu", True)[0],
+            (x, w, s, b))
+
+
+def _se():
+    x, w1, b1, w2, b2 = _t(2, 8, 4, 3, seed=0), _t(2, 8, seed=1), _t(2, seed=2), _t(8, 2, seed=3), _t(8, seed=4)
+    return (lambda *a: ops.se(*a, act="silu"),
+            lambda *a: torch.ops.pycnn.se_forward(*a, None, "silu", "none")[0],
+            (x, w1, b1, w2, b2))
+
+
+CASES = {"bn_act_forward": _bn_act, "dwconv_forward": _dwconv, "gconv_forward": _gconv, "se_forward": _se}
+
+
+def test_every_differentiable_op_has_both_paths():
+    assert set(ops._EAGER_AUTOGRAD) == set(CASES) | {"mbconv_forward"}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_eager_function_equals_registered_autograd(name):
+    wrapper, direct, tensors = CASES[name]()
+    results = []
+    for fn in (wrapper, direct):
+        leaves = [t.clone().requires_grad_() for t in tensors]
+        y = fn(*leaves)
+        results.append((y, y.grad_fn.name(), torch.autograd.grad(y, leaves, _t(*y.shape, seed=9))))
+    (y_eager, node_eager, g_eager), (y_lib, node_lib, g_lib) = results
+    assert node_eager == f"{name}Backward"  # the eager Function, named after the op
+    assert node_eager != node_lib  # torch.library's own node
+    torch.testing.assert_close(y_eager, y_lib, rtol=0, atol=0)
+    for a, b in zip(g_eager, g_lib):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_no_grad_and_compile_take_the_op():
+    wrapper, _, tensors = _bn_act()
+    with torch.no_grad():
+        assert wrapper(*[t.requires_grad_() for t in tensors]).grad_fn is None
+    leaves = [t.detach().requires_grad_() for t in tensors]
+    compiled = torch.compile(wrapper, backend="aot_eager", fullgraph=True)
+    y = compiled(*leaves)
+    torch.testing.assert_close(y, wrapper(*leaves), rtol=0, atol=0)
