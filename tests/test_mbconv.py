@@ -114,6 +114,33 @@ def test_float32_within_4x_pytorch_error(case):
     assert ours_err <= 4 * max(torch_err, 1e-6), (ours_err, torch_err)
 
 
+# Expanded widths that are not a multiple of any variant's GEMM tile: the packed panels must cover every
+# column the GEMM walks (a read past them is caught by tools/asan_check.sh, not by the values).
+ODD_EXPANSIONS = [(8, 17, 8, 3, 1, True, "relu6", 9, 9), (12, 72, 12, 3, 1, False, "silu", 9, 9),
+                  (8, 21, 16, 5, 2, False, "hardswish", 9, 11)]
+
+
+@pytest.mark.parametrize("isa", ["baseline", "avx2", "avx512"])
+def test_every_cpu_variant_odd_expansions(isa):
+    from pycnn import _C
+    previous = _C._cpu_isa()
+    got = _C._set_cpu_isa(isa)
+    try:
+        if got != isa:
+            pytest.skip(f"this CPU has no {isa}")
+        for case in ODD_EXPANSIONS:
+            c, e, co, k, s, res, act, h, w = case
+            block64 = make_block(case, batch=1)
+            ref = reference(*block64, s, act, res)
+            assert (run(*block64, s, act, res) - ref).abs().max().item() < 1e-9, case
+            block32 = cast(block64, torch.float32)
+            torch_err = (reference(*block32, s, act, res).double() - ref).abs().max().item()
+            ours_err = (run(*block32, s, act, res).double() - ref).abs().max().item()
+            assert ours_err <= 4 * max(torch_err, 1e-6), (case, ours_err, torch_err)
+    finally:
+        _C._set_cpu_isa(previous)
+
+
 @pytest.mark.parametrize("isa", ["baseline", "avx2", "avx512"])
 def test_every_cpu_variant(isa):
     """float32 runs the best variant the CPU has: each one the machine has against the float64 reference."""
