@@ -10,7 +10,6 @@ Cases live in tests/emu/gpu_cases.py. Without a CUDA GPU the tool says so and ex
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -68,19 +67,6 @@ def compare(name, gpu, emu, exact, max_ulp):
     return ok
 
 
-SHADOW_STACK_OFF = "glibc.cpu.x86_shstk=off"
-
-
-def without_shadow_stack() -> None:
-    """Re-run this process with the CPU's shadow stack off (glibc >= 2.39 turns it on where the kernel has it,
-    and the emulator's fibers switch stacks, which it forbids); the tunable only takes effect at start."""
-    tunables = os.environ.get("GLIBC_TUNABLES", "")
-    if sys.platform != "linux" or SHADOW_STACK_OFF in tunables:
-        return
-    os.environ["GLIBC_TUNABLES"] = f"{tunables}:{SHADOW_STACK_OFF}" if tunables else SHADOW_STACK_OFF
-    os.execv(sys.executable, [sys.executable, *sys.argv])
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-k", default="", help="only cases whose name contains this")
@@ -117,5 +103,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    without_shadow_stack()
     sys.exit(main())

@@ -82,7 +82,6 @@ enum cudaError {
   cudaErrorLaunchOutOfResources = 701,
   cudaErrorAssert = 710,
   cudaErrorLaunchFailure = 719,
-  cudaErrorNotSupported = 801,
   cudaErrorUnknown = 999,
 };
 typedef enum cudaError cudaError_t;

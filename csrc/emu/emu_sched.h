@@ -13,7 +13,6 @@
 
 #include <signal.h>
 #include <sys/mman.h>
-#include <sys/syscall.h>
 #include <ucontext.h>
 #include <unistd.h>
 
@@ -172,12 +171,6 @@ pycnn_emu_switch_x86_64:
 struct Context {
   void* sp = nullptr;
 };
-// Whether the CPU's shadow stack guards this thread (Linux >= 6.6 with glibc >= 2.39, e.g. Ubuntu 24.04): a
-// `ret` onto another stack then faults, so the switch above cannot run and launches are refused with a message.
-inline bool shadow_stack_enabled() {
-  unsigned long features = 0;
-  return syscall(SYS_arch_prctl, 0x5005 /* ARCH_SHSTK_STATUS */, &features) == 0 && (features & 1);
-}
 // A fresh context that starts executing entry() (which must never return) on the given stack.
 inline void make_context(Context& c, char* stack, size_t size, void (*entry)()) {
   uintptr_t top = (reinterpret_cast<uintptr_t>(stack) + size) & ~uintptr_t(15);
@@ -649,11 +642,6 @@ inline void run_launch(const char* expr, dim3 grid, dim3 block, size_t smem, con
                                           std::to_string(smem_limit) +
                                           " (raise it with cudaFuncSetAttribute(MaxDynamicSharedMemorySize))");
 
-#ifdef PYCNN_EMU_FAST_SWITCH
-  if (shadow_stack_enabled())
-    return bad(cudaErrorNotSupported, "the CPU's shadow stack is on for this process and the emulator switches stacks; "
-                                      "run it with GLIBC_TUNABLES=glibc.cpu.x86_shstk=off in the environment");
-#endif
   StackPool& sp = stacks();
   sp.ensure(std::max<int>(int(nthreads), sp.count), settings().stack_bytes);
   if (!sp.base) return bad(cudaErrorMemoryAllocation, "cannot allocate fiber stacks");

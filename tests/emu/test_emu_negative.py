@@ -129,15 +129,3 @@ def test_the_broken_copy_is_detected(broken, case):
         assert all("divergent barrier" in v and "stencil2d_kernel" in v for v in outcomes.values()), outcomes
     if case == "missing tree barrier":  # the order matters: forward catches it, reverse happens to be right
         assert outcomes[("forward", 0)] == "wrong" and outcomes[("reverse", 0)] == "ok", outcomes
-
-
-def test_shadow_stack_refused_with_the_fix():
-    """Where the CPU's shadow stack guards the process (glibc >= 2.39 on a kernel with it), the emulator's stack
-    switch would crash the process; a launch is refused instead, naming the environment setting that fixes it.
-    Simulated by a copy whose detection always answers yes."""
-    detect = "return syscall(SYS_arch_prctl, 0x5005 /* ARCH_SHSTK_STATUS */, &features) == 0 && (features & 1);"
-    mod = emu_build.build_patched("shstk", {"csrc/emu/emu_sched.h": [(detect, "return features == 0;")]},
-                                  only=["selftest"])
-    run, _ = _reduce_case()
-    with pytest.raises(RuntimeError, match="shadow stack.*GLIBC_TUNABLES=glibc.cpu.x86_shstk=off"):
-        run(mod)
