@@ -31,12 +31,13 @@ _EAGER_AUTOGRAD: dict = {}
 
 
 def _register_autograd(name: str, backward, setup_context) -> None:
-    op = getattr(torch.ops.pycnn, name)
+    op = getattr(torch.ops.pycnn, name).default
     torch.library.register_autograd(f"pycnn::{name}", backward, setup_context=setup_context)
 
     def forward(ctx, *args):  # ctx in forward: a separate setup_context costs another 20 us (signature binding)
-        output = op(*args)
-        setup_context(ctx, args, output)
+        with torch._C._AutoDispatchBelowAutograd():  # straight to the kernel, as torch.library's forward does
+            output = op(*args)
+            setup_context(ctx, args, output)
         return output
 
     _EAGER_AUTOGRAD[name] = type(name, (torch.autograd.Function,), dict(
@@ -45,8 +46,9 @@ def _register_autograd(name: str, backward, setup_context) -> None:
 
 def forward_with_grad(name: str, *args):
     """torch.ops.pycnn.<name>(*args), the arguments positional in schema order; a call that records autograd
-    outside torch.compile takes the op's eager Function (the same setup_context and backward)."""
-    if torch.is_grad_enabled() and not torch.compiler.is_compiling() \
+    outside torch.compile and torch.jit.trace (whose graphs must hold the op, not a Python Function) takes the
+    op's eager Function (the same setup_context and backward)."""
+    if torch.is_grad_enabled() and not torch.compiler.is_compiling() and not torch.jit.is_tracing() \
             and any(isinstance(a, Tensor) and a.requires_grad for a in args):
         return _EAGER_AUTOGRAD[name](*args)
     return getattr(torch.ops.pycnn, name)(*args)

@@ -398,6 +398,8 @@ def test_cuda_matches_conv2d_groups(case, layout, act, affine, with_residual, dt
     ref = outputs_and_grads(ref_fn(case, act), [t.double().cpu() if t is not None else None for t in args])
     names = [n for n, t in zip(NAMES, (True, True, True, affine, affine, with_residual)) if t]
     tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-9, atol=1e-9)
+    # each result in the dtype autograd gives it (so its own rounding is the tolerance's floor)
+    assert [t.dtype for t in mine] == [dtype] + [t.dtype for t in args if t is not None]
     assert_all_close(mine, ref, names, **tol)
 
 

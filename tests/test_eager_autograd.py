@@ -24,16 +24,18 @@ def _bn_act():
 
 def _dwconv():
     x, w, s, b = _t(2, 6, 7, 5, seed=0), _t(6, 1, 3, 3, seed=1), _t(6, seed=2, positive=True), _t(6, seed=3)
-    return (lambda x, w, s, b: ops.dwconv(x, w, s, b, stride=2, padding=1, act="silu"),
-            lambda x, w, s, b: torch.ops.pycnn.dwconv_forward(x, w, s, b, None, [2, 2], [1, 1], [1, 1], "silu"),
-            (x, w, s, b))
+    r = _t(2, 6, 4, 3, seed=4)
+    return (lambda x, w, s, b, r: ops.dwconv(x, w, s, b, stride=2, padding=1, act="silu", residual=r),
+            lambda x, w, s, b, r: torch.ops.pycnn.dwconv_forward(x, w, s, b, r, [2, 2], [1, 1], [1, 1], "silu"),
+            (x, w, s, b, r))
 
 
 def _gconv():
     x, w, s, b = _t(2, 8, 6, 5, seed=0), _t(8, 4, 3, 3, seed=1), _t(8, seed=2, positive=True), _t(8, seed=3)
-    return (lambda x, w, s, b: ops.gconv(x, w, s, b, padding=1, groups=2, act="relu"),
-            lambda x, w, s, b: torch.ops.pycnn.gconv_forward(x, w, s, b, None, [1, 1], [1, 1], 2, "relu", True)[0],
-            (x, w, s, b))
+    r = _t(2, 8, 6, 5, seed=4)
+    return (lambda x, w, s, b, r: ops.gconv(x, w, s, b, padding=1, groups=2, act="relu", residual=r),
+            lambda x, w, s, b, r: torch.ops.pycnn.gconv_forward(x, w, s, b, r, [1, 1], [1, 1], 2, "relu", True)[0],
+            (x, w, s, b, r))
 
 
 def _se():
@@ -66,11 +68,19 @@ def test_eager_function_equals_registered_autograd(name):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-def test_no_grad_and_compile_take_the_op():
-    wrapper, _, tensors = _bn_act()
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_no_grad_compile_and_trace_take_the_op(name, monkeypatch):
+    """Only eager calls that record a graph take the Function: with it made to fail, no_grad, torch.compile and
+    torch.jit.trace (whose graph must hold the op itself) still run and give the eager values."""
+    wrapper, direct, tensors = CASES[name]()
+    expected = direct(*tensors)
+    monkeypatch.setitem(ops._EAGER_AUTOGRAD, name, lambda *args: pytest.fail("the eager Function was used"))
+    leaves = [t.clone().requires_grad_() for t in tensors]
     with torch.no_grad():
-        assert wrapper(*[t.requires_grad_() for t in tensors]).grad_fn is None
-    leaves = [t.detach().requires_grad_() for t in tensors]
+        torch.testing.assert_close(wrapper(*leaves), expected, rtol=0, atol=0)
     compiled = torch.compile(wrapper, backend="aot_eager", fullgraph=True)
-    y = compiled(*leaves)
-    torch.testing.assert_close(y, wrapper(*leaves), rtol=0, atol=0)
+    torch.testing.assert_close(compiled(*leaves), expected, rtol=0, atol=0)
+    # check_trace off: the checker reruns on detached copies, where gconv's "keep for backward" flag differs
+    traced = torch.jit.trace(wrapper, tuple(leaves), check_trace=False)
+    assert f"pycnn::{name}" in str(traced.graph)
+    torch.testing.assert_close(traced(*leaves), expected, rtol=0, atol=0)

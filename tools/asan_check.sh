@@ -24,7 +24,10 @@ rm -f "$pkg"/pycnn/_C*.so && cp build/asan/_C*.so "$pkg/pycnn/"
   tests/test_gconv.py tests/test_se.py tests/test_cpu_isa.py
 cd "$pkg"
 # detect_leaks=0: CPython and torch keep allocations alive at exit by design.
-LD_PRELOAD="$(gcc -print-file-name=libasan.so):$(gcc -print-file-name=libubsan.so)" \
+# The sanitizer runtimes the instrumented module was linked against (the compiler CMake chose).
+runtimes=$(ldd pycnn/_C*.so | awk '/lib(a|ub)san/ {print $3}' | paste -sd: -)
+[ -n "$runtimes" ] || { echo "asan_check: build/asan's module links no sanitizer runtime" >&2; exit 2; }
+LD_PRELOAD="$runtimes" \
   ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   "$py" -m pytest -q -p no:cacheprovider -x --capture=sys "$@" \
   --deselect tests/test_bn_act.py::test_build_info_and_cuda_registration  # fd 2: the sanitizers; a CPU-only build
