@@ -196,3 +196,14 @@ def test_reference_copy_computes_the_same_function():
     x = torch.randn(2, 1, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(model(x), ref(x), rtol=1e-4, atol=1e-4)
+
+
+def test_bench_overhead_measures_training_calls(tmp_path):
+    """`python -m pycnn.bench.overhead --train`: forward and backward per network and variant, as JSON rows."""
+    from pycnn.bench import overhead
+    out = tmp_path / "overhead.json"
+    assert overhead.main(["--train", "--repeats", "2", "--size", "8", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert {(r["network"], r["variant"]) for r in rows} >= {
+        (n, v) for _, n, _ in overhead.NETWORKS for v in ("pycnn", "pycnn-auto", "reference")}
+    assert all(r["mode"] == "train" and r["ms"] > 0 for r in rows)
