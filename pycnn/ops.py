@@ -393,7 +393,8 @@ def gconv(
     save = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (input, weight, scale, bias, residual))
     output, _ = forward_with_grad("gconv_forward", input, weight, scale, bias, residual,
-                                  _pair(stride, "stride", "gconv"), _pair(padding, "padding", "gconv"), groups, act, save)
+                                  _pair(stride, "stride", "gconv"), _pair(padding, "padding", "gconv"), groups, act,
+                                  save)
     return output
 
 

@@ -91,8 +91,8 @@ def main(argv=None) -> int:
               f"{r['us_per_layer_over_reference']:+13.2f}")
     if args.out:
         meta = dict(command="python -m pycnn.bench.overhead " + " ".join(argv or []), torch=torch.__version__,
-                    machine=platform.processor() or platform.machine(), threads=args.threads, size=args.size, train=args.train,
-                    date=time.strftime("%Y-%m-%d %H:%M:%S"))
+                    machine=platform.processor() or platform.machine(), threads=args.threads, size=args.size,
+                    train=args.train, date=time.strftime("%Y-%m-%d %H:%M:%S"))
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:
             json.dump(dict(meta=meta, rows=rows), f, indent=1)
