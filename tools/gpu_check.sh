@@ -63,10 +63,11 @@ else
   echo "compute-sanitizer not found: skipped" | tee -a "$out/log.txt"
 fi
 if [ $quick = 1 ]; then
-  # a dozen layer shapes per op from MobileNetV2 and RegNetX-400MF, fp16 channels_last, forward and
-  # forward+backward, against cuDNN (eager); the two networks at batch 64 and 256 against torchvision.
-  step bench-ops 75 "$py" -m pycnn bench ops --op all --dtype fp16 --layout channels_last --max-shapes 12 \
-    --network mobilenet_v2 regnet_x_400mf --batch 64 --repeats 10 --out "$out"
+  # a dozen layer shapes per op from MobileNetV2, RegNetX-400MF and EfficientNet-B0 (the one with SE layers),
+  # fp16 channels_last, forward and forward+backward, against cuDNN (eager); MobileNetV2 and RegNetX-400MF at
+  # batch 64 and 256 against torchvision.
+  step bench-ops 90 "$py" -m pycnn bench ops --op all --dtype fp16 --layout channels_last --max-shapes 12 \
+    --network mobilenet_v2 regnet_x_400mf efficientnet_b0 --batch 64 --repeats 10 --out "$out"
   for spec in "archs/mobilenet_v2.arch mobilenet_v2" "archs/regnet.arch regnet_x_400mf"; do
     set -- $spec
     for batch in 64 256; do
