@@ -4,13 +4,14 @@ same setup_context and backward, so their gradients are bit-identical."""
 
 import pytest
 import torch
+from kernel_checks import make_input
 
 from pycnn import ops
 
 
 def _t(*shape, seed, positive=False):
-    g = torch.Generator().manual_seed(seed)
-    t = torch.randn(*shape, generator=g, dtype=torch.float64)
+    """A seeded float64 tensor (make_input's), |t| + 0.5 where it scales."""
+    t = make_input(shape, "nchw", torch.float64, "cpu", seed)
     return t.abs() + 0.5 if positive else t
 
 
