@@ -45,14 +45,8 @@ step() {
 step build 0 env TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-$cap}" tools/dev_build.sh || { cat "$out/steps.tsv"; exit 1; }
 step pytest-cuda 100 "$py" -m pytest -m cuda -q -p no:cacheprovider tests --junitxml="$out/pytest-cuda.xml"
 if ! step emu-vs-gpu 90 "$py" -X faulthandler tools/emu_vs_gpu.py --require-gpu; then
-  # The emulated launches crashed on the first H200 run (bench/results/NVIDIA-H200-2026-12-04) and run here:
-  # what differs on that machine, whether the emulator alone (no GPU work in the process) crashes, and whether
-  # it does with glibc's ucontext in place of the assembly fiber switch.
-  step emu-env 10 bash -c 'uname -r; ldd --version | head -1; c++ --version | head -1;
-    grep -i x86_thread /proc/self/status; grep -o -m1 -w user_shstk /proc/cpuinfo; ulimit -a | grep -i stack'
-  step emu-only 60 "$py" -X faulthandler -m pytest -q -p no:cacheprovider -x tests/emu/test_emu_selftest.py
-  step emu-vs-gpu-ucontext 90 env PYCNN_EMU_OPT="-O1 -DPYCNN_EMU_UCONTEXT" PYCNN_EMU_BUILD_DIR=/tmp/pycnn-emu-uc \
-    "$py" -X faulthandler tools/emu_vs_gpu.py --require-gpu
+  # The machine's facts and a native crash report of the emulator's own tests (docs/emulation.md).
+  step emu-crash-probe 150 tools/emu_crash_probe.sh
 fi
 if command -v compute-sanitizer >/dev/null; then
   for tool in memcheck racecheck; do

@@ -18,6 +18,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdarg>
+#include <cstdio>
 #include <chrono>
 #include <cstdint>
 #include <cstring>
@@ -65,11 +67,30 @@ struct Settings {
       }
     }
     if (const char* e = std::getenv("PYCNN_EMU_STACK_KB")) stack_bytes = size_t(std::atoi(e)) * 1024;
+    if (const char* e = std::getenv("PYCNN_EMU_TRACE")) trace_events = std::atoi(e) > 0 ? std::atoi(e) : 0;
   }
+  int trace_events = 0;  // PYCNN_EMU_TRACE=N: the first N launch steps go to stderr (see trace())
 };
 inline Settings& settings() {
   static Settings s;
   return s;
+}
+// A crash that even the crash reporter cannot report (no handler output at all) is located by the last step
+// printed: each write goes straight to fd 2, so nothing is lost in a buffer when the process dies.
+inline void trace(const char* fmt, ...) {
+  int& left = settings().trace_events;
+  if (left <= 0) return;
+  --left;
+  char buf[256];
+  va_list ap;
+  va_start(ap, fmt);
+  int n = std::vsnprintf(buf, sizeof buf - 1, fmt, ap);
+  va_end(ap);
+  if (n < 0) return;
+  n = n < int(sizeof buf) - 2 ? n : int(sizeof buf) - 2;
+  buf[n++] = '\n';
+  (void)!write(2, "pycnn_emu trace: ", 17);
+  (void)!write(2, buf, size_t(n));
 }
 inline void set_schedule(Order order, uint64_t seed = 0) {
   settings().order = order;
@@ -311,6 +332,7 @@ inline void switch_to_scheduler() {
 
 inline void fiber_entry() {
   BlockRun* r = g_run;
+  trace("fiber %d entered", r->cur);
   std::string what;  // leave the handler before switching: the C++ runtime's caught-exception stack is per OS thread
   bool threw = false;
   try {
@@ -323,6 +345,7 @@ inline void fiber_entry() {
     what = "unknown exception";
   }
   r = g_run;
+  trace("fiber %d body returned%s", r->cur, threw ? " (threw)" : "");
   if (threw) fail_in_fiber(cudaErrorLaunchFailure, where(*r, r->cur) + ": exception: " + what);
   r->fibers[r->cur].state = TState::Done;
   switch_context(r->fibers[r->cur].ctx, r->sched);
@@ -434,6 +457,7 @@ inline bool run_block(BlockRun& r, const dim3& bd, std::vector<int>& order, uint
     f.tid = uint3{unsigned(i) % bd.x, (unsigned(i) / bd.x) % bd.y, unsigned(i) / (bd.x * bd.y)};
     f.wcall = nullptr;
   }
+  trace("block %llu: %d fiber contexts made", static_cast<unsigned long long>(block_linear), n);
   const Order ord = settings().order;
   std::mt19937_64 rng(settings().seed * 0x9E3779B97F4A7C15ull + block_linear + 1);
   for (;;) {
@@ -447,7 +471,9 @@ inline bool run_block(BlockRun& r, const dim3& bd, std::vector<int>& order, uint
       g_thread_idx = f.tid;
       g_progress.fetch_add(1, std::memory_order_relaxed);
       g_watch_thread.store(idx, std::memory_order_relaxed);
+      trace("switch to fiber %d (stack %p)", idx, static_cast<void*>(stacks().stack(idx)));
       switch_context(r.sched, f.ctx);
+      trace("back from fiber %d", idx);
       if (r.abort) return false;
     }
     if (ran) continue;
@@ -642,8 +668,10 @@ inline void run_launch(const char* expr, dim3 grid, dim3 block, size_t smem, con
                                           std::to_string(smem_limit) +
                                           " (raise it with cudaFuncSetAttribute(MaxDynamicSharedMemorySize))");
 
+  trace("launch '%s': %s", name.c_str(), cfg.str().c_str());
   StackPool& sp = stacks();
   sp.ensure(std::max<int>(int(nthreads), sp.count), settings().stack_bytes);
+  trace("stacks: base %p, %d of %zu bytes", static_cast<void*>(sp.base), sp.count, sp.per);
   if (!sp.base) return bad(cudaErrorMemoryAllocation, "cannot allocate fiber stacks");
   std::vector<Fiber>& fv = fiber_vec();
   if (fv.size() < nthreads) fv.resize(nthreads);
@@ -664,7 +692,9 @@ inline void run_launch(const char* expr, dim3 grid, dim3 block, size_t smem, con
   g_block_dim = block;
   g_grid_dim = grid;
   CrashReporter crash_reporter;
+  trace("crash reporter installed");
   start_watchdog();
+  trace("watchdog started");
   std::snprintf(g_watch_kernel, sizeof g_watch_kernel, "%s", name.c_str());
   g_launch_active = true;
   g_run = &r;
@@ -682,6 +712,7 @@ inline void run_launch(const char* expr, dim3 grid, dim3 block, size_t smem, con
       }
   g_run = nullptr;
   g_launch_active = false;
+  trace("launch '%s' done", name.c_str());
 }
 
 template <typename... P>

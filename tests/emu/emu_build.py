@@ -39,20 +39,67 @@ def bind_sources(tests_dir: Path = EMU_TESTS, only: list[str] | None = None) -> 
     return binds + [tests_dir / "emu_module.cpp"]
 
 
+def loaded_cxx_runtime() -> str | None:
+    """The path of the libstdc++ this process runs with (torch loaded it), or None."""
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            path = line.split(maxsplit=5)[-1].strip()
+            if os.path.basename(path).startswith("libstdc++.so"):
+                return path
+    return None
+
+
+# A member of libstdc++ that no extension instantiates itself (explicitly instantiated inside the library).
+CXX_RUNTIME_PROBE = "_ZNSo9_M_insertImEERSoT_"  # std::ostream::_M_insert<unsigned long>
+
+
+def has_private_cxx_runtime(library: str) -> bool:
+    """Whether the shared object carries its own copy of libstdc++ (linked from libstdc++.a).
+
+    That copy's iostreams and locale are never initialised in a process that already runs the shared
+    libstdc++: the first ``ostringstream << unsigned`` crashes (the emulator on the first H200 machine).
+    """
+    import ctypes
+
+    handle = ctypes.CDLL(library)
+    try:
+        address = ctypes.cast(getattr(handle, CXX_RUNTIME_PROBE), ctypes.c_void_p).value
+    except AttributeError:
+        return False
+    real = os.path.realpath(library)
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split(maxsplit=5)
+            lo, hi = (int(v, 16) for v in fields[0].split("-"))
+            if lo <= address < hi:
+                return len(fields) == 6 and os.path.realpath(fields[5].strip()) == real
+    return False
+
+
 def _load(name: str, tests_dir: Path, csrc_dir: Path, build_dir: Path, verbose: bool, only=None, opt=None):
+    import torch  # noqa: F401  (loads the process's libstdc++ before we look for it)
     from torch.utils import cpp_extension
 
     build_dir.mkdir(parents=True, exist_ok=True)
+    # Link the C++ runtime the process already runs with, by path: a toolchain that links libstdc++
+    # statically (-static-libstdc++, or only libstdc++.a found) would otherwise give the module a second copy.
+    runtime = loaded_cxx_runtime()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return cpp_extension.load(
+        module = cpp_extension.load(
             name=name,
             sources=[str(p) for p in bind_sources(tests_dir, only)],
             extra_cflags=(opt or OPT) + CFLAGS,
+            extra_ldflags=[runtime] if runtime else [],
             extra_include_paths=[str(csrc_dir), str(csrc_dir / "cuda"), str(csrc_dir / "emu" / "shim"), str(tests_dir)],
             build_directory=str(build_dir),
             verbose=verbose,
         )
+    if has_private_cxx_runtime(module.__file__):
+        raise RuntimeError(f"{module.__file__} carries its own copy of libstdc++ (linked statically), which crashes "
+                           f"at its first iostream use; check CXX/LDFLAGS for -static-libstdc++ "
+                           f"(process runtime: {runtime})")
+    return module
 
 
 def build(name: str = "pycnn_emu", verbose: bool | None = None):

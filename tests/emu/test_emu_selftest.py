@@ -344,6 +344,27 @@ def test_exception_in_a_kernel_is_reported(emu):
     emu.selftest.throwing(-1)
 
 
+def test_the_module_shares_the_process_cxx_runtime(emu_module, tmp_path):
+    """A static libstdc++ copy in the module crashed its first launch on the H200 machine; the build links the
+    process's libstdc++ and refuses a module that still carries a copy. The detector must see one."""
+    import os
+    import shutil
+    import subprocess
+
+    assert not emu_build.has_private_cxx_runtime(emu_module.__file__)
+    cxx = os.environ.get("CXX", "c++")
+    if not shutil.which(cxx):
+        pytest.skip("no C++ compiler")
+    src = tmp_path / "fmt.cpp"
+    src.write_text('#include <sstream>\n#include <string>\n'
+                   'std::string fmt(unsigned x) { std::ostringstream o; o << x; return o.str(); }\n')
+    for flags, private in [(["-static-libstdc++"], True), ([], False),
+                           (["-static-libstdc++", emu_build.loaded_cxx_runtime()], False)]:
+        lib = tmp_path / f"fmt{len(flags)}.so"
+        subprocess.run([cxx, "-shared", "-fPIC", "-O1", str(src), *flags, "-o", str(lib)], check=True)
+        assert emu_build.has_private_cxx_runtime(str(lib)) is private, flags
+
+
 @pytest.mark.parametrize("mode,expect", [(1, "stack overflow"), (2, "segmentation fault at address 0x10")])
 def test_a_crashing_kernel_names_itself(emu_module, mode, expect):
     import subprocess
