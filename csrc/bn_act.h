@@ -3,6 +3,7 @@
 #pragma once
 
 #include <algorithm>
+#include <optional>
 #include <string_view>
 
 #include "op_common.h"
@@ -45,6 +46,38 @@ inline void check_bn_act_backward_args(const Tensor& grad_output, const Tensor& 
   if (residual) check_same_as_input(op, "residual", *residual, input);
   check_channel_vector(op, "save_mean", save_mean, input, channels);
   check_channel_vector(op, "save_var", save_var, input, channels);
+}
+
+inline void check_bn_act_update_stats_args(const Tensor& running_mean, const Tensor& running_var,
+                                           const OptTensor& num_batches_tracked, const Tensor& save_mean,
+                                           const Tensor& save_var, std::optional<double> momentum, int64_t count) {
+  constexpr std::string_view op = "pycnn.bn_act_update_stats_";
+  TORCH_CHECK(running_mean.dim() == 1, op, ": running_mean must be 1-D, got shape ", running_mean.sizes());
+  TORCH_CHECK(running_mean.is_floating_point(), op, ": running_mean must be a floating tensor, got ",
+              running_mean.scalar_type());
+  const int64_t channels = running_mean.size(0);
+  check_channel_vector(op, "running_var", running_var, running_mean, channels);
+  TORCH_CHECK(running_var.scalar_type() == running_mean.scalar_type(), op, ": running_var has dtype ",
+              running_var.scalar_type(), " but running_mean has dtype ", running_mean.scalar_type());
+  check_channel_vector(op, "save_mean", save_mean, running_mean, channels);
+  check_channel_vector(op, "save_var", save_var, running_mean, channels);
+  TORCH_CHECK(save_mean.scalar_type() == at::kFloat || save_mean.scalar_type() == at::kDouble, op,
+              ": save_mean must be float32 or float64 (what bn_act_forward returns), got ", save_mean.scalar_type());
+  TORCH_CHECK(save_var.scalar_type() == save_mean.scalar_type(), op, ": save_var has dtype ",
+              save_var.scalar_type(), " but save_mean has dtype ", save_mean.scalar_type());
+  TORCH_CHECK(running_mean.is_contiguous() && running_var.is_contiguous(), op,
+              ": running_mean and running_var must be contiguous (they are updated in place)");
+  if (num_batches_tracked) {
+    const Tensor& n = *num_batches_tracked;
+    TORCH_CHECK(n.numel() == 1 && n.scalar_type() == at::kLong, op,
+                ": num_batches_tracked must be one int64 value, got ", n.scalar_type(), " of shape ", n.sizes());
+    TORCH_CHECK(n.device() == running_mean.device(), op, ": num_batches_tracked is on ", n.device(),
+                " but running_mean is on ", running_mean.device());
+  }
+  TORCH_CHECK(momentum || num_batches_tracked, op,
+              ": momentum=None (a cumulative average) needs num_batches_tracked, the count of batches seen");
+  TORCH_CHECK(count > 1, op, ": count (values per channel) must be more than 1 for the unbiased variance, got ",
+              count);
 }
 
 }  // namespace pycnn

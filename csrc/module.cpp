@@ -32,6 +32,13 @@ void check_bn_act_forward(const Tensor& input, const OptTensor& weight, const Op
   parse_act("pycnn.bn_act", act);
 }
 
+void check_bn_act_update_stats_(const Tensor& running_mean, const Tensor& running_var,
+                                const OptTensor& num_batches_tracked, const Tensor& save_mean,
+                                const Tensor& save_var, std::optional<double> momentum, int64_t count) {
+  check_bn_act_update_stats_args(running_mean, running_var, num_batches_tracked, save_mean, save_var, momentum,
+                                 count);
+}
+
 void check_bn_act_backward(const Tensor& grad_output, const Tensor& input, const OptTensor& weight,
                            const OptTensor& bias, const OptTensor& residual, const Tensor& save_mean,
                            const Tensor& save_var, bool /*training*/, double /*eps*/, const std::string& act) {
@@ -145,6 +152,7 @@ PYBIND11_MODULE(_C, m) {
       "and the CPU); returns the variant that now runs.");
   m.def("check_bn_act_forward", &check_bn_act_forward);
   m.def("check_bn_act_backward", &check_bn_act_backward);
+  m.def("check_bn_act_update_stats_", &check_bn_act_update_stats_);
   m.def("check_dwconv_forward", &check_dwconv_forward);
   m.def("check_dwconv_backward", &check_dwconv_backward);
   m.def("check_gconv_forward", &check_gconv_forward);

@@ -11,6 +11,13 @@ TORCH_LIBRARY(pycnn, m) {
   m.def(
       "bn_act_forward(Tensor input, Tensor? weight, Tensor? bias, Tensor? residual, Tensor? running_mean, "
       "Tensor? running_var, bool training, float eps, str act) -> (Tensor output, Tensor save_mean, Tensor save_var)");
+  // That update, in place and in one call (nn.BatchNorm2d's, after a training forward of `count` values per
+  // channel): num_batches_tracked += 1 when given; factor = momentum, or 1 / num_batches_tracked when momentum
+  // is None (cumulative average); running_mean.lerp_(save_mean, factor);
+  // running_var.lerp_(save_var * count / (count - 1), factor), each in the running statistics' dtype.
+  m.def(
+      "bn_act_update_stats_(Tensor(a!) running_mean, Tensor(b!) running_var, Tensor(c!)? num_batches_tracked, "
+      "Tensor save_mean, Tensor save_var, float? momentum, int count) -> ()");
   // Gradients of bn_act_forward; grad_residual is returned when residual is given.
   m.def(
       "bn_act_backward(Tensor grad_output, Tensor input, Tensor? weight, Tensor? bias, Tensor? residual, "

@@ -101,10 +101,11 @@ def _check_like_kernels(op: str, *args) -> None:
     dispatcher sends a CPU input with a meta weight here, not to the CPU kernel."""
     names = [a.name for a in getattr(torch.ops.pycnn, op).default._schema.arguments]
     given = dict(zip(names, args))
-    device = given["input"].device
+    first = "input" if "input" in given else names[0]
+    device = given[first].device
     for name, value in given.items():
         if isinstance(value, Tensor) and value.device != device:
-            raise RuntimeError(f"{_kernel_name(op)}: {name} is on {value.device} but input is on {device}")
+            raise RuntimeError(f"{_kernel_name(op)}: {name} is on {value.device} but {first} is on {device}")
     with _disable_current_modes():  # plain meta tensors, outside fake/functional/proxy modes
         getattr(_C, "check_" + op)(*(_meta_copy(a) for a in args))
 
@@ -144,17 +145,14 @@ def bn_act(
 def _update_running_stats(input, save_mean, save_var, running_mean, running_var, momentum,
                           num_batches_tracked):
     with torch.no_grad():
-        if num_batches_tracked is not None:
-            num_batches_tracked.add_(1)
-        if momentum is None:
-            # a tensor (no host sync), divided in the statistics' dtype: float64 statistics get a float64 factor
-            factor = 1.0 / num_batches_tracked.to(running_mean.dtype)
-        else:
-            factor = momentum
-        count = input.numel() // input.size(1)
-        unbiased = save_var * (count / (count - 1))
-        running_mean.lerp_(save_mean.to(running_mean.dtype), factor)
-        running_var.lerp_(unbiased.to(running_var.dtype), factor)
+        torch.ops.pycnn.bn_act_update_stats_(running_mean, running_var, num_batches_tracked, save_mean, save_var,
+                                             momentum, input.numel() // input.size(1))
+
+
+@torch.library.register_fake("pycnn::bn_act_update_stats_")
+def _bn_act_update_stats_fake(running_mean, running_var, num_batches_tracked, save_mean, save_var, momentum, count):
+    _check_like_kernels("bn_act_update_stats_", running_mean, running_var, num_batches_tracked, save_mean, save_var,
+                        momentum, count)
 
 
 @torch.library.register_fake("pycnn::bn_act_forward")

@@ -60,3 +60,13 @@ def assert_half_precision_rule(names, mine, theirs, dtype):
     floor = HALF_FLOOR[dtype]
     for name, e_mine, e_theirs in zip(names, mine, theirs):
         assert e_mine <= 2 * e_theirs + floor, f"{name}: error {e_mine:.3g} vs PyTorch's {e_theirs:.3g}"
+
+
+def torch_running_stats_update(rm, rv, nbt, save_mean, save_var, momentum, count):
+    """nn.BatchNorm2d's running-statistics update written with PyTorch's ops: the reference of
+    pycnn::bn_act_update_stats_ (CPU and, emulated, CUDA)."""
+    if nbt is not None:
+        nbt.add_(1)
+    factor = momentum if momentum is not None else 1.0 / nbt.to(rm.dtype)
+    rm.lerp_(save_mean.to(rm.dtype), factor)
+    rv.lerp_((save_var * (count / (count - 1))).to(rv.dtype), factor)

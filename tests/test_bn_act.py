@@ -10,7 +10,8 @@ from torch import nn
 import pycnn
 from pycnn.nn import BatchNormAct2d
 import kernel_checks
-from kernel_checks import HALF_DTYPES, LAYOUTS, REFERENCE_ACT, assert_half_precision_rule, max_errors
+from kernel_checks import (HALF_DTYPES, LAYOUTS, REFERENCE_ACT, assert_half_precision_rule, max_errors,
+                           torch_running_stats_update)
 
 SHAPES = [(2, 8, 5, 5), (1, 3, 7, 9), (4, 13, 1, 1), (3, 17, 6, 4)]
 
@@ -263,3 +264,70 @@ def test_cuda_opcheck_and_device_mismatch():
     torch.library.opcheck(torch.ops.pycnn.bn_act_forward.default, (x, w, b, None, rm, rv, True, 1e-5, "relu"))
     with pytest.raises(RuntimeError, match="weight is on cpu but input is on cuda"):
         torch.ops.pycnn.bn_act_forward(x, torch.ones(16), b, None, rm, rv, True, 1e-5, "relu")
+
+
+# ---- the running-statistics update (pycnn::bn_act_update_stats_) --------------------------------------------
+STATS_CASES = list(itertools.product([torch.float32, torch.float64, torch.float16, torch.bfloat16],
+                                     [torch.float32, torch.float64], [0.1, 0.7, 1.0, None]))
+
+
+def stats_operands(running_dtype, save_dtype, channels=37, device="cpu", seed=0):
+    g = torch.Generator().manual_seed(seed)
+    rm = (torch.randn(channels, generator=g) * 0.3).to(device=device, dtype=running_dtype)
+    rv = (torch.rand(channels, generator=g) + 0.5).to(device=device, dtype=running_dtype)
+    sm = (torch.randn(channels, generator=g, dtype=torch.float64) * 0.5).to(device=device, dtype=save_dtype)
+    sv = (torch.rand(channels, generator=g, dtype=torch.float64) * 2).to(device=device, dtype=save_dtype)
+    nbt = torch.tensor(4, device=device)
+    return rm, rv, nbt, sm, sv
+
+
+@pytest.mark.parametrize("running_dtype,save_dtype,momentum", STATS_CASES)
+def test_update_stats_matches_pytorch_ops(running_dtype, save_dtype, momentum):
+    ours = stats_operands(running_dtype, save_dtype)
+    ref = [t.clone() for t in ours]
+    torch.ops.pycnn.bn_act_update_stats_(*ours, momentum, 50)
+    torch_running_stats_update(*ref, momentum, 50)
+    for name, a, b in zip(["running_mean", "running_var", "num_batches_tracked"], ours, ref):
+        # the same roundings; where PyTorch's vectorized lerp fuses a multiply-add, the last bit of a term may differ
+        eps = torch.finfo(running_dtype).eps
+        torch.testing.assert_close(a, b, rtol=2 * eps, atol=2 * eps * float(b.abs().max()), msg=name)
+    assert int(ours[2]) == 5
+
+
+def test_update_stats_without_num_batches_tracked_and_opcheck():
+    rm, rv, _, sm, sv = stats_operands(torch.float32, torch.float32)
+    before = rm.clone()
+    torch.ops.pycnn.bn_act_update_stats_(rm, rv, None, sm, sv, 0.25, 8)
+    torch.testing.assert_close(rm, before + 0.25 * (sm - before))
+    for momentum, nbt in [(0.1, torch.tensor(3)), (None, torch.tensor(3)), (0.5, None)]:
+        torch.library.opcheck(torch.ops.pycnn.bn_act_update_stats_.default,
+                              (*stats_operands(torch.float32, torch.float32)[:2], nbt,
+                               *stats_operands(torch.float32, torch.float32)[3:], momentum, 8))
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(count=1), "count .values per channel. must be more than 1"),
+    (dict(momentum=None, nbt=None), "momentum=None .a cumulative average. needs num_batches_tracked"),
+    (dict(nbt=torch.tensor(3.0)), "num_batches_tracked must be one int64 value"),
+    (dict(sm=torch.zeros(37, dtype=torch.float16)), "save_mean must be float32 or float64"),
+    (dict(rv=torch.ones(36)), "running_var must be 1-D with 37 elements"),
+    (dict(rv=torch.ones(37, dtype=torch.float64)), "running_var has dtype Double but running_mean has dtype Float"),
+    (dict(rm=torch.zeros(74)[::2]), "must be contiguous"),
+])
+def test_update_stats_rejects_bad_arguments(change, message):
+    rm, rv, nbt, sm, sv = stats_operands(torch.float32, torch.float32)
+    args = dict(rm=rm, rv=rv, nbt=nbt, sm=sm, sv=sv, momentum=0.1, count=8)
+    args.update(change)
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.pycnn.bn_act_update_stats_(args["rm"], args["rv"], args["nbt"], args["sm"], args["sv"],
+                                             args["momentum"], args["count"])
+
+
+def test_training_forward_is_two_calls():
+    """The op and the running-statistics update: nothing else per call (each call is a launch on a GPU)."""
+    bn = BatchNormAct2d(8, act="silu")
+    x = torch.randn(2, 8, 3, 3)
+    with torch.no_grad(), torch.profiler.profile() as prof:
+        bn(x)
+    top = [e.name for e in prof.events() if e.cpu_parent is None]
+    assert top == ["pycnn::bn_act_forward", "pycnn::bn_act_update_stats_"]

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "bn_act.h"
+#include "running_stats.h"
 #include "cpu/bn_act_entries.h"
 #include "cpu/kernel_utils.h"
 
@@ -68,11 +69,47 @@ std::tuple<Tensor, Tensor, Tensor, OptTensor> bn_act_backward_cpu(
   return {grad_input, grad_weight, grad_bias, residual.defined() ? OptTensor(grad_residual) : std::nullopt};
 }
 
+void bn_act_update_stats_cpu(const Tensor& running_mean, const Tensor& running_var,
+                             const OptTensor& num_batches_tracked, const Tensor& save_mean, const Tensor& save_var,
+                             std::optional<double> momentum, int64_t count) {
+  check_bn_act_update_stats_args(running_mean, running_var, num_batches_tracked, save_mean, save_var, momentum,
+                                 count);
+  int64_t batches = 0;
+  if (num_batches_tracked) {
+    int64_t* n = num_batches_tracked->data_ptr<int64_t>();
+    batches = ++*n;
+  }
+  const Tensor sm = save_mean.contiguous(), sv = save_var.contiguous();
+  const int64_t channels = running_mean.size(0);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, running_mean.scalar_type(), "bn_act_update_stats_cpu",
+                                  [&] {
+    using R = scalar_t;
+    using O = at::opmath_type<R>;
+    const auto round = [](O v) { return static_cast<O>(static_cast<R>(v)); };
+    const O factor = momentum ? static_cast<O>(*momentum) : cumulative_factor<O>(batches, round);
+    auto loop = [&](auto* save_mean_data, auto* save_var_data) {
+      using S = std::remove_const_t<std::remove_pointer_t<decltype(save_mean_data)>>;
+      const S unbias = static_cast<S>(static_cast<double>(count) / static_cast<double>(count - 1));
+      R* rm = running_mean.data_ptr<R>();
+      R* rv = running_var.data_ptr<R>();
+      for (int64_t c = 0; c < channels; ++c) {
+        O mean = static_cast<O>(rm[c]), var = static_cast<O>(rv[c]);
+        running_stats_update(mean, var, save_mean_data[c], save_var_data[c], unbias, factor, round);
+        rm[c] = static_cast<R>(mean);
+        rv[c] = static_cast<R>(var);
+      }
+    };
+    if (sm.scalar_type() == at::kDouble) loop(sm.const_data_ptr<double>(), sv.const_data_ptr<double>());
+    else loop(sm.const_data_ptr<float>(), sv.const_data_ptr<float>());
+  });
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(pycnn, CPU, m) {
   m.impl("bn_act_forward", &bn_act_forward_cpu);
   m.impl("bn_act_backward", &bn_act_backward_cpu);
+  m.impl("bn_act_update_stats_", &bn_act_update_stats_cpu);
 }
 
 }  // namespace pycnn

@@ -2,11 +2,13 @@
 // against csrc/emu/). NHWC tensors are [rows, channels]; a block is (tx, ty) threads: tx across
 // vectors of VEC channels (one 128-bit load each when VEC * sizeof(T) == 16), ty across rows.
 //
+// update_stats (1 launch, one block): the running statistics after a training forward (running_stats.h).
 // forward  (3 launches): Welford partial moments per (row-block, channel) in one pass over x ->
 //          merge partials, per-channel scale -> y = act((x - mean) * scale + bias [+ residual]).
 // backward (3 launches): partial sums of dz and dz * (x - mean) together (dz = dy * act'(z), z recomputed)
 //          -> dweight, dbias and per-channel dx coefficients -> dx (and dresidual = dz).
 #include "bn_act.cuh"
+#include "../running_stats.h"
 
 namespace pycnn {
 namespace cuda {
@@ -364,7 +366,53 @@ struct BackwardLaunch {
   template <typename T, int VEC> cudaError_t run() const { return backward_impl<T, VEC>(p, plan, stream); }
 };
 
+// One block: every thread reads num_batches_tracked before thread 0 increments it.
+template <typename R, typename S>
+__global__ void __launch_bounds__(kThreads) bn_act_update_stats_kernel(BnActStatsParams p) {
+  using O = acc_t<R>;
+  const auto round = [](O v) { return to_acc(from_acc<R>(v)); };
+  O factor = static_cast<O>(p.momentum);
+  if (p.num_batches_tracked) {
+    const int64_t batches = *p.num_batches_tracked + 1;
+    if (p.cumulative) factor = cumulative_factor<O>(batches, round);
+    __syncthreads();
+    if (threadIdx.x == 0) *p.num_batches_tracked = batches;
+  }
+  R* running_mean = static_cast<R*>(p.running_mean);
+  R* running_var = static_cast<R*>(p.running_var);
+  const S* save_mean = static_cast<const S*>(p.save_mean);
+  const S* save_var = static_cast<const S*>(p.save_var);
+  const S unbias = static_cast<S>(static_cast<double>(p.count) / static_cast<double>(p.count - 1));
+  for (int64_t c = threadIdx.x; c < p.channels; c += blockDim.x) {
+    O mean = to_acc(running_mean[c]), var = to_acc(running_var[c]);
+    running_stats_update(mean, var, save_mean[c], save_var[c], unbias, factor, round);
+    running_mean[c] = from_acc<R>(mean);
+    running_var[c] = from_acc<R>(var);
+  }
+}
+
+template <typename R, typename S>
+cudaError_t update_stats_impl(const BnActStatsParams& p, cudaStream_t stream) {
+  PYCNN_LAUNCH(1, kThreads, 0, stream, bn_act_update_stats_kernel<R, S>)(p);
+  return cudaGetLastError();
+}
+
+template <typename R>
+cudaError_t update_stats_for(const BnActStatsParams& p, cudaStream_t stream) {
+  return p.save_dtype == DType::Float64 ? update_stats_impl<R, double>(p, stream)
+                                        : update_stats_impl<R, float>(p, stream);
+}
+
 }  // namespace
+
+cudaError_t bn_act_update_stats(const BnActStatsParams& p, cudaStream_t stream) {
+  switch (p.running_dtype) {
+    case DType::Float16: return update_stats_for<__half>(p, stream);
+    case DType::BFloat16: return update_stats_for<__nv_bfloat16>(p, stream);
+    case DType::Float64: return update_stats_for<double>(p, stream);
+    default: return update_stats_for<float>(p, stream);
+  }
+}
 
 size_t bn_act_forward_workspace_bytes(const BnActForwardParams& p) {
   const Plan plan = forward_plan(p);

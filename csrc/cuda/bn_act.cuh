@@ -48,10 +48,25 @@ struct BnActBackwardParams : BnActConfig {
   void* workspace;       // bn_act_backward_workspace_bytes(...) bytes
 };
 
+// The running-statistics update (pycnn::bn_act_update_stats_; formula in running_stats.h), one block.
+struct BnActStatsParams {
+  int64_t channels;
+  void* running_mean;           // [channels], running_dtype, updated in place
+  void* running_var;            // [channels], running_dtype, updated in place
+  int64_t* num_batches_tracked; // one value, incremented; or nullptr
+  const void* save_mean;        // [channels], save_dtype (Float32 or Float64)
+  const void* save_var;         // [channels], biased batch variance
+  bool cumulative;              // factor 1 / num_batches_tracked (momentum None) instead of momentum
+  double momentum;
+  int64_t count;                // values per channel of the batch (> 1)
+  DType running_dtype, save_dtype;
+};
+
 size_t bn_act_forward_workspace_bytes(const BnActForwardParams& p);
 size_t bn_act_backward_workspace_bytes(const BnActBackwardParams& p);
 cudaError_t bn_act_forward(const BnActForwardParams& p, cudaStream_t stream);
 cudaError_t bn_act_backward(const BnActBackwardParams& p, cudaStream_t stream);
+cudaError_t bn_act_update_stats(const BnActStatsParams& p, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace pycnn

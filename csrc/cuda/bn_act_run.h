@@ -103,4 +103,26 @@ inline std::tuple<Tensor, Tensor, Tensor, OptTensor> run_bn_act_backward(
   return {dx.contiguous(format), dweight, dbias, dr.defined() ? OptTensor(dr.contiguous(format)) : std::nullopt};
 }
 
+inline void run_bn_act_update_stats(const Tensor& running_mean, const Tensor& running_var,
+                                    const OptTensor& num_batches_tracked, const Tensor& save_mean,
+                                    const Tensor& save_var, std::optional<double> momentum, int64_t count,
+                                    cudaStream_t stream) {
+  check_bn_act_update_stats_args(running_mean, running_var, num_batches_tracked, save_mean, save_var, momentum,
+                                 count);
+  const Tensor sm = save_mean.contiguous(), sv = save_var.contiguous();
+  cuda::BnActStatsParams p{};
+  p.channels = running_mean.size(0);
+  p.running_mean = running_mean.data_ptr();
+  p.running_var = running_var.data_ptr();
+  p.num_batches_tracked = num_batches_tracked ? num_batches_tracked->data_ptr<int64_t>() : nullptr;
+  p.save_mean = sm.const_data_ptr();
+  p.save_var = sv.const_data_ptr();
+  p.cumulative = !momentum;
+  p.momentum = momentum.value_or(0.0);
+  p.count = count;
+  p.running_dtype = kernel_dtype(running_mean.scalar_type());
+  p.save_dtype = kernel_dtype(save_mean.scalar_type());
+  check_launch(cuda::bn_act_update_stats(p, stream), "pycnn.bn_act_update_stats_");
+}
+
 }  // namespace pycnn

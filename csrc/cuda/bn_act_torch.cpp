@@ -30,11 +30,22 @@ std::tuple<Tensor, Tensor, Tensor, OptTensor> bn_act_backward_cuda(
                              std::string_view(act.data(), act.size()), c10::cuda::getCurrentCUDAStream(), sm_count(input));
 }
 
+void bn_act_update_stats_cuda(const Tensor& running_mean, const Tensor& running_var,
+                              const OptTensor& num_batches_tracked, const Tensor& save_mean, const Tensor& save_var,
+                              std::optional<double> momentum, int64_t count) {
+  TORCH_CHECK(running_mean.is_cuda(), "pycnn.bn_act_update_stats_: running_mean must be a CUDA tensor, got ",
+              running_mean.device());
+  const c10::cuda::CUDAGuard guard(running_mean.device());
+  run_bn_act_update_stats(running_mean, running_var, num_batches_tracked, save_mean, save_var, momentum, count,
+                          c10::cuda::getCurrentCUDAStream());
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(pycnn, CUDA, m) {
   m.impl("bn_act_forward", &bn_act_forward_cuda);
   m.impl("bn_act_backward", &bn_act_backward_cuda);
+  m.impl("bn_act_update_stats_", &bn_act_update_stats_cuda);
 }
 
 }  // namespace pycnn

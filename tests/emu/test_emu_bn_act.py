@@ -3,7 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from kernel_checks import REFERENCE_ACT
+from kernel_checks import REFERENCE_ACT, torch_running_stats_update
 
 TOL = {torch.float32: 1e-4, torch.float64: 1e-10, torch.float16: 2e-2, torch.bfloat16: 1.5e-1}
 
@@ -66,6 +66,24 @@ def test_bn_act_kernels_match_pytorch(emu, shape, dtype, layout, act, with_resid
     for name, g, ref in zip(["dx", "dweight", "dbias", "dresidual"], got, grads_ref):
         scale = max(1.0, ref.abs().max().item())
         torch.testing.assert_close(g.double(), ref, rtol=tol, atol=tol * scale, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("running_dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("momentum", [0.1, 0.8, None])
+def test_update_stats_kernel_matches_pytorch(emu, running_dtype, momentum):
+    """More channels than the block's threads (each thread loops); every thread reads the batch count before
+    thread 0 increments it (run under every scheduling order: without the barrier, momentum=None fails)."""
+    save_dtype = torch.float64 if running_dtype == torch.float64 else torch.float32
+    g = torch.Generator().manual_seed(3)
+    c = 300
+    ours = [(torch.randn(c, generator=g) * 0.3).to(running_dtype), (torch.rand(c, generator=g) + 0.5).to(running_dtype),
+            torch.tensor(6), torch.randn(c, generator=g).to(save_dtype), (torch.rand(c, generator=g) * 2).to(save_dtype)]
+    ref = [t.clone() for t in ours]
+    emu.bn_act.update_stats(*ours, momentum, 12)
+    torch_running_stats_update(*ref, momentum, 12)
+    for name, a, b in zip(["running_mean", "running_var", "num_batches_tracked"], ours, ref):
+        eps = torch.finfo(running_dtype).eps
+        torch.testing.assert_close(a, b, rtol=2 * eps, atol=2 * eps * float(b.abs().max()), msg=name)
 
 
 def test_a_missing_barrier_in_the_row_reduction_is_caught():
