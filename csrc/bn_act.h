@@ -53,14 +53,21 @@ inline void check_bn_act_update_stats_args(const Tensor& running_mean, const Ten
                                            const Tensor& save_var, std::optional<double> momentum, int64_t count) {
   constexpr std::string_view op = "pycnn.bn_act_update_stats_";
   TORCH_CHECK(running_mean.dim() == 1, op, ": running_mean must be 1-D, got shape ", running_mean.sizes());
-  TORCH_CHECK(running_mean.is_floating_point(), op, ": running_mean must be a floating tensor, got ",
-              running_mean.scalar_type());
+  const auto dtype = running_mean.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf || dtype == at::kBFloat16, op,
+              ": running_mean must be float32, float64, float16 or bfloat16, got ", dtype);
   const int64_t channels = running_mean.size(0);
-  check_channel_vector(op, "running_var", running_var, running_mean, channels);
-  TORCH_CHECK(running_var.scalar_type() == running_mean.scalar_type(), op, ": running_var has dtype ",
-              running_var.scalar_type(), " but running_mean has dtype ", running_mean.scalar_type());
-  check_channel_vector(op, "save_mean", save_mean, running_mean, channels);
-  check_channel_vector(op, "save_var", save_var, running_mean, channels);
+  auto check_vector = [&](const char* name, const Tensor& t) {
+    TORCH_CHECK(t.dim() == 1 && t.size(0) == channels, op, ": ", name, " must be 1-D with ", channels,
+                " elements (as running_mean), got shape ", t.sizes());
+    TORCH_CHECK(t.device() == running_mean.device(), op, ": ", name, " is on ", t.device(),
+                " but running_mean is on ", running_mean.device());
+  };
+  check_vector("running_var", running_var);
+  check_vector("save_mean", save_mean);
+  check_vector("save_var", save_var);
+  TORCH_CHECK(running_var.scalar_type() == dtype, op, ": running_var has dtype ", running_var.scalar_type(),
+              " but running_mean has dtype ", dtype);
   TORCH_CHECK(save_mean.scalar_type() == at::kFloat || save_mean.scalar_type() == at::kDouble, op,
               ": save_mean must be float32 or float64 (what bn_act_forward returns), got ", save_mean.scalar_type());
   TORCH_CHECK(save_var.scalar_type() == save_mean.scalar_type(), op, ": save_var has dtype ",

@@ -1,6 +1,10 @@
 // Every pycnn op schema, declared once. CPU implementations register from csrc/cpu/, CUDA ones from
 // csrc/cuda/*_torch.cpp; Python adds register_fake and register_autograd (pycnn/ops.py).
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/csrc/autograd/variable.h>
 #include <torch/library.h>
+
+#include <vector>
 
 TORCH_LIBRARY(pycnn, m) {
   // Training or eval BatchNorm + optional residual add + activation:
@@ -14,7 +18,7 @@ TORCH_LIBRARY(pycnn, m) {
   // That update, in place and in one call (nn.BatchNorm2d's, after a training forward of `count` values per
   // channel): num_batches_tracked += 1 when given; factor = momentum, or 1 / num_batches_tracked when momentum
   // is None (cumulative average); running_mean.lerp_(save_mean, factor);
-  // running_var.lerp_(save_var * count / (count - 1), factor), each in the running statistics' dtype.
+  // running_var.lerp_(save_var * (count / (count - 1)), factor), each in the running statistics' dtype.
   m.def(
       "bn_act_update_stats_(Tensor(a!) running_mean, Tensor(b!) running_var, Tensor(c!)? num_batches_tracked, "
       "Tensor save_mean, Tensor save_var, float? momentum, int count) -> ()");
@@ -83,4 +87,32 @@ TORCH_LIBRARY(pycnn, m) {
       "Tensor project_weight, Tensor? project_bias, int stride, str act, bool residual, "
       "Tensor? se_reduce_weight=None, Tensor? se_reduce_bias=None, Tensor? se_expand_weight=None, "
       "Tensor? se_expand_bias=None, str se_act=\"relu\") -> Tensor");
+}
+
+namespace {
+
+// The autograd kernel of an op that only updates buffers (no gradient) and returns nothing: runs it, then bumps
+// the version counters of the arguments its schema marks as written, as the in-place ops it replaces did (torch's
+// fallbacks for custom ops bump mutated outputs only). The cached eval folds (pycnn/fused.py) see running
+// statistics changed by a training forward through these counters.
+void bump_written_arguments(const c10::OperatorHandle& op, c10::DispatchKeySet keys, torch::jit::Stack* stack) {
+  const auto& arguments = op.schema().arguments();
+  const size_t first = stack->size() - arguments.size();
+  std::vector<at::Tensor> written;
+  for (size_t i = 0; i < arguments.size(); ++i) {
+    const c10::IValue& value = (*stack)[first + i];
+    if (arguments[i].alias_info() && arguments[i].alias_info()->isWrite() && value.isTensor())
+      written.push_back(value.toTensor());
+  }
+  {
+    at::AutoDispatchBelowAutograd guard;
+    op.redispatchBoxed(keys & c10::after_autograd_keyset, stack);
+  }
+  for (const at::Tensor& t : written) torch::autograd::impl::bump_version(t);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(pycnn, Autograd, m) {
+  m.impl("bn_act_update_stats_", torch::CppFunction::makeFromBoxedFunction<&bump_written_arguments>());
 }

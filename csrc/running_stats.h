@@ -1,7 +1,9 @@
 // BatchNorm's running-statistics update (pycnn::bn_act_update_stats_), one channel, shared by the CPU and
-// CUDA kernels (torch-free). It reproduces what nn.BatchNorm2d's update amounts to in PyTorch's own ops,
-// rounding by rounding: the batch statistics are rounded to the buffers' dtype R, then torch.lerp runs in R's
-// computation type O (float for half/bfloat16/float, double for double).
+// CUDA kernels (torch-free). It follows what nn.BatchNorm2d's update amounts to in PyTorch's own ops, with
+// their roundings: the batch statistics are rounded to the buffers' dtype R, then torch.lerp runs in R's
+// computation type O (float for half/bfloat16/float, double for double). Results agree with PyTorch's to the
+// last bit or within one unit of it: PyTorch's vectorized CPU lerp fuses a multiply-add, its scalar one and
+// this one do not (and nvcc may contract), so PyTorch's own paths differ there too.
 #pragma once
 
 #include "activation.h"  // PYCNN_HOST_DEVICE

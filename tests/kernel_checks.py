@@ -70,3 +70,20 @@ def torch_running_stats_update(rm, rv, nbt, save_mean, save_var, momentum, count
     factor = momentum if momentum is not None else 1.0 / nbt.to(rm.dtype)
     rm.lerp_(save_mean.to(rm.dtype), factor)
     rv.lerp_((save_var * (count / (count - 1))).to(rv.dtype), factor)
+
+
+_SAME_WIDTH_INT = {torch.float64: torch.int64, torch.float32: torch.int32, torch.float16: torch.int16,
+                   torch.bfloat16: torch.int16}
+
+
+def assert_within_one_ulp(actual, expected, name="") -> None:
+    """Equal, or neighbours in the dtype's representation (same sign; finite): the bits as integers differ by 1
+    at most. Integer tensors: equal."""
+    assert actual.dtype == expected.dtype and actual.shape == expected.shape, name
+    if not actual.is_floating_point():
+        assert torch.equal(actual, expected), name
+        return
+    assert bool(torch.isfinite(expected).all()) and bool(((actual < 0) == (expected < 0)).all()), name
+    as_int = _SAME_WIDTH_INT[actual.dtype]
+    steps = (actual.cpu().view(as_int).long() - expected.cpu().view(as_int).long()).abs()
+    assert int(steps.max()) <= 1, f"{name}: {int((steps > 1).sum())} elements more than one ulp apart"

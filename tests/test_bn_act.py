@@ -11,7 +11,7 @@ import pycnn
 from pycnn.nn import BatchNormAct2d
 import kernel_checks
 from kernel_checks import (HALF_DTYPES, LAYOUTS, REFERENCE_ACT, assert_half_precision_rule, max_errors,
-                           torch_running_stats_update)
+                           torch_running_stats_update, assert_within_one_ulp)
 
 SHAPES = [(2, 8, 5, 5), (1, 3, 7, 9), (4, 13, 1, 1), (3, 17, 6, 4)]
 
@@ -272,11 +272,13 @@ STATS_CASES = list(itertools.product([torch.float32, torch.float64, torch.float1
 
 
 def stats_operands(running_dtype, save_dtype, channels=37, device="cpu", seed=0):
+    # positive, and the batch statistics apart from the running ones: lerp does not cancel, so one unit in the
+    # last place bounds the fused-multiply-add difference of PyTorch's vectorized lerp
     g = torch.Generator().manual_seed(seed)
-    rm = (torch.randn(channels, generator=g) * 0.3).to(device=device, dtype=running_dtype)
+    rm = (torch.rand(channels, generator=g) * 0.5 + 0.5).to(device=device, dtype=running_dtype)
     rv = (torch.rand(channels, generator=g) + 0.5).to(device=device, dtype=running_dtype)
-    sm = (torch.randn(channels, generator=g, dtype=torch.float64) * 0.5).to(device=device, dtype=save_dtype)
-    sv = (torch.rand(channels, generator=g, dtype=torch.float64) * 2).to(device=device, dtype=save_dtype)
+    sm = (torch.rand(channels, generator=g, dtype=torch.float64) + 1.5).to(device=device, dtype=save_dtype)
+    sv = (torch.rand(channels, generator=g, dtype=torch.float64) + 2.5).to(device=device, dtype=save_dtype)
     nbt = torch.tensor(4, device=device)
     return rm, rv, nbt, sm, sv
 
@@ -288,9 +290,8 @@ def test_update_stats_matches_pytorch_ops(running_dtype, save_dtype, momentum):
     torch.ops.pycnn.bn_act_update_stats_(*ours, momentum, 50)
     torch_running_stats_update(*ref, momentum, 50)
     for name, a, b in zip(["running_mean", "running_var", "num_batches_tracked"], ours, ref):
-        # the same roundings; where PyTorch's vectorized lerp fuses a multiply-add, the last bit of a term may differ
-        eps = torch.finfo(running_dtype).eps
-        torch.testing.assert_close(a, b, rtol=2 * eps, atol=2 * eps * float(b.abs().max()), msg=name)
+        # the same roundings; where PyTorch's vectorized lerp fuses a multiply-add the last bit may differ
+        assert_within_one_ulp(a, b, name)
     assert int(ours[2]) == 5
 
 
@@ -312,6 +313,7 @@ def test_update_stats_without_num_batches_tracked_and_opcheck():
     (dict(sm=torch.zeros(37, dtype=torch.float16)), "save_mean must be float32 or float64"),
     (dict(rv=torch.ones(36)), "running_var must be 1-D with 37 elements"),
     (dict(rv=torch.ones(37, dtype=torch.float64)), "running_var has dtype Double but running_mean has dtype Float"),
+    (dict(rm=torch.zeros(37, dtype=torch.int32)), "running_mean must be float32, float64, float16 or bfloat16"),
     (dict(rm=torch.zeros(74)[::2]), "must be contiguous"),
 ])
 def test_update_stats_rejects_bad_arguments(change, message):
@@ -321,6 +323,33 @@ def test_update_stats_rejects_bad_arguments(change, message):
     with pytest.raises(RuntimeError, match=message):
         torch.ops.pycnn.bn_act_update_stats_(args["rm"], args["rv"], args["nbt"], args["sm"], args["sv"],
                                              args["momentum"], args["count"])
+
+
+def test_update_stats_bumps_the_version_counters():
+    """As lerp_ did: cached eval folds (pycnn.fused.EvalFold) are keyed by them."""
+    rm, rv, nbt, sm, sv = stats_operands(torch.float32, torch.float32)
+    before = [t._version for t in (rm, rv, nbt)]
+    torch.ops.pycnn.bn_act_update_stats_(rm, rv, nbt, sm, sv, 0.1, 8)
+    assert all(t._version > v for t, v in zip((rm, rv, nbt), before))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("running_dtype,save_dtype,momentum", STATS_CASES)
+def test_cuda_update_stats_matches_pytorch_ops(running_dtype, save_dtype, momentum):
+    ours = stats_operands(running_dtype, save_dtype, channels=300, device="cuda")
+    ref = [t.clone() for t in ours]
+    torch.ops.pycnn.bn_act_update_stats_(*ours, momentum, 50)
+    torch_running_stats_update(*ref, momentum, 50)
+    for name, a, b in zip(["running_mean", "running_var", "num_batches_tracked"], ours, ref):
+        assert_within_one_ulp(a, b, name)
+
+
+@pytest.mark.cuda
+def test_cuda_update_stats_opcheck_and_device_mismatch():
+    rm, rv, nbt, sm, sv = stats_operands(torch.float16, torch.float32, device="cuda")
+    torch.library.opcheck(torch.ops.pycnn.bn_act_update_stats_.default, (rm, rv, nbt, sm, sv, None, 8))
+    with pytest.raises(RuntimeError, match="save_mean is on cpu but running_mean is on cuda"):
+        torch.ops.pycnn.bn_act_update_stats_(rm, rv, nbt, sm.cpu(), sv, 0.1, 8)
 
 
 def test_training_forward_is_two_calls():

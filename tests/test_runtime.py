@@ -96,6 +96,18 @@ def test_eval_fold_is_computed_once_and_never_stale(path, network, overrides, co
         torch.optim.SGD(m.parameters(), lr=0.01).step()
         m.eval()
     check(model, ref, x)
+    # the BatchNorms alone in training for one forward (model.train() would drop every fold): only the running
+    # statistics' version counters, bumped by the in-place update, tell the folds to refresh
+    for m in (model, ref):
+        norms = [b for b in m.modules() if isinstance(b, torch.nn.BatchNorm2d)]
+        for b in norms:
+            b.train()
+        torch.manual_seed(2)
+        with torch.no_grad():
+            m(torch.randn(8, 3, 32, 32))
+        for b in norms:
+            b.eval()
+    check(model, ref, x)
     # .to(): float64, then back (the same weights first: the SGD steps differed in float32 rounding)
     model.load_state_dict(ref.state_dict())
     model.double()

@@ -44,7 +44,7 @@ def loaded_cxx_runtime() -> str | None:
     with open("/proc/self/maps") as maps:
         for line in maps:
             path = line.split(maxsplit=5)[-1].strip()
-            if os.path.basename(path).startswith("libstdc++.so"):
+            if os.path.basename(path).startswith("libstdc++.so") and os.path.exists(path):  # not "... (deleted)"
                 return path
     return None
 
