@@ -91,10 +91,16 @@ TORCH_LIBRARY(pycnn, m) {
 
 namespace {
 
-// The autograd kernel of an op that only updates buffers (no gradient) and returns nothing: runs it, then bumps
-// the version counters of the arguments its schema marks as written, as the in-place ops it replaces did (torch's
-// fallbacks for custom ops bump mutated outputs only). The cached eval folds (pycnn/fused.py) see running
-// statistics changed by a training forward through these counters.
+// bn_act_update_stats_ updates buffers and returns nothing; torch's fallbacks for custom ops bump the version
+// counters of mutated outputs only, and the default autograd one dispatches past ADInplaceOrView. So: autograd
+// passes the call down (no gradient), and ADInplaceOrView, which inference mode keeps for normal tensors as it
+// does for lerp_, runs the op and bumps the counters of the arguments the schema marks as written. The cached
+// eval folds (pycnn/fused.py) see running statistics changed by a training forward through them.
+void below_autograd(const c10::OperatorHandle& op, c10::DispatchKeySet keys, torch::jit::Stack* stack) {
+  at::AutoDispatchBelowAutograd guard;
+  op.redispatchBoxed(keys & c10::after_autograd_keyset, stack);
+}
+
 void bump_written_arguments(const c10::OperatorHandle& op, c10::DispatchKeySet keys, torch::jit::Stack* stack) {
   const auto& arguments = op.schema().arguments();
   const size_t first = stack->size() - arguments.size();
@@ -105,8 +111,8 @@ void bump_written_arguments(const c10::OperatorHandle& op, c10::DispatchKeySet k
       written.push_back(value.toTensor());
   }
   {
-    at::AutoDispatchBelowAutograd guard;
-    op.redispatchBoxed(keys & c10::after_autograd_keyset, stack);
+    at::AutoDispatchBelowADInplaceOrView guard;
+    op.redispatchBoxed(keys & c10::after_ADInplaceOrView_keyset, stack);
   }
   for (const at::Tensor& t : written) torch::autograd::impl::bump_version(t);
 }
@@ -114,5 +120,8 @@ void bump_written_arguments(const c10::OperatorHandle& op, c10::DispatchKeySet k
 }  // namespace
 
 TORCH_LIBRARY_IMPL(pycnn, Autograd, m) {
+  m.impl("bn_act_update_stats_", torch::CppFunction::makeFromBoxedFunction<&below_autograd>());
+}
+TORCH_LIBRARY_IMPL(pycnn, ADInplaceOrView, m) {
   m.impl("bn_act_update_stats_", torch::CppFunction::makeFromBoxedFunction<&bump_written_arguments>());
 }

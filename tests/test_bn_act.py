@@ -328,9 +328,11 @@ def test_update_stats_rejects_bad_arguments(change, message):
 def test_update_stats_bumps_the_version_counters():
     """As lerp_ did: cached eval folds (pycnn.fused.EvalFold) are keyed by them."""
     rm, rv, nbt, sm, sv = stats_operands(torch.float32, torch.float32)
-    before = [t._version for t in (rm, rv, nbt)]
-    torch.ops.pycnn.bn_act_update_stats_(rm, rv, nbt, sm, sv, 0.1, 8)
-    assert all(t._version > v for t, v in zip((rm, rv, nbt), before))
+    for mode in (torch.enable_grad, torch.no_grad, torch.inference_mode):  # lerp_ bumps them under each
+        before = [t._version for t in (rm, rv, nbt)]
+        with mode():
+            torch.ops.pycnn.bn_act_update_stats_(rm, rv, nbt, sm, sv, 0.1, 8)
+        assert all(t._version > v for t, v in zip((rm, rv, nbt), before)), mode.__name__
 
 
 @pytest.mark.cuda
