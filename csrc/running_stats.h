@@ -26,6 +26,13 @@ PYCNN_HOST_DEVICE void running_stats_update(O& mean, O& var, S save_mean, S save
   var = torch_lerp(var, round(static_cast<O>(save_var * unbias)), factor);
 }
 
+// count / (count - 1), the unbiased variance's factor, computed in double and rounded to S (as PyTorch rounds
+// the Python float it multiplies save_var by).
+template <typename S>
+PYCNN_HOST_DEVICE S unbias_factor(int64_t count) {
+  return static_cast<S>(static_cast<double>(count) / static_cast<double>(count - 1));
+}
+
 // The factor of momentum=None, the cumulative average over `batches` batches: 1 / batches in R.
 template <typename O, typename Round>
 PYCNN_HOST_DEVICE O cumulative_factor(int64_t batches, Round round) {

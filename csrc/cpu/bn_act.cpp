@@ -89,7 +89,7 @@ void bn_act_update_stats_cpu(const Tensor& running_mean, const Tensor& running_v
     const O factor = momentum ? static_cast<O>(*momentum) : cumulative_factor<O>(batches, round);
     auto loop = [&](auto* save_mean_data, auto* save_var_data) {
       using S = std::remove_const_t<std::remove_pointer_t<decltype(save_mean_data)>>;
-      const S unbias = static_cast<S>(static_cast<double>(count) / static_cast<double>(count - 1));
+      const S unbias = unbias_factor<S>(count);
       R* rm = running_mean.data_ptr<R>();
       R* rv = running_var.data_ptr<R>();
       for (int64_t c = 0; c < channels; ++c) {

@@ -382,7 +382,7 @@ __global__ void __launch_bounds__(kThreads) bn_act_update_stats_kernel(BnActStat
   R* running_var = static_cast<R*>(p.running_var);
   const S* save_mean = static_cast<const S*>(p.save_mean);
   const S* save_var = static_cast<const S*>(p.save_var);
-  const S unbias = static_cast<S>(static_cast<double>(p.count) / static_cast<double>(p.count - 1));
+  const S unbias = unbias_factor<S>(p.count);
   for (int64_t c = threadIdx.x; c < p.channels; c += blockDim.x) {
     O mean = to_acc(running_mean[c]), var = to_acc(running_var[c]);
     running_stats_update(mean, var, save_mean[c], save_var[c], unbias, factor, round);

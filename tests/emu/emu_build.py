@@ -39,13 +39,21 @@ def bind_sources(tests_dir: Path = EMU_TESTS, only: list[str] | None = None) -> 
     return binds + [tests_dir / "emu_module.cpp"]
 
 
-def loaded_cxx_runtime() -> str | None:
-    """The path of the libstdc++ this process runs with (torch loaded it), or None."""
+def _mapped_files():
+    """(start, end, path) of each file-backed mapping of this process (/proc/self/maps)."""
     with open("/proc/self/maps") as maps:
         for line in maps:
-            path = line.split(maxsplit=5)[-1].strip()
-            if os.path.basename(path).startswith("libstdc++.so") and os.path.exists(path):  # not "... (deleted)"
-                return path
+            fields = line.split(maxsplit=5)
+            if len(fields) == 6:
+                lo, hi = (int(v, 16) for v in fields[0].split("-"))
+                yield lo, hi, fields[5].strip()
+
+
+def loaded_cxx_runtime() -> str | None:
+    """The path of the libstdc++ this process runs with (torch loaded it), or None."""
+    for _, _, path in _mapped_files():
+        if os.path.basename(path).startswith("libstdc++.so") and os.path.exists(path):  # not "... (deleted)"
+            return path
     return None
 
 
@@ -67,13 +75,7 @@ def has_private_cxx_runtime(library: str) -> bool:
     except AttributeError:
         return False
     real = os.path.realpath(library)
-    with open("/proc/self/maps") as maps:
-        for line in maps:
-            fields = line.split(maxsplit=5)
-            lo, hi = (int(v, 16) for v in fields[0].split("-"))
-            if lo <= address < hi:
-                return len(fields) == 6 and os.path.realpath(fields[5].strip()) == real
-    return False
+    return any(lo <= address < hi and os.path.realpath(path) == real for lo, hi, path in _mapped_files())
 
 
 def _load(name: str, tests_dir: Path, csrc_dir: Path, build_dir: Path, verbose: bool, only=None, opt=None):
