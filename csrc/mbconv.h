@@ -1,29 +1,16 @@
 // Torch-side helpers of pycnn::mbconv_forward (the fused inverted-residual block, eval): argument checks
-// whose messages name the argument and the block's geometry. Shared by the CPU op and pycnn._C's
-// check_mbconv_forward (the fake kernel's checks).
+// whose messages name the argument and the block's geometry. Shared by the CPU op, the CUDA op
+// (cuda/mbconv_run.h) and pycnn._C's check_mbconv_forward (the fake kernel's checks).
 #pragma once
 
 #include <ATen/core/Tensor.h>  // not ATen/ATen.h: 4x the parse time, in every kernel variant's unit
 
 #include <string_view>
 
+#include "mbconv_geometry.h"
 #include "op_common.h"
 
 namespace pycnn {
-
-constexpr int kMbConvMaxKernel = 7;
-
-// x [n, c, h, w] -> expand 1x1 (c -> e; absent: e == c) -> depthwise k x k, stride s, padding k / 2
-// [-> squeeze-and-excitation: scaled by sigmoid(fc2(se_act(fc1(mean_hw)))), fc1 e -> r, fc2 r -> e]
-// -> project 1x1 (e -> co) [+ x when residual] -> y [n, co, oh, ow].
-struct MbConvGeometry {
-  int64_t n, c, h, w;  // input
-  int64_t e, co;       // expanded and output channels
-  int64_t r;           // the squeeze-and-excitation's reduced channels (0: no SE)
-  int64_t oh, ow;      // output
-  int k, s, p;         // depthwise kernel size, stride, padding (k / 2)
-  bool expand, residual;
-};
 
 namespace detail {
 // A weight of the block: `shape` with the trailing 1x1 of a conv weight optional for the 1x1 convs.
@@ -51,8 +38,7 @@ inline MbConvGeometry check_mbconv_args(std::string_view op, const Tensor& input
                                         const OptTensor& project_bias, int64_t stride, bool residual) {
   TORCH_CHECK(input.dim() == 4, op, ": input must be 4-D (N, C, H, W), got ", input.dim(), "-D with shape ",
               input.sizes());
-  const auto t = input.scalar_type();
-  TORCH_CHECK(t == at::kFloat || t == at::kDouble, op, ": input must be float32 or float64, got ", t);
+  check_floating(op, input);  // the CPU kernel narrows it to float32 and float64
   MbConvGeometry g{};
   g.n = input.size(0);
   g.c = input.size(1);

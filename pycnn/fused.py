@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from . import ops
-from .opspec import ACTIVATIONS, acts_with
+from .opspec import ACTIVATIONS, MBCONV_DTYPES, acts_with
 
 
 def _eager(path: str):
@@ -317,11 +317,13 @@ def squeeze_excite(se: nn.Module, x: Tensor, act: str, post_act: Optional[str], 
 
 def mbconv_fusable(modules, x: Tensor, residual: Optional[Tensor], se: Optional[nn.Module] = None) -> bool:
     """Whether pycnn.mbconv can run the block (conv, bn pairs in order; `se` the SqueezeExcite between the
-    depthwise and the project conv, if any) on x: eval BatchNorms, no autograd to record, the CPU,
-    float32/float64 without autocast, zero padding, and a residual (if any) that is x itself."""
+    depthwise and the project conv, if any) on x: eval BatchNorms, no autograd to record, a device and dtype
+    its kernels take (opspec.MBCONV_DTYPES) without autocast, zero padding, and a residual (if any) that is x
+    itself."""
     if torch.compiler.is_compiling() or torch.jit.is_tracing():  # traced and exported graphs keep the parts
         return False
-    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or _autocast_dtype(x) is not None:
+    if str(x.dtype).removeprefix("torch.") not in MBCONV_DTYPES.get(x.device.type, ()) \
+            or _autocast_dtype(x) is not None:
         return False
     if residual is not None and not _same_tensor(residual, x):
         return False

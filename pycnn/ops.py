@@ -470,7 +470,8 @@ def mbconv(
     ratio 1), depthwise k x k (E, 1, k, k) with padding k // 2 and stride 1 or 2, project 1x1 (E -> C_out).
     ``se = (fc1_weight, fc1_bias, fc2_weight, fc2_bias)`` scales the depthwise output by
     ``sigmoid(fc2(se_act(fc1(mean_hw))))`` before the projection (EfficientNet's MBConv).
-    float32 or float64; returns channels_last. Inference only: no gradient (CPU only for now).
+    CPU: float32 or float64; CUDA: also float16 and bfloat16; returns channels_last. Inference only: no
+    gradient.
     """
     check_kernel_act("pycnn.mbconv", "activation", act)
     check_kernel_act("pycnn.mbconv", "se_act", se_act)

@@ -25,6 +25,10 @@ DWCONV_MAX_KERNEL = 7          # pycnn.dwconv: odd square kernels up to 7 (csrc/
 DWCONV_STRIDES = (1, 2)        # csrc/dwconv.h: stride 1 or 2
 DWCONV_DILATIONS = (1, 2)      # csrc/dwconv.h: dilation 1 or 2
 GCONV_KERNELS = (1, 3)         # pycnn.gconv: 1x1 or 3x3 (csrc/gconv.h)
+MBCONV_DTYPES = {              # pycnn.mbconv's kernels per device type: csrc/cpu/mbconv.cpp, csrc/cuda/mbconv.cu
+    "cpu": ("float32", "float64"),
+    "cuda": ("float16", "bfloat16", "float32", "float64"),
+}
 GCONV_MAX_GROUP_WIDTH = 256    # pycnn.gconv's tuned range (a choice, not a check of the kernel): wider groups
                                # are dense convolutions in all but name and run as such
 

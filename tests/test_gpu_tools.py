@@ -32,7 +32,7 @@ def test_sanitizer_cases_run_on_pycnn_kernels(capsys):
 
 def test_sanitizer_case_that_misses_pycnn_fails(monkeypatch, capsys):
     tool = load_tool("gpu_sanitize")
-    monkeypatch.setattr(tool, "cases", lambda nn: [("plain bn", torch.nn.BatchNorm2d(3), (2, 3, 4, 4), False)])
+    monkeypatch.setattr(tool, "cases", lambda torch_module, nn: [("plain bn", torch.nn.BatchNorm2d(3), (2, 3, 4, 4), False)])
     assert tool.main(["--device", "cpu"]) == 1
     assert "no pycnn op called" in capsys.readouterr().out
 

@@ -3,12 +3,11 @@ bias + act -> depthwise kxk + bias + act -> project 1x1 + bias [+ input] (PyTorc
 
 import pytest
 import torch
-import torch.nn.functional as F
+
+from kernel_checks import assert_mbconv_matches_reference, make_mbconv_block, make_mbconv_se, mbconv_reference
 
 import pycnn  # noqa: F401  (loads the ops)
 from pycnn import ops
-
-REF_ACT = {"relu6": F.relu6, "silu": F.silu, "relu": F.relu, "hardswish": F.hardswish, "none": lambda t: t}
 
 # (C, E, C_out, k, stride, residual, act, H, W): MobileNetV2 blocks (relu6; E == C: expansion ratio 1, no expand
 # conv), EfficientNet blocks (silu, k 5), odd channel counts, odd and even sizes with stride 2, sizes below k.
@@ -32,44 +31,8 @@ CASES = [
 ]
 
 
-def make_block(case, dtype=torch.float64, seed=0, batch=2):
-    c, e, co, k, s, res, act, h, w = case
-    g = torch.Generator().manual_seed(seed)
-
-    def rand(*shape, scale=1.0):
-        return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(dtype)
-
-    x = rand(batch, c, h, w).contiguous(memory_format=torch.channels_last)
-    expand = (rand(e, c, 1, 1, scale=c ** -0.5), rand(e, scale=0.5)) if e != c else (None, None)
-    dw = (rand(e, 1, k, k, scale=1.0 / k), rand(e, scale=0.5))
-    project = (rand(co, e, 1, 1, scale=e ** -0.5), rand(co, scale=0.5))
-    return x, expand, dw, project
-
-
-def reference(x, expand, dw, project, stride, act, residual, se=None, se_act="relu"):
-    f = REF_ACT[act]
-    t = x if expand[0] is None else f(F.conv2d(x, expand[0], expand[1]))
-    k = dw[0].size(2)
-    t = f(F.conv2d(t, dw[0], dw[1], stride=stride, padding=k // 2, groups=t.size(1)))
-    if se is not None:  # torchvision.ops.SqueezeExcitation
-        t = t * torch.sigmoid(F.conv2d(REF_ACT[se_act](F.conv2d(t.mean((2, 3), keepdim=True), se[0], se[1])),
-                                       se[2], se[3]))
-    y = F.conv2d(t, project[0], project[1])
-    return y + x if residual else y
-
-
 def run(x, expand, dw, project, stride, act, residual, se=None, se_act="relu"):
     return ops.mbconv(x, *expand, *dw, *project, stride=stride, act=act, residual=residual, se=se, se_act=se_act)
-
-
-def make_se(e, reduced, dtype=torch.float64, seed=1):
-    """fc1 (reduced, e, 1, 1) and fc2 (e, reduced, 1, 1) with biases, as torchvision's SqueezeExcitation."""
-    g = torch.Generator().manual_seed(seed)
-
-    def rand(*shape, scale=1.0):
-        return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(dtype)
-    return (rand(reduced, e, 1, 1, scale=e ** -0.5), rand(reduced), rand(e, reduced, 1, 1, scale=reduced ** -0.5),
-            rand(e))
 
 
 # (block case, SE reduced channels, SE act): EfficientNet-B0's blocks (silu), narrow and wide images, no expand,
@@ -95,9 +58,9 @@ def cast(block, dtype):
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c)))
 def test_float64_parity(case):
     c, e, co, k, s, res, act, h, w = case
-    x, expand, dw, project = make_block(case)
+    x, expand, dw, project = make_mbconv_block(case)
     y = run(x, expand, dw, project, s, act, res)
-    ref = reference(x, expand, dw, project, s, act, res)
+    ref = mbconv_reference(x, expand, dw, project, s, act, res)
     assert y.shape == ref.shape and y.dtype == torch.float64
     assert y.is_contiguous(memory_format=torch.channels_last)
     assert (y - ref).abs().max().item() < 1e-9
@@ -106,10 +69,10 @@ def test_float64_parity(case):
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c)))
 def test_float32_within_4x_pytorch_error(case):
     c, e, co, k, s, res, act, h, w = case
-    block64 = make_block(case)
-    ref = reference(*block64, s, act, res)
+    block64 = make_mbconv_block(case)
+    ref = mbconv_reference(*block64, s, act, res)
     block32 = cast(block64, torch.float32)
-    torch_err = (reference(*block32, s, act, res).double() - ref).abs().max().item()
+    torch_err = (mbconv_reference(*block32, s, act, res).double() - ref).abs().max().item()
     ours_err = (run(*block32, s, act, res).double() - ref).abs().max().item()
     assert ours_err <= 4 * max(torch_err, 1e-6), (ours_err, torch_err)
 
@@ -130,17 +93,17 @@ def test_every_cpu_variant(isa):
     try:
         if got != isa:
             pytest.skip(f"this CPU has no {isa}")
-        se_cases = [(case, make_se(case[1], reduced, torch.float32), se_act)
+        se_cases = [(case, make_mbconv_se(case[1], reduced, torch.float32), se_act)
                     for case, reduced, se_act in (SE_CASES[0], SE_CASES[1], SE_CASES[5])]
         plain = [CASES[1], CASES[2], CASES[7], CASES[9]] + ODD_EXPANSIONS
         for case, se, se_act in [(case, None, "relu") for case in plain] + se_cases:
             c, e, co, k, s, res, act, h, w = case
-            block64 = make_block(case, batch=1)
+            block64 = make_mbconv_block(case, batch=1)
             se64 = None if se is None else tuple(t.double() for t in se)
-            ref = reference(*block64, s, act, res, se64, se_act)
+            ref = mbconv_reference(*block64, s, act, res, se64, se_act)
             assert (run(*block64, s, act, res, se64, se_act) - ref).abs().max().item() < 1e-9, case
             block32 = cast(block64, torch.float32)
-            torch_err = (reference(*block32, s, act, res, se, se_act).double() - ref).abs().max().item()
+            torch_err = (mbconv_reference(*block32, s, act, res, se, se_act).double() - ref).abs().max().item()
             ours_err = (run(*block32, s, act, res, se, se_act).double() - ref).abs().max().item()
             assert ours_err <= 4 * max(torch_err, 1e-6), (case, ours_err, torch_err)
     finally:
@@ -149,20 +112,20 @@ def test_every_cpu_variant(isa):
 
 def test_nchw_input_and_batch_above_threads():
     case = (24, 144, 24, 3, 1, True, "relu6", 5, 6)
-    x, expand, dw, project = make_block(case, batch=5)
+    x, expand, dw, project = make_mbconv_block(case, batch=5)
     y = run(x.contiguous(), expand, dw, project, 1, "relu6", True)
-    assert (y - reference(x, expand, dw, project, 1, "relu6", True)).abs().max().item() < 1e-9
+    assert (y - mbconv_reference(x, expand, dw, project, 1, "relu6", True)).abs().max().item() < 1e-9
 
 
 @pytest.mark.parametrize("case", [CASES[2], CASES[7], CASES[11]], ids=["mbv2-res", "effnet-s2", "no-expand"])
 def test_opcheck(case):
     c, e, co, k, s, res, act, h, w = case
-    x, expand, dw, project = make_block(case, dtype=torch.float32)
+    x, expand, dw, project = make_mbconv_block(case, dtype=torch.float32)
     torch.library.opcheck(torch.ops.pycnn.mbconv_forward, (x, *expand, *dw, *project, s, act, res))
 
 
 def test_requires_grad_is_a_clear_error():
-    x, expand, dw, project = make_block(CASES[2])
+    x, expand, dw, project = make_mbconv_block(CASES[2])
     x.requires_grad_(True)
     with pytest.raises(RuntimeError, match="inference only"):
         run(x, expand, dw, project, 1, "relu6", True)
@@ -171,7 +134,7 @@ def test_requires_grad_is_a_clear_error():
 
 
 def test_bad_arguments_name_the_argument():
-    x, (we, be), (wd, bd), (wp, bp) = make_block(CASES[2])
+    x, (we, be), (wd, bd), (wp, bp) = make_mbconv_block(CASES[2])
     call = torch.ops.pycnn.mbconv_forward
     with pytest.raises(RuntimeError, match="expand_weight must have shape"):
         call(x, we[:, :5], be, wd, bd, wp, bp, 1, "relu6", True)
@@ -207,10 +170,10 @@ def _se_id(value):
 @pytest.mark.parametrize("case,reduced,se_act", SE_CASES, ids=_se_id)
 def test_float64_parity_with_se(case, reduced, se_act):
     c, e, co, k, s, res, act, h, w = case
-    x, expand, dw, project = make_block(case, batch=3)
-    se = make_se(e, reduced)
+    x, expand, dw, project = make_mbconv_block(case, batch=3)
+    se = make_mbconv_se(e, reduced)
     y = run(x, expand, dw, project, s, act, res, se, se_act)
-    ref = reference(x, expand, dw, project, s, act, res, se, se_act)
+    ref = mbconv_reference(x, expand, dw, project, s, act, res, se, se_act)
     assert y.shape == ref.shape and y.is_contiguous(memory_format=torch.channels_last)
     assert (y - ref).abs().max().item() < 1e-9
 
@@ -218,10 +181,10 @@ def test_float64_parity_with_se(case, reduced, se_act):
 @pytest.mark.parametrize("case,reduced,se_act", SE_CASES[:4], ids=_se_id)
 def test_float32_with_se_within_4x_pytorch_error(case, reduced, se_act):
     c, e, co, k, s, res, act, h, w = case
-    block64, se64 = make_block(case), make_se(e, reduced)
-    ref = reference(*block64, s, act, res, se64, se_act)
+    block64, se64 = make_mbconv_block(case), make_mbconv_se(e, reduced)
+    ref = mbconv_reference(*block64, s, act, res, se64, se_act)
     block32, se32 = cast(block64, torch.float32), tuple(t.float() for t in se64)
-    torch_err = (reference(*block32, s, act, res, se32, se_act).double() - ref).abs().max().item()
+    torch_err = (mbconv_reference(*block32, s, act, res, se32, se_act).double() - ref).abs().max().item()
     ours_err = (run(*block32, s, act, res, se32, se_act).double() - ref).abs().max().item()
     assert ours_err <= 4 * max(torch_err, 1e-6), (ours_err, torch_err)
 
@@ -229,10 +192,10 @@ def test_float32_with_se_within_4x_pytorch_error(case, reduced, se_act):
 def test_se_without_biases_and_nan_propagates_through_the_scale():
     case, reduced, se_act = SE_CASES[1]
     c, e, co, k, s, res, act, h, w = case
-    x, expand, dw, project = make_block(case)
-    w1, _, w2, _ = make_se(e, reduced)
+    x, expand, dw, project = make_mbconv_block(case)
+    w1, _, w2, _ = make_mbconv_se(e, reduced)
     y = run(x, expand, dw, project, s, act, res, (w1, None, w2, None), se_act)
-    assert (y - reference(x, expand, dw, project, s, act, res, (w1, None, w2, None), se_act)).abs().max() < 1e-9
+    assert (y - mbconv_reference(x, expand, dw, project, s, act, res, (w1, None, w2, None), se_act)).abs().max() < 1e-9
     x = x.clone()
     x[0, 0, 1, 1] = float("nan")  # one value: the mean, so the scale of every channel of image 0 is NaN
     y = run(x, expand, dw, project, s, act, res, (w1, None, w2, None), se_act)
@@ -242,15 +205,15 @@ def test_se_without_biases_and_nan_propagates_through_the_scale():
 def test_opcheck_with_se():
     for case, reduced, se_act in (SE_CASES[1], SE_CASES[2]):
         c, e, co, k, s, res, act, h, w = case
-        x, expand, dw, project = make_block(case, dtype=torch.float32)
-        se = make_se(e, reduced, dtype=torch.float32)
+        x, expand, dw, project = make_mbconv_block(case, dtype=torch.float32)
+        se = make_mbconv_se(e, reduced, dtype=torch.float32)
         torch.library.opcheck(torch.ops.pycnn.mbconv_forward, (x, *expand, *dw, *project, s, act, res, *se, se_act))
 
 
 def test_bad_se_arguments_name_the_argument():
     case, reduced, se_act = SE_CASES[2]
-    x, (we, be), (wd, bd), (wp, bp) = make_block(case)
-    w1, b1, w2, b2 = make_se(144, reduced)
+    x, (we, be), (wd, bd), (wp, bp) = make_mbconv_block(case)
+    w1, b1, w2, b2 = make_mbconv_se(144, reduced)
     call = torch.ops.pycnn.mbconv_forward
     head = (x, we, be, wd, bd, wp, bp, 1, "silu", True)
     with pytest.raises(RuntimeError, match="se_reduce_weight and se_expand_weight are given together"):
@@ -271,3 +234,27 @@ def test_bad_se_arguments_name_the_argument():
         ops.mbconv(x, we, be, wd, bd, wp, bp, act="silu", residual=True, se=(w1, b1))
     with pytest.raises(RuntimeError, match="inference only"):  # an SE weight that wants a gradient
         run(x, (we, be), (wd, bd), (wp, bp), 1, "silu", True, (w1.requires_grad_(True), b1, w2, b2))
+
+
+# ---- the CUDA kernel (pytest -m cuda on a GPU machine; tests/emu/test_emu_mbconv.py runs its source on the CPU)
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case,reduced,se_act", [(CASES[2], 0, "relu"), (CASES[7], 0, "relu"), (CASES[11], 0, "relu"),
+                                                 SE_CASES[1], SE_CASES[2], SE_CASES[6]], ids=_se_id)
+def test_cuda_matches_the_composition(case, reduced, se_act, dtype):
+    assert_mbconv_matches_reference(run, case, dtype, reduced, se_act, device="cuda")
+
+
+@pytest.mark.cuda
+def test_cuda_opcheck_and_device_mismatch():
+    case, reduced, se_act = SE_CASES[2]
+    block = make_mbconv_block(case, dtype=torch.float32)  # the case has an expand conv: no None in the pairs
+    x = block[0].cuda()
+    expand, dw, project = (tuple(t.cuda() for t in pair) for pair in block[1:])
+    se = tuple(t.cuda() for t in make_mbconv_se(case[1], reduced, dtype=torch.float32))
+    s, act, res = case[4], case[6], case[5]
+    torch.library.opcheck(torch.ops.pycnn.mbconv_forward, (x, *expand, *dw, *project, s, act, res))
+    torch.library.opcheck(torch.ops.pycnn.mbconv_forward, (x, *expand, *dw, *project, s, act, res, *se, se_act))
+    with pytest.raises(RuntimeError, match="dw_weight is on cpu but input is on cuda"):
+        torch.ops.pycnn.mbconv_forward(x, *expand, dw[0].cpu(), dw[1], *project, s, act, res)

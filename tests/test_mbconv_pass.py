@@ -58,22 +58,23 @@ def test_pass_matches_every_efficientnet_b0_block_with_its_se():
     ("mobilenet_v2.arch", "mobilenet_v2", dict(width_mult=0.5), 17),
     ("efficientnet.arch", "efficientnet_b0", dict(width=0.5), 16),  # every block with its SE inside
 ], ids=["mobilenet_v2", "efficientnet_b0"])
-def test_compiled_network_eval_equals_the_reference_in_float64(monkeypatch, path, network, overrides, blocks):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_compiled_network_eval_equals_the_reference_in_float64(monkeypatch, path, network, overrides, blocks, device):
     net = dict(input=(3, 32, 32), kernels="pycnn", dropout=0.0, **overrides)
     path = os.path.join(os.path.dirname(MOBILENET), path)
     torch.manual_seed(0)
-    model = randomized(pycnn.compile(path, network, **net)).double()
+    model = randomized(pycnn.compile(path, network, **net)).double().to(device)
     ref = to_backend(model, "reference").eval()
     calls = []
     monkeypatch.setattr(pycnn.fused, "mbconv_block", _counting(pycnn.fused.mbconv_block, calls))
-    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64, device=device)
     with torch.no_grad():
         y, y_ref = model(x), ref(x)
     assert len(calls) == blocks, "every block ran as pycnn.mbconv"
     assert (y - y_ref).abs().max().item() < 1e-9
     # training (and autograd) run the parts, exactly as without the pass
     calls.clear()
-    unfused = pycnn.compile(path, network, disable_passes=["mbconv"], **net).double()
+    unfused = pycnn.compile(path, network, disable_passes=["mbconv"], **net).double().to(device)
     unfused.load_state_dict(model.state_dict())
     model.train(), unfused.train()
     assert torch.equal(model(x), unfused(x)) and not calls

@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "emu")]  # pycnn from this checkout, then the emulator's helpers
+# pycnn from this checkout, then the emulator's helpers and the kernel tests' (kernel_checks, for gpu_cases)
+sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "emu"), str(ROOT / "tests")]
 
 
 def ulp_diff(a, b):

@@ -71,6 +71,10 @@ if [ $quick = 1 ]; then
   done
   step bench-compile 60 "$py" -m pycnn bench model archs/mobilenet_v2.arch --network mobilenet_v2 \
     --torchvision mobilenet_v2 --batch 64 --dtype fp16 --layout channels_last --compile --repeats 10 --out "$out"
+  # the fused inverted-residual block per distinct block shape against cuDNN's layer sequence (fp16, batch 64)
+  for net in mobilenet_v2 efficientnet_b0; do
+    step "bench-mbconv-$net" 40 "$py" -m pycnn.bench.mbconv --device cuda --network $net --batch 64 --repeats 10
+  done
 else
   step bench-ops 0 "$py" -m pycnn bench ops --op all --dtype fp16 fp32 --compile --out "$out"
   for spec in "archs/regnet.arch regnet_x_32gf" "archs/efficientnet.arch efficientnet_b0" "archs/resnext.arch resnext50_32x4d"; do
@@ -79,6 +83,9 @@ else
       --layout both --compile --out "$out"
     step "bench-$2-train" 0 "$py" -m pycnn bench model "$1" --network "$2" --batch 64 --dtype fp16 --channels-last \
       --train --out "$out"
+  done
+  for net in mobilenet_v2 efficientnet_b0; do
+    step "bench-mbconv-$net" 0 "$py" -m pycnn.bench.mbconv --device cuda --network $net --batch 64 256
   done
 fi
 cat "$out/steps.tsv"

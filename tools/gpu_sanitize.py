@@ -5,7 +5,7 @@
     python tools/gpu_sanitize.py --device cpu      # the same cases on the CPU kernels (a dry run)
 
 Every op runs through its nn module with PYCNN_KERNELS=pycnn, so the per-shape dispatch cannot hand a case
-to cuDNN: fp32 and fp16, channels_last, odd sizes (tails of every vector loop), train and eval, with and
+to cuDNN (mbconv, which has no module, through pycnn.ops.mbconv, in eval only): fp32 and fp16, channels_last, odd sizes (tails of every vector loop), train and eval, with and
 without a residual. The shapes are tiny because memcheck and racecheck slow kernels down 10-100x.
 Exit status 1 when a case calls no pycnn op or gives a non-finite output (the sanitizer reports memory
 errors itself).
@@ -22,7 +22,32 @@ os.environ["PYCNN_KERNELS"] = "pycnn"  # before pycnn reads it
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def cases(nn):
+def mbconv_block(torch, reduced: int):
+    """pycnn.ops.mbconv on seeded folded weights, 12 -> 36 -> 12 channels, k3, residual [+ SE]: eval only (the op
+    has no backward)."""
+    from pycnn import ops
+
+    class MbConvBlock(torch.nn.Module):
+        eval_only = True
+
+        def __init__(self):
+            super().__init__()
+            g = torch.Generator().manual_seed(0)
+            shapes = dict(we=(36, 12, 1, 1), be=(36,), wd=(36, 1, 3, 3), bd=(36,), wp=(12, 36, 1, 1), bp=(12,))
+            if reduced:
+                shapes.update(w1=(reduced, 36, 1, 1), b1=(reduced,), w2=(36, reduced, 1, 1), b2=(36,))
+            for name, shape in shapes.items():
+                self.register_buffer(name, torch.randn(*shape, generator=g) * 0.3)
+
+        def forward(self, x):
+            se = (self.w1, self.b1, self.w2, self.b2) if reduced else None
+            return ops.mbconv(x, self.we, self.be, self.wd, self.bd, self.wp, self.bp, stride=1, act="relu6",
+                              residual=True, se=se, se_act="silu")
+
+    return MbConvBlock()
+
+
+def cases(torch, nn):
     """(name, module, input shape (N, C, H, W), takes a residual) for every fused op and its variants."""
     return [
         ("bn_act relu", nn.BatchNormAct2d(13, act="relu"), (3, 13, 5, 7), False),
@@ -33,6 +58,8 @@ def cases(nn):
         ("gconv k1s2 g2", nn.GroupedConvBNAct2d(16, 16, 1, 2, groups=2, act="none"), (2, 16, 7, 9), False),
         ("se silu", nn.SqueezeExcite(21, 5, act="silu"), (2, 21, 6, 5), False),
         ("se relu+residual", nn.SqueezeExcite(21, 5, act="relu", post_act="relu"), (2, 21, 6, 5), True),
+        ("mbconv k3 relu6", mbconv_block(torch, 0), (2, 12, 9, 11), False),
+        ("mbconv k3 relu6 + se", mbconv_block(torch, 4), (2, 12, 9, 11), False),
     ]
 
 
@@ -81,7 +108,9 @@ def main(argv=None) -> int:
     for dtype in dtypes:
         for train in (True, False):
             torch.manual_seed(0)
-            for name, module, shape, residual in cases(nn):
+            for name, module, shape, residual in cases(torch, nn):
+                if train and getattr(module, "eval_only", False):
+                    continue
                 with pycnn_ops_called(torch) as called:
                     outs = run_case(torch, module, shape, residual, device, dtype, train)
                 finite = all(bool(t.isfinite().all()) for t in outs)

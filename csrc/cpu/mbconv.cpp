@@ -2,7 +2,7 @@
 // into the convs by the caller): checks, NHWC input, the depthwise weights taps-major and the biases with
 // their channel counts padded to kMbConvPad with zeros, the 1x1 and SE weights contiguous as the convs hold
 // them (the kernel packs the 1x1 ones into its GEMM panels), then the variant's kernel
-// (cpu/mbconv_kernels.h). Training and CUDA are not implemented (docs/kernels.md).
+// (cpu/mbconv_kernels.h). No training (docs/kernels.md).
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -38,6 +38,8 @@ Tensor mbconv_forward_cpu(const Tensor& input, const OptTensor& expand_weight, c
                                        project_bias, stride, residual);
   check_mbconv_se(op, g, input, se_reduce_weight, se_reduce_bias, se_expand_weight, se_expand_bias);
   TORCH_CHECK(input.device().is_cpu(), op, ": input must be a CPU tensor for the CPU kernel, got ", input.device());
+  TORCH_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble, op,
+              ": input must be float32 or float64 for the CPU kernel, got ", input.scalar_type());
   const Act act = parse_act(op, std::string_view(act_name.data(), act_name.size()));
   MbConvSeTensors se;
   se.act = parse_act(op, std::string_view(se_act_name.data(), se_act_name.size()));

@@ -107,6 +107,18 @@ struct alignas(sizeof(T) * VEC) Vec {
   T v[VEC];
 };
 
+// Calls f.template run<T>() with the element type (kernels without vector widths).
+template <typename F>
+cudaError_t dispatch_dtype(DType dtype, F f) {
+  switch (dtype) {
+    case DType::Float32: return f.template run<float>();
+    case DType::Float16: return f.template run<__half>();
+    case DType::BFloat16: return f.template run<__nv_bfloat16>();
+    case DType::Float64: return f.template run<double>();
+  }
+  return cudaErrorInvalidValue;
+}
+
 // Calls f.template run<T, VEC>() with the element type and the vector width (16 bytes per thread, or 1).
 template <typename F>
 cudaError_t dispatch_dtype_vec(DType dtype, int vec, F f) {

@@ -57,8 +57,6 @@ inline cuda::GConvConfig gconv_config(std::string_view op, const GConvGeometry& 
 
 inline Tensor float_vector(const OptTensor& t) { return t ? t->to(at::kFloat).contiguous() : Tensor(); }
 
-inline const void* ptr_or_null(const Tensor& t) { return t.defined() ? t.const_data_ptr() : nullptr; }
-
 // path: which forward (input-gradient) kernel: Auto in the op; tests force Simt or TensorCore.
 inline std::tuple<Tensor, Tensor> run_gconv_forward(const Tensor& input, const Tensor& weight, const OptTensor& scale,
                                                     const OptTensor& bias, const OptTensor& residual,

@@ -22,6 +22,9 @@ inline cuda::DType kernel_dtype(at::ScalarType t) {
   }
 }
 
+// An optional operand's data (nullptr when undefined), as the params structs take it.
+inline const void* ptr_or_null(const at::Tensor& t) { return t.defined() ? t.const_data_ptr() : nullptr; }
+
 inline void check_launch(cudaError_t err, const char* op) {
   TORCH_CHECK(err == cudaSuccess, op, ": kernel launch failed: ", cudaGetErrorString(err));
 }

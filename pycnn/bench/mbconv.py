@@ -1,13 +1,16 @@
-"""The fused inverted-residual block (pycnn.mbconv, eval, CPU) against the unfused eval paths, per block shape.
+"""The fused inverted-residual block (pycnn.mbconv, eval) against the unfused eval paths, per block shape.
 
     python -m pycnn.bench.mbconv [--batch 1 8] [--threads 2] [--repeats 15] [--size 224] [--network mobilenet_v2]
+                                 [--device cpu|cuda] [--dtype float32|float16|bfloat16]
 
 For every distinct block of the network (C -> expand E -> depthwise k, stride [-> SE] -> C_out [+ residual]) at the
-given input size, channels_last float32, times interleaved in one run (medians of --repeats rounds):
+given input size, channels_last (float32 on the CPU by default, float16 on CUDA), times interleaved in one run
+(medians of --repeats rounds):
   fused  - pycnn.mbconv with the BatchNorms folded (once, outside the timing, as the runtime caches them);
   per-op - pycnn's eval path per layer (pycnn.fused.conv_bn_act with its cached folds: oneDNN / F.conv2d for the
            1x1 convs, pycnn.dwconv for the depthwise one, pycnn.se, the residual in the last op's epilogue);
-  torch  - eager PyTorch modules (Conv2d + BatchNorm2d + activation, + input), as torchvision runs them;
+  torch  - eager PyTorch modules (Conv2d + BatchNorm2d + activation, + input), as torchvision runs them (oneDNN
+           on the CPU, cuDNN's layer sequence on CUDA);
 and prints the ratios per-op / fused and torch / fused (> 1: the fused block is faster), of the medians and of
 the best runs (robust to preemption on a loaded machine), with geometric means and the ratio of summed times.
 """
@@ -129,20 +132,22 @@ class EagerBlock(nn.Module):
         return torch.ops.pycnn.mbconv_forward(x, *args, self.b.stride, self.b.act, self.b.residual, *se, "silu")
 
 
-def bench(blocks: List[Block], batches, threads: int, repeats: int) -> List[dict]:
+def bench(blocks: List[Block], batches, threads: int, repeats: int, device: torch.device = torch.device("cpu"),
+          dtype: torch.dtype = torch.float32) -> List[dict]:
     torch.set_num_threads(threads)
     rows = []
     for batch in batches:
         for b in blocks:
             torch.manual_seed(0)
-            m = EagerBlock(b).eval().to(memory_format=torch.channels_last)
-            x = torch.randn(batch, b.c, b.h, b.h).contiguous(memory_format=torch.channels_last)
+            m = EagerBlock(b).eval().to(device=device, dtype=dtype, memory_format=torch.channels_last)
+            x = torch.randn(batch, b.c, b.h, b.h, device=device, dtype=dtype).contiguous(
+                memory_format=torch.channels_last)
             with torch.no_grad():
                 args = m.folded()
                 ref = m(x)
                 err = (m.fused_op(x, args) - ref).abs().max().item()
                 t = compare({"fused": lambda: m.fused_op(x, args), "per-op": lambda: m.per_op(x),
-                             "torch": lambda: m(x)}, torch.device("cpu"), repeats=repeats, warmup=2)
+                             "torch": lambda: m(x)}, device, repeats=repeats, warmup=2)
             row = dict(batch=batch, block=b, err=err, **{k: v.median_s * 1e3 for k, v in t.items()},
                        **{k + " best": v.min_s * 1e3 for k, v in t.items()})
             rows.append(row)
@@ -172,10 +177,18 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--size", type=int, default=224)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
+                   help="default: float32 on the CPU (the CPU kernel's), float16 on CUDA")
     a = p.parse_args(argv)
     if a.threads < 1 or a.repeats < 1 or a.size < 8 or min(a.batch) < 1:
         p.error("--threads, --repeats and --batch must be positive, --size at least 8")
-    bench(NETWORKS[a.network](a.size), a.batch, a.threads, a.repeats)
+    if a.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device here")
+    if a.device == "cpu" and a.dtype not in (None, "float32"):
+        p.error("--dtype: the CPU kernel runs float32 (and float64)")
+    dtype = getattr(torch, a.dtype or ("float16" if a.device == "cuda" else "float32"))
+    bench(NETWORKS[a.network](a.size), a.batch, a.threads, a.repeats, torch.device(a.device), dtype)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Inverted-residual blocks -> Fused("mbconv") (pycnn.mbconv in eval on the CPU).
+"""Inverted-residual blocks -> Fused("mbconv") (pycnn.mbconv in eval, CPU and CUDA).
 
 Matches, among siblings already fused by conv_bn_act (and residual):
     [expand: dense 1x1 conv, bn, act] -> depthwise kxk conv (stride 1|2, padding k // 2), bn, act
@@ -8,7 +8,7 @@ Matches, among siblings already fused by conv_bn_act (and residual):
 (whether there is an expand conv), se (the SE's reduced channels, 0 without), se_act, residual, and parts: the
 conv_bn_act (and se) nodes it replaces,
 which pycnn.runtime.MbConvStep runs (each with its own kernel choice) whenever the fused op cannot run
-(training, autograd, CUDA, other dtypes) or the dispatch measured it slower."""
+(training, autograd, dtypes its kernels lack) or the dispatch measured it slower."""
 from __future__ import annotations
 
 from typing import List, Optional

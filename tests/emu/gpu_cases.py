@@ -155,3 +155,37 @@ def se_float32_residual_silu_relu_vector_path(target, emu):
 def se_float16_relu_scalar_path_float32_weights(target, emu):
     import torch
     return _se_case(target, emu, (3, 13, 4, 5), 5, torch.float16, torch.float32, "relu", "none")
+
+
+def _mbconv_case(target, emu, case, reduced, dtype):
+    """pycnn.mbconv_forward on one block (tests/kernel_checks.py's seeded inputs), with SE when reduced > 0."""
+    import torch
+    from kernel_checks import make_mbconv_block, make_mbconv_se
+
+    c, e, co, k, s, res, act, h, w = case
+    x, expand, dw, project = make_mbconv_block(case, dtype=dtype)
+    se = make_mbconv_se(e, reduced, dtype=dtype) if reduced else (None,) * 4
+    args = [x, *expand, *dw, *project]
+    if target == "gpu":
+        args, se = [None if t is None else t.cuda() for t in args], [None if t is None else t.cuda() for t in se]
+        y = torch.ops.pycnn.mbconv_forward(*args, s, act, res, *se, "silu")
+    else:
+        sms = torch.cuda.get_device_properties(0).multi_processor_count if torch.cuda.is_available() else 2
+        y = emu.mbconv.forward(*args, s, act, res, *se, "silu", sms)
+    return {"y": y}
+
+
+# Not bit-exact: nvcc contracts the expand, depthwise and projection sums into FMAs and the GPU's expf (silu)
+# differs from the host's in the last bits; the projection's outputs near 0 come out of cancellation. The limits
+# are twice the emulation's largest distance from the correctly rounded float64 result on these inputs (4505 and
+# 393 ULPs: the float16 SE path rounds d to float16 before the scale, as the unfused block does).
+@gpu_case(exact=False, max_ulp=9010)
+def mbconv_float32_block_tiles_with_tails(target, emu):
+    import torch
+    return _mbconv_case(target, emu, (7, 21, 5, 5, 2, False, "relu6", 11, 19), 0, torch.float32)
+
+
+@gpu_case(exact=False, max_ulp=786)
+def mbconv_float16_with_se_and_residual(target, emu):
+    import torch
+    return _mbconv_case(target, emu, (24, 72, 24, 3, 1, True, "silu", 5, 9), 6, torch.float16)
