@@ -63,9 +63,9 @@ Plan make_plan(const MbConvGeometry& g, MbConvStage stage, DType dtype) {
   return p;
 }
 
-template <typename acc>
-__device__ __forceinline__ acc bias_at(const void* b, int64_t i) {
-  return b == nullptr ? acc(0) : static_cast<const acc*>(b)[i];
+template <typename T>
+__device__ __forceinline__ acc_t<T> bias_at(const void* b, int64_t i) {
+  return b == nullptr ? acc_t<T>(0) : to_acc(static_cast<const T*>(b)[i]);
 }
 
 template <typename T, MbConvStage STAGE>
@@ -88,9 +88,10 @@ __global__ void __launch_bounds__(kThreads) mbconv_tile_kernel(MbConvParams p, P
   acc* dd = ex + plan.ex;      // [tile pixel][ec]
   acc* out = dd + plan.dd;     // [tile pixel][C_out]
   const T* x = static_cast<const T*>(p.x);
-  const acc* we = static_cast<const acc*>(p.we);
-  const acc* wd = static_cast<const acc*>(p.wd);
-  const acc* wp = static_cast<const acc*>(p.wp);
+  const T* we = static_cast<const T*>(p.we);
+  const T* wd = static_cast<const T*>(p.wd);
+  const T* wp = static_cast<const T*>(p.wp);
+  const int kk = g.k * g.k;
   T* d = static_cast<T*>(p.d);
   // Global row (pixel) of tile pixel q in an [n, oh, ow, *] tensor: row0 + q / tw * ow + q % tw.
   const int64_t row0 = (n * g.oh + oh0) * g.ow + ow0;
@@ -108,22 +109,33 @@ __global__ void __launch_bounds__(kThreads) mbconv_tile_kernel(MbConvParams p, P
         if (ih >= 0 && ih < g.h && iw >= 0 && iw < g.w) {
           const T* xq = x + ((n * g.h + ih) * g.w + iw) * g.c;
           if (g.expand) {
-            acc z = bias_at<acc>(p.be, e0 + j);
-            for (int64_t c = 0; c < g.c; ++c) z += to_acc(xq[c]) * we[c * E + e0 + j];
-            v = act_forward<acc>(p.act, z);
+            const T* w = we + (e0 + j) * g.c;
+            acc z = bias_at<T>(p.be, e0 + j);
+            for (int64_t c = 0; c < g.c; ++c) z += to_acc(xq[c]) * to_acc(w[c]);
+            v = z;
           } else {
             v = to_acc(xq[e0 + j]);
           }
         }
         ex[q * ec + j] = v;
       }
+      // The activation in a pass of its own (each thread its own values, no barrier): fewer values live across
+      // the activation's division keeps the kernel from spilling. act(0) == 0 for every kernel activation, so the
+      // padding stays zero.
+      if (g.expand) {
+        for (int i = t; i < patch * chunk; i += kThreads) {
+          acc* v = ex + i / chunk * ec + i % chunk;
+          *v = act_forward<acc>(p.act, *v);
+        }
+      }
       __syncthreads();
       for (int i = t; i < pixels * chunk; i += kThreads) {
         const int q = i / chunk, j = i % chunk;
         const acc* window = ex + ((q / tw) * g.s * pw + (q % tw) * g.s) * ec + j;
-        acc z = bias_at<acc>(p.bd, e0 + j);
+        const T* w = wd + (e0 + j) * kk;
+        acc z = bias_at<T>(p.bd, e0 + j);
         for (int ky = 0; ky < g.k; ++ky) {
-          for (int kx = 0; kx < g.k; ++kx) z += window[(ky * pw + kx) * ec] * wd[(ky * g.k + kx) * E + e0 + j];
+          for (int kx = 0; kx < g.k; ++kx) z += window[(ky * pw + kx) * ec] * to_acc(w[ky * g.k + kx]);
         }
         const acc v = act_forward<acc>(p.act, z);
         if (STAGE == MbConvStage::ExpandDepthwise) {
@@ -143,8 +155,9 @@ __global__ void __launch_bounds__(kThreads) mbconv_tile_kernel(MbConvParams p, P
       for (int i = t; i < pixels * CO; i += kThreads) {
         const int q = static_cast<int>(i / CO);
         const int64_t o = i % CO;
+        const T* w = wp + o * E + e0;
         acc z = out[i];
-        for (int j = 0; j < chunk; ++j) z += dd[q * ec + j] * wp[(e0 + j) * CO + o];
+        for (int j = 0; j < chunk; ++j) z += dd[q * ec + j] * to_acc(w[j]);
         out[i] = z;
       }
       __syncthreads();  // dd read by everyone before the next chunk overwrites it
@@ -155,7 +168,7 @@ __global__ void __launch_bounds__(kThreads) mbconv_tile_kernel(MbConvParams p, P
     for (int i = t; i < pixels * CO; i += kThreads) {
       const int q = static_cast<int>(i / CO);
       const int64_t o = i % CO, row = row0 + q / tw * g.ow + q % tw;
-      acc z = out[i] + bias_at<acc>(p.bp, o);
+      acc z = out[i] + bias_at<T>(p.bp, o);
       if (g.residual) z += to_acc(x[row * g.c + o]);  // stride 1 and C_out == C: the input pixel is the output's
       y[row * CO + o] = from_acc<T>(z);
     }

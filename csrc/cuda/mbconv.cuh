@@ -1,6 +1,6 @@
-// pycnn::mbconv on CUDA: params and launchers (torch-free). Activations are NHWC; the folded weights are in
-// the accumulation type (float, or double for double), laid out so that a block's threads, walking channels,
-// read consecutive addresses: expand [C][E], depthwise [k * k][E] (taps major), project [E][C_out].
+// pycnn::mbconv on CUDA: params and launchers (torch-free). Activations are NHWC; the folded weights and biases
+// are in the element type and the layout the convs hold them in (contiguous: expand [E][C], depthwise [E][k * k],
+// project [C_out][E]), so a call converts nothing before its launch.
 #pragma once
 
 #include <cstddef>
@@ -15,11 +15,11 @@ namespace cuda {
 
 struct MbConvParams {
   const void* x;       // [n, h, w, c]
-  const void* we;      // [c][e] (nullptr without expansion)
+  const void* we;      // [e][c] (nullptr without expansion)
   const void* be;      // [e] or nullptr
-  const void* wd;      // [k * k][e]
+  const void* wd;      // [e][k * k]
   const void* bd;      // [e] or nullptr
-  const void* wp;      // [e][co]
+  const void* wp;      // [co][e]
   const void* bp;      // [co] or nullptr
   void* d;             // [n, oh, ow, e]: written by ExpandDepthwise, read by Project (SE-scaled by then)
   void* y;             // [n, oh, ow, co]

@@ -11,14 +11,9 @@
 
 namespace pycnn {
 
-// A [out, in] (or [out, in, 1, 1], or a depthwise [e, 1, k, k] as [e, k * k]) weight as [in][out] in the
-// accumulation dtype: the layout the kernel's threads read along out.
-inline Tensor mbconv_weight_t(const Tensor& w, int64_t out, int64_t in, at::ScalarType acc) {
-  return w.reshape({out, in}).t().to(acc).contiguous();
-}
-
-inline Tensor mbconv_bias(const OptTensor& b, at::ScalarType acc) {
-  return b ? b->to(acc).contiguous() : Tensor();
+// A bias in the input's dtype (mbconv takes any floating dtype for them), contiguous: no copy when it is already.
+inline Tensor mbconv_bias(const OptTensor& b, const Tensor& input) {
+  return b ? b->to(input.scalar_type()).contiguous() : Tensor();
 }
 
 inline Tensor run_mbconv_forward(const Tensor& input, const OptTensor& expand_weight, const OptTensor& expand_bias,
@@ -34,12 +29,12 @@ inline Tensor run_mbconv_forward(const Tensor& input, const OptTensor& expand_we
   const Act act = parse_act(op, act_name);
   parse_act(op, se_act_name);
   constexpr auto nhwc = at::MemoryFormat::ChannelsLast;
-  const auto acc = acc_dtype(input.scalar_type());
   const Tensor x = input.contiguous(nhwc);
-  const Tensor we = g.expand ? mbconv_weight_t(*expand_weight, g.e, g.c, acc) : Tensor();
-  const Tensor be = mbconv_bias(expand_bias, acc), bd = mbconv_bias(dw_bias, acc), bp = mbconv_bias(project_bias, acc);
-  const Tensor wd = mbconv_weight_t(dw_weight, g.e, int64_t(g.k) * g.k, acc);
-  const Tensor wp = mbconv_weight_t(project_weight, g.co, g.e, acc);
+  // the weights as the convs hold them ([out][in][1][1], [e][1][k][k]; the checks gave them the input's dtype)
+  const Tensor we = g.expand ? expand_weight->contiguous() : Tensor();
+  const Tensor wd = dw_weight.contiguous(), wp = project_weight.contiguous();
+  const Tensor be = mbconv_bias(expand_bias, input), bd = mbconv_bias(dw_bias, input),
+               bp = mbconv_bias(project_bias, input);
   Tensor y = at::empty({g.n, g.co, g.oh, g.ow}, input.options(), nhwc);
 
   cuda::MbConvParams p{};
