@@ -165,11 +165,14 @@ def cached_fold(conv: nn.Conv2d, bn: _BatchNorm, dense: bool) -> EvalFold:
         fold.refs, fold.stamp, fold.packed = tensors, stamp, {}
         bn.__dict__[FOLD_ATTR] = fold
     if dense and fold.weight is None:  # made on first use: a step racing its kernels must not refold per call
-        w = tensors[0]
         with torch.inference_mode(False), torch.no_grad():
-            fold.weight = (w * fold.scale.view(-1, 1, 1, 1)).to(w.dtype)
-            fold.bias = fold.shift.to(w.dtype)
+            fold.weight, fold.bias = fold_into_weights(tensors[0], fold.scale, fold.shift)
     return fold
+
+
+def fold_into_weights(weight: Tensor, scale: Tensor, shift: Tensor) -> Tuple[Tensor, Tensor]:
+    """A dense conv's weight and bias with fold_bn's scale and shift folded in, in the weight's dtype."""
+    return (weight * scale.view(-1, 1, 1, 1)).to(weight.dtype), shift.to(weight.dtype)
 
 
 def clear_folds(model: nn.Module) -> None:
@@ -178,14 +181,15 @@ def clear_folds(model: nn.Module) -> None:
         m.__dict__.pop(FOLD_ATTR, None)
 
 
+def _no_autograd(tensors) -> bool:
+    """Autograd has nothing to record: grad mode off, or no tensor requires grad (traceable)."""
+    return not torch.is_grad_enabled() or not any(t is not None and t.requires_grad for t in tensors)
+
+
 def _inference(tensors) -> bool:
-    """True when autograd has nothing to record (grad mode off, or no tensor requires grad) outside tracing:
-    the fold can come from the cache and the ops can skip their Python autograd layer."""
-    if torch.compiler.is_compiling():
-        return False
-    if not torch.is_grad_enabled():
-        return True
-    return not any(t is not None and t.requires_grad for t in tensors)
+    """True when autograd has nothing to record outside tracing: the fold can come from the cache and the ops can
+    skip their Python autograd layer."""
+    return not torch.compiler.is_compiling() and _no_autograd(tensors)
 
 
 def conv_bn_act(conv: nn.Conv2d, bn: _BatchNorm, x: Tensor, kind: str, act: Optional[str],
@@ -218,8 +222,7 @@ def conv_bn_act(conv: nn.Conv2d, bn: _BatchNorm, x: Tensor, kind: str, act: Opti
     elif batch_stats:
         y = conv(x)
     else:
-        w = (conv.weight * scale.view(-1, 1, 1, 1)).to(conv.weight.dtype)
-        b = shift.to(conv.weight.dtype)
+        w, b = fold_into_weights(conv.weight, scale, shift)
         if _onednn_fusable(x, w, residual, act):
             return _onednn_conv_act(x, w, b, conv, residual, act)
         y = F.conv2d(x, w, b, conv.stride, conv.padding, conv.dilation, conv.groups)
@@ -319,8 +322,8 @@ def mbconv_fusable(modules, x: Tensor, residual: Optional[Tensor], se: Optional[
     """Whether pycnn.mbconv can run the block (conv, bn pairs in order; `se` the SqueezeExcite between the
     depthwise and the project conv, if any) on x: eval BatchNorms, no autograd to record, a device and dtype
     its kernels take (opspec.MBCONV_DTYPES) without autocast, zero padding, and a residual (if any) that is x
-    itself."""
-    if torch.compiler.is_compiling() or torch.jit.is_tracing():  # traced and exported graphs keep the parts
+    itself. Graphs torch.compile traces run it too; exported ones (torch.export, ONNX) keep the parts."""
+    if torch.jit.is_tracing() or torch.compiler.is_exporting():
         return False
     if str(x.dtype).removeprefix("torch.") not in MBCONV_DTYPES.get(x.device.type, ()) \
             or _autocast_dtype(x) is not None:
@@ -334,7 +337,7 @@ def mbconv_fusable(modules, x: Tensor, residual: Optional[Tensor], se: Optional[
     if not all(c.padding_mode == "zeros" and c.weight.dtype == x.dtype for c in convs) \
             or any(t is not None and t.dtype != x.dtype for t in se_params):
         return False
-    return _inference([x] + [_param(m, n) for m in modules for n in ("weight", "bias")] + se_params)
+    return _no_autograd([x] + [_param(m, n) for m in modules for n in ("weight", "bias")] + se_params)
 
 
 def _se_params(se: nn.Module) -> tuple:
@@ -351,11 +354,17 @@ def _same_tensor(a: Tensor, b: Tensor) -> bool:
 def mbconv_block(modules, x: Tensor, act: str, stride: int, residual: bool, se: Optional[nn.Module] = None,
                  se_act: Optional[str] = None) -> Tensor:
     """The block (expand conv, bn, dw conv, bn, [se,] project conv, bn; or without expand) as one pycnn.mbconv
-    call, every BatchNorm folded into its conv from the cache (cached_fold): only where mbconv_fusable."""
-    folds = [cached_fold(conv, bn, dense=True) for conv, bn in zip(modules[0::2], modules[1::2])]
+    call, every BatchNorm folded into its conv: from the cache (cached_fold), or in the graph when torch.compile
+    traces it (the cache's checks are Python state). Only where mbconv_fusable."""
+    pairs = list(zip(modules[0::2], modules[1::2]))
+    se_args = _se_params(se) if se is not None else (None,) * 4
+    tail = (stride, act, residual, *se_args, se_act or "none")
+    if torch.compiler.is_compiling():
+        folds = [fold_into_weights(conv.weight, *fold_bn(conv, bn)) for conv, bn in pairs]
+        expand = folds[0] if len(folds) == 3 else (None, None)
+        return torch.ops.pycnn.mbconv_forward(x, *expand, *folds[-2], *folds[-1], *tail)
+    folds = [cached_fold(conv, bn, dense=True) for conv, bn in pairs]
     expand = (folds[0].weight, folds[0].bias) if len(folds) == 3 else (None, None)
     dw, project = folds[-2], folds[-1]
-    se_args = _se_params(se) if se is not None else (None,) * 4
     with torch._C._AutoDispatchBelowAutograd():
-        return torch.ops.pycnn.mbconv_forward(x, *expand, dw.weight, dw.bias, project.weight, project.bias, stride,
-                                              act, residual, *se_args, se_act or "none")
+        return torch.ops.pycnn.mbconv_forward(x, *expand, dw.weight, dw.bias, project.weight, project.bias, *tail)

@@ -158,13 +158,24 @@ class MbConvStep(FusedStep):
     def candidates(self, training: bool) -> tuple:
         return ("torch",) if training else ("pycnn", "torch")  # the fused op runs in eval only
 
-    def run(self, modules, x, residual, kernel: str):
+    def _fused(self, modules, x, residual, traced_owner: Optional[nn.Module] = None):
+        """The block as one pycnn.mbconv call, or None where that cannot run (fused.mbconv_fusable) or, in a graph
+        being traced (traced_owner: the module that holds the layers), where `auto` chose the parts."""
         a = self.attrs
+        # the SE's module sits between the depthwise conv's pair and the project conv's
+        pairs, se = (modules[:-3] + modules[-2:], modules[-3]) if a["se"] else (modules, None)
+        if not fused.mbconv_fusable(pairs, x, residual, se):
+            return None
+        if traced_owner is not None and self.kernels == "auto" and \
+                self._traced_kernel(traced_owner, x, residual) != "pycnn":
+            return None
+        return fused.mbconv_block(pairs, x, a["act"], a["s"], a["residual"], se, a["se_act"])
+
+    def run(self, modules, x, residual, kernel: str):
         if kernel == "pycnn":
-            # the SE's module sits between the depthwise conv's pair and the project conv's
-            pairs, se = (modules[:-3] + modules[-2:], modules[-3]) if a["se"] else (modules, None)
-            if fused.mbconv_fusable(pairs, x, residual, se):
-                return fused.mbconv_block(pairs, x, a["act"], a["s"], a["residual"], se, a["se_act"])
+            y = self._fused(modules, x, residual)
+            if y is not None:
+                return y
         first = 0
         for k, (part, size) in enumerate(zip(self.parts, self.part_sizes)):
             mods, first = modules[first:first + size], first + size
@@ -173,7 +184,13 @@ class MbConvStep(FusedStep):
         return x
 
     def __call__(self, owner: nn.Module, x, residual=None):
-        if torch.compiler.is_compiling():  # traced graphs run the parts, each with its kernel chosen at trace time
+        if torch.compiler.is_compiling():
+            # A traced graph runs the fused block where it can run and the kernel chosen at trace time says so (as
+            # `auto` picks in eager), else the parts, each with its own kernel chosen at trace time.
+            if self.kernels != "torch":
+                y = self._fused([getattr(owner, name) for name in self.names], x, residual, traced_owner=owner)
+                if y is not None:
+                    return y
             return run_steps(owner, self.parts, x, residual)
         return super().__call__(owner, x, residual)
 

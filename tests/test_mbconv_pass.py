@@ -133,3 +133,27 @@ def test_blocks_alike_but_for_their_expansion_keep_their_own_kernel_choice():
     model = pycnn.compile(TWO_EXPANSIONS)
     steps = [s for m in model.modules() for lst in step_lists(m) for s in lst if isinstance(s, MbConvStep)]
     assert len(steps) == 2 and steps[0].signature != steps[1].signature
+
+
+def test_torch_compile_runs_the_fused_block_and_export_keeps_its_parts():
+    """A graph torch.compile traces in eval holds one pycnn.mbconv per block (folded in the graph) and computes what
+    eager does; torch.export's (and so ONNX's) keeps the parts, which have standard translations."""
+    torch.manual_seed(0)
+    model = randomized(pycnn.compile(MOBILENET, "mobilenet_v2", input=(3, 32, 32), width_mult=0.25, dropout=0.0,
+                                     kernels="pycnn")).eval()
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+    torch._dynamo.reset()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        y = torch.compile(model, fullgraph=True, backend=backend)(x)
+        expected = model(x)
+    torch._dynamo.reset()
+    targets = [str(n.target) for n in graphs[0].graph.nodes if n.op == "call_function"]
+    assert sum("mbconv_forward" in t for t in targets) == 17
+    torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
+    program = pycnn.export.export_program(model)
+    assert not [n for n in program.graph.nodes if "mbconv" in str(n.target)]

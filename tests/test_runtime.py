@@ -396,8 +396,9 @@ def test_torch_compile_runs_the_kernels_auto_measures_at_trace_time(monkeypatch,
         torch.compile(model, fullgraph=True, backend=backend)(x)
     torch._dynamo.reset()
     assert torch.equal(torch.get_rng_state(), rng), "compiling moved the caller's random stream"
+    # a traced mbconv block runs as one op in eval (measured itself: pycnn wins here), its parts in training
     steps = [part for m in model.modules() for steps in runtime.step_lists(m) for s in steps
-             if isinstance(s, runtime.FusedStep) for part in getattr(s, "parts", [s])]  # a traced mbconv runs its parts
+             if isinstance(s, runtime.FusedStep) for part in (getattr(s, "parts", [s]) if mode == "train" else [s])]
     assert len(graphs) == 1 and measured and len(measured) <= len(steps)
     assert all(grad == (mode == "train") for _, _, grad in measured)
     assert {s.last_kernel for s in steps} == {faster}
