@@ -325,13 +325,14 @@ def mbconv_fusable(modules, x: Tensor, residual: Optional[Tensor], se: Optional[
     itself. Graphs torch.compile traces run it too; exported ones (torch.export, ONNX) keep the parts."""
     if torch.jit.is_tracing() or torch.compiler.is_exporting():
         return False
+    convs, bns = modules[0::2], modules[1::2]
+    if not all(runs_on_pycnn(bn) and not bn.training and bn.running_mean is not None for bn in bns):
+        return False
     if str(x.dtype).removeprefix("torch.") not in MBCONV_DTYPES.get(x.device.type, ()) \
             or _autocast_dtype(x) is not None:
         return False
-    if residual is not None and not _same_tensor(residual, x):
-        return False
-    convs, bns = modules[0::2], modules[1::2]
-    if not all(runs_on_pycnn(bn) and not bn.training and bn.running_mean is not None for bn in bns):
+    # a traced graph's tensors have no data pointers to compare: there the shortcut must be x itself
+    if residual is not None and not (residual is x if torch.compiler.is_compiling() else _same_tensor(residual, x)):
         return False
     se_params = list(_se_params(se)) if se is not None else []
     if not all(c.padding_mode == "zeros" and c.weight.dtype == x.dtype for c in convs) \

@@ -20,7 +20,7 @@ except ImportError:  # older torch (the GPU machine's 2.11) lacks it
 from torch.utils._python_dispatch import _disable_current_modes
 
 from . import _C, memory
-from .opspec import acts_with, check_kernel_act
+from .opspec import MBCONV_DTYPES, acts_with, check_kernel_act
 
 
 # Each op's backward formula is registered once (_register_autograd) and reaches autograd two ways: through
@@ -493,6 +493,10 @@ def _mbconv_forward_fake(input, expand_weight, expand_bias, dw_weight, dw_bias, 
     _check_like_kernels("mbconv_forward", input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight,
                         project_bias, stride, act, residual, se_reduce_weight, se_reduce_bias, se_expand_weight,
                         se_expand_bias, se_act)
+    dtypes = MBCONV_DTYPES.get(input.device.type)  # the device's kernel narrows the dtypes, as the real call does
+    if dtypes is not None and str(input.dtype).removeprefix("torch.") not in dtypes:
+        raise RuntimeError(f"pycnn.mbconv: input must be {' or '.join(dtypes)} for the {input.device.type.upper()} "
+                           f"kernel, got {input.dtype}")
     k = dw_weight.size(2)
     oh = (input.size(2) + 2 * (k // 2) - k) // stride + 1
     ow = (input.size(3) + 2 * (k // 2) - k) // stride + 1

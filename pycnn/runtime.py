@@ -93,7 +93,8 @@ class FusedStep:
                 and all(isinstance(d, int) for t in (x, residual) if t is not None for d in t.shape)):
             device = x.device.type
             autocast = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
-            return _measure_while_tracing(self, owner, _spec(x), _spec(residual), torch.is_grad_enabled(), autocast)
+            return _measure_while_tracing(self, owner, _spec(x), _spec(residual), residual is x,
+                                          torch.is_grad_enabled(), autocast)
         return self.last_kernel or "pycnn"
 
     def __repr__(self):
@@ -109,10 +110,12 @@ def _spec(t) -> Optional[tuple]:
     return tuple(t.shape), t.dtype, t.device, channels_last, t.requires_grad
 
 
-def _measure_while_tracing(step: FusedStep, owner: nn.Module, x_spec, residual_spec, grad: bool, autocast) -> str:
+def _measure_while_tracing(step: FusedStep, owner: nn.Module, x_spec, residual_spec, residual_is_x: bool, grad: bool,
+                           autocast) -> str:
     """Runs for real while dynamo traces (marked below as a constant of the graph): the step's kernel for
-    inputs like the traced ones, from the kernel cache or measured on random stand-ins, so a compiled network
-    runs what `auto` picks in eager rather than pycnn's kernel everywhere."""
+    inputs like the traced ones, from the kernel cache or measured on random stand-ins (the residual's is x's
+    when the traced residual is x: an inverted-residual block fuses only its identity shortcut), so a compiled
+    network runs what `auto` picks in eager rather than pycnn's kernel everywhere."""
     from torch._subclasses.fake_tensor import unset_fake_temporarily
 
     def stand_in(spec):
@@ -127,7 +130,8 @@ def _measure_while_tracing(step: FusedStep, owner: nn.Module, x_spec, residual_s
     modules = [owner._modules[name] for name in step.names]
     cast = torch.autocast(x_spec[2].type, dtype=autocast) if autocast is not None else contextlib.nullcontext()
     with unset_fake_temporarily(), torch.set_grad_enabled(grad), cast:
-        x, residual = stand_in(x_spec), stand_in(residual_spec)
+        x = stand_in(x_spec)
+        residual = x if residual_is_x else stand_in(residual_spec)
         kernel = dispatch.measured_choice(step, lambda k, x_, r_: step.run(modules, x_, r_, k), x, residual, modules,
                                           traced=True)
     dispatch.flush_measurements()
@@ -180,7 +184,14 @@ class MbConvStep(FusedStep):
         for k, (part, size) in enumerate(zip(self.parts, self.part_sizes)):
             mods, first = modules[first:first + size], first + size
             r = residual if k == len(self.parts) - 1 else None
-            x = part.run(mods, x, r, part.kernels if part.kernels != "auto" else part._auto_kernel(mods, x, r))
+            if part.kernels != "auto":
+                kernel = part.kernels
+            elif torch.compiler.is_compiling():  # timed while dynamo traces: each part as the graph would run it
+                kernel = dispatch.measured_choice(part, lambda k_, x_, r_: part.run(mods, x_, r_, k_), x, r, mods,
+                                                  traced=True)
+            else:
+                kernel = part._auto_kernel(mods, x, r)
+            x = part.run(mods, x, r, kernel)
         return x
 
     def __call__(self, owner: nn.Module, x, residual=None):

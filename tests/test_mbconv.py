@@ -152,8 +152,13 @@ def test_bad_arguments_name_the_argument():
         call(x, we, be, wd, bd, wp, bp, 3, "relu6", False)
     with pytest.raises(RuntimeError, match="residual needs stride 1"):
         call(x, we, be, wd, bd, wp, bp, 2, "relu6", True)
-    with pytest.raises(RuntimeError, match="input must be float32 or float64"):
+    with pytest.raises(RuntimeError, match="input must be float32 or float64 for the CPU kernel"):
         call(x.half(), we.half(), be, wd.half(), bd, wp.half(), bp, 1, "relu6", True)
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    fake = FakeTensorMode()
+    args = [fake.from_tensor(t.half()) for t in (x, we, be, wd, bd, wp, bp)]
+    with fake, pytest.raises(RuntimeError, match="input must be float32 or float64 for the CPU"):
+        call(*args, 1, "relu6", True)  # the fake kernel (torch.compile) refuses it as the CPU kernel does
     with pytest.raises(RuntimeError, match="unknown activation"):
         call(x, we, be, wd, bd, wp, bp, 1, "gelu", True)
     with pytest.raises(ValueError, match="unknown activation"):

@@ -157,3 +157,34 @@ def test_torch_compile_runs_the_fused_block_and_export_keeps_its_parts():
     torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
     program = pycnn.export.export_program(model)
     assert not [n for n in program.graph.nodes if "mbconv" in str(n.target)]
+
+
+@pytest.mark.usefixtures("private_kernel_cache")
+def test_trace_time_race_runs_the_fused_block_and_its_parts(monkeypatch):
+    """kernels="auto" under torch.compile: the race timed while dynamo traces runs the fused op for "pycnn" (for
+    the blocks whose shortcut is their input too) and the parts for "torch"."""
+    calls, ran = [], []
+    monkeypatch.setattr(pycnn.fused, "mbconv_block", _counting(pycnn.fused.mbconv_block, calls))
+    original = MbConvStep.run
+
+    def spy(self, modules, x, residual, kernel):
+        before = len(calls)
+        y = original(self, modules, x, residual, kernel)
+        ran.append((kernel, residual is not None, len(calls) > before))
+        return y
+
+    def fake_measure(run, x, residual, params, buffers, kernels=("pycnn", "torch"), repeats=5):
+        for k in kernels:
+            run(k, x, residual)
+        return {k: 1.0 if k == "pycnn" else 2.0 for k in kernels}
+    monkeypatch.setattr(MbConvStep, "run", spy)
+    monkeypatch.setattr(dispatch, "measure", fake_measure)
+    torch.manual_seed(0)
+    model = randomized(pycnn.compile(MOBILENET, "mobilenet_v2", input=(3, 32, 32), width_mult=0.25,
+                                     dropout=0.0)).eval()
+    torch._dynamo.reset()
+    with torch.no_grad():
+        torch.compile(model, fullgraph=True, backend="eager")(torch.randn(2, 3, 32, 32))
+    torch._dynamo.reset()
+    assert {(kernel, fused_op) for kernel, _, fused_op in ran} == {("pycnn", True), ("torch", False)}
+    assert {shortcut for kernel, shortcut, _ in ran if kernel == "pycnn"} == {True, False}

@@ -369,7 +369,7 @@ def test_torch_compile_one_graph_no_recompiles(path, network, modes, overrides):
     torch._dynamo.reset()
 
 
-@pytest.mark.parametrize("mode,faster", [("train", "torch"), ("eval", "pycnn")])
+@pytest.mark.parametrize("mode,faster", [("train", "torch"), ("eval", "pycnn"), ("eval", "torch")])
 def test_torch_compile_runs_the_kernels_auto_measures_at_trace_time(monkeypatch, faster, mode):
     """kernels="auto" under torch.compile: each fused step's kernel is measured while dynamo traces (on stand-ins
     with the traced input's facts, once per key) and is a constant of the one graph; not pycnn's everywhere."""
@@ -396,9 +396,13 @@ def test_torch_compile_runs_the_kernels_auto_measures_at_trace_time(monkeypatch,
         torch.compile(model, fullgraph=True, backend=backend)(x)
     torch._dynamo.reset()
     assert torch.equal(torch.get_rng_state(), rng), "compiling moved the caller's random stream"
-    # a traced mbconv block runs as one op in eval (measured itself: pycnn wins here), its parts in training
+    # an mbconv block is measured itself in eval and runs as one op where pycnn wins, else its parts (measured too)
+    blocks_too = mode == "eval"
+    parts_too = not (mode == "eval" and faster == "pycnn")
     steps = [part for m in model.modules() for steps in runtime.step_lists(m) for s in steps
-             if isinstance(s, runtime.FusedStep) for part in (getattr(s, "parts", [s]) if mode == "train" else [s])]
+             if isinstance(s, runtime.FusedStep)
+             for part in ([s] if blocks_too or not hasattr(s, "parts") else []) +
+             (list(getattr(s, "parts", [])) if parts_too else [])]
     assert len(graphs) == 1 and measured and len(measured) <= len(steps)
     assert all(grad == (mode == "train") for _, _, grad in measured)
     assert {s.last_kernel for s in steps} == {faster}
