@@ -275,7 +275,8 @@ def cmd_bench_engines(args) -> int:
         if progress:
             progress.start()
         try:
-            measured = bench_engines(model, variants, batches, threads, args.repeats, bf16=bf16, baseline=baseline,
+            measured = bench_engines(model, variants, batches, threads, args.repeats, bf16=bf16, freeze=args.freeze,
+                                     baseline=baseline,
                                      log=lambda line: print(line, file=sys.stderr),
                                      advance=(lambda: progress.advance(task)) if progress else (lambda: None))
         except KeyboardInterrupt:
@@ -294,6 +295,7 @@ def cmd_bench_engines(args) -> int:
     if args.out and rows:
         env = report.environment(torch.device("cpu"))
         env["threads"] = threads
+        env["compile_freezing"] = args.freeze
         env["engines"] = {e: deploy.engine_version(e) for e in ("onnxruntime", "openvino") if deploy.installed(e)}
         env["baselines"] = sorted({r["runs"] for r in rows if r["engine"] in ("torch", "compile")})
         name = "-".join(["engines"] + sorted({r["network"] for r in rows}))
@@ -311,6 +313,8 @@ def cmd_bench_model(args) -> int:
     from .weights import WeightMismatchError
     if args.engines is not None:
         return cmd_bench_engines(args)
+    if args.freeze:
+        return _fail("--freeze goes with --engines (it compiles the torch.compile rows with inductor's freezing)")
     device = args.device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, DTYPES[args.dtype])
     if (error := _kernel_mode_error(args)):
@@ -491,6 +495,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train", action="store_true", help="forward + backward instead of inference")
     p.add_argument("--compile", action="store_true",
                    help="add torch.compile of the baseline (torchvision's model if --torchvision, else eager)")
+    p.add_argument("--freeze", action="store_true",
+                   help="with --engines: compile the torch.compile rows with inductor's freezing (weights folded and "
+                        "prepacked as constants, the usual setting for CPU inference)")
     p.add_argument("--threads", type=_positive_int, help="CPU threads (torch.set_num_threads; default torch's)")
     p.add_argument("--kernels", choices=["auto", "pycnn", "torch"], default=None,
                    help="who runs pycnn's fused ops (default $PYCNN_KERNELS or auto: measured in the warm-up)")

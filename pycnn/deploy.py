@@ -270,7 +270,7 @@ def _openvino(path: str, threads: Optional[int], batch: Optional[int], precision
 
 def runner(model, engine: str = "torch", *, threads: Optional[int] = None, batch: Optional[int] = None,
            layout: str = "auto", precision: str = "f32", onnx_path: Optional[str] = None,
-           input_shape: Optional[Sequence[int]] = None, copy_model: bool = True) -> Runner:
+           input_shape: Optional[Sequence[int]] = None, copy_model: bool = True, freeze: bool = False) -> Runner:
     """A callable running `model` (a compiled pycnn network; for "torch"/"compile" any nn.Module, for the ONNX
     engines also an .onnx path) on `engine`, in eval mode without autograd: tensors in, tensors out.
 
@@ -279,11 +279,15 @@ def runner(model, engine: str = "torch", *, threads: Optional[int] = None, batch
     torch engines: "auto" (the faster of NCHW and channels_last, measured eagerly), "nchw" or "channels_last";
     precision: OpenVINO's "f32" (default) or "bf16"; onnx_path: where the ONNX export is written, or reused
     when the fingerprint beside it (`<onnx_path>.sha256`) is this model's;
-    input_shape (C, H, W) of the "auto" layout's measurement for a model that is not pycnn's.
+    input_shape (C, H, W) of the "auto" layout's measurement for a model that is not pycnn's;
+    freeze: "compile" with inductor's freezing (the weights become constants of the compiled code, folded and
+    prepacked: the usual setting for CPU inference; a later change to the weights is not seen).
     Raises EngineNotInstalled (one line with the pip command) or EngineError (naming the layer)."""
     if engine not in ENGINES:
         from .dsl.errors import did_you_mean
         raise ValueError(f"unknown engine {engine!r}{did_you_mean(engine, ENGINES)}; one of {', '.join(ENGINES)}")
+    if freeze and engine != "compile":
+        raise ValueError(f"freeze applies to the 'compile' engine, not {engine!r}")
     if precision not in ("f32", "bf16"):
         raise ValueError(f"precision must be 'f32' or 'bf16', got {precision!r}")
     if engine in ("onnxruntime", "openvino"):
@@ -306,7 +310,7 @@ def runner(model, engine: str = "torch", *, threads: Optional[int] = None, batch
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     if engine == "compile":
-        model = torch.compile(model, dynamic=False)
+        model = torch.compile(model, dynamic=False, options={"freezing": True} if freeze else None)
     return Runner(engine, _torch_fn(model, layout, device), threads=threads, batch=batch, layout=layout)
 
 
@@ -354,14 +358,16 @@ def parse_latency_spec(text: str) -> Tuple[str, int]:
 
 
 def variant_runner(variant: str, model, batch: int, threads: Optional[int], *, baseline=None,
-                   onnx_path: Optional[str] = None, layout: str = "auto", precision: str = "f32") -> Runner:
+                   onnx_path: Optional[str] = None, layout: str = "auto", precision: str = "f32",
+                   freeze: bool = False) -> Runner:
     """The Runner of a benchmark variant (VARIANTS) for a pycnn model; `baseline` is baseline_model's module
-    (made when needed)."""
+    (made when needed); `freeze` applies to the compiled variants (runner)."""
     which, engine = VARIANTS[variant]
     subject = model if which == "pycnn" else (baseline if baseline is not None else baseline_model(model)[0])
     if engine in ("onnxruntime", "openvino"):
         return runner(model, engine, threads=threads, batch=batch, onnx_path=onnx_path, precision=precision)
-    return runner(subject, engine, threads=threads, batch=batch, layout=layout, input_shape=model.ir.input_shape)
+    return runner(subject, engine, threads=threads, batch=batch, layout=layout, input_shape=model.ir.input_shape,
+                  freeze=freeze and engine == "compile")
 
 
 def machine_id() -> str:

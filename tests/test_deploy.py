@@ -84,6 +84,20 @@ def test_runner_errors(tiny, monkeypatch):
     monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino -> ImportError
     with pytest.raises(deploy.EngineNotInstalled, match=r'pip install "pycnn\[deploy\]"'):
         pycnn.runner(model, "openvino")
+    with pytest.raises(ValueError, match="freeze applies to the 'compile' engine"):
+        pycnn.runner(model, "torch", freeze=True)
+
+
+def test_frozen_compile_runner_agrees_with_pytorch(tiny, one_thread):
+    """engine "compile" with freeze=True: inductor's freezing (weights folded and prepacked as constants)."""
+    model, _ = tiny
+    x = torch.randn(3, 3, 16, 16)
+    with torch.no_grad():
+        ref = model(x)
+    torch._dynamo.reset()
+    run = pycnn.runner(model, "compile", threads=1, freeze=True)
+    assert deploy.relative_error(run(x), ref) <= deploy.PARITY_TOLERANCE
+    torch._dynamo.reset()
 
 
 def test_engine_error_names_the_layer(tiny, tmp_path):
@@ -137,6 +151,8 @@ def test_bench_engines_argument_errors(tiny, capsys):
     assert info.value.code == 2 and "did you mean 'onnxruntime'" in capsys.readouterr().err
     assert main(["bench", "model", str(path), "--engines", "pycnn", "--train"]) == 2
     assert "--engines measures inference" in capsys.readouterr().err
+    assert main(["bench", "model", str(path), "--freeze"]) == 2
+    assert "--freeze goes with --engines" in capsys.readouterr().err
 
 
 def test_canonical_text_is_the_network_not_its_spelling():

@@ -104,14 +104,15 @@ def _variant_label(variant: str, precision: str) -> str:
 
 
 def bench_engines(model: nn.Module, variants: Sequence[str], batches: Sequence[int], threads: int, repeats: int,
-                  *, bf16: bool = False, baseline: Optional[tuple] = None, workdir: Optional[str] = None,
-                  log=print, advance=lambda *_: None) -> List[Dict[str, object]]:
+                  *, bf16: bool = False, freeze: bool = False, baseline: Optional[tuple] = None,
+                  workdir: Optional[str] = None, log=print, advance=lambda *_: None) -> List[Dict[str, object]]:
     """One row per (variant, batch) of pycnn.deploy.VARIANTS on the CPU, eval, all timed interleaved in one run
     (round-robin repeats, each timed call right after an untimed one of the same row, medians). Torch-based variants run in their faster layout (eager ones measured in
     both during the warm-up; compiled ones in the layout their eager model won, the row says so). Each
     variant's output is checked against the reference backend on the same input first: relative error
     <= pycnn.deploy.PARITY_TOLERANCE (bf16: BF16_TOLERANCE), else the row says so and is not timed. An engine
-    that is not installed or cannot run the network is one line (`log`) and one untimed row. Rows: ms,
+    that is not installed or cannot run the network is one line (`log`) and one untimed row. `freeze`: the
+    compiled rows with inductor's freezing (deploy.runner). Rows: ms,
     images_per_s, vs_best (best time / this time, per batch) and vs_torch (the baseline's time / this time)."""
     import tempfile
 
@@ -152,7 +153,7 @@ def bench_engines(model: nn.Module, variants: Sequence[str], batches: Sequence[i
                 layout, lent = eager_layout.get(eager, "channels_last"), eager in eager_layout
             try:
                 run = deploy.variant_runner(variant, model, batch, threads, baseline=base_module, onnx_path=onnx_path,
-                                            layout=layout, precision=precision)
+                                            layout=layout, precision=precision, freeze=freeze)
                 out = run(x)
             except deploy.EngineNotInstalled as e:
                 unavailable[label] = row["note"] = str(e)
@@ -167,7 +168,8 @@ def bench_engines(model: nn.Module, variants: Sequence[str], batches: Sequence[i
                 continue
             if engine in ("torch", "compile"):
                 row["layout"] = run.layout + (" (measured best)" if engine == "torch" else
-                                              " (eager's best)" if lent else " (default)")
+                                              " (eager's best)" if lent else " (default)") + \
+                    (", frozen" if freeze and engine == "compile" else "")
                 if engine == "torch":
                     eager_layout[(which if which == "pycnn" else "torch", batch)] = run.layout
             else:
