@@ -2,7 +2,7 @@
 
 `kernels` "pycnn" or "torch" forces one side; "auto" measures the candidates on first use per (op signature,
 input shape, dtype, layout, device, train/eval, grad) and keeps the fastest, in memory and on disk
-(`<cache>/kernels-pycnn<version>-torch<version>.json`, cache = $PYCNN_CACHE_DIR, else $XDG_CACHE_HOME/pycnn,
+(`<cache>/kernels-pycnn<version>-s<CACHE_SCHEMA>-torch<version>.json`, cache = $PYCNN_CACHE_DIR, else $XDG_CACHE_HOME/pycnn,
 else ~/.cache/pycnn). `kernels` comes from pycnn.compile(..., kernels=...), else $PYCNN_KERNELS, else "auto";
 what one step runs, "pycnn", "torch" or (a depthwise or grouped conv) "folded", is its `kernel`.
 Measuring runs the op a few times on the real input with autograd.grad (no .grad is touched) and restores the
@@ -45,13 +45,18 @@ def resolve_kernels(kernels: Optional[str]) -> str:
     return kernels
 
 
+# Bumped when a change makes recorded choices wrong, so old files are left unread. 2: before 2026-12-04 a traced
+# graph's race of an inverted-residual block timed its parts twice, and on CUDA "pycnn" ran the parts.
+CACHE_SCHEMA = 2
+
+
 def cache_path() -> Path:
     root = os.environ.get(ENV_CACHE)
     if not root:
         root = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "pycnn")
     from .version import __version__
     torch_version = torch.__version__.replace("+", "_")
-    return Path(root) / f"kernels-pycnn{__version__}-torch{torch_version}.json"
+    return Path(root) / f"kernels-pycnn{__version__}-s{CACHE_SCHEMA}-torch{torch_version}.json"
 
 
 MAX_CACHE_BYTES = 4 << 20     # a larger cache file is ignored (and replaced at the next write)
