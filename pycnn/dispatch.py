@@ -45,9 +45,9 @@ def resolve_kernels(kernels: Optional[str]) -> str:
     return kernels
 
 
-# Bumped when a change makes recorded choices wrong, so old files are left unread. 2: before 2026-12-04 a traced
+# Bumped when a change makes recorded choices wrong, so old files are left unread. 3: before 2026-12-04 a traced
 # graph's race of an inverted-residual block timed its parts twice, and on CUDA "pycnn" ran the parts.
-CACHE_SCHEMA = 2
+CACHE_SCHEMA = 3
 
 
 def cache_path() -> Path:

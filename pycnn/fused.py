@@ -331,8 +331,10 @@ def mbconv_fusable(modules, x: Tensor, residual: Optional[Tensor], se: Optional[
     if str(x.dtype).removeprefix("torch.") not in MBCONV_DTYPES.get(x.device.type, ()) \
             or _autocast_dtype(x) is not None:
         return False
-    # a traced graph's tensors have no data pointers to compare: there the shortcut must be x itself
-    if residual is not None and not (residual is x if torch.compiler.is_compiling() else _same_tensor(residual, x)):
+    # a graph dynamo traces has no data pointers to compare: there the shortcut must be x itself (real tensors,
+    # also those of a measurement while tracing, compare by data pointer: dispatch.measure detaches each input)
+    if residual is not None and not (residual is x if torch.compiler.is_dynamo_compiling()
+                                     else _same_tensor(residual, x)):
         return False
     se_params = list(_se_params(se)) if se is not None else []
     if not all(c.padding_mode == "zeros" and c.weight.dtype == x.dtype for c in convs) \

@@ -158,6 +158,7 @@ class MbConvStep(FusedStep):
         self.parts = [FusedStep(p, kernels) for p in parts]
         self.part_sizes = [len(p.names) for p in self.parts]
         self.signature += f",expanded={parts[0].out_shape[0]}"  # blocks alike but for their expansion differ
+        self._part_kernels: Dict[tuple, str] = {}  # the parts' traced choices by input facts (_traced_part_kernel)
 
     def candidates(self, training: bool) -> tuple:
         return ("torch",) if training else ("pycnn", "torch")  # the fused op runs in eval only
@@ -187,12 +188,23 @@ class MbConvStep(FusedStep):
             if part.kernels != "auto":
                 kernel = part.kernels
             elif torch.compiler.is_compiling():  # timed while dynamo traces: each part as the graph would run it
-                kernel = dispatch.measured_choice(part, lambda k_, x_, r_: part.run(mods, x_, r_, k_), x, r, mods,
-                                                  traced=True)
+                kernel = self._traced_part_kernel(k, part, mods, x, r)
             else:
                 kernel = part._auto_kernel(mods, x, r)
             x = part.run(mods, x, r, kernel)
         return x
+
+    def _traced_part_kernel(self, k: int, part: FusedStep, mods, x, residual) -> str:
+        """Part k's traced choice for inputs like x, looked up once per input facts: the race's timed rounds
+        must not charge the parts for cache lookups the graph does not make."""
+        facts = (k, tuple(x.shape), x.dtype, x.device, x.is_contiguous(memory_format=torch.channels_last),
+                 torch.is_grad_enabled(), residual is None)
+        kernel = self._part_kernels.get(facts)
+        if kernel is None:
+            kernel = dispatch.measured_choice(part, lambda k_, x_, r_: part.run(mods, x_, r_, k_), x, residual, mods,
+                                              traced=True)
+            self._part_kernels[facts] = kernel
+        return kernel
 
     def __call__(self, owner: nn.Module, x, residual=None):
         if torch.compiler.is_compiling():

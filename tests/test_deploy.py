@@ -88,15 +88,19 @@ def test_runner_errors(tiny, monkeypatch):
         pycnn.runner(model, "torch", freeze=True)
 
 
-def test_frozen_compile_runner_agrees_with_pytorch(tiny, one_thread):
+def test_frozen_compile_runner_agrees_with_pytorch(tiny, one_thread, monkeypatch):
     """engine "compile" with freeze=True: inductor's freezing (weights folded and prepacked as constants)."""
     model, _ = tiny
     x = torch.randn(3, 3, 16, 16)
     with torch.no_grad():
         ref = model(x)
     torch._dynamo.reset()
+    compiles = []
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda m, **kw: compiles.append(kw) or real_compile(m, **kw))
     run = pycnn.runner(model, "compile", threads=1, freeze=True)
     assert deploy.relative_error(run(x), ref) <= deploy.PARITY_TOLERANCE
+    assert compiles == [dict(dynamic=False, options={"freezing": True})]
     torch._dynamo.reset()
 
 
@@ -153,6 +157,8 @@ def test_bench_engines_argument_errors(tiny, capsys):
     assert "--engines measures inference" in capsys.readouterr().err
     assert main(["bench", "model", str(path), "--freeze"]) == 2
     assert "--freeze goes with --engines" in capsys.readouterr().err
+    assert main(["bench", "model", str(path), "--engines", "torch,pycnn", "--freeze"]) == 2
+    assert "--freeze applies to the torch.compile rows" in capsys.readouterr().err
 
 
 def test_canonical_text_is_the_network_not_its_spelling():
