@@ -247,13 +247,13 @@ def cmd_bench_engines(args) -> int:
         return _fail(error)
     threads = args.threads or torch.get_num_threads()
     variants = args.engines
-    if args.freeze and not any(deploy.VARIANTS[v][1] == "compile" for v in variants if v in deploy.VARIANTS):
-        return _fail("--freeze applies to the torch.compile rows: add compile or pycnn-compile to --engines")
     if variants == ["all"]:  # every installed engine; the others get their one line
         variants = list(deploy.VARIANTS)
         for v in [v for v in variants if not deploy.installed(deploy.VARIANTS[v][1])]:
             print(deploy.install_hint(deploy.VARIANTS[v][1]), file=sys.stderr)
             variants.remove(v)
+    if args.freeze and not any(deploy.VARIANTS[v][1] == "compile" for v in variants):
+        return _fail("--freeze applies to the torch.compile rows: add compile or pycnn-compile to --engines")
     batches = sorted({1, args.batch})
     bf16 = DTYPES[args.dtype] == "bfloat16"
     rows: List[dict] = []

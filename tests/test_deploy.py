@@ -161,6 +161,17 @@ def test_bench_engines_argument_errors(tiny, capsys):
     assert "--freeze applies to the torch.compile rows" in capsys.readouterr().err
 
 
+def test_bench_engines_freeze_reaches_the_benchmark(tiny, monkeypatch):
+    """--freeze with every engine (no list) or a list with a compiled row is passed on to bench_engines."""
+    from pycnn.bench import model as bench_model
+    _, path = tiny
+    calls = []
+    monkeypatch.setattr(bench_model, "bench_engines", lambda *a, **kw: calls.append((a[1], kw["freeze"])) or [])
+    assert main(["bench", "model", str(path), "--engines", "--freeze"]) == 0
+    assert main(["bench", "model", str(path), "--engines", "pycnn,pycnn-compile", "--freeze"]) == 0
+    assert [freeze for _, freeze in calls] == [True, True] and "pycnn-compile" in calls[0][0]
+
+
 def test_canonical_text_is_the_network_not_its_spelling():
     a = pycnn.parse(TINY)
     b = pycnn.parse(TINY.replace("stem =", "# a comment\n    stem  ="))
