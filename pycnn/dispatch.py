@@ -2,8 +2,8 @@
 
 `kernels` "pycnn" or "torch" forces one side; "auto" measures the candidates on first use per (op signature,
 input shape, dtype, layout, device, train/eval, grad) and keeps the fastest, in memory and on disk
-(`<cache>/kernels-pycnn<version>-s<CACHE_SCHEMA>-torch<version>.json`, cache = $PYCNN_CACHE_DIR, else $XDG_CACHE_HOME/pycnn,
-else ~/.cache/pycnn). `kernels` comes from pycnn.compile(..., kernels=...), else $PYCNN_KERNELS, else "auto";
+(`<cache>/kernels-pycnn<version>-s<CACHE_SCHEMA>-torch<version>.json`, cache = $PYCNN_CACHE_DIR, else
+$XDG_CACHE_HOME/pycnn, else ~/.cache/pycnn). `kernels` comes from pycnn.compile(..., kernels=...), else $PYCNN_KERNELS, else "auto";
 what one step runs, "pycnn", "torch" or (a depthwise or grouped conv) "folded", is its `kernel`.
 Measuring runs the op a few times on the real input with autograd.grad (no .grad is touched) and restores the
 BatchNorm running statistics afterwards. Under torch.compile (and strict torch.export, which traces with dynamo

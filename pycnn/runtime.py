@@ -148,8 +148,8 @@ class MbConvStep(FusedStep):
     """An inverted-residual block (pycnn.passes.mbconv, SE included): kernel "pycnn" runs it as one pycnn.mbconv
     call where that can run (pycnn.fused.mbconv_fusable: eval, no autograd, a device and dtype its kernels
     take), "torch" and every other case run its parts, the conv_bn_act (and se) steps it replaced, each with its
-    own kernel choice as without the pass. So the dispatch races the fused block against the unfused path per shape, and training
-    never changes."""
+    own kernel choice as without the pass. So the dispatch races the fused block against the unfused path per
+    shape, and training never changes."""
 
     def __init__(self, node: ir.Fused, kernels: str):
         parts = node.attrs["parts"]

@@ -141,18 +141,15 @@ def test_torch_compile_runs_the_fused_block_and_export_keeps_its_parts():
     torch.manual_seed(0)
     model = randomized(pycnn.compile(MOBILENET, "mobilenet_v2", input=(3, 32, 32), width_mult=0.25, dropout=0.0,
                                      kernels="pycnn")).eval()
-    graphs = []
-
-    def backend(gm, example_inputs):
-        graphs.append(gm)
-        return gm.forward
+    from torch._dynamo.testing import EagerAndRecordGraphs
+    backend = EagerAndRecordGraphs()
     torch._dynamo.reset()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         y = torch.compile(model, fullgraph=True, backend=backend)(x)
         expected = model(x)
     torch._dynamo.reset()
-    targets = [str(n.target) for n in graphs[0].graph.nodes if n.op == "call_function"]
+    targets = [str(n.target) for n in backend.graphs[0].graph.nodes if n.op == "call_function"]
     assert sum("mbconv_forward" in t for t in targets) == 17
     torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
     program = pycnn.export.export_program(model)

@@ -5,8 +5,8 @@
     python tools/gpu_sanitize.py --device cpu      # the same cases on the CPU kernels (a dry run)
 
 Every op runs through its nn module with PYCNN_KERNELS=pycnn, so the per-shape dispatch cannot hand a case
-to cuDNN (mbconv, which has no module, through pycnn.ops.mbconv, in eval only): fp32 and fp16, channels_last, odd sizes (tails of every vector loop), train and eval, with and
-without a residual. The shapes are tiny because memcheck and racecheck slow kernels down 10-100x.
+to cuDNN (mbconv, which has no module, through pycnn.ops.mbconv, in eval only): fp32 and fp16,
+channels_last, odd sizes (tails of every vector loop), train and eval, with and without a residual. The shapes are tiny because memcheck and racecheck slow kernels down 10-100x.
 Exit status 1 when a case calls no pycnn op or gives a non-finite output (the sanitizer reports memory
 errors itself).
 """

@@ -80,3 +80,23 @@ def test_the_gpu_cases_run_in_emulation(emu_forward):
     for case in cases:
         y = case.fn("emu", emu_forward)["y"]
         assert y.isfinite().all() and y.is_contiguous(memory_format=torch.channels_last), case.name
+
+
+def test_a_missing_barrier_is_caught():
+    """A copy of the kernel without the barrier between the expansion and the depthwise conv (built by
+    emu_build.build_patched; nothing in the repository changes) fails the parity check under some order."""
+    import emu_build
+    from conftest import ORDERS, schedule
+
+    barrier = "      }\n      __syncthreads();\n      for (int i = t; i < pixels * chunk;"
+    broken = emu_build.build_patched("mbconv_no_barrier", {"csrc/cuda/mbconv.cu": [
+        (barrier, barrier.replace("      __syncthreads();\n", ""))]}, only=["mbconv", "se"])
+    block, reduced, se_act, dtype = CASES[0]
+    failed = 0
+    for order in ORDERS:
+        with schedule(broken, *order):
+            try:
+                assert_mbconv_matches_reference(run_emulated(broken), block, dtype, reduced, se_act)
+            except AssertionError:
+                failed += 1
+    assert failed > 0, "the kernel without its barrier passed under every order"
