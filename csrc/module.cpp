@@ -13,6 +13,7 @@
 
 #include "bn_act.h"
 #include "build_info.h"
+#include "cpu/cpu_cache.h"
 #include "cpu/kernel_utils.h"
 #include "dwconv.h"
 #include "gconv.h"
@@ -150,6 +151,27 @@ PYBIND11_MODULE(_C, m) {
       "_set_cpu_isa", [](const std::string& name) { return std::string(cpu::isa_name(cpu::set_isa_cap(cpu::parse_isa(name)))); },
       "Tests only: caps the CPU kernel variant for this process (baseline, avx2 or avx512, within PYCNN_CPU_ISA "
       "and the CPU); returns the variant that now runs.");
+  m.def("_cpu_cache_enable", &cpu_cache::enable, py::arg("max_cached_bytes"),
+        "Installs the caching CPU allocator (csrc/cpu/cpu_cache.h) and bounds what it keeps.");
+  m.def("_cpu_cache_disable", &cpu_cache::disable, py::arg("keep_cached") = false,
+        "Puts back the CPU allocator it replaced.");
+  m.def("_cpu_cache_empty", &cpu_cache::empty, "Frees the cached blocks.");
+  m.def("_cpu_cache_size_class", &cpu_cache::size_class, "Tests only: the block size a request is served from.");
+  m.def(
+      "_cpu_cache_stats",
+      [] {
+        const cpu_cache::Stats s = cpu_cache::stats();
+        py::dict d;
+        d["enabled"] = s.enabled;
+        d["hits"] = s.hits;
+        d["misses"] = s.misses;
+        d["cached_bytes"] = s.cached_bytes;
+        d["live_bytes"] = s.live_bytes;
+        d["max_cached_bytes"] = s.max_cached_bytes;
+        d["min_cached_bytes"] = cpu_cache::kMinCachedBytes;
+        return d;
+      },
+      "The caching CPU allocator's counters.");
   m.def("check_bn_act_forward", &check_bn_act_forward);
   m.def("check_bn_act_backward", &check_bn_act_backward);
   m.def("check_bn_act_update_stats_", &check_bn_act_update_stats_);

@@ -18,7 +18,7 @@ LAYERS = [
     ["pycnn.ir", "pycnn.dsl.parse", "pycnn.dsl.evaluate", "pycnn.dsl.generators", "pycnn.dsl.checks"],
     ["pycnn.dsl.library", "pycnn.dsl.elaborate", "pycnn.dsl.literal", "pycnn.dsl", "pycnn.dsl.space"],  # the language (no torch)
     ["pycnn.passes.*", "pycnn.summary"],                                                # over the IR (no torch)
-    ["pycnn.timing", "pycnn._C", "pycnn.memory", "pycnn.ops"],                          # torch from here on
+    ["pycnn.timing", "pycnn._C", "pycnn.allocator", "pycnn.memory", "pycnn.ops"],       # torch from here on
     ["pycnn.fused", "pycnn.decompositions", "pycnn.dispatch", "pycnn.nn.*", "pycnn.modules"],
     ["pycnn.runtime", "pycnn.report", "pycnn.initialize", "pycnn.lower", "pycnn.cells", "pycnn.features",
      "pycnn.reparam", "pycnn.build"],                                                   # IR -> modules

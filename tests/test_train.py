@@ -186,3 +186,20 @@ def test_every_recipe_option_trains(arch, tmp_path, one_thread):
     with pytest.raises(pycnn.training.TrainError, match="fp16 needs CUDA"):
         pycnn.train(arch, out=tmp_path / "fp16", epochs=1, amp="fp16", device="cpu", **FAST)
     assert not (tmp_path / "fp16").exists()
+
+
+@pytest.mark.parametrize("flags,cached", [([], True), (["--no-cpu-cache"], False)])
+def test_train_command_runs_with_the_cpu_cache_and_puts_it_back(arch, tmp_path, monkeypatch, flags, cached):
+    from pycnn import allocator
+    from pycnn.training import loop
+    seen = []
+
+    def fake_train(*args, **kwargs):
+        seen.append(allocator.cpu_cache_stats()["enabled"])
+        raise KeyboardInterrupt  # stands in for the run; the allocator must come back all the same
+
+    monkeypatch.setattr(loop, "train", fake_train)
+    with pytest.raises(KeyboardInterrupt):
+        main(["train", str(arch), "--out", str(tmp_path / "run")] + flags)
+    assert seen == [cached]
+    assert not allocator.cpu_cache_stats()["enabled"]

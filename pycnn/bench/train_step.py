@@ -3,7 +3,7 @@ torch.compile(pycnn), and pycnn in eval with NCHW input (the default) against it
 
     PYTHONPATH=$PWD python -m pycnn.bench.train_step [--networks mobilenet_v2,efficientnet_b0,regnet_x_400mf]
         [--size 224] [--batch 8] [--threads 2] [--repeats 10] [--train-layouts nchw,channels_last]
-        [--skip-train] [--skip-eval] [--out FILE.json]
+        [--skip-train] [--skip-eval] [--cpu-cache] [--out FILE.json]
 
 Training: one SGD step (zero_grad, forward, cross-entropy, backward, step) at --batch, each variant in both
 layouts (model and input NCHW, or both channels_last); the best layout per variant is reported. Eval (no_grad):
@@ -122,9 +122,14 @@ def main(argv=None) -> int:
                         help="layouts the training step is timed in (each variant's best is reported)")
     parser.add_argument("--skip-train", action="store_true")
     parser.add_argument("--skip-eval", action="store_true")
+    parser.add_argument("--cpu-cache", action="store_true",
+                        help="every row with pycnn's caching CPU allocator (pycnn.allocator) instead of glibc's malloc")
     parser.add_argument("--out")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.cpu_cache:
+        from ..allocator import enable_cpu_cache
+        enable_cpu_cache()
     names, layouts = args.networks.split(","), args.train_layouts.split(",")
     for name in names:
         if name not in NETWORKS:
@@ -155,6 +160,7 @@ def write(args, argv, rows) -> None:
                                                                           os.sys.argv[1:]),
                     torch=torch.__version__, machine=platform.processor() or platform.machine(),
                     threads=args.threads, date=time.strftime("%Y-%m-%d %H:%M:%S"),
+                    allocator="pycnn cpu cache" if args.cpu_cache else "glibc malloc",
                     note="machine shared with other jobs: compare ratios within one run")
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:

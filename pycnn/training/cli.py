@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 from .recipe import Recipe
@@ -81,11 +82,13 @@ def cmd_train(args) -> int:
         options["recipe"] = recipe_from_args(args)
     elif args.epochs is not None:
         options["epochs"] = args.epochs
+    from ..allocator import cpu_cache
     try:
-        result = train(args.file, args.network, data=args.data, data_dir=args.data_dir, download=args.download,
-                       out=args.out, backend=args.backend, kernels=args.kernels, input=args.input,
-                       resume=args.resume, overwrite=args.overwrite, device=args.device, threads=args.threads,
-                       command=list(sys.argv), progress=True, **options)
+        with cpu_cache() if args.cpu_cache else contextlib.nullcontext():
+            result = train(args.file, args.network, data=args.data, data_dir=args.data_dir, download=args.download,
+                           out=args.out, backend=args.backend, kernels=args.kernels, input=args.input,
+                           resume=args.resume, overwrite=args.overwrite, device=args.device, threads=args.threads,
+                           command=list(sys.argv), progress=True, **options)
     except errors() as e:
         print(f"pycnn train: {e}", file=sys.stderr)
         return 2
@@ -120,6 +123,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--kernels", choices=["auto", "pycnn", "torch"], default=None)
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads)")
+    p.add_argument("--no-cpu-cache", dest="cpu_cache", action="store_false",
+                   help="keep glibc's malloc for large CPU tensors instead of pycnn's caching allocator "
+                        "(pycnn.allocator: a CPU training step page-faults on its activations without it)")
     add_recipe_arguments(p)
     p.set_defaults(run=cmd_train)
 

@@ -1,0 +1,40 @@
+// A caching CPU allocator for large tensors (pycnn/allocator.py is its Python face).
+//
+// Why: glibc serves allocations above its mmap threshold (at most 32 MiB) with fresh mmaps and returns freed
+// heap memory to the OS once the free top of the heap passes its trim threshold, so a training step that frees
+// and reallocates the same activations every step page-faults on every one of them again: about 1 us per
+// 4 KiB page, several times the cost of the memory-bound kernel that first writes the page. This allocator
+// keeps freed blocks of at least kMinCachedBytes in per-size-class free lists and hands them out again, as
+// PyTorch's CUDA caching allocator does for device memory. Smaller requests go to the allocator it replaced.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace pycnn::cpu_cache {
+
+constexpr size_t kMinCachedBytes = size_t{1} << 20;  // below this glibc's own bins serve well
+
+struct Stats {
+  uint64_t hits = 0;      // large requests served from the cache
+  uint64_t misses = 0;    // large requests that allocated new memory
+  size_t cached_bytes = 0;  // held in free lists
+  size_t live_bytes = 0;    // handed out and not yet freed (large blocks only)
+  size_t max_cached_bytes = 0;
+  bool enabled = false;
+};
+
+// The size class a large request is served from: n rounded up to a multiple of an eighth of the largest power
+// of two not above n (at most 12.5% unused), so slightly different sizes share blocks.
+size_t size_class(size_t n);
+
+// Installs the caching allocator as c10's CPU allocator (if not installed) and sets the cache's bound.
+void enable(size_t max_cached_bytes);
+// Puts back the allocator it replaced and frees the cached blocks (keep_cached: keeps them for the next
+// enable(), for measurements that switch back and forth); blocks still in use are freed when their tensors go.
+void disable(bool keep_cached);
+// Frees the cached blocks (not those in use).
+void empty();
+Stats stats();
+
+}  // namespace pycnn::cpu_cache

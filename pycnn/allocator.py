@@ -1,0 +1,82 @@
+"""A caching CPU allocator for large tensors: training without page faults.
+
+glibc (the C library of most Linux systems) gives each allocation above its mmap threshold (at most 32 MiB)
+fresh pages from the kernel, and hands freed heap memory back to the kernel once enough of it sits free at the
+top of the heap. A CPU training step frees and reallocates the same activations and gradients every step, so
+it page-faults on them again every step: about 1 us per 4 KiB page, several times what the memory-bound kernel
+that first writes the page costs (`python -m pycnn.bench.allocator` measures it). PyTorch's CUDA allocator
+caches device memory for the same reason; its CPU allocator does not cache.
+
+`enable_cpu_cache()` installs, for the whole process, an allocator that keeps freed blocks of 1 MiB and more in
+free lists by size class (up to 12.5% rounding) and hands them out again; smaller requests go to the allocator
+it replaced. Everything that allocates CPU tensors in the process uses it (PyTorch's own ops, torchvision
+models), not only pycnn's. The memory it keeps (at most `max_cached_bytes`) is not returned to the system
+until `empty_cpu_cache()` or `disable_cpu_cache()`; the peak stays what the program needs, plus what the
+size-class rounding adds. `pycnn train` turns it on (`--no-cpu-cache` keeps glibc's behaviour).
+
+The other fix is a different malloc for the whole process (jemalloc or tcmalloc with LD_PRELOAD), where one is
+installed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Dict, Iterator, Optional
+
+DEFAULT_MAX_CACHED_FRACTION = 0.5  # of the machine's memory
+
+
+def _machine_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
+def _ext():
+    from . import _C
+    return _C
+
+
+def enable_cpu_cache(max_cached_bytes: Optional[int] = None) -> None:
+    """Installs the caching allocator (module docstring) for the whole process; it keeps at most
+    `max_cached_bytes` of freed blocks (default: half the machine's memory). Calling it again changes the bound."""
+    if max_cached_bytes is None:
+        max_cached_bytes = int(_machine_bytes() * DEFAULT_MAX_CACHED_FRACTION)
+    if not isinstance(max_cached_bytes, int) or isinstance(max_cached_bytes, bool) or max_cached_bytes < 0:
+        raise ValueError(f"max_cached_bytes must be a non-negative integer, got {max_cached_bytes!r}")
+    _ext()._cpu_cache_enable(max_cached_bytes)
+
+
+def disable_cpu_cache(keep_cached: bool = False) -> None:
+    """Puts back the allocator it replaced and frees the cached blocks (blocks still in use are freed when
+    their tensors are). keep_cached: keeps them for the next enable_cpu_cache() instead (a benchmark switching
+    back and forth, pycnn.bench.allocator)."""
+    _ext()._cpu_cache_disable(keep_cached)
+
+
+def empty_cpu_cache() -> None:
+    """Frees the cached blocks, as torch.cuda.empty_cache() does for the CUDA allocator."""
+    _ext()._cpu_cache_empty()
+
+
+def cpu_cache_stats() -> Dict[str, int]:
+    """enabled, hits and misses (large requests served from the cache / newly allocated), cached_bytes,
+    live_bytes (large blocks in use), max_cached_bytes, min_cached_bytes (smaller requests are not cached)."""
+    return dict(_ext()._cpu_cache_stats())
+
+
+@contextlib.contextmanager
+def cpu_cache(max_cached_bytes: Optional[int] = None) -> Iterator[None]:
+    """The caching allocator within a block; afterwards it is as before (left on if it was on)."""
+    was_on = cpu_cache_stats()["enabled"]
+    before = cpu_cache_stats()["max_cached_bytes"]
+    enable_cpu_cache(max_cached_bytes)
+    try:
+        yield
+    finally:
+        if was_on:
+            enable_cpu_cache(before)
+        else:
+            disable_cpu_cache()

@@ -1,0 +1,152 @@
+"""What glibc's page faults cost a CPU training step, and what pycnn's caching CPU allocator gives back:
+torchvision eager and pycnn eager, each with glibc's malloc and with `pycnn.allocator.enable_cpu_cache()`,
+all four timed interleaved in one run (the cache switched on and off between calls, its blocks kept meanwhile;
+each timed call right after an untimed one of the same row, so every row runs warm in its own allocator).
+
+    PYTHONPATH=$PWD python -m pycnn.bench.allocator [--networks mobilenet_v2,efficientnet_b0,regnet_x_400mf]
+        [--size 224] [--batch 8] [--threads 2] [--repeats 5] [--eval] [--out DIR]
+
+Training: one SGD step (zero_grad, forward, cross-entropy, backward, step), model and input channels_last.
+--eval adds inference rows (no_grad) at the same batch. Prints and writes (with --out) allocator-<date>.json,
+.md and .png: ms per row, the cache's speedup per variant, and pycnn against torchvision under each allocator.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import time
+from typing import Dict, List
+
+import torch
+import torch.nn.functional as F
+
+from .. import allocator
+from ..timing import compare
+from .train_step import NETWORKS, _models
+
+ALLOCATORS = ("glibc", "cpu cache")
+
+
+def _use(which: str) -> None:
+    if which == "cpu cache":
+        allocator.enable_cpu_cache()
+    else:
+        allocator.disable_cpu_cache(keep_cached=True)
+
+
+def network_rows(name: str, size: int, batch: int, repeats: int, modes) -> List[Dict[str, object]]:
+    pycnn_model, tv = _models(name, size)
+    x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
+    target = torch.randint(0, 1000, (batch,))
+    fns = {}
+    for label, base in (("torchvision", tv), ("pycnn", pycnn_model)):
+        for mode in modes:
+            m = copy.deepcopy(base).to(memory_format=torch.channels_last).train(mode == "train")
+            if mode == "train":
+                opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9)
+
+                def run(m=m, opt=opt):
+                    opt.zero_grad(set_to_none=True)
+                    F.cross_entropy(m(x), target).backward()
+                    opt.step()
+            else:
+                def run(m=m):
+                    with torch.no_grad():
+                        m(x)
+            for which in ALLOCATORS:
+                fns[(label, mode, which)] = lambda run=run, which=which: (_use(which), run())
+    try:
+        t = compare(fns, torch.device("cpu"), repeats=repeats, warmup=2, warm_each=True)
+    finally:
+        allocator.disable_cpu_cache()
+    return [dict(network=name, variant=label, mode=mode, allocator=which, batch=batch, size=size,
+                 ms=t[key].median_s * 1e3, min_ms=t[key].min_s * 1e3) for key in fns for label, mode, which in [key]]
+
+
+def summarize(rows) -> List[Dict[str, object]]:
+    """Per network, mode and variant: glibc ms, cache ms, the cache's speedup; pycnn's speedup over torchvision
+    under each allocator."""
+    ms = {(r["network"], r["mode"], r["variant"], r["allocator"]): r["ms"] for r in rows}
+    out = []
+    for network, mode, variant in sorted({k[:3] for k in ms}):
+        glibc, cached = ms[(network, mode, variant, "glibc")], ms[(network, mode, variant, "cpu cache")]
+        tv = {a: ms.get((network, mode, "torchvision", a)) for a in ALLOCATORS}
+        out.append(dict(network=network, mode=mode, variant=variant, glibc_ms=glibc, cache_ms=cached,
+                        cache_speedup=glibc / cached,
+                        vs_torchvision_glibc=tv["glibc"] / glibc if tv["glibc"] else None,
+                        vs_torchvision_cache=tv["cpu cache"] / cached if tv["cpu cache"] else None))
+    return out
+
+
+def markdown(summary, meta) -> str:
+    lines = [f"# CPU allocator: glibc vs pycnn's cache", "", f"`{meta['command']}`", "",
+             f"{meta['machine']}, {meta['threads']} threads, torch {meta['torch']}, {meta['date']}; medians of "
+             "calls interleaved across all rows of a network.", "",
+             "| network | mode | variant | glibc ms | cache ms | cache speedup | vs torchvision (glibc) | "
+             "vs torchvision (cache) |", "|---|---|---|---|---|---|---|---|"]
+    for r in summary:
+        lines.append(f"| {r['network']} | {r['mode']} | {r['variant']} | {r['glibc_ms']:.1f} | {r['cache_ms']:.1f} | "
+                     f"{r['cache_speedup']:.2f}x | {r['vs_torchvision_glibc']:.2f}x | {r['vs_torchvision_cache']:.2f}x |")
+    return "\n".join(lines) + "\n"
+
+
+def chart(summary, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    labels = [f"{r['network']}\n{r['mode']} {r['variant']}" for r in summary]
+    xs = range(len(summary))
+    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(summary)), 4))
+    ax.bar([x - 0.2 for x in xs], [r["glibc_ms"] for r in summary], width=0.4, label="glibc malloc")
+    ax.bar([x + 0.2 for x in xs], [r["cache_ms"] for r in summary], width=0.4, label="pycnn CPU cache")
+    ax.set_xticks(list(xs), labels, fontsize=7)
+    ax.set_ylabel("ms per call (median)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pycnn.bench.allocator", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--networks", default=",".join(NETWORKS))
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--eval", action="store_true", help="also time inference (no_grad) at --batch")
+    parser.add_argument("--out", help="folder for allocator-<date>.json/.md/.png")
+    args = parser.parse_args(argv)
+    names = args.networks.split(",")
+    for name in names:
+        if name not in NETWORKS:
+            parser.error(f"unknown network {name!r}; expected some of {', '.join(NETWORKS)}")
+    if min(args.size, args.batch, args.threads, args.repeats) < 1:
+        parser.error("--size, --batch, --threads and --repeats must be positive")
+    torch.set_num_threads(args.threads)
+    modes = ("train", "eval") if args.eval else ("train",)
+    rows = []
+    for name in names:
+        rows += network_rows(name, args.size, args.batch, args.repeats, modes)
+    summary = summarize(rows)
+    meta = dict(command="python -m pycnn.bench.allocator " + " ".join(argv if argv is not None else os.sys.argv[1:]),
+                torch=torch.__version__, machine=platform.processor() or platform.machine(), threads=args.threads,
+                date=time.strftime("%Y-%m-%d %H:%M:%S"))
+    text = markdown(summary, meta)
+    print(text)
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        stem = os.path.join(args.out, f"allocator-{time.strftime('%Y-%m-%d')}")
+        with open(stem + ".json", "w") as f:
+            json.dump(dict(meta=meta, rows=rows, summary=summary), f, indent=1)
+        with open(stem + ".md", "w") as f:
+            f.write(text)
+        chart(summary, stem + ".png")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

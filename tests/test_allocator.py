@@ -1,0 +1,223 @@
+"""pycnn.allocator: the caching CPU allocator (csrc/cpu/cpu_cache.cpp)."""
+import os
+import signal
+import threading
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import pycnn
+from pycnn import _C, allocator
+
+MIB = 1 << 20
+
+
+@pytest.fixture
+def cache():
+    allocator.enable_cpu_cache()
+    allocator.empty_cpu_cache()
+    try:
+        yield
+    finally:
+        allocator.disable_cpu_cache()
+
+
+def _big(mib: float = 4) -> torch.Tensor:
+    return torch.empty(int(mib * MIB) // 4, dtype=torch.float32)
+
+
+def test_a_freed_large_block_is_handed_out_again(cache):
+    before = allocator.cpu_cache_stats()
+    t = _big()
+    ptr = t.data_ptr()
+    del t
+    assert allocator.cpu_cache_stats()["cached_bytes"] == 4 * MIB
+    u = _big()
+    after = allocator.cpu_cache_stats()
+    assert u.data_ptr() == ptr
+    assert (after["hits"] - before["hits"], after["misses"] - before["misses"]) == (1, 1)
+    assert after["live_bytes"] == 4 * MIB and after["cached_bytes"] == 0
+
+
+def test_small_requests_are_not_cached(cache):
+    before = allocator.cpu_cache_stats()
+    for _ in range(3):
+        t = torch.empty(MIB // 4 - 16, dtype=torch.float32)  # just under 1 MiB
+        del t
+    after = allocator.cpu_cache_stats()
+    assert (after["hits"], after["misses"], after["cached_bytes"]) == (before["hits"], before["misses"], 0)
+
+
+@pytest.mark.parametrize("n", [MIB, MIB + 1, 3 * MIB - 5, 4 * MIB, 4 * MIB + 1, 33 * MIB + 12345, (1 << 40) + 7])
+def test_size_classes_round_up_by_at_most_an_eighth(n):
+    size = _C._cpu_cache_size_class(n)
+    assert n <= size <= n + n // 8 + 1
+    top = 1 << (n.bit_length() - 1)
+    assert size % (top // 8) == 0
+
+
+def test_sizes_in_one_class_share_a_block(cache):
+    t = torch.empty(4 * MIB + 1000, dtype=torch.uint8)
+    ptr = t.data_ptr()
+    del t
+    u = torch.empty(4 * MIB + 2000, dtype=torch.uint8)  # same class (4 MiB + 512 KiB)
+    assert u.data_ptr() == ptr
+
+
+def test_the_bound_on_cached_bytes_holds():
+    allocator.enable_cpu_cache(max_cached_bytes=5 * MIB)
+    try:
+        a, b = _big(4), _big(4)
+        del a, b
+        assert allocator.cpu_cache_stats()["cached_bytes"] == 4 * MIB
+        allocator.enable_cpu_cache(max_cached_bytes=0)  # lowering the bound frees what is over it
+        assert allocator.cpu_cache_stats()["cached_bytes"] == 0
+    finally:
+        allocator.disable_cpu_cache()
+
+
+def test_disable_puts_the_old_allocator_back_and_frees_late_blocks():
+    allocator.enable_cpu_cache()
+    t = _big()
+    allocator.disable_cpu_cache()
+    stats = allocator.cpu_cache_stats()
+    assert not stats["enabled"] and stats["cached_bytes"] == 0 and stats["live_bytes"] == 4 * MIB
+    del t  # handed out while on, freed while off: freed, not cached
+    stats = allocator.cpu_cache_stats()
+    assert stats["live_bytes"] == 0 and stats["cached_bytes"] == 0
+    misses = stats["misses"]
+    _big()
+    assert allocator.cpu_cache_stats()["misses"] == misses  # no longer in the way
+
+
+def test_keep_cached_keeps_blocks_for_the_next_enable():
+    allocator.enable_cpu_cache()
+    try:
+        t = _big()
+        ptr = t.data_ptr()
+        del t
+        allocator.disable_cpu_cache(keep_cached=True)
+        assert allocator.cpu_cache_stats()["cached_bytes"] == 4 * MIB
+        allocator.enable_cpu_cache()
+        assert _big().data_ptr() == ptr
+    finally:
+        allocator.disable_cpu_cache()
+
+
+def test_context_manager_restores_the_state():
+    with allocator.cpu_cache():
+        assert allocator.cpu_cache_stats()["enabled"]
+    assert not allocator.cpu_cache_stats()["enabled"]
+    allocator.enable_cpu_cache(max_cached_bytes=7 * MIB)
+    try:
+        with allocator.cpu_cache(max_cached_bytes=3 * MIB):
+            assert allocator.cpu_cache_stats()["max_cached_bytes"] == 3 * MIB
+        stats = allocator.cpu_cache_stats()
+        assert stats["enabled"] and stats["max_cached_bytes"] == 7 * MIB
+    finally:
+        allocator.disable_cpu_cache()
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "1", True])
+def test_bad_bounds_are_refused(bad):
+    with pytest.raises(ValueError, match="max_cached_bytes"):
+        allocator.enable_cpu_cache(max_cached_bytes=bad)
+
+
+def test_tensors_from_before_and_onednn_scratch_memory_are_freed_by_their_owner(cache):
+    # oneDNN takes scratch memory through the raw interface (raw_allocate / raw_deallocate by the allocator's
+    # raw_deleter), small blocks of the replaced allocator included; a tensor made before the cache is freed
+    # by its own deleter.
+    allocator.disable_cpu_cache()
+    early = _big()
+    allocator.enable_cpu_cache()
+    x = torch.randn(8, 32, 64, 64).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(32, 16, 3, 3, requires_grad=True)
+    y = F.conv2d(x, w, padding=1, groups=2)
+    y.sum().backward()
+    del early, y
+    assert allocator.cpu_cache_stats()["live_bytes"] >= 0
+
+
+def test_a_training_step_is_bit_identical_with_the_cache():
+    torch.manual_seed(0)
+    model = pycnn.compile("archs/mobilenet_v2.arch", input=(3, 64, 64), classes=10)
+    x = torch.randn(4, 3, 64, 64)
+    target = torch.randint(0, 10, (4,))
+
+    def grads():
+        torch.manual_seed(1)  # the classifier's dropout
+        model.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), target).backward()
+        return [p.grad.clone() for p in model.parameters()]
+
+    grads()  # "auto" measures its kernel choices on the first call
+    reference = grads()
+    with allocator.cpu_cache():
+        for _ in range(2):  # the second step runs on reused blocks
+            cached = grads()
+            assert all(torch.equal(a, b) for a, b in zip(reference, cached))
+        assert allocator.cpu_cache_stats()["hits"] > 0
+
+
+def test_threads_allocate_and_free_concurrently(cache):
+    errors = []
+
+    def work():
+        try:
+            for _ in range(50):
+                t = _big(2) + 1
+                assert t.numel() == MIB // 2
+        except Exception as e:  # pragma: no cover - the assertion below reports it
+            errors.append(e)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert allocator.cpu_cache_stats()["live_bytes"] == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+def test_a_forked_child_can_allocate(cache):
+    t = _big()
+    del t
+    pid = os.fork()
+    if pid == 0:  # child: exits with 0 only if it can use the cache
+        try:
+            signal.alarm(60)  # a deadlocked child fails the test instead of hanging it
+            torch.set_num_threads(1)  # OpenMP's thread pool does not survive fork
+            u = _big() + 1
+            os._exit(0 if u.numel() == MIB else 1)
+        except BaseException:
+            os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+def test_the_benchmark_times_both_allocators_and_writes_its_results(tmp_path, capsys):
+    from pycnn.bench import allocator as bench
+    assert bench.main(["--networks", "mobilenet_v2", "--size", "32", "--batch", "2", "--repeats", "1", "--eval",
+                       "--out", str(tmp_path)]) == 0
+    assert not allocator.cpu_cache_stats()["enabled"]  # put back after the run
+    files = sorted(p.suffix for p in tmp_path.iterdir())
+    assert files == [".json", ".md", ".png"]
+    import json
+    data = json.loads(next(tmp_path.glob("*.json")).read_text())
+    keys = {(r["variant"], r["mode"], r["allocator"]) for r in data["rows"]}
+    assert keys == {(v, m, a) for v in ("torchvision", "pycnn") for m in ("train", "eval")
+                    for a in ("glibc", "cpu cache")}
+    assert all(r["ms"] > 0 for r in data["rows"])
+    assert "| mobilenet_v2 | train | pycnn |" in capsys.readouterr().out
+
+
+def test_the_benchmark_refuses_bad_arguments(capsys):
+    from pycnn.bench import allocator as bench
+    for argv, message in ((["--networks", "lenet"], "unknown network 'lenet'"), (["--repeats", "0"], "positive")):
+        with pytest.raises(SystemExit) as info:
+            bench.main(argv)
+        assert info.value.code == 2
+        assert message in capsys.readouterr().err.splitlines()[-1]
