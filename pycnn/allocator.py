@@ -10,9 +10,10 @@ caches device memory for the same reason; its CPU allocator does not cache.
 `enable_cpu_cache()` installs, for the whole process, an allocator that keeps freed blocks of 1 MiB and more in
 free lists by size class (up to 12.5% rounding) and hands them out again; smaller requests go to the allocator
 it replaced. Everything that allocates CPU tensors in the process uses it (PyTorch's own ops, torchvision
-models), not only pycnn's. The memory it keeps (at most `max_cached_bytes`) is not returned to the system
-until `empty_cpu_cache()` or `disable_cpu_cache()`; the peak stays what the program needs, plus what the
-size-class rounding adds. `pycnn train` turns it on (`--no-cpu-cache` keeps glibc's behaviour).
+models), not only pycnn's. It holds at most `max_cached_bytes` of freed blocks (default: a quarter of the
+memory the process may use), blocks of sizes the program no longer asks for included, and gives them back on
+`empty_cpu_cache()` or `disable_cpu_cache()`. `pycnn train` turns it on (`--no-cpu-cache` keeps glibc's
+behaviour).
 
 The other fix is a different malloc for the whole process (jemalloc or tcmalloc with LD_PRELOAD), where one is
 installed.
@@ -24,14 +25,23 @@ import contextlib
 import os
 from typing import Dict, Iterator, Optional
 
-DEFAULT_MAX_CACHED_FRACTION = 0.5  # of the machine's memory
+DEFAULT_MAX_CACHED_FRACTION = 0.25  # of the memory the process may use (_usable_bytes)
 
 
-def _machine_bytes() -> int:
+def _usable_bytes() -> int:
+    """The machine's memory, or the container's limit (cgroup v2 memory.max) when lower."""
     try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
-        return 8 << 30
+        total = 8 << 30
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            limit = f.read().strip()
+        if limit.isdigit():
+            total = min(total, int(limit))
+    except OSError:
+        pass
+    return total
 
 
 def _ext():
@@ -41,18 +51,21 @@ def _ext():
 
 def enable_cpu_cache(max_cached_bytes: Optional[int] = None) -> None:
     """Installs the caching allocator (module docstring) for the whole process; it keeps at most
-    `max_cached_bytes` of freed blocks (default: half the machine's memory). Calling it again changes the bound."""
+    `max_cached_bytes` of freed blocks (default: a quarter of the memory the process may use: the machine's, or
+    its container's limit). Calling it again changes the bound. Raises RuntimeError when another library installed its
+    own CPU allocator with a higher priority."""
     if max_cached_bytes is None:
-        max_cached_bytes = int(_machine_bytes() * DEFAULT_MAX_CACHED_FRACTION)
+        max_cached_bytes = int(_usable_bytes() * DEFAULT_MAX_CACHED_FRACTION)
     if not isinstance(max_cached_bytes, int) or isinstance(max_cached_bytes, bool) or max_cached_bytes < 0:
         raise ValueError(f"max_cached_bytes must be a non-negative integer, got {max_cached_bytes!r}")
     _ext()._cpu_cache_enable(max_cached_bytes)
 
 
 def disable_cpu_cache(keep_cached: bool = False) -> None:
-    """Puts back the allocator it replaced and frees the cached blocks (blocks still in use are freed when
-    their tensors are). keep_cached: keeps them for the next enable_cpu_cache() instead (a benchmark switching
-    back and forth, pycnn.bench.allocator)."""
+    """Passes every request to the allocator it replaced from now on and frees the cached blocks (blocks in use
+    are freed when their tensors are). It stays installed, in front: every block it handed out comes back to it.
+    keep_cached: keeps the cached blocks for the next enable_cpu_cache() instead (a benchmark switching back and
+    forth, pycnn.bench.allocator)."""
     _ext()._cpu_cache_disable(keep_cached)
 
 

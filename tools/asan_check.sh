@@ -4,7 +4,7 @@
 # checkout's own extension is left alone) and runs the op tests on it with the sanitizer runtimes preloaded
 # (Python itself is not instrumented). Any out-of-bounds access, use after free or undefined behaviour in a
 # kernel stops the run with the sanitizer's report.
-#   tools/asan_check.sh [PYTEST ARGS...]     (default: the ops' tests, the mbconv pass, every CPU ISA variant)
+#   tools/asan_check.sh [PYTEST ARGS...]     (default: the ops' tests, the mbconv pass, every CPU ISA variant, the CPU cache)
 # About 10 minutes to build on 2 cores; the default tests then take about a minute.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +22,7 @@ rm -rf "$pkg" && mkdir -p "$pkg"
 cp -r pycnn tests archs grammar pyproject.toml "$pkg/"
 rm -f "$pkg"/pycnn/_C*.so && cp build/asan/_C*.so "$pkg/pycnn/"
 [ $# -gt 0 ] || set -- tests/test_mbconv.py tests/test_mbconv_pass.py tests/test_bn_act.py tests/test_dwconv.py \
-  tests/test_gconv.py tests/test_se.py tests/test_cpu_isa.py
+  tests/test_gconv.py tests/test_se.py tests/test_cpu_isa.py tests/test_allocator.py
 cd "$pkg"
 # The sanitizer runtimes the instrumented module was linked against (the compiler CMake chose).
 runtimes=$(ldd pycnn/_C*.so | awk '/lib(a|ub)san/ {print $3}' | paste -sd: -)

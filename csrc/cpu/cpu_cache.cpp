@@ -1,5 +1,7 @@
-// The caching CPU allocator (cpu_cache.h). One process-wide instance, never destroyed: tensors it handed out
-// may be freed at any time, on any thread, also after it was disabled.
+// The caching CPU allocator (cpu_cache.h). One process-wide instance, never destroyed and, once installed, never
+// uninstalled: "disabled" passes every request through to the allocator it replaced. Uninstalling would let a
+// block handed out here be freed through the replaced allocator's deleter (oneDNN frees its scratch memory
+// through whatever allocator is installed at free time), leaving this allocator's record of it stale.
 #include "cpu_cache.h"
 
 #include <c10/core/Allocator.h>
@@ -8,16 +10,28 @@
 #include <c10/util/Exception.h>
 #include <pthread.h>
 
+#include <atomic>
+#include <limits>
 #include <mutex>
 #include <unordered_map>
 #include <vector>
+
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#define PYCNN_POISON(p, n) ASAN_POISON_MEMORY_REGION(p, n)  // a cached block is not the program's to touch
+#define PYCNN_UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION(p, n)
+#else
+#define PYCNN_POISON(p, n) ((void)(p), (void)(n))
+#define PYCNN_UNPOISON(p, n) ((void)(p), (void)(n))
+#endif
 
 namespace pycnn::cpu_cache {
 
 size_t size_class(size_t n) {
   if (n < kMinCachedBytes) return n;
-  size_t top = size_t{1} << (63 - __builtin_clzll(static_cast<unsigned long long>(n)));
-  size_t step = top / 8;
+  const size_t top = size_t{1} << (63 - __builtin_clzll(static_cast<unsigned long long>(n)));
+  const size_t step = top / 8;
+  if (n > std::numeric_limits<size_t>::max() - step) return n;  // no class above it; alloc_cpu refuses it anyway
   return (n + step - 1) / step * step;
 }
 
@@ -29,30 +43,23 @@ constexpr uint8_t kPriority = 16;
 
 class CachingAllocator final : public c10::Allocator {
  public:
+  // Requests below kMinCachedBytes, and all while disabled, get the replaced allocator's block and deleter; a
+  // raw free of such a block arrives at release(), which passes it on.
   c10::DataPtr allocate(size_t n) override {
-    c10::Allocator* fallback;
-    bool enabled;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      fallback = fallback_;
-      enabled = enabled_;
-    }
-    // disabled: only code that kept this allocator's pointer calls it then
-    if (n < kMinCachedBytes || !enabled) return fallback->allocate(n);
+    if (n < kMinCachedBytes || !enabled_.load(std::memory_order_acquire)) return fallback_.load()->allocate(n);
     const size_t size = size_class(n);
     void* ptr = take(size);
+    Totals totals;
     if (ptr == nullptr) {
-      try {
-        ptr = c10::alloc_cpu(size);
-      } catch (const c10::Error&) {  // out of memory: what the cache holds may be enough
-        empty();
-        ptr = c10::alloc_cpu(size);
-      }
+      ptr = c10::alloc_cpu(size);  // throws c10::Error when out of memory
       std::lock_guard<std::mutex> lock(mu_);
       ++stats_.misses;
-      note_live(ptr, size);
+      totals = note_live(ptr, size);
+    } else {
+      std::lock_guard<std::mutex> lock(mu_);
+      totals = this->totals();
     }
-    report(ptr, static_cast<int64_t>(size));
+    report(ptr, static_cast<int64_t>(size), totals);
     return {ptr, ptr, &release, c10::Device(c10::DeviceType::CPU)};
   }
 
@@ -66,37 +73,16 @@ class CachingAllocator final : public c10::Allocator {
     std::vector<void*> dropped;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      if (!enabled_) {
-        c10::Allocator* current = c10::GetCPUAllocator();
-        // frees of what it served arrive through this allocator's raw deleter (give_back)
-        TORCH_CHECK(current->raw_deleter() != nullptr, "pycnn: the installed CPU allocator has no raw deleter; "
-                    "the caching allocator cannot be put in front of it");
-        TORCH_CHECK(fallback_ == nullptr || fallback_ == current,
-                    "pycnn: the CPU allocator changed since the caching allocator was last installed");
-        fallback_ = current;
-        enabled_ = true;
-      }
+      if (fallback_.load() == nullptr) install();
       stats_.max_cached_bytes = max_cached_bytes;
       trim_to(max_cached_bytes, dropped);
+      enabled_.store(true, std::memory_order_release);
     }
-    free_all(dropped);
-    c10::SetCPUAllocator(this, kPriority);
-    if (c10::GetCPUAllocator() != this) {
-      disable(false);
-      TORCH_CHECK(false, "pycnn: another CPU allocator is installed with a higher priority; the caching "
-                         "allocator was not installed");
-    }
+    free_blocks(dropped);
   }
 
   void disable(bool keep_cached) {
-    c10::Allocator* previous;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (!enabled_) return;
-      previous = fallback_;
-      enabled_ = false;
-    }
-    if (c10::GetCPUAllocator() == this) c10::SetCPUAllocator(previous, kPriority);
+    enabled_.store(false, std::memory_order_release);
     if (!keep_cached) empty();
   }
 
@@ -106,13 +92,13 @@ class CachingAllocator final : public c10::Allocator {
       std::lock_guard<std::mutex> lock(mu_);
       trim_to(0, dropped);
     }
-    free_all(dropped);
+    free_blocks(dropped);
   }
 
   Stats stats() {
     std::lock_guard<std::mutex> lock(mu_);
     Stats s = stats_;
-    s.enabled = enabled_;
+    s.enabled = enabled_.load();
     return s;
   }
 
@@ -123,37 +109,57 @@ class CachingAllocator final : public c10::Allocator {
  private:
   static void release(void* ptr);
 
+  void install() {  // mu_ held
+    c10::Allocator* current = c10::GetCPUAllocator();
+    // frees of what it serves arrive through this allocator's raw deleter (give_back)
+    TORCH_CHECK(current->raw_deleter() != nullptr, "pycnn: the installed CPU allocator has no raw deleter; the "
+                "caching allocator cannot be put in front of it");
+    fallback_.store(current);
+    c10::SetCPUAllocator(this, kPriority);
+    if (c10::GetCPUAllocator() != this) {
+      fallback_.store(nullptr);
+      TORCH_CHECK(false, "pycnn: another CPU allocator is installed with a higher priority; the caching "
+                         "allocator was not installed");
+    }
+  }
+
   void give_back(void* ptr) {
-    bool keep;
-    size_t size;
     c10::DeleterFnPtr not_ours = nullptr;
+    size_t size = 0;
+    Totals totals;
     {
       std::lock_guard<std::mutex> lock(mu_);
       auto it = live_.find(ptr);
       if (it == live_.end()) {
-        // The raw interface (raw_allocate / raw_deallocate, oneDNN's scratch memory) frees through this
-        // allocator's raw_deleter what its fallback served, and code that looks the allocator up again at free
-        // time frees what the previous one handed out before the cache was installed: the fallback's.
-        not_ours = fallback_->raw_deleter();  // not null: enable() checks
+        not_ours = fallback_.load()->raw_deleter();  // not null: install() checks
       } else {
         size = it->second;
         live_.erase(it);
         stats_.live_bytes -= size;
-        keep = enabled_ && stats_.cached_bytes + size <= stats_.max_cached_bytes;
-        if (keep) {
-          free_[size].push_back(ptr);
-          stats_.cached_bytes += size;
-        }
+        totals = this->totals();
       }
     }
     if (not_ours != nullptr) {
       not_ours(ptr);
       return;
     }
-    report(ptr, -static_cast<int64_t>(size));
+    report(ptr, -static_cast<int64_t>(size), totals);  // before another thread can take the block again
+    bool keep;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      keep = enabled_.load() && stats_.cached_bytes + size <= stats_.max_cached_bytes;
+      if (keep) {
+        PYCNN_POISON(ptr, size);
+        free_[size].push_back(ptr);
+        stats_.cached_bytes += size;
+      }
+    }
     if (!keep) c10::free_cpu(ptr);
   }
 
+  // A cached block of this class, or nullptr. (Freeing other classes' blocks on a miss, to cap what is held at
+  // what was ever in use at once, was tried: a training step then missed on about half its requests every step,
+  // each miss evicting blocks the step needed later.)
   void* take(size_t size) {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = free_.find(size);
@@ -162,13 +168,25 @@ class CachingAllocator final : public c10::Allocator {
     it->second.pop_back();
     stats_.cached_bytes -= size;
     ++stats_.hits;
+    PYCNN_UNPOISON(ptr, size);
     note_live(ptr, size);
     return ptr;
   }
 
-  void note_live(void* ptr, size_t size) {  // mu_ held
-    live_.emplace(ptr, size);
+  struct Totals {
+    size_t allocated = 0, reserved = 0;
+  };
+
+  Totals totals() const { return {stats_.live_bytes, stats_.live_bytes + stats_.cached_bytes}; }  // mu_ held
+
+  Totals note_live(void* ptr, size_t size) {  // mu_ held
+    auto [it, inserted] = live_.emplace(ptr, size);
+    if (!inserted) {  // malloc handed out this address, so whatever freed it last did not say so: drop that record
+      stats_.live_bytes -= it->second;
+      it->second = size;
+    }
     stats_.live_bytes += size;
+    return totals();
   }
 
   void trim_to(size_t bound, std::vector<void*>& dropped) {  // mu_ held; the caller frees `dropped` unlocked
@@ -181,19 +199,21 @@ class CachingAllocator final : public c10::Allocator {
     }
   }
 
-  static void free_all(const std::vector<void*>& blocks) {
-    for (void* p : blocks) c10::free_cpu(p);
+  static void free_blocks(const std::vector<void*>& blocks) {
+    for (void* p : blocks) c10::free_cpu(p);  // free_cpu: ASan's free accepts a poisoned block
   }
 
-  static void report(void* ptr, int64_t delta) {
+  // Unlocked (the profiler's own code runs here), with the totals taken right after the change.
+  static void report(void* ptr, int64_t delta, Totals totals) {
     if (c10::memoryProfilingEnabled()) {  // the default CPU allocator reports to the profiler; so does this one
-      c10::reportMemoryUsageToProfiler(ptr, delta, 0, 0, c10::Device(c10::DeviceType::CPU));
+      c10::reportMemoryUsageToProfiler(ptr, delta, totals.allocated, totals.reserved,
+                                       c10::Device(c10::DeviceType::CPU));
     }
   }
 
   std::mutex mu_;
-  bool enabled_ = false;
-  c10::Allocator* fallback_ = nullptr;
+  std::atomic<bool> enabled_{false};
+  std::atomic<c10::Allocator*> fallback_{nullptr};  // set once, when installed
   std::unordered_map<size_t, std::vector<void*>> free_;
   std::unordered_map<void*, size_t> live_;
   Stats stats_;

@@ -7,8 +7,9 @@ each timed call right after an untimed one of the same row, so every row runs wa
         [--size 224] [--batch 8] [--threads 2] [--repeats 5] [--eval] [--out DIR]
 
 Training: one SGD step (zero_grad, forward, cross-entropy, backward, step), model and input channels_last.
---eval adds inference rows (no_grad) at the same batch. Prints and writes (with --out) allocator-<date>.json,
-.md and .png: ms per row, the cache's speedup per variant, and pycnn against torchvision under each allocator.
+--eval adds inference rows (no_grad) at the same batch. First, what a fresh allocation costs: cloning a 36.8 MiB
+tensor against copying it into memory in use. Prints and writes (with --out) allocator-<date>.json, .md and .png:
+ms per row, the cache's speedup per variant, and pycnn against torchvision under each allocator.
 """
 from __future__ import annotations
 
@@ -66,6 +67,23 @@ def network_rows(name: str, size: int, batch: int, repeats: int, modes) -> List[
                  ms=t[key].median_s * 1e3, min_ms=t[key].min_s * 1e3) for key in fns for label, mode, which in [key]]
 
 
+def page_fault_rows(repeats: int, shape=(8, 96, 112, 112)) -> List[Dict[str, object]]:
+    """What a fresh allocation costs: cloning a tensor (new memory, first written by the copy) against copying
+    it into memory written before, under each allocator. The default shape is MobileNetV2's expanded activation
+    at batch 8, 224x224 (36.8 MiB, above glibc's largest mmap threshold)."""
+    x = torch.randn(shape)
+    out = torch.empty_like(x)
+    fns = {(op, which): (lambda fn=fn, which=which: (_use(which), fn()))
+           for op, fn in (("clone (new memory)", x.clone), ("copy_ (memory in use)", lambda: out.copy_(x)))
+           for which in ALLOCATORS}
+    try:
+        t = compare(fns, torch.device("cpu"), repeats=max(repeats, 5), warmup=2, warm_each=True)
+    finally:
+        allocator.disable_cpu_cache()
+    mib = x.numel() * x.element_size() / 2**20
+    return [dict(op=op, allocator=which, mib=mib, ms=t[(op, which)].median_s * 1e3) for op, which in fns]
+
+
 def summarize(rows) -> List[Dict[str, object]]:
     """Per network, mode and variant: glibc ms, cache ms, the cache's speedup; pycnn's speedup over torchvision
     under each allocator."""
@@ -81,12 +99,17 @@ def summarize(rows) -> List[Dict[str, object]]:
     return out
 
 
-def markdown(summary, meta) -> str:
+def markdown(summary, faults, meta) -> str:
     lines = [f"# CPU allocator: glibc vs pycnn's cache", "", f"`{meta['command']}`", "",
              f"{meta['machine']}, {meta['threads']} threads, torch {meta['torch']}, {meta['date']}; medians of "
-             "calls interleaved across all rows of a network.", "",
-             "| network | mode | variant | glibc ms | cache ms | cache speedup | vs torchvision (glibc) | "
-             "vs torchvision (cache) |", "|---|---|---|---|---|---|---|---|"]
+             "calls interleaved across all rows of a table.", "",
+             f"One {faults[0]['mib']:.1f} MiB tensor:", "", "| op | glibc ms | cache ms |", "|---|---|---|"]
+    for op in dict.fromkeys(r["op"] for r in faults):
+        ms = {r["allocator"]: r["ms"] for r in faults if r["op"] == op}
+        lines.append(f"| {op} | {ms['glibc']:.2f} | {ms['cpu cache']:.2f} |")
+    lines += ["", "Networks, batch and size as in the command:", "",
+              "| network | mode | variant | glibc ms | cache ms | cache speedup | vs torchvision (glibc) | "
+              "vs torchvision (cache) |", "|---|---|---|---|---|---|---|---|"]
     for r in summary:
         lines.append(f"| {r['network']} | {r['mode']} | {r['variant']} | {r['glibc_ms']:.1f} | {r['cache_ms']:.1f} | "
                      f"{r['cache_speedup']:.2f}x | {r['vs_torchvision_glibc']:.2f}x | {r['vs_torchvision_cache']:.2f}x |")
@@ -128,6 +151,7 @@ def main(argv=None) -> int:
         parser.error("--size, --batch, --threads and --repeats must be positive")
     torch.set_num_threads(args.threads)
     modes = ("train", "eval") if args.eval else ("train",)
+    faults = page_fault_rows(args.repeats)
     rows = []
     for name in names:
         rows += network_rows(name, args.size, args.batch, args.repeats, modes)
@@ -135,13 +159,13 @@ def main(argv=None) -> int:
     meta = dict(command="python -m pycnn.bench.allocator " + " ".join(argv if argv is not None else os.sys.argv[1:]),
                 torch=torch.__version__, machine=platform.processor() or platform.machine(), threads=args.threads,
                 date=time.strftime("%Y-%m-%d %H:%M:%S"))
-    text = markdown(summary, meta)
+    text = markdown(summary, faults, meta)
     print(text)
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         stem = os.path.join(args.out, f"allocator-{time.strftime('%Y-%m-%d')}")
         with open(stem + ".json", "w") as f:
-            json.dump(dict(meta=meta, rows=rows, summary=summary), f, indent=1)
+            json.dump(dict(meta=meta, page_faults=faults, rows=rows, summary=summary), f, indent=1)
         with open(stem + ".md", "w") as f:
             f.write(text)
         chart(summary, stem + ".png")

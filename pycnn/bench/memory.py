@@ -1,6 +1,7 @@
 """Activations kept for backward, pycnn against the reference, and what keeping less costs in time.
 
     python -m pycnn.bench.memory [--input 3x224x224] [--batch 1] [--time] [--time-batch 8] [--repeats 5]
+        [--cpu-cache]
 
 For MobileNetV2, EfficientNet-B0, RegNetX-400MF and ResNet-50 (archs/): the bytes autograd keeps during one
 training forward (pycnn.memory.saved_activation_bytes: exact, device-independent) for the reference backend
@@ -21,6 +22,7 @@ import pycnn
 from pycnn import argtypes
 from pycnn.timing import compare
 from pycnn.memory import saved_activation_bytes
+from pycnn.bench import add_cpu_cache_argument, apply_cpu_cache
 
 ARCHS = Path(__file__).resolve().parents[2] / "archs"
 NETWORKS = [("mobilenet_v2.arch", "mobilenet_v2"), ("efficientnet.arch", "efficientnet_b0"),
@@ -71,13 +73,15 @@ def main(argv=None) -> int:
     parser.add_argument("--time-batch", type=argtypes.positive_int, default=8)
     parser.add_argument("--repeats", type=argtypes.positive_int, default=5)
     parser.add_argument("--threads", type=argtypes.positive_int, default=None)
+    add_cpu_cache_argument(parser)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    allocator = apply_cpu_cache(args)
     chosen = [(f, n) for f, n in NETWORKS if not args.network or n in args.network]
     print(f"activations kept for backward, batch {args.batch}, input {'x'.join(map(str, args.input))} (MiB)")
     print(f"{'network':>16} {'reference':>10} {'pycnn keep':>11} {'pycnn':>8} {'pycnn/ref':>10}"
-          + (f" {'step keep':>10} {'step':>8} {'time ratio':>10}" if args.time else ""))
+          + (f" {'step keep':>10} {'step':>8} {'time ratio':>10}  ({allocator})" if args.time else ""))
     for file, network in chosen:
         r = measure(file, network, args.input, args.batch)
         line = (f"{network:>16} {r['reference'] / 2**20:>10.2f} {r['fused_keep'] / 2**20:>11.2f} "

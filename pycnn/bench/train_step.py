@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ..timing import compare
+from . import add_cpu_cache_argument, apply_cpu_cache
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NETWORKS = {"mobilenet_v2": ("archs/mobilenet_v2.arch", "mobilenet_v2"),
@@ -122,14 +123,11 @@ def main(argv=None) -> int:
                         help="layouts the training step is timed in (each variant's best is reported)")
     parser.add_argument("--skip-train", action="store_true")
     parser.add_argument("--skip-eval", action="store_true")
-    parser.add_argument("--cpu-cache", action="store_true",
-                        help="every row with pycnn's caching CPU allocator (pycnn.allocator) instead of glibc's malloc")
+    add_cpu_cache_argument(parser)
     parser.add_argument("--out")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    if args.cpu_cache:
-        from ..allocator import enable_cpu_cache
-        enable_cpu_cache()
+    args.allocator = apply_cpu_cache(args)
     names, layouts = args.networks.split(","), args.train_layouts.split(",")
     for name in names:
         if name not in NETWORKS:
@@ -160,7 +158,7 @@ def write(args, argv, rows) -> None:
                                                                           os.sys.argv[1:]),
                     torch=torch.__version__, machine=platform.processor() or platform.machine(),
                     threads=args.threads, date=time.strftime("%Y-%m-%d %H:%M:%S"),
-                    allocator="pycnn cpu cache" if args.cpu_cache else "glibc malloc",
+                    allocator=args.allocator,
                     note="machine shared with other jobs: compare ratios within one run")
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:

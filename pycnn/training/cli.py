@@ -83,8 +83,14 @@ def cmd_train(args) -> int:
     elif args.epochs is not None:
         options["epochs"] = args.epochs
     from ..allocator import cpu_cache
+    cache = contextlib.ExitStack()
+    if args.cpu_cache:
+        try:
+            cache.enter_context(cpu_cache())
+        except RuntimeError as e:  # another library's CPU allocator came first: train all the same
+            print(f"pycnn train: without the CPU cache: {e}", file=sys.stderr)
     try:
-        with cpu_cache() if args.cpu_cache else contextlib.nullcontext():
+        with cache:
             result = train(args.file, args.network, data=args.data, data_dir=args.data_dir, download=args.download,
                            out=args.out, backend=args.backend, kernels=args.kernels, input=args.input,
                            resume=args.resume, overwrite=args.overwrite, device=args.device, threads=args.threads,
