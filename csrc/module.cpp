@@ -154,7 +154,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("_cpu_cache_enable", &cpu_cache::enable, py::arg("max_cached_bytes"),
         "Installs the caching CPU allocator (csrc/cpu/cpu_cache.h) and bounds what it keeps.");
   m.def("_cpu_cache_disable", &cpu_cache::disable, py::arg("keep_cached") = false,
-        "Puts back the CPU allocator it replaced.");
+        "Passes every request to the CPU allocator it replaced (it stays installed in front).");
   m.def("_cpu_cache_empty", &cpu_cache::empty, "Frees the cached blocks.");
   m.def("_cpu_cache_size_class", &cpu_cache::size_class, "Tests only: the block size a request is served from.");
   m.def(

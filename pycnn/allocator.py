@@ -29,18 +29,19 @@ DEFAULT_MAX_CACHED_FRACTION = 0.25  # of the memory the process may use (_usable
 
 
 def _usable_bytes() -> int:
-    """The machine's memory, or the container's limit (cgroup v2 memory.max) when lower."""
+    """The machine's memory, or the container's limit (cgroup v2 or v1) when lower."""
     try:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         total = 8 << 30
-    try:
-        with open("/sys/fs/cgroup/memory.max") as f:
-            limit = f.read().strip()
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):  # cgroup v2, v1
+        try:
+            with open(path) as f:
+                limit = f.read().strip()
+        except OSError:
+            continue
         if limit.isdigit():
             total = min(total, int(limit))
-    except OSError:
-        pass
     return total
 
 

@@ -73,7 +73,7 @@ class CachingAllocator final : public c10::Allocator {
     std::vector<void*> dropped;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      if (fallback_.load() == nullptr) install();
+      if (!installed_) install();
       stats_.max_cached_bytes = max_cached_bytes;
       trim_to(max_cached_bytes, dropped);
       enabled_.store(true, std::memory_order_release);
@@ -114,13 +114,12 @@ class CachingAllocator final : public c10::Allocator {
     // frees of what it serves arrive through this allocator's raw deleter (give_back)
     TORCH_CHECK(current->raw_deleter() != nullptr, "pycnn: the installed CPU allocator has no raw deleter; the "
                 "caching allocator cannot be put in front of it");
+    // stored before this allocator can be reached, and kept: a thread that got it can always pass requests on
     fallback_.store(current);
     c10::SetCPUAllocator(this, kPriority);
-    if (c10::GetCPUAllocator() != this) {
-      fallback_.store(nullptr);
-      TORCH_CHECK(false, "pycnn: another CPU allocator is installed with a higher priority; the caching "
-                         "allocator was not installed");
-    }
+    TORCH_CHECK(c10::GetCPUAllocator() == this, "pycnn: another CPU allocator is installed with a higher priority; "
+                "the caching allocator was not installed");
+    installed_ = true;
   }
 
   void give_back(void* ptr) {
@@ -213,7 +212,8 @@ class CachingAllocator final : public c10::Allocator {
 
   std::mutex mu_;
   std::atomic<bool> enabled_{false};
-  std::atomic<c10::Allocator*> fallback_{nullptr};  // set once, when installed
+  std::atomic<c10::Allocator*> fallback_{nullptr};  // the allocator it replaced (set before installing)
+  bool installed_ = false;                           // mu_
   std::unordered_map<size_t, std::vector<void*>> free_;
   std::unordered_map<void*, size_t> live_;
   Stats stats_;
