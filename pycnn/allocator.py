@@ -84,13 +84,12 @@ def cpu_cache_stats() -> Dict[str, int]:
 @contextlib.contextmanager
 def cpu_cache(max_cached_bytes: Optional[int] = None) -> Iterator[None]:
     """The caching allocator within a block; afterwards it is as before (left on if it was on)."""
-    was_on = cpu_cache_stats()["enabled"]
-    before = cpu_cache_stats()["max_cached_bytes"]
+    before = cpu_cache_stats()
     enable_cpu_cache(max_cached_bytes)
     try:
         yield
     finally:
-        if was_on:
-            enable_cpu_cache(before)
+        if before["enabled"]:
+            enable_cpu_cache(before["max_cached_bytes"])
         else:
             disable_cpu_cache()

@@ -42,22 +42,23 @@ namespace {
 constexpr uint8_t kPriority = 16;
 
 class CachingAllocator final : public c10::Allocator {
+  struct Totals {  // what the profiler is told alongside each change: bytes in use, and in use or cached
+    size_t allocated = 0, reserved = 0;
+  };
+
  public:
   // Requests below kMinCachedBytes, and all while disabled, get the replaced allocator's block and deleter; a
   // raw free of such a block arrives at release(), which passes it on.
   c10::DataPtr allocate(size_t n) override {
     if (n < kMinCachedBytes || !enabled_.load(std::memory_order_acquire)) return fallback_.load()->allocate(n);
     const size_t size = size_class(n);
-    void* ptr = take(size);
     Totals totals;
+    void* ptr = take(size, totals);
     if (ptr == nullptr) {
       ptr = c10::alloc_cpu(size);  // throws c10::Error when out of memory
       std::lock_guard<std::mutex> lock(mu_);
       ++stats_.misses;
       totals = note_live(ptr, size);
-    } else {
-      std::lock_guard<std::mutex> lock(mu_);
-      totals = this->totals();
     }
     report(ptr, static_cast<int64_t>(size), totals);
     return {ptr, ptr, &release, c10::Device(c10::DeviceType::CPU)};
@@ -156,10 +157,10 @@ class CachingAllocator final : public c10::Allocator {
     if (!keep) c10::free_cpu(ptr);
   }
 
-  // A cached block of this class, or nullptr. (Freeing other classes' blocks on a miss, to cap what is held at
+  // A cached block of this class (and the totals after handing it out), or nullptr. (Freeing other classes' blocks on a miss, to cap what is held at
   // what was ever in use at once, was tried: a training step then missed on about half its requests every step,
   // each miss evicting blocks the step needed later.)
-  void* take(size_t size) {
+  void* take(size_t size, Totals& totals) {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = free_.find(size);
     if (it == free_.end() || it->second.empty()) return nullptr;
@@ -168,13 +169,9 @@ class CachingAllocator final : public c10::Allocator {
     stats_.cached_bytes -= size;
     ++stats_.hits;
     PYCNN_UNPOISON(ptr, size);
-    note_live(ptr, size);
+    totals = note_live(ptr, size);
     return ptr;
   }
-
-  struct Totals {
-    size_t allocated = 0, reserved = 0;
-  };
 
   Totals totals() const { return {stats_.live_bytes, stats_.live_bytes + stats_.cached_bytes}; }  // mu_ held
 

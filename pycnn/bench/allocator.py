@@ -64,7 +64,7 @@ def network_rows(name: str, size: int, batch: int, repeats: int, modes) -> List[
     finally:
         allocator.disable_cpu_cache()
     return [dict(network=name, variant=label, mode=mode, allocator=which, batch=batch, size=size,
-                 ms=t[key].median_s * 1e3, min_ms=t[key].min_s * 1e3) for key in fns for label, mode, which in [key]]
+                 ms=timing.median_s * 1e3, min_ms=timing.min_s * 1e3) for (label, mode, which), timing in t.items()]
 
 
 def page_fault_rows(repeats: int, shape=(8, 96, 112, 112)) -> List[Dict[str, object]]:
