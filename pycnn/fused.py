@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from . import ops
-from .opspec import ACTIVATIONS, MBCONV_DTYPES, acts_with
+from .opspec import ACTIVATIONS, acts_with
 
 
 def _eager(path: str):
@@ -328,8 +328,7 @@ def mbconv_fusable(modules, x: Tensor, residual: Optional[Tensor], se: Optional[
     convs, bns = modules[0::2], modules[1::2]
     if not all(runs_on_pycnn(bn) and not bn.training and bn.running_mean is not None for bn in bns):
         return False
-    if str(x.dtype).removeprefix("torch.") not in MBCONV_DTYPES.get(x.device.type, ()) \
-            or _autocast_dtype(x) is not None:
+    if not ops.mbconv_kernel_takes(x) or _autocast_dtype(x) is not None:
         return False
     # a graph dynamo traces has no data pointers to compare: there the shortcut must be x itself (real tensors,
     # also those of a measurement while tracing, compare by data pointer: dispatch.measure detaches each input)

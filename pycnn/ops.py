@@ -486,6 +486,11 @@ def mbconv(
                                           project_bias, stride, act, residual, *se, se_act)
 
 
+def mbconv_kernel_takes(x: Tensor) -> bool:
+    """Whether pycnn.mbconv has a kernel for x's device and dtype (opspec.MBCONV_DTYPES)."""
+    return str(x.dtype).removeprefix("torch.") in MBCONV_DTYPES.get(x.device.type, ())
+
+
 @torch.library.register_fake("pycnn::mbconv_forward")
 def _mbconv_forward_fake(input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias,
                          stride, act, residual, se_reduce_weight=None, se_reduce_bias=None, se_expand_weight=None,
@@ -493,10 +498,9 @@ def _mbconv_forward_fake(input, expand_weight, expand_bias, dw_weight, dw_bias, 
     _check_like_kernels("mbconv_forward", input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight,
                         project_bias, stride, act, residual, se_reduce_weight, se_reduce_bias, se_expand_weight,
                         se_expand_bias, se_act)
-    dtypes = MBCONV_DTYPES.get(input.device.type)  # the device's kernel narrows the dtypes, as the real call does
-    if dtypes is not None and str(input.dtype).removeprefix("torch.") not in dtypes:
-        raise RuntimeError(f"pycnn.mbconv: input must be {' or '.join(dtypes)} for the {input.device.type.upper()} "
-                           f"kernel, got {input.dtype}")
+    if input.device.type in MBCONV_DTYPES and not mbconv_kernel_takes(input):  # as the device's kernel refuses
+        raise RuntimeError(f"pycnn.mbconv: input must be {' or '.join(MBCONV_DTYPES[input.device.type])} for the "
+                           f"{input.device.type.upper()} kernel, got {input.dtype}")
     k = dw_weight.size(2)
     oh = (input.size(2) + 2 * (k // 2) - k) // stride + 1
     ow = (input.size(3) + 2 * (k // 2) - k) // stride + 1
