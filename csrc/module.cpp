@@ -156,6 +156,9 @@ PYBIND11_MODULE(_C, m) {
   m.def("_cpu_cache_disable", &cpu_cache::disable, py::arg("keep_cached") = false,
         "Passes every request to the CPU allocator it replaced (it stays installed in front).");
   m.def("_cpu_cache_empty", &cpu_cache::empty, "Frees the cached blocks.");
+  m.def("_cpu_cache_enter_scope", &cpu_cache::enter_scope, py::arg("max_cached_bytes"),
+        "Caches until the matching _cpu_cache_exit_scope (a fused network's forward).");
+  m.def("_cpu_cache_exit_scope", &cpu_cache::exit_scope, "Closes a _cpu_cache_enter_scope.");
   m.def("_cpu_cache_size_class", &cpu_cache::size_class, "Tests only: the block size a request is served from.");
   m.def(
       "_cpu_cache_stats",
@@ -163,6 +166,7 @@ PYBIND11_MODULE(_C, m) {
         const cpu_cache::Stats s = cpu_cache::stats();
         py::dict d;
         d["enabled"] = s.enabled;
+        d["scopes"] = s.scopes;
         d["hits"] = s.hits;
         d["misses"] = s.misses;
         d["cached_bytes"] = s.cached_bytes;

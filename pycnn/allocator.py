@@ -7,25 +7,33 @@ it page-faults on them again every step: about 1 us per 4 KiB page, several time
 that first writes the page costs (`python -m pycnn.bench.allocator` measures it). PyTorch's CUDA allocator
 caches device memory for the same reason; its CPU allocator does not cache.
 
-`enable_cpu_cache()` installs, for the whole process, an allocator that keeps freed blocks of 1 MiB and more in
-free lists by size class (up to 12.5% rounding) and hands them out again; smaller requests go to the allocator
-it replaced. Everything that allocates CPU tensors in the process uses it (PyTorch's own ops, torchvision
-models), not only pycnn's. It holds at most `max_cached_bytes` of freed blocks (default: a quarter of the
-memory the process may use), blocks of sizes the program no longer asks for included, and gives them back on
-`empty_cpu_cache()` or `disable_cpu_cache()`. `pycnn train` turns it on (`--no-cpu-cache` keeps glibc's
-behaviour).
+`enable_cpu_cache()` installs, for the whole process, an allocator that keeps freed blocks of 128 KiB (glibc's
+initial mmap threshold) and more in free lists by size class (up to 12.5% rounding) and hands them out again;
+smaller requests go to the allocator it replaced. Everything that allocates CPU tensors in the process uses it
+(PyTorch's own ops, torchvision models), not only pycnn's. It holds at most `max_cached_bytes` of freed blocks
+(default: a quarter of the memory the process may use), blocks of sizes the program no longer asks for
+included, and gives them back on `empty_cpu_cache()` or `disable_cpu_cache()`. `pycnn train` turns it on
+(`--no-cpu-cache` keeps glibc's behaviour).
 
-The other fix is a different malloc for the whole process (jemalloc or tcmalloc with LD_PRELOAD), where one is
-installed.
+A fused network's forward in inference on the CPU caches for its own duration even when it is off (a scope: the
+calling thread's requests of 128 KiB and more are served from the cache and what it frees is kept for the next
+call, as ONNX Runtime's memory arena does), so inference stops page-faulting on its activations from call to call:
+about a thousand faults a call at batch 1, seven thousand at batch 8, for RegNetX-400MF without it. What is
+freed outside a forward (its output) goes back to glibc unless the cache is enabled; cached blocks no forward
+asks for again while three more forwards end are freed (a process running many networks or batch sizes does
+not keep them all). `set_network_cache(False)` or PYCNN_CPU_CACHE=0 turns the scope off; `empty_cpu_cache()`
+frees what it holds.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from typing import Dict, Iterator, Optional
 
 DEFAULT_MAX_CACHED_FRACTION = 0.25  # of the memory the process may use (_usable_bytes)
+ENV_NETWORK_CACHE = "PYCNN_CPU_CACHE"  # "0": fused networks' forwards do not open a cache scope
 
 
 def _usable_bytes() -> int:
@@ -46,8 +54,18 @@ def _usable_bytes() -> int:
 
 
 def _ext():
-    from . import _C
+    global _C
+    if _C is None:
+        from . import _C as ext
+        _C = ext
     return _C
+
+
+_C = None
+
+
+def _default_bound() -> int:
+    return int(_usable_bytes() * DEFAULT_MAX_CACHED_FRACTION)
 
 
 def enable_cpu_cache(max_cached_bytes: Optional[int] = None) -> None:
@@ -56,17 +74,18 @@ def enable_cpu_cache(max_cached_bytes: Optional[int] = None) -> None:
     its container's limit). Calling it again changes the bound. Raises RuntimeError when another library installed its
     own CPU allocator with a higher priority."""
     if max_cached_bytes is None:
-        max_cached_bytes = int(_usable_bytes() * DEFAULT_MAX_CACHED_FRACTION)
+        max_cached_bytes = _default_bound()
     if not isinstance(max_cached_bytes, int) or isinstance(max_cached_bytes, bool) or max_cached_bytes < 0:
         raise ValueError(f"max_cached_bytes must be a non-negative integer, got {max_cached_bytes!r}")
     _ext()._cpu_cache_enable(max_cached_bytes)
 
 
 def disable_cpu_cache(keep_cached: bool = False) -> None:
-    """Passes every request to the allocator it replaced from now on and frees the cached blocks (blocks in use
-    are freed when their tensors are). It stays installed, in front: every block it handed out comes back to it.
-    keep_cached: keeps the cached blocks for the next enable_cpu_cache() instead (a benchmark switching back and
-    forth, pycnn.bench.allocator)."""
+    """Passes every request to the allocator it replaced from now on (but those of fused networks' forwards, whose
+    scopes still cache: set_network_cache) and frees the cached blocks (blocks in use are freed when their tensors
+    are). It stays installed, in front: every block it handed out comes back to it. keep_cached: keeps the cached
+    blocks for the next enable_cpu_cache() instead (a benchmark switching back and forth, pycnn.bench.allocator;
+    a fused forward in between may use them, and frees them once they are stale)."""
     _ext()._cpu_cache_disable(keep_cached)
 
 
@@ -76,8 +95,9 @@ def empty_cpu_cache() -> None:
 
 
 def cpu_cache_stats() -> Dict[str, int]:
-    """enabled, hits and misses (large requests served from the cache / newly allocated), cached_bytes,
-    live_bytes (large blocks in use), max_cached_bytes, min_cached_bytes (smaller requests are not cached)."""
+    """enabled (by enable_cpu_cache), scopes (forwards caching now on the calling thread), hits and misses (large requests served from
+    the cache / newly allocated), cached_bytes, live_bytes (large blocks in use), max_cached_bytes,
+    min_cached_bytes (smaller requests are not cached)."""
     return dict(_ext()._cpu_cache_stats())
 
 
@@ -93,3 +113,48 @@ def cpu_cache(max_cached_bytes: Optional[int] = None) -> Iterator[None]:
             enable_cpu_cache(before["max_cached_bytes"])
         else:
             disable_cpu_cache()
+
+
+class _NetworkScope:
+    on = os.environ.get(ENV_NETWORK_CACHE, "1") != "0"
+    bound: Optional[int] = None  # the default bound, computed once
+
+
+def set_network_cache(on: bool) -> None:
+    """Whether fused networks' forwards open a cache scope (module docstring; default on, PYCNN_CPU_CACHE=0 off)."""
+    _NetworkScope.on = bool(on)
+
+
+def network_cache() -> bool:
+    return _NetworkScope.on
+
+
+@contextlib.contextmanager
+def without_network_cache() -> Iterator[None]:
+    """Fused networks' forwards without their cache scope within a block (glibc's malloc, as PyTorch's modules)."""
+    before = _NetworkScope.on
+    _NetworkScope.on = False
+    try:
+        yield
+    finally:
+        _NetworkScope.on = before
+
+
+def enter_network_scope() -> bool:
+    """Opens a cache scope for a fused network's forward; False when none was opened (switched off, or another
+    library's CPU allocator has a higher priority: then said once, and not tried again)."""
+    if not _NetworkScope.on:
+        return False
+    if _NetworkScope.bound is None:
+        _NetworkScope.bound = _default_bound()
+    try:
+        _ext()._cpu_cache_enter_scope(_NetworkScope.bound)
+    except RuntimeError as e:
+        _NetworkScope.on = False
+        warnings.warn(f"pycnn: networks run without the CPU cache: {e}", RuntimeWarning, stacklevel=3)
+        return False
+    return True
+
+
+def exit_network_scope() -> None:
+    _ext()._cpu_cache_exit_scope()

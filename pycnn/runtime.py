@@ -13,7 +13,7 @@ from typing import Dict, Optional
 import torch
 from torch import nn
 
-from . import dispatch, fused, ir, memory
+from . import allocator, dispatch, fused, ir, memory
 
 
 class LayerStep:
@@ -389,12 +389,19 @@ class Network(KeepsInputLayout, Chain):
         if torch.compiler.is_compiling():
             return leave_layout(super().forward(x), caller)
         previous, _call_token.value = _call_token.value, self._signature_token(x)
-        keep_less = self.recompute_epilogues and self.training and torch.is_grad_enabled()
+        training = self.training and torch.is_grad_enabled()
+        keep_less = self.recompute_epilogues and training
+        scoped = False
         try:
+            # in inference the activations this call allocates and frees are kept for the next call (pycnn.allocator)
+            scoped = self.backend == "fused" and not training and x.device.type == "cpu" \
+                and allocator.enter_network_scope()
             with memory.recompute_epilogues() if keep_less else contextlib.nullcontext():
                 y = super().forward(x)
         finally:
             _call_token.value = previous
+            if scoped:
+                allocator.exit_network_scope()
         dispatch.flush_measurements()  # the kernel choices this call measured, in one write
         return leave_layout(y, caller)
 

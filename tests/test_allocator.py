@@ -1,4 +1,5 @@
 """pycnn.allocator: the caching CPU allocator (csrc/cpu/cpu_cache.cpp)."""
+import contextlib
 import os
 import signal
 import threading
@@ -11,6 +12,7 @@ import pycnn
 from pycnn import _C, allocator
 
 MIB = 1 << 20
+KIB = 1 << 10
 
 
 @pytest.fixture
@@ -41,15 +43,22 @@ def test_a_freed_large_block_is_handed_out_again(cache):
 
 
 def test_small_requests_are_not_cached(cache):
+    assert allocator.cpu_cache_stats()["min_cached_bytes"] == 128 * KIB  # glibc's initial mmap threshold
     before = allocator.cpu_cache_stats()
     for _ in range(3):
-        t = torch.empty(MIB // 4 - 16, dtype=torch.float32)  # just under 1 MiB
+        t = torch.empty(128 * KIB - 1, dtype=torch.uint8)
         del t
     after = allocator.cpu_cache_stats()
     assert (after["hits"], after["misses"], after["cached_bytes"]) == (before["hits"], before["misses"], 0)
+    for _ in range(3):
+        t = torch.empty(128 * KIB, dtype=torch.uint8)
+        del t
+    after = allocator.cpu_cache_stats()
+    assert (after["hits"] - before["hits"], after["misses"] - before["misses"]) == (2, 1)
 
 
-@pytest.mark.parametrize("n", [MIB, MIB + 1, 3 * MIB - 5, 4 * MIB, 4 * MIB + 1, 33 * MIB + 12345, (1 << 40) + 7])
+@pytest.mark.parametrize("n", [128 * KIB, 128 * KIB + 1, 200 * KIB, MIB, MIB + 1, 3 * MIB - 5, 4 * MIB, 4 * MIB + 1,
+                               33 * MIB + 12345, (1 << 40) + 7])
 def test_size_classes_round_up_by_at_most_an_eighth(n):
     size = _C._cpu_cache_size_class(n)
     assert n <= size <= n + n // 8 + 1
@@ -142,6 +151,140 @@ def test_context_manager_restores_the_state():
         allocator.disable_cpu_cache()
 
 
+# ---------------------------------------------------------------- scopes: a fused network's forward caches
+
+def _tiny_network():
+    torch.manual_seed(0)  # activations of 128 KiB and more at 2x3x64x64
+    return pycnn.compile("archs/mobilenet_v2.arch", input=(3, 64, 64), classes=10).eval()
+
+
+def test_a_network_forward_reuses_its_activation_memory_while_the_cache_is_off():
+    model, x = _tiny_network(), torch.randn(2, 3, 64, 64)
+    assert not allocator.cpu_cache_stats()["enabled"] and allocator.network_cache()
+    with torch.no_grad():
+        expected = model(x)  # the first call measures the kernel choices (auto)
+        model(x)
+        before = allocator.cpu_cache_stats()
+        for _ in range(3):
+            y = model(x)
+            assert torch.equal(y, expected)
+            del y
+    after = allocator.cpu_cache_stats()
+    assert after["misses"] == before["misses"] and after["hits"] > before["hits"]
+    assert after["scopes"] == 0 and not after["enabled"]
+    # outside a forward nothing is cached
+    t = _big()
+    del t
+    assert allocator.cpu_cache_stats()["cached_bytes"] == after["cached_bytes"]
+
+
+def test_the_scope_is_switched_off_and_the_reference_backend_opens_none():
+    model, x = _tiny_network(), torch.randn(2, 3, 64, 64)
+    reference = pycnn.compile("archs/mobilenet_v2.arch", input=(3, 64, 64), classes=10, backend="reference").eval()
+    allocator.empty_cpu_cache()
+    with torch.no_grad():
+        model(x)
+        with allocator.without_network_cache():
+            before = allocator.cpu_cache_stats()
+            model(x)
+            assert allocator.cpu_cache_stats()["hits"] == before["hits"]
+        assert allocator.network_cache()
+        before = allocator.cpu_cache_stats()
+        reference(x)
+        assert allocator.cpu_cache_stats()["hits"] == before["hits"]
+
+
+def test_PYCNN_CPU_CACHE_0_switches_the_scope_off():
+    import subprocess
+    import sys
+    code = "from pycnn import allocator; print(allocator.network_cache())"
+    env = dict(os.environ, PYCNN_CPU_CACHE="0")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_a_failing_forward_closes_its_scope(monkeypatch):
+    from pycnn import fused
+    model = _tiny_network()
+    depth = []
+    conv_bn_act = fused.conv_bn_act
+
+    def recording(*args, **kwargs):  # the stem's conv sees the bad input
+        depth.append(allocator.cpu_cache_stats()["scopes"])
+        return conv_bn_act(*args, **kwargs)
+
+    monkeypatch.setattr(fused, "conv_bn_act", recording)
+    with torch.no_grad():
+        with pytest.raises(RuntimeError):
+            model(torch.randn(2, 5, 64, 64))  # wrong channel count
+    assert depth == [1] and allocator.cpu_cache_stats()["scopes"] == 0
+
+
+def test_training_forwards_and_other_threads_do_not_cache():
+    model, x = _tiny_network(), torch.randn(2, 3, 64, 64)
+    model.train()
+    before = allocator.cpu_cache_stats()
+    model(x).sum().backward()  # activations kept for backward are freed outside the forward: no scope
+    after = allocator.cpu_cache_stats()
+    assert (after["hits"], after["misses"]) == (before["hits"], before["misses"])
+    seen = []
+    with open_scope():  # this thread's scope
+        t = threading.Thread(target=lambda: (seen.append(allocator.cpu_cache_stats()["scopes"]), _big()))
+        t.start()
+        t.join()
+    assert seen == [0] and allocator.cpu_cache_stats()["misses"] == after["misses"]
+
+
+@contextlib.contextmanager
+def open_scope(bound: int = 64 * MIB):
+    _C._cpu_cache_enter_scope(bound)
+    try:
+        yield
+    finally:
+        _C._cpu_cache_exit_scope()
+
+
+def test_scopes_nest_and_closing_one_too_many_is_an_error():
+    allocator.empty_cpu_cache()
+    with open_scope():
+        with open_scope():
+            assert allocator.cpu_cache_stats()["scopes"] == 2
+        t = _big()
+        del t
+        assert allocator.cpu_cache_stats()["cached_bytes"] == 4 * MIB  # still one open
+    with pytest.raises(RuntimeError, match="closed more often"):
+        _C._cpu_cache_exit_scope()
+    assert allocator.cpu_cache_stats()["scopes"] == 0
+
+
+def test_a_scope_keeps_its_own_bound_whatever_enable_set_before():
+    allocator.enable_cpu_cache(max_cached_bytes=0)
+    allocator.disable_cpu_cache()
+    allocator.empty_cpu_cache()
+    with open_scope(bound=5 * MIB):
+        a, b = _big(4), _big(4)
+        del a, b
+        assert allocator.cpu_cache_stats()["cached_bytes"] == 4 * MIB  # the second is over the scope's bound
+    allocator.empty_cpu_cache()
+
+
+def test_blocks_no_forward_asks_for_again_are_freed_three_scopes_later():
+    allocator.empty_cpu_cache()
+    with open_scope():
+        t = _big(3)
+        del t  # cached in this scope's epoch
+    for k in range(3):
+        assert allocator.cpu_cache_stats()["cached_bytes"] == 3 * MIB, k
+        with open_scope():
+            if k == 0:  # handed out again and freed: its age starts over
+                u = _big(3)
+                del u
+    assert allocator.cpu_cache_stats()["cached_bytes"] == 3 * MIB
+    with open_scope():
+        pass
+    assert allocator.cpu_cache_stats()["cached_bytes"] == 0
+
+
 @pytest.mark.parametrize("bad", [-1, 1.5, "1", True])
 def test_bad_bounds_are_refused(bad):
     with pytest.raises(ValueError, match="max_cached_bytes"):
@@ -202,7 +345,8 @@ def test_a_training_step_is_bit_identical_with_the_cache():
         return [p.grad.clone() for p in model.parameters()]
 
     grads()  # "auto" measures its kernel choices on the first call
-    reference = grads()
+    with allocator.without_network_cache():  # the reference: glibc's malloc throughout
+        reference = grads()
     with allocator.cpu_cache():
         for _ in range(2):
             before = allocator.cpu_cache_stats()
@@ -289,3 +433,12 @@ def test_the_benchmark_refuses_bad_arguments(capsys):
             bench.main(argv)
         assert info.value.code == 2
         assert message in capsys.readouterr().err.splitlines()[-1]
+
+
+def test_nothing_ages_while_the_cache_is_enabled(cache):
+    t = _big(3)
+    del t
+    for _ in range(6):
+        with open_scope():
+            pass
+    assert allocator.cpu_cache_stats()["cached_bytes"] == 3 * MIB

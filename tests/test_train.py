@@ -195,11 +195,11 @@ def test_train_command_runs_with_the_cpu_cache_and_puts_it_back(arch, tmp_path, 
     seen = []
 
     def fake_train(*args, **kwargs):
-        seen.append(allocator.cpu_cache_stats()["enabled"])
+        seen.append((allocator.cpu_cache_stats()["enabled"], allocator.network_cache()))
         raise KeyboardInterrupt  # stands in for the run; the allocator must come back all the same
 
     monkeypatch.setattr(loop, "train", fake_train)
     with pytest.raises(KeyboardInterrupt):
         main(["train", str(arch), "--out", str(tmp_path / "run")] + flags)
-    assert seen == [cached]
-    assert not allocator.cpu_cache_stats()["enabled"]
+    assert seen == [(cached, cached)]  # --no-cpu-cache: the evaluations' forwards without their scope too
+    assert not allocator.cpu_cache_stats()["enabled"] and allocator.network_cache()

@@ -10,7 +10,9 @@
 #include <c10/util/Exception.h>
 #include <pthread.h>
 
+#include <algorithm>
 #include <atomic>
+#include <iterator>
 #include <limits>
 #include <mutex>
 #include <unordered_map>
@@ -47,10 +49,10 @@ class CachingAllocator final : public c10::Allocator {
   };
 
  public:
-  // Requests below kMinCachedBytes, and all while disabled, get the replaced allocator's block and deleter; a
+  // Requests below kMinCachedBytes, and all while inactive, get the replaced allocator's block and deleter; a
   // raw free of such a block arrives at release(), which passes it on.
   c10::DataPtr allocate(size_t n) override {
-    if (n < kMinCachedBytes || !enabled_.load(std::memory_order_acquire)) return fallback_.load()->allocate(n);
+    if (n < kMinCachedBytes || !active()) return fallback_.load()->allocate(n);
     const size_t size = size_class(n);
     Totals totals;
     void* ptr = take(size, totals);
@@ -87,6 +89,44 @@ class CachingAllocator final : public c10::Allocator {
     if (!keep_cached) empty();
   }
 
+  void enter_scope(size_t max_cached_bytes) {
+    if (!installed_.load(std::memory_order_acquire)) {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!installed_) install();
+    }
+    scope_bound_.store(max_cached_bytes, std::memory_order_relaxed);
+    ++scope_depth_;
+  }
+
+  // A thread's outermost scope closing ends an epoch. While not enabled, a block cached in one epoch and not
+  // handed out again while kStaleEpochs more epochs end (a size the forwards no longer ask for: another
+  // network, another batch size) is freed then, so a process that runs many networks does not keep each one's
+  // activations up to the bound. Enabled, the program asked for the cache and its bound (a training loop,
+  // whose steps may be many epochs apart when it evaluates in between): nothing ages.
+  void exit_scope() {
+    TORCH_CHECK(scope_depth_ > 0, "pycnn: cpu cache scope closed more often than opened on this thread");
+    if (--scope_depth_ > 0) return;
+    std::vector<void*> dropped;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      ++epoch_;
+      if (!enabled_.load()) {
+        auto stale = [&](const Cached& c) { return epoch_ - c.epoch > kStaleEpochs; };
+        for (auto it = free_.begin(); it != free_.end();) {
+          for (const Cached& c : it->second) {
+            if (stale(c)) {
+              dropped.push_back(c.ptr);
+              stats_.cached_bytes -= it->first;
+            }
+          }
+          it->second.erase(std::remove_if(it->second.begin(), it->second.end(), stale), it->second.end());
+          it = it->second.empty() ? free_.erase(it) : std::next(it);
+        }
+      }
+    }
+    free_blocks(dropped);
+  }
+
   void empty() {
     std::vector<void*> dropped;
     {
@@ -100,6 +140,7 @@ class CachingAllocator final : public c10::Allocator {
     std::lock_guard<std::mutex> lock(mu_);
     Stats s = stats_;
     s.enabled = enabled_.load();
+    s.scopes = scope_depth_;
     return s;
   }
 
@@ -109,6 +150,14 @@ class CachingAllocator final : public c10::Allocator {
 
  private:
   static void release(void* ptr);
+
+  // Whether this thread's requests and frees go through the cache: enabled, or inside a scope of this thread.
+  bool active() const { return enabled_.load(std::memory_order_acquire) || scope_depth_ > 0; }
+
+  // The bound in force: enable()'s while enabled, else the scopes'.
+  size_t bound() const {  // mu_ held
+    return enabled_.load() ? stats_.max_cached_bytes : scope_bound_.load(std::memory_order_relaxed);
+  }
 
   void install() {  // mu_ held
     c10::Allocator* current = c10::GetCPUAllocator();
@@ -120,7 +169,7 @@ class CachingAllocator final : public c10::Allocator {
     c10::SetCPUAllocator(this, kPriority);
     TORCH_CHECK(c10::GetCPUAllocator() == this, "pycnn: another CPU allocator is installed with a higher priority; "
                 "the caching allocator was not installed");
-    installed_ = true;
+    installed_.store(true, std::memory_order_release);
   }
 
   void give_back(void* ptr) {
@@ -147,10 +196,10 @@ class CachingAllocator final : public c10::Allocator {
     bool keep;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      keep = enabled_.load() && stats_.cached_bytes + size <= stats_.max_cached_bytes;
+      keep = active() && stats_.cached_bytes + size <= bound();
       if (keep) {
         PYCNN_POISON(ptr, size);
-        free_[size].push_back(ptr);
+        free_[size].push_back({ptr, epoch_});
         stats_.cached_bytes += size;
       }
     }
@@ -164,7 +213,7 @@ class CachingAllocator final : public c10::Allocator {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = free_.find(size);
     if (it == free_.end() || it->second.empty()) return nullptr;
-    void* ptr = it->second.back();
+    void* ptr = it->second.back().ptr;
     it->second.pop_back();
     stats_.cached_bytes -= size;
     ++stats_.hits;
@@ -188,7 +237,7 @@ class CachingAllocator final : public c10::Allocator {
   void trim_to(size_t bound, std::vector<void*>& dropped) {  // mu_ held; the caller frees `dropped` unlocked
     for (auto it = free_.begin(); it != free_.end() && stats_.cached_bytes > bound; ++it) {
       while (!it->second.empty() && stats_.cached_bytes > bound) {
-        dropped.push_back(it->second.back());
+        dropped.push_back(it->second.back().ptr);
         it->second.pop_back();
         stats_.cached_bytes -= it->first;
       }
@@ -209,12 +258,22 @@ class CachingAllocator final : public c10::Allocator {
 
   std::mutex mu_;
   std::atomic<bool> enabled_{false};
+  std::atomic<size_t> scope_bound_{0};  // what scopes may cache while not enabled (enter_scope's argument)
+  static thread_local int scope_depth_;  // this thread's open scopes
   std::atomic<c10::Allocator*> fallback_{nullptr};  // the allocator it replaced (set before installing)
-  bool installed_ = false;                           // mu_
-  std::unordered_map<size_t, std::vector<void*>> free_;
+  std::atomic<bool> installed_{false};                // set under mu_; read without it by enter_scope
+  struct Cached {
+    void* ptr;
+    uint64_t epoch;  // when it was freed (epoch_ then)
+  };
+  static constexpr uint64_t kStaleEpochs = 3;
+  uint64_t epoch_ = 0;  // mu_: scopes closed so far (each time the last open one closed)
+  std::unordered_map<size_t, std::vector<Cached>> free_;
   std::unordered_map<void*, size_t> live_;
   Stats stats_;
 };
+
+thread_local int CachingAllocator::scope_depth_ = 0;
 
 CachingAllocator& instance() {
   static CachingAllocator* allocator = [] {  // leaked on purpose: frees may come during interpreter shutdown
@@ -234,5 +293,7 @@ void enable(size_t max_cached_bytes) { instance().enable(max_cached_bytes); }
 void disable(bool keep_cached) { instance().disable(keep_cached); }
 void empty() { instance().empty(); }
 Stats stats() { return instance().stats(); }
+void enter_scope(size_t max_cached_bytes) { instance().enter_scope(max_cached_bytes); }
+void exit_scope() { instance().exit_scope(); }
 
 }  // namespace pycnn::cpu_cache

@@ -6,6 +6,10 @@
 // 4 KiB page, several times the cost of the memory-bound kernel that first writes the page. This allocator
 // keeps freed blocks of at least kMinCachedBytes in per-size-class free lists and hands them out again, as
 // PyTorch's CUDA caching allocator does for device memory. Smaller requests go to the allocator it replaced.
+//
+// It caches while enabled (enable()) and, for a thread inside a scope (enter_scope(): a fused network's forward
+// in inference, pycnn/runtime.py), that thread's requests and frees, so inference reuses its activation memory
+// from call to call.
 #pragma once
 
 #include <cstddef>
@@ -13,7 +17,9 @@
 
 namespace pycnn::cpu_cache {
 
-constexpr size_t kMinCachedBytes = size_t{1} << 20;  // below this glibc's own bins serve well
+// glibc's initial mmap threshold: requests above it get fresh pages each time until glibc frees such a block
+// itself and raises the threshold (up to 32 MiB); below it glibc's bins reuse memory.
+constexpr size_t kMinCachedBytes = size_t{128} << 10;
 
 struct Stats {
   uint64_t hits = 0;      // large requests served from the cache
@@ -21,7 +27,8 @@ struct Stats {
   size_t cached_bytes = 0;  // held in free lists
   size_t live_bytes = 0;    // handed out and not yet freed (large blocks only)
   size_t max_cached_bytes = 0;
-  bool enabled = false;
+  bool enabled = false;  // by enable()
+  int scopes = 0;        // enter_scope() calls open on the calling thread
 };
 
 // The size class a large request is served from: n rounded up to a multiple of an eighth of the largest power
@@ -37,6 +44,10 @@ void enable(size_t max_cached_bytes);
 void disable(bool keep_cached);
 // Frees the cached blocks (not those in use).
 void empty();
+// Caches this thread's requests and frees until the matching exit_scope() (scopes nest), also while disabled,
+// holding at most max_cached_bytes then (enable()'s bound while enabled); installs it the first time.
+void enter_scope(size_t max_cached_bytes);
+void exit_scope();
 Stats stats();
 
 }  // namespace pycnn::cpu_cache

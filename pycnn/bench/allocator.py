@@ -18,6 +18,7 @@ import copy
 import json
 import os
 import platform
+import resource
 import time
 from typing import Dict, List
 
@@ -32,10 +33,17 @@ ALLOCATORS = ("glibc", "cpu cache")
 
 
 def _use(which: str) -> None:
+    """glibc: also pycnn's forwards (their cache scope off); cpu cache: on for everything."""
+    allocator.set_network_cache(which == "cpu cache")
     if which == "cpu cache":
         allocator.enable_cpu_cache()
     else:
         allocator.disable_cpu_cache(keep_cached=True)
+
+
+def _restore() -> None:
+    allocator.disable_cpu_cache()
+    allocator.set_network_cache(True)
 
 
 def network_rows(name: str, size: int, batch: int, repeats: int, modes) -> List[Dict[str, object]]:
@@ -61,10 +69,22 @@ def network_rows(name: str, size: int, batch: int, repeats: int, modes) -> List[
                 fns[(label, mode, which)] = lambda run=run, which=which: (_use(which), run())
     try:
         t = compare(fns, torch.device("cpu"), repeats=repeats, warmup=2, warm_each=True)
+        faults = {key: faults_per_call(fn) for key, fn in fns.items()}
     finally:
-        allocator.disable_cpu_cache()
+        _restore()
     return [dict(network=name, variant=label, mode=mode, allocator=which, batch=batch, size=size,
-                 ms=timing.median_s * 1e3, min_ms=timing.min_s * 1e3) for (label, mode, which), timing in t.items()]
+                 ms=timing.median_s * 1e3, min_ms=timing.min_s * 1e3, faults=faults[(label, mode, which)])
+            for (label, mode, which), timing in t.items()]
+
+
+def faults_per_call(fn, calls: int = 3) -> float:
+    """Minor page faults of the process per call of fn (after one call), untimed: each is a fresh page the kernel
+    had to map, the cost the timings differ by."""
+    fn()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(calls):
+        fn()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / calls
 
 
 def page_fault_rows(repeats: int, shape=(8, 96, 112, 112)) -> List[Dict[str, object]]:
@@ -79,7 +99,7 @@ def page_fault_rows(repeats: int, shape=(8, 96, 112, 112)) -> List[Dict[str, obj
     try:
         t = compare(fns, torch.device("cpu"), repeats=max(repeats, 5), warmup=2, warm_each=True)
     finally:
-        allocator.disable_cpu_cache()
+        _restore()
     mib = x.numel() * x.element_size() / 2**20
     return [dict(op=op, allocator=which, mib=mib, ms=t[(op, which)].median_s * 1e3) for op, which in fns]
 
@@ -88,11 +108,14 @@ def summarize(rows) -> List[Dict[str, object]]:
     """Per network, mode and variant: glibc ms, cache ms, the cache's speedup; pycnn's speedup over torchvision
     under each allocator."""
     ms = {(r["network"], r["mode"], r["variant"], r["allocator"]): r["ms"] for r in rows}
+    faults = {(r["network"], r["mode"], r["variant"], r["allocator"]): r["faults"] for r in rows}
     out = []
     for network, mode, variant in sorted({k[:3] for k in ms}):
         glibc, cached = ms[(network, mode, variant, "glibc")], ms[(network, mode, variant, "cpu cache")]
         tv = {a: ms.get((network, mode, "torchvision", a)) for a in ALLOCATORS}
         out.append(dict(network=network, mode=mode, variant=variant, glibc_ms=glibc, cache_ms=cached,
+                        glibc_faults=faults[(network, mode, variant, "glibc")],
+                        cache_faults=faults[(network, mode, variant, "cpu cache")],
                         cache_speedup=glibc / cached,
                         vs_torchvision_glibc=tv["glibc"] / glibc if tv["glibc"] else None,
                         vs_torchvision_cache=tv["cpu cache"] / cached if tv["cpu cache"] else None))
@@ -108,10 +131,11 @@ def markdown(summary, faults, meta) -> str:
         ms = {r["allocator"]: r["ms"] for r in faults if r["op"] == op}
         lines.append(f"| {op} | {ms['glibc']:.2f} | {ms['cpu cache']:.2f} |")
     lines += ["", "Networks, batch and size as in the command:", "",
-              "| network | mode | variant | glibc ms | cache ms | cache speedup | vs torchvision (glibc) | "
-              "vs torchvision (cache) |", "|---|---|---|---|---|---|---|---|"]
+              "| network | mode | variant | glibc ms | cache ms | page faults a call (glibc / cache) | cache speedup | "
+              "vs torchvision (glibc) | vs torchvision (cache) |", "|---|---|---|---|---|---|---|---|---|"]
     for r in summary:
         lines.append(f"| {r['network']} | {r['mode']} | {r['variant']} | {r['glibc_ms']:.1f} | {r['cache_ms']:.1f} | "
+                     f"{r['glibc_faults']:.0f} / {r['cache_faults']:.0f} | "
                      f"{r['cache_speedup']:.2f}x | {r['vs_torchvision_glibc']:.2f}x | {r['vs_torchvision_cache']:.2f}x |")
     return "\n".join(lines) + "\n"
 

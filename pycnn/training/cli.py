@@ -82,13 +82,15 @@ def cmd_train(args) -> int:
         options["recipe"] = recipe_from_args(args)
     elif args.epochs is not None:
         options["epochs"] = args.epochs
-    from ..allocator import cpu_cache
+    from ..allocator import cpu_cache, without_network_cache
     cache = contextlib.ExitStack()
     if args.cpu_cache:
         try:
             cache.enter_context(cpu_cache())
         except RuntimeError as e:  # another library's CPU allocator came first: train all the same
             print(f"pycnn train: without the CPU cache: {e}", file=sys.stderr)
+    else:
+        cache.enter_context(without_network_cache())  # the evaluations' forwards too
     try:
         with cache:
             result = train(args.file, args.network, data=args.data, data_dir=args.data_dir, download=args.download,
