@@ -424,6 +424,21 @@ def test_the_benchmark_times_both_allocators_and_writes_its_results(tmp_path, ca
     assert {(r["op"].split()[0], r["allocator"]) for r in data["page_faults"]} == \
         {(op, a) for op in ("clone", "copy_") for a in ("glibc", "cpu cache")}
     assert "| mobilenet_v2 | train | pycnn |" in capsys.readouterr().out
+    assert all(r["faults"] >= 0 for r in data["rows"])
+
+
+def test_the_scope_benchmark_times_pycnn_with_and_without_its_scope(tmp_path, capsys):
+    from pycnn.bench import allocator as bench
+    assert bench.main(["--networks", "mobilenet_v2", "--size", "64", "--batch", "2", "--repeats", "1", "--scope",
+                       "--out", str(tmp_path)]) == 0
+    assert allocator.network_cache()  # put back after the run
+    import json
+    data = json.loads(next(tmp_path.glob("scope-*.json")).read_text())
+    assert {(r["variant"], r["allocator"]) for r in data["rows"]} == \
+        {("pycnn", "scope"), ("pycnn", "no scope"), ("torchvision", "glibc")}
+    faults = {r["allocator"]: r["faults"] for r in data["rows"]}
+    assert all(f >= 0 for f in faults.values()) and all(r["ms"] > 0 for r in data["rows"])
+    assert "| mobilenet_v2 | 2 | pycnn | scope |" in capsys.readouterr().out
 
 
 def test_the_benchmark_refuses_bad_arguments(capsys):

@@ -4,12 +4,17 @@ all four timed interleaved in one run (the cache switched on and off between cal
 each timed call right after an untimed one of the same row, so every row runs warm in its own allocator).
 
     PYTHONPATH=$PWD python -m pycnn.bench.allocator [--networks mobilenet_v2,efficientnet_b0,regnet_x_400mf]
-        [--size 224] [--batch 8] [--threads 2] [--repeats 5] [--eval] [--out DIR]
+        [--size 224] [--batch 8] [--threads 2] [--repeats 5] [--eval | --scope] [--out DIR]
 
 Training: one SGD step (zero_grad, forward, cross-entropy, backward, step), model and input channels_last.
 --eval adds inference rows (no_grad) at the same batch. First, what a fresh allocation costs: cloning a 36.8 MiB
 tensor against copying it into memory in use. Prints and writes (with --out) allocator-<date>.json, .md and .png:
 ms per row, the cache's speedup per variant, and pycnn against torchvision under each allocator.
+
+--scope instead: inference only, as fresh processes run it (glibc's mmap threshold still low: training rows or
+another variant's frees would have raised it), pycnn with and without its forward's cache scope (pycnn.allocator)
+and torchvision, each in a process of its own, called in turn; ms and page faults per call
+(scope-<date>-b<batch>.json/.md).
 """
 from __future__ import annotations
 
@@ -85,6 +90,80 @@ def faults_per_call(fn, calls: int = 3) -> float:
     for _ in range(calls):
         fn()
     return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / calls
+
+
+SCOPE_VARIANTS = (("pycnn", "scope"), ("pycnn", "no scope"), ("torchvision", "glibc"))
+
+
+def _scope_worker(conn, name: str, size: int, batch: int, variant, threads: int) -> None:
+    """One variant of scope_rows in a process of its own: on each request an untimed call, then a timed one;
+    replies (seconds, minor page faults of the timed call)."""
+    torch.set_num_threads(threads)
+    label, which = variant
+    pycnn_model, tv = _models(name, size)
+    model = (pycnn_model if label == "pycnn" else tv.to(memory_format=torch.channels_last)).eval()
+    allocator.set_network_cache(which == "scope")
+    x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        while conn.recv():
+            model(x)
+            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            start = time.perf_counter()
+            model(x)
+            elapsed = time.perf_counter() - start
+            conn.send((elapsed, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults))
+
+
+def scope_rows(name: str, size: int, batch: int, repeats: int, threads: int) -> List[Dict[str, object]]:
+    """Inference as fresh processes run it: pycnn eval with its forward's cache scope (the default) and without it
+    (PYCNN_CPU_CACHE=0), torchvision eval (glibc), each in a process of its own (glibc's heap state is the
+    process's: another variant's frees would raise its mmap threshold), called in turn round by round (one
+    process runs at a time); medians of ms and page faults per call."""
+    import multiprocessing
+    ctx = multiprocessing.get_context("spawn")
+    workers = {}
+    try:
+        for variant in SCOPE_VARIANTS:
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_scope_worker, args=(child, name, size, batch, variant, threads), daemon=True)
+            proc.start()
+            workers[variant] = (parent, proc)
+        samples = {variant: [] for variant in SCOPE_VARIANTS}
+        for round_ in range(repeats + 2):  # two warm-up rounds
+            for variant, (conn, _) in workers.items():
+                conn.send(True)
+                elapsed, faults = conn.recv()
+                if round_ >= 2:
+                    samples[variant].append((elapsed, faults))
+    finally:
+        for conn, proc in workers.values():
+            try:
+                conn.send(False)
+            except OSError:
+                pass
+            proc.join(timeout=30)
+            if proc.is_alive():
+                proc.kill()
+
+    def median(values):
+        return sorted(values)[len(values) // 2]
+
+    return [dict(network=name, variant=label, allocator=which, batch=batch, size=size,
+                 ms=median([e for e, _ in samples[(label, which)]]) * 1e3,
+                 faults=median([f for _, f in samples[(label, which)]])) for label, which in SCOPE_VARIANTS]
+
+
+def scope_markdown(rows, meta) -> str:
+    lines = ["# Inference in a fresh process: pycnn's forward scope", "", f"`{meta['command']}`", "",
+             f"{meta['machine']}, {meta['threads']} threads, torch {meta['torch']}, {meta['date']}; medians of calls "
+             "interleaved across the rows of a network.", "",
+             "| network | batch | variant | allocator | ms | page faults a call | torchvision / this |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        tv = next(q["ms"] for q in rows if q["network"] == r["network"] and q["variant"] == "torchvision")
+        lines.append(f"| {r['network']} | {r['batch']} | {r['variant']} | {r['allocator']} | {r['ms']:.2f} | "
+                     f"{r['faults']:.0f} | {tv / r['ms']:.2f}x |")
+    return "\n".join(lines) + "\n"
 
 
 def page_fault_rows(repeats: int, shape=(8, 96, 112, 112)) -> List[Dict[str, object]]:
@@ -165,6 +244,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--eval", action="store_true", help="also time inference (no_grad) at --batch")
+    parser.add_argument("--scope", action="store_true",
+                        help="only inference with and without pycnn's forward scope, each variant in a fresh process")
     parser.add_argument("--out", help="folder for allocator-<date>.json/.md/.png")
     args = parser.parse_args(argv)
     names = args.networks.split(",")
@@ -174,15 +255,27 @@ def main(argv=None) -> int:
     if min(args.size, args.batch, args.threads, args.repeats) < 1:
         parser.error("--size, --batch, --threads and --repeats must be positive")
     torch.set_num_threads(args.threads)
+    meta = dict(command="python -m pycnn.bench.allocator " + " ".join(argv if argv is not None else os.sys.argv[1:]),
+                torch=torch.__version__, machine=platform.processor() or platform.machine(), threads=args.threads,
+                date=time.strftime("%Y-%m-%d %H:%M:%S"))
+    if args.scope:
+        rows = [r for name in names for r in scope_rows(name, args.size, args.batch, args.repeats, args.threads)]
+        text = scope_markdown(rows, meta)
+        print(text)
+        if args.out:
+            os.makedirs(args.out, exist_ok=True)
+            stem = os.path.join(args.out, f"scope-{time.strftime('%Y-%m-%d')}-b{args.batch}")
+            with open(stem + ".json", "w") as f:
+                json.dump(dict(meta=meta, rows=rows), f, indent=1)
+            with open(stem + ".md", "w") as f:
+                f.write(text)
+        return 0
     modes = ("train", "eval") if args.eval else ("train",)
     faults = page_fault_rows(args.repeats)
     rows = []
     for name in names:
         rows += network_rows(name, args.size, args.batch, args.repeats, modes)
     summary = summarize(rows)
-    meta = dict(command="python -m pycnn.bench.allocator " + " ".join(argv if argv is not None else os.sys.argv[1:]),
-                torch=torch.__version__, machine=platform.processor() or platform.machine(), threads=args.threads,
-                date=time.strftime("%Y-%m-%d %H:%M:%S"))
     text = markdown(summary, faults, meta)
     print(text)
     if args.out:
