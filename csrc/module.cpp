@@ -154,7 +154,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("_cpu_cache_enable", &cpu_cache::enable, py::arg("max_cached_bytes"),
         "Installs the caching CPU allocator (csrc/cpu/cpu_cache.h) and bounds what it keeps.");
   m.def("_cpu_cache_disable", &cpu_cache::disable, py::arg("keep_cached") = false,
-        "Passes every request to the CPU allocator it replaced (it stays installed in front).");
+        "Passes every request (but those inside a scope) to the CPU allocator it replaced; it stays installed.");
   m.def("_cpu_cache_empty", &cpu_cache::empty, "Frees the cached blocks.");
   m.def("_cpu_cache_enter_scope", &cpu_cache::enter_scope, py::arg("max_cached_bytes"),
         "Caches until the matching _cpu_cache_exit_scope (a fused network's forward).");

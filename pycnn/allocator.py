@@ -19,10 +19,10 @@ A fused network's forward in inference on the CPU caches for its own duration ev
 calling thread's requests of 128 KiB and more are served from the cache and what it frees is kept for the next
 call, as ONNX Runtime's memory arena does), so inference stops page-faulting on its activations from call to call:
 about a thousand faults a call at batch 1, seven thousand at batch 8, for RegNetX-400MF without it. What is
-freed outside a forward (its output) goes back to glibc unless the cache is enabled; cached blocks no forward
-asks for again while three more forwards end are freed (a process running many networks or batch sizes does
-not keep them all). `set_network_cache(False)` or PYCNN_CPU_CACHE=0 turns the scope off; `empty_cpu_cache()`
-frees what it holds.
+freed outside a forward (its output) goes back to glibc unless the cache is enabled; while it is not, cached
+blocks no forward asks for again while three more forwards end (on any thread) are freed (a process running many
+networks or batch sizes does not keep them all). `set_network_cache(False)`, `without_network_cache()` or
+PYCNN_CPU_CACHE=0 turn the scope off; `empty_cpu_cache()` frees what it holds.
 """
 
 from __future__ import annotations
@@ -95,9 +95,9 @@ def empty_cpu_cache() -> None:
 
 
 def cpu_cache_stats() -> Dict[str, int]:
-    """enabled (by enable_cpu_cache), scopes (forwards caching now on the calling thread), hits and misses (large requests served from
-    the cache / newly allocated), cached_bytes, live_bytes (large blocks in use), max_cached_bytes,
-    min_cached_bytes (smaller requests are not cached)."""
+    """enabled (by enable_cpu_cache), scopes (forwards caching now on the calling thread), hits and misses (large
+    requests served from the cache / newly allocated), cached_bytes, live_bytes (large blocks in use),
+    max_cached_bytes (enable_cpu_cache's bound), min_cached_bytes (smaller requests are not cached)."""
     return dict(_ext()._cpu_cache_stats())
 
 

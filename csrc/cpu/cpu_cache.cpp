@@ -1,7 +1,8 @@
 // The caching CPU allocator (cpu_cache.h). One process-wide instance, never destroyed and, once installed, never
-// uninstalled: "disabled" passes every request through to the allocator it replaced. Uninstalling would let a
-// block handed out here be freed through the replaced allocator's deleter (oneDNN frees its scratch memory
-// through whatever allocator is installed at free time), leaving this allocator's record of it stale.
+// uninstalled: "disabled" passes every request through to the allocator it replaced (but those of a thread inside
+// a scope). Uninstalling would let a block handed out here be freed through the replaced allocator's deleter
+// (oneDNN frees its scratch memory through whatever allocator is installed at free time), leaving this
+// allocator's record of it stale.
 #include "cpu_cache.h"
 
 #include <c10/core/Allocator.h>

@@ -38,9 +38,10 @@ size_t size_class(size_t n);
 // Installs the caching allocator as c10's CPU allocator (the first time) and sets the bound on what it caches:
 // a freed block that would take the cache past it goes back to the system.
 void enable(size_t max_cached_bytes);
-// From now on every request goes to the allocator it replaced, which stays installed behind it (so that every
-// block it handed out still comes back to it); frees the cached blocks (keep_cached: keeps them for the next
-// enable(), for measurements that switch back and forth). Blocks in use are freed when their tensors go.
+// From now on every request (but those of a thread inside a scope) goes to the allocator it replaced, which
+// stays installed behind it (so that every block it handed out still comes back to it); frees the cached blocks
+// (keep_cached: keeps them for the next enable(), for measurements that switch back and forth). Blocks in use
+// are freed when their tensors go.
 void disable(bool keep_cached);
 // Frees the cached blocks (not those in use).
 void empty();

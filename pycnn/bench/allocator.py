@@ -46,9 +46,9 @@ def _use(which: str) -> None:
         allocator.disable_cpu_cache(keep_cached=True)
 
 
-def _restore() -> None:
+def _restore(network_cache: bool) -> None:
     allocator.disable_cpu_cache()
-    allocator.set_network_cache(True)
+    allocator.set_network_cache(network_cache)
 
 
 def network_rows(name: str, size: int, batch: int, repeats: int, modes) -> List[Dict[str, object]]:
@@ -72,11 +72,12 @@ def network_rows(name: str, size: int, batch: int, repeats: int, modes) -> List[
                         m(x)
             for which in ALLOCATORS:
                 fns[(label, mode, which)] = lambda run=run, which=which: (_use(which), run())
+    network_cache = allocator.network_cache()
     try:
         t = compare(fns, torch.device("cpu"), repeats=repeats, warmup=2, warm_each=True)
         faults = {key: faults_per_call(fn) for key, fn in fns.items()}
     finally:
-        _restore()
+        _restore(network_cache)
     return [dict(network=name, variant=label, mode=mode, allocator=which, batch=batch, size=size,
                  ms=timing.median_s * 1e3, min_ms=timing.min_s * 1e3, faults=faults[(label, mode, which)])
             for (label, mode, which), timing in t.items()]
@@ -93,6 +94,7 @@ def faults_per_call(fn, calls: int = 3) -> float:
 
 
 SCOPE_VARIANTS = (("pycnn", "scope"), ("pycnn", "no scope"), ("torchvision", "glibc"))
+WORKER_TIMEOUT_S = 600  # one call of a worker, its model's construction included
 
 
 def _scope_worker(conn, name: str, size: int, batch: int, variant, threads: int) -> None:
@@ -120,6 +122,7 @@ def scope_rows(name: str, size: int, batch: int, repeats: int, threads: int) -> 
     process's: another variant's frees would raise its mmap threshold), called in turn round by round (one
     process runs at a time); medians of ms and page faults per call."""
     import multiprocessing
+    import multiprocessing.connection
     ctx = multiprocessing.get_context("spawn")
     workers = {}
     try:
@@ -127,11 +130,16 @@ def scope_rows(name: str, size: int, batch: int, repeats: int, threads: int) -> 
             parent, child = ctx.Pipe()
             proc = ctx.Process(target=_scope_worker, args=(child, name, size, batch, variant, threads), daemon=True)
             proc.start()
+            child.close()  # the worker's end: its death then reads as EOF here
             workers[variant] = (parent, proc)
         samples = {variant: [] for variant in SCOPE_VARIANTS}
         for round_ in range(repeats + 2):  # two warm-up rounds
-            for variant, (conn, _) in workers.items():
+            for variant, (conn, proc) in workers.items():
                 conn.send(True)
+                if not multiprocessing.connection.wait([conn, proc.sentinel], timeout=WORKER_TIMEOUT_S) \
+                        or not conn.poll():
+                    raise RuntimeError(f"the {' '.join(variant)} worker for {name} stopped answering "
+                                       f"(exit code {proc.exitcode})")
                 elapsed, faults = conn.recv()
                 if round_ >= 2:
                     samples[variant].append((elapsed, faults))
@@ -175,10 +183,11 @@ def page_fault_rows(repeats: int, shape=(8, 96, 112, 112)) -> List[Dict[str, obj
     fns = {(op, which): (lambda fn=fn, which=which: (_use(which), fn()))
            for op, fn in (("clone (new memory)", x.clone), ("copy_ (memory in use)", lambda: out.copy_(x)))
            for which in ALLOCATORS}
+    network_cache = allocator.network_cache()
     try:
         t = compare(fns, torch.device("cpu"), repeats=max(repeats, 5), warmup=2, warm_each=True)
     finally:
-        _restore()
+        _restore(network_cache)
     mib = x.numel() * x.element_size() / 2**20
     return [dict(op=op, allocator=which, mib=mib, ms=t[(op, which)].median_s * 1e3) for op, which in fns]
 
