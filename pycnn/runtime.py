@@ -385,19 +385,22 @@ class Network(KeepsInputLayout, Chain):
         return token
 
     def forward(self, x):
-        x, caller = enter_layout(x, self.input_layout)
         if torch.compiler.is_compiling():
+            x, caller = enter_layout(x, self.input_layout)
             return leave_layout(super().forward(x), caller)
-        previous, _call_token.value = _call_token.value, self._signature_token(x)
         training = self.training and torch.is_grad_enabled()
         keep_less = self.recompute_epilogues and training
-        scoped = False
+        previous, scoped = _call_token.value, False
         try:
-            # in inference the activations this call allocates and frees are kept for the next call (pycnn.allocator)
+            # in inference the activations this call allocates and frees, its input's layout conversion included,
+            # are kept for the next call (pycnn.allocator)
             scoped = self.backend == "fused" and not training and x.device.type == "cpu" \
                 and allocator.enter_network_scope()
+            x, caller = enter_layout(x, self.input_layout)
+            _call_token.value = self._signature_token(x)
             with memory.recompute_epilogues() if keep_less else contextlib.nullcontext():
                 y = super().forward(x)
+            del x  # a converted input is freed inside the scope
         finally:
             _call_token.value = previous
             if scoped:
