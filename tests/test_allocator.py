@@ -464,7 +464,8 @@ def test_the_scope_benchmark_times_pycnn_with_and_without_its_scope(tmp_path, ca
 
 def test_the_benchmark_refuses_bad_arguments(capsys):
     from pycnn.bench import allocator as bench
-    for argv, message in ((["--networks", "lenet"], "unknown network 'lenet'"), (["--repeats", "0"], "positive")):
+    for argv, message in ((["--networks", "lenet"], "unknown network 'lenet'"), (["--repeats", "0"], "positive"),
+                          (["--eval", "--scope"], "not allowed with argument")):
         with pytest.raises(SystemExit) as info:
             bench.main(argv)
         assert info.value.code == 2

@@ -207,9 +207,9 @@ class CachingAllocator final : public c10::Allocator {
     if (!keep) c10::free_cpu(ptr);
   }
 
-  // A cached block of this class (and the totals after handing it out), or nullptr. (Freeing other classes' blocks on a miss, to cap what is held at
-  // what was ever in use at once, was tried: a training step then missed on about half its requests every step,
-  // each miss evicting blocks the step needed later.)
+  // A cached block of this class (and the totals after handing it out), or nullptr. (Freeing other classes'
+  // blocks on a miss, to cap what is held at what was ever in use at once, was tried: a training step then missed
+  // on about half its requests every step, each miss evicting blocks the step needed later.)
   void* take(size_t size, Totals& totals) {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = free_.find(size);
@@ -268,7 +268,7 @@ class CachingAllocator final : public c10::Allocator {
     uint64_t epoch;  // when it was freed (epoch_ then)
   };
   static constexpr uint64_t kStaleEpochs = 3;
-  uint64_t epoch_ = 0;  // mu_: scopes closed so far (each time the last open one closed)
+  uint64_t epoch_ = 0;  // mu_: outermost scopes closed so far, on any thread
   std::unordered_map<size_t, std::vector<Cached>> free_;
   std::unordered_map<void*, size_t> live_;
   Stats stats_;

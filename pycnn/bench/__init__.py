@@ -13,4 +13,4 @@ def apply_cpu_cache(args) -> str:
         from ..allocator import enable_cpu_cache
         enable_cpu_cache()
         return "pycnn cpu cache"
-    return "glibc malloc (pycnn's forwards: their cache scope)"
+    return "glibc malloc (pycnn's inference forwards: their cache scope)"

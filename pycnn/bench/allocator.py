@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import resource
+import statistics
 import time
 from typing import Dict, List
 
@@ -83,14 +84,18 @@ def network_rows(name: str, size: int, batch: int, repeats: int, modes) -> List[
             for (label, mode, which), timing in t.items()]
 
 
+def minor_faults() -> int:
+    """The process's minor page faults so far: each a fresh page the kernel had to map on first touch."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def faults_per_call(fn, calls: int = 3) -> float:
-    """Minor page faults of the process per call of fn (after one call), untimed: each is a fresh page the kernel
-    had to map, the cost the timings differ by."""
+    """Minor page faults per call of fn (after one call), untimed: the cost the allocators' timings differ by."""
     fn()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    before = minor_faults()
     for _ in range(calls):
         fn()
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / calls
+    return (minor_faults() - before) / calls
 
 
 SCOPE_VARIANTS = (("pycnn", "scope"), ("pycnn", "no scope"), ("torchvision", "glibc"))
@@ -109,11 +114,11 @@ def _scope_worker(conn, name: str, size: int, batch: int, variant, threads: int)
     with torch.no_grad():
         while conn.recv():
             model(x)
-            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            faults = minor_faults()
             start = time.perf_counter()
             model(x)
             elapsed = time.perf_counter() - start
-            conn.send((elapsed, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults))
+            conn.send((elapsed, minor_faults() - faults))
 
 
 def scope_rows(name: str, size: int, batch: int, repeats: int, threads: int) -> List[Dict[str, object]]:
@@ -152,13 +157,10 @@ def scope_rows(name: str, size: int, batch: int, repeats: int, threads: int) -> 
             proc.join(timeout=30)
             if proc.is_alive():
                 proc.kill()
-
-    def median(values):
-        return sorted(values)[len(values) // 2]
-
     return [dict(network=name, variant=label, allocator=which, batch=batch, size=size,
-                 ms=median([e for e, _ in samples[(label, which)]]) * 1e3,
-                 faults=median([f for _, f in samples[(label, which)]])) for label, which in SCOPE_VARIANTS]
+                 ms=statistics.median_low([e for e, _ in samples[(label, which)]]) * 1e3,
+                 faults=statistics.median_low([f for _, f in samples[(label, which)]]))
+            for label, which in SCOPE_VARIANTS]
 
 
 def scope_markdown(rows, meta) -> str:
@@ -174,7 +176,7 @@ def scope_markdown(rows, meta) -> str:
     return "\n".join(lines) + "\n"
 
 
-def page_fault_rows(repeats: int, shape=(8, 96, 112, 112)) -> List[Dict[str, object]]:
+def fresh_allocation_rows(repeats: int, shape=(8, 96, 112, 112)) -> List[Dict[str, object]]:
     """What a fresh allocation costs: cloning a tensor (new memory, first written by the copy) against copying
     it into memory written before, under each allocator. The default shape is MobileNetV2's expanded activation
     at batch 8, 224x224 (36.8 MiB, above glibc's largest mmap threshold)."""
@@ -210,13 +212,13 @@ def summarize(rows) -> List[Dict[str, object]]:
     return out
 
 
-def markdown(summary, faults, meta) -> str:
+def markdown(summary, fresh_allocation, meta) -> str:
     lines = [f"# CPU allocator: glibc vs pycnn's cache", "", f"`{meta['command']}`", "",
              f"{meta['machine']}, {meta['threads']} threads, torch {meta['torch']}, {meta['date']}; medians of "
              "calls interleaved across all rows of a table.", "",
-             f"One {faults[0]['mib']:.1f} MiB tensor:", "", "| op | glibc ms | cache ms |", "|---|---|---|"]
-    for op in dict.fromkeys(r["op"] for r in faults):
-        ms = {r["allocator"]: r["ms"] for r in faults if r["op"] == op}
+             f"One {fresh_allocation[0]['mib']:.1f} MiB tensor:", "", "| op | glibc ms | cache ms |", "|---|---|---|"]
+    for op in dict.fromkeys(r["op"] for r in fresh_allocation):
+        ms = {r["allocator"]: r["ms"] for r in fresh_allocation if r["op"] == op}
         lines.append(f"| {op} | {ms['glibc']:.2f} | {ms['cpu cache']:.2f} |")
     lines += ["", "Networks, batch and size as in the command:", "",
               "| network | mode | variant | glibc ms | cache ms | page faults a call (glibc / cache) | cache speedup | "
@@ -224,7 +226,8 @@ def markdown(summary, faults, meta) -> str:
     for r in summary:
         lines.append(f"| {r['network']} | {r['mode']} | {r['variant']} | {r['glibc_ms']:.1f} | {r['cache_ms']:.1f} | "
                      f"{r['glibc_faults']:.0f} / {r['cache_faults']:.0f} | "
-                     f"{r['cache_speedup']:.2f}x | {r['vs_torchvision_glibc']:.2f}x | {r['vs_torchvision_cache']:.2f}x |")
+                     f"{r['cache_speedup']:.2f}x | {r['vs_torchvision_glibc']:.2f}x | "
+                     f"{r['vs_torchvision_cache']:.2f}x |")
     return "\n".join(lines) + "\n"
 
 
@@ -245,6 +248,17 @@ def chart(summary, path: str) -> None:
     plt.close(fig)
 
 
+def _write(out: str, name: str, data, text: str) -> str:
+    """out/name.json and out/name.md; returns out/name."""
+    os.makedirs(out, exist_ok=True)
+    stem = os.path.join(out, name)
+    with open(stem + ".json", "w") as f:
+        json.dump(data, f, indent=1)
+    with open(stem + ".md", "w") as f:
+        f.write(text)
+    return stem
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pycnn.bench.allocator", description=__doc__.split("\n\n")[0])
     parser.add_argument("--networks", default=",".join(NETWORKS))
@@ -252,9 +266,10 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--eval", action="store_true", help="also time inference (no_grad) at --batch")
-    parser.add_argument("--scope", action="store_true",
-                        help="only inference with and without pycnn's forward scope, each variant in a fresh process")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--eval", action="store_true", help="also time inference (no_grad) at --batch")
+    mode.add_argument("--scope", action="store_true",
+                      help="only inference with and without pycnn's forward scope, each variant in a fresh process")
     parser.add_argument("--out", help="folder for allocator-<date>.json/.md/.png")
     args = parser.parse_args(argv)
     names = args.networks.split(",")
@@ -272,28 +287,19 @@ def main(argv=None) -> int:
         text = scope_markdown(rows, meta)
         print(text)
         if args.out:
-            os.makedirs(args.out, exist_ok=True)
-            stem = os.path.join(args.out, f"scope-{time.strftime('%Y-%m-%d')}-b{args.batch}")
-            with open(stem + ".json", "w") as f:
-                json.dump(dict(meta=meta, rows=rows), f, indent=1)
-            with open(stem + ".md", "w") as f:
-                f.write(text)
+            _write(args.out, f"scope-{time.strftime('%Y-%m-%d')}-b{args.batch}", dict(meta=meta, rows=rows), text)
         return 0
     modes = ("train", "eval") if args.eval else ("train",)
-    faults = page_fault_rows(args.repeats)
+    fresh_allocation = fresh_allocation_rows(args.repeats)
     rows = []
     for name in names:
         rows += network_rows(name, args.size, args.batch, args.repeats, modes)
     summary = summarize(rows)
-    text = markdown(summary, faults, meta)
+    text = markdown(summary, fresh_allocation, meta)
     print(text)
     if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        stem = os.path.join(args.out, f"allocator-{time.strftime('%Y-%m-%d')}")
-        with open(stem + ".json", "w") as f:
-            json.dump(dict(meta=meta, page_faults=faults, rows=rows, summary=summary), f, indent=1)
-        with open(stem + ".md", "w") as f:
-            f.write(text)
+        stem = _write(args.out, f"allocator-{time.strftime('%Y-%m-%d')}",
+                      dict(meta=meta, page_faults=fresh_allocation, rows=rows, summary=summary), text)
         chart(summary, stem + ".png")
     return 0
 
