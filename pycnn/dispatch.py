@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 KERNELS = ("auto", "pycnn", "torch")  # the values of kernels=
-CANDIDATES = ("pycnn", "folded", "torch")  # what auto picks among (FusedStep.candidates: which apply to a step)
+CANDIDATES = ("pycnn", "folded", "gemm", "torch")  # what auto picks among (FusedStep.candidates: which apply)
 ENV_KERNELS = "PYCNN_KERNELS"
 ENV_CACHE = "PYCNN_CACHE_DIR"
 
@@ -46,8 +46,9 @@ def resolve_kernels(kernels: Optional[str]) -> str:
 
 
 # Bumped when a change makes recorded choices wrong, so old files are left unread. 3: before 2026-12-04 a traced
-# graph's race of an inverted-residual block timed its parts twice, and on CUDA "pycnn" ran the parts.
-CACHE_SCHEMA = 3
+# graph's race of an inverted-residual block timed its parts twice, and on CUDA "pycnn" ran the parts. 4: before
+# 2026-12-05 pycnn's side of a residual+relu layer rebuilt its output in training's backward (a slower "pycnn").
+CACHE_SCHEMA = 4
 
 
 def cache_path() -> Path:
@@ -257,7 +258,7 @@ def measured_choice(step, run: Callable[[str, Tensor, Optional[Tensor]], Tensor]
     while torch.compile traces, where the ops take their traced paths (no cached fold, no oneDNN packing), so
     kept under a key of its own."""
     training = any(m.training for m in train_eval_modules(modules))
-    candidates = step.candidates(training)
+    candidates = step.candidates(training, modules, x)
     if len(candidates) == 1:
         return candidates[0]
     key = shape_key(step.signature, x, training=training) + ("|traced" if traced else "")

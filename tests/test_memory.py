@@ -59,6 +59,40 @@ def test_bn_act_relu_residual_keeps_one_tensor_per_layer():
     assert memory.saved_activation_bytes(model, x) == 3 * per_tensor + stats
 
 
+def test_residual_relu_backward_under_recompute_is_one_kernel():
+    """Under recompute_epilogues() a bn+residual+relu layer keeps its residual (the output's recipe would keep it
+    anyway): backward is one pycnn::bn_act_backward with the residual, no rebuilt output and no mask ops (as
+    without the recomputation, where it keeps the output), with the composition's gradients in float64."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Log(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(str(func.overloadpacket))
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    bn = BatchNormAct2d(8, act="relu").double()
+    x, r = (torch.randn(2, 8, 6, 6, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    with memory.recompute_epilogues():
+        y = bn(x, residual=r)
+    w = torch.randn_like(y)
+    log = Log()
+    with log:
+        grads = torch.autograd.grad(y, [x, r, bn.weight, bn.bias], w)
+    kernel_calls = [op for op in log.ops if op.startswith("pycnn.")]
+    assert kernel_calls == ["pycnn.bn_act_backward"], log.ops
+    assert not {"aten.le", "aten.mul", "aten.bitwise_not"} & set(log.ops), log.ops
+    ref = torch.nn.BatchNorm2d(8).double()
+    ref.load_state_dict(bn.state_dict())
+    y_ref = F.relu(ref(x) + r)
+    for g, g_ref in zip(grads, torch.autograd.grad(y_ref, [x, r, ref.weight, ref.bias], w)):
+        torch.testing.assert_close(g, g_ref, rtol=1e-9, atol=1e-10)
+
+
 def _grads(model, x):
     torch.manual_seed(1)  # dropout and drop-path draw the same masks
     y = model(x)
