@@ -2,7 +2,8 @@
 
 `kernel` picks how one runs: "pycnn" on pycnn's kernels (in eval the BatchNorm folded into the convolution),
 "folded" (a depthwise or grouped conv run as a dense one is: PyTorch's conv, the BatchNorm folded in eval,
-pycnn's BatchNorm+act after it in training), "torch" as the eager PyTorch composition of the same modules. All
+pycnn's BatchNorm+act after it in training), "gemm" (training: a 1x1 conv as a matrix product over the pixels,
+then pycnn's BatchNorm+act), "torch" as the eager PyTorch composition of the same modules. All
 compute the same thing and update the same running statistics in training, so the choice (pycnn.dispatch) is
 free to go any way per layer.
 pycnn.nn's modules are thin wrappers over these functions.
@@ -205,6 +206,8 @@ def conv_bn_act(conv: nn.Conv2d, bn: _BatchNorm, x: Tensor, kind: str, act: Opti
     if kernel == "folded":  # a depthwise or grouped conv run as the dense path runs: PyTorch's conv, BN folded in eval
         kind = "dense"
     batch_stats = bn.training or bn.running_mean is None
+    if kernel == "gemm" and kind == "dense" and batch_stats and gemm_applies(conv, x):
+        return batch_norm_act(bn, conv1x1_as_gemm(conv, x), act, residual, "pycnn")
     if not batch_stats and _inference((x, residual, _param(conv, "weight"), _param(conv, "bias"),
                                        _param(bn, "weight"), _param(bn, "bias"))):
         return _conv_bn_act_inference(conv, bn, x, kind, act, residual)
@@ -251,6 +254,50 @@ def _conv_bn_act_inference(conv, bn, x, kind, act, residual):
                                                   conv.padding, conv.dilation, act or "none")
         return torch.ops.pycnn.gconv_forward(x, weight, fold.scale, fold.shift, residual, conv.stride, conv.padding,
                                              conv.groups, act or "none", False)[0]
+
+
+def gemm_applies(conv: nn.Conv2d, x: Tensor) -> bool:
+    """A 1x1, stride-1, unpadded, ungrouped conv of a channels_last CPU tensor of the weight's dtype, outside
+    autocast: the pixels of x are the rows of an [N*H*W, C] matrix as it lies in memory, so the conv is one
+    matrix product and its backward two."""
+    return (conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.padding == (0, 0) and conv.groups == 1
+            and x.device.type == "cpu" and x.dim() == 4 and x.dtype == conv.weight.dtype
+            and _autocast_dtype(x) is None and x.is_contiguous(memory_format=torch.channels_last))
+
+
+class _Conv1x1AsGemm(torch.autograd.Function):
+    """y = x W^T (+ b) over the pixels of a channels_last x (gemm_applies): forward one matrix product, backward
+    one for the input's gradient and one for the weight's, each only when needed. MKL's products beat oneDNN's
+    1x1 convolution on small wide maps (RegNetX-400MF's 400->400 at 7x7, batch 8: 1.2x forward+backward), not on
+    large narrow ones: the dispatch races it (tools/conv1x1_gemm_bench.py)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+        n, c, h, w = x.shape
+        rows = x.permute(0, 2, 3, 1).reshape(-1, c)
+        matrix = weight.reshape(weight.size(0), c)
+        y = rows.mm(matrix.t()) if bias is None else torch.addmm(bias, rows, matrix.t())
+        ctx.save_for_backward(x, weight)
+        return y.view(n, h, w, -1).permute(0, 3, 1, 2)  # channels_last, as the conv's output would be
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, weight = ctx.saved_tensors
+        n, c, h, w = x.shape
+        grad_rows = grad.permute(0, 2, 3, 1).reshape(-1, weight.size(0))  # a copy only if grad is not channels_last
+        grad_x = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_x = grad_rows.mm(weight.reshape(weight.size(0), c)).view(n, h, w, c).permute(0, 3, 1, 2)
+        if ctx.needs_input_grad[1]:
+            grad_weight = grad_rows.t().mm(x.permute(0, 2, 3, 1).reshape(-1, c)).view_as(weight)
+        if ctx.needs_input_grad[2]:
+            grad_bias = grad_rows.sum(0)
+        return grad_x, grad_weight, grad_bias
+
+
+def conv1x1_as_gemm(conv: nn.Conv2d, x: Tensor) -> Tensor:
+    """conv(x) for a conv and input that gemm_applies to, as matrix products."""
+    return _Conv1x1AsGemm.apply(x, conv.weight, conv.bias)
 
 
 def _macs(x: Tensor, w: Tensor, conv: nn.Conv2d) -> int:

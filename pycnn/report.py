@@ -30,6 +30,7 @@ def kernel_table(model: nn.Module) -> Dict[str, str]:
 _PYCNN_KERNEL = {"depthwise": "pycnn::dwconv", "grouped": "pycnn::gconv"}
 # a dense conv's pycnn side, and any conv's "folded": the BatchNorm folded in eval, pycnn's after the conv in training
 _DENSE = {False: "aten::conv2d+folded BN", True: "aten::conv2d+pycnn::bn_act"}
+_GEMM = "aten::mm+pycnn::bn_act"  # a 1x1 conv as matrix products in training (fused.conv1x1_as_gemm)
 
 
 def kernel_label(step: FusedStep, training: bool = False) -> str:
@@ -46,4 +47,4 @@ def kernel_label(step: FusedStep, training: bool = False) -> str:
     kernel = step.last_kernel or (step.kernels if step.kernels != "auto" else None)
     if kernel is None:
         return f"auto: {ours} | aten"
-    return {"pycnn": ours, "folded": dense + suffix}.get(kernel, "aten")
+    return {"pycnn": ours, "folded": dense + suffix, "gemm": _GEMM + suffix}.get(kernel, "aten")

@@ -48,13 +48,18 @@ class FusedStep:
         self.last_kernel: Optional[str] = None
         self.kernel_by_token: Dict[int, str] = {}  # network call signature token -> its kernel (auto)
 
-    def candidates(self, training: bool) -> tuple:
-        """The kernels `auto` races: pycnn's and PyTorch's composition and, for a depthwise or grouped conv,
-        the dense path's way: PyTorch's conv with, in eval, the BatchNorm folded in (on the CPU oneDNN, packed,
-        the activation fused; it beats both on many grouped shapes), in training followed by pycnn's
-        BatchNorm+act."""
-        if self.kind == "conv_bn_act" and self.attrs["conv"] != "dense":
+    def candidates(self, training: bool, modules, x: torch.Tensor) -> tuple:
+        """The kernels `auto` races for input x: pycnn's and PyTorch's composition and, for a depthwise or grouped
+        conv, the dense path's way: PyTorch's conv with, in eval, the BatchNorm folded in (on the CPU oneDNN,
+        packed, the activation fused; it beats both on many grouped shapes), in training followed by pycnn's
+        BatchNorm+act; for a 1x1 conv in training where fused.gemm_applies, the conv as matrix products
+        followed by pycnn's BatchNorm+act."""
+        if self.kind != "conv_bn_act":
+            return ("pycnn", "torch")
+        if self.attrs["conv"] != "dense":
             return ("pycnn", "folded", "torch")
+        if training and fused.gemm_applies(modules[0], x):
+            return ("pycnn", "gemm", "torch")
         return ("pycnn", "torch")
 
     def run(self, modules, x, residual, kernel: str):
@@ -160,7 +165,7 @@ class MbConvStep(FusedStep):
         self.signature += f",expanded={parts[0].out_shape[0]}"  # blocks alike but for their expansion differ
         self._part_kernels: Dict[tuple, str] = {}  # the parts' traced choices by input facts (_traced_part_kernel)
 
-    def candidates(self, training: bool) -> tuple:
+    def candidates(self, training: bool, modules, x: torch.Tensor) -> tuple:
         return ("torch",) if training else ("pycnn", "torch")  # the fused op runs in eval only
 
     def _fused(self, modules, x, residual, traced_owner: Optional[nn.Module] = None):

@@ -112,7 +112,9 @@ def human_bytes(n: float) -> str:
 AUTO = " (auto)"  # the choice is measured on first run (pycnn.dispatch)
 _KERNEL_WORDS = [("pycnn::dwconv", "pycnn dwconv"), ("pycnn::gconv", "pycnn gconv"),
                  ("aten::conv2d+folded BN", "PyTorch conv (BN folded)"),
-                 ("aten::conv2d+pycnn::bn_act", "PyTorch conv + pycnn BN+act"), ("pycnn::bn_act", "pycnn BN+act"),
+                 ("aten::conv2d+pycnn::bn_act", "PyTorch conv + pycnn BN+act"),
+                 ("aten::mm+pycnn::bn_act", "1x1 conv as matrix products + pycnn BN+act"),
+                 ("pycnn::bn_act", "pycnn BN+act"),
                  ("pycnn::se", "pycnn SE"), ("+residual", " + residual")]
 
 

@@ -220,6 +220,85 @@ def test_grouped_and_depthwise_convs_race_the_folded_conv_too(monkeypatch, tmp_p
     assert ("pycnn", "folded", "torch") in calls
 
 
+def test_1x1_convs_race_matrix_products_in_training(monkeypatch):
+    """kernels="auto" in training: a 1x1 stride-1 dense conv_bn_act also races "gemm" (the conv as matrix products
+    over the channels_last pixels, then pycnn's BatchNorm+act); it runs, equals the reference with its gradients
+    in float64, and the report says so. Eval and strided 1x1 convs race two candidates as before."""
+    calls = []
+
+    def fake_measure(run, x, residual, params, buffers, kernels=("pycnn", "torch"), repeats=5):
+        calls.append(kernels)
+        return {k: (0.5 if k == "gemm" else 1.0) for k in kernels}
+    monkeypatch.setattr(dispatch, "measure", fake_measure)
+    from pycnn import runtime
+    from pycnn.report import kernel_label
+    torch.manual_seed(0)
+    model = pycnn.compile(REGNET, "regnetx_200mf", input=(3, 64, 64)).double().train()
+    ref = to_backend(model, "reference").double().train()
+    steps = [s for m in model.modules() for steps in runtime.step_lists(m) for s in steps
+             if isinstance(s, runtime.FusedStep)]
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)  # NCHW: the network runs channels_last inside
+    y, y_ref = model(x), ref(x)
+    torch.testing.assert_close(y, y_ref, rtol=1e-9, atol=1e-10)
+    weights = torch.randn_like(y)
+    for g, g_ref in zip(torch.autograd.grad((y * weights).sum(), list(model.parameters())),
+                        torch.autograd.grad((y_ref * weights).sum(), list(ref.parameters()))):
+        torch.testing.assert_close(g, g_ref, rtol=1e-7, atol=1e-9)
+    pointwise = [s for s in steps if s.kind == "conv_bn_act" and s.attrs["conv"] == "dense"
+                 and "k=(1, 1)" in s.signature and "s=(1, 1)" in s.signature]
+    strided = [s for s in steps if s.kind == "conv_bn_act" and "k=(1, 1)" in s.signature and "s=(2, 2)" in s.signature]
+    assert pointwise and strided
+    assert all(s.last_kernel == "gemm" for s in pointwise)
+    assert all(s.last_kernel != "gemm" for s in strided)
+    assert ("pycnn", "gemm", "torch") in calls and ("pycnn", "torch") in calls
+    assert all(kernel_label(s, training=True).startswith("aten::mm+pycnn::bn_act") for s in pointwise)
+    calls.clear()
+    model.eval()
+    with torch.no_grad():
+        model(x)
+    assert calls and all("gemm" not in c for c in calls)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_conv1x1_as_gemm_gradients(bias):
+    """fused.conv1x1_as_gemm: the conv's output (channels_last) and first and second derivatives in float64, for
+    a gradient in either layout; not applicable to strided, padded, grouped or NCHW cases."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(6, 5, 1, bias=bias).double()
+    x = torch.randn(2, 6, 4, 3, dtype=torch.float64).contiguous(memory_format=torch.channels_last).requires_grad_()
+    assert fused.gemm_applies(conv, x)
+    y = fused.conv1x1_as_gemm(conv, x)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y, conv(x), rtol=1e-12, atol=1e-12)
+    params = [x, conv.weight] + ([conv.bias] if bias else [])
+    torch.autograd.gradcheck(lambda *t: fused._Conv1x1AsGemm.apply(*t, *([] if bias else [None])), params)
+    torch.autograd.gradgradcheck(lambda *t: fused._Conv1x1AsGemm.apply(*t, *([] if bias else [None])), params)
+    g = torch.randn_like(y).contiguous()  # NCHW gradient
+    for a, b in zip(torch.autograd.grad(y, params, g), torch.autograd.grad(conv(x), params, g)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert not fused.gemm_applies(conv, x.detach().contiguous())
+    for other in (torch.nn.Conv2d(6, 5, 1, stride=2), torch.nn.Conv2d(6, 6, 1, groups=2),
+                  torch.nn.Conv2d(6, 5, 3, padding=1)):
+        assert not fused.gemm_applies(other.double(), x)
+
+
+def test_conv1x1_as_gemm_traces_in_one_graph():
+    """The gemm kernel inside torch.compile(fullgraph=True) in training: no graph break, the eager result."""
+    torch.manual_seed(0)
+    conv, bn = torch.nn.Conv2d(8, 8, 1, bias=False), torch.nn.BatchNorm2d(8)
+    x = torch.randn(2, 8, 6, 6).contiguous(memory_format=torch.channels_last).requires_grad_()
+
+    def step(x):
+        return fused.conv_bn_act(conv, bn, x, "dense", "relu", x, kernel="gemm")
+    eager = step(x)
+    g_eager = torch.autograd.grad(eager.sum(), [x, conv.weight])
+    torch._dynamo.reset()
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")(x)
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
+    for a, b in zip(torch.autograd.grad(compiled.sum(), [x, conv.weight]), g_eager):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 TWO_STEPS = """
 network t(input = 8x8x8) {
     body = conv(8, k=3, groups=8) bn relu

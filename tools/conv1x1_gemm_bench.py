@@ -1,0 +1,47 @@
+"""A 1x1 convolution in training, forward and backward (input and weight gradients), interleaved: PyTorch's conv
+(oneDNN) against pycnn.fused.conv1x1_as_gemm (matrix products over the channels_last pixels, MKL), on
+RegNetX-400MF's stride-1 1x1 shapes at batch 8, channels_last. --cpu-cache: with pycnn's caching CPU allocator;
+without it the largest shapes' times are mostly glibc's page faults on fresh outputs (~1 us a 4 KiB page),
+which vary from run to run with the heap's history.
+
+    PYTHONPATH=$PWD python tools/conv1x1_gemm_bench.py [--threads 2] [--batch 8] [--repeats 20] [--cpu-cache]
+"""
+import argparse
+
+import torch
+from torch import nn
+
+from pycnn.bench import add_cpu_cache_argument, apply_cpu_cache
+from pycnn.fused import conv1x1_as_gemm, gemm_applies
+from pycnn.timing import compare
+
+SHAPES = [(32, 32, 112), (32, 64, 56), (64, 64, 28), (64, 160, 28), (160, 160, 14), (160, 400, 14), (400, 400, 7)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=20)
+    add_cpu_cache_argument(ap)
+    args = ap.parse_args()
+    allocator = apply_cpu_cache(args)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    print(f"{'shape':>22} {'oneDNN ms':>10} {'gemm ms':>8} {'speedup':>8}  (forward + backward, {args.threads} threads, {allocator})")
+    for c_in, c_out, hw in SHAPES:
+        conv = nn.Conv2d(c_in, c_out, 1, bias=False)
+        x = torch.randn(args.batch, c_in, hw, hw).contiguous(memory_format=torch.channels_last).requires_grad_()
+        assert gemm_applies(conv, x)
+        grad = torch.randn(args.batch, c_out, hw, hw).contiguous(memory_format=torch.channels_last)
+
+        def step(forward):
+            return lambda: torch.autograd.grad(forward(), [x, conv.weight], grad)
+        t = compare({"onednn": step(lambda: conv(x)), "gemm": step(lambda: conv1x1_as_gemm(conv, x))},
+                    torch.device("cpu"), repeats=args.repeats, warmup=2)
+        a, b = t["onednn"].median_s * 1e3, t["gemm"].median_s * 1e3
+        print(f"{f'{args.batch}x{c_in}->{c_out} {hw}x{hw}':>22} {a:10.3f} {b:8.3f} {a / b:7.2f}x")
+
+
+if __name__ == "__main__":
+    main()
