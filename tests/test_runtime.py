@@ -299,6 +299,41 @@ def test_conv1x1_as_gemm_traces_in_one_graph():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
+def test_gemm_kernel_compiles_to_one_graph_in_training(monkeypatch):
+    """A network whose 1x1 convs run "gemm" (measured fastest at trace time) under torch.compile(fullgraph=True)
+    in training: one graph over three SGD steps (no recompile), the eager network's loss and weights after them."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+    from pycnn import runtime
+    monkeypatch.setattr(dispatch, "measure", lambda run, x, residual, params, buffers, kernels, repeats=5:
+                        {k: {"gemm": 0.5, "pycnn": 1.0}.get(k, 2.0) for k in kernels})
+    torch.manual_seed(0)
+    model = pycnn.compile(REGNET, "regnetx_200mf", input=(3, 32, 32)).train()
+    eager = copy.deepcopy(model)
+    x = torch.randn(2, 3, 32, 32)
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(model, fullgraph=True, backend=counter)
+    losses = {}
+    for name, m in (("compiled", compiled), ("eager", eager)):
+        opt = torch.optim.SGD(m.parameters(), lr=0.01)
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            for _ in range(3):
+                opt.zero_grad()
+                loss = m(x).square().mean()
+                loss.backward()
+                opt.step()
+        losses[name] = loss.detach()
+    assert counter.frame_count == 1
+    steps = [s for m in model.modules() for steps in runtime.step_lists(m) for s in steps
+             if isinstance(s, runtime.FusedStep)]
+    assert any(s.last_kernel == "gemm" for s in steps)
+    torch.testing.assert_close(losses["compiled"], losses["eager"], rtol=1e-4, atol=1e-5)
+    for p, q in zip(model.parameters(), eager.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+    torch._dynamo.reset()
+
+
 TWO_STEPS = """
 network t(input = 8x8x8) {
     body = conv(8, k=3, groups=8) bn relu
