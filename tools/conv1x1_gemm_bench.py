@@ -5,6 +5,11 @@ without it the largest shapes' times are mostly glibc's page faults on fresh out
 which vary from run to run with the heap's history.
 
     PYTHONPATH=$PWD python tools/conv1x1_gemm_bench.py [--threads 2] [--batch 8] [--repeats 20] [--cpu-cache]
+    PYTHONPATH=$PWD python tools/conv1x1_gemm_bench.py --network regnet_x_400mf [--repeats 12]
+
+--network: a whole training step (forward, loss, backward, SGD) of the network at 224x224 in channels_last, as
+kernels="auto" chose its kernels, against a copy that runs pycnn's path ("pycnn") wherever the choice was "gemm",
+interleaved in one process.
 """
 import argparse
 
@@ -18,15 +23,53 @@ from pycnn.timing import compare
 SHAPES = [(32, 32, 112), (32, 64, 56), (64, 64, 28), (64, 160, 28), (160, 160, 14), (160, 400, 14), (400, 400, 7)]
 
 
+def network_step(name: str, batch: int, repeats: int) -> None:
+    import copy
+
+    import torch.nn.functional as F
+
+    from pycnn import runtime
+    from pycnn.bench.train_step import _models
+    model = _models(name, 224)[0].to(memory_format=torch.channels_last).train()
+    x = torch.randn(batch, 3, 224, 224).contiguous(memory_format=torch.channels_last)
+    target = torch.randint(0, 1000, (batch,))
+    F.cross_entropy(model(x), target).backward()  # the kernel choices
+    without = copy.deepcopy(model)
+    switched = 0
+    for m in without.modules():
+        for steps in runtime.step_lists(m):
+            for s in steps:
+                if isinstance(s, runtime.FusedStep):
+                    for token, kernel in s.kernel_by_token.items():
+                        if kernel == "gemm":
+                            s.kernel_by_token[token] = "pycnn"
+                            switched += 1
+    models = {"with gemm": model, "without": without}
+    opts = {k: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for k, m in models.items()}
+
+    def step(k):
+        opts[k].zero_grad(set_to_none=True)
+        F.cross_entropy(models[k](x), target).backward()
+        opts[k].step()
+    t = compare({k: (lambda k=k: step(k)) for k in models}, torch.device("cpu"), repeats=repeats, warmup=2)
+    a, b = t["without"].median_s * 1e3, t["with gemm"].median_s * 1e3
+    print(f"{name} training step, batch {batch}: {switched} layers chose gemm; without {a:.1f} ms, with {b:.1f} ms, "
+          f"{a / b:.3f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--network", choices=["regnet_x_400mf", "mobilenet_v2", "efficientnet_b0"])
     add_cpu_cache_argument(ap)
     args = ap.parse_args()
     allocator = apply_cpu_cache(args)
     torch.set_num_threads(args.threads)
+    if args.network:
+        network_step(args.network, args.batch, args.repeats)
+        return
     torch.manual_seed(0)
     print(f"{'shape':>22} {'oneDNN ms':>10} {'gemm ms':>8} {'speedup':>8}  (forward + backward, {args.threads} threads, {allocator})")
     for c_in, c_out, hw in SHAPES:
