@@ -4,7 +4,8 @@
 input shape, dtype, layout, device, train/eval, grad) and keeps the fastest, in memory and on disk
 (`<cache>/kernels-pycnn<version>-s<CACHE_SCHEMA>-torch<version>.json`, cache = $PYCNN_CACHE_DIR, else
 $XDG_CACHE_HOME/pycnn, else ~/.cache/pycnn). `kernels` comes from pycnn.compile(..., kernels=...), else $PYCNN_KERNELS, else "auto";
-what one step runs, "pycnn", "torch" or (a depthwise or grouped conv) "folded", is its `kernel`.
+what one step runs, "pycnn", "torch", (a depthwise or grouped conv) "folded" or (a 1x1 conv in training) "gemm",
+is its `kernel`.
 Measuring runs the op a few times on the real input with autograd.grad (no .grad is touched) and restores the
 BatchNorm running statistics afterwards. Under torch.compile (and strict torch.export, which traces with dynamo
 too) a step's choice is measured at trace time on stand-ins (pycnn.runtime); under non-strict export and with

@@ -196,7 +196,8 @@ def _inference(tensors) -> bool:
 def conv_bn_act(conv: nn.Conv2d, bn: _BatchNorm, x: Tensor, kind: str, act: Optional[str],
                 residual: Optional[Tensor] = None, kernel: str = "pycnn") -> Tensor:
     """act(bn(conv(x)) [+ residual]); kind "depthwise" (pycnn.dwconv), "grouped" (pycnn.gconv) or "dense"
-    (PyTorch's conv); kernel "pycnn", "folded" (any kind as dense) or "torch" (the eager composition).
+    (PyTorch's conv); kernel "pycnn", "folded" (any kind as dense), "gemm" (a dense 1x1 conv in training as
+    matrix products, where gemm_applies; else as "pycnn") or "torch" (the eager composition).
     Training: the conv, then the fused BatchNorm+act. Eval: the BatchNorm folded into the conv, one fused op
     for depthwise/grouped, a conv with folded weights and bias for dense; without autograd (no_grad,
     inference_mode, frozen weights) the fold is cached (cached_fold) and the ops are called below the
@@ -257,12 +258,22 @@ def _conv_bn_act_inference(conv, bn, x, kind, act, residual):
 
 
 def gemm_applies(conv: nn.Conv2d, x: Tensor) -> bool:
-    """A 1x1, stride-1, unpadded, ungrouped conv of a channels_last CPU tensor of the weight's dtype, outside
-    autocast: the pixels of x are the rows of an [N*H*W, C] matrix as it lies in memory, so the conv is one
-    matrix product and its backward two."""
-    return (conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.padding == (0, 0) and conv.groups == 1
+    """A plain 1x1, stride-1, unpadded, ungrouped conv of a channels_last CPU tensor of the weight's dtype,
+    outside autocast: the pixels of x are the rows of an [N*H*W, C] matrix as it lies in memory, so the conv is
+    one matrix product and its backward two. Plain: conv(x) would run nn.Conv2d.forward and nothing else (no
+    subclass or parametrization, no hooks: pruning and weight_norm work through them)."""
+    return (type(conv) is nn.Conv2d and conv.kernel_size == (1, 1) and conv.stride == (1, 1)
+            and conv.padding == (0, 0) and conv.groups == 1 and not _hooked(conv)
             and x.device.type == "cpu" and x.dim() == 4 and x.dtype == conv.weight.dtype
             and _autocast_dtype(x) is None and x.is_contiguous(memory_format=torch.channels_last))
+
+
+def _hooked(m: nn.Module) -> bool:
+    """Forward or backward hooks on m, or on every module."""
+    from torch.nn.modules import module as hooks
+    return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
+                or hooks._global_forward_hooks or hooks._global_forward_pre_hooks or hooks._global_backward_hooks
+                or hooks._global_backward_pre_hooks)
 
 
 class _Conv1x1AsGemm(torch.autograd.Function):
@@ -278,7 +289,9 @@ class _Conv1x1AsGemm(torch.autograd.Function):
         matrix = weight.reshape(weight.size(0), c)
         y = rows.mm(matrix.t()) if bias is None else torch.addmm(bias, rows, matrix.t())
         ctx.save_for_backward(x, weight)
-        return y.view(n, h, w, -1).permute(0, 3, 1, 2)  # channels_last, as the conv's output would be
+        # channels_last (where the input is also contiguous, C or H*W being 1, the conv's output is NCHW: the same
+        # values in the same memory order, other strides)
+        return y.view(n, h, w, weight.size(0)).permute(0, 3, 1, 2)
 
     @staticmethod
     def backward(ctx, grad: Tensor):

@@ -82,6 +82,16 @@ def active() -> bool:
     return getattr(_state, "active", False)
 
 
+def packing() -> bool:
+    """recompute_epilogues() is on and its hooks are the innermost saved-tensor hooks, so what is saved now is
+    packed by them; not so inside a non-reentrant torch.utils.checkpoint region, whose own hooks take over and
+    re-run the forward in backward without ours (a layer must then save the same thing both times)."""
+    if not active():
+        return False
+    top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)  # private: absent means unknown
+    return top is not None and top(False) == (_pack, _unpack)
+
+
 def note_bn_act_output(y: Tensor, input: Tensor, weight, bias, residual, save_mean: Tensor, save_var: Tensor,
                        eps: float, act: str) -> None:
     """Called by bn_act's autograd setup: under recompute_epilogues(), y gets the recipe that rebuilds it

@@ -190,9 +190,9 @@ def _bn_act_setup_context(ctx, inputs, output):
     input, weight, bias, residual, _running_mean, _running_var, training, eps, act = inputs
     y, save_mean, save_var = output
     memory.note_bn_act_output(y, input, weight, bias, residual, save_mean, save_var, eps, act)
-    # Under recompute_epilogues() y is kept as its recipe, which holds the residual: keeping the residual instead
-    # costs nothing more and lets backward run as one kernel (no rebuilt y, no mask ops).
-    ctx.mask_from_output = residual is not None and act in _MASK_FROM_OUTPUT and not memory.active()
+    # Packed by recompute_epilogues(), y would be kept as its recipe, which holds the residual: keeping the residual
+    # instead costs nothing more and lets backward run as one kernel (no rebuilt y, no mask ops).
+    ctx.mask_from_output = residual is not None and act in _MASK_FROM_OUTPUT and not memory.packing()
     ctx.save_for_backward(input, weight, bias, y if ctx.mask_from_output else residual, save_mean, save_var)
     ctx.training, ctx.eps, ctx.act = training, eps, act
 

@@ -462,10 +462,25 @@ def test_the_scope_benchmark_times_pycnn_with_and_without_its_scope(tmp_path, ca
     assert "| mobilenet_v2 | 2 | pycnn | scope |" in capsys.readouterr().out
 
 
+@pytest.mark.slow
+def test_the_scope_benchmark_adds_compiled_rows(tmp_path, capsys):
+    """--compiled: torch.compile of pycnn and of torchvision, each in a process of its own, beside the three rows."""
+    from pycnn.bench import allocator as bench
+    assert bench.main(["--networks", "mobilenet_v2", "--size", "32", "--batch", "2", "--repeats", "1", "--scope",
+                       "--compiled", "--out", str(tmp_path)]) == 0
+    import json
+    data = json.loads(next(tmp_path.glob("scope-*.json")).read_text())
+    assert [r["variant"] for r in data["rows"]] == ["pycnn", "pycnn", "torchvision", "torch.compile(pycnn)",
+                                                    "torch.compile(torchvision)"]
+    assert all(r["ms"] > 0 for r in data["rows"])
+    assert "| mobilenet_v2 | 2 | torch.compile(pycnn) | glibc |" in capsys.readouterr().out
+
+
 def test_the_benchmark_refuses_bad_arguments(capsys):
     from pycnn.bench import allocator as bench
     for argv, message in ((["--networks", "lenet"], "unknown network 'lenet'"), (["--repeats", "0"], "positive"),
-                          (["--eval", "--scope"], "not allowed with argument")):
+                          (["--eval", "--scope"], "not allowed with argument"),
+                          (["--compiled"], "--compiled goes with --scope")):
         with pytest.raises(SystemExit) as info:
             bench.main(argv)
         assert info.value.code == 2

@@ -93,6 +93,27 @@ def test_residual_relu_backward_under_recompute_is_one_kernel():
         torch.testing.assert_close(g, g_ref, rtol=1e-9, atol=1e-10)
 
 
+def test_residual_layer_in_a_checkpoint_under_recompute_keeps_its_gradients():
+    """A bn+residual+relu layer inside torch.utils.checkpoint (non-reentrant) inside recompute_epilogues(): the
+    checkpoint's hooks, not pycnn's, pack what the layer saves, and its re-run in backward happens outside the
+    recomputation; the layer must save the same thing both times (it saved the residual, then the output, and
+    backward took the output for the residual: wrong gradients, caught here)."""
+    from torch.utils.checkpoint import checkpoint
+    torch.manual_seed(0)
+    bn = BatchNormAct2d(8, act="relu").double()
+    ref = torch.nn.BatchNorm2d(8).double()
+    ref.load_state_dict(bn.state_dict())
+    x, r = (torch.randn(2, 8, 6, 6, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    with memory.recompute_epilogues():
+        y = checkpoint(lambda a, b: bn(a, residual=b), x, r, use_reentrant=False)
+    w = torch.randn_like(y)
+    grads = torch.autograd.grad(y, [x, r, bn.weight, bn.bias], w)
+    y_ref = F.relu(ref(x) + r)
+    torch.testing.assert_close(y, y_ref, rtol=1e-9, atol=1e-10)
+    for g, g_ref in zip(grads, torch.autograd.grad(y_ref, [x, r, ref.weight, ref.bias], w)):
+        torch.testing.assert_close(g, g_ref, rtol=1e-9, atol=1e-10)
+
+
 def _grads(model, x):
     torch.manual_seed(1)  # dropout and drop-path draw the same masks
     y = model(x)

@@ -280,6 +280,21 @@ def test_conv1x1_as_gemm_gradients(bias):
     for other in (torch.nn.Conv2d(6, 5, 1, stride=2), torch.nn.Conv2d(6, 6, 1, groups=2),
                   torch.nn.Conv2d(6, 5, 3, padding=1)):
         assert not fused.gemm_applies(other.double(), x)
+    # conv(x) would run more than nn.Conv2d.forward: a subclass, a parametrization, pruning's hook, a global hook
+    from torch.nn.utils import parametrizations, prune
+    sub = type("MyConv", (torch.nn.Conv2d,), {})(6, 5, 1).double()
+    parametrized = parametrizations.weight_norm(torch.nn.Conv2d(6, 5, 1).double())
+    pruned = prune.l1_unstructured(torch.nn.Conv2d(6, 5, 1).double(), "weight", 0.5)
+    for other in (sub, parametrized, pruned):
+        assert not fused.gemm_applies(other, x)
+    handle = torch.nn.modules.module.register_module_forward_hook(lambda m, i, o: None)
+    try:
+        assert not fused.gemm_applies(conv, x)
+    finally:
+        handle.remove()
+    assert fused.gemm_applies(conv, x)
+    empty = torch.empty(0, 6, 4, 3, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    assert fused.conv1x1_as_gemm(conv, empty).shape == (0, 5, 4, 3)
 
 
 def test_conv1x1_as_gemm_traces_in_one_graph():

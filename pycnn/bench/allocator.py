@@ -4,7 +4,7 @@ all four timed interleaved in one run (the cache switched on and off between cal
 each timed call right after an untimed one of the same row, so every row runs warm in its own allocator).
 
     PYTHONPATH=$PWD python -m pycnn.bench.allocator [--networks mobilenet_v2,efficientnet_b0,regnet_x_400mf]
-        [--size 224] [--batch 8] [--threads 2] [--repeats 5] [--eval | --scope] [--out DIR]
+        [--size 224] [--batch 8] [--threads 2] [--repeats 5] [--eval | --scope [--compiled]] [--out DIR]
 
 Training: one SGD step (zero_grad, forward, cross-entropy, backward, step), model and input channels_last.
 --eval adds inference rows (no_grad) at the same batch. First, what a fresh allocation costs: cloning a 36.8 MiB
@@ -14,7 +14,8 @@ ms per row, the cache's speedup per variant, and pycnn against torchvision under
 --scope instead: inference only, as fresh processes run it (glibc's mmap threshold still low: training rows or
 another variant's frees would have raised it), pycnn with and without its forward's cache scope (pycnn.allocator)
 and torchvision, each in a process of its own, called in turn; ms and page faults per call
-(scope-<date>-b<batch>.json/.md).
+(scope-<date>-b<batch>.json/.md). --compiled adds torch.compile of each (a graph has no scope: glibc), so
+compiled and eager are compared as fresh processes run them rather than after each other's heap history.
 """
 from __future__ import annotations
 
@@ -99,6 +100,7 @@ def faults_per_call(fn, calls: int = 3) -> float:
 
 
 SCOPE_VARIANTS = (("pycnn", "scope"), ("pycnn", "no scope"), ("torchvision", "glibc"))
+COMPILED_VARIANTS = (("torch.compile(pycnn)", "glibc"), ("torch.compile(torchvision)", "glibc"))
 WORKER_TIMEOUT_S = 600  # one call of a worker, its model's construction included
 
 
@@ -107,8 +109,12 @@ def _scope_worker(conn, name: str, size: int, batch: int, variant, threads: int)
     replies (seconds, minor page faults of the timed call)."""
     torch.set_num_threads(threads)
     label, which = variant
+    compiled = label.startswith("torch.compile(")
+    base = label[len("torch.compile("):-1] if compiled else label
     pycnn_model, tv = _models(name, size)
-    model = (pycnn_model if label == "pycnn" else tv.to(memory_format=torch.channels_last)).eval()
+    model = (pycnn_model if base == "pycnn" else tv.to(memory_format=torch.channels_last)).eval()
+    if compiled:
+        model = torch.compile(model)  # compiled on the first (untimed) call
     allocator.set_network_cache(which == "scope")
     x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
@@ -121,23 +127,24 @@ def _scope_worker(conn, name: str, size: int, batch: int, variant, threads: int)
             conn.send((elapsed, minor_faults() - faults))
 
 
-def scope_rows(name: str, size: int, batch: int, repeats: int, threads: int) -> List[Dict[str, object]]:
+def scope_rows(name: str, size: int, batch: int, repeats: int, threads: int,
+               variants=SCOPE_VARIANTS) -> List[Dict[str, object]]:
     """Inference as fresh processes run it: pycnn eval with its forward's cache scope (the default) and without it
-    (PYCNN_CPU_CACHE=0), torchvision eval (glibc), each in a process of its own (glibc's heap state is the
-    process's: another variant's frees would raise its mmap threshold), called in turn round by round (one
-    process runs at a time); medians of ms and page faults per call."""
+    (PYCNN_CPU_CACHE=0), torchvision eval (glibc) and any other `variants` (COMPILED_VARIANTS), each in a process
+    of its own (glibc's heap state is the process's: another variant's frees would raise its mmap threshold),
+    called in turn round by round (one process runs at a time); medians of ms and page faults per call."""
     import multiprocessing
     import multiprocessing.connection
     ctx = multiprocessing.get_context("spawn")
     workers = {}
     try:
-        for variant in SCOPE_VARIANTS:
+        for variant in variants:
             parent, child = ctx.Pipe()
             proc = ctx.Process(target=_scope_worker, args=(child, name, size, batch, variant, threads), daemon=True)
             proc.start()
             child.close()  # the worker's end: its death then reads as EOF here
             workers[variant] = (parent, proc)
-        samples = {variant: [] for variant in SCOPE_VARIANTS}
+        samples = {variant: [] for variant in variants}
         for round_ in range(repeats + 2):  # two warm-up rounds
             for variant, (conn, proc) in workers.items():
                 conn.send(True)
@@ -160,7 +167,7 @@ def scope_rows(name: str, size: int, batch: int, repeats: int, threads: int) -> 
     return [dict(network=name, variant=label, allocator=which, batch=batch, size=size,
                  ms=statistics.median_low([e for e, _ in samples[(label, which)]]) * 1e3,
                  faults=statistics.median_low([f for _, f in samples[(label, which)]]))
-            for label, which in SCOPE_VARIANTS]
+            for label, which in variants]
 
 
 def scope_markdown(rows, meta) -> str:
@@ -270,6 +277,8 @@ def main(argv=None) -> int:
     mode.add_argument("--eval", action="store_true", help="also time inference (no_grad) at --batch")
     mode.add_argument("--scope", action="store_true",
                       help="only inference with and without pycnn's forward scope, each variant in a fresh process")
+    parser.add_argument("--compiled", action="store_true",
+                        help="with --scope: add torch.compile of pycnn and of torchvision, each in its own process")
     parser.add_argument("--out", help="folder for allocator-<date>.json/.md/.png")
     args = parser.parse_args(argv)
     names = args.networks.split(",")
@@ -278,12 +287,16 @@ def main(argv=None) -> int:
             parser.error(f"unknown network {name!r}; expected some of {', '.join(NETWORKS)}")
     if min(args.size, args.batch, args.threads, args.repeats) < 1:
         parser.error("--size, --batch, --threads and --repeats must be positive")
+    if args.compiled and not args.scope:
+        parser.error("--compiled goes with --scope")
     torch.set_num_threads(args.threads)
     meta = dict(command="python -m pycnn.bench.allocator " + " ".join(argv if argv is not None else os.sys.argv[1:]),
                 torch=torch.__version__, machine=platform.processor() or platform.machine(), threads=args.threads,
                 date=time.strftime("%Y-%m-%d %H:%M:%S"))
     if args.scope:
-        rows = [r for name in names for r in scope_rows(name, args.size, args.batch, args.repeats, args.threads)]
+        variants = SCOPE_VARIANTS + (COMPILED_VARIANTS if args.compiled else ())
+        rows = [r for name in names
+                for r in scope_rows(name, args.size, args.batch, args.repeats, args.threads, variants)]
         text = scope_markdown(rows, meta)
         print(text)
         if args.out:
