@@ -226,6 +226,56 @@ def test_PYCNN_CPU_CACHE_0_switches_the_scope_off():
     assert out.stdout.split()[-2:] == ["False", "0"]  # no forward went through the cache
 
 
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_a_compiled_inference_graph_runs_in_the_scope(backend):
+    """torch.compile'd inference (fullgraph) opens and closes the forward's scope from inside the graph: its
+    activations come from the cache on the next call and no scope is left open; with the scope switched off, in
+    training, or for an input under allocator.COMPILED_SCOPE_MIN_INPUT_BYTES, the graph holds no scope (nothing
+    through the cache)."""
+    model, x = _tiny_network(), torch.randn(24, 3, 64, 64)
+    assert x.numel() * x.element_size() >= allocator.COMPILED_SCOPE_MIN_INPUT_BYTES
+    torch._dynamo.reset()
+    try:
+        compiled = torch.compile(model, fullgraph=True, backend=backend)
+        with torch.no_grad():
+            compiled(x)
+            before = allocator.cpu_cache_stats()
+            compiled(x)
+            after = allocator.cpu_cache_stats()
+        assert after["hits"] > before["hits"] and after["scopes"] == 0
+        torch._dynamo.reset()
+        before = allocator.cpu_cache_stats()
+        with allocator.without_network_cache(), torch.no_grad():
+            off = torch.compile(model, fullgraph=True, backend=backend)
+            off(x)
+            off(x)
+        torch._dynamo.reset()
+        small = torch.compile(model, fullgraph=True, backend=backend)
+        with torch.no_grad():
+            small(x[:2])
+            small(x[:2])
+        torch._dynamo.reset()
+        model.train()
+        trained = torch.compile(model, fullgraph=True, backend=backend)
+        trained(x).sum().backward()
+        trained(x).sum().backward()
+        after = allocator.cpu_cache_stats()
+        assert (after["hits"], after["misses"]) == (before["hits"], before["misses"])
+    finally:
+        torch._dynamo.reset()
+
+
+def test_a_compiled_scope_left_open_is_closed_by_the_next_one():
+    """A compiled forward that raised between its scope's two ops left it open: the thread's next compiled
+    forward closes it before opening its own (compiled scopes never nest)."""
+    allocator.compiled_scope_enter()
+    allocator.compiled_scope_enter()  # the first one's exit never ran
+    assert allocator.cpu_cache_stats()["scopes"] == 1
+    allocator.compiled_scope_exit()
+    allocator.compiled_scope_exit()  # nothing open: nothing to close
+    assert allocator.cpu_cache_stats()["scopes"] == 0
+
+
 def test_a_failing_forward_closes_its_scope(monkeypatch):
     from pycnn import fused
     model = _tiny_network()
@@ -464,16 +514,18 @@ def test_the_scope_benchmark_times_pycnn_with_and_without_its_scope(tmp_path, ca
 
 @pytest.mark.slow
 def test_the_scope_benchmark_adds_compiled_rows(tmp_path, capsys):
-    """--compiled: torch.compile of pycnn and of torchvision, each in a process of its own, beside the three rows."""
+    """--compiled: torch.compile of pycnn (with and without its scope) and of torchvision, each in a process of its
+    own, beside the three rows."""
     from pycnn.bench import allocator as bench
     assert bench.main(["--networks", "mobilenet_v2", "--size", "32", "--batch", "2", "--repeats", "1", "--scope",
                        "--compiled", "--out", str(tmp_path)]) == 0
     import json
     data = json.loads(next(tmp_path.glob("scope-*.json")).read_text())
-    assert [r["variant"] for r in data["rows"]] == ["pycnn", "pycnn", "torchvision", "torch.compile(pycnn)",
-                                                    "torch.compile(torchvision)"]
+    assert [(r["variant"], r["allocator"]) for r in data["rows"]] == [
+        ("pycnn", "scope"), ("pycnn", "no scope"), ("torchvision", "glibc"), ("torch.compile(pycnn)", "scope"),
+        ("torch.compile(pycnn)", "no scope"), ("torch.compile(torchvision)", "glibc")]
     assert all(r["ms"] > 0 for r in data["rows"])
-    assert "| mobilenet_v2 | 2 | torch.compile(pycnn) | glibc |" in capsys.readouterr().out
+    assert "| mobilenet_v2 | 2 | torch.compile(pycnn) | scope |" in capsys.readouterr().out
 
 
 def test_the_benchmark_refuses_bad_arguments(capsys):

@@ -502,7 +502,8 @@ def test_torch_compile_one_graph_no_recompiles(path, network, modes, overrides):
 def test_torch_compile_runs_the_kernels_auto_measures_at_trace_time(monkeypatch, faster, mode):
     """kernels="auto" under torch.compile: each fused step's kernel is measured while dynamo traces (on stand-ins
     with the traced input's facts, once per key) and is a constant of the one graph; not pycnn's everywhere."""
-    from pycnn import runtime
+    from pycnn import allocator, runtime
+    monkeypatch.setattr(allocator, "COMPILED_SCOPE_MIN_INPUT_BYTES", 0)  # the scope's ops in the graph too
     measured = []
 
     def fake_measure(run, x, residual, params, buffers, kernels=("pycnn", "torch"), repeats=5):
@@ -535,8 +536,14 @@ def test_torch_compile_runs_the_kernels_auto_measures_at_trace_time(monkeypatch,
     assert len(graphs) == 1 and measured and len(measured) <= len(steps)
     assert all(grad == (mode == "train") for _, _, grad in measured)
     assert {s.last_kernel for s in steps} == {faster}
-    pycnn_calls = [n for n in graphs[0].graph.nodes if n.op == "call_function" and "pycnn" in str(n.target)]
-    assert bool(pycnn_calls) == (faster == "pycnn"), [str(n.target) for n in pycnn_calls][:5]
+    calls = [str(n.target) for n in graphs[0].graph.nodes if n.op == "call_function" and "pycnn" in str(n.target)]
+    kernel_calls = [c for c in calls if "network_scope" not in c]
+    assert bool(kernel_calls) == (faster == "pycnn"), kernel_calls[:5]
+    # inference holds the forward's allocator scope: the first and the last pycnn op of the graph
+    scope = ["pycnn.network_scope_enter", "pycnn.network_scope_exit"]
+    assert [c for c in calls if "network_scope" in c] == (scope if mode == "eval" else [])
+    if mode == "eval":
+        assert calls[0] == scope[0] and calls[-1] == scope[1]
 
 
 @pytest.mark.slow

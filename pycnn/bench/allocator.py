@@ -14,8 +14,9 @@ ms per row, the cache's speedup per variant, and pycnn against torchvision under
 --scope instead: inference only, as fresh processes run it (glibc's mmap threshold still low: training rows or
 another variant's frees would have raised it), pycnn with and without its forward's cache scope (pycnn.allocator)
 and torchvision, each in a process of its own, called in turn; ms and page faults per call
-(scope-<date>-b<batch>.json/.md). --compiled adds torch.compile of each (a graph has no scope: glibc), so
-compiled and eager are compared as fresh processes run them rather than after each other's heap history.
+(scope-<date>-b<batch>.json/.md). --compiled adds torch.compile of each (pycnn's graph with and without the
+scope it holds), so compiled and eager are compared as fresh processes run them rather than after each other's
+heap history.
 """
 from __future__ import annotations
 
@@ -100,7 +101,8 @@ def faults_per_call(fn, calls: int = 3) -> float:
 
 
 SCOPE_VARIANTS = (("pycnn", "scope"), ("pycnn", "no scope"), ("torchvision", "glibc"))
-COMPILED_VARIANTS = (("torch.compile(pycnn)", "glibc"), ("torch.compile(torchvision)", "glibc"))
+COMPILED_VARIANTS = (("torch.compile(pycnn)", "scope"), ("torch.compile(pycnn)", "no scope"),
+                     ("torch.compile(torchvision)", "glibc"))
 WORKER_TIMEOUT_S = 600  # one call of a worker, its model's construction included
 
 
@@ -278,7 +280,8 @@ def main(argv=None) -> int:
     mode.add_argument("--scope", action="store_true",
                       help="only inference with and without pycnn's forward scope, each variant in a fresh process")
     parser.add_argument("--compiled", action="store_true",
-                        help="with --scope: add torch.compile of pycnn and of torchvision, each in its own process")
+                        help="with --scope: add torch.compile of pycnn (with and without its scope) and of torchvision, each in "
+                             "its own process")
     parser.add_argument("--out", help="folder for allocator-<date>.json/.md/.png")
     args = parser.parse_args(argv)
     names = args.networks.split(",")
