@@ -167,11 +167,11 @@ def exit_network_scope() -> None:
 # fullgraph=True refuses it). It holds them as two custom ops instead, registered as ordered side effects (effect
 # tokens: AOTAutograd threads a token through them, inductor keeps them and their order): the first takes the
 # forward's input, the last its output, so it runs once that is computed. A compiled call that raises between
-# the two leaves its scope open; the thread's next compiled call closes it first (they never nest).
-# Only for inputs of COMPILED_SCOPE_MIN_INPUT_BYTES and more: the two ops cost a compiled call about 0.4 ms, more
-# than the faults they save on small activations (fresh processes, python -m pycnn.bench.allocator --scope
-# --compiled: at batch 1, 224x224, compiled graphs faulted 0-2 times a call without the scope and ran 4-5% slower
-# with it; at batch 8 up to 7,800 faults a call went to 0 and the graphs ran 1.04-1.13x faster).
+# the two leaves its scope open; the thread's next compiled call, or its next outermost eager forward, closes it.
+# Only for inputs of COMPILED_SCOPE_MIN_INPUT_BYTES and more (fresh processes, python -m pycnn.bench.allocator
+# --scope --compiled [--compiled-scope-min-bytes 0]: at batch 1, 224x224, compiled graphs faulted 0-2 times a call
+# without the scope and ran 4-5% slower with it, about 0.4 ms, though the two ops alone take ~11 us; at batch 8
+# up to 7,800 faults a call went to 0 and the graphs ran 1.04-1.13x faster).
 COMPILED_SCOPE_MIN_INPUT_BYTES = 1 << 20
 _compiled = threading.local()  # .open: a compiled forward's scope is open on this thread
 

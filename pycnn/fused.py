@@ -58,6 +58,13 @@ def _autocast_dtype(x: Tensor) -> Optional[torch.dtype]:
     return None
 
 
+def exporting() -> bool:
+    """torch.export is tracing. Its flag read directly: torch.compiler.is_exporting() answers True to every graph
+    dynamo traces before torch 2.14 (pytorch#176347), which would take compiled graphs for exported ones."""
+    flag = getattr(torch.compiler, "_is_exporting_flag", None)
+    return bool(flag) if flag is not None else torch.compiler.is_exporting()
+
+
 def _cast(t: Optional[Tensor], dtype: Optional[torch.dtype]) -> Optional[Tensor]:
     return t if t is None or dtype is None or t.dtype == dtype else t.to(dtype)
 
@@ -383,7 +390,7 @@ def mbconv_fusable(modules, x: Tensor, residual: Optional[Tensor], se: Optional[
     depthwise and the project conv, if any) on x: eval BatchNorms, no autograd to record, a device and dtype
     its kernels take (opspec.MBCONV_DTYPES) without autocast, zero padding, and a residual (if any) that is x
     itself. Graphs torch.compile traces run it too; exported ones (torch.export, ONNX) keep the parts."""
-    if torch.jit.is_tracing() or torch.compiler.is_exporting():
+    if torch.jit.is_tracing() or exporting():
         return False
     convs, bns = modules[0::2], modules[1::2]
     if not all(runs_on_pycnn(bn) and not bn.training and bn.running_mean is not None for bn in bns):

@@ -18,20 +18,6 @@ from . import allocator, dispatch, fused, ir, memory
 _SCOPE_OPS = allocator.compiled_scope_ops()  # registered at import: never while dynamo traces
 
 
-def _static_bytes(t: torch.Tensor) -> int:
-    """t's bytes where its shape is static while tracing, else 0 (a symbolic size compared would add a guard)."""
-    if not all(isinstance(d, int) for d in t.shape):
-        return 0
-    n = t.element_size()
-    for d in t.shape:
-        n *= d
-    return n
-
-
-def _exporting() -> bool:
-    """torch.export traces (an exported program is run elsewhere, by runtimes that know no pycnn op)."""
-    is_exporting = getattr(torch.compiler, "is_exporting", None)
-    return bool(is_exporting and is_exporting())
 
 
 class LayerStep:
@@ -409,11 +395,13 @@ class Network(KeepsInputLayout, Chain):
 
     def forward(self, x):
         if torch.compiler.is_compiling():
-            # inference in a compiled graph: the forward's allocator scope as two ordered side-effecting ops
-            scope = _SCOPE_OPS if (_SCOPE_OPS and self.backend == "fused" and allocator.network_cache()
-                                   and not (self.training and torch.is_grad_enabled()) and x.device.type == "cpu"
-                                   and not _exporting() and _static_bytes(x) >= allocator.COMPILED_SCOPE_MIN_INPUT_BYTES
-                                   ) else None
+            # inference in a compiled graph: the forward's allocator scope as two ordered side-effecting ops (not
+            # in an exported program, which runtimes without pycnn's ops run; a dynamic batch size gets a guard on
+            # the threshold; the switch is read last, so that only graphs that could hold the scope guard on it)
+            scope = _SCOPE_OPS if (_SCOPE_OPS and self.backend == "fused" and x.device.type == "cpu"
+                                   and not (self.training and torch.is_grad_enabled()) and not fused.exporting()
+                                   and x.numel() * x.element_size() >= allocator.COMPILED_SCOPE_MIN_INPUT_BYTES
+                                   and allocator.network_cache()) else None
             if scope:
                 scope[0](x)
             x, caller = enter_layout(x, self.input_layout)
@@ -424,6 +412,8 @@ class Network(KeepsInputLayout, Chain):
         training = self.training and torch.is_grad_enabled()
         keep_less = self.recompute_epilogues and training
         previous, scoped = _call_token.value, False
+        if previous is None:  # an outermost eager forward: a compiled call that raised left its scope open
+            allocator.compiled_scope_exit()
         try:
             # in inference the activations this call allocates and frees, its input's layout conversion included,
             # are kept for the next call (pycnn.allocator)

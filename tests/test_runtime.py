@@ -158,18 +158,25 @@ def test_auto_choice_resolved_once_per_input_signature(monkeypatch):
     assert keys == []
 
 
+def favour(monkeypatch, winner: str) -> list:
+    """dispatch.measure replaced: `winner` measures fastest, every other candidate alike (the first listed wins
+    among those); returns the candidate tuples raced, as they come."""
+    calls = []
+
+    def fake_measure(run, x, residual, params, buffers, kernels=("pycnn", "torch"), repeats=5):
+        calls.append(kernels)
+        return {k: (0.5 if k == winner else 1.0) for k in kernels}
+    monkeypatch.setattr(dispatch, "measure", fake_measure)
+    return calls
+
+
 @pytest.mark.parametrize("grad", [False, True])
 def test_grouped_and_depthwise_convs_race_the_folded_conv_too(monkeypatch, tmp_path, grad):
     """kernels="auto": a depthwise or grouped conv_bn_act races pycnn's kernel, PyTorch's conv with the BatchNorm
     folded in (eval) or followed by pycnn's BatchNorm+act (training), and the composition; "folded" runs, equals
     the reference (and its gradients too), and is what the report says. A cached entry measured without "folded"
     is measured again."""
-    calls = []
-
-    def fake_measure(run, x, residual, params, buffers, kernels=("pycnn", "torch"), repeats=5):
-        calls.append(kernels)
-        return {k: (0.5 if k == "folded" else 1.0) for k in kernels}
-    monkeypatch.setattr(dispatch, "measure", fake_measure)
+    calls = favour(monkeypatch, "folded")
     from pycnn import runtime
     torch.manual_seed(0)
     model = pycnn.compile(REGNET, "regnetx_200mf", input=(3, 32, 32)).eval()
@@ -224,12 +231,7 @@ def test_1x1_convs_race_matrix_products_in_training(monkeypatch):
     """kernels="auto" in training: a 1x1 stride-1 dense conv_bn_act also races "gemm" (the conv as matrix products
     over the channels_last pixels, then pycnn's BatchNorm+act); it runs, equals the reference with its gradients
     in float64, and the report says so. Eval and strided 1x1 convs race two candidates as before."""
-    calls = []
-
-    def fake_measure(run, x, residual, params, buffers, kernels=("pycnn", "torch"), repeats=5):
-        calls.append(kernels)
-        return {k: (0.5 if k == "gemm" else 1.0) for k in kernels}
-    monkeypatch.setattr(dispatch, "measure", fake_measure)
+    calls = favour(monkeypatch, "gemm")
     from pycnn import runtime
     from pycnn.report import kernel_label
     torch.manual_seed(0)
@@ -320,8 +322,7 @@ def test_gemm_kernel_compiles_to_one_graph_in_training(monkeypatch):
     in training: one graph over three SGD steps (no recompile), the eager network's loss and weights after them."""
     from torch._dynamo.testing import CompileCounterWithBackend
     from pycnn import runtime
-    monkeypatch.setattr(dispatch, "measure", lambda run, x, residual, params, buffers, kernels, repeats=5:
-                        {k: {"gemm": 0.5, "pycnn": 1.0}.get(k, 2.0) for k in kernels})
+    favour(monkeypatch, "gemm")
     torch.manual_seed(0)
     model = pycnn.compile(REGNET, "regnetx_200mf", input=(3, 32, 32)).train()
     eager = copy.deepcopy(model)

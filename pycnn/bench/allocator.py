@@ -28,7 +28,7 @@ import platform
 import resource
 import statistics
 import time
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -106,7 +106,8 @@ COMPILED_VARIANTS = (("torch.compile(pycnn)", "scope"), ("torch.compile(pycnn)",
 WORKER_TIMEOUT_S = 600  # one call of a worker, its model's construction included
 
 
-def _scope_worker(conn, name: str, size: int, batch: int, variant, threads: int) -> None:
+def _scope_worker(conn, name: str, size: int, batch: int, variant, threads: int,
+                  compiled_scope_min_bytes: Optional[int] = None) -> None:
     """One variant of scope_rows in a process of its own: on each request an untimed call, then a timed one;
     replies (seconds, minor page faults of the timed call)."""
     torch.set_num_threads(threads)
@@ -118,6 +119,8 @@ def _scope_worker(conn, name: str, size: int, batch: int, variant, threads: int)
     if compiled:
         model = torch.compile(model)  # compiled on the first (untimed) call
     allocator.set_network_cache(which == "scope")
+    if compiled_scope_min_bytes is not None:
+        allocator.COMPILED_SCOPE_MIN_INPUT_BYTES = compiled_scope_min_bytes
     x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         while conn.recv():
@@ -126,15 +129,17 @@ def _scope_worker(conn, name: str, size: int, batch: int, variant, threads: int)
             start = time.perf_counter()
             model(x)
             elapsed = time.perf_counter() - start
-            conn.send((elapsed, minor_faults() - faults))
+            conn.send((elapsed, minor_faults() - faults, allocator.cpu_cache_stats()["hits"]))
 
 
-def scope_rows(name: str, size: int, batch: int, repeats: int, threads: int,
-               variants=SCOPE_VARIANTS) -> List[Dict[str, object]]:
+def scope_rows(name: str, size: int, batch: int, repeats: int, threads: int, variants=SCOPE_VARIANTS,
+               compiled_scope_min_bytes: Optional[int] = None) -> List[Dict[str, object]]:
     """Inference as fresh processes run it: pycnn eval with its forward's cache scope (the default) and without it
     (PYCNN_CPU_CACHE=0), torchvision eval (glibc) and any other `variants` (COMPILED_VARIANTS), each in a process
     of its own (glibc's heap state is the process's: another variant's frees would raise its mmap threshold),
-    called in turn round by round (one process runs at a time); medians of ms and page faults per call."""
+    called in turn round by round (one process runs at a time); medians of ms and page faults per call, and the
+    cache's hits in all (0: nothing went through a scope; a compiled graph holds one for inputs of
+    allocator.COMPILED_SCOPE_MIN_INPUT_BYTES and more, or `compiled_scope_min_bytes`)."""
     import multiprocessing
     import multiprocessing.connection
     ctx = multiprocessing.get_context("spawn")
@@ -142,11 +147,13 @@ def scope_rows(name: str, size: int, batch: int, repeats: int, threads: int,
     try:
         for variant in variants:
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_scope_worker, args=(child, name, size, batch, variant, threads), daemon=True)
+            proc = ctx.Process(target=_scope_worker, args=(child, name, size, batch, variant, threads,
+                                                           compiled_scope_min_bytes), daemon=True)
             proc.start()
             child.close()  # the worker's end: its death then reads as EOF here
             workers[variant] = (parent, proc)
         samples = {variant: [] for variant in variants}
+        hits = {}
         for round_ in range(repeats + 2):  # two warm-up rounds
             for variant, (conn, proc) in workers.items():
                 conn.send(True)
@@ -154,7 +161,7 @@ def scope_rows(name: str, size: int, batch: int, repeats: int, threads: int,
                         or not conn.poll():
                     raise RuntimeError(f"the {' '.join(variant)} worker for {name} stopped answering "
                                        f"(exit code {proc.exitcode})")
-                elapsed, faults = conn.recv()
+                elapsed, faults, hits[variant] = conn.recv()
                 if round_ >= 2:
                     samples[variant].append((elapsed, faults))
     finally:
@@ -168,7 +175,8 @@ def scope_rows(name: str, size: int, batch: int, repeats: int, threads: int,
                 proc.kill()
     return [dict(network=name, variant=label, allocator=which, batch=batch, size=size,
                  ms=statistics.median_low([e for e, _ in samples[(label, which)]]) * 1e3,
-                 faults=statistics.median_low([f for _, f in samples[(label, which)]]))
+                 faults=statistics.median_low([f for _, f in samples[(label, which)]]),
+                 cache_hits=hits[(label, which)])
             for label, which in variants]
 
 
@@ -176,12 +184,12 @@ def scope_markdown(rows, meta) -> str:
     lines = ["# Inference in a fresh process: pycnn's forward scope", "", f"`{meta['command']}`", "",
              f"{meta['machine']}, {meta['threads']} threads, torch {meta['torch']}, {meta['date']}; medians of calls "
              "interleaved across the rows of a network.", "",
-             "| network | batch | variant | allocator | ms | page faults a call | torchvision / this |",
-             "|---|---|---|---|---|---|---|"]
+             "| network | batch | variant | allocator | ms | page faults a call | cache hits | torchvision / this |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         tv = next(q["ms"] for q in rows if q["network"] == r["network"] and q["variant"] == "torchvision")
         lines.append(f"| {r['network']} | {r['batch']} | {r['variant']} | {r['allocator']} | {r['ms']:.2f} | "
-                     f"{r['faults']:.0f} | {tv / r['ms']:.2f}x |")
+                     f"{r['faults']:.0f} | {r['cache_hits']} | {tv / r['ms']:.2f}x |")
     return "\n".join(lines) + "\n"
 
 
@@ -282,6 +290,9 @@ def main(argv=None) -> int:
     parser.add_argument("--compiled", action="store_true",
                         help="with --scope: add torch.compile of pycnn (with and without its scope) and of torchvision, each in "
                              "its own process")
+    parser.add_argument("--compiled-scope-min-bytes", type=int, metavar="N",
+                        help="with --compiled: the input size from which pycnn's compiled graph holds the scope "
+                             "(default: pycnn.allocator.COMPILED_SCOPE_MIN_INPUT_BYTES)")
     parser.add_argument("--out", help="folder for allocator-<date>.json/.md/.png")
     args = parser.parse_args(argv)
     names = args.networks.split(",")
@@ -292,6 +303,8 @@ def main(argv=None) -> int:
         parser.error("--size, --batch, --threads and --repeats must be positive")
     if args.compiled and not args.scope:
         parser.error("--compiled goes with --scope")
+    if args.compiled_scope_min_bytes is not None and not args.compiled:
+        parser.error("--compiled-scope-min-bytes goes with --compiled")
     torch.set_num_threads(args.threads)
     meta = dict(command="python -m pycnn.bench.allocator " + " ".join(argv if argv is not None else os.sys.argv[1:]),
                 torch=torch.__version__, machine=platform.processor() or platform.machine(), threads=args.threads,
@@ -299,7 +312,8 @@ def main(argv=None) -> int:
     if args.scope:
         variants = SCOPE_VARIANTS + (COMPILED_VARIANTS if args.compiled else ())
         rows = [r for name in names
-                for r in scope_rows(name, args.size, args.batch, args.repeats, args.threads, variants)]
+                for r in scope_rows(name, args.size, args.batch, args.repeats, args.threads, variants,
+                                    args.compiled_scope_min_bytes)]
         text = scope_markdown(rows, meta)
         print(text)
         if args.out:
