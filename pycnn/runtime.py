@@ -18,8 +18,6 @@ from . import allocator, dispatch, fused, ir, memory
 _SCOPE_OPS = allocator.compiled_scope_ops()  # registered at import: never while dynamo traces
 
 
-
-
 class LayerStep:
     """Runs one module, then the activations of the layers without a module of their own that follow it in
     the IR (pycnn.ir.Layer.own_module: `bn relu` unfused is the module bn1, then relu)."""
