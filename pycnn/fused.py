@@ -16,6 +16,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules import module as _module
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from . import ops
@@ -277,10 +278,9 @@ def gemm_applies(conv: nn.Conv2d, x: Tensor) -> bool:
 
 def _hooked(m: nn.Module) -> bool:
     """Forward or backward hooks on m, or on every module."""
-    from torch.nn.modules import module as hooks
     return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
-                or hooks._global_forward_hooks or hooks._global_forward_pre_hooks or hooks._global_backward_hooks
-                or hooks._global_backward_pre_hooks)
+                or _module._global_forward_hooks or _module._global_forward_pre_hooks
+                or _module._global_backward_hooks or _module._global_backward_pre_hooks)
 
 
 class _Conv1x1AsGemm(torch.autograd.Function):
