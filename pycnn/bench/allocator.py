@@ -109,7 +109,7 @@ WORKER_TIMEOUT_S = 600  # one call of a worker, its model's construction include
 def _scope_worker(conn, name: str, size: int, batch: int, variant, threads: int,
                   compiled_scope_min_bytes: Optional[int] = None) -> None:
     """One variant of scope_rows in a process of its own: on each request an untimed call, then a timed one;
-    replies (seconds, minor page faults of the timed call)."""
+    replies (seconds, minor page faults of the timed call, the cache's hits so far)."""
     torch.set_num_threads(threads)
     label, which = variant
     compiled = label.startswith("torch.compile(")
@@ -288,8 +288,8 @@ def main(argv=None) -> int:
     mode.add_argument("--scope", action="store_true",
                       help="only inference with and without pycnn's forward scope, each variant in a fresh process")
     parser.add_argument("--compiled", action="store_true",
-                        help="with --scope: add torch.compile of pycnn (with and without its scope) and of torchvision, each in "
-                             "its own process")
+                        help="with --scope: add torch.compile of pycnn (with and without its scope) and of "
+                             "torchvision, each in its own process")
     parser.add_argument("--compiled-scope-min-bytes", type=int, metavar="N",
                         help="with --compiled: the input size from which pycnn's compiled graph holds the scope "
                              "(default: pycnn.allocator.COMPILED_SCOPE_MIN_INPUT_BYTES)")
