@@ -45,6 +45,7 @@ def test_human_units_and_kernel_words():
     assert kernel_words("pycnn::gconv") == "pycnn gconv"
     assert kernel_words("aten::conv2d+folded BN") == "PyTorch conv (BN folded)"
     assert kernel_words("aten::conv2d+pycnn::bn_act+residual") == "PyTorch conv + pycnn BN+act + residual"
+    assert kernel_words("aten::mm+pycnn::bn_act+residual") == "1x1 conv as matrix products + pycnn BN+act + residual"
     assert kernel_words("pycnn::dwconv+residual") == "pycnn dwconv + residual"
     assert kernel_words("auto: pycnn::gconv | aten") == "pycnn gconv | PyTorch (auto)"
     assert kernel_words("(fused into s1.b1.conv1)") == "fused into conv1"
