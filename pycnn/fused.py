@@ -11,7 +11,8 @@ pycnn.nn's modules are thin wrappers over these functions.
 from __future__ import annotations
 
 import functools
-from typing import Optional, Tuple
+import weakref
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -100,16 +101,21 @@ def batch_norm_act(bn: _BatchNorm, x: Tensor, act: Optional[str], residual: Opti
 def fold_bn(conv: nn.Conv2d, bn: _BatchNorm) -> Tuple[Tensor, Tensor]:
     """bn(conv(x)) in eval as conv(x) * scale + shift (conv bias included), per channel, in float32 (float64 for
     float64 weights); differentiable, computed from the current weights and statistics on every call."""
-    acc = torch.float64 if conv.weight.dtype == torch.float64 else torch.float32
-    scale = torch.rsqrt(bn.running_var.to(acc) + bn.eps)
-    if bn.weight is not None:
-        scale = scale * bn.weight.to(acc)
-    shift = -bn.running_mean.to(acc)
-    if conv.bias is not None:
-        shift = shift + conv.bias.to(acc)
+    return fold_scale_shift(conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps)
+
+
+def fold_scale_shift(weight, bias, bn_weight, bn_bias, running_mean, running_var, eps) -> Tuple[Tensor, Tensor]:
+    """fold_bn from the tensors themselves (the conv's weight only gives the accumulation dtype)."""
+    acc = torch.float64 if weight.dtype == torch.float64 else torch.float32
+    scale = torch.rsqrt(running_var.to(acc) + eps)
+    if bn_weight is not None:
+        scale = scale * bn_weight.to(acc)
+    shift = -running_mean.to(acc)
+    if bias is not None:
+        shift = shift + bias.to(acc)
     shift = shift * scale
-    if bn.bias is not None:
-        shift = shift + bn.bias.to(acc)
+    if bn_bias is not None:
+        shift = shift + bn_bias.to(acc)
     return scale, shift
 
 
@@ -123,8 +129,8 @@ class EvalFold:
     """A BatchNorm folded into its convolution for inference: scale and shift per channel (pycnn's depthwise and
     grouped kernels take them) and, once a caller asks for them (dense), the folded weight and bias with
     oneDNN-packed weights per input signature. `refs` and `stamp` say what it was computed from: the six
-    tensors themselves, their version counters (bumped by every in-place change: optimizer steps,
-    load_state_dict's copy_, `weight.mul_(2)` under no_grad, running statistics updated in training),
+    tensors themselves (weak references), their version counters (bumped by every in-place change: optimizer
+    steps, load_state_dict's copy_, `weight.mul_(2)` under no_grad, running statistics updated in training),
     storages, dtypes and devices, and the BatchNorm's eps."""
 
     __slots__ = ("refs", "stamp", "scale", "shift", "weight", "bias", "packed")
@@ -162,17 +168,30 @@ def _stamp(tensors, eps) -> tuple:
 def cached_fold(conv: nn.Conv2d, bn: _BatchNorm, dense: bool) -> EvalFold:
     """The fold of bn into conv for inference without autograd, recomputed only when one of the tensors it reads
     changed (EvalFold). Kept on the BatchNorm module."""
-    tensors = (_param(conv, "weight"), _param(conv, "bias"), _param(bn, "weight"), _param(bn, "bias"),
-               _param(bn, "running_mean"), _param(bn, "running_var"))
-    stamp = _stamp(tensors, bn.eps)
-    fold = bn.__dict__.get(FOLD_ATTR)
-    if fold is None or fold.stamp != stamp or not all(a is b for a, b in zip(fold.refs, tensors)):
+    tensors = fold_tensors(conv, bn)
+    fold = bn.__dict__[FOLD_ATTR] = _refreshed(bn.__dict__.get(FOLD_ATTR), tensors, bn.eps, dense)
+    return fold
+
+
+def fold_tensors(conv: nn.Conv2d, bn: _BatchNorm) -> tuple:
+    """What a fold is computed from: the conv's weight and bias, the BatchNorm's weight, bias and statistics."""
+    return (_param(conv, "weight"), _param(conv, "bias"), _param(bn, "weight"), _param(bn, "bias"),
+            _param(bn, "running_mean"), _param(bn, "running_var"))
+
+
+def _refreshed(fold: Optional[EvalFold], tensors, eps: float, dense: bool) -> EvalFold:
+    """fold when it is still the fold of these tensors (the same objects, unchanged since), else a new one; with
+    the folded dense weight and bias when `dense`."""
+    stamp = _stamp(tensors, eps)
+    if fold is None or fold.stamp != stamp or not all(
+            t is None if r is None else r() is t for r, t in zip(fold.refs, tensors)):
         fold = EvalFold()
         with torch.inference_mode(False), torch.no_grad():  # ordinary tensors, usable outside inference mode
-            fold.scale, fold.shift = fold_bn(conv, bn)
+            fold.scale, fold.shift = fold_scale_shift(*tensors, eps)
         fold.weight = fold.bias = None
-        fold.refs, fold.stamp, fold.packed = tensors, stamp, {}
-        bn.__dict__[FOLD_ATTR] = fold
+        # weak: a fold kept apart from its module (graph_fold) must not keep the module's tensors alive
+        fold.refs = tuple(None if t is None else weakref.ref(t) for t in tensors)
+        fold.stamp, fold.packed = stamp, {}
     if dense and fold.weight is None:  # made on first use: a step racing its kernels must not refold per call
         with torch.inference_mode(False), torch.no_grad():
             fold.weight, fold.bias = fold_into_weights(tensors[0], fold.scale, fold.shift)
@@ -220,6 +239,10 @@ def conv_bn_act(conv: nn.Conv2d, bn: _BatchNorm, x: Tensor, kind: str, act: Opti
     if not batch_stats and _inference((x, residual, _param(conv, "weight"), _param(conv, "bias"),
                                        _param(bn, "weight"), _param(bn, "bias"))):
         return _conv_bn_act_inference(conv, bn, x, kind, act, residual)
+    if not batch_stats and _in_cpu_graph(x) and x.dim() == 4 and _autocast_dtype(x) is None \
+            and _no_autograd((x, residual, conv.weight, conv.bias, bn.weight, bn.bias)):
+        return torch.ops.pycnn.eval_conv_bn_act(x, *fold_tensors(conv, bn), bn.eps, conv.stride, conv.padding,
+                                                conv.dilation, conv.groups, kind, act or "none", residual)
     dtype = _autocast_dtype(x)
     if dtype is not None and kind != "dense":
         x = _cast(x, dtype)
@@ -235,34 +258,135 @@ def conv_bn_act(conv: nn.Conv2d, bn: _BatchNorm, x: Tensor, kind: str, act: Opti
         y = conv(x)
     else:
         w, b = fold_into_weights(conv.weight, scale, shift)
-        if _onednn_fusable(x, w, residual, act):
-            return _onednn_conv_act(x, w, b, conv, residual, act)
+        if not torch.compiler.is_compiling() and _onednn_fusable(x, w, residual, act):  # inductor fuses its own
+            return _onednn_conv_act(x, w, b, (conv.stride, conv.padding, conv.dilation, conv.groups),
+                                    residual, act)
         y = F.conv2d(x, w, b, conv.stride, conv.padding, conv.dilation, conv.groups)
         return epilogue_(y, residual, act)
     return batch_norm_act(bn, y, act, residual, "pycnn") if batch_stats else y
 
 
 def _conv_bn_act_inference(conv, bn, x, kind, act, residual):
-    """conv_bn_act in eval without autograd: the cached fold, the pycnn ops called below autograd (their
-    Python autograd wrapper costs ~5 us a call), dense convs on oneDNN with packed weights when big enough."""
-    dtype = _autocast_dtype(x)
+    """conv_bn_act in eval without autograd: the cached fold, then folded_forward."""
     fold = cached_fold(conv, bn, kind == "dense")
+    geometry = (conv.stride, conv.padding, conv.dilation, conv.groups)
+    return folded_forward(x, fold, _param(conv, "weight"), geometry, kind, act, residual)
+
+
+def folded_forward(x: Tensor, fold: EvalFold, weight: Tensor, geometry, kind: str, act: Optional[str],
+                   residual: Optional[Tensor]) -> Tensor:
+    """act(conv(x) * scale + shift [+ residual]) from an eval fold, without autograd: the pycnn ops called below
+    autograd (their Python autograd wrapper costs ~5 us a call), dense convs on oneDNN with packed weights when
+    big enough. geometry: (stride, padding, dilation, groups)."""
+    stride, padding, dilation, groups = geometry
     if kind == "dense":
         w, b = fold.weight, fold.bias
-        if _onednn_fusable(x, w, residual, act) and _macs(x, w, conv) >= ONEDNN_MIN_MACS:
-            return _onednn_conv_act(x, _packed(fold, x, conv), b, conv, residual, act)
-        y = F.conv2d(x, w, b, conv.stride, conv.padding, conv.dilation, conv.groups)
+        if _onednn_fusable(x, w, residual, act) and _macs(x, w, stride) >= ONEDNN_MIN_MACS:
+            return _onednn_conv_act(x, _packed(fold, x, geometry), b, geometry, residual, act)
+        y = F.conv2d(x, w, b, stride, padding, dilation, groups)
         return epilogue_(y, residual, act)
+    dtype = _autocast_dtype(x)
     if dtype is not None:
         x = _cast(x, dtype)
-    weight = _cast(_param(conv, "weight"), x.dtype)
+    weight = _cast(weight, x.dtype)
     residual = _cast(residual, x.dtype)
     with torch._C._AutoDispatchBelowAutograd():
         if kind == "depthwise":
-            return torch.ops.pycnn.dwconv_forward(x, weight, fold.scale, fold.shift, residual, conv.stride,
-                                                  conv.padding, conv.dilation, act or "none")
-        return torch.ops.pycnn.gconv_forward(x, weight, fold.scale, fold.shift, residual, conv.stride, conv.padding,
-                                             conv.groups, act or "none", False)[0]
+            return torch.ops.pycnn.dwconv_forward(x, weight, fold.scale, fold.shift, residual, stride, padding,
+                                                  dilation, act or "none")
+        return torch.ops.pycnn.gconv_forward(x, weight, fold.scale, fold.shift, residual, stride, padding, groups,
+                                             act or "none", False)[0]
+
+
+# ------------------------------------------------------------------- the eval fold in graphs torch.compile makes
+
+# A graph torch.compile traces cannot read the fold cache (its checks are Python state dynamo would guard on or
+# bake in): in the graph, the fold would be recomputed on every call (the folded weights written anew: 22 MB a
+# call for RegNetX-400MF) and the dense convs run on unpacked weights with their epilogues as separate passes.
+# Eval layers in CPU graphs call pycnn::eval_conv_bn_act instead: an opaque op, given the module's own tensors
+# (dynamo passes the parameter and buffer objects themselves), that runs folded_forward from a cache of its own
+# (graph_fold), as eager inference does.
+_GRAPH_FOLDS: Dict[Tuple[int, int], EvalFold] = {}  # (id of the conv weight, id of running_var) -> its fold
+
+
+def graph_fold(tensors, eps: float, dense: bool) -> EvalFold:
+    """cached_fold for pycnn::eval_conv_bn_act, keyed by the tensors' identities; an entry goes with its weight."""
+    key = (id(tensors[0]), id(tensors[5]))
+    old = _GRAPH_FOLDS.get(key)
+    fold = _refreshed(old, tensors, eps, dense)
+    if fold is not old:
+        if old is None:
+            weakref.finalize(tensors[0], _GRAPH_FOLDS.pop, key, None)
+        _GRAPH_FOLDS[key] = fold
+    return fold
+
+
+def _output_layout(x: Tensor, weight: Tensor, stride, padding, dilation) -> Tuple[list, Tuple[int, ...]]:
+    """The shape of the conv's output and the strides pycnn::eval_conv_bn_act gives it (channels_last for a
+    channels_last input, else contiguous), the same for the real op and its fake whatever each kernel returns."""
+    n, _, h, w = x.shape
+    c, _, kh, kw = weight.shape
+    h = max((h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1, 0)
+    w = max((w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1, 0)
+    hs, ws, cs = max(h, 1), max(w, 1), max(c, 1)  # as torch strides empty dimensions
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return [n, c, h, w], (hs * ws * cs, 1, ws * cs, cs)
+    return [n, c, h, w], (cs * hs * ws, hs * ws, ws, 1)
+
+
+def _eval_conv_bn_act(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, eps, stride, padding,
+                      dilation, groups, kind, act, residual):
+    fold = graph_fold((weight, bias, bn_weight, bn_bias, running_mean, running_var), eps, kind == "dense")
+    y = folded_forward(x, fold, weight, (stride, padding, dilation, groups), kind, act, residual)
+    shape, strides = _output_layout(x, weight, stride, padding, dilation)
+    return y if y.stride() == strides else torch.empty_strided(shape, strides, dtype=y.dtype).copy_(y)
+
+
+def _eval_conv_bn_act_fake(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, eps, stride, padding,
+                           dilation, groups, kind, act, residual):
+    return x.new_empty_strided(*_output_layout(x, weight, stride, padding, dilation))
+
+
+def _eval_mbconv(x, pairs, eps, stride, act, residual, se_reduce_weight, se_reduce_bias, se_expand_weight,
+                 se_expand_bias, se_act):
+    folds = [graph_fold(pairs[k:k + 6], e, True) for k, e in zip(range(0, len(pairs), 6), eps)]
+    expand = (folds[0].weight, folds[0].bias) if len(folds) == 3 else (None, None)
+    with torch._C._AutoDispatchBelowAutograd():
+        return torch.ops.pycnn.mbconv_forward(x, *expand, folds[-2].weight, folds[-2].bias, folds[-1].weight,
+                                              folds[-1].bias, stride, act, residual, se_reduce_weight,
+                                              se_reduce_bias, se_expand_weight, se_expand_bias, se_act)
+
+
+def _eval_mbconv_fake(x, pairs, eps, stride, act, residual, se_reduce_weight, se_reduce_bias, se_expand_weight,
+                      se_expand_bias, se_act):
+    weights = pairs[0::6]  # the folded weights have the conv weights' shapes: pycnn::mbconv_forward's fake checks
+    expand = (weights[0], None) if len(weights) == 3 else (None, None)
+    return torch.ops.pycnn.mbconv_forward(x, *expand, weights[-2], None, weights[-1], None, stride, act, residual,
+                                          se_reduce_weight, se_reduce_bias, se_expand_weight, se_expand_bias, se_act)
+
+
+# Plain library ops (a Python custom_op's wrapper layers cost ~35 us a call against the dispatcher's ~9 us); no
+# autograd kernel: only called where autograd has nothing to record
+_LIBRARY = torch.library.Library("pycnn", "FRAGMENT")
+_LIBRARY.define("eval_conv_bn_act(Tensor x, Tensor weight, Tensor? bias, Tensor? bn_weight, Tensor? bn_bias, "
+                "Tensor running_mean, Tensor running_var, float eps, int[] stride, int[] padding, int[] dilation, "
+                "int groups, str kind, str act, Tensor? residual) -> Tensor")
+_LIBRARY.impl("eval_conv_bn_act", _eval_conv_bn_act, "CPU")
+torch.library.register_fake("pycnn::eval_conv_bn_act", _eval_conv_bn_act_fake, lib=_LIBRARY)
+# pairs: (conv weight, conv bias, bn weight, bn bias, running mean, running var) per conv, expand (if any),
+# depthwise, project; eps: each BatchNorm's
+_LIBRARY.define("eval_mbconv(Tensor x, Tensor?[] pairs, float[] eps, int stride, str act, bool residual, "
+                "Tensor? se_reduce_weight, Tensor? se_reduce_bias, Tensor? se_expand_weight, Tensor? se_expand_bias, "
+                "str se_act) -> Tensor")
+_LIBRARY.impl("eval_mbconv", _eval_mbconv, "CPU")
+torch.library.register_fake("pycnn::eval_mbconv", _eval_mbconv_fake, lib=_LIBRARY)
+
+
+def _in_cpu_graph(x: Tensor) -> bool:
+    """torch.compile traces a graph (not torch.export's, nor jit's) that runs on the CPU: its eval layers call
+    the cached-fold ops (pycnn::eval_conv_bn_act, pycnn::eval_mbconv)."""
+    return (torch.compiler.is_compiling() and not exporting() and not torch.jit.is_tracing()
+            and x.device.type == "cpu")
 
 
 def gemm_applies(conv: nn.Conv2d, x: Tensor) -> bool:
@@ -320,15 +444,15 @@ def conv1x1_as_gemm(conv: nn.Conv2d, x: Tensor) -> Tensor:
     return _Conv1x1AsGemm.apply(x, conv.weight, conv.bias)
 
 
-def _macs(x: Tensor, w: Tensor, conv: nn.Conv2d) -> int:
+def _macs(x: Tensor, w: Tensor, stride) -> int:
     """Multiply-adds of the convolution (output pixels estimated from the input's, over the strides)."""
-    return (x.shape[0] * (x.shape[2] // conv.stride[0]) * (x.shape[3] // conv.stride[1])) * w.numel()
+    return (x.shape[0] * (x.shape[2] // stride[0]) * (x.shape[3] // stride[1])) * w.numel()
 
 
 _MAX_PACKS = 8  # packed weights kept per layer (one per input shape and layout seen)
 
 
-def _packed(fold: EvalFold, x: Tensor, conv: nn.Conv2d) -> Tensor:
+def _packed(fold: EvalFold, x: Tensor, geometry) -> Tensor:
     """fold.weight reordered once into oneDNN's blocked format for inputs like x (as inductor's freezing does);
     reordering on every call is what an unpacked weight costs."""
     key = (tuple(x.shape), x.is_contiguous())
@@ -337,8 +461,9 @@ def _packed(fold: EvalFold, x: Tensor, conv: nn.Conv2d) -> Tensor:
         if len(fold.packed) >= _MAX_PACKS:
             fold.packed.clear()
         with torch.inference_mode(False), torch.no_grad():
+            stride, padding, dilation, groups = geometry
             packed = torch.ops.mkldnn._reorder_convolution_weight(
-                fold.weight, list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups, list(x.shape))
+                fold.weight, list(padding), list(stride), list(dilation), groups, list(x.shape))
         fold.packed[key] = packed
     return packed
 
@@ -351,16 +476,17 @@ _ONEDNN_ACTS = {None: ("none", []), "none": ("none", []),
 
 
 def _onednn_fusable(x: Tensor, w: Tensor, residual: Optional[Tensor], act: Optional[str]) -> bool:
-    """Inference on the CPU in float32, outside torch.compile/export (inductor makes its own fusions)."""
-    return (_ONEDNN and not torch.compiler.is_compiling() and x.device.type == "cpu" and x.dtype == torch.float32
+    """Inference on the CPU in float32."""
+    return (_ONEDNN and x.device.type == "cpu" and x.dtype == torch.float32
             and w.dtype == torch.float32 and x.dim() == 4
             and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))
             and act in _ONEDNN_ACTS and (residual is None or act in (None, "none", "relu")))
 
 
-def _onednn_conv_act(x, w, b, conv, residual, act):
+def _onednn_conv_act(x, w, b, geometry, residual, act):
     unary, scalars = _ONEDNN_ACTS[act]
-    geometry = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
+    stride, padding, dilation, groups = geometry
+    geometry = (list(padding), list(stride), list(dilation), groups)
     if residual is None:
         return torch.ops.mkldnn._convolution_pointwise(x, w, b, *geometry, unary, scalars, "")
     return torch.ops.mkldnn._convolution_pointwise.binary(x, residual.to(x.dtype), w, b, *geometry, "add", 1.0,
@@ -423,11 +549,15 @@ def _same_tensor(a: Tensor, b: Tensor) -> bool:
 def mbconv_block(modules, x: Tensor, act: str, stride: int, residual: bool, se: Optional[nn.Module] = None,
                  se_act: Optional[str] = None) -> Tensor:
     """The block (expand conv, bn, dw conv, bn, [se,] project conv, bn; or without expand) as one pycnn.mbconv
-    call, every BatchNorm folded into its conv: from the cache (cached_fold), or in the graph when torch.compile
-    traces it (the cache's checks are Python state). Only where mbconv_fusable."""
+    call, every BatchNorm folded into its conv: from the cache (cached_fold); in a CPU graph torch.compile traces,
+    one pycnn::eval_mbconv call (its own cache); in other traced graphs computed in the graph (the cache's checks
+    are Python state). Only where mbconv_fusable."""
     pairs = list(zip(modules[0::2], modules[1::2]))
     se_args = _se_params(se) if se is not None else (None,) * 4
     tail = (stride, act, residual, *se_args, se_act or "none")
+    if _in_cpu_graph(x):
+        tensors = [t for conv, bn in pairs for t in fold_tensors(conv, bn)]
+        return torch.ops.pycnn.eval_mbconv(x, tensors, [bn.eps for _, bn in pairs], *tail)
     if torch.compiler.is_compiling():
         folds = [fold_into_weights(conv.weight, *fold_bn(conv, bn)) for conv, bn in pairs]
         expand = folds[0] if len(folds) == 3 else (None, None)

@@ -135,9 +135,14 @@ def test_blocks_alike_but_for_their_expansion_keep_their_own_kernel_choice():
     assert len(steps) == 2 and steps[0].signature != steps[1].signature
 
 
-def test_torch_compile_runs_the_fused_block_and_export_keeps_its_parts():
-    """A graph torch.compile traces in eval holds one pycnn.mbconv per block (folded in the graph) and computes what
-    eager does; torch.export's (and so ONNX's) keeps the parts, which have standard translations."""
+@pytest.mark.parametrize("op", ["eval_mbconv", "mbconv_forward"])
+def test_torch_compile_runs_the_fused_block_and_export_keeps_its_parts(op, monkeypatch):
+    """A graph torch.compile traces in eval holds one fused op per block and computes what eager does: on the CPU
+    pycnn::eval_mbconv (the folds cached), elsewhere pycnn::mbconv_forward (folded in the graph; here by
+    pretending the graph is not a CPU one); torch.export's (and so ONNX's) keeps the parts, which have standard
+    translations."""
+    if op == "mbconv_forward":
+        monkeypatch.setattr(pycnn.fused, "_in_cpu_graph", lambda x: False)
     torch.manual_seed(0)
     model = randomized(pycnn.compile(MOBILENET, "mobilenet_v2", input=(3, 32, 32), width_mult=0.25, dropout=0.0,
                                      kernels="pycnn")).eval()
@@ -150,7 +155,7 @@ def test_torch_compile_runs_the_fused_block_and_export_keeps_its_parts():
         expected = model(x)
     torch._dynamo.reset()
     targets = [str(n.target) for n in backend.graphs[0].graph.nodes if n.op == "call_function"]
-    assert sum("mbconv_forward" in t for t in targets) == 17
+    assert sum(op in t for t in targets) == 17 and sum("mbconv" in t for t in targets) == 17
     torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
     program = pycnn.export.export_program(model)
     assert not [n for n in program.graph.nodes if "mbconv" in str(n.target)]

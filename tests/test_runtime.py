@@ -39,8 +39,8 @@ def pair(path, network, **overrides):
 @pytest.fixture
 def count_folds(monkeypatch):
     calls = []
-    real = fused.fold_bn
-    monkeypatch.setattr(fused, "fold_bn", lambda conv, bn: calls.append(bn) or real(conv, bn))
+    real = fused.fold_scale_shift
+    monkeypatch.setattr(fused, "fold_scale_shift", lambda *tensors: calls.append(tensors) or real(*tensors))
     return calls
 
 
@@ -545,6 +545,163 @@ def test_torch_compile_runs_the_kernels_auto_measures_at_trace_time(monkeypatch,
     assert [c for c in calls if "network_scope" in c] == (scope if mode == "eval" else [])
     if mode == "eval":
         assert calls[0] == scope[0] and calls[-1] == scope[1]
+
+
+def graph_calls(gm) -> list:
+    return [str(n.target) for n in gm.graph.nodes if n.op == "call_function"]
+
+
+@pytest.mark.parametrize("path,network,overrides", [(MOBILENET, "mobilenet_v2", dict(width_mult=0.25)),
+                                                    (REGNET, "regnetx_200mf", {})])
+def test_compiled_eval_serves_the_fold_from_a_cache_never_stale(path, network, overrides, monkeypatch):
+    """A CPU graph torch.compile makes for inference runs each eval layer as one pycnn::eval_conv_bn_act or
+    pycnn::eval_mbconv call given the modules' own tensors: no fold computed in the graph; folded on the first
+    call only, refolded after in-place edits, load_state_dict and an optimizer step; equal to the reference."""
+    model, ref = pair(path, network, **overrides)
+    folds = []
+    real = fused.fold_scale_shift
+    monkeypatch.setattr(fused, "fold_scale_shift", lambda *a: folds.append(a) or real(*a))
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, backend=backend)
+    x = torch.randn(2, 3, 32, 32)
+    check(compiled, ref, x)
+    calls = graph_calls(graphs[0])
+    # every BatchNorm in one of the ops (a block's op takes six tensors per conv and BatchNorm); none in the graph
+    covered = sum(1 if str(n.target).startswith("pycnn.eval_conv_bn_act") else len(n.args[1]) // 6
+                  for n in graphs[0].graph.nodes if str(n.target).startswith(("pycnn.eval_conv_bn_act",
+                                                                              "pycnn.eval_mbconv")))
+    norms = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert norms > 10 and covered == norms
+    assert not any("rsqrt" in c or "batch_norm" in c for c in calls)
+    assert len(folds) == norms
+    folds.clear()
+    check(compiled, ref, x)
+    assert folds == [], "refolded without a change"
+
+    def both(change):
+        with torch.no_grad():
+            change(model)
+            change(ref)
+        check(compiled, ref, x)
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.groups == 1)
+    name = next(n for n, m in model.named_modules() if m is conv)
+    both(lambda m: m.get_submodule(name).weight.mul_(2.0))
+    assert len(folds) == 1
+    both(lambda m: [b.mul_(1.5) for n, b in m.named_buffers() if n.endswith("running_var")])
+    state = {k: (v * 0.9 if v.is_floating_point() else v) for k, v in ref.state_dict().items()}
+    both(lambda m: m.load_state_dict(state))
+    for m in (model, ref):  # an SGD step in training (eager), back to eval: weights and statistics moved
+        m.train()
+        torch.manual_seed(1)
+        m(torch.randn(8, 3, 32, 32)).square().mean().backward()
+        torch.optim.SGD(m.parameters(), lr=0.01).step()
+        m.eval()
+    check(compiled, ref, x)
+    torch._dynamo.reset()
+
+
+def test_compiled_eval_fold_cache_goes_with_the_weights():
+    """pycnn::eval_conv_bn_act's cache holds its folds by the weights' identity, not the weights: an entry is
+    dropped once its weight is freed (a model deleted, or a weight replaced)."""
+    torch._dynamo.reset()
+    fused._GRAPH_FOLDS.clear()
+    model, ref = pair(REGNET, "regnetx_200mf")
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    x = torch.randn(2, 3, 32, 32)
+    check(compiled, ref, x)
+    assert len(fused._GRAPH_FOLDS) == sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1)
+    before = len(fused._GRAPH_FOLDS)
+    conv.weight = torch.nn.Parameter(conv.weight.detach() * 2)  # the old weight is freed; a new entry replaces it
+    with torch.no_grad():
+        compiled(x)
+    assert len(fused._GRAPH_FOLDS) == before
+    del compiled, model, conv
+    torch._dynamo.reset()
+    import gc
+    gc.collect()
+    assert len(fused._GRAPH_FOLDS) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_compiled_eval_with_inductor_equals_the_reference(layout):
+    """Under inductor (which checks the cached-fold ops' output strides against their fakes'), NCHW and
+    channels_last input, maps down to 1x1 (where both layouts' strides are one)."""
+    torch._dynamo.reset()
+    for path, network, overrides in [(MOBILENET, "mobilenet_v2", dict(width_mult=0.25)), (REGNET, "regnetx_200mf", {})]:
+        model, ref = pair(path, network, **overrides)
+        x = torch.randn(2, 3, 32, 32)
+        if layout == "channels_last":
+            x = x.contiguous(memory_format=torch.channels_last)
+        compiled = torch.compile(model, fullgraph=True)
+        for _ in range(2):
+            check(compiled, ref, x)
+        torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("kind,groups,stride,residual,layout", [
+    ("dense", 1, 1, False, "channels_last"), ("dense", 1, 2, False, "nchw"), ("dense", 1, 1, True, "channels_last"),
+    ("depthwise", 8, 1, True, "channels_last"), ("depthwise", 8, 2, False, "nchw"),
+    ("grouped", 2, 1, False, "channels_last"), ("grouped", 4, 2, False, "nchw")])
+def test_eval_conv_bn_act_op(kind, groups, stride, residual, layout):
+    """pycnn::eval_conv_bn_act passes the op checks (schema, fake, dispatch) and equals the eager composition."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(8, 8, 3, stride, 1, groups=groups, bias=kind == "dense")
+    bn = torch.nn.BatchNorm2d(8).eval()
+    with torch.no_grad():
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+    for p in list(conv.parameters()) + list(bn.parameters()):
+        p.requires_grad_(False)
+    x = torch.randn(2, 8, 9, 9)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    r = torch.randn(2, 8, 9, 9) if residual else None
+    args = (x, *fused.fold_tensors(conv, bn), bn.eps, list(conv.stride), list(conv.padding), list(conv.dilation),
+            conv.groups, kind, "relu", r)
+    y = torch.ops.pycnn.eval_conv_bn_act(*args)
+    expected = bn(conv(x)) + (r if residual else 0)
+    torch.testing.assert_close(y, expected.relu(), rtol=1e-4, atol=1e-5)
+    torch.library.opcheck(torch.ops.pycnn.eval_conv_bn_act.default, args,
+                          test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))
+
+
+@pytest.mark.parametrize("expand,stride,se", [(True, 1, False), (False, 2, False), (True, 1, True)])
+def test_eval_mbconv_op(expand, stride, se):
+    """pycnn::eval_mbconv passes the op checks and equals the block's eager composition."""
+    torch.manual_seed(0)
+    c, e = 8, 16 if expand else 8
+    convs = ([torch.nn.Conv2d(c, e, 1, bias=False)] if expand else []) + [
+        torch.nn.Conv2d(e, e, 3, stride, 1, groups=e, bias=False), torch.nn.Conv2d(e, c, 1, bias=False)]
+    norms = [torch.nn.BatchNorm2d(m.out_channels).eval() for m in convs]
+    fc1, fc2 = torch.nn.Conv2d(e, 4, 1), torch.nn.Conv2d(4, e, 1)
+    with torch.no_grad():
+        for bn in norms:
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+    for m in convs + norms + [fc1, fc2]:
+        m.requires_grad_(False)
+    x = torch.randn(2, c, 9, 9).contiguous(memory_format=torch.channels_last)
+    residual = stride == 1
+    se_args = (fc1.weight, fc1.bias, fc2.weight, fc2.bias) if se else (None,) * 4
+    args = (x, [t for conv, bn in zip(convs, norms) for t in fused.fold_tensors(conv, bn)], [bn.eps for bn in norms],
+            stride, "relu6", residual, *se_args, "relu")
+    y = torch.ops.pycnn.eval_mbconv(*args)
+    h = x
+    for k, (conv, bn) in enumerate(zip(convs, norms)):
+        if se and k == len(convs) - 1:
+            h = h * torch.sigmoid(fc2(fc1(h.mean((2, 3), keepdim=True)).relu()))
+        h = bn(conv(h))
+        h = h.clamp(0, 6) if k < len(convs) - 1 else h
+    torch.testing.assert_close(y, h + x if residual else h, rtol=1e-4, atol=1e-5)
+    torch.library.opcheck(torch.ops.pycnn.eval_mbconv.default, args,
+                          test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))
 
 
 @pytest.mark.slow
