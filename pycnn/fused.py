@@ -194,7 +194,8 @@ def _refreshed(fold: Optional[EvalFold], tensors, eps: float, dense: bool) -> Ev
         fold.stamp, fold.packed = stamp, {}
     if dense and fold.weight is None:  # made on first use: a step racing its kernels must not refold per call
         with torch.inference_mode(False), torch.no_grad():
-            fold.weight, fold.bias = fold_into_weights(tensors[0], fold.scale, fold.shift)
+            weight, fold.bias = fold_into_weights(tensors[0], fold.scale, fold.shift)
+            fold.weight = weight  # last: a fold with a weight has its bias
     return fold
 
 
@@ -204,9 +205,14 @@ def fold_into_weights(weight: Tensor, scale: Tensor, shift: Tensor) -> Tuple[Ten
 
 
 def clear_folds(model: nn.Module) -> None:
-    """Drops every cached fold under model (they would be recomputed anyway when stale; this frees them)."""
+    """Drops every cached fold under model, eager and compiled graphs' (refolded on their next call: after an
+    edit no version counter sees, `.data`; before `.to()`, whose tensor swaps refuse weakly referenced tensors)."""
     for m in model.modules():
         m.__dict__.pop(FOLD_ATTR, None)
+    for p in model.parameters():
+        entry = _GRAPH_FOLDS.pop(id(p), None)  # p is alive: an entry under its id is its own
+        if entry is not None:
+            entry[1].detach()
 
 
 def _no_autograd(tensors) -> bool:
@@ -240,7 +246,7 @@ def conv_bn_act(conv: nn.Conv2d, bn: _BatchNorm, x: Tensor, kind: str, act: Opti
                                        _param(bn, "weight"), _param(bn, "bias"))):
         return _conv_bn_act_inference(conv, bn, x, kind, act, residual)
     if not batch_stats and _in_cpu_graph(x) and x.dim() == 4 and _autocast_dtype(x) is None \
-            and _no_autograd((x, residual, conv.weight, conv.bias, bn.weight, bn.bias)):
+            and _registered(conv, bn) and _no_autograd((x, residual, conv.weight, conv.bias, bn.weight, bn.bias)):
         return torch.ops.pycnn.eval_conv_bn_act(x, *fold_tensors(conv, bn), bn.eps, conv.stride, conv.padding,
                                                 conv.dilation, conv.groups, kind, act or "none", residual)
     dtype = _autocast_dtype(x)
@@ -306,30 +312,39 @@ def folded_forward(x: Tensor, fold: EvalFold, weight: Tensor, geometry, kind: st
 # Eval layers in CPU graphs call pycnn::eval_conv_bn_act instead: an opaque op, given the module's own tensors
 # (dynamo passes the parameter and buffer objects themselves), that runs folded_forward from a cache of its own
 # (graph_fold), as eager inference does.
-_GRAPH_FOLDS: Dict[Tuple[int, int], EvalFold] = {}  # (id of the conv weight, id of running_var) -> its fold
+_GRAPH_FOLDS: Dict[int, Tuple[EvalFold, weakref.finalize]] = {}  # id of the conv weight -> (its fold, its finalizer)
 
 
 def graph_fold(tensors, eps: float, dense: bool) -> EvalFold:
-    """cached_fold for pycnn::eval_conv_bn_act, keyed by the tensors' identities; an entry goes with its weight."""
-    key = (id(tensors[0]), id(tensors[5]))
-    old = _GRAPH_FOLDS.get(key)
+    """cached_fold for the ops of compiled graphs, keyed by the conv weight's identity (_refreshed checks the
+    other five's); an entry goes when its weight is freed, or with clear_folds."""
+    key = id(tensors[0])
+    entry = _GRAPH_FOLDS.get(key)
+    old = entry[0] if entry is not None else None
     fold = _refreshed(old, tensors, eps, dense)
     if fold is not old:
-        if old is None:
-            weakref.finalize(tensors[0], _GRAPH_FOLDS.pop, key, None)
-        _GRAPH_FOLDS[key] = fold
+        finalizer = entry[1] if entry is not None else weakref.finalize(tensors[0], _GRAPH_FOLDS.pop, key, None)
+        _GRAPH_FOLDS[key] = (fold, finalizer)
     return fold
+
+
+def _registered(conv: nn.Conv2d, bn: _BatchNorm) -> bool:
+    """The six tensors a fold reads are the modules' registered parameters and buffers: not a weight that a
+    parametrization or pruning recomputes per call (a new tensor each time: nothing to cache)."""
+    return ("weight" in conv._parameters and "bias" in conv._parameters and "weight" in bn._parameters
+            and "bias" in bn._parameters and "running_mean" in bn._buffers and "running_var" in bn._buffers)
 
 
 def _output_layout(x: Tensor, weight: Tensor, stride, padding, dilation) -> Tuple[list, Tuple[int, ...]]:
     """The shape of the conv's output and the strides pycnn::eval_conv_bn_act gives it (channels_last for a
-    channels_last input, else contiguous), the same for the real op and its fake whatever each kernel returns."""
+    channels_last input, one channel included, else contiguous), the same for the real op and its fake whatever
+    each kernel returns."""
     n, _, h, w = x.shape
     c, _, kh, kw = weight.shape
     h = max((h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1, 0)
     w = max((w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1, 0)
     hs, ws, cs = max(h, 1), max(w, 1), max(c, 1)  # as torch strides empty dimensions
-    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+    if x.is_contiguous(memory_format=torch.channels_last) and x.stride(1) <= x.stride(3):
         return [n, c, h, w], (hs * ws * cs, 1, ws * cs, cs)
     return [n, c, h, w], (cs * hs * ws, hs * ws, ws, 1)
 
@@ -339,7 +354,7 @@ def _eval_conv_bn_act(x, weight, bias, bn_weight, bn_bias, running_mean, running
     fold = graph_fold((weight, bias, bn_weight, bn_bias, running_mean, running_var), eps, kind == "dense")
     y = folded_forward(x, fold, weight, (stride, padding, dilation, groups), kind, act, residual)
     shape, strides = _output_layout(x, weight, stride, padding, dilation)
-    return y if y.stride() == strides else torch.empty_strided(shape, strides, dtype=y.dtype).copy_(y)
+    return y if y.stride() == strides else y.new_empty_strided(shape, strides).copy_(y)
 
 
 def _eval_conv_bn_act_fake(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, eps, stride, padding,
@@ -555,7 +570,7 @@ def mbconv_block(modules, x: Tensor, act: str, stride: int, residual: bool, se: 
     pairs = list(zip(modules[0::2], modules[1::2]))
     se_args = _se_params(se) if se is not None else (None,) * 4
     tail = (stride, act, residual, *se_args, se_act or "none")
-    if _in_cpu_graph(x):
+    if _in_cpu_graph(x) and all(_registered(conv, bn) for conv, bn in pairs):
         tensors = [t for conv, bn in pairs for t in fold_tensors(conv, bn)]
         return torch.ops.pycnn.eval_mbconv(x, tensors, [bn.eps for _, bn in pairs], *tail)
     if torch.compiler.is_compiling():

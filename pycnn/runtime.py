@@ -356,8 +356,10 @@ class KeepsInputLayout:
 _MEMORY_FORMATS = {"channels_last": torch.channels_last, "contiguous_format": torch.contiguous_format}
 
 
-def _drop_folds(module, incompatible_keys) -> None:
-    """load_state_dict's post-hook (a module-level function, so that a model still pickles)."""
+def _drop_folds(module, *hook_args) -> None:
+    """load_state_dict's pre-hook (before: its post-hook, in models pickled then), a module-level function so that
+    a model still pickles: before the load, whose tensor swaps (torch.__future__'s swap mode) refuse weakly
+    referenced tensors."""
     fused.clear_folds(module)
 
 
@@ -377,7 +379,7 @@ class Network(KeepsInputLayout, Chain):
         self.arch, self.ir, self.plan, self.backend = arch, network_ir, plan, backend
         self.input_layout: Optional[torch.memory_format] = input_layout
         self._signatures: Dict[tuple, int] = {}
-        self.register_load_state_dict_post_hook(_drop_folds)
+        self.register_load_state_dict_pre_hook(_drop_folds)
 
     def _signature_token(self, x) -> Optional[int]:
         """The token of this call's facts: dispatch.call_facts and the train/eval of every BatchNorm a fused step

@@ -602,30 +602,78 @@ def test_compiled_eval_serves_the_fold_from_a_cache_never_stale(path, network, o
         torch.optim.SGD(m.parameters(), lr=0.01).step()
         m.eval()
     check(compiled, ref, x)
+
+    def edit_data(m):  # an edit autograd does not see (.data has its own version counter): eval() refolds
+        next(p for n, p in m.named_parameters() if n.endswith("weight") and p.dim() == 4).data.mul_(-1)
+        m.eval()
+    both(edit_data)
     torch._dynamo.reset()
 
 
 def test_compiled_eval_fold_cache_goes_with_the_weights():
-    """pycnn::eval_conv_bn_act's cache holds its folds by the weights' identity, not the weights: an entry is
-    dropped once its weight is freed (a model deleted, or a weight replaced)."""
+    """The compiled graphs' fold cache holds its folds by the weights' identity, not the weights: an entry is
+    dropped once its weight is freed (a model deleted, or a weight replaced), and by .to() (no entries piling up
+    over dtype round trips; tensor swaps, which refuse weakly referenced tensors, work)."""
+    import gc
     torch._dynamo.reset()
-    fused._GRAPH_FOLDS.clear()
+    for entry in list(fused._GRAPH_FOLDS.values()):
+        entry[1]()
     model, ref = pair(REGNET, "regnetx_200mf")
+    norms = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
     x = torch.randn(2, 3, 32, 32)
     check(compiled, ref, x)
-    assert len(fused._GRAPH_FOLDS) == sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert len(fused._GRAPH_FOLDS) == norms
     conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1)
-    before = len(fused._GRAPH_FOLDS)
     conv.weight = torch.nn.Parameter(conv.weight.detach() * 2)  # the old weight is freed; a new entry replaces it
     with torch.no_grad():
         compiled(x)
-    assert len(fused._GRAPH_FOLDS) == before
+    assert len(fused._GRAPH_FOLDS) == norms
+    swap = torch.__future__.get_swap_module_params_on_conversion()
+    try:
+        for mode in (False, True):
+            torch.__future__.set_swap_module_params_on_conversion(mode)
+            for dtype in (torch.float64, torch.float32):
+                model.to(dtype)
+                with torch.no_grad():
+                    compiled(x.to(dtype))
+                assert len(fused._GRAPH_FOLDS) == norms
+            model.load_state_dict(model.state_dict())
+    finally:
+        torch.__future__.set_swap_module_params_on_conversion(swap)
     del compiled, model, conv
     torch._dynamo.reset()
-    import gc
     gc.collect()
     assert len(fused._GRAPH_FOLDS) == 0
+
+
+def test_compiled_eval_leaves_recomputed_weights_in_the_graph():
+    """A parametrized conv weight is a new tensor on every call: its layer keeps the fold in the graph (nothing
+    to cache), the others still call the cached-fold op, the result is the reference's."""
+    from torch.nn.utils import parametrize
+
+    class Double(torch.nn.Module):
+        def forward(self, w):
+            return 2 * w
+    model, ref = pair(REGNET, "regnetx_200mf")
+    for m in (model, ref):
+        parametrize.register_parametrization(next(c for c in m.modules() if isinstance(c, torch.nn.Conv2d)),
+                                             "weight", Double())
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, backend=backend)
+    x = torch.randn(2, 3, 32, 32)
+    check(compiled, ref, x)
+    entries = len(fused._GRAPH_FOLDS)
+    check(compiled, ref, x)
+    assert len(fused._GRAPH_FOLDS) == entries
+    norms = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert sum(c.startswith("pycnn.eval_conv_bn_act") for c in graph_calls(graphs[0])) == norms - 1
+    torch._dynamo.reset()
 
 
 @pytest.mark.slow

@@ -3,7 +3,8 @@ torchvision eager and pycnn eager, each with glibc's malloc and with `pycnn.allo
 all four timed interleaved in one run (the cache switched on and off between calls, its blocks kept meanwhile;
 each timed call right after an untimed one of the same row, so every row runs warm in its own allocator).
 
-    PYTHONPATH=$PWD python -m pycnn.bench.allocator [--networks mobilenet_v2,efficientnet_b0,regnet_x_400mf]
+    PYTHONPATH=$PWD python -m pycnn.bench.allocator
+        [--networks mobilenet_v2,efficientnet_b0,regnet_x_400mf[,resnext50_32x4d]]
         [--size 224] [--batch 8] [--threads 2] [--repeats 5] [--eval | --scope [--compiled]] [--out DIR]
 
 Training: one SGD step (zero_grad, forward, cross-entropy, backward, step), model and input channels_last.
@@ -35,7 +36,7 @@ import torch.nn.functional as F
 
 from .. import allocator
 from ..timing import compare
-from .train_step import NETWORKS, _models
+from .train_step import DEFAULT_NETWORKS, NETWORKS, _models
 
 ALLOCATORS = ("glibc", "cpu cache")
 
@@ -278,7 +279,7 @@ def _write(out: str, name: str, data, text: str) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pycnn.bench.allocator", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--networks", default=",".join(NETWORKS))
+    parser.add_argument("--networks", default=DEFAULT_NETWORKS)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
