@@ -256,15 +256,16 @@ def choose(step, run: Callable[[str, Tensor, Optional[Tensor]], Tensor], x: Tens
 
 
 def measured_choice(step, run: Callable[[str, Tensor, Optional[Tensor]], Tensor], x: Tensor,
-                    residual: Optional[Tensor], modules: List[torch.nn.Module], traced: bool = False) -> str:
+                    residual: Optional[Tensor], modules: List[torch.nn.Module], traced: str = "") -> str:
     """The faster kernel for x's facts: from the cache, else measured on x (and recorded). `traced`: measured
-    while torch.compile traces, where the ops take their traced paths (no cached fold, no oneDNN packing), so
-    kept under a key of its own."""
+    while torch.compile traces, where the ops take their traced paths (the fold in the graph or, in graphs that
+    hold the allocator scope, the cached-fold ops: pycnn.fused.GRAPH_FOLDS), so kept under a key of its own
+    ("traced", "traced+folds")."""
     training = any(m.training for m in train_eval_modules(modules))
     candidates = step.candidates(training, modules, x)
     if len(candidates) == 1:
         return candidates[0]
-    key = shape_key(step.signature, x, training=training) + ("|traced" if traced else "")
+    key = shape_key(step.signature, x, training=training) + (f"|{traced}" if traced else "")
     cache = kernel_cache()
     entry = cache.entries.get(key)
     if entry is None or entry["choice"] not in candidates or any(f"{k}_ms" not in entry for k in candidates):

@@ -101,7 +101,7 @@ class FusedStep:
             device = x.device.type
             autocast = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
             return _measure_while_tracing(self, owner, _spec(x), _spec(residual), residual is x,
-                                          torch.is_grad_enabled(), autocast)
+                                          torch.is_grad_enabled(), autocast, fused.GRAPH_FOLDS.cached)
         return self.last_kernel or "pycnn"
 
     def __repr__(self):
@@ -118,11 +118,13 @@ def _spec(t) -> Optional[tuple]:
 
 
 def _measure_while_tracing(step: FusedStep, owner: nn.Module, x_spec, residual_spec, residual_is_x: bool, grad: bool,
-                           autocast) -> str:
+                           autocast, graph_folds: bool) -> str:
     """Runs for real while dynamo traces (marked below as a constant of the graph): the step's kernel for
     inputs like the traced ones, from the kernel cache or measured on random stand-ins (the residual's is x's
     when the traced residual is x: an inverted-residual block fuses only its identity shortcut), so a compiled
-    network runs what `auto` picks in eager rather than pycnn's kernel everywhere."""
+    network runs what `auto` picks in eager rather than pycnn's kernel everywhere. `graph_folds`: the traced
+    graph's eval layers call the cached-fold ops (pycnn.fused.GRAPH_FOLDS, which dynamo sets in its trace
+    only), so the measurement runs them too."""
     from torch._subclasses.fake_tensor import unset_fake_temporarily
 
     def stand_in(spec):
@@ -136,14 +138,19 @@ def _measure_while_tracing(step: FusedStep, owner: nn.Module, x_spec, residual_s
 
     modules = [owner._modules[name] for name in step.names]
     cast = torch.autocast(x_spec[2].type, dtype=autocast) if autocast is not None else contextlib.nullcontext()
-    with unset_fake_temporarily(), torch.set_grad_enabled(grad), cast:
+    with unset_fake_temporarily(), torch.set_grad_enabled(grad), cast, fused.GRAPH_FOLDS.set(graph_folds):
         x = stand_in(x_spec)
         residual = x if residual_is_x else stand_in(residual_spec)
         kernel = dispatch.measured_choice(step, lambda k, x_, r_: step.run(modules, x_, r_, k), x, residual, modules,
-                                          traced=True)
+                                          traced=_traced_key())
     dispatch.flush_measurements()
     step.last_kernel = kernel
     return kernel
+
+
+def _traced_key() -> str:
+    """The kernel cache's key suffix for a trace-time measurement (pycnn.dispatch.measured_choice)."""
+    return "traced+folds" if fused.GRAPH_FOLDS.cached else "traced"
 
 
 # What torch.compiler.assume_constant_result sets; set here directly because that function imports torch._dynamo
@@ -205,11 +212,11 @@ class MbConvStep(FusedStep):
         """Part k's traced choice for inputs like x, looked up once per input facts: the race's timed rounds
         must not charge the parts for cache lookups the graph does not make."""
         facts = (k, tuple(x.shape), x.dtype, x.device, x.is_contiguous(memory_format=torch.channels_last),
-                 torch.is_grad_enabled(), residual is None)
+                 torch.is_grad_enabled(), residual is None, _traced_key())
         kernel = self._part_kernels.get(facts)
         if kernel is None:
             kernel = dispatch.measured_choice(part, lambda k_, x_, r_: part.run(mods, x_, r_, k_), x, residual, mods,
-                                              traced=True)
+                                              traced=_traced_key())
             self._part_kernels[facts] = kernel
         return kernel
 
@@ -405,7 +412,14 @@ class Network(KeepsInputLayout, Chain):
             if scope:
                 scope[0](x)
             x, caller = enter_layout(x, self.input_layout)
-            y = super().forward(x)
+            folds = fused.GRAPH_FOLDS.cached
+            if scope:  # its eval layers call the cached-fold ops (only then a side effect dynamo records)
+                fused.GRAPH_FOLDS.cached = True
+            try:
+                y = super().forward(x)
+            finally:
+                if scope:
+                    fused.GRAPH_FOLDS.cached = folds
             if scope:
                 scope[1](y)
             return leave_layout(y, caller)

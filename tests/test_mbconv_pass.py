@@ -137,12 +137,12 @@ def test_blocks_alike_but_for_their_expansion_keep_their_own_kernel_choice():
 
 @pytest.mark.parametrize("op", ["eval_mbconv", "mbconv_forward"])
 def test_torch_compile_runs_the_fused_block_and_export_keeps_its_parts(op, monkeypatch):
-    """A graph torch.compile traces in eval holds one fused op per block and computes what eager does: on the CPU
-    pycnn::eval_mbconv (the folds cached), elsewhere pycnn::mbconv_forward (folded in the graph; here by
-    pretending the graph is not a CPU one); torch.export's (and so ONNX's) keeps the parts, which have standard
-    translations."""
-    if op == "mbconv_forward":
-        monkeypatch.setattr(pycnn.fused, "_in_cpu_graph", lambda x: False)
+    """A graph torch.compile traces in eval holds one fused op per block and computes what eager does: in a CPU
+    graph that holds the allocator scope pycnn::eval_mbconv (the folds cached), elsewhere pycnn::mbconv_forward
+    (folded in the graph); torch.export's (and so ONNX's) keeps the parts, which have standard translations."""
+    from pycnn import allocator
+    if op == "eval_mbconv":  # a graph that holds the allocator scope
+        monkeypatch.setattr(allocator, "COMPILED_SCOPE_MIN_INPUT_BYTES", 0)
     torch.manual_seed(0)
     model = randomized(pycnn.compile(MOBILENET, "mobilenet_v2", input=(3, 32, 32), width_mult=0.25, dropout=0.0,
                                      kernels="pycnn")).eval()

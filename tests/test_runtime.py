@@ -551,12 +551,21 @@ def graph_calls(gm) -> list:
     return [str(n.target) for n in gm.graph.nodes if n.op == "call_function"]
 
 
+@pytest.fixture
+def scoped_graphs(monkeypatch):
+    """Compiled inference graphs of any input size hold the allocator scope, and so call the cached-fold ops."""
+    from pycnn import allocator
+    monkeypatch.setattr(allocator, "COMPILED_SCOPE_MIN_INPUT_BYTES", 0)
+
+
 @pytest.mark.parametrize("path,network,overrides", [(MOBILENET, "mobilenet_v2", dict(width_mult=0.25)),
                                                     (REGNET, "regnetx_200mf", {})])
+@pytest.mark.usefixtures("scoped_graphs")
 def test_compiled_eval_serves_the_fold_from_a_cache_never_stale(path, network, overrides, monkeypatch):
-    """A CPU graph torch.compile makes for inference runs each eval layer as one pycnn::eval_conv_bn_act or
-    pycnn::eval_mbconv call given the modules' own tensors: no fold computed in the graph; folded on the first
-    call only, refolded after in-place edits, load_state_dict and an optimizer step; equal to the reference."""
+    """A CPU graph torch.compile makes for inference and that holds the allocator scope runs each eval layer as
+    one pycnn::eval_conv_bn_act or pycnn::eval_mbconv call given the modules' own tensors: no fold computed in
+    the graph; folded on the first call only, refolded after in-place edits, load_state_dict, an optimizer step,
+    a .data edit and eval(); equal to the reference."""
     model, ref = pair(path, network, **overrides)
     folds = []
     real = fused.fold_scale_shift
@@ -610,6 +619,23 @@ def test_compiled_eval_serves_the_fold_from_a_cache_never_stale(path, network, o
     torch._dynamo.reset()
 
 
+def test_compiled_eval_without_the_scope_folds_in_the_graph():
+    """Below the scope's input size (batch 1 at 224x224 in practice) a compiled graph keeps its folds in the
+    graph: the cached-fold ops' dispatch and per-call allocations cost more there than the fold."""
+    model, ref = pair(REGNET, "regnetx_200mf")
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+    torch._dynamo.reset()
+    check(torch.compile(model, fullgraph=True, backend=backend), ref, torch.randn(2, 3, 32, 32))
+    calls = graph_calls(graphs[0])
+    assert not any(c.startswith("pycnn.eval_") for c in calls) and any("rsqrt" in c for c in calls)
+    torch._dynamo.reset()
+
+
+@pytest.mark.usefixtures("scoped_graphs")
 def test_compiled_eval_fold_cache_goes_with_the_weights():
     """The compiled graphs' fold cache holds its folds by the weights' identity, not the weights: an entry is
     dropped once its weight is freed (a model deleted, or a weight replaced), and by .to() (no entries piling up
@@ -647,6 +673,7 @@ def test_compiled_eval_fold_cache_goes_with_the_weights():
     assert len(fused._GRAPH_FOLDS) == 0
 
 
+@pytest.mark.usefixtures("scoped_graphs")
 def test_compiled_eval_leaves_recomputed_weights_in_the_graph():
     """A parametrized conv weight is a new tensor on every call: its layer keeps the fold in the graph (nothing
     to cache), the others still call the cached-fold op, the result is the reference's."""
@@ -678,6 +705,7 @@ def test_compiled_eval_leaves_recomputed_weights_in_the_graph():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.usefixtures("scoped_graphs")
 def test_compiled_eval_with_inductor_equals_the_reference(layout):
     """Under inductor (which checks the cached-fold ops' output strides against their fakes'), NCHW and
     channels_last input, maps down to 1x1 (where both layouts' strides are one)."""
