@@ -49,9 +49,10 @@ def resolve_kernels(kernels: Optional[str]) -> str:
 # Bumped when a change makes recorded choices wrong, so old files are left unread. 3: before 2026-12-04 a traced
 # graph's race of an inverted-residual block timed its parts twice, and on CUDA "pycnn" ran the parts. 4: before
 # 2026-12-05 pycnn's side of a residual+relu layer rebuilt its output in training's backward (a slower "pycnn").
-# 5: before 2026-12-06 an eval layer in a traced CPU graph refolded its BatchNorm per call (pycnn.fused's
-# eval_conv_bn_act now serves it from a cache), so traced races timed a slower "pycnn".
-CACHE_SCHEMA = 5
+# 5: a traced CPU graph's eval layer refolded its BatchNorm per call, so traced races timed a slower "pycnn".
+# 6: after 5, for some hours of 2026-12-05, "traced" keys held races of pycnn's cached-fold ops at any input size
+# (now "traced+folds", in graphs that hold the allocator scope only).
+CACHE_SCHEMA = 6
 
 
 def cache_path() -> Path:

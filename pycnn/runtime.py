@@ -363,10 +363,9 @@ class KeepsInputLayout:
 _MEMORY_FORMATS = {"channels_last": torch.channels_last, "contiguous_format": torch.contiguous_format}
 
 
-def _drop_folds(module, *hook_args) -> None:
-    """load_state_dict's pre-hook (before: its post-hook, in models pickled then), a module-level function so that
-    a model still pickles: before the load, whose tensor swaps (torch.__future__'s swap mode) refuse weakly
-    referenced tensors."""
+def _drop_folds(module, incompatible_keys) -> None:
+    """The load_state_dict post-hook networks pickled before 2026-12-05 carry (Network.load_state_dict drops the
+    folds itself now)."""
     fused.clear_folds(module)
 
 
@@ -386,7 +385,6 @@ class Network(KeepsInputLayout, Chain):
         self.arch, self.ir, self.plan, self.backend = arch, network_ir, plan, backend
         self.input_layout: Optional[torch.memory_format] = input_layout
         self._signatures: Dict[tuple, int] = {}
-        self.register_load_state_dict_pre_hook(_drop_folds)
 
     def _signature_token(self, x) -> Optional[int]:
         """The token of this call's facts: dispatch.call_facts and the train/eval of every BatchNorm a fused step
@@ -412,13 +410,13 @@ class Network(KeepsInputLayout, Chain):
             if scope:
                 scope[0](x)
             x, caller = enter_layout(x, self.input_layout)
-            folds = fused.GRAPH_FOLDS.cached
-            if scope:  # its eval layers call the cached-fold ops (only then a side effect dynamo records)
-                fused.GRAPH_FOLDS.cached = True
-            try:
+            if not scope:
                 y = super().forward(x)
-            finally:
-                if scope:
+            else:  # its eval layers call the cached-fold ops (a side effect dynamo records: only then)
+                folds, fused.GRAPH_FOLDS.cached = fused.GRAPH_FOLDS.cached, True
+                try:
+                    y = super().forward(x)
+                finally:
                     fused.GRAPH_FOLDS.cached = folds
             if scope:
                 scope[1](y)
@@ -452,6 +450,11 @@ class Network(KeepsInputLayout, Chain):
     def _apply(self, fn, *args, **kwargs):
         fused.clear_folds(self)  # .to(), .cuda(), .half(): the folds of the old tensors are dropped
         return super()._apply(fn, *args, **kwargs)
+
+    def load_state_dict(self, state_dict, *args, **kwargs):
+        # before the load: its tensor swaps (torch.__future__'s swap mode) refuse weakly referenced tensors
+        fused.clear_folds(self)
+        return super().load_state_dict(state_dict, *args, **kwargs)
 
     def kernels(self) -> Dict[str, str]:
         """{layer name: what runs it} for every layer; see pycnn.summary(model)."""

@@ -44,6 +44,22 @@ def count_folds(monkeypatch):
     return calls
 
 
+def sgd_step_then_eval(*models):
+    """An optimizer step in training, then eval(): weights and running statistics moved."""
+    for m in models:
+        m.train()
+        torch.manual_seed(1)
+        m(torch.randn(8, 3, 32, 32)).square().mean().backward()
+        torch.optim.SGD(m.parameters(), lr=0.01).step()
+        m.eval()
+
+
+def edit_data_then_eval(m):
+    """An edit autograd does not see (.data has its own version counter), then eval(), which refolds."""
+    next(p for n, p in m.named_parameters() if n.endswith("weight") and p.dim() == 4).data.mul_(-1)
+    m.eval()
+
+
 def check(model, ref, x, **tol):
     with torch.no_grad():
         torch.testing.assert_close(model(x), ref(x), **(tol or dict(rtol=1e-4, atol=1e-4)))
@@ -88,13 +104,7 @@ def test_eval_fold_is_computed_once_and_never_stale(path, network, overrides, co
     both(lambda m: m.load_state_dict(state))
     both(lambda m: m.load_state_dict({k: v.clone() * 1.1 if v.is_floating_point() else v.clone()
                                       for k, v in state.items()}, assign=True))
-    # an optimizer step, then train() -> eval(): weights and running statistics moved
-    for m in (model, ref):
-        m.train()
-        torch.manual_seed(1)
-        m(torch.randn(8, 3, 32, 32)).square().mean().backward()
-        torch.optim.SGD(m.parameters(), lr=0.01).step()
-        m.eval()
+    sgd_step_then_eval(model, ref)
     check(model, ref, x)
     # the BatchNorms alone in training for one forward (model.train() would drop every fold): only the running
     # statistics' version counters, bumped by the in-place update, tell the folds to refresh
@@ -116,11 +126,7 @@ def test_eval_fold_is_computed_once_and_never_stale(path, network, overrides, co
     model.float()
     ref.float()
     check(model, ref, x)
-    # an edit autograd does not see (.data has its own version counter): eval() refolds
-    def edit_data(m):
-        next(p for n, p in m.named_parameters() if n.endswith("weight") and p.dim() == 4).data.mul_(-1)
-        m.eval()
-    both(edit_data)
+    both(edit_data_then_eval)
 
 
 def test_eval_with_autograd_keeps_gradients_of_the_fold():
@@ -551,6 +557,17 @@ def graph_calls(gm) -> list:
     return [str(n.target) for n in gm.graph.nodes if n.op == "call_function"]
 
 
+def recorded(model):
+    """torch.compile(model, fullgraph=True) with a backend that keeps dynamo's graphs and runs them as traced."""
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+    torch._dynamo.reset()
+    return torch.compile(model, fullgraph=True, backend=backend), graphs
+
+
 @pytest.fixture
 def scoped_graphs(monkeypatch):
     """Compiled inference graphs of any input size hold the allocator scope, and so call the cached-fold ops."""
@@ -570,13 +587,7 @@ def test_compiled_eval_serves_the_fold_from_a_cache_never_stale(path, network, o
     folds = []
     real = fused.fold_scale_shift
     monkeypatch.setattr(fused, "fold_scale_shift", lambda *a: folds.append(a) or real(*a))
-    graphs = []
-
-    def backend(gm, example_inputs):
-        graphs.append(gm)
-        return gm.forward
-    torch._dynamo.reset()
-    compiled = torch.compile(model, fullgraph=True, backend=backend)
+    compiled, graphs = recorded(model)
     x = torch.randn(2, 3, 32, 32)
     check(compiled, ref, x)
     calls = graph_calls(graphs[0])
@@ -604,18 +615,9 @@ def test_compiled_eval_serves_the_fold_from_a_cache_never_stale(path, network, o
     both(lambda m: [b.mul_(1.5) for n, b in m.named_buffers() if n.endswith("running_var")])
     state = {k: (v * 0.9 if v.is_floating_point() else v) for k, v in ref.state_dict().items()}
     both(lambda m: m.load_state_dict(state))
-    for m in (model, ref):  # an SGD step in training (eager), back to eval: weights and statistics moved
-        m.train()
-        torch.manual_seed(1)
-        m(torch.randn(8, 3, 32, 32)).square().mean().backward()
-        torch.optim.SGD(m.parameters(), lr=0.01).step()
-        m.eval()
+    sgd_step_then_eval(model, ref)  # eager training
     check(compiled, ref, x)
-
-    def edit_data(m):  # an edit autograd does not see (.data has its own version counter): eval() refolds
-        next(p for n, p in m.named_parameters() if n.endswith("weight") and p.dim() == 4).data.mul_(-1)
-        m.eval()
-    both(edit_data)
+    both(edit_data_then_eval)
     torch._dynamo.reset()
 
 
@@ -623,13 +625,8 @@ def test_compiled_eval_without_the_scope_folds_in_the_graph():
     """Below the scope's input size (batch 1 at 224x224 in practice) a compiled graph keeps its folds in the
     graph: the cached-fold ops' dispatch and per-call allocations cost more there than the fold."""
     model, ref = pair(REGNET, "regnetx_200mf")
-    graphs = []
-
-    def backend(gm, example_inputs):
-        graphs.append(gm)
-        return gm.forward
-    torch._dynamo.reset()
-    check(torch.compile(model, fullgraph=True, backend=backend), ref, torch.randn(2, 3, 32, 32))
+    compiled, graphs = recorded(model)
+    check(compiled, ref, torch.randn(2, 3, 32, 32))
     calls = graph_calls(graphs[0])
     assert not any(c.startswith("pycnn.eval_") for c in calls) and any("rsqrt" in c for c in calls)
     torch._dynamo.reset()
@@ -686,13 +683,7 @@ def test_compiled_eval_leaves_recomputed_weights_in_the_graph():
     for m in (model, ref):
         parametrize.register_parametrization(next(c for c in m.modules() if isinstance(c, torch.nn.Conv2d)),
                                              "weight", Double())
-    graphs = []
-
-    def backend(gm, example_inputs):
-        graphs.append(gm)
-        return gm.forward
-    torch._dynamo.reset()
-    compiled = torch.compile(model, fullgraph=True, backend=backend)
+    compiled, graphs = recorded(model)
     x = torch.randn(2, 3, 32, 32)
     check(compiled, ref, x)
     entries = len(fused._GRAPH_FOLDS)
