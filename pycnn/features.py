@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from . import ir
-from .runtime import KeepsInputLayout
+from .runtime import DropsFolds, KeepsInputLayout
 
 
 def _reduction(input_size: int, size: int) -> int:
@@ -101,7 +101,7 @@ def _check_indices(points, out_indices, name) -> tuple:
     return indices
 
 
-class FeatureNetwork(KeepsInputLayout, nn.Module):
+class FeatureNetwork(KeepsInputLayout, DropsFolds, nn.Module):
     """The stages of a compiled network up to its deepest selected feature point; forward returns the selected
     feature maps (a list, shallow to deep). Parameter names are the full network's, so its checkpoints load
     (with strict=False: the head is not here). `feature_info` as timm's; `ir`, `arch`, `backend` as the network's."""

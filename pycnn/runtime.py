@@ -363,13 +363,31 @@ class KeepsInputLayout:
 _MEMORY_FORMATS = {"channels_last": torch.channels_last, "contiguous_format": torch.contiguous_format}
 
 
+class DropsFolds:
+    """train()/eval(), .to()/.cuda()/.half() and load_state_dict drop the cached eval folds under the module
+    (pycnn.fused.clear_folds; refolded on the next eval call): after edits no version counter sees (.data),
+    and before tensor swaps (torch.__future__'s swap mode), which refuse weakly referenced tensors."""
+
+    def train(self, mode: bool = True):
+        fused.clear_folds(self)
+        return super().train(mode)
+
+    def _apply(self, fn, *args, **kwargs):
+        fused.clear_folds(self)
+        return super()._apply(fn, *args, **kwargs)
+
+    def load_state_dict(self, state_dict, *args, **kwargs):
+        fused.clear_folds(self)
+        return super().load_state_dict(state_dict, *args, **kwargs)
+
+
 def _drop_folds(module, incompatible_keys) -> None:
     """The load_state_dict post-hook networks pickled before 2026-12-05 carry (Network.load_state_dict drops the
     folds itself now)."""
     fused.clear_folds(module)
 
 
-class Network(KeepsInputLayout, Chain):
+class Network(KeepsInputLayout, DropsFolds, Chain):
     """The compiled network: its parts in order. `arch` is the .arch source, `ir` the elaborated IR, `plan` the
     IR after the passes (what runs), `backend` "fused" or "reference".
 
@@ -442,19 +460,6 @@ class Network(KeepsInputLayout, Chain):
                 allocator.exit_network_scope()
         dispatch.flush_measurements()  # the kernel choices this call measured, in one write
         return leave_layout(y, caller)
-
-    def train(self, mode: bool = True):
-        fused.clear_folds(self)  # refolded on the next eval call (also after edits autograd does not see: .data)
-        return super().train(mode)
-
-    def _apply(self, fn, *args, **kwargs):
-        fused.clear_folds(self)  # .to(), .cuda(), .half(): the folds of the old tensors are dropped
-        return super()._apply(fn, *args, **kwargs)
-
-    def load_state_dict(self, state_dict, *args, **kwargs):
-        # before the load: its tensor swaps (torch.__future__'s swap mode) refuse weakly referenced tensors
-        fused.clear_folds(self)
-        return super().load_state_dict(state_dict, *args, **kwargs)
 
     def kernels(self) -> Dict[str, str]:
         """{layer name: what runs it} for every layer; see pycnn.summary(model)."""

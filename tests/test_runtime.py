@@ -129,6 +129,32 @@ def test_eval_fold_is_computed_once_and_never_stale(path, network, overrides, co
     both(edit_data_then_eval)
 
 
+def test_feature_network_drops_folds_as_the_network_does():
+    """pycnn.create_model(..., features_only=True) shares the network's modules: its eval() after a .data edit
+    refolds, and its .to() works in swap mode (the folds' weak references dropped first)."""
+    model = pycnn.create_model("mobilenet_v2", features_only=True, input=(3, 32, 32), width_mult=0.25,
+                               kernels="pycnn").eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        model(x)
+    assert any(fused.FOLD_ATTR in m.__dict__ for m in model.modules())
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    conv.weight.data.mul_(-1)
+    model.eval()
+    assert not any(fused.FOLD_ATTR in m.__dict__ for m in model.modules())
+    with torch.no_grad():
+        model(x)
+    swap = torch.__future__.get_swap_module_params_on_conversion()
+    try:
+        torch.__future__.set_swap_module_params_on_conversion(True)
+        model.double()
+        model.load_state_dict(model.state_dict())
+    finally:
+        torch.__future__.set_swap_module_params_on_conversion(swap)
+    with torch.no_grad():
+        assert all(y.dtype == torch.float64 for y in model(x.double()))
+
+
 def test_eval_with_autograd_keeps_gradients_of_the_fold():
     """In eval with grad mode on and trainable parameters, the fold is recomputed per call (differentiable):
     gradients reach the BatchNorm parameters as in the reference."""
