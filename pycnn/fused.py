@@ -310,9 +310,10 @@ def folded_forward(x: Tensor, fold: EvalFold, weight: Tensor, geometry, kind: st
 # A graph torch.compile traces cannot read the fold cache (its checks are Python state dynamo would guard on or
 # bake in): in the graph, the fold would be recomputed on every call (the folded weights written anew: 22 MB a
 # call for RegNetX-400MF) and the dense convs run on unpacked weights with their epilogues as separate passes.
-# Eval layers in CPU graphs call pycnn::eval_conv_bn_act instead: an opaque op, given the module's own tensors
-# (dynamo passes the parameter and buffer objects themselves), that runs folded_forward from a cache of its own
-# (graph_fold), as eager inference does.
+# Eval layers in CPU graphs that hold the allocator scope (GraphFolds) call pycnn::eval_conv_bn_act (a fused
+# block pycnn::eval_mbconv) instead: opaque ops, given the modules' own tensors (dynamo passes the parameter and
+# buffer objects themselves), that run folded_forward from a cache of their own (graph_fold), as eager
+# inference does.
 _GRAPH_FOLDS: Dict[int, Tuple[EvalFold, weakref.finalize]] = {}  # id of the conv weight -> (its fold, its finalizer)
 
 
