@@ -22,7 +22,7 @@ from torch.nn.modules import module as _module
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from . import ops
-from .opspec import ACTIVATIONS, acts_with
+from .opspec import ACTIVATIONS, acts_with, conv_output_size
 
 
 def _eager(path: str):
@@ -243,13 +243,15 @@ def conv_bn_act(conv: nn.Conv2d, bn: _BatchNorm, x: Tensor, kind: str, act: Opti
     batch_stats = bn.training or bn.running_mean is None
     if kernel == "gemm" and kind == "dense" and batch_stats and gemm_applies(conv, x):
         return batch_norm_act(bn, conv1x1_as_gemm(conv, x), act, residual, "pycnn")
-    if not batch_stats and _inference((x, residual, _param(conv, "weight"), _param(conv, "bias"),
-                                       _param(bn, "weight"), _param(bn, "bias"))):
-        return _conv_bn_act_inference(conv, bn, x, kind, act, residual)
-    if not batch_stats and _in_cpu_graph(x) and x.dim() == 4 and _autocast_dtype(x) is None \
-            and _registered(conv, bn) and _no_autograd((x, residual, conv.weight, conv.bias, bn.weight, bn.bias)):
-        return torch.ops.pycnn.eval_conv_bn_act(x, *fold_tensors(conv, bn), bn.eps, conv.stride, conv.padding,
-                                                conv.dilation, conv.groups, kind, act or "none", residual)
+    if not batch_stats:  # eval: the fold cached where autograd has nothing to record
+        recorded = (x, residual, _param(conv, "weight"), _param(conv, "bias"), _param(bn, "weight"),
+                    _param(bn, "bias"))
+        if _inference(recorded):
+            return _conv_bn_act_inference(conv, bn, x, kind, act, residual)
+        if _in_cpu_graph(x) and x.dim() == 4 and _autocast_dtype(x) is None and _registered(conv, bn) \
+                and _no_autograd(recorded):
+            return torch.ops.pycnn.eval_conv_bn_act(x, *fold_tensors(conv, bn), bn.eps, conv.stride, conv.padding,
+                                                    conv.dilation, conv.groups, kind, act or "none", residual)
     dtype = _autocast_dtype(x)
     if dtype is not None and kind != "dense":
         x = _cast(x, dtype)
@@ -343,8 +345,8 @@ def _output_layout(x: Tensor, weight: Tensor, stride, padding, dilation) -> Tupl
     each kernel returns."""
     n, _, h, w = x.shape
     c, _, kh, kw = weight.shape
-    h = max((h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1, 0)
-    w = max((w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1, 0)
+    h = conv_output_size(h, kh, stride[0], padding[0], dilation[0])
+    w = conv_output_size(w, kw, stride[1], padding[1], dilation[1])
     hs, ws, cs = max(h, 1), max(w, 1), max(c, 1)  # as torch strides empty dimensions
     if x.is_contiguous(memory_format=torch.channels_last) and x.stride(1) <= x.stride(3):
         return [n, c, h, w], (hs * ws * cs, 1, ws * cs, cs)
@@ -367,11 +369,8 @@ def _eval_conv_bn_act_fake(x, weight, bias, bn_weight, bn_bias, running_mean, ru
 def _eval_mbconv(x, pairs, eps, stride, act, residual, se_reduce_weight, se_reduce_bias, se_expand_weight,
                  se_expand_bias, se_act):
     folds = [graph_fold(pairs[k:k + 6], e, True) for k, e in zip(range(0, len(pairs), 6), eps)]
-    expand = (folds[0].weight, folds[0].bias) if len(folds) == 3 else (None, None)
-    with torch._C._AutoDispatchBelowAutograd():
-        return torch.ops.pycnn.mbconv_forward(x, *expand, folds[-2].weight, folds[-2].bias, folds[-1].weight,
-                                              folds[-1].bias, stride, act, residual, se_reduce_weight,
-                                              se_reduce_bias, se_expand_weight, se_expand_bias, se_act)
+    return _mbconv_from_folds(x, folds, (stride, act, residual, se_reduce_weight, se_reduce_bias, se_expand_weight,
+                                         se_expand_bias, se_act))
 
 
 def _eval_mbconv_fake(x, pairs, eps, stride, act, residual, se_reduce_weight, se_reduce_bias, se_expand_weight,
@@ -602,8 +601,13 @@ def mbconv_block(modules, x: Tensor, act: str, stride: int, residual: bool, se: 
         folds = [fold_into_weights(conv.weight, *fold_bn(conv, bn)) for conv, bn in pairs]
         expand = folds[0] if len(folds) == 3 else (None, None)
         return torch.ops.pycnn.mbconv_forward(x, *expand, *folds[-2], *folds[-1], *tail)
-    folds = [cached_fold(conv, bn, dense=True) for conv, bn in pairs]
+    return _mbconv_from_folds(x, [cached_fold(conv, bn, dense=True) for conv, bn in pairs], tail)
+
+
+def _mbconv_from_folds(x: Tensor, folds, tail) -> Tensor:
+    """pycnn.mbconv below autograd with each conv's folded weight and bias (EvalFolds: expand if any, depthwise,
+    project); tail: stride, act, residual, the SE arguments."""
     expand = (folds[0].weight, folds[0].bias) if len(folds) == 3 else (None, None)
-    dw, project = folds[-2], folds[-1]
     with torch._C._AutoDispatchBelowAutograd():
-        return torch.ops.pycnn.mbconv_forward(x, *expand, dw.weight, dw.bias, project.weight, project.bias, *tail)
+        return torch.ops.pycnn.mbconv_forward(x, *expand, folds[-2].weight, folds[-2].bias, folds[-1].weight,
+                                              folds[-1].bias, *tail)

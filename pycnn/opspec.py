@@ -112,7 +112,7 @@ def fmt_shape(shape: Shape) -> str:
     return "x".join(str(d) for d in shape)
 
 
-def _conv_size(size: int, k: int, s: int, p: int, d: int, ceil: bool = False) -> int:
+def conv_output_size(size: int, k: int, s: int, p: int, d: int, ceil: bool = False) -> int:
     span = size + 2 * p - d * (k - 1) - 1
     if span < 0:
         return 0
@@ -151,7 +151,7 @@ def _infer_conv(op):
             ho, wo = -(-h // sh), -(-w // sw)
         else:
             (ph, pw) = a["p"]
-            ho, wo = _conv_size(h, kh, sh, ph, dh), _conv_size(w, kw, sw, pw, dw)
+            ho, wo = conv_output_size(h, kh, sh, ph, dh), conv_output_size(w, kw, sw, pw, dw)
             _check_spatial(f"{op} k={kh}x{kw} s={sh}x{sw} p={ph}x{pw}", ho, wo, in_shape)
         weights = out * (c // groups) * kh * kw
         params = weights + (out if a["bias"] else 0) + (out if op == "wsconv" else 0)
@@ -182,7 +182,7 @@ def _infer_pool(op):
         (kh, kw), (sh, sw), (ph, pw) = a["k"], a["s"], a["p"]
         if ph * 2 > kh or pw * 2 > kw:
             raise ShapeError(f"{op} padding {ph}x{pw} must be at most half the window {kh}x{kw}", "p")
-        ho, wo = _conv_size(h, kh, sh, ph, 1, a["ceil"]), _conv_size(w, kw, sw, pw, 1, a["ceil"])
+        ho, wo = conv_output_size(h, kh, sh, ph, 1, a["ceil"]), conv_output_size(w, kw, sw, pw, 1, a["ceil"])
         _check_spatial(f"{op} k={kh}x{kw} s={sh}x{sw} p={ph}x{pw}", ho, wo, in_shape)
         return (c, ho, wo), 0, 0
     return infer
