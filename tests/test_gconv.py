@@ -27,6 +27,12 @@ CASES = [
     (2, 34, 17, 3, 3, 3, 2, 1, 17),    # one output per group
     (1, 40, 40, 4, 6, 3, 1, (0, 1), 2),  # group width 20 (a T tile tail), asymmetric padding
     (1, 5, 7, 3, 3, 1, 1, 0, 1),       # ordinary (groups=1) 1x1 conv
+    # packed narrow groups (several whole groups a register: group width 2, 4 or 8, C_out a multiple of 16)
+    (2, 64, 64, 7, 9, 3, 1, 1, 16),    # group width 4; a row of 9 is no whole number of tiles
+    (1, 32, 32, 6, 11, 3, 2, 1, 4),    # group width 8, stride 2
+    (2, 32, 32, 5, 5, 3, 1, 0, 16),    # group width 2, no padding
+    (1, 48, 48, 4, 4, 1, 1, 0, 12),    # 1x1, group width 4, three 16-lane blocks
+    (1, 16, 16, 9, 9, 3, 2, 1, 4),     # group width 4, one block, stride 2 with an odd size
 ]
 # (act, with scale, with bias, with residual)
 EPILOGUES = [("none", False, False, False), ("relu", True, True, False), ("silu", True, True, True),

@@ -28,42 +28,43 @@ Tensor nhwc_acc(const Tensor& t, at::ScalarType acc) {
 
 // dconv = dy * act'(z) * scale with z = conv * scale + bias + residual recomputed from the saved conv;
 // also grad_scale = sum dz * conv, grad_bias = sum dz, grad_residual = dz. The returned buffer has 16
-// zero elements past the [rows, C_out] tensor (read, never used, by the wgrad micro-kernel).
-template <typename acc>
-Tensor make_grad_conv(const GConvGeometry& g, Act act, const Tensor& dy, const Tensor& conv, const Tensor& scale,
+// zero elements past the [rows, C_out] tensor (read, never used, by the wgrad micro-kernel). Absent tensors
+// read a row of zeros (ones for the scale) and grad_residual goes to a scratch row, so the loop over a row's
+// channels has no branch but the activation's and vectorizes.
+template <typename acc, Act A>
+Tensor make_grad_conv(const GConvGeometry& g, const Tensor& dy, const Tensor& conv, const Tensor& scale,
                       const Tensor& bias, const Tensor& res, const Tensor& dres, const Tensor& sums) {
   const int64_t rows = g.out_rows(), c = g.c_out;
   Tensor buf = at::empty({rows * c + 16}, dy.options());
   buf.narrow(0, rows * c, 16).zero_();
+  const std::vector<acc> zeros(c, acc(0)), ones(c, acc(1));
   const acc* dyp = dy.const_data_ptr<acc>();
   const acc* cp = conv.defined() ? conv.const_data_ptr<acc>() : nullptr;
-  const acc* sp = scale.defined() ? scale.const_data_ptr<acc>() : nullptr;
-  const acc* bp = bias.defined() ? bias.const_data_ptr<acc>() : nullptr;
+  const acc* sp = scale.defined() ? scale.const_data_ptr<acc>() : ones.data();
+  const acc* bp = bias.defined() ? bias.const_data_ptr<acc>() : zeros.data();
   const acc* rp = res.defined() ? res.const_data_ptr<acc>() : nullptr;
   acc* drp = dres.defined() ? dres.data_ptr<acc>() : nullptr;
   acc* dcp = buf.data_ptr<acc>();
   const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(rows, 4 * at::get_num_threads()));
   std::vector<acc> part(static_cast<size_t>(chunks * 2 * c), acc(0));
   at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+    std::vector<acc> scratch(c);
     for (int64_t ch = c0; ch < c1; ++ch) {
-      acc* ds = part.data() + ch * 2 * c;  // [sum dz * conv | sum dz]
-      acc* db = ds + c;
+      acc* __restrict__ ds = part.data() + ch * 2 * c;  // [sum dz * conv | sum dz]
+      acc* __restrict__ db = ds + c;
       for (int64_t r = rows * ch / chunks; r < rows * (ch + 1) / chunks; ++r) {
         const int64_t off = r * c;
+        const acc* __restrict__ d = dyp + off;
+        const acc* __restrict__ v = cp ? cp + off : zeros.data();
+        const acc* __restrict__ rr = rp ? rp + off : zeros.data();
+        acc* __restrict__ dr = drp ? drp + off : scratch.data();
+        acc* __restrict__ out = dcp + off;
         for (int64_t o = 0; o < c; ++o) {
-          const acc d = static_cast<acc>(dyp[off + o]);
-          acc dz = d;
-          if (cp) {
-            const acc v = cp[off + o];
-            acc z = sp ? v * sp[o] : v;
-            if (bp) z += bp[o];
-            if (rp) z += rp[off + o];
-            dz = act_backward<acc>(act, d, z);
-            ds[o] += dz * v;
-          }
+          const acc dz = act_backward<acc>(A, d[o], v[o] * sp[o] + bp[o] + rr[o]);
+          ds[o] += dz * v[o];
           db[o] += dz;
-          if (drp) drp[off + o] = dz;
-          dcp[off + o] = sp ? dz * sp[o] : dz;
+          dr[o] = dz;
+          out[o] = dz * sp[o];
         }
       }
     }
@@ -129,15 +130,18 @@ std::tuple<Tensor, Tensor, OptTensor, OptTensor, OptTensor> gconv_backward_cpu(
   }
   Tensor dres = residual ? at::empty({g.n, g.c_out, g.oh, g.ow}, x.options().memory_format(nhwc)) : Tensor();
   Tensor sums = at::zeros({2, g.c_out}, x.options());
-  // (at::zeros would ignore the memory format)
-  Tensor dx = at::empty({g.n, g.c_in, g.h, g.w}, x.options().memory_format(nhwc)).zero_();
+  Tensor dx = at::empty({g.n, g.c_in, g.h, g.w}, x.options().memory_format(nhwc));  // dgrad writes all of it
   Tensor dwk;
   AT_DISPATCH_FLOATING_TYPES(acc_type, "gconv_backward_cpu", [&] {
     if (g.out_rows() == 0) {
+      dx.zero_();  // (at::zeros would ignore the memory format)
       dwk = at::zeros({g.groups, g.taps(), g.cg, g.cog}, x.options());
       return;
     }
-    const Tensor dc = make_grad_conv<scalar_t>(g, act, dy, conv, s, b, r, dres, sums);
+    Tensor dc;
+    cpu::dispatch_act(act, [&](auto A) {
+      dc = make_grad_conv<scalar_t, decltype(A)::value>(g, dy, conv, s, b, r, dres, sums);
+    });
     const Tensor dc_view = dc.narrow(0, 0, g.out_rows() * g.c_out)
                                .view({g.n, g.oh, g.ow, g.c_out})
                                .permute({0, 3, 1, 2});

@@ -78,24 +78,25 @@ struct FwdPtrs {
   acc* y;             // [N, OH, OW, C_out]
   acc* saved;         // [N, OH, OW, C_out] or null
   const acc* zeros;   // >= max(C_in, C_out) zeros
-  // Applied to each (n, oh, group) row of raw conv values in y (while it is in cache); null: none.
-  void (*epilogue)(const GConvGeometry&, const FwdPtrs&, int64_t n, int64_t oh, int64_t grp);
+  // Applied to channels [c0, c0 + len) of each output row (n, oh) of raw conv values in y (while they are in
+  // cache: one group's, or a packed block's); null: none.
+  void (*epilogue)(const GConvGeometry&, const FwdPtrs&, int64_t n, int64_t oh, int64_t c0, int64_t len);
 };
 
-// y = act(y * scale + bias [+ res]) over one output row of one group, after saving the raw y, one vector
-// of channels at a time (for_vectors); scale and bias are never null here (ones / zeros stand in).
+// y = act(y * scale + bias [+ res]) over channels [c0, c0 + len) of one output row, after saving the raw y,
+// one vector of channels at a time (for_vectors); scale and bias are never null here (ones / zeros stand in).
 template <typename acc, Act A>
-void epilogue_row(const GConvGeometry& g, const FwdPtrs<acc>& d, int64_t n, int64_t oh, int64_t grp) {
+void epilogue_row(const GConvGeometry& g, const FwdPtrs<acc>& d, int64_t n, int64_t oh, int64_t c0, int64_t len) {
   using V = typename Vec<acc>::type;
-  const acc* sc = d.scale + grp * g.cog;
-  const acc* bi = d.bias + grp * g.cog;
+  const acc* sc = d.scale + c0;
+  const acc* bi = d.bias + c0;
   for (int64_t ow = 0; ow < g.ow; ++ow) {
-    const int64_t base = ((n * g.oh + oh) * g.ow + ow) * g.c_out + grp * g.cog;
+    const int64_t base = ((n * g.oh + oh) * g.ow + ow) * g.c_out + c0;
     acc* y = d.y + base;
     const acc* r = d.res != nullptr ? d.res + base : nullptr;
-    if (d.saved) std::memcpy(d.saved + base, y, sizeof(acc) * g.cog);
+    if (d.saved) std::memcpy(d.saved + base, y, sizeof(acc) * len);
     auto row = [&](auto R) {
-      for_vectors<acc>(g.cog, [&](int64_t j, int k, auto tail) {
+      for_vectors<acc>(len, [&](int64_t j, int k, auto tail) {
         constexpr bool T = decltype(tail)::value;
         V z = vload_span<T, acc>(y + j, k) * vload_span<T, acc>(sc + j, k) + vload_span<T, acc>(bi + j, k);
         if constexpr (decltype(R)::value) z += vload_span<T, acc>(r + j, k);
@@ -135,7 +136,118 @@ PYCNN_ALWAYS_INLINE void forward_items(const Args& a, const FwdPtrs<acc>& d, int
         }
       }
     }
-    if (d.epilogue) d.epilogue(g, d, n, oh, grp);
+    if (d.epilogue) d.epilogue(g, d, n, oh, grp * g.cog, g.cog);
+  }
+}
+
+// ------------------------------------------------------------------ forward, narrow groups packed ----
+//
+// Groups of C input and C output channels with C smaller than a register (ResNeXt's 4 and 8 channels a group):
+// a tile of one group's C columns would leave most lanes idle. Here one register of L lanes holds L / C whole
+// groups (lane m: channel m of the block, input or output), and the products are formed lane by lane, C of
+// them per input pixel, each accumulated apart and moved to its output lane once per tile:
+//   out = sum_{r < C} rot_r(a_r),  a_r = sum_tap x[pixel @ tap] * wr[tap][r]  (lane-wise)
+//   rot_r(v)[l] = v[(l / C) * C + (l % C + r) % C],  wr[tap][r][m] = w[(m / C) * C + (m % C - r) mod C][m % C][tap]
+// (lane m of a_r holds input channel m % C's share of the output channel r places before it in the group).
+// The inner loop is one load of the input pixel and C multiply-adds with the tap's C weight vectors, no
+// shuffle; C * P accumulators fill the register file. Only where the variant shuffles registers
+// (kVectorShuffles) and in float32.
+
+// Whether the packed kernel runs this geometry (C = g.cg).
+template <typename acc>
+bool packed_groups_apply(const GConvGeometry& g) {
+  constexpr int L = Vec<acc>::lanes;
+  return kVectorShuffles && std::is_same_v<acc, float> && g.cg == g.cog && g.cg > 1 && g.cg < L &&
+         L % g.cg == 0 && g.c_out % L == 0;
+}
+
+template <int C, int R, typename V, std::size_t... I>
+PYCNN_ALWAYS_INLINE V rotated_in_groups(V v, std::index_sequence<I...>) {
+  return __builtin_shufflevector(v, v, ((I / C) * C + (I % C + R) % C)...);
+}
+
+// sum_r rot_r(a[r][p]) for r < C.
+template <typename acc, int C, int P, std::size_t... R>
+PYCNN_ALWAYS_INLINE typename Vec<acc>::type gathered_groups(typename Vec<acc>::type (&a)[C][P], int p,
+                                                           std::index_sequence<R...>) {
+  return (rotated_in_groups<C, int(R)>(a[R][p], std::make_index_sequence<Vec<acc>::lanes>{}) + ...);
+}
+
+// wk [G, KK, C, C] (gconv_kernel_weight) -> wr [C_out / L, KK, C, L] (above).
+template <typename acc, int C>
+Tensor packed_group_weight(const Tensor& wk, const GConvGeometry& g) {
+  constexpr int L = Vec<acc>::lanes;
+  const int64_t blocks = g.c_out / L, kk = g.taps();
+  Tensor out = at::zeros({blocks, kk, C, L}, wk.options());
+  const acc* w = wk.const_data_ptr<acc>();
+  acc* o = out.data_ptr<acc>();
+  for (int64_t b = 0; b < blocks; ++b)
+    for (int64_t tap = 0; tap < kk; ++tap)
+      for (int r = 0; r < C; ++r)
+        for (int m = 0; m < L; ++m) {
+          const int64_t grp = b * (L / C) + m / C, i = m % C;
+          o[((b * kk + tap) * C + r) * L + m] = w[((grp * kk + tap) * C + i) * C + (i - r + C) % C];
+        }
+  return out;
+}
+
+// Pixels a tile: C * P accumulators, the tap's C weight vectors (GCC keeps them in registers for the tile's
+// pixels) and the input pixel in avx512's 32 registers or avx2's 16. (C = 8 in two passes of 4 rotations and
+// 6 pixels each was slower than one of 2 pixels.)
+template <int C>
+constexpr int packed_tile_rows() { return ((kVectorBytes == 64 ? 32 : 16) - C - 1) / C; }
+
+// One row of `len` output pixels of a block of L channels (out: its first pixel, `step` apart) from the block's
+// taps wr [KK, C, L]: `row(kh)` is the input row that kernel row kh reads (null: in the padding) and
+// `col(row, kw, x)` the input pixel tap kw of output pixel x reads in it (null: in the padding). The forward and
+// the input gradient (the transposed convolution) differ only in these two.
+template <typename acc, int C, typename Row, typename Col>
+PYCNN_ALWAYS_INLINE void packed_row(const GConvGeometry& g, const acc* wr, const acc* zeros, int64_t len, acc* out,
+                                    int64_t step, Row row, Col col) {
+  using V = typename Vec<acc>::type;
+  constexpr int L = Vec<acc>::lanes, P = packed_tile_rows<C>();
+  for (int64_t x0 = 0; x0 < len; x0 += P) {
+    V a[C][P] = {};
+    for (int64_t kh = 0; kh < g.k; ++kh) {
+      const acc* in = row(kh);
+      if (in == nullptr) continue;
+      for (int64_t kw = 0; kw < g.k; ++kw) {
+        const acc* w = wr + (kh * g.k + kw) * C * L;
+#pragma GCC unroll 16
+        for (int p = 0; p < P; ++p) {
+          const acc* px = x0 + p < len ? col(in, kw, x0 + p) : nullptr;
+          V xv = vload<acc>(px != nullptr ? px : zeros);  // pixels in the padding read zeros, no branch
+          in_register(xv);
+#pragma GCC unroll 8
+          for (int r = 0; r < C; ++r) a[r][p] += xv * vload<acc>(w + r * L);
+        }
+      }
+    }
+    const int64_t np = std::min<int64_t>(P, len - x0);
+    for (int64_t p = 0; p < np; ++p) {
+      vstore(out + (x0 + p) * step, gathered_groups<acc, C, P>(a, int(p), std::make_index_sequence<C>{}));
+    }
+  }
+}
+
+// Work items q = (n, oh, block of L output channels).
+template <typename acc, int C>
+PYCNN_ALWAYS_INLINE void forward_packed_items(const GConvGeometry& g, const FwdPtrs<acc>& d, int64_t q0, int64_t q1) {
+  constexpr int L = Vec<acc>::lanes;
+  const int64_t blocks = g.c_out / L;
+  for (int64_t q = q0; q < q1; ++q) {
+    const int64_t b = q % blocks, r = q / blocks, oh = r % g.oh, n = r / g.oh;
+    auto row = [&](int64_t kh) -> const acc* {
+      const int64_t ih = oh * g.sh - g.ph + kh;
+      return ih >= 0 && ih < g.h ? d.x + (n * g.h + ih) * g.w * g.c_in + b * L : nullptr;
+    };
+    auto col = [&](const acc* in, int64_t kw, int64_t ow) -> const acc* {
+      const int64_t iw = ow * g.sw - g.pw + kw;
+      return iw >= 0 && iw < g.w ? in + iw * g.c_in : nullptr;
+    };
+    packed_row<acc, C>(g, d.wk + b * g.taps() * C * L, d.zeros, g.ow,
+                       d.y + (n * g.oh + oh) * g.ow * g.c_out + b * L, g.c_out, row, col);
+    if (d.epilogue) d.epilogue(g, d, n, oh, b * L, L);
   }
 }
 
@@ -178,6 +290,28 @@ PYCNN_ALWAYS_INLINE void dgrad_items(const Args& a, const DgradPtrs<acc>& d, int
         }
       }
     }
+  }
+}
+
+// The packed kernel's input gradient: work items q = (n, ih, block of L input channels); wr: the transposed
+// taps [G, KK, Cog, Cg] packed as the forward's (packed_group_weight). S: the stride (1, 1) a constant (no
+// division a pixel and tap).
+template <typename acc, int C, bool Unit>
+PYCNN_ALWAYS_INLINE void dgrad_packed_items(const GConvGeometry& g, const DgradPtrs<acc>& d, int64_t q0, int64_t q1) {
+  constexpr int L = Vec<acc>::lanes;
+  const int64_t blocks = g.c_in / L, sh = Unit ? 1 : g.sh, sw = Unit ? 1 : g.sw;
+  for (int64_t q = q0; q < q1; ++q) {
+    const int64_t b = q % blocks, r = q / blocks, ih = r % g.h, n = r / g.h;
+    auto row = [&](int64_t kh) -> const acc* {
+      const int64_t t = ih + g.ph - kh;
+      return t >= 0 && t % sh == 0 && t / sh < g.oh ? d.dc + (n * g.oh + t / sh) * g.ow * g.c_out + b * L : nullptr;
+    };
+    auto col = [&](const acc* in, int64_t kw, int64_t iw) -> const acc* {
+      const int64_t u = iw + g.pw - kw;
+      return u >= 0 && u % sw == 0 && u / sw < g.ow ? in + u / sw * g.c_out : nullptr;
+    };
+    packed_row<acc, C>(g, d.wt + b * g.taps() * C * L, d.zeros, g.w, d.dx + (n * g.h + ih) * g.w * g.c_in + b * L,
+                       g.c_in, row, col);
   }
 }
 
@@ -235,6 +369,83 @@ PYCNN_ALWAYS_INLINE void wgrad_rows(const Args& a, const WgradPtrs<acc>& d, int6
   }
 }
 
+// The packed kernel's weight gradient, as [blocks, KK, C, L]: lane m of [b][tap][r] is the gradient of the weight
+// from input channel m % C to output channel (m % C - r) mod C of group m / C of block b, so
+//   dw[b][tap][r] += x[pixel @ tap] * rot_{C - r}(dc[pixel])  (lane-wise)
+// with each output pixel's C rotations of dc made once for the taps of a kernel row (KC at a time: KC * C
+// accumulators, C rotations and the input pixel in the registers).
+template <int C>
+constexpr int packed_wgrad_taps() { return std::min(3, ((kVectorBytes == 64 ? 32 : 16) - C - 1) / C); }
+
+template <typename acc, int C, std::size_t... R>
+PYCNN_ALWAYS_INLINE void rotations_back(typename Vec<acc>::type v, typename Vec<acc>::type (&out)[C],
+                                        std::index_sequence<R...>) {
+  ((out[R] = rotated_in_groups<C, (C - int(R)) % C>(v, std::make_index_sequence<Vec<acc>::lanes>{})), ...);
+}
+
+// dw (packed, above) += the contributions of output rows [r0, r1), in sub-blocks of rows small enough to stay
+// in cache while every (block, kernel row) sweeps them.
+template <typename acc, int C>
+void wgrad_packed_rows(const GConvGeometry& g, const acc* x, const acc* dc, const acc* zeros, acc* dw, int64_t r0,
+                       int64_t r1) {
+  using V = typename Vec<acc>::type;
+  constexpr int L = Vec<acc>::lanes, KC = packed_wgrad_taps<C>();
+  static_assert(KC >= 1);
+  const int64_t blocks = g.c_out / L;
+  const int64_t sub = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, g.ow * (g.c_in + g.c_out)));
+  for (int64_t s0 = r0; s0 < r1; s0 += sub) {
+    const int64_t s1 = std::min(r1, s0 + sub);
+    for (int64_t b = 0; b < blocks; ++b) {
+      for (int64_t kh = 0; kh < g.k; ++kh) {
+        for (int64_t kw0 = 0; kw0 < g.k; kw0 += KC) {
+          const int64_t taps = std::min<int64_t>(KC, g.k - kw0);
+          V a[KC][C] = {};
+          for (int64_t r = s0; r < s1; ++r) {
+            const int64_t oh = r % g.oh, n = r / g.oh, ih = oh * g.sh - g.ph + kh;
+            if (ih < 0 || ih >= g.h) continue;
+            const acc* xr = x + (n * g.h + ih) * g.w * g.c_in + b * L;
+            const acc* dr = dc + r * g.ow * g.c_out + b * L;
+            for (int64_t ow = 0; ow < g.ow; ++ow) {
+              V rot[C];
+              rotations_back<acc, C>(vload<acc>(dr + ow * g.c_out), rot, std::make_index_sequence<C>{});
+#pragma GCC unroll 4
+              for (int t = 0; t < KC; ++t) {
+                const int64_t iw = ow * g.sw - g.pw + kw0 + t;
+                V xv = vload<acc>(t < taps && iw >= 0 && iw < g.w ? xr + iw * g.c_in : zeros);
+                in_register(xv);
+#pragma GCC unroll 8
+                for (int q = 0; q < C; ++q) a[t][q] += xv * rot[q];
+              }
+            }
+          }
+          for (int64_t t = 0; t < taps; ++t) {
+            acc* out = dw + ((b * g.taps() + kh * g.k + kw0 + t) * C) * L;
+            for (int q = 0; q < C; ++q) vstore(out + q * L, a[t][q] + vload<acc>(out + q * L));
+          }
+        }
+      }
+    }
+  }
+}
+
+// packed [blocks, KK, C, L] (wgrad_packed_rows) -> [G, KK, Cg, Cog]
+template <typename acc, int C>
+Tensor unpacked_group_weight(const Tensor& packed, const GConvGeometry& g) {
+  constexpr int L = Vec<acc>::lanes;
+  const int64_t kk = g.taps();
+  Tensor out = at::zeros({g.groups, kk, C, C}, packed.options());
+  const acc* w = packed.const_data_ptr<acc>();
+  acc* o = out.data_ptr<acc>();
+  for (int64_t grp = 0; grp < g.groups; ++grp)
+    for (int64_t tap = 0; tap < kk; ++tap)
+      for (int i = 0; i < C; ++i)
+        for (int j = 0; j < C; ++j) {
+          const int64_t b = grp / (L / C), m = grp % (L / C) * C + i;
+          o[((grp * kk + tap) * C + i) * C + j] = w[((b * kk + tap) * C + (i - j + C) % C) * L + m];
+        }
+  return out;
+}
+
 // ------------------------------------------------------------------------------------------ driver ----
 
 // T for a GEMM with n output columns: the smallest power of two >= n, at most one vector register of acc
@@ -278,6 +489,14 @@ inline Tensor pad_columns(const Tensor& w, int64_t t) {
 
 inline int64_t grain_for(int64_t work_per_item) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, work_per_item)); }
 
+// Calls body(std::integral_constant<int, C>{}) for C = g.cg, where packed_groups_apply.
+template <typename acc, typename Body>
+void with_packed_groups(const GConvGeometry& g, Body body) {
+  if (g.cg == 2) body(std::integral_constant<int, 2>{});
+  else if (g.cg == 4) body(std::integral_constant<int, 4>{});
+  else if constexpr (Vec<acc>::lanes > 8) body(std::integral_constant<int, 8>{});  // (C = 8 < lanes: avx512)
+}
+
 // The raw convolution (and, with an epilogue, the output) in NHWC and the accumulation type.
 template <typename acc>
 void run_forward(const GConvGeometry& g, Act act, const Tensor& x, const Tensor& weight, const Tensor& scale,
@@ -303,6 +522,15 @@ void run_forward(const GConvGeometry& g, Act act, const Tensor& x, const Tensor&
       default: d.epilogue = &epilogue_row<acc, Act::None>; break;
     }
   }
+  if (packed_groups_apply<acc>(g)) {
+    return with_packed_groups<acc>(g, [&](auto C_) {
+      constexpr int C = decltype(C_)::value;
+      const Tensor wr = packed_group_weight<acc, C>(wk, g);
+      d.wk = wr.const_data_ptr<acc>();
+      at::parallel_for(0, g.n * g.oh * (g.c_out / Vec<acc>::lanes), grain_for(g.ow * Vec<acc>::lanes * C * g.taps()),
+                       [&](int64_t q0, int64_t q1) { forward_packed_items<acc, C>(g, d, q0, q1); });
+    });
+  }
   const Args a{g, act, wk.size(-1)};
   dispatch_tile<acc>(t, tile_rows(g.ow), [&](auto T_, auto P_) {
     constexpr int T = decltype(T_)::value, P = decltype(P_)::value;
@@ -318,6 +546,18 @@ void run_dgrad(const GConvGeometry& g, const Tensor& dc, const Tensor& weight, c
   const Tensor wt = pad_columns(gconv_kernel_weight(weight, g, true, dc.scalar_type()), t);
   std::vector<acc> zeros(std::max(g.c_in, g.c_out) + 16, acc(0));
   DgradPtrs<acc> d{dc.const_data_ptr<acc>(), wt.const_data_ptr<acc>(), dx.data_ptr<acc>(), zeros.data()};
+  if (packed_groups_apply<acc>(g)) {
+    return with_packed_groups<acc>(g, [&](auto C_) {
+      constexpr int C = decltype(C_)::value;
+      const Tensor wr = packed_group_weight<acc, C>(wt, g);
+      d.wt = wr.const_data_ptr<acc>();
+      at::parallel_for(0, g.n * g.h * (g.c_in / Vec<acc>::lanes), grain_for(g.w * Vec<acc>::lanes * C * g.taps()),
+                       [&](int64_t q0, int64_t q1) {
+                         if (g.sh == 1 && g.sw == 1) dgrad_packed_items<acc, C, true>(g, d, q0, q1);
+                         else dgrad_packed_items<acc, C, false>(g, d, q0, q1);
+                       });
+    });
+  }
   const Args a{g, Act::None, wt.size(-1)};
   dispatch_tile<acc>(t, tile_rows(g.w), [&](auto T_, auto P_) {
     constexpr int T = decltype(T_)::value, P = decltype(P_)::value;
@@ -334,6 +574,21 @@ Tensor run_wgrad(const GConvGeometry& g, const Tensor& x, const acc* dc) {
   const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(rows, at::get_num_threads()));
   const int64_t per = g.groups * g.taps() * g.cg * g.cog;
   Tensor partial = at::zeros({chunks, per}, x.options());
+  if (packed_groups_apply<acc>(g)) {  // (C_out = C_in: per is the packed size too)
+    Tensor out;
+    with_packed_groups<acc>(g, [&](auto C_) {
+      constexpr int C = decltype(C_)::value;
+      std::vector<acc> zeros(Vec<acc>::lanes, acc(0));
+      at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+        for (int64_t c = c0; c < c1; ++c) {
+          wgrad_packed_rows<acc, C>(g, x.const_data_ptr<acc>(), dc, zeros.data(), partial.data_ptr<acc>() + c * per,
+                                    rows * c / chunks, rows * (c + 1) / chunks);
+        }
+      });
+      out = unpacked_group_weight<acc, C>(partial.sum(0), g);
+    });
+    return out;
+  }
   const Args a{g, Act::None, g.cog};
   dispatch_tile<acc>(tile_cols<acc>(g.cog), tile_rows(g.cg), [&](auto T_, auto P_) {
     constexpr int T = decltype(T_)::value, P = decltype(P_)::value;
