@@ -33,6 +33,11 @@ CASES = [
     (2, 32, 32, 5, 5, 3, 1, 0, 16),    # group width 2, no padding
     (1, 48, 48, 4, 4, 1, 1, 0, 12),    # 1x1, group width 4, three 16-lane blocks
     (1, 16, 16, 9, 9, 3, 2, 1, 4),     # group width 4, one block, stride 2 with an odd size
+    (1, 16, 16, 8, 8, 1, 2, 0, 4),     # 1x1 stride 2: input pixels no output reads (their gradient is zero)
+    (1, 32, 32, 6, 6, 3, 2, 0, 8),     # no padding, even size, stride 2: the last row and column unread
+    (1, 32, 32, 5, 6, 3, 1, (0, 1), 8),  # asymmetric padding
+    (1, 16, 16, 5, 5, 3, 1, 2, 4),     # padding 2
+    (1, 16, 16, 8, 8, 3, 3, 1, 8),     # stride 3, group width 2
 ]
 # (act, with scale, with bias, with residual)
 EPILOGUES = [("none", False, False, False), ("relu", True, True, False), ("silu", True, True, True),
@@ -101,6 +106,31 @@ def test_matches_conv2d_and_epilogue(case, layout, epilogue):
     if layout != "strided":  # the output keeps the input's memory format
         fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
         assert ours[0].is_contiguous(memory_format=fmt) or ours[0].is_contiguous()
+
+
+@pytest.mark.parametrize("case", [(2, 64, 64, 7, 9, 3, 1, 1, 16), (1, 32, 32, 6, 11, 3, 2, 1, 4),
+                                  (2, 8, 12, 6, 7, 3, 2, 1, 4)])
+@pytest.mark.parametrize("where", ["input", "grad_output"])
+def test_nan_propagates_as_in_pytorch(case, where):
+    """A NaN input pixel, or a NaN in the output's gradient at a corner (whose taps reach into the padding), makes
+    NaN exactly where F.conv2d's output and gradients have one (its group's channels only; padding taps add
+    nothing, not zero times NaN), the packed narrow-group kernel and the per-group one alike."""
+    _, _, _, _, _, _, s, p, groups = case
+    x, w, _, _, _ = make_args(case, "channels_last", False, False, False)
+    if where == "input":
+        x[0, 5, 2, 3] = float("nan")
+    results = []
+    for conv in (lambda a, b: ops.gconv(a, b, None, None, stride=s, padding=p, groups=groups),
+                 lambda a, b: F.conv2d(a, b, None, s, p, 1, groups)):
+        a, b = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+        y = conv(a, b)
+        dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(7))
+        if where == "grad_output":
+            dy[0, 5, 0, 0] = float("nan")
+        results.append([y, *torch.autograd.grad(y, (a, b), dy)])
+    for name, a, b in zip(["output", "grad_input", "grad_weight"], *results):
+        assert torch.equal(a.isnan(), b.isnan()), name
+        torch.testing.assert_close(a.nan_to_num(), b.nan_to_num(), rtol=1e-4, atol=1e-4, msg=name)
 
 
 def test_backward_without_saved_conv_recomputes_it():

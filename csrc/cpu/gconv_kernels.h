@@ -148,6 +148,7 @@ PYCNN_ALWAYS_INLINE void forward_items(const Args& a, const FwdPtrs<acc>& d, int
 // them per input pixel, each accumulated apart and moved to its output lane once per tile:
 //   out = sum_{r < C} rot_r(a_r),  a_r = sum_tap x[pixel @ tap] * wr[tap][r]  (lane-wise)
 //   rot_r(v)[l] = v[(l / C) * C + (l % C + r) % C],  wr[tap][r][m] = w[(m / C) * C + (m % C - r) mod C][m % C][tap]
+// (channel indices within the block of L: its first channel b * L is left out)
 // (lane m of a_r holds input channel m % C's share of the output channel r places before it in the group).
 // The inner loop is one load of the input pixel and C multiply-adds with the tap's C weight vectors, no
 // shuffle; C * P accumulators fill the register file. Only where the variant shuffles registers
@@ -294,8 +295,8 @@ PYCNN_ALWAYS_INLINE void dgrad_items(const Args& a, const DgradPtrs<acc>& d, int
 }
 
 // The packed kernel's input gradient: work items q = (n, ih, block of L input channels); wr: the transposed
-// taps [G, KK, Cog, Cg] packed as the forward's (packed_group_weight). S: the stride (1, 1) a constant (no
-// division a pixel and tap).
+// taps [G, KK, Cog, Cg] packed as the forward's (packed_group_weight). Unit: stride 1 in both directions, a
+// constant (no division a pixel and tap).
 template <typename acc, int C, bool Unit>
 PYCNN_ALWAYS_INLINE void dgrad_packed_items(const GConvGeometry& g, const DgradPtrs<acc>& d, int64_t q0, int64_t q1) {
   constexpr int L = Vec<acc>::lanes;
@@ -386,8 +387,7 @@ PYCNN_ALWAYS_INLINE void rotations_back(typename Vec<acc>::type v, typename Vec<
 // dw (packed, above) += the contributions of output rows [r0, r1), in sub-blocks of rows small enough to stay
 // in cache while every (block, kernel row) sweeps them.
 template <typename acc, int C>
-void wgrad_packed_rows(const GConvGeometry& g, const acc* x, const acc* dc, const acc* zeros, acc* dw, int64_t r0,
-                       int64_t r1) {
+void wgrad_packed_rows(const GConvGeometry& g, const acc* x, const acc* dc, acc* dw, int64_t r0, int64_t r1) {
   using V = typename Vec<acc>::type;
   constexpr int L = Vec<acc>::lanes, KC = packed_wgrad_taps<C>();
   static_assert(KC >= 1);
@@ -411,7 +411,10 @@ void wgrad_packed_rows(const GConvGeometry& g, const acc* x, const acc* dc, cons
 #pragma GCC unroll 4
               for (int t = 0; t < KC; ++t) {
                 const int64_t iw = ow * g.sw - g.pw + kw0 + t;
-                V xv = vload<acc>(t < taps && iw >= 0 && iw < g.w ? xr + iw * g.c_in : zeros);
+                // taps in the padding add nothing (not zero times dconv: a NaN there stays out of the weight
+                // gradient, as in the per-group kernel and PyTorch's)
+                if (t >= taps || iw < 0 || iw >= g.w) continue;
+                V xv = vload<acc>(xr + iw * g.c_in);
                 in_register(xv);
 #pragma GCC unroll 8
                 for (int q = 0; q < C; ++q) a[t][q] += xv * rot[q];
@@ -492,9 +495,12 @@ inline int64_t grain_for(int64_t work_per_item) { return std::max<int64_t>(1, 32
 // Calls body(std::integral_constant<int, C>{}) for C = g.cg, where packed_groups_apply.
 template <typename acc, typename Body>
 void with_packed_groups(const GConvGeometry& g, Body body) {
-  if (g.cg == 2) body(std::integral_constant<int, 2>{});
-  else if (g.cg == 4) body(std::integral_constant<int, 4>{});
-  else if constexpr (Vec<acc>::lanes > 8) body(std::integral_constant<int, 8>{});  // (C = 8 < lanes: avx512)
+  if (g.cg == 2) return body(std::integral_constant<int, 2>{});
+  if (g.cg == 4) return body(std::integral_constant<int, 4>{});
+  if constexpr (Vec<acc>::lanes > 8) {
+    if (g.cg == 8) return body(std::integral_constant<int, 8>{});
+  }
+  TORCH_INTERNAL_ASSERT(false, "pycnn.gconv: no packed kernel for ", g.cg, " channels a group");
 }
 
 // The raw convolution (and, with an epilogue, the output) in NHWC and the accumulation type.
@@ -578,10 +584,9 @@ Tensor run_wgrad(const GConvGeometry& g, const Tensor& x, const acc* dc) {
     Tensor out;
     with_packed_groups<acc>(g, [&](auto C_) {
       constexpr int C = decltype(C_)::value;
-      std::vector<acc> zeros(Vec<acc>::lanes, acc(0));
       at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
         for (int64_t c = c0; c < c1; ++c) {
-          wgrad_packed_rows<acc, C>(g, x.const_data_ptr<acc>(), dc, zeros.data(), partial.data_ptr<acc>() + c * per,
+          wgrad_packed_rows<acc, C>(g, x.const_data_ptr<acc>(), dc, partial.data_ptr<acc>() + c * per,
                                     rows * c / chunks, rows * (c + 1) / chunks);
         }
       });
