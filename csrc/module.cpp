@@ -159,6 +159,10 @@ PYBIND11_MODULE(_C, m) {
   m.def("_cpu_cache_enter_scope", &cpu_cache::enter_scope, py::arg("max_cached_bytes"),
         "Caches until the matching _cpu_cache_exit_scope (a fused network's forward).");
   m.def("_cpu_cache_exit_scope", &cpu_cache::exit_scope, "Closes a _cpu_cache_enter_scope.");
+  m.def("_cpu_cache_suspend_scopes", &cpu_cache::suspend_scopes,
+        "Suspends the calling thread's scopes; returns how many were open (for _cpu_cache_resume_scopes).");
+  m.def("_cpu_cache_resume_scopes", &cpu_cache::resume_scopes, py::arg("open"),
+        "Reopens the scopes _cpu_cache_suspend_scopes suspended.");
   m.def("_cpu_cache_size_class", &cpu_cache::size_class, "Tests only: the block size a request is served from.");
   m.def(
       "_cpu_cache_stats",

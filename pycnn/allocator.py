@@ -163,6 +163,19 @@ def exit_network_scope() -> None:
     _ext()._cpu_cache_exit_scope()
 
 
+@contextlib.contextmanager
+def outside_scopes() -> Iterator[None]:
+    """Allocations in the block skip the calling thread's open scopes: for tensors a forward makes that outlive it
+    (pycnn.fused's BatchNorm folds and packed weights), which would otherwise hold blocks of the activations'
+    cache for good, and make the next call's activation of that size miss."""
+    ext = _ext()
+    suspended = ext._cpu_cache_suspend_scopes()
+    try:
+        yield
+    finally:
+        ext._cpu_cache_resume_scopes(suspended)
+
+
 # A graph torch.compile traces cannot call the two functions above: a Python side effect breaks the graph (and
 # fullgraph=True refuses it). It holds them as two custom ops instead, registered as ordered side effects (effect
 # tokens: AOTAutograd threads a token through them, inductor keeps them and their order): the first takes the

@@ -18,10 +18,11 @@ from typing import Dict, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch._prims_common import suggest_memory_format
 from torch.nn.modules import module as _module
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from . import ops
+from . import allocator, ops
 from .opspec import ACTIVATIONS, acts_with, conv_output_size
 
 
@@ -187,14 +188,15 @@ def _refreshed(fold: Optional[EvalFold], tensors, eps: float, dense: bool) -> Ev
     if fold is None or fold.stamp != stamp or not all(
             t is None if r is None else r() is t for r, t in zip(fold.refs, tensors)):
         fold = EvalFold()
-        with torch.inference_mode(False), torch.no_grad():  # ordinary tensors, usable outside inference mode
+        # ordinary tensors, usable outside inference mode, kept beyond the forward: none from its cache scope
+        with torch.inference_mode(False), torch.no_grad(), allocator.outside_scopes():
             fold.scale, fold.shift = fold_scale_shift(*tensors, eps)
         fold.weight = fold.bias = None
         # weak: a fold kept apart from its module (graph_fold) must not keep the module's tensors alive
         fold.refs = tuple(None if t is None else weakref.ref(t) for t in tensors)
         fold.stamp, fold.packed = stamp, {}
     if dense and fold.weight is None:  # made on first use: a step racing its kernels must not refold per call
-        with torch.inference_mode(False), torch.no_grad():
+        with torch.inference_mode(False), torch.no_grad(), allocator.outside_scopes():
             weight, fold.bias = fold_into_weights(tensors[0], fold.scale, fold.shift)
             fold.weight = weight  # last: a fold with a weight has its bias
     return fold
@@ -339,16 +341,22 @@ def _registered(conv: nn.Conv2d, bn: _BatchNorm) -> bool:
             and "bias" in bn._parameters and "running_mean" in bn._buffers and "running_var" in bn._buffers)
 
 
-def _output_layout(x: Tensor, weight: Tensor, stride, padding, dilation) -> Tuple[list, Tuple[int, ...]]:
-    """The shape of the conv's output and the strides pycnn::eval_conv_bn_act gives it (channels_last for a
-    channels_last input, one channel included, else contiguous), the same for the real op and its fake whatever
-    each kernel returns."""
+def _output_layout(x: Tensor, weight: Tensor, stride, padding, dilation, kind: str) -> Tuple[list, Tuple[int, ...]]:
+    """The shape of the conv's output and the strides pycnn::eval_conv_bn_act gives it, the same for the real op
+    and its fake: those folded_forward's kernels give, so that no copy is needed. A dense conv (oneDNN, or aten's
+    conv) is channels_last where the input's or the weight's strides suggest channels_last (PyTorch's rule: a
+    one-channel input, whose strides are ambiguous, into a channels_last model's stem gives channels_last);
+    pycnn's depthwise and grouped kernels keep their input's memory format."""
     n, _, h, w = x.shape
     c, _, kh, kw = weight.shape
     h = conv_output_size(h, kh, stride[0], padding[0], dilation[0])
     w = conv_output_size(w, kw, stride[1], padding[1], dilation[1])
     hs, ws, cs = max(h, 1), max(w, 1), max(c, 1)  # as torch strides empty dimensions
-    if x.is_contiguous(memory_format=torch.channels_last) and x.stride(1) <= x.stride(3):
+    if kind == "dense":
+        channels_last = torch.channels_last in (suggest_memory_format(x), suggest_memory_format(weight))
+    else:  # (op_common.h's kernel_memory_format)
+        channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    if channels_last:
         return [n, c, h, w], (hs * ws * cs, 1, ws * cs, cs)
     return [n, c, h, w], (cs * hs * ws, hs * ws, ws, 1)
 
@@ -357,13 +365,13 @@ def _eval_conv_bn_act(x, weight, bias, bn_weight, bn_bias, running_mean, running
                       dilation, groups, kind, act, residual):
     fold = graph_fold((weight, bias, bn_weight, bn_bias, running_mean, running_var), eps, kind == "dense")
     y = folded_forward(x, fold, weight, (stride, padding, dilation, groups), kind, act, residual)
-    shape, strides = _output_layout(x, weight, stride, padding, dilation)
+    shape, strides = _output_layout(x, weight, stride, padding, dilation, kind)
     return y if y.stride() == strides else y.new_empty_strided(shape, strides).copy_(y)
 
 
 def _eval_conv_bn_act_fake(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, eps, stride, padding,
                            dilation, groups, kind, act, residual):
-    return x.new_empty_strided(*_output_layout(x, weight, stride, padding, dilation))
+    return x.new_empty_strided(*_output_layout(x, weight, stride, padding, dilation, kind))
 
 
 def _eval_mbconv(x, pairs, eps, stride, act, residual, se_reduce_weight, se_reduce_bias, se_expand_weight,
@@ -499,7 +507,7 @@ def _packed(fold: EvalFold, x: Tensor, geometry) -> Tensor:
     if packed is None:
         if len(fold.packed) >= _MAX_PACKS:
             fold.packed.clear()
-        with torch.inference_mode(False), torch.no_grad():
+        with torch.inference_mode(False), torch.no_grad(), allocator.outside_scopes():
             stride, padding, dilation, groups = geometry
             packed = torch.ops.mkldnn._reorder_convolution_weight(
                 fold.weight, list(padding), list(stride), list(dilation), groups, list(x.shape))

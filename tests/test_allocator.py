@@ -226,6 +226,28 @@ def test_PYCNN_CPU_CACHE_0_switches_the_scope_off():
     assert out.stdout.split()[-2:] == ["False", "0"]  # no forward went through the cache
 
 
+def test_folds_made_inside_a_forward_take_no_block_of_its_cache():
+    """A BatchNorm fold and its packed weight outlive the forward that makes them: made inside its scope they would
+    hold a block of the activations' cache for good, and the next forward's activation of that size would miss
+    (a compiled graph whose second call folded a layer lazily did)."""
+    from pycnn import fused
+    conv = torch.nn.Conv2d(256, 512, 1, bias=False)  # a folded weight of 512 KiB: a cached size
+    bn = torch.nn.BatchNorm2d(512).eval()
+    x = torch.randn(2, 256, 8, 8).contiguous(memory_format=torch.channels_last)
+    before = allocator.cpu_cache_stats()
+    assert allocator.enter_network_scope()
+    try:
+        with torch.no_grad():
+            fold = fused.graph_fold(fused.fold_tensors(conv, bn), bn.eps, dense=True)
+            packed = fused._packed(fold, x, ((1, 1), (0, 0), (1, 1), 1))
+    finally:
+        allocator.exit_network_scope()
+    after = allocator.cpu_cache_stats()
+    assert fold.weight is not None and packed is not None and after["scopes"] == 0
+    assert (after["misses"], after["hits"], after["live_bytes"]) == (before["misses"], before["hits"],
+                                                                     before["live_bytes"])
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
 def test_a_compiled_inference_graph_runs_in_the_scope(backend):

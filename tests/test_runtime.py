@@ -765,6 +765,35 @@ def test_eval_conv_bn_act_op(kind, groups, stride, residual, layout):
                           test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))
 
 
+@pytest.mark.parametrize("kind,c_in,groups", [("dense", 1, 1), ("dense", 3, 1), ("dense", 16, 1),
+                                               ("depthwise", 16, 16), ("grouped", 16, 2)])
+@pytest.mark.parametrize("model_cl", [True, False])
+@pytest.mark.parametrize("input_cl", [True, False])
+def test_eval_conv_bn_act_layout_is_its_kernels(kind, c_in, groups, model_cl, input_cl, monkeypatch):
+    """The layout pycnn::eval_conv_bn_act (and its fake) gives its output is the one its kernels return, so the op
+    never copies: channels_last model or input, a one-channel stem input (ambiguous strides) included. (A compiled
+    channels_last network with a one-channel input copied its first layers' outputs to NCHW and back.)"""
+    conv = torch.nn.Conv2d(c_in, 16, 3, 1, 1, groups=groups, bias=False)
+    bn = torch.nn.BatchNorm2d(16).eval()
+    if model_cl:
+        conv = conv.to(memory_format=torch.channels_last)
+    x = torch.randn(2, c_in, 9, 9)
+    if input_cl:
+        x = x.contiguous(memory_format=torch.channels_last)
+    kernel_strides = []
+    folded_forward = fused.folded_forward
+    monkeypatch.setattr(fused, "folded_forward",
+                        lambda *a: kernel_strides.append(folded_forward(*a).stride()) or folded_forward(*a))
+    args = (x, *fused.fold_tensors(conv, bn), bn.eps, [1, 1], [1, 1], [1, 1], groups, kind, "relu", None)
+    with torch.no_grad():
+        y = torch.ops.pycnn.eval_conv_bn_act(*args)
+    assert y.stride() == kernel_strides[0]
+    with torch._subclasses.fake_tensor.FakeTensorMode() as mode:
+        fake = torch.ops.pycnn.eval_conv_bn_act(*(mode.from_tensor(a) if isinstance(a, torch.Tensor) else a
+                                                  for a in args))
+    assert fake.stride() == y.stride()
+
+
 @pytest.mark.parametrize("expand,stride,se", [(True, 1, False), (False, 2, False), (True, 1, True)])
 def test_eval_mbconv_op(expand, stride, se):
     """pycnn::eval_mbconv passes the op checks and equals the block's eager composition."""

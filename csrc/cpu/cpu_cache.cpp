@@ -99,6 +99,14 @@ class CachingAllocator final : public c10::Allocator {
     ++scope_depth_;
   }
 
+  int suspend_scopes() {
+    const int open = scope_depth_;
+    scope_depth_ = 0;
+    return open;
+  }
+
+  void resume_scopes(int open) { scope_depth_ = open; }
+
   // A thread's outermost scope closing ends an epoch. While not enabled, a block cached in one epoch and not
   // handed out again while kStaleEpochs more epochs end (a size the forwards no longer ask for: another
   // network, another batch size) is freed then, so a process that runs many networks does not keep each one's
@@ -296,5 +304,7 @@ void empty() { instance().empty(); }
 Stats stats() { return instance().stats(); }
 void enter_scope(size_t max_cached_bytes) { instance().enter_scope(max_cached_bytes); }
 void exit_scope() { instance().exit_scope(); }
+int suspend_scopes() { return instance().suspend_scopes(); }
+void resume_scopes(int open) { instance().resume_scopes(open); }
 
 }  // namespace pycnn::cpu_cache

@@ -49,6 +49,11 @@ void empty();
 // holding at most max_cached_bytes then (enable()'s bound while enabled); installs it the first time.
 void enter_scope(size_t max_cached_bytes);
 void exit_scope();
+// Suspends this thread's open scopes (returns how many) until resume_scopes(that number), without ending an
+// epoch: tensors made inside a forward that outlive it (a BatchNorm fold, packed weights) must not hold blocks
+// of the activations' cache for good.
+int suspend_scopes();
+void resume_scopes(int open);
 Stats stats();
 
 }  // namespace pycnn::cpu_cache
