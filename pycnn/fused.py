@@ -347,6 +347,19 @@ def _output_layout(x: Tensor, weight: Tensor, stride, padding, dilation, kind: s
     conv) is channels_last where the input's or the weight's strides suggest channels_last (PyTorch's rule: a
     one-channel input, whose strides are ambiguous, into a channels_last model's stem gives channels_last);
     pycnn's depthwise and grouped kernels keep their input's memory format."""
+    geometry = (tuple(stride), tuple(padding), tuple(dilation), kind)
+    if all(type(d) is int for d in (*x.shape, *x.stride())):  # (symbolic sizes, under dynamic shapes: not cached)
+        return _cached_layout(tuple(x.shape), x.stride(), tuple(weight.shape), weight.stride(), *geometry)
+    return _layout(x, weight, *geometry)
+
+
+@functools.lru_cache(maxsize=1024)  # a compiled graph's layer pays ~7 us a call computing it, ~1 us cached
+def _cached_layout(x_shape, x_strides, w_shape, w_strides, stride, padding, dilation, kind: str):
+    meta = functools.partial(torch.empty_strided, device="meta")
+    return _layout(meta(x_shape, x_strides), meta(w_shape, w_strides), stride, padding, dilation, kind)
+
+
+def _layout(x: Tensor, weight: Tensor, stride, padding, dilation, kind: str) -> Tuple[list, Tuple[int, ...]]:
     n, _, h, w = x.shape
     c, _, kh, kw = weight.shape
     h = conv_output_size(h, kh, stride[0], padding[0], dilation[0])

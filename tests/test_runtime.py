@@ -738,6 +738,21 @@ def test_compiled_eval_with_inductor_equals_the_reference(layout):
         torch._dynamo.reset()
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("scoped_graphs")
+def test_compiled_eval_with_dynamic_batch_equals_the_reference():
+    """A graph compiled for a dynamic batch size, in a scoped graph, equals the reference at two batch sizes (the
+    layout cache of the cached-fold op's fake takes plain sizes only)."""
+    torch._dynamo.reset()
+    model, ref = pair(REGNET, "regnetx_200mf")
+    compiled = torch.compile(model.to(memory_format=torch.channels_last), dynamic=True)
+    try:
+        for batch in (3, 5):
+            check(compiled, ref, torch.randn(batch, 3, 32, 32).contiguous(memory_format=torch.channels_last))
+    finally:
+        torch._dynamo.reset()
+
+
 @pytest.mark.parametrize("kind,groups,stride,residual,layout", [
     ("dense", 1, 1, False, "channels_last"), ("dense", 1, 2, False, "nchw"), ("dense", 1, 1, True, "channels_last"),
     ("depthwise", 8, 1, True, "channels_last"), ("depthwise", 8, 2, False, "nchw"),
