@@ -503,6 +503,18 @@ void with_packed_groups(const GConvGeometry& g, Body body) {
   TORCH_INTERNAL_ASSERT(false, "pycnn.gconv: no packed kernel for ", g.cg, " channels a group");
 }
 
+// The packed kernel's forward or input gradient: body(C constant, the packed taps, q0, q1) over the work items
+// [q0, q1) of `rows` rows of `row_len` pixels, a block of L channels each.
+template <typename acc, typename Body>
+void run_packed(const GConvGeometry& g, const Tensor& taps, int64_t rows, int64_t row_len, Body body) {
+  with_packed_groups<acc>(g, [&](auto C_) {
+    constexpr int C = decltype(C_)::value, L = Vec<acc>::lanes;
+    const Tensor wr = packed_group_weight<acc, C>(taps, g);
+    at::parallel_for(0, rows * (g.c_out / L), grain_for(row_len * L * C * g.taps()),
+                     [&](int64_t q0, int64_t q1) { body(C_, wr.const_data_ptr<acc>(), q0, q1); });
+  });
+}
+
 // The raw convolution (and, with an epilogue, the output) in NHWC and the accumulation type.
 template <typename acc>
 void run_forward(const GConvGeometry& g, Act act, const Tensor& x, const Tensor& weight, const Tensor& scale,
@@ -529,12 +541,10 @@ void run_forward(const GConvGeometry& g, Act act, const Tensor& x, const Tensor&
     }
   }
   if (packed_groups_apply<acc>(g)) {
-    return with_packed_groups<acc>(g, [&](auto C_) {
-      constexpr int C = decltype(C_)::value;
-      const Tensor wr = packed_group_weight<acc, C>(wk, g);
-      d.wk = wr.const_data_ptr<acc>();
-      at::parallel_for(0, g.n * g.oh * (g.c_out / Vec<acc>::lanes), grain_for(g.ow * Vec<acc>::lanes * C * g.taps()),
-                       [&](int64_t q0, int64_t q1) { forward_packed_items<acc, C>(g, d, q0, q1); });
+    return run_packed<acc>(g, wk, g.n * g.oh, g.ow, [&](auto C_, const acc* wr, int64_t q0, int64_t q1) {
+      FwdPtrs<acc> dp = d;
+      dp.wk = wr;
+      forward_packed_items<acc, decltype(C_)::value>(g, dp, q0, q1);
     });
   }
   const Args a{g, act, wk.size(-1)};
@@ -553,15 +563,12 @@ void run_dgrad(const GConvGeometry& g, const Tensor& dc, const Tensor& weight, c
   std::vector<acc> zeros(std::max(g.c_in, g.c_out) + 16, acc(0));
   DgradPtrs<acc> d{dc.const_data_ptr<acc>(), wt.const_data_ptr<acc>(), dx.data_ptr<acc>(), zeros.data()};
   if (packed_groups_apply<acc>(g)) {
-    return with_packed_groups<acc>(g, [&](auto C_) {
+    return run_packed<acc>(g, wt, g.n * g.h, g.w, [&](auto C_, const acc* wr, int64_t q0, int64_t q1) {
       constexpr int C = decltype(C_)::value;
-      const Tensor wr = packed_group_weight<acc, C>(wt, g);
-      d.wt = wr.const_data_ptr<acc>();
-      at::parallel_for(0, g.n * g.h * (g.c_in / Vec<acc>::lanes), grain_for(g.w * Vec<acc>::lanes * C * g.taps()),
-                       [&](int64_t q0, int64_t q1) {
-                         if (g.sh == 1 && g.sw == 1) dgrad_packed_items<acc, C, true>(g, d, q0, q1);
-                         else dgrad_packed_items<acc, C, false>(g, d, q0, q1);
-                       });
+      DgradPtrs<acc> dp = d;
+      dp.wt = wr;
+      if (g.sh == 1 && g.sw == 1) dgrad_packed_items<acc, C, true>(g, dp, q0, q1);
+      else dgrad_packed_items<acc, C, false>(g, dp, q0, q1);
     });
   }
   const Args a{g, Act::None, wt.size(-1)};
