@@ -292,7 +292,7 @@ def folded_forward(x: Tensor, fold: EvalFold, weight: Tensor, geometry, kind: st
     stride, padding, dilation, groups = geometry
     if kind == "dense":
         w, b = fold.weight, fold.bias
-        if _onednn_fusable(x, w, residual, act) and _macs(x, w, stride) >= ONEDNN_MIN_MACS:
+        if _onednn_path(x, w, residual, act, stride):
             return _onednn_conv_act(x, _packed(fold, x, geometry), b, geometry, residual, act)
         y = F.conv2d(x, w, b, stride, padding, dilation, groups)
         return epilogue_(y, residual, act)
@@ -341,50 +341,54 @@ def _registered(conv: nn.Conv2d, bn: _BatchNorm) -> bool:
             and "bias" in bn._parameters and "running_mean" in bn._buffers and "running_var" in bn._buffers)
 
 
-def _output_layout(x: Tensor, weight: Tensor, stride, padding, dilation, kind: str) -> Tuple[list, Tuple[int, ...]]:
+def _output_layout(x: Tensor, weight: Tensor, residual: Optional[Tensor], act: Optional[str], stride, padding,
+                   dilation, kind: str) -> Tuple[list, Tuple[int, ...]]:
     """The shape of the conv's output and the strides pycnn::eval_conv_bn_act gives it, the same for the real op
-    and its fake: those folded_forward's kernels give, so that no copy is needed. A dense conv (oneDNN, or aten's
-    conv) is channels_last where the input's or the weight's strides suggest channels_last (PyTorch's rule: a
-    one-channel input, whose strides are ambiguous, into a channels_last model's stem gives channels_last);
-    pycnn's depthwise and grouped kernels keep their input's memory format."""
-    geometry = (tuple(stride), tuple(padding), tuple(dilation), kind)
-    if all(type(d) is int for d in (*x.shape, *x.stride())):  # (symbolic sizes, under dynamic shapes: not cached)
-        return _cached_layout(tuple(x.shape), x.stride(), tuple(weight.shape), weight.stride(), *geometry)
-    return _layout(x, weight, *geometry)
+    and its fake: those folded_forward's kernels give, so that no copy is needed. oneDNN's fused conv (its packed
+    weight) always gives channels_last; aten's conv channels_last where the input's or the weight's strides
+    suggest it (PyTorch's rule: a one-channel input, whose strides are ambiguous, into a channels_last model's
+    stem gives channels_last); pycnn's depthwise and grouped kernels keep their input's memory format."""
+    onednn = kind == "dense" and _onednn_path(x, weight, residual, act, stride)
+    key = (tuple(stride), tuple(padding), tuple(dilation), kind, onednn)
+    if all(type(d) is int for t in (x, weight) for d in (*t.shape, *t.stride())):  # (symbolic sizes: not cached)
+        shape, strides = _cached_layout(tuple(x.shape), x.stride(), tuple(weight.shape), weight.stride(), *key)
+    else:
+        shape, strides = _layout(x, weight, *key)
+    return list(shape), strides
 
 
 @functools.lru_cache(maxsize=1024)  # a compiled graph's layer pays ~7 us a call computing it, ~1 us cached
-def _cached_layout(x_shape, x_strides, w_shape, w_strides, stride, padding, dilation, kind: str):
+def _cached_layout(x_shape, x_strides, w_shape, w_strides, stride, padding, dilation, kind: str, onednn: bool):
     meta = functools.partial(torch.empty_strided, device="meta")
-    return _layout(meta(x_shape, x_strides), meta(w_shape, w_strides), stride, padding, dilation, kind)
+    return _layout(meta(x_shape, x_strides), meta(w_shape, w_strides), stride, padding, dilation, kind, onednn)
 
 
-def _layout(x: Tensor, weight: Tensor, stride, padding, dilation, kind: str) -> Tuple[list, Tuple[int, ...]]:
+def _layout(x: Tensor, weight: Tensor, stride, padding, dilation, kind: str, onednn: bool):
     n, _, h, w = x.shape
     c, _, kh, kw = weight.shape
     h = conv_output_size(h, kh, stride[0], padding[0], dilation[0])
     w = conv_output_size(w, kw, stride[1], padding[1], dilation[1])
     hs, ws, cs = max(h, 1), max(w, 1), max(c, 1)  # as torch strides empty dimensions
-    if kind == "dense":
-        channels_last = torch.channels_last in (suggest_memory_format(x), suggest_memory_format(weight))
-    else:  # (op_common.h's kernel_memory_format)
+    if kind != "dense":  # (op_common.h's kernel_memory_format)
         channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    else:
+        channels_last = onednn or torch.channels_last in (suggest_memory_format(x), suggest_memory_format(weight))
     if channels_last:
-        return [n, c, h, w], (hs * ws * cs, 1, ws * cs, cs)
-    return [n, c, h, w], (cs * hs * ws, hs * ws, ws, 1)
+        return (n, c, h, w), (hs * ws * cs, 1, ws * cs, cs)
+    return (n, c, h, w), (cs * hs * ws, hs * ws, ws, 1)
 
 
 def _eval_conv_bn_act(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, eps, stride, padding,
                       dilation, groups, kind, act, residual):
     fold = graph_fold((weight, bias, bn_weight, bn_bias, running_mean, running_var), eps, kind == "dense")
     y = folded_forward(x, fold, weight, (stride, padding, dilation, groups), kind, act, residual)
-    shape, strides = _output_layout(x, weight, stride, padding, dilation, kind)
+    shape, strides = _output_layout(x, weight, residual, act, stride, padding, dilation, kind)
     return y if y.stride() == strides else y.new_empty_strided(shape, strides).copy_(y)
 
 
 def _eval_conv_bn_act_fake(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, eps, stride, padding,
                            dilation, groups, kind, act, residual):
-    return x.new_empty_strided(*_output_layout(x, weight, stride, padding, dilation, kind))
+    return x.new_empty_strided(*_output_layout(x, weight, residual, act, stride, padding, dilation, kind))
 
 
 def _eval_mbconv(x, pairs, eps, stride, act, residual, se_reduce_weight, se_reduce_bias, se_expand_weight,
@@ -535,12 +539,23 @@ _ONEDNN_ACTS = {None: ("none", []), "none": ("none", []),
                 **{a.name: (a.onednn[0], list(a.onednn[1])) for a in ACTIVATIONS.values() if a.onednn}}
 
 
-def _onednn_fusable(x: Tensor, w: Tensor, residual: Optional[Tensor], act: Optional[str]) -> bool:
-    """Inference on the CPU in float32."""
+def _onednn_takes(x: Tensor, w: Tensor, residual: Optional[Tensor], act: Optional[str]) -> bool:
+    """Whether oneDNN's fused convolution computes this conv and epilogue: on the CPU, in float32."""
     return (_ONEDNN and x.device.type == "cpu" and x.dtype == torch.float32
             and w.dtype == torch.float32 and x.dim() == 4
-            and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))
             and act in _ONEDNN_ACTS and (residual is None or act in (None, "none", "relu")))
+
+
+def _onednn_fusable(x: Tensor, w: Tensor, residual: Optional[Tensor], act: Optional[str]) -> bool:
+    """_onednn_takes, in inference (it records no autograd)."""
+    return _onednn_takes(x, w, residual, act) and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))
+
+
+def _onednn_path(x: Tensor, w: Tensor, residual: Optional[Tensor], act: Optional[str], stride) -> bool:
+    """Whether folded_forward (inference only) runs a dense conv on oneDNN's fused convolution: it takes it, and it
+    is big enough. (Whatever the grad mode: pycnn::eval_conv_bn_act's fake, which decides its layout by it, may be
+    traced with it on.)"""
+    return _onednn_takes(x, w, residual, act) and _macs(x, w, stride) >= ONEDNN_MIN_MACS
 
 
 def _onednn_conv_act(x, w, b, geometry, residual, act):

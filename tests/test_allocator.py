@@ -1,5 +1,6 @@
 """pycnn.allocator: the caching CPU allocator (csrc/cpu/cpu_cache.cpp)."""
 import contextlib
+import gc
 import os
 import signal
 import threading
@@ -234,6 +235,7 @@ def test_folds_made_inside_a_forward_take_no_block_of_its_cache():
     conv = torch.nn.Conv2d(256, 512, 1, bias=False)  # a folded weight of 512 KiB: a cached size
     bn = torch.nn.BatchNorm2d(512).eval()
     x = torch.randn(2, 256, 8, 8).contiguous(memory_format=torch.channels_last)
+    gc.collect()  # no other test's cached tensor freed in between
     before = allocator.cpu_cache_stats()
     assert allocator.enter_network_scope()
     try:

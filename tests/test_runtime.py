@@ -780,29 +780,34 @@ def test_eval_conv_bn_act_op(kind, groups, stride, residual, layout):
                           test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))
 
 
-@pytest.mark.parametrize("kind,c_in,groups", [("dense", 1, 1), ("dense", 3, 1), ("dense", 16, 1),
-                                               ("depthwise", 16, 16), ("grouped", 16, 2)])
-@pytest.mark.parametrize("model_cl", [True, False])
-@pytest.mark.parametrize("input_cl", [True, False])
-def test_eval_conv_bn_act_layout_is_its_kernels(kind, c_in, groups, model_cl, input_cl, monkeypatch):
+@pytest.mark.parametrize("kind,c_in,groups,act,residual", [
+    ("dense", 1, 1, "relu", False), ("dense", 3, 1, "relu", False), ("dense", 16, 1, "relu", False),
+    ("dense", 64, 1, "relu", False), ("dense", 64, 1, "relu", True), ("dense", 64, 1, "silu", True),
+    ("depthwise", 16, 16, "relu", False), ("grouped", 16, 2, "relu", True)])
+@pytest.mark.parametrize("model_cl,input_cl", [(True, True), (True, False), (False, True), (False, False)])
+def test_eval_conv_bn_act_layout_is_its_kernels(kind, c_in, groups, act, residual, model_cl, input_cl, monkeypatch):
     """The layout pycnn::eval_conv_bn_act (and its fake) gives its output is the one its kernels return, so the op
-    never copies: channels_last model or input, a one-channel stem input (ambiguous strides) included. (A compiled
-    channels_last network with a one-channel input copied its first layers' outputs to NCHW and back.)"""
-    conv = torch.nn.Conv2d(c_in, 16, 3, 1, 1, groups=groups, bias=False)
-    bn = torch.nn.BatchNorm2d(16).eval()
+    never copies: channels_last or NCHW model and input, a one-channel stem input (ambiguous strides), dense convs
+    small enough for aten's conv and big enough for oneDNN's (64 channels: always channels_last), with and without
+    a residual. (A compiled channels_last network with a one-channel input copied its first layers' outputs to
+    NCHW and back.)"""
+    c_out = 16 if c_in < 64 else 64
+    conv = torch.nn.Conv2d(c_in, c_out, 3, 1, 1, groups=groups, bias=False)
+    bn = torch.nn.BatchNorm2d(c_out).eval()
     if model_cl:
         conv = conv.to(memory_format=torch.channels_last)
-    x = torch.randn(2, c_in, 9, 9)
-    if input_cl:
-        x = x.contiguous(memory_format=torch.channels_last)
+    layout = torch.channels_last if input_cl else torch.contiguous_format
+    x = torch.randn(2, c_in, 9, 9).contiguous(memory_format=layout)
+    r = torch.randn(2, c_out, 9, 9).contiguous(memory_format=layout) if residual else None
     kernel_strides = []
     folded_forward = fused.folded_forward
     monkeypatch.setattr(fused, "folded_forward",
                         lambda *a: kernel_strides.append(folded_forward(*a).stride()) or folded_forward(*a))
-    args = (x, *fused.fold_tensors(conv, bn), bn.eps, [1, 1], [1, 1], [1, 1], groups, kind, "relu", None)
+    args = (x, *fused.fold_tensors(conv, bn), bn.eps, [1, 1], [1, 1], [1, 1], groups, kind, act, r)
     with torch.no_grad():
         y = torch.ops.pycnn.eval_conv_bn_act(*args)
     assert y.stride() == kernel_strides[0]
+    fused._cached_layout.cache_clear()  # the fake works its layout out itself
     with torch._subclasses.fake_tensor.FakeTensorMode() as mode:
         fake = torch.ops.pycnn.eval_conv_bn_act(*(mode.from_tensor(a) if isinstance(a, torch.Tensor) else a
                                                   for a in args))
