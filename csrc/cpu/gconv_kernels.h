@@ -140,7 +140,7 @@ PYCNN_ALWAYS_INLINE void forward_items(const Args& a, const FwdPtrs<acc>& d, int
   }
 }
 
-// ------------------------------------------------------------------ forward, narrow groups packed ----
+// ---------------------------------------------------------------------------- narrow groups, packed ----
 //
 // Groups of C input and C output channels with C smaller than a register (ResNeXt's 4 and 8 channels a group):
 // a tile of one group's C columns would leave most lanes idle. Here one register of L lanes holds L / C whole
@@ -148,9 +148,9 @@ PYCNN_ALWAYS_INLINE void forward_items(const Args& a, const FwdPtrs<acc>& d, int
 // them per input pixel, each accumulated apart and moved to its output lane once per tile:
 //   out = sum_{r < C} rot_r(a_r),  a_r = sum_tap x[pixel @ tap] * wr[tap][r]  (lane-wise)
 //   rot_r(v)[l] = v[(l / C) * C + (l % C + r) % C],  wr[tap][r][m] = w[(m / C) * C + (m % C - r) mod C][m % C][tap]
-// (channel indices within the block of L: its first channel b * L is left out)
-// (lane m of a_r holds input channel m % C's share of the output channel r places before it in the group).
-// The inner loop is one load of the input pixel and C multiply-adds with the tap's C weight vectors, no
+// (channel indices within the block of L, whose first channel b * L is left out; lane m of a_r holds input
+// channel m % C's share of the output channel r places before it in the group). The forward's and the input
+// gradient's inner loop is one load of the input pixel and C multiply-adds with the tap's C weight vectors, no
 // shuffle; C * P accumulators fill the register file. Only where the variant shuffles registers
 // (kVectorShuffles) and in float32.
 
