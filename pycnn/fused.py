@@ -369,8 +369,8 @@ def _layout(x: Tensor, weight: Tensor, stride, padding, dilation, kind: str, one
     h = conv_output_size(h, kh, stride[0], padding[0], dilation[0])
     w = conv_output_size(w, kw, stride[1], padding[1], dilation[1])
     hs, ws, cs = max(h, 1), max(w, 1), max(c, 1)  # as torch strides empty dimensions
-    if kind != "dense":  # (op_common.h's kernel_memory_format)
-        channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    if kind != "dense":
+        channels_last = ops.kernel_memory_format(x) == torch.channels_last
     else:
         channels_last = onednn or torch.channels_last in (suggest_memory_format(x), suggest_memory_format(weight))
     if channels_last:

@@ -58,7 +58,8 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _memory_format(t: Tensor) -> torch.memory_format:
+def kernel_memory_format(t: Tensor) -> torch.memory_format:
+    """The memory format pycnn's kernels give their output for input t (csrc/op_common.h's kernel_memory_format)."""
     return torch.channels_last if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) \
         and not t.is_contiguous() else torch.contiguous_format
 
@@ -160,7 +161,7 @@ def _bn_act_forward_fake(input, weight, bias, residual, running_mean, running_va
     _check_like_kernels("bn_act_forward", input, weight, bias, residual, running_mean, running_var, training, eps, act)
     channels = input.size(1)
     acc = _acc_dtype(input.dtype)
-    output = torch.empty_like(input, memory_format=_memory_format(input))
+    output = torch.empty_like(input, memory_format=kernel_memory_format(input))
     return output, input.new_empty((channels,), dtype=acc), input.new_empty((channels,), dtype=acc)
 
 
@@ -168,7 +169,7 @@ def _bn_act_forward_fake(input, weight, bias, residual, running_mean, running_va
 def _bn_act_backward_fake(grad_output, input, weight, bias, residual, save_mean, save_var, training, eps, act):
     _check_like_kernels("bn_act_backward", grad_output, input, weight, bias, residual, save_mean, save_var, training,
                         eps, act)
-    fmt = _memory_format(input)
+    fmt = kernel_memory_format(input)
     channels = input.size(1)
     acc = _acc_dtype(input.dtype)
     grad_input = torch.empty_like(input, memory_format=fmt)
@@ -248,7 +249,7 @@ def _se_forward_fake(input, fc1_weight, fc1_bias, fc2_weight, fc2_bias, residual
     _check_like_kernels("se_forward", input, fc1_weight, fc1_bias, fc2_weight, fc2_bias, residual, act, post_act)
     n, c = input.size(0), input.size(1)
     acc = _acc_dtype(input.dtype)
-    output = torch.empty_like(input, memory_format=_memory_format(input))
+    output = torch.empty_like(input, memory_format=kernel_memory_format(input))
     return (output, input.new_empty((n, c), dtype=acc), input.new_empty((n, fc1_weight.size(0)), dtype=acc),
             input.new_empty((n, c), dtype=acc))
 
@@ -257,7 +258,7 @@ def _se_forward_fake(input, fc1_weight, fc1_bias, fc2_weight, fc2_bias, residual
 def _se_backward_fake(grad_output, input, fc1_weight, fc2_weight, residual, pooled, hidden, gate, act, post_act):
     _check_like_kernels("se_backward", grad_output, input, fc1_weight, fc2_weight, residual, pooled, hidden, gate, act,
                         post_act)
-    fmt = _memory_format(input)
+    fmt = kernel_memory_format(input)
     grad_input = torch.empty_like(input, memory_format=fmt)
     grad_residual = torch.empty_like(input, memory_format=fmt) if residual is not None else None
     return (grad_input, torch.empty_like(fc1_weight, memory_format=torch.contiguous_format),
@@ -327,14 +328,14 @@ def _pair_list(v):
 def _dwconv_forward_fake(input, weight, scale, bias, residual, stride, padding, dilation, act):
     _check_like_kernels("dwconv_forward", input, weight, scale, bias, residual, stride, padding, dilation, act)
     shape = _dwconv_output_shape(input, weight, _pair_list(stride), _pair_list(padding), _pair_list(dilation))
-    return input.new_empty(shape).contiguous(memory_format=_memory_format(input))
+    return input.new_empty(shape).contiguous(memory_format=kernel_memory_format(input))
 
 
 @torch.library.register_fake("pycnn::dwconv_backward")
 def _dwconv_backward_fake(grad_output, input, weight, scale, bias, residual, stride, padding, dilation, act):
     _check_like_kernels("dwconv_backward", grad_output, input, weight, scale, bias, residual, stride, padding,
                         dilation, act)
-    fmt = _memory_format(input)
+    fmt = kernel_memory_format(input)
     channels = input.size(1)
     acc = _acc_dtype(input.dtype)
     grad_input = torch.empty_like(input, memory_format=fmt)
@@ -409,7 +410,7 @@ def _gconv_forward_fake(input, weight, scale, bias, residual, stride, padding, g
     k = weight.size(2)
     shape = (n, weight.size(0), _gconv_out_size(h, k, stride[0], padding[0]),
              _gconv_out_size(w, k, stride[1], padding[1]))
-    fmt = _memory_format(input)
+    fmt = kernel_memory_format(input)
     output = input.new_empty(shape).contiguous(memory_format=fmt)
     keep = save and (scale is not None or act not in ("none", "identity"))
     saved = input.new_empty(shape).contiguous(memory_format=fmt) if keep else input.new_empty((0,))
@@ -420,7 +421,7 @@ def _gconv_forward_fake(input, weight, scale, bias, residual, stride, padding, g
 def _gconv_backward_fake(grad_output, input, weight, scale, bias, residual, saved, stride, padding, groups, act):
     _check_like_kernels("gconv_backward", grad_output, input, weight, scale, bias, residual, saved, stride, padding,
                         groups, act)
-    fmt = _memory_format(input)
+    fmt = kernel_memory_format(input)
     grad_input = torch.empty_like(input, memory_format=fmt)
     grad_weight = torch.empty_like(weight, memory_format=torch.contiguous_format)
     grad_scale = scale.new_empty(scale.shape) if scale is not None else None
