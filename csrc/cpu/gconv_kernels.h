@@ -174,21 +174,30 @@ PYCNN_ALWAYS_INLINE typename Vec<acc>::type gathered_groups(typename Vec<acc>::t
   return (rotated_in_groups<C, int(R)>(a[R][p], std::make_index_sequence<Vec<acc>::lanes>{}) + ...);
 }
 
-// wk [G, KK, C, C] (gconv_kernel_weight) -> wr [C_out / L, KK, C, L] (above).
-template <typename acc, int C>
-Tensor packed_group_weight(const Tensor& wk, const GConvGeometry& g) {
+// The packed weight layout [C_out / L, KK, C, L], the one fact the forward, the input gradient and the weight
+// gradient share: f(packed, kernel) for each weight, `packed` its index there and `kernel` its index in
+// gconv_kernel_weight's [G, KK, C, C] ([in][out]): lane m of [b][tap][r] is the weight from input channel i = m % C
+// to output channel (i - r) mod C of group b * L / C + m / C.
+template <typename acc, int C, typename F>
+void for_packed_weights(const GConvGeometry& g, F f) {
   constexpr int L = Vec<acc>::lanes;
   const int64_t blocks = g.c_out / L, kk = g.taps();
-  Tensor out = at::zeros({blocks, kk, C, L}, wk.options());
-  const acc* w = wk.const_data_ptr<acc>();
-  acc* o = out.data_ptr<acc>();
   for (int64_t b = 0; b < blocks; ++b)
     for (int64_t tap = 0; tap < kk; ++tap)
       for (int r = 0; r < C; ++r)
         for (int m = 0; m < L; ++m) {
           const int64_t grp = b * (L / C) + m / C, i = m % C;
-          o[((b * kk + tap) * C + r) * L + m] = w[((grp * kk + tap) * C + i) * C + (i - r + C) % C];
+          f(((b * kk + tap) * C + r) * L + m, ((grp * kk + tap) * C + i) * C + (i - r + C) % C);
         }
+}
+
+// wk [G, KK, C, C] (gconv_kernel_weight) -> wr [C_out / L, KK, C, L].
+template <typename acc, int C>
+Tensor packed_group_weight(const Tensor& wk, const GConvGeometry& g) {
+  Tensor out = at::zeros({g.c_out / Vec<acc>::lanes, g.taps(), C, Vec<acc>::lanes}, wk.options());
+  const acc* w = wk.const_data_ptr<acc>();
+  acc* o = out.data_ptr<acc>();
+  for_packed_weights<acc, C>(g, [&](int64_t packed, int64_t kernel) { o[packed] = w[kernel]; });
   return out;
 }
 
@@ -295,12 +304,11 @@ PYCNN_ALWAYS_INLINE void dgrad_items(const Args& a, const DgradPtrs<acc>& d, int
 }
 
 // The packed kernel's input gradient: work items q = (n, ih, block of L input channels); wr: the transposed
-// taps [G, KK, Cog, Cg] packed as the forward's (packed_group_weight). Unit: stride 1 in both directions, a
-// constant (no division a pixel and tap).
-template <typename acc, int C, bool Unit>
+// taps [G, KK, Cog, Cg] packed as the forward's (packed_group_weight).
+template <typename acc, int C>
 PYCNN_ALWAYS_INLINE void dgrad_packed_items(const GConvGeometry& g, const DgradPtrs<acc>& d, int64_t q0, int64_t q1) {
   constexpr int L = Vec<acc>::lanes;
-  const int64_t blocks = g.c_in / L, sh = Unit ? 1 : g.sh, sw = Unit ? 1 : g.sw;
+  const int64_t blocks = g.c_in / L, sh = g.sh, sw = g.sw;
   for (int64_t q = q0; q < q1; ++q) {
     const int64_t b = q % blocks, r = q / blocks, ih = r % g.h, n = r / g.h;
     auto row = [&](int64_t kh) -> const acc* {
@@ -431,21 +439,13 @@ void wgrad_packed_rows(const GConvGeometry& g, const acc* x, const acc* dc, acc*
   }
 }
 
-// packed [blocks, KK, C, L] (wgrad_packed_rows) -> [G, KK, Cg, Cog]
+// packed [C_out / L, KK, C, L] (wgrad_packed_rows) -> [G, KK, Cg, Cog]: packed_group_weight's inverse.
 template <typename acc, int C>
 Tensor unpacked_group_weight(const Tensor& packed, const GConvGeometry& g) {
-  constexpr int L = Vec<acc>::lanes;
-  const int64_t kk = g.taps();
-  Tensor out = at::zeros({g.groups, kk, C, C}, packed.options());
+  Tensor out = at::zeros({g.groups, g.taps(), C, C}, packed.options());
   const acc* w = packed.const_data_ptr<acc>();
   acc* o = out.data_ptr<acc>();
-  for (int64_t grp = 0; grp < g.groups; ++grp)
-    for (int64_t tap = 0; tap < kk; ++tap)
-      for (int i = 0; i < C; ++i)
-        for (int j = 0; j < C; ++j) {
-          const int64_t b = grp / (L / C), m = grp % (L / C) * C + i;
-          o[((grp * kk + tap) * C + i) * C + j] = w[((b * kk + tap) * C + (i - j + C) % C) * L + m];
-        }
+  for_packed_weights<acc, C>(g, [&](int64_t packed_index, int64_t kernel) { o[kernel] = w[packed_index]; });
   return out;
 }
 
@@ -564,11 +564,9 @@ void run_dgrad(const GConvGeometry& g, const Tensor& dc, const Tensor& weight, c
   DgradPtrs<acc> d{dc.const_data_ptr<acc>(), wt.const_data_ptr<acc>(), dx.data_ptr<acc>(), zeros.data()};
   if (packed_groups_apply<acc>(g)) {
     return run_packed<acc>(g, wt, g.n * g.h, g.w, [&](auto C_, const acc* wr, int64_t q0, int64_t q1) {
-      constexpr int C = decltype(C_)::value;
       DgradPtrs<acc> dp = d;
       dp.wt = wr;
-      if (g.sh == 1 && g.sw == 1) dgrad_packed_items<acc, C, true>(g, dp, q0, q1);
-      else dgrad_packed_items<acc, C, false>(g, dp, q0, q1);
+      dgrad_packed_items<acc, decltype(C_)::value>(g, dp, q0, q1);
     });
   }
   const Args a{g, Act::None, wt.size(-1)};
