@@ -126,6 +126,9 @@ def test_gconv_variant(variant):
         test_gconv.test_matches_conv2d_and_epilogue(case, test_gconv.LAYOUTS[i % 3],
                                                     test_gconv.EPILOGUES[i % len(test_gconv.EPILOGUES)])
     test_gconv.test_gradcheck_float64((1, 4, 8, 3, 3, 3, 1, 1, 1), "silu", "channels_last")
+    for case in test_gconv.NAN_CASES:  # NaN through the packed kernel of this variant's width, and the per-group one
+        for where in ("input", "grad_output"):
+            test_gconv.test_nan_propagates_as_in_pytorch(case, where)
     for dtype in (torch.float16, torch.bfloat16):
         test_gconv.test_half_precision_rule_cpu(dtype)
 
