@@ -32,6 +32,8 @@ from typing import Callable, Dict, List, Optional
 import torch
 from torch import Tensor
 
+from . import ops
+
 KERNELS = ("auto", "pycnn", "torch")  # the values of kernels=
 CANDIDATES = ("pycnn", "folded", "gemm", "torch")  # what auto picks among (FusedStep.candidates: which apply)
 ENV_KERNELS = "PYCNN_KERNELS"
@@ -200,8 +202,7 @@ def call_facts(x: Tensor) -> tuple:
     device = x.device
     autocast = torch.get_autocast_dtype(device.type) if device.type in ("cpu", "cuda") \
         and torch.is_autocast_enabled(device.type) else None
-    layout = "cl" if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() \
-        else "nchw"
+    layout = "cl" if ops.kernel_memory_format(x) == torch.channels_last else "nchw"
     return tuple(x.shape), x.dtype, autocast, layout, _device_name(device), torch.is_grad_enabled()
 
 

@@ -13,7 +13,7 @@ from typing import Dict, Optional
 import torch
 from torch import nn
 
-from . import allocator, dispatch, fused, ir, memory
+from . import allocator, dispatch, fused, ir, memory, ops
 
 _SCOPE_OPS = allocator.compiled_scope_ops()  # registered at import: never while dynamo traces
 
@@ -113,7 +113,7 @@ def _spec(t) -> Optional[tuple]:
     """What a random stand-in for tensor t needs: (shape, dtype, device, channels_last, requires_grad)."""
     if t is None:
         return None
-    channels_last = t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+    channels_last = ops.kernel_memory_format(t) == torch.channels_last
     return tuple(t.shape), t.dtype, t.device, channels_last, t.requires_grad
 
 
