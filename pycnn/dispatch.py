@@ -54,8 +54,9 @@ def resolve_kernels(kernels: Optional[str]) -> str:
 # 5: a traced CPU graph's eval layer refolded its BatchNorm per call, so traced races timed a slower "pycnn".
 # 6: after 5, for some hours of 2026-12-05, "traced" keys held races of pycnn's cached-fold ops at any input size
 # (now "traced+folds", in graphs that hold the allocator scope only). 7: before the packed kernel for narrow
-# groups (pycnn.gconv with 2, 4 or 8 channels a group, 2026-12-05) pycnn lost most such races.
-CACHE_SCHEMA = 7
+# groups (pycnn.gconv with 2, 4 or 8 channels a group, 2026-12-05) pycnn lost most such races. 8: before the staged
+# forward of pycnn.gconv (wider groups, 2026-12-05) pycnn lost more of the others.
+CACHE_SCHEMA = 8
 
 
 def cache_path() -> Path:

@@ -27,6 +27,11 @@ CASES = [
     (2, 34, 17, 3, 3, 3, 2, 1, 17),    # one output per group
     (1, 40, 40, 4, 6, 3, 1, (0, 1), 2),  # group width 20 (a T tile tail), asymmetric padding
     (1, 5, 7, 3, 3, 1, 1, 0, 1),       # ordinary (groups=1) 1x1 conv
+    # the forward's staged input (blocks of 16 channels, several tiles of pixels a row)
+    (1, 64, 64, 6, 30, 3, 1, 1, 2),    # group width 32: two whole blocks; a row of three tiles
+    (2, 48, 48, 5, 27, 3, 2, 1, 2),    # group width 24: a block and a half, stride 2, two tiles
+    (1, 36, 36, 4, 13, 3, 1, 1, 2),    # group width 18: a block and 2 channels
+    (1, 32, 32, 3, 29, 1, 1, 0, 2),    # 1x1 at stride 1 (tap by tap), three tiles
     # packed narrow groups (several whole groups a register: group width 2, 4 or 8, C_out a multiple of 16)
     (2, 64, 64, 7, 9, 3, 1, 1, 16),    # group width 4; a row of 9 is no whole number of tiles
     (1, 32, 32, 6, 11, 3, 2, 1, 4),    # group width 8, stride 2

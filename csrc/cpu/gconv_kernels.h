@@ -108,26 +108,120 @@ void epilogue_row(const GConvGeometry& g, const FwdPtrs<acc>& d, int64_t n, int6
   }
 }
 
-// Work items q = (n, oh, group).
-template <typename acc, int T, int P>
-PYCNN_ALWAYS_INLINE void forward_items(const Args& a, const FwdPtrs<acc>& d, int64_t q0, int64_t q1) {
+// The forward reads its input through a stage: per work item, the k input rows it reads, one group's channels,
+// copied into [k][ceil(Cg / B)][padded width][B] (zero columns for the padding and past the row's end, zero
+// channels past Cg in the last block). Every input pixel of a tile is then B values apart, a constant, and the
+// padding is data: the micro-kernels address a tile's pixels as one base pointer plus constant offsets, without
+// per-pixel bounds checks, and the row-taps kernel below reuses one broadcast for several taps. Strides 1 and 2
+// are compiled with the stride constant, the others read it.
+constexpr int kStageBlock = 16;
+
+struct Stage {
+  int64_t blocks, cols;  // channel blocks of kStageBlock, padded width
+  int64_t size(int64_t k) const { return k * blocks * cols * kStageBlock; }
+};
+
+// Columns a forward's stage holds: every input column a tile's pixels read (the last tile's pixels past OW too).
+inline Stage forward_stage(const GConvGeometry& g, int P) {
+  const int64_t last = (g.ow + P - 1) / P * P - 1;
+  return {(g.cg + kStageBlock - 1) / kStageBlock, std::max(g.w + 2 * g.pw, last * g.sw + g.k)};
+}
+
+// c[p] += sum_{k < K} a[p * step + k] * b[k][0..T) with K and step constants (K <= kStageBlock); Kn, when
+// positive, is K (one of the two common block sizes) and K is read from kn otherwise.
+template <typename acc, int P, int T, int Kn>
+PYCNN_ALWAYS_INLINE void micro_staged(vec_t<acc, T> (&c)[P], const acc* __restrict__ a, int64_t step,
+                                      const acc* __restrict__ b, int64_t ldb, int kn) {
+  const int K = Kn > 0 ? Kn : kn;
+#pragma GCC unroll 16
+  for (int k = 0; k < K; ++k) {
+    const vec_t<acc, T> bv = load_vec<acc, T>(b + k * ldb);
+#pragma GCC unroll 16
+    for (int p = 0; p < P; ++p) c[p] += a[p * step + k] * bv;
+  }
+}
+
+// The K taps of one kernel row together, at stride S: input pixel j of the tile (stage column ow0 * S + j) is
+// read once per channel, broadcast, and multiplied by the weight vector of each tap kw that reaches an output
+// pixel p of the tile from it (j = p * S + kw), so a broadcast feeds up to K / S multiply-adds instead of one:
+// with one vector of output channels (16 a group) the tap-by-tap kernel above loads once per multiply-add,
+// and loads bound it. The K weight vectors of a channel are loaded once for the tile's P pixels. Only where
+// vectors are registers with FMA (the avx2 and avx512 variants; in the baseline's pairs of SSE registers the
+// unrolled body gains little and costs most of the file's compile time).
+#ifdef PYCNN_CPU_FMA
+constexpr bool kRowTaps = true;
+#else
+constexpr bool kRowTaps = false;
+#endif
+
+template <typename acc, int P, int T, int K, int S, int Kn>
+PYCNN_ALWAYS_INLINE void micro_row_taps(vec_t<acc, T> (&c)[P], const acc* __restrict__ a, const acc* __restrict__ b,
+                                        int64_t ldb, int64_t tap_stride, int kn) {
+  const int KC = Kn > 0 ? Kn : kn;
+#pragma GCC unroll 16
+  for (int k = 0; k < KC; ++k) {
+    vec_t<acc, T> wv[K];
+#pragma GCC unroll 8
+    for (int kw = 0; kw < K; ++kw) wv[kw] = load_vec<acc, T>(b + kw * tap_stride + k * ldb);
+#pragma GCC unroll 32
+    for (int j = 0; j < (P - 1) * S + K; ++j) {
+      vec_t<acc, T> xb = a[j * kStageBlock + k] - vec_t<acc, T>{};  // a broadcast (x - 0 is x, -0 too)
+      if constexpr (sizeof(xb) >= 16 && sizeof(xb) <= kVectorBytes) in_register(xb);
+#pragma GCC unroll 8
+      for (int kw = 0; kw < K; ++kw) {
+        if ((j - kw) % S == 0 && j - kw >= 0 && (j - kw) / S < P) c[(j - kw) / S] += xb * wv[kw];
+      }
+    }
+  }
+}
+
+// Work items q = (n, oh, group), through `stage` (forward_stage's size, zero-filled by the caller).
+template <typename acc, int T, int P, int S>
+PYCNN_ALWAYS_INLINE void forward_items(const Args& a, const FwdPtrs<acc>& d, int64_t q0, int64_t q1, acc* stage,
+                                       const Stage& st) {
+  constexpr int B = kStageBlock;
   const GConvGeometry& g = a.g;
+  const int64_t sw = S > 0 ? S : g.sw, row_size = st.blocks * st.cols * B;
   for (int64_t q = q0; q < q1; ++q) {
     const int64_t grp = q % g.groups, row = q / g.groups, oh = row % g.oh, n = row / g.oh;
+    const int64_t ih0 = oh * g.sh - g.ph;
+    auto inside = [&](int64_t kh) { return ih0 + kh >= 0 && ih0 + kh < g.h; };  // rows in the padding add nothing
+    for (int64_t kh = 0; kh < g.k; ++kh) {
+      if (!inside(kh)) continue;
+      const int64_t ih = ih0 + kh;
+      const acc* src = d.x + (n * g.h + ih) * g.w * g.c_in + grp * g.cg;
+      acc* dst = stage + kh * row_size + g.pw * B;
+      for (int64_t cb = 0; cb < st.blocks; ++cb) {
+        const int64_t len = std::min<int64_t>(B, g.cg - cb * B);
+        acc* to = dst + cb * st.cols * B;
+        const acc* from = src + cb * B;
+        if (len == B) {
+          for (int64_t iw = 0; iw < g.w; ++iw) vstore(to + iw * B, load_vec<acc, B>(from + iw * g.c_in));
+        } else {
+          for (int64_t iw = 0; iw < g.w; ++iw) std::copy_n(from + iw * g.c_in, len, to + iw * B);
+        }
+      }
+    }
     for (int64_t ow0 = 0; ow0 < g.ow; ow0 += P) {
       for (int64_t co0 = 0; co0 < g.cog; co0 += T) {
         vec_t<acc, T> c[P] = {};
         for (int64_t kh = 0; kh < g.k; ++kh) {
-          const int64_t ih = oh * g.sh - g.ph + kh;
-          if (ih < 0 || ih >= g.h) continue;
-          for (int64_t kw = 0; kw < g.k; ++kw) {
-            const acc* rows[P];
-            for (int p = 0; p < P; ++p) {
-              const int64_t iw = (ow0 + p) * g.sw - g.pw + kw;
-              rows[p] = (ow0 + p < g.ow && iw >= 0 && iw < g.w) ? d.x + ((n * g.h + ih) * g.w + iw) * g.c_in + grp * g.cg
-                                                                 : d.zeros;
+          if (!inside(kh)) continue;
+          for (int64_t cb = 0; cb < st.blocks; ++cb) {
+            const int kn = static_cast<int>(std::min<int64_t>(B, g.cg - cb * B));
+            const acc* in = stage + kh * row_size + (cb * st.cols + ow0 * sw) * B;
+            const acc* w = d.wk + ((grp * g.taps() + kh * g.k) * g.cg + cb * B) * a.ldw + co0;
+            if constexpr (kRowTaps && S > 0) {
+              if (g.k == 3) {
+                if (kn == B) micro_row_taps<acc, P, T, 3, S, B>(c, in, w, a.ldw, g.cg * a.ldw, kn);
+                else micro_row_taps<acc, P, T, 3, S, 0>(c, in, w, a.ldw, g.cg * a.ldw, kn);
+                continue;
+              }
             }
-            micro_rows<acc, P, T>(c, rows, d.wk + ((grp * g.taps() + kh * g.k + kw) * g.cg) * a.ldw + co0, a.ldw, g.cg);
+            for (int64_t kw = 0; kw < g.k; ++kw, in += B, w += g.cg * a.ldw) {
+              if (kn == B) micro_staged<acc, P, T, B>(c, in, sw * B, w, a.ldw, kn);
+              else micro_staged<acc, P, T, 0>(c, in, sw * B, w, a.ldw, kn);
+            }
           }
         }
         const int64_t np = std::min<int64_t>(P, g.ow - ow0), nc = std::min<int64_t>(T, g.cog - co0);
@@ -515,6 +609,22 @@ void run_packed(const GConvGeometry& g, const Tensor& taps, int64_t rows, int64_
   });
 }
 
+// forward_items over all work items of g; d.wk has ldw columns (cog padded to tile_cols).
+template <typename acc>
+void run_staged(const GConvGeometry& g, Act act, const FwdPtrs<acc>& d, int64_t ldw) {
+  const Args a{g, act, ldw};
+  dispatch_tile<acc>(tile_cols<acc>(g.cog), tile_rows(g.ow), [&](auto T_, auto P_) {
+    constexpr int T = decltype(T_)::value, P = decltype(P_)::value;
+    const Stage st = forward_stage(g, P);
+    at::parallel_for(0, g.n * g.oh * g.groups, grain_for(g.ow * g.cog * g.cg * g.taps()), [&](int64_t q0, int64_t q1) {
+      std::vector<acc> stage(st.size(g.k), acc(0));
+      if (g.sw == 1) forward_items<acc, T, P, 1>(a, d, q0, q1, stage.data(), st);
+      else if (kRowTaps && g.sw == 2) forward_items<acc, T, P, 2>(a, d, q0, q1, stage.data(), st);
+      else forward_items<acc, T, P, 0>(a, d, q0, q1, stage.data(), st);
+    });
+  });
+}
+
 // The raw convolution (and, with an epilogue, the output) in NHWC and the accumulation type.
 template <typename acc>
 void run_forward(const GConvGeometry& g, Act act, const Tensor& x, const Tensor& weight, const Tensor& scale,
@@ -547,13 +657,13 @@ void run_forward(const GConvGeometry& g, Act act, const Tensor& x, const Tensor&
       forward_packed_items<acc, decltype(C_)::value>(g, dp, q0, q1);
     });
   }
-  const Args a{g, act, wk.size(-1)};
-  dispatch_tile<acc>(t, tile_rows(g.ow), [&](auto T_, auto P_) {
-    constexpr int T = decltype(T_)::value, P = decltype(P_)::value;
-    at::parallel_for(0, g.n * g.oh * g.groups, grain_for(g.ow * g.cog * g.cg * g.taps()), [&](int64_t q0, int64_t q1) {
-      forward_items<acc, T, P>(a, d, q0, q1);
-    });
-  });
+  run_staged<acc>(g, act, d, wk.size(-1));
+}
+
+// The input gradient of a stride-1 conv is the forward conv of dconv with the taps flipped (weights transposed
+// per group) and the padding k - 1 - p: the geometry of that conv.
+inline GConvGeometry stride1_dgrad_as_forward(const GConvGeometry& g) {
+  return {g.n, g.c_out, g.oh, g.ow, g.c_in, g.h, g.w, g.groups, g.cog, g.cg, g.k, 1, 1, g.k - 1 - g.ph, g.k - 1 - g.pw};
 }
 
 template <typename acc>
@@ -568,6 +678,11 @@ void run_dgrad(const GConvGeometry& g, const Tensor& dc, const Tensor& weight, c
       dp.wt = wr;
       dgrad_packed_items<acc, decltype(C_)::value>(g, dp, q0, q1);
     });
+  }
+  if (g.sh == 1 && g.sw == 1 && g.ph < g.k && g.pw < g.k) {
+    const Tensor flipped = wt.flip({1}).contiguous();  // tap (kh, kw) -> (k-1-kh, k-1-kw)
+    FwdPtrs<acc> f{d.dc, flipped.const_data_ptr<acc>(), nullptr, nullptr, nullptr, d.dx, nullptr, d.zeros, nullptr};
+    return run_staged<acc>(stride1_dgrad_as_forward(g), Act::None, f, flipped.size(-1));
   }
   const Args a{g, Act::None, wt.size(-1)};
   dispatch_tile<acc>(t, tile_rows(g.w), [&](auto T_, auto P_) {
