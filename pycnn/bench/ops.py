@@ -174,9 +174,10 @@ def load_shapes(specs: Sequence[Tuple[str, Optional[str]]], overrides: Optional[
 # ------------------------------------------------------------------------------------ timing one case
 
 def _timed(ours, eager, inputs, grad, mode: str, device: torch.device, repeats: int, with_compile: bool,
-           warmup: int = 3):
+           warmup: int = 3, folded=None):
     """Times ours(*inputs) against eager(*inputs) and, with_compile, torch.compile(eager) (compiled afresh
-    for this case, dynamic=False), interleaved: `forward` under no_grad, `forward+backward` as
+    for this case, dynamic=False), and `folded` (oneDNN's fused conv with the BatchNorm folded in: what the
+    dispatch picks instead in eval) where given, interleaved: `forward` under no_grad, `forward+backward` as
     f(*inputs).backward(grad). Returns (timings, row fields)."""
     fns = {"pycnn": ours, "eager": eager}
     if device.type == "cpu" and _CPU_ISAS:
@@ -186,6 +187,8 @@ def _timed(ours, eager, inputs, grad, mode: str, device: torch.device, repeats: 
     if with_compile:
         torch._dynamo.reset()  # a fresh compilation per case: no recompile limit, no dynamic shapes
         fns["compile"] = torch.compile(eager, dynamic=False, backend=compile_backend())
+    if folded is not None:
+        fns["folded"] = folded
 
     def make(f):
         if mode == "forward":
@@ -216,6 +219,8 @@ def _timed(ours, eager, inputs, grad, mode: str, device: torch.device, repeats: 
     if with_compile:
         fields.update(compile_ms=t["compile"].median_s * 1e3,
                       speedup_vs_compile=t["compile"].median_s / t["pycnn"].median_s)
+    if folded is not None:
+        fields.update(folded_ms=t["folded"].median_s * 1e3, speedup_vs_folded=t["folded"].median_s / t["pycnn"].median_s)
     return t, fields
 
 
@@ -421,7 +426,9 @@ def bench_gconv(device: torch.device, dtype: torch.dtype, repeats: int, batches,
                     inputs = (x, w, scale, bias)
                     if mode != "forward":
                         inputs = tuple(v.detach().requires_grad_() for v in inputs)
-                    t, fields = _timed(ours, eager, inputs, grad, mode, device, repeats, with_compile, warmup=2)
+                    folded = _onednn_folded(x, w, scale, bias, s) if mode == "forward" else None
+                    t, fields = _timed(ours, eager, inputs, grad, mode, device, repeats, with_compile, warmup=2,
+                                       folded=folded)
                     total_flops = flops * (1 if mode == "forward" else 3)
                     row = dict(networks=s.networks, shape=f"{batch}x{s.cin}x{s.h}x{s.w} g{s.groups} k{s.k}s{s.stride}"
                                + (f" ->{s.cout}" if s.cout != s.cin else ""), act=s.act, layout=layout, mode=mode,
@@ -436,6 +443,21 @@ def bench_gconv(device: torch.device, dtype: torch.dtype, repeats: int, batches,
     return rows
 
 
+def _onednn_folded(x, w, scale, bias, s):
+    """The eval alternative the dispatch races pycnn's grouped kernel against ("folded"): oneDNN's fused
+    convolution on the weight with the scale folded in, prepacked once (as pycnn.fused's eval cache keeps it),
+    bias and activation as its post-ops; None where oneDNN does not take the case (pycnn.fused._onednn_takes)."""
+    from pycnn import fused
+
+    if not fused._onednn_takes(x, w, None, s.act):
+        return None
+    geometry = ((s.stride, s.stride), (s.padding, s.padding), (1, 1), s.groups)
+    weight, shift = fused.fold_into_weights(w, scale, bias)
+    packed = torch.ops.mkldnn._reorder_convolution_weight(weight, [s.padding] * 2, [s.stride] * 2, [1, 1], s.groups,
+                                                          list(x.shape))
+    return lambda x, w, scale, bias: fused._onednn_conv_act(x, packed, shift, geometry, None, s.act)
+
+
 BENCHES = {"bn_act": bench_bn_act, "dwconv": bench_dwconv, "gconv": bench_gconv, "se": bench_se}
 
 
@@ -445,6 +467,8 @@ def print_row(row):
         extra += f"  compile {row['compile_ms']:8.3f} ms x{row['speedup_vs_compile']:5.2f} (compiled in {row['compile_s']:.1f} s)"
     if "speedup_best" in row:
         extra += f"  best-of x{row['speedup_best']:5.2f}"
+    if "folded_ms" in row:
+        extra += f"  oneDNN folded {row['folded_ms']:8.3f} ms x{row['speedup_vs_folded']:5.2f}"
     if "gflops" in row:
         extra += (f"  {row['gflops'] / 1e3:7.2f} TFLOP/s" if "gbs" in row else f"  {row['gflops']:6.1f} GFLOP/s")
     print(f"{row['shape']:>24} {row['act']:>10} {row['layout']:>13} {row['mode']:>16}  "
@@ -466,6 +490,10 @@ def print_summary(rows):
         print(f"geometric mean speedup over torch.compile: x{geomean(r['speedup_vs_compile'] for r in rows):.2f}")
     if "speedup_best" in rows[0]:
         print(f"geometric mean speedup of the best runs: x{geomean(r['speedup_best'] for r in rows):.2f}")
+    folded = [r["speedup_vs_folded"] for r in rows if "speedup_vs_folded" in r]
+    if folded:
+        print(f"geometric mean speedup over oneDNN with the BatchNorm folded in ({len(folded)} forward cases): "
+              f"x{geomean(folded):.2f} (min x{min(folded):.2f})")
 
 
 # ------------------------------------------------------------------------------------ command line
