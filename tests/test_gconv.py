@@ -113,7 +113,8 @@ def test_matches_conv2d_and_epilogue(case, layout, epilogue):
         assert ours[0].is_contiguous(memory_format=fmt) or ours[0].is_contiguous()
 
 
-NAN_CASES = [(2, 64, 64, 7, 9, 3, 1, 1, 16), (1, 32, 32, 6, 11, 3, 2, 1, 4), (2, 8, 12, 6, 7, 3, 2, 1, 4)]
+NAN_CASES = [(2, 64, 64, 7, 9, 3, 1, 1, 16), (1, 32, 32, 6, 11, 3, 2, 1, 4), (2, 8, 12, 6, 7, 3, 2, 1, 4),
+             (1, 32, 32, 5, 7, 3, 1, 1, 2), (1, 48, 48, 7, 9, 3, 2, 1, 2)]  # (16 and 24 a group: the staged rows)
 
 
 @pytest.mark.parametrize("case", NAN_CASES)
@@ -121,7 +122,7 @@ NAN_CASES = [(2, 64, 64, 7, 9, 3, 1, 1, 16), (1, 32, 32, 6, 11, 3, 2, 1, 4), (2,
 def test_nan_propagates_as_in_pytorch(case, where):
     """A NaN input pixel, or a NaN in the output's gradient at a corner (whose taps reach into the padding), makes
     NaN exactly where F.conv2d's output and gradients have one (its group's channels only; padding taps add
-    nothing, not zero times NaN), the packed narrow-group kernel and the per-group one alike."""
+    nothing, not zero times NaN), the packed narrow-group kernel, the per-group one and its row-taps forms alike."""
     _, _, _, _, _, _, s, p, groups = case
     x, w, _, _, _ = make_args(case, "channels_last", False, False, False)
     if where == "input":
