@@ -28,10 +28,12 @@ CASES = [
     (1, 40, 40, 4, 6, 3, 1, (0, 1), 2),  # group width 20 (a T tile tail), asymmetric padding
     (1, 5, 7, 3, 3, 1, 1, 0, 1),       # ordinary (groups=1) 1x1 conv
     # the forward's staged input (blocks of 16 channels, several tiles of pixels a row)
-    (1, 64, 64, 6, 30, 3, 1, 1, 2),    # group width 32: two whole blocks; a row of three tiles
+    (1, 64, 64, 6, 30, 3, 1, 1, 2),    # group width 32: two whole blocks; a row of four tiles of 8
+    (1, 32, 32, 4, 12, 3, 1, 1, 2),    # a row of one tile of 12 pixels
+    (1, 48, 48, 4, 23, 3, 2, 1, 2),    # stride 2, a block and a half, one tile of 12
     (2, 48, 48, 5, 27, 3, 2, 1, 2),    # group width 24: a block and a half, stride 2, two tiles
     (1, 36, 36, 4, 13, 3, 1, 1, 2),    # group width 18: a block and 2 channels
-    (1, 32, 32, 3, 29, 1, 1, 0, 2),    # 1x1 at stride 1 (tap by tap), three tiles
+    (1, 32, 32, 3, 29, 1, 1, 0, 2),    # 1x1 at stride 1 (tap by tap), four tiles of 8
     # packed narrow groups (several whole groups a register: group width 2, 4 or 8, C_out a multiple of 16)
     (2, 64, 64, 7, 9, 3, 1, 1, 16),    # group width 4; a row of 9 is no whole number of tiles
     (1, 32, 32, 6, 11, 3, 2, 1, 4),    # group width 8, stride 2
@@ -122,7 +124,9 @@ NAN_CASES = [(2, 64, 64, 7, 9, 3, 1, 1, 16), (1, 32, 32, 6, 11, 3, 2, 1, 4), (2,
 def test_nan_propagates_as_in_pytorch(case, where):
     """A NaN input pixel, or a NaN in the output's gradient at a corner (whose taps reach into the padding), makes
     NaN exactly where F.conv2d's output and gradients have one (its group's channels only; padding taps add
-    nothing, not zero times NaN), the packed narrow-group kernel, the per-group one and its row-taps forms alike."""
+    nothing, not zero times NaN), the packed narrow-group kernel, the per-group one and its row-taps forms alike.
+    (Weights are taken finite: a padding column multiplies its zeros by the weight, so an infinite weight there gives
+    NaN where oneDNN's convolution, which skips the padding, gives an infinity.)"""
     _, _, _, _, _, _, s, p, groups = case
     x, w, _, _, _ = make_args(case, "channels_last", False, False, False)
     if where == "input":

@@ -10,7 +10,8 @@
 //   wgrad    dw[tap][ci][co] = sum_{pixel} x[pixel @ tap][ci] * dconv[pixel][co]
 // with a register-blocked micro-kernel: P (8 or 12) pixels x T channels of accumulators held as GCC vectors, the
 // B row (T channels, zero-padded in the weight copies so T needs no tail) loaded once per k and
-// broadcast-multiplied by P scalars. Pixels in the padding read a row of zeros instead of branching.
+// broadcast-multiplied by P scalars. The forward reads its input through a zero-padded stage (below); the input
+// gradient at strides above 1 reads a row of zeros for pixels in the padding instead of branching.
 
 #define PYCNN_ALWAYS_INLINE inline __attribute__((always_inline))
 
@@ -127,8 +128,8 @@ inline Stage forward_stage(const GConvGeometry& g, int P) {
   return {(g.cg + kStageBlock - 1) / kStageBlock, std::max(g.w + 2 * g.pw, last * g.sw + g.k)};
 }
 
-// c[p] += sum_{k < K} a[p * step + k] * b[k][0..T) with K and step constants (K <= kStageBlock); Kn, when
-// positive, is K (one of the two common block sizes) and K is read from kn otherwise.
+// c[p] += sum_{k < K} a[p * step + k] * b[k][0..T) (K <= kStageBlock); Kn, when positive, is K as a constant
+// (a whole block), else K is read from kn (the last block of a group whose width is no multiple of it).
 template <typename acc, int P, int T, int Kn>
 PYCNN_ALWAYS_INLINE void micro_staged(vec_t<acc, T> (&c)[P], const acc* __restrict__ a, int64_t step,
                                       const acc* __restrict__ b, int64_t ldb, int kn) {
@@ -143,7 +144,7 @@ PYCNN_ALWAYS_INLINE void micro_staged(vec_t<acc, T> (&c)[P], const acc* __restri
 
 // The K taps of one kernel row together, at stride S: input pixel j of the tile (stage column ow0 * S + j) is
 // read once per channel, broadcast, and multiplied by the weight vector of each tap kw that reaches an output
-// pixel p of the tile from it (j = p * S + kw), so a broadcast feeds up to K / S multiply-adds instead of one:
+// pixel p of the tile from it (j = p * S + kw), so a broadcast feeds up to ceil(K / S) multiply-adds instead of one:
 // with one vector of output channels (16 a group) the tap-by-tap kernel above loads once per multiply-add,
 // and loads bound it. The K weight vectors of a channel are loaded once for the tile's P pixels. Only where
 // vectors are registers with FMA (the avx2 and avx512 variants; in the baseline's pairs of SSE registers the

@@ -176,8 +176,8 @@ def load_shapes(specs: Sequence[Tuple[str, Optional[str]]], overrides: Optional[
 def _timed(ours, eager, inputs, grad, mode: str, device: torch.device, repeats: int, with_compile: bool,
            warmup: int = 3, folded=None):
     """Times ours(*inputs) against eager(*inputs) and, with_compile, torch.compile(eager) (compiled afresh
-    for this case, dynamic=False), and `folded` (oneDNN's fused conv with the BatchNorm folded in: what the
-    dispatch picks instead in eval) where given, interleaved: `forward` under no_grad, `forward+backward` as
+    for this case, dynamic=False), and `folded` (the conv with the BatchNorm folded in, as the dispatch's
+    "folded" candidate runs it in eval) where given, interleaved: `forward` under no_grad, `forward+backward` as
     f(*inputs).backward(grad). Returns (timings, row fields)."""
     fns = {"pycnn": ours, "eager": eager}
     if device.type == "cpu" and _CPU_ISAS:
@@ -444,16 +444,19 @@ def bench_gconv(device: torch.device, dtype: torch.dtype, repeats: int, batches,
 
 
 def _onednn_folded(x, w, scale, bias, s):
-    """The eval alternative the dispatch races pycnn's grouped kernel against ("folded"): oneDNN's fused
-    convolution on the weight with the scale folded in, prepacked once (as pycnn.fused's eval cache keeps it),
-    bias and activation as its post-ops; None where oneDNN does not take the case (pycnn.fused._onednn_takes)."""
+    """The eval alternative the dispatch races pycnn's grouped kernel against ("folded"), as pycnn.fused's
+    folded_forward runs it: the weight with the scale folded in, then oneDNN's fused convolution (weights
+    prepacked once, as the eval cache keeps them; bias and activation as its post-ops) where fused._onednn_path
+    takes the case, else F.conv2d and the in-place epilogue."""
     from pycnn import fused
 
-    if not fused._onednn_takes(x, w, None, s.act):
-        return None
-    geometry = ((s.stride, s.stride), (s.padding, s.padding), (1, 1), s.groups)
+    stride, padding = (s.stride, s.stride), (s.padding, s.padding)
+    geometry = (stride, padding, (1, 1), s.groups)
     weight, shift = fused.fold_into_weights(w, scale, bias)
-    packed = torch.ops.mkldnn._reorder_convolution_weight(weight, [s.padding] * 2, [s.stride] * 2, [1, 1], s.groups,
+    if not fused._onednn_path(x, weight, None, s.act, stride):
+        return lambda x, w, scale, bias: fused.epilogue_(F.conv2d(x, weight, shift, stride, padding, 1, s.groups), None,
+                                                          s.act)
+    packed = torch.ops.mkldnn._reorder_convolution_weight(weight, list(padding), list(stride), [1, 1], s.groups,
                                                           list(x.shape))
     return lambda x, w, scale, bias: fused._onednn_conv_act(x, packed, shift, geometry, None, s.act)
 
@@ -468,7 +471,7 @@ def print_row(row):
     if "speedup_best" in row:
         extra += f"  best-of x{row['speedup_best']:5.2f}"
     if "folded_ms" in row:
-        extra += f"  oneDNN folded {row['folded_ms']:8.3f} ms x{row['speedup_vs_folded']:5.2f}"
+        extra += f"  folded {row['folded_ms']:8.3f} ms x{row['speedup_vs_folded']:5.2f}"
     if "gflops" in row:
         extra += (f"  {row['gflops'] / 1e3:7.2f} TFLOP/s" if "gbs" in row else f"  {row['gflops']:6.1f} GFLOP/s")
     print(f"{row['shape']:>24} {row['act']:>10} {row['layout']:>13} {row['mode']:>16}  "
@@ -492,7 +495,8 @@ def print_summary(rows):
         print(f"geometric mean speedup of the best runs: x{geomean(r['speedup_best'] for r in rows):.2f}")
     folded = [r["speedup_vs_folded"] for r in rows if "speedup_vs_folded" in r]
     if folded:
-        print(f"geometric mean speedup over oneDNN with the BatchNorm folded in ({len(folded)} forward cases): "
+        print(f"geometric mean speedup over the BatchNorm folded into a dense grouped conv (the dispatch's 'folded': "
+              f"oneDNN's, or conv2d below pycnn.fused.ONEDNN_MIN_MACS; {len(folded)} forward cases): "
               f"x{geomean(folded):.2f} (min x{min(folded):.2f})")
 
 
