@@ -181,11 +181,17 @@ def outside_scopes() -> Iterator[None]:
 # tokens: AOTAutograd threads a token through them, inductor keeps them and their order): the first takes the
 # forward's input, the last its output, so it runs once that is computed. A compiled call that raises between
 # the two leaves its scope open; the thread's next compiled call, or its next outermost eager forward, closes it.
-# Only for inputs of COMPILED_SCOPE_MIN_INPUT_BYTES and more (fresh processes, python -m pycnn.bench.allocator
-# --scope --compiled [--compiled-scope-min-bytes 0]: at batch 1, 224x224, compiled graphs faulted 0-2 times a call
-# without the scope and ran 4-5% slower with it, about 0.4 ms, though the two ops alone take ~11 us; at batch 8
-# up to 7,800 faults a call went to 0 and the graphs ran 1.04-1.13x faster).
-COMPILED_SCOPE_MIN_INPUT_BYTES = 1 << 20
+# Only where the network's first activation (its first convolution's output) has COMPILED_SCOPE_MIN_ACTIVATION_BYTES
+# and more (runtime.Network.first_activation_bytes). Fresh processes, python -m pycnn.bench.allocator --scope
+# --compiled [--compiled-scope-min-bytes 0]: at batch 1, 224x224 (first activations of 1.6 MB), compiled graphs
+# faulted 0-2 times a call without the scope and ran 4-5% slower with it in 2026-12-04's runs (level in
+# 2026-12-05's, MobileNetV2: 8.9 / 8.4 ms without, 8.8 / 9.3 with); at batch 8 up to 7,800 faults a call went to
+# 0 and the graphs ran 1.04-1.13x faster. Keyed on the input's bytes before (1 MiB), which a one-channel image
+# understates 32-fold: RegNetX-32 on 1x96x96 images (the README's main job) at batch 16 (first activation 4.7 MB)
+# ran 13.5-14.3 ms compiled without the scope, 11.9-13.5 with it; at batch 8 (2.4 MB) 8.7-8.8 without, 7.4-8.8
+# with; ResNeXt-50 at batch 1 (64 channels at 112x112: 3.2 MB) 51.7-54.8 without, 47.6-48.0 with (ad hoc, 2 runs
+# each, median of 30 calls).
+COMPILED_SCOPE_MIN_ACTIVATION_BYTES = 2 << 20
 _compiled = threading.local()  # .open: a compiled forward's scope is open on this thread
 
 

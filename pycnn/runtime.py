@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from . import allocator, dispatch, fused, ir, memory, ops
+from .opspec import conv_output_size
 
 _SCOPE_OPS = allocator.compiled_scope_ops()  # registered at import: never while dynamo traces
 
@@ -403,6 +404,23 @@ class Network(KeepsInputLayout, DropsFolds, Chain):
         self.arch, self.ir, self.plan, self.backend = arch, network_ir, plan, backend
         self.input_layout: Optional[torch.memory_format] = input_layout
         self._signatures: Dict[tuple, int] = {}
+        first = next((m for m in self.modules() if isinstance(m, nn.Conv2d)), None)
+        # (plain ints, read in compiled forwards: out channels, kernel, stride, padding, dilation)
+        self._first_conv = None if first is None else (first.out_channels, first.kernel_size, first.stride,
+                                                       first.padding, first.dilation)
+
+    def first_activation_bytes(self, x) -> int:
+        """Bytes of the first activation (the first convolution's output) the network makes from input x: what
+        decides whether a compiled inference graph holds the allocator scope (allocator.
+        COMPILED_SCOPE_MIN_ACTIVATION_BYTES; the input's own bytes understate a one-channel image's activations).
+        The input's bytes where there is no convolution (or a network pickled before 2026-12-05)."""
+        first = getattr(self, "_first_conv", None)
+        if first is None or x.dim() != 4:
+            return x.numel() * x.element_size()
+        channels, kernel, stride, padding, dilation = first
+        h = conv_output_size(x.shape[2], kernel[0], stride[0], padding[0], dilation[0])
+        w = conv_output_size(x.shape[3], kernel[1], stride[1], padding[1], dilation[1])
+        return x.shape[0] * channels * h * w * x.element_size()
 
     def _signature_token(self, x) -> Optional[int]:
         """The token of this call's facts: dispatch.call_facts and the train/eval of every BatchNorm a fused step
@@ -423,7 +441,7 @@ class Network(KeepsInputLayout, DropsFolds, Chain):
             # the threshold; the switch is read last, so that only graphs that could hold the scope guard on it)
             scope = _SCOPE_OPS if (_SCOPE_OPS and self.backend == "fused" and x.device.type == "cpu"
                                    and not (self.training and torch.is_grad_enabled()) and not fused.exporting()
-                                   and x.numel() * x.element_size() >= allocator.COMPILED_SCOPE_MIN_INPUT_BYTES
+                                   and self.first_activation_bytes(x) >= allocator.COMPILED_SCOPE_MIN_ACTIVATION_BYTES
                                    and allocator.network_cache()) else None
             if scope:
                 scope[0](x)

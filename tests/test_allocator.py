@@ -250,15 +250,29 @@ def test_folds_made_inside_a_forward_take_no_block_of_its_cache():
                                                                      before["live_bytes"])
 
 
+def test_the_compiled_scope_is_keyed_on_the_first_activation_not_the_input():
+    """A one-channel image's bytes understate its activations 32-fold: RegNetX-32 on 1x96x96 images (the README's
+    main job) at batch 16 has an input of 590 KB and a first activation (32 channels at 48x48) of 4.7 MB, over the
+    threshold a compiled graph holds the allocator scope from; at batch 4 it is under. A network without its first
+    convolution's geometry (pickled before it was kept) falls back to the input's bytes."""
+    model, x = pycnn.compile("archs/regnetx32.arch").eval(), torch.randn(16, 1, 96, 96)
+    assert model.first_activation_bytes(x) == 16 * 32 * 48 * 48 * 4
+    assert x.numel() * 4 < allocator.COMPILED_SCOPE_MIN_ACTIVATION_BYTES <= model.first_activation_bytes(x)
+    assert model.first_activation_bytes(x[:4]) < allocator.COMPILED_SCOPE_MIN_ACTIVATION_BYTES
+    del model._first_conv
+    assert model.first_activation_bytes(x) == x.numel() * 4
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
 def test_a_compiled_inference_graph_runs_in_the_scope(backend):
     """torch.compile'd inference (fullgraph) opens and closes the forward's scope from inside the graph: its
     activations come from the cache on the next call and no scope is left open; with the scope switched off, in
-    training, or for an input under allocator.COMPILED_SCOPE_MIN_INPUT_BYTES, the graph holds no scope (nothing
-    through the cache)."""
-    model, x = _tiny_network(), torch.randn(24, 3, 64, 64)
-    assert x.numel() * x.element_size() >= allocator.COMPILED_SCOPE_MIN_INPUT_BYTES
+    training, or where the network's first activation is under allocator.COMPILED_SCOPE_MIN_ACTIVATION_BYTES, the
+    graph holds no scope (nothing through the cache)."""
+    model, x = _tiny_network(), torch.randn(16, 3, 64, 64)  # an input of 768 KiB, a first activation of 2 MiB
+    assert model.first_activation_bytes(x) >= allocator.COMPILED_SCOPE_MIN_ACTIVATION_BYTES
+    assert model.first_activation_bytes(x[:2]) < allocator.COMPILED_SCOPE_MIN_ACTIVATION_BYTES
     torch._dynamo.reset()
     try:
         compiled = torch.compile(model, fullgraph=True, backend=backend)
@@ -294,7 +308,7 @@ def test_a_compiled_inference_graph_runs_in_the_scope(backend):
 def test_an_exported_program_holds_no_scope(monkeypatch):
     """torch.export (strict, as ONNX and AOTInductor export) traces no scope ops, whatever the input's size: the
     program runs where pycnn's ops may not exist."""
-    monkeypatch.setattr(allocator, "COMPILED_SCOPE_MIN_INPUT_BYTES", 0)
+    monkeypatch.setattr(allocator, "COMPILED_SCOPE_MIN_ACTIVATION_BYTES", 0)
     model, x = _tiny_network(), torch.randn(2, 3, 64, 64)
     program = torch.export.export(model, (x,), strict=True)
     assert not [n for n in program.graph.nodes if "network_scope" in str(n.target)]

@@ -142,7 +142,7 @@ def test_torch_compile_runs_the_fused_block_and_export_keeps_its_parts(op, monke
     (folded in the graph); torch.export's (and so ONNX's) keeps the parts, which have standard translations."""
     from pycnn import allocator
     if op == "eval_mbconv":  # a graph that holds the allocator scope
-        monkeypatch.setattr(allocator, "COMPILED_SCOPE_MIN_INPUT_BYTES", 0)
+        monkeypatch.setattr(allocator, "COMPILED_SCOPE_MIN_ACTIVATION_BYTES", 0)
     torch.manual_seed(0)
     model = randomized(pycnn.compile(MOBILENET, "mobilenet_v2", input=(3, 32, 32), width_mult=0.25, dropout=0.0,
                                      kernels="pycnn")).eval()

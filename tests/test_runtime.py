@@ -536,7 +536,7 @@ def test_torch_compile_runs_the_kernels_auto_measures_at_trace_time(monkeypatch,
     """kernels="auto" under torch.compile: each fused step's kernel is measured while dynamo traces (on stand-ins
     with the traced input's facts, once per key) and is a constant of the one graph; not pycnn's everywhere."""
     from pycnn import allocator, runtime
-    monkeypatch.setattr(allocator, "COMPILED_SCOPE_MIN_INPUT_BYTES", 0)  # the scope's ops in the graph too
+    monkeypatch.setattr(allocator, "COMPILED_SCOPE_MIN_ACTIVATION_BYTES", 0)  # the scope's ops in the graph too
     measured = []
 
     def fake_measure(run, x, residual, params, buffers, kernels=("pycnn", "torch"), repeats=5):
@@ -598,7 +598,7 @@ def recorded(model):
 def scoped_graphs(monkeypatch):
     """Compiled inference graphs of any input size hold the allocator scope, and so call the cached-fold ops."""
     from pycnn import allocator
-    monkeypatch.setattr(allocator, "COMPILED_SCOPE_MIN_INPUT_BYTES", 0)
+    monkeypatch.setattr(allocator, "COMPILED_SCOPE_MIN_ACTIVATION_BYTES", 0)
 
 
 @pytest.mark.parametrize("path,network,overrides", [(MOBILENET, "mobilenet_v2", dict(width_mult=0.25)),

@@ -121,7 +121,7 @@ def _scope_worker(conn, name: str, size: int, batch: int, variant, threads: int,
         model = torch.compile(model)  # compiled on the first (untimed) call
     allocator.set_network_cache(which == "scope")
     if compiled_scope_min_bytes is not None:
-        allocator.COMPILED_SCOPE_MIN_INPUT_BYTES = compiled_scope_min_bytes
+        allocator.COMPILED_SCOPE_MIN_ACTIVATION_BYTES = compiled_scope_min_bytes
     x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         while conn.recv():
@@ -139,8 +139,8 @@ def scope_rows(name: str, size: int, batch: int, repeats: int, threads: int, var
     (PYCNN_CPU_CACHE=0), torchvision eval (glibc) and any other `variants` (COMPILED_VARIANTS), each in a process
     of its own (glibc's heap state is the process's: another variant's frees would raise its mmap threshold),
     called in turn round by round (one process runs at a time); medians of ms and page faults per call, and the
-    cache's hits in all (0: nothing went through a scope; a compiled graph holds one for inputs of
-    allocator.COMPILED_SCOPE_MIN_INPUT_BYTES and more, or `compiled_scope_min_bytes`)."""
+    cache's hits in all (0: nothing went through a scope; a compiled graph holds one where the network's first
+    activation has allocator.COMPILED_SCOPE_MIN_ACTIVATION_BYTES and more, or `compiled_scope_min_bytes`)."""
     import multiprocessing
     import multiprocessing.connection
     ctx = multiprocessing.get_context("spawn")
@@ -292,8 +292,8 @@ def main(argv=None) -> int:
                         help="with --scope: add torch.compile of pycnn (with and without its scope) and of "
                              "torchvision, each in its own process")
     parser.add_argument("--compiled-scope-min-bytes", type=int, metavar="N",
-                        help="with --compiled: the input size from which pycnn's compiled graph holds the scope "
-                             "(default: pycnn.allocator.COMPILED_SCOPE_MIN_INPUT_BYTES)")
+                        help="with --compiled: the first activation's size from which pycnn's compiled graph holds "
+                             "the scope (default: pycnn.allocator.COMPILED_SCOPE_MIN_ACTIVATION_BYTES)")
     parser.add_argument("--out", help="folder for allocator-<date>.json/.md/.png")
     args = parser.parse_args(argv)
     names = args.networks.split(",")
