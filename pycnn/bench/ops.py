@@ -220,7 +220,8 @@ def _timed(ours, eager, inputs, grad, mode: str, device: torch.device, repeats: 
         fields.update(compile_ms=t["compile"].median_s * 1e3,
                       speedup_vs_compile=t["compile"].median_s / t["pycnn"].median_s)
     if folded is not None:
-        fields.update(folded_ms=t["folded"].median_s * 1e3, speedup_vs_folded=t["folded"].median_s / t["pycnn"].median_s)
+        fields.update(folded_ms=t["folded"].median_s * 1e3,
+                      speedup_vs_folded=t["folded"].median_s / t["pycnn"].median_s)
     return t, fields
 
 
