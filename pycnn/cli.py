@@ -196,7 +196,7 @@ def cmd_bench_ops(args) -> int:
         if s["with_compile"]:
             columns[-1:-1] = ["compile_ms"]
             columns += ["speedup_vs_compile", "compile_s"]
-        if any("folded_ms" in r for r in rows):  # gconv's forward rows: against oneDNN with the BatchNorm folded in
+        if any("folded_ms" in r for r in rows):  # gconv's forward rows: against the BatchNorm folded into the conv
             columns += ["folded_ms", "speedup_vs_folded"]
         if len(dtypes) > 1:
             columns.insert(1, "dtype")

@@ -146,7 +146,7 @@ def test_bench_ops_writes_json_markdown_and_chart(tmp_path):
         assert row["networks"] == "tiny" and row["shape"].startswith("2x")  # --quick: batch 2
         assert row["pycnn_ms"] > 0 and row["eager_ms"] > 0 and row["compile_ms"] > 0
         assert row["speedup_vs_compile"] == pytest.approx(row["compile_ms"] / row["pycnn_ms"])
-        # the grouped conv's forward is also timed against oneDNN with the BatchNorm folded in (eval's alternative)
+        # the grouped conv's forward is also timed against the BatchNorm folded into the conv (eval's alternative)
         if row["op"] == "gconv" and row["mode"] == "forward":
             assert row["folded_ms"] > 0 and row["speedup_vs_folded"] == pytest.approx(row["folded_ms"] / row["pycnn_ms"])
         else:
