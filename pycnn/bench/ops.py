@@ -445,21 +445,16 @@ def bench_gconv(device: torch.device, dtype: torch.dtype, repeats: int, batches,
 
 
 def _onednn_folded(x, w, scale, bias, s):
-    """The eval alternative the dispatch races pycnn's grouped kernel against ("folded"), as pycnn.fused's
-    folded_forward runs it: the weight with the scale folded in, then oneDNN's fused convolution (weights
-    prepacked once, as the eval cache keeps them; bias and activation as its post-ops) where fused._onednn_path
-    takes the case, else F.conv2d and the in-place epilogue."""
+    """The eval alternative the dispatch races pycnn's grouped kernel against ("folded"), run by the code that runs
+    it (pycnn.fused.folded_forward on a dense fold): oneDNN's fused convolution with the weights prepacked once
+    where it takes the case, else conv2d and the in-place epilogue."""
     from pycnn import fused
 
-    stride, padding = (s.stride, s.stride), (s.padding, s.padding)
-    geometry = (stride, padding, (1, 1), s.groups)
-    weight, shift = fused.fold_into_weights(w, scale, bias)
-    if not fused._onednn_path(x, weight, None, s.act, stride):
-        return lambda x, w, scale, bias: fused.epilogue_(F.conv2d(x, weight, shift, stride, padding, 1, s.groups), None,
-                                                          s.act)
-    packed = torch.ops.mkldnn._reorder_convolution_weight(weight, list(padding), list(stride), [1, 1], s.groups,
-                                                          list(x.shape))
-    return lambda x, w, scale, bias: fused._onednn_conv_act(x, packed, shift, geometry, None, s.act)
+    fold = fused.EvalFold()
+    fold.weight, fold.bias = fused.fold_into_weights(w, scale, bias)
+    fold.packed = {}
+    geometry = ((s.stride, s.stride), (s.padding, s.padding), (1, 1), s.groups)
+    return lambda x, w, scale, bias: fused.folded_forward(x, fold, w, geometry, "dense", s.act, None)
 
 
 BENCHES = {"bn_act": bench_bn_act, "dwconv": bench_dwconv, "gconv": bench_gconv, "se": bench_se}
