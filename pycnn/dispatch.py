@@ -55,8 +55,10 @@ def resolve_kernels(kernels: Optional[str]) -> str:
 # 6: after 5, for some hours of 2026-12-05, "traced" keys held races of pycnn's cached-fold ops at any input size
 # (now "traced+folds", in graphs that hold the allocator scope only). 7: before the packed kernel for narrow
 # groups (pycnn.gconv with 2, 4 or 8 channels a group, 2026-12-05) pycnn lost most such races. 8: before the staged
-# forward of pycnn.gconv (wider groups, 2026-12-05) pycnn lost more of the others.
-CACHE_SCHEMA = 8
+# forward of pycnn.gconv (wider groups, 2026-12-05) pycnn lost more of the others. 9: before its staged rows were
+# reused from one output row to the next and rows of 14, 28 and 56 pixels got tiles of 14 (avx512), its forward was
+# up to 1.14x slower.
+CACHE_SCHEMA = 9
 
 
 def cache_path() -> Path:

@@ -34,6 +34,10 @@ CASES = [
     (2, 48, 48, 5, 27, 3, 2, 1, 2),    # group width 24: a block and a half, stride 2, two tiles
     (1, 36, 36, 4, 13, 3, 1, 1, 2),    # group width 18: a block and 2 channels
     (1, 32, 32, 3, 29, 1, 1, 0, 2),    # 1x1 at stride 1 (tap by tap), four tiles of 8
+    (1, 32, 32, 4, 28, 3, 1, 1, 2),    # rows of two tiles of 14 (avx512; 12 elsewhere)
+    (2, 48, 48, 3, 27, 3, 1, 1, 2),    # group width 24, tiles of 14 and 13
+    (1, 32, 32, 3, 14, 1, 1, 0, 2),    # 1x1 tap by tap, one tile of 14
+    (1, 32, 32, 4, 42, 3, 3, 1, 2),    # stride 3 (tap by tap, the stride read at run time), one tile of 14
     # packed narrow groups (several whole groups a register: group width 2, 4 or 8, C_out a multiple of 16)
     (2, 64, 64, 7, 9, 3, 1, 1, 16),    # group width 4; a row of 9 is no whole number of tiles
     (1, 32, 32, 6, 11, 3, 2, 1, 4),    # group width 8, stride 2
