@@ -509,7 +509,7 @@ void wgrad_packed_rows(const GConvGeometry& g, const acc* x, const acc* dc, acc*
   constexpr int L = Vec<acc>::lanes, KC = packed_wgrad_taps<C>();
   static_assert(KC >= 1);
   const int64_t blocks = g.c_out / L;
-  const int64_t sub = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, g.ow * (g.c_in + g.c_out)));
+  const int64_t sub = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, g.ow * (g.c_in + g.c_out)));
   for (int64_t s0 = r0; s0 < r1; s0 += sub) {
     const int64_t s1 = std::min(r1, s0 + sub);
     for (int64_t b = 0; b < blocks; ++b) {
