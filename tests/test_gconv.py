@@ -38,6 +38,9 @@ CASES = [
     (2, 48, 48, 3, 27, 3, 1, 1, 2),    # group width 24, tiles of 14 and 13
     (1, 32, 32, 3, 14, 1, 1, 0, 2),    # 1x1 tap by tap, one tile of 14
     (1, 32, 32, 4, 42, 3, 3, 1, 2),    # stride 3 (tap by tap, the stride read at run time), one tile of 14
+    # the weight gradient's three taps of a row together (avx512, group widths of a multiple of 8)
+    (1, 32, 32, 5, 7, 3, 1, 2, 2),     # padding 2: two output columns at each edge read taps in the padding
+    (2, 32, 16, 4, 6, 3, 1, (0, 1), 2),  # asymmetric padding, 16 inputs and 8 outputs per group
     # packed narrow groups (several whole groups a register: group width 2, 4 or 8, C_out a multiple of 16)
     (2, 64, 64, 7, 9, 3, 1, 1, 16),    # group width 4; a row of 9 is no whole number of tiles
     (1, 32, 32, 6, 11, 3, 2, 1, 4),    # group width 8, stride 2

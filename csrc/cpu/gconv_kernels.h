@@ -444,13 +444,18 @@ struct WgradPtrs {
   acc* dw;        // [G, KK, Cg, Cog]: this chunk's partial sums (added to)
 };
 
-// dw += the contributions of output rows [r0, r1) (a row is one (n, oh)), in sub-blocks of rows small
-// enough to stay in the L1 cache while every (group, tap, tile) sweeps them: 4096 values of x and dc a pixel's
-// group channels (16 KB in float32; at 16384, sized for L2, the sweeps ran 1.06-1.26x slower, 8x64x56x56 the most).
+// The weight gradients sweep output rows in sub-blocks small enough to stay in the L1 cache while every (group,
+// tap, tile) sweeps them: 4096 values of x and dc of a pixel's group channels (16 KB in float32; at 16384, sized
+// for L2, the sweeps ran 1.06-1.26x slower, 8x64x56x56 the most).
+inline int64_t wgrad_sub_rows(const GConvGeometry& g) {
+  return std::max<int64_t>(1, 4096 / std::max<int64_t>(1, g.ow * (g.cg + g.cog)));
+}
+
+// dw += the contributions of output rows [r0, r1) (a row is one (n, oh)), in sub-blocks (wgrad_sub_rows).
 template <typename acc, int T, int P>
 PYCNN_ALWAYS_INLINE void wgrad_rows(const Args& a, const WgradPtrs<acc>& d, int64_t r0, int64_t r1) {
   const GConvGeometry& g = a.g;
-  const int64_t sub = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, g.ow * (g.cg + g.cog)));
+  const int64_t sub = wgrad_sub_rows(g);
   for (int64_t s0 = r0; s0 < r1; s0 += sub) {
     const int64_t s1 = std::min(r1, s0 + sub);
     for (int64_t grp = 0; grp < g.groups; ++grp) {
@@ -478,6 +483,66 @@ PYCNN_ALWAYS_INLINE void wgrad_rows(const Args& a, const WgradPtrs<acc>& d, int6
               const int64_t ni = std::min<int64_t>(P, g.cg - ci0), nc = std::min<int64_t>(T, g.cog - co0);
               for (int64_t i = 0; i < ni; ++i) {
                 store_cols<true, acc, T>(d.dw + ((grp * g.taps() + kh * g.k + kw) * g.cg + ci0 + i) * g.cog + co0, c[i], nc);
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// The weight gradient of 3x3 convs with the three taps of a kernel row together: per output pixel, its dc vector
+// (T output channels) is loaded once and multiplied into 3 x 8 accumulators (8 input channels of each of the three
+// input pixels it reads in that row; taps in the padding skipped, not multiplied by zero, so that an infinite dc
+// gives no NaN the reference lacks), where wgrad_rows loads it once per tap,
+// sweeping the rows three times as often. 24 accumulators, dc and a broadcast: only with 32 vector registers
+// (avx512), and for groups of a multiple of 8 input channels (RegNet's and ResNeXt's; wgrad_rows does the rest).
+constexpr int kWgradTapChannels = 8;
+constexpr bool kWgradRowTaps = kVectorBytes == 64;
+
+template <typename acc, int T>
+PYCNN_ALWAYS_INLINE void wgrad_row_taps(const Args& a, const WgradPtrs<acc>& d, int64_t r0, int64_t r1) {
+  constexpr int P = kWgradTapChannels, K = 3;
+  const GConvGeometry& g = a.g;
+  const int64_t sub = wgrad_sub_rows(g);
+  // output columns [ow_in, ow_out) read all three taps inside the image; the others check each tap
+  const int64_t ow_in = std::max<int64_t>(0, floor_div(g.pw + g.sw - 1, g.sw));
+  const int64_t ow_out = std::max(ow_in, std::min<int64_t>(g.ow, floor_div(g.w - 1 + g.pw - (K - 1), g.sw) + 1));
+  for (int64_t s0 = r0; s0 < r1; s0 += sub) {
+    const int64_t s1 = std::min(r1, s0 + sub);
+    for (int64_t grp = 0; grp < g.groups; ++grp) {
+      for (int64_t kh = 0; kh < K; ++kh) {
+        for (int64_t ci0 = 0; ci0 < g.cg; ci0 += P) {
+          for (int64_t co0 = 0; co0 < g.cog; co0 += T) {
+            vec_t<acc, T> c[K][P] = {};
+            for (int64_t r = s0; r < s1; ++r) {
+              const int64_t oh = r % g.oh, n = r / g.oh, ih = oh * g.sh - g.ph + kh;
+              if (ih < 0 || ih >= g.h) continue;
+              const acc* xrow = d.x + (n * g.h + ih) * g.w * g.c_in + grp * g.cg + ci0;
+              const acc* dcrow = d.dc + r * g.ow * g.c_out + grp * g.cog + co0;
+              auto pixel = [&](int64_t ow, auto checked) {
+                const vec_t<acc, T> dv = load_vec<acc, T>(dcrow + ow * g.c_out);
+#pragma GCC unroll 4
+                for (int kw = 0; kw < K; ++kw) {
+                  const int64_t iw = ow * g.sw - g.pw + kw;
+                  if (decltype(checked)::value && (iw < 0 || iw >= g.w)) continue;
+                  const acc* __restrict__ xp = xrow + iw * g.c_in;
+#pragma GCC unroll 8
+                  for (int i = 0; i < P; ++i) c[kw][i] += xp[i] * dv;
+                }
+              };
+              for (int64_t ow = 0; ow < std::min(ow_in, g.ow); ++ow) pixel(ow, std::true_type{});
+              for (int64_t ow = ow_in; ow < ow_out; ++ow) pixel(ow, std::false_type{});
+              for (int64_t ow = ow_out; ow < g.ow; ++ow) pixel(ow, std::true_type{});
+            }
+            const int64_t nc = std::min<int64_t>(T, g.cog - co0);
+#pragma GCC unroll 4
+            for (int kw = 0; kw < K; ++kw) {
+#pragma GCC unroll 8
+              for (int i = 0; i < P; ++i) {
+                store_cols<true, acc, T>(d.dw + ((grp * g.taps() + kh * K + kw) * g.cg + ci0 + i) * g.cog + co0, c[kw][i],
+                                         nc);
               }
             }
           }
@@ -747,14 +812,27 @@ Tensor run_wgrad(const GConvGeometry& g, const Tensor& x, const acc* dc) {
     return out;
   }
   const Args a{g, Act::None, g.cog};
-  dispatch_tile<acc>(tile_cols<acc>(g.cog), tile_rows(g.cg), [&](auto T_, auto P_) {
-    constexpr int T = decltype(T_)::value, P = decltype(P_)::value;
+  auto over_chunks = [&](auto rows_kernel) {
     at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
       for (int64_t c = c0; c < c1; ++c) {
-        const int64_t r0 = rows * c / chunks, r1 = rows * (c + 1) / chunks;
         WgradPtrs<acc> d{x.const_data_ptr<acc>(), dc, partial.data_ptr<acc>() + c * per};
-        wgrad_rows<acc, T, P>(a, d, r0, r1);
+        rows_kernel(d, rows * c / chunks, rows * (c + 1) / chunks);
       }
+    });
+  };
+  if constexpr (kWgradRowTaps) {
+    if (g.k == 3 && g.cg % kWgradTapChannels == 0) {
+      dispatch_cols<acc>(tile_cols<acc>(g.cog), [&](auto T_) {
+        over_chunks([&](const WgradPtrs<acc>& d, int64_t r0, int64_t r1) {
+          wgrad_row_taps<acc, decltype(T_)::value>(a, d, r0, r1);
+        });
+      });
+      return partial.sum(0);
+    }
+  }
+  dispatch_tile<acc>(tile_cols<acc>(g.cog), tile_rows(g.cg), [&](auto T_, auto P_) {
+    over_chunks([&](const WgradPtrs<acc>& d, int64_t r0, int64_t r1) {
+      wgrad_rows<acc, decltype(T_)::value, decltype(P_)::value>(a, d, r0, r1);
     });
   });
   return partial.sum(0);
