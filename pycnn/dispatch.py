@@ -56,8 +56,9 @@ def resolve_kernels(kernels: Optional[str]) -> str:
 # (now "traced+folds", in graphs that hold the allocator scope only). 7: before the packed kernel for narrow
 # groups (pycnn.gconv with 2, 4 or 8 channels a group, 2026-12-05) pycnn lost most such races. 8: before the staged
 # forward of pycnn.gconv (wider groups, 2026-12-05) pycnn lost more of the others. 9: before its staged rows were
-# reused from one output row to the next and rows of 14, 28 and 56 pixels got tiles of 14 (avx512), its forward was
-# up to 1.14x slower, and before the weight gradient did a 3x3 row's taps together, its backward up to 1.18x.
+# reused from one output row to the next and rows of 13, 14, 25-28, 37-42, 49-56... pixels got tiles of 14 (avx512),
+# its forward was up to 1.14x slower, and before the weight gradient did a 3x3 row's taps together, its backward
+# up to 1.18x.
 CACHE_SCHEMA = 9
 
 

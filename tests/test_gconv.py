@@ -31,13 +31,15 @@ CASES = [
     (1, 64, 64, 6, 30, 3, 1, 1, 2),    # group width 32: two whole blocks; a row of four tiles of 8
     (1, 32, 32, 4, 12, 3, 1, 1, 2),    # a row of one tile of 12 pixels
     (1, 48, 48, 4, 23, 3, 2, 1, 2),    # stride 2, a block and a half, one tile of 12
-    (2, 48, 48, 5, 27, 3, 2, 1, 2),    # group width 24: a block and a half, stride 2, two tiles
+    (2, 48, 48, 5, 27, 3, 2, 1, 2),    # group width 24: a block and a half, stride 2, two tiles (one of 14 in avx512)
     (1, 36, 36, 4, 13, 3, 1, 1, 2),    # group width 18: a block and 2 channels
     (1, 32, 32, 3, 29, 1, 1, 0, 2),    # 1x1 at stride 1 (tap by tap), four tiles of 8
-    (1, 32, 32, 4, 28, 3, 1, 1, 2),    # rows of two tiles of 14 (avx512; 12 elsewhere)
+    (1, 32, 32, 4, 28, 3, 1, 1, 2),    # rows of two tiles of 14 (avx512; four of 8 elsewhere)
     (2, 48, 48, 3, 27, 3, 1, 1, 2),    # group width 24, tiles of 14 and 13
     (1, 32, 32, 3, 14, 1, 1, 0, 2),    # 1x1 tap by tap, one tile of 14
     (1, 32, 32, 4, 42, 3, 3, 1, 2),    # stride 3 (tap by tap, the stride read at run time), one tile of 14
+    (1, 32, 32, 3, 56, 3, 2, 1, 2),    # stride 2, rows of two tiles of 14 (avx512)
+    (3, 16, 16, 5, 9, 3, 1, 1, 1),     # one group, three images: threads' work starts inside an image
     # the weight gradient's three taps of a row together (avx512, group widths of a multiple of 8)
     (1, 32, 32, 5, 7, 3, 1, 2, 2),     # padding 2: two output columns at each edge read taps in the padding
     (2, 32, 16, 4, 6, 3, 1, (0, 1), 2),  # asymmetric padding, 16 inputs and 8 outputs per group
@@ -184,6 +186,15 @@ def test_gradcheck_float64(case, act, layout):
         return ops.gconv(x, w, sc, b, stride=s, padding=p, groups=groups, act=act, residual=r)
 
     assert torch.autograd.gradcheck(f, tensors)
+
+
+@pytest.mark.parametrize("case", [(1, 16, 16, 3, 14, 3, 1, 1, 2), (2, 48, 48, 4, 28, 3, 2, 1, 2),
+                                  (1, 32, 16, 4, 13, 3, 1, (0, 1), 2), (3, 16, 16, 5, 9, 3, 1, 1, 1)])
+def test_float64_matches_conv2d(case):
+    """float64, against F.conv2d's own gradients: group widths of a multiple of 8 (the weight gradient's row-taps
+    kernel in avx512, double lanes), tiles of 14 whole and partial, work split inside an image."""
+    ours, ref = run_pair(case, "channels_last", "relu", True, True, True, dtype=torch.float64)
+    assert_all_close(ours, ref, rtol=1e-10, atol=1e-10)
 
 
 OPCHECK_CASES = [

@@ -8,8 +8,8 @@
 //   forward  out[pixel][co] = sum_{tap, ci} x[pixel @ tap][ci] * wk[tap][ci][co]
 //   dgrad    dx[pixel][ci]  = sum_{tap, co} dconv[pixel @ tap][co] * wt[tap][co][ci]
 //   wgrad    dw[tap][ci][co] = sum_{pixel} x[pixel @ tap][ci] * dconv[pixel][co]
-// with a register-blocked micro-kernel: P (8 or 12) pixels x T channels of accumulators held as GCC vectors, the
-// B row (T channels, zero-padded in the weight copies so T needs no tail) loaded once per k and
+// with a register-blocked micro-kernel: P (8, 12, or 14 in avx512) pixels x T channels of accumulators held as GCC
+// vectors, the B row (T channels, zero-padded in the weight copies so T needs no tail) loaded once per k and
 // broadcast-multiplied by P scalars. The forward reads its input through a zero-padded stage (below); the input
 // gradient at strides above 1 reads a row of zeros for pixels in the padding instead of branching.
 
@@ -110,10 +110,10 @@ void epilogue_row(const GConvGeometry& g, const FwdPtrs<acc>& d, int64_t n, int6
 }
 
 // The forward reads its input through a stage: per work item, the k input rows it reads, one group's channels,
-// copied into [k][ceil(Cg / B)][padded width][B] (zero columns for the padding and past the row's end, zero
-// channels past Cg in the last block). The slots are a ring (input row ih in slot ih mod slots) and the work items
-// run group by group, image by image, row by row: the next output row reuses the k - stride rows it shares with
-// the previous one (before, each input row was copied k times, a fifth of a forward's time at 16 channels a group). Every input pixel of a tile is then B values apart, a constant, and the
+// copied into [slots][ceil(Cg / B)][padded width][B] (slots: k rounded up to a power of two; zero columns for the
+// padding and past the row's end, zero channels past Cg in the last block). The slots are a ring (input row ih in
+// slot ih mod slots) and the work items run group by group, image by image, row by row: the next output row reuses
+// the k - (row stride) rows it shares with the previous one (before, each input row was copied k times, a fifth of a forward's time at 16 channels a group). Every input pixel of a tile is then B values apart, a constant, and the
 // padding is data: the micro-kernels address a tile's pixels as one base pointer plus constant offsets, without
 // per-pixel bounds checks, and the row-taps kernel below reuses one broadcast for several taps. Strides 1 and 2
 // are compiled with the stride constant, the others read it.
@@ -445,8 +445,9 @@ struct WgradPtrs {
 };
 
 // The weight gradients sweep output rows in sub-blocks small enough to stay in the L1 cache while every (group,
-// tap, tile) sweeps them: 4096 values of x and dc of a pixel's group channels (16 KB in float32; at 16384, sized
-// for L2, the sweeps ran 1.06-1.26x slower, 8x64x56x56 the most).
+// tap, tile) sweeps them: about 4096 values of x and dc of a pixel's group channels (16 KB in float32, counted at
+// the output's width: at stride 2 the x rows are twice as wide; at 16384, sized for L2, the sweeps ran 1.06-1.26x
+// slower, 8x64x56x56 the most).
 inline int64_t wgrad_sub_rows(const GConvGeometry& g) {
   return std::max<int64_t>(1, 4096 / std::max<int64_t>(1, g.ow * (g.cg + g.cog)));
 }
@@ -497,7 +498,8 @@ PYCNN_ALWAYS_INLINE void wgrad_rows(const Args& a, const WgradPtrs<acc>& d, int6
 // input pixels it reads in that row; taps in the padding skipped, not multiplied by zero, so that an infinite dc
 // gives no NaN the reference lacks), where wgrad_rows loads it once per tap,
 // sweeping the rows three times as often. 24 accumulators, dc and a broadcast: only with 32 vector registers
-// (avx512), and for groups of a multiple of 8 input channels (RegNet's and ResNeXt's; wgrad_rows does the rest).
+// (avx512), and for groups of a multiple of 8 input channels (RegNet's, ResNeXt's 16 and 32 in float32: its 8 run the
+// packed kernel; wgrad_rows does the rest).
 constexpr int kWgradTapChannels = 8;
 constexpr bool kWgradRowTaps = kVectorBytes == 64;
 
@@ -689,9 +691,9 @@ void run_packed(const GConvGeometry& g, const Tensor& taps, int64_t rows, int64_
   });
 }
 
-// The forward's pixels per tile: tile_rows' 8 or 12, or, with 32 vector registers (avx512), 14 where it wastes
-// less (rows of 14, 28, 56 and 112 pixels: 12 would leave 2 to 8 pixels of a row's last tile empty). 14
-// accumulators, three weight vectors and a broadcast are 18 registers.
+// The forward's pixels per tile: tile_rows' 8 or 12, or, with 32 vector registers (avx512), 14 where that costs
+// less by tile_rows' measure (tiles times pixels + 2: rows of 13, 14, 25-28, 37-42, 49-56, ...; 14 and 28 got
+// tiles of 8 before, 56 of 8 or 12). 14 accumulators, three weight vectors and a broadcast are 18 registers.
 constexpr bool kTile14 = kVectorBytes == 64;
 
 inline int forward_tile_rows(int64_t len) {
