@@ -113,7 +113,8 @@ void epilogue_row(const GConvGeometry& g, const FwdPtrs<acc>& d, int64_t n, int6
 // copied into [slots][ceil(Cg / B)][padded width][B] (slots: k rounded up to a power of two; zero columns for the
 // padding and past the row's end, zero channels past Cg in the last block). The slots are a ring (input row ih in
 // slot ih mod slots) and the work items run group by group, image by image, row by row: the next output row reuses
-// the k - (row stride) rows it shares with the previous one (before, each input row was copied k times, a fifth of a forward's time at 16 channels a group). Every input pixel of a tile is then B values apart, a constant, and the
+// the k - (row stride) rows it shares with the previous one (before, each input row was copied k times, a fifth of
+// a forward's time at 16 channels a group). Every input pixel of a tile is then B values apart, a constant, and the
 // padding is data: the micro-kernels address a tile's pixels as one base pointer plus constant offsets, without
 // per-pixel bounds checks, and the row-taps kernel below reuses one broadcast for several taps. Strides 1 and 2
 // are compiled with the stride constant, the others read it.
@@ -496,8 +497,7 @@ PYCNN_ALWAYS_INLINE void wgrad_rows(const Args& a, const WgradPtrs<acc>& d, int6
 // The weight gradient of 3x3 convs with the three taps of a kernel row together: per output pixel, its dc vector
 // (T output channels) is loaded once and multiplied into 3 x 8 accumulators (8 input channels of each of the three
 // input pixels it reads in that row; taps in the padding skipped, not multiplied by zero, so that an infinite dc
-// gives no NaN the reference lacks), where wgrad_rows loads it once per tap,
-// sweeping the rows three times as often. 24 accumulators, dc and a broadcast: only with 32 vector registers
+// gives no NaN the reference lacks), where wgrad_rows loads it once per tap, sweeping the rows three times as often. 24 accumulators, dc and a broadcast: only with 32 vector registers
 // (avx512), and for groups of a multiple of 8 input channels (RegNet's, ResNeXt's 16 and 32 in float32: its 8 run the
 // packed kernel; wgrad_rows does the rest).
 constexpr int kWgradTapChannels = 8;
