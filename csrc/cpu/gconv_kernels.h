@@ -497,7 +497,8 @@ PYCNN_ALWAYS_INLINE void wgrad_rows(const Args& a, const WgradPtrs<acc>& d, int6
 // The weight gradient of 3x3 convs with the three taps of a kernel row together: per output pixel, its dc vector
 // (T output channels) is loaded once and multiplied into 3 x 8 accumulators (8 input channels of each of the three
 // input pixels it reads in that row; taps in the padding skipped, not multiplied by zero, so that an infinite dc
-// gives no NaN the reference lacks), where wgrad_rows loads it once per tap, sweeping the rows three times as often. 24 accumulators, dc and a broadcast: only with 32 vector registers
+// gives no NaN the reference lacks), where wgrad_rows loads it once per tap, sweeping the rows three times as often.
+// 24 accumulators, dc and a broadcast: only with 32 vector registers
 // (avx512), and for groups of a multiple of 8 input channels (RegNet's, ResNeXt's 16 and 32 in float32: its 8 run the
 // packed kernel; wgrad_rows does the rest).
 constexpr int kWgradTapChannels = 8;
