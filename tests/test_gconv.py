@@ -31,7 +31,7 @@ CASES = [
     (1, 64, 64, 6, 30, 3, 1, 1, 2),    # group width 32: two whole blocks; a row of four tiles of 8
     (1, 32, 32, 4, 12, 3, 1, 1, 2),    # a row of one tile of 12 pixels
     (1, 48, 48, 4, 23, 3, 2, 1, 2),    # stride 2, a block and a half, one tile of 12
-    (2, 48, 48, 5, 27, 3, 2, 1, 2),    # group width 24: a block and a half, stride 2, two tiles (one of 14 in avx512)
+    (2, 48, 48, 5, 27, 3, 2, 1, 2),    # group width 24, a block and a half, stride 2: two tiles (one of 14, avx512)
     (1, 36, 36, 4, 13, 3, 1, 1, 2),    # group width 18: a block and 2 channels
     (1, 32, 32, 3, 29, 1, 1, 0, 2),    # 1x1 at stride 1 (tap by tap), four tiles of 8
     (1, 32, 32, 4, 28, 3, 1, 1, 2),    # rows of two tiles of 14 (avx512; four of 8 elsewhere)
