@@ -43,12 +43,13 @@ PYCNN_ALWAYS_INLINE void store_cols(acc* out, vec_t<acc, T> v, int64_t n) {
   }
 }
 
+// What tiles of p pixels cost on a dimension of `len`: the tiles it takes times (p + 2), a tile's fixed work
+// counted as two pixels' (the B row and the broadcast).
+inline int64_t tile_cost(int64_t len, int p) { return (len + p - 1) / p * (p + 2); }
+
 // Pixels (rows of the micro-kernel) per tile: 8 or 12 (12 + 2 of the 16 AVX2 registers hold
-// accumulators, the B row and the broadcast), whichever wastes less on a dimension of `len`.
-int tile_rows(int64_t len) {
-  const int64_t cost8 = (len + 7) / 8 * (8 + 2), cost12 = (len + 11) / 12 * (12 + 2);
-  return cost8 < cost12 ? 8 : 12;
-}
+// accumulators, the B row and the broadcast), whichever costs less on a dimension of `len`.
+int tile_rows(int64_t len) { return tile_cost(len, 8) < tile_cost(len, 12) ? 8 : 12; }
 
 // c[p] += sum_k a[p][k] * b[k][0..T)
 template <typename acc, int P, int T>
@@ -693,14 +694,13 @@ void run_packed(const GConvGeometry& g, const Tensor& taps, int64_t rows, int64_
 }
 
 // The forward's pixels per tile: tile_rows' 8 or 12, or, with 32 vector registers (avx512), 14 where that costs
-// less by tile_rows' measure (tiles times pixels + 2: rows of 13, 14, 25-28, 37-42, 49-56, ...; 14 and 28 got
-// tiles of 8 before, 56 of 8 or 12). 14 accumulators, three weight vectors and a broadcast are 18 registers.
+// less by tile_cost (rows of 13, 14, 25-28, 37-42, 49-56, ...; 14 and 28 got tiles of 8 before, 56 of 8 or 12).
+// 14 accumulators, three weight vectors and a broadcast are 18 registers.
 constexpr bool kTile14 = kVectorBytes == 64;
 
 inline int forward_tile_rows(int64_t len) {
   const int p = tile_rows(len);
-  const int64_t cost = (len + p - 1) / p * (p + 2), cost14 = (len + 13) / 14 * (14 + 2);
-  return kTile14 && cost14 < cost ? 14 : p;
+  return kTile14 && tile_cost(len, 14) < tile_cost(len, p) ? 14 : p;
 }
 
 // forward_items over all work items of g; d.wk has ldw columns (cog padded to tile_cols).
