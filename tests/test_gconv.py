@@ -195,8 +195,8 @@ FLOAT64_CASES = [(1, 24, 24, 3, 14, 3, 1, 1, 3), (2, 48, 48, 4, 28, 3, 2, 1, 2),
 @pytest.mark.parametrize("case", FLOAT64_CASES)
 def test_float64_matches_conv2d(case):
     """float64, against F.conv2d's own gradients, to 1e-10: group widths of 8 and 24, rows of 13, 14 and 28 pixels,
-    threads' work split inside a group (3 groups) and inside an image. (float64 always runs the baseline variant, cpu/isa_kernels.h: avx512's 14-pixel
-    tiles and row-taps weight gradient are float32 only, and CASES test them.)"""
+    threads' work split inside a group (3 groups) and inside an image. (float64 always runs the baseline variant,
+    cpu/isa_kernels.h: avx512's 14-pixel tiles and row-taps weight gradient are float32 only; CASES test them.)"""
     ours, ref = run_pair(case, "channels_last", "relu", True, True, True, dtype=torch.float64)
     assert_all_close(ours, ref, rtol=1e-10, atol=1e-10)
 
