@@ -1,6 +1,8 @@
 import importlib.util
 import os
+import shutil
 import sys
+import tempfile
 
 import pytest
 import torch
@@ -12,6 +14,17 @@ if ROOT not in sys.path:
 _spec = importlib.util.find_spec("pycnn")
 if _spec is None or not (_spec.origin or "").startswith(ROOT + os.sep):
     sys.meta_path[:] = [f for f in sys.meta_path if "Redirecting" not in type(f).__name__]
+
+
+# The kernel choices the tests' networks measure (kernels="auto") are timed on a machine busy with the tests: kept
+# out of the user's cache (pycnn.dispatch.cache_path), where they would steer the user's own runs (seen: races
+# recorded at 100-300x their idle times, choosing the slower kernel). The subprocesses of CLI tests inherit it.
+_KERNEL_CACHE = tempfile.mkdtemp(prefix="pycnn-test-kernel-cache-")
+os.environ["PYCNN_CACHE_DIR"] = _KERNEL_CACHE
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(_KERNEL_CACHE, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):
