@@ -7,9 +7,12 @@ $XDG_CACHE_HOME/pycnn, else ~/.cache/pycnn). `kernels` comes from pycnn.compile(
 what one step runs, "pycnn", "torch", (a depthwise or grouped conv) "folded" or (a 1x1 conv in training) "gemm",
 is its `kernel`.
 Measuring runs the op a few times on the real input with autograd.grad (no .grad is touched) and restores the
-BatchNorm running statistics afterwards. Under torch.compile (and strict torch.export, which traces with dynamo
-too) a step's choice is measured at trace time on stand-ins (pycnn.runtime); under non-strict export and with
-dynamic shapes it keeps the kernel of its last eager run (pycnn's if none).
+BatchNorm running statistics afterwards. A fixed workload is timed with each race (`reference_ms`): a recorded race
+whose reference ran LOADED times slower than the fastest reference on record for the same device was timed on a
+busy machine (another process on the cores slows a race 10-300x, unevenly) and is measured again. Under
+torch.compile (and strict torch.export, which traces with dynamo too) a step's choice is measured at trace time
+on stand-ins (pycnn.runtime); under non-strict export and with dynamic shapes it keeps the kernel of its last eager
+run (pycnn's if none).
 
 The cache file is data from a folder others may write to (docs/security.md): it is read only when it is a
 regular file below a size cap, each entry is validated, new entries are written in batches through a fresh
@@ -58,8 +61,8 @@ def resolve_kernels(kernels: Optional[str]) -> str:
 # forward of pycnn.gconv (wider groups, 2026-12-05) pycnn lost more of the others. 9: before its staged rows were
 # reused from one output row to the next and rows of 13, 14, 25-28, 37-42, 49-56... pixels got tiles of 14 (avx512),
 # its forward was up to 1.14x slower, and before the weight gradient did a 3x3 row's taps together, its backward
-# up to 1.18x.
-CACHE_SCHEMA = 9
+# up to 1.18x. 10: before races timed a reference workload (reference_ms), those timed on a busy machine were kept.
+CACHE_SCHEMA = 10
 
 
 def cache_path() -> Path:
@@ -76,12 +79,16 @@ MAX_CACHE_ENTRIES = 20_000    # ~100 bytes each; the oldest are dropped beyond t
 FLUSH_INTERVAL_S = 2.0        # new entries are written at most this often (and at exit)
 
 
+REFERENCE = "reference"  # measure's name for the fixed workload it times with the candidates
+LOADED = 3.0  # a race whose reference ran this many times slower than the fastest on record is measured again
+
+
 def _valid_entry(key, entry) -> bool:
     return (isinstance(key, str) and len(key) <= 1024 and isinstance(entry, dict)
             and entry.get("choice") in CANDIDATES and f"{entry['choice']}_ms" in entry
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
                     for k, v in entry.items() if k != "choice")
-            and all(k == "choice" or k.removesuffix("_ms") in CANDIDATES for k in entry))
+            and all(k == "choice" or k.removesuffix("_ms") in CANDIDATES + (REFERENCE,) for k in entry))
 
 
 @contextmanager
@@ -100,14 +107,27 @@ def _locked(path: Path):
 
 
 class KernelCache:
-    """Measured choices {key: {"choice", "<candidate>_ms" for each candidate measured}}, loaded from and written
-    to one JSON file."""
+    """Measured choices {key: {"choice", "<candidate>_ms" for each candidate measured, "reference_ms"}}, loaded
+    from and written to one JSON file; `fastest_reference`: the least reference_ms per device (key_device)."""
 
     def __init__(self, path: Path):
         self.path = path
         self.entries: Dict[str, dict] = self._read()
         self.pending: Dict[str, dict] = {}
         self.last_flush = float("-inf")
+        self.fastest_reference: Dict[str, float] = {}
+        for key, entry in self.entries.items():
+            self._note_reference(key, entry)
+
+    def _note_reference(self, key: str, entry: dict) -> None:
+        reference, device = entry.get(f"{REFERENCE}_ms"), key_device(key)
+        if reference is not None and reference < self.fastest_reference.get(device, float("inf")):
+            self.fastest_reference[device] = reference
+
+    def timed_on_a_busy_machine(self, key: str, entry: dict) -> bool:
+        """The entry's reference ran LOADED times slower than the fastest one timed on its device."""
+        reference = entry.get(f"{REFERENCE}_ms")
+        return reference is not None and reference > LOADED * self.fastest_reference.get(key_device(key), reference)
 
     def _read(self) -> Dict[str, dict]:
         def ignore(why):
@@ -137,6 +157,7 @@ class KernelCache:
 
     def record(self, key: str, entry: dict) -> None:
         self.entries[key] = entry
+        self._note_reference(key, entry)
         self.pending[key] = entry
         if time.monotonic() - self.last_flush >= FLUSH_INTERVAL_S:
             self.flush()
@@ -223,13 +244,34 @@ def shape_key(signature: str, x: Tensor, training: bool) -> str:
             f"{'train' if training else 'eval'}|{'grad' if grad else 'nograd'}")
 
 
+def key_device(key: str) -> str:
+    """The device field of a shape_key ("cpu2t-avx512", a GPU's name), counted from the end: a signature is
+    free text."""
+    fields = key.split("|")
+    return fields[-3 if fields[-1] in ("grad", "nograd") else -4] if len(fields) >= 4 else ""
+
+
+def _reference_workload(device: torch.device) -> Callable[[], object]:
+    """What measure times with the candidates: elementwise passes over 256 KiB, split among the threads as the
+    kernels are, so that they slow down as the kernels do when other processes take the cores. Eight: the first
+    finds its data evicted by the candidate timed before it (one pass alone ranged over 4.6x on an idle machine,
+    eight over 1.5x)."""
+    a = torch.ones(1 << 16, device=device)
+    out = torch.empty_like(a)
+
+    def passes():
+        for _ in range(8):
+            torch.mul(a, 1.0, out=out)
+    return passes
+
+
 def measure(run: Callable[[str, Tensor, Optional[Tensor]], Tensor], x: Tensor, residual: Optional[Tensor],
             params: List[Tensor], buffers: List[Tensor], kernels=("pycnn", "torch"),
             repeats: int = 5) -> Dict[str, float]:
     """Best-of-`repeats` seconds of run(kernel, x, residual) for each of `kernels`, interleaved; with grad
-    mode on, including autograd.grad of the inputs and parameters that require grad. The inputs are detached first
-    (the measurement must not reach into the network's real graph) and `buffers` (running statistics) are
-    restored afterwards."""
+    mode on, including autograd.grad of the inputs and parameters that require grad; and of the REFERENCE workload
+    timed with them. The inputs are detached first (the measurement must not reach into the network's real graph)
+    and `buffers` (running statistics) are restored afterwards."""
     from .timing import compare
     saved = [b.detach().clone() for b in buffers]
     grad = torch.is_grad_enabled()
@@ -244,7 +286,9 @@ def measure(run: Callable[[str, Tensor, Optional[Tensor]], Tensor], x: Tensor, r
         return fn
 
     try:
-        t = compare({kernel: timed(kernel) for kernel in kernels}, x.device, repeats=repeats, warmup=1)
+        candidates = {kernel: timed(kernel) for kernel in kernels}
+        candidates[REFERENCE] = _reference_workload(x.device)
+        t = compare(candidates, x.device, repeats=repeats, warmup=1)
     finally:
         with torch.no_grad():
             for b, s in zip(buffers, saved):
@@ -275,10 +319,14 @@ def measured_choice(step, run: Callable[[str, Tensor, Optional[Tensor]], Tensor]
     key = shape_key(step.signature, x, training=training) + (f"|{traced}" if traced else "")
     cache = kernel_cache()
     entry = cache.entries.get(key)
-    if entry is None or entry["choice"] not in candidates or any(f"{k}_ms" not in entry for k in candidates):
+    if entry is None or entry["choice"] not in candidates or any(f"{k}_ms" not in entry for k in candidates) \
+            or cache.timed_on_a_busy_machine(key, entry):
         params = [p for m in modules for p in m.parameters()]
         buffers = [b for m in modules for b in m.buffers()]
         times = measure(run, x, residual, params, buffers, candidates)
+        reference = times.pop(REFERENCE, None)
         entry = {"choice": min(times, key=times.get), **{f"{k}_ms": times[k] * 1e3 for k in candidates}}
+        if reference is not None:
+            entry[f"{REFERENCE}_ms"] = reference * 1e3
         cache.record(key, entry)
     return entry["choice"]
