@@ -1,12 +1,13 @@
 """Kernel races timed on a busy machine, then looked up on an idle one: how many the cache measures again.
 
     PYTHONPATH=$PWD python tools/races_under_load.py [--arch archs/regnetx32.arch] [--batch 1] [--threads 2]
-                                                     [--hogs 2]
+                                                     [--hogs 1]
 
-A fresh kernel cache (a temporary folder) is filled while --hogs busy-looping processes share the cores, then a
-second process, with the cores idle, runs the same network: entries whose reference workload ran
-pycnn.dispatch.LOADED times slower than the fastest on record are measured again. Prints the references (the
-fixed workload's time in each race) and the choices of both runs.
+A fresh kernel cache (a temporary folder) is filled while --hogs other torch processes (matrix products on as many
+threads: what a test suite or a benchmark beside it does) share the cores, then a second process, with the cores
+idle, runs the same network: entries whose reference workload ran pycnn.dispatch.LOADED times slower than the
+fastest on record are measured again. Prints the references (the fixed workload's time in each race) and the
+choices of both runs.
 """
 import argparse
 import json
@@ -55,11 +56,13 @@ def main(argv=None) -> None:
     parser.add_argument("--input", type=int, nargs=3, default=(1, 96, 96), metavar=("C", "H", "W"))
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--hogs", type=int, default=2, help="busy-looping processes during the first run")
+    parser.add_argument("--hogs", type=int, default=1,
+                        help="processes multiplying matrices on --threads threads during the first run")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="pycnn-races-") as cache:
         env = {**os.environ, "PYCNN_CACHE_DIR": cache, "PYTHONPATH": ROOT}
-        hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.hogs)]
+        hog = f"import torch\ntorch.set_num_threads({args.threads})\na = torch.randn(256, 256)\nwhile True:\n    a @ a"
+        hogs = [subprocess.Popen([sys.executable, "-c", hog]) for _ in range(args.hogs)]
         try:
             busy = run(args, env)
         finally:
