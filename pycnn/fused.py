@@ -22,7 +22,7 @@ from torch._prims_common import suggest_memory_format
 from torch.nn.modules import module as _module
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from . import allocator, ops
+from . import _C, allocator, ops
 from .opspec import ACTIVATIONS, acts_with, conv_output_size
 
 
@@ -216,6 +216,7 @@ def clear_folds(model: nn.Module) -> None:
         entry = _GRAPH_FOLDS.pop(id(p), None)  # p is alive: an entry under its id is its own
         if entry is not None:
             entry[1].detach()
+        _C._eval_conv_forget(p)
 
 
 def _no_autograd(tensors) -> bool:
@@ -289,24 +290,38 @@ def folded_forward(x: Tensor, fold: EvalFold, weight: Tensor, geometry, kind: st
     """act(conv(x) * scale + shift [+ residual]) from an eval fold, without autograd: the pycnn ops called below
     autograd (their Python autograd wrapper costs ~5 us a call), dense convs on oneDNN with packed weights when
     big enough. geometry: (stride, padding, dilation, groups)."""
+    if kind != "dense":
+        dtype = _autocast_dtype(x)
+        if dtype is not None:
+            x = _cast(x, dtype)
+        weight = _cast(weight, x.dtype)
+        residual = _cast(residual, x.dtype)
+    call = _folded_call(x, fold, weight, geometry, kind, act, residual)
+    if call is None:
+        y = F.conv2d(x, fold.weight, fold.bias, *geometry)
+        return epilogue_(y, residual, act)
+    op, args = call
+    with torch._C._AutoDispatchBelowAutograd():
+        y = op(*args)
+    return y[0] if isinstance(y, tuple) else y  # pycnn::gconv_forward: (output, saved)
+
+
+def _folded_call(x: Tensor, fold: EvalFold, weight: Tensor, geometry, kind: str, act: Optional[str],
+                 residual: Optional[Tensor]):
+    """(op, arguments) that run a folded layer in inference: oneDNN's fused conv on the packed folded weight
+    (dense), pycnn's depthwise or grouped kernel with the fold's scale and shift; None for a dense conv oneDNN does
+    not take or that is too small for it (F.conv2d and the epilogue instead). Shared by eager inference
+    (folded_forward) and the plans pycnn::eval_conv_bn_act keeps (_eval_plan)."""
     stride, padding, dilation, groups = geometry
     if kind == "dense":
-        w, b = fold.weight, fold.bias
-        if _onednn_path(x, w, residual, act, stride):
-            return _onednn_conv_act(x, _packed(fold, x, geometry), b, geometry, residual, act)
-        y = F.conv2d(x, w, b, stride, padding, dilation, groups)
-        return epilogue_(y, residual, act)
-    dtype = _autocast_dtype(x)
-    if dtype is not None:
-        x = _cast(x, dtype)
-    weight = _cast(weight, x.dtype)
-    residual = _cast(residual, x.dtype)
-    with torch._C._AutoDispatchBelowAutograd():
-        if kind == "depthwise":
-            return torch.ops.pycnn.dwconv_forward(x, weight, fold.scale, fold.shift, residual, stride, padding,
-                                                  dilation, act or "none")
-        return torch.ops.pycnn.gconv_forward(x, weight, fold.scale, fold.shift, residual, stride, padding, groups,
-                                             act or "none", False)[0]
+        if not _onednn_path(x, fold.weight, residual, act, stride):
+            return None
+        return _onednn_call(x, _packed(fold, x, geometry), fold.bias, geometry, residual, act)
+    if kind == "depthwise":
+        return torch.ops.pycnn.dwconv_forward.default, [x, weight, fold.scale, fold.shift, residual, list(stride),
+                                                        list(padding), list(dilation), act or "none"]
+    return torch.ops.pycnn.gconv_forward.default, [x, weight, fold.scale, fold.shift, residual, list(stride),
+                                                   list(padding), groups, act or "none", False]
 
 
 # ------------------------------------------------------------------- the eval fold in graphs torch.compile makes
@@ -386,6 +401,27 @@ def _eval_conv_bn_act(x, weight, bias, bn_weight, bn_bias, running_mean, running
     return y if y.stride() == strides else y.new_empty_strided(shape, strides).copy_(y)
 
 
+def _eval_plan(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, eps, stride, padding, dilation,
+               groups, kind, act, residual):
+    """pycnn::eval_conv_bn_act's plan for calls like this one, which its C++ side (csrc/cpu/eval_conv.cpp) keeps
+    until one of the six tensors changes: (op name, overload, arguments, the positions of x, residual and the conv
+    weight in them (-1: absent; the C++ side fills them in per call), the output's strides); None where each
+    call runs _eval_conv_bn_act (a dense conv oneDNN does not take, a residual of another dtype)."""
+    if residual is not None and residual.dtype != x.dtype:
+        return None
+    fold = graph_fold((weight, bias, bn_weight, bn_bias, running_mean, running_var), eps, kind == "dense")
+    call = _folded_call(x, fold, weight, (stride, padding, dilation, groups), kind, act, residual)
+    if call is None:
+        return None
+    op, args = call
+
+    def position(t):
+        return next((i for i, a in enumerate(args) if a is t), -1) if t is not None else -1
+    overload = "" if op._overloadname == "default" else op._overloadname
+    strides = _output_layout(x, weight, residual, act, stride, padding, dilation, kind)[1]
+    return op._schema.name, overload, args, position(x), position(residual), position(weight), list(strides)
+
+
 def _eval_conv_bn_act_fake(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, eps, stride, padding,
                            dilation, groups, kind, act, residual):
     return x.new_empty_strided(*_output_layout(x, weight, residual, act, stride, padding, dilation, kind))
@@ -408,12 +444,11 @@ def _eval_mbconv_fake(x, pairs, eps, stride, act, residual, se_reduce_weight, se
 
 # Plain library ops (a Python custom_op's wrapper layers cost ~35 us a call against the dispatcher's ~9 us); no
 # autograd kernel: only called where autograd has nothing to record
+# pycnn::eval_conv_bn_act: schema in csrc/ops.cpp, CPU kernel in C++ (csrc/cpu/eval_conv.cpp) with its plans from
+# _eval_plan and, where there is none, the call run by _eval_conv_bn_act
+_C._eval_conv_set_python(_eval_plan, _eval_conv_bn_act)
+torch.library.register_fake("pycnn::eval_conv_bn_act", _eval_conv_bn_act_fake)
 _LIBRARY = torch.library.Library("pycnn", "FRAGMENT")
-_LIBRARY.define("eval_conv_bn_act(Tensor x, Tensor weight, Tensor? bias, Tensor? bn_weight, Tensor? bn_bias, "
-                "Tensor running_mean, Tensor running_var, float eps, int[] stride, int[] padding, int[] dilation, "
-                "int groups, str kind, str act, Tensor? residual) -> Tensor")
-_LIBRARY.impl("eval_conv_bn_act", _eval_conv_bn_act, "CPU")
-torch.library.register_fake("pycnn::eval_conv_bn_act", _eval_conv_bn_act_fake, lib=_LIBRARY)
 # pairs: (conv weight, conv bias, bn weight, bn bias, running mean, running var) per conv, expand (if any),
 # depthwise, project; eps: each BatchNorm's
 _LIBRARY.define("eval_mbconv(Tensor x, Tensor?[] pairs, float[] eps, int stride, str act, bool residual, "
@@ -559,13 +594,19 @@ def _onednn_path(x: Tensor, w: Tensor, residual: Optional[Tensor], act: Optional
 
 
 def _onednn_conv_act(x, w, b, geometry, residual, act):
+    op, args = _onednn_call(x, w, b, geometry, residual, act)
+    return op(*args)
+
+
+def _onednn_call(x, w, b, geometry, residual, act):
+    """(op, arguments) of oneDNN's fused conv: act(conv(x, w) + b [+ residual])."""
     unary, scalars = _ONEDNN_ACTS[act]
     stride, padding, dilation, groups = geometry
-    geometry = (list(padding), list(stride), list(dilation), groups)
+    geometry = [list(padding), list(stride), list(dilation), groups]
     if residual is None:
-        return torch.ops.mkldnn._convolution_pointwise(x, w, b, *geometry, unary, scalars, "")
-    return torch.ops.mkldnn._convolution_pointwise.binary(x, residual.to(x.dtype), w, b, *geometry, "add", 1.0,
-                                                          None if unary == "none" else unary, [], "")
+        return torch.ops.mkldnn._convolution_pointwise.default, [x, w, b, *geometry, unary, scalars, ""]
+    return torch.ops.mkldnn._convolution_pointwise.binary, [x, residual.to(x.dtype), w, b, *geometry, "add", 1.0,
+                                                            None if unary == "none" else unary, [], ""]
 
 
 def squeeze_excite(se: nn.Module, x: Tensor, act: str, post_act: Optional[str], residual: Optional[Tensor] = None,

@@ -660,24 +660,27 @@ def test_compiled_eval_without_the_scope_folds_in_the_graph():
 
 @pytest.mark.usefixtures("scoped_graphs")
 def test_compiled_eval_fold_cache_goes_with_the_weights():
-    """The compiled graphs' fold cache holds its folds by the weights' identity, not the weights: an entry is
-    dropped once its weight is freed (a model deleted, or a weight replaced), and by .to() (no entries piling up
+    """The compiled graphs' fold cache (and the plans of pycnn::eval_conv_bn_act's C++ side) holds its folds by the
+    weights' identity, not the weights: an entry is dropped once its weight is freed (a model deleted, or a weight replaced), and by .to() (no entries piling up
     over dtype round trips; tensor swaps, which refuse weakly referenced tensors, work)."""
     import gc
+    from pycnn import _C
     torch._dynamo.reset()
     for entry in list(fused._GRAPH_FOLDS.values()):
         entry[1]()
+    gc.collect()
+    planned = _C._eval_conv_entries()  # the C++ side's plans (csrc/cpu/eval_conv.cpp), one entry per conv weight
     model, ref = pair(REGNET, "regnetx_200mf")
     norms = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
     x = torch.randn(2, 3, 32, 32)
     check(compiled, ref, x)
-    assert len(fused._GRAPH_FOLDS) == norms
+    assert len(fused._GRAPH_FOLDS) == norms and _C._eval_conv_entries() == planned + norms
     conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1)
     conv.weight = torch.nn.Parameter(conv.weight.detach() * 2)  # the old weight is freed; a new entry replaces it
     with torch.no_grad():
         compiled(x)
-    assert len(fused._GRAPH_FOLDS) == norms
+    assert len(fused._GRAPH_FOLDS) == norms and _C._eval_conv_entries() == planned + norms
     swap = torch.__future__.get_swap_module_params_on_conversion()
     try:
         for mode in (False, True):
@@ -686,14 +689,14 @@ def test_compiled_eval_fold_cache_goes_with_the_weights():
                 model.to(dtype)
                 with torch.no_grad():
                     compiled(x.to(dtype))
-                assert len(fused._GRAPH_FOLDS) == norms
+                assert len(fused._GRAPH_FOLDS) == norms and _C._eval_conv_entries() == planned + norms
             model.load_state_dict(model.state_dict())
     finally:
         torch.__future__.set_swap_module_params_on_conversion(swap)
     del compiled, model, conv
     torch._dynamo.reset()
     gc.collect()
-    assert len(fused._GRAPH_FOLDS) == 0
+    assert len(fused._GRAPH_FOLDS) == 0 and _C._eval_conv_entries() == planned
 
 
 @pytest.mark.usefixtures("scoped_graphs")
@@ -785,7 +788,7 @@ def test_eval_conv_bn_act_op(kind, groups, stride, residual, layout):
     ("dense", 64, 1, "relu", False), ("dense", 64, 1, "relu", True), ("dense", 64, 1, "silu", True),
     ("depthwise", 16, 16, "relu", False), ("grouped", 16, 2, "relu", True)])
 @pytest.mark.parametrize("model_cl,input_cl", [(True, True), (True, False), (False, True), (False, False)])
-def test_eval_conv_bn_act_layout_is_its_kernels(kind, c_in, groups, act, residual, model_cl, input_cl, monkeypatch):
+def test_eval_conv_bn_act_layout_is_its_kernels(kind, c_in, groups, act, residual, model_cl, input_cl):
     """The layout pycnn::eval_conv_bn_act (and its fake) gives its output is the one its kernels return, so the op
     never copies: channels_last or NCHW model and input, a one-channel stem input (ambiguous strides), dense convs
     small enough for aten's conv and big enough for oneDNN's (64 channels: always channels_last), with and without
@@ -799,14 +802,12 @@ def test_eval_conv_bn_act_layout_is_its_kernels(kind, c_in, groups, act, residua
     layout = torch.channels_last if input_cl else torch.contiguous_format
     x = torch.randn(2, c_in, 9, 9).contiguous(memory_format=layout)
     r = torch.randn(2, c_out, 9, 9).contiguous(memory_format=layout) if residual else None
-    kernel_strides = []
-    folded_forward = fused.folded_forward
-    monkeypatch.setattr(fused, "folded_forward",
-                        lambda *a: kernel_strides.append(folded_forward(*a).stride()) or folded_forward(*a))
     args = (x, *fused.fold_tensors(conv, bn), bn.eps, [1, 1], [1, 1], [1, 1], groups, kind, act, r)
     with torch.no_grad():
         y = torch.ops.pycnn.eval_conv_bn_act(*args)
-    assert y.stride() == kernel_strides[0]
+        fold = fused.graph_fold(args[1:7], bn.eps, kind == "dense")
+        kernel = fused.folded_forward(x, fold, conv.weight, ((1, 1), (1, 1), (1, 1), groups), kind, act, r)
+    assert y.stride() == kernel.stride()
     fused._cached_layout.cache_clear()  # the fake works its layout out itself
     with torch._subclasses.fake_tensor.FakeTensorMode() as mode:
         fake = torch.ops.pycnn.eval_conv_bn_act(*(mode.from_tensor(a) if isinstance(a, torch.Tensor) else a

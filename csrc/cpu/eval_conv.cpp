@@ -1,0 +1,271 @@
+// pycnn::eval_conv_bn_act on the CPU: an eval conv whose BatchNorm is folded in, with its residual and activation,
+// for the graphs torch.compile makes (pycnn/fused.py). It keeps, per conv weight and input signature, a plan: the
+// op that runs the layer (oneDNN's fused conv on the packed folded weight, pycnn's depthwise or grouped conv with
+// the fold's scale and shift) with its arguments ready. Plans come from Python (pycnn.fused._eval_plan, the one
+// place that decides them) on the first call and after any change to the six tensors the fold reads (version
+// counter, storage, dtype, device) or to eps; every other call runs the plan without entering Python (the op
+// implemented in Python cost ~25 us a call more: the dispatcher's trip into Python and the checks there).
+#include "cpu/eval_conv.h"
+
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/csrc/jit/python/pybind_utils.h>
+#include <torch/library.h>
+
+#include <array>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+namespace pycnn::eval_conv {
+namespace py = pybind11;
+namespace {
+
+using at::Tensor;
+using OptTensor = std::optional<Tensor>;
+using WeakImpl = c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>;
+
+// One tensor a fold reads, as it was when the plans were made. The weak reference keeps the tensor's address from
+// being reused by another while the entry lives, so that an equal address is the same tensor.
+struct Source {
+  std::optional<WeakImpl> ref;  // none: the optional tensor was not given
+  const c10::TensorImpl* impl = nullptr;
+  int64_t version = 0;
+  const void* data = nullptr;
+  c10::ScalarType dtype = c10::ScalarType::Undefined;
+  c10::Device device = c10::kCPU;
+
+  explicit Source(const Tensor* t) {
+    if (t == nullptr) return;
+    ref.emplace(t->getIntrusivePtr());
+    impl = t->unsafeGetTensorImpl();
+    version = t->_version();
+    data = t->data_ptr();
+    dtype = t->scalar_type();
+    device = t->device();
+  }
+  bool matches(const Tensor* t) const {
+    if (t == nullptr) return impl == nullptr;
+    return impl == t->unsafeGetTensorImpl() && version == t->_version() && data == t->data_ptr() &&
+           dtype == t->scalar_type() && device == t->device();
+  }
+  bool expired() const { return ref.has_value() && ref->expired(); }
+};
+
+// The facts of a call a plan holds for.
+struct Signature {
+  std::vector<int64_t> sizes, strides, stride, padding, dilation;
+  c10::ScalarType dtype = c10::ScalarType::Undefined;
+  std::optional<c10::ScalarType> residual_dtype;
+  int64_t groups = 1;
+  std::string kind, act;
+
+  bool operator==(const Signature& o) const {
+    return sizes == o.sizes && strides == o.strides && stride == o.stride && padding == o.padding &&
+           dilation == o.dilation && dtype == o.dtype && residual_dtype == o.residual_dtype && groups == o.groups &&
+           kind == o.kind && act == o.act;
+  }
+};
+
+struct Plan {
+  Signature signature;
+  std::optional<c10::OperatorHandle> op;  // none: the op in Python
+  std::vector<c10::IValue> args;           // x, residual and the conv weight left out (None): filled per call
+  int64_t x_pos = -1, residual_pos = -1, weight_pos = -1;
+  std::vector<int64_t> out_strides;
+};
+
+struct Entry {
+  std::vector<Source> sources;  // conv weight, conv bias, bn weight, bn bias, running mean, running var
+  double eps = 0;
+  std::vector<std::shared_ptr<const Plan>> plans;
+};
+
+struct Python {
+  py::object plan, run;
+};
+
+// Leaked on purpose: the Python objects must not be released after the interpreter is gone.
+Python& python() {
+  static auto* p = new Python();
+  return *p;
+}
+std::mutex& table_mutex() {
+  static auto* m = new std::mutex();
+  return *m;
+}
+std::unordered_map<const c10::TensorImpl*, Entry>& table() {
+  static auto* t = new std::unordered_map<const c10::TensorImpl*, Entry>();
+  return *t;
+}
+
+bool current(const Entry& e, const std::array<const Tensor*, 6>& tensors, double eps) {
+  if (e.eps != eps) return false;
+  for (size_t i = 0; i < tensors.size(); ++i)
+    if (!e.sources[i].matches(tensors[i])) return false;
+  return true;
+}
+
+// The erased entries' tensors are released outside the lock (a packed weight's free can take a while).
+void drop_expired(std::vector<Entry>& dropped) {
+  auto& t = table();
+  for (auto it = t.begin(); it != t.end();) {
+    bool gone = false;
+    for (const Source& s : it->second.sources) gone = gone || s.expired();
+    if (gone) {
+      dropped.push_back(std::move(it->second));
+      it = t.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+const Tensor* given(const OptTensor& t) { return t.has_value() && t->defined() ? &*t : nullptr; }
+
+struct Call {
+  const Tensor& x;
+  const Tensor& weight;
+  std::array<const Tensor*, 6> tensors;
+  double eps;
+  const OptTensor& residual;
+  Signature signature;
+
+  // The op's arguments as Python objects, in schema order.
+  py::tuple python_args(const OptTensor& bias, const OptTensor& bn_weight, const OptTensor& bn_bias,
+                        const Tensor& running_mean, const Tensor& running_var) const {
+    return py::make_tuple(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, eps, signature.stride,
+                          signature.padding, signature.dilation, signature.groups, signature.kind, signature.act,
+                          residual);
+  }
+};
+
+std::shared_ptr<const Plan> lookup(const Call& c) {
+  std::lock_guard<std::mutex> lock(table_mutex());
+  auto it = table().find(c.weight.unsafeGetTensorImpl());
+  if (it == table().end() || !current(it->second, c.tensors, c.eps)) return nullptr;
+  for (const auto& p : it->second.plans)
+    if (p->signature == c.signature) return p;
+  return nullptr;
+}
+
+// With the GIL held (the table's lock is taken after it, never the other way round).
+std::shared_ptr<const Plan> make_plan(const Call& c, const py::tuple& args) {
+  auto plan = std::make_shared<Plan>();
+  plan->signature = c.signature;
+  {
+    TORCH_CHECK(python().plan, "pycnn.eval_conv_bn_act: pycnn.fused was not imported");
+    const py::object made = python().plan(*args);
+    if (!made.is_none()) {
+      const auto t = made.cast<py::tuple>();
+      const auto name = t[0].cast<std::string>(), overload = t[1].cast<std::string>();
+      plan->op = c10::Dispatcher::singleton().findSchemaOrThrow(name.c_str(), overload.c_str());
+      const auto& arguments = plan->op->schema().arguments();
+      const auto values = t[2].cast<py::list>();
+      TORCH_CHECK(values.size() == arguments.size(), "pycnn.eval_conv_bn_act: a plan for ", name, " has ",
+                  values.size(), " arguments, its schema ", arguments.size());
+      for (size_t i = 0; i < arguments.size(); ++i)
+        plan->args.push_back(torch::jit::toIValue(values[i], arguments[i].real_type()));
+      plan->x_pos = t[3].cast<int64_t>();
+      plan->residual_pos = t[4].cast<int64_t>();
+      plan->weight_pos = t[5].cast<int64_t>();
+      plan->out_strides = t[6].cast<std::vector<int64_t>>();
+      // kept beyond this call: no reference to its input, residual or the conv weight (an entry must not keep
+      // the weight it is keyed by alive)
+      for (int64_t pos : {plan->x_pos, plan->residual_pos, plan->weight_pos})
+        if (pos >= 0) plan->args[pos] = c10::IValue();
+    }
+  }
+  std::vector<Entry> dropped;
+  std::lock_guard<std::mutex> lock(table_mutex());
+  drop_expired(dropped);
+  Entry& e = table()[c.weight.unsafeGetTensorImpl()];
+  if (e.sources.empty() || !current(e, c.tensors, c.eps)) {
+    e.sources.clear();
+    for (const Tensor* t : c.tensors) e.sources.emplace_back(t);
+    e.eps = c.eps;
+    e.plans.clear();
+  }
+  e.plans.push_back(plan);
+  return plan;
+}
+
+Tensor run(const Plan& p, const Tensor& x, const Tensor& weight, const OptTensor& residual) {
+  std::vector<c10::IValue> stack = p.args;
+  stack[p.x_pos] = x;
+  if (p.residual_pos >= 0 && residual.has_value()) stack[p.residual_pos] = *residual;
+  if (p.weight_pos >= 0) stack[p.weight_pos] = weight;
+  {
+    at::AutoDispatchBelowADInplaceOrView guard;  // inference: nothing for autograd to record
+    p.op->callBoxed(&stack);
+  }
+  Tensor y = stack[0].toTensor();
+  if (y.strides() == c10::IntArrayRef(p.out_strides)) return y;
+  // the layout the op's fake promised (pycnn.fused._output_layout)
+  Tensor out = at::empty_strided(y.sizes(), p.out_strides, y.options());
+  return out.copy_(y);
+}
+
+Tensor eval_conv_bn_act_cpu(const Tensor& x, const Tensor& weight, const OptTensor& bias, const OptTensor& bn_weight,
+                            const OptTensor& bn_bias, const Tensor& running_mean, const Tensor& running_var,
+                            double eps, c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation,
+                            int64_t groups, c10::string_view kind, c10::string_view act, const OptTensor& residual) {
+  Call c{x, weight, {&weight, given(bias), given(bn_weight), given(bn_bias), &running_mean, &running_var}, eps,
+         residual, {}};
+  c.signature.sizes = x.sizes().vec();
+  c.signature.strides = x.strides().vec();
+  c.signature.stride = stride.vec();
+  c.signature.padding = padding.vec();
+  c.signature.dilation = dilation.vec();
+  c.signature.dtype = x.scalar_type();
+  if (given(residual)) c.signature.residual_dtype = residual->scalar_type();
+  c.signature.groups = groups;
+  c.signature.kind = std::string(kind);
+  c.signature.act = std::string(act);
+  // inference tensors have no version counter: nothing tells when their fold goes stale, so no plan is kept
+  bool plannable = true;
+  for (const Tensor* t : c.tensors) plannable = plannable && (t == nullptr || !t->is_inference());
+  std::shared_ptr<const Plan> plan = plannable ? lookup(c) : nullptr;
+  if (plan == nullptr || !plan->op.has_value()) {
+    py::gil_scoped_acquire gil;
+    const py::tuple args = c.python_args(bias, bn_weight, bn_bias, running_mean, running_var);
+    if (plannable && plan == nullptr) plan = make_plan(c, args);
+    if (plan == nullptr || !plan->op.has_value()) return python().run(*args).cast<Tensor>();
+  }
+  return run(*plan, x, weight, residual);
+}
+
+}  // namespace
+
+void set_python(py::object plan, py::object run) {
+  python().plan = std::move(plan);
+  python().run = std::move(run);
+}
+
+int64_t entries() {
+  std::vector<Entry> dropped;
+  std::lock_guard<std::mutex> lock(table_mutex());
+  drop_expired(dropped);
+  return static_cast<int64_t>(table().size());
+}
+
+void forget(const Tensor& weight) {
+  Entry dropped;
+  std::lock_guard<std::mutex> lock(table_mutex());
+  auto it = table().find(weight.unsafeGetTensorImpl());
+  if (it == table().end()) return;
+  dropped = std::move(it->second);
+  table().erase(it);
+}
+
+void sweep() {
+  std::vector<Entry> dropped;
+  std::lock_guard<std::mutex> lock(table_mutex());
+  drop_expired(dropped);
+}
+
+TORCH_LIBRARY_IMPL(pycnn, CPU, m) { m.impl("eval_conv_bn_act", &eval_conv_bn_act_cpu); }
+
+}  // namespace pycnn::eval_conv

@@ -1,0 +1,20 @@
+// pycnn::eval_conv_bn_act on the CPU (csrc/cpu/eval_conv.cpp): the plans it keeps, and the Python functions it
+// asks for them (pycnn/fused.py sets them at import).
+#pragma once
+
+#include <ATen/ATen.h>
+#include <torch/csrc/utils/pybind.h>
+
+namespace pycnn::eval_conv {
+
+// plan(*op_args) -> None or (op name, overload, arguments, x position, residual position, weight position,
+// output strides); run(*op_args) -> Tensor: the op in Python, where there is no plan.
+void set_python(pybind11::object plan, pybind11::object run);
+// The conv weights alive that plans are kept for (the freed ones' entries dropped first).
+int64_t entries();
+// Drops the entry of this conv weight (its fold changed in a way no version counter sees: `.data`).
+void forget(const at::Tensor& weight);
+// Drops the entries whose conv weight was freed.
+void sweep();
+
+}  // namespace pycnn::eval_conv
