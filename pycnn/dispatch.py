@@ -62,7 +62,8 @@ def resolve_kernels(kernels: Optional[str]) -> str:
 # reused from one output row to the next and rows of 13, 14, 25-28, 37-42, 49-56... pixels got tiles of 14 (avx512),
 # its forward was up to 1.14x slower, and before the weight gradient did a 3x3 row's taps together, its backward
 # up to 1.18x. 10: before races timed a reference workload (reference_ms), those timed on a busy machine were kept.
-CACHE_SCHEMA = 10
+# 11: before eval layers on the CPU ran pycnn::eval_conv_bn_act's plans in C++, "pycnn" paid ~15 us more a layer.
+CACHE_SCHEMA = 11
 
 
 def cache_path() -> Path:

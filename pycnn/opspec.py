@@ -59,19 +59,21 @@ class Activation:
                                      # (relu_; relu6_ and silu_ clone first there): the eager composition's
                                      # epilogue overwrites the fresh tensor in training (fused.epilogue_)
     onednn: Optional[Tuple[str, Tuple[float, ...]]] = None  # oneDNN's unary post-op (name, scalars)
+    aten_inplace: Optional[Tuple[str, Tuple[float, ...]]] = None  # its in-place ATen op and the op's other
+                                                                   # arguments (pycnn::eval_conv_bn_act's plans)
 
 
 _KERNEL_ACT = dict(bn_act=True, residual=True, se_hidden=True, inplace=True)
 
 ACTIVATIONS: Dict[str, Activation] = {a.name: a for a in (
     Activation("relu", "ReLU", "F.relu", ("ReLU", 1), **_KERNEL_ACT, mask_from_output=True, inplace_with_grad=True,
-               onednn=("relu", ())),
+               onednn=("relu", ()), aten_inplace=("relu_", ())),
     Activation("relu6", "ReLU6", "F.relu6", ("ReLU6", 2), **_KERNEL_ACT, mask_from_output=True,
-               onednn=("hardtanh", (0.0, 6.0))),
-    Activation("silu", "SiLU", "F.silu", ("SiLU", 3), **_KERNEL_ACT, onednn=("swish", ())),
+               onednn=("hardtanh", (0.0, 6.0)), aten_inplace=("hardtanh_", (0.0, 6.0))),
+    Activation("silu", "SiLU", "F.silu", ("SiLU", 3), **_KERNEL_ACT, onednn=("swish", ()), aten_inplace=("silu_", ())),
     # hardswish runs in every kernel, but MobileNetV3's bn + hardswish stays two layers (it is not fused)
     Activation("hardswish", "Hardswish", "F.hardswish", ("HardSwish", 4), se_hidden=True, inplace=True,
-               onednn=("hardswish", ())),
+               onednn=("hardswish", ()), aten_inplace=("hardswish_", ())),
     Activation("hardsigmoid", "Hardsigmoid", "F.hardsigmoid"),
     Activation("sigmoid", "Sigmoid", "torch.sigmoid", se_gate=True),
     Activation("gelu", "GELU", "F.gelu"),

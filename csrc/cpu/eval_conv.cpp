@@ -1,7 +1,8 @@
 // pycnn::eval_conv_bn_act on the CPU: an eval conv whose BatchNorm is folded in, with its residual and activation,
-// for the graphs torch.compile makes (pycnn/fused.py). It keeps, per conv weight and input signature, a plan: the
-// op that runs the layer (oneDNN's fused conv on the packed folded weight, pycnn's depthwise or grouped conv with
-// the fold's scale and shift) with its arguments ready. Plans come from Python (pycnn.fused._eval_plan, the one
+// for eager inference and the graphs torch.compile makes (pycnn/fused.py). It keeps, per conv weight and input
+// signature, a plan: the ops that run the layer (oneDNN's fused conv on the packed folded weight; pycnn's
+// depthwise or grouped conv with the fold's scale and shift; aten's conv on the folded weight, then the residual
+// add and the activation in place) with their arguments ready. Plans come from Python (pycnn.fused._eval_plan, the one
 // place that decides them) on the first call and after any change to the six tensors the fold reads (version
 // counter, storage, dtype, device) or to eps; every other call runs the plan without entering Python (the op
 // implemented in Python cost ~25 us a call more: the dispatcher's trip into Python and the checks there).
@@ -69,11 +70,16 @@ struct Signature {
   }
 };
 
+// One op of a plan. x_pos: where the layer's input goes (first step) or the previous step's output (the others).
+struct Step {
+  c10::OperatorHandle op;
+  std::vector<c10::IValue> args;  // x, residual and the conv weight left out (None): filled per call
+  int64_t x_pos = -1, residual_pos = -1, weight_pos = -1;
+};
+
 struct Plan {
   Signature signature;
-  std::optional<c10::OperatorHandle> op;  // none: the op in Python
-  std::vector<c10::IValue> args;           // x, residual and the conv weight left out (None): filled per call
-  int64_t x_pos = -1, residual_pos = -1, weight_pos = -1;
+  std::vector<Step> steps;  // none: the op in Python
   std::vector<int64_t> out_strides;
 };
 
@@ -159,23 +165,30 @@ std::shared_ptr<const Plan> make_plan(const Call& c, const py::tuple& args) {
     TORCH_CHECK(python().plan, "pycnn.eval_conv_bn_act: pycnn.fused was not imported");
     const py::object made = python().plan(*args);
     if (!made.is_none()) {
-      const auto t = made.cast<py::tuple>();
-      const auto name = t[0].cast<std::string>(), overload = t[1].cast<std::string>();
-      plan->op = c10::Dispatcher::singleton().findSchemaOrThrow(name.c_str(), overload.c_str());
-      const auto& arguments = plan->op->schema().arguments();
-      const auto values = t[2].cast<py::list>();
-      TORCH_CHECK(values.size() == arguments.size(), "pycnn.eval_conv_bn_act: a plan for ", name, " has ",
-                  values.size(), " arguments, its schema ", arguments.size());
-      for (size_t i = 0; i < arguments.size(); ++i)
-        plan->args.push_back(torch::jit::toIValue(values[i], arguments[i].real_type()));
-      plan->x_pos = t[3].cast<int64_t>();
-      plan->residual_pos = t[4].cast<int64_t>();
-      plan->weight_pos = t[5].cast<int64_t>();
-      plan->out_strides = t[6].cast<std::vector<int64_t>>();
-      // kept beyond this call: no reference to its input, residual or the conv weight (an entry must not keep
-      // the weight it is keyed by alive)
-      for (int64_t pos : {plan->x_pos, plan->residual_pos, plan->weight_pos})
-        if (pos >= 0) plan->args[pos] = c10::IValue();
+      const auto made_tuple = made.cast<py::tuple>();
+      for (const py::handle step : made_tuple[0].cast<py::list>()) {
+        const auto t = step.cast<py::tuple>();
+        const auto name = t[0].cast<std::string>(), overload = t[1].cast<std::string>();
+        Step st{c10::Dispatcher::singleton().findSchemaOrThrow(name.c_str(), overload.c_str()), {}};
+        const auto& arguments = st.op.schema().arguments();
+        const auto values = t[2].cast<py::list>();
+        TORCH_CHECK(values.size() == arguments.size(), "pycnn.eval_conv_bn_act: a plan's ", name, " has ",
+                    values.size(), " arguments, its schema ", arguments.size());
+        st.x_pos = t[3].cast<int64_t>();
+        st.residual_pos = t[4].cast<int64_t>();
+        st.weight_pos = t[5].cast<int64_t>();
+        for (size_t i = 0; i < arguments.size(); ++i) {
+          // kept beyond this call: no reference to its input, residual or the conv weight (an entry must not
+          // keep the weight it is keyed by alive); filled in per call
+          const bool per_call = static_cast<int64_t>(i) == st.x_pos || static_cast<int64_t>(i) == st.residual_pos ||
+                                static_cast<int64_t>(i) == st.weight_pos;
+          st.args.push_back(per_call ? c10::IValue() : torch::jit::toIValue(values[i], arguments[i].real_type()));
+        }
+        TORCH_CHECK(st.x_pos >= 0 && st.x_pos < static_cast<int64_t>(st.args.size()),
+                    "pycnn.eval_conv_bn_act: a plan's ", name, " has no input");
+        plan->steps.push_back(std::move(st));
+      }
+      plan->out_strides = made_tuple[1].cast<std::vector<int64_t>>();
     }
   }
   std::vector<Entry> dropped;
@@ -193,15 +206,18 @@ std::shared_ptr<const Plan> make_plan(const Call& c, const py::tuple& args) {
 }
 
 Tensor run(const Plan& p, const Tensor& x, const Tensor& weight, const OptTensor& residual) {
-  std::vector<c10::IValue> stack = p.args;
-  stack[p.x_pos] = x;
-  if (p.residual_pos >= 0 && residual.has_value()) stack[p.residual_pos] = *residual;
-  if (p.weight_pos >= 0) stack[p.weight_pos] = weight;
-  {
-    at::AutoDispatchBelowADInplaceOrView guard;  // inference: nothing for autograd to record
-    p.op->callBoxed(&stack);
+  Tensor y = x;
+  for (const Step& st : p.steps) {
+    std::vector<c10::IValue> stack = st.args;
+    stack[st.x_pos] = y;
+    if (st.residual_pos >= 0 && residual.has_value()) stack[st.residual_pos] = *residual;
+    if (st.weight_pos >= 0) stack[st.weight_pos] = weight;
+    {
+      at::AutoDispatchBelowADInplaceOrView guard;  // inference: nothing for autograd to record
+      st.op.callBoxed(&stack);
+    }
+    y = stack[0].toTensor();
   }
-  Tensor y = stack[0].toTensor();
   if (y.strides() == c10::IntArrayRef(p.out_strides)) return y;
   // the layout the op's fake promised (pycnn.fused._output_layout)
   Tensor out = at::empty_strided(y.sizes(), p.out_strides, y.options());
@@ -228,11 +244,11 @@ Tensor eval_conv_bn_act_cpu(const Tensor& x, const Tensor& weight, const OptTens
   bool plannable = true;
   for (const Tensor* t : c.tensors) plannable = plannable && (t == nullptr || !t->is_inference());
   std::shared_ptr<const Plan> plan = plannable ? lookup(c) : nullptr;
-  if (plan == nullptr || !plan->op.has_value()) {
+  if (plan == nullptr || plan->steps.empty()) {
     py::gil_scoped_acquire gil;
     const py::tuple args = c.python_args(bias, bn_weight, bn_bias, running_mean, running_var);
     if (plannable && plan == nullptr) plan = make_plan(c, args);
-    if (plan == nullptr || !plan->op.has_value()) return python().run(*args).cast<Tensor>();
+    if (plan == nullptr || plan->steps.empty()) return python().run(*args).cast<Tensor>();
   }
   return run(*plan, x, weight, residual);
 }

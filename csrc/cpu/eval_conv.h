@@ -7,8 +7,8 @@
 
 namespace pycnn::eval_conv {
 
-// plan(*op_args) -> None or (op name, overload, arguments, x position, residual position, weight position,
-// output strides); run(*op_args) -> Tensor: the op in Python, where there is no plan.
+// plan(*op_args) -> None or ([(op name, overload, arguments, x position, residual position, weight position)
+// per step], output strides); run(*op_args) -> Tensor: the op in Python, where there is no plan.
 void set_python(pybind11::object plan, pybind11::object run);
 // The conv weights alive that plans are kept for (the freed ones' entries dropped first).
 int64_t entries();
