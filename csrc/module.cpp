@@ -157,9 +157,12 @@ PYBIND11_MODULE(_C, m) {
   m.def("_cpu_cache_disable", &cpu_cache::disable, py::arg("keep_cached") = false,
         "Passes every request (but those inside a scope) to the CPU allocator it replaced; it stays installed.");
   m.def("_cpu_cache_empty", &cpu_cache::empty, "Frees the cached blocks.");
-  m.def("_eval_conv_set_python", &eval_conv::set_python, py::arg("plan"), py::arg("run"),
-        "pycnn::eval_conv_bn_act's Python side: plan(*args) makes a layer's plan (or None), run(*args) runs it.");
+  m.def("_eval_conv_set_python", &eval_conv::set_python, py::arg("plan"), py::arg("run"), py::arg("max_plans"),
+        "pycnn::eval_conv_bn_act's Python side: plan(*args) makes a layer's plan (or None), run(*args) runs it; "
+        "max_plans input signatures kept per conv weight.");
   m.def("_eval_conv_entries", &eval_conv::entries, "The conv weights pycnn::eval_conv_bn_act keeps plans for.");
+  m.def("_eval_conv_plans", &eval_conv::plans, py::arg("weight"),
+        "The plans pycnn::eval_conv_bn_act keeps for this conv weight.");
   m.def("_eval_conv_forget", &eval_conv::forget, py::arg("weight"),
         "Drops pycnn::eval_conv_bn_act's plans for this conv weight.");
   m.def("_eval_conv_sweep", &eval_conv::sweep, "Drops pycnn::eval_conv_bn_act's plans for freed conv weights.");

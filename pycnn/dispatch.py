@@ -8,8 +8,9 @@ what one step runs, "pycnn", "torch", (a depthwise or grouped conv) "folded" or 
 is its `kernel`.
 Measuring runs the op a few times on the real input with autograd.grad (no .grad is touched) and restores the
 BatchNorm running statistics afterwards. A fixed workload is timed with each race (`reference_ms`): a recorded race
-whose reference ran LOADED times slower than the fastest reference on record for the same device was timed on a
-busy machine (another process on the cores slows a race 10-300x, unevenly) and is measured again. Under
+whose reference ran LOADED times slower than the same workload runs now in this process (timed once per device
+and thread count) was timed on a busier machine (another process on the cores slows a race 10-300x, unevenly)
+and is measured again. Under
 torch.compile (and strict torch.export, which traces with dynamo too) a step's choice is measured at trace time
 on stand-ins (pycnn.runtime); under non-strict export and with dynamic shapes it keeps the kernel of its last eager
 run (pycnn's if none).
@@ -81,7 +82,7 @@ FLUSH_INTERVAL_S = 2.0        # new entries are written at most this often (and 
 
 
 REFERENCE = "reference"  # measure's name for the fixed workload it times with the candidates
-LOADED = 3.0  # a race whose reference ran this many times slower than the fastest on record is measured again
+LOADED = 3.0  # a race whose reference ran this many times slower than it runs now is measured again
 
 
 def _valid_entry(key, entry) -> bool:
@@ -109,26 +110,13 @@ def _locked(path: Path):
 
 class KernelCache:
     """Measured choices {key: {"choice", "<candidate>_ms" for each candidate measured, "reference_ms"}}, loaded
-    from and written to one JSON file; `fastest_reference`: the least reference_ms per device (key_device)."""
+    from and written to one JSON file."""
 
     def __init__(self, path: Path):
         self.path = path
         self.entries: Dict[str, dict] = self._read()
         self.pending: Dict[str, dict] = {}
         self.last_flush = float("-inf")
-        self.fastest_reference: Dict[str, float] = {}
-        for key, entry in self.entries.items():
-            self._note_reference(key, entry)
-
-    def _note_reference(self, key: str, entry: dict) -> None:
-        reference, device = entry.get(f"{REFERENCE}_ms"), key_device(key)
-        if reference is not None and reference < self.fastest_reference.get(device, float("inf")):
-            self.fastest_reference[device] = reference
-
-    def timed_on_a_busy_machine(self, key: str, entry: dict) -> bool:
-        """The entry's reference ran LOADED times slower than the fastest one timed on its device."""
-        reference = entry.get(f"{REFERENCE}_ms")
-        return reference is not None and reference > LOADED * self.fastest_reference.get(key_device(key), reference)
 
     def _read(self) -> Dict[str, dict]:
         def ignore(why):
@@ -158,7 +146,6 @@ class KernelCache:
 
     def record(self, key: str, entry: dict) -> None:
         self.entries[key] = entry
-        self._note_reference(key, entry)
         self.pending[key] = entry
         if time.monotonic() - self.last_flush >= FLUSH_INTERVAL_S:
             self.flush()
@@ -245,13 +232,6 @@ def shape_key(signature: str, x: Tensor, training: bool) -> str:
             f"{'train' if training else 'eval'}|{'grad' if grad else 'nograd'}")
 
 
-def key_device(key: str) -> str:
-    """The device field of a shape_key ("cpu2t-avx512", a GPU's name), counted from the end: a signature is
-    free text."""
-    fields = key.split("|")
-    return fields[-3 if fields[-1] in ("grad", "nograd") else -4] if len(fields) >= 4 else ""
-
-
 def _reference_workload(device: torch.device) -> Callable[[], object]:
     """What measure times with the candidates: elementwise passes over 256 KiB, split among the threads as the
     kernels are, so that they slow down as the kernels do when other processes take the cores. Eight: the first
@@ -264,6 +244,27 @@ def _reference_workload(device: torch.device) -> Callable[[], object]:
         for _ in range(8):
             torch.mul(a, 1.0, out=out)
     return passes
+
+
+_reference_now: Dict[str, float] = {}  # device name (threads, CPU variant) -> the workload's best ms, this process
+
+
+def reference_now_ms(device: torch.device) -> float:
+    """The REFERENCE workload's best time in this process on device, at the current thread count: what an entry's
+    reference_ms is compared with (measured once per device name; a machine that is slow all along, or busy now,
+    re-measures nothing)."""
+    name = _device_name(device)
+    if name not in _reference_now:
+        from .timing import compare
+        timing = compare({REFERENCE: _reference_workload(device)}, device, repeats=5, warmup=1)[REFERENCE]
+        _reference_now[name] = timing.min_s * 1e3
+    return _reference_now[name]
+
+
+def timed_on_a_busier_machine(entry: dict, device: torch.device) -> bool:
+    """The entry's reference ran LOADED times slower than it runs now."""
+    reference = entry.get(f"{REFERENCE}_ms")
+    return reference is not None and reference > LOADED * reference_now_ms(device)
 
 
 def measure(run: Callable[[str, Tensor, Optional[Tensor]], Tensor], x: Tensor, residual: Optional[Tensor],
@@ -321,7 +322,7 @@ def measured_choice(step, run: Callable[[str, Tensor, Optional[Tensor]], Tensor]
     cache = kernel_cache()
     entry = cache.entries.get(key)
     if entry is None or entry["choice"] not in candidates or any(f"{k}_ms" not in entry for k in candidates) \
-            or cache.timed_on_a_busy_machine(key, entry):
+            or timed_on_a_busier_machine(entry, x.device):
         params = [p for m in modules for p in m.parameters()]
         buffers = [b for m in modules for b in m.buffers()]
         times = measure(run, x, residual, params, buffers, candidates)

@@ -416,24 +416,29 @@ def _eval_plan(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, e
     if residual is not None and residual.dtype != x.dtype:
         return None
     fold = graph_fold((weight, bias, bn_weight, bn_bias, running_mean, running_var), eps, kind == "dense")
-    call = _folded_call(x, fold, weight, (stride, padding, dilation, groups), kind, act, residual)
+    # pycnn's kernels take the weight in x's dtype (folded_forward's cast): a cast one is the plan's own
+    conv_weight = weight if kind == "dense" else _cast(weight, x.dtype)
+    call = _folded_call(x, fold, conv_weight, (stride, padding, dilation, groups), kind, act, residual)
     if call is not None:
         calls = [call]
     else:  # a dense conv below oneDNN's size: aten's conv, then folded_forward's epilogue in place
+        inplace = ACTIVATIONS[act].aten_inplace if act not in (None, "none") else None
+        if act not in (None, "none") and inplace is None:
+            return None
         y = object()  # the previous op's output
         calls = [(torch.ops.aten.conv2d.default, [x, fold.weight, fold.bias, list(stride), list(padding),
                                                   list(dilation), groups])]
         if residual is not None:
             calls.append((torch.ops.aten.add_.Tensor, [y, residual, 1]))
-        if act not in (None, "none"):
-            name, scalars = ACTIVATIONS[act].aten_inplace
-            calls.append((getattr(torch.ops.aten, name).default, [y, *scalars]))
+        if inplace is not None:
+            calls.append((getattr(torch.ops.aten, inplace[0]).default, [y, *inplace[1]]))
 
     def position(args, t):
-        return next((i for i, a in enumerate(args) if a is t), -1) if t is not None else -1
-    steps = [(op._schema.name, "" if op._overloadname == "default" else op._overloadname, args,
-              position(args, x) if k == 0 else 0, position(args, residual), position(args, weight))
-             for k, (op, args) in enumerate(calls)]
+        # x (or the previous op's output) is each op's first argument; a residual that is x itself is found
+        # again past it
+        return next((i for i, a in enumerate(args) if i > 0 and a is t), -1) if t is not None else -1
+    steps = [(op._schema.name, "" if op._overloadname == "default" else op._overloadname, args, 0,
+              position(args, residual), position(args, weight)) for op, args in calls]
     return steps, list(_output_layout(x, weight, residual, act, stride, padding, dilation, kind)[1])
 
 
@@ -460,8 +465,7 @@ def _eval_mbconv_fake(x, pairs, eps, stride, act, residual, se_reduce_weight, se
 # Plain library ops (a Python custom_op's wrapper layers cost ~35 us a call against the dispatcher's ~9 us); no
 # autograd kernel: only called where autograd has nothing to record
 # pycnn::eval_conv_bn_act: schema in csrc/ops.cpp, CPU kernel in C++ (csrc/cpu/eval_conv.cpp) with its plans from
-# _eval_plan and, where there is none, the call run by _eval_conv_bn_act
-_C._eval_conv_set_python(_eval_plan, _eval_conv_bn_act)
+# _eval_plan and, where there is none, the call run by _eval_conv_bn_act (set at the end of this module)
 torch.library.register_fake("pycnn::eval_conv_bn_act", _eval_conv_bn_act_fake)
 _LIBRARY = torch.library.Library("pycnn", "FRAGMENT")
 # pairs: (conv weight, conv bias, bn weight, bn bias, running mean, running var) per conv, expand (if any),
@@ -703,3 +707,7 @@ def _mbconv_from_folds(x: Tensor, folds, tail) -> Tensor:
     with torch._C._AutoDispatchBelowAutograd():
         return torch.ops.pycnn.mbconv_forward(x, *expand, folds[-2].weight, folds[-2].bias, folds[-1].weight,
                                               folds[-1].bias, *tail)
+
+
+# pycnn::eval_conv_bn_act's Python side: the plans of its C++ kernel, the op where there is none
+_C._eval_conv_set_python(_eval_plan, _eval_conv_bn_act, _MAX_PACKS)

@@ -815,6 +815,57 @@ def test_eval_conv_bn_act_layout_is_its_kernels(kind, c_in, groups, act, residua
     assert fake.stride() == y.stride()
 
 
+@pytest.mark.parametrize("kind,c,groups,act,residual", [
+    ("dense", 64, 1, "relu", "x"), ("dense", 64, 1, "relu6", None), ("dense", 8, 1, "silu", "x"),
+    ("dense", 8, 1, "gelu", "other"), ("depthwise", 16, 16, "relu6", "x"), ("grouped", 16, 4, "relu", "x"),
+    ("grouped", 16, 4, "none", "other")])
+def test_eval_conv_bn_act_plans_serve_new_inputs(kind, c, groups, act, residual):
+    """pycnn::eval_conv_bn_act's C++ side keeps a plan per layer and input signature: calls after the first, with
+    new inputs, equal the eager composition too, the residual being x itself (a shortcut without a conv) or
+    another tensor; dense convs big enough for oneDNN (64 channels) and too small for it (8), an activation aten
+    has no in-place op for (gelu: run in Python). A plan must not keep its first input (seen: the residual x
+    served from the first call's input)."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(c, c, 3, 1, 1, groups=groups, bias=False)
+    bn = torch.nn.BatchNorm2d(c).eval()
+    with torch.no_grad():
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+    for _ in range(3):
+        x = torch.randn(2, c, 12, 12).contiguous(memory_format=torch.channels_last)
+        r = x if residual == "x" else torch.randn_like(x) if residual == "other" else None
+        with torch.no_grad():
+            y = torch.ops.pycnn.eval_conv_bn_act(x, *fused.fold_tensors(conv, bn), bn.eps, [1, 1], [1, 1], [1, 1],
+                                                 groups, kind, act, r)
+            z = bn(conv(x)) + (r if r is not None else 0)
+            expected = fused.activation(z, act)
+        torch.testing.assert_close(y, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_eval_conv_bn_act_plans_per_weight_are_bounded_and_cast():
+    """Plans per conv weight are capped (each may hold a packed oneDNN weight; varying input sizes must not pile
+    them up), and a depthwise conv given an input of another dtype than its weight runs on the cast weight, as
+    the eager path does."""
+    from pycnn import _C
+    conv, bn = torch.nn.Conv2d(64, 64, 1, bias=False), torch.nn.BatchNorm2d(64).eval()
+    with torch.no_grad():
+        for size in range(8, 28):
+            x = torch.randn(2, 64, size, size).contiguous(memory_format=torch.channels_last)
+            y = torch.ops.pycnn.eval_conv_bn_act(x, *fused.fold_tensors(conv, bn), bn.eps, [1, 1], [0, 0], [1, 1], 1,
+                                                 "dense", "relu", None)
+            torch.testing.assert_close(y, torch.relu(bn(conv(x))), rtol=1e-4, atol=1e-5)
+    assert _C._eval_conv_plans(conv.weight) == fused._MAX_PACKS
+    dw, dw_bn = torch.nn.Conv2d(16, 16, 3, 1, 1, groups=16, bias=False), torch.nn.BatchNorm2d(16).eval()
+    x = torch.randn(2, 16, 9, 9, dtype=torch.float64)
+    for _ in range(2):
+        with torch.no_grad():
+            y = torch.ops.pycnn.eval_conv_bn_act(x, *fused.fold_tensors(dw, dw_bn), dw_bn.eps, [1, 1], [1, 1],
+                                                 [1, 1], 16, "depthwise", "relu", None)
+        torch.testing.assert_close(y, torch.relu(dw_bn.double()(dw.double()(x))).float().double(),
+                                   rtol=1e-5, atol=1e-6)
+        dw.float(), dw_bn.float()
+
+
 @pytest.mark.parametrize("expand,stride,se", [(True, 1, False), (False, 2, False), (True, 1, True)])
 def test_eval_mbconv_op(expand, stride, se):
     """pycnn::eval_mbconv passes the op checks and equals the block's eager composition."""

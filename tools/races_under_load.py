@@ -5,8 +5,8 @@
 
 A fresh kernel cache (a temporary folder) is filled while --hogs other torch processes (matrix products on as many
 threads: what a test suite or a benchmark beside it does) share the cores, then a second process, with the cores
-idle, runs the same network: entries whose reference workload ran pycnn.dispatch.LOADED times slower than the
-fastest on record are measured again. Prints the references (the fixed workload's time in each race) and the
+idle, runs the same network: entries whose reference workload ran pycnn.dispatch.LOADED times slower than it runs
+in that process are measured again. Prints the references (the fixed workload's time in each race) and the
 choices of both runs.
 """
 import argparse

@@ -13,6 +13,7 @@
 #include <torch/library.h>
 
 #include <array>
+#include <atomic>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -91,6 +92,7 @@ struct Entry {
 
 struct Python {
   py::object plan, run;
+  size_t max_plans = 1;  // per conv weight (input signatures), the oldest dropped beyond
 };
 
 // Leaked on purpose: the Python objects must not be released after the interpreter is gone.
@@ -149,7 +151,12 @@ struct Call {
 };
 
 std::shared_ptr<const Plan> lookup(const Call& c) {
+  static std::atomic<uint32_t> calls{0};
+  std::vector<Entry> dropped;  // (released after the lock)
   std::lock_guard<std::mutex> lock(table_mutex());
+  // a deleted model's plans (its packed weights) go within a few thousand calls of other layers, not only at the
+  // next miss
+  if ((++calls & 4095u) == 0) drop_expired(dropped);
   auto it = table().find(c.weight.unsafeGetTensorImpl());
   if (it == table().end() || !current(it->second, c.tensors, c.eps)) return nullptr;
   for (const auto& p : it->second.plans)
@@ -161,8 +168,10 @@ std::shared_ptr<const Plan> lookup(const Call& c) {
 std::shared_ptr<const Plan> make_plan(const Call& c, const py::tuple& args) {
   auto plan = std::make_shared<Plan>();
   plan->signature = c.signature;
+  // the stamp as the fold is computed from: an edit from another thread while Python plans makes it stale
+  std::vector<Source> sources;
+  for (const Tensor* t : c.tensors) sources.emplace_back(t);
   {
-    TORCH_CHECK(python().plan, "pycnn.eval_conv_bn_act: pycnn.fused was not imported");
     const py::object made = python().plan(*args);
     if (!made.is_none()) {
       const auto made_tuple = made.cast<py::tuple>();
@@ -196,11 +205,11 @@ std::shared_ptr<const Plan> make_plan(const Call& c, const py::tuple& args) {
   drop_expired(dropped);
   Entry& e = table()[c.weight.unsafeGetTensorImpl()];
   if (e.sources.empty() || !current(e, c.tensors, c.eps)) {
-    e.sources.clear();
-    for (const Tensor* t : c.tensors) e.sources.emplace_back(t);
-    e.eps = c.eps;
-    e.plans.clear();
+    Entry fresh{std::move(sources), c.eps, {}};
+    std::swap(e, fresh);
+    dropped.push_back(std::move(fresh));
   }
+  if (e.plans.size() >= python().max_plans) e.plans.erase(e.plans.begin());  // the packed weight of each is kept
   e.plans.push_back(plan);
   return plan;
 }
@@ -246,6 +255,7 @@ Tensor eval_conv_bn_act_cpu(const Tensor& x, const Tensor& weight, const OptTens
   std::shared_ptr<const Plan> plan = plannable ? lookup(c) : nullptr;
   if (plan == nullptr || plan->steps.empty()) {
     py::gil_scoped_acquire gil;
+    TORCH_CHECK(python().plan && python().run, "pycnn.eval_conv_bn_act: import pycnn.fused first (its Python side)");
     const py::tuple args = c.python_args(bias, bn_weight, bn_bias, running_mean, running_var);
     if (plannable && plan == nullptr) plan = make_plan(c, args);
     if (plan == nullptr || plan->steps.empty()) return python().run(*args).cast<Tensor>();
@@ -255,9 +265,11 @@ Tensor eval_conv_bn_act_cpu(const Tensor& x, const Tensor& weight, const OptTens
 
 }  // namespace
 
-void set_python(py::object plan, py::object run) {
+void set_python(py::object plan, py::object run, int64_t max_plans) {
+  TORCH_CHECK(max_plans >= 1, "pycnn.eval_conv_bn_act: max_plans must be >= 1, got ", max_plans);
   python().plan = std::move(plan);
   python().run = std::move(run);
+  python().max_plans = static_cast<size_t>(max_plans);
 }
 
 int64_t entries() {
@@ -265,6 +277,12 @@ int64_t entries() {
   std::lock_guard<std::mutex> lock(table_mutex());
   drop_expired(dropped);
   return static_cast<int64_t>(table().size());
+}
+
+int64_t plans(const Tensor& weight) {
+  std::lock_guard<std::mutex> lock(table_mutex());
+  auto it = table().find(weight.unsafeGetTensorImpl());
+  return it == table().end() ? 0 : static_cast<int64_t>(it->second.plans.size());
 }
 
 void forget(const Tensor& weight) {

@@ -8,10 +8,13 @@
 namespace pycnn::eval_conv {
 
 // plan(*op_args) -> None or ([(op name, overload, arguments, x position, residual position, weight position)
-// per step], output strides); run(*op_args) -> Tensor: the op in Python, where there is no plan.
-void set_python(pybind11::object plan, pybind11::object run);
+// per step], output strides); run(*op_args) -> Tensor: the op in Python, where there is no plan. max_plans: input
+// signatures kept per conv weight (each plan may hold a packed weight), the oldest dropped beyond.
+void set_python(pybind11::object plan, pybind11::object run, int64_t max_plans);
 // The conv weights alive that plans are kept for (the freed ones' entries dropped first).
 int64_t entries();
+// The plans kept for this conv weight (input signatures: at most max_plans).
+int64_t plans(const at::Tensor& weight);
 // Drops the entry of this conv weight (its fold changed in a way no version counter sees: `.data`).
 void forget(const at::Tensor& weight);
 // Drops the entries whose conv weight was freed.
