@@ -462,11 +462,11 @@ def _eval_mbconv_fake(x, pairs, eps, stride, act, residual, se_reduce_weight, se
                                           se_reduce_weight, se_reduce_bias, se_expand_weight, se_expand_bias, se_act)
 
 
-# Plain library ops (a Python custom_op's wrapper layers cost ~35 us a call against the dispatcher's ~9 us); no
-# autograd kernel: only called where autograd has nothing to record
 # pycnn::eval_conv_bn_act: schema in csrc/ops.cpp, CPU kernel in C++ (csrc/cpu/eval_conv.cpp) with its plans from
 # _eval_plan and, where there is none, the call run by _eval_conv_bn_act (set at the end of this module)
 torch.library.register_fake("pycnn::eval_conv_bn_act", _eval_conv_bn_act_fake)
+# Plain library ops (a Python custom_op's wrapper layers cost ~35 us a call against the dispatcher's ~9 us); no
+# autograd kernel: only called where autograd has nothing to record
 _LIBRARY = torch.library.Library("pycnn", "FRAGMENT")
 # pairs: (conv weight, conv bias, bn weight, bn bias, running mean, running var) per conv, expand (if any),
 # depthwise, project; eps: each BatchNorm's
