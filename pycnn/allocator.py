@@ -190,8 +190,13 @@ def outside_scopes() -> Iterator[None]:
 # understates 32-fold: RegNetX-32 on 1x96x96 images (the README's main job) at batch 16 (first activation 4.7 MB)
 # ran 13.5-14.3 ms compiled without the scope, 11.9-13.5 with it; at batch 8 (2.4 MB) 8.7-8.8 without, 7.4-8.8
 # with; ResNeXt-50 at batch 1 (64 channels at 112x112: 3.2 MB) 51.7-54.8 without, 47.6-48.0 with (ad hoc, 2 runs
-# each, median of 30 calls).
-COMPILED_SCOPE_MIN_ACTIVATION_BYTES = 2 << 20
+# each, median of 30 calls). 2 MiB until pycnn::eval_conv_bn_act ran its plans in C++ (2026-12-05, evening); since,
+# at batch 1, 224x224, the scope and the cached-fold ops it brings are as fast or faster (two runs of
+# `--batch 1 --scope --compiled --compiled-scope-min-bytes 0`: RegNetX-400MF 10.55 / 10.04 ms with them against
+# 12.84 / 12.64 without, EfficientNet-B0 13.29 / 12.58 against 13.29 / 12.73, MobileNetV2 8.27 / 8.04 against
+# 8.26 / 8.25): 1.5 MiB takes them in. Smaller activations (CIFAR-sized inputs, the README's 96x96 grey images
+# below batch 6) were not measured with them and keep the fold in the graph.
+COMPILED_SCOPE_MIN_ACTIVATION_BYTES = 1536 << 10
 _compiled = threading.local()  # .open: a compiled forward's scope is open on this thread
 
 

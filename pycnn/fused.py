@@ -480,10 +480,11 @@ torch.library.register_fake("pycnn::eval_mbconv", _eval_mbconv_fake, lib=_LIBRAR
 class GraphFolds:
     """Whether the eval layers of the graph dynamo traces call the cached-fold ops: Network.forward sets
     `cached` while tracing a graph that holds the allocator scope (pycnn.allocator; CPU inference, first
-    activations of 2 MiB and more). Without the scope the ops' outputs come from glibc on every call (faults) and
-    their dispatch (~10 us a layer) outweighs the fold: batch 1, 224x224, fresh processes, compiled torchvision = 1,
-    RegNetX-400MF 0.87x with the ops against 0.93-0.94x with the fold in the graph, EfficientNet-B0 1.00x
-    against 1.08-1.14x. A plain object: dynamo traces an attribute of one (of a threading.local, not)."""
+    activations of 1.5 MiB and more). Without the scope the ops' outputs come from glibc on every call (faults);
+    before the op ran in C++ its dispatch (~10 us a layer) outweighed the fold at batch 1, 224x224 (fresh
+    processes, compiled torchvision = 1: RegNetX-400MF 0.87x with the ops against 0.93-0.94x with the fold in the
+    graph, EfficientNet-B0 1.00x against 1.08-1.14x); pycnn.allocator gives today's figures. A plain object:
+    dynamo traces an attribute of one (of a threading.local, not)."""
 
     def __init__(self):
         self.cached = False
