@@ -10,10 +10,9 @@ Measuring runs the op a few times on the real input with autograd.grad (no .grad
 BatchNorm running statistics afterwards. A fixed workload is timed with each race (`reference_ms`): a recorded race
 whose reference ran LOADED times slower than the same workload runs now in this process (timed once per device
 and thread count) was timed on a busier machine (another process on the cores slows a race 10-300x, unevenly)
-and is measured again. Under
-torch.compile (and strict torch.export, which traces with dynamo too) a step's choice is measured at trace time
-on stand-ins (pycnn.runtime); under non-strict export and with dynamic shapes it keeps the kernel of its last eager
-run (pycnn's if none).
+and is measured again. Under torch.compile (and strict torch.export, which traces with dynamo too) a step's
+choice is measured at trace time on stand-ins (pycnn.runtime); under non-strict export and with dynamic shapes it
+keeps the kernel of its last eager run (pycnn's if none).
 
 The cache file is data from a folder others may write to (docs/security.md): it is read only when it is a
 regular file below a size cap, each entry is validated, new entries are written in batches through a fresh
