@@ -265,7 +265,8 @@ def test_races_timed_on_a_busy_machine_are_measured_again(monkeypatch):
     entries = json.loads(path.read_text())
     assert len(entries) > 3 and all(e["reference_ms"] > 0 for e in entries.values())
     # looked up in every call (not blocks' parts)
-    busy, slower, faster = (next(k for k in entries if k.startswith(s.signature + "|")) for s in fused_steps(model)[:3])
+    busy, slower, faster = (next(k for k in entries if k.startswith(s.signature + "|"))
+                            for s in fused_steps(model)[:3])
     now = dispatch.reference_now_ms(x.device)
     entries[busy]["reference_ms"] = now * dispatch.LOADED * 1.5
     entries[slower]["reference_ms"] = now * dispatch.LOADED * 0.9

@@ -661,8 +661,9 @@ def test_compiled_eval_without_the_scope_folds_in_the_graph():
 @pytest.mark.usefixtures("scoped_graphs")
 def test_compiled_eval_fold_cache_goes_with_the_weights():
     """The compiled graphs' fold cache (and the plans of pycnn::eval_conv_bn_act's C++ side) holds its folds by the
-    weights' identity, not the weights: an entry is dropped once its weight is freed (a model deleted, or a weight replaced), and by .to() (no entries piling up
-    over dtype round trips; tensor swaps, which refuse weakly referenced tensors, work)."""
+    weights' identity, not the weights: an entry is dropped once its weight is freed (a model deleted, or a weight
+    replaced), and by .to() (no entries piling up over dtype round trips; tensor swaps, which refuse weakly
+    referenced tensors, work)."""
     import gc
     from pycnn import _C
     torch._dynamo.reset()
