@@ -251,11 +251,15 @@ _reference_now: Dict[str, float] = {}  # device name (threads, CPU variant) -> t
 def reference_now_ms(device: torch.device) -> float:
     """The REFERENCE workload's best time in this process on device, at the current thread count: what an entry's
     reference_ms is compared with (measured once per device name; a machine that is slow all along, or busy now,
-    re-measures nothing)."""
+    re-measures nothing). Each time right after a pass over 16 MiB, as in a race, where the candidate timed before
+    it evicts its data from the caches (timed cache-warm instead, races of 56x56 layers had references 2.5-3.7x
+    it on an idle machine, and the bigger were measured again in every process)."""
     name = _device_name(device)
     if name not in _reference_now:
         from .timing import compare
-        timing = compare({REFERENCE: _reference_workload(device)}, device, repeats=5, warmup=1)[REFERENCE]
+        evicting = torch.empty(4 << 20, device=device)
+        timing = compare({"evict": lambda: evicting.fill_(1.0), REFERENCE: _reference_workload(device)}, device,
+                         repeats=5, warmup=1)[REFERENCE]
         _reference_now[name] = timing.min_s * 1e3
     return _reference_now[name]
 

@@ -843,6 +843,37 @@ def test_eval_conv_bn_act_plans_serve_new_inputs(kind, c, groups, act, residual)
         torch.testing.assert_close(y, expected, rtol=1e-4, atol=1e-5)
 
 
+def test_eval_conv_bn_act_plan_made_during_a_change_is_not_kept():
+    """A plan Python makes while one of the tensors its fold reads changes (another thread's in-place edit; here
+    made inside the planning, with a call that plans another input size from the changed tensors) serves that
+    call only: later calls of both sizes see the change."""
+    from pycnn import _C
+    torch.manual_seed(0)
+    conv, bn = torch.nn.Conv2d(64, 64, 1, bias=False), torch.nn.BatchNorm2d(64).eval()
+    small, large = (torch.randn(2, 64, s, s).contiguous(memory_format=torch.channels_last) for s in (16, 20))
+
+    def call(x):
+        return torch.ops.pycnn.eval_conv_bn_act(x, *fused.fold_tensors(conv, bn), bn.eps, [1, 1], [0, 0], [1, 1], 1,
+                                                "dense", "relu", None)
+    edits = []
+
+    def planner(*args):
+        plan = fused._eval_plan(*args)
+        if not edits:
+            edits.append(bn.running_var.mul_(4))
+            call(small)
+        return plan
+    _C._eval_conv_set_python(planner, fused._eval_conv_bn_act, fused._MAX_PACKS)
+    try:
+        with torch.no_grad():
+            call(large)
+            for x in (small, large):
+                torch.testing.assert_close(call(x), torch.relu(bn(conv(x))), rtol=1e-4, atol=1e-5)
+    finally:
+        _C._eval_conv_set_python(fused._eval_plan, fused._eval_conv_bn_act, fused._MAX_PACKS)
+    assert edits
+
+
 def test_eval_conv_bn_act_plans_per_weight_are_bounded_and_cast():
     """Plans per conv weight are capped (each may hold a packed oneDNN weight; varying input sizes must not pile
     them up), and a depthwise conv given an input of another dtype than its weight runs on the cast weight, as

@@ -200,16 +200,26 @@ std::shared_ptr<const Plan> make_plan(const Call& c, const py::tuple& args) {
       plan->out_strides = made_tuple[1].cast<std::vector<int64_t>>();
     }
   }
-  std::vector<Entry> dropped;
+  std::vector<Entry> dropped;  // (released after the lock, as is an evicted plan)
+  std::shared_ptr<const Plan> evicted;
   std::lock_guard<std::mutex> lock(table_mutex());
   drop_expired(dropped);
+  // a tensor changed while Python planned (another thread): the plan runs this call only, as the call began
+  // before the change, and is not kept
+  bool planned_from_current = true;
+  for (size_t i = 0; i < sources.size(); ++i)
+    planned_from_current = planned_from_current && sources[i].matches(c.tensors[i]);
+  if (!planned_from_current) return plan;
   Entry& e = table()[c.weight.unsafeGetTensorImpl()];
   if (e.sources.empty() || !current(e, c.tensors, c.eps)) {
     Entry fresh{std::move(sources), c.eps, {}};
     std::swap(e, fresh);
     dropped.push_back(std::move(fresh));
   }
-  if (e.plans.size() >= python().max_plans) e.plans.erase(e.plans.begin());  // the packed weight of each is kept
+  if (e.plans.size() >= python().max_plans) {  // each may hold a packed weight
+    evicted = std::move(e.plans.front());
+    e.plans.erase(e.plans.begin());
+  }
   e.plans.push_back(plan);
   return plan;
 }
