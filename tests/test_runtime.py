@@ -888,14 +888,14 @@ def test_eval_conv_bn_act_plans_per_weight_are_bounded_and_cast():
             torch.testing.assert_close(y, torch.relu(bn(conv(x))), rtol=1e-4, atol=1e-5)
     assert _C._eval_conv_plans(conv.weight) == fused._MAX_PACKS
     dw, dw_bn = torch.nn.Conv2d(16, 16, 3, 1, 1, groups=16, bias=False), torch.nn.BatchNorm2d(16).eval()
-    x = torch.randn(2, 16, 9, 9, dtype=torch.float64)
-    for _ in range(2):
+    reference = torch.nn.Sequential(copy.deepcopy(dw), copy.deepcopy(dw_bn), torch.nn.ReLU()).double()
+    for _ in range(2):  # the second call runs the plan the first made, on a new input
+        x = torch.randn(2, 16, 9, 9, dtype=torch.float64)
         with torch.no_grad():
             y = torch.ops.pycnn.eval_conv_bn_act(x, *fused.fold_tensors(dw, dw_bn), dw_bn.eps, [1, 1], [1, 1],
                                                  [1, 1], 16, "depthwise", "relu", None)
-        torch.testing.assert_close(y, torch.relu(dw_bn.double()(dw.double()(x))).float().double(),
-                                   rtol=1e-5, atol=1e-6)
-        dw.float(), dw_bn.float()
+            torch.testing.assert_close(y, reference(x), rtol=1e-5, atol=1e-6)
+    assert _C._eval_conv_plans(dw.weight) == 1
 
 
 @pytest.mark.parametrize("expand,stride,se", [(True, 1, False), (False, 2, False), (True, 1, True)])
