@@ -15,6 +15,7 @@
 #include "build_info.h"
 #include "cpu/cpu_cache.h"
 #include "cpu/eval_conv.h"
+#include "cpu/weight_forms.h"
 #include "cpu/kernel_utils.h"
 #include "dwconv.h"
 #include "gconv.h"
@@ -164,7 +165,9 @@ PYBIND11_MODULE(_C, m) {
   m.def("_eval_conv_plans", &eval_conv::plans, py::arg("weight"),
         "The plans pycnn::eval_conv_bn_act keeps for this conv weight.");
   m.def("_eval_conv_forget", &eval_conv::forget, py::arg("weight"),
-        "Drops pycnn::eval_conv_bn_act's plans for this conv weight.");
+        "Drops pycnn::eval_conv_bn_act's plans for this conv weight and the kernel layouts kept of it.");
+  m.def("_weight_forms_entries", &cpu::weight_forms_entries,
+        "The kernel layouts of weights kept between eval plans' calls (csrc/cpu/weight_forms.h).");
   m.def("_eval_conv_sweep", &eval_conv::sweep, "Drops pycnn::eval_conv_bn_act's plans for freed conv weights.");
   m.def("_cpu_cache_enter_scope", &cpu_cache::enter_scope, py::arg("max_cached_bytes"),
         "Caches until the matching _cpu_cache_exit_scope (a fused network's forward).");

@@ -969,3 +969,44 @@ def test_eval_folds_survive_inference_mode_copies_and_pickles():
         torch.save(model, buffer)
         buffer.seek(0)
         torch.testing.assert_close(torch.load(buffer, weights_only=False)(x), y)
+
+
+@pytest.mark.parametrize("group_width", [16, 4])  # the staged kernel's layout, and the packed kernel's (avx512/avx2)
+def test_grouped_conv_weight_layout_is_kept_for_eval_plans_only(group_width):
+    """pycnn.gconv reorders its weight into its kernel's layout on each call; inside an eval plan
+    (pycnn::eval_conv_bn_act) the layout is kept while the weight is unchanged (csrc/cpu/weight_forms.h): an
+    in-place edit, a `.data` edit followed by eval() (clear_folds) and a replaced weight are seen; the layouts of
+    freed weights go. A direct call keeps nothing, so a `.data` edit is seen at once there."""
+    import gc
+    from pycnn import _C, ops
+    torch.manual_seed(0)
+    gc.collect()
+    kept = _C._weight_forms_entries()
+    model = torch.nn.Sequential(torch.nn.Conv2d(32, 32, 3, 1, 1, groups=32 // group_width, bias=False),
+                                torch.nn.BatchNorm2d(32)).eval()
+    conv, bn = model
+    x = torch.randn(1, 32, 7, 7).contiguous(memory_format=torch.channels_last)
+
+    def call():
+        return torch.ops.pycnn.eval_conv_bn_act(x, *fused.fold_tensors(conv, bn), bn.eps, [1, 1], [1, 1], [1, 1],
+                                                conv.groups, "grouped", "relu", None)
+
+    def expected():
+        return torch.relu(bn(torch.nn.functional.conv2d(x, conv.weight, None, 1, 1, 1, conv.groups)))
+    with torch.no_grad():
+        for change in (lambda: None, lambda: conv.weight.mul_(-2), lambda: conv.weight.data.mul_(-1),
+                       lambda: setattr(conv, "weight", torch.nn.Parameter(conv.weight * 0.5))):
+            change()
+            fused.clear_folds(model)  # what eval() does
+            for _ in range(2):
+                torch.testing.assert_close(call(), expected(), rtol=1e-4, atol=1e-5)
+            assert _C._weight_forms_entries() == kept + 1
+        conv.weight.data.mul_(-1)  # not followed by eval(): the kept layout would be stale, a direct call is not
+        direct = ops.gconv(x, conv.weight, groups=conv.groups, padding=(1, 1))
+        torch.testing.assert_close(direct, torch.nn.functional.conv2d(x, conv.weight, None, 1, 1, 1, conv.groups),
+                                   rtol=1e-4, atol=1e-5)
+    assert _C._weight_forms_entries() == kept + 1
+    del model, conv, bn
+    gc.collect()
+    _C._eval_conv_sweep()
+    assert _C._weight_forms_entries() == kept

@@ -7,6 +7,8 @@
 // counter, storage, dtype, device) or to eps; every other call runs the plan without entering Python (the op
 // implemented in Python cost ~25 us a call more: the dispatcher's trip into Python and the checks there).
 #include "cpu/eval_conv.h"
+#include "cpu/tensor_stamp.h"
+#include "cpu/weight_forms.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/jit/python/pybind_utils.h>
@@ -27,34 +29,7 @@ namespace {
 
 using at::Tensor;
 using OptTensor = std::optional<Tensor>;
-using WeakImpl = c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>;
-
-// One tensor a fold reads, as it was when the plans were made. The weak reference keeps the tensor's address from
-// being reused by another while the entry lives, so that an equal address is the same tensor.
-struct Source {
-  std::optional<WeakImpl> ref;  // none: the optional tensor was not given
-  const c10::TensorImpl* impl = nullptr;
-  int64_t version = 0;
-  const void* data = nullptr;
-  c10::ScalarType dtype = c10::ScalarType::Undefined;
-  c10::Device device = c10::kCPU;
-
-  explicit Source(const Tensor* t) {
-    if (t == nullptr) return;
-    ref.emplace(t->getIntrusivePtr());
-    impl = t->unsafeGetTensorImpl();
-    version = t->_version();
-    data = t->data_ptr();
-    dtype = t->scalar_type();
-    device = t->device();
-  }
-  bool matches(const Tensor* t) const {
-    if (t == nullptr) return impl == nullptr;
-    return impl == t->unsafeGetTensorImpl() && version == t->_version() && data == t->data_ptr() &&
-           dtype == t->scalar_type() && device == t->device();
-  }
-  bool expired() const { return ref.has_value() && ref->expired(); }
-};
+using Source = cpu::TensorStamp;
 
 // The facts of a call a plan holds for.
 struct Signature {
@@ -226,6 +201,7 @@ std::shared_ptr<const Plan> make_plan(const Call& c, const py::tuple& args) {
 
 Tensor run(const Plan& p, const Tensor& x, const Tensor& weight, const OptTensor& residual) {
   Tensor y = x;
+  const cpu::WeightFormsScope keep_forms;  // the plan holds while its tensors are unchanged: so do their layouts
   for (const Step& st : p.steps) {
     std::vector<c10::IValue> stack = st.args;
     stack[st.x_pos] = y;
@@ -261,7 +237,7 @@ Tensor eval_conv_bn_act_cpu(const Tensor& x, const Tensor& weight, const OptTens
   c.signature.act = std::string(act);
   // inference tensors have no version counter: nothing tells when their fold goes stale, so no plan is kept
   bool plannable = true;
-  for (const Tensor* t : c.tensors) plannable = plannable && (t == nullptr || !t->is_inference());
+  for (const Tensor* t : c.tensors) plannable = plannable && (t == nullptr || cpu::stampable(*t));
   std::shared_ptr<const Plan> plan = plannable ? lookup(c) : nullptr;
   if (plan == nullptr || plan->steps.empty()) {
     py::gil_scoped_acquire gil;
@@ -296,6 +272,7 @@ int64_t plans(const Tensor& weight) {
 }
 
 void forget(const Tensor& weight) {
+  cpu::forget_weight_forms(weight);
   Entry dropped;
   std::lock_guard<std::mutex> lock(table_mutex());
   auto it = table().find(weight.unsafeGetTensorImpl());

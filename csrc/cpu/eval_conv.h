@@ -15,7 +15,8 @@ void set_python(pybind11::object plan, pybind11::object run, int64_t max_plans);
 int64_t entries();
 // The plans kept for this conv weight (input signatures: at most max_plans).
 int64_t plans(const at::Tensor& weight);
-// Drops the entry of this conv weight (its fold changed in a way no version counter sees: `.data`).
+// Drops the entry of this conv weight and the kernel layouts kept of it (cpu/weight_forms.h): its fold changed
+// in a way no version counter sees (`.data`).
 void forget(const at::Tensor& weight);
 // Drops the entries whose conv weight was freed.
 void sweep();

@@ -16,6 +16,7 @@
 
 #include "cpu/gconv_entries.h"
 #include "cpu/kernel_utils.h"
+#include "cpu/weight_forms.h"
 #include "gconv.h"
 
 namespace pycnn {
@@ -97,7 +98,11 @@ std::tuple<Tensor, Tensor> gconv_forward_cpu(const Tensor& input, const Tensor& 
   Tensor y = at::empty({g.n, g.c_out, g.oh, g.ow}, acc_opts.memory_format(nhwc));
   Tensor saved = keep ? at::empty({g.n, g.c_out, g.oh, g.ow}, acc_opts.memory_format(nhwc)) : Tensor();
   if (y.numel() > 0) {
-    PYCNN_CPU_KERNELS(gc, x.scalar_type()).forward(g, act, x, weight, s, b, r, y, saved);
+    const auto& kernels = PYCNN_CPU_KERNELS(gc, acc_type);
+    // (the layout depends on the variant, the groups and the dtype; kept only inside an eval plan's scope)
+    const Tensor wk = cpu::weight_form(weight, &kernels, groups * 64 + static_cast<int64_t>(acc_type),
+                                       [&] { return kernels.forward_weight(g, weight, acc_type); });
+    kernels.forward(g, act, x, wk, s, b, r, y, saved);
   }
   auto back = [&](const Tensor& t) { return t.to(input.scalar_type()).contiguous(format); };
   return {back(y), keep ? back(saved) : at::empty({0}, input.options())};
@@ -125,7 +130,9 @@ std::tuple<Tensor, Tensor, OptTensor, OptTensor, OptTensor> gconv_backward_cpu(
       conv = nhwc_acc(saved_, acc_type);
     } else {  // not saved by forward: recompute the convolution
       conv = at::empty({g.n, g.c_out, g.oh, g.ow}, x.options().memory_format(nhwc));
-      PYCNN_CPU_KERNELS(gc, x.scalar_type()).forward(g, Act::None, x, weight, Tensor(), Tensor(), Tensor(), conv, Tensor());
+      const auto& kernels = PYCNN_CPU_KERNELS(gc, acc_type);
+      kernels.forward(g, Act::None, x, kernels.forward_weight(g, weight, acc_type), Tensor(), Tensor(), Tensor(), conv,
+                      Tensor());
     }
   }
   Tensor dres = residual ? at::empty({g.n, g.c_out, g.oh, g.ow}, x.options().memory_format(nhwc)) : Tensor();

@@ -681,13 +681,20 @@ void with_packed_groups(const GConvGeometry& g, Body body) {
   TORCH_INTERNAL_ASSERT(false, "pycnn.gconv: no packed kernel for ", g.cg, " channels a group");
 }
 
-// The packed kernel's forward or input gradient: body(C constant, the packed taps, q0, q1) over the work items
-// [q0, q1) of `rows` rows of `row_len` pixels, a block of L channels each.
+// gconv_kernel_weight's layout (padded) -> the packed kernel's, where packed_groups_apply.
+template <typename acc>
+Tensor packed_taps(const GConvGeometry& g, const Tensor& taps) {
+  Tensor wr;
+  with_packed_groups<acc>(g, [&](auto C_) { wr = packed_group_weight<acc, decltype(C_)::value>(taps, g); });
+  return wr;
+}
+
+// The packed kernel's forward or input gradient: body(C constant, the packed taps wr, q0, q1) over the work
+// items [q0, q1) of `rows` rows of `row_len` pixels, a block of L channels each.
 template <typename acc, typename Body>
-void run_packed(const GConvGeometry& g, const Tensor& taps, int64_t rows, int64_t row_len, Body body) {
+void run_packed(const GConvGeometry& g, const Tensor& wr, int64_t rows, int64_t row_len, Body body) {
   with_packed_groups<acc>(g, [&](auto C_) {
     constexpr int C = decltype(C_)::value, L = Vec<acc>::lanes;
-    const Tensor wr = packed_group_weight<acc, C>(taps, g);
     at::parallel_for(0, rows * (g.c_out / L), grain_for(row_len * L * C * g.taps()),
                      [&](int64_t q0, int64_t q1) { body(C_, wr.const_data_ptr<acc>(), q0, q1); });
   });
@@ -725,12 +732,19 @@ void run_staged(const GConvGeometry& g, Act act, const FwdPtrs<acc>& d, int64_t 
   dispatch_tile<acc>(t, p, run);
 }
 
-// The raw convolution (and, with an epilogue, the output) in NHWC and the accumulation type.
+// The forward's weight: the taps [G, k*k, Cg, Cog] with Cog padded to the tile's columns, or packed
+// (packed_groups_apply).
 template <typename acc>
-void run_forward(const GConvGeometry& g, Act act, const Tensor& x, const Tensor& weight, const Tensor& scale,
+Tensor forward_weight(const GConvGeometry& g, const Tensor& weight) {
+  const Tensor wk =
+      pad_columns(gconv_kernel_weight(weight, g, false, c10::CppTypeToScalarType<acc>::value), tile_cols<acc>(g.cog));
+  return packed_groups_apply<acc>(g) ? packed_taps<acc>(g, wk) : wk;
+}
+
+// The raw convolution (and, with an epilogue, the output) in NHWC and the accumulation type; wk: forward_weight's.
+template <typename acc>
+void run_forward(const GConvGeometry& g, Act act, const Tensor& x, const Tensor& wk, const Tensor& scale,
                  const Tensor& bias, const Tensor& res, const Tensor& y, const Tensor& saved) {
-  const int t = tile_cols<acc>(g.cog);
-  const Tensor wk = pad_columns(gconv_kernel_weight(weight, g, false, x.scalar_type()), t);
   std::vector<acc> zeros(std::max(g.c_in, g.c_out) + 16, acc(0)), ones(g.c_out, acc(1));
   FwdPtrs<acc> d{x.const_data_ptr<acc>(),
                  wk.const_data_ptr<acc>(),
@@ -773,7 +787,7 @@ void run_dgrad(const GConvGeometry& g, const Tensor& dc, const Tensor& weight, c
   std::vector<acc> zeros(std::max(g.c_in, g.c_out) + 16, acc(0));
   DgradPtrs<acc> d{dc.const_data_ptr<acc>(), wt.const_data_ptr<acc>(), dx.data_ptr<acc>(), zeros.data()};
   if (packed_groups_apply<acc>(g)) {
-    return run_packed<acc>(g, wt, g.n * g.h, g.w, [&](auto C_, const acc* wr, int64_t q0, int64_t q1) {
+    return run_packed<acc>(g, packed_taps<acc>(g, wt), g.n * g.h, g.w, [&](auto C_, const acc* wr, int64_t q0, int64_t q1) {
       DgradPtrs<acc> dp = d;
       dp.wt = wr;
       dgrad_packed_items<acc, decltype(C_)::value>(g, dp, q0, q1);
@@ -843,10 +857,16 @@ Tensor run_wgrad(const GConvGeometry& g, const Tensor& x, const acc* dc) {
 
 // ------------------------------------------------------------------------ entry points ----
 
-void forward_entry(const GConvGeometry& g, Act act, const Tensor& x, const Tensor& weight, const Tensor& scale,
+Tensor forward_weight_entry(const GConvGeometry& g, const Tensor& weight, at::ScalarType dtype) {
+  Tensor out;
+  PYCNN_DISPATCH_FLOATING_TYPES(dtype, "gconv_forward_cpu", [&] { out = forward_weight<scalar_t>(g, weight); });
+  return out;
+}
+
+void forward_entry(const GConvGeometry& g, Act act, const Tensor& x, const Tensor& wk, const Tensor& scale,
                    const Tensor& bias, const Tensor& res, const Tensor& y, const Tensor& saved) {
   PYCNN_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gconv_forward_cpu", [&] {
-    run_forward<scalar_t>(g, act, x, weight, scale, bias, res, y, saved);
+    run_forward<scalar_t>(g, act, x, wk, scale, bias, res, y, saved);
   });
 }
 
@@ -862,4 +882,4 @@ Tensor wgrad_entry(const GConvGeometry& g, const Tensor& x, const Tensor& dc) {
   return out;
 }
 
-extern const GConvKernels kernels = {&forward_entry, &dgrad_entry, &wgrad_entry};
+extern const GConvKernels kernels = {&forward_weight_entry, &forward_entry, &dgrad_entry, &wgrad_entry};
