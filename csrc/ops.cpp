@@ -87,11 +87,12 @@ TORCH_LIBRARY(pycnn, m) {
       "Tensor project_weight, Tensor? project_bias, int stride, str act, bool residual, "
       "Tensor? se_reduce_weight=None, Tensor? se_reduce_bias=None, Tensor? se_expand_weight=None, "
       "Tensor? se_expand_bias=None, str se_act=\"relu\") -> Tensor");
-  // Eval conv + BatchNorm (folded into it) [+ residual] + activation, given the modules' own tensors, for the
-  // graphs torch.compile makes (pycnn/fused.py): kind "dense" (oneDNN's fused conv on the folded, packed weight),
-  // "depthwise" or "grouped" (pycnn's kernels with the fold's scale and shift). The fold and the prepared call
-  // are kept per conv weight and input signature, redone when one of the six tensors changes (csrc/cpu/eval_conv.cpp).
-  // CPU only; no autograd (called where it has nothing to record).
+  // Eval conv + BatchNorm (folded into it) [+ residual] + activation, given the modules' own tensors, for eager
+  // inference and the graphs torch.compile makes (pycnn/fused.py): kind "dense" (oneDNN's fused conv on the folded,
+  // packed weight, or aten's conv), "gemm" (a 1x1 conv of a channels_last input as one matrix product on the folded
+  // weight; else as dense), "depthwise" or "grouped" (pycnn's kernels with the fold's scale and shift). The fold
+  // and the prepared calls are kept per conv weight and input signature, redone when one of the six tensors
+  // changes (csrc/cpu/eval_conv.cpp). CPU only; no autograd (called where it has nothing to record).
   m.def(
       "eval_conv_bn_act(Tensor x, Tensor weight, Tensor? bias, Tensor? bn_weight, Tensor? bn_bias, "
       "Tensor running_mean, Tensor running_var, float eps, int[] stride, int[] padding, int[] dilation, "

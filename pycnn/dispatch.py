@@ -4,7 +4,7 @@
 input shape, dtype, layout, device, train/eval, grad) and keeps the fastest, in memory and on disk
 (`<cache>/kernels-pycnn<version>-s<CACHE_SCHEMA>-torch<version>.json`, cache = $PYCNN_CACHE_DIR, else
 $XDG_CACHE_HOME/pycnn, else ~/.cache/pycnn). `kernels` comes from pycnn.compile(..., kernels=...), else $PYCNN_KERNELS, else "auto";
-what one step runs, "pycnn", "torch", (a depthwise or grouped conv) "folded" or (a 1x1 conv in training) "gemm",
+what one step runs, "pycnn", "torch", (a depthwise or grouped conv) "folded" or (a 1x1 conv) "gemm",
 is its `kernel`.
 Measuring runs the op a few times on the real input with autograd.grad (no .grad is touched) and restores the
 BatchNorm running statistics afterwards. A fixed workload is timed with each race (`reference_ms`): a recorded race
@@ -63,7 +63,8 @@ def resolve_kernels(kernels: Optional[str]) -> str:
 # its forward was up to 1.14x slower, and before the weight gradient did a 3x3 row's taps together, its backward
 # up to 1.18x. 10: before races timed a reference workload (reference_ms), those timed on a busy machine were kept.
 # 11: before eval layers on the CPU ran pycnn::eval_conv_bn_act's plans in C++, "pycnn" paid ~15 us more a layer.
-CACHE_SCHEMA = 11
+# 12: before eval raced "gemm" for dense 1x1 convs and kept grouped convs' weight layouts, it had neither.
+CACHE_SCHEMA = 12
 
 
 def cache_path() -> Path:

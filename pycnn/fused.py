@@ -233,8 +233,9 @@ def _inference(tensors) -> bool:
 def conv_bn_act(conv: nn.Conv2d, bn: _BatchNorm, x: Tensor, kind: str, act: Optional[str],
                 residual: Optional[Tensor] = None, kernel: str = "pycnn") -> Tensor:
     """act(bn(conv(x)) [+ residual]); kind "depthwise" (pycnn.dwconv), "grouped" (pycnn.gconv) or "dense"
-    (PyTorch's conv); kernel "pycnn", "folded" (any kind as dense), "gemm" (a dense 1x1 conv in training as
-    matrix products, where gemm_applies; else as "pycnn") or "torch" (the eager composition).
+    (PyTorch's conv); kernel "pycnn", "folded" (any kind as dense), "gemm" (a dense 1x1 conv as matrix products
+    where gemm_applies: in training, and in eval without autograd; else as "pycnn") or "torch" (the eager
+    composition).
     Training: the conv, then the fused BatchNorm+act. Eval: the BatchNorm folded into the conv, one fused op
     for depthwise/grouped, a conv with folded weights and bias for dense; without autograd (no_grad,
     inference_mode, frozen weights) the fold is cached (cached_fold) and the ops are called below the
@@ -249,12 +250,15 @@ def conv_bn_act(conv: nn.Conv2d, bn: _BatchNorm, x: Tensor, kind: str, act: Opti
     if not batch_stats:  # eval: the fold cached where autograd has nothing to record
         recorded = (x, residual, _param(conv, "weight"), _param(conv, "bias"), _param(bn, "weight"),
                     _param(bn, "bias"))
+        if kernel == "gemm" and kind == "dense":
+            kind = "gemm"  # (where it does not apply to an input, the plan runs it as dense: _runs_as_gemm)
         if _inference(recorded):
             return _conv_bn_act_inference(conv, bn, x, kind, act, residual)
         if _in_cpu_graph(x) and x.dim() == 4 and _autocast_dtype(x) is None and _registered(conv, bn) \
                 and _no_autograd(recorded):
             return torch.ops.pycnn.eval_conv_bn_act(x, *fold_tensors(conv, bn), bn.eps, conv.stride, conv.padding,
                                                     conv.dilation, conv.groups, kind, act or "none", residual)
+    kind = "dense" if kind == "gemm" else kind
     dtype = _autocast_dtype(x)
     if dtype is not None and kind != "dense":
         x = _cast(x, dtype)
@@ -285,7 +289,7 @@ def _conv_bn_act_inference(conv, bn, x, kind, act, residual):
             and not torch.jit.is_tracing():  # (a traced graph holds the ops the layer runs, as before)
         return torch.ops.pycnn.eval_conv_bn_act(x, *fold_tensors(conv, bn), bn.eps, conv.stride, conv.padding,
                                                 conv.dilation, conv.groups, kind, act or "none", residual)
-    fold = cached_fold(conv, bn, kind == "dense")
+    fold = cached_fold(conv, bn, _folds_weights(kind))
     geometry = (conv.stride, conv.padding, conv.dilation, conv.groups)
     return folded_forward(x, fold, _param(conv, "weight"), geometry, kind, act, residual)
 
@@ -294,39 +298,85 @@ def folded_forward(x: Tensor, fold: EvalFold, weight: Tensor, geometry, kind: st
                    residual: Optional[Tensor]) -> Tensor:
     """act(conv(x) * scale + shift [+ residual]) from an eval fold, without autograd: the pycnn ops called below
     autograd (their Python autograd wrapper costs ~5 us a call), dense convs on oneDNN with packed weights when
-    big enough. geometry: (stride, padding, dilation, groups)."""
-    if kind != "dense":
+    big enough, or as one matrix product (kind "gemm"). geometry: (stride, padding, dilation, groups)."""
+    if not _folds_weights(kind):
         dtype = _autocast_dtype(x)
         if dtype is not None:
             x = _cast(x, dtype)
         weight = _cast(weight, x.dtype)
         residual = _cast(residual, x.dtype)
-    call = _folded_call(x, fold, weight, geometry, kind, act, residual)
-    if call is None:
-        y = F.conv2d(x, fold.weight, fold.bias, *geometry)
-        return epilogue_(y, residual, act)
-    op, args = call
+    calls, with_epilogue = _folded_calls(x, fold, weight, geometry, kind, act, residual)
+    y = x
     with torch._C._AutoDispatchBelowAutograd():
-        y = op(*args)
-    return y[0] if isinstance(y, tuple) else y  # pycnn::gconv_forward: (output, saved)
+        for op, args in calls:
+            args = [y if a is _PREVIOUS else a for a in args]
+            y = op(*[a for a, s in zip(args, op._schema.arguments) if not s.kwarg_only],
+                   **{s.name: a for a, s in zip(args, op._schema.arguments) if s.kwarg_only})
+    y = y[0] if isinstance(y, tuple) else y  # pycnn::gconv_forward: (output, saved)
+    return y if with_epilogue else epilogue_(y, residual, act)
 
 
-def _folded_call(x: Tensor, fold: EvalFold, weight: Tensor, geometry, kind: str, act: Optional[str],
-                 residual: Optional[Tensor]):
-    """(op, arguments) that run a folded layer in inference: oneDNN's fused conv on the packed folded weight
-    (dense), pycnn's depthwise or grouped kernel with the fold's scale and shift; None for a dense conv oneDNN does
-    not take or that is too small for it (F.conv2d and the epilogue instead). Shared by eager inference
+_PREVIOUS = object()  # in _folded_calls' arguments (all of the schema's, in its order): the previous call's output
+
+
+def _folds_weights(kind: str) -> bool:
+    """The layer runs on the folded weight and bias (a dense conv), not on the conv weight with the fold's scale
+    and shift (pycnn's depthwise and grouped kernels)."""
+    return kind in ("dense", "gemm")
+
+
+def _folded_calls(x: Tensor, fold: EvalFold, weight: Tensor, geometry, kind: str, act: Optional[str],
+                  residual: Optional[Tensor]):
+    """([(op, arguments)], whether they apply the epilogue) that run a folded layer in inference, each call given
+    the previous one's output where its arguments hold _PREVIOUS: pycnn's depthwise or grouped kernel with the
+    fold's scale and shift; a dense 1x1 conv of kind "gemm" as one matrix product over the pixels (_runs_as_gemm);
+    oneDNN's fused conv on the packed folded weight (dense, big enough); else aten's conv on the folded weight.
+    The last two without the epilogue (residual, activation): the caller's, in place. Shared by eager inference
     (folded_forward) and the plans pycnn::eval_conv_bn_act keeps (_eval_plan)."""
     stride, padding, dilation, groups = geometry
-    if kind == "dense":
-        if not _onednn_path(x, fold.weight, residual, act, stride):
-            return None
-        return _onednn_call(x, _packed(fold, x, geometry), fold.bias, geometry, residual, act)
     if kind == "depthwise":
-        return torch.ops.pycnn.dwconv_forward.default, [x, weight, fold.scale, fold.shift, residual, list(stride),
-                                                        list(padding), list(dilation), act or "none"]
-    return torch.ops.pycnn.gconv_forward.default, [x, weight, fold.scale, fold.shift, residual, list(stride),
-                                                   list(padding), groups, act or "none", False]
+        return [(torch.ops.pycnn.dwconv_forward.default, [x, weight, fold.scale, fold.shift, residual, list(stride),
+                                                          list(padding), list(dilation), act or "none"])], True
+    if kind == "grouped":
+        return [(torch.ops.pycnn.gconv_forward.default, [x, weight, fold.scale, fold.shift, residual, list(stride),
+                                                         list(padding), groups, act or "none", False])], True
+    if _runs_as_gemm(x, fold.weight, stride, padding, dilation, groups, kind):
+        n, c, h, w = x.shape
+        c_out = fold.weight.shape[0]
+        aten = torch.ops.aten
+        return [(aten.as_strided.default, [x, [n * h * w, c], [c, 1], None]),  # the pixels' rows as they lie
+                (aten.addmm.default, [fold.bias, _PREVIOUS, _gemm_weight(fold), 1, 1]),
+                (aten.as_strided.default, [_PREVIOUS, [n, c_out, h, w], list(_channels_last_strides(c_out, h, w)),
+                                           None])], False
+    if _onednn_path(x, fold.weight, residual, act, stride):
+        return [_onednn_call(x, _packed(fold, x, geometry), fold.bias, geometry, residual, act)], True
+    return [(torch.ops.aten.conv2d.default, [x, fold.weight, fold.bias, list(stride), list(padding), list(dilation),
+                                             groups])], False
+
+
+def _runs_as_gemm(x: Tensor, weight: Tensor, stride, padding, dilation, groups: int, kind: str) -> bool:
+    """A layer of kind "gemm" runs as one matrix product: a 1x1, stride-1, unpadded, ungrouped conv of a
+    channels_last CPU input in the weight's dtype (its pixels are the rows of an [N*H*W, C] matrix); otherwise as
+    a dense conv. MKL's product beats oneDNN's 1x1 conv on small maps (RegNetX-400MF's 384 -> 384 at 7x7, batch
+    1: 1.2x), not on large ones: the dispatch races it."""
+    return (kind == "gemm" and x.device.type == "cpu" and x.dim() == 4 and x.dtype == weight.dtype
+            and tuple(weight.shape[2:]) == (1, 1) and tuple(stride) == (1, 1) and tuple(padding) == (0, 0)
+            and tuple(dilation) == (1, 1) and groups == 1 and x.is_contiguous(memory_format=torch.channels_last))
+
+
+def _channels_last_strides(c: int, h: int, w: int) -> Tuple[int, int, int, int]:
+    hs, ws, cs = max(h, 1), max(w, 1), max(c, 1)  # as torch strides empty dimensions
+    return hs * ws * cs, 1, ws * cs, cs
+
+
+def _gemm_weight(fold: EvalFold) -> Tensor:
+    """The folded 1x1 weight as the [C_in, C_out] right-hand matrix of the product, made once per fold (MKL's
+    product on the transposed view ran 1.2-1.4x slower)."""
+    gemm = fold.packed.get("gemm")
+    if gemm is None:
+        with torch.inference_mode(False), torch.no_grad(), allocator.outside_scopes():
+            gemm = fold.packed["gemm"] = fold.weight.flatten(1).t().contiguous()
+    return gemm
 
 
 # ------------------------------------------------------------------- the eval fold in graphs torch.compile makes
@@ -365,10 +415,11 @@ def _output_layout(x: Tensor, weight: Tensor, residual: Optional[Tensor], act: O
                    dilation, kind: str) -> Tuple[list, Tuple[int, ...]]:
     """The shape of the conv's output and the strides pycnn::eval_conv_bn_act gives it, the same for the real op
     and its fake: those folded_forward's kernels give, so that no copy is needed. oneDNN's fused conv (its packed
-    weight) always gives channels_last; aten's conv channels_last where the input's or the weight's strides
-    suggest it (PyTorch's rule: a one-channel input, whose strides are ambiguous, into a channels_last model's
-    stem gives channels_last); pycnn's depthwise and grouped kernels keep their input's memory format."""
-    onednn = kind == "dense" and _onednn_path(x, weight, residual, act, stride)
+    weight) and the matrix product always give channels_last; aten's conv channels_last where the input's or the
+    weight's strides suggest it (PyTorch's rule: a one-channel input, whose strides are ambiguous, into a
+    channels_last model's stem gives channels_last); pycnn's depthwise and grouped kernels keep their input's
+    memory format."""
+    onednn = _folds_weights(kind) and _onednn_path(x, weight, residual, act, stride)
     key = (tuple(stride), tuple(padding), tuple(dilation), kind, onednn)
     if all(type(d) is int for t in (x, weight) for d in (*t.shape, *t.stride())):  # (symbolic sizes: not cached)
         shape, strides = _cached_layout(tuple(x.shape), x.stride(), tuple(weight.shape), weight.stride(), *key)
@@ -389,18 +440,20 @@ def _layout(x: Tensor, weight: Tensor, stride, padding, dilation, kind: str, one
     h = conv_output_size(h, kh, stride[0], padding[0], dilation[0])
     w = conv_output_size(w, kw, stride[1], padding[1], dilation[1])
     hs, ws, cs = max(h, 1), max(w, 1), max(c, 1)  # as torch strides empty dimensions
-    if kind != "dense":
+    if not _folds_weights(kind):
         channels_last = ops.kernel_memory_format(x) == torch.channels_last
     else:
-        channels_last = onednn or torch.channels_last in (suggest_memory_format(x), suggest_memory_format(weight))
+        gemm = _runs_as_gemm(x, weight, stride, padding, dilation, x.shape[1] // max(weight.shape[1], 1), kind)
+        channels_last = onednn or gemm or torch.channels_last in (suggest_memory_format(x),
+                                                                  suggest_memory_format(weight))
     if channels_last:
-        return (n, c, h, w), (hs * ws * cs, 1, ws * cs, cs)
+        return (n, c, h, w), _channels_last_strides(c, h, w)
     return (n, c, h, w), (cs * hs * ws, hs * ws, ws, 1)
 
 
 def _eval_conv_bn_act(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, eps, stride, padding,
                       dilation, groups, kind, act, residual):
-    fold = graph_fold((weight, bias, bn_weight, bn_bias, running_mean, running_var), eps, kind == "dense")
+    fold = graph_fold((weight, bias, bn_weight, bn_bias, running_mean, running_var), eps, _folds_weights(kind))
     y = folded_forward(x, fold, weight, (stride, padding, dilation, groups), kind, act, residual)
     shape, strides = _output_layout(x, weight, residual, act, stride, padding, dilation, kind)
     return y if y.stride() == strides else y.new_empty_strided(shape, strides).copy_(y)
@@ -415,30 +468,26 @@ def _eval_plan(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, e
     residual of another dtype)."""
     if residual is not None and residual.dtype != x.dtype:
         return None
-    fold = graph_fold((weight, bias, bn_weight, bn_bias, running_mean, running_var), eps, kind == "dense")
+    fold = graph_fold((weight, bias, bn_weight, bn_bias, running_mean, running_var), eps, _folds_weights(kind))
     # pycnn's kernels take the weight in x's dtype (folded_forward's cast): a cast one is the plan's own
-    conv_weight = weight if kind == "dense" else _cast(weight, x.dtype)
-    call = _folded_call(x, fold, conv_weight, (stride, padding, dilation, groups), kind, act, residual)
-    if call is not None:
-        calls = [call]
-    else:  # a dense conv below oneDNN's size: aten's conv, then folded_forward's epilogue in place
+    conv_weight = weight if _folds_weights(kind) else _cast(weight, x.dtype)
+    calls, with_epilogue = _folded_calls(x, fold, conv_weight, (stride, padding, dilation, groups), kind, act,
+                                         residual)
+    if not with_epilogue:  # folded_forward's epilogue, in place
         inplace = ACTIVATIONS[act].aten_inplace if act not in (None, "none") else None
         if act not in (None, "none") and inplace is None:
             return None
-        y = object()  # the previous op's output
-        calls = [(torch.ops.aten.conv2d.default, [x, fold.weight, fold.bias, list(stride), list(padding),
-                                                  list(dilation), groups])]
         if residual is not None:
-            calls.append((torch.ops.aten.add_.Tensor, [y, residual, 1]))
+            calls.append((torch.ops.aten.add_.Tensor, [_PREVIOUS, residual, 1]))
         if inplace is not None:
-            calls.append((getattr(torch.ops.aten, inplace[0]).default, [y, *inplace[1]]))
+            calls.append((getattr(torch.ops.aten, inplace[0]).default, [_PREVIOUS, *inplace[1]]))
 
     def position(args, t):
-        # x (or the previous op's output) is each op's first argument; a residual that is x itself is found
-        # again past it
+        # a residual that is x itself is found past x's own position
         return next((i for i, a in enumerate(args) if i > 0 and a is t), -1) if t is not None else -1
-    steps = [(op._schema.name, "" if op._overloadname == "default" else op._overloadname, args, 0,
-              position(args, residual), position(args, weight)) for op, args in calls]
+    steps = [(op._schema.name, "" if op._overloadname == "default" else op._overloadname, args,
+              next(i for i, a in enumerate(args) if a is (x if k == 0 else _PREVIOUS)),
+              position(args, residual), position(args, weight)) for k, (op, args) in enumerate(calls)]
     return steps, list(_output_layout(x, weight, residual, act, stride, padding, dilation, kind)[1])
 
 

@@ -30,7 +30,9 @@ def kernel_table(model: nn.Module) -> Dict[str, str]:
 _PYCNN_KERNEL = {"depthwise": "pycnn::dwconv", "grouped": "pycnn::gconv"}
 # a dense conv's pycnn side, and any conv's "folded": the BatchNorm folded in eval, pycnn's after the conv in training
 _DENSE = {False: "aten::conv2d+folded BN", True: "aten::conv2d+pycnn::bn_act"}
-_GEMM = "aten::mm+pycnn::bn_act"  # a 1x1 conv as matrix products in training (fused.conv1x1_as_gemm); eval: dense
+# a 1x1 conv as matrix products: in training then pycnn's BatchNorm+act (fused.conv1x1_as_gemm), in eval on the
+# folded weight (fused._runs_as_gemm)
+_GEMM = {True: "aten::mm+pycnn::bn_act", False: "aten::addmm+folded BN"}
 
 
 def kernel_label(step: FusedStep, training: bool = False) -> str:
@@ -47,5 +49,4 @@ def kernel_label(step: FusedStep, training: bool = False) -> str:
     kernel = step.last_kernel or (step.kernels if step.kernels != "auto" else None)
     if kernel is None:
         return f"auto: {ours} | aten"
-    gemm = _GEMM if training else dense
-    return {"pycnn": ours, "folded": dense + suffix, "gemm": gemm + suffix}.get(kernel, "aten")
+    return {"pycnn": ours, "folded": dense + suffix, "gemm": _GEMM[training] + suffix}.get(kernel, "aten")

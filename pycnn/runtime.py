@@ -55,13 +55,13 @@ class FusedStep:
         """The kernels `auto` races for input x: pycnn's and PyTorch's composition and, for a depthwise or grouped
         conv, the dense path's way: PyTorch's conv with, in eval, the BatchNorm folded in (on the CPU oneDNN,
         packed, the activation fused; it beats both on many grouped shapes), in training followed by pycnn's
-        BatchNorm+act; for a 1x1 conv in training where fused.gemm_applies, the conv as matrix products
-        followed by pycnn's BatchNorm+act."""
+        BatchNorm+act; for a 1x1 conv where fused.gemm_applies, the conv as matrix products: in training
+        followed by pycnn's BatchNorm+act, in eval on the folded weight."""
         if self.kind != "conv_bn_act":
             return ("pycnn", "torch")
         if self.attrs["conv"] != "dense":
             return ("pycnn", "folded", "torch")
-        if training and fused.gemm_applies(modules[0], x):
+        if fused.gemm_applies(modules[0], x):
             return ("pycnn", "gemm", "torch")
         return ("pycnn", "torch")
 

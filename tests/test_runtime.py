@@ -259,10 +259,11 @@ def test_grouped_and_depthwise_convs_race_the_folded_conv_too(monkeypatch, tmp_p
     assert ("pycnn", "folded", "torch") in calls
 
 
-def test_1x1_convs_race_matrix_products_in_training(monkeypatch):
-    """kernels="auto" in training: a 1x1 stride-1 dense conv_bn_act also races "gemm" (the conv as matrix products
-    over the channels_last pixels, then pycnn's BatchNorm+act); it runs, equals the reference with its gradients
-    in float64, and the report says so. Eval and strided 1x1 convs race two candidates as before."""
+def test_1x1_convs_race_matrix_products(monkeypatch):
+    """kernels="auto": a 1x1 stride-1 dense conv_bn_act also races "gemm" (the conv as matrix products over the
+    channels_last pixels: in training then pycnn's BatchNorm+act, in eval one product on the folded weight, then
+    the epilogue); it runs, equals the reference (in training with its gradients) in float64, and the report says
+    so. Strided 1x1 convs race two candidates as before."""
     calls = favour(monkeypatch, "gemm")
     from pycnn import runtime
     from pycnn.report import kernel_label
@@ -288,9 +289,17 @@ def test_1x1_convs_race_matrix_products_in_training(monkeypatch):
     assert all(kernel_label(s, training=True).startswith("aten::mm+pycnn::bn_act") for s in pointwise)
     calls.clear()
     model.eval()
+    ref.eval()
     with torch.no_grad():
-        model(x)
-    assert calls and all("gemm" not in c for c in calls)
+        for _ in range(2):  # the plans made, then run
+            torch.testing.assert_close(model(x), ref(x), rtol=1e-9, atol=1e-10)
+    assert ("pycnn", "gemm", "torch") in calls and ("pycnn", "torch") in calls
+    assert all(s.last_kernel == "gemm" for s in pointwise)
+    assert all(s.last_kernel != "gemm" for s in strided)
+    assert all(kernel_label(s).startswith("aten::addmm+folded BN") for s in pointwise)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1)
+             and m.stride == (1, 1)]  # their folds hold the product's weight: the plans ran it
+    assert len(convs) == len(pointwise) and all("gemm" in fused._GRAPH_FOLDS[id(c.weight)][0].packed for c in convs)
 
 
 @pytest.mark.parametrize("bias", [False, True])
@@ -841,6 +850,41 @@ def test_eval_conv_bn_act_plans_serve_new_inputs(kind, c, groups, act, residual)
             z = bn(conv(x)) + (r if r is not None else 0)
             expected = fused.activation(z, act)
         torch.testing.assert_close(y, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("act,residual,layout", [
+    ("relu", "x", "channels_last"), ("relu6", None, "channels_last"), ("silu", "other", "nchw"),
+    ("gelu", "other", "channels_last"), ("none", None, "channels_last"), ("relu", None, "nchw")])
+def test_eval_conv_bn_act_gemm(act, residual, layout):
+    """kind "gemm" (a 1x1 conv as one matrix product over the pixels of a channels_last input, then the epilogue;
+    an NCHW input runs as "dense"): the op checks, the eager composition's values on new inputs after the first
+    call (the plan), and the layout its fake promises."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(32, 32, 1, bias=True)
+    bn = torch.nn.BatchNorm2d(32).eval()
+    with torch.no_grad():
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    for k in range(3):
+        x = torch.randn(2, 32, 7, 5).contiguous(memory_format=fmt)
+        r = x if residual == "x" else torch.randn_like(x) if residual == "other" else None
+        args = (x, *fused.fold_tensors(conv, bn), bn.eps, [1, 1], [0, 0], [1, 1], 1, "gemm", act, r)
+        with torch.no_grad():
+            y = torch.ops.pycnn.eval_conv_bn_act(*args)
+            expected = fused.activation(bn(conv(x)) + (r if r is not None else 0), act)
+        torch.testing.assert_close(y, expected, rtol=1e-4, atol=1e-5)
+        with torch._subclasses.fake_tensor.FakeTensorMode() as mode:
+            fake = torch.ops.pycnn.eval_conv_bn_act(*(mode.from_tensor(a) if isinstance(a, torch.Tensor) else a
+                                                      for a in args))
+        assert fake.stride() == y.stride()
+        if layout == "channels_last":
+            assert y.is_contiguous(memory_format=torch.channels_last)
+        if k == 0:
+            for p in list(conv.parameters()) + list(bn.parameters()):
+                p.requires_grad_(False)
+            torch.library.opcheck(torch.ops.pycnn.eval_conv_bn_act.default, args,
+                                  test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))
 
 
 def test_eval_conv_bn_act_plan_made_during_a_change_is_not_kept():
