@@ -8,6 +8,7 @@
 #include <torch/csrc/utils/pybind.h>
 
 #include <atomic>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -168,6 +169,16 @@ PYBIND11_MODULE(_C, m) {
         "Drops pycnn::eval_conv_bn_act's plans for this conv weight and the kernel layouts kept of it.");
   m.def("_weight_forms_entries", &cpu::weight_forms_entries,
         "The kernel layouts of weights kept between eval plans' calls (csrc/cpu/weight_forms.h).");
+  // (a holder, so that the scope opens in __enter__ and closes in __exit__, on the thread of the with-block)
+  struct WeightFormsScopeHolder {
+    std::optional<cpu::WeightFormsScope> scope;
+  };
+  py::class_<WeightFormsScopeHolder>(m, "_WeightFormsScope",
+                                     "Inside it the kernels keep their weights' layouts between calls (an eval "
+                                     "fold's own tensors, which nothing edits in place: csrc/cpu/weight_forms.h).")
+      .def(py::init<>())
+      .def("__enter__", [](WeightFormsScopeHolder& h) { h.scope.emplace(); })
+      .def("__exit__", [](WeightFormsScopeHolder& h, const py::args&) { h.scope.reset(); });
   m.def("_eval_conv_sweep", &eval_conv::sweep, "Drops pycnn::eval_conv_bn_act's plans for freed conv weights.");
   m.def("_cpu_cache_enter_scope", &cpu_cache::enter_scope, py::arg("max_cached_bytes"),
         "Caches until the matching _cpu_cache_exit_scope (a fused network's forward).");

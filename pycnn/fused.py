@@ -754,7 +754,9 @@ def _mbconv_from_folds(x: Tensor, folds, tail) -> Tensor:
     """pycnn.mbconv below autograd with each conv's folded weight and bias (EvalFolds: expand if any, depthwise,
     project); tail: stride, act, residual, the SE arguments."""
     expand = (folds[0].weight, folds[0].bias) if len(folds) == 3 else (None, None)
-    with torch._C._AutoDispatchBelowAutograd():
+    # the folds' tensors are their own, never edited in place: the kernel keeps their layouts (its 1x1 weights'
+    # GEMM panels cost as much as a late block's products at batch 1) until they are replaced or freed
+    with torch._C._AutoDispatchBelowAutograd(), _C._WeightFormsScope():
         return torch.ops.pycnn.mbconv_forward(x, *expand, folds[-2].weight, folds[-2].bias, folds[-1].weight,
                                               folds[-1].bias, *tail)
 

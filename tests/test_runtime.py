@@ -1054,3 +1054,34 @@ def test_grouped_conv_weight_layout_is_kept_for_eval_plans_only(group_width):
     gc.collect()
     _C._eval_conv_sweep()
     assert _C._weight_forms_entries() == kept
+
+
+def test_mbconv_weight_layouts_are_kept_with_the_folds():
+    """Eval inverted-residual blocks run pycnn.mbconv on their folds' own tensors, and keep the layouts its kernel
+    reads (the 1x1 weights' GEMM panels, the padded depthwise weights and biases: csrc/cpu/weight_forms.h) between
+    calls: made on the first call, kept on the next, replaced with the fold after an in-place edit (the result
+    still the reference's), gone with the model."""
+    import gc
+    from pycnn import _C, runtime
+    gc.collect()
+    kept = _C._weight_forms_entries()
+    model, ref = pair(MOBILENET, "mobilenet_v2", width_mult=0.25)
+    blocks = [s for m in model.modules() for steps in runtime.step_lists(m) for s in steps
+              if isinstance(s, runtime.MbConvStep)]
+    x = torch.randn(2, 3, 32, 32)
+    check(model, ref, x)
+    made = _C._weight_forms_entries() - kept
+    # the depthwise and project convs' weights and biases, and the expand conv's where there is one
+    assert len(blocks) == 17 and made == sum(6 if len(b.parts) == 3 else 4 for b in blocks)
+    check(model, ref, x)
+    assert _C._weight_forms_entries() - kept == made
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1)
+    name = next(n for n, m in model.named_modules() if m is conv)
+    with torch.no_grad():
+        for m in (model, ref):
+            m.get_submodule(name).weight.mul_(-2.0)
+    check(model, ref, x)
+    assert _C._weight_forms_entries() - kept == made
+    del model, ref, conv
+    gc.collect()
+    assert _C._weight_forms_entries() == kept

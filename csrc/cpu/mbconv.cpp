@@ -1,13 +1,16 @@
 // CPU implementation of pycnn::mbconv_forward, the fused inverted-residual block in eval (BatchNorms folded
-// into the convs by the caller): checks, NHWC input, the depthwise weights taps-major and the biases with
-// their channel counts padded to kMbConvPad with zeros, the 1x1 and SE weights contiguous as the convs hold
-// them (the kernel packs the 1x1 ones into its GEMM panels), then the variant's kernel
-// (cpu/mbconv_kernels.h). No training (docs/kernels.md).
+// into the convs by the caller): checks, NHWC input, the weights as the kernel reads them (the depthwise ones
+// taps-major and the biases with their channel counts padded to kMbConvPad with zeros, the 1x1 ones as the
+// variant's GEMM panels; kept between an eval fold's calls: cpu/weight_forms.h), the SE weights contiguous as
+// the convs hold them, then the variant's kernel (cpu/mbconv_kernels.h). No training (docs/kernels.md).
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <functional>
+
 #include "cpu/kernel_utils.h"
 #include "cpu/mbconv_entries.h"
+#include "cpu/weight_forms.h"
 #include "mbconv.h"
 
 namespace pycnn {
@@ -46,15 +49,31 @@ Tensor mbconv_forward_cpu(const Tensor& input, const OptTensor& expand_weight, c
   constexpr auto nhwc = at::MemoryFormat::ChannelsLast;
   const int64_t ep = mbconv_padded(g.e), cop = mbconv_padded(g.co);
   const Tensor x = input.contiguous(nhwc);
+  const auto& kernels = PYCNN_CPU_KERNELS(mb, x.scalar_type());
+  // The layouts the kernel reads, made per call, or kept between calls inside a weight-forms scope (an eval
+  // fold's folded weights: pycnn.fused._mbconv_from_folds). role: which of the block's tensors t is.
+  const auto form = [&](const Tensor& t, int64_t role, const std::function<Tensor()>& make) {
+    return cpu::weight_form(t, &kernels, role * 64 + static_cast<int64_t>(input.scalar_type()), make);
+  };
+  const auto padded = [&](const OptTensor& v, int64_t role, int64_t channels, int64_t to) {
+    return v ? form(*v, role, [&] { return padded_vector(v, channels, to, input); })
+             : padded_vector(v, channels, to, input);
+  };
   Tensor we, be;
   if (g.expand) {
-    we = expand_weight->reshape({g.e, g.c}).contiguous();  // [E][C]
-    be = padded_vector(expand_bias, g.e, ep, input);
+    we = form(*expand_weight, 0, [&] {
+      return kernels.panels(expand_weight->reshape({g.e, g.c}).contiguous(), ep);  // [E][C]
+    });
+    be = padded(expand_bias, 1, g.e, ep);
   }
-  const Tensor wd = pad_columns(dw_weight.reshape({g.e, g.k * g.k}).t(), ep);  // [k*k][Ep]
-  const Tensor bd = padded_vector(dw_bias, g.e, ep, input);
-  const Tensor wp = project_weight.reshape({g.co, g.e}).contiguous();  // [C_out][E]
-  const Tensor bp = padded_vector(project_bias, g.co, cop, input);
+  const Tensor wd = form(dw_weight, 2, [&] {  // [k*k][Ep]
+    return pad_columns(dw_weight.reshape({g.e, g.k * g.k}).t(), ep);
+  });
+  const Tensor bd = padded(dw_bias, 3, g.e, ep);
+  const Tensor wp = form(project_weight, 4, [&] {
+    return kernels.panels(project_weight.reshape({g.co, g.e}).contiguous(), g.co);  // [C_out][E]
+  });
+  const Tensor bp = padded(project_bias, 5, g.co, cop);
   if (g.r > 0) {
     const auto as_input = [&](const Tensor& t, at::IntArrayRef shape) {
       return t.reshape(shape).to(input.scalar_type()).contiguous();
@@ -65,7 +84,7 @@ Tensor mbconv_forward_cpu(const Tensor& input, const OptTensor& expand_weight, c
     if (se_expand_bias) se.b2 = as_input(*se_expand_bias, {g.e});
   }
   Tensor y = at::empty({g.n, g.co, g.oh, g.ow}, input.options(), nhwc);
-  if (y.numel() > 0) PYCNN_CPU_KERNELS(mb, x.scalar_type()).forward(g, act, x, we, be, wd, bd, wp, bp, y, se);
+  if (y.numel() > 0) kernels.forward(g, act, x, we, be, wd, bd, wp, bp, y, se);
   return y;
 }
 

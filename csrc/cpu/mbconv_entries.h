@@ -1,5 +1,5 @@
 // The entry points of cpu/mbconv_kernels.h, one table per variant (cpu/isa_kernels.h), called by mbconv.cpp
-// once it has checked the arguments and packed the weights.
+// once it has checked the arguments and laid the weights out.
 #pragma once
 
 #include "cpu/kernel_utils.h"
@@ -27,9 +27,13 @@ struct MbConvSe {
 };
 
 struct MbConvKernels {
+  // A 1x1 weight w [N][K] (contiguous, the input's dtype) as this variant's GEMM panels of its transpose,
+  // enough for `cols` >= N columns (zeros past N): the layout forward reads.
+  Tensor (*panels)(const Tensor& w, int64_t cols);
   // y = project(act(dw(act(expand(x)))) [* se scale]) [+ x], x and y NHWC-contiguous; the weights (input's
-  // dtype): we [E][C] (undefined without expansion), be [Ep], wd [k*k][Ep], bd [Ep], wp [C_out][E], bp [Cop],
-  // where Ep = mbconv_padded(E) and Cop = mbconv_padded(C_out), zero-padded; se's tensors undefined without SE.
+  // dtype): we = panels([E][C], Ep) (undefined without expansion), be [Ep], wd [k*k][Ep], bd [Ep],
+  // wp = panels([C_out][E], C_out), bp [Cop], where Ep = mbconv_padded(E) and Cop = mbconv_padded(C_out),
+  // zero-padded; se's tensors undefined without SE.
   void (*forward)(const MbConvGeometry& g, Act act, const Tensor& x, const Tensor& we, const Tensor& be,
                   const Tensor& wd, const Tensor& bd, const Tensor& wp, const Tensor& bp, const Tensor& y,
                   const MbConvSeTensors& se);

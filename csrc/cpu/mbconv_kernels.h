@@ -12,9 +12,10 @@
 //
 // The 1x1 convolutions are a register-blocked GEMM (gemm_tile): MR pixels x NV vectors of output channels
 // accumulate in registers over the input channels, one broadcast of a pixel's input value per MR x NV
-// multiply-adds; the weights are packed per call into panels of NV vectors of columns (kTile, zeros past the
-// channel count) and the biases and the ring padded to 16 channels (kMbConvPad), so the vectors never need a
-// tail, except in the output row of the projection (C_out values per pixel).
+// multiply-adds; the weights are packed into panels of NV vectors of columns (kTile, zeros past the channel
+// count; by the caller, which keeps them between an eval fold's calls: cpu/weight_forms.h) and the biases and
+// the ring padded to 16 channels (kMbConvPad), so the vectors never need a tail, except in the output row of the
+// projection (C_out values per pixel).
 
 namespace detail_mb {
 
@@ -92,12 +93,14 @@ constexpr int64_t kTile = kNV * Vec<T>::lanes;
 // past N; the expand GEMM writes all Ep columns of the ring). Read in place: one pass, no transposed copy (a
 // panel's kTile rows of W stay in L1 while k advances).
 template <typename T>
-std::vector<T> pack_panels(const T* W, int64_t N, int64_t K, int64_t cols) {
+Tensor pack_panels(const Tensor& w, int64_t cols) {
+  const int64_t N = w.size(0), K = w.size(1);
+  const T* W = w.const_data_ptr<T>();
   const int64_t panels = (std::max(N, cols) + kTile<T> - 1) / kTile<T>;
-  std::vector<T> out(static_cast<size_t>(panels * K * kTile<T>), T(0));
+  Tensor out = at::zeros({panels * K * kTile<T>}, w.options());
   for (int64_t p = 0; p * kTile<T> < N; ++p) {
     const int64_t width = std::min(kTile<T>, N - p * kTile<T>);
-    T* panel = out.data() + p * K * kTile<T>;
+    T* panel = out.mutable_data_ptr<T>() + p * K * kTile<T>;
     for (int64_t k = 0; k < K; ++k)
       for (int64_t j = 0; j < width; ++j) panel[k * kTile<T> + j] = W[(p * kTile<T> + j) * K + k];
   }
@@ -194,15 +197,14 @@ void se_scale(int64_t R, int64_t E, int64_t Ep, Act se_act, const double* sums, 
   std::fill(s + E, s + Ep, T(0));
 }
 
+// we_panels, wp_panels: the 1x1 weights as panels() gives them.
 template <Act A, typename T>
-void forward_typed(const MbConvGeometry& g, const T* x, const T* we, const T* be, const T* wd, const T* bd,
-                   const T* wp, const T* bp, T* y, const MbConvSe<T>& se) {
+void forward_typed(const MbConvGeometry& g, const T* x, const T* we_panels, const T* be, const T* wd, const T* bd,
+                   const T* wp_panels, const T* bp, T* y, const MbConvSe<T>& se) {
   constexpr int L = Vec<T>::lanes;
   const int64_t Ep = mbconv_padded(g.e);
   const int k = g.k;
   const bool with_se = g.r > 0;
-  const std::vector<T> we_panels = g.expand ? pack_panels(we, g.e, g.c, Ep) : std::vector<T>();
-  const std::vector<T> wp_panels = pack_panels(wp, g.co, g.e, g.co);
   // With SE: d [N][OH][OW][Ep] (uninitialized: every value is written before it is read) and its sums per row.
   std::unique_ptr<T[]> d_all(with_se ? new T[static_cast<size_t>(g.n * g.oh * g.ow * Ep)] : nullptr);
   std::vector<T> row_sums(with_se ? static_cast<size_t>(g.n * g.oh * Ep) : 0, T(0));
@@ -229,7 +231,7 @@ void forward_typed(const MbConvGeometry& g, const T* x, const T* we, const T* be
           T* dst = ring.data() + (ih % k) * g.w * Ep;
           const T* src = xn + ih * g.w * g.c;
           if (g.expand) {
-            gemm<T>(g.w, Ep, g.c, src, g.c, we_panels.data(), be, dst, Ep, nullptr, 0);
+            gemm<T>(g.w, Ep, g.c, src, g.c, we_panels, be, dst, Ep, nullptr, 0);
             act_inplace<A>(dst, g.w * Ep);
           } else {  // the input row itself, its channels padded with zeros
             for (int64_t iw = 0; iw < g.w; ++iw) {
@@ -248,7 +250,7 @@ void forward_typed(const MbConvGeometry& g, const T* x, const T* we, const T* be
         }
         dw_row<A>(g, oh, ring.data(), Ep, wd, bd, drow.data());
         const T* r = g.residual ? xn + oh * g.w * g.c : nullptr;
-        gemm<T>(g.ow, g.co, g.e, drow.data(), Ep, wp_panels.data(), bp, y + (n * g.oh + oh) * g.ow * g.co, g.co, r,
+        gemm<T>(g.ow, g.co, g.e, drow.data(), Ep, wp_panels, bp, y + (n * g.oh + oh) * g.ow * g.co, g.co, r,
                 g.c);
       }
     }
@@ -275,7 +277,7 @@ void forward_typed(const MbConvGeometry& g, const T* x, const T* we, const T* be
       for (int64_t m = 0; m < pixels; ++m)
         for (int64_t c = 0; c < Ep; c += L) vstore(d + m * Ep + c, vload<T>(d + m * Ep + c) * vload<T>(s + c));
       const T* r = g.residual ? x + (n * g.h + oh0) * g.w * g.c : nullptr;
-      gemm<T>(pixels, g.co, g.e, d, Ep, wp_panels.data(), bp, y + (n * g.oh + oh0) * g.ow * g.co, g.co, r, g.c);
+      gemm<T>(pixels, g.co, g.e, d, Ep, wp_panels, bp, y + (n * g.oh + oh0) * g.ow * g.co, g.co, r, g.c);
     }
   });
 }
@@ -299,6 +301,12 @@ void forward(const MbConvGeometry& g, Act act, const Tensor& x, const Tensor& we
   });
 }
 
+Tensor panels(const Tensor& w, int64_t cols) {
+  Tensor out;
+  PYCNN_DISPATCH_FLOATING_TYPES(w.scalar_type(), "mbconv_forward", [&] { out = pack_panels<scalar_t>(w, cols); });
+  return out;
+}
+
 }  // namespace detail_mb
 
-extern const MbConvKernels kernels = {detail_mb::forward};
+extern const MbConvKernels kernels = {detail_mb::panels, detail_mb::forward};

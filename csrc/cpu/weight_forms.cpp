@@ -52,7 +52,8 @@ at::Tensor weight_form(const at::Tensor& weight, const void* variant, int64_t de
                        const std::function<at::Tensor()>& make) {
   if (open_scopes == 0 || !stampable(weight)) return make();
   static std::atomic<uint32_t> calls{0};
-  const Key key{reinterpret_cast<uintptr_t>(weight.unsafeGetTensorImpl()), reinterpret_cast<uintptr_t>(variant), detail};
+  const Key key{reinterpret_cast<uintptr_t>(weight.unsafeGetTensorImpl()), reinterpret_cast<uintptr_t>(variant),
+                detail};
   {
     std::vector<Form> dropped;
     std::lock_guard<std::mutex> lock(forms_mutex());
