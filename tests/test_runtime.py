@@ -1015,10 +1015,11 @@ def test_eval_folds_survive_inference_mode_copies_and_pickles():
         torch.testing.assert_close(torch.load(buffer, weights_only=False)(x), y)
 
 
-@pytest.mark.parametrize("group_width", [16, 4])  # the staged kernel's layout, and the packed kernel's (avx512/avx2)
-def test_grouped_conv_weight_layout_is_kept_for_eval_plans_only(group_width):
-    """pycnn.gconv reorders its weight into its kernel's layout on each call; inside an eval plan
-    (pycnn::eval_conv_bn_act) the layout is kept while the weight is unchanged (csrc/cpu/weight_forms.h): an
+# grouped: the staged kernel's layout (16 channels a group), the packed kernel's (4, avx512/avx2); depthwise
+@pytest.mark.parametrize("kind,group_width", [("grouped", 16), ("grouped", 4), ("depthwise", 1)])
+def test_conv_weight_layout_is_kept_for_eval_plans_only(kind, group_width):
+    """pycnn.gconv and pycnn.dwconv reorder their weight into their kernel's layout on each call; inside an eval
+    plan (pycnn::eval_conv_bn_act) the layout is kept while the weight is unchanged (csrc/cpu/weight_forms.h): an
     in-place edit, a `.data` edit followed by eval() (clear_folds) and a replaced weight are seen; the layouts of
     freed weights go. A direct call keeps nothing, so a `.data` edit is seen at once there."""
     import gc
@@ -1033,22 +1034,22 @@ def test_grouped_conv_weight_layout_is_kept_for_eval_plans_only(group_width):
 
     def call():
         return torch.ops.pycnn.eval_conv_bn_act(x, *fused.fold_tensors(conv, bn), bn.eps, [1, 1], [1, 1], [1, 1],
-                                                conv.groups, "grouped", "relu", None)
+                                                conv.groups, kind, "relu", None)
 
-    def expected():
-        return torch.relu(bn(torch.nn.functional.conv2d(x, conv.weight, None, 1, 1, 1, conv.groups)))
+    def reference():
+        return torch.nn.functional.conv2d(x, conv.weight, None, 1, 1, 1, conv.groups)
     with torch.no_grad():
         for change in (lambda: None, lambda: conv.weight.mul_(-2), lambda: conv.weight.data.mul_(-1),
                        lambda: setattr(conv, "weight", torch.nn.Parameter(conv.weight * 0.5))):
             change()
             fused.clear_folds(model)  # what eval() does
             for _ in range(2):
-                torch.testing.assert_close(call(), expected(), rtol=1e-4, atol=1e-5)
+                torch.testing.assert_close(call(), torch.relu(bn(reference())), rtol=1e-4, atol=1e-5)
             assert _C._weight_forms_entries() == kept + 1
         conv.weight.data.mul_(-1)  # not followed by eval(): the kept layout would be stale, a direct call is not
-        direct = ops.gconv(x, conv.weight, groups=conv.groups, padding=(1, 1))
-        torch.testing.assert_close(direct, torch.nn.functional.conv2d(x, conv.weight, None, 1, 1, 1, conv.groups),
-                                   rtol=1e-4, atol=1e-5)
+        direct = ops.gconv(x, conv.weight, groups=conv.groups, padding=(1, 1)) if kind == "grouped" else \
+            ops.dwconv(x, conv.weight, padding=(1, 1))
+        torch.testing.assert_close(direct, reference(), rtol=1e-4, atol=1e-5)
     assert _C._weight_forms_entries() == kept + 1
     del model, conv, bn
     gc.collect()

@@ -30,6 +30,7 @@
 
 #include "cpu/dwconv_entries.h"
 #include "cpu/kernel_utils.h"
+#include "cpu/weight_forms.h"
 #include "dwconv.h"
 
 namespace pycnn {
@@ -89,7 +90,10 @@ Tensor dwconv_forward_cpu(const Tensor& input, const Tensor& weight, const OptTe
   TORCH_CHECK(input.device().is_cpu(), op, ": input must be a CPU tensor for the CPU kernel, got ", input.device());
   if (format == at::MemoryFormat::Contiguous) return dwconv_forward_nchw(a, weight);
   const DwConvGeometry& g = a.g;
-  const Tensor wt = dwconv_weight_taps(weight);
+  // (the same layout for every variant; kept only inside an eval plan's scope)
+  static const char taps_layout = 0;
+  const Tensor wt = cpu::weight_form(weight, &taps_layout, static_cast<int64_t>(weight.scalar_type()),
+                                     [&] { return dwconv_weight_taps(weight); });
   // Without scale and bias the epilogue skips the multiply-add (sc, bi null).
   const bool affine = scale.has_value() || bias.has_value();
   Tensor y = output_like(input, g);
