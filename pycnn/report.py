@@ -32,7 +32,7 @@ _PYCNN_KERNEL = {"depthwise": "pycnn::dwconv", "grouped": "pycnn::gconv"}
 _DENSE = {False: "aten::conv2d+folded BN", True: "aten::conv2d+pycnn::bn_act"}
 # a 1x1 conv as matrix products: in training then pycnn's BatchNorm+act (fused.conv1x1_as_gemm), in eval on the
 # folded weight (fused._runs_as_gemm)
-_GEMM = {True: "aten::mm+pycnn::bn_act", False: "aten::addmm+folded BN"}
+_GEMM = {True: "aten::mm+pycnn::bn_act", False: "aten::mm+folded BN"}
 
 
 def kernel_label(step: FusedStep, training: bool = False) -> str:
