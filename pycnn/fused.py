@@ -248,15 +248,15 @@ def conv_bn_act(conv: nn.Conv2d, bn: _BatchNorm, x: Tensor, kind: str, act: Opti
     if kernel == "gemm" and kind == "dense" and batch_stats and gemm_applies(conv, x):
         return batch_norm_act(bn, conv1x1_as_gemm(conv, x), act, residual, "pycnn")
     if not batch_stats:  # eval: the fold cached where autograd has nothing to record
-        recorded = (x, residual, _param(conv, "weight"), _param(conv, "bias"), _param(bn, "weight"),
-                    _param(bn, "bias"))
+        tensors = fold_tensors(conv, bn)
+        recorded = (x, residual, *tensors[:4])
         if kernel == "gemm" and kind == "dense":
             kind = "gemm"  # (where it does not apply to an input, the plan runs it as dense: _runs_as_gemm)
         if _inference(recorded):
-            return _conv_bn_act_inference(conv, bn, x, kind, act, residual)
+            return _conv_bn_act_inference(conv, bn, x, kind, act, residual, tensors)
         if _in_cpu_graph(x) and x.dim() == 4 and _autocast_dtype(x) is None and _registered(conv, bn) \
                 and _no_autograd(recorded):
-            return torch.ops.pycnn.eval_conv_bn_act(x, *fold_tensors(conv, bn), bn.eps, conv.stride, conv.padding,
+            return torch.ops.pycnn.eval_conv_bn_act(x, *tensors, bn.eps, conv.stride, conv.padding,
                                                     conv.dilation, conv.groups, kind, act or "none", residual)
     kind = "dense" if kind == "gemm" else kind
     dtype = _autocast_dtype(x)
@@ -282,16 +282,17 @@ def conv_bn_act(conv: nn.Conv2d, bn: _BatchNorm, x: Tensor, kind: str, act: Opti
     return batch_norm_act(bn, y, act, residual, "pycnn") if batch_stats else y
 
 
-def _conv_bn_act_inference(conv, bn, x, kind, act, residual):
+def _conv_bn_act_inference(conv, bn, x, kind, act, residual, tensors):
     """conv_bn_act in eval without autograd: on the CPU pycnn::eval_conv_bn_act (fold and prepared call kept in
-    C++: ~15 us a layer less than this function's Python), elsewhere the cached fold, then folded_forward."""
+    C++: ~15 us a layer less than this function's Python), elsewhere the cached fold, then folded_forward.
+    tensors: fold_tensors(conv, bn)."""
     if x.device.type == "cpu" and x.dim() == 4 and _autocast_dtype(x) is None and _registered(conv, bn) \
             and not torch.jit.is_tracing():  # (a traced graph holds the ops the layer runs, as before)
-        return torch.ops.pycnn.eval_conv_bn_act(x, *fold_tensors(conv, bn), bn.eps, conv.stride, conv.padding,
-                                                conv.dilation, conv.groups, kind, act or "none", residual)
+        return torch.ops.pycnn.eval_conv_bn_act(x, *tensors, bn.eps, conv.stride, conv.padding, conv.dilation,
+                                                conv.groups, kind, act or "none", residual)
     fold = cached_fold(conv, bn, _folds_weights(kind))
     geometry = (conv.stride, conv.padding, conv.dilation, conv.groups)
-    return folded_forward(x, fold, _param(conv, "weight"), geometry, kind, act, residual)
+    return folded_forward(x, fold, tensors[0], geometry, kind, act, residual)
 
 
 def folded_forward(x: Tensor, fold: EvalFold, weight: Tensor, geometry, kind: str, act: Optional[str],
