@@ -167,8 +167,14 @@ PYBIND11_MODULE(_C, m) {
         "The plans pycnn::eval_conv_bn_act keeps for this conv weight.");
   m.def("_eval_conv_forget", &eval_conv::forget, py::arg("weight"),
         "Drops pycnn::eval_conv_bn_act's plans for this conv weight and the kernel layouts kept of it.");
-  m.def("_weight_forms_entries", &cpu::weight_forms_entries,
-        "The kernel layouts of weights kept between eval plans' calls (csrc/cpu/weight_forms.h).");
+  m.def(
+      "_weight_forms_stats",
+      [] {
+        const cpu::WeightFormsStats s = cpu::weight_forms_stats();
+        return py::dict(py::arg("entries") = s.entries, py::arg("made") = s.made);
+      },
+      "The kernel layouts of weights kept between inference calls, and those made inside scopes "
+      "(csrc/cpu/weight_forms.h).");
   // (a holder, so that the scope opens in __enter__ and closes in __exit__, on the thread of the with-block)
   struct WeightFormsScopeHolder {
     std::optional<cpu::WeightFormsScope> scope;
@@ -179,7 +185,8 @@ PYBIND11_MODULE(_C, m) {
       .def(py::init<>())
       .def("__enter__", [](WeightFormsScopeHolder& h) { h.scope.emplace(); })
       .def("__exit__", [](WeightFormsScopeHolder& h, const py::args&) { h.scope.reset(); });
-  m.def("_eval_conv_sweep", &eval_conv::sweep, "Drops pycnn::eval_conv_bn_act's plans for freed conv weights.");
+  m.def("_eval_conv_sweep", &eval_conv::sweep,
+        "Drops pycnn::eval_conv_bn_act's plans for freed conv weights, and the freed weights' kept layouts.");
   m.def("_cpu_cache_enter_scope", &cpu_cache::enter_scope, py::arg("max_cached_bytes"),
         "Caches until the matching _cpu_cache_exit_scope (a fused network's forward).");
   m.def("_cpu_cache_exit_scope", &cpu_cache::exit_scope, "Closes a _cpu_cache_enter_scope.");

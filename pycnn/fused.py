@@ -2,8 +2,9 @@
 
 `kernel` picks how one runs: "pycnn" on pycnn's kernels (in eval the BatchNorm folded into the convolution),
 "folded" (a depthwise or grouped conv run as a dense one is: PyTorch's conv, the BatchNorm folded in eval,
-pycnn's BatchNorm+act after it in training), "gemm" (training: a 1x1 conv as a matrix product over the pixels,
-then pycnn's BatchNorm+act), "torch" as the eager PyTorch composition of the same modules. All
+pycnn's BatchNorm+act after it in training), "gemm" (a 1x1 conv as a matrix product over the pixels: in
+training then pycnn's BatchNorm+act, in eval on the folded weight), "torch" as the eager PyTorch composition of
+the same modules. All
 compute the same thing and update the same running statistics in training, so the choice (pycnn.dispatch) is
 free to go any way per layer.
 pycnn.nn's modules are thin wrappers over these functions.
@@ -251,7 +252,7 @@ def conv_bn_act(conv: nn.Conv2d, bn: _BatchNorm, x: Tensor, kind: str, act: Opti
         tensors = fold_tensors(conv, bn)
         recorded = (x, residual, *tensors[:4])
         if kernel == "gemm" and kind == "dense":
-            kind = "gemm"  # (where it does not apply to an input, the plan runs it as dense: _runs_as_gemm)
+            kind = "gemm"  # (where it does not apply to an input, the plan runs it as dense: _gemm_shapes)
         if _inference(recorded):
             return _conv_bn_act_inference(conv, bn, x, kind, act, residual, tensors)
         if _in_cpu_graph(x) and x.dim() == 4 and _autocast_dtype(x) is None and _registered(conv, bn) \
@@ -311,13 +312,21 @@ def folded_forward(x: Tensor, fold: EvalFold, weight: Tensor, geometry, kind: st
     with torch._C._AutoDispatchBelowAutograd():
         for op, args in calls:
             args = [y if a is _PREVIOUS else a for a in args]
-            y = op(*[a for a, s in zip(args, op._schema.arguments) if not s.kwarg_only],
-                   **{s.name: a for a, s in zip(args, op._schema.arguments) if s.kwarg_only})
+            positional, keywords = _argument_kinds(op)
+            y = op(*args[:positional], **dict(zip(keywords, args[positional:]))) if keywords else op(*args)
     y = y[0] if isinstance(y, tuple) else y  # pycnn::gconv_forward: (output, saved)
     return y if with_epilogue else epilogue_(y, residual, act)
 
 
 _PREVIOUS = object()  # in _folded_calls' arguments (all of the schema's, in its order): the previous call's output
+
+
+@functools.lru_cache(maxsize=None)
+def _argument_kinds(op) -> Tuple[int, Tuple[str, ...]]:
+    """(how many of op's arguments go by position, the names of the keyword-only ones after them)."""
+    arguments = op._schema.arguments
+    positional = sum(1 for a in arguments if not a.kwarg_only)
+    return positional, tuple(a.name for a in arguments[positional:])
 
 
 def _folds_weights(kind: str) -> bool:
@@ -330,7 +339,7 @@ def _folded_calls(x: Tensor, fold: EvalFold, weight: Tensor, geometry, kind: str
                   residual: Optional[Tensor]):
     """([(op, arguments)], whether they apply the epilogue) that run a folded layer in inference, each call given
     the previous one's output where its arguments hold _PREVIOUS: pycnn's depthwise or grouped kernel with the
-    fold's scale and shift; a dense 1x1 conv of kind "gemm" as one matrix product over the pixels (_runs_as_gemm);
+    fold's scale and shift; a dense 1x1 conv of kind "gemm" as one matrix product over the pixels (_gemm_shapes);
     oneDNN's fused conv on the packed folded weight (dense, big enough); else aten's conv on the folded weight.
     The last two without the epilogue (residual, activation): the caller's, in place. Shared by eager inference
     (folded_forward) and the plans pycnn::eval_conv_bn_act keeps (_eval_plan)."""
@@ -341,7 +350,9 @@ def _folded_calls(x: Tensor, fold: EvalFold, weight: Tensor, geometry, kind: str
     if kind == "grouped":
         return [(torch.ops.pycnn.gconv_forward.default, [x, weight, fold.scale, fold.shift, residual, list(stride),
                                                          list(padding), groups, act or "none", False])], True
-    if _runs_as_gemm(x, fold.weight, stride, padding, dilation, groups, kind):
+    if kind == "gemm" and x.device.type == "cpu" and not torch.jit.is_tracing() \
+            and _gemm_shapes(x, fold.weight, stride, padding, dilation, groups):
+        # (a traced graph would hold the traced input's sizes in the views: it runs the dense conv)
         n, c, h, w = x.shape
         c_out = fold.weight.shape[0]
         aten = torch.ops.aten
@@ -358,14 +369,14 @@ def _folded_calls(x: Tensor, fold: EvalFold, weight: Tensor, geometry, kind: str
                                              groups])], False
 
 
-def _runs_as_gemm(x: Tensor, weight: Tensor, stride, padding, dilation, groups: int, kind: str) -> bool:
-    """A layer of kind "gemm" runs as one matrix product: a 1x1, stride-1, unpadded, ungrouped conv of a
-    channels_last CPU input in the weight's dtype (its pixels are the rows of an [N*H*W, C] matrix); otherwise as
-    a dense conv. MKL's product beats oneDNN's 1x1 conv on small maps (RegNetX-400MF's 384 -> 384 at 7x7, batch
-    1: 1.2x), not on large ones: the dispatch races it."""
-    return (kind == "gemm" and x.device.type == "cpu" and x.dim() == 4 and x.dtype == weight.dtype
-            and tuple(weight.shape[2:]) == (1, 1) and tuple(stride) == (1, 1) and tuple(padding) == (0, 0)
-            and tuple(dilation) == (1, 1) and groups == 1 and x.is_contiguous(memory_format=torch.channels_last))
+def _gemm_shapes(x: Tensor, weight: Tensor, stride, padding, dilation, groups: int) -> bool:
+    """A 1x1, stride-1, unpadded, ungrouped conv of a channels_last 4-D input in the weight's dtype: its pixels are
+    the rows of an [N*H*W, C] matrix as it lies in memory, so the conv is one matrix product (kind "gemm", on the
+    CPU; else the layer runs as dense). MKL's product beats oneDNN's 1x1 conv on small maps (RegNetX-400MF's
+    384 -> 384 at 7x7, batch 1), not on large ones: the dispatch races it."""
+    return (x.dim() == 4 and x.dtype == weight.dtype and tuple(weight.shape[2:]) == (1, 1)
+            and tuple(stride) == (1, 1) and tuple(padding) == (0, 0) and tuple(dilation) == (1, 1) and groups == 1
+            and x.is_contiguous(memory_format=torch.channels_last))
 
 
 def _channels_last_strides(c: int, h: int, w: int) -> Tuple[int, int, int, int]:
@@ -447,7 +458,8 @@ def _layout(x: Tensor, weight: Tensor, stride, padding, dilation, kind: str, one
     if not _folds_weights(kind):
         channels_last = ops.kernel_memory_format(x) == torch.channels_last
     else:
-        gemm = _runs_as_gemm(x, weight, stride, padding, dilation, x.shape[1] // max(weight.shape[1], 1), kind)
+        gemm = kind == "gemm" and _gemm_shapes(x, weight, stride, padding, dilation,
+                                               x.shape[1] // max(weight.shape[1], 1))
         channels_last = onednn or gemm or torch.channels_last in (suggest_memory_format(x),
                                                                   suggest_memory_format(weight))
     if channels_last:
@@ -566,10 +578,8 @@ def gemm_applies(conv: nn.Conv2d, x: Tensor) -> bool:
     outside autocast: the pixels of x are the rows of an [N*H*W, C] matrix as it lies in memory, so the conv is
     one matrix product and its backward two. Plain: conv(x) would run nn.Conv2d.forward and nothing else (no
     subclass or parametrization, no hooks: pruning and weight_norm work through them)."""
-    return (type(conv) is nn.Conv2d and conv.kernel_size == (1, 1) and conv.stride == (1, 1)
-            and conv.padding == (0, 0) and conv.groups == 1 and not _hooked(conv)
-            and x.device.type == "cpu" and x.dim() == 4 and x.dtype == conv.weight.dtype
-            and _autocast_dtype(x) is None and x.is_contiguous(memory_format=torch.channels_last))
+    return (type(conv) is nn.Conv2d and not _hooked(conv) and x.device.type == "cpu" and _autocast_dtype(x) is None
+            and _gemm_shapes(x, conv.weight, conv.stride, conv.padding, conv.dilation, conv.groups))
 
 
 def _hooked(m: nn.Module) -> bool:

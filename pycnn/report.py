@@ -31,7 +31,7 @@ _PYCNN_KERNEL = {"depthwise": "pycnn::dwconv", "grouped": "pycnn::gconv"}
 # a dense conv's pycnn side, and any conv's "folded": the BatchNorm folded in eval, pycnn's after the conv in training
 _DENSE = {False: "aten::conv2d+folded BN", True: "aten::conv2d+pycnn::bn_act"}
 # a 1x1 conv as matrix products: in training then pycnn's BatchNorm+act (fused.conv1x1_as_gemm), in eval on the
-# folded weight (fused._runs_as_gemm)
+# folded weight (fused._gemm_shapes)
 _GEMM = {True: "aten::mm+pycnn::bn_act", False: "aten::mm+folded BN"}
 
 

@@ -56,12 +56,13 @@ class FusedStep:
         conv, the dense path's way: PyTorch's conv with, in eval, the BatchNorm folded in (on the CPU oneDNN,
         packed, the activation fused; it beats both on many grouped shapes), in training followed by pycnn's
         BatchNorm+act; for a 1x1 conv where fused.gemm_applies, the conv as matrix products: in training
-        followed by pycnn's BatchNorm+act, in eval on the folded weight."""
+        followed by pycnn's BatchNorm+act, in eval without grad mode on the folded weight (with it, "gemm" would
+        run as "pycnn")."""
         if self.kind != "conv_bn_act":
             return ("pycnn", "torch")
         if self.attrs["conv"] != "dense":
             return ("pycnn", "folded", "torch")
-        if fused.gemm_applies(modules[0], x):
+        if (training or not torch.is_grad_enabled()) and fused.gemm_applies(modules[0], x):
             return ("pycnn", "gemm", "torch")
         return ("pycnn", "torch")
 

@@ -300,6 +300,10 @@ def test_1x1_convs_race_matrix_products(monkeypatch):
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1)
              and m.stride == (1, 1)]  # their folds hold the product's weight: the plans ran it
     assert len(convs) == len(pointwise) and all("gemm" in fused._GRAPH_FOLDS[id(c.weight)][0].packed for c in convs)
+    with torch.no_grad():  # a traced graph runs them as dense convs: its views would hold the traced sizes
+        traced = torch.jit.trace(model, x, check_trace=False)
+        other = torch.randn(3, 3, 48, 40, dtype=torch.float64)
+        torch.testing.assert_close(traced(other), ref(other), rtol=1e-9, atol=1e-10)
 
 
 @pytest.mark.parametrize("bias", [False, True])
@@ -1015,18 +1019,25 @@ def test_eval_folds_survive_inference_mode_copies_and_pickles():
         torch.testing.assert_close(torch.load(buffer, weights_only=False)(x), y)
 
 
+def forms(key: str = "entries") -> int:
+    """The kernel layouts of weights kept (csrc/cpu/weight_forms.h; "made": made inside scopes so far)."""
+    from pycnn import _C
+    return _C._weight_forms_stats()[key]
+
+
 # grouped: the staged kernel's layout (16 channels a group), the packed kernel's (4, avx512/avx2); depthwise
 @pytest.mark.parametrize("kind,group_width", [("grouped", 16), ("grouped", 4), ("depthwise", 1)])
 def test_conv_weight_layout_is_kept_for_eval_plans_only(kind, group_width):
     """pycnn.gconv and pycnn.dwconv reorder their weight into their kernel's layout on each call; inside an eval
-    plan (pycnn::eval_conv_bn_act) the layout is kept while the weight is unchanged (csrc/cpu/weight_forms.h): an
-    in-place edit, a `.data` edit followed by eval() (clear_folds) and a replaced weight are seen; the layouts of
-    freed weights go. A direct call keeps nothing, so a `.data` edit is seen at once there."""
+    plan (pycnn::eval_conv_bn_act) the layout is made on the first call and served to the next while the weight is
+    unchanged (csrc/cpu/weight_forms.h): an in-place edit, a `.data` edit followed by eval() (clear_folds) and a
+    replaced weight are seen; the layouts of freed weights go. A direct call keeps nothing, so a `.data` edit is
+    seen at once there."""
     import gc
     from pycnn import _C, ops
     torch.manual_seed(0)
     gc.collect()
-    kept = _C._weight_forms_entries()
+    kept = forms()
     model = torch.nn.Sequential(torch.nn.Conv2d(32, 32, 3, 1, 1, groups=32 // group_width, bias=False),
                                 torch.nn.BatchNorm2d(32)).eval()
     conv, bn = model
@@ -1043,18 +1054,36 @@ def test_conv_weight_layout_is_kept_for_eval_plans_only(kind, group_width):
                        lambda: setattr(conv, "weight", torch.nn.Parameter(conv.weight * 0.5))):
             change()
             fused.clear_folds(model)  # what eval() does
-            for _ in range(2):
+            made = forms("made")
+            for _ in range(3):
                 torch.testing.assert_close(call(), torch.relu(bn(reference())), rtol=1e-4, atol=1e-5)
-            assert _C._weight_forms_entries() == kept + 1
+            assert forms() == kept + 1 and forms("made") == made + 1  # made once, then served
         conv.weight.data.mul_(-1)  # not followed by eval(): the kept layout would be stale, a direct call is not
         direct = ops.gconv(x, conv.weight, groups=conv.groups, padding=(1, 1)) if kind == "grouped" else \
             ops.dwconv(x, conv.weight, padding=(1, 1))
         torch.testing.assert_close(direct, reference(), rtol=1e-4, atol=1e-5)
-    assert _C._weight_forms_entries() == kept + 1
+    assert forms() == kept + 1
     del model, conv, bn
     gc.collect()
-    _C._eval_conv_sweep()
-    assert _C._weight_forms_entries() == kept
+    assert forms() == kept
+
+
+def test_kept_weight_layouts_are_not_the_activations_cache():
+    """A layout kept between calls outlives the forward that made it: it is not allocated from the blocks the
+    caching CPU allocator keeps for a forward's activations (a scope), which would stay taken for good."""
+    from pycnn import _C, allocator
+    conv, bn = torch.nn.Conv2d(384, 384, 3, 1, 1, groups=24, bias=False), torch.nn.BatchNorm2d(384).eval()
+    x = torch.randn(1, 384, 7, 7).contiguous(memory_format=torch.channels_last)  # (its layout: 216 KiB)
+    made = forms("made")
+    _C._cpu_cache_enter_scope(64 << 20)
+    try:
+        with torch.no_grad():
+            torch.ops.pycnn.eval_conv_bn_act(x, *fused.fold_tensors(conv, bn), bn.eps, [1, 1], [1, 1], [1, 1],
+                                             conv.groups, "grouped", "relu", None)
+    finally:
+        _C._cpu_cache_exit_scope()
+    assert forms("made") == made + 1
+    assert allocator.cpu_cache_stats()["live_bytes"] == 0
 
 
 def test_mbconv_weight_layouts_are_kept_with_the_folds():
@@ -1063,26 +1092,26 @@ def test_mbconv_weight_layouts_are_kept_with_the_folds():
     calls: made on the first call, kept on the next, replaced with the fold after an in-place edit (the result
     still the reference's), gone with the model."""
     import gc
-    from pycnn import _C, runtime
+    from pycnn import runtime
     gc.collect()
-    kept = _C._weight_forms_entries()
+    kept = forms()
     model, ref = pair(MOBILENET, "mobilenet_v2", width_mult=0.25)
     blocks = [s for m in model.modules() for steps in runtime.step_lists(m) for s in steps
               if isinstance(s, runtime.MbConvStep)]
     x = torch.randn(2, 3, 32, 32)
     check(model, ref, x)
-    made = _C._weight_forms_entries() - kept
+    made = forms() - kept
     # the depthwise and project convs' weights and biases, and the expand conv's where there is one
     assert len(blocks) == 17 and made == sum(6 if len(b.parts) == 3 else 4 for b in blocks)
     check(model, ref, x)
-    assert _C._weight_forms_entries() - kept == made
+    assert forms() - kept == made
     conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1)
     name = next(n for n, m in model.named_modules() if m is conv)
     with torch.no_grad():
         for m in (model, ref):
             m.get_submodule(name).weight.mul_(-2.0)
     check(model, ref, x)
-    assert _C._weight_forms_entries() - kept == made
+    assert forms() - kept == made
     del model, ref, conv
     gc.collect()
-    assert _C._weight_forms_entries() == kept
+    assert forms() == kept

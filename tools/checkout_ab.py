@@ -64,9 +64,14 @@ def main() -> int:
     for r in range(args.rounds):
         ms = []
         for tree in trees:
-            env = dict(os.environ, PYCNN_CACHE_DIR=tempfile.mkdtemp(prefix="pycnn-ab-"), PYTHONPATH=tree)
-            out = subprocess.run([sys.executable, os.path.abspath(__file__), tree, tree, *common], env=env,
-                                 capture_output=True, text=True, check=True, cwd=tree)
+            with tempfile.TemporaryDirectory(prefix="pycnn-ab-") as cache:
+                env = dict(os.environ, PYCNN_CACHE_DIR=cache, PYTHONPATH=tree)
+                out = subprocess.run([sys.executable, os.path.abspath(__file__), tree, tree, *common], env=env,
+                                     capture_output=True, text=True, cwd=tree)
+            if out.returncode != 0:
+                sys.stderr.write(out.stderr)
+                print(f"checkout_ab: the run of {tree} failed (exit status {out.returncode})", file=sys.stderr)
+                return 1
             ms.append(float(out.stdout.strip().splitlines()[-1]))
         print(f"round {r + 1}: {args.network} batch {args.batch}: A {ms[0]:.2f} ms, B {ms[1]:.2f} ms, "
               f"B {ms[0] / ms[1]:.3f}x A", flush=True)

@@ -92,7 +92,7 @@ Tensor dwconv_forward_cpu(const Tensor& input, const Tensor& weight, const OptTe
   const DwConvGeometry& g = a.g;
   // (the same layout for every variant; kept only inside an eval plan's scope)
   static const char taps_layout = 0;
-  const Tensor wt = cpu::weight_form(weight, &taps_layout, static_cast<int64_t>(weight.scalar_type()),
+  const Tensor wt = cpu::weight_form(weight, &taps_layout, cpu::form_detail(0, weight.scalar_type()),
                                      [&] { return dwconv_weight_taps(weight); });
   // Without scale and bias the epilogue skips the multiply-add (sc, bi null).
   const bool affine = scale.has_value() || bias.has_value();

@@ -1,11 +1,13 @@
 // pycnn::eval_conv_bn_act on the CPU: an eval conv whose BatchNorm is folded in, with its residual and activation,
 // for eager inference and the graphs torch.compile makes (pycnn/fused.py). It keeps, per conv weight and input
 // signature, a plan: the ops that run the layer (oneDNN's fused conv on the packed folded weight; pycnn's
-// depthwise or grouped conv with the fold's scale and shift; aten's conv on the folded weight, then the residual
-// add and the activation in place) with their arguments ready. Plans come from Python (pycnn.fused._eval_plan, the one
-// place that decides them) on the first call and after any change to the six tensors the fold reads (version
-// counter, storage, dtype, device) or to eps; every other call runs the plan without entering Python (the op
-// implemented in Python cost ~25 us a call more: the dispatcher's trip into Python and the checks there).
+// depthwise or grouped conv with the fold's scale and shift; a 1x1 conv as one matrix product on the folded
+// weight, then its bias; aten's conv on the folded weight; after the last two the residual add and the activation
+// in place) with their arguments ready; while a plan runs, the kernels keep their weights' layouts
+// (cpu/weight_forms.h). Plans come from Python (pycnn.fused._eval_plan, the one place that decides them) on the
+// first call and after any change to the six tensors the fold reads (version counter, storage, dtype, device) or
+// to eps; every other call runs the plan without entering Python (the op implemented in Python cost ~25 us a call
+// more: the dispatcher's trip into Python and the checks there).
 #include "cpu/eval_conv.h"
 #include "cpu/tensor_stamp.h"
 #include "cpu/weight_forms.h"
@@ -29,7 +31,6 @@ namespace {
 
 using at::Tensor;
 using OptTensor = std::optional<Tensor>;
-using Source = cpu::TensorStamp;
 
 // The facts of a call a plan holds for.
 struct Signature {
@@ -60,7 +61,7 @@ struct Plan {
 };
 
 struct Entry {
-  std::vector<Source> sources;  // conv weight, conv bias, bn weight, bn bias, running mean, running var
+  std::vector<cpu::TensorStamp> sources;  // conv weight, conv bias, bn weight, bn bias, running mean, running var
   double eps = 0;
   std::vector<std::shared_ptr<const Plan>> plans;
 };
@@ -96,7 +97,7 @@ void drop_expired(std::vector<Entry>& dropped) {
   auto& t = table();
   for (auto it = t.begin(); it != t.end();) {
     bool gone = false;
-    for (const Source& s : it->second.sources) gone = gone || s.expired();
+    for (const cpu::TensorStamp& s : it->second.sources) gone = gone || s.expired();
     if (gone) {
       dropped.push_back(std::move(it->second));
       it = t.erase(it);
@@ -144,7 +145,7 @@ std::shared_ptr<const Plan> make_plan(const Call& c, const py::tuple& args) {
   auto plan = std::make_shared<Plan>();
   plan->signature = c.signature;
   // the stamp as the fold is computed from: an edit from another thread while Python plans makes it stale
-  std::vector<Source> sources;
+  std::vector<cpu::TensorStamp> sources;
   for (const Tensor* t : c.tensors) sources.emplace_back(t);
   {
     const py::object made = python().plan(*args);
@@ -282,6 +283,7 @@ void forget(const Tensor& weight) {
 }
 
 void sweep() {
+  cpu::sweep_weight_forms();
   std::vector<Entry> dropped;
   std::lock_guard<std::mutex> lock(table_mutex());
   drop_expired(dropped);

@@ -18,7 +18,7 @@ int64_t plans(const at::Tensor& weight);
 // Drops the entry of this conv weight and the kernel layouts kept of it (cpu/weight_forms.h): its fold changed
 // in a way no version counter sees (`.data`).
 void forget(const at::Tensor& weight);
-// Drops the entries whose conv weight was freed.
+// Drops the entries whose conv weight was freed, and the freed weights' kept layouts (cpu/weight_forms.h).
 void sweep();
 
 }  // namespace pycnn::eval_conv

@@ -100,7 +100,7 @@ std::tuple<Tensor, Tensor> gconv_forward_cpu(const Tensor& input, const Tensor& 
   if (y.numel() > 0) {
     const auto& kernels = PYCNN_CPU_KERNELS(gc, acc_type);
     // (the layout depends on the variant, the groups and the dtype; kept only inside an eval plan's scope)
-    const Tensor wk = cpu::weight_form(weight, &kernels, groups * 64 + static_cast<int64_t>(acc_type),
+    const Tensor wk = cpu::weight_form(weight, &kernels, cpu::form_detail(groups, acc_type),
                                        [&] { return kernels.forward_weight(g, weight, acc_type); });
     kernels.forward(g, act, x, wk, s, b, r, y, saved);
   }

@@ -53,7 +53,7 @@ Tensor mbconv_forward_cpu(const Tensor& input, const OptTensor& expand_weight, c
   // The layouts the kernel reads, made per call, or kept between calls inside a weight-forms scope (an eval
   // fold's folded weights: pycnn.fused._mbconv_from_folds). role: which of the block's tensors t is.
   const auto form = [&](const Tensor& t, int64_t role, const std::function<Tensor()>& make) {
-    return cpu::weight_form(t, &kernels, role * 64 + static_cast<int64_t>(input.scalar_type()), make);
+    return cpu::weight_form(t, &kernels, cpu::form_detail(role, input.scalar_type()), make);
   };
   const auto padded = [&](const OptTensor& v, int64_t role, int64_t channels, int64_t to) {
     return v ? form(*v, role, [&] { return padded_vector(v, channels, to, input); })

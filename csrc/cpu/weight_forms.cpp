@@ -7,12 +7,14 @@
 #include <tuple>
 #include <vector>
 
+#include "cpu/cpu_cache.h"
 #include "cpu/tensor_stamp.h"
 
 namespace pycnn::cpu {
 namespace {
 
 thread_local int open_scopes = 0;
+std::atomic<int64_t> made_in_scopes{0};
 
 struct Form {
   TensorStamp stamp;
@@ -63,7 +65,17 @@ at::Tensor weight_form(const at::Tensor& weight, const void* variant, int64_t de
     if (it != forms().end() && it->second.stamp.matches(&weight)) return it->second.tensor;
   }
   const TensorStamp stamp(&weight);  // as the form is made from
-  at::Tensor made = make();
+  at::Tensor made;
+  {
+    // kept beyond this forward: not from the blocks the caching allocator keeps for its activations
+    const int suspended = cpu_cache::suspend_scopes();
+    struct Resume {
+      int open;
+      ~Resume() { cpu_cache::resume_scopes(open); }
+    } resume{suspended};
+    made = make();
+  }
+  ++made_in_scopes;
   std::vector<Form> dropped;
   std::lock_guard<std::mutex> lock(forms_mutex());
   drop_expired(dropped);
@@ -75,11 +87,17 @@ at::Tensor weight_form(const at::Tensor& weight, const void* variant, int64_t de
   return made;
 }
 
-int64_t weight_forms_entries() {
+WeightFormsStats weight_forms_stats() {
   std::vector<Form> dropped;
   std::lock_guard<std::mutex> lock(forms_mutex());
   drop_expired(dropped);
-  return static_cast<int64_t>(forms().size());
+  return {static_cast<int64_t>(forms().size()), made_in_scopes.load()};
+}
+
+void sweep_weight_forms() {
+  std::vector<Form> dropped;
+  std::lock_guard<std::mutex> lock(forms_mutex());
+  drop_expired(dropped);
 }
 
 void forget_weight_forms(const at::Tensor& weight) {
