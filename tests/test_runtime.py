@@ -2,6 +2,7 @@
 network call signature, NCHW input run in the network's internal layout (channels_last)."""
 import copy
 import os
+import warnings
 
 import pytest
 import torch
@@ -300,7 +301,8 @@ def test_1x1_convs_race_matrix_products(monkeypatch):
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1)
              and m.stride == (1, 1)]  # their folds hold the product's weight: the plans ran it
     assert len(convs) == len(pointwise) and all("gemm" in fused._GRAPH_FOLDS[id(c.weight)][0].packed for c in convs)
-    with torch.no_grad():  # a traced graph runs them as dense convs: its views would hold the traced sizes
+    with torch.no_grad(), warnings.catch_warnings():  # a traced graph runs them as dense convs: its views would
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # hold the traced sizes
         traced = torch.jit.trace(model, x, check_trace=False)
         other = torch.randn(3, 3, 48, 40, dtype=torch.float64)
         torch.testing.assert_close(traced(other), ref(other), rtol=1e-9, atol=1e-10)
