@@ -54,6 +54,17 @@ void exit_scope();
 // of the activations' cache for good.
 int suspend_scopes();
 void resume_scopes(int open);
+// suspend_scopes() for its lifetime (pycnn.allocator.outside_scopes in C++).
+class OutsideScopes {
+ public:
+  OutsideScopes() : open_(suspend_scopes()) {}
+  ~OutsideScopes() { resume_scopes(open_); }
+  OutsideScopes(const OutsideScopes&) = delete;
+  OutsideScopes& operator=(const OutsideScopes&) = delete;
+
+ private:
+  int open_;
+};
 Stats stats();
 
 }  // namespace pycnn::cpu_cache

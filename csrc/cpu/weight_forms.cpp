@@ -67,12 +67,7 @@ at::Tensor weight_form(const at::Tensor& weight, const void* variant, int64_t de
   const TensorStamp stamp(&weight);  // as the form is made from
   at::Tensor made;
   {
-    // kept beyond this forward: not from the blocks the caching allocator keeps for its activations
-    const int suspended = cpu_cache::suspend_scopes();
-    struct Resume {
-      int open;
-      ~Resume() { cpu_cache::resume_scopes(open); }
-    } resume{suspended};
+    const cpu_cache::OutsideScopes outside;  // kept beyond this forward: not from the activations' cached blocks
     made = make();
   }
   ++made_in_scopes;
