@@ -1105,15 +1105,17 @@ def test_mbconv_weight_layouts_are_kept_with_the_folds():
     made = forms() - kept
     # the depthwise and project convs' weights and biases, and the expand conv's where there is one
     assert len(blocks) == 17 and made == sum(6 if len(b.parts) == 3 else 4 for b in blocks)
+    made_so_far = forms("made")
     check(model, ref, x)
-    assert forms() - kept == made
+    assert forms() - kept == made and forms("made") == made_so_far  # served, not made again
     conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1)
     name = next(n for n, m in model.named_modules() if m is conv)
     with torch.no_grad():
         for m in (model, ref):
             m.get_submodule(name).weight.mul_(-2.0)
     check(model, ref, x)
-    assert forms() - kept == made
+    # the edited conv's fold is new: its folded weight's and bias's layouts made again, the others served
+    assert forms() - kept == made and forms("made") == made_so_far + 2
     del model, ref, conv
     gc.collect()
     assert forms() == kept
