@@ -79,6 +79,8 @@ def main() -> None:
     ap.add_argument("--eval", action="store_true", help="with --network: inference instead of a training step")
     add_cpu_cache_argument(ap)
     args = ap.parse_args()
+    if args.eval and not args.network:
+        ap.error("--eval goes with --network")
     allocator = apply_cpu_cache(args)
     torch.set_num_threads(args.threads)
     if args.network:
