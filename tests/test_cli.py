@@ -212,3 +212,17 @@ def test_bench_overhead_measures_training_calls(tmp_path):
     assert {(r["network"], r["variant"]) for r in rows} >= {
         (n, v) for _, n, _ in overhead.NETWORKS for v in ("pycnn", "pycnn-auto", "reference")}
     assert all(r["mode"] == "train" and r["ms"] > 0 for r in rows)
+
+
+def test_bench_ops_gconv_forward_keeps_the_weight_layout_as_eval_does():
+    """The forward rows time pycnn::gconv as a network's eval runs it: its weight's layout made once and kept
+    (a direct call would reorder the weight on every call, which no eval does); training rows make none."""
+    import torch
+    from pycnn import _C
+    from pycnn.bench import ops
+    shape = ops.GconvShape("t", 32, 32, 6, 6, 3, 2, 1, 1, "relu")
+    made = _C._weight_forms_stats()["made"]
+    rows = ops.bench_gconv(torch.device("cpu"), torch.float32, 3, [1], [shape],
+                           layouts=(("channels_last", torch.channels_last),))
+    assert [r["mode"] for r in rows] == ["forward", "forward+backward"]
+    assert _C._weight_forms_stats()["made"] - made == 1  # one layout for every timed forward call
