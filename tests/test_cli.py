@@ -214,15 +214,33 @@ def test_bench_overhead_measures_training_calls(tmp_path):
     assert all(r["mode"] == "train" and r["ms"] > 0 for r in rows)
 
 
-def test_bench_ops_gconv_forward_keeps_the_weight_layout_as_eval_does():
+def test_bench_ops_gconv_forward_keeps_the_weight_layout_as_eval_does(monkeypatch):
     """The forward rows time pycnn::gconv as a network's eval runs it: its weight's layout made once and kept
     (a direct call would reorder the weight on every call, which no eval does); training rows make none."""
     import torch
     from pycnn import _C
     from pycnn.bench import ops
     shape = ops.GconvShape("t", 32, 32, 6, 6, 3, 2, 1, 1, "relu")
-    made = _C._weight_forms_stats()["made"]
-    rows = ops.bench_gconv(torch.device("cpu"), torch.float32, 3, [1], [shape],
-                           layouts=(("channels_last", torch.channels_last),))
-    assert [r["mode"] for r in rows] == ["forward", "forward+backward"]
-    assert _C._weight_forms_stats()["made"] - made == 1  # one layout for every timed forward call
+    layouts = (("channels_last", torch.channels_last),)
+    for mode, layouts_made in (("forward", 1), ("forward+backward", 0)):
+        monkeypatch.setattr(ops, "_modes", lambda mode=mode: (mode,))
+        made = _C._weight_forms_stats()["made"]
+        rows = ops.bench_gconv(torch.device("cpu"), torch.float32, 3, [1], [shape], layouts=layouts)
+        assert [r["mode"] for r in rows] == [mode]
+        assert _C._weight_forms_stats()["made"] - made == layouts_made  # one for every timed forward call
+
+
+def test_op_profile_tool_prints_where_the_time_goes(capsys):
+    from test_gpu_tools import load_tool
+    tool = load_tool("op_profile")
+    assert tool.main(["archs/regnetx32.arch", "--size", "32", "--steps", "1", "--rows", "40", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "pycnn eval forward, batch 1" in out and "ms a call" in out and "pycnn::eval_conv_bn_act" in out
+    assert tool.main(["archs/regnetx32.arch", "--variant", "reference", "--train", "--batch", "2", "--size", "32",
+                      "--steps", "1", "--rows", "60", "--shapes", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "reference training step, batch 2" in out and "aten::convolution_backward" in out
+    assert "pycnn::" not in out  # the reference backend runs eager modules only
+    with pytest.raises(SystemExit) as e:
+        tool.main(["archs/regnetx32.arch", "--variant", "torchvision"])
+    assert e.value.code == 2
