@@ -230,9 +230,10 @@ def test_bench_ops_gconv_forward_keeps_the_weight_layout_as_eval_does(monkeypatc
         assert _C._weight_forms_stats()["made"] - made == layouts_made  # one for every timed forward call
 
 
-def test_op_profile_tool_prints_where_the_time_goes(capsys):
+def test_op_profile_tool_prints_where_the_time_goes(capsys, monkeypatch):
     from test_gpu_tools import load_tool
     tool = load_tool("op_profile")
+    monkeypatch.setattr(tool.torch, "set_num_threads", lambda n: None)  # the tool's --threads: not this process's
     assert tool.main(["archs/regnetx32.arch", "--size", "32", "--steps", "1", "--rows", "40", "--threads", "1"]) == 0
     out = capsys.readouterr().out
     assert "pycnn eval forward, batch 1" in out and "ms a call" in out and "pycnn::eval_conv_bn_act" in out
