@@ -1,8 +1,8 @@
 """The three candidates `kernels="auto"` races for a grouped conv + BatchNorm + relu in eval, interleaved:
 the eager composition ("torch"), PyTorch's conv with the BatchNorm folded in (oneDNN, packed weights, relu fused:
-"folded") and pycnn::gconv ("pycnn"), on RegNetX-400MF's grouped shapes (group width 16) and one ResNeXt shape. pycnn::gconv
-runs as in a network's eval: inside the scope that keeps its weight's tap layout between calls (a direct op call
-reorders the weight on every call, which no network does).
+"folded") and pycnn::gconv ("pycnn"), on RegNetX-400MF's grouped shapes (group width 16) and one ResNeXt shape.
+pycnn::gconv runs as in a network's eval: inside the scope that keeps its weight's tap layout between calls (a
+direct op call reorders the weight on every call, which no network does; pycnn.bench.ops.keeping_layouts).
 
     PYTHONPATH=$PWD python tools/gconv_folded_bench.py [--threads 1] [--batch 1 8] [--repeats 15]
 """
@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pycnn import _C  # registers torch.ops.pycnn
+import pycnn  # noqa: F401  (registers torch.ops.pycnn)
+from pycnn.bench.ops import keeping_layouts
 from pycnn.fused import fold_bn
 from pycnn.timing import compare
 
@@ -38,11 +39,8 @@ def main() -> None:
                 w = conv.weight * scale.view(-1, 1, 1, 1)
             x = torch.randn(batch, c, hw, hw).contiguous(memory_format=torch.channels_last)
             packed = torch.ops.mkldnn._reorder_convolution_weight(w, [1, 1], [1, 1], [1, 1], conv.groups, list(x.shape))
-
-            def gconv():
-                with _C._WeightFormsScope():
-                    return torch.ops.pycnn.gconv_forward(
-                        x, conv.weight, scale, shift, None, [1, 1], [1, 1], conv.groups, "relu", False)[0]
+            gconv = keeping_layouts(lambda: torch.ops.pycnn.gconv_forward(
+                x, conv.weight, scale, shift, None, [1, 1], [1, 1], conv.groups, "relu", False)[0])
             fns = {"torch": lambda: F.relu(bn(conv(x))),
                    "folded": lambda: torch.ops.mkldnn._convolution_pointwise(
                        x, packed, shift, [1, 1], [1, 1], [1, 1], conv.groups, "relu", [], ""),

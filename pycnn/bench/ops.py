@@ -428,7 +428,7 @@ def bench_gconv(device: torch.device, dtype: torch.dtype, repeats: int, batches,
                     if mode != "forward":
                         inputs = tuple(v.detach().requires_grad_() for v in inputs)
                     folded = _onednn_folded(x, w, scale, bias, s) if mode == "forward" else None
-                    t, fields = _timed(_keeping_layouts(ours) if mode == "forward" else ours, eager, inputs, grad,
+                    t, fields = _timed(keeping_layouts(ours) if mode == "forward" else ours, eager, inputs, grad,
                                        mode, device, repeats, with_compile, warmup=2, folded=folded)
                     total_flops = flops * (1 if mode == "forward" else 3)
                     row = dict(networks=s.networks, shape=f"{batch}x{s.cin}x{s.h}x{s.w} g{s.groups} k{s.k}s{s.stride}"
@@ -444,7 +444,7 @@ def bench_gconv(device: torch.device, dtype: torch.dtype, repeats: int, batches,
     return rows
 
 
-def _keeping_layouts(fn):
+def keeping_layouts(fn):
     """fn inside the scope that keeps pycnn's kernels' weight layouts between inference calls, as a network's eval
     runs them (csrc/cpu/weight_forms.h; a direct op call reorders its weight on every call, which no eval does)."""
     from pycnn import _C
