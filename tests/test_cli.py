@@ -242,6 +242,9 @@ def test_op_profile_tool_prints_where_the_time_goes(capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "reference training step, batch 2" in out and "aten::convolution_backward" in out
     assert "pycnn::" not in out  # the reference backend runs eager modules only
-    with pytest.raises(SystemExit) as e:
-        tool.main(["archs/regnetx32.arch", "--variant", "torchvision"])
-    assert e.value.code == 2
+    for bad in (["archs/regnetx32.arch", "--variant", "torchvision"], ["archs/no_such.arch"],
+                ["archs/regnetx32.arch", "--network", "no_such_network"], ["archs/regnetx32.arch", "--size", "0"]):
+        with pytest.raises(SystemExit) as e:
+            tool.main(bad)
+        assert e.value.code == 2
+    assert "Traceback" not in capsys.readouterr().err

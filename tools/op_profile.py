@@ -24,8 +24,8 @@ from pycnn.lower import to_backend
 def build(args):
     """(module to profile, input, target)."""
     overrides = {}
-    if args.size:
-        channels = pycnn.compile(args.arch, args.network).ir.input_shape[0]
+    if args.size is not None:
+        channels = pycnn.compile(args.arch, args.network, init=False).ir.input_shape[0]  # (no weights drawn)
         overrides["input"] = (channels, args.size, args.size)
     torch.manual_seed(0)
     model = pycnn.compile(args.arch, args.network, **overrides)
@@ -59,13 +59,17 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.variant == "torchvision" and not (args.torchvision or args.network):
         ap.error("--variant torchvision needs --torchvision NAME or --network NAME")
-    if args.batch < 1 or args.steps < 1 or (args.train and args.batch < 2):
-        ap.error("--batch and --steps must be positive (--train: --batch of 2 or more, for BatchNorm's statistics)")
+    if args.batch < 1 or args.steps < 1 or (args.size is not None and args.size < 1) or (args.train and args.batch < 2):
+        ap.error("--batch, --size and --steps must be positive (--train: --batch of 2 or more, for BatchNorm's "
+                 "statistics)")
     torch.set_num_threads(args.threads)
     if args.cpu_cache:
         from pycnn.allocator import enable_cpu_cache
         enable_cpu_cache()
-    model, x, target = build(args)
+    try:
+        model, x, target = build(args)
+    except (pycnn.ArchError, OSError, ValueError) as e:  # the file, its network, the size: the user's to fix
+        ap.error(str(e).splitlines()[0])
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
     def call():
