@@ -2,10 +2,13 @@
 network call signature, NCHW input run in the network's internal layout (channels_last)."""
 import copy
 import os
+import subprocess
+import sys
 import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import pycnn
 from pycnn import dispatch, fused
@@ -1119,3 +1122,63 @@ def test_mbconv_weight_layouts_are_kept_with_the_folds():
     del model, ref, conv
     gc.collect()
     assert forms() == kept
+
+
+ONEDNN_AVX2_SCRIPT = """
+import torch, pycnn
+torch.set_num_threads(1)
+PLAIN = '''network plain(input = 3x32x32, classes = 10) {
+    stem = conv(16, k=1, s=2) relu
+    head = avgpool flatten linear(classes)
+}'''
+repvgg = dict(input=(3, 32, 32), stem_width=8, w1=8, w2=8, w3=8, w4=16, d1=1, d2=1, d3=1)
+for kernels in ("pycnn", "torch", "auto"):
+    for model in (pycnn.compile("archs/repvgg.arch", "repvgg_a0", kernels=kernels, **repvgg),
+                  pycnn.compile(PLAIN, kernels=kernels)):
+        for train in (True, False):  # eval with autograd: the conv on the folded weight
+            model.train(train)
+            for _ in range(3):
+                model(torch.randn(4, 3, 32, 32)).sum().backward()
+print("survived")
+"""
+
+
+def test_strided_1x1_convs_of_few_channels_survive_onednn_avx2_backward():
+    """RepVGG's stem has a 1x1 stride-2 conv of the 3 input channels. In channels_last (the fused backend's layout)
+    oneDNN's AVX2 backward-weights kernel for it corrupts the heap (torch 2.14.1; seen aborting the suite on an
+    AVX2-only AMD EPYC). The fused steps and plain conv layers run it as a stride-1 conv of the subsampled input
+    (fused.conv2d). oneDNN capped at AVX2 and glibc's heap checks on: without the workaround this aborts."""
+    env = dict(os.environ, ONEDNN_MAX_CPU_ISA="AVX2", MALLOC_CHECK_="3")
+    debug = [p for p in ("/lib/x86_64-linux-gnu/libc_malloc_debug.so.0", "/usr/lib64/libc_malloc_debug.so.0")
+             if os.path.exists(p)]
+    if debug:  # glibc >= 2.34 checks the heap on MALLOC_CHECK_ only with its debug library preloaded
+        env["LD_PRELOAD"] = debug[0]
+    r = subprocess.run([sys.executable, "-c", ONEDNN_AVX2_SCRIPT], env=env, cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0 and "survived" in r.stdout, (r.returncode, r.stderr[-2000:])
+
+
+@pytest.mark.parametrize("size,stride", [(8, 2), (9, 2), (10, 3), (7, (2, 3))])
+def test_conv2d_subsampling_first_is_the_strided_conv(size, stride):
+    """fused.conv2d on an unpadded strided 1x1 conv of 2-7 channels (subsampled, stride 1): F.conv2d's output and
+    the gradients of input, weight and bias, float64, NCHW and channels_last."""
+    stride2 = stride if isinstance(stride, tuple) else (stride, stride)
+    torch.manual_seed(0)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        x = torch.randn(2, 3, size, size, dtype=torch.float64).contiguous(memory_format=layout).requires_grad_()
+        w = torch.randn(5, 3, 1, 1, dtype=torch.float64, requires_grad=True)
+        b = torch.randn(5, dtype=torch.float64, requires_grad=True)
+        assert fused.subsamples_first(x, w, stride2, (0, 0))
+        ours = fused.conv2d(x, w, b, stride2, (0, 0), (1, 1), 1)
+        theirs = F.conv2d(x, w, b, stride2, (0, 0), (1, 1), 1)
+        assert ours.shape == theirs.shape
+        torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+        g = torch.randn_like(theirs)
+        grads = torch.autograd.grad(ours, (x, w, b), g)
+        for a, e in zip(grads, torch.autograd.grad(theirs, (x, w, b), g)):
+            torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-12)
+    x = torch.randn(1, 8, 8, 8)  # 8 channels, padded or stride 1: as F.conv2d runs them
+    assert not fused.subsamples_first(x, torch.randn(4, 8, 1, 1), (2, 2), (0, 0))
+    assert not fused.subsamples_first(x[:, :3], torch.randn(4, 3, 1, 1), (2, 2), (1, 1))
+    assert not fused.subsamples_first(x[:, :3], torch.randn(4, 3, 1, 1), (1, 1), (0, 0))
+    assert not fused.subsamples_first(x[:, :3], torch.randn(4, 3, 3, 3), (2, 2), (0, 0))
