@@ -348,7 +348,10 @@ def dispatched_ops(model, *args):
                                           ("archs/efficientnet.arch", "efficientnet_b0")])
 def test_torch_compile_fullgraph(path, network):
     """fullgraph=True: no graph breaks; the compiled model computes what the eager one does (train and eval,
-    gradients, running statistics)."""
+    gradients, running statistics). Gradients within 1e-3 relative, 1e-5 of their tensor's largest absolute:
+    this loss makes them large (ResNeXt's stem weight ~1e5 at 32x32 in training: one float32 ulp is ~0.008), and
+    an element near zero is a sum of terms of that size, carrying their rounding (seen: 0.19 apart with pycnn's
+    AVX2 kernels, whose summation order differs under aot_eager's strides)."""
     torch._dynamo.reset()
     torch.manual_seed(0)
     model = pycnn.compile(arch(path), network, input=(3, 32, 32), kernels="pycnn")
@@ -362,7 +365,8 @@ def test_torch_compile_fullgraph(path, network):
         torch.testing.assert_close(y, y_eager, rtol=1e-4, atol=1e-5)
         assert g.keys() == g_eager.keys()
         for name in g:
-            torch.testing.assert_close(g[name], g_eager[name], rtol=1e-3, atol=1e-4, msg=name)
+            atol = 1e-5 * max(1.0, g_eager[name].abs().max().item())
+            torch.testing.assert_close(g[name], g_eager[name], rtol=1e-3, atol=atol, msg=name)
     for a, b in zip(model.buffers(), eager.buffers()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 

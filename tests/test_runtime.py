@@ -369,14 +369,18 @@ def test_conv1x1_as_gemm_traces_in_one_graph():
 @pytest.mark.slow
 def test_gemm_kernel_compiles_to_one_graph_in_training(monkeypatch):
     """A network whose 1x1 convs run "gemm" (measured fastest at trace time) under torch.compile(fullgraph=True)
-    in training: one graph over three SGD steps (no recompile), the eager network's loss and weights after them."""
+    in training: one graph over three SGD steps (no recompile), the eager network's loss after them. In float64:
+    three steps of this network amplify float32 rounding to percents (its float32 and float64 references part by
+    1.6% at the third step), so in float32 only bitwise-equal paths agree (pycnn's AVX2 kernels sum in another
+    order under aot_eager's strides: 0.7% apart). Batch 8: at batch 2 the last stage's BatchNorms normalize two
+    values a channel (1x1 maps) and the loss reaches 1e22 within the three steps."""
     from torch._dynamo.testing import CompileCounterWithBackend
     from pycnn import runtime
     favour(monkeypatch, "gemm")
     torch.manual_seed(0)
-    model = pycnn.compile(REGNET, "regnetx_200mf", input=(3, 32, 32)).train()
+    model = pycnn.compile(REGNET, "regnetx_200mf", input=(3, 32, 32)).double().train()
     eager = copy.deepcopy(model)
-    x = torch.randn(2, 3, 32, 32)
+    x = torch.randn(8, 3, 32, 32, dtype=torch.float64)
     torch._dynamo.reset()
     counter = CompileCounterWithBackend("aot_eager")
     compiled = torch.compile(model, fullgraph=True, backend=counter)
@@ -394,7 +398,7 @@ def test_gemm_kernel_compiles_to_one_graph_in_training(monkeypatch):
     steps = [s for m in model.modules() for steps in runtime.step_lists(m) for s in steps
              if isinstance(s, runtime.FusedStep)]
     assert any(s.last_kernel == "gemm" for s in steps)
-    torch.testing.assert_close(losses["compiled"], losses["eager"], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(losses["compiled"], losses["eager"], rtol=1e-9, atol=1e-12)
     for p, q in zip(model.parameters(), eager.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
     torch._dynamo.reset()
