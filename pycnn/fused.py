@@ -242,7 +242,7 @@ def conv_bn_act(conv: nn.Conv2d, bn: _BatchNorm, x: Tensor, kind: str, act: Opti
     inference_mode, frozen weights) the fold is cached (cached_fold) and the ops are called below the
     autograd layer."""
     if kernel == "torch" or not runs_on_pycnn(bn):
-        return batch_norm_act(bn, conv_forward(conv, x), act, residual, "torch")
+        return batch_norm_act(bn, module_forward(conv, x), act, residual, "torch")
     if kernel == "folded":  # a depthwise or grouped conv run as the dense path runs: PyTorch's conv, BN folded in eval
         kind = "dense"
     batch_stats = bn.training or bn.running_mean is None
@@ -272,7 +272,7 @@ def conv_bn_act(conv: nn.Conv2d, bn: _BatchNorm, x: Tensor, kind: str, act: Opti
     elif kind == "grouped":
         y = ops.gconv(x, weight, scale, shift, groups=conv.groups, **geometry, **epilogue)
     elif batch_stats:
-        y = conv_forward(conv, x)
+        y = module_forward(conv, x)
     else:
         w, b = fold_into_weights(conv.weight, scale, shift)
         if not torch.compiler.is_compiling() and _onednn_fusable(x, w, residual, act):  # inductor fuses its own
@@ -284,27 +284,27 @@ def conv_bn_act(conv: nn.Conv2d, bn: _BatchNorm, x: Tensor, kind: str, act: Opti
 
 
 def subsamples_first(x: Tensor, weight: Tensor, stride, padding) -> bool:
-    """An unpadded strided 1x1 conv of 2-7 input channels a group on the CPU: conv2d runs it as a stride-1 conv of
-    the subsampled input (the same numbers, a quarter of the reads at stride 2). Strided, oneDNN's AVX2
-    backward-weights kernel for it (torch 2.14.1, channels_last input; RepVGG's stems) writes past its buffer and
-    corrupts the heap: docs/backend.md."""
-    return (x.device.type == "cpu" and tuple(weight.shape[2:]) == (1, 1) and 1 < weight.shape[1] < 8
-            and tuple(stride) != (1, 1) and not isinstance(padding, str) and tuple(padding) == (0, 0))
+    """An unpadded strided 1x1 conv of 2-7 input channels a group on the CPU whose weight gets a gradient: conv2d
+    runs it as a stride-1 conv of the subsampled input (the same output, bit for bit in float32 as measured;
+    gradients up to summation order). Strided, oneDNN's AVX2 backward-weights kernel for it (torch 2.14.1,
+    channels_last input; RepVGG's stems) writes past its buffer and corrupts the heap: docs/backend.md."""
+    return (x.device.type == "cpu" and torch.is_grad_enabled() and weight.requires_grad
+            and tuple(weight.shape[2:]) == (1, 1) and 1 < weight.shape[1] < 8 and tuple(stride) != (1, 1)
+            and (padding == "valid" or not isinstance(padding, str) and tuple(padding) == (0, 0)))
 
 
 def conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride, padding, dilation, groups) -> Tensor:
     """F.conv2d, subsampling first where subsamples_first."""
     if subsamples_first(x, weight, stride, padding):
-        x, stride = x[:, :, ::stride[0], ::stride[1]], (1, 1)
+        x, stride = x[..., ::stride[0], ::stride[1]], (1, 1)
     return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
 
 
-def conv_forward(conv: nn.Conv2d, x: Tensor) -> Tensor:
-    """conv(x); a plain nn.Conv2d (no subclass, padding mode or hooks) through conv2d."""
-    if type(conv) is nn.Conv2d and conv.padding_mode == "zeros" and not _hooked(conv) \
-            and subsamples_first(x, conv.weight, conv.stride, conv.padding):
-        return conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
-    return conv(x)
+def module_forward(m: nn.Module, x: Tensor) -> Tensor:
+    """m(x); a plain nn.Conv2d (no subclass or hooks) that subsamples_first through conv2d."""
+    if type(m) is nn.Conv2d and not _hooked(m) and subsamples_first(x, m.weight, m.stride, m.padding):
+        return conv2d(x, m.weight, m.bias, m.stride, m.padding, m.dilation, m.groups)
+    return m(x)
 
 
 def _conv_bn_act_inference(conv, bn, x, kind, act, residual, tensors):

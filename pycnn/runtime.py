@@ -28,8 +28,7 @@ class LayerStep:
 
     def __call__(self, owner: nn.Module, x, residual=None):
         assert residual is None, "only fused steps add a residual"
-        module = getattr(owner, self.names[0])
-        x = fused.conv_forward(module, x) if type(module) is nn.Conv2d else module(x)
+        x = fused.module_forward(getattr(owner, self.names[0]), x)
         for act in self.acts:
             x = fused.activation(x, act)
         return x
