@@ -302,7 +302,7 @@ def conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride, padding, d
 
 def module_forward(m: nn.Module, x: Tensor) -> Tensor:
     """m(x); a plain nn.Conv2d (no subclass or hooks) that subsamples_first through conv2d."""
-    if type(m) is nn.Conv2d and not _hooked(m) and subsamples_first(x, m.weight, m.stride, m.padding):
+    if type(m) is nn.Conv2d and subsamples_first(x, m.weight, m.stride, m.padding) and not _hooked(m):
         return conv2d(x, m.weight, m.bias, m.stride, m.padding, m.dilation, m.groups)
     return m(x)
 
