@@ -369,12 +369,11 @@ def test_conv1x1_as_gemm_traces_in_one_graph():
 @pytest.mark.slow
 def test_gemm_kernel_compiles_to_one_graph_in_training(monkeypatch):
     """A network whose 1x1 convs run "gemm" (measured fastest at trace time) under torch.compile(fullgraph=True)
-    in training: one graph over three SGD steps (no recompile), the eager network's loss and weights after them,
-    in float64:
-    three steps of this network amplify float32 rounding to percents (its float32 and float64 references part by
-    1.6% at the third step), so in float32 only bitwise-equal paths agree (pycnn's AVX2 kernels sum in another
-    order under aot_eager's strides: 0.7% apart). Batch 8: at batch 2 the last stage's BatchNorms normalize two
-    values a channel (1x1 maps) and the loss reaches 1e22 within the three steps."""
+    in training: one graph over three SGD steps (no recompile), the eager network's loss and weights after them.
+    Float64: three steps of this network amplify float32 rounding to percents (its float32 and float64 references
+    part by 1.6% at the third step), so in float32 only bitwise-equal paths agree (pycnn's AVX2 kernels sum in
+    another order under aot_eager's strides: 0.7% apart). Batch 8: at batch 2 the last stage's BatchNorms
+    normalize two values a channel (1x1 maps) and the loss reaches 1e22 within the three steps."""
     from torch._dynamo.testing import CompileCounterWithBackend
     from pycnn import runtime
     favour(monkeypatch, "gemm")
